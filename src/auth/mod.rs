@@ -1,0 +1,5 @@
+//! Client authentication. Secrets (`secret`) never print and compare in constant time; the
+//! per-session AUTH / HELLO AUTH state machine lives in `session`, which is where the commands
+//! arrive.
+
+pub mod secret;

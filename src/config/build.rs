@@ -1,0 +1,571 @@
+//! From the file mirror to the typed, always-valid `Config`. Every problem is collected with its
+//! key path, so one run of `cachegate check` lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::file::{
+    AuthFile, ClientTlsFile, CommandsFile, FileConfig, ListenerFile, ServerTlsFile, UpstreamFile,
+};
+use super::Problem;
+use crate::auth::secret::{Password, Token, TokenSet};
+use crate::policy::Policy;
+use crate::protocol::resp::RequestLimits;
+use crate::tls::client::UpstreamTlsOptions;
+use crate::tls::pem::{load_certs, load_key};
+use crate::tls::server::{ClientAuth, MinVersion, ServerTlsOptions};
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+pub const DEFAULT_PARTIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// ElastiCache's bounds for an AUTH token.
+const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request: RequestLimits,
+    pub max_reply_bytes: usize,
+    /// Cap on a client's unparsed input (Redis's `client-query-buffer-limit`).
+    pub max_request_bytes: usize,
+    /// How long a client may leave a request half-sent before the connection is closed.
+    pub partial_request_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub max_connections: usize,
+    /// `None`: a plaintext listener (allowed, with a warning when not on loopback).
+    pub tls: Option<ListenerTls>,
+    pub auth: AuthMode,
+    pub policy: Policy,
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub identity: Identity,
+    pub options: ServerTlsOptions,
+    pub handshake_timeout: Duration,
+}
+
+pub enum Identity {
+    Files {
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    },
+    /// No certificate configured: generate (or reuse) dev material in the data directory.
+    Dev,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Files { chain, .. } => write!(f, "Files({} certs, key)", chain.len()),
+            Identity::Dev => f.write_str("Dev"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// Every client is authenticated as `default` from the start.
+    None,
+    Tokens(TokenSet),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`, resolved at each connect so a DNS change is followed.
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub warm_connections: usize,
+    pub health_interval: Duration,
+    pub tls: Option<UpstreamTlsOptions>,
+}
+
+/// Builds the typed config; `base` is the directory relative paths are resolved against.
+pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut p = Problems { list: problems };
+    let defaults = RequestLimits::default();
+    let limits = Limits {
+        request: RequestLimits {
+            max_inline: size(
+                &mut p,
+                "limits.max_inline_bytes",
+                file.limits.max_inline_bytes,
+                defaults.max_inline,
+            ),
+            max_bulk: size(
+                &mut p,
+                "limits.max_bulk_bytes",
+                file.limits.max_bulk_bytes,
+                defaults.max_bulk,
+            ),
+            max_multibulk: size(
+                &mut p,
+                "limits.max_multibulk_len",
+                file.limits.max_multibulk_len,
+                defaults.max_multibulk,
+            ),
+        },
+        max_reply_bytes: size(
+            &mut p,
+            "limits.max_reply_bytes",
+            file.limits.max_reply_bytes,
+            DEFAULT_MAX_REPLY_BYTES,
+        ),
+        max_request_bytes: size(
+            &mut p,
+            "limits.max_request_bytes",
+            file.limits.max_request_bytes,
+            DEFAULT_MAX_REQUEST_BYTES,
+        ),
+        partial_request_timeout: file
+            .limits
+            .partial_request_timeout
+            .unwrap_or(DEFAULT_PARTIAL_REQUEST_TIMEOUT),
+    };
+    if file.listeners.is_empty() {
+        p.add("listeners", "at least one [[listeners]] entry is required");
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in file.listeners.into_iter().enumerate() {
+        if let Some(l) = listener(&mut p, &format!("listeners[{i}]"), i, l, base) {
+            listeners.push(l);
+        }
+    }
+    for (i, a) in listeners.iter().enumerate() {
+        for b in &listeners[i + 1..] {
+            if a.name == b.name {
+                p.add("listeners", format!("two listeners are named `{}`", a.name));
+            }
+            if a.bind == b.bind && a.bind.port() != 0 {
+                p.add("listeners", format!("two listeners bind {}", a.bind));
+            }
+        }
+    }
+    if !p.list.is_empty() {
+        return None;
+    }
+    Some(Config {
+        data_dir: file
+            .data_dir
+            .map(|d| resolve(base, &d))
+            .unwrap_or_else(default_data_dir),
+        limits,
+        shutdown_grace: file.shutdown.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        listeners,
+    })
+}
+
+struct Problems<'a> {
+    list: &'a mut Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn size(p: &mut Problems, key: &str, value: Option<u64>, default: usize) -> usize {
+    match value {
+        None => default,
+        Some(0) => {
+            p.add(key, "must be greater than 0");
+            default
+        }
+        Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+    }
+}
+
+fn listener(
+    p: &mut Problems,
+    key: &str,
+    index: usize,
+    l: ListenerFile,
+    base: &Path,
+) -> Option<ListenerConfig> {
+    let before = p.list.len();
+    match l.protocol.as_deref() {
+        None | Some("redis") => {}
+        Some("memcached") => p.add(
+            format!("{key}.protocol"),
+            "memcached listeners are not available in this version",
+        ),
+        Some(other) => p.add(
+            format!("{key}.protocol"),
+            format!("unknown protocol `{other}` (expected \"redis\")"),
+        ),
+    }
+    let bind = match l.bind.as_deref() {
+        None => {
+            p.add(format!("{key}.bind"), "missing (e.g. \"127.0.0.1:6380\")");
+            None
+        }
+        Some(b) => b
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.add(
+                    format!("{key}.bind"),
+                    format!("`{b}` is not an IP:port address"),
+                )
+            })
+            .ok(),
+    };
+    let max_connections = size(
+        p,
+        &format!("{key}.max_connections"),
+        l.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+    );
+    let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
+    let auth = auth(p, &format!("{key}.auth"), l.auth);
+    let policy = commands(p, &format!("{key}.commands"), l.commands);
+    let upstream = match l.upstream {
+        None => {
+            p.add(
+                format!("{key}.upstream"),
+                "missing: where should requests go?",
+            );
+            None
+        }
+        Some(u) => upstream(p, &format!("{key}.upstream"), u, base),
+    };
+    if p.list.len() > before {
+        return None;
+    }
+    Some(ListenerConfig {
+        name: l.name.unwrap_or_else(|| format!("redis-{index}")),
+        bind: bind?,
+        max_connections,
+        tls: tls?,
+        auth: auth?,
+        policy: policy?,
+        upstream: upstream?,
+    })
+}
+
+/// `Some(None)` is a valid plaintext listener; `None` means a problem was recorded.
+fn server_tls(
+    p: &mut Problems,
+    key: &str,
+    t: ServerTlsFile,
+    base: &Path,
+) -> Option<Option<ListenerTls>> {
+    if t.enabled == Some(false) {
+        return Some(None);
+    }
+    let before = p.list.len();
+    let min_version = match t.min_version.as_deref() {
+        None | Some("1.2") => MinVersion::Tls12,
+        Some("1.3") => MinVersion::Tls13,
+        Some(v) => {
+            p.add(
+                format!("{key}.min_version"),
+                format!("`{v}` is not supported (\"1.2\" or \"1.3\"; older versions are insecure)"),
+            );
+            MinVersion::Tls12
+        }
+    };
+    let roots = t
+        .client_ca
+        .as_ref()
+        .and_then(|path| certs(p, &format!("{key}.client_ca"), &resolve(base, path)));
+    let client_auth = match (t.client_auth.as_deref(), roots) {
+        (None | Some("off"), _) => ClientAuth::Off,
+        (Some("optional"), Some(r)) => ClientAuth::Optional(r),
+        (Some("required"), Some(r)) => ClientAuth::Required(r),
+        (Some(mode @ ("optional" | "required")), None) => {
+            if t.client_ca.is_none() {
+                p.add(
+                    format!("{key}.client_ca"),
+                    format!(
+                        "client_auth = \"{mode}\" needs a CA bundle to verify client certificates"
+                    ),
+                );
+            }
+            ClientAuth::Off
+        }
+        (Some(other), _) => {
+            p.add(
+                format!("{key}.client_auth"),
+                format!("`{other}` is not one of \"off\", \"optional\", \"required\""),
+            );
+            ClientAuth::Off
+        }
+    };
+    let identity = match (&t.cert, &t.key) {
+        (None, None) => Some(Identity::Dev),
+        (Some(_), None) | (None, Some(_)) => {
+            p.add(
+                key,
+                "`cert` and `key` go together: give both, or neither for dev certificates",
+            );
+            None
+        }
+        (Some(c), Some(k)) => {
+            let chain = certs(p, &format!("{key}.cert"), &resolve(base, c));
+            let private = match load_key(&resolve(base, k)) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    p.add(format!("{key}.key"), e);
+                    None
+                }
+            };
+            match (chain, private) {
+                (Some(chain), Some(key)) => Some(Identity::Files { chain, key }),
+                _ => None,
+            }
+        }
+    };
+    if p.list.len() > before {
+        return None;
+    }
+    Some(Some(ListenerTls {
+        identity: identity?,
+        options: ServerTlsOptions {
+            min_version,
+            client_auth,
+            session_resumption: t.session_resumption.unwrap_or(true),
+        },
+        handshake_timeout: t.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+    }))
+}
+
+fn certs(p: &mut Problems, key: &str, path: &Path) -> Option<Vec<CertificateDer<'static>>> {
+    load_certs(path).map_err(|e| p.add(key, e)).ok()
+}
+
+fn auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> {
+    match (a.mode.as_deref(), a.tokens.len()) {
+        (Some("none"), 0) => Some(AuthMode::None),
+        (Some("none"), _) => {
+            p.add(
+                key,
+                "mode = \"none\" with tokens set: remove the tokens or the mode",
+            );
+            None
+        }
+        (None | Some("tokens"), 0) => {
+            p.add(
+                format!("{key}.tokens"),
+                "no AUTH tokens: set one (two during a rotation), or mode = \"none\" to accept clients without AUTH",
+            );
+            None
+        }
+        (None | Some("tokens"), 1..=2) => {
+            let before = p.list.len();
+            for (i, t) in a.tokens.iter().enumerate() {
+                // Never echo the token itself.
+                if !TOKEN_LEN.contains(&t.len()) {
+                    p.add(
+                        format!("{key}.tokens[{i}]"),
+                        "must be 16 to 128 characters long",
+                    );
+                }
+                if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    p.add(
+                        format!("{key}.tokens[{i}]"),
+                        "may hold only printable ASCII without spaces",
+                    );
+                }
+            }
+            if a.tokens.len() == 2 && a.tokens[0] == a.tokens[1] {
+                p.add(format!("{key}.tokens"), "the two tokens are the same");
+            }
+            (p.list.len() == before).then(|| {
+                AuthMode::Tokens(TokenSet::new(
+                    a.tokens.iter().map(|t| Token::new(t)).collect(),
+                ))
+            })
+        }
+        (None | Some("tokens"), n) => {
+            p.add(
+                format!("{key}.tokens"),
+                format!("{n} tokens given: at most two are live at once (old and new during a rotation)"),
+            );
+            None
+        }
+        (Some(other), _) => {
+            p.add(
+                format!("{key}.mode"),
+                format!("`{other}` is not one of \"tokens\", \"none\""),
+            );
+            None
+        }
+    }
+}
+
+fn commands(p: &mut Problems, key: &str, c: CommandsFile) -> Option<Policy> {
+    let rename: Vec<(String, String)> = c.rename.into_iter().collect();
+    match Policy::new(&c.disable, &rename) {
+        Ok(policy) => Some(policy),
+        Err(errs) => {
+            // Policy problems read "<sub-key>: <message>".
+            for e in errs {
+                let (sub, msg) = e.split_once(": ").unwrap_or(("", &e));
+                p.add(format!("{key}.{sub}"), msg);
+            }
+            None
+        }
+    }
+}
+
+fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option<UpstreamConfig> {
+    let before = p.list.len();
+    let address = match u.address {
+        None => {
+            p.add(
+                format!("{key}.address"),
+                "missing (e.g. \"127.0.0.1:6379\")",
+            );
+            String::new()
+        }
+        Some(a) => {
+            if split_host_port(&a).is_none() {
+                p.add(format!("{key}.address"), format!("`{a}` is not host:port"));
+            }
+            a
+        }
+    };
+    if u.username.is_some() && u.password.is_none() {
+        p.add(format!("{key}.password"), "a username needs a password");
+    }
+    let tls = match u.tls {
+        Some(t) if t.enabled != Some(false) => {
+            upstream_tls(p, &format!("{key}.tls"), t, &address, base)
+        }
+        _ => None,
+    };
+    if p.list.len() > before {
+        return None;
+    }
+    Some(UpstreamConfig {
+        address,
+        username: u.username,
+        password: u.password.map(Password::new),
+        connect_timeout: u.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        request_timeout: u.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        warm_connections: u
+            .warm_connections
+            .map(|w| w as usize)
+            .unwrap_or(DEFAULT_WARM_CONNECTIONS),
+        health_interval: u.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+        tls,
+    })
+}
+
+fn upstream_tls(
+    p: &mut Problems,
+    key: &str,
+    t: ClientTlsFile,
+    address: &str,
+    base: &Path,
+) -> Option<UpstreamTlsOptions> {
+    let roots = match &t.ca {
+        None => {
+            p.add(
+                format!("{key}.ca"),
+                "missing: the CA bundle that signed the upstream's certificate",
+            );
+            None
+        }
+        Some(path) => certs(p, &format!("{key}.ca"), &resolve(base, path)),
+    };
+    let name = t
+        .server_name
+        .clone()
+        .or_else(|| split_host_port(address).map(|(h, _)| h.to_string()))
+        .unwrap_or_default();
+    let server_name = match ServerName::try_from(name.clone()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            p.add(
+                format!("{key}.server_name"),
+                format!("`{name}` is not a valid DNS name or IP address"),
+            );
+            None
+        }
+    };
+    let client_cert = match (&t.cert, &t.key) {
+        (None, None) => Some(None),
+        (Some(c), Some(k)) => {
+            let chain = certs(p, &format!("{key}.cert"), &resolve(base, c));
+            let private = load_key(&resolve(base, k))
+                .map_err(|e| p.add(format!("{key}.key"), e))
+                .ok();
+            chain.zip(private).map(Some)
+        }
+        _ => {
+            p.add(key, "`cert` and `key` go together");
+            None
+        }
+    };
+    Some(UpstreamTlsOptions {
+        roots: roots?,
+        server_name: server_name?,
+        client_cert: client_cert?,
+    })
+}
+
+/// `host:port` or `[v6]:port`.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// `$CACHEGATE_DATA_DIR`, else `$XDG_DATA_HOME/cachegate`, else `~/.local/share/cachegate`,
+/// else `./.cachegate`.
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CACHEGATE_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("cachegate");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/cachegate");
+    }
+    PathBuf::from(".cachegate")
+}

@@ -1,0 +1,125 @@
+//! The serde mirror of the TOML file: every field optional where the file may omit it, no
+//! validation here. Unknown keys are collected by `serde_ignored` in `config::load` rather than
+//! by `deny_unknown_fields`, so that a file with several stray keys reports all of them at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    /// Where generated development material (dev CA, server certificate) is kept.
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub shutdown: ShutdownFile,
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LimitsFile {
+    pub max_bulk_bytes: Option<u64>,
+    pub max_multibulk_len: Option<u64>,
+    pub max_inline_bytes: Option<u64>,
+    pub max_reply_bytes: Option<u64>,
+    pub max_request_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub partial_request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ShutdownFile {
+    #[serde(default, with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub bind: Option<String>,
+    pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub tls: ServerTlsFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub commands: CommandsFile,
+    pub upstream: Option<UpstreamFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ServerTlsFile {
+    pub enabled: Option<bool>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub min_version: Option<String>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+    pub session_resumption: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+pub struct AuthFile {
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+// Tokens are secrets: the derived Debug would print them.
+impl std::fmt::Debug for AuthFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthFile")
+            .field("mode", &self.mode)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CommandsFile {
+    #[serde(default)]
+    pub disable: Vec<String>,
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+#[derive(Default, Deserialize)]
+pub struct UpstreamFile {
+    pub address: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    pub warm_connections: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub health_interval: Option<Duration>,
+    pub tls: Option<ClientTlsFile>,
+}
+
+impl std::fmt::Debug for UpstreamFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamFile")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ClientTlsFile {
+    pub enabled: Option<bool>,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}

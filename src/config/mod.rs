@@ -1,0 +1,257 @@
+//! Configuration: `file` mirrors the TOML, `build` turns it into a typed, always-valid `Config`.
+//!
+//! Parse, don't validate: once `load` returns a `Config`, every certificate has been read, every
+//! policy built and every value range-checked. Unknown keys, bad values and unreadable files are
+//! all collected and reported together, each with its key path.
+
+pub mod build;
+pub mod file;
+
+use std::path::Path;
+
+pub use build::{AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, UpstreamConfig};
+
+/// The configuration used when no `--config` is given: a TLS listener on 127.0.0.1:6380 in front
+/// of a Redis on 127.0.0.1:6379, with dev certificates and no AUTH (loopback only).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file, e.g. `listeners[0].tls.cert`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with a configuration, reported at once.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or "embedded default configuration").
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads and validates a config file; relative paths in it are resolved against its directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        problems: vec![Problem {
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse(&text, &name, base)
+}
+
+/// The embedded default configuration.
+pub fn default_config() -> Result<Config, ConfigError> {
+    parse(
+        DEFAULT_CONFIG,
+        "embedded default configuration",
+        Path::new("."),
+    )
+}
+
+/// Parses and validates TOML text.
+pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        source_name: source_name.to_string(),
+        problems,
+    };
+    let mut problems = Vec::new();
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+        fail(vec![Problem {
+            key: "(syntax)".into(),
+            message: one_line(&e.to_string()),
+        }])
+    })?;
+    // Collect every unknown key instead of stopping at the first, as `deny_unknown_fields` would.
+    let file: Result<file::FileConfig, _> = serde_ignored::deserialize(deserializer, |path| {
+        problems.push(Problem {
+            key: key_path(&path),
+            message: "unknown key".into(),
+        });
+    });
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(Problem {
+                key: "(value)".into(),
+                message: one_line(&e.to_string()),
+            });
+            return Err(fail(problems));
+        }
+    };
+    let config = build::build(file, base, &mut problems);
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(fail(problems)),
+    }
+}
+
+/// `listeners.0.tls.cret` -> `listeners[0].tls.cret`.
+fn key_path(path: &serde_ignored::Path) -> String {
+    let mut out = String::new();
+    for part in path.to_string().split('.') {
+        if part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// toml's messages span several lines with a source excerpt; keep the gist on one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text, "test.toml", Path::new("/nonexistent"))
+            .unwrap_err()
+            .problems
+    }
+
+    const MINIMAL: &str = r#"
+[[listeners]]
+bind = "127.0.0.1:0"
+auth.tokens = ["0123456789abcdef"]
+upstream.address = "127.0.0.1:6379"
+"#;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = default_config().unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let l = &c.listeners[0];
+        assert_eq!(l.bind.to_string(), "127.0.0.1:6380");
+        assert_eq!(l.upstream.address, "127.0.0.1:6379");
+        assert!(matches!(l.tls.as_ref().unwrap().identity, Identity::Dev));
+        assert!(matches!(l.auth, AuthMode::None));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL, "t", Path::new(".")).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "redis-0");
+        assert_eq!(l.max_connections, build::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            l.tls.as_ref().unwrap().handshake_timeout,
+            build::DEFAULT_HANDSHAKE_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path() {
+        let text = format!("bogus = 1\n{MINIMAL}\n[listeners.tls]\ncret = \"x\"\n");
+        let keys: Vec<_> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["bogus", "listeners[0].tls.cret"]);
+    }
+
+    #[test]
+    fn all_problems_at_once_with_key_paths() {
+        let text = r#"
+[[listeners]]
+bind = "nowhere"
+tls.cert = "missing-cert.pem"
+tls.key = "missing-key.pem"
+tls.min_version = "1.1"
+auth.tokens = ["short"]
+commands.disable = ["AUTH"]
+"#;
+        let ps = problems(text);
+        let keys: Vec<_> = ps.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "listeners[0].bind",
+            "listeners[0].tls.min_version",
+            "listeners[0].tls.cert",
+            "listeners[0].tls.key",
+            "listeners[0].auth.tokens[0]",
+            "listeners[0].commands.disable",
+            "listeners[0].upstream",
+        ] {
+            assert!(keys.contains(&want), "{want} missing from {ps:#?}");
+        }
+        let cert = ps
+            .iter()
+            .find(|p| p.key == "listeners[0].tls.cert")
+            .unwrap();
+        assert!(
+            cert.message.contains("/nonexistent/missing-cert.pem")
+                && cert.message.contains("No such file"),
+            "{}",
+            cert.message
+        );
+    }
+
+    #[test]
+    fn tokens_are_required_unless_mode_none() {
+        let text = "[[listeners]]\nbind = \"127.0.0.1:0\"\nupstream.address = \"h:1\"\n";
+        let ps = problems(text);
+        assert_eq!(ps[0].key, "listeners[0].auth.tokens");
+        let three = MINIMAL.replace(
+            "[\"0123456789abcdef\"]",
+            "[\"0123456789abcdef\", \"1123456789abcdef\", \"2123456789abcdef\"]",
+        );
+        assert!(problems(&three)[0].message.contains("at most two"));
+    }
+
+    #[test]
+    fn token_problems_never_echo_the_token() {
+        let text = MINIMAL.replace("0123456789abcdef", "canary with space");
+        let err = parse(&text, "t", Path::new(".")).unwrap_err().to_string();
+        assert!(!err.contains("canary"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let text = MINIMAL.replace("bind = \"127.0.0.1:0\"", "bind = 5");
+        let ps = problems(&text);
+        assert!(ps[0].message.contains("bind"), "{ps:?}");
+    }
+
+    #[test]
+    fn display_lists_every_problem() {
+        let err = parse("[[listeners]]\n", "x.toml", Path::new(".")).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("x.toml: "), "{shown}");
+        assert!(shown.contains("listeners[0].bind: missing"), "{shown}");
+        assert!(shown.contains("listeners[0].upstream: missing"), "{shown}");
+    }
+}

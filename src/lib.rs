@@ -1,0 +1,26 @@
+//! cachegate: a TLS-terminating proxy for Redis that enforces AUTH and a command policy before
+//! anything reaches the backend.
+//!
+//! How a request flows, module by module:
+//!
+//! - [`config`]: TOML file -> typed, always-valid [`config::Config`] (every problem at once).
+//! - [`server`]: builds the immutable parts once (TLS acceptors, policies, upstream pools), runs
+//!   the listeners, drains on shutdown.
+//! - [`listener`]: accept loop, connection limit, TLS handshake under a deadline.
+//! - [`session`]: per client: read -> [`auth`] -> [`policy`] -> [`upstream`] -> reply, in order.
+//! - [`protocol`]: RESP framing with limits ([`protocol::resp`]) and every wire reply cachegate
+//!   makes itself ([`protocol::reply`]).
+//! - [`upstream`]: persistent, health-checked connections to the backend (plain or TLS).
+//! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod policy;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;

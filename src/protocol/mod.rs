@@ -1,0 +1,5 @@
+//! Wire formats: `resp` frames requests and replies with limits; `reply` makes every reply the
+//! proxy itself sends.
+
+pub mod reply;
+pub mod resp;

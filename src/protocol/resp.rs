@@ -1,0 +1,639 @@
+//! RESP framing with limits.
+//!
+//! Requests: a Redis server accepts only two request shapes, multibulk arrays of bulk strings and
+//! inline lines, and answers everything else with a specific `Protocol error`. This module parses
+//! exactly those shapes the way Redis does (same limits, same error texts) and bounds every
+//! declared length before a byte of it is buffered. The result is a list of argument slices that
+//! `reply::encode_command` re-encodes; a client's raw bytes never reach the upstream.
+//!
+//! Replies: the upstream's frames are delimited with redis-protocol's zero-copy `decode_range`
+//! (RESP2 and RESP3, attributes included), so cachegate knows where each reply ends and never
+//! forwards half of one.
+
+use bytes::{Buf, Bytes, BytesMut};
+use redis_protocol::resp2::decode::decode_range as resp2_decode_range;
+use redis_protocol::resp3::decode::complete::decode_range;
+use redis_protocol::resp3::types::RangeFrame;
+
+/// Redis's own cap on an inline request or a header line without `\r\n` (PROTO_INLINE_MAX_SIZE).
+pub const DEFAULT_MAX_INLINE: usize = 64 * 1024;
+/// Redis's default `proto-max-bulk-len`.
+pub const DEFAULT_MAX_BULK: usize = 512 * 1024 * 1024;
+/// Largest argument count accepted in one command.
+pub const DEFAULT_MAX_MULTIBULK: usize = 1024 * 1024;
+/// Before AUTH, Redis accepts at most 10 arguments and 16 KiB per argument; so does cachegate.
+pub const UNAUTHENTICATED_MAX_MULTIBULK: usize = 10;
+pub const UNAUTHENTICATED_MAX_BULK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_inline: usize,
+    pub max_bulk: usize,
+    pub max_multibulk: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_inline: DEFAULT_MAX_INLINE,
+            max_bulk: DEFAULT_MAX_BULK,
+            max_multibulk: DEFAULT_MAX_MULTIBULK,
+        }
+    }
+}
+
+/// Malformed client input. The display text is what follows `-ERR Protocol error: ` on the wire,
+/// worded as Redis words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("too big inline request")]
+    TooBigInline,
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("too big mbulk count string")]
+    TooBigMultibulkCount,
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("too big bulk count string")]
+    TooBigBulkCount,
+    #[error("expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
+    #[error("bulk string not terminated by CRLF")]
+    MissingCrlf,
+}
+
+/// One parsed command: the name and its arguments, as slices of the frozen read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub args: Vec<Bytes>,
+}
+
+impl Request {
+    pub fn name(&self) -> &[u8] {
+        &self.args[0]
+    }
+}
+
+/// Takes the next complete request off the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed (and nothing was consumed); `Err` means the input is
+/// garbage and the connection should be answered and closed. Empty commands (`*0`, blank inline
+/// lines) are consumed and skipped, as Redis does.
+pub fn next_request(
+    buf: &mut BytesMut,
+    limits: &RequestLimits,
+    authenticated: bool,
+) -> Result<Option<Request>, ProtocolError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let parsed = if buf[0] == b'*' {
+            scan_multibulk(buf, limits, authenticated)?
+        } else {
+            scan_inline(buf, limits)?
+        };
+        match parsed {
+            Scan::Incomplete => return Ok(None),
+            Scan::Empty(consumed) => buf.advance(consumed),
+            Scan::Multibulk { consumed, ranges } => {
+                let frame = buf.split_to(consumed).freeze();
+                let args = ranges.into_iter().map(|(s, e)| frame.slice(s..e)).collect();
+                return Ok(Some(Request { args }));
+            }
+            Scan::Inline { consumed, args } => {
+                buf.advance(consumed);
+                return Ok(Some(Request { args }));
+            }
+        }
+    }
+}
+
+enum Scan {
+    Incomplete,
+    Empty(usize),
+    Multibulk {
+        consumed: usize,
+        ranges: Vec<(usize, usize)>,
+    },
+    Inline {
+        consumed: usize,
+        args: Vec<Bytes>,
+    },
+}
+
+/// Finds `\r\n` at or after `from`; returns the index of `\r`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + from)
+}
+
+fn parse_int(digits: &[u8]) -> Option<i64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn scan_multibulk(
+    buf: &[u8],
+    limits: &RequestLimits,
+    authenticated: bool,
+) -> Result<Scan, ProtocolError> {
+    let Some(eol) = find_crlf(buf, 1) else {
+        if buf.len() > limits.max_inline {
+            return Err(ProtocolError::TooBigMultibulkCount);
+        }
+        return Ok(Scan::Incomplete);
+    };
+    let count = parse_int(&buf[1..eol]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+    let mut pos = eol + 2;
+    if count <= 0 {
+        return Ok(Scan::Empty(pos));
+    }
+    let count = count as u64;
+    if count > limits.max_multibulk as u64 {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    if !authenticated && count > UNAUTHENTICATED_MAX_MULTIBULK as u64 {
+        return Err(ProtocolError::UnauthenticatedMultibulkLength);
+    }
+    // The count is bounded above, but a client could still declare a million arguments and send
+    // none: grow the range list with the arguments actually present, not with the declaration.
+    let mut ranges = Vec::with_capacity((count as usize).min(16));
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(Scan::Incomplete);
+        }
+        if buf[pos] != b'$' {
+            return Err(ProtocolError::ExpectedBulk(buf[pos]));
+        }
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            if buf.len() - pos > limits.max_inline {
+                return Err(ProtocolError::TooBigBulkCount);
+            }
+            return Ok(Scan::Incomplete);
+        };
+        let len = parse_int(&buf[pos + 1..eol]).ok_or(ProtocolError::InvalidBulkLength)?;
+        if len < 0 || len as u64 > limits.max_bulk as u64 {
+            return Err(ProtocolError::InvalidBulkLength);
+        }
+        if !authenticated && len as u64 > UNAUTHENTICATED_MAX_BULK as u64 {
+            return Err(ProtocolError::UnauthenticatedBulkLength);
+        }
+        let start = eol + 2;
+        let end = start + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(Scan::Incomplete);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(ProtocolError::MissingCrlf);
+        }
+        ranges.push((start, end));
+        pos = end + 2;
+    }
+    Ok(Scan::Multibulk {
+        consumed: pos,
+        ranges,
+    })
+}
+
+fn scan_inline(buf: &[u8], limits: &RequestLimits) -> Result<Scan, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline {
+            return Err(ProtocolError::TooBigInline);
+        }
+        return Ok(Scan::Incomplete);
+    };
+    if nl > limits.max_inline {
+        return Err(ProtocolError::TooBigInline);
+    }
+    let mut line = &buf[..nl];
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    let args = split_args(line).ok_or(ProtocolError::UnbalancedQuotes)?;
+    if args.is_empty() {
+        return Ok(Scan::Empty(nl + 1));
+    }
+    Ok(Scan::Inline {
+        consumed: nl + 1,
+        args: args.into_iter().map(Bytes::from).collect(),
+    })
+}
+
+/// Splits an inline command line as Redis's `sdssplitargs` does: whitespace-separated words,
+/// "double quotes" with C-like escapes (`\n`, `\xHH`, ...), 'single quotes' with `\'`.
+/// A closing quote must be followed by whitespace or the end of the line.
+pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    if i >= n {
+                        return None;
+                    }
+                    match line[i] {
+                        b'\\'
+                            if i + 3 < n
+                                && line[i + 1] == b'x'
+                                && line[i + 2].is_ascii_hexdigit()
+                                && line[i + 3].is_ascii_hexdigit() =>
+                        {
+                            let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
+                            cur.push(u8::from_str_radix(hex, 16).ok()?);
+                            i += 4;
+                        }
+                        b'\\' if i + 1 < n => {
+                            cur.push(match line[i + 1] {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                b'b' => 0x08,
+                                b'a' => 0x07,
+                                c => c,
+                            });
+                            i += 2;
+                        }
+                        b'"' => {
+                            i += 1;
+                            if i < n && !line[i].is_ascii_whitespace() {
+                                return None;
+                            }
+                            break;
+                        }
+                        c => {
+                            cur.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    if i >= n {
+                        return None;
+                    }
+                    match line[i] {
+                        b'\\' if i + 1 < n && line[i + 1] == b'\'' => {
+                            cur.push(b'\'');
+                            i += 2;
+                        }
+                        b'\'' => {
+                            i += 1;
+                            if i < n && !line[i].is_ascii_whitespace() {
+                                return None;
+                            }
+                            break;
+                        }
+                        c => {
+                            cur.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            _ => {
+                while i < n && !line[i].is_ascii_whitespace() {
+                    cur.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(cur);
+    }
+}
+
+/// Malformed or oversized upstream output: the upstream connection cannot be trusted any more.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("malformed reply from upstream: {0}")]
+    Malformed(String),
+    #[error("reply from upstream larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// What kind of reply frame was delimited; enough for the session to route it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// An out-of-band RESP3 push (pub/sub message, invalidation).
+    Push,
+    Error,
+    Other,
+}
+
+/// Delimits the next complete reply frame at the front of `buf`: its length and kind, or `None`
+/// when more bytes are needed.
+pub fn next_reply_len(
+    buf: &[u8],
+    max_reply: usize,
+) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Fast path for the common big reply, a single bulk string: its length is known from the
+    // header, so there is no need to re-run the full decoder on every partial read.
+    if buf[0] == b'$' {
+        if let Some(eol) = find_crlf(buf, 1) {
+            if let Some(len) = parse_int(&buf[1..eol]) {
+                let total = if len < 0 {
+                    eol + 2
+                } else {
+                    eol + 2 + len as usize + 2
+                };
+                if total > max_reply {
+                    return Err(ReplyError::TooLarge(max_reply));
+                }
+                if buf.len() < total {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    match frame_len(buf) {
+        Ok(None) if buf.len() > max_reply => Err(ReplyError::TooLarge(max_reply)),
+        other => other,
+    }
+}
+
+/// Delimits one complete RESP2 or RESP3 frame: its length and kind, or `None` if incomplete.
+///
+/// redis-protocol's RESP3 decoder reads RESP2's null (`$-1`, `*-1`) as the start of a streamed
+/// aggregate, so the RESP2 decoder goes first; only what it cannot read (RESP3-only types: maps,
+/// sets, pushes, `_`, doubles, attributes...) is handed to the RESP3 decoder. Redis never sends
+/// RESP2 nulls to a RESP3 client, nor streamed strings to anyone, so the two never disagree.
+pub fn frame_len(buf: &[u8]) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
+    match resp2_decode_range(buf) {
+        Ok(Some((_, len))) => {
+            let kind = if buf[0] == b'-' {
+                ReplyKind::Error
+            } else {
+                ReplyKind::Other
+            };
+            return Ok(Some((len, kind)));
+        }
+        Ok(None) => return Ok(None),
+        Err(_) => {}
+    }
+    match decode_range(buf) {
+        // An attribute (`|`) prefix is folded into the frame it annotates, so the frame's own
+        // type decides.
+        Ok(Some((frame, len))) => {
+            let kind = match frame {
+                RangeFrame::Push { .. } => ReplyKind::Push,
+                RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. } => ReplyKind::Error,
+                _ => ReplyKind::Other,
+            };
+            Ok(Some((len, kind)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(ReplyError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(input: &[u8], authed: bool) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(req) = next_request(&mut buf, &RequestLimits::default(), authed)? {
+            out.push(req.args.iter().map(|a| a.to_vec()).collect());
+        }
+        Ok(out)
+    }
+
+    fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn multibulk_and_inline() {
+        let got = parse_all(
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a \"b c\\x41\"\r\nPING\n",
+            true,
+        );
+        assert_eq!(
+            got.unwrap(),
+            vec![
+                vec![b"GET".to_vec(), b"k".to_vec()],
+                vec![b"SET".to_vec(), b"a".to_vec(), b"b cA".to_vec()],
+                vec![b"PING".to_vec()],
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_commands_are_skipped() {
+        assert_eq!(
+            parse_all(b"*0\r\n\r\n   \r\n*-1\r\n", true).unwrap().len(),
+            0
+        );
+    }
+
+    #[test]
+    fn redis_error_texts() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"*x\r\n", "invalid multibulk length"),
+            (b"*1\r\n:1\r\n", "expected '$', got ':'"),
+            (b"*1\r\n$-5\r\n", "invalid bulk length"),
+            (
+                b"*1\r\n$3\r\nabcde\r\n",
+                "bulk string not terminated by CRLF",
+            ),
+            (b"SET a \"b\r\n", "unbalanced quotes in request"),
+            (b"SET a 'b'c\r\n", "unbalanced quotes in request"),
+        ];
+        for (input, want) in cases {
+            let err = parse_all(input, true).unwrap_err();
+            assert_eq!(err.to_string(), *want, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_buffering() {
+        let limits = RequestLimits {
+            max_inline: 16,
+            max_bulk: 10,
+            max_multibulk: 3,
+        };
+        let run = |input: &[u8], authed| next_request(&mut BytesMut::from(input), &limits, authed);
+        assert_eq!(
+            run(b"*4\r\n", true),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            run(b"*1\r\n$11\r\n", true),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            run(b"*1\r\n$999999999999\r\n", true),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(run(&[b'a'; 17], true), Err(ProtocolError::TooBigInline));
+        assert_eq!(
+            run(b"*11111111111111111", true),
+            Err(ProtocolError::TooBigMultibulkCount)
+        );
+        // A 512 MB declaration is rejected at once, not buffered.
+        let big = RequestLimits::default();
+        let r = next_request(
+            &mut BytesMut::from(&b"*1\r\n$536870913\r\n"[..]),
+            &big,
+            true,
+        );
+        assert_eq!(r, Err(ProtocolError::InvalidBulkLength));
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_small_limits() {
+        let many = encode(&vec![b"x".to_vec(); 11]);
+        assert_eq!(
+            parse_all(&many, false),
+            Err(ProtocolError::UnauthenticatedMultibulkLength)
+        );
+        assert_eq!(parse_all(&many, true).unwrap().len(), 1);
+        let big = encode(&[b"AUTH".to_vec(), vec![b'a'; 16 * 1024 + 1]]);
+        assert_eq!(
+            parse_all(&big, false),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
+    }
+
+    #[test]
+    fn reply_lengths() {
+        assert_eq!(
+            next_reply_len(b"+OK\r\n", 100).unwrap(),
+            Some((5, ReplyKind::Other))
+        );
+        assert_eq!(
+            next_reply_len(b"-ERR x\r\n", 100).unwrap(),
+            Some((8, ReplyKind::Error))
+        );
+        assert_eq!(next_reply_len(b"$5\r\nhel", 100).unwrap(), None);
+        assert_eq!(
+            next_reply_len(b"$-1\r\n", 100).unwrap(),
+            Some((5, ReplyKind::Other))
+        );
+        let push = b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n";
+        assert_eq!(
+            next_reply_len(push, 100).unwrap(),
+            Some((push.len(), ReplyKind::Push))
+        );
+        assert!(matches!(
+            next_reply_len(b"$1000\r\n", 100),
+            Err(ReplyError::TooLarge(100))
+        ));
+        assert!(next_reply_len(b"@@@\r\n", 100).is_err());
+        // RESP2 nulls, top level and nested, and RESP3 types nested in RESP2 ones.
+        let mget = b"*2\r\n$1\r\na\r\n$-1\r\n";
+        assert_eq!(
+            next_reply_len(mget, 100).unwrap(),
+            Some((mget.len(), ReplyKind::Other))
+        );
+        assert_eq!(
+            next_reply_len(b"*-1\r\n", 100).unwrap(),
+            Some((5, ReplyKind::Other))
+        );
+        let mixed = b"*2\r\n%1\r\n+a\r\n_\r\n,1.5\r\n";
+        assert_eq!(
+            next_reply_len(mixed, 100).unwrap(),
+            Some((mixed.len(), ReplyKind::Other))
+        );
+        assert_eq!(
+            next_reply_len(&mixed[..mixed.len() - 1], 100).unwrap(),
+            None
+        );
+    }
+
+    fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6)
+    }
+
+    proptest! {
+        #[test]
+        fn strict_prefixes_are_incomplete(cmds in prop::collection::vec(arb_args(), 1..4)) {
+            let wire: Vec<u8> = cmds.iter().flat_map(|c| encode(c)).collect();
+            let first = encode(&cmds[0]);
+            for cut in 0..first.len() {
+                let mut buf = BytesMut::from(&first[..cut]);
+                prop_assert_eq!(next_request(&mut buf, &RequestLimits::default(), true), Ok(None));
+                prop_assert_eq!(buf.len(), cut, "nothing consumed on incomplete");
+            }
+            prop_assert_eq!(parse_all(&wire, true).unwrap(), cmds);
+        }
+
+        #[test]
+        fn any_chunking_gives_the_same_requests(
+            cmds in prop::collection::vec(arb_args(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let wire: Vec<u8> = cmds.iter().flat_map(|c| encode(c)).collect();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([wire.len()]) {
+                buf.extend_from_slice(&wire[last..p]);
+                last = p;
+                while let Some(r) = next_request(&mut buf, &RequestLimits::default(), true).unwrap() {
+                    got.push(r.args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+                }
+            }
+            prop_assert_eq!(got, cmds);
+        }
+
+        #[test]
+        fn garbage_never_panics_and_accepted_requests_respect_limits(
+            input in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let limits = RequestLimits { max_inline: 32, max_bulk: 8, max_multibulk: 4 };
+            let mut buf = BytesMut::from(&input[..]);
+            while let Ok(Some(r)) = next_request(&mut buf, &limits, true) {
+                prop_assert!(!r.args.is_empty());
+                if input[0] == b'*' {
+                    prop_assert!(r.args.len() <= 4);
+                    prop_assert!(r.args.iter().all(|a| a.len() <= 8));
+                }
+            }
+        }
+
+        #[test]
+        fn reply_prefixes_are_incomplete(args in arb_args()) {
+            let frame = encode(&args);
+            for cut in 0..frame.len() {
+                prop_assert!(next_reply_len(&frame[..cut], 1 << 20).unwrap().is_none());
+            }
+            prop_assert_eq!(next_reply_len(&frame, 1 << 20).unwrap(), Some((frame.len(), ReplyKind::Other)));
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Builds the immutable parts once (TLS acceptors, policies, pools) and runs the listeners until
+//! the shutdown future completes; then drains in two beats with a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Identity, ListenerConfig, ListenerTls};
+use crate::listener::{accept_loop, Listener};
+use crate::session;
+use crate::tls::{dev_certs, pem, TlsError};
+use crate::upstream::Pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error("listener `{listener}`: dev certificates: {reason}")]
+    DevCerts { listener: String, reason: String },
+    #[error("{0} listeners configured but {1} bound")]
+    ListenerCount(usize, usize),
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every session finished within the grace period.
+    pub drained: bool,
+}
+
+/// Binds every configured listener, in order.
+pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, ServerError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let tcp = TcpListener::bind(l.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                listener: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+        bound.push(tcp);
+    }
+    Ok(bound)
+}
+
+/// Serves on already-bound listeners (one per `config.listeners` entry, in order) until
+/// `shutdown` completes. Tests bind `127.0.0.1:0` themselves and pass a future they control.
+pub async fn serve(
+    config: Config,
+    bound: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, ServerError> {
+    if bound.len() != config.listeners.len() {
+        return Err(ServerError::ListenerCount(
+            config.listeners.len(),
+            bound.len(),
+        ));
+    }
+    let stop_accepting = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let mut background = Vec::new();
+    let mut listeners = Vec::new();
+    for (cfg, tcp) in config.listeners.iter().zip(bound) {
+        let pool = Pool::new(&cfg.upstream, config.limits.max_reply_bytes).map_err(|source| {
+            ServerError::Tls {
+                listener: cfg.name.clone(),
+                source,
+            }
+        })?;
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => Some((acceptor(cfg, t, &config, &tcp)?, t.handshake_timeout)),
+        };
+        announce(cfg, &tcp, tls.is_some());
+        background.push(tokio::spawn(pool.clone().maintain(stop_accepting.clone())));
+        let listener = Arc::new(Listener {
+            ctx: Arc::new(session::Context {
+                listener: cfg.name.clone(),
+                auth: cfg.auth.clone(),
+                policy: cfg.policy.clone(),
+                pool,
+                limits: config.limits.clone(),
+            }),
+            tls,
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+        });
+        listeners.push((tcp, listener));
+    }
+    let mut accept_tasks = Vec::new();
+    for (tcp, listener) in listeners {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            tcp,
+            listener,
+            sessions.clone(),
+            stop_accepting.clone(),
+        )));
+    }
+
+    shutdown.await;
+    // Beat one: stop accepting and tell every session to finish what it has in flight.
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; draining sessions");
+    stop_accepting.cancel();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    sessions.close();
+    // Beat two: wait for the drain, up to the grace period.
+    let drained = tokio::time::timeout(config.shutdown_grace, sessions.wait())
+        .await
+        .is_ok();
+    if drained {
+        tracing::info!("drain complete");
+    } else {
+        tracing::warn!(
+            remaining = sessions.len(),
+            "grace period over; closing the remaining sessions"
+        );
+    }
+    for t in background {
+        t.abort();
+    }
+    Ok(ShutdownReport { drained })
+}
+
+fn acceptor(
+    cfg: &ListenerConfig,
+    tls: &ListenerTls,
+    config: &Config,
+    tcp: &TcpListener,
+) -> Result<TlsAcceptor, ServerError> {
+    let tls_err = |source| ServerError::Tls {
+        listener: cfg.name.clone(),
+        source,
+    };
+    let (chain, key) = match &tls.identity {
+        Identity::Files { chain, key } => (chain.clone(), key.clone_key()),
+        Identity::Dev => {
+            let dir = config.data_dir.join("dev-certs");
+            let dev_err = |reason| ServerError::DevCerts {
+                listener: cfg.name.clone(),
+                reason,
+            };
+            let (files, generated) = dev_certs::ensure(&dir).map_err(dev_err)?;
+            let chain = pem::load_certs(&files.cert).map_err(dev_err)?;
+            let key = pem::load_key(&files.key).map_err(dev_err)?;
+            let port = tcp
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(cfg.bind.port());
+            tracing::warn!(
+                listener = %cfg.name,
+                ca = %files.ca.display(),
+                generated,
+                "USING A SELF-SIGNED DEVELOPMENT CERTIFICATE: for local testing only; configure tls.cert and tls.key for anything else"
+            );
+            tracing::warn!(
+                "connect with: redis-cli --tls --cacert {} -h 127.0.0.1 -p {port}",
+                files.ca.display()
+            );
+            (chain, key)
+        }
+    };
+    let config = crate::tls::server::build(&tls.options, chain, key).map_err(tls_err)?;
+    Ok(TlsAcceptor::from(config))
+}
+
+fn announce(cfg: &ListenerConfig, tcp: &TcpListener, tls: bool) {
+    let addr = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        listener = %cfg.name,
+        %addr,
+        upstream = %cfg.upstream.address,
+        tls,
+        upstream_tls = cfg.upstream.tls.is_some(),
+        "listening"
+    );
+    if !tls && !cfg.bind.ip().is_loopback() {
+        tracing::warn!(listener = %cfg.name, "plaintext listener on a non-loopback address: traffic and AUTH tokens cross the network unencrypted");
+    }
+    if matches!(cfg.auth, crate::config::AuthMode::None) {
+        tracing::warn!(listener = %cfg.name, "auth.mode = \"none\": every client is let in without AUTH");
+    }
+}

@@ -1,0 +1,349 @@
+//! What the session needs to know about a command besides the policy decision: which ones the
+//! proxy answers itself, how many replies one produces, which may block, and how COMMAND replies
+//! are rewritten so that they neither list disabled commands nor reveal the real name behind an
+//! alias.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::policy::{Decision, Policy, Visibility};
+
+/// A name no Redis knows: sent in place of a refused name inside COMMAND INFO / DOCS /
+/// GETKEYS, so the backend itself answers "no such command" in the client's protocol.
+pub const HIDDEN_PLACEHOLDER: &[u8] = b"cachegate-hidden-command";
+
+/// Commands with meaning to the session itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Auth,
+    Hello,
+    Quit,
+    Reset,
+    Multi,
+    Exec,
+    Discard,
+    Command,
+    Subscribe,
+    Unsubscribe,
+    Client,
+    Blocking,
+    Other,
+}
+
+pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
+    const BLOCKING: &[&[u8]] = &[
+        b"BLPOP",
+        b"BRPOP",
+        b"BRPOPLPUSH",
+        b"BLMOVE",
+        b"BLMPOP",
+        b"BZPOPMIN",
+        b"BZPOPMAX",
+        b"BZMPOP",
+        b"WAIT",
+        b"WAITAOF",
+    ];
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    if is(b"AUTH") {
+        Kind::Auth
+    } else if is(b"HELLO") {
+        Kind::Hello
+    } else if is(b"QUIT") {
+        Kind::Quit
+    } else if is(b"RESET") {
+        Kind::Reset
+    } else if is(b"MULTI") {
+        Kind::Multi
+    } else if is(b"EXEC") {
+        Kind::Exec
+    } else if is(b"DISCARD") {
+        Kind::Discard
+    } else if is(b"COMMAND") {
+        Kind::Command
+    } else if is(b"SUBSCRIBE") || is(b"PSUBSCRIBE") || is(b"SSUBSCRIBE") {
+        Kind::Subscribe
+    } else if is(b"UNSUBSCRIBE") || is(b"PUNSUBSCRIBE") || is(b"SUNSUBSCRIBE") {
+        Kind::Unsubscribe
+    } else if is(b"CLIENT") {
+        Kind::Client
+    } else if BLOCKING.iter().any(|b| is(b))
+        || ((is(b"XREAD") || is(b"XREADGROUP"))
+            && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")))
+    {
+        Kind::Blocking
+    } else {
+        Kind::Other
+    }
+}
+
+/// How a COMMAND reply is rewritten on its way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// COMMAND, COMMAND INFO: an array of entries, each an array whose first element is the name.
+    Entries,
+    /// COMMAND DOCS: a map (RESP3) or flat array (RESP2) of name -> docs.
+    Docs,
+    /// COMMAND LIST: an array of names.
+    List,
+    /// COMMAND COUNT, answered from a COMMAND LIST: the number of visible names.
+    Count,
+}
+
+/// For a COMMAND request (name already checked): the arguments to forward and the rewrite to
+/// apply, or `Err(reply)` to answer locally.
+pub fn plan_command(args: &[Bytes], policy: &Policy) -> (Vec<Bytes>, Option<Rewrite>) {
+    if policy.is_empty() {
+        return (args.to_vec(), None);
+    }
+    let sub = args.get(1).map(|s| s.to_ascii_uppercase());
+    let translate = |name: &Bytes| match policy.decide(name) {
+        Decision::Allow => name.clone(),
+        Decision::Rename(real) => real,
+        Decision::Refuse => Bytes::from_static(HIDDEN_PLACEHOLDER),
+    };
+    match sub.as_deref() {
+        None => (args.to_vec(), Some(Rewrite::Entries)),
+        Some(b"INFO") | Some(b"DOCS") => {
+            let mut out = args[..2].to_vec();
+            out.extend(args[2..].iter().map(translate));
+            let rw = if sub.as_deref() == Some(b"INFO") {
+                Rewrite::Entries
+            } else {
+                Rewrite::Docs
+            };
+            (out, Some(rw))
+        }
+        Some(b"LIST") => (args.to_vec(), Some(Rewrite::List)),
+        Some(b"COUNT") if args.len() == 2 => (
+            vec![args[0].clone(), Bytes::from_static(b"LIST")],
+            Some(Rewrite::Count),
+        ),
+        Some(b"GETKEYS") | Some(b"GETKEYSANDFLAGS") if args.len() > 2 => {
+            let mut out = args.to_vec();
+            out[2] = translate(&args[2]);
+            (out, None)
+        }
+        _ => (args.to_vec(), None),
+    }
+}
+
+/// Applies a rewrite to one complete reply frame. Anything unexpected (an error reply, another
+/// shape) is passed through unchanged: the rewrite only ever removes or renames.
+pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
+    let Some(agg) = Aggregate::parse(&frame) else {
+        return frame;
+    };
+    let mut out = BytesMut::with_capacity(frame.len());
+    match rewrite {
+        Rewrite::Entries => {
+            let mut kept = Vec::with_capacity(agg.elements.len());
+            for entry in &agg.elements {
+                let renamed = match Aggregate::parse(entry) {
+                    Some(inner) if !inner.elements.is_empty() => {
+                        match string_value(inner.elements[0]).map(|n| policy.visible_name(n)) {
+                            Some(Visibility::Hidden) => continue,
+                            Some(Visibility::ShownAs(alias)) => {
+                                let mut e = BytesMut::new();
+                                put_header(&mut e, inner.kind, inner.elements.len());
+                                put_bulk(&mut e, &alias);
+                                for el in &inner.elements[1..] {
+                                    e.put_slice(el);
+                                }
+                                e.freeze()
+                            }
+                            _ => Bytes::copy_from_slice(entry),
+                        }
+                    }
+                    _ => Bytes::copy_from_slice(entry),
+                };
+                kept.push(renamed);
+            }
+            put_header(&mut out, agg.kind, kept.len());
+            kept.iter().for_each(|e| out.put_slice(e));
+        }
+        Rewrite::Docs => {
+            let mut pairs = Vec::new();
+            for pair in agg.elements.chunks(2) {
+                let [name, doc] = pair else { return frame };
+                match string_value(name).map(|n| policy.visible_name(n)) {
+                    Some(Visibility::Hidden) => {}
+                    Some(Visibility::ShownAs(alias)) => pairs.push((bulk(&alias), *doc)),
+                    _ => pairs.push((Bytes::copy_from_slice(name), *doc)),
+                }
+            }
+            put_header(&mut out, agg.kind, pairs.len() * 2);
+            for (name, doc) in pairs {
+                out.put_slice(&name);
+                out.put_slice(doc);
+            }
+        }
+        Rewrite::List | Rewrite::Count => {
+            let mut names = Vec::new();
+            for el in &agg.elements {
+                match string_value(el).map(|n| policy.visible_name(n)) {
+                    Some(Visibility::Hidden) => {}
+                    Some(Visibility::ShownAs(alias)) => names.push(bulk(&alias)),
+                    _ => names.push(Bytes::copy_from_slice(el)),
+                }
+            }
+            if rewrite == Rewrite::Count {
+                out.put_slice(format!(":{}\r\n", names.len()).as_bytes());
+            } else {
+                put_header(&mut out, agg.kind, names.len());
+                names.iter().for_each(|n| out.put_slice(n));
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// An array, set or map frame split into the raw bytes of its elements (a map's keys and values
+/// alternate).
+struct Aggregate<'a> {
+    kind: u8,
+    elements: Vec<&'a [u8]>,
+}
+
+impl<'a> Aggregate<'a> {
+    fn parse(frame: &'a [u8]) -> Option<Self> {
+        let kind = *frame.first()?;
+        if !matches!(kind, b'*' | b'~' | b'%') {
+            return None;
+        }
+        let eol = frame.windows(2).position(|w| w == b"\r\n")?;
+        let count: usize = std::str::from_utf8(&frame[1..eol]).ok()?.parse().ok()?;
+        let count = if kind == b'%' {
+            count.checked_mul(2)?
+        } else {
+            count
+        };
+        let mut pos = eol + 2;
+        let mut elements = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            let (len, _) = crate::protocol::resp::frame_len(&frame[pos..]).ok()??;
+            elements.push(&frame[pos..pos + len]);
+            pos += len;
+        }
+        Some(Self { kind, elements })
+    }
+}
+
+/// The text of a simple or bulk string element.
+fn string_value(el: &[u8]) -> Option<&[u8]> {
+    let eol = el.windows(2).position(|w| w == b"\r\n")?;
+    match el.first()? {
+        b'+' => Some(&el[1..eol]),
+        b'$' => el.get(eol + 2..el.len() - 2),
+        _ => None,
+    }
+}
+
+/// `n` counts elements; a map's header counts pairs.
+fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
+    let n = if kind == b'%' { n / 2 } else { n };
+    out.put_u8(kind);
+    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+fn put_bulk(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(format!("${}\r\n", s.len()).as_bytes());
+    out.put_slice(s);
+    out.put_slice(b"\r\n");
+}
+
+fn bulk(s: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    put_bulk(&mut b, s);
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(
+            &["FLUSHDB".into()],
+            &[("FLUSHALL".into(), "admin_flushall".into())],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn list_hides_and_renames() {
+        let frame = Bytes::from_static(b"*3\r\n$3\r\nget\r\n$7\r\nflushdb\r\n$8\r\nflushall\r\n");
+        let out = rewrite_reply(frame.clone(), Rewrite::List, &policy());
+        assert_eq!(&out[..], b"*2\r\n$3\r\nget\r\n$14\r\nadmin_flushall\r\n");
+        let count = rewrite_reply(frame, Rewrite::Count, &policy());
+        assert_eq!(&count[..], b":2\r\n");
+    }
+
+    #[test]
+    fn entries_keep_everything_but_the_name() {
+        let frame = Bytes::from_static(
+            b"*2\r\n*2\r\n$8\r\nflushall\r\n:-1\r\n*2\r\n$7\r\nflushdb\r\n:-1\r\n",
+        );
+        let out = rewrite_reply(frame, Rewrite::Entries, &policy());
+        assert_eq!(&out[..], b"*1\r\n*2\r\n$14\r\nadmin_flushall\r\n:-1\r\n");
+    }
+
+    #[test]
+    fn docs_as_map_and_flat_array() {
+        let map = Bytes::from_static(b"%2\r\n$7\r\nflushdb\r\n%0\r\n$3\r\nget\r\n%0\r\n");
+        assert_eq!(
+            &rewrite_reply(map, Rewrite::Docs, &policy())[..],
+            b"%1\r\n$3\r\nget\r\n%0\r\n"
+        );
+        let flat = Bytes::from_static(b"*4\r\n$8\r\nflushall\r\n*0\r\n$3\r\nget\r\n*0\r\n");
+        assert_eq!(
+            &rewrite_reply(flat, Rewrite::Docs, &policy())[..],
+            b"*4\r\n$14\r\nadmin_flushall\r\n*0\r\n$3\r\nget\r\n*0\r\n"
+        );
+    }
+
+    #[test]
+    fn errors_pass_through() {
+        let err = Bytes::from_static(b"-ERR nope\r\n");
+        assert_eq!(rewrite_reply(err.clone(), Rewrite::List, &policy()), err);
+    }
+
+    #[test]
+    fn info_requests_translate_names() {
+        let args: Vec<Bytes> = [
+            "COMMAND",
+            "INFO",
+            "get",
+            "admin_flushall",
+            "flushall",
+            "FLUSHDB",
+        ]
+        .iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect();
+        let (fwd, rw) = plan_command(&args, &policy());
+        assert_eq!(rw, Some(Rewrite::Entries));
+        let fwd: Vec<&[u8]> = fwd.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            fwd,
+            vec![
+                &b"COMMAND"[..],
+                b"INFO",
+                b"get",
+                b"FLUSHALL",
+                HIDDEN_PLACEHOLDER,
+                HIDDEN_PLACEHOLDER
+            ]
+        );
+    }
+
+    #[test]
+    fn classify_blocking_and_state() {
+        let no = |s: &str| classify(s.as_bytes(), &[]);
+        assert_eq!(no("blpop"), Kind::Blocking);
+        assert_eq!(no("XREAD"), Kind::Other);
+        let args = [Bytes::from_static(b"XREAD"), Bytes::from_static(b"block")];
+        assert_eq!(classify(b"xread", &args), Kind::Blocking);
+        assert_eq!(no("Hello"), Kind::Hello);
+        assert_eq!(no("psubscribe"), Kind::Subscribe);
+    }
+}

@@ -1,0 +1,686 @@
+//! One client connection, after its TLS handshake: read -> auth -> policy -> upstream -> reply.
+//!
+//! Two halves run concurrently in the session's task:
+//! - the request side reads and parses the client's commands, answers what the proxy owns (AUTH,
+//!   HELLO's AUTH, QUIT, refusals), re-encodes the rest to the upstream, and queues one `Slot`
+//!   per command saying what to send back: a local reply, or N upstream replies;
+//! - the reply side walks that queue, reading whole upstream frames and writing them (or the
+//!   local replies) to the client in request order. Frames no slot waits for (RESP3 pushes,
+//!   RESP2 pub/sub messages, MONITOR lines) are forwarded as they come.
+//!
+//! The queue is bounded, so a client that stops reading eventually stops being read from, and
+//! nothing it does stalls another client. When the upstream fails mid-request the client gets an
+//! error and the connection is closed (its upstream state is gone); a connection is returned to
+//! the pool only when its reply stream is in step.
+
+pub mod commands;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthMode, Limits};
+use crate::error::{SessionError, UpstreamError};
+use crate::policy::{Decision, Policy};
+use crate::protocol::reply::{self, encode_command};
+use crate::protocol::resp::{next_reply_len, next_request, ReplyKind, Request};
+use crate::upstream::{Conn, Pool, Stream};
+use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
+
+/// Commands queued between the two halves before the request side stops reading.
+const MAX_QUEUED: usize = 1024;
+/// Upstream bytes gathered before a write, so that pipelines become one write.
+const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
+/// Client bytes gathered before a write.
+const CLIENT_WRITE_BATCH: usize = 64 * 1024;
+/// How long the close_notify to a departing client may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every session of one listener shares; built once by the server.
+pub struct Context {
+    pub listener: String,
+    pub auth: AuthMode,
+    pub policy: Policy,
+    pub pool: Pool,
+    pub limits: Limits,
+}
+
+/// What the reply side does for one command.
+enum Slot {
+    /// The upstream connection's read half, sent before the first `Upstream` slot.
+    Attach(ReadHalf<Stream>),
+    Local(Bytes),
+    Upstream(Expect),
+}
+
+struct Expect {
+    replies: usize,
+    /// False for replies to commands cachegate sent on its own behalf (DISCARD, AUTH).
+    forward: bool,
+    /// Blocking commands wait as long as they must; others are bounded by the request timeout.
+    blocking: bool,
+    rewrite: Option<Rewrite>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// Runs a session to its end. Never panics on client input; logs how it ended.
+pub async fn run<S>(ctx: Arc<Context>, stream: S, peer: SocketAddr, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (cr, cw) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let abort = CancellationToken::new();
+    let mut req = RequestSide {
+        ctx: &ctx,
+        tx,
+        up: None,
+        wbuf: BytesMut::new(),
+        authenticated: matches!(ctx.auth, AuthMode::None),
+        in_multi: false,
+        multi_dirty: false,
+        resp3: false,
+        reply_mode: ReplyMode::On,
+        abort: abort.clone(),
+    };
+    let requests = req.run(cr, &shutdown);
+    let replies = reply_side(&ctx, cw, rx, abort.clone());
+    let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
+
+    let up = req.up.take();
+    if let (Some(write_half), Some(read_half)) = (up, read_half) {
+        let conn = Conn {
+            stream: read_half.unsplit(write_half),
+            connector: ctx.pool.connector(),
+        };
+        ctx.pool.release(conn, clean && req_result.is_ok());
+    }
+    match req_result.err().or(reply_result.err()) {
+        None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
+        Some(e) => match e.source() {
+            crate::error::Source::Upstream => {
+                tracing::warn!(listener = %ctx.listener, %peer, error = %e, "session ended by upstream failure")
+            }
+            _ => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
+        },
+    }
+}
+
+struct RequestSide<'a> {
+    ctx: &'a Context,
+    tx: mpsc::Sender<Slot>,
+    up: Option<WriteHalf<Stream>>,
+    wbuf: BytesMut,
+    authenticated: bool,
+    in_multi: bool,
+    multi_dirty: bool,
+    resp3: bool,
+    reply_mode: ReplyMode,
+    abort: CancellationToken,
+}
+
+/// Whether the request side goes on reading.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl RequestSide<'_> {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut cr: R,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let limits = &self.ctx.limits;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut partial_since: Option<Instant> = None;
+        let result = loop {
+            // Everything complete in the buffer is handled before the next read, so a pipeline
+            // is forwarded as one write.
+            let mut stop = false;
+            loop {
+                match next_request(&mut rbuf, &limits.request, self.authenticated) {
+                    Ok(Some(request)) => match self.handle(request).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => {
+                            stop = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.local_always(reply::protocol_error(&e)).await?;
+                        self.flush_upstream().await?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.flush_upstream().await?;
+            if stop || shutdown.is_cancelled() {
+                break Ok(());
+            }
+            partial_since = match (rbuf.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
+            if rbuf.len() > limits.max_request_bytes {
+                break Err(SessionError::QueryBufferFull(limits.max_request_bytes));
+            }
+            let partial_deadline =
+                partial_since.map(|since| since + limits.partial_request_timeout);
+            tokio::select! {
+                read = cr.read_buf(&mut rbuf) => match read {
+                    Ok(0) => break Ok(()),
+                    Ok(_) => {}
+                    Err(e) => break Err(SessionError::ClientIo(e)),
+                },
+                _ = sleep_until(partial_deadline) => {
+                    break Err(SessionError::PartialRequestTimeout(limits.partial_request_timeout));
+                }
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = self.abort.cancelled() => break Ok(()),
+            }
+        };
+        result
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<Flow, SessionError> {
+        let kind = classify(req.name(), &req.args);
+        match kind {
+            Kind::Auth => return self.auth(&req).await,
+            Kind::Hello => return self.hello(req).await,
+            Kind::Quit => {
+                self.local(Bytes::from_static(reply::OK)).await?;
+                return Ok(Flow::Stop);
+            }
+            Kind::Reset => return self.reset().await,
+            _ => {}
+        }
+        if !self.authenticated {
+            self.local(Bytes::from_static(reply::NOAUTH)).await?;
+            return Ok(Flow::Continue);
+        }
+        let mut args = req.args;
+        match self.ctx.policy.decide(&args[0]) {
+            Decision::Allow => {}
+            Decision::Rename(real) => args[0] = real,
+            Decision::Refuse => {
+                if self.in_multi {
+                    self.multi_dirty = true;
+                }
+                self.local(reply::unknown_command(&args)).await?;
+                return Ok(Flow::Continue);
+            }
+        }
+        let mut expect = Expect {
+            replies: 1,
+            forward: true,
+            blocking: false,
+            rewrite: None,
+        };
+        match kind {
+            Kind::Multi => self.in_multi = true,
+            Kind::Discard => {
+                self.in_multi = false;
+                self.multi_dirty = false;
+            }
+            Kind::Exec if self.multi_dirty => {
+                // A refused command was queued: as Redis does, the whole transaction is
+                // discarded. The upstream's MULTI is ended with a DISCARD whose reply is ours.
+                self.in_multi = false;
+                self.multi_dirty = false;
+                let discard = [Bytes::from_static(b"DISCARD")];
+                self.forward(&discard, self.swallow(1)).await?;
+                self.local(Bytes::from_static(reply::EXECABORT)).await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Exec => self.in_multi = false,
+            Kind::Command => {
+                let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
+                args = fwd;
+                expect.rewrite = rewrite;
+            }
+            Kind::Subscribe | Kind::Unsubscribe => {
+                // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
+                // one reply per channel. UNSUBSCRIBE without channels answers once per current
+                // subscription, unknown here: those replies flow through as unsolicited frames.
+                let channels = args.len() - 1;
+                expect.replies = match (self.resp3, channels) {
+                    (_, 0) if kind == Kind::Subscribe => 1,
+                    (true, _) | (false, 0) => 0,
+                    (false, n) => n,
+                };
+            }
+            Kind::Client => {
+                if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") {
+                    let mode = &args[2];
+                    if mode.eq_ignore_ascii_case(b"OFF") {
+                        self.reply_mode = ReplyMode::Off;
+                        expect.replies = 0;
+                    } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                        if self.reply_mode != ReplyMode::Off {
+                            self.reply_mode = ReplyMode::SkipNext;
+                        }
+                        expect.replies = 0;
+                        return self.forward_raw(&args, expect).await;
+                    } else if mode.eq_ignore_ascii_case(b"ON") {
+                        self.reply_mode = ReplyMode::On;
+                        return self.forward_raw(&args, expect).await;
+                    }
+                }
+            }
+            Kind::Blocking => expect.blocking = true,
+            _ => {}
+        }
+        self.forward(&args, expect).await
+    }
+
+    /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
+    async fn auth(&mut self, req: &Request) -> Result<Flow, SessionError> {
+        let reply = match req.args.len() {
+            2 => self.check_credentials(None, &req.args[1]),
+            3 => self.check_credentials(Some(&req.args[1]), &req.args[2]),
+            1 => reply::wrong_arity(b"auth"),
+            _ => Bytes::from_static(reply::SYNTAX),
+        };
+        self.local(reply).await?;
+        Ok(Flow::Continue)
+    }
+
+    fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Bytes {
+        let is_default = user.is_none_or(|u| u == b"default");
+        match &self.ctx.auth {
+            // Redis with a passwordless default user: `AUTH <pw>` is a configuration mistake,
+            // `AUTH default <anything>` succeeds.
+            AuthMode::None if user.is_none() => Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD),
+            AuthMode::None if is_default => Bytes::from_static(reply::OK),
+            AuthMode::None => Bytes::from_static(reply::WRONGPASS),
+            AuthMode::Tokens(tokens) => match tokens.verify(token) {
+                Some(slot) if is_default => {
+                    self.authenticated = true;
+                    tracing::debug!(listener = %self.ctx.listener, user = "default", slot, "authenticated");
+                    Bytes::from_static(reply::OK)
+                }
+                _ => {
+                    tracing::info!(
+                        listener = %self.ctx.listener,
+                        user = %String::from_utf8_lossy(user.unwrap_or(b"default")),
+                        "authentication failed"
+                    );
+                    Bytes::from_static(reply::WRONGPASS)
+                }
+            },
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the AUTH part is checked here and
+    /// stripped; the rest goes upstream so the client gets the real server's HELLO reply.
+    async fn hello(&mut self, req: Request) -> Result<Flow, SessionError> {
+        let mut forward = vec![req.args[0].clone()];
+        let mut credentials = None;
+        let mut i = 1;
+        if let Some(ver) = req.args.get(1) {
+            forward.push(ver.clone());
+            i = 2;
+        }
+        while i < req.args.len() {
+            let opt = &req.args[i];
+            if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.args.len() {
+                credentials = Some((req.args[i + 1].clone(), req.args[i + 2].clone()));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.args.len() {
+                forward.extend_from_slice(&req.args[i..i + 2]);
+                i += 2;
+            } else {
+                let msg = format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                );
+                self.local(reply::error(&msg)).await?;
+                return Ok(Flow::Continue);
+            }
+        }
+        if let Some((user, pass)) = credentials {
+            let verdict = self.check_credentials(Some(&user), &pass);
+            if &verdict[..] != reply::OK {
+                self.local(verdict).await?;
+                return Ok(Flow::Continue);
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            self.local(Bytes::from_static(reply::HELLO_NOAUTH)).await?;
+            return Ok(Flow::Continue);
+        }
+        match req.args.get(1).map(|v| &v[..]) {
+            Some(b"3") => self.resp3 = true,
+            Some(b"2") => self.resp3 = false,
+            _ => {}
+        }
+        let expect = Expect {
+            replies: 1,
+            forward: true,
+            blocking: false,
+            rewrite: None,
+        };
+        self.forward(&forward, expect).await
+    }
+
+    /// RESET: the client's connection state goes back to a fresh connection's, its
+    /// authentication included.
+    async fn reset(&mut self) -> Result<Flow, SessionError> {
+        self.in_multi = false;
+        self.multi_dirty = false;
+        self.resp3 = false;
+        self.reply_mode = ReplyMode::On;
+        self.authenticated = matches!(self.ctx.auth, AuthMode::None);
+        if self.up.is_none() {
+            self.local(Bytes::from_static(reply::RESET)).await?;
+            return Ok(Flow::Continue);
+        }
+        let expect = Expect {
+            replies: 1,
+            forward: true,
+            blocking: false,
+            rewrite: None,
+        };
+        self.forward(&[Bytes::from_static(b"RESET")], expect)
+            .await?;
+        // RESET logs the upstream connection out too; log cachegate back in.
+        if let Some(auth) = self.ctx.pool.auth_frame() {
+            self.send_slot(Slot::Upstream(self.swallow(1))).await?;
+            self.wbuf.extend_from_slice(&auth);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn swallow(&self, replies: usize) -> Expect {
+        Expect {
+            replies,
+            forward: false,
+            blocking: false,
+            rewrite: None,
+        }
+    }
+
+    /// Queues a command upstream, applying CLIENT REPLY OFF/SKIP to the expected replies.
+    async fn forward(&mut self, args: &[Bytes], mut expect: Expect) -> Result<Flow, SessionError> {
+        if expect.forward {
+            match self.reply_mode {
+                ReplyMode::On => {}
+                ReplyMode::Off => expect.replies = 0,
+                ReplyMode::SkipNext => {
+                    expect.replies = 0;
+                    self.reply_mode = ReplyMode::On;
+                }
+            }
+        }
+        self.forward_raw(args, expect).await
+    }
+
+    async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
+        if self.up.is_none() {
+            match self.ctx.pool.acquire().await {
+                Ok(conn) => {
+                    let (r, w) = tokio::io::split(conn.stream);
+                    self.send_slot(Slot::Attach(r)).await?;
+                    self.up = Some(w);
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
+                    let msg = format!("cachegate: upstream unavailable ({e})");
+                    self.local(reply::error(&msg)).await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+        // The slot is queued before the bytes leave, so the reply side always knows what a
+        // frame is for.
+        if expect.replies > 0 {
+            self.send_slot(Slot::Upstream(expect)).await?;
+        }
+        encode_command(&mut self.wbuf, args.iter().map(|a| &a[..]));
+        if self.wbuf.len() >= UPSTREAM_WRITE_BATCH {
+            self.flush_upstream().await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A proxy-made reply, unless the client turned replies off.
+    async fn local(&mut self, reply: Bytes) -> Result<(), SessionError> {
+        match self.reply_mode {
+            ReplyMode::On => self.local_always(reply).await,
+            ReplyMode::Off => Ok(()),
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                Ok(())
+            }
+        }
+    }
+
+    async fn local_always(&mut self, reply: Bytes) -> Result<(), SessionError> {
+        self.send_slot(Slot::Local(reply)).await
+    }
+
+    async fn send_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
+        match self.tx.try_send(slot) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(slot)) => {
+                // The reply side may be waiting for replies to requests still in our buffer.
+                self.flush_upstream().await?;
+                self.tx.send(slot).await.map_err(|_| closed())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
+    }
+
+    async fn flush_upstream(&mut self) -> Result<(), SessionError> {
+        let Some(up) = self.up.as_mut() else {
+            return Ok(());
+        };
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            up.write_all(&self.wbuf).await?;
+            up.flush().await
+        };
+        tokio::select! {
+            r = write => r.map_err(|e| SessionError::Upstream(UpstreamError::Io(e)))?,
+            _ = self.abort.cancelled() => return Err(closed()),
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+}
+
+fn closed() -> SessionError {
+    SessionError::Upstream(UpstreamError::Closed)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_some(
+    up: Option<&mut ReadHalf<Stream>>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match up {
+        Some(up) => up.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Current {
+    expect: Expect,
+    deadline: Option<Instant>,
+}
+
+enum Event {
+    Slot(Option<Slot>),
+    Read(std::io::Result<usize>),
+    Timeout,
+}
+
+/// Writes replies to the client in request order. Returns the upstream read half, whether the
+/// upstream stream ended in step (nothing outstanding), and how the side ended.
+async fn reply_side<W: AsyncWrite + Unpin>(
+    ctx: &Context,
+    mut cw: W,
+    mut rx: mpsc::Receiver<Slot>,
+    abort: CancellationToken,
+) -> (Option<ReadHalf<Stream>>, bool, Result<(), SessionError>) {
+    let timeout = ctx.pool.request_timeout();
+    let max_reply = ctx.limits.max_reply_bytes;
+    let mut up: Option<ReadHalf<Stream>> = None;
+    let mut ubuf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut current: Option<Current> = None;
+    let mut closed = false;
+
+    let failure: Option<SessionError> = 'outer: loop {
+        // Route everything already at hand, then write it in one go.
+        loop {
+            if current.is_none() && !closed {
+                match rx.try_recv() {
+                    Ok(slot) => {
+                        apply(slot, &mut up, &mut current, &mut out, timeout);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            if up.is_some() {
+                match next_reply_len(&ubuf, max_reply) {
+                    Ok(Some((len, kind))) => {
+                        let frame = ubuf.split_to(len).freeze();
+                        route(frame, kind, &mut current, &mut out, ctx, timeout);
+                        if out.len() < CLIENT_WRITE_BATCH {
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => break 'outer Some(UpstreamError::from(e).into()),
+                }
+            }
+            break;
+        }
+        if !out.is_empty() {
+            let write = async {
+                cw.write_all(&out).await?;
+                cw.flush().await
+            };
+            if let Err(e) = write.await {
+                break Some(SessionError::ClientIo(e));
+            }
+            out.clear();
+        }
+        if closed && current.is_none() {
+            break None;
+        }
+        let deadline = current.as_ref().and_then(|c| c.deadline);
+        let event = tokio::select! {
+            slot = rx.recv(), if current.is_none() && !closed => Event::Slot(slot),
+            read = read_some(up.as_mut(), &mut ubuf) => Event::Read(read),
+            _ = sleep_until(deadline) => Event::Timeout,
+        };
+        match event {
+            Event::Slot(Some(slot)) => apply(slot, &mut up, &mut current, &mut out, timeout),
+            Event::Slot(None) => closed = true,
+            Event::Read(Ok(0)) => break Some(UpstreamError::Closed.into()),
+            Event::Read(Ok(_)) => {}
+            Event::Read(Err(e)) => break Some(UpstreamError::Io(e).into()),
+            Event::Timeout => break Some(UpstreamError::Timeout(timeout).into()),
+        }
+    };
+
+    let clean = failure.is_none() && current.is_none() && ubuf.is_empty();
+    if let Some(SessionError::Upstream(e)) = &failure {
+        // The client learns why before the connection closes; nothing partial was written.
+        abort.cancel();
+        if current.as_ref().is_some_and(|c| c.expect.forward) {
+            let msg = match e {
+                UpstreamError::Timeout(_) => format!("cachegate: {e}"),
+                _ => format!("cachegate: upstream connection lost ({e})"),
+            };
+            let _ = cw.write_all(&reply::error(&msg)).await;
+        }
+    } else if failure.is_some() {
+        abort.cancel();
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, cw.shutdown()).await;
+    (up, clean, failure.map_or(Ok(()), Err))
+}
+
+fn apply(
+    slot: Slot,
+    up: &mut Option<ReadHalf<Stream>>,
+    current: &mut Option<Current>,
+    out: &mut BytesMut,
+    timeout: Duration,
+) {
+    match slot {
+        Slot::Attach(r) => *up = Some(r),
+        Slot::Local(bytes) => out.extend_from_slice(&bytes),
+        Slot::Upstream(expect) => {
+            let deadline = (!expect.blocking).then(|| Instant::now() + timeout);
+            *current = Some(Current { expect, deadline });
+        }
+    }
+}
+
+fn route(
+    frame: Bytes,
+    kind: ReplyKind,
+    current: &mut Option<Current>,
+    out: &mut BytesMut,
+    ctx: &Context,
+    timeout: Duration,
+) {
+    if kind == ReplyKind::Push {
+        out.extend_from_slice(&frame);
+        return;
+    }
+    let Some(cur) = current.as_mut() else {
+        // Unsolicited: a RESP2 pub/sub message or a MONITOR line.
+        out.extend_from_slice(&frame);
+        return;
+    };
+    if cur.expect.forward {
+        match cur.expect.rewrite {
+            Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
+            None => out.extend_from_slice(&frame),
+        }
+    } else if kind == ReplyKind::Error {
+        tracing::warn!(
+            listener = %ctx.listener,
+            reply = %crate::upstream::conn::printable(&frame),
+            "upstream refused a command cachegate sent on its own behalf"
+        );
+    }
+    cur.expect.replies -= 1;
+    if cur.expect.replies == 0 {
+        *current = None;
+    } else if cur.deadline.is_some() {
+        cur.deadline = Some(Instant::now() + timeout);
+    }
+}

@@ -1,0 +1,100 @@
+//! The client-facing TLS configuration.
+//!
+//! TLS 1.2 and 1.3 only (rustls has nothing older), with a configurable floor; AEAD ECDHE suites
+//! only (the ring provider's set); no renegotiation (rustls never renegotiates); no 0-RTT
+//! (`max_early_data_size` stays 0). Resumption: a stateful session cache for TLS 1.2 and 1.3 and
+//! stateless TLS 1.3 tickets, unless turned off.
+
+use std::sync::Arc;
+
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::TlsError;
+
+/// The lowest protocol version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Whether clients present certificates.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    Off,
+    /// Verified against these roots when presented; a client without one is still admitted.
+    Optional(Vec<CertificateDer<'static>>),
+    /// A certificate signed by one of these roots is required to finish the handshake.
+    Required(Vec<CertificateDer<'static>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTlsOptions {
+    pub min_version: MinVersion,
+    pub client_auth: ClientAuth,
+    pub session_resumption: bool,
+}
+
+/// Entries in the stateful session cache (each a few hundred bytes).
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+pub fn build(
+    opts: &ServerTlsOptions,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = super::provider();
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match opts.min_version {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|source| TlsError::Rustls {
+            what: "listener TLS versions",
+            source,
+        })?;
+    let builder = match &opts.client_auth {
+        ClientAuth::Off => builder.with_no_client_auth(),
+        ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
+            let mut store = RootCertStore::empty();
+            for cert in roots {
+                store.add(cert.clone()).map_err(|source| TlsError::Rustls {
+                    what: "client CA bundle",
+                    source,
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
+            let verifier = if matches!(opts.client_auth, ClientAuth::Optional(_)) {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Invalid(format!("client certificate verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            what: "listener certificate and key",
+            source,
+        })?;
+    config.max_early_data_size = 0;
+    if opts.session_resumption {
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
+                what: "TLS 1.3 session tickets",
+                source,
+            })?;
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,214 @@
+//! One upstream connection: plain TCP or TLS, authenticated with cachegate's own credentials.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::UpstreamError;
+use crate::protocol::reply::encode_command;
+use crate::protocol::resp::next_reply_len;
+
+/// The byte stream to an upstream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How to open and authenticate a connection; shared by all of a pool's connections.
+pub struct Connector {
+    pub address: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_reply: usize,
+    pub tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// `AUTH [username] password`, pre-encoded; `None` when the upstream needs no AUTH.
+    pub auth: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("address", &self.address)
+            .field("tls", &self.tls.is_some())
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Connector {
+    pub fn auth_frame(
+        username: Option<&str>,
+        password: Option<&crate::auth::secret::Password>,
+    ) -> Option<Bytes> {
+        let password = password?;
+        let mut out = BytesMut::new();
+        match username {
+            Some(u) => encode_command(
+                &mut out,
+                [&b"AUTH"[..], u.as_bytes(), password.expose().as_bytes()].into_iter(),
+            ),
+            None => encode_command(
+                &mut out,
+                [&b"AUTH"[..], password.expose().as_bytes()].into_iter(),
+            ),
+        }
+        Some(out.freeze())
+    }
+
+    /// Opens, (TLS-)handshakes and authenticates a new connection, each phase under a deadline.
+    pub async fn connect(self: &Arc<Self>) -> Result<Conn, UpstreamError> {
+        let addr = &self.address;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr.as_str()))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr: addr.clone(),
+                after: self.connect_timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        // Small requests and replies: do not wait to coalesce.
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout {
+                    addr: addr.clone(),
+                    after: self.connect_timeout,
+                })?
+                .map_err(|source| UpstreamError::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        let mut conn = Conn {
+            stream,
+            connector: self.clone(),
+        };
+        if let Some(auth) = &self.auth {
+            let reply = conn.roundtrip(auth).await?;
+            if &reply[..] != b"+OK\r\n" {
+                return Err(UpstreamError::Auth {
+                    addr: addr.clone(),
+                    reply: printable(&reply),
+                });
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// An open, authenticated upstream connection in a known state.
+pub struct Conn {
+    pub stream: Stream,
+    pub connector: Arc<Connector>,
+}
+
+impl Conn {
+    /// Sends pre-encoded commands and returns the first reply frame. Only for connections no
+    /// client is using (setup, health checks).
+    pub async fn roundtrip(&mut self, request: &[u8]) -> Result<Bytes, UpstreamError> {
+        let timeout = self.connector.request_timeout;
+        tokio::time::timeout(timeout, async {
+            self.stream.write_all(request).await?;
+            self.stream.flush().await?;
+            let mut buf = BytesMut::with_capacity(256);
+            self.read_frame(&mut buf).await
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// Reads one complete reply frame, leaving any bytes after it in `buf`.
+    pub async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Bytes, UpstreamError> {
+        loop {
+            if let Some((len, _)) = next_reply_len(buf, self.connector.max_reply)? {
+                return Ok(buf.split_to(len).freeze());
+            }
+            if self.stream.read_buf(buf).await? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        }
+    }
+
+    /// A cheap liveness check with no round trip: a connection the upstream has closed (or that
+    /// has unexpected bytes waiting) is not handed to a client.
+    pub fn looks_alive(&self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        matches!(
+            self.stream.tcp().poll_peek(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+}
+
+/// A reply shortened to one printable line, for logs and errors.
+pub fn printable(reply: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&reply[..reply.len().min(120)]);
+    s.trim_end().replace(['\r', '\n'], " ")
+}

@@ -1,0 +1,288 @@
+//! Persistent upstream connections: opened ahead, kept warm, health-checked, re-opened with
+//! backoff, and returned only in a known-clean state.
+//!
+//! A session takes a connection for as long as it lives (`acquire`) and gives it back with
+//! `release`, which resets it in the background (`RESET`, cachegate's own `AUTH`, name and
+//! library info cleared) before another client may see it; a connection whose state is unknown
+//! (a reply still outstanding, an error) is dropped instead. The interface leaves room for a
+//! later multiplexed mode: callers never see how connections are stored.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{printable, Conn, Connector};
+use crate::config::UpstreamConfig;
+use crate::error::UpstreamError;
+use crate::protocol::reply::encode_command;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A reset connection that keeps sending pub/sub messages past this many frames is dropped.
+const RESET_MAX_SKIPPED_FRAMES: usize = 10_000;
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Arc<Connector>,
+    idle: Mutex<VecDeque<Conn>>,
+    warm: usize,
+    health_interval: Duration,
+    healthy: AtomicBool,
+    refill: Notify,
+    /// The cleanup sequence sent on release.
+    reset: Bytes,
+}
+
+impl Pool {
+    pub fn new(cfg: &UpstreamConfig, max_reply: usize) -> Result<Self, crate::tls::TlsError> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(opts) => Some((
+                TlsConnector::from(crate::tls::client::build(opts)?),
+                opts.server_name.clone(),
+            )),
+        };
+        let auth = Connector::auth_frame(cfg.username.as_deref(), cfg.password.as_ref());
+        let mut reset = BytesMut::new();
+        encode_command(&mut reset, [&b"RESET"[..]].into_iter());
+        if let Some(auth) = &auth {
+            reset.extend_from_slice(auth);
+        }
+        for cmd in [
+            &[&b"CLIENT"[..], b"SETNAME", b""][..],
+            &[b"CLIENT", b"SETINFO", b"LIB-NAME", b""],
+            &[b"CLIENT", b"SETINFO", b"LIB-VER", b""],
+        ] {
+            encode_command(&mut reset, cmd.iter().copied());
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                connector: Arc::new(Connector {
+                    address: cfg.address.clone(),
+                    connect_timeout: cfg.connect_timeout,
+                    request_timeout: cfg.request_timeout,
+                    max_reply,
+                    tls,
+                    auth,
+                }),
+                idle: Mutex::new(VecDeque::new()),
+                warm: cfg.warm_connections,
+                health_interval: cfg.health_interval,
+                healthy: AtomicBool::new(false),
+                refill: Notify::new(),
+                reset: reset.freeze(),
+            }),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.inner.connector.address
+    }
+
+    /// Whether the last attempt to reach the upstream succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The pre-encoded `AUTH` cachegate sends upstream, if any (needed again after a client's
+    /// `RESET`, which logs the connection out).
+    pub fn auth_frame(&self) -> Option<Bytes> {
+        self.inner.connector.auth.clone()
+    }
+
+    /// Shared by every connection of this pool; a session needs it to hand a connection back.
+    pub fn connector(&self) -> Arc<Connector> {
+        self.inner.connector.clone()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.connector.request_timeout
+    }
+
+    /// A ready connection: a warm one if there is one, else a new one.
+    pub async fn acquire(&self) -> Result<Conn, UpstreamError> {
+        let warm = {
+            let mut idle = self.lock_idle();
+            let mut found = None;
+            while let Some(conn) = idle.pop_front() {
+                if conn.looks_alive() {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            found
+        };
+        self.inner.refill.notify_one();
+        if let Some(conn) = warm {
+            return Ok(conn);
+        }
+        let result = self.inner.connector.connect().await;
+        self.set_health(result.is_ok(), result.as_ref().err());
+        result
+    }
+
+    /// Gives a connection back. `clean` says its reply stream is in step (nothing outstanding);
+    /// otherwise it is closed. A clean one is reset in the background before reuse.
+    pub fn release(&self, conn: Conn, clean: bool) {
+        if !clean {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            match pool.reset(conn).await {
+                Ok(conn) => pool.put_idle(conn),
+                Err(e) => {
+                    tracing::debug!(upstream = %pool.address(), error = %e, "dropping upstream connection that did not reset")
+                }
+            }
+        });
+    }
+
+    async fn reset(&self, mut conn: Conn) -> Result<Conn, UpstreamError> {
+        let timeout = self.inner.connector.request_timeout;
+        let expect_auth = self.inner.connector.auth.is_some();
+        let reset = self.inner.reset.clone();
+        tokio::time::timeout(timeout, async move {
+            conn.stream.write_all(&reset).await?;
+            conn.stream.flush().await?;
+            let mut buf = BytesMut::new();
+            // Pub/sub messages or MONITOR lines may arrive before RESET takes effect.
+            let mut skipped = 0;
+            while &conn.read_frame(&mut buf).await?[..] != b"+RESET\r\n" {
+                skipped += 1;
+                if skipped > RESET_MAX_SKIPPED_FRAMES {
+                    return Err(UpstreamError::Unexpected("no +RESET reply".into()));
+                }
+            }
+            if expect_auth {
+                let reply = conn.read_frame(&mut buf).await?;
+                if &reply[..] != b"+OK\r\n" {
+                    return Err(UpstreamError::Unexpected(printable(&reply)));
+                }
+            }
+            // CLIENT SETNAME "" must succeed; SETINFO may be unknown to older servers.
+            let name = conn.read_frame(&mut buf).await?;
+            if &name[..] != b"+OK\r\n" {
+                return Err(UpstreamError::Unexpected(printable(&name)));
+            }
+            for _ in 0..2 {
+                conn.read_frame(&mut buf).await?;
+            }
+            if !buf.is_empty() {
+                return Err(UpstreamError::Unexpected("extra bytes after reset".into()));
+            }
+            Ok(conn)
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        let mut idle = self.lock_idle();
+        if idle.len() < self.inner.warm {
+            idle.push_back(conn);
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Conn>> {
+        // A panic while holding this lock cannot leave the deque inconsistent (push/pop only).
+        self.inner.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_health(&self, ok: bool, err: Option<&UpstreamError>) {
+        let was = self.inner.healthy.swap(ok, Ordering::Relaxed);
+        match (was, ok) {
+            (false, true) => tracing::info!(upstream = %self.address(), "upstream reachable"),
+            (true, false) => tracing::warn!(
+                upstream = %self.address(),
+                error = %err.map(|e| e.to_string()).unwrap_or_default(),
+                "upstream unreachable; clients get errors until it is back"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Keeps `warm` connections open and checked until `shutdown`, reconnecting with backoff.
+    pub async fn maintain(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_START;
+        let mut first = true;
+        loop {
+            let ok = self.check_and_fill().await;
+            if first && !ok {
+                tracing::warn!(upstream = %self.address(), "upstream unreachable at start; will keep trying");
+            }
+            first = false;
+            let wait = if ok {
+                backoff = BACKOFF_START;
+                self.inner.health_interval
+            } else {
+                let w = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                w
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.refill.notified(), if ok => {}
+            }
+        }
+    }
+
+    /// Pings idle connections, drops the dead, opens new ones up to `warm`. True if healthy.
+    async fn check_and_fill(&self) -> bool {
+        let idle: Vec<Conn> = self.lock_idle().drain(..).collect();
+        let mut alive = Vec::with_capacity(idle.len());
+        let mut ping = BytesMut::new();
+        encode_command(&mut ping, [&b"PING"[..]].into_iter());
+        for mut conn in idle {
+            if conn.looks_alive()
+                && matches!(conn.roundtrip(&ping).await, Ok(r) if &r[..] == b"+PONG\r\n")
+            {
+                alive.push(conn);
+            }
+        }
+        let mut ok = true;
+        while alive.len() < self.inner.warm {
+            match self.inner.connector.connect().await {
+                Ok(conn) => alive.push(conn),
+                Err(e) => {
+                    self.set_health(false, Some(&e));
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            if self.inner.warm == 0 {
+                // Nothing to keep warm: probe reachability with a throwaway connection.
+                match self.inner.connector.connect().await {
+                    Ok(_) => self.set_health(true, None),
+                    Err(e) => {
+                        self.set_health(false, Some(&e));
+                        ok = false;
+                    }
+                }
+            } else {
+                self.set_health(true, None);
+            }
+        }
+        let mut idle = self.lock_idle();
+        for conn in alive {
+            if idle.len() < self.inner.warm {
+                idle.push_back(conn);
+            }
+        }
+        ok
+    }
+}
