@@ -60,23 +60,24 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, ServerError> {
     Ok(bound)
 }
 
-/// Serves on already-bound listeners (one per `config.listeners` entry, in order) until
-/// `shutdown` completes. Tests bind `127.0.0.1:0` themselves and pass a future they control.
-pub async fn serve(
-    config: Config,
-    bound: Vec<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ShutdownReport, ServerError> {
+/// Everything built and ready to accept: the immutable per-listener state and the sockets.
+pub struct Prepared {
+    listeners: Vec<(TcpListener, Arc<Listener>)>,
+    pools: Vec<Pool>,
+    grace: std::time::Duration,
+}
+
+/// Builds TLS acceptors (generating dev certificates if needed), policies and pools for
+/// already-bound listeners (one per `config.listeners` entry, in order). Nothing is spawned yet.
+pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, ServerError> {
     if bound.len() != config.listeners.len() {
         return Err(ServerError::ListenerCount(
             config.listeners.len(),
             bound.len(),
         ));
     }
-    let stop_accepting = CancellationToken::new();
-    let sessions = TaskTracker::new();
-    let mut background = Vec::new();
     let mut listeners = Vec::new();
+    let mut pools = Vec::new();
     for (cfg, tcp) in config.listeners.iter().zip(bound) {
         let pool = Pool::new(&cfg.upstream, config.limits.max_reply_bytes).map_err(|source| {
             ServerError::Tls {
@@ -89,7 +90,7 @@ pub async fn serve(
             Some(t) => Some((acceptor(cfg, t, &config, &tcp)?, t.handshake_timeout)),
         };
         announce(cfg, &tcp, tls.is_some());
-        background.push(tokio::spawn(pool.clone().maintain(stop_accepting.clone())));
+        pools.push(pool.clone());
         let listener = Arc::new(Listener {
             ctx: Arc::new(session::Context {
                 listener: cfg.name.clone(),
@@ -103,40 +104,69 @@ pub async fn serve(
         });
         listeners.push((tcp, listener));
     }
-    let mut accept_tasks = Vec::new();
-    for (tcp, listener) in listeners {
-        accept_tasks.push(tokio::spawn(accept_loop(
-            tcp,
-            listener,
-            sessions.clone(),
-            stop_accepting.clone(),
-        )));
-    }
+    Ok(Prepared {
+        listeners,
+        pools,
+        grace: config.shutdown_grace,
+    })
+}
 
-    shutdown.await;
-    // Beat one: stop accepting and tell every session to finish what it has in flight.
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; draining sessions");
-    stop_accepting.cancel();
-    for t in accept_tasks {
-        let _ = t.await;
+/// `prepare` then `Prepared::run`.
+pub async fn serve(
+    config: Config,
+    bound: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, ServerError> {
+    Ok(prepare(config, bound)?.run(shutdown).await)
+}
+
+impl Prepared {
+    /// Accepts on every listener until `shutdown` completes, then drains in two beats: stop
+    /// accepting and tell every session; wait for them up to the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
+        let stop_accepting = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let background: Vec<_> = self
+            .pools
+            .into_iter()
+            .map(|pool| tokio::spawn(pool.maintain(stop_accepting.clone())))
+            .collect();
+        let accept_tasks: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(|(tcp, listener)| {
+                tokio::spawn(accept_loop(
+                    tcp,
+                    listener,
+                    sessions.clone(),
+                    stop_accepting.clone(),
+                ))
+            })
+            .collect();
+
+        shutdown.await;
+        tracing::info!(grace = ?self.grace, "shutting down: no new connections; draining sessions");
+        stop_accepting.cancel();
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        sessions.close();
+        let drained = tokio::time::timeout(self.grace, sessions.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("drain complete");
+        } else {
+            tracing::warn!(
+                remaining = sessions.len(),
+                "grace period over; closing the remaining sessions"
+            );
+        }
+        for t in background {
+            t.abort();
+        }
+        ShutdownReport { drained }
     }
-    sessions.close();
-    // Beat two: wait for the drain, up to the grace period.
-    let drained = tokio::time::timeout(config.shutdown_grace, sessions.wait())
-        .await
-        .is_ok();
-    if drained {
-        tracing::info!("drain complete");
-    } else {
-        tracing::warn!(
-            remaining = sessions.len(),
-            "grace period over; closing the remaining sessions"
-        );
-    }
-    for t in background {
-        t.abort();
-    }
-    Ok(ShutdownReport { drained })
 }
 
 fn acceptor(

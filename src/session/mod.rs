@@ -85,7 +85,7 @@ where
     let abort = CancellationToken::new();
     let mut req = RequestSide {
         ctx: &ctx,
-        tx,
+        tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
         authenticated: matches!(ctx.auth, AuthMode::None),
@@ -120,7 +120,8 @@ where
 
 struct RequestSide<'a> {
     ctx: &'a Context,
-    tx: mpsc::Sender<Slot>,
+    /// Dropped when the request side ends, which tells the reply side no more slots come.
+    tx: Option<mpsc::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
     wbuf: BytesMut,
     authenticated: bool,
@@ -139,6 +140,16 @@ enum Flow {
 
 impl RequestSide<'_> {
     async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        cr: R,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let result = self.read_loop(cr, shutdown).await;
+        self.tx = None;
+        result
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         mut cr: R,
         shutdown: &CancellationToken,
@@ -477,12 +488,16 @@ impl RequestSide<'_> {
     }
 
     async fn send_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
-        match self.tx.try_send(slot) {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(closed());
+        };
+        match tx.try_send(slot) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(slot)) => {
                 // The reply side may be waiting for replies to requests still in our buffer.
                 self.flush_upstream().await?;
-                self.tx.send(slot).await.map_err(|_| closed())
+                let tx = self.tx.as_ref().ok_or_else(closed)?;
+                tx.send(slot).await.map_err(|_| closed())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
         }

@@ -1,0 +1,448 @@
+//! The test harness: real redis-server processes on free loopback ports, a fresh rcgen PKI per
+//! test, cachegate started in-process on 127.0.0.1:0 with a shutdown future the test controls,
+//! and clients over real TLS (a raw RESP client and redis-rs).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cachegate::server::ShutdownReport;
+use cachegate::tls::dev_certs::DevCa;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const TOKEN: &str = "test-token-0123456789";
+pub const TOKEN_NEW: &str = "rotated-token-9876543210";
+const WAIT: Duration = Duration::from_secs(10);
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A port that was free a moment ago (redis-server cannot report an ephemeral port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server child process, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    tls: bool,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut r = Redis {
+            port,
+            child: None,
+            args,
+            tls: false,
+        };
+        r.spawn().await;
+        r
+    }
+
+    /// A TLS-only redis-server using `pki`'s server certificate.
+    pub async fn start_tls(pki: &Pki) -> Redis {
+        let port = free_port();
+        let p = |f: &PathBuf| f.display().to_string();
+        let args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--tls-cert-file".into(),
+            p(&pki.server_cert),
+            "--tls-key-file".into(),
+            p(&pki.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&pki.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut r = Redis {
+            port,
+            child: None,
+            args,
+            tls: true,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the README's test command installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.tls {
+            // Listening is not the same as ready (loading): wait for a PONG.
+            let mut c = self.direct().await;
+            while c.cmd(&["PING"]).await != b"+PONG\r\n" {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A plaintext connection straight to the backend, bypassing cachegate.
+    pub async fn direct(&self) -> RawClient {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        RawClient::new(Box::new(tcp))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A per-test PKI: CA, a server certificate for localhost/127.0.0.1, a client certificate, and a
+/// second, unrelated CA with its own client certificate.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("cachegate test CA").unwrap();
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        let client = ca.issue_client("app-client").unwrap();
+        let rogue_ca = DevCa::generate("rogue CA").unwrap();
+        let rogue = rogue_ca.issue_client("rogue-client").unwrap();
+        let w = |name: &str, pem: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        Pki {
+            ca: w("ca.pem", &ca.cert_pem()),
+            server_cert: w("server.pem", &server.cert_pem),
+            server_key: w("server-key.pem", &server.key_pem),
+            client_cert: w("client.pem", &client.cert_pem),
+            client_key: w("client-key.pem", &client.key_pem),
+            rogue_cert: w("rogue.pem", &rogue.cert_pem),
+            rogue_key: w("rogue-key.pem", &rogue.key_pem),
+            dir,
+        }
+    }
+
+    /// The `[listeners.tls]` lines for this PKI's server certificate.
+    pub fn tls_toml(&self) -> String {
+        format!(
+            "tls.cert = {:?}\ntls.key = {:?}\n",
+            self.server_cert, self.server_key
+        )
+    }
+
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client_cert: Option<(&Path, &Path)>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                builder
+                    .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+                    .unwrap()
+            }
+        };
+        Arc::new(config)
+    }
+}
+
+/// cachegate running in-process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ShutdownReport>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts cachegate with this TOML. Every `bind` should be "127.0.0.1:0".
+    pub async fn start(toml: &str) -> Proxy {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = toml.to_string();
+        if !toml.contains("data_dir") {
+            toml = format!("data_dir = {:?}\n{toml}", dir.path());
+        }
+        let config = cachegate::config::parse(&toml, "test config", dir.path())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bound = cachegate::server::bind(&config).await.unwrap();
+        let addrs: Vec<SocketAddr> = bound.iter().map(|l| l.local_addr().unwrap()).collect();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let prepared = cachegate::server::prepare(config, bound).unwrap_or_else(|e| panic!("{e}"));
+        let task = tokio::spawn(prepared.run(async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr: addrs[0],
+            addrs,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// A TLS listener with `pki`'s certificate and token auth in front of `redis`.
+    pub async fn tls_with_tokens(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+        Proxy::start(&format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}, {TOKEN_NEW:?}]\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+            pki.tls_toml(),
+            redis.address()
+        ))
+        .await
+    }
+
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A RESP client that sends exact bytes and reads whole frames, for asserting wire replies.
+pub struct RawClient {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub fn new(io: Box<dyn Io>) -> RawClient {
+        RawClient {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects over TLS 1.3/1.2 with `pki`'s CA, no client certificate.
+    pub async fn tls(pki: &Pki, addr: SocketAddr) -> RawClient {
+        Self::try_tls(pki.client_config(rustls::ALL_VERSIONS, None), addr)
+            .await
+            .expect("TLS handshake")
+    }
+
+    pub async fn try_tls(
+        config: Arc<rustls::ClientConfig>,
+        addr: SocketAddr,
+    ) -> std::io::Result<RawClient> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        Ok(RawClient::new(Box::new(tls)))
+    }
+
+    /// A TLS client already authenticated with `TOKEN`.
+    pub async fn authed(pki: &Pki, addr: SocketAddr) -> RawClient {
+        let mut c = Self::tls(pki, addr).await;
+        assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        c
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    pub async fn send_cmd(&mut self, args: &[&str]) {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send(&encode(&args)).await;
+    }
+
+    /// Reads one complete reply frame; panics after 10 s.
+    pub async fn read(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, self.try_read())
+            .await
+            .expect("reply within 10s")
+            .expect("a reply, not a closed connection")
+    }
+
+    /// One frame, or `None` if the connection closed first.
+    pub async fn try_read(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some((len, _)) = cachegate::protocol::resp::frame_len(&self.buf).unwrap() {
+                return Some(self.buf.split_to(len).to_vec());
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub async fn cmd(&mut self, args: &[&str]) -> Vec<u8> {
+        self.send_cmd(args).await;
+        self.read().await
+    }
+
+    pub async fn cmd_bytes(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send(&encode(args)).await;
+        self.read().await
+    }
+
+    /// True if the peer closes (EOF or reset) within 10 s with no further frame.
+    pub async fn closed(&mut self) -> bool {
+        matches!(tokio::time::timeout(WAIT, self.try_read()).await, Ok(None))
+    }
+}
+
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A redis-rs async connection through cachegate over TLS, authenticated with `password`.
+pub async fn redis_rs(
+    pki: &Pki,
+    addr: SocketAddr,
+    password: Option<&str>,
+    resp3: bool,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    install_crypto();
+    let mut url = format!("rediss://127.0.0.1:{}/", addr.port());
+    if let Some(p) = password {
+        url = format!("rediss://default:{p}@127.0.0.1:{}/", addr.port());
+    }
+    if resp3 {
+        url.push_str("?protocol=resp3");
+    }
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&pki.ca).unwrap()),
+        },
+    )?;
+    client.get_multiplexed_async_connection().await
+}
+
+/// Polls `f` until it returns true, up to 10 s.
+pub async fn eventually<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub fn s(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

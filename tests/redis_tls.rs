@@ -1,0 +1,312 @@
+//! TLS on the client side and the upstream side, against a real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_and_tls13_are_accepted() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    for versions in [
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    ] {
+        let mut c = RawClient::try_tls(pki.client_config(versions, None), proxy.addr)
+            .await
+            .unwrap();
+        assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_13_refuses_tls12() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "tls.min_version = \"1.3\"\n").await;
+    let tls12 = pki.client_config(&[&rustls::version::TLS12], None);
+    assert!(RawClient::try_tls(tls12, proxy.addr).await.is_err());
+    let tls13 = pki.client_config(&[&rustls::version::TLS13], None);
+    assert!(RawClient::try_tls(tls13, proxy.addr).await.is_ok());
+}
+
+/// A TLS 1.1 ClientHello (no supported_versions extension) gets a fatal alert, never a
+/// ServerHello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls11_is_refused() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x14, 0x00, 0x2f]); // two CBC suites
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut hs = vec![0x01, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x02, (hs.len() >> 8) as u8, hs.len() as u8];
+    record.extend_from_slice(&hs);
+
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(&record).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply)).await;
+    assert!(!reply.is_empty(), "expected an alert");
+    assert_eq!(
+        reply[0], 0x15,
+        "first record must be an alert, got {reply:02x?}"
+    );
+    // One fatal alert (handshake_failure or protocol_version) and nothing else.
+    assert_eq!(reply.len(), 7, "{reply:02x?}");
+    assert_eq!(reply[5], 2, "fatal");
+    assert!(matches!(reply[6], 40 | 70), "{reply:02x?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificate_is_enforced() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let extra = format!(
+        "tls.client_auth = \"required\"\ntls.client_ca = {:?}\n",
+        pki.ca
+    );
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, &extra).await;
+    // Without a certificate: the TLS 1.3 handshake "succeeds" on the client side, then the
+    // server's alert arrives on first read.
+    let no_cert =
+        RawClient::try_tls(pki.client_config(rustls::ALL_VERSIONS, None), proxy.addr).await;
+    if let Ok(mut c) = no_cert {
+        c.send_cmd(&["PING"]).await;
+        assert!(c.closed().await, "no-certificate client must be cut off");
+    }
+    // A certificate from another CA.
+    let rogue = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.rogue_cert, &pki.rogue_key)),
+    );
+    if let Ok(mut c) = RawClient::try_tls(rogue, proxy.addr).await {
+        c.send_cmd(&["PING"]).await;
+        assert!(c.closed().await, "foreign certificate must be refused");
+    }
+    let good = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let mut c = RawClient::try_tls(good, proxy.addr).await.unwrap();
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_certificate_admits_both() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let extra = format!(
+        "tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n",
+        pki.ca
+    );
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, &extra).await;
+    let mut plain = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(plain.cmd(&["PING"]).await, b"+PONG\r\n");
+    let good = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let mut c = RawClient::try_tls(good, proxy.addr).await.unwrap();
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+    let rogue = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.rogue_cert, &pki.rogue_key)),
+    );
+    if let Ok(mut c) = RawClient::try_tls(rogue, proxy.addr).await {
+        c.send_cmd(&["PING"]).await;
+        assert!(
+            c.closed().await,
+            "a presented but unverifiable certificate is refused"
+        );
+    }
+}
+
+/// Plaintext RESP on the TLS port: closed with no reply, and nothing reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_on_tls_port_gets_nothing() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"SET smuggled 1\r\n*3\r\n$3\r\nSET\r\n$9\r\nsmuggled2\r\n$1\r\n1\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply)).await;
+    assert!(read.is_ok(), "connection must be closed");
+    assert!(reply.is_empty(), "no reply at all, got {:?}", s(&reply));
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        direct.cmd(&["EXISTS", "smuggled", "smuggled2"]).await,
+        b":0\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_dropped_at_the_handshake_deadline() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "tls.handshake_timeout = \"200ms\"\n").await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("closed by the handshake deadline");
+    assert_eq!(n.unwrap_or(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_works() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        // One client config shares its session cache across connections.
+        let config = pki.client_config(versions, None);
+        let mut first = RawClient::try_tls(config.clone(), proxy.addr)
+            .await
+            .unwrap();
+        assert_eq!(first.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        drop(first);
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        assert_eq!(
+            kind,
+            Some(rustls::HandshakeKind::Resumed),
+            "{versions:?} should resume"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_certificates_are_generated_when_none_configured() {
+    install_crypto();
+    let redis = Redis::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"none\"\nupstream.address = {:?}\n",
+        data.path(),
+        redis.address()
+    ))
+    .await;
+    let ca = data.path().join("dev-certs/dev-ca.pem");
+    assert!(ca.is_file());
+    // A client trusting only the generated CA connects to "localhost".
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut c = RawClient::try_tls(std::sync::Arc::new(config), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_with_ca_and_server_name() {
+    let pki = Pki::new();
+    let redis = Redis::start_tls(&pki).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
+         upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
+        pki.tls_toml(),
+        redis.address(),
+        pki.ca
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "over-tls"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "k"]).await, b"$8\r\nover-tls\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_with_wrong_ca_fails_clearly() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let redis = Redis::start_tls(&pki).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
+         upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
+        pki.tls_toml(),
+        redis.address(),
+        other.ca
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let reply = s(&c.cmd(&["PING"]).await);
+    assert!(
+        reply.starts_with("-ERR cachegate: upstream unavailable (TLS handshake with upstream"),
+        "{reply}"
+    );
+}
+
+/// A plaintext listener for the client-side-gateway case: app on localhost, TLS to the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_listener_in_front_of_tls_upstream() {
+    let pki = Pki::new();
+    let redis = Redis::start_tls(&pki).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.enabled = false\nauth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
+        redis.address(),
+        pki.ca
+    ))
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut c = RawClient::new(Box::new(tcp));
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_extras_quickly() {
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nmax_connections = 2\ntls.enabled = false\n\
+         auth.mode = \"none\"\nupstream.address = {:?}\n",
+        redis.address()
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawClient::new(Box::new(TcpStream::connect(proxy.addr).await.unwrap()));
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        held.push(c);
+    }
+    let mut extra = RawClient::new(Box::new(TcpStream::connect(proxy.addr).await.unwrap()));
+    assert_eq!(
+        extra.read().await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    assert!(extra.closed().await);
+    drop(held);
+    assert!(
+        eventually(|| async {
+            let mut c = RawClient::new(Box::new(TcpStream::connect(proxy.addr).await.unwrap()));
+            c.send_cmd(&["PING"]).await;
+            c.try_read().await.as_deref() == Some(b"+PONG\r\n")
+        })
+        .await
+    );
+}
