@@ -130,7 +130,7 @@ impl Redis {
         if !self.tls {
             // Listening is not the same as ready (loading): wait for a PONG.
             let mut c = self.direct().await;
-            while c.cmd(&["PING"]).await != b"+PONG\r\n" {
+            while c.cmd(&["PING"]).await.starts_with(b"-LOADING") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -1,0 +1,326 @@
+//! AUTH tokens and the renamed/disabled-command policy, against a real redis-server.
+
+mod common;
+
+use common::*;
+
+const POLICY: &str = "commands.disable = [\"FLUSHDB\", \"KEYS\", \"@scripting\"]\n\
+                      commands.rename = { FLUSHALL = \"ADMIN_FLUSHALL_9f2c\" }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_before_auth_get_noauth_and_nothing_is_forwarded() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd(&["SET", "k", "v"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    c.send(b"SET k v\r\n").await;
+    assert_eq!(c.read().await, b"-NOAUTH Authentication required.\r\n");
+    assert_eq!(
+        c.cmd(&["HELLO", "3"]).await,
+        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"
+    );
+    assert_eq!(redis.direct().await.cmd(&["EXISTS", "k"]).await, b":0\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_gets_redis_wrongpass() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    assert_eq!(c.cmd(&["AUTH", "not-the-token-at-all"]).await, wrongpass);
+    assert_eq!(
+        c.cmd(&["AUTH", "default", "not-the-token-at-all"]).await,
+        wrongpass
+    );
+    assert_eq!(c.cmd(&["AUTH", "someone", TOKEN]).await, wrongpass);
+    assert_eq!(
+        c.cmd(&["AUTH"]).await,
+        b"-ERR wrong number of arguments for 'auth' command\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["AUTH", "a", "b", "c"]).await,
+        b"-ERR syntax error\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["PING"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_rotation_tokens_work_in_every_form() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    for token in [TOKEN, TOKEN_NEW] {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(c.cmd(&["AUTH", token]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(c.cmd(&["AUTH", "default", token]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        let hello = c
+            .cmd(&["HELLO", "3", "AUTH", "default", token, "SETNAME", "app"])
+            .await;
+        assert!(hello.starts_with(b"%"), "RESP3 map expected: {}", s(&hello));
+        assert_eq!(c.cmd(&["CLIENT", "GETNAME"]).await, b"$3\r\napp\r\n");
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        c.send(format!("AUTH {token}\r\n").as_bytes()).await;
+        assert_eq!(c.read().await, b"+OK\r\n");
+    }
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let bad = c
+        .cmd(&["HELLO", "3", "AUTH", "default", "wrong-token-value"])
+        .await;
+    assert_eq!(
+        bad,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+}
+
+/// The upstream requires its own password; the client's token is never sent there. If it were,
+/// the backend would reject it and the client would see an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_uses_cachegates_own_credentials() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "backend-secret-pw"]).await;
+    let extra = "upstream.password = \"backend-secret-pw\"\n";
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, extra).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    // RESET logs the upstream connection out; cachegate logs it back in.
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert_eq!(
+        c.cmd(&["GET", "k"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+    // The backend never saw a client token: no AUTH ever failed there.
+    let mut direct = redis.direct().await;
+    let wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    assert_eq!(
+        direct.cmd(&["AUTH", "x"]).await,
+        wrongpass,
+        "same text as Redis"
+    );
+    assert_eq!(direct.cmd(&["AUTH", "backend-secret-pw"]).await, b"+OK\r\n");
+    let log = s(&direct.cmd(&["ACL", "LOG"]).await);
+    assert!(
+        log.starts_with("*1\r\n"),
+        "only our own failure is logged: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_commands_look_unknown_in_every_form() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, POLICY).await;
+    let mut direct = redis.direct().await;
+    assert_eq!(direct.cmd(&["SET", "keep", "1"]).await, b"+OK\r\n");
+    // What Redis itself says for an unknown command, with the name swapped in.
+    let unknown = s(&direct.cmd(&["NOSUCHCMDX", "ASYNC"]).await);
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    for name in ["FLUSHDB", "flushdb", "FlushDb", "FLUSHALL", "flushall"] {
+        let reply = s(&c.cmd(&[name, "ASYNC"]).await);
+        assert_eq!(reply, unknown.replace("NOSUCHCMDX", name));
+    }
+    c.send(b"flushdb\r\n").await;
+    assert_eq!(
+        s(&c.read().await),
+        "-ERR unknown command 'flushdb', with args beginning with: \r\n"
+    );
+    for name in ["KEYS", "EVAL", "evalsha", "FCALL", "SCRIPT", "FUNCTION"] {
+        let reply = s(&c.cmd(&[name, "x"]).await);
+        assert!(reply.starts_with("-ERR unknown command"), "{name}: {reply}");
+    }
+    assert_eq!(direct.cmd(&["GET", "keep"]).await, b"$1\r\n1\r\n");
+    // The backend never saw any of them.
+    let stats = s(&direct.cmd(&["INFO", "commandstats"]).await);
+    for real in ["flushdb", "flushall", "keys", "eval"] {
+        assert!(
+            !stats.contains(&format!("cmdstat_{real}:")),
+            "{real} reached the backend: {stats}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_command_runs_under_its_new_name_only() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, POLICY).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["FLUSHALL"]).await).starts_with("-ERR unknown command 'FLUSHALL'"));
+    assert_eq!(c.cmd(&["EXISTS", "k"]).await, b":1\r\n");
+    assert_eq!(c.cmd(&["admin_flushall_9F2C"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["EXISTS", "k"]).await, b":0\r\n");
+    c.send(b"ADMIN_FLUSHALL_9f2c\r\n").await;
+    assert_eq!(c.read().await, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_command_inside_multi_aborts_the_transaction() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, POLICY).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "in-tx", "1"]).await, b"+QUEUED\r\n");
+    assert!(s(&c.cmd(&["FLUSHDB"]).await).starts_with("-ERR unknown command 'FLUSHDB'"));
+    assert_eq!(
+        c.cmd(&["EXEC"]).await,
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(c.cmd(&["EXISTS", "in-tx"]).await, b":0\r\n");
+    // The connection is usable and out of MULTI; the renamed command works inside MULTI.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "in-tx", "2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "in-tx"]).await, b"$1\r\n2\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_introspection_hides_disabled_and_real_names() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, POLICY).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let list = s(&c.cmd(&["COMMAND", "LIST"]).await);
+    assert!(list.contains("\r\nget\r\n"), "sanity");
+    for hidden in [
+        "\r\nflushdb\r\n",
+        "\r\nflushall\r\n",
+        "\r\nkeys\r\n",
+        "\r\neval\r\n",
+    ] {
+        assert!(!list.contains(hidden), "{hidden:?} listed");
+    }
+    assert!(
+        list.contains("\r\nadmin_flushall_9f2c\r\n"),
+        "alias missing"
+    );
+    let count = s(&c.cmd(&["COMMAND", "COUNT"]).await);
+    let listed = list.matches("\r\n$").count();
+    assert_eq!(count, format!(":{listed}\r\n"));
+
+    let all = s(&c.cmd(&["COMMAND"]).await);
+    assert!(!all.contains("$7\r\nflushdb\r\n") && !all.contains("$8\r\nflushall\r\n"));
+    assert!(all.contains("admin_flushall_9f2c"));
+
+    let info = c
+        .cmd(&[
+            "COMMAND",
+            "INFO",
+            "get",
+            "flushall",
+            "admin_flushall_9f2c",
+            "keys",
+        ])
+        .await;
+    let mut direct = redis.direct().await;
+    let null = direct.cmd(&["COMMAND", "INFO", "nosuchcommand"]).await;
+    let null_entry = &null[4..]; // "*1\r\n" then the backend's own null
+    let info_s = s(&info);
+    assert!(info_s.starts_with("*4\r\n*"), "{info_s}");
+    assert_eq!(info_s.matches(&*s(null_entry)).count(), 2, "{info_s}");
+    assert!(info_s.contains("admin_flushall_9f2c") && !info_s.contains("$8\r\nflushall"));
+
+    let docs = s(&c
+        .cmd(&["COMMAND", "DOCS", "flushdb", "admin_flushall_9f2c", "get"])
+        .await);
+    assert!(!docs.contains("\r\nflushdb\r\n") && !docs.contains("\r\nflushall\r\n"));
+    assert!(docs.contains("\r\nadmin_flushall_9f2c\r\n") && docs.contains("\r\nget\r\n"));
+
+    let keys = s(&c.cmd(&["COMMAND", "GETKEYS", "KEYS", "*"]).await);
+    assert!(keys.starts_with("-ERR"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_mode_none_lets_clients_in() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert!(s(&c.cmd(&["AUTH", "x"]).await).starts_with("-ERR AUTH <password> called without"));
+    assert_eq!(c.cmd(&["AUTH", "default", "anything"]).await, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_works_through_cachegate() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, POLICY).await;
+    let port = proxy.addr.port().to_string();
+    let ca = pki.ca.display().to_string();
+    let run = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new("redis-cli");
+        cmd.args([
+            "--tls",
+            "--cacert",
+            &ca,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--no-auth-warning",
+        ]);
+        cmd.args(args);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(vec![
+        "-a".into(),
+        TOKEN.into(),
+        "SET".into(),
+        "cli".into(),
+        "yes".into(),
+    ])
+    .await;
+    assert_eq!(s(&out.stdout).trim(), "OK", "{}", s(&out.stderr));
+    let out = run(vec![
+        "-a".into(),
+        TOKEN_NEW.into(),
+        "GET".into(),
+        "cli".into(),
+    ])
+    .await;
+    assert_eq!(s(&out.stdout).trim(), "yes");
+    let out = run(vec![
+        "-a".into(),
+        "wrong-token-123456".into(),
+        "GET".into(),
+        "cli".into(),
+    ])
+    .await;
+    let text = s(&out.stdout) + &s(&out.stderr);
+    assert!(
+        text.contains("WRONGPASS") || text.contains("NOAUTH"),
+        "{text}"
+    );
+    let out = run(vec!["-a".into(), TOKEN.into(), "FLUSHALL".into()]).await;
+    assert!(
+        s(&out.stdout).contains("unknown command"),
+        "{}",
+        s(&out.stdout)
+    );
+    let out = run(vec![
+        "-3".into(),
+        "-a".into(),
+        TOKEN.into(),
+        "HELLO".into(),
+        "3".into(),
+    ])
+    .await;
+    assert!(s(&out.stdout).contains("proto"), "{}", s(&out.stdout));
+}
