@@ -27,6 +27,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
+pub const DEFAULT_MAX_IDLE: usize = 64;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// ElastiCache's bounds for an AUTH token.
 const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
@@ -103,6 +104,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub warm_connections: usize,
+    /// Clean connections kept for reuse when clients leave (at least `warm_connections`).
+    pub max_idle: usize,
     pub health_interval: Duration,
     pub tls: Option<UpstreamTlsOptions>,
 }
@@ -478,6 +481,15 @@ fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option
             .warm_connections
             .map(|w| w as usize)
             .unwrap_or(DEFAULT_WARM_CONNECTIONS),
+        max_idle: u
+            .max_idle
+            .map(|m| m as usize)
+            .unwrap_or(DEFAULT_MAX_IDLE)
+            .max(
+                u.warm_connections
+                    .map(|w| w as usize)
+                    .unwrap_or(DEFAULT_WARM_CONNECTIONS),
+            ),
         health_interval: u.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
         tls,
     })

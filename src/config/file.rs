@@ -100,6 +100,7 @@ pub struct UpstreamFile {
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
     pub warm_connections: Option<u64>,
+    pub max_idle: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub health_interval: Option<Duration>,
     pub tls: Option<ClientTlsFile>,

@@ -99,13 +99,16 @@ where
     let replies = reply_side(&ctx, cw, rx, abort.clone());
     let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
 
-    let up = req.up.take();
-    if let (Some(write_half), Some(read_half)) = (up, read_half) {
+    // The client's own errors say nothing about the upstream stream; only an upstream failure
+    // or bytes that never left make it unusable.
+    let upstream_in_step =
+        clean && req.wbuf.is_empty() && !matches!(req_result, Err(SessionError::Upstream(_)));
+    if let (Some(write_half), Some(read_half)) = (req.up.take(), read_half) {
         let conn = Conn {
             stream: read_half.unsplit(write_half),
             connector: ctx.pool.connector(),
         };
-        ctx.pool.release(conn, clean && req_result.is_ok());
+        ctx.pool.release(conn, upstream_in_step);
     }
     match req_result.err().or(reply_result.err()) {
         None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
@@ -197,6 +200,8 @@ impl RequestSide<'_> {
                 read = cr.read_buf(&mut rbuf) => match read {
                     Ok(0) => break Ok(()),
                     Ok(_) => {}
+                    // Most clients close without a TLS close_notify; that is an ordinary close.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
                     Err(e) => break Err(SessionError::ClientIo(e)),
                 },
                 _ = sleep_until(partial_deadline) => {

@@ -37,6 +37,7 @@ struct Inner {
     connector: Arc<Connector>,
     idle: Mutex<VecDeque<Conn>>,
     warm: usize,
+    max_idle: usize,
     health_interval: Duration,
     healthy: AtomicBool,
     refill: Notify,
@@ -78,6 +79,7 @@ impl Pool {
                 }),
                 idle: Mutex::new(VecDeque::new()),
                 warm: cfg.warm_connections,
+                max_idle: cfg.max_idle,
                 health_interval: cfg.health_interval,
                 healthy: AtomicBool::new(false),
                 refill: Notify::new(),
@@ -190,7 +192,7 @@ impl Pool {
 
     fn put_idle(&self, conn: Conn) {
         let mut idle = self.lock_idle();
-        if idle.len() < self.inner.warm {
+        if idle.len() < self.inner.max_idle {
             idle.push_back(conn);
         }
     }
@@ -279,7 +281,7 @@ impl Pool {
         }
         let mut idle = self.lock_idle();
         for conn in alive {
-            if idle.len() < self.inner.warm {
+            if idle.len() < self.inner.max_idle {
                 idle.push_back(conn);
             }
         }

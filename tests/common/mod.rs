@@ -25,6 +25,14 @@ const WAIT: Duration = Duration::from_secs(10);
 
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // CACHEGATE_LOG=debug cargo test ... shows the proxy's logs for a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CACHEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 /// A port that was free a moment ago (redis-server cannot report an ephemeral port).
@@ -280,8 +288,14 @@ impl Proxy {
 
     /// A TLS listener with `pki`'s certificate and token auth in front of `redis`.
     pub async fn tls_with_tokens(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+        // Health checks would add commands to the backend's statistics; off unless asked for.
+        let health = if extra.contains("health_interval") {
+            ""
+        } else {
+            "upstream.health_interval = \"1h\"\n"
+        };
         Proxy::start(&format!(
-            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}, {TOKEN_NEW:?}]\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}, {TOKEN_NEW:?}]\nupstream.address = {:?}\n{health}{extra}",
             pki.tls_toml(),
             redis.address()
         ))

@@ -1,0 +1,217 @@
+//! Bad input and failures: malformed frames, huge lengths, slow clients, a backend that dies,
+//! hangs or comes back, oversized replies, shutdown with requests in flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Redis's own reply to the same garbage, for comparison.
+async fn redis_says(redis: &Redis, garbage: &[u8]) -> Vec<u8> {
+    let mut direct = redis.direct().await;
+    direct.send(garbage).await;
+    direct.read().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_redis_protocol_errors_and_a_close() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut bystander = RawClient::authed(&pki, proxy.addr).await;
+    let cases: &[&[u8]] = &[
+        b"*1\r\n$-5\r\n",
+        b"*1\r\n$999999999999\r\n",
+        b"*x\r\n",
+        b"*2\r\n$3\r\nGET\r\n:1\r\n",
+        b"SET a \"unbalanced\r\n",
+    ];
+    for garbage in cases {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        c.send(garbage).await;
+        let ours = c.read().await;
+        assert_eq!(
+            s(&ours),
+            s(&redis_says(&redis, garbage).await),
+            "{}",
+            s(garbage)
+        );
+        assert!(c.closed().await, "connection closes after a protocol error");
+        assert_eq!(bystander.cmd(&["PING"]).await, b"+PONG\r\n");
+    }
+    // Before AUTH, Redis's small limits apply.
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let many: Vec<&[u8]> = vec![b"x"; 11];
+    c.send(&encode(&many)).await;
+    assert_eq!(
+        c.read().await,
+        b"-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_bulk_limit_is_enforced_before_buffering() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_bulk_bytes = 1024\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd_bytes(&[b"SET", b"k", &[b'v'; 1024]]).await,
+        b"+OK\r\n"
+    );
+    // Only the header is sent: the error must come without waiting for 1025 bytes.
+    c.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n").await;
+    assert_eq!(
+        c.read().await,
+        b"-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_is_dropped_at_the_deadline() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.partial_request_timeout = \"200ms\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut slow = RawClient::authed(&pki, proxy.addr).await;
+    slow.send(b"*2\r\n$3\r\nGET\r\n$10\r\nabc").await;
+    assert!(slow.closed().await, "slow client is cut off");
+    // An idle client with nothing half-sent is not.
+    let mut idle = RawClient::authed(&pki, proxy.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_and_restarted_recovers_without_restarting_cachegate() {
+    let (pki, mut redis) = (Pki::new(), Redis::start().await);
+    let proxy =
+        Proxy::tls_with_tokens(&pki, &redis, "upstream.health_interval = \"100ms\"\n").await;
+    let mut a = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(a.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    redis.kill();
+    // The connected client gets an error or a close, never a hang.
+    a.send_cmd(&["GET", "k"]).await;
+    match tokio::time::timeout(Duration::from_secs(10), a.try_read()).await {
+        Ok(None) => {}
+        Ok(Some(reply)) => assert!(s(&reply).starts_with("-ERR cachegate"), "{}", s(&reply)),
+        Err(_) => panic!("client hung after backend death"),
+    }
+    // New clients are told the upstream is unavailable, and stay connected.
+    let mut b = RawClient::authed(&pki, proxy.addr).await;
+    let reply = s(&b.cmd(&["PING"]).await);
+    assert!(
+        reply.starts_with("-ERR cachegate: upstream unavailable"),
+        "{reply}"
+    );
+    redis.restart().await;
+    let mut recovered = false;
+    for _ in 0..200 {
+        if b.cmd(&["PING"]).await == b"+PONG\r\n" {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "service resumes once the backend is back");
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "again"]).await, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_dying_mid_request_gives_an_error_not_a_partial_reply() {
+    let (pki, mut redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.send_cmd(&["DEBUG", "SLEEP", "5"]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    let reply = s(&c.read().await);
+    assert!(
+        reply.starts_with("-ERR cachegate: upstream connection lost"),
+        "{reply}"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_backend_times_out_with_a_named_error() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy =
+        Proxy::tls_with_tokens(&pki, &redis, "upstream.request_timeout = \"300ms\"\n").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.send_cmd(&["DEBUG", "SLEEP", "2"]).await;
+    assert_eq!(
+        s(&c.read().await),
+        "-ERR cachegate: upstream read timed out after 300ms\r\n"
+    );
+    assert!(c.closed().await);
+    // The late reply to the abandoned request never reaches anyone.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut d = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(d.cmd(&["ECHO", "mine"]).await, b"$4\r\nmine\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_reply_is_refused_whole() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_reply_bytes = 4096\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd_bytes(&[b"SET", b"big", &[b'x'; 10_000]]).await,
+        b"+OK\r\n"
+    );
+    let reply = s(&c.cmd(&["GET", "big"]).await);
+    assert!(reply.contains("larger than 4096 bytes"), "{reply}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let addr = proxy.addr;
+    let mut c = RawClient::authed(&pki, addr).await;
+    c.send_cmd(&["BLPOP", "nothing", "1"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = tokio::spawn(proxy.shutdown());
+    assert_eq!(c.read().await, b"*-1\r\n", "in-flight request completes");
+    assert!(c.closed().await, "then the connection closes");
+    assert!(report.await.unwrap().drained);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_period_bounds_the_drain() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "shutdown.grace = \"300ms\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.send_cmd(&["BLPOP", "nothing", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
+        .await
+        .expect("shutdown is bounded by the grace period");
+    assert!(!report.drained);
+}

@@ -1,0 +1,314 @@
+//! Session behaviour with real clients: RESP3, pub/sub, transactions, blocking commands,
+//! pipelines, large values, state isolation between clients sharing the pool.
+
+mod common;
+
+use common::*;
+use redis::AsyncCommands;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rs_resp2_and_resp3_work_unchanged() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    for resp3 in [false, true] {
+        let mut con = redis_rs(&pki, proxy.addr, Some(TOKEN), resp3)
+            .await
+            .unwrap();
+        let _: () = con.set("rs-key", "value").await.unwrap();
+        let v: String = con.get("rs-key").await.unwrap();
+        assert_eq!(v, "value");
+        let _: () = redis::cmd("SELECT")
+            .arg(2)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let none: Option<String> = con.get("rs-key").await.unwrap();
+        assert_eq!(none, None, "db 2 is empty");
+        let mut pipe = redis::pipe();
+        for i in 0..500 {
+            pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+        }
+        for i in 0..500 {
+            pipe.cmd("GET").arg(format!("p{i}"));
+        }
+        let got: Vec<i64> = pipe.query_async(&mut con).await.unwrap();
+        assert_eq!(got, (0..500).collect::<Vec<_>>());
+    }
+    let wrong = redis_rs(&pki, proxy.addr, Some("wrong-token-123456"), false).await;
+    let err = wrong.err().expect("wrong token must fail").to_string();
+    assert!(
+        err.contains("WRONGPASS") || err.to_lowercase().contains("auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_and_binary_keys_round_trip() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut con = redis_rs(&pki, proxy.addr, Some(TOKEN), false)
+        .await
+        .unwrap();
+    let big: Vec<u8> = (0..30 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let key: &[u8] = b"bin\x00key\r\n*1\r\n$4\r\nPING";
+    let _: () = con.set(key, &big).await.unwrap();
+    let back: Vec<u8> = con.get(key).await.unwrap();
+    assert!(back == big, "30 MB value must come back intact");
+    let len: usize = con.strlen(key).await.unwrap();
+    assert_eq!(len, big.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_push_messages_and_pubsub() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    let hello = sub.cmd(&["HELLO", "3"]).await;
+    assert!(hello.starts_with(b"%"), "{}", s(&hello));
+    sub.send_cmd(&["SUBSCRIBE", "news", "sports"]).await;
+    assert_eq!(
+        sub.read().await,
+        b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        sub.read().await,
+        b">3\r\n$9\r\nsubscribe\r\n$6\r\nsports\r\n:2\r\n"
+    );
+    // RESP3 allows ordinary commands while subscribed.
+    assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut publisher = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        publisher.cmd(&["PUBLISH", "news", "hello"]).await,
+        b":1\r\n"
+    );
+    assert_eq!(
+        sub.read().await,
+        b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+    );
+    // A refused command while subscribed still answers in order.
+    let proxy2 = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let mut sub2 = RawClient::authed(&pki, proxy2.addr).await;
+    sub2.cmd(&["HELLO", "3"]).await;
+    sub2.send_cmd(&["SSUBSCRIBE", "shard"]).await;
+    assert_eq!(
+        sub2.read().await,
+        b">3\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\n:1\r\n"
+    );
+    assert!(s(&sub2.cmd(&["KEYS", "*"]).await).starts_with("-ERR unknown command"));
+    assert_eq!(publisher.cmd(&["SPUBLISH", "shard", "x"]).await, b":1\r\n");
+    assert_eq!(
+        sub2.read().await,
+        b">3\r\n$8\r\nsmessage\r\n$5\r\nshard\r\n$1\r\nx\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_pubsub_with_patterns() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    sub.send_cmd(&["PSUBSCRIBE", "ev.*"]).await;
+    assert_eq!(
+        sub.read().await,
+        b"*3\r\n$10\r\npsubscribe\r\n$4\r\nev.*\r\n:1\r\n"
+    );
+    let mut publisher = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(publisher.cmd(&["PUBLISH", "ev.a", "1"]).await, b":1\r\n");
+    assert_eq!(
+        sub.read().await,
+        b"*4\r\n$8\r\npmessage\r\n$4\r\nev.*\r\n$4\r\nev.a\r\n$1\r\n1\r\n"
+    );
+    sub.send_cmd(&["PUNSUBSCRIBE"]).await;
+    assert_eq!(
+        sub.read().await,
+        b"*3\r\n$12\r\npunsubscribe\r\n$4\r\nev.*\r\n:0\r\n"
+    );
+    assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tracking_invalidation_push() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.cmd(&["HELLO", "3"]).await;
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "tracked"]).await, b"_\r\n");
+    let mut other = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(other.cmd(&["SET", "tracked", "1"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.read().await,
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$7\r\ntracked\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_exec_and_watch_abort() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut a = RawClient::authed(&pki, proxy.addr).await;
+    let mut b = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(a.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["INCR", "n"]).await, b"+QUEUED\r\n");
+    assert_eq!(a.cmd(&["INCR", "n"]).await, b"+QUEUED\r\n");
+    assert_eq!(a.cmd(&["EXEC"]).await, b"*2\r\n:1\r\n:2\r\n");
+
+    assert_eq!(a.cmd(&["WATCH", "n"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "n", "100"]).await, b"+QUEUED\r\n");
+    assert_eq!(b.cmd(&["SET", "n", "7"]).await, b"+OK\r\n");
+    assert_eq!(
+        a.cmd(&["EXEC"]).await,
+        b"*-1\r\n",
+        "WATCH aborts the transaction"
+    );
+    assert_eq!(a.cmd(&["GET", "n"]).await, b"$1\r\n7\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["DISCARD"]).await, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_command_does_not_block_other_clients() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    // A request timeout shorter than the block: blocking commands are exempt.
+    let proxy =
+        Proxy::tls_with_tokens(&pki, &redis, "upstream.request_timeout = \"300ms\"\n").await;
+    let mut blocked = RawClient::authed(&pki, proxy.addr).await;
+    blocked.send_cmd(&["BLPOP", "queue", "0"]).await;
+    let mut other = RawClient::authed(&pki, proxy.addr).await;
+    for i in 0..20 {
+        assert_eq!(other.cmd(&["SET", "x", &i.to_string()]).await, b"+OK\r\n");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(other.cmd(&["RPUSH", "queue", "job"]).await, b":1\r\n");
+    assert_eq!(blocked.read().await, b"*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_local_and_upstream_replies_stay_in_order() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let mut wire = Vec::new();
+    wire.extend(encode(&[b"GET", b"k"]));
+    wire.extend(encode(&[b"AUTH", TOKEN.as_bytes()]));
+    wire.extend(encode(&[b"SET", b"k", b"v"]));
+    wire.extend(encode(&[b"KEYS", b"*"]));
+    wire.extend(encode(&[b"GET", b"k"]));
+    wire.extend(b"PING\r\n");
+    wire.extend(encode(&[b"ECHO", b"last"]));
+    c.send(&wire).await;
+    assert_eq!(c.read().await, b"-NOAUTH Authentication required.\r\n");
+    assert_eq!(c.read().await, b"+OK\r\n");
+    assert_eq!(c.read().await, b"+OK\r\n");
+    assert!(c.read().await.starts_with(b"-ERR unknown command 'KEYS'"));
+    assert_eq!(c.read().await, b"$1\r\nv\r\n");
+    assert_eq!(c.read().await, b"+PONG\r\n");
+    assert_eq!(c.read().await, b"$4\r\nlast\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reply_off_and_skip() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
+    c.send_cmd(&["SET", "a", "1"]).await;
+    assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n1\r\n");
+    c.send_cmd(&["CLIENT", "REPLY", "OFF"]).await;
+    c.send_cmd(&["SET", "a", "2"]).await;
+    c.send_cmd(&["KEYS", "*"]).await;
+    assert_eq!(c.cmd(&["CLIENT", "REPLY", "ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
+}
+
+/// Two clients share a one-connection pool; nothing of the first reaches the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_never_crosses_clients_sharing_the_pool() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "upstream.warm_connections = 0\nupstream.max_idle = 1\n",
+    )
+    .await;
+    let mut a = RawClient::authed(&pki, proxy.addr).await;
+    let id_a = a.cmd(&["CLIENT", "ID"]).await;
+    assert_eq!(a.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "only-in-3", "x"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["CLIENT", "SETNAME", "client-a"]).await, b"+OK\r\n");
+    assert!(a.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert_eq!(a.cmd(&["CLIENT", "TRACKING", "ON"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["WATCH", "w"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&["SET", "queued", "1"]).await, b"+QUEUED\r\n");
+    drop(a);
+
+    // Wait until the same upstream connection is handed out again.
+    let mut reused = None;
+    for _ in 0..200 {
+        let mut b = RawClient::authed(&pki, proxy.addr).await;
+        if b.cmd(&["CLIENT", "ID"]).await == id_a {
+            reused = Some(b);
+            break;
+        }
+        drop(b);
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut b = reused.expect("the pooled connection should be reused");
+    assert_eq!(
+        b.cmd(&["PING"]).await,
+        b"+PONG\r\n",
+        "RESP2 again, not in MULTI"
+    );
+    assert_eq!(
+        b.cmd(&["GET", "only-in-3"]).await,
+        b"$-1\r\n",
+        "back in db 0"
+    );
+    assert_eq!(
+        b.cmd(&["CLIENT", "GETNAME"]).await,
+        b"$-1\r\n",
+        "name cleared"
+    );
+    assert_eq!(
+        b.cmd(&["EXISTS", "queued"]).await,
+        b":0\r\n",
+        "MULTI discarded"
+    );
+    let info = s(&b.cmd(&["CLIENT", "INFO"]).await);
+    assert!(
+        info.contains("flags=N ") && info.contains("resp=2"),
+        "{info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_client_leaves_nothing_behind() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "upstream.warm_connections = 0\nupstream.max_idle = 1\n",
+    )
+    .await;
+    let mut a = RawClient::authed(&pki, proxy.addr).await;
+    let id_a = a.cmd(&["CLIENT", "ID"]).await;
+    a.send_cmd(&["SUBSCRIBE", "leak"]).await;
+    a.read().await;
+    drop(a);
+    let mut publisher = RawClient::authed(&pki, proxy.addr).await;
+    let mut receivers = b":1\r\n".to_vec();
+    for _ in 0..200 {
+        receivers = publisher.cmd(&["PUBLISH", "leak", "x"]).await;
+        if receivers == b":0\r\n" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        receivers, b":0\r\n",
+        "the subscription must go away with the client"
+    );
+    drop(id_a);
+}
