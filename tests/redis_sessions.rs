@@ -35,7 +35,10 @@ async fn redis_rs_resp2_and_resp3_work_unchanged() {
         assert_eq!(got, (0..500).collect::<Vec<_>>());
     }
     let wrong = redis_rs(&pki, proxy.addr, Some("wrong-token-123456"), false).await;
-    let err = wrong.err().expect("wrong token must fail").to_string();
+    let Err(err) = wrong else {
+        panic!("wrong token must fail")
+    };
+    let err = err.to_string();
     assert!(
         err.contains("WRONGPASS") || err.to_lowercase().contains("auth"),
         "{err}"

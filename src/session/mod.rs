@@ -281,22 +281,21 @@ impl RequestSide<'_> {
                     (false, n) => n,
                 };
             }
-            Kind::Client => {
-                if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") {
-                    let mode = &args[2];
-                    if mode.eq_ignore_ascii_case(b"OFF") {
-                        self.reply_mode = ReplyMode::Off;
-                        expect.replies = 0;
-                    } else if mode.eq_ignore_ascii_case(b"SKIP") {
-                        if self.reply_mode != ReplyMode::Off {
-                            self.reply_mode = ReplyMode::SkipNext;
-                        }
-                        expect.replies = 0;
-                        return self.forward_raw(&args, expect).await;
-                    } else if mode.eq_ignore_ascii_case(b"ON") {
-                        self.reply_mode = ReplyMode::On;
-                        return self.forward_raw(&args, expect).await;
+            // CLIENT REPLY changes how many replies follow; the session must count the same way.
+            Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
+                let mode = &args[2];
+                if mode.eq_ignore_ascii_case(b"OFF") {
+                    self.reply_mode = ReplyMode::Off;
+                    expect.replies = 0;
+                } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                    if self.reply_mode != ReplyMode::Off {
+                        self.reply_mode = ReplyMode::SkipNext;
                     }
+                    expect.replies = 0;
+                    return self.forward_raw(&args, expect).await;
+                } else if mode.eq_ignore_ascii_case(b"ON") {
+                    self.reply_mode = ReplyMode::On;
+                    return self.forward_raw(&args, expect).await;
                 }
             }
             Kind::Blocking => expect.blocking = true,

@@ -1,0 +1,240 @@
+//! The cachegate binary: config checking and exit codes, the shipped example configs, logs that
+//! never hold a secret, SIGTERM, and an accept loop that survives running out of descriptors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
+
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let pki = Pki::new();
+    let tls = pki.dir.path();
+    // The PKI directory already holds server.pem, server-key.pem, ca.pem, client.pem and
+    // client-key.pem under the names the examples use.
+    std::fs::copy(&pki.ca, tls.join("upstream-ca.pem")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for example in [
+        "cachegate.toml",
+        "sidecar.toml",
+        "local-dev.toml",
+        "gateway.toml",
+        "default.toml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/config/{example}")).unwrap();
+        let text = text.replace("/etc/cachegate/tls/", &format!("{}/", tls.display()));
+        let path = dir.path().join(example);
+        std::fs::write(&path, text).unwrap();
+        let out = check(&path);
+        assert!(out.status.success(), "{example}: {}", s(&out.stderr));
+        assert!(s(&out.stdout).contains("configuration is valid"));
+    }
+}
+
+#[test]
+fn bad_config_exits_64_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "typo_key = 1\n[[listeners]]\nbind = \"127.0.0.1:6380\"\ntls.cert = \"nope.pem\"\ntls.key = \"nope-key.pem\"\n\
+         auth.tokens = [\"short\"]\nupstream.address = \"127.0.0.1:6379\"\n",
+    )
+    .unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(64));
+    let err = s(&out.stderr);
+    for want in [
+        "bad.toml: 4 problems",
+        "typo_key: unknown key",
+        "listeners[0].tls.cert: cannot read",
+        "nope.pem",
+        "listeners[0].tls.key: cannot read",
+        "listeners[0].auth.tokens[0]: must be 16 to 128 characters long",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("short\""), "tokens are never echoed");
+    // The same via --check, and when running.
+    let out = Command::new(BIN)
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn embedded_default_config_is_printable_and_valid() {
+    let out = Command::new(BIN).arg("default-config").output().unwrap();
+    assert!(s(&out.stdout).contains("bind = \"127.0.0.1:6380\""));
+    let out = Command::new(BIN).arg("check").output().unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+}
+
+/// Runs the binary with JSON logs and returns it with the address of its first listener.
+fn spawn(
+    config: &str,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (
+    Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let path = dir.join("cachegate.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{prefix} exec {BIN} --log-json --config {}",
+            path.display()
+        ))
+        .env("CACHEGATE_LOG", "trace")
+        .env("CACHEGATE_DATA_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("cachegate logs 'listening'");
+        if line.contains("\"listening\"") {
+            let start = line.find("\"addr\":\"").unwrap() + 8;
+            let end = line[start..].find('"').unwrap() + start;
+            break line[start..end].parse().unwrap();
+        }
+    };
+    (child, addr, rx)
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("cachegate did not exit after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs_and_sigterm_drains() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "canary-upstream-password"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [\"canary-token-one-123\", \"canary-token-two-456\"]\n\
+         upstream.address = {:?}\nupstream.password = \"canary-upstream-password\"\n",
+        pki.tls_toml(),
+        redis.address()
+    );
+    let (mut child, addr, logs) = spawn(&config, dir.path(), "");
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert!(s(&c.cmd(&["AUTH", "canary-wrong-token-789"]).await).starts_with("-WRONGPASS"));
+    assert!(s(&c
+        .cmd(&["HELLO", "3", "AUTH", "default", "canary-wrong-token-789"])
+        .await)
+    .starts_with("-WRONGPASS"));
+    assert_eq!(c.cmd(&["AUTH", "canary-token-one-123"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&["AUTH", "default", "canary-token-two-456"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    drop(c);
+    let status = sigterm(&mut child);
+    assert!(status.success(), "{status:?}");
+    let all: Vec<String> = logs.try_iter().collect();
+    let text = all.join("\n");
+    assert!(
+        text.contains("authentication failed"),
+        "failures are logged:\n{text}"
+    );
+    assert!(text.contains("drain complete"), "{text}");
+    for canary in [
+        "canary-token-one",
+        "canary-token-two",
+        "canary-wrong-token",
+        "canary-upstream-password",
+    ] {
+        assert!(!text.contains(canary), "{canary} appeared in the logs");
+    }
+}
+
+/// With a tiny descriptor limit, a burst of connections makes accept fail with EMFILE; the
+/// listener backs off, and serves again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_loop_survives_running_out_of_descriptors() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.enabled = false\nauth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.warm_connections = 0\n",
+        redis.address()
+    );
+    let (mut child, addr, logs) = spawn(&config, dir.path(), "ulimit -n 48;");
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
+            held.push(c);
+        }
+    }
+    assert!(
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            logs.try_iter().any(|l| l.contains("accept failed"))
+        }),
+        "the burst should exhaust descriptors"
+    );
+    drop(held);
+    let mut ok = false;
+    for _ in 0..100 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = RawClient::new(Box::new(tcp));
+        c.send_cmd(&["PING"]).await;
+        if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(2), c.try_read()).await {
+            assert_eq!(reply, b"+PONG\r\n");
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "serving again after descriptors are freed");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert!(sigterm(&mut child).success());
+}
