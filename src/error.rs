@@ -31,7 +31,7 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
-    #[error("upstream {addr} rejected cachegate's credentials: {reply}")]
+    #[error("upstream {addr} did not accept cachegate's connection: {reply}")]
     Auth { addr: String, reply: String },
     #[error("upstream read timed out after {0:?}")]
     Timeout(Duration),

@@ -46,6 +46,27 @@ async fn redis_rs_resp2_and_resp3_work_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_works_unchanged() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"FLUSHALL\"]\n").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(script)
+        .arg(proxy.addr.port().to_string())
+        .arg(&pki.ca)
+        .arg(TOKEN);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success() && s(&out.stdout).contains("redis-py ok"),
+        "stdout: {}\nstderr: {}",
+        s(&out.stdout),
+        s(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_and_binary_keys_round_trip() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
     let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;

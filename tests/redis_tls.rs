@@ -242,6 +242,36 @@ async fn tls_upstream_with_ca_and_server_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_requiring_a_client_certificate() {
+    let pki = Pki::new();
+    let redis = Redis::start_tls_with(&pki, true).await;
+    let upstream = |with_cert: bool| {
+        let cert = if with_cert {
+            format!(
+                "upstream.tls.cert = {:?}\nupstream.tls.key = {:?}\n",
+                pki.client_cert, pki.client_key
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
+             upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n{cert}",
+            pki.tls_toml(),
+            redis.address(),
+            pki.ca
+        )
+    };
+    let with = Proxy::start(&upstream(true)).await;
+    let mut c = RawClient::authed(&pki, with.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    let without = Proxy::start(&upstream(false)).await;
+    let mut c = RawClient::authed(&pki, without.addr).await;
+    let reply = s(&c.cmd(&["PING"]).await);
+    assert!(reply.starts_with("-ERR cachegate: upstream"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_upstream_with_wrong_ca_fails_clearly() {
     let pki = Pki::new();
     let other = Pki::new();

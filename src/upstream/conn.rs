@@ -147,14 +147,19 @@ impl Connector {
             stream,
             connector: self.clone(),
         };
-        if let Some(auth) = &self.auth {
-            let reply = conn.roundtrip(auth).await?;
-            if &reply[..] != b"+OK\r\n" {
-                return Err(UpstreamError::Auth {
-                    addr: addr.clone(),
-                    reply: printable(&reply),
-                });
-            }
+        // One round trip proves the connection usable before a client gets it: AUTH when
+        // credentials are configured, PING otherwise (which also catches a TLS upstream that
+        // rejected our certificate, or a Redis that wants a password we do not have).
+        let (probe, expected): (&[u8], &[u8]) = match &self.auth {
+            Some(auth) => (auth, b"+OK\r\n"),
+            None => (b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"),
+        };
+        let reply = conn.roundtrip(probe).await?;
+        if reply != expected {
+            return Err(UpstreamError::Auth {
+                addr: addr.clone(),
+                reply: printable(&reply),
+            });
         }
         Ok(conn)
     }

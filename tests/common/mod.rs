@@ -89,6 +89,11 @@ impl Redis {
 
     /// A TLS-only redis-server using `pki`'s server certificate.
     pub async fn start_tls(pki: &Pki) -> Redis {
+        Self::start_tls_with(pki, false).await
+    }
+
+    /// A TLS-only redis-server that may require a client certificate from `pki`'s CA.
+    pub async fn start_tls_with(pki: &Pki, client_certs: bool) -> Redis {
         let port = free_port();
         let p = |f: &PathBuf| f.display().to_string();
         let args: Vec<String> = vec![
@@ -107,7 +112,7 @@ impl Redis {
             "--tls-ca-cert-file".into(),
             p(&pki.ca),
             "--tls-auth-clients".into(),
-            "no".into(),
+            if client_certs { "yes" } else { "no" }.into(),
         ];
         let mut r = Redis {
             port,
