@@ -33,6 +33,8 @@ pub enum UpstreamError {
     },
     #[error("upstream {addr} did not accept cachegate's connection: {reply}")]
     Auth { addr: String, reply: String },
+    #[error("upstream {addr} is down ({last}); retrying with backoff")]
+    Down { addr: String, last: String },
     #[error("upstream read timed out after {0:?}")]
     Timeout(Duration),
     #[error("upstream closed the connection")]

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod memcached;
 pub mod policy;
 pub mod protocol;
 pub mod server;

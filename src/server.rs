@@ -79,11 +79,14 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
     let mut listeners = Vec::new();
     let mut pools = Vec::new();
     for (cfg, tcp) in config.listeners.iter().zip(bound) {
-        let pool = Pool::new(&cfg.upstream, config.limits.max_reply_bytes).map_err(|source| {
-            ServerError::Tls {
-                listener: cfg.name.clone(),
-                source,
-            }
+        let pool = Pool::new(
+            &cfg.upstream,
+            config.limits.max_reply_bytes,
+            crate::upstream::conn::Protocol::Redis,
+        )
+        .map_err(|source| ServerError::Tls {
+            listener: cfg.name.clone(),
+            source,
         })?;
         let tls = match &cfg.tls {
             None => None,

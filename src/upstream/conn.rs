@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::UpstreamError;
+use crate::protocol::memcached::{reply_len, Shape};
 use crate::protocol::reply::encode_command;
 use crate::protocol::resp::next_reply_len;
 
@@ -68,8 +69,16 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The protocol an upstream speaks, which decides how a connection is proven and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Redis,
+    Memcached,
+}
+
 /// How to open and authenticate a connection; shared by all of a pool's connections.
 pub struct Connector {
+    pub protocol: Protocol,
     pub address: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -147,20 +156,8 @@ impl Connector {
             stream,
             connector: self.clone(),
         };
-        // One round trip proves the connection usable before a client gets it: AUTH when
-        // credentials are configured, PING otherwise (which also catches a TLS upstream that
-        // rejected our certificate, or a Redis that wants a password we do not have).
-        let (probe, expected): (&[u8], &[u8]) = match &self.auth {
-            Some(auth) => (auth, b"+OK\r\n"),
-            None => (b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"),
-        };
-        let reply = conn.roundtrip(probe).await?;
-        if reply != expected {
-            return Err(UpstreamError::Auth {
-                addr: addr.clone(),
-                reply: printable(&reply),
-            });
-        }
+        // One round trip proves the connection usable before a client gets it.
+        conn.check().await?;
         Ok(conn)
     }
 }
@@ -172,6 +169,31 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Proves the connection usable with one round trip: for Redis, AUTH when credentials are
+    /// configured and PING otherwise (which also catches a TLS upstream that rejected our
+    /// certificate, or a Redis that wants a password we do not have); for memcached, `version`.
+    pub async fn check(&mut self) -> Result<(), UpstreamError> {
+        let connector = self.connector.clone();
+        let ok = match connector.protocol {
+            Protocol::Redis => {
+                let (probe, expected): (&[u8], &[u8]) = match &connector.auth {
+                    Some(auth) => (auth, b"+OK\r\n"),
+                    None => (b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"),
+                };
+                let reply = self.roundtrip(probe).await?;
+                (reply == expected).then_some(()).ok_or(reply)
+            }
+            Protocol::Memcached => {
+                let reply = self.roundtrip(b"version\r\n").await?;
+                reply.starts_with(b"VERSION ").then_some(()).ok_or(reply)
+            }
+        };
+        ok.map_err(|reply| UpstreamError::Auth {
+            addr: connector.address.clone(),
+            reply: printable(&reply),
+        })
+    }
+
     /// Sends pre-encoded commands and returns the first reply frame. Only for connections no
     /// client is using (setup, health checks).
     pub async fn roundtrip(&mut self, request: &[u8]) -> Result<Bytes, UpstreamError> {
@@ -186,10 +208,17 @@ impl Conn {
         .map_err(|_| UpstreamError::Timeout(timeout))?
     }
 
-    /// Reads one complete reply frame, leaving any bytes after it in `buf`.
+    /// Reads one complete reply (a RESP frame, or a memcached line), leaving any bytes after it
+    /// in `buf`.
     pub async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Bytes, UpstreamError> {
+        let max = self.connector.max_reply;
         loop {
-            if let Some((len, _)) = next_reply_len(buf, self.connector.max_reply)? {
+            let len = match self.connector.protocol {
+                Protocol::Redis => next_reply_len(buf, max)?.map(|(len, _)| len),
+                Protocol::Memcached => reply_len(buf, Shape::Line, max)
+                    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?,
+            };
+            if let Some(len) = len {
                 return Ok(buf.split_to(len).freeze());
             }
             if self.stream.read_buf(buf).await? == 0 {

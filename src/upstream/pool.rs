@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{printable, Conn, Connector};
+use super::conn::{printable, Conn, Connector, Protocol};
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamError;
 use crate::protocol::reply::encode_command;
@@ -27,6 +27,12 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A reset connection that keeps sending pub/sub messages past this many frames is dropped.
 const RESET_MAX_SKIPPED_FRAMES: usize = 10_000;
+
+struct Down {
+    retry_at: std::time::Instant,
+    backoff: Duration,
+    last_error: String,
+}
 
 #[derive(Clone)]
 pub struct Pool {
@@ -40,13 +46,21 @@ struct Inner {
     max_idle: usize,
     health_interval: Duration,
     healthy: AtomicBool,
+    /// While the upstream is failing: when the next connect may be tried, the current backoff,
+    /// and the last error. Clients asking before then fail fast instead of each waiting for a
+    /// connect timeout.
+    down: Mutex<Option<Down>>,
     refill: Notify,
     /// The cleanup sequence sent on release.
     reset: Bytes,
 }
 
 impl Pool {
-    pub fn new(cfg: &UpstreamConfig, max_reply: usize) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        max_reply: usize,
+        protocol: Protocol,
+    ) -> Result<Self, crate::tls::TlsError> {
         let tls = match &cfg.tls {
             None => None,
             Some(opts) => Some((
@@ -70,6 +84,7 @@ impl Pool {
         Ok(Self {
             inner: Arc::new(Inner {
                 connector: Arc::new(Connector {
+                    protocol,
                     address: cfg.address.clone(),
                     connect_timeout: cfg.connect_timeout,
                     request_timeout: cfg.request_timeout,
@@ -82,6 +97,7 @@ impl Pool {
                 max_idle: cfg.max_idle,
                 health_interval: cfg.health_interval,
                 healthy: AtomicBool::new(false),
+                down: Mutex::new(None),
                 refill: Notify::new(),
                 reset: reset.freeze(),
             }),
@@ -129,6 +145,14 @@ impl Pool {
         if let Some(conn) = warm {
             return Ok(conn);
         }
+        if let Some(down) = self.lock_down().as_ref() {
+            if std::time::Instant::now() < down.retry_at {
+                return Err(UpstreamError::Down {
+                    addr: self.address().to_string(),
+                    last: down.last_error.clone(),
+                });
+            }
+        }
         let result = self.inner.connector.connect().await;
         self.set_health(result.is_ok(), result.as_ref().err());
         result
@@ -138,6 +162,11 @@ impl Pool {
     /// otherwise it is closed. A clean one is reset in the background before reuse.
     pub fn release(&self, conn: Conn, clean: bool) {
         if !clean {
+            return;
+        }
+        if self.inner.connector.protocol == Protocol::Memcached {
+            // memcached keeps no per-connection state worth resetting.
+            self.put_idle(conn);
             return;
         }
         let pool = self.clone();
@@ -202,7 +231,27 @@ impl Pool {
         self.inner.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, Option<Down>> {
+        self.inner.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_health(&self, ok: bool, err: Option<&UpstreamError>) {
+        {
+            let mut down = self.lock_down();
+            *down = match (ok, down.take()) {
+                (true, _) => None,
+                (false, previous) => {
+                    let backoff = previous
+                        .map(|d| (d.backoff * 2).min(BACKOFF_MAX))
+                        .unwrap_or(BACKOFF_START);
+                    Some(Down {
+                        retry_at: std::time::Instant::now() + backoff,
+                        backoff,
+                        last_error: err.map(|e| e.to_string()).unwrap_or_default(),
+                    })
+                }
+            };
+        }
         let was = self.inner.healthy.swap(ok, Ordering::Relaxed);
         match (was, ok) {
             (false, true) => tracing::info!(upstream = %self.address(), "upstream reachable"),
@@ -245,12 +294,8 @@ impl Pool {
     async fn check_and_fill(&self) -> bool {
         let idle: Vec<Conn> = self.lock_idle().drain(..).collect();
         let mut alive = Vec::with_capacity(idle.len());
-        let mut ping = BytesMut::new();
-        encode_command(&mut ping, [&b"PING"[..]].into_iter());
         for mut conn in idle {
-            if conn.looks_alive()
-                && matches!(conn.roundtrip(&ping).await, Ok(r) if &r[..] == b"+PONG\r\n")
-            {
+            if conn.looks_alive() && conn.check().await.is_ok() {
                 alive.push(conn);
             }
         }
