@@ -21,9 +21,38 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a listener's connections share.
 pub struct Listener {
-    pub ctx: Arc<session::Context>,
+    pub name: String,
+    pub handler: Handler,
     pub tls: Option<(TlsAcceptor, Duration)>,
     pub limit: Arc<Semaphore>,
+}
+
+/// The protocol-specific session a connection runs once its TLS is up.
+pub enum Handler {
+    Redis(Arc<session::Context>),
+    Memcached(Arc<crate::memcached::Context>),
+}
+
+impl Handler {
+    async fn run<S>(&self, stream: S, peer: SocketAddr, shutdown: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match self {
+            Handler::Redis(ctx) => session::run(ctx.clone(), stream, peer, shutdown).await,
+            Handler::Memcached(ctx) => {
+                crate::memcached::run(ctx.clone(), stream, peer, shutdown).await
+            }
+        }
+    }
+
+    /// What a plaintext client over the connection limit is told, in the server's own words.
+    fn refusal(&self) -> &'static [u8] {
+        match self {
+            Handler::Redis(_) => b"-ERR max number of clients reached\r\n",
+            Handler::Memcached(_) => b"ERROR Too many open connections\r\n",
+        }
+    }
 }
 
 /// Accepts until `shutdown`; every session is spawned on `sessions` and told about `shutdown`.
@@ -47,15 +76,16 @@ pub async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors or a transient network error: keep the listener,
                 // slow down, and let existing sessions finish and free descriptors.
-                tracing::error!(listener = %listener.ctx.listener, error = %e, "accept failed; backing off {backoff:?}");
+                tracing::error!(listener = %listener.name, error = %e, "accept failed; backing off {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         let Ok(permit) = listener.limit.clone().try_acquire_owned() else {
-            tracing::warn!(listener = %listener.ctx.listener, %peer, "connection limit reached; refusing");
-            refuse(stream, listener.tls.is_none());
+            tracing::warn!(listener = %listener.name, %peer, "connection limit reached; refusing");
+            let message = listener.tls.is_none().then(|| listener.handler.refusal());
+            refuse(stream, message);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -68,12 +98,11 @@ pub async fn accept_loop(
     }
 }
 
-/// Refuses an over-limit connection at once. A plaintext client is told why, in Redis's words;
-/// a TLS client is not worth a handshake.
-fn refuse(mut stream: TcpStream, plaintext: bool) {
-    if plaintext {
+/// Refuses an over-limit connection at once. A plaintext client is told why, in its server's
+/// words; a TLS client is not worth a handshake.
+fn refuse(mut stream: TcpStream, message: Option<&'static [u8]>) {
+    if let Some(msg) = message {
         tokio::spawn(async move {
-            let msg = b"-ERR max number of clients reached\r\n";
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg)).await;
         });
     }
@@ -85,9 +114,9 @@ async fn serve_connection(
     listener: &Listener,
     shutdown: CancellationToken,
 ) {
-    let ctx = listener.ctx.clone();
+    let name = &listener.name;
     let Some((acceptor, deadline)) = &listener.tls else {
-        session::run(ctx, stream, peer, shutdown).await;
+        listener.handler.run(stream, peer, shutdown).await;
         return;
     };
     let handshake = async {
@@ -105,21 +134,21 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(reason)) => {
             // Client-caused: worth a debug line, not an error.
-            tracing::debug!(listener = %ctx.listener, %peer, %reason, "TLS handshake failed");
+            tracing::debug!(listener = %name, %peer, %reason, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(listener = %ctx.listener, %peer, "TLS handshake timed out after {deadline:?}");
+            tracing::debug!(listener = %name, %peer, "TLS handshake timed out after {deadline:?}");
             return;
         }
     };
     let (_, conn) = tls.get_ref();
     tracing::debug!(
-        listener = %ctx.listener,
+        listener = %name,
         %peer,
         version = ?conn.protocol_version(),
         client_cert = conn.peer_certificates().is_some(),
         "TLS session established"
     );
-    session::run(ctx, tls, peer, shutdown).await;
+    listener.handler.run(tls, peer, shutdown).await;
 }

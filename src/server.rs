@@ -10,10 +10,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Identity, ListenerConfig, ListenerTls};
-use crate::listener::{accept_loop, Listener};
+use crate::config::{Config, Identity, ListenerConfig, ListenerTls, Protocol, UpstreamConfig};
+use crate::listener::{accept_loop, Handler, Listener};
+use crate::memcached;
 use crate::session;
 use crate::tls::{dev_certs, pem, TlsError};
+use crate::upstream::conn::Protocol as UpstreamProtocol;
 use crate::upstream::Pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,29 +81,55 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
     let mut listeners = Vec::new();
     let mut pools = Vec::new();
     for (cfg, tcp) in config.listeners.iter().zip(bound) {
-        let pool = Pool::new(
-            &cfg.upstream,
-            config.limits.max_reply_bytes,
-            crate::upstream::conn::Protocol::Redis,
-        )
-        .map_err(|source| ServerError::Tls {
+        let tls_err = |source| ServerError::Tls {
             listener: cfg.name.clone(),
             source,
-        })?;
+        };
+        let max_reply = config.limits.max_reply_bytes;
+        let handler = match &cfg.protocol {
+            Protocol::Redis => {
+                let pool = Pool::new(&cfg.upstream, max_reply, UpstreamProtocol::Redis)
+                    .map_err(tls_err)?;
+                pools.push(pool.clone());
+                Handler::Redis(Arc::new(session::Context {
+                    listener: cfg.name.clone(),
+                    auth: cfg.auth.clone(),
+                    policy: cfg.policy.clone(),
+                    pool,
+                    limits: config.limits.clone(),
+                }))
+            }
+            Protocol::Memcached(mc) => {
+                let mut nodes = Vec::with_capacity(mc.nodes.len());
+                for node in &mc.nodes {
+                    let label = format!("{}:{}", node.host, node.port);
+                    let upstream = UpstreamConfig {
+                        address: label.clone(),
+                        ..cfg.upstream.clone()
+                    };
+                    let pool = Pool::new(&upstream, max_reply, UpstreamProtocol::Memcached)
+                        .map_err(tls_err)?;
+                    pools.push(pool.clone());
+                    nodes.push(memcached::Node::new(pool, label));
+                }
+                Handler::Memcached(Arc::new(memcached::Context::new(
+                    cfg.name.clone(),
+                    cfg.policy.clone(),
+                    mc.clone(),
+                    config.limits.clone(),
+                    cfg.upstream.request_timeout,
+                    nodes,
+                )))
+            }
+        };
         let tls = match &cfg.tls {
             None => None,
             Some(t) => Some((acceptor(cfg, t, &config, &tcp)?, t.handshake_timeout)),
         };
         announce(cfg, &tcp, tls.is_some());
-        pools.push(pool.clone());
         let listener = Arc::new(Listener {
-            ctx: Arc::new(session::Context {
-                listener: cfg.name.clone(),
-                auth: cfg.auth.clone(),
-                policy: cfg.policy.clone(),
-                pool,
-                limits: config.limits.clone(),
-            }),
+            name: cfg.name.clone(),
+            handler,
             tls,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
         });
@@ -219,7 +247,7 @@ fn announce(cfg: &ListenerConfig, tcp: &TcpListener, tls: bool) {
     tracing::info!(
         listener = %cfg.name,
         %addr,
-        upstream = %cfg.upstream.address,
+        upstream = %upstream_label(cfg),
         tls,
         upstream_tls = cfg.upstream.tls.is_some(),
         "listening"
@@ -227,7 +255,31 @@ fn announce(cfg: &ListenerConfig, tcp: &TcpListener, tls: bool) {
     if !tls && !cfg.bind.ip().is_loopback() {
         tracing::warn!(listener = %cfg.name, "plaintext listener on a non-loopback address: traffic and AUTH tokens cross the network unencrypted");
     }
-    if matches!(cfg.auth, crate::config::AuthMode::None) {
-        tracing::warn!(listener = %cfg.name, "auth.mode = \"none\": every client is let in without AUTH");
+    let no_client_certs = matches!(
+        cfg.tls.as_ref().map(|t| &t.options.client_auth),
+        None | Some(crate::tls::server::ClientAuth::Off)
+    );
+    match cfg.protocol {
+        Protocol::Memcached(_) if no_client_certs => tracing::warn!(
+            listener = %cfg.name,
+            "memcached has no AUTH: any client that reaches this port is served (require client certificates to restrict it)"
+        ),
+        Protocol::Redis if matches!(cfg.auth, crate::config::AuthMode::None) => tracing::warn!(
+            listener = %cfg.name,
+            "auth.mode = \"none\": every client is let in without AUTH"
+        ),
+        _ => {}
+    }
+}
+
+fn upstream_label(cfg: &ListenerConfig) -> String {
+    match &cfg.protocol {
+        Protocol::Redis => cfg.upstream.address.clone(),
+        Protocol::Memcached(mc) => mc
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.host, n.port))
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }

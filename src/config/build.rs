@@ -8,11 +8,14 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::file::{
-    AuthFile, ClientTlsFile, CommandsFile, FileConfig, ListenerFile, ServerTlsFile, UpstreamFile,
+    AuthFile, ClientTlsFile, CommandsFile, FileConfig, ListenerFile, MemcachedFile, ServerTlsFile,
+    UpstreamFile,
 };
 use super::Problem;
 use crate::auth::secret::{Password, Token, TokenSet};
+use crate::memcached::ring::RingNode;
 use crate::policy::Policy;
+use crate::protocol::memcached::McLimits;
 use crate::protocol::resp::RequestLimits;
 use crate::tls::client::UpstreamTlsOptions;
 use crate::tls::pem::{load_certs, load_key};
@@ -54,6 +57,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct ListenerConfig {
     pub name: String,
+    pub protocol: Protocol,
     pub bind: SocketAddr,
     pub max_connections: usize,
     /// `None`: a plaintext listener (allowed, with a warning when not on loopback).
@@ -62,6 +66,35 @@ pub struct ListenerConfig {
     pub policy: Policy,
     pub upstream: UpstreamConfig,
 }
+
+/// What a listener speaks, with the protocol's own settings.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Redis,
+    Memcached(MemcachedConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct MemcachedConfig {
+    /// The ring, in configured order (a node's index is its position here).
+    pub nodes: Vec<RingNode>,
+    pub limits: McLimits,
+    pub on_node_down: NodeDown,
+    /// Consecutive failures after which a node leaves the ring; 0 keeps nodes in the ring.
+    pub eject_after: u32,
+    pub eject_for: Duration,
+}
+
+/// What a request for a key on an unreachable node gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeDown {
+    /// Reads miss (get returns no item, mg returns EN); writes get SERVER_ERROR.
+    Miss,
+    /// Everything touching the node gets SERVER_ERROR.
+    Error,
+}
+
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct ListenerTls {
@@ -217,17 +250,17 @@ fn listener(
     base: &Path,
 ) -> Option<ListenerConfig> {
     let before = p.list.len();
-    match l.protocol.as_deref() {
-        None | Some("redis") => {}
-        Some("memcached") => p.add(
-            format!("{key}.protocol"),
-            "memcached listeners are not available in this version",
-        ),
-        Some(other) => p.add(
-            format!("{key}.protocol"),
-            format!("unknown protocol `{other}` (expected \"redis\")"),
-        ),
-    }
+    let memcached = match l.protocol.as_deref() {
+        None | Some("redis") => false,
+        Some("memcached") => true,
+        Some(other) => {
+            p.add(
+                format!("{key}.protocol"),
+                format!("unknown protocol `{other}` (expected \"redis\" or \"memcached\")"),
+            );
+            false
+        }
+    };
     let bind = match l.bind.as_deref() {
         None => {
             p.add(format!("{key}.bind"), "missing (e.g. \"127.0.0.1:6380\")");
@@ -250,8 +283,13 @@ fn listener(
         DEFAULT_MAX_CONNECTIONS,
     );
     let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
-    let auth = auth(p, &format!("{key}.auth"), l.auth);
+    let auth = if memcached {
+        memcached_auth(p, &format!("{key}.auth"), l.auth)
+    } else {
+        auth(p, &format!("{key}.auth"), l.auth)
+    };
     let policy = commands(p, &format!("{key}.commands"), l.commands);
+    let mut nodes = Vec::new();
     let upstream = match l.upstream {
         None => {
             p.add(
@@ -260,13 +298,42 @@ fn listener(
             );
             None
         }
-        Some(u) => upstream(p, &format!("{key}.upstream"), u, base),
+        Some(u) => {
+            let ukey = format!("{key}.upstream");
+            if memcached {
+                nodes = memcached_nodes(p, &ukey, &u);
+            } else if !u.nodes.is_empty() {
+                p.add(
+                    format!("{ukey}.nodes"),
+                    "is for memcached listeners; a Redis listener has one `address`",
+                );
+            }
+            upstream(p, &ukey, u, base)
+        }
+    };
+    let protocol = match (memcached, l.memcached) {
+        (false, None) => Protocol::Redis,
+        (false, Some(_)) => {
+            p.add(
+                format!("{key}.memcached"),
+                "is for listeners with protocol = \"memcached\"",
+            );
+            Protocol::Redis
+        }
+        (true, m) => Protocol::Memcached(memcached_settings(
+            p,
+            &format!("{key}.memcached"),
+            m.unwrap_or_default(),
+            nodes,
+        )),
     };
     if p.list.len() > before {
         return None;
     }
+    let default_name = if memcached { "memcached" } else { "redis" };
     Some(ListenerConfig {
-        name: l.name.unwrap_or_else(|| format!("redis-{index}")),
+        name: l.name.unwrap_or_else(|| format!("{default_name}-{index}")),
+        protocol,
         bind: bind?,
         max_connections,
         tls: tls?,
@@ -445,6 +512,7 @@ fn commands(p: &mut Problems, key: &str, c: CommandsFile) -> Option<Policy> {
 fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option<UpstreamConfig> {
     let before = p.list.len();
     let address = match u.address {
+        None if !u.nodes.is_empty() => u.nodes[0].clone(),
         None => {
             p.add(
                 format!("{key}.address"),
@@ -546,6 +614,97 @@ fn upstream_tls(
         server_name: server_name?,
         client_cert: client_cert?,
     })
+}
+
+/// memcached listeners have no AUTH command: client certificates are how they restrict access.
+fn memcached_auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> {
+    match (a.mode.as_deref(), a.tokens.is_empty()) {
+        (None | Some("none"), true) => Some(AuthMode::None),
+        _ => {
+            p.add(
+                key,
+                "memcached has no AUTH command; leave [auth] out and restrict clients with tls.client_auth = \"required\"",
+            );
+            None
+        }
+    }
+}
+
+/// `upstream.nodes` (or a single `upstream.address`) as ring nodes: "host:port[:weight]".
+fn memcached_nodes(p: &mut Problems, key: &str, u: &UpstreamFile) -> Vec<RingNode> {
+    if u.username.is_some() || u.password.is_some() {
+        p.add(key, "memcached upstreams take no username or password");
+    }
+    if u.address.is_some() && !u.nodes.is_empty() {
+        p.add(key, "give either `address` (one node) or `nodes`, not both");
+    }
+    let list: Vec<String> = match &u.address {
+        Some(a) if u.nodes.is_empty() => vec![a.clone()],
+        _ => u.nodes.clone(),
+    };
+    let mut nodes = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let weighted = || {
+            let (rest, weight) = entry.rsplit_once(':')?;
+            let (h, port) = split_host_port(rest)?;
+            let weight = weight.parse::<u32>().ok().filter(|w| *w > 0)?;
+            Some((h.to_string(), port, weight))
+        };
+        let parsed =
+            weighted().or_else(|| split_host_port(entry).map(|(h, port)| (h.to_string(), port, 1)));
+        match parsed {
+            Some((host, port, _))
+                if nodes
+                    .iter()
+                    .any(|b: &RingNode| b.host == host && b.port == port) =>
+            {
+                p.add(
+                    format!("{key}.nodes[{i}]"),
+                    format!("{host}:{port} is listed twice"),
+                )
+            }
+            Some((host, port, weight)) => nodes.push(RingNode { host, port, weight }),
+            None => p.add(
+                format!("{key}.nodes[{i}]"),
+                format!("`{entry}` is not host:port or host:port:weight"),
+            ),
+        }
+    }
+    nodes
+}
+
+fn memcached_settings(
+    p: &mut Problems,
+    key: &str,
+    m: MemcachedFile,
+    nodes: Vec<RingNode>,
+) -> MemcachedConfig {
+    let defaults = McLimits::default();
+    let on_node_down = match m.on_node_down.as_deref() {
+        None | Some("miss") => NodeDown::Miss,
+        Some("error") => NodeDown::Error,
+        Some(other) => {
+            p.add(
+                format!("{key}.on_node_down"),
+                format!("`{other}` is not one of \"miss\", \"error\""),
+            );
+            NodeDown::Miss
+        }
+    };
+    let limit = |p: &mut Problems, name: &str, v: Option<u64>, d: usize| {
+        size(p, &format!("{key}.{name}"), v, d)
+    };
+    MemcachedConfig {
+        nodes,
+        limits: McLimits {
+            max_value: limit(p, "max_value_bytes", m.max_value_bytes, defaults.max_value),
+            max_line: limit(p, "max_line_bytes", m.max_line_bytes, defaults.max_line),
+            max_keys: limit(p, "max_keys", m.max_keys, defaults.max_keys),
+        },
+        on_node_down,
+        eject_after: m.eject_after.unwrap_or(0),
+        eject_for: m.eject_for.unwrap_or(DEFAULT_EJECT_FOR),
+    }
 }
 
 /// `host:port` or `[v6]:port`.

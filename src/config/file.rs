@@ -50,6 +50,19 @@ pub struct ListenerFile {
     #[serde(default)]
     pub commands: CommandsFile,
     pub upstream: Option<UpstreamFile>,
+    /// Only for `protocol = "memcached"`.
+    pub memcached: Option<MemcachedFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MemcachedFile {
+    pub max_value_bytes: Option<u64>,
+    pub max_line_bytes: Option<u64>,
+    pub max_keys: Option<u64>,
+    pub on_node_down: Option<String>,
+    pub eject_after: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub eject_for: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +106,9 @@ pub struct CommandsFile {
 #[derive(Default, Deserialize)]
 pub struct UpstreamFile {
     pub address: Option<String>,
+    /// memcached: the ring's nodes, "host:port" or "host:port:weight".
+    #[serde(default)]
+    pub nodes: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
     #[serde(default, with = "humantime_serde")]

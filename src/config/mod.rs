@@ -9,7 +9,10 @@ pub mod file;
 
 use std::path::Path;
 
-pub use build::{AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, UpstreamConfig};
+pub use build::{
+    AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, MemcachedConfig, NodeDown,
+    Protocol, UpstreamConfig,
+};
 
 /// The configuration used when no `--config` is given: a TLS listener on 127.0.0.1:6380 in front
 /// of a Redis on 127.0.0.1:6379, with dev certificates and no AUTH (loopback only).
@@ -157,12 +160,24 @@ upstream.address = "127.0.0.1:6379"
     #[test]
     fn embedded_default_is_valid() {
         let c = default_config().unwrap();
-        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners.len(), 2);
         let l = &c.listeners[0];
         assert_eq!(l.bind.to_string(), "127.0.0.1:6380");
         assert_eq!(l.upstream.address, "127.0.0.1:6379");
         assert!(matches!(l.tls.as_ref().unwrap().identity, Identity::Dev));
         assert!(matches!(l.auth, AuthMode::None));
+        let m = &c.listeners[1];
+        assert_eq!(m.bind.to_string(), "127.0.0.1:11212");
+        assert!(matches!(m.tls.as_ref().unwrap().identity, Identity::Dev));
+        match &m.protocol {
+            Protocol::Memcached(mc) => {
+                assert_eq!(
+                    (mc.nodes[0].host.as_str(), mc.nodes[0].port),
+                    ("127.0.0.1", 11211)
+                )
+            }
+            Protocol::Redis => panic!("second listener should be memcached"),
+        }
     }
 
     #[test]
@@ -244,6 +259,40 @@ commands.disable = ["AUTH"]
         let text = MINIMAL.replace("bind = \"127.0.0.1:0\"", "bind = 5");
         let ps = problems(&text);
         assert!(ps[0].message.contains("bind"), "{ps:?}");
+    }
+
+    #[test]
+    fn memcached_listener_settings_and_errors() {
+        let ok = "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n\
+                  upstream.nodes = [\"10.0.0.1:11211\", \"10.0.0.2:11211:3\"]\n\
+                  memcached.on_node_down = \"error\"\nmemcached.eject_after = 3\n";
+        let c = parse(ok, "t", Path::new(".")).unwrap();
+        let Protocol::Memcached(mc) = &c.listeners[0].protocol else {
+            panic!("memcached expected")
+        };
+        assert_eq!(mc.nodes[1].weight, 3);
+        assert_eq!(mc.on_node_down, NodeDown::Error);
+        assert_eq!(c.listeners[0].name, "memcached-0");
+
+        let bad = "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n\
+                   auth.tokens = [\"0123456789abcdef\"]\nupstream.nodes = [\"nope\", \"h:1\", \"h:1\"]\n\
+                   upstream.password = \"x\"\nmemcached.on_node_down = \"maybe\"\n\
+                   [[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"none\"\nupstream.address = \"h:1\"\n\
+                   memcached.max_keys = 5\n";
+        let keys: Vec<_> = problems(bad).into_iter().map(|p| p.key).collect();
+        for want in [
+            "listeners[0].auth",
+            "listeners[0].upstream.nodes[0]",
+            "listeners[0].upstream.nodes[2]",
+            "listeners[0].upstream",
+            "listeners[0].memcached.on_node_down",
+            "listeners[1].memcached",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == want),
+                "{want} missing from {keys:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,1 +1,563 @@
+//! memcached listeners: one client connection, in front of a ring of memcached nodes.
+//!
+//! A session reads what the client sent, parses every complete request (`protocol::memcached`),
+//! and runs them as a batch: requests are routed by key (`ring`), each node gets its share in
+//! one write (multi-gets split per node), nodes are talked to in parallel, and the replies are
+//! put back together in the client's order (multi-get items in the client's key order). Each
+//! request forwarded produces exactly one reply cachegate reads whole: `noreply` is stripped and
+//! the reply swallowed, and quiet meta commands are followed by `mn`, so the stream to every
+//! node stays in step whatever the client sends.
+//!
+//! A node that fails (connect, I/O, timeout) fails only the requests routed to it; its
+//! connection is dropped, its pool backs off, and after `eject_after` consecutive failures it
+//! can leave the ring for `eject_for`.
+
 pub mod ring;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Limits, MemcachedConfig, NodeDown};
+use crate::error::UpstreamError;
+use crate::policy::Policy;
+use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::upstream::{Conn, Pool};
+use ring::Continuum;
+
+/// Requests run together at most; more wait for the next batch.
+const MAX_BATCH: usize = 128;
+
+/// One node of the ring: its pool and its failure record.
+pub struct Node {
+    pub pool: Pool,
+    pub label: String,
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    pub fn new(pool: Pool, label: String) -> Self {
+        Self {
+            pool,
+            label,
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
+    fn ejected(&self) -> Option<Instant> {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every session of a memcached listener shares.
+pub struct Context {
+    pub listener: String,
+    pub policy: Policy,
+    pub config: MemcachedConfig,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    pub nodes: Vec<Node>,
+    ring: RwLock<Arc<Continuum>>,
+    started: Instant,
+    curr_connections: AtomicU64,
+    total_connections: AtomicU64,
+}
+
+impl Context {
+    pub fn new(
+        listener: String,
+        policy: Policy,
+        config: MemcachedConfig,
+        limits: Limits,
+        request_timeout: Duration,
+        nodes: Vec<Node>,
+    ) -> Self {
+        let ring = Continuum::build(&config.nodes, &vec![true; config.nodes.len()]);
+        Self {
+            listener,
+            policy,
+            config,
+            limits,
+            request_timeout,
+            nodes,
+            ring: RwLock::new(Arc::new(ring)),
+            started: Instant::now(),
+            curr_connections: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// The ring of nodes not currently ejected; re-admits nodes whose ejection is over.
+    fn ring(&self) -> Arc<Continuum> {
+        let now = Instant::now();
+        let expired = self
+            .nodes
+            .iter()
+            .any(|n| n.ejected().is_some_and(|until| until <= now));
+        if expired {
+            for n in &self.nodes {
+                let mut e = n.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
+                if e.is_some_and(|until| until <= now) {
+                    *e = None;
+                    n.failures.store(0, Ordering::Relaxed);
+                    tracing::info!(listener = %self.listener, node = %n.label, "node back in the ring");
+                }
+            }
+            self.rebuild_ring();
+        }
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn rebuild_ring(&self) {
+        let live: Vec<bool> = self.nodes.iter().map(|n| n.ejected().is_none()).collect();
+        let ring = Continuum::build(&self.config.nodes, &live);
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    fn record(&self, node: usize, ok: bool) {
+        let n = &self.nodes[node];
+        if ok {
+            n.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = n.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.config.eject_after;
+        if limit > 0 && failures >= limit && n.ejected().is_none() {
+            *n.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + self.config.eject_for);
+            tracing::warn!(
+                listener = %self.listener,
+                node = %n.label,
+                failures,
+                for_ = ?self.config.eject_for,
+                "node ejected from the ring; its keys go to other nodes meanwhile"
+            );
+            self.rebuild_ring();
+        }
+    }
+}
+
+/// A node's connection within a session, with its read buffer.
+struct NodeConn {
+    conn: Conn,
+    buf: BytesMut,
+}
+
+/// Runs a memcached session to its end.
+pub async fn run<S>(ctx: Arc<Context>, stream: S, peer: SocketAddr, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
+    ctx.total_connections.fetch_add(1, Ordering::Relaxed);
+    let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
+    let result = serve(&ctx, stream, &mut conns, &shutdown).await;
+    // Connections still held are in step (failed ones were dropped where they failed).
+    for (i, c) in conns.into_iter().enumerate() {
+        if let Some(c) = c {
+            ctx.nodes[i].pool.release(c.conn, c.buf.is_empty());
+        }
+    }
+    ctx.curr_connections.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
+        Err(e) => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
+    }
+}
+
+async fn serve<S>(
+    ctx: &Context,
+    stream: S,
+    conns: &mut [Option<NodeConn>],
+    shutdown: &CancellationToken,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(stream);
+    let mut parser = Parser::new(ctx.config.limits);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        let mut batch = Vec::new();
+        let mut close = false;
+        while batch.len() < MAX_BATCH {
+            match parser.next(&mut rbuf, &ctx.policy) {
+                None => break,
+                Some(Parsed::Request(r)) if r.cmd == Cmd::Quit => {
+                    close = true;
+                    break;
+                }
+                Some(Parsed::Fatal(reply)) => {
+                    batch.push(Item::Local(Bytes::from_static(reply)));
+                    close = true;
+                    break;
+                }
+                Some(Parsed::Reply(reply)) => batch.push(Item::Local(Bytes::from_static(reply))),
+                Some(Parsed::Request(r)) => batch.push(Item::Request(r)),
+            }
+        }
+        let batch_full = batch.len() >= MAX_BATCH;
+        if !batch.is_empty() {
+            let out = execute(ctx, batch, conns).await;
+            cw.write_all(&out).await?;
+            cw.flush().await?;
+        }
+        if close {
+            break;
+        }
+        if batch_full {
+            // More complete requests may be waiting: run them before reading.
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        partial_since = match (rbuf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
+        let deadline = partial_since.map(|s| s + ctx.limits.partial_request_timeout);
+        tokio::select! {
+            read = cr.read_buf(&mut rbuf) => match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            },
+            _ = sleep_until(deadline) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client left a request unfinished"));
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Item {
+    Local(Bytes),
+    Request(McRequest),
+}
+
+/// Where a request's reply comes from.
+enum Plan {
+    Local(Bytes),
+    /// One reply from one node: (node, position in that node's queue).
+    Single(usize, usize),
+    /// A multi-get: one part per node, each (node, position, keys).
+    Split(Vec<(usize, usize)>),
+    /// flush_all / verbosity: one reply from every node.
+    All(Vec<(usize, usize)>),
+    Unrouted,
+}
+
+/// Runs a batch and returns the bytes for the client, in request order.
+async fn execute(ctx: &Context, batch: Vec<Item>, conns: &mut [Option<NodeConn>]) -> BytesMut {
+    let ring = ctx.ring();
+    let n = ctx.nodes.len();
+    let mut queues: Vec<(BytesMut, Vec<Shape>)> =
+        (0..n).map(|_| (BytesMut::new(), Vec::new())).collect();
+    let mut push = |node: usize, req: &McRequest, keys: Option<&[Bytes]>| {
+        let (bytes, shapes) = &mut queues[node];
+        req.encode(bytes, keys);
+        shapes.push(req.shape());
+        (node, shapes.len() - 1)
+    };
+    let mut plans = Vec::with_capacity(batch.len());
+    for item in &batch {
+        let plan = match item {
+            Item::Local(b) => Plan::Local(b.clone()),
+            Item::Request(req) => match req.cmd {
+                Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
+                Cmd::Stats => Plan::Local(stats(ctx, req)),
+                Cmd::Get | Cmd::GetAndTouch => {
+                    let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
+                    let mut routed = true;
+                    for key in req.keys() {
+                        match ring.locate(key) {
+                            Some(node) => per_node[node].push(key.clone()),
+                            None => routed = false,
+                        }
+                    }
+                    if !routed {
+                        Plan::Unrouted
+                    } else {
+                        let parts = per_node
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, keys)| !keys.is_empty())
+                            .map(|(node, keys)| push(node, req, Some(keys)))
+                            .collect();
+                        Plan::Split(parts)
+                    }
+                }
+                Cmd::Broadcast => Plan::All((0..n).map(|node| push(node, req, None)).collect()),
+                Cmd::Version => match (0..n).find(|&i| ctx.nodes[i].ejected().is_none()) {
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Single(node, at)
+                    }
+                    None => Plan::Unrouted,
+                },
+                _ => match req.route_key.as_deref().and_then(|k| ring.locate(k)) {
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Single(node, at)
+                    }
+                    None => Plan::Unrouted,
+                },
+            },
+        };
+        plans.push(plan);
+    }
+
+    // Every node with work, in parallel; each result list lines up with that node's queue.
+    let exchanges = conns
+        .iter_mut()
+        .zip(queues)
+        .enumerate()
+        .map(|(node, (slot, (bytes, shapes)))| exchange(ctx, node, slot, bytes, shapes));
+    let results: Vec<Vec<Result<Bytes, String>>> = join_all(exchanges).await;
+
+    let mut out = BytesMut::new();
+    for (item, plan) in batch.iter().zip(plans) {
+        let req = match item {
+            Item::Request(r) => Some(r),
+            Item::Local(_) => None,
+        };
+        match (plan, req) {
+            (Plan::Local(b), _) => out.extend_from_slice(&b),
+            (Plan::Unrouted, Some(req)) => {
+                let err = "no memcached node available".to_string();
+                answer_failure(ctx, req, &err, &mut out);
+            }
+            (Plan::Single(node, at), Some(req)) => match &results[node][at] {
+                Ok(reply) => answer(req, reply, &mut out),
+                Err(e) => answer_failure(ctx, req, e, &mut out),
+            },
+            (Plan::Split(parts), Some(req)) => {
+                merge_values(ctx, req, &parts, &results, &mut out);
+            }
+            (Plan::All(parts), Some(req)) => {
+                // OK only if every node said OK; otherwise the first other answer.
+                let replies = parts
+                    .into_iter()
+                    .map(|(node, at)| match &results[node][at] {
+                        Ok(r) => r.clone(),
+                        Err(e) => server_error(&ctx.nodes[node].label, e),
+                    });
+                let mut combined = Bytes::from_static(b"OK\r\n");
+                for r in replies {
+                    if &r[..] != b"OK\r\n" {
+                        combined = r;
+                        break;
+                    }
+                }
+                if !req.quiet {
+                    out.extend_from_slice(&combined);
+                }
+            }
+            (_, None) => {}
+        }
+    }
+    out
+}
+
+/// Sends a node its queue and reads one reply per request. After a failure every remaining
+/// request on that node fails too, and the connection is dropped.
+async fn exchange(
+    ctx: &Context,
+    node: usize,
+    slot: &mut Option<NodeConn>,
+    bytes: BytesMut,
+    shapes: Vec<Shape>,
+) -> Vec<Result<Bytes, String>> {
+    if shapes.is_empty() {
+        return Vec::new();
+    }
+    let fail_all = |e: &dyn std::fmt::Display| vec![Err(e.to_string()); shapes.len()];
+    if slot.is_none() {
+        match ctx.nodes[node].pool.acquire().await {
+            Ok(conn) => {
+                *slot = Some(NodeConn {
+                    conn,
+                    buf: BytesMut::new(),
+                })
+            }
+            Err(e) => {
+                ctx.record(node, false);
+                return fail_all(&e);
+            }
+        }
+    }
+    let Some(nc) = slot.as_mut() else {
+        return fail_all(&"no connection");
+    };
+    let max = ctx.limits.max_reply_bytes;
+    let mut results = Vec::with_capacity(shapes.len());
+    let work = async {
+        nc.conn.stream.write_all(&bytes).await?;
+        nc.conn.stream.flush().await?;
+        for shape in &shapes {
+            loop {
+                let done = reply_len(&nc.buf, *shape, max)
+                    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+                if let Some(len) = done {
+                    results.push(Ok(nc.buf.split_to(len).freeze()));
+                    break;
+                }
+                if nc.conn.stream.read_buf(&mut nc.buf).await? == 0 {
+                    return Err(UpstreamError::Closed);
+                }
+            }
+        }
+        Ok::<(), UpstreamError>(())
+    };
+    let outcome = match tokio::time::timeout(ctx.request_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout(ctx.request_timeout)),
+    };
+    match outcome {
+        Ok(()) => ctx.record(node, true),
+        Err(e) => {
+            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+            ctx.record(node, false);
+            *slot = None;
+            while results.len() < shapes.len() {
+                results.push(Err(e.to_string()));
+            }
+        }
+    }
+    results
+}
+
+/// A single-node reply as the client should see it.
+fn answer(req: &McRequest, reply: &Bytes, out: &mut BytesMut) {
+    match req.shape() {
+        // Quiet meta: the backend's own quiet rules applied; drop our `mn`'s MN.
+        Shape::MetaThenNoop => out.extend_from_slice(&reply[..reply.len() - 4]),
+        _ if req.quiet => {}
+        _ => out.extend_from_slice(reply),
+    }
+}
+
+fn answer_failure(ctx: &Context, req: &McRequest, err: &str, out: &mut BytesMut) {
+    let miss = ctx.config.on_node_down == NodeDown::Miss;
+    match req.cmd {
+        Cmd::Meta if miss && req.tokens[0] == "mg" => {
+            if !req.quiet {
+                out.extend_from_slice(b"EN\r\n");
+            }
+        }
+        Cmd::Get | Cmd::GetAndTouch if miss => out.extend_from_slice(b"END\r\n"),
+        // memcached drops even errors for `noreply`; quiet meta mode still reports errors.
+        _ if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) => {}
+        _ => out.extend_from_slice(&server_error("", err)),
+    }
+}
+
+fn server_error(node: &str, err: &str) -> Bytes {
+    let msg = if node.is_empty() {
+        format!("SERVER_ERROR cachegate: {err}\r\n")
+    } else {
+        format!("SERVER_ERROR cachegate: node {node}: {err}\r\n")
+    };
+    Bytes::from(msg.replace(['\r', '\n'], " ").trim_end().to_string() + "\r\n")
+}
+
+/// Puts a multi-get back together: items in the client's key order, one END.
+fn merge_values(
+    ctx: &Context,
+    req: &McRequest,
+    parts: &[(usize, usize)],
+    results: &[Vec<Result<Bytes, String>>],
+    out: &mut BytesMut,
+) {
+    let mut items: std::collections::HashMap<Bytes, std::collections::VecDeque<Bytes>> =
+        std::collections::HashMap::new();
+    for &(node, at) in parts {
+        match &results[node][at] {
+            Ok(reply) => {
+                let (found, error) = split_values(reply);
+                if let Some(error) = error {
+                    out.extend_from_slice(&error);
+                    return;
+                }
+                for (key, item) in found {
+                    items.entry(key).or_default().push_back(item);
+                }
+            }
+            Err(e) if ctx.config.on_node_down == NodeDown::Error => {
+                out.extend_from_slice(&server_error(&ctx.nodes[node].label, e));
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    for key in req.keys() {
+        if let Some(item) = items.get_mut(key).and_then(|q| q.pop_front()) {
+            out.extend_from_slice(&item);
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+/// `stats` is answered by cachegate: the proxy's own figures and each node's state. Other
+/// `stats` forms would mean a different thing on every node and are refused.
+fn stats(ctx: &Context, req: &McRequest) -> Bytes {
+    if req.tokens.len() > 1 {
+        return Bytes::from_static(crate::protocol::memcached::ERROR);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut s = String::new();
+    let mut stat = |k: &str, v: &dyn std::fmt::Display| s.push_str(&format!("STAT {k} {v}\r\n"));
+    stat("pid", &std::process::id());
+    stat("uptime", &ctx.started.elapsed().as_secs());
+    stat("time", &now);
+    stat(
+        "version",
+        &format!("cachegate-{}", env!("CARGO_PKG_VERSION")),
+    );
+    stat(
+        "curr_connections",
+        &ctx.curr_connections.load(Ordering::Relaxed),
+    );
+    stat(
+        "total_connections",
+        &ctx.total_connections.load(Ordering::Relaxed),
+    );
+    stat("nodes", &ctx.nodes.len());
+    for (i, node) in ctx.nodes.iter().enumerate() {
+        let state = if node.ejected().is_some() {
+            "ejected"
+        } else if node.pool.is_healthy() {
+            "up"
+        } else {
+            "down"
+        };
+        stat(&format!("node_{i}_address"), &node.label);
+        stat(&format!("node_{i}_state"), &state);
+    }
+    s.push_str("END\r\n");
+    Bytes::from(s)
+}
