@@ -158,7 +158,8 @@ impl McRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     Request(McRequest),
-    /// Answer this locally; the connection goes on.
+    /// Answer this locally (possibly nothing, for a failed `noreply` command); the connection
+    /// goes on.
     Reply(&'static [u8]),
     /// Answer this, then close: the byte stream cannot be trusted to resynchronise.
     Fatal(&'static [u8]),
@@ -246,18 +247,45 @@ impl Parser {
             Decision::Refuse => (typed.to_vec(), true),
         };
         let args = &tokens[1..];
+        // memcached reads `noreply` before validating, so even its errors are silent then
+        // (except ERROR for a command it does not know).
+        let silent = !refused
+            && args.last() == Some(&&b"noreply"[..])
+            && !matches!(&real[..], b"get" | b"gets" | b"gat" | b"gats");
+        let step = self.dispatch(&real, args, buf, line_len, refused);
+        match step {
+            Step::Done(Parsed::Reply(r), n) if silent && r != ERROR => {
+                Step::Done(Parsed::Reply(b""), n)
+            }
+            Step::Swallow { line, data, reply } if silent && reply != ERROR => Step::Swallow {
+                line,
+                data,
+                reply: b"",
+            },
+            other => other,
+        }
+    }
+
+    fn dispatch(
+        &self,
+        real: &[u8],
+        args: &[&[u8]],
+        buf: &[u8],
+        line_len: usize,
+        refused: bool,
+    ) -> Step {
         let with_data = matches!(
-            &real[..],
+            real,
             b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"ms"
         );
         if with_data {
-            return self.storage(&real, args, &buf[line_len..], line_len, refused);
+            return self.storage(real, args, &buf[line_len..], line_len, refused);
         }
         let done = |p| Step::Done(p, line_len);
         if refused {
             return done(Parsed::Reply(ERROR));
         }
-        done(match self.simple(&real, args) {
+        done(match self.simple(real, args) {
             Ok(req) => Parsed::Request(req),
             Err(reply) => Parsed::Reply(reply),
         })
@@ -661,6 +689,16 @@ mod tests {
         let r = req(b"cas k 0 0 1 99\r\nx\r\n");
         assert_eq!(encoded(&r), b"cas k 0 0 1 99\r\nx\r\n");
         assert_eq!(r.shape(), Shape::Line);
+    }
+
+    #[test]
+    fn noreply_silences_errors_as_memcached_does() {
+        assert_eq!(parse_all(b"incr k x noreply\r\n"), vec![Parsed::Reply(b"")]);
+        assert_eq!(
+            parse_all(b"set k x 0 1 noreply\r\nz\r\n"),
+            vec![Parsed::Reply(b"")]
+        );
+        assert_eq!(parse_all(b"bogus noreply\r\n"), vec![Parsed::Reply(ERROR)]);
     }
 
     #[test]

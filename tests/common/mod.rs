@@ -465,3 +465,251 @@ where
 pub fn s(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A memcached child process on a free loopback port, killed on drop.
+pub struct Memcached {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Memcached {
+    pub async fn start() -> Memcached {
+        let mut m = Memcached {
+            port: free_port(),
+            child: None,
+        };
+        m.spawn().await;
+        m
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new("memcached");
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "1",
+        ]);
+        // memcached refuses to run as root without -u.
+        if is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("memcached must be installed (the README's test command installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "memcached did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// SIGSTOP / SIGCONT, to make the node hang without closing its sockets.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
+    pub async fn direct(&self) -> McClient {
+        McClient::new(Box::new(
+            TcpStream::connect(("127.0.0.1", self.port)).await.unwrap(),
+        ))
+    }
+
+    /// One `stats` value straight from the node.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let mut c = self.direct().await;
+        c.send(b"stats\r\n").await;
+        let text = s(&c.read_until(b"END\r\n").await);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no stat {name} in {text}"))
+    }
+
+    /// Whether the node itself holds `key`.
+    pub async fn holds(&self, key: &str) -> bool {
+        let mut c = self.direct().await;
+        let reply = c
+            .request(
+                format!("get {key}\r\n").as_bytes(),
+                cachegate::protocol::memcached::Shape::Values,
+            )
+            .await;
+        reply.starts_with(b"VALUE")
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused process would ignore SIGKILL's effect on its sockets until continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+/// A memcached text/meta client that sends exact bytes and reads whole replies.
+pub struct McClient {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+impl McClient {
+    pub fn new(io: Box<dyn Io>) -> McClient {
+        McClient {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn tls(pki: &Pki, addr: SocketAddr) -> McClient {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(pki.client_config(rustls::ALL_VERSIONS, None))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        McClient::new(Box::new(tls))
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// Reads one reply of `shape`; panics after 10 s.
+    pub async fn read(&mut self, shape: cachegate::protocol::memcached::Shape) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(len) =
+                    cachegate::protocol::memcached::reply_len(&self.buf, shape, 1 << 30).unwrap()
+                {
+                    return self.buf.split_to(len).to_vec();
+                }
+                let n = self.io.read_buf(&mut self.buf).await.unwrap_or(0);
+                assert!(n > 0, "connection closed; had {:?}", s(&self.buf));
+            }
+        })
+        .await
+        .expect("reply within 10s")
+    }
+
+    pub async fn request(
+        &mut self,
+        bytes: &[u8],
+        shape: cachegate::protocol::memcached::Shape,
+    ) -> Vec<u8> {
+        self.send(bytes).await;
+        self.read(shape).await
+    }
+
+    /// A request with a one-line reply.
+    pub async fn line(&mut self, bytes: &str) -> String {
+        s(&self
+            .request(
+                bytes.as_bytes(),
+                cachegate::protocol::memcached::Shape::Line,
+            )
+            .await)
+    }
+
+    /// A retrieval (VALUE ... END).
+    pub async fn values(&mut self, bytes: &str) -> String {
+        s(&self
+            .request(
+                bytes.as_bytes(),
+                cachegate::protocol::memcached::Shape::Values,
+            )
+            .await)
+    }
+
+    pub async fn read_until_after(&mut self, request: &[u8], end: &[u8]) -> Vec<u8> {
+        self.send(request).await;
+        self.read_until(end).await
+    }
+
+    pub async fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(i) = self.buf.windows(end.len()).position(|w| w == end) {
+                    return self.buf.split_to(i + end.len()).to_vec();
+                }
+                let n = self.io.read_buf(&mut self.buf).await.unwrap_or(0);
+                assert!(n > 0, "connection closed; had {:?}", s(&self.buf));
+            }
+        })
+        .await
+        .expect("reply within 10s")
+    }
+
+    /// True if the peer closes within 10 s, returning what it sent before closing.
+    pub async fn closed_after(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return Some(self.buf.split().to_vec()),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+impl Proxy {
+    /// A TLS memcached listener in front of `nodes`, with extra TOML lines for the listener.
+    pub async fn memcached(pki: &Pki, nodes: &[&Memcached], extra: &str) -> Proxy {
+        let list: Vec<String> = nodes.iter().map(|n| format!("{:?}", n.address())).collect();
+        Proxy::start(&format!(
+            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{}]\nupstream.health_interval = \"1h\"\n{extra}",
+            pki.tls_toml(),
+            list.join(", ")
+        ))
+        .await
+    }
+}

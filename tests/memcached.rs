@@ -1,0 +1,514 @@
+//! memcached listeners over TLS against real memcached nodes: text and meta protocol, noreply,
+//! the ketama ring, multi-get merging, node failures, strict parsing and smuggling, policy,
+//! and real clients (pymemcache over TLS, libmemcached's placement through pylibmc).
+
+mod common;
+
+use std::time::Duration;
+
+use cachegate::protocol::memcached::Shape;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_commands_round_trip() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set a 7 0 5\r\nhello\r\n").await, "STORED\r\n");
+    assert_eq!(c.line("add a 0 0 1\r\nx\r\n").await, "NOT_STORED\r\n");
+    assert_eq!(c.line("replace a 7 0 5\r\nHELLO\r\n").await, "STORED\r\n");
+    assert_eq!(c.line("append a 0 0 1\r\n!\r\n").await, "STORED\r\n");
+    assert_eq!(c.line("prepend a 0 0 1\r\n>\r\n").await, "STORED\r\n");
+    assert_eq!(
+        c.values("get a\r\n").await,
+        "VALUE a 7 7\r\n>HELLO!\r\nEND\r\n"
+    );
+    let gets = c.values("gets a\r\n").await;
+    let cas: u64 = gets.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(
+        c.line(&format!("cas a 0 0 1 {}\r\nz\r\n", cas + 1)).await,
+        "EXISTS\r\n"
+    );
+    assert_eq!(
+        c.line(&format!("cas a 0 0 1 {cas}\r\nz\r\n")).await,
+        "STORED\r\n"
+    );
+    assert_eq!(c.line("set n 0 0 2\r\n10\r\n").await, "STORED\r\n");
+    assert_eq!(c.line("incr n 5\r\n").await, "15\r\n");
+    assert_eq!(c.line("decr n 100\r\n").await, "0\r\n");
+    assert_eq!(c.line("incr missing 1\r\n").await, "NOT_FOUND\r\n");
+    assert_eq!(c.line("touch n 100\r\n").await, "TOUCHED\r\n");
+    // memcached space-pads a decremented number that got shorter.
+    assert_eq!(
+        c.values("gat 100 n a\r\n").await,
+        "VALUE n 0 2\r\n0 \r\nVALUE a 0 1\r\nz\r\nEND\r\n"
+    );
+    assert!(c.values("gats 100 n\r\n").await.starts_with("VALUE n 0 2 "));
+    assert_eq!(c.line("delete a\r\n").await, "DELETED\r\n");
+    assert_eq!(c.line("delete a\r\n").await, "NOT_FOUND\r\n");
+    assert!(c.line("version\r\n").await.starts_with("VERSION 1."));
+    assert_eq!(c.line("verbosity 0\r\n").await, "OK\r\n");
+    assert_eq!(c.line("flush_all\r\n").await, "OK\r\n");
+    assert_eq!(c.values("get n\r\n").await, "END\r\n");
+    let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+    assert!(
+        stats.contains("STAT nodes 1\r\n") && stats.contains("STAT node_0_state up\r\n"),
+        "{stats}"
+    );
+    c.send(b"quit\r\n").await;
+    assert_eq!(c.closed_after().await, Some(Vec::new()));
+}
+
+/// noreply replies are swallowed by cachegate, so the stream stays in step whatever happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noreply_keeps_the_stream_in_step() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    let mut wire = String::new();
+    for i in 0..50 {
+        wire.push_str(&format!("set k{i} 0 0 1 noreply\r\n{}\r\n", i % 10));
+    }
+    // Failing noreply commands: memcached would send nothing for them either.
+    wire.push_str("incr k1 x noreply\r\nset k1 0 0 1 noreply\r\n1\r\n");
+    wire.push_str("set word 0 0 3 noreply\r\nabc\r\nincr word 1 noreply\r\n");
+    wire.push_str(
+        "add k1 0 0 1 noreply\r\nz\r\ndelete nothing noreply\r\ntouch nothing 1 noreply\r\n",
+    );
+    wire.push_str("get k49 k0\r\n");
+    c.send(wire.as_bytes()).await;
+    // Nothing for any of them, not even the bad delta (memcached is silent there too).
+    assert_eq!(
+        s(&c.read(Shape::Values).await),
+        "VALUE k49 0 1\r\n9\r\nVALUE k0 0 1\r\n0\r\nEND\r\n"
+    );
+    assert_eq!(c.line("get k1\r\n").await, "VALUE k1 0 1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_commands_round_trip() {
+    let (pki, a, b) = (
+        Pki::new(),
+        Memcached::start().await,
+        Memcached::start().await,
+    );
+    let proxy = Proxy::memcached(&pki, &[&a, &b], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        s(&c.request(b"ms foo 3 T0 F5\r\nbar\r\n", Shape::Meta).await),
+        "HD\r\n"
+    );
+    assert_eq!(
+        s(&c.request(b"mg foo v f k O42\r\n", Shape::Meta).await),
+        "VA 3 f5 kfoo O42\r\nbar\r\n"
+    );
+    // base64 keys route by their decoded bytes: the same item as "foo".
+    assert_eq!(
+        s(&c.request(b"mg Zm9v b v\r\n", Shape::Meta).await),
+        "VA 3\r\nbar\r\n"
+    );
+    assert_eq!(
+        s(&c.request(b"mg nothing v\r\n", Shape::Meta).await),
+        "EN\r\n"
+    );
+    assert_eq!(
+        s(&c.request(b"ma cnt N0 J7 v\r\n", Shape::Meta).await),
+        "VA 1\r\n7\r\n"
+    );
+    assert_eq!(
+        s(&c.request(b"ma cnt v\r\n", Shape::Meta).await),
+        "VA 1\r\n8\r\n"
+    );
+    // Quiet mode: misses and successes are silent, mn marks the end.
+    c.send(b"mg nothing v q\r\nms foo 1 q\r\nx\r\nmg foo v q k\r\nmd foo q\r\nmd foo q\r\nmn\r\n")
+        .await;
+    assert_eq!(s(&c.read(Shape::Meta).await), "VA 1 kfoo\r\nx\r\n");
+    assert_eq!(s(&c.read(Shape::Meta).await), "NF\r\n");
+    assert_eq!(s(&c.read(Shape::Line).await), "MN\r\n");
+    assert_eq!(
+        s(&c.request(b"mg foo 1x\r\n", Shape::Line).await),
+        "CLIENT_ERROR invalid flag\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_get_spans_nodes_and_keeps_the_clients_order() {
+    let pki = Pki::new();
+    let nodes = [
+        Memcached::start().await,
+        Memcached::start().await,
+        Memcached::start().await,
+    ];
+    let proxy = Proxy::memcached(&pki, &[&nodes[0], &nodes[1], &nodes[2]], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    for i in 0..60 {
+        assert_eq!(
+            c.line(&format!(
+                "set key{i} {i} 0 {}\r\nvalue{i}\r\n",
+                5 + i.to_string().len()
+            ))
+            .await,
+            "STORED\r\n"
+        );
+    }
+    for n in &nodes {
+        let mut held = 0;
+        for i in 0..60 {
+            held += usize::from(n.holds(&format!("key{i}")).await);
+        }
+        assert!(held > 5, "keys are spread over every node ({held})");
+    }
+    let order = [59, 3, 17, 3, 42, 0, 1000, 28];
+    let keys: Vec<String> = order.iter().map(|i| format!("key{i}")).collect();
+    let reply = c.values(&format!("get {}\r\n", keys.join(" "))).await;
+    let mut want = String::new();
+    for i in order.iter().filter(|&&i| i < 60) {
+        want.push_str(&format!(
+            "VALUE key{i} {i} {}\r\nvalue{i}\r\n",
+            5 + i.to_string().len()
+        ));
+    }
+    want.push_str("END\r\n");
+    assert_eq!(reply, want);
+}
+
+/// libmemcached (pylibmc, ketama_weighted) stores keys straight on the nodes; cachegate, asking
+/// only the node its ring picks, finds every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_places_keys_where_libmemcached_does() {
+    let pki = Pki::new();
+    let nodes = [
+        Memcached::start().await,
+        Memcached::start().await,
+        Memcached::start().await,
+    ];
+    let addrs: Vec<String> = nodes.iter().map(|n| n.address()).collect();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/pylibmc_place.py"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(&addrs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let proxy = Proxy::memcached(&pki, &[&nodes[0], &nodes[1], &nodes[2]], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    for i in 0..200 {
+        let reply = c.values(&format!("get ring:{i}\r\n")).await;
+        let v = format!("v{i}");
+        assert!(
+            reply.contains(&format!("\r\n{v}\r\n")),
+            "ring:{i} not found where libmemcached put it: {reply}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_node_fails_only_its_keys() {
+    let pki = Pki::new();
+    let (a, mut b) = (Memcached::start().await, Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&a, &b], "").await;
+    let strict = Proxy::memcached(&pki, &[&a, &b], "memcached.on_node_down = \"error\"\n").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..40 {
+        let key = format!("k{i}");
+        assert_eq!(
+            c.line(&format!("set {key} 0 0 1\r\nx\r\n")).await,
+            "STORED\r\n"
+        );
+        if a.holds(&key).await {
+            on_a.push(key)
+        } else {
+            on_b.push(key)
+        }
+    }
+    assert!(!on_a.is_empty() && !on_b.is_empty());
+    b.kill();
+    // miss mode: b's keys are simply missing; a's are there.
+    let reply = c.values(&format!("get {} {}\r\n", on_b[0], on_a[0])).await;
+    assert_eq!(reply, format!("VALUE {} 0 1\r\nx\r\nEND\r\n", on_a[0]));
+    let set_b = c.line(&format!("set {} 0 0 1\r\ny\r\n", on_b[0])).await;
+    assert!(set_b.starts_with("SERVER_ERROR cachegate:"), "{set_b}");
+    assert_eq!(
+        c.line(&format!("set {} 0 0 1\r\ny\r\n", on_a[0])).await,
+        "STORED\r\n"
+    );
+    assert_eq!(
+        s(
+            &c.request(format!("mg {} v\r\n", on_b[1]).as_bytes(), Shape::Meta)
+                .await
+        ),
+        "EN\r\n"
+    );
+    // error mode: a multi-get touching the dead node is an error.
+    let mut e = McClient::tls(&pki, strict.addr).await;
+    let reply = e.values(&format!("get {} {}\r\n", on_a[0], on_b[0])).await;
+    assert!(
+        reply.starts_with("SERVER_ERROR cachegate: node "),
+        "{reply}"
+    );
+    // The node comes back: served again without restarting cachegate.
+    b.restart().await;
+    let mut ok = false;
+    for _ in 0..100 {
+        if c.line(&format!("set {} 0 0 1\r\nz\r\n", on_b[0])).await == "STORED\r\n" {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the node is used again once it is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_node_times_out_without_stalling_the_others() {
+    let pki = Pki::new();
+    let (a, b) = (Memcached::start().await, Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&a, &b], "upstream.request_timeout = \"300ms\"\n").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    let (mut on_a, mut on_b) = (None, None);
+    for i in 0..40 {
+        let key = format!("h{i}");
+        c.line(&format!("set {key} 0 0 1\r\nx\r\n")).await;
+        if a.holds(&key).await {
+            on_a.get_or_insert(key);
+        } else {
+            on_b.get_or_insert(key);
+        }
+    }
+    let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+    b.pause(true);
+    let reply = c.line(&format!("set {on_b} 0 0 1\r\ny\r\n")).await;
+    assert!(
+        reply.starts_with("SERVER_ERROR cachegate: upstream read timed out after 300ms"),
+        "{reply}"
+    );
+    assert_eq!(
+        c.line(&format!("set {on_a} 0 0 1\r\ny\r\n")).await,
+        "STORED\r\n"
+    );
+    b.pause(false);
+    // The late reply to the abandoned request reaches nobody: the next answer is the right one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = c.values(&format!("get {on_b}\r\n")).await;
+        if got.starts_with("VALUE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(got.starts_with(&format!("VALUE {on_b} 0 1\r\n")), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_node_is_ejected_after_n_failures() {
+    let pki = Pki::new();
+    let (a, mut b) = (Memcached::start().await, Memcached::start().await);
+    let proxy = Proxy::memcached(
+        &pki,
+        &[&a, &b],
+        "memcached.eject_after = 2\nmemcached.eject_for = \"1h\"\n",
+    )
+    .await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    let mut on_b = None;
+    for i in 0..40 {
+        let key = format!("e{i}");
+        c.line(&format!("set {key} 0 0 1\r\nx\r\n")).await;
+        if b.holds(&key).await {
+            on_b = Some(key);
+            break;
+        }
+    }
+    let on_b = on_b.unwrap();
+    b.kill();
+    for _ in 0..2 {
+        assert!(c
+            .line(&format!("set {on_b} 0 0 1\r\ny\r\n"))
+            .await
+            .starts_with("SERVER_ERROR"));
+    }
+    // Ejected: the key now lives on the remaining node.
+    assert_eq!(
+        c.line(&format!("set {on_b} 0 0 1\r\ny\r\n")).await,
+        "STORED\r\n"
+    );
+    assert!(a.holds(&on_b).await);
+    let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+    assert!(stats.contains("STAT node_1_state ejected"), "{stats}");
+}
+
+/// A rejected storage line's data block is consumed by cachegate: `flush_all` inside it never
+/// runs (the backend's cmd_flush stays 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_blocks_are_never_smuggled_as_commands() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set keep 0 0 1\r\nk\r\n").await, "STORED\r\n");
+    let long_key = "k".repeat(251);
+    for line in [
+        format!("set {long_key} 0 0 11"),
+        "set ok 0 0 11 extra".to_string(),
+        "set ok x 0 11".to_string(),
+        "set ok 0 0 11 norepl".to_string(),
+        "set bad\x01key 0 0 11".to_string(),
+    ] {
+        let reply = c.line(&format!("{line}\r\nflush_all\r\n\r\n")).await;
+        assert_eq!(
+            reply, "CLIENT_ERROR bad command line format\r\n",
+            "{line:?}"
+        );
+    }
+    // A value over the limit is discarded as it streams, with memcached's own error.
+    let payload = "flush_all\r\n".repeat(200_000);
+    let big = format!("set big 0 0 {}\r\n{payload}\r\n", payload.len());
+    assert_eq!(
+        c.line(&big).await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(
+        c.values("get keep\r\n").await,
+        "VALUE keep 0 1\r\nk\r\nEND\r\n"
+    );
+    assert_eq!(node.stat("cmd_flush").await, 0);
+    // A data block not ended by \r\n: the stream cannot be trusted, the connection closes.
+    c.send(b"set k 0 0 3\r\nabcflush_all\r\n").await;
+    assert_eq!(
+        c.closed_after().await.as_deref(),
+        Some(&b"CLIENT_ERROR bad data chunk\r\n"[..])
+    );
+    // A storage line whose length cannot be read: same.
+    let mut d = McClient::tls(&pki, proxy.addr).await;
+    d.send(b"set k 0 0 lots\r\nflush_all\r\n").await;
+    assert_eq!(
+        d.closed_after().await.as_deref(),
+        Some(&b"CLIENT_ERROR bad command line format\r\n"[..])
+    );
+    assert_eq!(node.stat("cmd_flush").await, 0);
+    assert!(node.holds("keep").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_disables_and_renames_memcached_commands() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let extra = "commands.disable = [\"flush_all\", \"me\"]\ncommands.rename = { delete = \"remove_7f\" }\n";
+    let proxy = Proxy::memcached(&pki, &[&node], extra).await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    assert_eq!(c.line("flush_all\r\n").await, "ERROR\r\n");
+    assert_eq!(c.line("flush_all noreply\r\n").await, "ERROR\r\n");
+    assert_eq!(c.line("me k\r\n").await, "ERROR\r\n");
+    assert_eq!(c.line("delete k\r\n").await, "ERROR\r\n");
+    assert_eq!(c.line("remove_7f k\r\n").await, "DELETED\r\n");
+    for admin in [
+        "stats cachedump 1 1",
+        "lru_crawler metadump all",
+        "watch",
+        "shutdown",
+        "slabs automove 1",
+        "cache_memlimit 10",
+        "debugtime 1",
+    ] {
+        assert_eq!(
+            c.line(&format!("{admin}\r\n")).await,
+            "ERROR\r\n",
+            "{admin}"
+        );
+    }
+    assert_eq!(node.stat("cmd_flush").await, 0);
+    assert_eq!(
+        c.line("set k 0 0 1\r\nv\r\n").await,
+        "STORED\r\n",
+        "still usable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_keys_lines_and_key_lists() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(
+        &pki,
+        &[&node],
+        "memcached.max_keys = 3\nmemcached.max_value_bytes = 100\n",
+    )
+    .await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        c.line(&format!("get {}\r\n", "k".repeat(251))).await,
+        "CLIENT_ERROR bad command line format\r\n"
+    );
+    assert_eq!(
+        c.values(&format!("get {}\r\n", "k".repeat(250))).await,
+        "END\r\n"
+    );
+    assert_eq!(
+        c.line("get a b c d\r\n").await,
+        "CLIENT_ERROR too many keys\r\n"
+    );
+    assert_eq!(
+        c.line(&format!("set v 0 0 101\r\n{}\r\n", "x".repeat(101)))
+            .await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(
+        c.line(&format!("set v 0 0 100\r\n{}\r\n", "x".repeat(100)))
+            .await,
+        "STORED\r\n"
+    );
+    c.send(format!("get {}", "k ".repeat(40_000)).as_bytes())
+        .await;
+    assert_eq!(
+        c.closed_after().await.as_deref(),
+        Some(&b"CLIENT_ERROR line too long\r\n"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymemcache_over_tls_works_unchanged() {
+    let (pki, a, b) = (
+        Pki::new(),
+        Memcached::start().await,
+        Memcached::start().await,
+    );
+    let proxy = Proxy::memcached(&pki, &[&a, &b], "commands.disable = [\"flush_all\"]\n").await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/pymemcache_tls.py"
+    );
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(script)
+        .arg(proxy.addr.port().to_string())
+        .arg(&pki.ca);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success() && s(&out.stdout).contains("pymemcache ok"),
+        "stdout: {}\nstderr: {}",
+        s(&out.stdout),
+        s(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_memcached_listeners_in_one_process() {
+    let (pki, node, redis) = (Pki::new(), Memcached::start().await, Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{tls}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n\
+         [[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{tls}upstream.nodes = [{:?}]\n",
+        redis.address(),
+        node.address(),
+        tls = pki.tls_toml(),
+    ))
+    .await;
+    let mut r = RawClient::authed(&pki, proxy.addrs[0]).await;
+    assert_eq!(r.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut m = McClient::tls(&pki, proxy.addrs[1]).await;
+    assert_eq!(m.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+}
