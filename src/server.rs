@@ -103,10 +103,19 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
                 let mut nodes = Vec::with_capacity(mc.nodes.len());
                 for node in &mc.nodes {
                     let label = format!("{}:{}", node.host, node.port);
-                    let upstream = UpstreamConfig {
+                    let mut upstream = UpstreamConfig {
                         address: label.clone(),
                         ..cfg.upstream.clone()
                     };
+                    if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
+                        tls.server_name = rustls_pki_types::ServerName::try_from(node.host.clone())
+                            .map_err(|_| {
+                                tls_err(crate::tls::TlsError::Invalid(format!(
+                                    "node {label}: `{}` is not a valid TLS server name; set upstream.tls.server_name",
+                                    node.host
+                                )))
+                            })?;
+                    }
                     let pool = Pool::new(&upstream, max_reply, UpstreamProtocol::Memcached)
                         .map_err(tls_err)?;
                     pools.push(pool.clone());

@@ -512,3 +512,83 @@ async fn redis_and_memcached_listeners_in_one_process() {
     let mut m = McClient::tls(&pki, proxy.addrs[1]).await;
     assert_eq!(m.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_dying_mid_request_fails_that_request_at_once() {
+    let (pki, mut node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "upstream.request_timeout = \"30s\"\n").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    node.pause(true);
+    c.send(b"get k\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.kill();
+    // Not the 30 s timeout: the closed connection fails the request now, and no partial
+    // reply is forwarded (miss mode: an empty result).
+    let reply = tokio::time::timeout(Duration::from_secs(5), c.read(Shape::Values))
+        .await
+        .expect("answered as soon as the node died");
+    assert_eq!(s(&reply), "END\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_memcached_nodes() {
+    let pki = Pki::new();
+    let (a, b) = (
+        Memcached::start_tls(&pki).await,
+        Memcached::start_tls(&pki).await,
+    );
+    let extra = format!(
+        "upstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
+        pki.ca
+    );
+    let proxy = Proxy::memcached(&pki, &[&a, &b], &extra).await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    for i in 0..20 {
+        assert_eq!(
+            c.line(&format!("set t{i} 0 0 1\r\nv\r\n")).await,
+            "STORED\r\n"
+        );
+    }
+    let reply = c.values("get t0 t1 t2 t3\r\n").await;
+    assert_eq!(reply.matches("VALUE").count(), 4, "{reply}");
+    // Without the CA, the nodes cannot be verified: errors, not plaintext.
+    let other = Pki::new();
+    let extra = format!(
+        "upstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
+        other.ca
+    );
+    let bad = Proxy::memcached(&pki, &[&a], &extra).await;
+    let mut c = McClient::tls(&pki, bad.addr).await;
+    let reply = c.line("set x 0 0 1\r\nv\r\n").await;
+    assert!(reply.starts_with("SERVER_ERROR cachegate:"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_listener_can_require_client_certificates() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let extra = format!(
+        "tls.client_auth = \"required\"\ntls.client_ca = {:?}\n",
+        pki.ca
+    );
+    let proxy = Proxy::memcached(&pki, &[&node], &extra).await;
+    let mut anonymous = McClient::tls(&pki, proxy.addr).await;
+    anonymous.send(b"version\r\n").await;
+    assert_eq!(
+        anonymous.closed_after().await,
+        Some(Vec::new()),
+        "no reply without a certificate"
+    );
+    let config = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut c = McClient::new(Box::new(tls));
+    assert!(c.line("version\r\n").await.starts_with("VERSION "));
+}

@@ -612,6 +612,7 @@ fn upstream_tls(
     Some(UpstreamTlsOptions {
         roots: roots?,
         server_name: server_name?,
+        server_name_explicit: t.server_name.is_some(),
         client_cert: client_cert?,
     })
 }

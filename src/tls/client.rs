@@ -12,6 +12,9 @@ use super::TlsError;
 pub struct UpstreamTlsOptions {
     pub roots: Vec<CertificateDer<'static>>,
     pub server_name: ServerName<'static>,
+    /// False when `server_name` was derived from the upstream address (so each memcached node
+    /// uses its own host).
+    pub server_name_explicit: bool,
     pub client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
@@ -30,6 +33,7 @@ impl Clone for UpstreamTlsOptions {
         Self {
             roots: self.roots.clone(),
             server_name: self.server_name.clone(),
+            server_name_explicit: self.server_name_explicit,
             client_cert: self
                 .client_cert
                 .as_ref()

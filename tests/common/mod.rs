@@ -470,6 +470,7 @@ pub fn s(bytes: &[u8]) -> String {
 pub struct Memcached {
     pub port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Memcached {
@@ -477,6 +478,26 @@ impl Memcached {
         let mut m = Memcached {
             port: free_port(),
             child: None,
+            extra: Vec::new(),
+        };
+        m.spawn().await;
+        m
+    }
+
+    /// A memcached that speaks only TLS, with `pki`'s server certificate.
+    pub async fn start_tls(pki: &Pki) -> Memcached {
+        let mut m = Memcached {
+            port: free_port(),
+            child: None,
+            extra: vec![
+                "-Z".into(),
+                "-o".into(),
+                format!(
+                    "ssl_chain_cert={},ssl_key={}",
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
+            ],
         };
         m.spawn().await;
         m
@@ -484,16 +505,9 @@ impl Memcached {
 
     async fn spawn(&mut self) {
         let mut cmd = Command::new("memcached");
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "0",
-            "-t",
-            "1",
-        ]);
+        let port = self.port.to_string();
+        cmd.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-t", "1"]);
+        cmd.args(&self.extra);
         // memcached refuses to run as root without -u.
         if is_root() {
             cmd.args(["-u", "root"]);
