@@ -44,108 +44,48 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A redis-server child process, killed on drop.
-pub struct Redis {
+/// A server child process on a loopback port: started, killed, paused, restarted on the same
+/// port. Killed on drop.
+pub struct Process {
+    program: &'static str,
     pub port: u16,
-    child: Option<Child>,
     args: Vec<String>,
-    tls: bool,
+    child: Option<Child>,
 }
 
-impl Redis {
-    pub async fn start() -> Redis {
-        Self::start_with(&[]).await
-    }
-
-    pub async fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--enable-debug-command",
-            "yes",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = Redis {
+impl Process {
+    async fn start(program: &'static str, port: u16, args: Vec<String>) -> Process {
+        let mut p = Process {
+            program,
             port,
-            child: None,
             args,
-            tls: false,
-        };
-        r.spawn().await;
-        r
-    }
-
-    /// A TLS-only redis-server using `pki`'s server certificate.
-    pub async fn start_tls(pki: &Pki) -> Redis {
-        Self::start_tls_with(pki, false).await
-    }
-
-    /// A TLS-only redis-server that may require a client certificate from `pki`'s CA.
-    pub async fn start_tls_with(pki: &Pki, client_certs: bool) -> Redis {
-        let port = free_port();
-        let p = |f: &PathBuf| f.display().to_string();
-        let args: Vec<String> = vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            "".into(),
-            "--tls-cert-file".into(),
-            p(&pki.server_cert),
-            "--tls-key-file".into(),
-            p(&pki.server_key),
-            "--tls-ca-cert-file".into(),
-            p(&pki.ca),
-            "--tls-auth-clients".into(),
-            if client_certs { "yes" } else { "no" }.into(),
-        ];
-        let mut r = Redis {
-            port,
             child: None,
-            args,
-            tls: true,
         };
-        r.spawn().await;
-        r
+        p.spawn().await;
+        p
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(self.program)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (the README's test command installs it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be installed (the README's test command installs it): {e}",
+                    self.program
+                )
+            });
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
+                "{} did not start",
+                self.program
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !self.tls {
-            // Listening is not the same as ready (loading): wait for a PONG.
-            let mut c = self.direct().await;
-            while c.cmd(&["PING"]).await.starts_with(b"-LOADING") {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
         }
     }
 
@@ -165,17 +105,121 @@ impl Redis {
         self.spawn().await;
     }
 
-    /// A plaintext connection straight to the backend, bypassing cachegate.
-    pub async fn direct(&self) -> RawClient {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        RawClient::new(Box::new(tcp))
+    /// SIGSTOP / SIGCONT, to make the server hang without closing its sockets.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
+    async fn tcp(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
     }
 }
 
-impl Drop for Redis {
+impl Drop for Process {
     fn drop(&mut self) {
+        // A stopped process is continued first, so that it is not left behind stopped.
+        self.pause(false);
         self.kill();
     }
+}
+
+/// A redis-server child process.
+pub struct Redis {
+    process: Process,
+}
+
+impl std::ops::Deref for Redis {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Redis {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let mut args = strings(&[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ]);
+        args.extend(strings(extra));
+        let redis = Redis {
+            process: Process::start("redis-server", port, args).await,
+        };
+        // Listening is not the same as ready (loading): wait for a reply that is not LOADING.
+        let mut c = redis.direct().await;
+        while c.cmd(&["PING"]).await.starts_with(b"-LOADING") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis
+    }
+
+    /// A TLS-only redis-server using `pki`'s server certificate.
+    pub async fn start_tls(pki: &Pki) -> Redis {
+        Self::start_tls_with(pki, false).await
+    }
+
+    /// A TLS-only redis-server that may require a client certificate from `pki`'s CA.
+    pub async fn start_tls_with(pki: &Pki, client_certs: bool) -> Redis {
+        let port = free_port();
+        let p = |f: &PathBuf| f.display().to_string();
+        let args = strings(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-cert-file",
+            &p(&pki.server_cert),
+            "--tls-key-file",
+            &p(&pki.server_key),
+            "--tls-ca-cert-file",
+            &p(&pki.ca),
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ]);
+        Redis {
+            process: Process::start("redis-server", port, args).await,
+        }
+    }
+
+    /// A plaintext connection straight to the backend, bypassing cachegate.
+    pub async fn direct(&self) -> RawClient {
+        RawClient::new(Box::new(self.tcp().await))
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// A per-test PKI: CA, a server certificate for localhost/127.0.0.1, a client certificate, and a
@@ -466,99 +510,63 @@ pub fn s(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A memcached child process on a free loopback port, killed on drop.
+/// A memcached child process.
 pub struct Memcached {
-    pub port: u16,
-    child: Option<Child>,
-    extra: Vec<String>,
+    process: Process,
+}
+
+impl std::ops::Deref for Memcached {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Memcached {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Memcached {
     pub async fn start() -> Memcached {
-        let mut m = Memcached {
-            port: free_port(),
-            child: None,
-            extra: Vec::new(),
-        };
-        m.spawn().await;
-        m
+        Self::start_with(Vec::new()).await
     }
 
     /// A memcached that speaks only TLS, with `pki`'s server certificate.
     pub async fn start_tls(pki: &Pki) -> Memcached {
-        let mut m = Memcached {
-            port: free_port(),
-            child: None,
-            extra: vec![
-                "-Z".into(),
-                "-o".into(),
-                format!(
-                    "ssl_chain_cert={},ssl_key={}",
-                    pki.server_cert.display(),
-                    pki.server_key.display()
-                ),
-            ],
-        };
-        m.spawn().await;
-        m
+        let cert = format!(
+            "ssl_chain_cert={},ssl_key={}",
+            pki.server_cert.display(),
+            pki.server_key.display()
+        );
+        Self::start_with(strings(&["-Z", "-o", &cert])).await
     }
 
-    async fn spawn(&mut self) {
-        let mut cmd = Command::new("memcached");
-        let port = self.port.to_string();
-        cmd.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-t", "1"]);
-        cmd.args(&self.extra);
+    async fn start_with(extra: Vec<String>) -> Memcached {
+        let port = free_port();
+        let mut args = strings(&[
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "1",
+        ]);
         // memcached refuses to run as root without -u.
         if is_root() {
-            cmd.args(["-u", "root"]);
+            args.extend(strings(&["-u", "root"]));
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached must be installed (the README's test command installs it)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "memcached did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// SIGSTOP / SIGCONT, to make the node hang without closing its sockets.
-    pub fn pause(&self, paused: bool) {
-        if let Some(c) = &self.child {
-            let sig = if paused { "-STOP" } else { "-CONT" };
-            Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status()
-                .unwrap();
+        args.extend(extra);
+        Memcached {
+            process: Process::start("memcached", port, args).await,
         }
     }
 
     pub async fn direct(&self) -> McClient {
-        McClient::new(Box::new(
-            TcpStream::connect(("127.0.0.1", self.port)).await.unwrap(),
-        ))
+        McClient::new(Box::new(self.tcp().await))
     }
 
     /// One `stats` value straight from the node.
@@ -582,18 +590,6 @@ impl Memcached {
             )
             .await;
         reply.starts_with(b"VALUE")
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A paused process would ignore SIGKILL's effect on its sockets until continued.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.kill();
     }
 }
 
