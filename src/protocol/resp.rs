@@ -376,6 +376,81 @@ pub fn next_reply_len(
     }
 }
 
+/// Delimits upstream replies one after another, resuming where the last incomplete attempt
+/// stopped: a large top-level array (LRANGE, HGETALL, SCAN, pub/sub batches) is delimited
+/// element by element as it arrives, instead of being decoded again from its start on every
+/// read, which would cost time quadratic in its size.
+#[derive(Debug, Default)]
+pub struct ReplyScanner {
+    /// Inside a top-level aggregate: bytes of it already delimited, and elements left.
+    progress: Option<(usize, u64)>,
+}
+
+impl ReplyScanner {
+    /// The next complete reply at the front of `buf` (which must hold the same bytes as on the
+    /// previous call, plus more), or `None` when more bytes are needed.
+    pub fn next(
+        &mut self,
+        buf: &[u8],
+        max_reply: usize,
+    ) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
+        let Some(&kind) = buf.first() else {
+            return Ok(None);
+        };
+        if !matches!(kind, b'*' | b'~' | b'>' | b'%') {
+            return next_reply_len(buf, max_reply);
+        }
+        let (mut pos, mut left) = match self.progress {
+            Some(progress) => progress,
+            None => {
+                let Some(eol) = find_crlf(buf, 1) else {
+                    return too_large_or_incomplete(buf, max_reply);
+                };
+                let count = parse_int(&buf[1..eol])
+                    .ok_or_else(|| ReplyError::Malformed("bad aggregate length".into()))?;
+                if count < 0 {
+                    return Ok(Some((eol + 2, ReplyKind::Other)));
+                }
+                let per = if kind == b'%' { 2 } else { 1 };
+                (eol + 2, count as u64 * per)
+            }
+        };
+        while left > 0 {
+            match frame_len(&buf[pos..])? {
+                Some((len, _)) => {
+                    pos += len;
+                    left -= 1;
+                }
+                None => {
+                    self.progress = Some((pos, left));
+                    return too_large_or_incomplete(buf, max_reply);
+                }
+            }
+        }
+        self.progress = None;
+        if pos > max_reply {
+            return Err(ReplyError::TooLarge(max_reply));
+        }
+        let kind = if kind == b'>' {
+            ReplyKind::Push
+        } else {
+            ReplyKind::Other
+        };
+        Ok(Some((pos, kind)))
+    }
+}
+
+fn too_large_or_incomplete(
+    buf: &[u8],
+    max_reply: usize,
+) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
+    if buf.len() > max_reply {
+        Err(ReplyError::TooLarge(max_reply))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Delimits one complete RESP2 or RESP3 frame: its length and kind, or `None` if incomplete.
 ///
 /// redis-protocol's RESP3 decoder reads RESP2's null (`$-1`, `*-1`) as the start of a streamed
@@ -625,6 +700,40 @@ mod tests {
                     prop_assert!(r.args.iter().all(|a| a.len() <= 8));
                 }
             }
+        }
+
+        #[test]
+        fn scanner_agrees_with_the_decoder_under_any_chunking(
+            arrays in prop::collection::vec(arb_args(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            // Replies: arrays of bulks, with a RESP3 map and a null mixed in.
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for a in &arrays {
+                let f = encode(a);
+                want.push(f.len());
+                wire.extend(f);
+                wire.extend(b"%1\r\n+k\r\n_\r\n");
+                want.push(11);
+                wire.extend(b"*-1\r\n");
+                want.push(5);
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut scanner = ReplyScanner::default();
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            let mut last = 0;
+            for cut in points.into_iter().chain([wire.len()]) {
+                buf.extend_from_slice(&wire[last..cut]);
+                last = cut;
+                while let Some((len, _)) = scanner.next(&buf, 1 << 20).unwrap() {
+                    got.push(len);
+                    buf.drain(..len);
+                }
+            }
+            prop_assert_eq!(got, want);
         }
 
         #[test]

@@ -29,7 +29,7 @@ use crate::config::{AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
-use crate::protocol::resp::{next_reply_len, next_request, ReplyKind, Request};
+use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
 
@@ -574,6 +574,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut current: Option<Current> = None;
     let mut closed = false;
+    let mut scanner = ReplyScanner::default();
 
     let failure: Option<SessionError> = 'outer: loop {
         // Route everything already at hand, then write it in one go.
@@ -589,7 +590,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 }
             }
             if up.is_some() {
-                match next_reply_len(&ubuf, max_reply) {
+                match scanner.next(&ubuf, max_reply) {
                     Ok(Some((len, kind))) => {
                         let frame = ubuf.split_to(len).freeze();
                         route(frame, kind, &mut current, &mut out, ctx, timeout);
