@@ -2,4 +2,6 @@
 //! per-session AUTH / HELLO AUTH state machine lives in `session`, which is where the commands
 //! arrive.
 
+pub mod acl;
+pub mod commands;
 pub mod secret;

@@ -1,0 +1,688 @@
+//! Users with Redis ACL rules, and the verdict for one command: pure functions, no sockets.
+//!
+//! The rule grammar is `ACL SETUSER`'s (Redis 7 root selector): `on`/`off`, `>password`,
+//! `<password`, `#<sha256>`, `!<sha256>`, `nopass`, `resetpass`, `~pattern`, `%R~pattern`,
+//! `%W~pattern`, `%RW~pattern`, `allkeys`, `resetkeys`, `&pattern`, `allchannels`,
+//! `resetchannels`, `+cmd`, `-cmd`, `+@category`, `-@category`, `+cmd|subcommand`,
+//! `-cmd|subcommand`, `allcommands`, `nocommands`, `reset`. Verdicts follow Redis's order and
+//! wording: command, then keys (read/write by key spec), then channels.
+
+use std::collections::BTreeSet;
+
+use ring::digest::{digest, SHA256};
+use subtle::ConstantTimeEq;
+
+use super::commands::{table, CommandInfo};
+
+/// One user, as configured.
+#[derive(Clone)]
+pub struct User {
+    pub name: String,
+    pub enabled: bool,
+    pub nopass: bool,
+    /// SHA-256 digests; never printed.
+    passwords: Vec<[u8; 32]>,
+    /// Whether `+@all` / `allcommands` is in force: commands unknown to the table are allowed.
+    all_commands: bool,
+    /// Allowed commands and subcommands by full name (`get`, `config|get`).
+    allowed: BTreeSet<String>,
+    /// The rules as given, normalised, for ACL GETUSER (`-@all +get ...`).
+    command_rules: Vec<String>,
+    all_keys: bool,
+    key_patterns: Vec<KeyPattern>,
+    all_channels: bool,
+    channel_patterns: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeyPattern {
+    read: bool,
+    write: bool,
+    pattern: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field(
+                "passwords",
+                &format_args!("[{} redacted]", self.passwords.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a command is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    Command(String),
+    Key(String),
+    Channel(String),
+}
+
+impl Denied {
+    /// The error a client gets, as Redis 7.0 words it.
+    pub fn error(&self) -> String {
+        match self {
+            Denied::Command(c) => format!("NOPERM this user has no permissions to run the '{c}' command"),
+            Denied::Key(_) => {
+                "NOPERM this user has no permissions to access one of the keys used as arguments".into()
+            }
+            Denied::Channel(_) => {
+                "NOPERM this user has no permissions to access one of the channels used as arguments"
+                    .into()
+            }
+        }
+    }
+
+    /// ACL DRYRUN's wording.
+    pub fn dryrun(&self) -> String {
+        match self {
+            Denied::Command(c) => format!("This user has no permissions to run the '{c}' command"),
+            Denied::Key(k) => format!("This user has no permissions to access the '{k}' key"),
+            Denied::Channel(c) => {
+                format!("This user has no permissions to access the '{c}' channel")
+            }
+        }
+    }
+}
+
+impl User {
+    /// A user from a rule string, starting from Redis's defaults for a new user (`off`, no
+    /// passwords, no commands, no keys, no channels).
+    pub fn parse(name: &str, rules: &str) -> Result<User, String> {
+        let mut user = User {
+            name: name.to_string(),
+            enabled: false,
+            nopass: false,
+            passwords: Vec::new(),
+            all_commands: false,
+            allowed: BTreeSet::new(),
+            command_rules: Vec::new(),
+            all_keys: false,
+            key_patterns: Vec::new(),
+            all_channels: false,
+            channel_patterns: Vec::new(),
+        };
+        for token in rules.split_whitespace() {
+            user.apply(token)
+                .map_err(|why| format!("rule `{}`: {why}", redact(token)))?;
+        }
+        Ok(user)
+    }
+
+    fn apply(&mut self, token: &str) -> Result<(), String> {
+        let lower = token.to_ascii_lowercase();
+        match lower.as_str() {
+            "on" => self.enabled = true,
+            "off" => self.enabled = false,
+            "nopass" => {
+                self.nopass = true;
+                self.passwords.clear();
+            }
+            "resetpass" => {
+                self.nopass = false;
+                self.passwords.clear();
+            }
+            "allkeys" | "~*" => {
+                self.all_keys = true;
+                self.key_patterns.clear();
+            }
+            "resetkeys" => {
+                self.all_keys = false;
+                self.key_patterns.clear();
+            }
+            "allchannels" | "&*" => {
+                self.all_channels = true;
+                self.channel_patterns.clear();
+            }
+            "resetchannels" => {
+                self.all_channels = false;
+                self.channel_patterns.clear();
+            }
+            "allcommands" | "+@all" => self.set_all(true),
+            "nocommands" | "-@all" => self.set_all(false),
+            "reset" => {
+                *self = User::parse(&self.name, "resetpass resetkeys resetchannels off -@all")?;
+            }
+            _ => return self.apply_prefixed(token),
+        }
+        Ok(())
+    }
+
+    fn apply_prefixed(&mut self, token: &str) -> Result<(), String> {
+        if let Some(pw) = token.strip_prefix('>') {
+            let d = sha256(pw.as_bytes());
+            if !self.passwords.contains(&d) {
+                self.passwords.push(d);
+            }
+            self.nopass = false;
+        } else if let Some(pw) = token.strip_prefix('<') {
+            let d = sha256(pw.as_bytes());
+            self.passwords.retain(|p| *p != d);
+        } else if let Some(hex) = token.strip_prefix('#') {
+            let d = parse_sha256(hex)?;
+            if !self.passwords.contains(&d) {
+                self.passwords.push(d);
+            }
+            self.nopass = false;
+        } else if let Some(hex) = token.strip_prefix('!') {
+            let d = parse_sha256(hex)?;
+            self.passwords.retain(|p| *p != d);
+        } else if let Some(p) = token.strip_prefix('~') {
+            self.add_key_pattern(true, true, p);
+        } else if let Some(rest) = token.strip_prefix('%') {
+            let (perm, p) = rest.split_once('~').ok_or("expected %R~, %W~ or %RW~")?;
+            let perm = perm.to_ascii_uppercase();
+            if perm.is_empty() || !perm.chars().all(|c| c == 'R' || c == 'W') {
+                return Err("key permissions are R, W or RW".into());
+            }
+            self.add_key_pattern(perm.contains('R'), perm.contains('W'), p);
+        } else if let Some(p) = token.strip_prefix('&') {
+            if !self.all_channels && !self.channel_patterns.iter().any(|c| c == p) {
+                self.channel_patterns.push(p.to_string());
+            }
+        } else if let Some(rest) = token.strip_prefix('+') {
+            self.set_commands(rest, true)?;
+        } else if let Some(rest) = token.strip_prefix('-') {
+            self.set_commands(rest, false)?;
+        } else {
+            return Err("unknown ACL rule".into());
+        }
+        Ok(())
+    }
+
+    fn add_key_pattern(&mut self, read: bool, write: bool, pattern: &str) {
+        if self.all_keys {
+            return;
+        }
+        let p = KeyPattern {
+            read,
+            write,
+            pattern: pattern.to_string(),
+        };
+        if !self.key_patterns.contains(&p) {
+            self.key_patterns.push(p);
+        }
+    }
+
+    fn set_all(&mut self, allow: bool) {
+        self.all_commands = allow;
+        self.allowed.clear();
+        if allow {
+            self.allowed
+                .extend(table().all().map(|(n, _)| n.to_string()));
+        }
+        self.command_rules = vec![if allow { "+@all" } else { "-@all" }.to_string()];
+    }
+
+    /// `+cmd`, `-cmd`, `+@cat`, `-@cat`, `+cmd|sub`, `-cmd|sub`.
+    fn set_commands(&mut self, what: &str, allow: bool) -> Result<(), String> {
+        let t = table();
+        let what = what.to_ascii_lowercase();
+        let names: Vec<String> = if let Some(cat) = what.strip_prefix('@') {
+            if cat == "all" {
+                self.set_all(allow);
+                return Ok(());
+            }
+            if !t.categories.iter().any(|c| c == cat) {
+                return Err(format!("unknown category `@{cat}`"));
+            }
+            t.all()
+                .filter(|(_, info)| info.categories.iter().any(|c| c == cat))
+                .map(|(n, _)| n.to_string())
+                .collect()
+        } else if let Some((cmd, _)) = what.split_once('|') {
+            let info = t
+                .commands
+                .get(cmd)
+                .ok_or_else(|| format!("unknown command `{cmd}`"))?;
+            if !info.subcommands.contains_key(&what) {
+                return Err(format!("unknown subcommand `{what}`"));
+            }
+            vec![what.clone()]
+        } else {
+            let info = t
+                .commands
+                .get(&what)
+                .ok_or_else(|| format!("unknown command `{what}`"))?;
+            std::iter::once(what.clone())
+                .chain(info.subcommands.keys().cloned())
+                .collect()
+        };
+        for n in names {
+            if allow {
+                self.allowed.insert(n);
+            } else {
+                self.allowed.remove(&n);
+            }
+        }
+        if !allow {
+            self.all_commands = false;
+        }
+        let sign = if allow { '+' } else { '-' };
+        self.command_rules.push(format!("{sign}{what}"));
+        Ok(())
+    }
+
+    /// Whether `password` is one of this user's (constant time over all of them), or the user
+    /// has `nopass`. Returns the matching slot (1-based; 0 for nopass).
+    pub fn check_password(&self, password: &[u8]) -> Option<usize> {
+        if self.nopass {
+            return Some(0);
+        }
+        let candidate = sha256(password);
+        let mut found = None;
+        for (i, p) in self.passwords.iter().enumerate() {
+            if bool::from(p.ct_eq(&candidate)) && found.is_none() {
+                found = Some(i + 1);
+            }
+        }
+        found
+    }
+
+    /// The verdict for one call, checked as Redis checks it: the command, then every key it
+    /// touches (read or write per its key specs), then the channels.
+    pub fn check(&self, args: &[impl AsRef<[u8]>]) -> Result<(), Denied> {
+        let Some((name, info)) = table().lookup(args) else {
+            let typed = args
+                .first()
+                .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_lowercase())
+                .unwrap_or_default();
+            return if self.all_commands {
+                Ok(())
+            } else {
+                Err(Denied::Command(typed))
+            };
+        };
+        if !self.allowed.contains(&name) {
+            return Err(Denied::Command(name));
+        }
+        if !self.all_keys {
+            for key in info.keys(&name, args) {
+                let k = args[key.index].as_ref();
+                let ok = self.key_patterns.iter().any(|p| {
+                    (!key.read || p.read)
+                        && (!key.write || p.write)
+                        && glob(p.pattern.as_bytes(), k)
+                });
+                if !ok {
+                    return Err(Denied::Key(String::from_utf8_lossy(k).into_owned()));
+                }
+            }
+        }
+        if !self.all_channels {
+            for (channel, literal) in channels(&name, info, args) {
+                let ok = self.channel_patterns.iter().any(|p| {
+                    if literal {
+                        p.as_bytes() == channel
+                    } else {
+                        glob(p.as_bytes(), channel)
+                    }
+                });
+                if !ok {
+                    return Err(Denied::Channel(
+                        String::from_utf8_lossy(channel).into_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// ACL GETUSER's reply fields, without secrets (only how many passwords there are).
+    pub fn describe(&self) -> Vec<(&'static str, Described)> {
+        let mut flags = vec![if self.enabled { "on" } else { "off" }.to_string()];
+        if self.nopass {
+            flags.push("nopass".into());
+        }
+        let keys = if self.all_keys {
+            "~*".to_string()
+        } else {
+            self.key_patterns
+                .iter()
+                .map(|p| match (p.read, p.write) {
+                    (true, true) => format!("~{}", p.pattern),
+                    (true, false) => format!("%R~{}", p.pattern),
+                    _ => format!("%W~{}", p.pattern),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let channels = if self.all_channels {
+            "&*".to_string()
+        } else {
+            self.channel_patterns
+                .iter()
+                .map(|c| format!("&{c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut commands = self.command_rules.clone();
+        if commands
+            .first()
+            .is_none_or(|r| r != "+@all" && r != "-@all")
+        {
+            commands.insert(0, "-@all".into());
+        }
+        vec![
+            ("flags", Described::List(flags)),
+            ("passwords", Described::Count(self.passwords.len())),
+            ("commands", Described::Text(commands.join(" "))),
+            ("keys", Described::Text(keys)),
+            ("channels", Described::Text(channels)),
+        ]
+    }
+}
+
+/// A field of ACL GETUSER's reply.
+pub enum Described {
+    List(Vec<String>),
+    Text(String),
+    /// Passwords are never shown; only how many there are.
+    Count(usize),
+}
+
+/// The channel arguments of pub/sub commands, and whether each is a literal pattern
+/// (PSUBSCRIBE's patterns must equal one of the user's patterns exactly, as in Redis).
+fn channels<'a>(
+    name: &str,
+    _info: &CommandInfo,
+    args: &'a [impl AsRef<[u8]>],
+) -> Vec<(&'a [u8], bool)> {
+    let all = |literal| args.iter().skip(1).map(move |a| (a.as_ref(), literal));
+    match name {
+        "publish" | "spublish" => args
+            .get(1)
+            .map(|c| vec![(c.as_ref(), false)])
+            .unwrap_or_default(),
+        "subscribe" | "ssubscribe" => all(false).collect(),
+        "psubscribe" => all(true).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Redis's `stringmatchlen`: `*`, `?`, `[...]` (ranges, `^` negation) and `\` escapes.
+pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        let (mut pi, mut si) = (0, 0);
+        let (mut star_p, mut star_s) = (None, 0);
+        while si < s.len() {
+            if pi < p.len() {
+                match p[pi] {
+                    b'*' => {
+                        star_p = Some(pi);
+                        star_s = si;
+                        pi += 1;
+                        continue;
+                    }
+                    b'?' => {
+                        pi += 1;
+                        si += 1;
+                        continue;
+                    }
+                    b'[' => {
+                        if let Some((matched, next)) = class(p, pi, s[si]) {
+                            if matched {
+                                pi = next;
+                                si += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    b'\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
+                        pi += 2;
+                        si += 1;
+                        continue;
+                    }
+                    // An escaped character that does not match.
+                    b'\\' if pi + 1 < p.len() => {}
+                    c if c == s[si] => {
+                        pi += 1;
+                        si += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            match star_p {
+                Some(sp) => {
+                    pi = sp + 1;
+                    star_s += 1;
+                    si = star_s;
+                }
+                None => return false,
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+    go(pattern, s)
+}
+
+/// A `[...]` class at `p[start]`: whether `c` matches, and the index after the class.
+fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = p.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    loop {
+        match p.get(i)? {
+            b']' => break,
+            b'\\' => {
+                matched |= p.get(i + 1)? == &c;
+                i += 2;
+            }
+            &lo if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&h| h != b']') => {
+                let hi = p[i + 2];
+                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+                matched |= (lo..=hi).contains(&c);
+                i += 3;
+            }
+            &x => {
+                matched |= x == c;
+                i += 1;
+            }
+        }
+    }
+    Some((matched != negate, i + 1))
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = digest(&SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn parse_sha256(hex: &str) -> Result<[u8; 32], String> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("a password hash is 64 hex digits (SHA-256)".into());
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).map_err(|_| "not hex")?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| "not hex")?;
+    }
+    Ok(out)
+}
+
+/// Rules that carry a password are never echoed in errors.
+fn redact(token: &str) -> String {
+    match token.chars().next() {
+        Some('>') | Some('<') => format!("{}<redacted>", &token[..1]),
+        _ => token.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(rules: &str) -> User {
+        User::parse("u", rules).unwrap()
+    }
+
+    #[test]
+    fn glob_matches_like_redis() {
+        for (p, s, want) in [
+            ("app:*", "app:1", true),
+            ("app:*", "ap", false),
+            ("a?c", "abc", true),
+            ("[a-c]x", "bx", true),
+            ("[^a-c]x", "bx", false),
+            ("h\\*", "h*", true),
+            ("h\\*", "hx", false),
+            ("*", "", true),
+            ("*:*:end", "a:b:c:end", true),
+        ] {
+            assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} ~ {s}");
+        }
+    }
+
+    #[test]
+    fn commands_and_categories() {
+        let user = u("on nopass ~* +@read -get +set +config|get");
+        assert_eq!(user.check(&["mget", "a"]), Ok(()));
+        assert_eq!(
+            user.check(&["GET", "a"]),
+            Err(Denied::Command("get".into()))
+        );
+        assert_eq!(user.check(&["set", "a", "b"]), Ok(()));
+        assert_eq!(user.check(&["config", "get", "x"]), Ok(()));
+        assert_eq!(
+            user.check(&["config", "set", "x", "y"]),
+            Err(Denied::Command("config|set".into()))
+        );
+        assert_eq!(
+            user.check(&["flushall"]),
+            Err(Denied::Command("flushall".into()))
+        );
+        // Commands the table does not know: only with allcommands.
+        assert!(user.check(&["module.cmd"]).is_err());
+        assert!(u("on allcommands allkeys").check(&["module.cmd"]).is_ok());
+        assert!(u("on allcommands -flushall allkeys")
+            .check(&["module.cmd"])
+            .is_err());
+    }
+
+    #[test]
+    fn key_read_and_write_patterns() {
+        let user = u("on ~app:* %R~ro:* %W~wo:* +@all");
+        assert_eq!(user.check(&["get", "app:1"]), Ok(()));
+        assert_eq!(user.check(&["get", "ro:1"]), Ok(()));
+        assert_eq!(
+            user.check(&["set", "ro:1", "x"]),
+            Err(Denied::Key("ro:1".into()))
+        );
+        assert_eq!(
+            user.check(&["get", "wo:1"]),
+            Err(Denied::Key("wo:1".into()))
+        );
+        assert_eq!(
+            user.check(&["lpush", "wo:1", "x"]),
+            Ok(()),
+            "insert needs write only"
+        );
+        assert_eq!(
+            user.check(&["mset", "app:1", "x", "other", "y"]),
+            Err(Denied::Key("other".into()))
+        );
+        assert_eq!(
+            user.check(&["eval", "return 1", "1", "other"]),
+            Err(Denied::Key("other".into()))
+        );
+        assert_eq!(
+            user.check(&["eval", "return 1", "0", "other"]),
+            Ok(()),
+            "argv is not a key"
+        );
+        assert_eq!(user.check(&["copy", "ro:1", "app:2"]), Ok(()));
+        assert_eq!(
+            user.check(&["copy", "app:2", "ro:1"]),
+            Err(Denied::Key("ro:1".into()))
+        );
+        assert_eq!(
+            user.check(&["sort", "app:l", "STORE", "ro:dst"]),
+            Err(Denied::Key("ro:dst".into()))
+        );
+    }
+
+    #[test]
+    fn channel_patterns() {
+        let user = u("on &news:* +@all allkeys");
+        assert_eq!(user.check(&["publish", "news:1", "x"]), Ok(()));
+        assert_eq!(
+            user.check(&["publish", "other", "x"]),
+            Err(Denied::Channel("other".into()))
+        );
+        assert_eq!(
+            user.check(&["subscribe", "news:a", "other"]),
+            Err(Denied::Channel("other".into()))
+        );
+        assert_eq!(user.check(&["psubscribe", "news:*"]), Ok(()));
+        assert_eq!(
+            user.check(&["psubscribe", "news:1"]),
+            Err(Denied::Channel("news:1".into()))
+        );
+        assert_eq!(
+            u("on allchannels +@all").check(&["publish", "any", "x"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn passwords_and_rotation() {
+        let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"; // "password"
+        let user = u(&format!("on >old-secret #{hash}"));
+        assert_eq!(user.check_password(b"old-secret"), Some(1));
+        assert_eq!(user.check_password(b"password"), Some(2));
+        assert_eq!(user.check_password(b"nope"), None);
+        let user = u(&format!("on >old-secret #{hash} <old-secret"));
+        assert_eq!(user.check_password(b"old-secret"), None);
+        assert_eq!(u("on nopass").check_password(b"anything"), Some(0));
+        assert_eq!(u("on >x resetpass").check_password(b"x"), None);
+        assert!(!u("on reset").enabled);
+    }
+
+    #[test]
+    fn bad_rules_name_the_token_but_not_the_password() {
+        for (rules, want) in [
+            ("on +nosuchcmd", "`+nosuchcmd`"),
+            ("on +@nosuchcat", "`+@nosuchcat`"),
+            ("on %X~a", "`%X~a`"),
+            ("on #abc", "`#abc`"),
+            ("on bogus", "`bogus`"),
+            ("on +config|nosuch", "`+config|nosuch`"),
+        ] {
+            let err = User::parse("u", rules).unwrap_err();
+            assert!(err.contains(want), "{rules}: {err}");
+        }
+        let err = User::parse("u", ">canary-secret bogus").unwrap_err();
+        assert!(!err.contains("canary"), "{err}");
+    }
+
+    #[test]
+    fn describe_shows_rules_but_no_secrets() {
+        let user = u("on >canary ~a:* %R~b:* &c +@read -keys");
+        let shown: Vec<String> = user
+            .describe()
+            .into_iter()
+            .map(|(k, v)| match v {
+                Described::Text(t) => format!("{k}={t}"),
+                Described::List(l) => format!("{k}={}", l.join(",")),
+                Described::Count(n) => format!("{k}={n}"),
+            })
+            .collect();
+        let text = shown.join(" ");
+        assert!(text.contains("commands=-@all +@read -keys"), "{text}");
+        assert!(
+            text.contains("keys=~a:* %R~b:*") && text.contains("channels=&c"),
+            "{text}"
+        );
+        assert!(!text.contains("canary"), "{text}");
+    }
+}

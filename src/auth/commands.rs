@@ -1,0 +1,274 @@
+//! The Redis command table (categories, flags, key specs) and key extraction from key specs.
+//!
+//! The table is generated from a real Redis by `scripts/gen-command-table.py` into
+//! `commands.json`, checked in with the Redis version it came from, and embedded here.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+const TABLE_JSON: &str = include_str!("commands.json");
+
+#[derive(Debug, Deserialize)]
+pub struct CommandTable {
+    pub redis_version: String,
+    pub categories: Vec<String>,
+    pub commands: HashMap<String, CommandInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommandInfo {
+    pub arity: i64,
+    pub flags: Vec<String>,
+    pub categories: Vec<String>,
+    pub key_specs: Vec<KeySpec>,
+    /// Keyed by the full name, e.g. `config|get`.
+    pub subcommands: HashMap<String, CommandInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeySpec {
+    pub flags: Vec<String>,
+    pub begin: Begin,
+    pub find: Find,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Begin {
+    Index(i64),
+    /// The keyword, and where to start looking for it (negative: from the end).
+    Keyword((String, i64)),
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Find {
+    /// lastkey, keystep, limit
+    Range([i64; 3]),
+    /// keynumidx, firstkey, keystep
+    Keynum([i64; 3]),
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+/// What an ACL needs to know about one key argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUse {
+    pub index: usize,
+    /// The key is read (`access`).
+    pub read: bool,
+    /// The key is written (`insert`, `update`, `delete`).
+    pub write: bool,
+}
+
+/// The embedded table, parsed once.
+pub fn table() -> &'static CommandTable {
+    static TABLE: OnceLock<CommandTable> = OnceLock::new();
+    // The JSON is generated and checked in; a parse failure is a build defect caught by tests.
+    TABLE.get_or_init(|| serde_json::from_str(TABLE_JSON).expect("src/auth/commands.json is valid"))
+}
+
+impl CommandTable {
+    /// The command (or subcommand) a call names: `(full name, info)`, e.g. `("config|get", ..)`.
+    pub fn lookup(&self, args: &[impl AsRef<[u8]>]) -> Option<(String, &CommandInfo)> {
+        let name = String::from_utf8_lossy(args.first()?.as_ref()).to_ascii_lowercase();
+        let info = self.commands.get(&name)?;
+        if !info.subcommands.is_empty() {
+            if let Some(sub) = args.get(1) {
+                let full = format!(
+                    "{name}|{}",
+                    String::from_utf8_lossy(sub.as_ref()).to_ascii_lowercase()
+                );
+                if let Some(sub_info) = info.subcommands.get(&full) {
+                    return Some((full, sub_info));
+                }
+            }
+        }
+        Some((name, info))
+    }
+
+    /// Every command and subcommand, by full name.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &CommandInfo)> {
+        self.commands.iter().flat_map(|(name, info)| {
+            std::iter::once((name.as_str(), info))
+                .chain(info.subcommands.iter().map(|(n, i)| (n.as_str(), i)))
+        })
+    }
+}
+
+impl CommandInfo {
+    /// The key arguments of a call, from the key specs, as Redis's `getKeysUsingKeySpecs`
+    /// finds them; plus the few commands whose keys no spec fully describes.
+    pub fn keys(&self, name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
+        if name == "migrate" {
+            return migrate_keys(args);
+        }
+        let argc = args.len() as i64;
+        let mut keys = Vec::new();
+        for spec in &self.key_specs {
+            let read = spec.flags.iter().any(|f| f == "access");
+            let write = spec
+                .flags
+                .iter()
+                .any(|f| f == "insert" || f == "update" || f == "delete");
+            let first = match &spec.begin {
+                Begin::Index(i) => *i,
+                Begin::Keyword((keyword, startfrom)) => {
+                    let found = if *startfrom >= 0 {
+                        (*startfrom..argc).find(|&i| eq(args, i, keyword))
+                    } else {
+                        (1..=argc + startfrom).rev().find(|&i| eq(args, i, keyword))
+                    };
+                    match found {
+                        Some(i) => i + 1,
+                        None => continue,
+                    }
+                }
+                Begin::Unknown => continue,
+            };
+            let (first, last, step) = match spec.find {
+                Find::Range([lastkey, step, limit]) => {
+                    let last = if lastkey >= 0 {
+                        first + lastkey
+                    } else if limit == 0 {
+                        argc + lastkey
+                    } else {
+                        first + ((argc - first) / limit + lastkey)
+                    };
+                    (first, last, step)
+                }
+                Find::Keynum([keynumidx, firstkey, step]) => {
+                    let Some(numkeys) = args
+                        .get((first + keynumidx) as usize)
+                        .and_then(|a| std::str::from_utf8(a.as_ref()).ok()?.parse::<i64>().ok())
+                        .filter(|n| *n >= 0)
+                    else {
+                        continue;
+                    };
+                    let first = first + firstkey;
+                    (first, first + numkeys - 1, step)
+                }
+                Find::Unknown => continue,
+            };
+            let mut i = first;
+            while i <= last && step > 0 {
+                if i >= 1 && i < argc {
+                    keys.push(KeyUse {
+                        index: i as usize,
+                        read,
+                        write,
+                    });
+                }
+                i += step;
+            }
+        }
+        keys.extend(special_keys(name, args));
+        keys
+    }
+}
+
+fn eq(args: &[impl AsRef<[u8]>], i: i64, word: &str) -> bool {
+    args.get(i as usize)
+        .is_some_and(|a| a.as_ref().eq_ignore_ascii_case(word.as_bytes()))
+}
+
+/// Keys that Redis finds with a `getkeys_proc` because no key spec describes them.
+fn special_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
+    match name {
+        // SORT ... STORE <destination>: written. (The sorted key is in the spec.)
+        "sort" => (2..args.len().saturating_sub(1))
+            .filter(|&i| args[i].as_ref().eq_ignore_ascii_case(b"STORE"))
+            .map(|i| KeyUse {
+                index: i + 1,
+                read: false,
+                write: true,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// MIGRATE host port key|"" db timeout [... KEYS k1 k2 ...]: as Redis's `migrateGetKeys`, the
+/// key argument, or the keys after KEYS when it is empty. Read and deleted.
+fn migrate_keys(args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
+    let used = |index| KeyUse {
+        index,
+        read: true,
+        write: true,
+    };
+    match args.get(3) {
+        Some(k) if k.as_ref().is_empty() => {
+            match (1..args.len()).find(|&i| args[i].as_ref().eq_ignore_ascii_case(b"KEYS")) {
+                Some(at) => (at + 1..args.len()).map(used).collect(),
+                None => Vec::new(),
+            }
+        }
+        Some(_) => vec![used(3)],
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(args: &[&str]) -> Vec<(usize, bool, bool)> {
+        let t = table();
+        let (name, info) = t.lookup(args).unwrap();
+        info.keys(&name, args)
+            .into_iter()
+            .map(|k| (k.index, k.read, k.write))
+            .collect()
+    }
+
+    #[test]
+    fn table_loads_with_its_version() {
+        let t = table();
+        assert!(t.redis_version.starts_with('7'), "{}", t.redis_version);
+        assert!(t.commands.len() > 200);
+        assert!(t.categories.contains(&"scripting".to_string()));
+        let (name, info) = t.lookup(&["CONFIG", "get", "x"]).unwrap();
+        assert_eq!(name, "config|get");
+        assert!(info.categories.contains(&"admin".to_string()));
+    }
+
+    #[test]
+    fn keys_from_specs() {
+        assert_eq!(keys(&["GET", "k"]), vec![(1, true, false)]);
+        assert_eq!(keys(&["SET", "k", "v"]), vec![(1, true, true)]);
+        assert_eq!(
+            keys(&["MSET", "a", "1", "b", "2"]),
+            vec![(1, false, true), (3, false, true)]
+        );
+        assert_eq!(
+            keys(&["DEL", "a", "b"]),
+            vec![(1, false, true), (2, false, true)]
+        );
+        assert_eq!(keys(&["EXISTS", "a"]), vec![(1, false, false)]);
+        assert_eq!(
+            keys(&["EVAL", "s", "2", "a", "b", "argv"]),
+            vec![(3, true, true), (4, true, true)]
+        );
+        assert_eq!(
+            keys(&["XREAD", "COUNT", "1", "STREAMS", "s1", "s2", "0", "0"]),
+            vec![(4, true, false), (5, true, false)]
+        );
+        assert_eq!(
+            keys(&["COPY", "src", "dst"]),
+            vec![(1, true, false), (2, false, true)]
+        );
+        let sort = keys(&["SORT", "l", "BY", "w_*", "STORE", "dst"]);
+        assert!(
+            sort.contains(&(1, true, false)) && sort.contains(&(5, false, true)),
+            "{sort:?}"
+        );
+        let migrate = keys(&["MIGRATE", "h", "1", "", "0", "10", "KEYS", "a", "b"]);
+        assert_eq!(migrate, vec![(7, true, true), (8, true, true)]);
+        // Malformed calls yield no keys (the server reports the arity error).
+        assert_eq!(keys(&["EVAL", "s", "x"]), vec![]);
+    }
+}
