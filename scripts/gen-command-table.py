@@ -96,7 +96,7 @@ def main():
         table = dict(command(e) for e in entries)
         conn = r.connection_pool.get_connection("ACL")
         conn.send_command("ACL", "CAT")
-        categories = sorted(text(c) for c in conn.read_response())
+        categories = [text(c) for c in conn.read_response()]  # Redis's own order, as ACL CAT lists them
         r.connection_pool.release(conn)
     finally:
         proc.terminate()

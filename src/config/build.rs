@@ -12,6 +12,7 @@ use super::file::{
     UpstreamFile,
 };
 use super::Problem;
+use crate::auth::acl::User;
 use crate::auth::secret::{Password, Token, TokenSet};
 use crate::memcached::ring::RingNode;
 use crate::policy::Policy;
@@ -20,6 +21,8 @@ use crate::protocol::resp::RequestLimits;
 use crate::tls::client::UpstreamTlsOptions;
 use crate::tls::pem::{load_certs, load_key};
 use crate::tls::server::{ClientAuth, MinVersion, ServerTlsOptions};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,6 +129,21 @@ pub enum AuthMode {
     /// Every client is authenticated as `default` from the start.
     None,
     Tokens(TokenSet),
+    /// Redis ACL users of one group, enforced by cachegate.
+    Acl(Arc<UserGroup>),
+}
+
+/// The users a listener accepts; always holds a `default` user.
+#[derive(Debug)]
+pub struct UserGroup {
+    pub name: String,
+    pub users: Vec<Arc<User>>,
+}
+
+impl UserGroup {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<User>> {
+        self.users.iter().find(|u| u.name.as_bytes() == name)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -188,9 +206,10 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
     if file.listeners.is_empty() {
         p.add("listeners", "at least one [[listeners]] entry is required");
     }
+    let groups = user_groups(&mut p, file.users, file.user_groups);
     let mut listeners = Vec::new();
     for (i, l) in file.listeners.into_iter().enumerate() {
-        if let Some(l) = listener(&mut p, &format!("listeners[{i}]"), i, l, base) {
+        if let Some(l) = listener(&mut p, &format!("listeners[{i}]"), i, l, base, &groups) {
             listeners.push(l);
         }
     }
@@ -248,6 +267,7 @@ fn listener(
     index: usize,
     l: ListenerFile,
     base: &Path,
+    groups: &BTreeMap<String, Arc<UserGroup>>,
 ) -> Option<ListenerConfig> {
     let before = p.list.len();
     let memcached = match l.protocol.as_deref() {
@@ -286,7 +306,7 @@ fn listener(
     let auth = if memcached {
         memcached_auth(p, &format!("{key}.auth"), l.auth)
     } else {
-        auth(p, &format!("{key}.auth"), l.auth)
+        auth(p, &format!("{key}.auth"), l.auth, groups)
     };
     let policy = commands(p, &format!("{key}.commands"), l.commands);
     let mut nodes = Vec::new();
@@ -434,7 +454,42 @@ fn certs(p: &mut Problems, key: &str, path: &Path) -> Option<Vec<CertificateDer<
     load_certs(path).map_err(|e| p.add(key, e)).ok()
 }
 
-fn auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> {
+fn auth(
+    p: &mut Problems,
+    key: &str,
+    a: AuthFile,
+    groups: &BTreeMap<String, Arc<UserGroup>>,
+) -> Option<AuthMode> {
+    if a.mode.as_deref() == Some("acl") {
+        if !a.tokens.is_empty() {
+            p.add(
+                format!("{key}.tokens"),
+                "tokens are for mode = \"tokens\"; ACL users have their own passwords",
+            );
+        }
+        return match a.user_group.as_deref() {
+            None => {
+                p.add(
+                    format!("{key}.user_group"),
+                    "mode = \"acl\" needs the user group this listener accepts",
+                );
+                None
+            }
+            Some(name) => match groups.get(name) {
+                Some(g) => Some(AuthMode::Acl(g.clone())),
+                None => {
+                    p.add(
+                        format!("{key}.user_group"),
+                        format!("no [user_groups] entry named `{name}`"),
+                    );
+                    None
+                }
+            },
+        };
+    }
+    if a.user_group.is_some() {
+        p.add(format!("{key}.user_group"), "is for mode = \"acl\"");
+    }
     match (a.mode.as_deref(), a.tokens.len()) {
         (Some("none"), 0) => Some(AuthMode::None),
         (Some("none"), _) => {
@@ -487,7 +542,7 @@ fn auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> {
         (Some(other), _) => {
             p.add(
                 format!("{key}.mode"),
-                format!("`{other}` is not one of \"tokens\", \"none\""),
+                format!("`{other}` is not one of \"tokens\", \"acl\", \"none\""),
             );
             None
         }
@@ -615,6 +670,63 @@ fn upstream_tls(
         server_name_explicit: t.server_name.is_some(),
         client_cert: client_cert?,
     })
+}
+
+/// `[[users]]` and `[user_groups]`: every rule string parsed (errors name the user and the
+/// token), every group resolved and holding a `default` user.
+fn user_groups(
+    p: &mut Problems,
+    users: Vec<super::file::UserFile>,
+    groups: BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Arc<UserGroup>> {
+    let mut parsed: Vec<Arc<User>> = Vec::new();
+    for (i, u) in users.into_iter().enumerate() {
+        let key = format!("users[{i}]");
+        let Some(name) = u.name.filter(|n| !n.is_empty()) else {
+            p.add(format!("{key}.name"), "missing");
+            continue;
+        };
+        if name.contains(char::is_whitespace) {
+            p.add(format!("{key}.name"), "may not contain spaces");
+            continue;
+        }
+        if parsed.iter().any(|x| x.name == name) {
+            p.add(
+                format!("{key}.name"),
+                format!("user `{name}` is defined twice"),
+            );
+            continue;
+        }
+        match User::parse(&name, u.acl.as_deref().unwrap_or("")) {
+            Ok(user) => parsed.push(Arc::new(user)),
+            Err(e) => p.add(format!("{key}.acl"), format!("user `{name}`: {e}")),
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (group, names) in groups {
+        let key = format!("user_groups.{group}");
+        let mut members = Vec::new();
+        for n in &names {
+            match parsed.iter().find(|u| &u.name == n) {
+                Some(u) => members.push(u.clone()),
+                None => p.add(&key, format!("no [[users]] entry named `{n}`")),
+            }
+        }
+        if !names.iter().any(|n| n == "default") {
+            p.add(
+                &key,
+                "every user group needs a `default` user (it is who AUTH <password> logs in as); give it `off` to disable it",
+            );
+        }
+        out.insert(
+            group.clone(),
+            Arc::new(UserGroup {
+                name: group,
+                users: members,
+            }),
+        );
+    }
+    out
 }
 
 /// memcached listeners have no AUTH command: client certificates are how they restrict access.

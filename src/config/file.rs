@@ -18,6 +18,27 @@ pub struct FileConfig {
     pub shutdown: ShutdownFile,
     #[serde(default)]
     pub listeners: Vec<ListenerFile>,
+    /// Redis ACL users, each with an `ACL SETUSER` rule string.
+    #[serde(default)]
+    pub users: Vec<UserFile>,
+    /// Named lists of users; a listener with `auth.mode = "acl"` names the group it accepts.
+    #[serde(default)]
+    pub user_groups: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+pub struct UserFile {
+    pub name: Option<String>,
+    pub acl: Option<String>,
+}
+
+// Rule strings may hold `>password`: never print them.
+impl std::fmt::Debug for UserFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +104,8 @@ pub struct AuthFile {
     pub mode: Option<String>,
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// With `mode = "acl"`: the user group whose users may log in here.
+    pub user_group: Option<String>,
 }
 
 // Tokens are secrets: the derived Debug would print them.

@@ -24,6 +24,18 @@ pub fn error(msg: &str) -> Bytes {
     out.freeze()
 }
 
+/// `-<line>` for errors with their own code (`NOPERM ...`), CR/LF replaced.
+pub fn error_line(line: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(line.len() + 3);
+    out.put_u8(b'-');
+    out.extend(
+        line.bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
 /// `-ERR Protocol error: ...`, sent just before a connection with garbage input is closed.
 pub fn protocol_error(err: &super::resp::ProtocolError) -> Bytes {
     error(&format!("Protocol error: {err}"))

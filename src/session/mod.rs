@@ -13,6 +13,7 @@
 //! error and the connection is closed (its upstream state is gone); a connection is returned to
 //! the pool only when its reply stream is in step.
 
+pub mod acl_commands;
 pub mod commands;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::acl::User;
 use crate::config::{AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
 use crate::policy::{Decision, Policy};
@@ -88,13 +90,15 @@ where
         tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
-        authenticated: matches!(ctx.auth, AuthMode::None),
+        authenticated: false,
+        user: None,
         in_multi: false,
         multi_dirty: false,
         resp3: false,
         reply_mode: ReplyMode::On,
         abort: abort.clone(),
     };
+    req.log_out();
     let requests = req.run(cr, &shutdown);
     let replies = reply_side(&ctx, cw, rx, abort.clone());
     let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
@@ -128,6 +132,8 @@ struct RequestSide<'a> {
     up: Option<WriteHalf<Stream>>,
     wbuf: BytesMut,
     authenticated: bool,
+    /// With ACL users: who is logged in; their rules apply to every command.
+    user: Option<Arc<User>>,
     in_multi: bool,
     multi_dirty: bool,
     resp3: bool,
@@ -242,6 +248,29 @@ impl RequestSide<'_> {
                 return Ok(Flow::Continue);
             }
         }
+        if let Some(user) = &self.user {
+            // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
+            if let Err(denied) = user.check(&args) {
+                tracing::info!(
+                    listener = %self.ctx.listener,
+                    user = %user.name,
+                    denied = ?denied,
+                    "command refused by ACL"
+                );
+                if self.in_multi {
+                    self.multi_dirty = true;
+                }
+                self.local(reply::error_line(&denied.error())).await?;
+                return Ok(Flow::Continue);
+            }
+            if args[0].eq_ignore_ascii_case(b"ACL") {
+                if let AuthMode::Acl(group) = &self.ctx.auth {
+                    let answer = acl_commands::answer(&args, user, group, self.resp3);
+                    self.local(answer).await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
         let mut expect = Expect {
             replies: 1,
             forward: true,
@@ -316,9 +345,49 @@ impl RequestSide<'_> {
         Ok(Flow::Continue)
     }
 
+    /// Back to a fresh connection's identity: authenticated without AUTH when there is no
+    /// auth, or (ACL) as `default` when that user is on and has `nopass`, as Redis does.
+    fn log_out(&mut self) {
+        self.user = None;
+        self.authenticated = match &self.ctx.auth {
+            AuthMode::None => true,
+            AuthMode::Tokens(_) => false,
+            AuthMode::Acl(group) => match group.get(b"default") {
+                Some(d) if d.enabled && d.nopass => {
+                    self.user = Some(d.clone());
+                    true
+                }
+                _ => false,
+            },
+        };
+    }
+
     fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Bytes {
         let is_default = user.is_none_or(|u| u == b"default");
         match &self.ctx.auth {
+            AuthMode::Acl(group) => {
+                let name = user.unwrap_or(b"default");
+                let found = group
+                    .get(name)
+                    .filter(|u| u.enabled)
+                    .and_then(|u| u.check_password(token).map(|slot| (u.clone(), slot)));
+                match found {
+                    Some((u, slot)) => {
+                        tracing::debug!(listener = %self.ctx.listener, user = %u.name, slot, "authenticated");
+                        self.user = Some(u);
+                        self.authenticated = true;
+                        Bytes::from_static(reply::OK)
+                    }
+                    None => {
+                        tracing::info!(
+                            listener = %self.ctx.listener,
+                            user = %String::from_utf8_lossy(name),
+                            "authentication failed"
+                        );
+                        Bytes::from_static(reply::WRONGPASS)
+                    }
+                }
+            }
             // Redis with a passwordless default user: `AUTH <pw>` is a configuration mistake,
             // `AUTH default <anything>` succeeds.
             AuthMode::None if user.is_none() => Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD),
@@ -402,7 +471,7 @@ impl RequestSide<'_> {
         self.multi_dirty = false;
         self.resp3 = false;
         self.reply_mode = ReplyMode::On;
-        self.authenticated = matches!(self.ctx.auth, AuthMode::None);
+        self.log_out();
         if self.up.is_none() {
             self.local(Bytes::from_static(reply::RESET)).await?;
             return Ok(Flow::Continue);

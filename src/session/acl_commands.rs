@@ -1,0 +1,101 @@
+//! The ACL commands cachegate answers itself when it enforces ACL users: WHOAMI, USERS, CAT,
+//! GETUSER (no secrets), DRYRUN, LOG. Commands that would change users are refused: users live
+//! in cachegate's configuration, as ElastiCache keeps them in its user groups.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::auth::acl::{Described, User};
+use crate::auth::commands::table;
+use crate::config::build::UserGroup;
+use crate::protocol::reply;
+
+/// The reply to `ACL <subcommand> ...` from `user` (already allowed to run it).
+pub fn answer(args: &[Bytes], user: &User, group: &UserGroup, resp3: bool) -> Bytes {
+    let sub = args
+        .get(1)
+        .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase())
+        .unwrap_or_default();
+    match (sub.as_str(), args.len()) {
+        ("WHOAMI", 2) => bulk(user.name.as_bytes()),
+        ("USERS", 2) => array(group.users.iter().map(|u| bulk(u.name.as_bytes()))),
+        ("CAT", 2) => array(table().categories.iter().map(|c| bulk(c.as_bytes()))),
+        ("CAT", 3) => {
+            let cat = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
+            if !table().categories.contains(&cat) {
+                return reply::error(&format!("Unknown category '{cat}'"));
+            }
+            let mut names: Vec<&str> = table()
+                .all()
+                .filter(|(_, info)| info.categories.contains(&cat))
+                .map(|(n, _)| n)
+                .collect();
+            names.sort_unstable();
+            array(names.into_iter().map(|n| bulk(n.as_bytes())))
+        }
+        ("GETUSER", 3) => match group.get(&args[2]) {
+            None => Bytes::from_static(if resp3 { b"_\r\n" } else { b"*-1\r\n" }),
+            Some(u) => getuser(u, resp3),
+        },
+        ("DRYRUN", n) if n >= 4 => match group.get(&args[2]) {
+            None => reply::error(&format!(
+                "User '{}' not found",
+                String::from_utf8_lossy(&args[2])
+            )),
+            Some(u) => match u.check(&args[3..]) {
+                Ok(()) => Bytes::from_static(reply::OK),
+                Err(denied) => bulk(denied.dryrun().as_bytes()),
+            },
+        },
+        // Security events are not recorded yet: an empty log.
+        ("LOG", 2) | ("LOG", 3) => Bytes::from_static(b"*0\r\n"),
+        ("WHOAMI" | "USERS" | "CAT" | "GETUSER" | "DRYRUN" | "LOG", _) => reply::error(&format!(
+            "wrong number of arguments for 'acl|{}' command",
+            sub.to_ascii_lowercase()
+        )),
+        _ => reply::error(&format!(
+            "cachegate: ACL {sub} is not available; users are defined in cachegate's configuration"
+        )),
+    }
+}
+
+fn getuser(u: &User, resp3: bool) -> Bytes {
+    let fields = u.describe();
+    let mut out = BytesMut::new();
+    // Redis 7 also lists "selectors"; cachegate has only the root selector.
+    let count = fields.len() + 1;
+    if resp3 {
+        out.put_slice(format!("%{count}\r\n").as_bytes());
+    } else {
+        out.put_slice(format!("*{}\r\n", count * 2).as_bytes());
+    }
+    for (name, value) in fields {
+        out.put_slice(&bulk(name.as_bytes()));
+        match value {
+            Described::Text(t) => out.put_slice(&bulk(t.as_bytes())),
+            Described::List(l) => out.put_slice(&array(l.iter().map(|x| bulk(x.as_bytes())))),
+            // Never the hashes themselves.
+            Described::Count(_) => out.put_slice(b"*0\r\n"),
+        }
+    }
+    out.put_slice(&bulk(b"selectors"));
+    out.put_slice(b"*0\r\n");
+    out.freeze()
+}
+
+fn bulk(s: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(s.len() + 16);
+    out.put_slice(format!("${}\r\n", s.len()).as_bytes());
+    out.put_slice(s);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn array(items: impl Iterator<Item = Bytes>) -> Bytes {
+    let items: Vec<Bytes> = items.collect();
+    let mut out = BytesMut::new();
+    out.put_slice(format!("*{}\r\n", items.len()).as_bytes());
+    for i in items {
+        out.put_slice(&i);
+    }
+    out.freeze()
+}
