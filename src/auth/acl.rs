@@ -60,6 +60,9 @@ pub enum Denied {
     Command(String),
     Key(String),
     Channel(String),
+    /// SORT's BY (with a pattern) or GET reads arbitrary keys: Redis allows them only to users
+    /// who may read every key.
+    SortOption(&'static str),
 }
 
 impl Denied {
@@ -74,6 +77,9 @@ impl Denied {
                 "NOPERM this user has no permissions to access one of the channels used as arguments"
                     .into()
             }
+            Denied::SortOption(opt) => {
+                format!("ERR {opt} option of SORT denied due to insufficient ACL permissions.")
+            }
         }
     }
 
@@ -84,6 +90,9 @@ impl Denied {
             Denied::Key(k) => format!("This user has no permissions to access the '{k}' key"),
             Denied::Channel(c) => {
                 format!("This user has no permissions to access the '{c}' channel")
+            }
+            Denied::SortOption(opt) => {
+                format!("{opt} option of SORT denied due to insufficient ACL permissions.")
             }
         }
     }
@@ -313,6 +322,11 @@ impl User {
                 }
             }
         }
+        if (name == "sort" || name == "sort_ro") && !self.can_read_all_keys() {
+            if let Some(opt) = sort_pattern_option(args) {
+                return Err(Denied::SortOption(opt));
+            }
+        }
         if !self.all_channels {
             for (channel, literal) in channels(&name, info, args) {
                 let ok = self.channel_patterns.iter().any(|p| {
@@ -330,6 +344,11 @@ impl User {
             }
         }
         Ok(())
+    }
+
+    /// Redis's "full key access": a pattern that lets this user read every key.
+    fn can_read_all_keys(&self) -> bool {
+        self.all_keys || self.key_patterns.iter().any(|p| p.read && p.pattern == "*")
     }
 
     /// ACL GETUSER's reply fields, without secrets (only how many passwords there are).
@@ -402,6 +421,22 @@ fn channels<'a>(
         "psubscribe" => all(true).collect(),
         _ => Vec::new(),
     }
+}
+
+/// SORT's options that read keys named by a pattern: `BY` with a `*` in it, or any `GET`.
+fn sort_pattern_option(args: &[impl AsRef<[u8]>]) -> Option<&'static str> {
+    let mut i = 2;
+    while i + 1 < args.len() {
+        let a = args[i].as_ref();
+        if a.eq_ignore_ascii_case(b"BY") && args[i + 1].as_ref().contains(&b'*') {
+            return Some("BY");
+        }
+        if a.eq_ignore_ascii_case(b"GET") {
+            return Some("GET");
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Redis's `stringmatchlen`: `*`, `?`, `[...]` (ranges, `^` negation) and `\` escapes.
@@ -608,6 +643,19 @@ mod tests {
         assert_eq!(
             user.check(&["sort", "app:l", "STORE", "ro:dst"]),
             Err(Denied::Key("ro:dst".into()))
+        );
+        assert_eq!(
+            user.check(&["sort", "app:l", "BY", "w_*"]),
+            Err(Denied::SortOption("BY"))
+        );
+        assert_eq!(user.check(&["sort", "app:l", "BY", "nosort"]), Ok(()));
+        assert_eq!(
+            user.check(&["sort_ro", "app:l", "GET", "#"]),
+            Err(Denied::SortOption("GET"))
+        );
+        assert_eq!(
+            u("on %R~* %W~app:* +@all").check(&["sort", "app:l", "GET", "o_*"]),
+            Ok(())
         );
     }
 

@@ -296,6 +296,35 @@ commands.disable = ["AUTH"]
     }
 
     #[test]
+    fn users_and_groups() {
+        let ok = "[[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on >pw ~a:* +get\"\n\
+                  [user_groups]\ng = [\"default\", \"app\"]\n\
+                  [[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\nauth.user_group = \"g\"\nupstream.address = \"h:1\"\n";
+        let c = parse(ok, "t", Path::new(".")).unwrap();
+        let AuthMode::Acl(g) = &c.listeners[0].auth else {
+            panic!("acl expected")
+        };
+        assert_eq!(g.users.len(), 2);
+
+        let bad = "[[users]]\nname = \"app\"\nacl = \"on >canary-pw +nosuchcommand\"\n\
+                   [[users]]\nname = \"ops\"\nacl = \"on %Q~x\"\n\
+                   [user_groups]\ng = [\"app\", \"ghost\"]\n\
+                   [[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\nauth.user_group = \"nope\"\nupstream.address = \"h:1\"\n";
+        let err = parse(bad, "t", Path::new(".")).unwrap_err();
+        let shown = err.to_string();
+        for want in [
+            "users[0].acl: user `app`: rule `+nosuchcommand`: unknown command",
+            "users[1].acl: user `ops`: rule `%Q~x`",
+            "user_groups.g: no [[users]] entry named `ghost`",
+            "user_groups.g: every user group needs a `default` user",
+            "listeners[0].auth.user_group: no [user_groups] entry named `nope`",
+        ] {
+            assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+        }
+        assert!(!shown.contains("canary"), "{shown}");
+    }
+
+    #[test]
     fn display_lists_every_problem() {
         let err = parse("[[listeners]]\n", "x.toml", Path::new(".")).unwrap_err();
         let shown = err.to_string();
