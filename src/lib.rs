@@ -13,11 +13,13 @@
 //! - [`upstream`]: persistent, health-checked connections to the backend (plain or TLS).
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`].
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod listener;
 pub mod memcached;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod server;

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{ConnLabels, ReasonLabels};
 use crate::session;
 
 const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
@@ -21,6 +22,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a listener's connections share.
 pub struct Listener {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub name: String,
     pub handler: Handler,
     pub tls: Option<(TlsAcceptor, Duration)>,
@@ -115,7 +117,19 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let name = &listener.name;
+    let connected = |tls_version: &str, client_cert: bool| {
+        listener
+            .metrics
+            .connections
+            .get_or_create(&ConnLabels {
+                listener: name.clone(),
+                tls_version: tls_version.to_string(),
+                client_cert: if client_cert { "verified" } else { "none" }.to_string(),
+            })
+            .inc();
+    };
     let Some((acceptor, deadline)) = &listener.tls else {
+        connected("plaintext", false);
         listener.handler.run(stream, peer, shutdown).await;
         return;
     };
@@ -125,30 +139,62 @@ async fn serve_connection(
         let mut first = [0u8; 1];
         match stream.peek(&mut first).await {
             Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
-            Ok(_) => return Err("not TLS (plaintext on a TLS port?)".to_string()),
-            Err(e) => return Err(e.to_string()),
+            Ok(0) => return Err(("client_closed", "closed before the ClientHello".to_string())),
+            Ok(_) => return Err(("not_tls", "not TLS (plaintext on a TLS port?)".to_string())),
+            Err(e) => return Err(("io", e.to_string())),
         }
-        acceptor.accept(stream).await.map_err(|e| e.to_string())
+        acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| (handshake_failure_reason(&e), e.to_string()))
+    };
+    let failed = |reason: &str| {
+        listener
+            .metrics
+            .handshake_failures
+            .get_or_create(&ReasonLabels {
+                listener: name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
     };
     let tls = match tokio::time::timeout(*deadline, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(reason)) => {
-            // Client-caused: worth a debug line, not an error.
-            tracing::debug!(listener = %name, %peer, %reason, "TLS handshake failed");
+        Ok(Err((reason, detail))) => {
+            // Client-caused: counted and worth a debug line, not an error.
+            failed(reason);
+            tracing::debug!(listener = %name, %peer, reason = %detail, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            failed("timeout");
             tracing::debug!(listener = %name, %peer, "TLS handshake timed out after {deadline:?}");
             return;
         }
     };
     let (_, conn) = tls.get_ref();
-    tracing::debug!(
-        listener = %name,
-        %peer,
-        version = ?conn.protocol_version(),
-        client_cert = conn.peer_certificates().is_some(),
-        "TLS session established"
-    );
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    let client_cert = conn.peer_certificates().is_some();
+    connected(version, client_cert);
+    tracing::debug!(listener = %name, %peer, version, client_cert, "TLS session established");
     listener.handler.run(tls, peer, shutdown).await;
+}
+
+/// A bounded set of reasons for the handshake-failure metric.
+fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_certificate",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::InvalidMessage(_)) => "malformed",
+        Some(E::AlertReceived(_)) => "alert_received",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "client_closed",
+        None => "io",
+    }
 }

@@ -10,9 +10,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::throttle::Throttle;
 use crate::config::{Config, Identity, ListenerConfig, ListenerTls, Protocol, UpstreamConfig};
 use crate::listener::{accept_loop, Handler, Listener};
 use crate::memcached;
+use crate::metrics::Metrics;
 use crate::session;
 use crate::tls::{dev_certs, pem, TlsError};
 use crate::upstream::conn::Protocol as UpstreamProtocol;
@@ -46,8 +48,14 @@ pub struct ShutdownReport {
     pub drained: bool,
 }
 
-/// Binds every configured listener, in order.
-pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, ServerError> {
+/// The bound sockets: one per configured listener, in order, and the admin listener.
+pub struct Bound {
+    pub listeners: Vec<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// Binds every configured listener, in order, and the admin listener.
+pub async fn bind(config: &Config) -> Result<Bound, ServerError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
         let tcp = TcpListener::bind(l.bind)
@@ -59,19 +67,41 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, ServerError> {
             })?;
         bound.push(tcp);
     }
-    Ok(bound)
+    let admin = match config.admin {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    listener: "admin".into(),
+                    addr,
+                    source,
+                })?,
+        ),
+    };
+    Ok(Bound {
+        listeners: bound,
+        admin,
+    })
 }
 
 /// Everything built and ready to accept: the immutable per-listener state and the sockets.
 pub struct Prepared {
     listeners: Vec<(TcpListener, Arc<Listener>)>,
     pools: Vec<Pool>,
+    admin: Option<(TcpListener, Arc<crate::admin::Admin>)>,
+    pub metrics: Arc<Metrics>,
     grace: std::time::Duration,
 }
 
 /// Builds TLS acceptors (generating dev certificates if needed), policies and pools for
 /// already-bound listeners (one per `config.listeners` entry, in order). Nothing is spawned yet.
-pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, ServerError> {
+pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    let Bound {
+        listeners: bound,
+        admin,
+    } = bound;
     if bound.len() != config.listeners.len() {
         return Err(ServerError::ListenerCount(
             config.listeners.len(),
@@ -94,6 +124,12 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
                 Handler::Redis(Arc::new(session::Context {
                     listener: cfg.name.clone(),
                     auth: cfg.auth.clone(),
+                    auth_limits: cfg.auth_limits,
+                    throttle: Throttle::new(
+                        cfg.auth_limits.backoff_after,
+                        cfg.auth_limits.backoff_max,
+                    ),
+                    metrics: metrics.clone(),
                     policy: cfg.policy.clone(),
                     pool,
                     limits: config.limits.clone(),
@@ -137,6 +173,7 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
         };
         announce(cfg, &tcp, tls.is_some());
         let listener = Arc::new(Listener {
+            metrics: metrics.clone(),
             name: cfg.name.clone(),
             handler,
             tls,
@@ -144,9 +181,21 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
         });
         listeners.push((tcp, listener));
     }
+    let admin = admin.map(|tcp| {
+        let state = Arc::new(crate::admin::Admin {
+            metrics: metrics.clone(),
+            pools: pools.clone(),
+        });
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!(%addr, "admin listening: /live /ready /metrics");
+        }
+        (tcp, state)
+    });
     Ok(Prepared {
         listeners,
         pools,
+        admin,
+        metrics,
         grace: config.shutdown_grace,
     })
 }
@@ -154,7 +203,7 @@ pub fn prepare(config: Config, bound: Vec<TcpListener>) -> Result<Prepared, Serv
 /// `prepare` then `Prepared::run`.
 pub async fn serve(
     config: Config,
-    bound: Vec<TcpListener>,
+    bound: Bound,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ShutdownReport, ServerError> {
     Ok(prepare(config, bound)?.run(shutdown).await)
@@ -166,11 +215,19 @@ impl Prepared {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let stop_accepting = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let background: Vec<_> = self
+        let mut background: Vec<_> = self
             .pools
             .into_iter()
             .map(|pool| tokio::spawn(pool.maintain(stop_accepting.clone())))
             .collect();
+        if let Some((tcp, admin)) = self.admin {
+            // The admin listener outlives the drain: readiness and metrics stay visible.
+            background.push(tokio::spawn(crate::admin::serve(
+                tcp,
+                admin,
+                CancellationToken::new(),
+            )));
+        }
         let accept_tasks: Vec<_> = self
             .listeners
             .into_iter()

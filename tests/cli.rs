@@ -183,7 +183,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_drains() {
     let all: Vec<String> = logs.try_iter().collect();
     let text = all.join("\n");
     assert!(
-        text.contains("authentication failed"),
+        text.contains("\"security event\"") && text.contains("\"reason\":\"auth\""),
         "failures are logged:\n{text}"
     );
     assert!(text.contains("drain complete"), "{text}");

@@ -5,3 +5,4 @@
 pub mod acl;
 pub mod commands;
 pub mod secret;
+pub mod throttle;

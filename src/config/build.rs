@@ -42,6 +42,8 @@ const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 #[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The admin HTTP listener (/live, /ready, /metrics), if configured.
+    pub admin: Option<SocketAddr>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -61,6 +63,7 @@ pub struct Limits {
 pub struct ListenerConfig {
     pub name: String,
     pub protocol: Protocol,
+    pub auth_limits: AuthLimits,
     pub bind: SocketAddr,
     pub max_connections: usize,
     /// `None`: a plaintext listener (allowed, with a warning when not on loopback).
@@ -69,6 +72,20 @@ pub struct ListenerConfig {
     pub policy: Policy,
     pub upstream: UpstreamConfig,
 }
+
+/// Brute-force resistance settings of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    /// Failed AUTHs after which the connection is closed; 0 never closes.
+    pub max_failures: u32,
+    /// Failures from one address before its attempts are delayed.
+    pub backoff_after: u32,
+    pub backoff_max: Duration,
+}
+
+pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 10;
+pub const DEFAULT_BACKOFF_AFTER: u32 = 5;
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What a listener speaks, with the protocol's own settings.
 #[derive(Debug, Clone)]
@@ -226,7 +243,29 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
     if !p.list.is_empty() {
         return None;
     }
+    let admin = file.admin.and_then(|a| match a.bind.as_deref() {
+        None => {
+            p.add("admin.bind", "missing (e.g. \"127.0.0.1:9180\")");
+            None
+        }
+        Some(b) => match b.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "admin listener on a non-loopback address: metrics and readiness are visible to the network");
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                p.add("admin.bind", format!("`{b}` is not an IP:port address"));
+                None
+            }
+        },
+    });
+    if !p.list.is_empty() {
+        return None;
+    }
     Some(Config {
+        admin,
         data_dir: file
             .data_dir
             .map(|d| resolve(base, &d))
@@ -303,6 +342,11 @@ fn listener(
         DEFAULT_MAX_CONNECTIONS,
     );
     let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
+    let auth_limits = AuthLimits {
+        max_failures: l.auth.max_failures.unwrap_or(DEFAULT_MAX_AUTH_FAILURES),
+        backoff_after: l.auth.backoff_after.unwrap_or(DEFAULT_BACKOFF_AFTER),
+        backoff_max: l.auth.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
+    };
     let auth = if memcached {
         memcached_auth(p, &format!("{key}.auth"), l.auth)
     } else {
@@ -354,6 +398,7 @@ fn listener(
     Some(ListenerConfig {
         name: l.name.unwrap_or_else(|| format!("{default_name}-{index}")),
         protocol,
+        auth_limits,
         bind: bind?,
         max_connections,
         tls: tls?,

@@ -16,6 +16,7 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub shutdown: ShutdownFile,
+    pub admin: Option<AdminFile>,
     #[serde(default)]
     pub listeners: Vec<ListenerFile>,
     /// Redis ACL users, each with an `ACL SETUSER` rule string.
@@ -50,6 +51,11 @@ pub struct LimitsFile {
     pub max_request_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub partial_request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AdminFile {
+    pub bind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +112,12 @@ pub struct AuthFile {
     pub tokens: Vec<String>,
     /// With `mode = "acl"`: the user group whose users may log in here.
     pub user_group: Option<String>,
+    /// Failed AUTHs after which a connection is closed (0: never).
+    pub max_failures: Option<u32>,
+    /// Failures from one source address before its attempts are slowed down.
+    pub backoff_after: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
 }
 
 // Tokens are secrets: the derived Debug would print them.

@@ -10,8 +10,8 @@ pub mod file;
 use std::path::Path;
 
 pub use build::{
-    AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, MemcachedConfig, NodeDown,
-    Protocol, UpstreamConfig,
+    AuthLimits, AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, MemcachedConfig,
+    NodeDown, Protocol, UpstreamConfig,
 };
 
 /// The configuration used when no `--config` is given: a TLS listener on 127.0.0.1:6380 in front

@@ -10,7 +10,13 @@ use crate::config::build::UserGroup;
 use crate::protocol::reply;
 
 /// The reply to `ACL <subcommand> ...` from `user` (already allowed to run it).
-pub fn answer(args: &[Bytes], user: &User, group: &UserGroup, resp3: bool) -> Bytes {
+pub fn answer(
+    args: &[Bytes],
+    user: &User,
+    group: &UserGroup,
+    resp3: bool,
+    ctx: &super::Context,
+) -> Bytes {
     let sub = args
         .get(1)
         .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase())
@@ -46,8 +52,18 @@ pub fn answer(args: &[Bytes], user: &User, group: &UserGroup, resp3: bool) -> By
                 Err(denied) => bulk(denied.dryrun().as_bytes()),
             },
         },
-        // Security events are not recorded yet: an empty log.
-        ("LOG", 2) | ("LOG", 3) => Bytes::from_static(b"*0\r\n"),
+        ("LOG", 2) => log(ctx, 10, resp3),
+        ("LOG", 3) if args[2].eq_ignore_ascii_case(b"RESET") => {
+            ctx.metrics.reset_events(&ctx.listener);
+            Bytes::from_static(reply::OK)
+        }
+        ("LOG", 3) => match std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(count) => log(ctx, count, resp3),
+            None => reply::error("value is out of range, must be positive"),
+        },
         ("WHOAMI" | "USERS" | "CAT" | "GETUSER" | "DRYRUN" | "LOG", _) => reply::error(&format!(
             "wrong number of arguments for 'acl|{}' command",
             sub.to_ascii_lowercase()
@@ -56,6 +72,42 @@ pub fn answer(args: &[Bytes], user: &User, group: &UserGroup, resp3: bool) -> By
             "cachegate: ACL {sub} is not available; users are defined in cachegate's configuration"
         )),
     }
+}
+
+/// ACL LOG in Redis 7.0's shape: count, reason, context, object, username, age-seconds,
+/// client-info.
+fn log(ctx: &super::Context, count: usize, resp3: bool) -> Bytes {
+    let events = ctx.metrics.events(&ctx.listener, count);
+    let mut out = BytesMut::new();
+    out.put_slice(format!("*{}\r\n", events.len()).as_bytes());
+    for e in events {
+        if resp3 {
+            out.put_slice(b"%7\r\n");
+        } else {
+            out.put_slice(b"*14\r\n");
+        }
+        out.put_slice(&bulk(b"count"));
+        out.put_slice(format!(":{}\r\n", e.count).as_bytes());
+        for (k, v) in [
+            ("reason", e.reason.to_string()),
+            ("context", e.context.to_string()),
+            ("object", e.object.clone()),
+            ("username", e.username.clone()),
+        ] {
+            out.put_slice(&bulk(k.as_bytes()));
+            out.put_slice(&bulk(v.as_bytes()));
+        }
+        out.put_slice(&bulk(b"age-seconds"));
+        let age = format!("{:.3}", e.created.elapsed().as_secs_f64());
+        if resp3 {
+            out.put_slice(format!(",{age}\r\n").as_bytes());
+        } else {
+            out.put_slice(&bulk(age.as_bytes()));
+        }
+        out.put_slice(&bulk(b"client-info"));
+        out.put_slice(&bulk(e.client_info.as_bytes()));
+    }
+    out.freeze()
 }
 
 fn getuser(u: &User, resp3: bool) -> Bytes {

@@ -26,9 +26,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::acl::User;
-use crate::config::{AuthMode, Limits};
+use crate::auth::acl::{Denied, User};
+use crate::auth::throttle::Throttle;
+use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
+use crate::metrics::{AuthLabels, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
@@ -48,6 +50,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Context {
     pub listener: String,
     pub auth: AuthMode,
+    pub auth_limits: AuthLimits,
+    pub throttle: Throttle,
+    pub metrics: Arc<Metrics>,
     pub policy: Policy,
     pub pool: Pool,
     pub limits: Limits,
@@ -68,6 +73,8 @@ struct Expect {
     /// Blocking commands wait as long as they must; others are bounded by the request timeout.
     blocking: bool,
     rewrite: Option<Rewrite>,
+    /// The command's metric label and when it was sent, for the latency histogram.
+    timed: Option<(&'static str, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +94,8 @@ where
     let abort = CancellationToken::new();
     let mut req = RequestSide {
         ctx: &ctx,
+        peer,
+        failed_auths: 0,
         tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
@@ -127,6 +136,9 @@ where
 
 struct RequestSide<'a> {
     ctx: &'a Context,
+    peer: SocketAddr,
+    /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
+    failed_auths: u32,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<mpsc::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
@@ -139,6 +151,21 @@ struct RequestSide<'a> {
     resp3: bool,
     reply_mode: ReplyMode,
     abort: CancellationToken,
+}
+
+/// The outcome of checking credentials.
+enum Verdict {
+    Ok {
+        user: String,
+        slot: usize,
+    },
+    /// `known`: `attempted` is a configured user name (safe as a metric label).
+    Failed {
+        attempted: String,
+        known: bool,
+    },
+    /// Answered without a verdict on a user (no AUTH configured).
+    Reply(Bytes),
 }
 
 /// Whether the request side goes on reading.
@@ -251,12 +278,13 @@ impl RequestSide<'_> {
         if let Some(user) = &self.user {
             // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
             if let Err(denied) = user.check(&args) {
-                tracing::info!(
-                    listener = %self.ctx.listener,
-                    user = %user.name,
-                    denied = ?denied,
-                    "command refused by ACL"
-                );
+                let (reason, object) = match &denied {
+                    Denied::Command(c) => ("command", c.clone()),
+                    Denied::Key(k) => ("key", k.clone()),
+                    Denied::Channel(c) => ("channel", c.clone()),
+                    Denied::SortOption(o) => ("key", format!("SORT {o}")),
+                };
+                self.security_event(reason, object, user.name.clone(), true);
                 if self.in_multi {
                     self.multi_dirty = true;
                 }
@@ -265,7 +293,7 @@ impl RequestSide<'_> {
             }
             if args[0].eq_ignore_ascii_case(b"ACL") {
                 if let AuthMode::Acl(group) = &self.ctx.auth {
-                    let answer = acl_commands::answer(&args, user, group, self.resp3);
+                    let answer = acl_commands::answer(&args, user, group, self.resp3, self.ctx);
                     self.local(answer).await?;
                     return Ok(Flow::Continue);
                 }
@@ -276,6 +304,7 @@ impl RequestSide<'_> {
             forward: true,
             blocking: false,
             rewrite: None,
+            timed: None,
         };
         match kind {
             Kind::Multi => self.in_multi = true,
@@ -335,14 +364,103 @@ impl RequestSide<'_> {
 
     /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
     async fn auth(&mut self, req: &Request) -> Result<Flow, SessionError> {
-        let reply = match req.args.len() {
-            2 => self.check_credentials(None, &req.args[1]),
-            3 => self.check_credentials(Some(&req.args[1]), &req.args[2]),
-            1 => reply::wrong_arity(b"auth"),
-            _ => Bytes::from_static(reply::SYNTAX),
+        let (reply, flow) = match req.args.len() {
+            2 => self.authenticate(None, &req.args[1]).await,
+            3 => self.authenticate(Some(&req.args[1]), &req.args[2]).await,
+            1 => (reply::wrong_arity(b"auth"), Flow::Continue),
+            _ => (Bytes::from_static(reply::SYNTAX), Flow::Continue),
         };
         self.local(reply).await?;
-        Ok(Flow::Continue)
+        Ok(flow)
+    }
+
+    /// Checks credentials with everything around it: the source address's backoff, metrics,
+    /// the security log, and closing the connection after too many failures.
+    async fn authenticate(&mut self, user: Option<&[u8]>, secret: &[u8]) -> (Bytes, Flow) {
+        let ip = self.peer.ip();
+        let delay = self.ctx.throttle.delay(ip);
+        if !delay.is_zero() {
+            self.ctx
+                .metrics
+                .auth_throttled
+                .get_or_create(&crate::metrics::ListenerLabels {
+                    listener: self.ctx.listener.clone(),
+                })
+                .inc();
+            tokio::time::sleep(delay).await;
+        }
+        match self.check_credentials(user, secret) {
+            Verdict::Reply(reply) => (reply, Flow::Continue),
+            Verdict::Ok { user, slot } => {
+                self.ctx.throttle.record(ip, true);
+                self.failed_auths = 0;
+                tracing::debug!(listener = %self.ctx.listener, %user, slot, "authenticated");
+                self.ctx
+                    .metrics
+                    .authentications
+                    .get_or_create(&AuthLabels {
+                        listener: self.ctx.listener.clone(),
+                        user,
+                        slot: slot.to_string(),
+                    })
+                    .inc();
+                (Bytes::from_static(reply::OK), Flow::Continue)
+            }
+            Verdict::Failed { attempted, known } => {
+                self.ctx.throttle.record(ip, false);
+                self.failed_auths += 1;
+                self.security_event("auth", "AUTH".into(), attempted, known);
+                let limit = self.ctx.auth_limits.max_failures;
+                if limit > 0 && self.failed_auths >= limit {
+                    tracing::info!(listener = %self.ctx.listener, peer = %self.peer, failures = self.failed_auths, "closing connection after repeated authentication failures");
+                    self.ctx
+                        .metrics
+                        .auth_throttled
+                        .get_or_create(&crate::metrics::ListenerLabels {
+                            listener: self.ctx.listener.clone(),
+                        })
+                        .inc();
+                    return (Bytes::from_static(reply::WRONGPASS), Flow::Stop);
+                }
+                (Bytes::from_static(reply::WRONGPASS), Flow::Continue)
+            }
+        }
+    }
+
+    /// Counts, logs and keeps (for ACL LOG) one security event. `known` says whether `user` is
+    /// a configured user name; metrics label any other name `unknown`.
+    fn security_event(&self, reason: &'static str, object: String, user: String, known: bool) {
+        let now = std::time::Instant::now();
+        let username: String = user.chars().take(64).filter(|c| !c.is_control()).collect();
+        let client_info = format!(
+            "addr={} laddr=cachegate:{} user={} resp={}",
+            self.peer,
+            self.ctx.listener,
+            self.user
+                .as_ref()
+                .map(|u| u.name.as_str())
+                .unwrap_or(if self.authenticated {
+                    "default"
+                } else {
+                    "(none)"
+                }),
+            if self.resp3 { 3 } else { 2 },
+        );
+        self.ctx.metrics.security_event(
+            SecurityEvent {
+                entry_id: 0,
+                count: 1,
+                reason,
+                context: if self.in_multi { "multi" } else { "toplevel" },
+                object,
+                username,
+                listener: self.ctx.listener.clone(),
+                client_info,
+                created: now,
+                updated: now,
+            },
+            known,
+        );
     }
 
     /// Back to a fresh connection's identity: authenticated without AUTH when there is no
@@ -362,51 +480,46 @@ impl RequestSide<'_> {
         };
     }
 
-    fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Bytes {
-        let is_default = user.is_none_or(|u| u == b"default");
+    /// The verdict on a set of credentials; on success the session is logged in.
+    fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Verdict {
+        let named = user.unwrap_or(b"default");
+        let attempted = String::from_utf8_lossy(named).into_owned();
         match &self.ctx.auth {
             AuthMode::Acl(group) => {
-                let name = user.unwrap_or(b"default");
+                let known = group.get(named).is_some();
                 let found = group
-                    .get(name)
+                    .get(named)
                     .filter(|u| u.enabled)
                     .and_then(|u| u.check_password(token).map(|slot| (u.clone(), slot)));
                 match found {
                     Some((u, slot)) => {
-                        tracing::debug!(listener = %self.ctx.listener, user = %u.name, slot, "authenticated");
+                        let name = u.name.clone();
                         self.user = Some(u);
                         self.authenticated = true;
-                        Bytes::from_static(reply::OK)
+                        Verdict::Ok { user: name, slot }
                     }
-                    None => {
-                        tracing::info!(
-                            listener = %self.ctx.listener,
-                            user = %String::from_utf8_lossy(name),
-                            "authentication failed"
-                        );
-                        Bytes::from_static(reply::WRONGPASS)
-                    }
+                    None => Verdict::Failed { attempted, known },
                 }
             }
             // Redis with a passwordless default user: `AUTH <pw>` is a configuration mistake,
             // `AUTH default <anything>` succeeds.
-            AuthMode::None if user.is_none() => Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD),
-            AuthMode::None if is_default => Bytes::from_static(reply::OK),
-            AuthMode::None => Bytes::from_static(reply::WRONGPASS),
+            AuthMode::None if user.is_none() => {
+                Verdict::Reply(Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD))
+            }
+            AuthMode::None if named == b"default" => Verdict::Reply(Bytes::from_static(reply::OK)),
+            AuthMode::None => Verdict::Reply(Bytes::from_static(reply::WRONGPASS)),
             AuthMode::Tokens(tokens) => match tokens.verify(token) {
-                Some(slot) if is_default => {
+                Some(slot) if named == b"default" => {
                     self.authenticated = true;
-                    tracing::debug!(listener = %self.ctx.listener, user = "default", slot, "authenticated");
-                    Bytes::from_static(reply::OK)
+                    Verdict::Ok {
+                        user: "default".into(),
+                        slot,
+                    }
                 }
-                _ => {
-                    tracing::info!(
-                        listener = %self.ctx.listener,
-                        user = %String::from_utf8_lossy(user.unwrap_or(b"default")),
-                        "authentication failed"
-                    );
-                    Bytes::from_static(reply::WRONGPASS)
-                }
+                _ => Verdict::Failed {
+                    known: named == b"default",
+                    attempted,
+                },
             },
         }
     }
@@ -439,10 +552,10 @@ impl RequestSide<'_> {
             }
         }
         if let Some((user, pass)) = credentials {
-            let verdict = self.check_credentials(Some(&user), &pass);
-            if &verdict[..] != reply::OK {
+            let (verdict, flow) = self.authenticate(Some(&user), &pass).await;
+            if &verdict[..] != reply::OK || matches!(flow, Flow::Stop) {
                 self.local(verdict).await?;
-                return Ok(Flow::Continue);
+                return Ok(flow);
             }
             self.authenticated = true;
         }
@@ -460,6 +573,7 @@ impl RequestSide<'_> {
             forward: true,
             blocking: false,
             rewrite: None,
+            timed: None,
         };
         self.forward(&forward, expect).await
     }
@@ -481,6 +595,7 @@ impl RequestSide<'_> {
             forward: true,
             blocking: false,
             rewrite: None,
+            timed: None,
         };
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
@@ -498,6 +613,7 @@ impl RequestSide<'_> {
             forward: false,
             blocking: false,
             rewrite: None,
+            timed: None,
         }
     }
 
@@ -534,6 +650,10 @@ impl RequestSide<'_> {
         }
         // The slot is queued before the bytes leave, so the reply side always knows what a
         // frame is for.
+        let mut expect = expect;
+        if expect.forward && expect.replies > 0 {
+            expect.timed = Some((command_label(&args[0]), Instant::now()));
+        }
         if expect.replies > 0 {
             self.send_slot(Slot::Upstream(expect)).await?;
         }
@@ -594,6 +714,17 @@ impl RequestSide<'_> {
         self.wbuf.clear();
         Ok(())
     }
+}
+
+/// A command's metric label: its name as the command table spells it, or "other", so that
+/// clients cannot grow the label set.
+fn command_label(name: &[u8]) -> &'static str {
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    crate::auth::commands::table()
+        .commands
+        .get_key_value(lower.as_str())
+        .map(|(k, _)| k.as_str())
+        .unwrap_or("other")
 }
 
 fn closed() -> SessionError {
@@ -768,6 +899,10 @@ fn route(
     }
     cur.expect.replies -= 1;
     if cur.expect.replies == 0 {
+        if let Some((label, sent)) = cur.expect.timed {
+            ctx.metrics
+                .observe_command(&ctx.listener, label, sent.elapsed());
+        }
         *current = None;
     } else if cur.deadline.is_some() {
         cur.deadline = Some(Instant::now() + timeout);

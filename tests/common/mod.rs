@@ -303,6 +303,8 @@ impl Pki {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    /// The admin HTTP listener, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ShutdownReport>>,
     _dir: tempfile::TempDir,
@@ -320,7 +322,12 @@ impl Proxy {
         let config = cachegate::config::parse(&toml, "test config", dir.path())
             .unwrap_or_else(|e| panic!("{e}"));
         let bound = cachegate::server::bind(&config).await.unwrap();
-        let addrs: Vec<SocketAddr> = bound.iter().map(|l| l.local_addr().unwrap()).collect();
+        let addrs: Vec<SocketAddr> = bound
+            .listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        let admin = bound.admin.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let prepared = cachegate::server::prepare(config, bound).unwrap_or_else(|e| panic!("{e}"));
         let task = tokio::spawn(prepared.run(async {
@@ -329,6 +336,7 @@ impl Proxy {
         Proxy {
             addr: addrs[0],
             addrs,
+            admin,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -349,6 +357,26 @@ impl Proxy {
             redis.address()
         ))
         .await
+    }
+
+    /// GET an admin path; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("config has [admin]");
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        let text = s(&out);
+        let status = text[9..12].parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub async fn shutdown(mut self) -> ShutdownReport {

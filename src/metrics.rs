@@ -1,0 +1,310 @@
+//! Prometheus metrics and security events.
+//!
+//! Counter names follow ElastiCache's CloudWatch metrics where one exists
+//! (`AuthenticationFailures` -> `cachegate_authentication_failures_total`, ...). Labels are the
+//! listener and a *configured* user name, never a secret and never a client-chosen string: a
+//! name that is not a configured user is counted as `unknown`, so a client cannot grow the label
+//! set (or leak a password typed in the user field).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabels {
+    pub listener: String,
+    pub user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub listener: String,
+    pub user: String,
+    /// Which of the user's passwords (or tokens) matched: "1", "2"; "0" for nopass.
+    pub slot: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub listener: String,
+    /// "TLSv1.3", "TLSv1.2" or "plaintext".
+    pub tls_version: String,
+    /// "verified" when the client presented a certificate, else "none".
+    pub client_cert: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub listener: String,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+type HistogramFamily = Family<CommandLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric cachegate exports, and the recent security events behind ACL LOG.
+pub struct Metrics {
+    registry: Registry,
+    pub auth_failures: Family<UserLabels, Counter>,
+    pub command_denied: Family<UserLabels, Counter>,
+    pub key_denied: Family<UserLabels, Counter>,
+    pub channel_denied: Family<UserLabels, Counter>,
+    pub authentications: Family<AuthLabels, Counter>,
+    pub auth_throttled: Family<ListenerLabels, Counter>,
+    pub connections: Family<ConnLabels, Counter>,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub commands: Family<CommandLabels, Counter>,
+    pub command_seconds: HistogramFamily,
+    events: Mutex<Vec<SecurityEvent>>,
+    next_event_id: AtomicU64,
+}
+
+/// Kept events per process, newest first (Redis's acllog-max-len default).
+const MAX_EVENTS: usize = 128;
+
+/// One security event, in the shape of a Redis ACL LOG entry.
+#[derive(Debug, Clone)]
+pub struct SecurityEvent {
+    pub entry_id: u64,
+    pub count: u64,
+    /// "auth", "command", "key" or "channel".
+    pub reason: &'static str,
+    /// "toplevel" or "multi".
+    pub context: &'static str,
+    /// The command, key or channel refused ("AUTH" for authentication).
+    pub object: String,
+    pub username: String,
+    pub listener: String,
+    pub client_info: String,
+    pub created: Instant,
+    pub updated: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cachegate");
+        let m = Metrics {
+            auth_failures: Family::default(),
+            command_denied: Family::default(),
+            key_denied: Family::default(),
+            channel_denied: Family::default(),
+            authentications: Family::default(),
+            auth_throttled: Family::default(),
+            connections: Family::default(),
+            handshake_failures: Family::default(),
+            commands: Family::default(),
+            command_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
+            events: Mutex::new(Vec::new()),
+            next_event_id: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "authentication_failures",
+            "Failed AUTH / HELLO AUTH attempts (ElastiCache AuthenticationFailures)",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "command_authorization_failures",
+            "Commands refused by a user's ACL (ElastiCache CommandAuthorizationFailures)",
+            m.command_denied.clone(),
+        );
+        registry.register(
+            "key_authorization_failures",
+            "Commands refused for a key pattern (ElastiCache KeyAuthorizationFailures)",
+            m.key_denied.clone(),
+        );
+        registry.register(
+            "channel_authorization_failures",
+            "Commands refused for a channel pattern (ElastiCache ChannelAuthorizationFailures)",
+            m.channel_denied.clone(),
+        );
+        registry.register(
+            "authentications",
+            "Successful authentications by user and password slot (watch slot=\"1\" fall to zero before removing an old password)",
+            m.authentications.clone(),
+        );
+        registry.register(
+            "authentication_throttled",
+            "Connections closed or delayed for repeated authentication failures",
+            m.auth_throttled.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted, by TLS version and client-certificate mode",
+            m.connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "commands",
+            "Commands forwarded upstream",
+            m.commands.clone(),
+        );
+        registry.register(
+            "command_duration_seconds",
+            "Time from forwarding a command to its reply",
+            m.command_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn observe_command(&self, listener: &str, command: &str, took: Duration) {
+        let labels = CommandLabels {
+            listener: listener.to_string(),
+            command: command.to_string(),
+        };
+        self.commands.get_or_create(&labels).inc();
+        self.command_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a security event: counted, logged (no secrets), and kept for ACL LOG. Repeats
+    /// of the same event update one entry, as Redis's ACL LOG does.
+    pub fn security_event(&self, mut event: SecurityEvent, known_user: bool) {
+        let labels = UserLabels {
+            listener: event.listener.clone(),
+            user: if known_user {
+                event.username.clone()
+            } else {
+                "unknown".into()
+            },
+        };
+        match event.reason {
+            "auth" => self.auth_failures.get_or_create(&labels).inc(),
+            "command" => self.command_denied.get_or_create(&labels).inc(),
+            "key" => self.key_denied.get_or_create(&labels).inc(),
+            _ => self.channel_denied.get_or_create(&labels).inc(),
+        };
+        tracing::info!(
+            listener = %event.listener,
+            reason = event.reason,
+            context = event.context,
+            object = %event.object,
+            user = %event.username,
+            client = %event.client_info,
+            "security event"
+        );
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let same = events.iter_mut().find(|e| {
+            e.reason == event.reason
+                && e.context == event.context
+                && e.object == event.object
+                && e.username == event.username
+                && e.listener == event.listener
+        });
+        match same {
+            Some(e) => {
+                e.count += 1;
+                e.updated = event.updated;
+                e.client_info = event.client_info;
+            }
+            None => {
+                event.entry_id = self
+                    .next_event_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                events.insert(0, event);
+                events.truncate(MAX_EVENTS);
+            }
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.updated));
+    }
+
+    /// The newest `count` events of one listener.
+    pub fn events(&self, listener: &str, count: usize) -> Vec<SecurityEvent> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events
+            .iter()
+            .filter(|e| e.listener == listener)
+            .take(count)
+            .cloned()
+            .collect()
+    }
+
+    pub fn reset_events(&self, listener: &str) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.retain(|e| e.listener != listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(object: &str) -> SecurityEvent {
+        SecurityEvent {
+            entry_id: 0,
+            count: 1,
+            reason: "key",
+            context: "toplevel",
+            object: object.into(),
+            username: "app".into(),
+            listener: "l".into(),
+            client_info: "addr=127.0.0.1:1".into(),
+            created: Instant::now(),
+            updated: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn repeats_update_one_entry_and_counters_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.security_event(event("k1"), true);
+        m.security_event(event("k1"), true);
+        m.security_event(event("k2"), true);
+        let mut stranger = event("x");
+        stranger.username = "not-a-user".into();
+        m.security_event(stranger, false);
+        let events = m.events("l", 10);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events.iter().find(|e| e.object == "k1").unwrap().count, 2);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "cachegate_key_authorization_failures_total{listener=\"l\",user=\"app\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("user=\"unknown\"") && !text.contains("not-a-user"),
+            "{text}"
+        );
+        m.reset_events("l");
+        assert!(m.events("l", 10).is_empty());
+    }
+}
