@@ -417,6 +417,19 @@ impl RawClient {
             .expect("TLS handshake")
     }
 
+    /// A TLS client whose connection comes from `source` (any 127.0.0.0/8 address).
+    pub async fn tls_from(pki: &Pki, addr: SocketAddr, source: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(pki.client_config(rustls::ALL_VERSIONS, None))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        RawClient::new(Box::new(tls))
+    }
+
     pub async fn try_tls(
         config: Arc<rustls::ClientConfig>,
         addr: SocketAddr,
