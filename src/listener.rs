@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::cert::CertNames;
 use crate::metrics::{ConnLabels, ReasonLabels};
 use crate::session;
 
@@ -36,14 +37,19 @@ pub enum Handler {
 }
 
 impl Handler {
-    async fn run<S>(&self, stream: S, peer: SocketAddr, shutdown: CancellationToken)
-    where
+    async fn run<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        cert: Option<CertNames>,
+        shutdown: CancellationToken,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match self {
-            Handler::Redis(ctx) => session::run(ctx.clone(), stream, peer, shutdown).await,
+            Handler::Redis(ctx) => session::run(ctx.clone(), stream, peer, cert, shutdown).await,
             Handler::Memcached(ctx) => {
-                crate::memcached::run(ctx.clone(), stream, peer, shutdown).await
+                crate::memcached::run(ctx.clone(), stream, peer, cert, shutdown).await
             }
         }
     }
@@ -130,7 +136,7 @@ async fn serve_connection(
     };
     let Some((acceptor, deadline)) = &listener.tls else {
         connected("plaintext", false);
-        listener.handler.run(stream, peer, shutdown).await;
+        listener.handler.run(stream, peer, None, shutdown).await;
         return;
     };
     let handshake = async {
@@ -178,10 +184,14 @@ async fn serve_connection(
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "other",
     };
-    let client_cert = conn.peer_certificates().is_some();
-    connected(version, client_cert);
-    tracing::debug!(listener = %name, %peer, version, client_cert, "TLS session established");
-    listener.handler.run(tls, peer, shutdown).await;
+    // rustls verified the chain: the leaf's names can be trusted.
+    let cert = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::auth::cert::names(leaf));
+    connected(version, cert.is_some());
+    tracing::debug!(listener = %name, %peer, version, client_cert = ?cert, "TLS session established");
+    listener.handler.run(tls, peer, cert, shutdown).await;
 }
 
 /// A bounded set of reasons for the handshake-failure metric.

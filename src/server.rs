@@ -124,6 +124,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 Handler::Redis(Arc::new(session::Context {
                     listener: cfg.name.clone(),
                     auth: cfg.auth.clone(),
+                    cert_users: cfg.cert_users.clone(),
                     auth_limits: cfg.auth_limits,
                     throttle: Throttle::new(
                         cfg.auth_limits.backoff_after,
@@ -160,6 +161,11 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 Handler::Memcached(Arc::new(memcached::Context::new(
                     cfg.name.clone(),
                     cfg.policy.clone(),
+                    memcached::Security {
+                        auth: cfg.auth.clone(),
+                        cert_users: cfg.cert_users.clone(),
+                        metrics: metrics.clone(),
+                    },
                     mc.clone(),
                     config.limits.clone(),
                     cfg.upstream.request_timeout,

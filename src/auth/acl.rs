@@ -19,6 +19,8 @@ use super::commands::{table, CommandInfo};
 pub struct User {
     pub name: String,
     pub enabled: bool,
+    /// Only a mapped client certificate logs this user in.
+    pub cert_required: bool,
     pub nopass: bool,
     /// SHA-256 digests; never printed.
     passwords: Vec<[u8; 32]>,
@@ -105,6 +107,7 @@ impl User {
         let mut user = User {
             name: name.to_string(),
             enabled: false,
+            cert_required: false,
             nopass: false,
             passwords: Vec::new(),
             all_commands: false,
@@ -154,7 +157,9 @@ impl User {
             "allcommands" | "+@all" => self.set_all(true),
             "nocommands" | "-@all" => self.set_all(false),
             "reset" => {
+                let cert_required = self.cert_required;
                 *self = User::parse(&self.name, "resetpass resetkeys resetchannels off -@all")?;
+                self.cert_required = cert_required;
             }
             _ => return self.apply_prefixed(token),
         }

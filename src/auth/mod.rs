@@ -3,6 +3,7 @@
 //! arrive.
 
 pub mod acl;
+pub mod cert;
 pub mod commands;
 pub mod secret;
 pub mod throttle;

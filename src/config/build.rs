@@ -13,6 +13,7 @@ use super::file::{
 };
 use super::Problem;
 use crate::auth::acl::User;
+use crate::auth::cert::{CertMapping, NameKind};
 use crate::auth::secret::{Password, Token, TokenSet};
 use crate::memcached::ring::RingNode;
 use crate::policy::Policy;
@@ -64,6 +65,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub protocol: Protocol,
     pub auth_limits: AuthLimits,
+    /// Verified client certificates that log in as a user (ACL mode).
+    pub cert_users: Vec<CertMapping>,
     pub bind: SocketAddr,
     pub max_connections: usize,
     /// `None`: a plaintext listener (allowed, with a warning when not on loopback).
@@ -304,7 +307,7 @@ fn listener(
     p: &mut Problems,
     key: &str,
     index: usize,
-    l: ListenerFile,
+    mut l: ListenerFile,
     base: &Path,
     groups: &BTreeMap<String, Arc<UserGroup>>,
 ) -> Option<ListenerConfig> {
@@ -342,12 +345,17 @@ fn listener(
         DEFAULT_MAX_CONNECTIONS,
     );
     let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
+    let cert_users = cert_users(
+        p,
+        &format!("{key}.auth.certificate_users"),
+        std::mem::take(&mut l.auth.certificate_users),
+    );
     let auth_limits = AuthLimits {
         max_failures: l.auth.max_failures.unwrap_or(DEFAULT_MAX_AUTH_FAILURES),
         backoff_after: l.auth.backoff_after.unwrap_or(DEFAULT_BACKOFF_AFTER),
         backoff_max: l.auth.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
     };
-    let auth = if memcached {
+    let auth = if memcached && l.auth.mode.as_deref() != Some("acl") {
         memcached_auth(p, &format!("{key}.auth"), l.auth)
     } else {
         auth(p, &format!("{key}.auth"), l.auth, groups)
@@ -391,6 +399,35 @@ fn listener(
             nodes,
         )),
     };
+    if !cert_users.is_empty() {
+        let certs_verified = tls.as_ref().is_some_and(|t| {
+            t.as_ref().is_some_and(|t| {
+                !matches!(t.options.client_auth, crate::tls::server::ClientAuth::Off)
+            })
+        });
+        if !certs_verified {
+            p.add(
+                format!("{key}.auth.certificate_users"),
+                "needs tls.client_auth = \"optional\" or \"required\" (certificates must be verified)",
+            );
+        }
+        match &auth {
+            Some(AuthMode::Acl(group)) => {
+                for (i, m) in cert_users.iter().enumerate() {
+                    if group.get(m.user.as_bytes()).is_none() {
+                        p.add(
+                            format!("{key}.auth.certificate_users[{i}].user"),
+                            format!("`{}` is not in user group `{}`", m.user, group.name),
+                        );
+                    }
+                }
+            }
+            _ => p.add(
+                format!("{key}.auth.certificate_users"),
+                "maps certificates to ACL users: needs auth.mode = \"acl\"",
+            ),
+        }
+    }
     if p.list.len() > before {
         return None;
     }
@@ -399,6 +436,7 @@ fn listener(
         name: l.name.unwrap_or_else(|| format!("{default_name}-{index}")),
         protocol,
         auth_limits,
+        cert_users,
         bind: bind?,
         max_connections,
         tls: tls?,
@@ -743,7 +781,10 @@ fn user_groups(
             continue;
         }
         match User::parse(&name, u.acl.as_deref().unwrap_or("")) {
-            Ok(user) => parsed.push(Arc::new(user)),
+            Ok(mut user) => {
+                user.cert_required = u.cert_required.unwrap_or(false);
+                parsed.push(Arc::new(user))
+            }
             Err(e) => p.add(format!("{key}.acl"), format!("user `{name}`: {e}")),
         }
     }
@@ -774,6 +815,41 @@ fn user_groups(
     out
 }
 
+fn cert_users(
+    p: &mut Problems,
+    key: &str,
+    entries: Vec<super::file::CertUserFile>,
+) -> Vec<CertMapping> {
+    let mut out = Vec::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let names: Vec<(NameKind, String)> = [
+            (NameKind::Cn, e.cn),
+            (NameKind::Dns, e.dns),
+            (NameKind::Uri, e.uri),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let Some(user) = e.user else {
+            p.add(
+                format!("{key}.user"),
+                "missing: which user does this certificate log in as?",
+            );
+            continue;
+        };
+        match names.as_slice() {
+            [(kind, value)] => out.push(CertMapping {
+                kind: *kind,
+                value: value.clone(),
+                user,
+            }),
+            _ => p.add(&key, "give exactly one of `cn`, `dns`, `uri`"),
+        }
+    }
+    out
+}
+
 /// memcached listeners have no AUTH command: client certificates are how they restrict access.
 fn memcached_auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> {
     match (a.mode.as_deref(), a.tokens.is_empty()) {
@@ -781,7 +857,7 @@ fn memcached_auth(p: &mut Problems, key: &str, a: AuthFile) -> Option<AuthMode> 
         _ => {
             p.add(
                 key,
-                "memcached has no AUTH command; leave [auth] out and restrict clients with tls.client_auth = \"required\"",
+                "memcached has no AUTH command: use mode = \"acl\" with certificate_users, or leave [auth] out and restrict clients with tls.client_auth = \"required\"",
             );
             None
         }

@@ -31,6 +31,8 @@ pub struct FileConfig {
 pub struct UserFile {
     pub name: Option<String>,
     pub acl: Option<String>,
+    /// Only a client certificate mapped to this user logs it in; a password alone is refused.
+    pub cert_required: Option<bool>,
 }
 
 // Rule strings may hold `>password`: never print them.
@@ -118,6 +120,17 @@ pub struct AuthFile {
     pub backoff_after: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// Verified client certificates that log in as a user: one of cn / dns / uri, and user.
+    #[serde(default)]
+    pub certificate_users: Vec<CertUserFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CertUserFile {
+    pub cn: Option<String>,
+    pub dns: Option<String>,
+    pub uri: Option<String>,
+    pub user: Option<String>,
 }
 
 // Tokens are secrets: the derived Debug would print them.

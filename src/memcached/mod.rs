@@ -24,8 +24,11 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Limits, MemcachedConfig, NodeDown};
+use crate::auth::acl::{Denied, User};
+use crate::auth::cert::{user_for, CertMapping, CertNames};
+use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
+use crate::metrics::{Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
 use crate::upstream::{Conn, Pool};
@@ -61,6 +64,7 @@ impl Node {
 pub struct Context {
     pub listener: String,
     pub policy: Policy,
+    pub security: Security,
     pub config: MemcachedConfig,
     pub limits: Limits,
     pub request_timeout: Duration,
@@ -71,10 +75,20 @@ pub struct Context {
     total_connections: AtomicU64,
 }
 
+/// Who may do what on a memcached listener: ACL users (chosen by client certificate, or the
+/// `default` user), and where security events go.
+pub struct Security {
+    pub auth: AuthMode,
+    pub cert_users: Vec<CertMapping>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         listener: String,
         policy: Policy,
+        security: Security,
         config: MemcachedConfig,
         limits: Limits,
         request_timeout: Duration,
@@ -84,6 +98,7 @@ impl Context {
         Self {
             listener,
             policy,
+            security,
             config,
             limits,
             request_timeout,
@@ -152,14 +167,28 @@ struct NodeConn {
 }
 
 /// Runs a memcached session to its end.
-pub async fn run<S>(ctx: Arc<Context>, stream: S, peer: SocketAddr, shutdown: CancellationToken)
-where
+pub async fn run<S>(
+    ctx: Arc<Context>,
+    mut stream: S,
+    peer: SocketAddr,
+    cert: Option<CertNames>,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Ok(user) = session_user(&ctx, cert.as_ref()) else {
+        tracing::info!(listener = %ctx.listener, %peer, "no user for this connection; closing");
+        let _ = stream
+            .write_all(b"SERVER_ERROR cachegate: access denied: no user for this connection\r\n")
+            .await;
+        let _ = stream.shutdown().await;
+        return;
+    };
     ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
-    let result = serve(&ctx, stream, &mut conns, &shutdown).await;
+    let who = Who { user, peer };
+    let result = serve(&ctx, stream, &mut conns, &who, &shutdown).await;
     // Connections still held are in step (failed ones were dropped where they failed).
     for (i, c) in conns.into_iter().enumerate() {
         if let Some(c) = c {
@@ -173,10 +202,33 @@ where
     }
 }
 
+/// The user a memcached connection acts as: its certificate's, else `default` if that user is
+/// on. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
+fn session_user(ctx: &Context, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
+    let AuthMode::Acl(group) = &ctx.security.auth else {
+        return Ok(None);
+    };
+    let mapped = cert
+        .and_then(|c| user_for(&ctx.security.cert_users, c))
+        .and_then(|name| group.get(name.as_bytes()));
+    let user = match mapped {
+        Some(u) => Some(u.clone()),
+        None => group.get(b"default").filter(|d| !d.cert_required).cloned(),
+    };
+    user.filter(|u| u.enabled).map(Some).ok_or(())
+}
+
+/// Who is on the other end of a session.
+struct Who {
+    user: Option<Arc<User>>,
+    peer: SocketAddr,
+}
+
 async fn serve<S>(
     ctx: &Context,
     stream: S,
     conns: &mut [Option<NodeConn>],
+    who: &Who,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -207,7 +259,7 @@ where
         }
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
-            let out = execute(ctx, batch, conns).await;
+            let out = execute(ctx, batch, conns, who).await;
             cw.write_all(&out).await?;
             cw.flush().await?;
         }
@@ -269,7 +321,12 @@ enum Plan {
 }
 
 /// Runs a batch and returns the bytes for the client, in request order.
-async fn execute(ctx: &Context, batch: Vec<Item>, conns: &mut [Option<NodeConn>]) -> BytesMut {
+async fn execute(
+    ctx: &Context,
+    batch: Vec<Item>,
+    conns: &mut [Option<NodeConn>],
+    who: &Who,
+) -> BytesMut {
     let ring = ctx.ring();
     let n = ctx.nodes.len();
     let mut queues: Vec<(BytesMut, Vec<Shape>)> =
@@ -284,6 +341,14 @@ async fn execute(ctx: &Context, batch: Vec<Item>, conns: &mut [Option<NodeConn>]
     for item in &batch {
         let plan = match item {
             Item::Local(b) => Plan::Local(b.clone()),
+            // memcached stays silent on errors for `noreply`; quiet meta commands still see them.
+            Item::Request(req) if refused(ctx, who, req) => Plan::Local(
+                if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) {
+                    Bytes::new()
+                } else {
+                    Bytes::from_static(PERMISSION_DENIED)
+                },
+            ),
             Item::Request(req) => match req.cmd {
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
                 Cmd::Stats => Plan::Local(stats(ctx, req)),
@@ -517,6 +582,84 @@ fn merge_values(
         }
     }
     out.extend_from_slice(b"END\r\n");
+}
+
+const PERMISSION_DENIED: &[u8] = b"CLIENT_ERROR permission denied\r\n";
+
+/// Whether the session's user may not run `req`; a refusal is counted and logged.
+fn refused(ctx: &Context, who: &Who, req: &McRequest) -> bool {
+    let Some(user) = &who.user else {
+        return false;
+    };
+    for call in acl_calls(req) {
+        if let Err(denied) = user.check(&call) {
+            let (reason, object) = match denied {
+                Denied::Command(_) | Denied::SortOption(_) => {
+                    ("command", String::from_utf8_lossy(req.name()).into_owned())
+                }
+                Denied::Key(k) => ("key", k),
+                Denied::Channel(c) => ("channel", c),
+            };
+            let now = Instant::now();
+            ctx.security.metrics.security_event(
+                SecurityEvent {
+                    entry_id: 0,
+                    count: 1,
+                    reason,
+                    context: "toplevel",
+                    object,
+                    username: user.name.clone(),
+                    listener: ctx.listener.clone(),
+                    client_info: format!(
+                        "addr={} laddr=cachegate:{} user={}",
+                        who.peer, ctx.listener, user.name
+                    ),
+                    created: now,
+                    updated: now,
+                },
+                true,
+            );
+            return true;
+        }
+    }
+    false
+}
+
+/// memcached commands as the Redis calls with the same meaning, so that one ACL model (its
+/// categories, and key patterns with read/write) covers both protocols. One call per key.
+fn acl_calls(req: &McRequest) -> Vec<Vec<Bytes>> {
+    let call = |parts: &[&'static str], key: Option<&Bytes>| -> Vec<Bytes> {
+        let mut v: Vec<Bytes> = parts
+            .iter()
+            .map(|p| Bytes::from_static(p.as_bytes()))
+            .collect();
+        if let Some(k) = key {
+            v.insert(1, k.clone());
+        }
+        v
+    };
+    let key = req.route_key.as_ref();
+    let name: &[u8] = req.name();
+    match (req.cmd, name) {
+        (Cmd::Get, _) => req.keys().iter().map(|k| call(&["get"], Some(k))).collect(),
+        (Cmd::GetAndTouch, _) => req
+            .keys()
+            .iter()
+            .map(|k| call(&["getex"], Some(k)))
+            .collect(),
+        (Cmd::Storage, b"append" | b"prepend") => vec![call(&["append", "v"], key)],
+        (Cmd::Storage, _) | (Cmd::MetaSet, _) => vec![call(&["set", "v"], key)],
+        (Cmd::KeyLine, b"delete") | (Cmd::Meta, b"md") => vec![call(&["del"], key)],
+        (Cmd::KeyLine, b"touch") => vec![call(&["expire", "1"], key)],
+        (Cmd::KeyLine, _) | (Cmd::Meta, b"ma") => vec![call(&["incrby", "1"], key)],
+        (Cmd::Meta, b"me") => vec![call(&["debug", "object"], None)],
+        (Cmd::Meta, _) => vec![call(&["get"], key)],
+        (Cmd::Broadcast, b"flush_all") => vec![call(&["flushall"], None)],
+        (Cmd::Broadcast, _) => vec![call(&["config", "set", "loglevel", "notice"], None)],
+        (Cmd::Stats, _) => vec![call(&["info"], None)],
+        // Asking the version, the no-op and leaving are open to every user.
+        (Cmd::Version | Cmd::MetaNoop | Cmd::Quit, _) => Vec::new(),
+    }
 }
 
 /// `stats` is answered by cachegate: the proxy's own figures and each node's state. Other

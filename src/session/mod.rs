@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::acl::{Denied, User};
+use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::auth::throttle::Throttle;
 use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
@@ -50,6 +51,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Context {
     pub listener: String,
     pub auth: AuthMode,
+    pub cert_users: Vec<CertMapping>,
     pub auth_limits: AuthLimits,
     pub throttle: Throttle,
     pub metrics: Arc<Metrics>,
@@ -85,8 +87,13 @@ enum ReplyMode {
 }
 
 /// Runs a session to its end. Never panics on client input; logs how it ended.
-pub async fn run<S>(ctx: Arc<Context>, stream: S, peer: SocketAddr, shutdown: CancellationToken)
-where
+pub async fn run<S>(
+    ctx: Arc<Context>,
+    stream: S,
+    peer: SocketAddr,
+    cert: Option<CertNames>,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (cr, cw) = tokio::io::split(stream);
@@ -96,6 +103,7 @@ where
         ctx: &ctx,
         peer,
         failed_auths: 0,
+        cert_user: cert_user(&ctx, cert.as_ref()),
         tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
@@ -139,6 +147,8 @@ struct RequestSide<'a> {
     peer: SocketAddr,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
     failed_auths: u32,
+    /// The user the client's certificate logs in as, if any.
+    cert_user: Option<Arc<User>>,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<mpsc::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
@@ -151,6 +161,17 @@ struct RequestSide<'a> {
     resp3: bool,
     reply_mode: ReplyMode,
     abort: CancellationToken,
+}
+
+/// The ACL user a verified client certificate maps to on this listener.
+fn cert_user(ctx: &Context, cert: Option<&CertNames>) -> Option<Arc<User>> {
+    let AuthMode::Acl(group) = &ctx.auth else {
+        return None;
+    };
+    let name = user_for(&ctx.cert_users, cert?)?;
+    let user = group.get(name.as_bytes())?.clone();
+    tracing::debug!(listener = %ctx.listener, user = %user.name, "client certificate logs in");
+    Some(user)
 }
 
 /// The outcome of checking credentials.
@@ -467,6 +488,11 @@ impl RequestSide<'_> {
     /// auth, or (ACL) as `default` when that user is on and has `nopass`, as Redis does.
     fn log_out(&mut self) {
         self.user = None;
+        if let Some(u) = self.cert_user.clone().filter(|u| u.enabled) {
+            self.user = Some(u);
+            self.authenticated = true;
+            return;
+        }
         self.authenticated = match &self.ctx.auth {
             AuthMode::None => true,
             AuthMode::Tokens(_) => false,
@@ -487,9 +513,13 @@ impl RequestSide<'_> {
         match &self.ctx.auth {
             AuthMode::Acl(group) => {
                 let known = group.get(named).is_some();
+                // A certificate-required user needs this connection's certificate to be theirs.
+                let cert_ok = |u: &User| {
+                    !u.cert_required || self.cert_user.as_ref().is_some_and(|c| c.name == u.name)
+                };
                 let found = group
                     .get(named)
-                    .filter(|u| u.enabled)
+                    .filter(|u| u.enabled && cert_ok(u))
                     .and_then(|u| u.check_password(token).map(|slot| (u.clone(), slot)));
                 match found {
                     Some((u, slot)) => {

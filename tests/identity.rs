@@ -1,0 +1,175 @@
+//! Certificate identities (Redis and memcached) and memcached under ACL users.
+
+mod common;
+
+use cachegate::protocol::memcached::Shape;
+use common::*;
+
+const USERS: &str = r#"
+[[users]]
+name = "default"
+acl = "off"
+[[users]]
+name = "app"
+acl = "on nopass ~app:* +@read +@write -@dangerous +acl|whoami"
+cert_required = true
+[[users]]
+name = "reader"
+acl = "on >reader-password %R~* +@read +acl|whoami"
+[user_groups]
+apps = ["default", "app", "reader"]
+"#;
+
+fn with_cert(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
+    pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    )
+}
+
+async fn redis_proxy(pki: &Pki, redis: &Redis) -> Proxy {
+    Proxy::start(&format!(
+        "{USERS}[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n\
+         auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\
+         auth.certificate_users = [{{ cn = \"app-client\", user = \"app\" }}]\n\
+         upstream.address = {:?}\n",
+        pki.tls_toml(),
+        pki.ca,
+        redis.address()
+    ))
+    .await
+}
+
+/// The Pki's client certificate has CN app-client: that connection is `app` from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_logs_in_as_its_user() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = redis_proxy(&pki, &redis).await;
+    let mut c = RawClient::try_tls(with_cert(&pki), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]).await, b"$3\r\napp\r\n");
+    assert_eq!(c.cmd(&["SET", "app:1", "v"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["SET", "other", "v"]).await).starts_with("-NOPERM"));
+    // RESET returns to the certificate's user, not to an unauthenticated state.
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]).await, b"$3\r\napp\r\n");
+    // Without a certificate: default is off, so nothing until AUTH.
+    let mut anon = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        anon.cmd(&["GET", "app:1"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+}
+
+/// `app` is nopass but certificate-required: naming it is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_required_user_cannot_be_logged_into_by_name() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = redis_proxy(&pki, &redis).await;
+    let mut anon = RawClient::tls(&pki, proxy.addr).await;
+    let wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    assert_eq!(anon.cmd(&["AUTH", "app", "anything"]).await, wrongpass);
+    let hello = anon.cmd(&["HELLO", "3", "AUTH", "app", "anything"]).await;
+    assert_eq!(hello, wrongpass);
+    // Other users still log in with their passwords.
+    assert_eq!(
+        anon.cmd(&["AUTH", "reader", "reader-password"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(anon.cmd(&["ACL", "WHOAMI"]).await, b"$6\r\nreader\r\n");
+}
+
+async fn memcached_proxy(pki: &Pki, node: &Memcached, default_on: bool) -> Proxy {
+    let users = if default_on {
+        USERS.replace("acl = \"off\"", "acl = \"on nopass %R~pub:* +@read\"")
+    } else {
+        USERS.to_string()
+    };
+    Proxy::start(&format!(
+        "{users}[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}\
+         tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n\
+         auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\
+         auth.certificate_users = [{{ cn = \"app-client\", user = \"app\" }}]\n\
+         upstream.nodes = [{:?}]\n",
+        pki.tls_toml(),
+        pki.ca,
+        node.address()
+    ))
+    .await
+}
+
+async fn mc_with_cert(pki: &Pki, proxy: &Proxy) -> McClient {
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(with_cert(pki))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    McClient::new(Box::new(tls))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_categories_and_key_patterns() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = memcached_proxy(&pki, &node, true).await;
+    // With the certificate: `app`, ~app:* with @read @write.
+    let mut app = mc_with_cert(&pki, &proxy).await;
+    assert_eq!(app.line("set app:1 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    assert_eq!(
+        app.line("set other 0 0 1\r\nv\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        app.values("get app:1\r\n").await,
+        "VALUE app:1 0 1\r\nv\r\nEND\r\n"
+    );
+    assert_eq!(
+        app.line("get app:1 other\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        s(&app.request(b"ms other 1\r\nx\r\n", Shape::Meta).await),
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        app.line("incr app:1 1\r\n").await,
+        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    );
+    // flush_all is @dangerous: not in app's rules.
+    assert_eq!(
+        app.line("flush_all\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(node.stat("cmd_flush").await, 0);
+    // Without a certificate: `default`, read-only on pub:*.
+    let mut anon = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(anon.values("get pub:1\r\n").await, "END\r\n");
+    assert_eq!(
+        anon.line("get app:1\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        anon.line("set pub:1 0 0 1\r\nv\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    // noreply stays silent even when refused, as memcached is for errors.
+    anon.send(b"set pub:2 0 0 1 noreply\r\nv\r\n").await;
+    assert_eq!(anon.values("get pub:2\r\n").await, "END\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_without_a_user_is_refused() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = memcached_proxy(&pki, &node, false).await;
+    let mut anon = McClient::tls(&pki, proxy.addr).await;
+    anon.send(b"version\r\n").await;
+    let said = anon.closed_after().await.unwrap_or_default();
+    assert!(
+        s(&said).starts_with("SERVER_ERROR cachegate: access denied"),
+        "{}",
+        s(&said)
+    );
+    let mut app = mc_with_cert(&pki, &proxy).await;
+    assert!(app.line("version\r\n").await.starts_with("VERSION "));
+}
