@@ -702,6 +702,39 @@ mod tests {
     }
 
     #[test]
+    fn every_reset_and_removal_rule() {
+        let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"; // "password"
+        let user = u(&format!(
+            "on #{hash} !{hash} ~a:* resetkeys &c resetchannels +@all nocommands +get"
+        ));
+        assert_eq!(user.check_password(b"password"), None, "!hash removes it");
+        assert_eq!(
+            user.check(&["get", "a:1"]),
+            Err(Denied::Key("a:1".into())),
+            "resetkeys"
+        );
+        assert_eq!(
+            user.check(&["set", "a:1", "v"]),
+            Err(Denied::Command("set".into())),
+            "nocommands"
+        );
+        let user = u("on allkeys allchannels +publish");
+        assert_eq!(user.check(&["publish", "c", "x"]), Ok(()));
+        let user = u("on allkeys allchannels resetchannels +publish");
+        assert_eq!(
+            user.check(&["publish", "c", "x"]),
+            Err(Denied::Channel("c".into()))
+        );
+        let user = u("on ~* -@all +get");
+        assert_eq!(user.check(&["get", "x"]), Ok(()));
+        assert!(
+            u("off ~* +@all").check(&["get", "x"]).is_ok(),
+            "off only affects login"
+        );
+        assert!(!u("off ~* +@all").enabled);
+    }
+
+    #[test]
     fn bad_rules_name_the_token_but_not_the_password() {
         for (rules, want) in [
             ("on +nosuchcmd", "`+nosuchcmd`"),

@@ -399,7 +399,18 @@ async fn execute(
         .zip(queues)
         .enumerate()
         .map(|(node, (slot, (bytes, shapes)))| exchange(ctx, node, slot, bytes, shapes));
+    let started = Instant::now();
     let results: Vec<Vec<Result<Bytes, String>>> = join_all(exchanges).await;
+    let took = started.elapsed();
+    // Every forwarded request of the batch waited for the whole batch.
+    for (item, plan) in batch.iter().zip(&plans) {
+        if let (Item::Request(req), Plan::Single(..) | Plan::Split(_) | Plan::All(_)) = (item, plan)
+        {
+            ctx.security
+                .metrics
+                .observe_command(&ctx.listener, command_label(req.name()), took);
+        }
+    }
 
     let mut out = BytesMut::new();
     for (item, plan) in batch.iter().zip(plans) {
@@ -582,6 +593,39 @@ fn merge_values(
         }
     }
     out.extend_from_slice(b"END\r\n");
+}
+
+/// A bounded metric label for a forwarded memcached command.
+fn command_label(name: &[u8]) -> &'static str {
+    const NAMES: &[&str] = &[
+        "get",
+        "gets",
+        "gat",
+        "gats",
+        "set",
+        "add",
+        "replace",
+        "append",
+        "prepend",
+        "cas",
+        "incr",
+        "decr",
+        "touch",
+        "delete",
+        "flush_all",
+        "verbosity",
+        "version",
+        "mg",
+        "ms",
+        "md",
+        "ma",
+        "me",
+    ];
+    NAMES
+        .iter()
+        .find(|n| n.as_bytes() == name)
+        .copied()
+        .unwrap_or("other")
 }
 
 const PERMISSION_DENIED: &[u8] = b"CLIENT_ERROR permission denied\r\n";
