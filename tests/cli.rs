@@ -238,3 +238,37 @@ async fn accept_loop_survives_running_out_of_descriptors() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     assert!(sigterm(&mut child).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_passwords_never_reach_the_logs() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+         [[users]]\nname = \"app\"\nacl = \"on >canary-acl-password ~app:* +@read\"\n\
+         [user_groups]\ng = [\"default\", \"app\"]\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"g\"\n\
+         upstream.address = {:?}\n",
+        pki.tls_toml(),
+        redis.address()
+    );
+    let (mut child, addr, logs) = spawn(&config, dir.path(), "");
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert!(s(&c.cmd(&["AUTH", "app", "canary-acl-wrong"]).await).starts_with("-WRONGPASS"));
+    assert_eq!(
+        c.cmd(&["AUTH", "app", "canary-acl-password"]).await,
+        b"+OK\r\n"
+    );
+    assert!(s(&c.cmd(&["SET", "app:1", "canary-acl-value"]).await).starts_with("-NOPERM"));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let text: String = logs.try_iter().collect::<Vec<_>>().join("\n");
+    assert!(
+        text.contains("\"reason\":\"command\""),
+        "denials are logged:\n{text}"
+    );
+    for canary in ["canary-acl-password", "canary-acl-wrong"] {
+        assert!(!text.contains(canary), "{canary} appeared in the logs");
+    }
+}
