@@ -14,23 +14,23 @@ pub const SYNTAX: &[u8] = b"-ERR syntax error\r\n";
 
 /// `-ERR <msg>` with CR/LF replaced, as Redis sanitizes error text.
 pub fn error(msg: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.len() + 7);
-    out.put_slice(b"-ERR ");
-    out.extend(
-        msg.bytes()
-            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
-    out.put_slice(b"\r\n");
-    out.freeze()
+    error_with_code(b"ERR ", msg.as_bytes())
 }
 
 /// `-<line>` for errors with their own code (`NOPERM ...`), CR/LF replaced.
 pub fn error_line(line: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(line.len() + 3);
+    error_with_code(b"", line.as_bytes())
+}
+
+/// The one error encoder: `-`, the code, the text with CR/LF turned into spaces (so an error
+/// can never inject a second reply), `\r\n`.
+fn error_with_code(code: &[u8], text: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(code.len() + text.len() + 3);
     out.put_u8(b'-');
+    out.put_slice(code);
     out.extend(
-        line.bytes()
-            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        text.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
     );
     out.put_slice(b"\r\n");
     out.freeze()
@@ -66,7 +66,7 @@ pub fn unknown_command(args: &[Bytes]) -> Bytes {
     msg.extend_from_slice(name);
     msg.extend_from_slice(b"', with args beginning with: ");
     msg.extend_from_slice(&listed);
-    error_bytes(&msg)
+    error_with_code(b"ERR ", &msg)
 }
 
 /// Redis formats with `%.Ns`, which stops at a NUL byte as well as at N bytes.
@@ -76,17 +76,6 @@ fn clip(arg: &[u8], max: usize) -> &[u8] {
         Some(nul) => &arg[..nul],
         None => arg,
     }
-}
-
-fn error_bytes(msg: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.len() + 7);
-    out.put_slice(b"-ERR ");
-    out.extend(
-        msg.iter()
-            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
-    out.put_slice(b"\r\n");
-    out.freeze()
 }
 
 /// Appends a command as a RESP multibulk array. Everything cachegate sends upstream goes through

@@ -401,13 +401,7 @@ impl RequestSide<'_> {
         let ip = self.peer.ip();
         let delay = self.ctx.throttle.delay(ip);
         if !delay.is_zero() {
-            self.ctx
-                .metrics
-                .auth_throttled
-                .get_or_create(&crate::metrics::ListenerLabels {
-                    listener: self.ctx.listener.clone(),
-                })
-                .inc();
+            self.count_throttled();
             tokio::time::sleep(delay).await;
         }
         match self.check_credentials(user, secret) {
@@ -434,18 +428,22 @@ impl RequestSide<'_> {
                 let limit = self.ctx.auth_limits.max_failures;
                 if limit > 0 && self.failed_auths >= limit {
                     tracing::info!(listener = %self.ctx.listener, peer = %self.peer, failures = self.failed_auths, "closing connection after repeated authentication failures");
-                    self.ctx
-                        .metrics
-                        .auth_throttled
-                        .get_or_create(&crate::metrics::ListenerLabels {
-                            listener: self.ctx.listener.clone(),
-                        })
-                        .inc();
+                    self.count_throttled();
                     return (Bytes::from_static(reply::WRONGPASS), Flow::Stop);
                 }
                 (Bytes::from_static(reply::WRONGPASS), Flow::Continue)
             }
         }
+    }
+
+    fn count_throttled(&self) {
+        self.ctx
+            .metrics
+            .auth_throttled
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: self.ctx.listener.clone(),
+            })
+            .inc();
     }
 
     /// Counts, logs and keeps (for ACL LOG) one security event. `known` says whether `user` is
