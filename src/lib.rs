@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod listener;

@@ -35,6 +35,62 @@ enum Command {
     Check,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Generate load against a Redis or memcached endpoint (direct or through cachegate).
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Endpoint to load (IP:port).
+    #[arg(long)]
+    target: std::net::SocketAddr,
+    /// With --compare: the backend itself, loaded the same way for the ratio.
+    #[arg(long)]
+    direct: Option<std::net::SocketAddr>,
+    /// Run the load against --direct too and print target/direct ratios.
+    #[arg(long)]
+    compare: bool,
+    /// Speak memcached instead of Redis.
+    #[arg(long)]
+    memcached: bool,
+    /// Connect to --target over TLS, trusting this CA bundle.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// AUTH password (Redis).
+    #[arg(long)]
+    password: Option<String>,
+    /// AUTH user name (Redis).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 10_000)]
+    keyspace: u64,
+    /// How long each run lasts, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// get or set.
+    #[arg(long, default_value = "get")]
+    command: String,
+    /// Report this process's CPU time per request (e.g. cachegate's pid).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Another pid whose CPU per request is reported for the direct run (e.g. redis-server).
+    #[arg(long)]
+    direct_pid: Option<u32>,
+    /// Instead of load: this many full TLS handshakes, then as many resumed ones, with the
+    /// target's CPU per handshake (needs --cacert and --pid).
+    #[arg(long)]
+    handshakes: Option<usize>,
+    /// Instead of load: open this many connections, keep them idle, and report the target's
+    /// resident memory per connection (needs --pid).
+    #[arg(long)]
+    idle: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +100,15 @@ fn main() -> ExitCode {
     if let Command::DefaultConfig = command {
         print!("{}", cachegate::config::DEFAULT_CONFIG);
         return ExitCode::SUCCESS;
+    }
+    if let Command::Bench(args) = command {
+        return match bench(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachegate bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let loaded = match &cli.config {
         Some(path) => cachegate::config::load(path),
@@ -90,6 +155,82 @@ fn run(config: cachegate::config::Config) -> anyhow::Result<()> {
         };
         cachegate::server::serve(config, bound, shutdown).await?;
         Ok(())
+    })
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.command != "get" && args.command != "set" {
+        anyhow::bail!("--command is get or set");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let load = cachegate::bench::Load {
+        target: args.target,
+        memcached: args.memcached,
+        tls_ca: args.cacert.clone(),
+        password: args.password.clone(),
+        user: args.user.clone(),
+        connections: args.connections,
+        pipeline: args.pipeline,
+        value_size: args.size,
+        keyspace: args.keyspace,
+        duration: args.duration,
+        command: args.command.clone(),
+        pid: args.pid,
+    };
+    runtime.block_on(async {
+        let describe = format!(
+            "{} {} pipeline {} x {} connections, {} B values",
+            if args.memcached { "memcached" } else { "redis" },
+            args.command.to_uppercase(),
+            args.pipeline,
+            args.connections,
+            args.size
+        );
+        if let Some(n) = args.handshakes {
+            let (full, _) = cachegate::bench::handshakes(&load, n, false).await?;
+            let (resumed, count) = cachegate::bench::handshakes(&load, n, true).await?;
+            println!(
+                "handshakes at {}: full {:.0}µs CPU each, resumed {:.0}µs CPU each ({count}/{n} resumed)",
+                args.target,
+                full.as_secs_f64() * 1e6,
+                resumed.as_secs_f64() * 1e6
+            );
+            return anyhow::Ok(());
+        }
+        if let Some(n) = args.idle {
+            let per = cachegate::bench::idle_memory(&load, n).await?;
+            println!(
+                "idle connections at {}: {n} held, {:.1} KiB resident each",
+                args.target,
+                per as f64 / 1024.0
+            );
+            return anyhow::Ok(());
+        }
+        println!("{describe}");
+        let target = cachegate::bench::run(&load).await?;
+        println!("  target {}: {target}", args.target);
+        if args.compare {
+            let direct_addr = args
+                .direct
+                .context("--compare needs --direct (the backend's address)")?;
+            let direct_load = cachegate::bench::Load {
+                target: direct_addr,
+                tls_ca: None,
+                pid: args.direct_pid,
+                ..load.clone()
+            };
+            let direct = cachegate::bench::run(&direct_load).await?;
+            println!("  direct {direct_addr}: {direct}");
+            println!(
+                "  ratio target/direct: throughput {:.2}, p50 latency {:.2}x",
+                target.throughput() / direct.throughput(),
+                target.p50.as_secs_f64() / direct.p50.as_secs_f64().max(1e-9)
+            );
+        }
+        anyhow::Ok(())
     })
 }
 

@@ -6,6 +6,7 @@
 //! name that is not a configured user is counted as `unknown`, so a client cannot grow the label
 //! set (or leak a password typed in the user field).
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -73,6 +74,31 @@ pub struct Metrics {
     pub command_seconds: HistogramFamily,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
+}
+
+/// Records command counts and latencies for one session: each command's metric handles are
+/// looked up once, so a request costs no label allocation or registry lock after that.
+pub struct CommandMeter<'a> {
+    metrics: &'a Metrics,
+    listener: &'a str,
+    cache: HashMap<&'static str, (Counter, Histogram)>,
+}
+
+impl CommandMeter<'_> {
+    pub fn observe(&mut self, command: &'static str, took: Duration) {
+        let (count, seconds) = self.cache.entry(command).or_insert_with(|| {
+            let labels = CommandLabels {
+                listener: self.listener.to_string(),
+                command: command.to_string(),
+            };
+            (
+                self.metrics.commands.get_or_create(&labels).clone(),
+                self.metrics.command_seconds.get_or_create(&labels).clone(),
+            )
+        });
+        count.inc();
+        seconds.observe(took.as_secs_f64());
+    }
 }
 
 /// Kept events per process, newest first (Redis's acllog-max-len default).
@@ -183,15 +209,13 @@ impl Metrics {
         out
     }
 
-    pub fn observe_command(&self, listener: &str, command: &str, took: Duration) {
-        let labels = CommandLabels {
-            listener: listener.to_string(),
-            command: command.to_string(),
-        };
-        self.commands.get_or_create(&labels).inc();
-        self.command_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+    /// A per-session recorder of command counts and latencies.
+    pub fn command_meter<'a>(&'a self, listener: &'a str) -> CommandMeter<'a> {
+        CommandMeter {
+            metrics: self,
+            listener,
+            cache: HashMap::new(),
+        }
     }
 
     /// Records a security event: counted, logged (no secrets), and kept for ACL LOG. Repeats

@@ -28,7 +28,7 @@ use crate::auth::acl::{Denied, User};
 use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
-use crate::metrics::{Metrics, SecurityEvent};
+use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
 use crate::upstream::{Conn, Pool};
@@ -236,6 +236,7 @@ where
 {
     let (mut cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);
+    let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut partial_since: Option<Instant> = None;
     loop {
@@ -259,7 +260,7 @@ where
         }
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
-            let out = execute(ctx, batch, conns, who).await;
+            let out = execute(ctx, batch, conns, who, &mut meter).await;
             cw.write_all(&out).await?;
             cw.flush().await?;
         }
@@ -326,6 +327,7 @@ async fn execute(
     batch: Vec<Item>,
     conns: &mut [Option<NodeConn>],
     who: &Who,
+    meter: &mut CommandMeter<'_>,
 ) -> BytesMut {
     let ring = ctx.ring();
     let n = ctx.nodes.len();
@@ -406,9 +408,7 @@ async fn execute(
     for (item, plan) in batch.iter().zip(&plans) {
         if let (Item::Request(req), Plan::Single(..) | Plan::Split(_) | Plan::All(_)) = (item, plan)
         {
-            ctx.security
-                .metrics
-                .observe_command(&ctx.listener, command_label(req.name()), took);
+            meter.observe(command_label(req.name()), took);
         }
     }
 

@@ -31,7 +31,7 @@ use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::auth::throttle::Throttle;
 use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
-use crate::metrics::{AuthLabels, Metrics, SecurityEvent};
+use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
@@ -747,10 +747,16 @@ impl RequestSide<'_> {
 /// A command's metric label: its name as the command table spells it, or "other", so that
 /// clients cannot grow the label set.
 fn command_label(name: &[u8]) -> &'static str {
-    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-    crate::auth::commands::table()
-        .commands
-        .get_key_value(lower.as_str())
+    // Lower-cased on the stack: no allocation per command.
+    let mut buf = [0u8; 32];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return "other";
+    };
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower)
+        .ok()
+        .and_then(|l| crate::auth::commands::table().commands.get_key_value(l))
         .map(|(k, _)| k.as_str())
         .unwrap_or("other")
 }
@@ -803,6 +809,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let mut current: Option<Current> = None;
     let mut closed = false;
     let mut scanner = ReplyScanner::default();
+    let mut meter = ctx.metrics.command_meter(&ctx.listener);
 
     let failure: Option<SessionError> = 'outer: loop {
         // Route everything already at hand, then write it in one go.
@@ -821,7 +828,15 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 match scanner.next(&ubuf, max_reply) {
                     Ok(Some((len, kind))) => {
                         let frame = ubuf.split_to(len).freeze();
-                        route(frame, kind, &mut current, &mut out, ctx, timeout);
+                        route(
+                            frame,
+                            kind,
+                            &mut current,
+                            &mut out,
+                            ctx,
+                            &mut meter,
+                            timeout,
+                        );
                         if out.len() < CLIENT_WRITE_BATCH {
                             continue;
                         }
@@ -902,6 +917,7 @@ fn route(
     current: &mut Option<Current>,
     out: &mut BytesMut,
     ctx: &Context,
+    meter: &mut CommandMeter,
     timeout: Duration,
 ) {
     if kind == ReplyKind::Push {
@@ -928,8 +944,7 @@ fn route(
     cur.expect.replies -= 1;
     if cur.expect.replies == 0 {
         if let Some((label, sent)) = cur.expect.timed {
-            ctx.metrics
-                .observe_command(&ctx.listener, label, sent.elapsed());
+            meter.observe(label, sent.elapsed());
         }
         *current = None;
     } else if cur.deadline.is_some() {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Benchmarks cachegate beside a direct connection in one run, and prints the ratios.
+#
+#   scripts/bench.sh            # 5 s per run
+#   DURATION=2s scripts/bench.sh
+#
+# Setup (as issue #5 describes): the backend and the front (cachegate, or redis-server's own
+# TLS) pinned together on CPU 0, the load generator (`cachegate bench`) on CPU 1; TLS 1.3 with
+# the dev ECDSA P-256 certificate; 50 connections; 64-byte values. Needs redis-server and
+# memcached (scripts/test installs them) and taskset (util-linux).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-50}
+cargo build --release --quiet
+BIN=$PWD/target/release/cachegate
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port)
+
+cat > "$WORK/cg.toml" <<TOML
+data_dir = "$WORK/data"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:$CT"
+auth.mode = "none"
+upstream.address = "127.0.0.1:$RP"
+upstream.warm_connections = $CONNS
+[[listeners]]
+name = "plain"
+bind = "127.0.0.1:$CP"
+tls.enabled = false
+auth.mode = "none"
+upstream.address = "127.0.0.1:$RP"
+upstream.warm_connections = $CONNS
+[[listeners]]
+name = "memcached"
+protocol = "memcached"
+bind = "127.0.0.1:$MT"
+upstream.nodes = ["127.0.0.1:$MP"]
+upstream.warm_connections = $CONNS
+TOML
+# Start cachegate once to generate the dev certificates, then use them for redis's TLS too.
+taskset -c 0 "$BIN" --config "$WORK/cg.toml" >"$WORK/cg.log" 2>&1 &
+CG=$!
+for _ in $(seq 50); do [ -f "$WORK/data/dev-certs/dev-ca.pem" ] && break; sleep 0.1; done
+CA=$WORK/data/dev-certs/dev-ca.pem
+taskset -c 0 redis-server --port "$RP" --tls-port "$RTLS" --bind 127.0.0.1 --save '' \
+  --tls-cert-file "$WORK/data/dev-certs/dev-server.pem" --tls-key-file "$WORK/data/dev-certs/dev-server-key.pem" \
+  --tls-ca-cert-file "$CA" --tls-auth-clients no --daemonize yes --pidfile "$WORK/redis.pid" >/dev/null
+MEMCACHED_USER=(); [ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
+taskset -c 0 memcached -l 127.0.0.1 -p "$MP" -U 0 -t 1 "${MEMCACHED_USER[@]}" &
+sleep 1.5
+REDIS=$(cat "$WORK/redis.pid")
+
+load() { taskset -c 1 "$BIN" bench --duration "$DURATION" --connections "$CONNS" "$@"; }
+
+echo "== cachegate benchmark, $(date -u +%F), $(nproc) cores, $(uname -m)"
+for cmd in get set; do
+  for p in 1 16; do
+    [ "$cmd" = set ] && [ "$p" = 16 ] && continue
+    echo
+    load --command $cmd --pipeline $p --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG \
+      --compare --direct "127.0.0.1:$RP" --direct-pid "$REDIS"
+    load --command $cmd --pipeline $p --target "127.0.0.1:$CP" --pid $CG | tail -n 1 | sed 's/target/cachegate plaintext/'
+    load --command $cmd --pipeline $p --target "127.0.0.1:$RTLS" --cacert "$CA" | tail -n 1 | sed 's/target/redis own TLS/'
+  done
+done
+echo
+load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+echo
+load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --handshakes 500
+load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --handshakes 500 | sed 's/^/redis own TLS: /'
+load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --idle 1000
+load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --idle 1000 | sed 's/^/redis own TLS: /'

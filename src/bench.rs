@@ -1,0 +1,393 @@
+//! `cachegate bench`: a small load generator for Redis and memcached, over TLS or plaintext.
+//!
+//! Each connection sends `pipeline` requests, reads their replies, and repeats until the
+//! duration is over; a batch's latency counts for each request in it. It prints throughput,
+//! p50/p99/p99.9 latency and, given a process id, that process's CPU time per request. With
+//! `--compare` it runs the same load against the backend directly and through cachegate and
+//! prints the ratios: "benchmark your workload with and without encryption".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::memcached::{reply_len, Shape};
+use crate::protocol::resp::frame_len;
+
+/// One load run's settings.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub target: SocketAddr,
+    pub memcached: bool,
+    /// Connect over TLS, trusting this CA bundle.
+    pub tls_ca: Option<PathBuf>,
+    /// Redis: AUTH with this password (and user) first.
+    pub password: Option<String>,
+    pub user: Option<String>,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub value_size: usize,
+    pub keyspace: u64,
+    pub duration: Duration,
+    /// "get" or "set".
+    pub command: String,
+    /// A process whose CPU time per request is reported (Linux /proc).
+    pub pid: Option<u32>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub requests: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub cpu_per_request: Option<Duration>,
+}
+
+impl Report {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>10.0} req/s  p50 {:>7.1}µs  p99 {:>7.1}µs  p99.9 {:>7.1}µs",
+            self.throughput(),
+            micros(self.p50),
+            micros(self.p99),
+            micros(self.p999)
+        )?;
+        if let Some(cpu) = self.cpu_per_request {
+            write!(f, "  cpu/req {:.2}µs", micros(cpu))?;
+        }
+        Ok(())
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs one load and reports what it measured.
+pub async fn run(load: &Load) -> anyhow::Result<Report> {
+    let tls = match &load.tls_ca {
+        None => None,
+        Some(ca) => Some(tls_connector(ca)?),
+    };
+    let value = vec![b'x'; load.value_size];
+    // Fill the keyspace once so that GETs hit.
+    if load.command == "get" {
+        let mut conn = connect(load, tls.as_ref()).await?;
+        let keys = load.keyspace.min(10_000);
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
+            let mut out = BytesMut::new();
+            for k in chunk {
+                encode(load, "set", *k, &value, &mut out);
+            }
+            conn.exchange(&out, chunk.len(), load.memcached, "set")
+                .await?;
+        }
+    }
+    let cpu_before = load.pid.and_then(cpu_time);
+    let deadline = Instant::now() + load.duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..load.connections {
+        let load = load.clone();
+        let tls = tls.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(&load, tls.as_ref()).await?;
+            let mut latencies = Vec::new();
+            let mut n: u64 = c as u64 * 7919;
+            let mut out = BytesMut::new();
+            while Instant::now() < deadline {
+                out.clear();
+                for _ in 0..load.pipeline {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let key = (n >> 33) % load.keyspace.clamp(1, 10_000);
+                    encode(&load, &load.command, key, &value, &mut out);
+                }
+                let t = Instant::now();
+                conn.exchange(&out, load.pipeline, load.memcached, &load.command)
+                    .await?;
+                let took = t.elapsed();
+                latencies.push(took);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = load.pid.and_then(cpu_time);
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let requests = all.len() as u64 * load.pipeline as u64;
+    Ok(Report {
+        requests,
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        cpu_per_request: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) if requests > 0 => Some((b.saturating_sub(a)) / requests as u32),
+            _ => None,
+        },
+    })
+}
+
+fn encode(load: &Load, command: &str, key: u64, value: &[u8], out: &mut BytesMut) {
+    let key = format!("bench:{key}");
+    if load.memcached {
+        if command == "set" {
+            out.extend_from_slice(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        }
+    } else if command == "set" {
+        crate::protocol::reply::encode_command(
+            out,
+            [&b"SET"[..], key.as_bytes(), value].into_iter(),
+        );
+    } else {
+        crate::protocol::reply::encode_command(out, [&b"GET"[..], key.as_bytes()].into_iter());
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conn {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Writes a batch and reads `replies` whole replies.
+    async fn exchange(
+        &mut self,
+        out: &[u8],
+        replies: usize,
+        memcached: bool,
+        command: &str,
+    ) -> anyhow::Result<()> {
+        self.io.write_all(out).await?;
+        let shape = if command == "get" {
+            Shape::Values
+        } else {
+            Shape::Line
+        };
+        for _ in 0..replies {
+            loop {
+                let len = if memcached {
+                    reply_len(&self.buf, shape, usize::MAX)?
+                } else {
+                    frame_len(&self.buf)?.map(|(len, _)| len)
+                };
+                if let Some(len) = len {
+                    if !memcached && self.buf.first() == Some(&b'-') {
+                        anyhow::bail!("error reply: {}", String::from_utf8_lossy(&self.buf[..len]));
+                    }
+                    let _ = self.buf.split_to(len);
+                    break;
+                }
+                if self.io.read_buf(&mut self.buf).await? == 0 {
+                    anyhow::bail!("connection closed");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn connect(load: &Load, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Conn> {
+    let tcp = TcpStream::connect(load.target).await?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(connector) => {
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            Box::new(connector.connect(name, tcp).await?)
+        }
+    };
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::with_capacity(64 * 1024),
+    };
+    if let (Some(pw), false) = (&load.password, load.memcached) {
+        let mut out = BytesMut::new();
+        match &load.user {
+            Some(u) => crate::protocol::reply::encode_command(
+                &mut out,
+                [&b"AUTH"[..], u.as_bytes(), pw.as_bytes()].into_iter(),
+            ),
+            None => crate::protocol::reply::encode_command(
+                &mut out,
+                [&b"AUTH"[..], pw.as_bytes()].into_iter(),
+            ),
+        }
+        conn.exchange(&out, 1, false, "auth").await?;
+    }
+    Ok(conn)
+}
+
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let roots = crate::tls::pem::load_certs(ca).map_err(anyhow::Error::msg)?;
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        store.add(c)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Full or resumed TLS handshakes: opens `count` connections one after another, each doing one
+/// PING (Redis) or `version` (memcached), and reports the target process's CPU per handshake.
+/// `resume` shares one client config, so every connection after the first resumes its session.
+pub async fn handshakes(
+    load: &Load,
+    count: usize,
+    resume: bool,
+) -> anyhow::Result<(Duration, usize)> {
+    let ca = load
+        .tls_ca
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("handshake runs need --cacert (TLS)"))?;
+    let shared = tls_connector(ca)?;
+    let before = load.pid.and_then(cpu_time);
+    let mut resumed = 0;
+    for _ in 0..count {
+        let connector = if resume {
+            shared.clone()
+        } else {
+            tls_connector(ca)?
+        };
+        let tcp = TcpStream::connect(load.target).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let tls = connector.connect(name, tcp).await?;
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            resumed += 1;
+        }
+        let mut conn = Conn {
+            io: Box::new(tls),
+            buf: BytesMut::new(),
+        };
+        ping(&mut conn, load.memcached).await?;
+    }
+    let after = load.pid.and_then(cpu_time);
+    let per = match (before, after) {
+        (Some(a), Some(b)) => b.saturating_sub(a) / count.max(1) as u32,
+        _ => Duration::ZERO,
+    };
+    Ok((per, resumed))
+}
+
+/// Opens `count` connections, does one request on each and keeps them open; reports the target
+/// process's resident memory growth per connection, in bytes.
+pub async fn idle_memory(load: &Load, count: usize) -> anyhow::Result<u64> {
+    let pid = load
+        .pid
+        .ok_or_else(|| anyhow::anyhow!("idle runs need --pid"))?;
+    let tls = match &load.tls_ca {
+        None => None,
+        Some(ca) => Some(tls_connector(ca)?),
+    };
+    // Warm up allocator pools with a few connections first.
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..8 {
+        let mut c = connect(load, tls.as_ref()).await?;
+        ping(&mut c, load.memcached).await?;
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}/status"))?;
+    for _ in 0..count {
+        let mut c = connect(load, tls.as_ref()).await?;
+        ping(&mut c, load.memcached).await?;
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss(pid).unwrap_or(before);
+    Ok(after.saturating_sub(before) / count.max(1) as u64)
+}
+
+async fn ping(conn: &mut Conn, memcached: bool) -> anyhow::Result<()> {
+    if memcached {
+        conn.io.write_all(b"version\r\n").await?;
+        loop {
+            if let Some(len) = reply_len(&conn.buf, Shape::Line, usize::MAX)? {
+                let _ = conn.buf.split_to(len);
+                return Ok(());
+            }
+            if conn.io.read_buf(&mut conn.buf).await? == 0 {
+                anyhow::bail!("connection closed");
+            }
+        }
+    }
+    conn.exchange(b"*1\r\n$4\r\nPING\r\n", 1, false, "ping")
+        .await
+}
+
+/// Resident set size of a process in bytes, from /proc (Linux).
+pub fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// User plus system CPU time of a process, from /proc (Linux).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks; USER_HZ is 100 on every architecture Linux supports here.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_cpu_time() {
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+        assert!(cpu_time(std::process::id()).is_some());
+    }
+}
