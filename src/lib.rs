@@ -1,5 +1,5 @@
-//! cachegate: a TLS-terminating proxy for Redis that enforces AUTH and a command policy before
-//! anything reaches the backend.
+//! cachegate: a TLS-terminating proxy for Redis and memcached that enforces AUTH, ACL users and a
+//! command policy before anything reaches the backend.
 //!
 //! How a request flows, module by module:
 //!
@@ -7,10 +7,17 @@
 //! - [`server`]: builds the immutable parts once (TLS acceptors, policies, upstream pools), runs
 //!   the listeners, drains on shutdown.
 //! - [`listener`]: accept loop, connection limit, TLS handshake under a deadline.
-//! - [`session`]: per client: read -> [`auth`] -> [`policy`] -> [`upstream`] -> reply, in order.
+//! - [`session`]: per Redis client: read -> [`auth`] -> [`policy`] -> [`upstream`] -> reply, in
+//!   order.
 //! - [`protocol`]: RESP framing with limits ([`protocol::resp`]) and every wire reply cachegate
 //!   makes itself ([`protocol::reply`]).
 //! - [`upstream`]: persistent, health-checked connections to the backend (plain or TLS).
+//! - [`memcached`]: memcached sessions, batches routed over a ketama ring of nodes.
+//! - [`auth`]: tokens, ACL users and their verdicts, the Redis command table, certificate
+//!   identities, brute-force backoff.
+//! - [`metrics`] and [`admin`]: Prometheus counters, security events (ACL LOG), /live /ready
+//!   /metrics.
+//! - [`bench`]: the `cachegate bench` load generator.
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`].
 
 pub mod admin;

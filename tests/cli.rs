@@ -272,3 +272,40 @@ async fn acl_passwords_never_reach_the_logs() {
         assert!(!text.contains(canary), "{canary} appeared in the logs");
     }
 }
+
+/// A smoke run of the load generator (no timing is asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_against_redis_and_memcached() {
+    let redis = Redis::start().await;
+    let node = Memcached::start().await;
+    for (target, extra) in [
+        (redis.address(), vec![]),
+        (node.address(), vec!["--memcached"]),
+    ] {
+        for command in ["set", "get"] {
+            let out = tokio::task::spawn_blocking({
+                let target = target.clone();
+                let extra = extra.clone();
+                move || {
+                    Command::new(BIN)
+                        .args(["bench", "--target", &target, "--duration", "200ms"])
+                        .args([
+                            "--connections",
+                            "2",
+                            "--pipeline",
+                            "4",
+                            "--command",
+                            command,
+                        ])
+                        .args(&extra)
+                        .output()
+                        .unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            assert!(out.status.success(), "{}", s(&out.stderr));
+            assert!(s(&out.stdout).contains("req/s"), "{}", s(&out.stdout));
+        }
+    }
+}
