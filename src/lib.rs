@@ -17,7 +17,7 @@
 //!   identities, brute-force backoff.
 //! - [`metrics`] and [`admin`]: Prometheus counters, security events (ACL LOG), /live /ready
 //!   /metrics.
-//! - [`bench`]: the `cachegate bench` load generator.
+//! - [`bench`](mod@bench): the `cachegate bench` load generator.
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`].
 
 pub mod admin;
