@@ -44,6 +44,9 @@ const MAX_QUEUED: usize = 1024;
 const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
 /// Client bytes gathered before a write.
 const CLIENT_WRITE_BATCH: usize = 64 * 1024;
+/// Room made before each read: small, so that an idle session holds little memory, and
+/// reserved again before every read so that big transfers still read in large chunks.
+const READ_CHUNK: usize = 4 * 1024;
 /// How long the close_notify to a departing client may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -212,7 +215,7 @@ impl RequestSide<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let limits = &self.ctx.limits;
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut partial_since: Option<Instant> = None;
         let result = loop {
             // Everything complete in the buffer is handled before the next read, so a pipeline
@@ -250,6 +253,7 @@ impl RequestSide<'_> {
             }
             let partial_deadline =
                 partial_since.map(|since| since + limits.partial_request_timeout);
+            rbuf.reserve(READ_CHUNK);
             tokio::select! {
                 read = cr.read_buf(&mut rbuf) => match read {
                     Ok(0) => break Ok(()),
@@ -777,7 +781,10 @@ async fn read_some(
     buf: &mut BytesMut,
 ) -> std::io::Result<usize> {
     match up {
-        Some(up) => up.read_buf(buf).await,
+        Some(up) => {
+            buf.reserve(READ_CHUNK);
+            up.read_buf(buf).await
+        }
         None => std::future::pending().await,
     }
 }
@@ -804,8 +811,9 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let timeout = ctx.pool.request_timeout();
     let max_reply = ctx.limits.max_reply_bytes;
     let mut up: Option<ReadHalf<Stream>> = None;
-    let mut ubuf = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
+    // Grows with what is written; an idle session keeps only a few bytes.
+    let mut out = BytesMut::new();
     let mut current: Option<Current> = None;
     let mut closed = false;
     let mut scanner = ReplyScanner::default();
