@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::session;
 use crate::tls::{dev_certs, pem, TlsError};
 use crate::upstream::conn::Protocol as UpstreamProtocol;
+use crate::upstream::shared::{Shared, SharedPool};
 use crate::upstream::Pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct Prepared {
     pools: Vec<Pool>,
     admin: Option<(TcpListener, Arc<crate::admin::Admin>)>,
     pub metrics: Arc<Metrics>,
+    /// Stops the shared upstream connections once sessions are done with them.
+    stop_shared: CancellationToken,
     grace: std::time::Duration,
 }
 
@@ -98,6 +101,7 @@ pub struct Prepared {
 /// already-bound listeners (one per `config.listeners` entry, in order). Nothing is spawned yet.
 pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
     let metrics = Arc::new(Metrics::new());
+    let stop_shared = CancellationToken::new();
     let Bound {
         listeners: bound,
         admin,
@@ -121,7 +125,23 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 let pool = Pool::new(&cfg.upstream, max_reply, UpstreamProtocol::Redis)
                     .map_err(tls_err)?;
                 pools.push(pool.clone());
+                let shared = (cfg.upstream.shared_connections > 0).then(|| {
+                    let start = |resp3| {
+                        SharedPool::start(
+                            pool.connector(),
+                            cfg.upstream.shared_connections,
+                            resp3,
+                            cfg.upstream.request_timeout,
+                            stop_shared.clone(),
+                        )
+                    };
+                    Arc::new(Shared {
+                        resp2: start(false),
+                        resp3: start(true),
+                    })
+                });
                 Handler::Redis(Arc::new(session::Context {
+                    shared,
                     listener: cfg.name.clone(),
                     auth: cfg.auth.clone(),
                     cert_users: cfg.cert_users.clone(),
@@ -202,6 +222,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
         pools,
         admin,
         metrics,
+        stop_shared,
         grace: config.shutdown_grace,
     })
 }
@@ -265,6 +286,7 @@ impl Prepared {
                 "grace period over; closing the remaining sessions"
             );
         }
+        self.stop_shared.cancel();
         for t in background {
             t.abort();
         }

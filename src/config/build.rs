@@ -35,6 +35,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
 pub const DEFAULT_MAX_IDLE: usize = 64;
+pub const DEFAULT_SHARED_CONNECTIONS: usize = 2;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// ElastiCache's bounds for an AUTH token.
 const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
@@ -177,6 +178,9 @@ pub struct UpstreamConfig {
     pub warm_connections: usize,
     /// Clean connections kept for reuse when clients leave (at least `warm_connections`).
     pub max_idle: usize,
+    /// Redis: shared connections per RESP version for sessions without connection state; 0
+    /// gives every session its own connection.
+    pub shared_connections: usize,
     pub health_interval: Duration,
     pub tls: Option<UpstreamTlsOptions>,
 }
@@ -697,6 +701,14 @@ fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option
                     .unwrap_or(DEFAULT_WARM_CONNECTIONS),
             ),
         health_interval: u.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+        shared_connections: if u.multiplex.unwrap_or(false) {
+            u.shared_connections
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_SHARED_CONNECTIONS)
+                .max(1)
+        } else {
+            0
+        },
         tls,
     })
 }

@@ -165,6 +165,9 @@ pub struct UpstreamFile {
     pub request_timeout: Option<Duration>,
     pub warm_connections: Option<u64>,
     pub max_idle: Option<u64>,
+    /// Redis: share upstream connections between sessions that hold no connection state.
+    pub multiplex: Option<bool>,
+    pub shared_connections: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub health_interval: Option<Duration>,
     pub tls: Option<ClientTlsFile>,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,7 @@ use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
+use crate::upstream::shared::{Shared, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
 
@@ -52,6 +53,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every session of one listener shares; built once by the server.
 pub struct Context {
+    /// Multiplexed upstream connections for sessions that hold no connection state.
+    pub shared: Option<Arc<Shared>>,
     pub listener: String,
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
@@ -69,6 +72,14 @@ enum Slot {
     Attach(ReadHalf<Stream>),
     Local(Bytes),
     Upstream(Expect),
+    /// A command sent on a shared connection; its one reply arrives here.
+    Shared(SharedWait),
+}
+
+struct SharedWait {
+    reply: oneshot::Receiver<Result<Bytes, String>>,
+    rewrite: Option<Rewrite>,
+    timed: Option<(&'static str, Instant)>,
 }
 
 struct Expect {
@@ -106,6 +117,7 @@ pub async fn run<S>(
         ctx: &ctx,
         peer,
         failed_auths: 0,
+        shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
         cert_user: cert_user(&ctx, cert.as_ref()),
         tx: Some(tx),
         up: None,
@@ -148,6 +160,9 @@ pub async fn run<S>(
 struct RequestSide<'a> {
     ctx: &'a Context,
     peer: SocketAddr,
+    /// While the session holds no connection state: its shared connections and the state
+    /// cachegate keeps for it instead. `None` once pinned to its own connection.
+    shared: Option<SharedSession>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
     failed_auths: u32,
     /// The user the client's certificate logs in as, if any.
@@ -175,6 +190,74 @@ fn cert_user(ctx: &Context, cert: Option<&CertNames>) -> Option<Arc<User>> {
     let user = group.get(name.as_bytes())?.clone();
     tracing::debug!(listener = %ctx.listener, user = %user.name, "client certificate logs in");
     Some(user)
+}
+
+/// The state cachegate keeps for a session on shared connections.
+#[derive(Default)]
+struct SharedSession {
+    resp2: Option<mpsc::Sender<SharedRequest>>,
+    resp3: Option<mpsc::Sender<SharedRequest>>,
+    name: Option<Bytes>,
+}
+
+/// What a command means for a session on shared connections.
+enum Disposition {
+    /// Stateless: any shared connection will do.
+    Shared,
+    /// `SELECT 0`: already so.
+    SelectZero,
+    /// CLIENT SETNAME / GETNAME / SETINFO: kept by cachegate.
+    SetName,
+    /// The command creates connection state: the session needs its own connection.
+    Pin,
+}
+
+fn shared_disposition(kind: Kind, args: &[Bytes]) -> Disposition {
+    let name = &args[0];
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match kind {
+        Kind::Multi | Kind::Exec | Kind::Discard | Kind::Subscribe | Kind::Unsubscribe => {
+            return Disposition::Pin
+        }
+        Kind::Blocking => return Disposition::Pin,
+        Kind::Client => {
+            let sub = args
+                .get(1)
+                .map(|s| s.to_ascii_uppercase())
+                .unwrap_or_default();
+            return match &sub[..] {
+                b"SETNAME" | b"GETNAME" | b"SETINFO" => Disposition::SetName,
+                _ => Disposition::Pin,
+            };
+        }
+        _ => {}
+    }
+    if is(b"SELECT") {
+        return if args.len() == 2 && &args[1][..] == b"0" {
+            Disposition::SelectZero
+        } else {
+            Disposition::Pin
+        };
+    }
+    const STATEFUL: &[&[u8]] = &[
+        b"WATCH",
+        b"UNWATCH",
+        b"MONITOR",
+        b"READONLY",
+        b"READWRITE",
+        b"ASKING",
+        b"SWAPDB",
+        b"MOVE",
+        b"SYNC",
+        b"PSYNC",
+        b"REPLCONF",
+        b"DEBUG",
+    ];
+    if STATEFUL.iter().any(|s| is(s)) {
+        Disposition::Pin
+    } else {
+        Disposition::Shared
+    }
 }
 
 /// The outcome of checking credentials.
@@ -322,6 +405,30 @@ impl RequestSide<'_> {
                     self.local(answer).await?;
                     return Ok(Flow::Continue);
                 }
+            }
+        }
+        if self.shared.is_some() {
+            match shared_disposition(kind, &args) {
+                Disposition::Shared => {
+                    let rewrite = if kind == Kind::Command {
+                        let (fwd, rw) = plan_command(&args, &self.ctx.policy);
+                        args = fwd;
+                        rw
+                    } else {
+                        None
+                    };
+                    return self.forward_shared(&args, rewrite).await;
+                }
+                Disposition::SelectZero => {
+                    self.local(Bytes::from_static(reply::OK)).await?;
+                    return Ok(Flow::Continue);
+                }
+                Disposition::SetName => {
+                    let reply = self.virtual_client(&args);
+                    self.local(reply).await?;
+                    return Ok(Flow::Continue);
+                }
+                Disposition::Pin => self.pin().await?,
             }
         }
         let mut expect = Expect {
@@ -600,6 +707,23 @@ impl RequestSide<'_> {
             Some(b"2") => self.resp3 = false,
             _ => {}
         }
+        if self.shared.is_some() {
+            // HELLO does not pin: its SETNAME is kept here, and the reply comes from a shared
+            // connection that already speaks the requested protocol.
+            let mut plain = vec![forward[0].clone()];
+            let mut i = 1;
+            if forward.len() > 1 {
+                plain.push(forward[1].clone());
+                i = 2;
+            }
+            while i + 1 < forward.len() {
+                if let Some(shared) = self.shared.as_mut() {
+                    shared.name = Some(forward[i + 1].clone()).filter(|n| !n.is_empty());
+                }
+                i += 2;
+            }
+            return self.forward_shared(&plain, None).await;
+        }
         let expect = Expect {
             replies: 1,
             forward: true,
@@ -618,6 +742,9 @@ impl RequestSide<'_> {
         self.resp3 = false;
         self.reply_mode = ReplyMode::On;
         self.log_out();
+        if let Some(shared) = self.shared.as_mut() {
+            shared.name = None;
+        }
         if self.up.is_none() {
             self.local(Bytes::from_static(reply::RESET)).await?;
             return Ok(Flow::Continue);
@@ -637,6 +764,99 @@ impl RequestSide<'_> {
             self.wbuf.extend_from_slice(&auth);
         }
         Ok(Flow::Continue)
+    }
+
+    /// Sends a stateless command on this session's shared connection (one per RESP version).
+    async fn forward_shared(
+        &mut self,
+        args: &[Bytes],
+        rewrite: Option<Rewrite>,
+    ) -> Result<Flow, SessionError> {
+        let (Some(pools), Some(session)) = (self.ctx.shared.as_ref(), self.shared.as_mut()) else {
+            return Ok(Flow::Continue);
+        };
+        let sender = if self.resp3 {
+            session
+                .resp3
+                .get_or_insert_with(|| pools.resp3.pick())
+                .clone()
+        } else {
+            session
+                .resp2
+                .get_or_insert_with(|| pools.resp2.pick())
+                .clone()
+        };
+        let mut bytes = BytesMut::new();
+        encode_command(&mut bytes, args.iter().map(|a| &a[..]));
+        let (tx, rx) = oneshot::channel();
+        let timed = Some((command_label(&args[0]), Instant::now()));
+        self.send_slot(Slot::Shared(SharedWait {
+            reply: rx,
+            rewrite,
+            timed,
+        }))
+        .await?;
+        sender
+            .send(SharedRequest {
+                bytes: bytes.freeze(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(Flow::Continue)
+    }
+
+    /// From now on this session has its own connection, with the state kept so far (RESP
+    /// version, client name) applied to it. Replies still due from shared connections come
+    /// first: the reply side takes slots in order.
+    async fn pin(&mut self) -> Result<(), SessionError> {
+        let Some(state) = self.shared.take() else {
+            return Ok(());
+        };
+        tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session pinned to its own upstream connection");
+        if self.resp3 {
+            let hello = [Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")];
+            self.forward_raw(&hello, self.swallow(1)).await?;
+        }
+        if let Some(name) = state.name {
+            let setname = [
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                name,
+            ];
+            self.forward_raw(&setname, self.swallow(1)).await?;
+        }
+        Ok(())
+    }
+
+    /// CLIENT SETNAME / GETNAME / SETINFO for a session on shared connections.
+    fn virtual_client(&mut self, args: &[Bytes]) -> Bytes {
+        let Some(state) = self.shared.as_mut() else {
+            return Bytes::from_static(reply::OK);
+        };
+        let sub = args
+            .get(1)
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
+        match (&sub[..], args.len()) {
+            (b"SETNAME", 3) => {
+                state.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                Bytes::from_static(reply::OK)
+            }
+            (b"GETNAME", 2) => match &state.name {
+                Some(n) => {
+                    let mut out = BytesMut::new();
+                    out.extend_from_slice(format!("${}\r\n", n.len()).as_bytes());
+                    out.extend_from_slice(n);
+                    out.extend_from_slice(b"\r\n");
+                    out.freeze()
+                }
+                None if self.resp3 => Bytes::from_static(b"_\r\n"),
+                None => Bytes::from_static(b"$-1\r\n"),
+            },
+            // Library name and version: informational only.
+            _ => Bytes::from_static(reply::OK),
+        }
     }
 
     fn swallow(&self, replies: usize) -> Expect {
@@ -797,7 +1017,17 @@ struct Current {
 enum Event {
     Slot(Option<Slot>),
     Read(std::io::Result<usize>),
+    Shared(Result<Bytes, String>),
     Timeout,
+}
+
+async fn wait_shared(wait: &mut Option<SharedWait>) -> Result<Bytes, String> {
+    match wait {
+        Some(w) => (&mut w.reply)
+            .await
+            .unwrap_or_else(|_| Err("upstream connection lost".into())),
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes replies to the client in request order. Returns the upstream read half, whether the
@@ -815,6 +1045,8 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     // Grows with what is written; an idle session keeps only a few bytes.
     let mut out = BytesMut::new();
     let mut current: Option<Current> = None;
+    // A shared-connection reply at the head of the queue; pinned frames wait behind it.
+    let mut shared: Option<SharedWait> = None;
     let mut closed = false;
     let mut scanner = ReplyScanner::default();
     let mut meter = ctx.metrics.command_meter(&ctx.listener);
@@ -822,17 +1054,34 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let failure: Option<SessionError> = 'outer: loop {
         // Route everything already at hand, then write it in one go.
         loop {
-            if current.is_none() && !closed {
+            if let Some(wait) = shared.as_mut() {
+                let ready = match wait.reply.try_recv() {
+                    Ok(result) => Some(result),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        Some(Err("upstream connection lost".into()))
+                    }
+                };
+                if let Some(result) = ready {
+                    if let Some(wait) = shared.take() {
+                        deliver_shared(wait, result, &mut out, ctx, &mut meter);
+                    }
+                    if out.len() < CLIENT_WRITE_BATCH {
+                        continue;
+                    }
+                }
+            }
+            if current.is_none() && shared.is_none() && !closed {
                 match rx.try_recv() {
                     Ok(slot) => {
-                        apply(slot, &mut up, &mut current, &mut out, timeout);
+                        apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout);
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {}
                     Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 }
             }
-            if up.is_some() {
+            if up.is_some() && shared.is_none() {
                 match scanner.next(&ubuf, max_reply) {
                     Ok(Some((len, kind))) => {
                         let frame = ubuf.split_to(len).freeze();
@@ -865,17 +1114,26 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             }
             out.clear();
         }
-        if closed && current.is_none() {
+        if closed && current.is_none() && shared.is_none() {
             break None;
         }
         let deadline = current.as_ref().and_then(|c| c.deadline);
         let event = tokio::select! {
-            slot = rx.recv(), if current.is_none() && !closed => Event::Slot(slot),
+            slot = rx.recv(), if current.is_none() && shared.is_none() && !closed => Event::Slot(slot),
             read = read_some(up.as_mut(), &mut ubuf) => Event::Read(read),
+            reply = wait_shared(&mut shared) => Event::Shared(reply),
             _ = sleep_until(deadline) => Event::Timeout,
         };
         match event {
-            Event::Slot(Some(slot)) => apply(slot, &mut up, &mut current, &mut out, timeout),
+            Event::Slot(Some(slot)) => {
+                apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout)
+            }
+            Event::Shared(reply) => {
+                // The shared connection times out and fails requests itself.
+                if let Some(wait) = shared.take() {
+                    deliver_shared(wait, reply, &mut out, ctx, &mut meter);
+                }
+            }
             Event::Slot(None) => closed = true,
             Event::Read(Ok(0)) => break Some(UpstreamError::Closed.into()),
             Event::Read(Ok(_)) => {}
@@ -902,14 +1160,39 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     (up, clean, failure.map_or(Ok(()), Err))
 }
 
+/// A shared connection's reply (or its failure) for the client; the session goes on either
+/// way, since it held no state on that connection.
+fn deliver_shared(
+    wait: SharedWait,
+    result: Result<Bytes, String>,
+    out: &mut BytesMut,
+    ctx: &Context,
+    meter: &mut CommandMeter,
+) {
+    match result {
+        Ok(frame) => {
+            match wait.rewrite {
+                Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
+                None => out.extend_from_slice(&frame),
+            }
+            if let Some((label, sent)) = wait.timed {
+                meter.observe(label, sent.elapsed());
+            }
+        }
+        Err(msg) => out.extend_from_slice(&reply::error(&format!("cachegate: {msg}"))),
+    }
+}
+
 fn apply(
     slot: Slot,
     up: &mut Option<ReadHalf<Stream>>,
     current: &mut Option<Current>,
+    shared: &mut Option<SharedWait>,
     out: &mut BytesMut,
     timeout: Duration,
 ) {
     match slot {
+        Slot::Shared(wait) => *shared = Some(wait),
         Slot::Attach(r) => *up = Some(r),
         Slot::Local(bytes) => out.extend_from_slice(&bytes),
         Slot::Upstream(expect) => {

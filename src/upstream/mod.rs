@@ -5,3 +5,4 @@ pub mod pool;
 
 pub use conn::{Conn, Stream};
 pub use pool::Pool;
+pub mod shared;

@@ -1,0 +1,226 @@
+//! Shared (multiplexed) upstream connections for stateless Redis commands.
+//!
+//! Each shared connection is one task that owns its socket: requests from many sessions arrive
+//! on a channel, everything waiting is written in one go, and replies are handed back in the
+//! order the requests were written, each to its own session through a oneshot channel. Nothing a
+//! session does can stall the others: a reply is dropped into a oneshot, never written to a
+//! client from here. A failed or timed-out connection fails exactly the requests on it and is
+//! replaced.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::Connector;
+use crate::protocol::resp::ReplyScanner;
+
+/// Requests gathered into one write at most.
+const MAX_BATCH: usize = 256;
+/// Requests queued per shared connection before senders wait.
+const QUEUE: usize = 4096;
+
+/// One request for a shared connection: its encoded bytes and where its reply goes.
+pub struct SharedRequest {
+    pub bytes: Bytes,
+    pub reply: oneshot::Sender<Result<Bytes, String>>,
+}
+
+/// A listener's shared connections: RESP2 ones, and RESP3 ones for sessions that said HELLO 3.
+pub struct Shared {
+    pub resp2: SharedPool,
+    pub resp3: SharedPool,
+}
+
+/// The shared connections of one upstream, for one RESP version.
+pub struct SharedPool {
+    senders: Vec<mpsc::Sender<SharedRequest>>,
+    next: AtomicUsize,
+}
+
+impl SharedPool {
+    /// Starts `count` shared connections (RESP3 ones say HELLO 3 first).
+    pub fn start(
+        connector: Arc<Connector>,
+        count: usize,
+        resp3: bool,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let senders = (0..count.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(run(connector.clone(), rx, resp3, timeout, shutdown.clone()));
+                tx
+            })
+            .collect();
+        Self {
+            senders,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A connection for a session to use (round robin).
+    pub fn pick(&self) -> mpsc::Sender<SharedRequest> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[i].clone()
+    }
+}
+
+async fn run(
+    connector: Arc<Connector>,
+    mut rx: mpsc::Receiver<SharedRequest>,
+    resp3: bool,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connect(&connector, resp3) => c,
+        };
+        let mut conn = match conn {
+            Ok(c) => {
+                backoff = Duration::from_millis(100);
+                c
+            }
+            Err(e) => {
+                // Down: answer what is waiting at once instead of letting it time out.
+                let msg = format!("upstream unavailable ({e})");
+                while let Ok(req) = rx.try_recv() {
+                    let _ = req.reply.send(Err(msg.clone()));
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let error = serve(&mut conn, &mut rx, timeout, &shutdown).await;
+        match error {
+            None => return,
+            Some(e) => {
+                tracing::warn!(upstream = %connector.address, error = %e, "shared upstream connection failed; replacing it")
+            }
+        }
+    }
+}
+
+async fn connect(connector: &Arc<Connector>, resp3: bool) -> Result<super::Conn, String> {
+    let mut conn = connector.connect().await.map_err(|e| e.to_string())?;
+    if resp3 {
+        let reply = conn
+            .roundtrip(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        if !reply.starts_with(b"%") {
+            return Err("upstream does not speak RESP3".into());
+        }
+    }
+    Ok(conn)
+}
+
+/// Serves one connection until it fails (`Some(error)`) or shutdown (`None`).
+async fn serve(
+    conn: &mut super::Conn,
+    rx: &mut mpsc::Receiver<SharedRequest>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let mut pending: VecDeque<(oneshot::Sender<Result<Bytes, String>>, Instant)> = VecDeque::new();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::new();
+    let mut scanner = ReplyScanner::default();
+    let max = conn.connector.max_reply;
+    let fail = |pending: &mut VecDeque<(oneshot::Sender<Result<Bytes, String>>, Instant)>,
+                msg: &str| {
+        for (tx, _) in pending.drain(..) {
+            let _ = tx.send(Err(format!("upstream connection lost ({msg})")));
+        }
+    };
+    loop {
+        // Hand out every complete reply.
+        loop {
+            match scanner.next(&buf, max) {
+                Ok(Some((len, _))) => {
+                    let frame = buf.split_to(len).freeze();
+                    match pending.pop_front() {
+                        Some((tx, _)) => {
+                            let _ = tx.send(Ok(frame));
+                        }
+                        None => {
+                            fail(&mut pending, "unexpected reply");
+                            return Some("reply with no request".into());
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    fail(&mut pending, &e.to_string());
+                    return Some(e.to_string());
+                }
+            }
+        }
+        let deadline = pending.front().map(|(_, sent)| *sent + timeout);
+        tokio::select! {
+            _ = shutdown.cancelled(), if pending.is_empty() => return None,
+            req = rx.recv() => {
+                let req = req?;
+                out.clear();
+                let now = Instant::now();
+                out.extend_from_slice(&req.bytes);
+                pending.push_back((req.reply, now));
+                // Coalesce everything else already waiting into the same write.
+                for _ in 1..MAX_BATCH {
+                    if out.len() > 256 * 1024 {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            out.extend_from_slice(&more.bytes);
+                            pending.push_back((more.reply, now));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = conn.stream.write_all(&out).await {
+                    fail(&mut pending, &e.to_string());
+                    return Some(e.to_string());
+                }
+            }
+            read = conn.stream.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    fail(&mut pending, "closed by upstream");
+                    return Some("closed by upstream".into());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    fail(&mut pending, &e.to_string());
+                    return Some(e.to_string());
+                }
+            },
+            _ = sleep_until(deadline) => {
+                let msg = format!("upstream read timed out after {timeout:?}");
+                for (tx, _) in pending.drain(..) {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+                return Some(msg);
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

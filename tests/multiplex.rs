@@ -1,0 +1,227 @@
+//! Multiplexed upstream connections (`upstream.multiplex = true`): sessions without connection
+//! state share a few connections; stateful commands pin a session to its own; no reply ever
+//! reaches the wrong client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
+         upstream.multiplex = true\nupstream.shared_connections = 2\nupstream.warm_connections = 0\n\
+         upstream.health_interval = \"1h\"\nupstream.request_timeout = \"2s\"\n{extra}",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await
+}
+
+async fn backend_clients(redis: &Redis) -> usize {
+    let mut d = redis.direct().await;
+    let info = s(&d.cmd(&["INFO", "clients"]).await);
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// 200 clients pipeline `ECHO id:seq` at varying depths, some leave and come back, and the
+/// backend is paused and restarted meanwhile: every reply a client gets is its own, in order
+/// (or an error while the backend is away), never another client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_gets_exactly_its_own_replies() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let addr = proxy.addr;
+    let pki = std::sync::Arc::new(pki);
+    let mut tasks = Vec::new();
+    for id in 0..200u32 {
+        let pki = pki.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mismatches = 0;
+            let mut ok = 0;
+            let mut errors = 0;
+            let mut c = RawClient::tls(&pki, addr).await;
+            let mut seq = 0u32;
+            for round in 0..40u32 {
+                // Spread the traffic over about a second, across the faults below.
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                if (id + round) % 17 == 0 {
+                    // Leave with requests in flight, and come back.
+                    c.send_cmd(&["ECHO", "abandoned"]).await;
+                    c = RawClient::tls(&pki, addr).await;
+                }
+                let depth = 1 + (id * 7 + round * 3) % 8;
+                let mut wire = Vec::new();
+                for k in 0..depth {
+                    let payload = format!("{id}:{}", seq + k);
+                    wire.extend(encode(&[b"ECHO", payload.as_bytes()]));
+                }
+                c.send(&wire).await;
+                for k in 0..depth {
+                    let reply = c.read().await;
+                    let want = format!("{id}:{}", seq + k);
+                    let want = format!("${}\r\n{want}\r\n", want.len());
+                    if reply == want.as_bytes() {
+                        ok += 1;
+                    } else if reply.starts_with(b"-ERR cachegate") {
+                        errors += 1;
+                    } else {
+                        mismatches += 1;
+                    }
+                }
+                seq += depth;
+            }
+            (ok, mismatches, errors)
+        }));
+    }
+    // Meanwhile: pause the backend briefly, then restart it.
+    let mut redis = redis;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    redis.pause(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.pause(false);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.restart().await;
+    let (mut ok, mut mismatches, mut errors) = (0, 0, 0);
+    for t in tasks {
+        let (o, m, e) = t.await.unwrap();
+        ok += o;
+        mismatches += m;
+        errors += e;
+    }
+    eprintln!("multiplex stress: {ok} correct, {errors} errors while the backend was away, {mismatches} mismatched");
+    assert_eq!(
+        mismatches, 0,
+        "a reply reached the wrong client or came out of order"
+    );
+    assert!(ok > 20_000, "most requests succeed ({ok})");
+}
+
+/// What real clients send on connect (HELLO 3, CLIENT SETNAME/SETINFO, SELECT 0, PING) does not
+/// pin: many RESP3 sessions share the two RESP3 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_time_commands_do_not_pin() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        let hello = c.cmd(&["HELLO", "3", "SETNAME", &format!("app-{i}")]).await;
+        assert!(hello.starts_with(b"%"), "{}", s(&hello));
+        assert_eq!(
+            c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "test"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(c.cmd(&["SELECT", "0"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        assert_eq!(c.cmd(&["SET", &format!("k{i}"), "v"]).await, b"+OK\r\n");
+        // RESP3 replies come back as RESP3: a map for HGETALL.
+        c.cmd(&["HSET", &format!("h{i}"), "f", "v"]).await;
+        assert!(c
+            .cmd(&["HGETALL", &format!("h{i}")])
+            .await
+            .starts_with(b"%1"));
+        let name = format!("app-{i}");
+        assert_eq!(
+            s(&c.cmd(&["CLIENT", "GETNAME"]).await),
+            format!("${}\r\n{name}\r\n", name.len())
+        );
+        clients.push(c);
+    }
+    // 20 sessions, but only the shared connections (2 RESP3, maybe 2 RESP2) and ours.
+    assert!(backend_clients(&redis).await <= 5, "sessions were pinned");
+}
+
+/// Each stateful family pins the session, and works as on its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_commands_pin_and_work() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["CLIENT", "SETNAME", "keeper"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "n", "1"]).await, b"+OK\r\n");
+    let before = backend_clients(&redis).await;
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "n"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n:2\r\n");
+    assert_eq!(
+        backend_clients(&redis).await,
+        before + 1,
+        "pinned to its own connection"
+    );
+    assert_eq!(
+        c.cmd(&["CLIENT", "GETNAME"]).await,
+        b"$6\r\nkeeper\r\n",
+        "name carried over"
+    );
+
+    let mut w = RawClient::tls(&pki, proxy.addr).await;
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(w.cmd(&["WATCH", "n"]).await, b"+OK\r\n");
+    assert_eq!(w.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(w.cmd(&["SET", "n", "100"]).await, b"+QUEUED\r\n");
+    assert_eq!(other.cmd(&["SET", "n", "7"]).await, b"+OK\r\n");
+    assert_eq!(w.cmd(&["EXEC"]).await, b"*-1\r\n");
+
+    let mut sub = RawClient::tls(&pki, proxy.addr).await;
+    sub.send_cmd(&["SUBSCRIBE", "ch"]).await;
+    assert_eq!(
+        sub.read().await,
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    assert_eq!(other.cmd(&["PUBLISH", "ch", "hi"]).await, b":1\r\n");
+    assert_eq!(
+        sub.read().await,
+        b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+    );
+
+    let mut blocked = RawClient::tls(&pki, proxy.addr).await;
+    blocked.send_cmd(&["BLPOP", "q", "0"]).await;
+    for _ in 0..10 {
+        assert_eq!(
+            other.cmd(&["PING"]).await,
+            b"+PONG\r\n",
+            "others are not stalled"
+        );
+    }
+    assert_eq!(other.cmd(&["RPUSH", "q", "x"]).await, b":1\r\n");
+    assert_eq!(blocked.read().await, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+
+    let mut db = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(db.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(db.cmd(&["SET", "only3", "x"]).await, b"+OK\r\n");
+    assert_eq!(
+        other.cmd(&["EXISTS", "only3"]).await,
+        b":0\r\n",
+        "db 3 stays with its session"
+    );
+}
+
+/// A hung backend fails exactly the requests on the shared connection; service continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_connection_timeout_fails_only_its_requests() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    redis.pause(true);
+    let reply = s(&c.cmd(&["GET", "k"]).await);
+    assert!(
+        reply.starts_with("-ERR cachegate: upstream read timed out after 2s"),
+        "{reply}"
+    );
+    redis.pause(false);
+    let mut back = String::new();
+    for _ in 0..100 {
+        back = s(&c.cmd(&["GET", "k"]).await);
+        if back == "$1\r\nv\r\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, "$1\r\nv\r\n", "the same session goes on");
+}
