@@ -225,3 +225,26 @@ async fn shared_connection_timeout_fails_only_its_requests() {
     }
     assert_eq!(back, "$1\r\nv\r\n", "the same session goes on");
 }
+
+/// With `multiplex = false` every session has its own upstream connection, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplex_off_gives_each_session_its_own_connection() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
+         upstream.multiplex = false\nupstream.warm_connections = 0\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        clients.push(c);
+    }
+    assert!(
+        backend_clients(&redis).await >= 7,
+        "one connection per session, plus ours"
+    );
+}

@@ -178,8 +178,8 @@ pub struct UpstreamConfig {
     pub warm_connections: usize,
     /// Clean connections kept for reuse when clients leave (at least `warm_connections`).
     pub max_idle: usize,
-    /// Redis: shared connections per RESP version for sessions without connection state; 0
-    /// gives every session its own connection.
+    /// Redis: shared connections per RESP version for sessions without connection state
+    /// (`multiplex`, on by default); 0 gives every session its own connection.
     pub shared_connections: usize,
     pub health_interval: Duration,
     pub tls: Option<UpstreamTlsOptions>,
@@ -701,7 +701,7 @@ fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option
                     .unwrap_or(DEFAULT_WARM_CONNECTIONS),
             ),
         health_interval: u.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
-        shared_connections: if u.multiplex.unwrap_or(false) {
+        shared_connections: if u.multiplex.unwrap_or(true) {
             u.shared_connections
                 .map(|n| n as usize)
                 .unwrap_or(DEFAULT_SHARED_CONNECTIONS)
