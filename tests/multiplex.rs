@@ -248,3 +248,28 @@ async fn multiplex_off_gives_each_session_its_own_connection() {
         "one connection per session, plus ours"
     );
 }
+
+/// A renamed stateful command is still stateful: it pins like the real one, and never leaves a
+/// shared connection in MULTI for other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_multi_still_pins() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
+         upstream.shared_connections = 1\ncommands.rename = {{ MULTI = \"BEGIN_TX\" }}\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(c.cmd(&["BEGIN_TX"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "k", "1"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        other.cmd(&["SET", "x", "1"]).await,
+        b"+OK\r\n",
+        "not queued in c's MULTI"
+    );
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n+OK\r\n");
+}

@@ -372,9 +372,14 @@ impl RequestSide<'_> {
             return Ok(Flow::Continue);
         }
         let mut args = req.args;
+        let mut kind = kind;
         match self.ctx.policy.decide(&args[0]) {
             Decision::Allow => {}
-            Decision::Rename(real) => args[0] = real,
+            Decision::Rename(real) => {
+                args[0] = real;
+                // What the command does is decided by its real name (a renamed MULTI is MULTI).
+                kind = classify(&args[0], &args);
+            }
             Decision::Refuse => {
                 if self.in_multi {
                     self.multi_dirty = true;
