@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -71,6 +72,7 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub commands: Family<CommandLabels, Counter>,
+    pub pinned_sessions: Family<ListenerLabels, Gauge>,
     pub command_seconds: HistogramFamily,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
@@ -141,6 +143,7 @@ impl Metrics {
             connections: Family::default(),
             handshake_failures: Family::default(),
             commands: Family::default(),
+            pinned_sessions: Family::default(),
             command_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -192,6 +195,11 @@ impl Metrics {
             "commands",
             "Commands forwarded upstream",
             m.commands.clone(),
+        );
+        registry.register(
+            "pinned_sessions",
+            "Redis sessions holding a connection of their own (MULTI, pub/sub, blocking, ...)",
+            m.pinned_sessions.clone(),
         );
         registry.register(
             "command_duration_seconds",

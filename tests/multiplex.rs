@@ -273,3 +273,80 @@ async fn renamed_multi_still_pins() {
     );
     assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n+OK\r\n");
 }
+
+fn pinned(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cachegate_pinned_sessions{listener=\"redis-0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Each stateful family pins the session, and it goes back to the shared connections once that
+/// state is gone (after EXEC/DISCARD/UNWATCH, SELECT 0, the blocking reply, or RESET).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_engages_and_releases_for_each_family() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "[admin]\nbind = \"127.0.0.1:0\"\n").await;
+    let gauge = || async { pinned(&proxy.admin_get("/metrics").await.1) };
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(gauge().await, 0.0);
+
+    // MULTI / EXEC
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(gauge().await, 1.0, "MULTI pins");
+    assert_eq!(c.cmd(&["INCR", "n"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n:1\r\n");
+    assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+    assert_eq!(gauge().await, 0.0, "released after EXEC");
+
+    // WATCH / UNWATCH
+    assert_eq!(c.cmd(&["WATCH", "n"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+    assert_eq!(gauge().await, 1.0, "still watching");
+    assert_eq!(c.cmd(&["UNWATCH"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+    assert_eq!(gauge().await, 0.0, "released after UNWATCH");
+
+    // SELECT
+    assert_eq!(c.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "in3", "x"]).await, b"+OK\r\n");
+    assert_eq!(gauge().await, 1.0);
+    assert_eq!(c.cmd(&["SELECT", "0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["EXISTS", "in3"]).await, b":0\r\n", "back in db 0");
+    assert_eq!(gauge().await, 0.0, "released after SELECT 0");
+
+    // Blocking
+    c.send_cmd(&["BLPOP", "q", "0"]).await;
+    assert_eq!(other.cmd(&["RPUSH", "q", "x"]).await, b":1\r\n");
+    assert_eq!(c.read().await, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(gauge().await, 0.0, "released after the blocking reply");
+
+    // Subscriptions: until RESET
+    c.send_cmd(&["SUBSCRIBE", "ch"]).await;
+    c.read().await;
+    assert_eq!(gauge().await, 1.0);
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(gauge().await, 0.0, "released after RESET");
+    assert_eq!(
+        other.cmd(&["PUBLISH", "ch", "x"]).await,
+        b":0\r\n",
+        "no subscription left"
+    );
+
+    // The name set while pinned is kept when going back.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&["CLIENT", "SETNAME", "pinned-name"]).await,
+        b"+QUEUED\r\n"
+    );
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(
+        c.cmd(&["CLIENT", "GETNAME"]).await,
+        b"$11\r\npinned-name\r\n"
+    );
+}

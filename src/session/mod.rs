@@ -74,6 +74,9 @@ enum Slot {
     Upstream(Expect),
     /// A command sent on a shared connection; its one reply arrives here.
     Shared(SharedWait),
+    /// Give the upstream read half back (once every reply before this is delivered), or
+    /// `None` if bytes of an unfinished frame are waiting on it.
+    Detach(oneshot::Sender<Option<ReadHalf<Stream>>>),
 }
 
 struct SharedWait {
@@ -118,6 +121,8 @@ pub async fn run<S>(
         peer,
         failed_auths: 0,
         shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
+        pin_state: PinState::default(),
+        name: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
         tx: Some(tx),
         up: None,
@@ -135,6 +140,14 @@ pub async fn run<S>(
     let replies = reply_side(&ctx, cw, rx, abort.clone());
     let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
 
+    if ctx.shared.is_some() && req.shared.is_none() {
+        ctx.metrics
+            .pinned_sessions
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: ctx.listener.clone(),
+            })
+            .dec();
+    }
     // The client's own errors say nothing about the upstream stream; only an upstream failure
     // or bytes that never left make it unusable.
     let upstream_in_step =
@@ -161,8 +174,11 @@ struct RequestSide<'a> {
     ctx: &'a Context,
     peer: SocketAddr,
     /// While the session holds no connection state: its shared connections and the state
-    /// cachegate keeps for it instead. `None` once pinned to its own connection.
+    /// cachegate keeps for it instead. `None` while pinned to its own connection.
     shared: Option<SharedSession>,
+    /// While pinned: the state that keeps it pinned, and its client name (to carry back).
+    pin_state: PinState,
+    name: Option<Bytes>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
     failed_auths: u32,
     /// The user the client's certificate logs in as, if any.
@@ -198,6 +214,22 @@ struct SharedSession {
     resp2: Option<mpsc::Sender<SharedRequest>>,
     resp3: Option<mpsc::Sender<SharedRequest>>,
     name: Option<Bytes>,
+}
+
+/// Connection state a pinned session holds besides MULTI.
+#[derive(Default)]
+struct PinState {
+    watching: bool,
+    /// A database other than 0.
+    db: bool,
+    /// Subscriptions, tracking, CLIENT REPLY, MONITOR and the like: only RESET ends them.
+    sticky: bool,
+}
+
+impl PinState {
+    fn any(&self) -> bool {
+        self.watching || self.db || self.sticky
+    }
 }
 
 /// What a command means for a session on shared connections.
@@ -412,6 +444,13 @@ impl RequestSide<'_> {
                 }
             }
         }
+        if self.shared.is_none()
+            && self.ctx.shared.is_some()
+            && !self.holds_state()
+            && !matches!(shared_disposition(kind, &args), Disposition::Pin)
+        {
+            self.unpin().await?;
+        }
         if self.shared.is_some() {
             match shared_disposition(kind, &args) {
                 Disposition::Shared => {
@@ -448,6 +487,7 @@ impl RequestSide<'_> {
             Kind::Discard => {
                 self.in_multi = false;
                 self.multi_dirty = false;
+                self.pin_state.watching = false;
             }
             Kind::Exec if self.multi_dirty => {
                 // A refused command was queued: as Redis does, the whole transaction is
@@ -459,7 +499,10 @@ impl RequestSide<'_> {
                 self.local(Bytes::from_static(reply::EXECABORT)).await?;
                 return Ok(Flow::Continue);
             }
-            Kind::Exec => self.in_multi = false,
+            Kind::Exec => {
+                self.in_multi = false;
+                self.pin_state.watching = false;
+            }
             Kind::Command => {
                 let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
                 args = fwd;
@@ -495,6 +538,9 @@ impl RequestSide<'_> {
             }
             Kind::Blocking => expect.blocking = true,
             _ => {}
+        }
+        if self.ctx.shared.is_some() {
+            self.track_state(kind, &args);
         }
         self.forward(&args, expect).await
     }
@@ -750,6 +796,8 @@ impl RequestSide<'_> {
         if let Some(shared) = self.shared.as_mut() {
             shared.name = None;
         }
+        self.pin_state = PinState::default();
+        self.name = None;
         if self.up.is_none() {
             self.local(Bytes::from_static(reply::RESET)).await?;
             return Ok(Flow::Continue);
@@ -811,6 +859,91 @@ impl RequestSide<'_> {
         Ok(Flow::Continue)
     }
 
+    /// Whether the pinned connection holds state that sharing would lose. Blocking commands
+    /// need no flag: unpinning waits for every reply still due.
+    fn holds_state(&self) -> bool {
+        self.in_multi || self.pin_state.any() || self.reply_mode != ReplyMode::On
+    }
+
+    /// Notes the connection state a command creates or ends while pinned.
+    fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
+        let is = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
+        let st = &mut self.pin_state;
+        match kind {
+            Kind::Subscribe => st.sticky = true,
+            Kind::Client => {
+                let sub = args
+                    .get(1)
+                    .map(|s| s.to_ascii_uppercase())
+                    .unwrap_or_default();
+                match &sub[..] {
+                    b"SETNAME" if args.len() == 3 => {
+                        self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
+                    }
+                    b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"LIST" => {}
+                    _ => st.sticky = true,
+                }
+            }
+            _ if is(b"WATCH") => st.watching = true,
+            _ if is(b"UNWATCH") => st.watching = false,
+            _ if is(b"SELECT") => st.db = args.get(1).is_some_and(|d| &d[..] != b"0"),
+            _ if [
+                "MONITOR",
+                "READONLY",
+                "READWRITE",
+                "ASKING",
+                "SWAPDB",
+                "MOVE",
+                "SYNC",
+                "PSYNC",
+                "REPLCONF",
+                "DEBUG",
+            ]
+            .iter()
+            .any(|n| is(n.as_bytes())) =>
+            {
+                st.sticky = true
+            }
+            _ => {}
+        }
+    }
+
+    /// Back to the shared connections: the reply side hands back the pinned connection once
+    /// every reply due on it has been delivered, and it is reset and pooled as a leaving
+    /// session's would be.
+    async fn unpin(&mut self) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_slot(Slot::Detach(tx)).await?;
+        self.flush_upstream().await?;
+        let read_half = rx.await.map_err(|_| closed())?;
+        if let (Some(write_half), Some(read_half)) = (self.up.take(), read_half) {
+            let conn = Conn {
+                stream: read_half.unsplit(write_half),
+                connector: self.ctx.pool.connector(),
+            };
+            self.ctx.pool.release(conn, self.wbuf.is_empty());
+        }
+        self.up = None;
+        self.pin_state = PinState::default();
+        self.shared = Some(SharedSession {
+            name: self.name.take(),
+            ..SharedSession::default()
+        });
+        self.ctx
+            .metrics
+            .pinned_sessions
+            .get_or_create(&self.listener_labels())
+            .dec();
+        tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session back on shared connections");
+        Ok(())
+    }
+
+    fn listener_labels(&self) -> crate::metrics::ListenerLabels {
+        crate::metrics::ListenerLabels {
+            listener: self.ctx.listener.clone(),
+        }
+    }
+
     /// From now on this session has its own connection, with the state kept so far (RESP
     /// version, client name) applied to it. Replies still due from shared connections come
     /// first: the reply side takes slots in order.
@@ -818,6 +951,12 @@ impl RequestSide<'_> {
         let Some(state) = self.shared.take() else {
             return Ok(());
         };
+        self.ctx
+            .metrics
+            .pinned_sessions
+            .get_or_create(&self.listener_labels())
+            .inc();
+        self.name = state.name.clone();
         tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session pinned to its own upstream connection");
         if self.resp3 {
             let hello = [Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")];
@@ -1078,6 +1217,13 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             }
             if current.is_none() && shared.is_none() && !closed {
                 match rx.try_recv() {
+                    Ok(Slot::Detach(back)) => {
+                        let half = up.take().filter(|_| ubuf.is_empty());
+                        ubuf.clear();
+                        scanner = ReplyScanner::default();
+                        let _ = back.send(half);
+                        continue;
+                    }
                     Ok(slot) => {
                         apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout);
                         continue;
@@ -1130,6 +1276,12 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             _ = sleep_until(deadline) => Event::Timeout,
         };
         match event {
+            Event::Slot(Some(Slot::Detach(back))) => {
+                let half = up.take().filter(|_| ubuf.is_empty());
+                ubuf.clear();
+                scanner = ReplyScanner::default();
+                let _ = back.send(half);
+            }
             Event::Slot(Some(slot)) => {
                 apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout)
             }
@@ -1198,6 +1350,8 @@ fn apply(
 ) {
     match slot {
         Slot::Shared(wait) => *shared = Some(wait),
+        // Handled by the caller, which owns the read buffer.
+        Slot::Detach(_) => {}
         Slot::Attach(r) => *up = Some(r),
         Slot::Local(bytes) => out.extend_from_slice(&bytes),
         Slot::Upstream(expect) => {
