@@ -176,7 +176,16 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                     let pool = Pool::new(&upstream, max_reply, UpstreamProtocol::Memcached)
                         .map_err(tls_err)?;
                     pools.push(pool.clone());
-                    nodes.push(memcached::Node::new(pool, label));
+                    let shared = (cfg.upstream.shared_connections > 0).then(|| {
+                        SharedPool::start(
+                            pool.connector(),
+                            cfg.upstream.shared_connections,
+                            false,
+                            cfg.upstream.request_timeout,
+                            stop_shared.clone(),
+                        )
+                    });
+                    nodes.push(memcached::Node::new(pool, shared, label));
                 }
                 Handler::Memcached(Arc::new(memcached::Context::new(
                     cfg.name.clone(),

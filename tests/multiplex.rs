@@ -350,3 +350,43 @@ async fn pinning_engages_and_releases_for_each_family() {
         b"$11\r\npinned-name\r\n"
     );
 }
+
+/// memcached sessions share the nodes' connections too, and each still gets its own replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_sessions_share_node_connections() {
+    let (pki, a, b) = (
+        Pki::new(),
+        Memcached::start().await,
+        Memcached::start().await,
+    );
+    let proxy = Proxy::memcached(&pki, &[&a, &b], "upstream.warm_connections = 0\n").await;
+    let addr = proxy.addr;
+    let pki = std::sync::Arc::new(pki);
+    let mut tasks = Vec::new();
+    for id in 0..40 {
+        let pki = pki.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = McClient::tls(&pki, addr).await;
+            for round in 0..20 {
+                let key = format!("s{id}:{round}");
+                let value = format!("v{id}-{round}");
+                let mut wire = format!("set {key} 0 0 {} noreply\r\n{value}\r\n", value.len());
+                wire.push_str(&format!("get {key} s{id}:0\r\n"));
+                c.send(wire.as_bytes()).await;
+                let got = s(&c.read(cachegate::protocol::memcached::Shape::Values).await);
+                let first = format!("VALUE {key} 0 {}\r\n{value}\r\n", value.len());
+                assert!(got.starts_with(&first), "{id}/{round}: {got}");
+            }
+            c
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    // 40 sessions open, but each node sees only cachegate's shared connections (and ours).
+    for node in [&a, &b] {
+        let conns = node.stat("curr_connections").await;
+        assert!(conns <= 6, "node has {conns} connections");
+    }
+}

@@ -31,24 +31,30 @@ use crate::error::UpstreamError;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::upstream::shared::{Frames, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
 use ring::Continuum;
+use tokio::sync::oneshot;
 
 /// Requests run together at most; more wait for the next batch.
 const MAX_BATCH: usize = 128;
 
-/// One node of the ring: its pool and its failure record.
+/// One node of the ring: its pool, its shared connections, and its failure record.
 pub struct Node {
     pub pool: Pool,
+    /// Connections shared by every session (memcached keeps no per-connection state); `None`
+    /// gives each session its own connection to the node.
+    pub shared: Option<SharedPool>,
     pub label: String,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
 }
 
 impl Node {
-    pub fn new(pool: Pool, label: String) -> Self {
+    pub fn new(pool: Pool, shared: Option<SharedPool>, label: String) -> Self {
         Self {
             pool,
+            shared,
             label,
             failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
@@ -396,11 +402,14 @@ async fn execute(
     }
 
     // Every node with work, in parallel; each result list lines up with that node's queue.
-    let exchanges = conns
-        .iter_mut()
-        .zip(queues)
-        .enumerate()
-        .map(|(node, (slot, (bytes, shapes)))| exchange(ctx, node, slot, bytes, shapes));
+    let exchanges = conns.iter_mut().zip(queues).enumerate().map(
+        |(node, (slot, (bytes, shapes)))| async move {
+            match &ctx.nodes[node].shared {
+                Some(shared) => shared_exchange(ctx, node, shared, bytes, shapes).await,
+                None => exchange(ctx, node, slot, bytes, shapes).await,
+            }
+        },
+    );
     let started = Instant::now();
     let results: Vec<Vec<Result<Bytes, String>>> = join_all(exchanges).await;
     let took = started.elapsed();
@@ -454,6 +463,46 @@ async fn execute(
         }
     }
     out
+}
+
+/// Sends a node its queue on one of the node's shared connections, where it is written together
+/// with other sessions' requests; the replies come back as one list. A failure fails the batch's
+/// requests on that node, nothing else.
+async fn shared_exchange(
+    ctx: &Context,
+    node: usize,
+    shared: &SharedPool,
+    bytes: BytesMut,
+    shapes: Vec<Shape>,
+) -> Vec<Result<Bytes, String>> {
+    let n = shapes.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (tx, rx) = oneshot::channel();
+    let request = SharedRequest {
+        bytes: bytes.freeze(),
+        frames: Frames::Memcached(shapes),
+        reply: tx,
+    };
+    let outcome = match shared.pick().send(request).await {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("upstream connection lost".into())),
+        Err(_) => Err("shutting down".into()),
+    };
+    match outcome {
+        Ok(frames) if frames.len() == n => {
+            ctx.record(node, true);
+            frames.into_iter().map(Ok).collect()
+        }
+        Ok(_) => vec![Err("wrong number of replies".into()); n],
+        Err(e) => {
+            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+            ctx.record(node, false);
+            vec![Err(e); n]
+        }
+    }
 }
 
 /// Sends a node its queue and reads one reply per request. After a failure every remaining

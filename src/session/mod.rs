@@ -35,7 +35,7 @@ use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
-use crate::upstream::shared::{Shared, SharedRequest};
+use crate::upstream::shared::{Frames, Shared, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
 
@@ -80,7 +80,7 @@ enum Slot {
 }
 
 struct SharedWait {
-    reply: oneshot::Receiver<Result<Bytes, String>>,
+    reply: oneshot::Receiver<Result<Vec<Bytes>, String>>,
     rewrite: Option<Rewrite>,
     timed: Option<(&'static str, Instant)>,
 }
@@ -852,6 +852,7 @@ impl RequestSide<'_> {
         sender
             .send(SharedRequest {
                 bytes: bytes.freeze(),
+                frames: Frames::Resp,
                 reply: tx,
             })
             .await
@@ -1161,11 +1162,11 @@ struct Current {
 enum Event {
     Slot(Option<Slot>),
     Read(std::io::Result<usize>),
-    Shared(Result<Bytes, String>),
+    Shared(Result<Vec<Bytes>, String>),
     Timeout,
 }
 
-async fn wait_shared(wait: &mut Option<SharedWait>) -> Result<Bytes, String> {
+async fn wait_shared(wait: &mut Option<SharedWait>) -> Result<Vec<Bytes>, String> {
     match wait {
         Some(w) => (&mut w.reply)
             .await
@@ -1321,12 +1322,12 @@ async fn reply_side<W: AsyncWrite + Unpin>(
 /// way, since it held no state on that connection.
 fn deliver_shared(
     wait: SharedWait,
-    result: Result<Bytes, String>,
+    result: Result<Vec<Bytes>, String>,
     out: &mut BytesMut,
     ctx: &Context,
     meter: &mut CommandMeter,
 ) {
-    match result {
+    match result.and_then(|mut frames| frames.pop().ok_or_else(|| "no reply".to_string())) {
         Ok(frame) => {
             match wait.rewrite {
                 Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),

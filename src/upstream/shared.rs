@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
+use crate::protocol::memcached::{reply_len, Shape};
 use crate::protocol::resp::ReplyScanner;
 
 /// Requests gathered into one write at most.
@@ -25,10 +26,37 @@ const MAX_BATCH: usize = 256;
 /// Requests queued per shared connection before senders wait.
 const QUEUE: usize = 4096;
 
-/// One request for a shared connection: its encoded bytes and where its reply goes.
+/// One request for a shared connection: its encoded bytes, the replies it expects, and where
+/// they go (all together, in order).
 pub struct SharedRequest {
     pub bytes: Bytes,
-    pub reply: oneshot::Sender<Result<Bytes, String>>,
+    pub frames: Frames,
+    pub reply: oneshot::Sender<Result<Vec<Bytes>, String>>,
+}
+
+/// The replies a request expects.
+pub enum Frames {
+    /// One RESP reply.
+    Resp,
+    /// memcached replies of these shapes, one per request in the batch.
+    Memcached(Vec<Shape>),
+}
+
+impl Frames {
+    fn count(&self) -> usize {
+        match self {
+            Frames::Resp => 1,
+            Frames::Memcached(shapes) => shapes.len(),
+        }
+    }
+}
+
+/// A request written and waiting for its replies.
+struct Waiting {
+    reply: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    frames: Frames,
+    got: Vec<Bytes>,
+    sent: Instant,
 }
 
 /// A listener's shared connections: RESP2 ones, and RESP3 ones for sessions that said HELLO 3.
@@ -135,49 +163,66 @@ async fn serve(
     timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Option<String> {
-    let mut pending: VecDeque<(oneshot::Sender<Result<Bytes, String>>, Instant)> = VecDeque::new();
+    let mut pending: VecDeque<Waiting> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::new();
     let mut scanner = ReplyScanner::default();
     let max = conn.connector.max_reply;
-    let fail = |pending: &mut VecDeque<(oneshot::Sender<Result<Bytes, String>>, Instant)>,
-                msg: &str| {
-        for (tx, _) in pending.drain(..) {
-            let _ = tx.send(Err(format!("upstream connection lost ({msg})")));
+    let fail = |pending: &mut VecDeque<Waiting>, msg: &str| {
+        for w in pending.drain(..) {
+            let _ = w
+                .reply
+                .send(Err(format!("upstream connection lost ({msg})")));
         }
     };
     loop {
         // Hand out every complete reply.
         loop {
-            match scanner.next(&buf, max) {
-                Ok(Some((len, _))) => {
+            let delimited = match pending.front().map(|w| (&w.frames, w.got.len())) {
+                Some((Frames::Memcached(shapes), got)) => {
+                    reply_len(&buf, shapes[got], max).map_err(|e| e.to_string())
+                }
+                _ => scanner
+                    .next(&buf, max)
+                    .map(|r| r.map(|(len, _)| len))
+                    .map_err(|e| e.to_string()),
+            };
+            match delimited {
+                Ok(Some(len)) => {
                     let frame = buf.split_to(len).freeze();
-                    match pending.pop_front() {
-                        Some((tx, _)) => {
-                            let _ = tx.send(Ok(frame));
-                        }
-                        None => {
-                            fail(&mut pending, "unexpected reply");
-                            return Some("reply with no request".into());
+                    let Some(head) = pending.front_mut() else {
+                        fail(&mut pending, "unexpected reply");
+                        return Some("reply with no request".into());
+                    };
+                    head.got.push(frame);
+                    if head.got.len() == head.frames.count() {
+                        if let Some(done) = pending.pop_front() {
+                            let _ = done.reply.send(Ok(done.got));
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    fail(&mut pending, &e.to_string());
-                    return Some(e.to_string());
+                    fail(&mut pending, &e);
+                    return Some(e);
                 }
             }
         }
-        let deadline = pending.front().map(|(_, sent)| *sent + timeout);
+        let deadline = pending.front().map(|w| w.sent + timeout);
         tokio::select! {
             _ = shutdown.cancelled(), if pending.is_empty() => return None,
             req = rx.recv() => {
                 let req = req?;
                 out.clear();
                 let now = Instant::now();
+                let waiting = |req: SharedRequest| Waiting {
+                    got: Vec::with_capacity(req.frames.count()),
+                    reply: req.reply,
+                    frames: req.frames,
+                    sent: now,
+                };
                 out.extend_from_slice(&req.bytes);
-                pending.push_back((req.reply, now));
+                pending.push_back(waiting(req));
                 // Coalesce everything else already waiting into the same write.
                 for _ in 1..MAX_BATCH {
                     if out.len() > 256 * 1024 {
@@ -186,7 +231,7 @@ async fn serve(
                     match rx.try_recv() {
                         Ok(more) => {
                             out.extend_from_slice(&more.bytes);
-                            pending.push_back((more.reply, now));
+                            pending.push_back(waiting(more));
                         }
                         Err(_) => break,
                     }
@@ -209,8 +254,8 @@ async fn serve(
             },
             _ = sleep_until(deadline) => {
                 let msg = format!("upstream read timed out after {timeout:?}");
-                for (tx, _) in pending.drain(..) {
-                    let _ = tx.send(Err(msg.clone()));
+                for w in pending.drain(..) {
+                    let _ = w.reply.send(Err(msg.clone()));
                 }
                 return Some(msg);
             }
