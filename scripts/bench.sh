@@ -18,7 +18,7 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port)
+RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port); HP=$(port)
 
 cat > "$WORK/cg.toml" <<TOML
 data_dir = "$WORK/data"
@@ -54,6 +54,28 @@ MEMCACHED_USER=(); [ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
 taskset -c 0 memcached -l 127.0.0.1 -p "$MP" -U 0 -t 1 "${MEMCACHED_USER[@]}" &
 sleep 1.5
 REDIS=$(cat "$WORK/redis.pid")
+# haproxy as a reference row, when installed (TLS termination, tcp mode).
+HAPROXY=""
+if command -v haproxy >/dev/null 2>&1; then
+  cat "$WORK/data/dev-certs/dev-server.pem" "$WORK/data/dev-certs/dev-server-key.pem" > "$WORK/bundle.pem"
+  cat > "$WORK/haproxy.cfg" <<HCFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$HP ssl crt $WORK/bundle.pem
+  default_backend be
+backend be
+  server r1 127.0.0.1:$RP
+HCFG
+  taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
+  HAPROXY=$!
+  sleep 0.5
+fi
 
 load() { taskset -c 1 "$BIN" bench --duration "$DURATION" --connections "$CONNS" "$@"; }
 
@@ -66,6 +88,9 @@ for cmd in get set; do
       --compare --direct "127.0.0.1:$RP" --direct-pid "$REDIS"
     load --command $cmd --pipeline $p --target "127.0.0.1:$CP" --pid $CG | tail -n 1 | sed 's/target/cachegate plaintext/'
     load --command $cmd --pipeline $p --target "127.0.0.1:$RTLS" --cacert "$CA" | tail -n 1 | sed 's/target/redis own TLS/'
+    if [ -n "$HAPROXY" ]; then
+      load --command $cmd --pipeline $p --target "127.0.0.1:$HP" --cacert "$CA" --pid "$HAPROXY" | tail -n 1 | sed 's/target/haproxy TLS/' || echo "  haproxy TLS: failed"
+    fi
   done
 done
 echo
