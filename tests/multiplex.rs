@@ -390,3 +390,46 @@ async fn memcached_sessions_share_node_connections() {
         assert!(conns <= 6, "node has {conns} connections");
     }
 }
+
+/// CLIENT TRACKING and MONITOR pin until RESET; a client that leaves while blocked leaves no
+/// blocked connection behind for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_monitor_and_blocked_leavers() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "[admin]\nbind = \"127.0.0.1:0\"\n").await;
+    let gauge = || async { pinned(&proxy.admin_get("/metrics").await.1) };
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "t"]).await, b"_\r\n");
+    assert_eq!(gauge().await, 1.0, "tracking keeps the session pinned");
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(gauge().await, 0.0);
+
+    let mut m = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(m.cmd(&["MONITOR"]).await, b"+OK\r\n");
+    assert_eq!(gauge().await, 1.0, "MONITOR pins");
+    drop(m);
+
+    let mut blocked = RawClient::tls(&pki, proxy.addr).await;
+    blocked.send_cmd(&["BLPOP", "never", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(blocked);
+    let mut after = 0.0;
+    for _ in 0..50 {
+        after = gauge().await;
+        if after == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after, 0.0, "leavers are no longer counted");
+    // Whoever comes next is served at once: no connection stuck in BLPOP is handed out.
+    for _ in 0..5 {
+        let mut next = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(next.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(next.cmd(&["PING"]).await, b"+QUEUED\r\n");
+        assert_eq!(next.cmd(&["EXEC"]).await, b"*1\r\n+PONG\r\n");
+    }
+}

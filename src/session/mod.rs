@@ -116,10 +116,14 @@ pub async fn run<S>(
     let (cr, cw) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let abort = CancellationToken::new();
+    // Cancelled when the client has gone (EOF or a read error), not on QUIT or shutdown, which
+    // let in-flight requests finish.
+    let client_gone = CancellationToken::new();
     let mut req = RequestSide {
         ctx: &ctx,
         peer,
         failed_auths: 0,
+        client_gone: client_gone.clone(),
         shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
         pin_state: PinState::default(),
         name: None,
@@ -137,7 +141,7 @@ pub async fn run<S>(
     };
     req.log_out();
     let requests = req.run(cr, &shutdown);
-    let replies = reply_side(&ctx, cw, rx, abort.clone());
+    let replies = reply_side(&ctx, cw, rx, abort.clone(), client_gone.clone());
     let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
 
     if ctx.shared.is_some() && req.shared.is_none() {
@@ -195,6 +199,7 @@ struct RequestSide<'a> {
     resp3: bool,
     reply_mode: ReplyMode,
     abort: CancellationToken,
+    client_gone: CancellationToken,
 }
 
 /// The ACL user a verified client certificate maps to on this listener.
@@ -371,11 +376,20 @@ impl RequestSide<'_> {
             rbuf.reserve(READ_CHUNK);
             tokio::select! {
                 read = cr.read_buf(&mut rbuf) => match read {
-                    Ok(0) => break Ok(()),
+                    Ok(0) => {
+                        self.client_gone.cancel();
+                        break Ok(());
+                    }
                     Ok(_) => {}
                     // Most clients close without a TLS close_notify; that is an ordinary close.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
-                    Err(e) => break Err(SessionError::ClientIo(e)),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        self.client_gone.cancel();
+                        break Ok(());
+                    }
+                    Err(e) => {
+                        self.client_gone.cancel();
+                        break Err(SessionError::ClientIo(e));
+                    }
                 },
                 _ = sleep_until(partial_deadline) => {
                     break Err(SessionError::PartialRequestTimeout(limits.partial_request_timeout));
@@ -1182,6 +1196,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     mut cw: W,
     mut rx: mpsc::Receiver<Slot>,
     abort: CancellationToken,
+    client_gone: CancellationToken,
 ) -> (Option<ReadHalf<Stream>>, bool, Result<(), SessionError>) {
     let timeout = ctx.pool.request_timeout();
     let max_reply = ctx.limits.max_reply_bytes;
@@ -1269,12 +1284,19 @@ async fn reply_side<W: AsyncWrite + Unpin>(
         if closed && current.is_none() && shared.is_none() {
             break None;
         }
+        // The client has gone while a blocking command waits: nobody will read its reply, so
+        // do not wait for it (Redis closes such a client too). The connection is not reused.
+        let blocked = current.as_ref().is_some_and(|c| c.expect.blocking);
+        if blocked && client_gone.is_cancelled() {
+            break None;
+        }
         let deadline = current.as_ref().and_then(|c| c.deadline);
         let event = tokio::select! {
             slot = rx.recv(), if current.is_none() && shared.is_none() && !closed => Event::Slot(slot),
             read = read_some(up.as_mut(), &mut ubuf) => Event::Read(read),
             reply = wait_shared(&mut shared) => Event::Shared(reply),
             _ = sleep_until(deadline) => Event::Timeout,
+            _ = client_gone.cancelled(), if blocked => continue,
         };
         match event {
             Event::Slot(Some(Slot::Detach(back))) => {
