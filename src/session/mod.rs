@@ -81,8 +81,18 @@ enum Slot {
 
 struct SharedWait {
     reply: oneshot::Receiver<Result<Vec<Bytes>, String>>,
+    /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
-    timed: Option<(&'static str, Instant)>,
+    /// Each command's metric label, in order, and when they were sent.
+    labels: Vec<&'static str>,
+    sent: Instant,
+}
+
+/// Stateless commands gathered from one read of the client, sent as one request.
+struct SharedBatch {
+    sender: mpsc::Sender<SharedRequest>,
+    bytes: BytesMut,
+    labels: Vec<&'static str>,
 }
 
 struct Expect {
@@ -127,6 +137,7 @@ pub async fn run<S>(
         shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
         pin_state: PinState::default(),
         name: None,
+        batch: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
         tx: Some(tx),
         up: None,
@@ -180,6 +191,8 @@ struct RequestSide<'a> {
     /// While the session holds no connection state: its shared connections and the state
     /// cachegate keeps for it instead. `None` while pinned to its own connection.
     shared: Option<SharedSession>,
+    /// Stateless commands waiting to go out together on a shared connection.
+    batch: Option<SharedBatch>,
     /// While pinned: the state that keeps it pinned, and its client name (to carry back).
     pin_state: PinState,
     name: Option<Bytes>,
@@ -359,6 +372,7 @@ impl RequestSide<'_> {
                     }
                 }
             }
+            self.flush_shared().await?;
             self.flush_upstream().await?;
             if stop || shutdown.is_cancelled() {
                 break Ok(());
@@ -853,25 +867,58 @@ impl RequestSide<'_> {
                 .get_or_insert_with(|| pools.resp2.pick())
                 .clone()
         };
-        let mut bytes = BytesMut::new();
-        encode_command(&mut bytes, args.iter().map(|a| &a[..]));
+        let same = self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.sender.same_channel(&sender));
+        if !same || rewrite.is_some() {
+            self.flush_shared().await?;
+        }
+        let batch = self.batch.get_or_insert_with(|| SharedBatch {
+            sender,
+            bytes: BytesMut::new(),
+            labels: Vec::new(),
+        });
+        encode_command(&mut batch.bytes, args.iter().map(|a| &a[..]));
+        batch.labels.push(command_label(&args[0]));
+        // A rewritten reply travels alone; big batches go out without waiting for the read.
+        if rewrite.is_some()
+            || batch.labels.len() >= 128
+            || batch.bytes.len() >= UPSTREAM_WRITE_BATCH
+        {
+            self.send_batch(rewrite).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Sends the gathered stateless commands, if any. Called before anything else is queued
+    /// for the reply side, so replies stay in request order.
+    async fn flush_shared(&mut self) -> Result<(), SessionError> {
+        self.send_batch(None).await
+    }
+
+    async fn send_batch(&mut self, rewrite: Option<Rewrite>) -> Result<(), SessionError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
         let (tx, rx) = oneshot::channel();
-        let timed = Some((command_label(&args[0]), Instant::now()));
-        self.send_slot(Slot::Shared(SharedWait {
+        let n = batch.labels.len();
+        self.queue_slot(Slot::Shared(SharedWait {
             reply: rx,
             rewrite,
-            timed,
+            labels: batch.labels,
+            sent: Instant::now(),
         }))
         .await?;
-        sender
+        batch
+            .sender
             .send(SharedRequest {
-                bytes: bytes.freeze(),
-                frames: Frames::Resp,
+                bytes: batch.bytes.freeze(),
+                frames: Frames::Resp(n),
                 reply: tx,
             })
             .await
-            .map_err(|_| closed())?;
-        Ok(Flow::Continue)
+            .map_err(|_| closed())
     }
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
@@ -1092,6 +1139,11 @@ impl RequestSide<'_> {
     }
 
     async fn send_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
+        self.flush_shared().await?;
+        self.queue_slot(slot).await
+    }
+
+    async fn queue_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
         let Some(tx) = self.tx.as_ref() else {
             return Err(closed());
         };
@@ -1349,17 +1401,24 @@ fn deliver_shared(
     ctx: &Context,
     meter: &mut CommandMeter,
 ) {
-    match result.and_then(|mut frames| frames.pop().ok_or_else(|| "no reply".to_string())) {
-        Ok(frame) => {
-            match wait.rewrite {
-                Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
-                None => out.extend_from_slice(&frame),
-            }
-            if let Some((label, sent)) = wait.timed {
-                meter.observe(label, sent.elapsed());
+    match result {
+        Ok(frames) => {
+            let took = wait.sent.elapsed();
+            for (frame, label) in frames.into_iter().zip(&wait.labels) {
+                match wait.rewrite {
+                    Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
+                    None => out.extend_from_slice(&frame),
+                }
+                meter.observe(label, took);
             }
         }
-        Err(msg) => out.extend_from_slice(&reply::error(&format!("cachegate: {msg}"))),
+        // One error per command, so the client's replies stay in step.
+        Err(msg) => {
+            let error = reply::error(&format!("cachegate: {msg}"));
+            for _ in 0..wait.labels.len().max(1) {
+                out.extend_from_slice(&error);
+            }
+        }
     }
 }
 

@@ -36,8 +36,8 @@ pub struct SharedRequest {
 
 /// The replies a request expects.
 pub enum Frames {
-    /// One RESP reply.
-    Resp,
+    /// This many RESP replies (a session's pipelined stateless commands travel together).
+    Resp(usize),
     /// memcached replies of these shapes, one per request in the batch.
     Memcached(Vec<Shape>),
 }
@@ -45,7 +45,7 @@ pub enum Frames {
 impl Frames {
     fn count(&self) -> usize {
         match self {
-            Frames::Resp => 1,
+            Frames::Resp(n) => *n,
             Frames::Memcached(shapes) => shapes.len(),
         }
     }
