@@ -18,12 +18,14 @@
 //! - [`metrics`] and [`admin`]: Prometheus counters, security events (ACL LOG), /live /ready
 //!   /metrics.
 //! - [`bench`](mod@bench): the `cachegate bench` load generator.
-//! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`].
+//! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`],
+//!   [`deadline`].
 
 pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod listener;
 pub mod memcached;

@@ -124,6 +124,37 @@ pub struct SecurityEvent {
     pub updated: Instant,
 }
 
+impl SecurityEvent {
+    /// A new event, once. The user name is trimmed to 64 printable characters: it may be what
+    /// a client typed.
+    pub fn new(
+        reason: &'static str,
+        context: &'static str,
+        object: String,
+        username: &str,
+        listener: &str,
+        client_info: String,
+    ) -> Self {
+        let now = Instant::now();
+        SecurityEvent {
+            entry_id: 0,
+            count: 1,
+            reason,
+            context,
+            object,
+            username: username
+                .chars()
+                .take(64)
+                .filter(|c| !c.is_control())
+                .collect(),
+            listener: listener.to_string(),
+            client_info,
+            created: now,
+            updated: now,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -299,18 +330,14 @@ mod tests {
     use super::*;
 
     fn event(object: &str) -> SecurityEvent {
-        SecurityEvent {
-            entry_id: 0,
-            count: 1,
-            reason: "key",
-            context: "toplevel",
-            object: object.into(),
-            username: "app".into(),
-            listener: "l".into(),
-            client_info: "addr=127.0.0.1:1".into(),
-            created: Instant::now(),
-            updated: Instant::now(),
-        }
+        SecurityEvent::new(
+            "key",
+            "toplevel",
+            object.into(),
+            "app",
+            "l",
+            "addr=127.0.0.1:1".into(),
+        )
     }
 
     #[test]

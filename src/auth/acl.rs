@@ -85,6 +85,16 @@ impl Denied {
         }
     }
 
+    /// The security event's reason (as in ACL LOG) and the object refused.
+    pub fn event(&self) -> (&'static str, String) {
+        match self {
+            Denied::Command(c) => ("command", c.clone()),
+            Denied::Key(k) => ("key", k.clone()),
+            Denied::Channel(c) => ("channel", c.clone()),
+            Denied::SortOption(o) => ("key", format!("SORT {o}")),
+        }
+    }
+
     /// ACL DRYRUN's wording.
     pub fn dryrun(&self) -> String {
         match self {

@@ -14,6 +14,7 @@
 
 pub mod ring;
 
+use crate::deadline::sleep_until;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -301,13 +302,6 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;
     Ok(())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 enum Item {
@@ -687,29 +681,23 @@ fn refused(ctx: &Context, who: &Who, req: &McRequest) -> bool {
     for call in acl_calls(req) {
         if let Err(denied) = user.check(&call) {
             let (reason, object) = match denied {
-                Denied::Command(_) | Denied::SortOption(_) => {
-                    ("command", String::from_utf8_lossy(req.name()).into_owned())
-                }
-                Denied::Key(k) => ("key", k),
-                Denied::Channel(c) => ("channel", c),
+                // Name the memcached command, not the Redis one it was checked as.
+                Denied::Command(_) => ("command", String::from_utf8_lossy(req.name()).into_owned()),
+                other => other.event(),
             };
-            let now = Instant::now();
+            let client_info = format!(
+                "addr={} laddr=cachegate:{} user={}",
+                who.peer, ctx.listener, user.name
+            );
             ctx.security.metrics.security_event(
-                SecurityEvent {
-                    entry_id: 0,
-                    count: 1,
+                SecurityEvent::new(
                     reason,
-                    context: "toplevel",
+                    "toplevel",
                     object,
-                    username: user.name.clone(),
-                    listener: ctx.listener.clone(),
-                    client_info: format!(
-                        "addr={} laddr=cachegate:{} user={}",
-                        who.peer, ctx.listener, user.name
-                    ),
-                    created: now,
-                    updated: now,
-                },
+                    &user.name,
+                    &ctx.listener,
+                    client_info,
+                ),
                 true,
             );
             return true;

@@ -78,6 +78,31 @@ fn clip(arg: &[u8], max: usize) -> &[u8] {
     }
 }
 
+/// A RESP bulk string.
+pub fn bulk(s: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(s.len() + 16);
+    put_bulk(&mut out, s);
+    out.freeze()
+}
+
+/// Appends a RESP bulk string.
+pub fn put_bulk(out: &mut BytesMut, s: &[u8]) {
+    put_header(out, b'$', s.len());
+    out.put_slice(s);
+    out.put_slice(b"\r\n");
+}
+
+/// A RESP array of already-encoded elements.
+pub fn array(items: impl IntoIterator<Item = Bytes>) -> Bytes {
+    let items: Vec<Bytes> = items.into_iter().collect();
+    let mut out = BytesMut::new();
+    put_header(&mut out, b'*', items.len());
+    for i in items {
+        out.put_slice(&i);
+    }
+    out.freeze()
+}
+
 /// Appends a command as a RESP multibulk array. Everything cachegate sends upstream goes through
 /// here, so the upstream only ever sees frames cachegate built itself.
 pub fn encode_command<'a>(out: &mut BytesMut, args: impl ExactSizeIterator<Item = &'a [u8]>) {

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::auth::acl::{Described, User};
 use crate::auth::commands::table;
 use crate::config::build::UserGroup;
-use crate::protocol::reply;
+use crate::protocol::reply::{self, array, bulk};
 
 /// The reply to `ACL <subcommand> ...` from `user` (already allowed to run it).
 pub fn answer(
@@ -131,23 +131,5 @@ fn getuser(u: &User, resp3: bool) -> Bytes {
     }
     out.put_slice(&bulk(b"selectors"));
     out.put_slice(b"*0\r\n");
-    out.freeze()
-}
-
-fn bulk(s: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(s.len() + 16);
-    out.put_slice(format!("${}\r\n", s.len()).as_bytes());
-    out.put_slice(s);
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
-
-fn array(items: impl Iterator<Item = Bytes>) -> Bytes {
-    let items: Vec<Bytes> = items.collect();
-    let mut out = BytesMut::new();
-    out.put_slice(format!("*{}\r\n", items.len()).as_bytes());
-    for i in items {
-        out.put_slice(&i);
-    }
     out.freeze()
 }

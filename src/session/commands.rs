@@ -6,6 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::policy::{Decision, Policy, Visibility};
+use crate::protocol::reply::{bulk, put_bulk};
 
 /// A name no Redis knows: sent in place of a refused name inside COMMAND INFO / DOCS /
 /// GETKEYS, so the backend itself answers "no such command" in the client's protocol.
@@ -243,18 +244,6 @@ fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
     out.put_u8(kind);
     out.put_slice(n.to_string().as_bytes());
     out.put_slice(b"\r\n");
-}
-
-fn put_bulk(out: &mut BytesMut, s: &[u8]) {
-    out.put_slice(format!("${}\r\n", s.len()).as_bytes());
-    out.put_slice(s);
-    out.put_slice(b"\r\n");
-}
-
-fn bulk(s: &[u8]) -> Bytes {
-    let mut b = BytesMut::new();
-    put_bulk(&mut b, s);
-    b.freeze()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 pub mod acl_commands;
 pub mod commands;
 
+use crate::deadline::sleep_until;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::acl::{Denied, User};
+use crate::auth::acl::User;
 use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::auth::throttle::Throttle;
 use crate::config::{AuthLimits, AuthMode, Limits};
@@ -104,6 +105,28 @@ struct Expect {
     rewrite: Option<Rewrite>,
     /// The command's metric label and when it was sent, for the latency histogram.
     timed: Option<(&'static str, Instant)>,
+}
+
+impl Expect {
+    /// One reply, forwarded to the client.
+    fn one() -> Self {
+        Expect {
+            replies: 1,
+            forward: true,
+            blocking: false,
+            rewrite: None,
+            timed: None,
+        }
+    }
+
+    /// Replies to commands cachegate sent on its own behalf: read, not forwarded.
+    fn swallowed(replies: usize) -> Self {
+        Expect {
+            forward: false,
+            replies,
+            ..Expect::one()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,7 +438,13 @@ impl RequestSide<'_> {
         result
     }
 
-    async fn handle(&mut self, req: Request) -> Result<Flow, SessionError> {
+    async fn handle(&mut self, mut req: Request) -> Result<Flow, SessionError> {
+        // The real name decides what a command does (a renamed MULTI is MULTI). The commands
+        // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
+        let decision = self.ctx.policy.decide(req.name());
+        if let Decision::Rename(real) = &decision {
+            req.args[0] = real.clone();
+        }
         let kind = classify(req.name(), &req.args);
         match kind {
             Kind::Auth => return self.auth(&req).await,
@@ -432,32 +461,18 @@ impl RequestSide<'_> {
             return Ok(Flow::Continue);
         }
         let mut args = req.args;
-        let mut kind = kind;
-        match self.ctx.policy.decide(&args[0]) {
-            Decision::Allow => {}
-            Decision::Rename(real) => {
-                args[0] = real;
-                // What the command does is decided by its real name (a renamed MULTI is MULTI).
-                kind = classify(&args[0], &args);
+        if decision == Decision::Refuse {
+            if self.in_multi {
+                self.multi_dirty = true;
             }
-            Decision::Refuse => {
-                if self.in_multi {
-                    self.multi_dirty = true;
-                }
-                self.local(reply::unknown_command(&args)).await?;
-                return Ok(Flow::Continue);
-            }
+            self.local(reply::unknown_command(&args)).await?;
+            return Ok(Flow::Continue);
         }
         if let Some(user) = &self.user {
             // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
             if let Err(denied) = user.check(&args) {
-                let (reason, object) = match &denied {
-                    Denied::Command(c) => ("command", c.clone()),
-                    Denied::Key(k) => ("key", k.clone()),
-                    Denied::Channel(c) => ("channel", c.clone()),
-                    Denied::SortOption(o) => ("key", format!("SORT {o}")),
-                };
-                self.security_event(reason, object, user.name.clone(), true);
+                let (reason, object) = denied.event();
+                self.security_event(reason, object, &user.name, true);
                 if self.in_multi {
                     self.multi_dirty = true;
                 }
@@ -503,13 +518,7 @@ impl RequestSide<'_> {
                 Disposition::Pin => self.pin().await?,
             }
         }
-        let mut expect = Expect {
-            replies: 1,
-            forward: true,
-            blocking: false,
-            rewrite: None,
-            timed: None,
-        };
+        let mut expect = Expect::one();
         match kind {
             Kind::Multi => self.in_multi = true,
             Kind::Discard => {
@@ -523,7 +532,7 @@ impl RequestSide<'_> {
                 self.in_multi = false;
                 self.multi_dirty = false;
                 let discard = [Bytes::from_static(b"DISCARD")];
-                self.forward(&discard, self.swallow(1)).await?;
+                self.forward(&discard, Expect::swallowed(1)).await?;
                 self.local(Bytes::from_static(reply::EXECABORT)).await?;
                 return Ok(Flow::Continue);
             }
@@ -614,7 +623,7 @@ impl RequestSide<'_> {
             Verdict::Failed { attempted, known } => {
                 self.ctx.throttle.record(ip, false);
                 self.failed_auths += 1;
-                self.security_event("auth", "AUTH".into(), attempted, known);
+                self.security_event("auth", "AUTH".into(), &attempted, known);
                 let limit = self.ctx.auth_limits.max_failures;
                 if limit > 0 && self.failed_auths >= limit {
                     tracing::info!(listener = %self.ctx.listener, peer = %self.peer, failures = self.failed_auths, "closing connection after repeated authentication failures");
@@ -638,9 +647,7 @@ impl RequestSide<'_> {
 
     /// Counts, logs and keeps (for ACL LOG) one security event. `known` says whether `user` is
     /// a configured user name; metrics label any other name `unknown`.
-    fn security_event(&self, reason: &'static str, object: String, user: String, known: bool) {
-        let now = std::time::Instant::now();
-        let username: String = user.chars().take(64).filter(|c| !c.is_control()).collect();
+    fn security_event(&self, reason: &'static str, object: String, user: &str, known: bool) {
         let client_info = format!(
             "addr={} laddr=cachegate:{} user={} resp={}",
             self.peer,
@@ -655,19 +662,16 @@ impl RequestSide<'_> {
                 }),
             if self.resp3 { 3 } else { 2 },
         );
+        let context = if self.in_multi { "multi" } else { "toplevel" };
         self.ctx.metrics.security_event(
-            SecurityEvent {
-                entry_id: 0,
-                count: 1,
+            SecurityEvent::new(
                 reason,
-                context: if self.in_multi { "multi" } else { "toplevel" },
+                context,
                 object,
-                username,
-                listener: self.ctx.listener.clone(),
+                user,
+                &self.ctx.listener,
                 client_info,
-                created: now,
-                updated: now,
-            },
+            ),
             known,
         );
     }
@@ -803,13 +807,7 @@ impl RequestSide<'_> {
             }
             return self.forward_shared(&plain, None).await;
         }
-        let expect = Expect {
-            replies: 1,
-            forward: true,
-            blocking: false,
-            rewrite: None,
-            timed: None,
-        };
+        let expect = Expect::one();
         self.forward(&forward, expect).await
     }
 
@@ -830,18 +828,12 @@ impl RequestSide<'_> {
             self.local(Bytes::from_static(reply::RESET)).await?;
             return Ok(Flow::Continue);
         }
-        let expect = Expect {
-            replies: 1,
-            forward: true,
-            blocking: false,
-            rewrite: None,
-            timed: None,
-        };
+        let expect = Expect::one();
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
         // RESET logs the upstream connection out too; log cachegate back in.
         if let Some(auth) = self.ctx.pool.auth_frame() {
-            self.send_slot(Slot::Upstream(self.swallow(1))).await?;
+            self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&auth);
         }
         Ok(Flow::Continue)
@@ -1022,7 +1014,7 @@ impl RequestSide<'_> {
         tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session pinned to its own upstream connection");
         if self.resp3 {
             let hello = [Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")];
-            self.forward_raw(&hello, self.swallow(1)).await?;
+            self.forward_raw(&hello, Expect::swallowed(1)).await?;
         }
         if let Some(name) = state.name {
             let setname = [
@@ -1030,7 +1022,7 @@ impl RequestSide<'_> {
                 Bytes::from_static(b"SETNAME"),
                 name,
             ];
-            self.forward_raw(&setname, self.swallow(1)).await?;
+            self.forward_raw(&setname, Expect::swallowed(1)).await?;
         }
         Ok(())
     }
@@ -1050,28 +1042,12 @@ impl RequestSide<'_> {
                 Bytes::from_static(reply::OK)
             }
             (b"GETNAME", 2) => match &state.name {
-                Some(n) => {
-                    let mut out = BytesMut::new();
-                    out.extend_from_slice(format!("${}\r\n", n.len()).as_bytes());
-                    out.extend_from_slice(n);
-                    out.extend_from_slice(b"\r\n");
-                    out.freeze()
-                }
+                Some(n) => reply::bulk(n),
                 None if self.resp3 => Bytes::from_static(b"_\r\n"),
                 None => Bytes::from_static(b"$-1\r\n"),
             },
             // Library name and version: informational only.
             _ => Bytes::from_static(reply::OK),
-        }
-    }
-
-    fn swallow(&self, replies: usize) -> Expect {
-        Expect {
-            replies,
-            forward: false,
-            blocking: false,
-            rewrite: None,
-            timed: None,
         }
     }
 
@@ -1198,13 +1174,6 @@ fn command_label(name: &[u8]) -> &'static str {
 
 fn closed() -> SessionError {
     SessionError::Upstream(UpstreamError::Closed)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn read_some(

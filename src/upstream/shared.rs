@@ -7,6 +7,7 @@
 //! client from here. A failed or timed-out connection fails exactly the requests on it and is
 //! replaced.
 
+use crate::deadline::sleep_until;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -260,12 +261,5 @@ async fn serve(
                 return Some(msg);
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
