@@ -27,10 +27,27 @@ pub enum Kind {
     Unsubscribe,
     Client,
     Blocking,
+    Watch,
+    Unwatch,
+    Select,
+    /// Other commands that leave state on the connection (MONITOR, READONLY, ...).
+    Stateful,
     Other,
 }
 
 pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
+    const STATEFUL: &[&[u8]] = &[
+        b"MONITOR",
+        b"READONLY",
+        b"READWRITE",
+        b"ASKING",
+        b"SWAPDB",
+        b"MOVE",
+        b"SYNC",
+        b"PSYNC",
+        b"REPLCONF",
+        b"DEBUG",
+    ];
     const BLOCKING: &[&[u8]] = &[
         b"BLPOP",
         b"BRPOP",
@@ -66,6 +83,14 @@ pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
         Kind::Unsubscribe
     } else if is(b"CLIENT") {
         Kind::Client
+    } else if is(b"WATCH") {
+        Kind::Watch
+    } else if is(b"UNWATCH") {
+        Kind::Unwatch
+    } else if is(b"SELECT") {
+        Kind::Select
+    } else if STATEFUL.iter().any(|s| is(s)) {
+        Kind::Stateful
     } else if BLOCKING.iter().any(|b| is(b))
         || ((is(b"XREAD") || is(b"XREADGROUP"))
             && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")))

@@ -286,51 +286,29 @@ enum Disposition {
 }
 
 fn shared_disposition(kind: Kind, args: &[Bytes]) -> Disposition {
-    let name = &args[0];
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match kind {
-        Kind::Multi | Kind::Exec | Kind::Discard | Kind::Subscribe | Kind::Unsubscribe => {
-            return Disposition::Pin
-        }
-        Kind::Blocking => return Disposition::Pin,
-        Kind::Client => {
-            let sub = args
-                .get(1)
-                .map(|s| s.to_ascii_uppercase())
-                .unwrap_or_default();
-            return match &sub[..] {
-                b"SETNAME" | b"GETNAME" | b"SETINFO" => Disposition::SetName,
-                _ => Disposition::Pin,
-            };
-        }
-        _ => {}
+        Kind::Multi
+        | Kind::Exec
+        | Kind::Discard
+        | Kind::Subscribe
+        | Kind::Unsubscribe
+        | Kind::Blocking
+        | Kind::Watch
+        | Kind::Unwatch
+        | Kind::Stateful => Disposition::Pin,
+        Kind::Client => match client_subcommand(args).as_deref() {
+            Some(b"SETNAME" | b"GETNAME" | b"SETINFO") => Disposition::SetName,
+            _ => Disposition::Pin,
+        },
+        Kind::Select if args.len() == 2 && &args[1][..] == b"0" => Disposition::SelectZero,
+        Kind::Select => Disposition::Pin,
+        _ => Disposition::Shared,
     }
-    if is(b"SELECT") {
-        return if args.len() == 2 && &args[1][..] == b"0" {
-            Disposition::SelectZero
-        } else {
-            Disposition::Pin
-        };
-    }
-    const STATEFUL: &[&[u8]] = &[
-        b"WATCH",
-        b"UNWATCH",
-        b"MONITOR",
-        b"READONLY",
-        b"READWRITE",
-        b"ASKING",
-        b"SWAPDB",
-        b"MOVE",
-        b"SYNC",
-        b"PSYNC",
-        b"REPLCONF",
-        b"DEBUG",
-    ];
-    if STATEFUL.iter().any(|s| is(s)) {
-        Disposition::Pin
-    } else {
-        Disposition::Shared
-    }
+}
+
+/// CLIENT's subcommand, upper-cased.
+fn client_subcommand(args: &[Bytes]) -> Option<Vec<u8>> {
+    args.get(1).map(|s| s.to_ascii_uppercase())
 }
 
 /// The outcome of checking credentials.
@@ -921,43 +899,19 @@ impl RequestSide<'_> {
 
     /// Notes the connection state a command creates or ends while pinned.
     fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
-        let is = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
         let st = &mut self.pin_state;
         match kind {
-            Kind::Subscribe => st.sticky = true,
-            Kind::Client => {
-                let sub = args
-                    .get(1)
-                    .map(|s| s.to_ascii_uppercase())
-                    .unwrap_or_default();
-                match &sub[..] {
-                    b"SETNAME" if args.len() == 3 => {
-                        self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
-                    }
-                    b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"LIST" => {}
-                    _ => st.sticky = true,
+            Kind::Subscribe | Kind::Stateful => st.sticky = true,
+            Kind::Client => match client_subcommand(args).as_deref() {
+                Some(b"SETNAME") if args.len() == 3 => {
+                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
                 }
-            }
-            _ if is(b"WATCH") => st.watching = true,
-            _ if is(b"UNWATCH") => st.watching = false,
-            _ if is(b"SELECT") => st.db = args.get(1).is_some_and(|d| &d[..] != b"0"),
-            _ if [
-                "MONITOR",
-                "READONLY",
-                "READWRITE",
-                "ASKING",
-                "SWAPDB",
-                "MOVE",
-                "SYNC",
-                "PSYNC",
-                "REPLCONF",
-                "DEBUG",
-            ]
-            .iter()
-            .any(|n| is(n.as_bytes())) =>
-            {
-                st.sticky = true
-            }
+                Some(b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"LIST") => {}
+                _ => st.sticky = true,
+            },
+            Kind::Watch => st.watching = true,
+            Kind::Unwatch => st.watching = false,
+            Kind::Select => st.db = args.get(1).is_some_and(|d| &d[..] != b"0"),
             _ => {}
         }
     }
