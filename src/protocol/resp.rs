@@ -501,13 +501,9 @@ mod tests {
     }
 
     fn encode(args: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
+        let mut out = BytesMut::new();
+        crate::protocol::reply::encode_command(&mut out, args.iter().map(|a| &a[..]));
+        out.to_vec()
     }
 
     #[test]

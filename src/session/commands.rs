@@ -30,6 +30,8 @@ pub enum Kind {
     Watch,
     Unwatch,
     Select,
+    /// ACL: answered by cachegate when it holds the users.
+    Acl,
     /// Other commands that leave state on the connection (MONITOR, READONLY, ...).
     Stateful,
     Other,
@@ -89,6 +91,8 @@ pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
         Kind::Unwatch
     } else if is(b"SELECT") {
         Kind::Select
+    } else if is(b"ACL") {
+        Kind::Acl
     } else if STATEFUL.iter().any(|s| is(s)) {
         Kind::Stateful
     } else if BLOCKING.iter().any(|b| is(b))

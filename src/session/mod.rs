@@ -274,6 +274,7 @@ impl PinState {
 }
 
 /// What a command means for a session on shared connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Disposition {
     /// Stateless: any shared connection will do.
     Shared,
@@ -457,7 +458,7 @@ impl RequestSide<'_> {
                 self.local(reply::error_line(&denied.error())).await?;
                 return Ok(Flow::Continue);
             }
-            if args[0].eq_ignore_ascii_case(b"ACL") {
+            if kind == Kind::Acl {
                 if let AuthMode::Acl(group) = &self.ctx.auth {
                     let answer = acl_commands::answer(&args, user, group, self.resp3, self.ctx);
                     self.local(answer).await?;
@@ -465,15 +466,16 @@ impl RequestSide<'_> {
                 }
             }
         }
+        let disposition = shared_disposition(kind, &args);
         if self.shared.is_none()
             && self.ctx.shared.is_some()
+            && disposition != Disposition::Pin
             && !self.holds_state()
-            && !matches!(shared_disposition(kind, &args), Disposition::Pin)
         {
             self.unpin().await?;
         }
         if self.shared.is_some() {
-            match shared_disposition(kind, &args) {
+            match disposition {
                 Disposition::Shared => {
                     let rewrite = if kind == Kind::Command {
                         let (fwd, rw) = plan_command(&args, &self.ctx.policy);
@@ -986,10 +988,7 @@ impl RequestSide<'_> {
         let Some(state) = self.shared.as_mut() else {
             return Bytes::from_static(reply::OK);
         };
-        let sub = args
-            .get(1)
-            .map(|a| a.to_ascii_uppercase())
-            .unwrap_or_default();
+        let sub = client_subcommand(args).unwrap_or_default();
         match (&sub[..], args.len()) {
             (b"SETNAME", 3) => {
                 state.name = Some(args[2].clone()).filter(|n| !n.is_empty());
