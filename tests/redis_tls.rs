@@ -224,18 +224,21 @@ async fn dev_certificates_are_generated_when_none_configured() {
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
 }
 
+/// A TLS listener with one token in front of a TLS upstream verified against `ca`.
+fn tls_upstream(pki: &Pki, redis: &Redis, ca: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
+         upstream.address = {:?}\nupstream.tls.ca = {ca:?}\nupstream.tls.server_name = \"localhost\"\n{extra}",
+        pki.tls_toml(),
+        redis.address(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_upstream_with_ca_and_server_name() {
     let pki = Pki::new();
     let redis = Redis::start_tls(&pki).await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
-         upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
-        pki.tls_toml(),
-        redis.address(),
-        pki.ca
-    ))
-    .await;
+    let proxy = Proxy::start(&tls_upstream(&pki, &redis, &pki.ca, "")).await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(c.cmd(&["SET", "k", "over-tls"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["GET", "k"]).await, b"$8\r\nover-tls\r\n");
@@ -245,23 +248,12 @@ async fn tls_upstream_with_ca_and_server_name() {
 async fn tls_upstream_requiring_a_client_certificate() {
     let pki = Pki::new();
     let redis = Redis::start_tls_with(&pki, true).await;
-    let upstream = |with_cert: bool| {
-        let cert = if with_cert {
-            format!(
-                "upstream.tls.cert = {:?}\nupstream.tls.key = {:?}\n",
-                pki.client_cert, pki.client_key
-            )
-        } else {
-            String::new()
-        };
-        format!(
-            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
-             upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n{cert}",
-            pki.tls_toml(),
-            redis.address(),
-            pki.ca
-        )
-    };
+    let cert = format!(
+        "upstream.tls.cert = {:?}\nupstream.tls.key = {:?}\n",
+        pki.client_cert, pki.client_key
+    );
+    let upstream =
+        |with_cert: bool| tls_upstream(&pki, &redis, &pki.ca, if with_cert { &cert } else { "" });
     let with = Proxy::start(&upstream(true)).await;
     let mut c = RawClient::authed(&pki, with.addr).await;
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
@@ -276,14 +268,7 @@ async fn tls_upstream_with_wrong_ca_fails_clearly() {
     let pki = Pki::new();
     let other = Pki::new();
     let redis = Redis::start_tls(&pki).await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\n\
-         upstream.address = {:?}\nupstream.tls.ca = {:?}\nupstream.tls.server_name = \"localhost\"\n",
-        pki.tls_toml(),
-        redis.address(),
-        other.ca
-    ))
-    .await;
+    let proxy = Proxy::start(&tls_upstream(&pki, &redis, &other.ca, "")).await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     let reply = s(&c.cmd(&["PING"]).await);
     assert!(
