@@ -424,8 +424,7 @@ async fn execute(
         match (plan, req) {
             (Plan::Local(b), _) => out.extend_from_slice(&b),
             (Plan::Unrouted, Some(req)) => {
-                let err = "no memcached node available".to_string();
-                answer_failure(ctx, req, &err, &mut out);
+                answer_failure(ctx, req, "no memcached node available", &mut out)
             }
             (Plan::Single(node, at), Some(req)) => match &results[node][at] {
                 Ok(reply) => answer(req, reply, &mut out),
