@@ -31,7 +31,9 @@ use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
-use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::protocol::memcached::{
+    reply_len, split_replies, split_values, Cmd, McRequest, Parsed, Parser, Shape,
+};
 use crate::upstream::shared::{Frames, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
 use ring::Continuum;
@@ -475,7 +477,7 @@ async fn shared_exchange(
     let (tx, rx) = oneshot::channel();
     let request = SharedRequest {
         bytes: bytes.freeze(),
-        frames: Frames::Memcached(shapes),
+        frames: Frames::Memcached(shapes.clone()),
         reply: tx,
     };
     let outcome = match shared.pick().send(request).await {
@@ -484,8 +486,8 @@ async fn shared_exchange(
             .unwrap_or_else(|_| Err("upstream connection lost".into())),
         Err(_) => Err("shutting down".into()),
     };
-    match outcome {
-        Ok(frames) if frames.len() == n => {
+    match outcome.map(|replies| split_replies(replies, &shapes)) {
+        Ok(Some(frames)) if frames.len() == n => {
             ctx.record(node, true);
             frames.into_iter().map(Ok).collect()
         }

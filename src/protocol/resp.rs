@@ -72,6 +72,9 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub args: Vec<Bytes>,
+    /// The request exactly as the client sent it, when that is a multibulk: forwarded as is
+    /// while `args` is unchanged, instead of being encoded again.
+    pub raw: Option<Bytes>,
 }
 
 impl Request {
@@ -105,11 +108,14 @@ pub fn next_request(
             Scan::Multibulk { consumed, ranges } => {
                 let frame = buf.split_to(consumed).freeze();
                 let args = ranges.into_iter().map(|(s, e)| frame.slice(s..e)).collect();
-                return Ok(Some(Request { args }));
+                return Ok(Some(Request {
+                    args,
+                    raw: Some(frame),
+                }));
             }
             Scan::Inline { consumed, args } => {
                 buf.advance(consumed);
-                return Ok(Some(Request { args }));
+                return Ok(Some(Request { args, raw: None }));
             }
         }
     }
@@ -136,11 +142,34 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
-fn parse_int(digits: &[u8]) -> Option<i64> {
-    if digits.is_empty() || digits.len() > 20 {
-        return None;
+/// A length or count as Redis reads one (`string2ll`): an optional `-`, then digits with no
+/// leading zero (`0` alone is fine), nothing else. Requests are forwarded as the client encoded
+/// them, so anything Redis would refuse, and that would cost a shared connection, is refused
+/// here first.
+fn parse_int(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [b'1'..=b'9', ..] if digits.len() <= 19 => {}
+        _ => return None,
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(d)?
+        } else {
+            value.checked_add(d)?
+        };
+    }
+    Some(value)
 }
 
 fn scan_multibulk(
@@ -649,6 +678,32 @@ mod tests {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6)
     }
 
+    #[test]
+    fn numbers_are_read_as_redis_reads_them() {
+        for (text, want) in [
+            (&b"0"[..], Some(0)),
+            (b"7", Some(7)),
+            (b"-1", Some(-1)),
+            (b"9223372036854775807", Some(i64::MAX)),
+            (b"-9223372036854775808", Some(i64::MIN)),
+            (b"9223372036854775808", None),
+            (b"03", None),
+            (b"+3", None),
+            (b"-0", None),
+            (b" 3", None),
+            (b"", None),
+            (b"-", None),
+            (b"3a", None),
+        ] {
+            assert_eq!(parse_int(text), want, "{}", String::from_utf8_lossy(text));
+        }
+        let mut buf = BytesMut::from(&b"*1\r\n$03\r\nget\r\n"[..]);
+        assert_eq!(
+            next_request(&mut buf, &RequestLimits::default(), true),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+    }
+
     proptest! {
         #[test]
         fn strict_prefixes_are_incomplete(cmds in prop::collection::vec(arb_args(), 1..4)) {
@@ -695,6 +750,33 @@ mod tests {
                     prop_assert!(r.args.len() <= 4);
                     prop_assert!(r.args.iter().all(|a| a.len() <= 8));
                 }
+            }
+        }
+
+        #[test]
+        fn accepted_multibulks_are_canonical(
+            args in arb_args(),
+            count_form in 0..4usize,
+            len_forms in prop::collection::vec(0..4usize, 6),
+        ) {
+            // Numbers written as Redis writes them, or with a leading zero, a plus sign or a
+            // space: whatever is accepted is forwarded as sent, so it must be what re-encoding
+            // the arguments would give.
+            let number = |n: usize, form: usize| match form {
+                0 => n.to_string(),
+                1 => format!("0{n}"),
+                2 => format!("+{n}"),
+                _ => format!(" {n}"),
+            };
+            let mut wire = format!("*{}\r\n", number(args.len(), count_form)).into_bytes();
+            for (a, form) in args.iter().zip(&len_forms) {
+                wire.extend(format!("${}\r\n", number(a.len(), *form)).into_bytes());
+                wire.extend(a);
+                wire.extend(b"\r\n");
+            }
+            let mut buf = BytesMut::from(&wire[..]);
+            if let Ok(Some(r)) = next_request(&mut buf, &RequestLimits::default(), true) {
+                prop_assert_eq!(r.raw.as_deref(), Some(&encode(&args)[..]));
             }
         }
 

@@ -36,7 +36,7 @@ use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
-use crate::upstream::shared::{Frames, Shared, SharedRequest};
+use crate::upstream::shared::{Frames, Shared, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
 
@@ -81,7 +81,7 @@ enum Slot {
 }
 
 struct SharedWait {
-    reply: oneshot::Receiver<Result<Vec<Bytes>, String>>,
+    reply: oneshot::Receiver<SharedReply>,
     /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
@@ -423,6 +423,7 @@ impl RequestSide<'_> {
         let decision = self.ctx.policy.decide(req.name());
         if let Decision::Rename(real) = &decision {
             req.args[0] = real.clone();
+            req.raw = None;
         }
         let kind = classify(req.name(), &req.args);
         match kind {
@@ -477,14 +478,14 @@ impl RequestSide<'_> {
         if self.shared.is_some() {
             match disposition {
                 Disposition::Shared => {
-                    let rewrite = if kind == Kind::Command {
+                    let (raw, rewrite) = if kind == Kind::Command {
                         let (fwd, rw) = plan_command(&args, &self.ctx.policy);
                         args = fwd;
-                        rw
+                        (None, rw)
                     } else {
-                        None
+                        (req.raw.as_ref(), None)
                     };
-                    return self.forward_shared(&args, rewrite).await;
+                    return self.forward_shared(&args, raw, rewrite).await;
                 }
                 Disposition::SelectZero => {
                     self.local(Bytes::from_static(reply::OK)).await?;
@@ -785,7 +786,7 @@ impl RequestSide<'_> {
                 }
                 i += 2;
             }
-            return self.forward_shared(&plain, None).await;
+            return self.forward_shared(&plain, None, None).await;
         }
         let expect = Expect::one();
         self.forward(&forward, expect).await
@@ -819,10 +820,12 @@ impl RequestSide<'_> {
         Ok(Flow::Continue)
     }
 
-    /// Sends a stateless command on this session's shared connection (one per RESP version).
+    /// Sends a stateless command on this session's shared connection (one per RESP version):
+    /// `raw` when the client's own encoding of `args` is at hand, or `args` encoded again.
     async fn forward_shared(
         &mut self,
         args: &[Bytes],
+        raw: Option<&Bytes>,
         rewrite: Option<Rewrite>,
     ) -> Result<Flow, SessionError> {
         let (Some(pools), Some(session)) = (self.ctx.shared.as_ref(), self.shared.as_mut()) else {
@@ -851,7 +854,10 @@ impl RequestSide<'_> {
             bytes: BytesMut::new(),
             labels: Vec::new(),
         });
-        encode_command(&mut batch.bytes, args.iter().map(|a| &a[..]));
+        match raw {
+            Some(raw) => batch.bytes.extend_from_slice(raw),
+            None => encode_command(&mut batch.bytes, args.iter().map(|a| &a[..])),
+        }
         batch.labels.push(command_label(&args[0]));
         // A rewritten reply travels alone; big batches go out without waiting for the read.
         if rewrite.is_some()
@@ -1150,11 +1156,11 @@ struct Current {
 enum Event {
     Slot(Option<Slot>),
     Read(std::io::Result<usize>),
-    Shared(Result<Vec<Bytes>, String>),
+    Shared(SharedReply),
     Timeout,
 }
 
-async fn wait_shared(wait: &mut Option<SharedWait>) -> Result<Vec<Bytes>, String> {
+async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
     match wait {
         Some(w) => (&mut w.reply)
             .await
@@ -1318,19 +1324,20 @@ async fn reply_side<W: AsyncWrite + Unpin>(
 /// way, since it held no state on that connection.
 fn deliver_shared(
     wait: SharedWait,
-    result: Result<Vec<Bytes>, String>,
+    result: SharedReply,
     out: &mut BytesMut,
     ctx: &Context,
     meter: &mut CommandMeter,
 ) {
     match result {
-        Ok(frames) => {
+        Ok(replies) => {
+            match wait.rewrite {
+                // Only ever for a request of one command.
+                Some(rw) => out.extend_from_slice(&rewrite_reply(replies, rw, &ctx.policy)),
+                None => out.extend_from_slice(&replies),
+            }
             let took = wait.sent.elapsed();
-            for (frame, label) in frames.into_iter().zip(&wait.labels) {
-                match wait.rewrite {
-                    Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
-                    None => out.extend_from_slice(&frame),
-                }
+            for label in &wait.labels {
                 meter.observe(label, took);
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Each shared connection is one task that owns its socket: requests from many sessions arrive
 //! on a channel, everything waiting is written in one go, and replies are handed back in the
-//! order the requests were written, each to its own session through a oneshot channel. Nothing a
+//! order the requests were written, each to its own session through a oneshot channel: all of
+//! one request's replies as one buffer, split off the read buffer without a copy. Nothing a
 //! session does can stall the others: a reply is dropped into a oneshot, never written to a
 //! client from here. A failed or timed-out connection fails exactly the requests on it and is
 //! replaced.
@@ -32,8 +33,11 @@ const QUEUE: usize = 4096;
 pub struct SharedRequest {
     pub bytes: Bytes,
     pub frames: Frames,
-    pub reply: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    pub reply: oneshot::Sender<SharedReply>,
 }
+
+/// A request's replies, back to back in request order, or why they will not come.
+pub type SharedReply = Result<Bytes, String>;
 
 /// The replies a request expects.
 pub enum Frames {
@@ -54,9 +58,11 @@ impl Frames {
 
 /// A request written and waiting for its replies.
 struct Waiting {
-    reply: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    reply: oneshot::Sender<SharedReply>,
     frames: Frames,
-    got: Vec<Bytes>,
+    /// Replies delimited so far, and their length at the front of the read buffer.
+    got: usize,
+    len: usize,
     sent: Instant,
 }
 
@@ -179,26 +185,27 @@ async fn serve(
     loop {
         // Hand out every complete reply.
         loop {
-            let delimited = match pending.front().map(|w| (&w.frames, w.got.len())) {
+            let from = pending.front().map_or(0, |w| w.len);
+            let delimited = match pending.front().map(|w| (&w.frames, w.got)) {
                 Some((Frames::Memcached(shapes), got)) => {
-                    reply_len(&buf, shapes[got], max).map_err(|e| e.to_string())
+                    reply_len(&buf[from..], shapes[got], max).map_err(|e| e.to_string())
                 }
                 _ => scanner
-                    .next(&buf, max)
+                    .next(&buf[from..], max)
                     .map(|r| r.map(|(len, _)| len))
                     .map_err(|e| e.to_string()),
             };
             match delimited {
                 Ok(Some(len)) => {
-                    let frame = buf.split_to(len).freeze();
                     let Some(head) = pending.front_mut() else {
                         fail(&mut pending, "unexpected reply");
                         return Some("reply with no request".into());
                     };
-                    head.got.push(frame);
-                    if head.got.len() == head.frames.count() {
+                    head.got += 1;
+                    head.len += len;
+                    if head.got == head.frames.count() {
                         if let Some(done) = pending.pop_front() {
-                            let _ = done.reply.send(Ok(done.got));
+                            let _ = done.reply.send(Ok(buf.split_to(done.len).freeze()));
                         }
                     }
                 }
@@ -214,10 +221,14 @@ async fn serve(
             _ = shutdown.cancelled(), if pending.is_empty() => return None,
             req = rx.recv() => {
                 let req = req?;
+                // Let every other ready session queue its request first, so that they all
+                // leave in this one write instead of one write each.
+                tokio::task::yield_now().await;
                 out.clear();
                 let now = Instant::now();
                 let waiting = |req: SharedRequest| Waiting {
-                    got: Vec::with_capacity(req.frames.count()),
+                    got: 0,
+                    len: 0,
                     reply: req.reply,
                     frames: req.frames,
                     sent: now,
