@@ -5,7 +5,7 @@
 //! existence of a disabled command or the real name behind an alias is not revealed.
 //! `visible_name` is the inverse used when rewriting COMMAND replies.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use bytes::Bytes;
 

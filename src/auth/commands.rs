@@ -3,7 +3,7 @@
 //! The table is generated from a real Redis by `scripts/gen-command-table.py` into
 //! `commands.json`, checked in with the Redis version it came from, and embedded here.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::OnceLock;
 
 use serde::Deserialize;

@@ -71,11 +71,15 @@ pub enum ProtocolError {
 /// One parsed command: the name and its arguments, as slices of the frozen read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub args: Vec<Bytes>,
+    /// Most commands have three arguments or fewer: those need no allocation.
+    pub args: Args,
     /// The request exactly as the client sent it, when that is a multibulk: forwarded as is
     /// while `args` is unchanged, instead of being encoded again.
     pub raw: Option<Bytes>,
 }
+
+/// A request's arguments, name first.
+pub type Args = smallvec::SmallVec<[Bytes; 3]>;
 
 impl Request {
     pub fn name(&self) -> &[u8] {
@@ -126,20 +130,24 @@ enum Scan {
     Empty(usize),
     Multibulk {
         consumed: usize,
-        ranges: Vec<(usize, usize)>,
+        ranges: smallvec::SmallVec<[(usize, usize); 3]>,
     },
     Inline {
         consumed: usize,
-        args: Vec<Bytes>,
+        args: Args,
     },
 }
 
 /// Finds `\r\n` at or after `from`; returns the index of `\r`.
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| p + from)
+    let mut at = from;
+    loop {
+        let cr = at + memchr::memchr(b'\r', buf.get(at..)?)?;
+        if buf.get(cr + 1) == Some(&b'\n') {
+            return Some(cr);
+        }
+        at = cr + 1;
+    }
 }
 
 /// A length or count as Redis reads one (`string2ll`): an optional `-`, then digits with no
@@ -197,7 +205,7 @@ fn scan_multibulk(
     }
     // The count is bounded above, but a client could still declare a million arguments and send
     // none: grow the range list with the arguments actually present, not with the declaration.
-    let mut ranges = Vec::with_capacity((count as usize).min(16));
+    let mut ranges = smallvec::SmallVec::new();
     for _ in 0..count {
         if pos >= buf.len() {
             return Ok(Scan::Incomplete);
@@ -380,24 +388,41 @@ pub fn next_reply_len(
     if buf.is_empty() {
         return Ok(None);
     }
-    // Fast path for the common big reply, a single bulk string: its length is known from the
-    // header, so there is no need to re-run the full decoder on every partial read.
-    if buf[0] == b'$' {
-        if let Some(eol) = find_crlf(buf, 1) {
-            if let Some(len) = parse_int(&buf[1..eol]) {
-                let total = if len < 0 {
-                    eol + 2
-                } else {
-                    eol + 2 + len as usize + 2
-                };
-                if total > max_reply {
-                    return Err(ReplyError::TooLarge(max_reply));
-                }
-                if buf.len() < total {
-                    return Ok(None);
+    // Fast paths for the common replies, a bulk string or a status or error line: delimited
+    // from the header alone, without running the full decoder (which a big bulk string would
+    // otherwise go through again on every partial read).
+    match buf[0] {
+        b'$' => {
+            if let Some(eol) = find_crlf(buf, 1) {
+                if let Some(len) = parse_int(&buf[1..eol]) {
+                    let total = if len < 0 {
+                        eol + 2
+                    } else {
+                        eol + 2 + len as usize + 2
+                    };
+                    if total > max_reply {
+                        return Err(ReplyError::TooLarge(max_reply));
+                    }
+                    if buf.len() < total {
+                        return Ok(None);
+                    }
+                    if len < 0 || &buf[total - 2..total] == b"\r\n" {
+                        return Ok(Some((total, ReplyKind::Other)));
+                    }
                 }
             }
         }
+        kind @ (b'+' | b'-') => {
+            if let Some(eol) = find_crlf(buf, 1) {
+                let kind = if kind == b'-' {
+                    ReplyKind::Error
+                } else {
+                    ReplyKind::Other
+                };
+                return Ok(Some((eol + 2, kind)));
+            }
+        }
+        _ => {}
     }
     match frame_len(buf) {
         Ok(None) if buf.len() > max_reply => Err(ReplyError::TooLarge(max_reply)),

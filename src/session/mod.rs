@@ -92,6 +92,8 @@ struct SharedWait {
 /// Stateless commands gathered from one read of the client, sent as one request.
 struct SharedBatch {
     sender: mpsc::Sender<SharedRequest>,
+    /// Which of the session's shared connections `sender` is.
+    resp3: bool,
     bytes: BytesMut,
     labels: Vec<&'static str>,
 }
@@ -162,6 +164,7 @@ pub async fn run<S>(
         name: None,
         batch: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
+        label: LastLabel::default(),
         tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
@@ -223,6 +226,7 @@ struct RequestSide<'a> {
     failed_auths: u32,
     /// The user the client's certificate logs in as, if any.
     cert_user: Option<Arc<User>>,
+    label: LastLabel,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<mpsc::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
@@ -480,7 +484,7 @@ impl RequestSide<'_> {
                 Disposition::Shared => {
                     let (raw, rewrite) = if kind == Kind::Command {
                         let (fwd, rw) = plan_command(&args, &self.ctx.policy);
-                        args = fwd;
+                        args = fwd.into();
                         (None, rw)
                     } else {
                         (req.raw.as_ref(), None)
@@ -523,7 +527,7 @@ impl RequestSide<'_> {
             }
             Kind::Command => {
                 let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
-                args = fwd;
+                args = fwd.into();
                 expect.rewrite = rewrite;
             }
             Kind::Subscribe | Kind::Unsubscribe => {
@@ -828,37 +832,36 @@ impl RequestSide<'_> {
         raw: Option<&Bytes>,
         rewrite: Option<Rewrite>,
     ) -> Result<Flow, SessionError> {
-        let (Some(pools), Some(session)) = (self.ctx.shared.as_ref(), self.shared.as_mut()) else {
-            return Ok(Flow::Continue);
-        };
-        let sender = if self.resp3 {
-            session
-                .resp3
-                .get_or_insert_with(|| pools.resp3.pick())
-                .clone()
-        } else {
-            session
-                .resp2
-                .get_or_insert_with(|| pools.resp2.pick())
-                .clone()
-        };
-        let same = self
-            .batch
-            .as_ref()
-            .is_some_and(|b| b.sender.same_channel(&sender));
+        let resp3 = self.resp3;
+        let same = self.batch.as_ref().is_some_and(|b| b.resp3 == resp3);
         if !same || rewrite.is_some() {
             self.flush_shared().await?;
         }
-        let batch = self.batch.get_or_insert_with(|| SharedBatch {
-            sender,
-            bytes: BytesMut::new(),
-            labels: Vec::new(),
-        });
+        let batch = match &mut self.batch {
+            Some(batch) => batch,
+            None => {
+                let (Some(pools), Some(session)) = (self.ctx.shared.as_ref(), self.shared.as_mut())
+                else {
+                    return Ok(Flow::Continue);
+                };
+                let sender = if resp3 {
+                    session.resp3.get_or_insert_with(|| pools.resp3.pick())
+                } else {
+                    session.resp2.get_or_insert_with(|| pools.resp2.pick())
+                };
+                self.batch.insert(SharedBatch {
+                    sender: sender.clone(),
+                    resp3,
+                    bytes: BytesMut::new(),
+                    labels: Vec::new(),
+                })
+            }
+        };
         match raw {
             Some(raw) => batch.bytes.extend_from_slice(raw),
             None => encode_command(&mut batch.bytes, args.iter().map(|a| &a[..])),
         }
-        batch.labels.push(command_label(&args[0]));
+        batch.labels.push(self.label.of(&args[0]));
         // A rewritten reply travels alone; big batches go out without waiting for the read.
         if rewrite.is_some()
             || batch.labels.len() >= 128
@@ -1045,7 +1048,7 @@ impl RequestSide<'_> {
         // frame is for.
         let mut expect = expect;
         if expect.forward && expect.replies > 0 {
-            expect.timed = Some((command_label(&args[0]), Instant::now()));
+            expect.timed = Some((self.label.of(&args[0]), Instant::now()));
         }
         if expect.replies > 0 {
             self.send_slot(Slot::Upstream(expect)).await?;
@@ -1111,6 +1114,30 @@ impl RequestSide<'_> {
         }
         self.wbuf.clear();
         Ok(())
+    }
+}
+
+/// The last command name labelled, copied (not a view of the client's read buffer, which would
+/// keep it from being reused): a pipeline of one command is looked up once.
+#[derive(Default)]
+struct LastLabel {
+    name: [u8; 24],
+    len: usize,
+    label: &'static str,
+}
+
+impl LastLabel {
+    fn of(&mut self, name: &[u8]) -> &'static str {
+        if !self.label.is_empty() && self.name.get(..self.len) == Some(name) {
+            return self.label;
+        }
+        let label = command_label(name);
+        if let Some(copy) = self.name.get_mut(..name.len()) {
+            copy.copy_from_slice(name);
+            self.len = name.len();
+            self.label = label;
+        }
+        label
     }
 }
 
@@ -1410,5 +1437,25 @@ fn route(
         *current = None;
     } else if cur.deadline.is_some() {
         cur.deadline = Some(Instant::now() + timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_remembered_per_name_and_case() {
+        let mut last = LastLabel::default();
+        assert_eq!(last.of(b"GET"), "get");
+        assert_eq!(last.of(b"GET"), "get");
+        assert_eq!(last.of(b"set"), "set");
+        assert_eq!(last.of(b"NOSUCHCOMMAND"), "other");
+        assert_eq!(last.of(b"Get"), "get");
+        // Longer than the copy holds: still labelled, never confused with its prefix.
+        let long = [b'x'; 40];
+        assert_eq!(last.of(&long), "other");
+        assert_eq!(last.of(b"Get"), "get");
+        assert_eq!(last.of(b""), "other");
     }
 }
