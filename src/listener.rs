@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -139,6 +140,38 @@ async fn serve_connection(
         listener.handler.run(stream, peer, None, shutdown).await;
         return;
     };
+    let Some(tls) = accept_tls(stream, peer, listener, acceptor, *deadline).await else {
+        return;
+    };
+    let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    // rustls verified the chain: the leaf's names can be trusted.
+    let cert = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::auth::cert::names(leaf));
+    connected(version, cert.is_some());
+    tracing::debug!(listener = %name, %peer, version, client_cert = ?cert, "TLS session established");
+    // Boxed: the TLS stream (over a kilobyte) would otherwise be stored again in each layer's
+    // future state, for as long as the connection lives.
+    listener.handler.run(tls, peer, cert, shutdown).await;
+}
+
+/// The TLS handshake, under its deadline (the wait for the ClientHello included); `None` when
+/// it failed, counted and logged. Apart from the session so that the connection's future does
+/// not keep room for both.
+async fn accept_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    acceptor: &TlsAcceptor,
+    deadline: Duration,
+) -> Option<Box<TlsStream<TcpStream>>> {
+    let name = &listener.name;
     let handshake = async {
         // The wait for the ClientHello counts against the deadline. Anything that does not
         // open with a TLS handshake record (plaintext RESP, HTTP) is dropped unanswered.
@@ -164,34 +197,21 @@ async fn serve_connection(
             })
             .inc();
     };
-    let tls = match tokio::time::timeout(*deadline, handshake).await {
-        Ok(Ok(tls)) => tls,
+    let tls = match tokio::time::timeout(deadline, handshake).await {
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err((reason, detail))) => {
             // Client-caused: counted and worth a debug line, not an error.
             failed(reason);
             tracing::debug!(listener = %name, %peer, reason = %detail, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             failed("timeout");
             tracing::debug!(listener = %name, %peer, "TLS handshake timed out after {deadline:?}");
-            return;
+            return None;
         }
     };
-    let (_, conn) = tls.get_ref();
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "other",
-    };
-    // rustls verified the chain: the leaf's names can be trusted.
-    let cert = conn
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| crate::auth::cert::names(leaf));
-    connected(version, cert.is_some());
-    tracing::debug!(listener = %name, %peer, version, client_cert = ?cert, "TLS session established");
-    listener.handler.run(tls, peer, cert, shutdown).await;
+    Some(tls)
 }
 
 /// A bounded set of reasons for the handshake-failure metric.

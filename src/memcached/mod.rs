@@ -246,7 +246,8 @@ where
     let (mut cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);
     let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::new();
+    let mut room = crate::session::ReadRoom::new();
     let mut partial_since: Option<Instant> = None;
     loop {
         let mut batch = Vec::new();
@@ -289,10 +290,11 @@ where
             (false, since) => since,
         };
         let deadline = partial_since.map(|s| s + ctx.limits.partial_request_timeout);
+        room.prepare(&mut rbuf);
         tokio::select! {
             read = cr.read_buf(&mut rbuf) => match read {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => room.record(n),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(e),
             },

@@ -46,11 +46,51 @@ const MAX_QUEUED: usize = 1024;
 const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
 /// Client bytes gathered before a write.
 const CLIENT_WRITE_BATCH: usize = 64 * 1024;
-/// Room made before each read: small, so that an idle session holds little memory, and
-/// reserved again before every read so that big transfers still read in large chunks.
+/// Room made before each upstream read of a pinned session, reserved again before every read
+/// so that big transfers still read in large chunks.
 const READ_CHUNK: usize = 4 * 1024;
 /// How long the close_notify to a departing client may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much room a session makes in its client read buffer before each read: little while the
+/// client sends little, so that an idle session holds little memory, and doubling while reads
+/// fill the room, so that deep pipelines and big values still arrive in large chunks. An empty
+/// buffer grown far beyond the current size is given back.
+pub(crate) struct ReadRoom {
+    size: usize,
+    /// Spare capacity before the pending read.
+    room: usize,
+}
+
+impl ReadRoom {
+    const MIN: usize = 512;
+    const MAX: usize = 64 * 1024;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            size: Self::MIN,
+            room: 0,
+        }
+    }
+
+    /// Makes room in `buf` for the next read.
+    pub(crate) fn prepare(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 4 * self.size {
+            *buf = BytesMut::new();
+        }
+        buf.reserve(self.size);
+        self.room = buf.capacity() - buf.len();
+    }
+
+    /// Adapts the size to what a read brought.
+    pub(crate) fn record(&mut self, read: usize) {
+        if read >= self.room {
+            self.size = (self.size * 2).min(Self::MAX);
+        } else if read < self.size / 4 {
+            self.size = (self.size / 2).max(Self::MIN);
+        }
+    }
+}
 
 /// What every session of one listener shares; built once by the server.
 pub struct Context {
@@ -177,9 +217,12 @@ pub async fn run<S>(
         abort: abort.clone(),
     };
     req.log_out();
-    let requests = req.run(cr, &shutdown);
-    let replies = reply_side(&ctx, cw, rx, abort.clone(), client_gone.clone());
-    let (req_result, (read_half, clean, reply_result)) = tokio::join!(requests, replies);
+    // Built inside join!, not bound first: a bound future would keep its own space in the
+    // session's state beside the moved copy, and every idle connection pays for that state.
+    let (req_result, (read_half, clean, reply_result)) = tokio::join!(
+        req.run(cr, &shutdown),
+        reply_side(&ctx, cw, rx, abort.clone(), client_gone.clone())
+    );
 
     if ctx.shared.is_some() && req.shared.is_none() {
         ctx.metrics
@@ -354,7 +397,8 @@ impl RequestSide<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let limits = &self.ctx.limits;
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::new();
+        let mut room = ReadRoom::new();
         let mut partial_since: Option<Instant> = None;
         let result = loop {
             // Everything complete in the buffer is handled before the next read, so a pipeline
@@ -393,14 +437,14 @@ impl RequestSide<'_> {
             }
             let partial_deadline =
                 partial_since.map(|since| since + limits.partial_request_timeout);
-            rbuf.reserve(READ_CHUNK);
+            room.prepare(&mut rbuf);
             tokio::select! {
                 read = cr.read_buf(&mut rbuf) => match read {
                     Ok(0) => {
                         self.client_gone.cancel();
                         break Ok(());
                     }
-                    Ok(_) => {}
+                    Ok(n) => room.record(n),
                     // Most clients close without a TLS close_notify; that is an ordinary close.
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         self.client_gone.cancel();
@@ -431,13 +475,15 @@ impl RequestSide<'_> {
         }
         let kind = classify(req.name(), &req.args);
         match kind {
-            Kind::Auth => return self.auth(&req).await,
-            Kind::Hello => return self.hello(req).await,
+            // Rare paths are boxed, so that the session's future (held by every idle
+            // connection) is sized for the common one.
+            Kind::Auth => return Box::pin(self.auth(&req)).await,
+            Kind::Hello => return Box::pin(self.hello(req)).await,
             Kind::Quit => {
                 self.local(Bytes::from_static(reply::OK)).await?;
                 return Ok(Flow::Stop);
             }
-            Kind::Reset => return self.reset().await,
+            Kind::Reset => return Box::pin(self.reset()).await,
             _ => {}
         }
         if !self.authenticated {
@@ -477,7 +523,7 @@ impl RequestSide<'_> {
             && disposition != Disposition::Pin
             && !self.holds_state()
         {
-            self.unpin().await?;
+            Box::pin(self.unpin()).await?;
         }
         if self.shared.is_some() {
             match disposition {
@@ -500,7 +546,7 @@ impl RequestSide<'_> {
                     self.local(reply).await?;
                     return Ok(Flow::Continue);
                 }
-                Disposition::Pin => self.pin().await?,
+                Disposition::Pin => Box::pin(self.pin()).await?,
             }
         }
         let mut expect = Expect::one();
@@ -891,15 +937,19 @@ impl RequestSide<'_> {
             sent: Instant::now(),
         }))
         .await?;
-        batch
-            .sender
-            .send(SharedRequest {
-                bytes: batch.bytes.freeze(),
-                frames: Frames::Resp(n),
-                reply: tx,
-            })
-            .await
-            .map_err(|_| closed())
+        let request = SharedRequest {
+            bytes: batch.bytes.freeze(),
+            frames: Frames::Resp(n),
+            reply: tx,
+        };
+        match batch.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            // A full queue is rare: its wait is boxed, so the session's state stays small.
+            Err(mpsc::error::TrySendError::Full(request)) => Box::pin(batch.sender.send(request))
+                .await
+                .map_err(|_| closed()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
     }
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
@@ -1030,7 +1080,8 @@ impl RequestSide<'_> {
 
     async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
         if self.up.is_none() {
-            match self.ctx.pool.acquire().await {
+            // Boxed: connecting (perhaps with TLS) is rare and its future is large.
+            match Box::pin(self.ctx.pool.acquire()).await {
                 Ok(conn) => {
                     let (r, w) = tokio::io::split(conn.stream);
                     self.send_slot(Slot::Attach(r)).await?;
@@ -1089,9 +1140,13 @@ impl RequestSide<'_> {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(slot)) => {
                 // The reply side may be waiting for replies to requests still in our buffer.
-                self.flush_upstream().await?;
-                let tx = self.tx.as_ref().ok_or_else(closed)?;
-                tx.send(slot).await.map_err(|_| closed())
+                // Rare, and boxed so that the session's state stays small.
+                Box::pin(async {
+                    self.flush_upstream().await?;
+                    let tx = self.tx.as_ref().ok_or_else(closed)?;
+                    tx.send(slot).await.map_err(|_| closed())
+                })
+                .await
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
         }
@@ -1208,7 +1263,8 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let timeout = ctx.pool.request_timeout();
     let max_reply = ctx.limits.max_reply_bytes;
     let mut up: Option<ReadHalf<Stream>> = None;
-    let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
+    // Allocated by the first upstream read: a session on shared connections never needs it.
+    let mut ubuf = BytesMut::new();
     // Grows with what is written; an idle session keeps only a few bytes.
     let mut out = BytesMut::new();
     let mut current: Option<Current> = None;
@@ -1457,5 +1513,34 @@ mod tests {
         assert_eq!(last.of(&long), "other");
         assert_eq!(last.of(b"Get"), "get");
         assert_eq!(last.of(b""), "other");
+    }
+
+    #[test]
+    fn read_room_grows_with_full_reads_and_gives_memory_back_when_idle() {
+        let mut room = ReadRoom::new();
+        let mut buf = BytesMut::new();
+        room.prepare(&mut buf);
+        assert!(buf.capacity() >= ReadRoom::MIN && buf.capacity() < 2 * ReadRoom::MIN);
+        // Reads that fill the room double it, up to the maximum.
+        for _ in 0..20 {
+            room.prepare(&mut buf);
+            let spare = buf.capacity() - buf.len();
+            buf.extend_from_slice(&vec![b'x'; spare]);
+            room.record(spare);
+        }
+        assert_eq!(room.size, ReadRoom::MAX);
+        let grown = buf.capacity();
+        assert!(grown >= ReadRoom::MAX);
+        // Consumed, then small reads: the size shrinks and the big buffer is given back.
+        buf.clear();
+        for _ in 0..20 {
+            room.prepare(&mut buf);
+            buf.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            room.record(14);
+            buf.clear();
+        }
+        assert_eq!(room.size, ReadRoom::MIN);
+        room.prepare(&mut buf);
+        assert!(buf.capacity() <= 4 * ReadRoom::MIN, "{}", buf.capacity());
     }
 }
