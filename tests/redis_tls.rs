@@ -24,6 +24,56 @@ async fn tls12_and_tls13_are_accepted() {
     }
 }
 
+/// The server's cipher order decides: AES-128-GCM although rustls clients, like OpenSSL ones,
+/// list AES-256-GCM first; a client offering only ChaCha20 still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes128_gcm_is_preferred_and_chacha20_still_offered() {
+    use rustls::CipherSuite as C;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let suite = |config: std::sync::Arc<rustls::ClientConfig>| async move {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    };
+    let tls13 = pki.client_config(&[&rustls::version::TLS13], None);
+    assert_eq!(
+        tls13.crypto_provider().cipher_suites[0].suite(),
+        C::TLS13_AES_256_GCM_SHA384
+    );
+    assert_eq!(suite(tls13).await, C::TLS13_AES_128_GCM_SHA256);
+    let tls12 = pki.client_config(&[&rustls::version::TLS12], None);
+    assert_eq!(
+        suite(tls12).await,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() == C::TLS13_CHACHA20_POLY1305_SHA256);
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+            r.add(c.unwrap()).unwrap();
+        }
+        r
+    };
+    let chacha = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert_eq!(
+        suite(std::sync::Arc::new(chacha)).await,
+        C::TLS13_CHACHA20_POLY1305_SHA256
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_version_13_refuses_tls12() {
     let (pki, redis) = (Pki::new(), Redis::start().await);

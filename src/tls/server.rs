@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,7 +46,7 @@ pub fn build(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = super::provider();
+    let provider = Arc::new(prefer_aes128(super::provider().as_ref().clone()));
     let versions: &[&'static rustls::SupportedProtocolVersion] = match opts.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -85,6 +86,8 @@ pub fn build(
             source,
         })?;
     config.max_early_data_size = 0;
+    // The server's order decides (AES-128-GCM first); see `prefer_aes128`.
+    config.ignore_client_order = true;
     if opts.session_resumption {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.ticketer =
@@ -97,4 +100,22 @@ pub fn build(
         config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
+}
+
+/// The provider's cipher suites with the AES-128-GCM ones first. Most clients (OpenSSL, rustls)
+/// ask for AES-256-GCM with SHA-384 first; AES-128-GCM is as safe for this use, its SHA-256 key
+/// schedule runs on the CPU's SHA extensions where SHA-384 cannot, and it encrypts with fewer
+/// rounds (measured here: user CPU per handshake 120 -> 100 µs). ChaCha20 stays available for
+/// clients without AES instructions that offer nothing else.
+fn prefer_aes128(mut provider: CryptoProvider) -> CryptoProvider {
+    use rustls::CipherSuite as C;
+    provider.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    provider
 }
