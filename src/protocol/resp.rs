@@ -430,6 +430,25 @@ pub fn next_reply_len(
     }
 }
 
+/// The room to make before reading more of a reply at the front of `buf`: the rest of a bulk
+/// string whose header has arrived (so that a big value is read into a buffer of its size, not
+/// one grown and copied as it arrives), else `min`. Call only after the reply was found
+/// incomplete and within the reply limit.
+pub fn read_room(buf: &[u8], min: usize) -> usize {
+    if buf.first() != Some(&b'$') {
+        return min;
+    }
+    let Some(eol) = find_crlf(buf, 1) else {
+        return min;
+    };
+    match parse_int(&buf[1..eol]) {
+        Some(len) if len >= 0 => (eol + 2 + len as usize + 2)
+            .saturating_sub(buf.len())
+            .max(min),
+        _ => min,
+    }
+}
+
 /// Delimits upstream replies one after another, resuming where the last incomplete attempt
 /// stopped: a large top-level array (LRANGE, HGETALL, SCAN, pub/sub batches) is delimited
 /// element by element as it arrives, instead of being decoded again from its start on every
@@ -701,6 +720,17 @@ mod tests {
 
     fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6)
+    }
+
+    #[test]
+    fn read_room_covers_the_rest_of_a_bulk_string() {
+        // Header 9 bytes, value and CRLF 100,002, 12 bytes here.
+        assert_eq!(read_room(b"$100000\r\nabc", 4096), 100_011 - 12);
+        assert_eq!(read_room(b"$10\r\nabc", 4096), 4096);
+        assert_eq!(read_room(b"$100000", 4096), 4096);
+        assert_eq!(read_room(b"*2\r\n", 4096), 4096);
+        assert_eq!(read_room(b"$-1\r", 4096), 4096);
+        assert_eq!(read_room(b"", 4096), 4096);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod acl_commands;
 pub mod commands;
+mod outbox;
 
 use crate::deadline::sleep_until;
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
 use crate::upstream::shared::{Frames, Shared, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
+use outbox::Outbox;
 
 /// Commands queued between the two halves before the request side stops reading.
 const MAX_QUEUED: usize = 1024;
@@ -1223,7 +1225,7 @@ async fn read_some(
 ) -> std::io::Result<usize> {
     match up {
         Some(up) => {
-            buf.reserve(READ_CHUNK);
+            buf.reserve(crate::protocol::resp::read_room(buf, READ_CHUNK));
             up.read_buf(buf).await
         }
         None => std::future::pending().await,
@@ -1266,7 +1268,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     // Allocated by the first upstream read: a session on shared connections never needs it.
     let mut ubuf = BytesMut::new();
     // Grows with what is written; an idle session keeps only a few bytes.
-    let mut out = BytesMut::new();
+    let mut out = Outbox::default();
     let mut current: Option<Current> = None;
     // A shared-connection reply at the head of the queue; pinned frames wait behind it.
     let mut shared: Option<SharedWait> = None;
@@ -1335,14 +1337,9 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             break;
         }
         if !out.is_empty() {
-            let write = async {
-                cw.write_all(&out).await?;
-                cw.flush().await
-            };
-            if let Err(e) = write.await {
+            if let Err(e) = out.write_to(&mut cw).await {
                 break Some(SessionError::ClientIo(e));
             }
-            out.clear();
         }
         if closed && current.is_none() && shared.is_none() {
             break None;
@@ -1408,7 +1405,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
 fn deliver_shared(
     wait: SharedWait,
     result: SharedReply,
-    out: &mut BytesMut,
+    out: &mut Outbox,
     ctx: &Context,
     meter: &mut CommandMeter,
 ) {
@@ -1416,8 +1413,8 @@ fn deliver_shared(
         Ok(replies) => {
             match wait.rewrite {
                 // Only ever for a request of one command.
-                Some(rw) => out.extend_from_slice(&rewrite_reply(replies, rw, &ctx.policy)),
-                None => out.extend_from_slice(&replies),
+                Some(rw) => out.push(rewrite_reply(replies, rw, &ctx.policy)),
+                None => out.push(replies),
             }
             let took = wait.sent.elapsed();
             for label in &wait.labels {
@@ -1439,7 +1436,7 @@ fn apply(
     up: &mut Option<ReadHalf<Stream>>,
     current: &mut Option<Current>,
     shared: &mut Option<SharedWait>,
-    out: &mut BytesMut,
+    out: &mut Outbox,
     timeout: Duration,
 ) {
     match slot {
@@ -1447,7 +1444,7 @@ fn apply(
         // Handled by the caller, which owns the read buffer.
         Slot::Detach(_) => {}
         Slot::Attach(r) => *up = Some(r),
-        Slot::Local(bytes) => out.extend_from_slice(&bytes),
+        Slot::Local(bytes) => out.push(bytes),
         Slot::Upstream(expect) => {
             let deadline = (!expect.blocking).then(|| Instant::now() + timeout);
             *current = Some(Current { expect, deadline });
@@ -1459,24 +1456,24 @@ fn route(
     frame: Bytes,
     kind: ReplyKind,
     current: &mut Option<Current>,
-    out: &mut BytesMut,
+    out: &mut Outbox,
     ctx: &Context,
     meter: &mut CommandMeter,
     timeout: Duration,
 ) {
     if kind == ReplyKind::Push {
-        out.extend_from_slice(&frame);
+        out.push(frame);
         return;
     }
     let Some(cur) = current.as_mut() else {
         // Unsolicited: a RESP2 pub/sub message or a MONITOR line.
-        out.extend_from_slice(&frame);
+        out.push(frame);
         return;
     };
     if cur.expect.forward {
         match cur.expect.rewrite {
-            Some(rw) => out.extend_from_slice(&rewrite_reply(frame, rw, &ctx.policy)),
-            None => out.extend_from_slice(&frame),
+            Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy)),
+            None => out.push(frame),
         }
     } else if kind == ReplyKind::Error {
         tracing::warn!(

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
 use crate::protocol::memcached::{reply_len, Shape};
-use crate::protocol::resp::ReplyScanner;
+use crate::protocol::resp::{read_room, ReplyScanner};
 
 /// Requests gathered into one write at most.
 const MAX_BATCH: usize = 256;
@@ -217,6 +217,19 @@ async fn serve(
             }
         }
         let deadline = pending.front().map(|w| w.sent + timeout);
+        // Room for the rest of a big RESP bulk string at once, instead of growing the buffer
+        // as it arrives; otherwise the buffer's own growth.
+        if let Some(Waiting {
+            frames: Frames::Resp(_),
+            len,
+            ..
+        }) = pending.front()
+        {
+            let room = read_room(&buf[*len..], 0);
+            if room > buf.capacity() - buf.len() {
+                buf.reserve(room);
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled(), if pending.is_empty() => return None,
             req = rx.recv() => {
