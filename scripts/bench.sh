@@ -97,7 +97,7 @@ echo
 load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
 load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
 echo
-load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --handshakes 500
-load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --handshakes 500 | sed 's/^/redis own TLS: /'
+load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --handshakes 2000
+load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --handshakes 2000 | sed 's/^/redis own TLS: /'
 load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --idle 1000
 load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --idle 1000 | sed 's/^/redis own TLS: /'

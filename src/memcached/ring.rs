@@ -36,6 +36,8 @@ impl RingNode {
 #[derive(Debug, Clone, Default)]
 pub struct Continuum {
     points: Vec<(u32, usize)>,
+    /// Set when every point is one node's: keys need no hashing then.
+    only: Option<usize>,
 }
 
 impl Continuum {
@@ -50,7 +52,7 @@ impl Continuum {
             .sum();
         let mut points = Vec::with_capacity(live_count * POINTS_PER_SERVER as usize);
         if total == 0 {
-            return Self { points };
+            return Self { points, only: None };
         }
         for (index, node) in nodes.iter().enumerate() {
             if !live[index] {
@@ -71,11 +73,18 @@ impl Continuum {
             }
         }
         points.sort_unstable();
-        Self { points }
+        let only = points
+            .first()
+            .map(|&(_, first)| first)
+            .filter(|&first| points.iter().all(|&(_, i)| i == first));
+        Self { points, only }
     }
 
     /// The node for a key, or `None` when no node is live.
     pub fn locate(&self, key: &[u8]) -> Option<usize> {
+        if let Some(only) = self.only {
+            return Some(only);
+        }
         let hash = key_hash(key);
         let at = self.points.partition_point(|&(value, _)| value < hash);
         self.points
@@ -195,5 +204,19 @@ mod tests {
     fn no_live_node_locates_nothing() {
         let ring = Continuum::build(&[node("h", 1)], &[false]);
         assert_eq!(ring.locate(b"k"), None);
+    }
+
+    #[test]
+    fn one_live_node_takes_every_key_and_none_takes_none() {
+        let nodes = [node("10.0.0.1", 11211), node("10.0.0.2", 11211)];
+        let both = Continuum::build(&nodes, &[true, true]);
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key:{i}").into_bytes()).collect();
+        assert!(keys.iter().any(|k| both.locate(k) == Some(0)));
+        assert!(keys.iter().any(|k| both.locate(k) == Some(1)));
+        let second = Continuum::build(&nodes, &[false, true]);
+        assert!(keys.iter().all(|k| second.locate(k) == Some(1)));
+        let first = Continuum::build(&nodes[..1], &[true]);
+        assert!(keys.iter().all(|k| first.locate(k) == Some(0)));
+        assert_eq!(Continuum::build(&nodes, &[false, false]).locate(b"k"), None);
     }
 }
