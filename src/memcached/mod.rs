@@ -249,6 +249,8 @@ where
     let mut rbuf = BytesMut::new();
     let mut room = crate::session::ReadRoom::new();
     let mut partial_since: Option<Instant> = None;
+    // Registered once, not on every read: each registration takes the token's lock.
+    let mut shut = std::pin::pin!(shutdown.cancelled());
     loop {
         let mut batch = Vec::new();
         let mut close = false;
@@ -301,7 +303,7 @@ where
             _ = sleep_until(deadline) => {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client left a request unfinished"));
             }
-            _ = shutdown.cancelled() => break,
+            _ = &mut shut => break,
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;

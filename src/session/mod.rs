@@ -402,6 +402,10 @@ impl RequestSide<'_> {
         let mut rbuf = BytesMut::new();
         let mut room = ReadRoom::new();
         let mut partial_since: Option<Instant> = None;
+        // Registered once, not on every read: each registration takes the token's lock.
+        let abort = self.abort.clone();
+        let mut aborted = std::pin::pin!(abort.cancelled());
+        let mut shut = std::pin::pin!(shutdown.cancelled());
         let result = loop {
             // Everything complete in the buffer is handled before the next read, so a pipeline
             // is forwarded as one write.
@@ -460,8 +464,8 @@ impl RequestSide<'_> {
                 _ = sleep_until(partial_deadline) => {
                     break Err(SessionError::PartialRequestTimeout(limits.partial_request_timeout));
                 }
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = self.abort.cancelled() => break Ok(()),
+                _ = &mut shut => break Ok(()),
+                _ = &mut aborted => break Ok(()),
             }
         };
         result

@@ -182,6 +182,8 @@ async fn serve(
                 .send(Err(format!("upstream connection lost ({msg})")));
         }
     };
+    // Registered once, not on every turn: each registration takes the token's lock.
+    let mut shut = std::pin::pin!(shutdown.cancelled());
     loop {
         // Hand out every complete reply.
         loop {
@@ -231,7 +233,7 @@ async fn serve(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled(), if pending.is_empty() => return None,
+            _ = &mut shut, if pending.is_empty() => return None,
             req = rx.recv() => {
                 let req = req?;
                 // Let every other ready session queue its request first, so that they all
