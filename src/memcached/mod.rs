@@ -320,6 +320,8 @@ enum Plan {
     Local(Bytes),
     /// One reply from one node: (node, position in that node's queue).
     Single(usize, usize),
+    /// A get whose keys are all on one node: (node, position); answered like a multi-get.
+    Whole(usize, usize),
     /// A multi-get: one part per node, each (node, position, keys).
     Split(Vec<(usize, usize)>),
     /// flush_all / verbosity: one reply from every node.
@@ -360,27 +362,35 @@ async fn execute(
             Item::Request(req) => match req.cmd {
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
                 Cmd::Stats => Plan::Local(stats(ctx, req)),
-                Cmd::Get | Cmd::GetAndTouch => {
-                    let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
-                    let mut routed = true;
-                    for key in req.keys() {
-                        match ring.locate(key) {
-                            Some(node) => per_node[node].push(key.clone()),
-                            None => routed = false,
+                Cmd::Get | Cmd::GetAndTouch => match same_node(req, &ring) {
+                    // Every key on one node (always so with one node): sent as it came, and the
+                    // node's reply is already the answer.
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Whole(node, at)
+                    }
+                    None => {
+                        let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
+                        let mut routed = true;
+                        for key in req.keys() {
+                            match ring.locate(key) {
+                                Some(node) => per_node[node].push(key.clone()),
+                                None => routed = false,
+                            }
+                        }
+                        if !routed {
+                            Plan::Unrouted
+                        } else {
+                            let parts = per_node
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, keys)| !keys.is_empty())
+                                .map(|(node, keys)| push(node, req, Some(keys)))
+                                .collect();
+                            Plan::Split(parts)
                         }
                     }
-                    if !routed {
-                        Plan::Unrouted
-                    } else {
-                        let parts = per_node
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, keys)| !keys.is_empty())
-                            .map(|(node, keys)| push(node, req, Some(keys)))
-                            .collect();
-                        Plan::Split(parts)
-                    }
-                }
+                },
                 Cmd::Broadcast => Plan::All((0..n).map(|node| push(node, req, None)).collect()),
                 Cmd::Version => match (0..n).find(|&i| ctx.nodes[i].ejected().is_none()) {
                     Some(node) => {
@@ -415,7 +425,10 @@ async fn execute(
     let took = started.elapsed();
     // Every forwarded request of the batch waited for the whole batch.
     for (item, plan) in batch.iter().zip(&plans) {
-        if let (Item::Request(req), Plan::Single(..) | Plan::Split(_) | Plan::All(_)) = (item, plan)
+        if let (
+            Item::Request(req),
+            Plan::Single(..) | Plan::Whole(..) | Plan::Split(_) | Plan::All(_),
+        ) = (item, plan)
         {
             meter.observe(command_label(req.name()), took);
         }
@@ -435,6 +448,10 @@ async fn execute(
             (Plan::Single(node, at), Some(req)) => match &results[node][at] {
                 Ok(reply) => answer(req, reply, &mut out),
                 Err(e) => answer_failure(ctx, req, e, &mut out),
+            },
+            (Plan::Whole(node, at), Some(req)) => match &results[node][at] {
+                Ok(reply) => out.extend_from_slice(reply),
+                Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
             },
             (Plan::Split(parts), Some(req)) => {
                 merge_values(ctx, req, &parts, &results, &mut out);
@@ -604,6 +621,13 @@ fn server_error(node: &str, err: &str) -> Bytes {
         format!("SERVER_ERROR cachegate: node {node}: {err}\r\n")
     };
     Bytes::from(msg.replace(['\r', '\n'], " ").trim_end().to_string() + "\r\n")
+}
+
+/// The node all of a get's keys live on, if it is one node.
+fn same_node(req: &McRequest, ring: &Continuum) -> Option<usize> {
+    let mut keys = req.keys().iter();
+    let first = ring.locate(keys.next()?)?;
+    keys.all(|k| ring.locate(k) == Some(first)).then_some(first)
 }
 
 /// Puts a multi-get back together: items in the client's key order, one END.
