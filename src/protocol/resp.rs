@@ -3,8 +3,11 @@
 //! Requests: a Redis server accepts only two request shapes, multibulk arrays of bulk strings and
 //! inline lines, and answers everything else with a specific `Protocol error`. This module parses
 //! exactly those shapes the way Redis does (same limits, same error texts) and bounds every
-//! declared length before a byte of it is buffered. The result is a list of argument slices that
-//! `reply::encode_command` re-encodes; a client's raw bytes never reach the upstream.
+//! declared length before a byte of it is buffered, and reads lengths as strictly as Redis does.
+//! The result is a list of argument slices, plus the multibulk exactly as received: that is then
+//! byte for byte the canonical encoding of the arguments (a property test holds it to that), so
+//! a session may forward it instead of encoding the arguments again with
+//! `reply::encode_command`. Only what was parsed ever reaches the upstream.
 //!
 //! Replies: the upstream's frames are delimited with redis-protocol's zero-copy `decode_range`
 //! (RESP2 and RESP3, attributes included), so cachegate knows where each reply ends and never

@@ -2,8 +2,9 @@
 //!
 //! Two halves run concurrently in the session's task:
 //! - the request side reads and parses the client's commands, answers what the proxy owns (AUTH,
-//!   HELLO's AUTH, QUIT, refusals), re-encodes the rest to the upstream, and queues one `Slot`
-//!   per command saying what to send back: a local reply, or N upstream replies;
+//!   HELLO's AUTH, QUIT, refusals), sends the rest upstream, and queues one `Slot` per command
+//!   (or per batch of stateless ones) saying what to send back: a local reply, or N upstream
+//!   replies;
 //! - the reply side walks that queue, reading whole upstream frames and writing them (or the
 //!   local replies) to the client in request order. Frames no slot waits for (RESP3 pushes,
 //!   RESP2 pub/sub messages, MONITOR lines) are forwarded as they come.
@@ -12,6 +13,11 @@
 //! nothing it does stalls another client. When the upstream fails mid-request the client gets an
 //! error and the connection is closed (its upstream state is gone); a connection is returned to
 //! the pool only when its reply stream is in step.
+//!
+//! Stateless commands go to a shared (multiplexed) connection, all of one client read as one
+//! request; a session is pinned to a connection of its own only while it holds connection state
+//! (see `shared_disposition`). Both halves are futures of the one session task, joined.
+//! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
 pub mod acl_commands;
 pub mod commands;
