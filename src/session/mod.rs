@@ -128,12 +128,15 @@ enum Slot {
     Detach(oneshot::Sender<Option<ReadHalf<Stream>>>),
 }
 
+/// The metric labels of a batch's commands, in order: inline for the usual few.
+type Labels = smallvec::SmallVec<[&'static str; 4]>;
+
 struct SharedWait {
     reply: oneshot::Receiver<SharedReply>,
     /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
-    labels: Vec<&'static str>,
+    labels: Labels,
     sent: Instant,
 }
 
@@ -143,7 +146,7 @@ struct SharedBatch {
     /// Which of the session's shared connections `sender` is.
     resp3: bool,
     bytes: BytesMut,
-    labels: Vec<&'static str>,
+    labels: Labels,
 }
 
 struct Expect {
@@ -911,7 +914,7 @@ impl RequestSide<'_> {
                     sender: sender.clone(),
                     resp3,
                     bytes: BytesMut::new(),
-                    labels: Vec::new(),
+                    labels: Labels::new(),
                 })
             }
         };
