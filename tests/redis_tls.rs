@@ -31,13 +31,8 @@ async fn aes128_gcm_is_preferred_and_chacha20_still_offered() {
     use rustls::CipherSuite as C;
     let (pki, redis) = (Pki::new(), Redis::start().await);
     let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
-    let suite = |config: std::sync::Arc<rustls::ClientConfig>| async move {
-        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .unwrap();
+    let suite = |config| async move {
+        let tls = tls_stream(config, proxy.addr).await.unwrap();
         tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
     };
     let tls13 = pki.client_config(&[&rustls::version::TLS13], None);
@@ -55,23 +50,8 @@ async fn aes128_gcm_is_preferred_and_chacha20_still_offered() {
     provider
         .cipher_suites
         .retain(|s| s.suite() == C::TLS13_CHACHA20_POLY1305_SHA256);
-    let roots = {
-        let mut r = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-            r.add(c.unwrap()).unwrap();
-        }
-        r
-    };
-    let chacha = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    assert_eq!(
-        suite(std::sync::Arc::new(chacha)).await,
-        C::TLS13_CHACHA20_POLY1305_SHA256
-    );
+    let chacha = pki.client_config_with(provider, &[&rustls::version::TLS13], None);
+    assert_eq!(suite(chacha).await, C::TLS13_CHACHA20_POLY1305_SHA256);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,12 +211,7 @@ async fn session_resumption_works() {
             .unwrap();
         assert_eq!(first.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
         drop(first);
-        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let tls = tls_stream(config, proxy.addr).await.unwrap();
         let kind = tls.get_ref().1.handshake_kind();
         assert_eq!(
             kind,

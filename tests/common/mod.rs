@@ -273,16 +273,28 @@ impl Pki {
         versions: &[&'static rustls::SupportedProtocolVersion],
         client_cert: Option<(&Path, &Path)>,
     ) -> Arc<rustls::ClientConfig> {
+        self.client_config_with(
+            rustls::crypto::ring::default_provider(),
+            versions,
+            client_cert,
+        )
+    }
+
+    /// A client config with its own crypto provider (cipher suites, key exchange groups).
+    pub fn client_config_with(
+        &self,
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client_cert: Option<(&Path, &Path)>,
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
         let config = match client_cert {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
@@ -396,6 +408,18 @@ impl Drop for Proxy {
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
+/// A TLS connection to `addr` as `localhost`, for tests that look at the session itself.
+pub async fn tls_stream(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
 /// A RESP client that sends exact bytes and reads whole frames, for asserting wire replies.
 pub struct RawClient {
     io: Box<dyn Io>,
@@ -434,12 +458,7 @@ impl RawClient {
         config: Arc<rustls::ClientConfig>,
         addr: SocketAddr,
     ) -> std::io::Result<RawClient> {
-        let tcp = TcpStream::connect(addr).await?;
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await?;
-        Ok(RawClient::new(Box::new(tls)))
+        Ok(RawClient::new(Box::new(tls_stream(config, addr).await?)))
     }
 
     /// A TLS client already authenticated with `TOKEN`.
