@@ -82,6 +82,62 @@ async fn large_values_and_binary_keys_round_trip() {
     assert_eq!(len, big.len());
 }
 
+/// Big replies (written from their own buffers) and small ones (gathered) in one pipeline come
+/// back whole and in order, on a shared connection and on a pinned one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_and_small_replies_in_one_pipeline_stay_in_order() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let big1: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    let big2: Vec<u8> = (0..9_000).map(|i| (i % 13) as u8 + b'a').collect();
+    for (k, v) in [
+        (&b"big1"[..], &big1[..]),
+        (b"big2", &big2),
+        (b"small", b"s"),
+    ] {
+        assert_eq!(c.cmd_bytes(&[b"SET", k, v]).await, b"+OK\r\n");
+    }
+    let bulk = |v: &[u8]| {
+        let mut b = format!("${}\r\n", v.len()).into_bytes();
+        b.extend_from_slice(v);
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    for pinned in [false, true] {
+        if pinned {
+            // Another database pins the session to a connection of its own; keys move with it.
+            for k in ["big1", "big2", "small"] {
+                assert_eq!(c.cmd(&["MOVE", k, "1"]).await, b":1\r\n");
+            }
+            assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+        }
+        let mut pipeline = Vec::new();
+        for args in [
+            &[&b"GET"[..], b"small"][..],
+            &[b"GET", b"big1"],
+            &[b"PING"],
+            &[b"GET", b"big2"],
+            &[b"GET", b"big1"],
+            &[b"GET", b"small"],
+        ] {
+            pipeline.extend(encode(args));
+        }
+        c.send(&pipeline).await;
+        let want = [
+            bulk(b"s"),
+            bulk(&big1),
+            b"+PONG\r\n".to_vec(),
+            bulk(&big2),
+            bulk(&big1),
+            bulk(b"s"),
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert!(c.read().await == *w, "reply {i} (pinned: {pinned})");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_push_messages_and_pubsub() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
