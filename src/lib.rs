@@ -19,7 +19,7 @@
 //!   /metrics.
 //! - [`bench`](mod@bench): the `cachegate bench` load generator.
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`],
-//!   [`deadline`].
+//!   [`deadline`], [`read_room`] (client read buffer sizing).
 
 pub mod admin;
 pub mod auth;
@@ -32,6 +32,7 @@ pub mod memcached;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod read_room;
 pub mod server;
 pub mod session;
 pub mod shutdown;

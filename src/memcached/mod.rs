@@ -247,7 +247,7 @@ where
     let mut parser = Parser::new(ctx.config.limits);
     let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
     let mut rbuf = BytesMut::new();
-    let mut room = crate::session::ReadRoom::new();
+    let mut room = crate::read_room::ReadRoom::new();
     let mut partial_since: Option<Instant> = None;
     // Registered once, not on every read: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
@@ -320,7 +320,7 @@ enum Plan {
     Local(Bytes),
     /// One reply from one node: (node, position in that node's queue).
     Single(usize, usize),
-    /// A get whose keys are all on one node: (node, position); answered like a multi-get.
+    /// A get whose keys are all on one node: (node, position); the node's reply is the answer.
     Whole(usize, usize),
     /// A multi-get: one part per node, each (node, position, keys).
     Split(Vec<(usize, usize)>),

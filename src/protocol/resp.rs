@@ -437,7 +437,7 @@ pub fn next_reply_len(
 /// string whose header has arrived (so that a big value is read into a buffer of its size, not
 /// one grown and copied as it arrives), else `min`. Call only after the reply was found
 /// incomplete and within the reply limit.
-pub fn read_room(buf: &[u8], min: usize) -> usize {
+pub fn rest_of_bulk(buf: &[u8], min: usize) -> usize {
     if buf.first() != Some(&b'$') {
         return min;
     }
@@ -726,14 +726,14 @@ mod tests {
     }
 
     #[test]
-    fn read_room_covers_the_rest_of_a_bulk_string() {
+    fn rest_of_bulk_is_what_the_value_still_needs() {
         // Header 9 bytes, value and CRLF 100,002, 12 bytes here.
-        assert_eq!(read_room(b"$100000\r\nabc", 4096), 100_011 - 12);
-        assert_eq!(read_room(b"$10\r\nabc", 4096), 4096);
-        assert_eq!(read_room(b"$100000", 4096), 4096);
-        assert_eq!(read_room(b"*2\r\n", 4096), 4096);
-        assert_eq!(read_room(b"$-1\r", 4096), 4096);
-        assert_eq!(read_room(b"", 4096), 4096);
+        assert_eq!(rest_of_bulk(b"$100000\r\nabc", 4096), 100_011 - 12);
+        assert_eq!(rest_of_bulk(b"$10\r\nabc", 4096), 4096);
+        assert_eq!(rest_of_bulk(b"$100000", 4096), 4096);
+        assert_eq!(rest_of_bulk(b"*2\r\n", 4096), 4096);
+        assert_eq!(rest_of_bulk(b"$-1\r", 4096), 4096);
+        assert_eq!(rest_of_bulk(b"", 4096), 4096);
     }
 
     #[test]

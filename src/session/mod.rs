@@ -60,46 +60,6 @@ const READ_CHUNK: usize = 4 * 1024;
 /// How long the close_notify to a departing client may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How much room a session makes in its client read buffer before each read: little while the
-/// client sends little, so that an idle session holds little memory, and doubling while reads
-/// fill the room, so that deep pipelines and big values still arrive in large chunks. An empty
-/// buffer grown far beyond the current size is given back.
-pub(crate) struct ReadRoom {
-    size: usize,
-    /// Spare capacity before the pending read.
-    room: usize,
-}
-
-impl ReadRoom {
-    const MIN: usize = 512;
-    const MAX: usize = 64 * 1024;
-
-    pub(crate) fn new() -> Self {
-        Self {
-            size: Self::MIN,
-            room: 0,
-        }
-    }
-
-    /// Makes room in `buf` for the next read.
-    pub(crate) fn prepare(&mut self, buf: &mut BytesMut) {
-        if buf.is_empty() && buf.capacity() > 4 * self.size {
-            *buf = BytesMut::new();
-        }
-        buf.reserve(self.size);
-        self.room = buf.capacity() - buf.len();
-    }
-
-    /// Adapts the size to what a read brought.
-    pub(crate) fn record(&mut self, read: usize) {
-        if read >= self.room {
-            self.size = (self.size * 2).min(Self::MAX);
-        } else if read < self.size / 4 {
-            self.size = (self.size / 2).max(Self::MIN);
-        }
-    }
-}
-
 /// What every session of one listener shares; built once by the server.
 pub struct Context {
     /// Multiplexed upstream connections for sessions that hold no connection state.
@@ -409,7 +369,7 @@ impl RequestSide<'_> {
     ) -> Result<(), SessionError> {
         let limits = &self.ctx.limits;
         let mut rbuf = BytesMut::new();
-        let mut room = ReadRoom::new();
+        let mut room = crate::read_room::ReadRoom::new();
         let mut partial_since: Option<Instant> = None;
         // Registered once, not on every read: each registration takes the token's lock.
         let abort = self.abort.clone();
@@ -1238,7 +1198,7 @@ async fn read_some(
 ) -> std::io::Result<usize> {
     match up {
         Some(up) => {
-            buf.reserve(crate::protocol::resp::read_room(buf, READ_CHUNK));
+            buf.reserve(crate::protocol::resp::rest_of_bulk(buf, READ_CHUNK));
             up.read_buf(buf).await
         }
         None => std::future::pending().await,
@@ -1523,34 +1483,5 @@ mod tests {
         assert_eq!(last.of(&long), "other");
         assert_eq!(last.of(b"Get"), "get");
         assert_eq!(last.of(b""), "other");
-    }
-
-    #[test]
-    fn read_room_grows_with_full_reads_and_gives_memory_back_when_idle() {
-        let mut room = ReadRoom::new();
-        let mut buf = BytesMut::new();
-        room.prepare(&mut buf);
-        assert!(buf.capacity() >= ReadRoom::MIN && buf.capacity() < 2 * ReadRoom::MIN);
-        // Reads that fill the room double it, up to the maximum.
-        for _ in 0..20 {
-            room.prepare(&mut buf);
-            let spare = buf.capacity() - buf.len();
-            buf.extend_from_slice(&vec![b'x'; spare]);
-            room.record(spare);
-        }
-        assert_eq!(room.size, ReadRoom::MAX);
-        let grown = buf.capacity();
-        assert!(grown >= ReadRoom::MAX);
-        // Consumed, then small reads: the size shrinks and the big buffer is given back.
-        buf.clear();
-        for _ in 0..20 {
-            room.prepare(&mut buf);
-            buf.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-            room.record(14);
-            buf.clear();
-        }
-        assert_eq!(room.size, ReadRoom::MIN);
-        room.prepare(&mut buf);
-        assert!(buf.capacity() <= 4 * ReadRoom::MIN, "{}", buf.capacity());
     }
 }

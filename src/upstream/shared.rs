@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
 use crate::protocol::memcached::{reply_len, Shape};
-use crate::protocol::resp::{read_room, ReplyScanner};
+use crate::protocol::resp::{rest_of_bulk, ReplyScanner};
 
 /// Requests gathered into one write at most.
 const MAX_BATCH: usize = 256;
@@ -227,7 +227,7 @@ async fn serve(
             ..
         }) = pending.front()
         {
-            let room = read_room(&buf[*len..], 0);
+            let room = rest_of_bulk(&buf[*len..], 0);
             if room > buf.capacity() - buf.len() {
                 buf.reserve(room);
             }
