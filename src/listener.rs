@@ -156,14 +156,13 @@ async fn serve_connection(
         .and_then(|leaf| crate::auth::cert::names(leaf));
     connected(version, cert.is_some());
     tracing::debug!(listener = %name, %peer, version, client_cert = ?cert, "TLS session established");
-    // Boxed: the TLS stream (over a kilobyte) would otherwise be stored again in each layer's
-    // future state, for as long as the connection lives.
     listener.handler.run(tls, peer, cert, shutdown).await;
 }
 
 /// The TLS handshake, under its deadline (the wait for the ClientHello included); `None` when
 /// it failed, counted and logged. Apart from the session so that the connection's future does
-/// not keep room for both.
+/// not keep room for both; the stream comes boxed, since the TLS stream (over a kilobyte) would
+/// otherwise be stored again in each layer's future state for as long as the connection lives.
 async fn accept_tls(
     stream: TcpStream,
     peer: SocketAddr,
