@@ -9,13 +9,14 @@ use std::time::Duration;
 use common::*;
 
 async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
-    Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
-         upstream.multiplex = true\nupstream.shared_connections = 2\nupstream.warm_connections = 0\n\
-         upstream.health_interval = \"1h\"\nupstream.request_timeout = \"2s\"\n{extra}",
-        pki.tls_toml(),
-        redis.address()
-    ))
+    Proxy::tls_open(
+        pki,
+        redis,
+        &format!(
+            "upstream.multiplex = true\nupstream.shared_connections = 2\nupstream.warm_connections = 0\n\
+             upstream.health_interval = \"1h\"\nupstream.request_timeout = \"2s\"\n{extra}"
+        ),
+    )
     .await
 }
 
@@ -230,12 +231,11 @@ async fn shared_connection_timeout_fails_only_its_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiplex_off_gives_each_session_its_own_connection() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
-         upstream.multiplex = false\nupstream.warm_connections = 0\nupstream.health_interval = \"1h\"\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
+    let proxy = Proxy::tls_open(
+        &pki,
+        &redis,
+        "upstream.multiplex = false\nupstream.warm_connections = 0\nupstream.health_interval = \"1h\"\n",
+    )
     .await;
     let mut clients = Vec::new();
     for _ in 0..6 {
@@ -254,12 +254,11 @@ async fn multiplex_off_gives_each_session_its_own_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renamed_multi_still_pins() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
-         upstream.shared_connections = 1\ncommands.rename = {{ MULTI = \"BEGIN_TX\" }}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
+    let proxy = Proxy::tls_open(
+        &pki,
+        &redis,
+        "upstream.shared_connections = 1\ncommands.rename = { MULTI = \"BEGIN_TX\" }\n",
+    )
     .await;
     let mut c = RawClient::tls(&pki, proxy.addr).await;
     let mut other = RawClient::tls(&pki, proxy.addr).await;

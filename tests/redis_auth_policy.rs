@@ -240,14 +240,8 @@ async fn command_introspection_hides_disabled_and_real_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_mode_none_lets_clients_in() {
-    let pki = Pki::new();
-    let redis = Redis::start().await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
     let mut c = RawClient::tls(&pki, proxy.addr).await;
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
     assert!(s(&c.cmd(&["AUTH", "x"]).await).starts_with("-ERR AUTH <password> called without"));

@@ -161,14 +161,8 @@ async fn optional_client_certificate_admits_both() {
 /// Plaintext RESP on the TLS port: closed with no reply, and nothing reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_on_tls_port_gets_nothing() {
-    let pki = Pki::new();
-    let redis = Redis::start().await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(b"SET smuggled 1\r\n*3\r\n$3\r\nSET\r\n$9\r\nsmuggled2\r\n$1\r\n1\r\n")
         .await

@@ -371,6 +371,16 @@ impl Proxy {
         .await
     }
 
+    /// A TLS listener with no AUTH in front of `redis`, plus `extra` config lines.
+    pub async fn tls_open(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+        Proxy::start(&format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n{extra}",
+            pki.tls_toml(),
+            redis.address()
+        ))
+        .await
+    }
+
     /// GET an admin path; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let addr = self.admin.expect("config has [admin]");
