@@ -53,12 +53,7 @@ async fn malformed_frames_get_redis_protocol_errors_and_a_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_bulk_limit_is_enforced_before_buffering() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "limits.max_bulk_bytes = 1024\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let proxy = Proxy::tls_with_global(&pki, &redis, "limits.max_bulk_bytes = 1024\n").await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(
         c.cmd_bytes(&[b"SET", b"k", &[b'v'; 1024]]).await,
@@ -76,12 +71,8 @@ async fn configured_bulk_limit_is_enforced_before_buffering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_request_is_dropped_at_the_deadline() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "limits.partial_request_timeout = \"200ms\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let proxy =
+        Proxy::tls_with_global(&pki, &redis, "limits.partial_request_timeout = \"200ms\"\n").await;
     let mut slow = RawClient::authed(&pki, proxy.addr).await;
     slow.send(b"*2\r\n$3\r\nGET\r\n$10\r\nabc").await;
     assert!(slow.closed().await, "slow client is cut off");
@@ -164,12 +155,7 @@ async fn hung_backend_times_out_with_a_named_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_reply_is_refused_whole() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "limits.max_reply_bytes = 4096\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let proxy = Proxy::tls_with_global(&pki, &redis, "limits.max_reply_bytes = 4096\n").await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(
         c.cmd_bytes(&[b"SET", b"big", &[b'x'; 10_000]]).await,
@@ -206,12 +192,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_grace_period_bounds_the_drain() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::start(&format!(
-        "shutdown.grace = \"300ms\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
-        pki.tls_toml(),
-        redis.address()
-    ))
-    .await;
+    let proxy = Proxy::tls_with_global(&pki, &redis, "shutdown.grace = \"300ms\"\n").await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     c.send_cmd(&["BLPOP", "nothing", "0"]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;

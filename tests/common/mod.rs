@@ -371,6 +371,17 @@ impl Proxy {
         .await
     }
 
+    /// A TLS listener with `TOKEN` in front of `redis`, after process-wide settings (`limits.*`,
+    /// `shutdown.*`), which TOML needs before the first table.
+    pub async fn tls_with_global(pki: &Pki, redis: &Redis, global: &str) -> Proxy {
+        Proxy::start(&format!(
+            "{global}[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n",
+            pki.tls_toml(),
+            redis.address()
+        ))
+        .await
+    }
+
     /// A TLS listener with no AUTH in front of `redis`, plus `extra` config lines.
     pub async fn tls_open(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
         Proxy::start(&format!(
