@@ -31,10 +31,8 @@ use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
-use crate::protocol::memcached::{
-    reply_len, split_replies, split_values, Cmd, McRequest, Parsed, Parser, Shape,
-};
-use crate::upstream::shared::{Frames, SharedPool, SharedRequest};
+use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::upstream::shared::{Frames, Replies, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
 use ring::Continuum;
 use tokio::sync::oneshot;
@@ -498,7 +496,7 @@ async fn shared_exchange(
     let (tx, rx) = oneshot::channel();
     let request = SharedRequest {
         bytes: bytes.freeze(),
-        frames: Frames::Memcached(shapes.clone()),
+        frames: Frames::Memcached(shapes),
         reply: tx,
     };
     let outcome = match shared.pick().send(request).await {
@@ -507,8 +505,8 @@ async fn shared_exchange(
             .unwrap_or_else(|_| Err("upstream connection lost".into())),
         Err(_) => Err("shutting down".into()),
     };
-    match outcome.map(|replies| split_replies(replies, &shapes)) {
-        Ok(Some(frames)) if frames.len() == n => {
+    match outcome.map(Replies::split) {
+        Ok(frames) if frames.len() == n => {
             ctx.record(node, true);
             frames.into_iter().map(Ok).collect()
         }

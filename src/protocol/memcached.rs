@@ -549,17 +549,6 @@ pub enum McReplyError {
     TooLarge(usize),
 }
 
-/// Splits replies delimited before (back to back, one per shape) into one buffer each, without
-/// copying; `None` if they do not delimit as the shapes say.
-pub fn split_replies(mut replies: Bytes, shapes: &[Shape]) -> Option<Vec<Bytes>> {
-    let mut out = Vec::with_capacity(shapes.len());
-    for &shape in shapes {
-        let len = reply_len(&replies, shape, usize::MAX).ok()??;
-        out.push(replies.split_to(len));
-    }
-    replies.is_empty().then_some(out)
-}
-
 /// Delimits one upstream reply of `shape` at the front of `buf`: its length when complete.
 pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, McReplyError> {
     let mut pos = 0;

@@ -1386,8 +1386,8 @@ fn deliver_shared(
         Ok(replies) => {
             match wait.rewrite {
                 // Only ever for a request of one command.
-                Some(rw) => out.push(rewrite_reply(replies, rw, &ctx.policy)),
-                None => out.push(replies),
+                Some(rw) => out.push(rewrite_reply(replies.bytes, rw, &ctx.policy)),
+                None => out.push(replies.bytes),
             }
             let took = wait.sent.elapsed();
             for label in &wait.labels {

@@ -36,8 +36,30 @@ pub struct SharedRequest {
     pub reply: oneshot::Sender<SharedReply>,
 }
 
-/// A request's replies, back to back in request order, or why they will not come.
-pub type SharedReply = Result<Bytes, String>;
+/// A request's replies, or why they will not come.
+pub type SharedReply = Result<Replies, String>;
+
+/// A request's replies, back to back in request order, split off the read buffer in one piece.
+pub struct Replies {
+    pub bytes: Bytes,
+    /// memcached: where each reply ends in `bytes` (RESP replies are relayed whole: empty).
+    ends: Vec<usize>,
+}
+
+impl Replies {
+    /// One buffer per reply (memcached), without copying.
+    pub fn split(mut self) -> Vec<Bytes> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let reply = self.bytes.split_to(end - start);
+                start = end;
+                reply
+            })
+            .collect()
+    }
+}
 
 /// The replies a request expects.
 pub enum Frames {
@@ -63,6 +85,8 @@ struct Waiting {
     /// Replies delimited so far, and their length at the front of the read buffer.
     got: usize,
     len: usize,
+    /// memcached: where each delimited reply ends (the session splits them apart).
+    ends: Vec<usize>,
     sent: Instant,
 }
 
@@ -205,9 +229,15 @@ async fn serve(
                     };
                     head.got += 1;
                     head.len += len;
+                    if let Frames::Memcached(_) = head.frames {
+                        head.ends.push(head.len);
+                    }
                     if head.got == head.frames.count() {
                         if let Some(done) = pending.pop_front() {
-                            let _ = done.reply.send(Ok(buf.split_to(done.len).freeze()));
+                            let _ = done.reply.send(Ok(Replies {
+                                bytes: buf.split_to(done.len).freeze(),
+                                ends: done.ends,
+                            }));
                         }
                     }
                 }
@@ -244,6 +274,10 @@ async fn serve(
                 let waiting = |req: SharedRequest| Waiting {
                     got: 0,
                     len: 0,
+                    ends: match &req.frames {
+                        Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
+                        Frames::Resp(_) => Vec::new(),
+                    },
                     reply: req.reply,
                     frames: req.frames,
                     sent: now,
