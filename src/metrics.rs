@@ -73,6 +73,7 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
     pub pinned_sessions: Family<ListenerLabels, Gauge>,
     pub command_seconds: HistogramFamily,
+    pub unexpected_pushes: Family<ListenerLabels, Counter>,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
 }
@@ -184,6 +185,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             commands: Family::default(),
             pinned_sessions: Family::default(),
+            unexpected_pushes: Family::default(),
             command_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -245,6 +247,11 @@ impl Metrics {
             "command_duration_seconds",
             "Time from forwarding a command to its reply",
             m.command_seconds.clone(),
+        );
+        registry.register(
+            "upstream_unexpected_pushes",
+            "RESP3 pushes dropped on shared upstream connections, where no client asked for one",
+            m.unexpected_pushes.clone(),
         );
         Metrics { registry, ..m }
     }

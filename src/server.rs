@@ -126,12 +126,19 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                     .map_err(tls_err)?;
                 pools.push(pool.clone());
                 let shared = (cfg.upstream.shared_connections > 0).then(|| {
+                    let pushes = metrics
+                        .unexpected_pushes
+                        .get_or_create(&crate::metrics::ListenerLabels {
+                            listener: cfg.name.clone(),
+                        })
+                        .clone();
                     let start = |resp3| {
                         SharedPool::start(
                             pool.connector(),
                             cfg.upstream.shared_connections,
                             resp3,
                             cfg.upstream.request_timeout,
+                            pushes.clone(),
                             stop_shared.clone(),
                         )
                     };
@@ -182,6 +189,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                             cfg.upstream.shared_connections,
                             false,
                             cfg.upstream.request_timeout,
+                            prometheus_client::metrics::counter::Counter::default(),
                             stop_shared.clone(),
                         )
                     });

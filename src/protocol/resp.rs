@@ -9,14 +9,11 @@
 //! a session may forward it instead of encoding the arguments again with
 //! `reply::encode_command`. Only what was parsed ever reaches the upstream.
 //!
-//! Replies: the upstream's frames are delimited with redis-protocol's zero-copy `decode_range`
-//! (RESP2 and RESP3, attributes included), so cachegate knows where each reply ends and never
-//! forwards half of one.
+//! Replies: the upstream's frames are delimited by [`ReplyScanner`], header by header with a
+//! counter instead of recursion and without building values, so cachegate knows where each
+//! reply ends (of any shape and any nesting depth) and never forwards half of one.
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_range as resp2_decode_range;
-use redis_protocol::resp3::decode::complete::decode_range;
-use redis_protocol::resp3::types::RangeFrame;
 
 /// Redis's own cap on an inline request or a header line without `\r\n` (PROTO_INLINE_MAX_SIZE).
 pub const DEFAULT_MAX_INLINE: usize = 64 * 1024;
@@ -365,10 +362,10 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Malformed or oversized upstream output: the upstream connection cannot be trusted any more.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     #[error("malformed reply from upstream: {0}")]
-    Malformed(String),
+    Malformed(&'static str),
     #[error("reply from upstream larger than {0} bytes")]
     TooLarge(usize),
 }
@@ -388,49 +385,7 @@ pub fn next_reply_len(
     buf: &[u8],
     max_reply: usize,
 ) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    // Fast paths for the common replies, a bulk string or a status or error line: delimited
-    // from the header alone, without running the full decoder (which a big bulk string would
-    // otherwise go through again on every partial read).
-    match buf[0] {
-        b'$' => {
-            if let Some(eol) = find_crlf(buf, 1) {
-                if let Some(len) = parse_int(&buf[1..eol]) {
-                    let total = if len < 0 {
-                        eol + 2
-                    } else {
-                        eol + 2 + len as usize + 2
-                    };
-                    if total > max_reply {
-                        return Err(ReplyError::TooLarge(max_reply));
-                    }
-                    if buf.len() < total {
-                        return Ok(None);
-                    }
-                    if len < 0 || &buf[total - 2..total] == b"\r\n" {
-                        return Ok(Some((total, ReplyKind::Other)));
-                    }
-                }
-            }
-        }
-        kind @ (b'+' | b'-') => {
-            if let Some(eol) = find_crlf(buf, 1) {
-                let kind = if kind == b'-' {
-                    ReplyKind::Error
-                } else {
-                    ReplyKind::Other
-                };
-                return Ok(Some((eol + 2, kind)));
-            }
-        }
-        _ => {}
-    }
-    match frame_len(buf) {
-        Ok(None) if buf.len() > max_reply => Err(ReplyError::TooLarge(max_reply)),
-        other => other,
-    }
+    ReplyScanner::default().next(buf, max_reply)
 }
 
 /// The room to make before reading more of a reply at the front of `buf`: the rest of a bulk
@@ -452,14 +407,29 @@ pub fn rest_of_bulk(buf: &[u8], min: usize) -> usize {
     }
 }
 
-/// Delimits upstream replies one after another, resuming where the last incomplete attempt
-/// stopped: a large top-level array (LRANGE, HGETALL, SCAN, pub/sub batches) is delimited
-/// element by element as it arrives, instead of being decoded again from its start on every
+/// Delimits upstream replies one after another, without recursion and without building a
+/// value: a frame is walked header by header with one counter of the elements still due
+/// (an aggregate of n adds n, a map 2n, an attribute 2n before the frame it annotates), so
+/// nesting of any depth costs no stack, and any legal shape (sets of maps, attributes, big
+/// numbers, verbatim strings, RESP2 and RESP3 nulls, nested pushes) is delimited alike.
+///
+/// It also resumes where the last incomplete attempt stopped: a large reply (LRANGE, HGETALL,
+/// SCAN, pub/sub batches) is delimited as it arrives instead of again from its start on every
 /// read, which would cost time quadratic in its size.
 #[derive(Debug, Default)]
 pub struct ReplyScanner {
-    /// Inside a top-level aggregate: bytes of it already delimited, and elements left.
-    progress: Option<(usize, u64)>,
+    /// Inside an unfinished frame: where it was left.
+    progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Bytes of the frame delimited so far.
+    pos: usize,
+    /// Elements (frames) still due, the frame's own unfinished slot included.
+    due: u64,
+    /// The kind of the frame, once its own header (not an attribute's) was seen.
+    kind: Option<ReplyKind>,
 }
 
 impl ReplyScanner {
@@ -470,49 +440,102 @@ impl ReplyScanner {
         buf: &[u8],
         max_reply: usize,
     ) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
-        let Some(&kind) = buf.first() else {
-            return Ok(None);
-        };
-        if !matches!(kind, b'*' | b'~' | b'>' | b'%') {
-            return next_reply_len(buf, max_reply);
-        }
-        let (mut pos, mut left) = match self.progress {
-            Some(progress) => progress,
-            None => {
-                let Some(eol) = find_crlf(buf, 1) else {
-                    return too_large_or_incomplete(buf, max_reply);
-                };
-                let count = parse_int(&buf[1..eol])
-                    .ok_or_else(|| ReplyError::Malformed("bad aggregate length".into()))?;
-                if count < 0 {
-                    return Ok(Some((eol + 2, ReplyKind::Other)));
-                }
-                let per = if kind == b'%' { 2 } else { 1 };
-                (eol + 2, count as u64 * per)
+        let mut p = self.progress.take().unwrap_or(Progress {
+            pos: 0,
+            due: 1,
+            kind: None,
+        });
+        while p.due > 0 {
+            // Every element needs at least 3 bytes: a count that could never fit is refused
+            // now instead of after waiting for max_reply bytes.
+            if p.due > (max_reply / 3) as u64 {
+                return Err(ReplyError::TooLarge(max_reply));
             }
-        };
-        while left > 0 {
-            match frame_len(&buf[pos..])? {
-                Some((len, _)) => {
-                    pos += len;
-                    left -= 1;
+            let Some(&ty) = buf.get(p.pos) else {
+                self.progress = Some(p);
+                return Ok(None);
+            };
+            let Some(eol) = find_crlf(buf, p.pos + 1) else {
+                self.progress = Some(p);
+                return too_large_or_incomplete(buf, max_reply);
+            };
+            let line = &buf[p.pos + 1..eol];
+            let header_end = eol + 2;
+            // The frame's own header: its kind decides how the frame is routed.
+            let top = p.due == 1 && p.kind.is_none() && ty != b'|';
+            if top {
+                p.kind = Some(match ty {
+                    b'>' => ReplyKind::Push,
+                    b'-' | b'!' => ReplyKind::Error,
+                    _ => ReplyKind::Other,
+                });
+            }
+            match ty {
+                // Lines: simple string, error, integer, null, double, boolean, big number.
+                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+                    p.pos = header_end;
+                    p.due -= 1;
                 }
-                None => {
-                    self.progress = Some((pos, left));
-                    return too_large_or_incomplete(buf, max_reply);
+                // Blob string, blob error, verbatim string. `$-1` is RESP2's null.
+                b'$' | b'!' | b'=' => {
+                    let len = parse_int(line).ok_or(ReplyError::Malformed("bad blob length"))?;
+                    if len == -1 && ty == b'$' {
+                        p.pos = header_end;
+                        p.due -= 1;
+                        continue;
+                    }
+                    let len = usize::try_from(len)
+                        .map_err(|_| ReplyError::Malformed("bad blob length"))?;
+                    let end = header_end
+                        .checked_add(len)
+                        .and_then(|e| e.checked_add(2))
+                        .filter(|&e| e <= max_reply)
+                        .ok_or(ReplyError::TooLarge(max_reply))?;
+                    if buf.len() < end {
+                        // Resume at this header: it is cheap to read again.
+                        self.progress = Some(Progress {
+                            kind: if top { None } else { p.kind },
+                            ..p
+                        });
+                        return Ok(None);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(ReplyError::Malformed("blob not terminated by CRLF"));
+                    }
+                    p.pos = end;
+                    p.due -= 1;
                 }
+                // Array, set, push, map; `*-1` is RESP2's null array. An attribute adds its
+                // pairs in front of the frame it annotates, which stays due.
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let count =
+                        parse_int(line).ok_or(ReplyError::Malformed("bad aggregate length"))?;
+                    p.pos = header_end;
+                    if count == -1 && ty == b'*' {
+                        p.due -= 1;
+                        continue;
+                    }
+                    let count = u64::try_from(count)
+                        .map_err(|_| ReplyError::Malformed("bad aggregate length"))?;
+                    let elements = if matches!(ty, b'%' | b'|') {
+                        count.saturating_mul(2)
+                    } else {
+                        count
+                    };
+                    if ty != b'|' {
+                        p.due -= 1;
+                    }
+                    p.due = p.due.saturating_add(elements);
+                }
+                // Streamed strings and aggregates (`$?`, `*?`) are RESP3's, but Redis never
+                // sends them; anything else is not RESP at all.
+                _ => return Err(ReplyError::Malformed("unknown frame type")),
             }
         }
-        self.progress = None;
-        if pos > max_reply {
+        if p.pos > max_reply {
             return Err(ReplyError::TooLarge(max_reply));
         }
-        let kind = if kind == b'>' {
-            ReplyKind::Push
-        } else {
-            ReplyKind::Other
-        };
-        Ok(Some((pos, kind)))
+        Ok(Some((p.pos, p.kind.unwrap_or(ReplyKind::Other))))
     }
 }
 
@@ -527,39 +550,10 @@ fn too_large_or_incomplete(
     }
 }
 
-/// Delimits one complete RESP2 or RESP3 frame: its length and kind, or `None` if incomplete.
-///
-/// redis-protocol's RESP3 decoder reads RESP2's null (`$-1`, `*-1`) as the start of a streamed
-/// aggregate, so the RESP2 decoder goes first; only what it cannot read (RESP3-only types: maps,
-/// sets, pushes, `_`, doubles, attributes...) is handed to the RESP3 decoder. Redis never sends
-/// RESP2 nulls to a RESP3 client, nor streamed strings to anyone, so the two never disagree.
+/// Delimits one complete RESP2 or RESP3 frame, of any size: its length and kind, or `None` if
+/// incomplete.
 pub fn frame_len(buf: &[u8]) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
-    match resp2_decode_range(buf) {
-        Ok(Some((_, len))) => {
-            let kind = if buf[0] == b'-' {
-                ReplyKind::Error
-            } else {
-                ReplyKind::Other
-            };
-            return Ok(Some((len, kind)));
-        }
-        Ok(None) => return Ok(None),
-        Err(_) => {}
-    }
-    match decode_range(buf) {
-        // An attribute (`|`) prefix is folded into the frame it annotates, so the frame's own
-        // type decides.
-        Ok(Some((frame, len))) => {
-            let kind = match frame {
-                RangeFrame::Push { .. } => ReplyKind::Push,
-                RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. } => ReplyKind::Error,
-                _ => ReplyKind::Other,
-            };
-            Ok(Some((len, kind)))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => Err(ReplyError::Malformed(e.to_string())),
-    }
+    next_reply_len(buf, usize::MAX)
 }
 
 #[cfg(test)]
@@ -721,6 +715,168 @@ mod tests {
         );
     }
 
+    /// Nesting 10,000 deep of every aggregate type: delimited without recursion, whole, and
+    /// incomplete at every cut short of the end.
+    #[test]
+    fn deep_nesting_costs_no_stack() {
+        for (open, kind) in [
+            (&b"*1\r\n"[..], ReplyKind::Other),
+            (b"~1\r\n", ReplyKind::Other),
+            (b">1\r\n", ReplyKind::Push),
+            (b"%1\r\n+k\r\n", ReplyKind::Other),
+            (b"|1\r\n+a\r\n:1\r\n*1\r\n", ReplyKind::Other),
+        ] {
+            let mut frame = open.repeat(10_000);
+            frame.extend_from_slice(b"$1\r\nx\r\n");
+            assert_eq!(frame_len(&frame).unwrap(), Some((frame.len(), kind)));
+            assert_eq!(frame_len(&frame[..frame.len() - 1]).unwrap(), None);
+            let mut scanner = ReplyScanner::default();
+            for cut in (0..frame.len()).step_by(997) {
+                assert_eq!(scanner.next(&frame[..cut], usize::MAX).unwrap(), None);
+            }
+            assert_eq!(
+                scanner.next(&frame, usize::MAX).unwrap(),
+                Some((frame.len(), kind))
+            );
+        }
+        // What a Lua script returning a table that holds itself sends.
+        let mut recursive = b"*1\r\n".repeat(100_000);
+        recursive.extend_from_slice(b"*0\r\n");
+        assert_eq!(
+            frame_len(&recursive).unwrap(),
+            Some((recursive.len(), ReplyKind::Other))
+        );
+    }
+
+    /// Every reply shape Redis 7 sends, RESP2 and RESP3, alone and nested in each other.
+    #[test]
+    fn every_reply_shape() {
+        let shapes: &[(&[u8], ReplyKind)] = &[
+            (b"+OK\r\n", ReplyKind::Other),
+            (b"-ERR no\r\n", ReplyKind::Error),
+            (b":-12\r\n", ReplyKind::Other),
+            (b"$0\r\n\r\n", ReplyKind::Other),
+            (b"$-1\r\n", ReplyKind::Other),
+            (b"*-1\r\n", ReplyKind::Other),
+            (b"*0\r\n", ReplyKind::Other),
+            (b"_\r\n", ReplyKind::Other),
+            (b",3.14\r\n", ReplyKind::Other),
+            (b",inf\r\n", ReplyKind::Other),
+            (b"#t\r\n", ReplyKind::Other),
+            (
+                b"(3492890328409238509324850943850943825024385\r\n",
+                ReplyKind::Other,
+            ),
+            (b"!21\r\nSYNTAX invalid syntax\r\n", ReplyKind::Error),
+            (b"=15\r\ntxt:Some string\r\n", ReplyKind::Other),
+            (b"%0\r\n", ReplyKind::Other),
+            (b"~0\r\n", ReplyKind::Other),
+            (b">0\r\n", ReplyKind::Push),
+            // COMMAND's RESP3 reply: sets of maps (redis-protocol refuses these).
+            (
+                b"~2\r\n%1\r\n+a\r\n:1\r\n%1\r\n+b\r\n~1\r\n+c\r\n",
+                ReplyKind::Other,
+            ),
+            // An attribute before a reply, and inside one.
+            (b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n", ReplyKind::Other),
+            (b"|1\r\n+a\r\n_\r\n-ERR x\r\n", ReplyKind::Error),
+            (b"*2\r\n|1\r\n+a\r\n_\r\n:1\r\n:2\r\n", ReplyKind::Other),
+            // A map with maps as keys, a push holding a push.
+            (b"%1\r\n%1\r\n+k\r\n+v\r\n*1\r\n_\r\n", ReplyKind::Other),
+            (b">2\r\n+message\r\n>1\r\n+x\r\n", ReplyKind::Push),
+        ];
+        for (frame, kind) in shapes {
+            assert_eq!(
+                frame_len(frame).unwrap(),
+                Some((frame.len(), *kind)),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+            for cut in 0..frame.len() {
+                assert_eq!(frame_len(&frame[..cut]).unwrap(), None);
+            }
+        }
+        for bad in [
+            &b"$?\r\n;1\r\nx\r\n;0\r\n"[..],
+            b"*?\r\n",
+            b"$-2\r\n",
+            b"%-1\r\n",
+            b"$1\r\nxy\r\n",
+            b"@1\r\n",
+        ] {
+            assert!(frame_len(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn impossible_counts_fail_at_once() {
+        assert_eq!(
+            next_reply_len(b"*1000000\r\n", 1000),
+            Err(ReplyError::TooLarge(1000))
+        );
+        assert_eq!(
+            next_reply_len(b"%9223372036854775807\r\n", usize::MAX),
+            Err(ReplyError::TooLarge(usize::MAX))
+        );
+    }
+
+    /// A RESP3 value of any shape, encoded.
+    fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            "[a-z]{0,8}".prop_map(|t| format!("+{t}\r\n").into_bytes()),
+            "[a-z]{0,8}".prop_map(|t| format!("-ERR {t}\r\n").into_bytes()),
+            any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..20).prop_map(|v| {
+                let mut f = format!("${}\r\n", v.len()).into_bytes();
+                f.extend(v);
+                f.extend(b"\r\n");
+                f
+            }),
+            Just(b"$-1\r\n".to_vec()),
+            Just(b"*-1\r\n".to_vec()),
+            Just(b"_\r\n".to_vec()),
+            Just(b",1.5\r\n".to_vec()),
+            Just(b"#f\r\n".to_vec()),
+            Just(b"(12345678901234567890\r\n".to_vec()),
+            Just(b"=7\r\ntxt:abc\r\n".to_vec()),
+            Just(b"!3\r\nERR\r\n".to_vec()),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                (
+                    prop::sample::select(vec![b'*', b'~', b'>']),
+                    prop::collection::vec(inner.clone(), 0..6)
+                )
+                    .prop_map(|(t, els)| {
+                        let mut f = format!("{}{}\r\n", t as char, els.len()).into_bytes();
+                        els.into_iter().for_each(|e| f.extend(e));
+                        f
+                    }),
+                prop::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(|pairs| {
+                    let mut f = format!("%{}\r\n", pairs.len()).into_bytes();
+                    for (k, v) in pairs {
+                        f.extend(k);
+                        f.extend(v);
+                    }
+                    f
+                }),
+                (
+                    prop::collection::vec((inner.clone(), inner.clone()), 1..3),
+                    inner
+                )
+                    .prop_map(|(pairs, value)| {
+                        let mut f = format!("|{}\r\n", pairs.len()).into_bytes();
+                        for (k, v) in pairs {
+                            f.extend(k);
+                            f.extend(v);
+                        }
+                        f.extend(value);
+                        f
+                    }),
+            ]
+        })
+    }
+
     fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6)
     }
@@ -879,6 +1035,49 @@ mod tests {
                 prop_assert!(next_reply_len(&frame[..cut], 1 << 20).unwrap().is_none());
             }
             prop_assert_eq!(next_reply_len(&frame, 1 << 20).unwrap(), Some((frame.len(), ReplyKind::Other)));
+        }
+
+        #[test]
+        fn any_frame_is_delimited_whole_under_any_chunking(
+            frames in prop::collection::vec(arb_frame(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let wire: Vec<u8> = frames.concat();
+            let want: Vec<usize> = frames.iter().map(|f| f.len()).collect();
+            for f in &frames {
+                prop_assert_eq!(frame_len(f).unwrap().map(|(len, _)| len), Some(f.len()));
+                for cut in 0..f.len() {
+                    prop_assert_eq!(frame_len(&f[..cut]).unwrap(), None);
+                }
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut scanner = ReplyScanner::default();
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            let mut last = 0;
+            for cut in points.into_iter().chain([wire.len()]) {
+                buf.extend_from_slice(&wire[last..cut]);
+                last = cut;
+                while let Some((len, _)) = scanner.next(&buf, 1 << 20).unwrap() {
+                    got.push(len);
+                    buf.drain(..len);
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+
+        /// Where redis-protocol's decoder (a second, independent reading of RESP3) accepts a
+        /// frame, it finds the same end.
+        #[test]
+        fn same_end_as_redis_protocol(frame in arb_frame()) {
+            use redis_protocol::resp3::decode::complete::decode_range;
+            if frame.starts_with(b"$-1") || frame.starts_with(b"*-1") {
+                return Ok(());
+            }
+            if let Ok(Some((_, len))) = decode_range(&frame) {
+                prop_assert_eq!(frame_len(&frame).unwrap().map(|(l, _)| l), Some(len));
+            }
         }
     }
 }

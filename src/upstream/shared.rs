@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
 use crate::protocol::memcached::{reply_len, Shape};
-use crate::protocol::resp::{rest_of_bulk, ReplyScanner};
+use crate::protocol::resp::{rest_of_bulk, ReplyKind, ReplyScanner};
 
 /// Requests gathered into one write at most.
 const MAX_BATCH: usize = 256;
@@ -109,12 +110,19 @@ impl SharedPool {
         count: usize,
         resp3: bool,
         timeout: Duration,
+        unexpected_pushes: Counter,
         shutdown: CancellationToken,
     ) -> Self {
         let senders = (0..count.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(run(connector.clone(), rx, resp3, timeout, shutdown.clone()));
+                let link = Link {
+                    connector: connector.clone(),
+                    resp3,
+                    timeout,
+                    unexpected_pushes: unexpected_pushes.clone(),
+                };
+                tokio::spawn(run(link, rx, shutdown.clone()));
                 tx
             })
             .collect();
@@ -131,18 +139,25 @@ impl SharedPool {
     }
 }
 
-async fn run(
+/// What one shared connection's task needs to (re)connect and serve.
+struct Link {
     connector: Arc<Connector>,
-    mut rx: mpsc::Receiver<SharedRequest>,
     resp3: bool,
     timeout: Duration,
-    shutdown: CancellationToken,
-) {
+    unexpected_pushes: Counter,
+}
+
+async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: CancellationToken) {
+    let Link {
+        ref connector,
+        resp3,
+        ..
+    } = link;
     let mut backoff = Duration::from_millis(100);
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = connect(&connector, resp3) => c,
+            c = connect(connector, resp3) => c,
         };
         let mut conn = match conn {
             Ok(c) => {
@@ -163,13 +178,25 @@ async fn run(
                 continue;
             }
         };
-        let error = serve(&mut conn, &mut rx, timeout, &shutdown).await;
+        let error = serve(&mut conn, &mut rx, &link, &shutdown).await;
         match error {
             None => return,
             Some(e) => {
                 tracing::warn!(upstream = %connector.address, error = %e, "shared upstream connection failed; replacing it")
             }
         }
+    }
+}
+
+/// Removes `len` bytes at `from` from the read buffer (a push found between replies).
+fn drop_push(buf: &mut BytesMut, from: usize, len: usize) {
+    if from == 0 {
+        bytes::Buf::advance(buf, len);
+    } else {
+        // Rare: copies what follows the push back over it.
+        let tail = buf.split_off(from + len);
+        buf.truncate(from);
+        buf.unsplit(tail);
     }
 }
 
@@ -191,13 +218,15 @@ async fn connect(connector: &Arc<Connector>, resp3: bool) -> Result<super::Conn,
 async fn serve(
     conn: &mut super::Conn,
     rx: &mut mpsc::Receiver<SharedRequest>,
-    timeout: Duration,
+    link: &Link,
     shutdown: &CancellationToken,
 ) -> Option<String> {
+    let timeout = link.timeout;
     let mut pending: VecDeque<Waiting> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::new();
     let mut scanner = ReplyScanner::default();
+    let mut unexpected_pushes = 0u64;
     let max = conn.connector.max_reply;
     let fail = |pending: &mut VecDeque<Waiting>, msg: &str| {
         for w in pending.drain(..) {
@@ -216,10 +245,25 @@ async fn serve(
                 Some((Frames::Memcached(shapes), got)) => {
                     reply_len(&buf[from..], shapes[got], max).map_err(|e| e.to_string())
                 }
-                _ => scanner
-                    .next(&buf[from..], max)
-                    .map(|r| r.map(|(len, _)| len))
-                    .map_err(|e| e.to_string()),
+                _ => match scanner.next(&buf[from..], max) {
+                    // A push is never a reply: no command that subscribes or tracks ever
+                    // reaches a shared connection, so it belongs to no client here (another
+                    // connection's `CLIENT TRACKING ... REDIRECT`, for one). Counting it as
+                    // a reply would hand every later reply to the wrong client; it is dropped
+                    // where it stands, between or inside the replies around it.
+                    Ok(Some((len, ReplyKind::Push))) => {
+                        drop_push(&mut buf, from, len);
+                        unexpected_pushes += 1;
+                        if unexpected_pushes == 1 {
+                            tracing::warn!(upstream = %conn.connector.address, "dropping an unsolicited push on a shared upstream connection (someone redirected tracking or pub/sub to it)");
+                        }
+                        link.unexpected_pushes.inc();
+                        continue;
+                    }
+                    other => other
+                        .map(|r| r.map(|(len, _)| len))
+                        .map_err(|e| e.to_string()),
+                },
             };
             match delimited {
                 Ok(Some(len)) => {

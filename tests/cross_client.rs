@@ -1,0 +1,232 @@
+//! What one client can do to another through cachegate, tried as an attacker would: replies
+//! that could stop the process, frames that could shift another client's replies on a shared
+//! upstream connection, commands that could leave state behind on one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Multiplexed (the default), one shared connection per RESP version, so that every client
+/// shares it.
+async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}\
+         auth.mode = \"none\"\nupstream.address = {:?}\nupstream.shared_connections = 1\n\
+         upstream.health_interval = \"1h\"\n{extra}",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+const RECURSIVE: &str = "local a = {}; local b = {a}; a[1] = b; return a";
+
+/// A script that returns a table holding itself makes Redis send arrays nested hundreds deep.
+/// Delimiting that reply once stopped the whole process (stack overflow); now it is relayed on
+/// every path, and everyone else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_script_reply_is_relayed_on_every_path() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut bystander = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(bystander.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+
+    let mut direct = redis.direct().await;
+    let want = direct.cmd(&["EVAL", RECURSIVE, "0"]).await;
+    assert!(want.len() > 1000, "Redis nests deep: {} bytes", want.len());
+
+    for resp3 in [false, true] {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        if resp3 {
+            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        // Shared connection.
+        assert_eq!(c.cmd(&["EVAL", RECURSIVE, "0"]).await, want);
+        // Pinned (inside a transaction), and the transaction's own reply.
+        assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["EVAL", RECURSIVE, "0"]).await, b"+QUEUED\r\n");
+        let exec = c.cmd(&["EXEC"]).await;
+        assert_eq!(&exec[..4], b"*1\r\n");
+        assert_eq!(&exec[4..], &want[..]);
+        assert_eq!(c.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+    }
+    assert_eq!(bystander.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+}
+
+/// A stand-in upstream that answers `DEEP` with arrays (or maps, sets, pushes) nested 10,000
+/// deep and anything else with `+OK` (HELLO with a map), to reach depths Redis itself will not.
+async fn deep_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = reply_end(&buf) {
+                        let request: Vec<u8> = buf.drain(..end).collect();
+                        let text = String::from_utf8_lossy(&request).to_ascii_uppercase();
+                        let answer = if text.contains("DEEP") {
+                            let open: &[u8] = if text.contains("PUSHES") {
+                                b">1\r\n"
+                            } else if text.contains("MAPS") {
+                                b"%1\r\n+k\r\n"
+                            } else {
+                                b"*1\r\n"
+                            };
+                            let mut frame = open.repeat(10_000);
+                            frame.extend_from_slice(b"$4\r\ndeep\r\n");
+                            frame
+                        } else if text.contains("PING") {
+                            b"+PONG\r\n".to_vec()
+                        } else if text.contains("HELLO") {
+                            b"%1\r\n+server\r\n+fake\r\n".to_vec()
+                        } else {
+                            b"+OK\r\n".to_vec()
+                        };
+                        if sock.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nesting_ten_thousand_deep_is_relayed_and_nothing_stops() {
+    let pki = Pki::new();
+    let (upstream, _task) = deep_upstream().await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = \"{upstream}\"\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml()
+    ))
+    .await;
+    for (args, open) in [
+        (&["DEEP"][..], &b"*1\r\n"[..]),
+        (&["DEEP", "MAPS"][..], &b"%1\r\n+k\r\n"[..]),
+    ] {
+        let mut want = open.repeat(10_000);
+        want.extend_from_slice(b"$4\r\ndeep\r\n");
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        // Shared, then pinned.
+        assert!(c.cmd(args).await == want, "shared: {args:?}");
+        assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert!(c.cmd(args).await == want, "pinned: {args:?}");
+    }
+    // A push nested 10,000 deep on a pinned connection reaches its client.
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    let got = c.cmd(&["DEEP", "PUSHES"]).await;
+    assert_eq!(got.len(), 4 * 10_000 + 10);
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+/// Pushes arrive on a shared RESP3 connection when some other connection redirects its
+/// tracking there. Counted as replies, they shifted every later reply by one (a client read
+/// another's value). A push is never a reply: it is dropped and counted, and every client
+/// gets exactly its own replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_on_a_shared_connection_are_never_replies() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut victim = RawClient::tls(&pki, proxy.addr).await;
+    assert!(victim.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert_eq!(victim.cmd(&["SET", "victim:k", "secret"]).await, b"+OK\r\n");
+
+    // The shared RESP3 connection, as the backend sees it, made the target of tracking.
+    let mut direct = redis.direct().await;
+    let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
+    let shared_id = list
+        .lines()
+        .find(|l| l.contains(" resp=3") && !l.contains("cmd=client|list"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|id| id.strip_prefix("id="))
+        .expect("a RESP3 shared connection")
+        .to_string();
+    let mut tracker = redis.direct().await;
+    assert_eq!(
+        tracker
+            .cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &shared_id, "BCAST"])
+            .await,
+        b"+OK\r\n"
+    );
+
+    // Every write now pushes an invalidation onto the shared connection, between the victim's
+    // own replies, and with nothing pending.
+    for round in 0..50 {
+        let value = format!("v{round}");
+        let mut wire = Vec::new();
+        wire.extend(encode(&[b"SET", b"victim:k", value.as_bytes()]));
+        wire.extend(encode(&[b"GET", b"victim:k"]));
+        wire.extend(encode(&[b"ECHO", format!("e{round}").as_bytes()]));
+        victim.send(&wire).await;
+        assert_eq!(victim.read().await, b"+OK\r\n");
+        assert_eq!(victim.read().await, reply_bulk(&value));
+        assert_eq!(victim.read().await, reply_bulk(&format!("e{round}")));
+        assert_eq!(direct.cmd(&["SET", "other", "x"]).await, b"+OK\r\n");
+    }
+    let metrics = proxy.admin_get("/metrics").await.1;
+    assert!(
+        metric(
+            &metrics,
+            "cachegate_upstream_unexpected_pushes_total{listener=\"edge\"}"
+        ) >= 50.0,
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(victim.cmd(&["GET", "victim:k"]).await, reply_bulk("v49"));
+}
+
+fn reply_bulk(v: &str) -> Vec<u8> {
+    format!("${}\r\n{v}\r\n", v.len()).into_bytes()
+}
+
+/// `COMMAND`'s RESP3 reply holds sets of maps; a decoder that builds values refused it and the
+/// shared connection was dropped with every client's requests on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_in_resp3_is_relayed_whole() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(
+        &pki,
+        &redis,
+        "commands.rename = { FLUSHALL = \"admin-flushall\" }\n",
+    )
+    .await;
+    let mut direct = redis.direct().await;
+    assert!(direct.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    let want = direct.cmd(&["COMMAND", "INFO", "get"]).await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    let all = c.cmd(&["COMMAND"]).await;
+    assert!(all.starts_with(b"*") && all.len() > 10_000, "{}", all.len());
+    assert_eq!(c.cmd(&["COMMAND", "INFO", "get"]).await, want);
+    let docs = c.cmd(&["COMMAND", "DOCS"]).await;
+    assert!(docs.starts_with(b"%"));
+    assert!(!s(&docs).contains("\r\nflushall\r\n"));
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
