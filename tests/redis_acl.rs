@@ -17,6 +17,7 @@ fn users() -> Vec<(&'static str, String)> {
         ("reader", "on >reader-password %R~* +@read -@dangerous +acl|whoami resetchannels".to_string()),
         ("scripts", "on >scripts-password ~* +@all -@scripting".to_string()),
         ("disabled", "off >disabled-password ~* +@all".to_string()),
+        ("keys", "on >keys-password ~app:* %R~shared:* +@all".to_string()),
     ]
 }
 
@@ -37,7 +38,7 @@ async fn setup() -> (Pki, Redis, Proxy) {
         toml.push_str(&format!("[[users]]\nname = {name:?}\nacl = {rules:?}\n"));
     }
     toml.push_str(
-        "[user_groups]\napps = [\"default\", \"app\", \"reader\", \"scripts\", \"disabled\"]\n",
+        "[user_groups]\napps = [\"default\", \"app\", \"reader\", \"scripts\", \"disabled\", \"keys\"]\n",
     );
     toml.push_str(&format!(
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\
@@ -232,4 +233,290 @@ async fn scripting_can_be_denied_per_user() {
         "-NOPERM this user has no permissions to run the 'eval' command\r\n"
     );
     assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+}
+
+/// The two side doors of key patterns, through cachegate against a real backend: a repeated
+/// STORE (GEORADIUS writes the last one given, Redis 7.0 checks the first), and a command the
+/// table does not know (a newer Redis or a module could give it keys). Both refused to a user
+/// limited to `~app:*`, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_patterns_have_no_side_doors() {
+    let (pki, redis, proxy) = setup().await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["AUTH", "keys", "keys-password"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&["GEOADD", "app:geo", "15", "37", "m"]).await,
+        b":1\r\n"
+    );
+    for args in [
+        &[
+            "GEORADIUS",
+            "app:geo",
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            "app:dst",
+            "STORE",
+            "other:dst",
+        ][..],
+        &[
+            "GEORADIUS",
+            "app:geo",
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            "app:dst",
+            "STOREDIST",
+            "other:dst",
+        ],
+        &[
+            "GEORADIUSBYMEMBER",
+            "app:geo",
+            "m",
+            "200",
+            "km",
+            "STORE",
+            "app:dst",
+            "STORE",
+            "other:dst",
+        ],
+        &["PFMERGE", "other:dst"],
+    ] {
+        let got = s(&c.cmd(args).await);
+        assert!(got.starts_with("-NOPERM"), "{args:?}: {got}");
+    }
+    let got = s(&c.cmd(&["NOSUCHCOMMAND", "other:dst"]).await);
+    assert!(got.contains("cannot tell which keys"), "{got}");
+    let got = s(&c.cmd(&["OBJECT", "NOSUCHSUB", "other:dst"]).await);
+    assert!(got.starts_with("-NOPERM"), "{got}");
+    let mut direct = redis.direct().await;
+    assert_eq!(direct.cmd(&["EXISTS", "other:dst"]).await, b":0\r\n");
+    assert_eq!(
+        c.cmd(&[
+            "GEORADIUS",
+            "app:geo",
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            "app:dst"
+        ])
+        .await,
+        b":1\r\n"
+    );
+}
+
+/// HELLO goes through the same ACL check as every command, and gets Redis's verdict: Redis
+/// flags HELLO (like AUTH) no-auth, so its ACL never refuses it, even to a user without
+/// +hello; cachegate answers the same, here and in ACL DRYRUN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_gets_the_verdict_redis_gives() {
+    let (pki, redis, proxy) = setup().await;
+    let mut direct = redis.direct().await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    for conn in [&mut direct, &mut c] {
+        assert_eq!(
+            conn.cmd(&["AUTH", "reader", "reader-password"]).await,
+            b"+OK\r\n"
+        );
+        assert!(conn.cmd(&["HELLO", "3"]).await.starts_with(b"%7\r\n"));
+    }
+    let mut direct = redis.direct().await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    for conn in [&mut direct, &mut c] {
+        assert_eq!(
+            conn.cmd(&["ACL", "DRYRUN", "reader", "HELLO", "3"]).await,
+            b"+OK\r\n"
+        );
+    }
+}
+
+/// The ACL verdict of cachegate's checker against `ACL DRYRUN` on a real redis-server with the
+/// same users, for a generated corpus: every command and subcommand in the table with keys,
+/// called with arguments drawn from keys inside and outside the users' patterns, numbers
+/// (numkeys, huge counts, negative ones) and the keywords key specs search for (STORE,
+/// STOREDIST, STREAMS, KEYS, BY, GET, LIMIT), repeated. Where Redis answers a verdict (not an
+/// arity error), cachegate is never more permissive, refuses for the same reason, and is stricter
+/// only where Redis 7.0's own key finder gives up: GEORADIUS[BYMEMBER] with several
+/// STORE/STOREDIST options (Redis checks only the first of each but writes the last), and calls
+/// where a key spec runs past the arguments given (`PFMERGE other`, a key count beyond the
+/// arguments or beyond 2^31): Redis then checks fewer keys or *none* (`COMMAND GETKEYS` says
+/// "Invalid arguments") and, for `PFMERGE other`, writes `other` past `~app:*`; cachegate
+/// checks the keys that are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_corpus_verdicts_match_acl_dryrun() {
+    use cachegate::auth::acl::User;
+    use cachegate::auth::commands::table;
+
+    let redis = Redis::start().await;
+    let mut direct = redis.direct().await;
+    let mut users = users();
+    users.push((
+        "writer",
+        "on nopass %W~app:* ~tmp:* +@all -@dangerous".to_string(),
+    ));
+    let mut checkers = Vec::new();
+    for (name, rules) in &users {
+        let mut args = vec!["ACL", "SETUSER", name, "reset"];
+        args.extend(rules.split_whitespace());
+        assert_eq!(direct.cmd(&args).await, b"+OK\r\n", "{name}");
+        checkers.push((*name, User::parse(name, rules).unwrap()));
+    }
+
+    // A small deterministic generator: the same corpus on every run.
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    const POOL: &[&str] = &[
+        "app:1",
+        "app:2",
+        "other",
+        "shared:1",
+        "tmp:x",
+        "1",
+        "2",
+        "3",
+        "0",
+        "-1",
+        "4000000000",
+        "STORE",
+        "STOREDIST",
+        "STREAMS",
+        "KEYS",
+        "BY",
+        "GET",
+        "LIMIT",
+        "w_*",
+        "km",
+        "WITHSCORES",
+    ];
+    let mut corpus: Vec<Vec<String>> = Vec::new();
+    let mut names: Vec<&str> = table()
+        .all()
+        .filter(|(_, info)| !info.key_specs.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    names.sort_unstable();
+    for name in &names {
+        for _ in 0..16 {
+            let mut args: Vec<String> = name.split('|').map(str::to_uppercase).collect();
+            for _ in 0..1 + next(8) {
+                args.push(POOL[next(POOL.len())].to_string());
+            }
+            corpus.push(args);
+        }
+    }
+    // The shapes the security review named, by hand.
+    for line in [
+        "GEORADIUS app:geo 15 37 200 km STORE app:dst STORE other:dst",
+        "GEORADIUS app:geo 15 37 200 km STORE app:dst STOREDIST other:dst",
+        "GEORADIUSBYMEMBER app:geo m 200 km STORE app:d STOREDIST app:e",
+        "SORT app:l STORE app:d STORE other:d",
+        "SORT app:l STORE other:d STORE app:d",
+        "SORT app:l BY STORE STORE other:d",
+        "SORT app:l LIMIT STORE STORE STORE app:d",
+        "SINTERCARD 4000000000 app:a",
+        "SINTERCARD 9223372036854775807 app:a",
+        "ZUNION 4000000000 app:a other",
+        "EVAL x 4000000000 app:a",
+        "FCALL f 2 app:a other",
+        "FCALL_RO f 1 other",
+        "LMPOP 2 app:a other LEFT",
+        "ZMPOP 1 other MIN",
+        "BLMPOP 0 2 app:a other LEFT",
+        "MIGRATE h 1 '' 0 10 KEYS app:a other",
+        "MIGRATE h 1 other 0 10",
+        "XREAD COUNT 1 STREAMS app:s other 0 0",
+        "XREADGROUP GROUP g c STREAMS app:s 0",
+        "ZUNIONSTORE app:d 2 app:a other",
+        "ZINTERSTORE other 1 app:a",
+        "OBJECT ENCODING other",
+        "MEMORY USAGE other",
+        "BITOP AND app:d app:a other",
+        "COPY app:a other",
+    ] {
+        corpus.push(line.split(' ').map(|a| a.replace("''", "")).collect());
+    }
+
+    let mut compared = 0;
+    let mut deviations = 0;
+    for (user, checker) in &checkers {
+        for args in &corpus {
+            let mut dry = vec!["ACL", "DRYRUN", user];
+            dry.extend(args.iter().map(String::as_str));
+            let theirs = s(&direct.cmd(&dry).await);
+            if theirs.starts_with('-') {
+                // Arity errors and unknown commands: Redis gives no verdict to compare.
+                continue;
+            }
+            compared += 1;
+            let ours = match checker.check(args) {
+                Ok(()) => "+OK\r\n".to_string(),
+                Err(denied) => {
+                    let text = denied.dryrun();
+                    format!("${}\r\n{text}\r\n", text.len())
+                }
+            };
+            if ours == theirs {
+                continue;
+            }
+            // Never more permissive than Redis.
+            assert!(
+                ours != "+OK\r\n",
+                "{user}: {args:?}: cachegate allows, redis {theirs:?}"
+            );
+            if theirs != "+OK\r\n" {
+                // Both refuse: the same kind of refusal (Redis names the first key of its own
+                // order, cachegate the first of its own).
+                let kind =
+                    |t: &str| t.contains("to access the") as u8 + 2 * t.contains("to run") as u8;
+                assert_eq!(
+                    kind(&ours),
+                    kind(&theirs),
+                    "{user}: {args:?}: {ours:?} / {theirs:?}"
+                );
+                continue;
+            }
+            // Stricter than Redis: only where Redis's own key finder gives up.
+            let stores = args
+                .iter()
+                .filter(|a| a.eq_ignore_ascii_case("STORE") || a.eq_ignore_ascii_case("STOREDIST"))
+                .count();
+            let georadius = args[0].eq_ignore_ascii_case("GEORADIUS")
+                || args[0].eq_ignore_ascii_case("GEORADIUSBYMEMBER");
+            let mut getkeys = vec!["COMMAND", "GETKEYS"];
+            getkeys.extend(args.iter().map(String::as_str));
+            let found = direct.cmd(&getkeys).await;
+            let (name, info) = table().lookup(args).unwrap();
+            let located = info.keys(&name, args).len();
+            // Redis's finder errs, or gives up on a spec and finds fewer keys than are there.
+            let redis_finds_fewer = found.starts_with(b"-")
+                || reply_end(&found).is_some_and(|_| {
+                    s(&found)
+                        .split("\r\n")
+                        .next()
+                        .and_then(|h| h.trim_start_matches('*').parse::<usize>().ok())
+                        .is_some_and(|n| n < located)
+                });
+            assert!(
+                (georadius && stores > 1) || redis_finds_fewer,
+                "{user}: {args:?}: cachegate {ours:?}, redis {theirs:?}"
+            );
+            deviations += 1;
+        }
+    }
+    assert!(compared > 5000, "only {compared} verdicts compared");
+    assert!(
+        deviations < compared / 10,
+        "{deviations} deviations of {compared}"
+    );
 }

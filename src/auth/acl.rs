@@ -65,6 +65,10 @@ pub enum Denied {
     /// SORT's BY (with a pattern) or GET reads arbitrary keys: Redis allows them only to users
     /// who may read every key.
     SortOption(&'static str),
+    /// A command (or subcommand) the command table does not know, so its keys cannot be
+    /// located, from a user limited to some keys: never waved through (a newer Redis or a
+    /// module could give it keys).
+    UnknownKeys(String),
 }
 
 impl Denied {
@@ -82,6 +86,9 @@ impl Denied {
             Denied::SortOption(opt) => {
                 format!("ERR {opt} option of SORT denied due to insufficient ACL permissions.")
             }
+            Denied::UnknownKeys(c) => format!(
+                "NOPERM this user has no permissions to run the '{c}' command (cachegate cannot tell which keys it uses, and this user may use only some keys)"
+            ),
         }
     }
 
@@ -92,6 +99,7 @@ impl Denied {
             Denied::Key(k) => ("key", k.clone()),
             Denied::Channel(c) => ("channel", c.clone()),
             Denied::SortOption(o) => ("key", format!("SORT {o}")),
+            Denied::UnknownKeys(c) => ("command", c.clone()),
         }
     }
 
@@ -106,6 +114,9 @@ impl Denied {
             Denied::SortOption(opt) => {
                 format!("{opt} option of SORT denied due to insufficient ACL permissions.")
             }
+            Denied::UnknownKeys(c) => format!(
+                "This user has no permissions to run the '{c}' command (cachegate cannot tell which keys it uses)"
+            ),
         }
     }
 }
@@ -310,19 +321,39 @@ impl User {
     /// The verdict for one call, checked as Redis checks it: the command, then every key it
     /// touches (read or write per its key specs), then the channels.
     pub fn check(&self, args: &[impl AsRef<[u8]>]) -> Result<(), Denied> {
-        let Some((name, info)) = table().lookup(args) else {
-            let typed = args
+        let typed = || {
+            let mut typed = args
                 .first()
                 .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_lowercase())
                 .unwrap_or_default();
-            return if self.all_commands {
-                Ok(())
-            } else {
-                Err(Denied::Command(typed))
+            if let Some(sub) = args.get(1) {
+                typed = format!(
+                    "{typed}|{}",
+                    String::from_utf8_lossy(sub.as_ref()).to_ascii_lowercase()
+                );
+            }
+            typed
+        };
+        let Some((name, info)) = table().lookup(args) else {
+            return match (self.all_commands, self.all_keys) {
+                (true, true) => Ok(()),
+                (true, false) => Err(Denied::UnknownKeys(typed())),
+                (false, _) => Err(Denied::Command(
+                    args.first()
+                        .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_lowercase())
+                        .unwrap_or_default(),
+                )),
             };
         };
-        if !self.allowed.contains(&name) {
+        // As in Redis, commands flagged no-auth (AUTH, HELLO) pass every user's command rules.
+        if !self.allowed.contains(&name) && !info.flags.iter().any(|f| f == "no_auth") {
             return Err(Denied::Command(name));
+        }
+        // A container called with a subcommand the table does not know: its keys are unknown.
+        let unknown_subcommand =
+            !info.subcommands.is_empty() && args.len() > 1 && !known_keyless(&typed());
+        if unknown_subcommand && !self.all_keys {
+            return Err(Denied::UnknownKeys(typed()));
         }
         if !self.all_keys {
             for key in info.keys(&name, args) {
@@ -417,6 +448,12 @@ pub enum Described {
     Text(String),
     /// Passwords are never shown; only how many there are.
     Count(usize),
+}
+
+/// Subcommands newer than the command table (Redis 7.0) that cachegate knows take no keys:
+/// CLIENT SETINFO (7.2) is answered by cachegate itself.
+fn known_keyless(full_name: &str) -> bool {
+    matches!(full_name, "client|setinfo")
 }
 
 /// The channel arguments of pub/sub commands, and whether each is a literal pattern
@@ -574,6 +611,31 @@ mod tests {
 
     fn u(rules: &str) -> User {
         User::parse("u", rules).unwrap()
+    }
+
+    /// A command or subcommand the table does not know has keys cachegate cannot locate: a
+    /// key-restricted user may not run it even with +@all; a user with every key may.
+    #[test]
+    fn unknown_commands_are_refused_to_key_restricted_users() {
+        let restricted = u("on nopass ~app:* +@all");
+        let everything = u("on nopass ~* +@all");
+        for call in [&["NEWCOMMAND", "other"][..], &["OBJECT", "NEWSUB", "other"]] {
+            assert!(matches!(
+                restricted.check(call),
+                Err(Denied::UnknownKeys(_))
+            ));
+            assert_eq!(everything.check(call), Ok(()));
+        }
+        assert_eq!(
+            restricted.check(&["CLIENT", "SETINFO", "LIB-NAME", "x"]),
+            Ok(())
+        );
+        assert_eq!(restricted.check(&["GET", "app:1"]), Ok(()));
+        let limited = u("on nopass ~app:* +get");
+        assert_eq!(
+            limited.check(&["NEWCOMMAND"]),
+            Err(Denied::Command("newcommand".into()))
+        );
     }
 
     #[test]

@@ -103,18 +103,28 @@ impl CommandTable {
 impl CommandInfo {
     /// The key arguments of a call, from the key specs, as Redis's `getKeysUsingKeySpecs`
     /// finds them; plus the few commands whose keys no spec fully describes.
+    ///
+    /// Work is bounded by the arguments present, never by a count the client declares:
+    /// `SINTERCARD 4000000000 k` looks at one key, and no arithmetic on a declared count can
+    /// wrap. A declared range past the last argument yields the keys that are there (Redis then
+    /// reports the arity or syntax error itself).
     pub fn keys(&self, name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
-        if name == "migrate" {
-            return migrate_keys(args);
+        match name {
+            "migrate" => return migrate_keys(args),
+            "georadius" | "georadiusbymember" => return georadius_keys(name, args),
+            _ => {}
         }
         let argc = args.len() as i64;
         let mut keys = Vec::new();
         for spec in &self.key_specs {
-            let read = spec.flags.iter().any(|f| f == "access");
-            let write = spec
+            let mut read = spec.flags.iter().any(|f| f == "access");
+            let mut write = spec
                 .flags
                 .iter()
                 .any(|f| f == "insert" || f == "update" || f == "delete");
+            if spec.flags.iter().any(|f| f == "variable_flags") {
+                (read, write) = variable_flags(name, args);
+            }
             let first = match &spec.begin {
                 Begin::Index(i) => *i,
                 Begin::Keyword((keyword, startfrom)) => {
@@ -133,7 +143,7 @@ impl CommandInfo {
             let (first, last, step) = match spec.find {
                 Find::Range([lastkey, step, limit]) => {
                     let last = if lastkey >= 0 {
-                        first + lastkey
+                        first.saturating_add(lastkey)
                     } else if limit == 0 {
                         argc + lastkey
                     } else {
@@ -150,24 +160,50 @@ impl CommandInfo {
                         continue;
                     };
                     let first = first + firstkey;
-                    (first, first + numkeys - 1, step)
+                    (first, first.saturating_add(numkeys) - 1, step)
                 }
                 Find::Unknown => continue,
             };
-            let mut i = first;
+            // Only arguments that exist are keys; the loop never runs past them.
+            let last = last.min(argc - 1);
+            let mut i = first.max(1);
             while i <= last && step > 0 {
-                if i >= 1 && i < argc {
-                    keys.push(KeyUse {
-                        index: i as usize,
-                        read,
-                        write,
-                    });
-                }
+                keys.push(KeyUse {
+                    index: i as usize,
+                    read,
+                    write,
+                });
                 i += step;
             }
         }
         keys.extend(special_keys(name, args));
         keys
+    }
+}
+
+/// (read, written) for the key specs whose flags depend on the arguments, as Redis's
+/// `setGetKeys` and `bitfieldGetKeys` decide them: SET reads its key only with GET; BITFIELD
+/// writes unless it is GET/OVERFLOW only.
+fn variable_flags(name: &str, args: &[impl AsRef<[u8]>]) -> (bool, bool) {
+    let is = |i: usize, w: &[u8]| args[i].as_ref().eq_ignore_ascii_case(w);
+    match name {
+        "set" => ((3..args.len()).any(|i| is(i, b"GET")), true),
+        "bitfield" => {
+            let mut i = 2;
+            while i < args.len() {
+                let left = args.len() - i - 1;
+                if is(i, b"GET") && left >= 2 {
+                    i += 3;
+                } else if is(i, b"OVERFLOW") && left >= 1 {
+                    i += 2;
+                } else {
+                    // SET, INCRBY, or a syntax error: safer to take it as a write.
+                    return (true, true);
+                }
+            }
+            (true, false)
+        }
+        _ => (true, true),
     }
 }
 
@@ -179,17 +215,66 @@ fn eq(args: &[impl AsRef<[u8]>], i: i64, word: &str) -> bool {
 /// Keys that Redis finds with a `getkeys_proc` because no key spec describes them.
 fn special_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     match name {
-        // SORT ... STORE <destination>: written. (The sorted key is in the spec.)
-        "sort" => (2..args.len().saturating_sub(1))
-            .filter(|&i| args[i].as_ref().eq_ignore_ascii_case(b"STORE"))
-            .map(|i| KeyUse {
+        // SORT ... STORE <destination>: written. As Redis's `sortGetKeys`: the arguments of
+        // LIMIT (2), GET and BY (1) are skipped, and the *last* STORE is the one SORT writes.
+        "sort" => {
+            let mut store = None;
+            let mut i = 2;
+            while i < args.len() {
+                let a = args[i].as_ref();
+                if a.eq_ignore_ascii_case(b"LIMIT") {
+                    i += 2;
+                } else if a.eq_ignore_ascii_case(b"GET") || a.eq_ignore_ascii_case(b"BY") {
+                    i += 1;
+                } else if a.eq_ignore_ascii_case(b"STORE") && i + 1 < args.len() {
+                    store = Some(i + 1);
+                }
+                i += 1;
+            }
+            store
+                .map(|index| KeyUse {
+                    index,
+                    read: false,
+                    write: true,
+                })
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// GEORADIUS key ... [STORE key] [STOREDIST key]: the source key (read) and *every* STORE or
+/// STOREDIST destination (written). Redis 7.0's key specs check only the first STORE and the
+/// first STOREDIST, while the command writes the last one given (`GEORADIUS k ... STORE app:d
+/// STORE other:d` writes `other:d` past `~app:*`); cachegate checks them all, stricter than
+/// Redis there on purpose.
+fn georadius_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
+    let mut keys = Vec::new();
+    if args.len() > 1 {
+        keys.push(KeyUse {
+            index: 1,
+            read: true,
+            write: false,
+        });
+    }
+    // Options start after `key longitude latitude radius unit` (BYMEMBER: `key member radius
+    // unit`), as the key specs' keyword searches do.
+    let start = if name == "georadius" { 6 } else { 5 };
+    let mut i = start;
+    while i + 1 < args.len() {
+        let a = args[i].as_ref();
+        if a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST") {
+            keys.push(KeyUse {
                 index: i + 1,
                 read: false,
                 write: true,
-            })
-            .collect(),
-        _ => Vec::new(),
+            });
+            i += 1;
+        }
+        i += 1;
     }
+    keys
 }
 
 /// MIGRATE host port key|"" db timeout [... KEYS k1 k2 ...]: as Redis's `migrateGetKeys`, the
@@ -239,7 +324,17 @@ mod tests {
     #[test]
     fn keys_from_specs() {
         assert_eq!(keys(&["GET", "k"]), vec![(1, true, false)]);
-        assert_eq!(keys(&["SET", "k", "v"]), vec![(1, true, true)]);
+        // SET reads its key only with GET (Redis's setGetKeys).
+        assert_eq!(keys(&["SET", "k", "v"]), vec![(1, false, true)]);
+        assert_eq!(keys(&["SET", "k", "v", "get"]), vec![(1, true, true)]);
+        assert_eq!(
+            keys(&["BITFIELD", "k", "GET", "u8", "0"]),
+            vec![(1, true, false)]
+        );
+        assert_eq!(
+            keys(&["BITFIELD", "k", "GET", "u8", "0", "SET", "u8", "0", "1"]),
+            vec![(1, true, true)]
+        );
         assert_eq!(
             keys(&["MSET", "a", "1", "b", "2"]),
             vec![(1, false, true), (3, false, true)]
@@ -270,5 +365,64 @@ mod tests {
         assert_eq!(migrate, vec![(7, true, true), (8, true, true)]);
         // Malformed calls yield no keys (the server reports the arity error).
         assert_eq!(keys(&["EVAL", "s", "x"]), vec![]);
+    }
+
+    /// A declared key count costs work only for the arguments present: four billion declared,
+    /// one key there, one key checked (the loop stops at the last argument); no arithmetic
+    /// wraps.
+    #[test]
+    fn declared_counts_are_bounded_by_the_arguments() {
+        for count in ["4000000000", "9223372036854775807", "2147483648"] {
+            assert_eq!(keys(&["SINTERCARD", count, "k"]), vec![(2, true, false)]);
+            assert_eq!(
+                keys(&["EVAL", "s", count, "a", "b"]),
+                vec![(3, true, true), (4, true, true)]
+            );
+            assert_eq!(keys(&["ZUNION", count, "a"]), vec![(2, true, false)]);
+            assert_eq!(keys(&["LMPOP", count, "a", "LEFT"]).len(), 2);
+        }
+    }
+
+    /// Every STORE / STOREDIST of GEORADIUS is a written key, not only the first of each (the
+    /// command writes the last one given); SORT writes its last STORE, skipping option values.
+    #[test]
+    fn every_destination_is_a_key() {
+        let geo = keys(&[
+            "GEORADIUS",
+            "g",
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            "a",
+            "STORE",
+            "b",
+        ]);
+        assert_eq!(
+            geo,
+            vec![(1, true, false), (7, false, true), (9, false, true)]
+        );
+        let geo = keys(&[
+            "GEORADIUSBYMEMBER",
+            "g",
+            "m",
+            "200",
+            "km",
+            "STOREDIST",
+            "a",
+            "STORE",
+            "b",
+        ]);
+        assert_eq!(
+            geo,
+            vec![(1, true, false), (6, false, true), (8, false, true)]
+        );
+        assert!(keys(&["SORT", "l", "STORE", "a", "STORE", "b"]).contains(&(5, false, true)));
+        assert!(!keys(&["SORT", "l", "STORE", "a", "STORE", "b"]).contains(&(3, false, true)));
+        assert_eq!(
+            keys(&["SORT", "l", "BY", "STORE", "x"]),
+            vec![(1, true, false)]
+        );
     }
 }

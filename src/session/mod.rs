@@ -791,6 +791,15 @@ impl RequestSide<'_> {
             self.local(Bytes::from_static(reply::HELLO_NOAUTH)).await?;
             return Ok(Flow::Continue);
         }
+        // HELLO is a command like any other for the ACL (its AUTH part aside).
+        if let Some(user) = self.user.clone() {
+            if let Err(denied) = user.check(&forward) {
+                let (reason, object) = denied.event();
+                self.security_event(reason, object, &user.name, true);
+                self.local(reply::error_line(&denied.error())).await?;
+                return Ok(Flow::Continue);
+            }
+        }
         match req.args.get(1).map(|v| &v[..]) {
             Some(b"3") => self.resp3 = true,
             Some(b"2") => self.resp3 = false,
