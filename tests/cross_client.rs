@@ -230,3 +230,141 @@ async fn command_in_resp3_is_relayed_whole() {
     assert!(!s(&docs).contains("\r\nflushall\r\n"));
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
 }
+
+/// The backend's own view of its client connections, one line each.
+async fn backend_clients(redis: &Redis) -> Vec<String> {
+    let mut direct = redis.direct().await;
+    s(&direct.cmd(&["CLIENT", "LIST"]).await)
+        .lines()
+        .filter(|l| l.starts_with("id=") && !l.contains("cmd=client|list"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `SCRIPT DEBUG YES` once ran on a shared connection: the next client's EVAL there stopped in
+/// the debugger, stepped through by the attacker. It now pins the session to a connection of
+/// its own that is closed afterwards (RESET does not clear the debug flag), so neither a
+/// sharing client nor the next user of a pooled connection meets it. `CLIENT NO-EVICT ON`,
+/// which RESET keeps too, likewise; `SCRIPT DEBUG SYNC` (which blocks the whole server) is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_and_no_evict_never_reach_another_client() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(
+        &pki,
+        &redis,
+        "upstream.warm_connections = 0\nupstream.max_idle = 1\n",
+    )
+    .await;
+    let mut victim = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(victim.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+
+    let mut attacker = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(attacker.cmd(&["SCRIPT", "DEBUG", "YES"]).await, b"+OK\r\n");
+    assert_eq!(
+        attacker.cmd(&["CLIENT", "NO-EVICT", "ON"]).await,
+        b"+OK\r\n"
+    );
+    assert!(s(&attacker.cmd(&["SCRIPT", "DEBUG", "SYNC"]).await)
+        .starts_with("-ERR cachegate: SCRIPT DEBUG SYNC"));
+    // The victim, on the shared connection, runs its script undisturbed.
+    for _ in 0..5 {
+        assert_eq!(
+            victim
+                .cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"])
+                .await,
+            b"$1\r\nv\r\n"
+        );
+    }
+    // RESET keeps the debug flag on Redis: the session stays on its own connection.
+    assert_eq!(attacker.cmd(&["RESET"]).await, b"+RESET\r\n");
+    drop(attacker);
+
+    // The tainted connection is closed, not pooled: every later pinned session gets a clean
+    // one (the pool keeps one idle connection, so a pooled tainted one would come back).
+    assert!(
+        eventually(|| async {
+            !backend_clients(&redis).await.iter().any(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix("flags="))
+                    .is_some_and(|flags| flags.contains('e'))
+            })
+        })
+        .await,
+        "the no-evict connection must be closed"
+    );
+    for _ in 0..3 {
+        let mut next = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(next.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(next.cmd(&["EVAL", "return 1", "0"]).await, b"+QUEUED\r\n");
+        assert_eq!(next.cmd(&["EXEC"]).await, b"*1\r\n:1\r\n");
+    }
+}
+
+/// No client may name a connection that is not its own. Ids are the session's own (stable,
+/// unique, also in HELLO's reply); CLIENT LIST and INFO show only the caller; KILL, UNBLOCK,
+/// PAUSE and TRACKING ... REDIRECT are refused at once; so are SYNC and PSYNC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_and_name_only_themselves() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        other.cmd(&["CLIENT", "SETNAME", "secret-name"]).await,
+        b"+OK\r\n"
+    );
+    let other_id = s(&other.cmd(&["CLIENT", "ID"]).await);
+
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let id = s(&c.cmd(&["CLIENT", "ID"]).await);
+    assert!(id.starts_with(':') && id != other_id, "{id} {other_id}");
+    assert_eq!(s(&c.cmd(&["CLIENT", "ID"]).await), id, "stable");
+    let n = id.trim_start_matches(':').trim();
+    let hello = s(&c.cmd(&["HELLO", "3"]).await);
+    assert!(hello.contains(&format!("$2\r\nid\r\n:{n}\r\n")), "{hello}");
+    // Pinned now (MULTI would pin; tracking does), still the same id.
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "ON"]).await, b"+OK\r\n");
+    assert_eq!(s(&c.cmd(&["CLIENT", "ID"]).await), id);
+    let list = s(&c.cmd(&["CLIENT", "LIST"]).await);
+    assert!(list.contains(&format!("id={n} ")), "{list}");
+    assert!(!list.contains("secret-name"), "{list}");
+    assert_eq!(list.matches("id=").count(), 1, "{list}");
+    let info = s(&c.cmd(&["CLIENT", "INFO"]).await);
+    assert!(
+        info.contains(&format!("id={n} ")) && info.contains("resp=3"),
+        "{info}"
+    );
+
+    let other_n = other_id.trim_start_matches(':').trim().to_string();
+    for args in [
+        vec!["CLIENT", "TRACKING", "ON", "REDIRECT", &other_n, "BCAST"],
+        vec!["CLIENT", "KILL", "ID", &other_n],
+        vec!["CLIENT", "KILL", "127.0.0.1:1"],
+        vec!["CLIENT", "UNBLOCK", &other_n],
+        vec!["CLIENT", "PAUSE", "1000"],
+        vec!["CLIENT", "UNPAUSE"],
+        vec!["SYNC"],
+        vec!["PSYNC", "?", "-1"],
+        vec!["REPLCONF", "ACK", "0"],
+    ] {
+        let got = s(&c.cmd(&args).await);
+        assert!(got.starts_with("-ERR cachegate:"), "{args:?}: {got}");
+    }
+    assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n", "not killed");
+    // The backend never saw any of them.
+    let mut direct = redis.direct().await;
+    let stats = s(&direct.cmd(&["INFO", "commandstats"]).await);
+    for name in [
+        "client|kill",
+        "client|unblock",
+        "client|pause",
+        "sync",
+        "psync",
+        "replconf",
+    ] {
+        assert!(
+            !stats.contains(&format!("cmdstat_{name}:")),
+            "{name} reached the backend"
+        );
+    }
+}

@@ -313,7 +313,6 @@ async fn state_never_crosses_clients_sharing_the_pool() {
     )
     .await;
     let mut a = RawClient::authed(&pki, proxy.addr).await;
-    let id_a = a.cmd(&["CLIENT", "ID"]).await;
     assert_eq!(a.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
     assert_eq!(a.cmd(&["SET", "only-in-3", "x"]).await, b"+OK\r\n");
     assert_eq!(a.cmd(&["CLIENT", "SETNAME", "client-a"]).await, b"+OK\r\n");
@@ -322,13 +321,25 @@ async fn state_never_crosses_clients_sharing_the_pool() {
     assert_eq!(a.cmd(&["WATCH", "w"]).await, b"+OK\r\n");
     assert_eq!(a.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(a.cmd(&["SET", "queued", "1"]).await, b"+QUEUED\r\n");
+    // Client ids are cachegate's own; the backend's tell which connection served `a`.
+    let mut direct = redis.direct().await;
+    let backend_line = |list: &str, pattern: &str| {
+        list.lines()
+            .find(|l| l.contains(pattern))
+            .map(str::to_string)
+    };
+    let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
+    let line = backend_line(&list, "name=client-a").expect("a's pinned connection");
+    let id_a = line.split_whitespace().next().unwrap().to_string();
     drop(a);
 
-    // Wait until the same upstream connection is handed out again.
+    // Wait until the same upstream connection is handed out again (WATCH pins b).
     let mut reused = None;
     for _ in 0..200 {
         let mut b = RawClient::authed(&pki, proxy.addr).await;
-        if b.cmd(&["CLIENT", "ID"]).await == id_a {
+        assert_eq!(b.cmd(&["WATCH", "probe"]).await, b"+OK\r\n");
+        let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
+        if backend_line(&list, &format!("{id_a} ")).is_some_and(|l| l.contains("cmd=watch")) {
             reused = Some(b);
             break;
         }
@@ -356,9 +367,10 @@ async fn state_never_crosses_clients_sharing_the_pool() {
         b":0\r\n",
         "MULTI discarded"
     );
-    let info = s(&b.cmd(&["CLIENT", "INFO"]).await);
+    let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
+    let info = backend_line(&list, &format!("{id_a} ")).unwrap();
     assert!(
-        info.contains("flags=N ") && info.contains("resp=2"),
+        info.contains("flags=N ") && info.contains("resp=2") && info.contains("db=0 "),
         "{info}"
     );
 }
@@ -373,7 +385,6 @@ async fn subscribed_client_leaves_nothing_behind() {
     )
     .await;
     let mut a = RawClient::authed(&pki, proxy.addr).await;
-    let id_a = a.cmd(&["CLIENT", "ID"]).await;
     a.send_cmd(&["SUBSCRIBE", "leak"]).await;
     a.read().await;
     drop(a);
@@ -390,5 +401,4 @@ async fn subscribed_client_leaves_nothing_behind() {
         receivers, b":0\r\n",
         "the subscription must go away with the client"
     );
-    drop(id_a);
 }

@@ -116,6 +116,9 @@ pub enum Rewrite {
     List,
     /// COMMAND COUNT, answered from a COMMAND LIST: the number of visible names.
     Count,
+    /// HELLO: the `id` field becomes the session's own (the backend's id of a shared
+    /// connection would tell a client which ids to aim CLIENT commands at).
+    HelloId(u64),
 }
 
 /// For a COMMAND request (name already checked): the arguments to forward and the rewrite to
@@ -205,6 +208,20 @@ pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
                 out.put_slice(&name);
                 out.put_slice(doc);
             }
+        }
+        Rewrite::HelloId(id) => {
+            let mut fields = Vec::with_capacity(agg.elements.len());
+            for pair in agg.elements.chunks(2) {
+                let [key, value] = pair else { return frame };
+                fields.push(Bytes::copy_from_slice(key));
+                if string_value(key) == Some(b"id") {
+                    fields.push(Bytes::from(format!(":{id}\r\n")));
+                } else {
+                    fields.push(Bytes::copy_from_slice(value));
+                }
+            }
+            put_header(&mut out, agg.kind, fields.len());
+            fields.iter().for_each(|f| out.put_slice(f));
         }
         Rewrite::List | Rewrite::Count => {
             let mut names = Vec::new();
@@ -316,6 +333,22 @@ mod tests {
         assert_eq!(
             &rewrite_reply(flat, Rewrite::Docs, &policy())[..],
             b"*4\r\n$14\r\nadmin_flushall\r\n*0\r\n$3\r\nget\r\n*0\r\n"
+        );
+    }
+
+    #[test]
+    fn hello_shows_the_session_id() {
+        let resp3 = Bytes::from_static(
+            b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:12\r\n$5\r\nproto\r\n:3\r\n",
+        );
+        assert_eq!(
+            &rewrite_reply(resp3, Rewrite::HelloId(7), &policy())[..],
+            b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:7\r\n$5\r\nproto\r\n:3\r\n"
+        );
+        let resp2 = Bytes::from_static(b"*4\r\n$2\r\nid\r\n:12\r\n$4\r\nmode\r\n$3\r\nstd\r\n");
+        assert_eq!(
+            &rewrite_reply(resp2, Rewrite::HelloId(9), &policy())[..],
+            b"*4\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$3\r\nstd\r\n"
         );
     }
 

@@ -22,6 +22,7 @@
 pub mod acl_commands;
 pub mod commands;
 mod outbox;
+pub mod sharing;
 
 use crate::deadline::sleep_until;
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ use crate::upstream::shared::{Frames, Shared, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
 use outbox::Outbox;
+use sharing::Sharing;
 
 /// Commands queued between the two halves before the request side stops reading.
 const MAX_QUEUED: usize = 1024;
@@ -172,6 +174,8 @@ pub async fn run<S>(
         client_gone: client_gone.clone(),
         shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
         pin_state: PinState::default(),
+        id: next_client_id(),
+        started: Instant::now(),
         name: None,
         batch: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
@@ -205,8 +209,11 @@ pub async fn run<S>(
     }
     // The client's own errors say nothing about the upstream stream; only an upstream failure
     // or bytes that never left make it unusable.
-    let upstream_in_step =
-        clean && req.wbuf.is_empty() && !matches!(req_result, Err(SessionError::Upstream(_)));
+    // A tainted connection (state RESET does not clear) is closed, never pooled.
+    let upstream_in_step = clean
+        && req.wbuf.is_empty()
+        && !req.pin_state.tainted
+        && !matches!(req_result, Err(SessionError::Upstream(_)));
     if let (Some(write_half), Some(read_half)) = (req.up.take(), read_half) {
         let conn = Conn {
             stream: read_half.unsplit(write_half),
@@ -235,6 +242,10 @@ struct RequestSide<'a> {
     batch: Option<SharedBatch>,
     /// While pinned: the state that keeps it pinned, and its client name (to carry back).
     pin_state: PinState,
+    /// The session's own `CLIENT ID`, stable for its life whichever upstream connections
+    /// serve it (the backend's ids of shared connections are never shown).
+    id: u64,
+    started: Instant,
     name: Option<Bytes>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
     failed_auths: u32,
@@ -283,12 +294,21 @@ struct PinState {
     db: bool,
     /// Subscriptions, tracking, CLIENT REPLY, MONITOR and the like: only RESET ends them.
     sticky: bool,
+    /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
+    /// the connection is closed when the session ends, never pooled or shared again.
+    tainted: bool,
 }
 
 impl PinState {
     fn any(&self) -> bool {
-        self.watching || self.db || self.sticky
+        self.watching || self.db || self.sticky || self.tainted
     }
+}
+
+/// Process-wide: every session's virtual `CLIENT ID` is unique.
+fn next_client_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a command means for a session on shared connections.
@@ -304,7 +324,7 @@ enum Disposition {
     Pin,
 }
 
-fn shared_disposition(kind: Kind, args: &[Bytes]) -> Disposition {
+fn shared_disposition(kind: Kind, args: &[Bytes], sharing: Sharing) -> Disposition {
     match kind {
         Kind::Multi
         | Kind::Exec
@@ -321,7 +341,38 @@ fn shared_disposition(kind: Kind, args: &[Bytes]) -> Disposition {
         },
         Kind::Select if args.len() == 2 && &args[1][..] == b"0" => Disposition::SelectZero,
         Kind::Select => Disposition::Pin,
-        _ => Disposition::Shared,
+        // Everything else by the reviewed allow-list: shared only if known to be safe there.
+        _ if sharing == Sharing::Shared => Disposition::Shared,
+        _ => Disposition::Pin,
+    }
+}
+
+/// Whether `CLIENT LIST`'s filters (`TYPE t`, `ID id...`) select this session: `None` for a
+/// syntax error.
+fn list_selects_me(filters: &[Bytes], id: u64) -> Option<bool> {
+    match filters {
+        [] => Some(true),
+        [ty, t] if ty.eq_ignore_ascii_case(b"TYPE") => {
+            if t.eq_ignore_ascii_case(b"NORMAL") {
+                Some(true)
+            } else if [&b"MASTER"[..], b"REPLICA", b"SLAVE", b"PUBSUB"]
+                .iter()
+                .any(|k| t.eq_ignore_ascii_case(k))
+            {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        [word, ids @ ..] if word.eq_ignore_ascii_case(b"ID") && !ids.is_empty() => {
+            let mut mine = false;
+            for raw in ids {
+                let n: u64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+                mine |= n == id;
+            }
+            Some(mine)
+        }
+        _ => None,
     }
 }
 
@@ -492,7 +543,25 @@ impl RequestSide<'_> {
                 }
             }
         }
-        let disposition = shared_disposition(kind, &args);
+        let sharing = sharing::of(&args, matches!(self.ctx.auth, AuthMode::Acl(_)));
+        match sharing {
+            Sharing::Refuse(why) => {
+                if self.in_multi {
+                    self.multi_dirty = true;
+                }
+                self.local(why.reply(&args)).await?;
+                return Ok(Flow::Continue);
+            }
+            Sharing::Local if kind == Kind::Client || kind == Kind::Acl => {
+                if let Some(answer) = self.identity(&args) {
+                    self.local(answer).await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+            Sharing::PinTaint => self.pin_state.tainted = true,
+            _ => {}
+        }
+        let disposition = shared_disposition(kind, &args, sharing);
         if self.shared.is_none()
             && self.ctx.shared.is_some()
             && disposition != Disposition::Pin
@@ -820,9 +889,12 @@ impl RequestSide<'_> {
                 }
                 i += 2;
             }
-            return self.forward_shared(&plain, None, None).await;
+            return self
+                .forward_shared(&plain, None, Some(Rewrite::HelloId(self.id)))
+                .await;
         }
-        let expect = Expect::one();
+        let mut expect = Expect::one();
+        expect.rewrite = Some(Rewrite::HelloId(self.id));
         self.forward(&forward, expect).await
     }
 
@@ -837,7 +909,11 @@ impl RequestSide<'_> {
         if let Some(shared) = self.shared.as_mut() {
             shared.name = None;
         }
-        self.pin_state = PinState::default();
+        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT).
+        self.pin_state = PinState {
+            tainted: self.pin_state.tainted,
+            ..PinState::default()
+        };
         self.name = None;
         if self.up.is_none() {
             self.local(Bytes::from_static(reply::RESET)).await?;
@@ -1024,6 +1100,75 @@ impl RequestSide<'_> {
             self.forward_raw(&setname, Expect::swallowed(1)).await?;
         }
         Ok(())
+    }
+
+    /// CLIENT ID / INFO / LIST, and ACL WHOAMI without cachegate users: answered about this
+    /// session alone, whichever upstream connections serve it, so that no client learns the
+    /// backend's ids or addresses of connections that are not its own. `None` for the local
+    /// commands answered elsewhere (SETNAME, GETNAME).
+    fn identity(&mut self, args: &[Bytes]) -> Option<Bytes> {
+        let sub = args
+            .get(1)
+            .map(|s| s.to_ascii_uppercase())
+            .unwrap_or_default();
+        let is_acl = args[0].eq_ignore_ascii_case(b"ACL");
+        let known = matches!(
+            (is_acl, &sub[..]),
+            (true, b"WHOAMI") | (false, b"ID" | b"INFO" | b"LIST")
+        );
+        if !known {
+            return None;
+        }
+        if self.in_multi {
+            // Its answer cannot be queued with the transaction's; refused, as a queued error.
+            self.multi_dirty = true;
+            return Some(reply::error(
+                "cachegate: CLIENT ID/INFO/LIST and ACL WHOAMI are answered by cachegate and cannot run inside MULTI",
+            ));
+        }
+        let verbatim = |text: String| {
+            if self.resp3 {
+                Bytes::from(format!("={}\r\ntxt:{text}\r\n", text.len() + 4))
+            } else {
+                reply::bulk(text.as_bytes())
+            }
+        };
+        Some(match (is_acl, &sub[..], args.len()) {
+            (true, _, 2) => reply::bulk(self.user_name().as_bytes()),
+            (false, b"ID", 2) => Bytes::from(format!(":{}\r\n", self.id)),
+            (false, b"INFO", 2) => verbatim(self.client_line("client|info")),
+            (false, b"LIST", _) => match list_selects_me(&args[2..], self.id) {
+                Some(true) => verbatim(self.client_line("client|list")),
+                Some(false) => verbatim(String::new()),
+                None => Bytes::from_static(reply::SYNTAX),
+            },
+            (_, _, _) => reply::wrong_arity(&args[0]),
+        })
+    }
+
+    fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("default", |u| u.name.as_str())
+    }
+
+    /// This session's line of `CLIENT LIST`, in Redis 7.0's fields.
+    fn client_line(&self, cmd: &str) -> String {
+        let name = match &self.shared {
+            Some(shared) => shared.name.as_ref(),
+            None => self.name.as_ref(),
+        };
+        let name = name
+            .map(|n| String::from_utf8_lossy(n).replace(' ', "_"))
+            .unwrap_or_default();
+        format!(
+            "id={} addr={} laddr=cachegate:{} fd=-1 name={name} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} redir=-1 resp={}\n",
+            self.id,
+            self.peer,
+            self.ctx.listener,
+            self.started.elapsed().as_secs(),
+            if self.in_multi { "x" } else { "N" },
+            self.user_name(),
+            if self.resp3 { 3 } else { 2 },
+        )
     }
 
     /// CLIENT SETNAME / GETNAME / SETINFO for a session on shared connections.
