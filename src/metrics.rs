@@ -74,6 +74,7 @@ pub struct Metrics {
     pub pinned_sessions: Family<ListenerLabels, Gauge>,
     pub command_seconds: HistogramFamily,
     pub unexpected_pushes: Family<ListenerLabels, Counter>,
+    pub security_events: Family<ReasonLabels, Counter>,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
 }
@@ -186,6 +187,7 @@ impl Metrics {
             commands: Family::default(),
             pinned_sessions: Family::default(),
             unexpected_pushes: Family::default(),
+            security_events: Family::default(),
             command_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -253,6 +255,11 @@ impl Metrics {
             "RESP3 pushes dropped on shared upstream connections, where no client asked for one",
             m.unexpected_pushes.clone(),
         );
+        registry.register(
+            "security_events",
+            "Security events by reason: auth, command, key, channel, cross_protocol",
+            m.security_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -277,6 +284,17 @@ impl Metrics {
     /// Records a security event: counted, logged (no secrets), and kept for ACL LOG. Repeats
     /// of the same event update one entry, as Redis's ACL LOG does.
     pub fn security_event(&self, mut event: SecurityEvent, known_user: bool) {
+        // A name that is not a configured user may be a password typed in the wrong place: it
+        // is never written anywhere, not to the log, not to ACL LOG, not to a metric label.
+        if !known_user {
+            event.username = "(unknown user)".into();
+        }
+        self.security_events
+            .get_or_create(&ReasonLabels {
+                listener: event.listener.clone(),
+                reason: event.reason.to_string(),
+            })
+            .inc();
         let labels = UserLabels {
             listener: event.listener.clone(),
             user: if known_user {
@@ -289,7 +307,8 @@ impl Metrics {
             "auth" => self.auth_failures.get_or_create(&labels).inc(),
             "command" => self.command_denied.get_or_create(&labels).inc(),
             "key" => self.key_denied.get_or_create(&labels).inc(),
-            _ => self.channel_denied.get_or_create(&labels).inc(),
+            "channel" => self.channel_denied.get_or_create(&labels).inc(),
+            _ => 0,
         };
         tracing::info!(
             listener = %event.listener,

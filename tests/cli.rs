@@ -166,6 +166,8 @@ async fn secrets_never_reach_the_logs_and_sigterm_drains() {
     let (mut child, addr, logs) = spawn(&config, dir.path(), "");
     let mut c = RawClient::tls(&pki, addr).await;
     assert!(s(&c.cmd(&["AUTH", "canary-wrong-token-789"]).await).starts_with("-WRONGPASS"));
+    // A password typed where the user name goes.
+    assert!(s(&c.cmd(&["AUTH", "canary-typed-as-user", "x"]).await).starts_with("-WRONGPASS"));
     assert!(s(&c
         .cmd(&["HELLO", "3", "AUTH", "default", "canary-wrong-token-789"])
         .await)
@@ -192,6 +194,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_drains() {
         "canary-token-two",
         "canary-wrong-token",
         "canary-upstream-password",
+        "canary-typed-as-user",
     ] {
         assert!(!text.contains(canary), "{canary} appeared in the logs");
     }

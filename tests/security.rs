@@ -166,6 +166,51 @@ async fn metrics_count_what_happened_and_never_a_secret() {
         !text.contains("canary"),
         "no secret and no client-chosen name in metrics:\n{text}"
     );
+    // Nor in ACL LOG: a name that is no user may be a password typed in the wrong place.
+    let log = s(&c.cmd(&["ACL", "LOG"]).await);
+    assert!(
+        log.contains("(unknown user)") && !log.contains("canary"),
+        "{log}"
+    );
+}
+
+/// An HTTP request on the Redis port (a web page making a browser post to a local-dev
+/// cachegate without AUTH) is a cross-protocol attack: the connection is closed at `POST` or
+/// `Host:`, as Redis does, nothing after it runs, and a security event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_closed_unanswered() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"dev\"\nbind = \"127.0.0.1:0\"\n{}\
+         auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut direct = redis.direct().await;
+    assert_eq!(direct.cmd(&["SET", "keep", "1"]).await, b"+OK\r\n");
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nFLUSHALL\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\nFLUSHALL\r\n",
+    ] {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        c.send(request).await;
+        let mut replies = 0;
+        while c.try_read().await.is_some() {
+            replies += 1;
+        }
+        assert!(replies <= 1, "at most GET's own error before Host: closes");
+    }
+    assert_eq!(direct.cmd(&["GET", "keep"]).await, b"$1\r\n1\r\n");
+    let text = proxy.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &text,
+            "cachegate_security_events_total{listener=\"dev\",reason=\"cross_protocol\"}"
+        ),
+        2.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,16 +330,34 @@ async fn backoff_is_per_source_address() {
     for _ in 0..6 {
         assert!(s(&attacker.cmd(&["AUTH", "app", "wrong-guess"]).await).starts_with("-WRONGPASS"));
     }
-    let mut honest = RawClient::tls_from(&pki, proxy.addr, "127.0.0.3").await;
-    // The attacker's next attempt waits (backoff up to 2 s); the honest client's does not.
-    attacker.send_cmd(&["AUTH", "app", "canary-pw-one"]).await;
-    honest.send_cmd(&["AUTH", "app", "canary-pw-one"]).await;
+    // A right credential from the same address is answered before the attacker's next wrong
+    // one (only wrong answers wait), and a success clears nothing.
+    let mut neighbour = RawClient::tls_from(&pki, proxy.addr, "127.0.0.2").await;
+    attacker.send_cmd(&["AUTH", "app", "wrong-guess"]).await;
+    neighbour.send_cmd(&["AUTH", "app", "canary-pw-one"]).await;
     let first = tokio::select! {
-        r = honest.read() => ("honest", r),
+        r = neighbour.read() => ("neighbour", r),
         r = attacker.read() => ("attacker", r),
     };
-    assert_eq!(first, ("honest", b"+OK\r\n".to_vec()));
-    assert_eq!(attacker.read().await, b"+OK\r\n", "delayed, not refused");
+    assert_eq!(first, ("neighbour", b"+OK\r\n".to_vec()));
+    assert!(
+        s(&attacker.read().await).starts_with("-WRONGPASS"),
+        "delayed"
+    );
+    assert_eq!(
+        attacker.cmd(&["AUTH", "app", "canary-pw-one"]).await,
+        b"+OK\r\n"
+    );
+    // After its success, the attacker's wrong guess still waits; a fresh address's does not.
+    let mut other = RawClient::tls_from(&pki, proxy.addr, "127.0.0.3").await;
+    attacker.send_cmd(&["AUTH", "app", "wrong-guess"]).await;
+    other.send_cmd(&["AUTH", "app", "wrong-guess"]).await;
+    let first = tokio::select! {
+        r = other.read() => ("other", r),
+        r = attacker.read() => ("attacker", r),
+    };
+    assert_eq!(first.0, "other");
+    assert!(s(&attacker.read().await).starts_with("-WRONGPASS"));
     let text = proxy.admin_get("/metrics").await.1;
     assert!(
         metric(

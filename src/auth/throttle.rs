@@ -1,5 +1,14 @@
-//! Brute-force resistance: failed authentications from one source address make that address's
-//! next attempts wait (exponential backoff), without slowing anyone else down.
+//! Brute-force resistance: wrong guesses from one source address are answered ever more slowly,
+//! one at a time, while a right credential is never delayed.
+//!
+//! What an attacker controls is the rate of wrong answers it gets back, so that is what is
+//! throttled. Credentials are checked first; a right one is answered at once, whoever else
+//! shares the address (a misconfigured client retrying a stale token does not slow down the
+//! next client with the right one). A wrong one is answered only at the address's next free
+//! slot, each slot further off (exponential backoff after a few free failures): parallel
+//! connections queue for slots instead of each getting its own, and a success clears nothing,
+//! so interleaving a valid credential buys no fresh guesses. A session reads its next command
+//! only after its answer, so one connection holds at most one guess in flight.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +26,15 @@ pub struct Throttle {
     /// Failures an address may have before it is slowed down.
     free_failures: u32,
     max_delay: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<IpAddr, Entry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+    /// When the address's next wrong answer may go out, at the earliest.
+    next_slot: Instant,
 }
 
 impl Throttle {
@@ -29,38 +46,37 @@ impl Throttle {
         }
     }
 
-    /// How long an authentication attempt from `ip` must wait before it is checked.
-    pub fn delay(&self, ip: IpAddr) -> Duration {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&ip) {
-            Some(&(n, last)) if n > self.free_failures && last.elapsed() < FORGET_AFTER => {
-                let exp = (n - self.free_failures - 1).min(16);
-                (BASE_DELAY * 2u32.pow(exp)).min(self.max_delay)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    pub fn record(&self, ip: IpAddr, success: bool) {
+    /// Records a wrong credential from `ip` and says how long its answer must wait: zero for
+    /// the first few, then the address's next slot, each slot one backoff step after the last.
+    pub fn failure(&self, ip: IpAddr) -> Duration {
+        let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if success {
-            map.remove(&ip);
-            return;
-        }
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
-            map.retain(|_, (_, last)| last.elapsed() < FORGET_AFTER);
+            map.retain(|_, e| e.last.elapsed() < FORGET_AFTER);
             if map.len() >= MAX_TRACKED {
-                if let Some(oldest) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| *k) {
                     map.remove(&oldest);
                 }
             }
         }
-        let entry = map.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FORGET_AFTER {
-            entry.0 = 0;
+        let entry = map.entry(ip).or_insert(Entry {
+            failures: 0,
+            last: now,
+            next_slot: now,
+        });
+        if now.duration_since(entry.last) >= FORGET_AFTER {
+            entry.failures = 0;
         }
-        entry.0 += 1;
-        entry.1 = Instant::now();
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last = now;
+        if entry.failures <= self.free_failures {
+            return Duration::ZERO;
+        }
+        let exp = (entry.failures - self.free_failures - 1).min(16);
+        let step = (BASE_DELAY * 2u32.pow(exp)).min(self.max_delay);
+        let slot = entry.next_slot.max(now) + step;
+        entry.next_slot = slot;
+        slot - now
     }
 }
 
@@ -69,24 +85,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_failing_address_is_slowed() {
+    fn only_wrong_answers_from_the_failing_address_wait() {
         let t = Throttle::new(3, Duration::from_secs(5));
         let bad: IpAddr = "127.0.0.2".parse().unwrap();
         let good: IpAddr = "127.0.0.3".parse().unwrap();
         for _ in 0..3 {
-            t.record(bad, false);
+            assert_eq!(t.failure(bad), Duration::ZERO, "free failures");
         }
-        assert_eq!(t.delay(bad), Duration::ZERO, "free failures");
-        t.record(bad, false);
-        assert_eq!(t.delay(bad), BASE_DELAY);
-        t.record(bad, false);
-        assert_eq!(t.delay(bad), BASE_DELAY * 2);
-        for _ in 0..30 {
-            t.record(bad, false);
+        // Slots: each further off than the last, whether the guesses come one after another
+        // or all at once on parallel connections.
+        let waits: Vec<Duration> = (0..4).map(|_| t.failure(bad)).collect();
+        for pair in waits.windows(2) {
+            assert!(pair[1] > pair[0], "{waits:?}");
         }
-        assert_eq!(t.delay(bad), Duration::from_secs(5), "capped");
-        assert_eq!(t.delay(good), Duration::ZERO);
-        t.record(bad, true);
-        assert_eq!(t.delay(bad), Duration::ZERO, "a success clears it");
+        assert!(waits[0] >= BASE_DELAY - Duration::from_millis(5));
+        assert!(
+            waits[3] >= BASE_DELAY * (1 + 2 + 4 + 8) - Duration::from_millis(5),
+            "{waits:?}"
+        );
+        assert_eq!(
+            t.failure(good),
+            Duration::ZERO,
+            "another address is not slowed"
+        );
+    }
+
+    #[test]
+    fn each_step_is_capped() {
+        let t = Throttle::new(0, Duration::from_millis(300));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let waits: Vec<Duration> = (0..6).map(|_| t.failure(ip)).collect();
+        // 100, 200, then 300 ms steps, queued one after another.
+        assert!(
+            waits[5] <= Duration::from_millis(100 + 200 + 300 * 4 + 5),
+            "{waits:?}"
+        );
+        assert!(
+            waits[5] >= Duration::from_millis(100 + 200 + 300 * 4 - 5),
+            "{waits:?}"
+        );
     }
 }

@@ -492,6 +492,19 @@ impl RequestSide<'_> {
     }
 
     async fn handle(&mut self, mut req: Request) -> Result<Flow, SessionError> {
+        // An HTTP request on the Redis port (a web page making a browser post to localhost):
+        // closed at once without an answer, as Redis does for `POST` and `Host:`.
+        if req.name().eq_ignore_ascii_case(b"POST") || req.name().eq_ignore_ascii_case(b"HOST:") {
+            let name = self.user_name().to_string();
+            tracing::warn!(listener = %self.ctx.listener, peer = %self.peer, "possible cross-protocol attack: an HTTP request on the Redis port; connection closed");
+            self.security_event(
+                "cross_protocol",
+                String::from_utf8_lossy(req.name()).into_owned(),
+                &name,
+                self.user.is_some() || !self.authenticated,
+            );
+            return Ok(Flow::Stop);
+        }
         // The real name decides what a command does (a renamed MULTI is MULTI). The commands
         // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
         let decision = self.ctx.policy.decide(req.name());
@@ -673,16 +686,10 @@ impl RequestSide<'_> {
     /// the security log, and closing the connection after too many failures.
     async fn authenticate(&mut self, user: Option<&[u8]>, secret: &[u8]) -> (Bytes, Flow) {
         let ip = self.peer.ip();
-        let delay = self.ctx.throttle.delay(ip);
-        if !delay.is_zero() {
-            self.count_throttled();
-            tokio::time::sleep(delay).await;
-        }
         match self.check_credentials(user, secret) {
             Verdict::Reply(reply) => (reply, Flow::Continue),
+            // A success clears nothing: interleaving a valid credential buys no fresh guesses.
             Verdict::Ok { user, slot } => {
-                self.ctx.throttle.record(ip, true);
-                self.failed_auths = 0;
                 tracing::debug!(listener = %self.ctx.listener, %user, slot, "authenticated");
                 self.ctx
                     .metrics
@@ -696,7 +703,12 @@ impl RequestSide<'_> {
                 (Bytes::from_static(reply::OK), Flow::Continue)
             }
             Verdict::Failed { attempted, known } => {
-                self.ctx.throttle.record(ip, false);
+                // Only the wrong answer waits: at the address's next free slot.
+                let wait = self.ctx.throttle.failure(ip);
+                if !wait.is_zero() {
+                    self.count_throttled();
+                    tokio::time::sleep(wait).await;
+                }
                 self.failed_auths += 1;
                 self.security_event("auth", "AUTH".into(), &attempted, known);
                 let limit = self.ctx.auth_limits.max_failures;
