@@ -3,7 +3,10 @@
 //! `decide` maps what the client typed to `Allow`, `Rename(real)` or `Refuse`; a refused name gets
 //! exactly the error Redis gives for an unknown command (built in `protocol::reply`), so the
 //! existence of a disabled command or the real name behind an alias is not revealed.
-//! `visible_name` is the inverse used when rewriting COMMAND replies.
+//! Subcommands can be disabled (`CONFIG|SET`): `decide_subcommand` refuses them with Redis's
+//! unknown-subcommand error. They cannot be renamed (Redis's rename-command cannot either);
+//! rename the container instead. `visible_name` is the inverse used when rewriting COMMAND
+//! replies, subcommand names (`config|get`) included.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -38,6 +41,14 @@ pub enum Decision {
     Refuse,
 }
 
+/// Upper-case `CONTAINER|SUB`, as configured.
+fn sub_key(container: &[u8], sub: &[u8]) -> Vec<u8> {
+    let mut key = container.to_ascii_uppercase();
+    key.push(b'|');
+    key.extend(sub.iter().map(u8::to_ascii_uppercase));
+    key
+}
+
 /// How a real command name may be shown to clients (COMMAND replies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Visibility {
@@ -54,6 +65,9 @@ pub struct Policy {
     aliases: HashMap<Vec<u8>, Bytes>,
     /// Upper-case real name -> alias as configured (lower-case, as Redis lists names).
     alias_of: HashMap<Vec<u8>, Bytes>,
+    /// Upper-case `CONTAINER|SUB` names that are refused, and their containers.
+    refused_sub: HashSet<Vec<u8>>,
+    containers: HashSet<Vec<u8>>,
     longest: usize,
 }
 
@@ -62,6 +76,7 @@ impl Policy {
     pub fn new(disable: &[String], rename: &[(String, String)]) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut disabled: Vec<String> = Vec::new();
+        let mut subcommands: Vec<String> = Vec::new();
         for entry in disable {
             if let Some(group) = entry.strip_prefix('@') {
                 if group.eq_ignore_ascii_case("scripting") {
@@ -73,6 +88,12 @@ impl Policy {
                 }
             } else if let Err(why) = check_name(entry) {
                 problems.push(format!("disable: `{entry}` {why}"));
+            } else if let Some((container, sub)) = entry.split_once('|') {
+                if container.is_empty() || sub.is_empty() || sub.contains('|') {
+                    problems.push(format!("disable: `{entry}` is not `COMMAND|SUBCOMMAND`"));
+                } else {
+                    subcommands.push(entry.to_ascii_uppercase());
+                }
             } else {
                 disabled.push(entry.to_ascii_uppercase());
             }
@@ -86,7 +107,18 @@ impl Policy {
             }
             policy.refused.insert(name.as_bytes().to_vec());
         }
+        for name in &subcommands {
+            let (container, _) = name.split_once('|').unwrap_or((name, ""));
+            policy.refused_sub.insert(name.as_bytes().to_vec());
+            policy.containers.insert(container.as_bytes().to_vec());
+        }
         for (real, alias) in rename {
+            if real.contains('|') || alias.contains('|') {
+                problems.push(format!(
+                    "rename.{real}: subcommands cannot be renamed (Redis's rename-command cannot either); disable `{real}` instead, or rename the whole command"
+                ));
+                continue;
+            }
             let real_up = real.to_ascii_uppercase();
             let alias_up = alias.to_ascii_uppercase();
             for (what, name) in [("command", real), ("new name", alias)] {
@@ -139,7 +171,7 @@ impl Policy {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.longest == 0
+        self.longest == 0 && self.containers.is_empty()
     }
 
     /// The decision for a command name exactly as the client sent it (any case).
@@ -160,8 +192,36 @@ impl Policy {
         }
     }
 
-    /// How a real command name (as the backend lists it) may be shown to the client.
+    /// Whether a disabled subcommand is called: `real` is the command's real name (after any
+    /// rename), `sub` the first argument.
+    pub fn refuses_subcommand(&self, real: &[u8], sub: &[u8]) -> bool {
+        if self.containers.is_empty() || real.len() > MAX_NAME {
+            return false;
+        }
+        let up = real.to_ascii_uppercase();
+        self.containers.contains(&up) && self.refused_sub.contains(&sub_key(&up, sub))
+    }
+
+    /// How a real command name (as the backend lists it) may be shown to the client; for a
+    /// subcommand (`config|get`), hidden with its container or when disabled itself, and
+    /// shown under the container's alias when that is renamed.
     pub fn visible_name(&self, real: &[u8]) -> Visibility {
+        if let Some(bar) = real.iter().position(|&b| b == b'|') {
+            let (container, sub) = (&real[..bar], &real[bar + 1..]);
+            if self.refuses_subcommand(container, sub) {
+                return Visibility::Hidden;
+            }
+            return match self.visible_name(container) {
+                Visibility::Hidden => Visibility::Hidden,
+                Visibility::Shown => Visibility::Shown,
+                Visibility::ShownAs(alias) => {
+                    let mut name = alias.to_vec();
+                    name.push(b'|');
+                    name.extend(sub.iter().map(u8::to_ascii_lowercase));
+                    Visibility::ShownAs(Bytes::from(name))
+                }
+            };
+        }
         if real.len() > self.longest {
             return Visibility::Shown;
         }
@@ -248,6 +308,35 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.len(), 5, "{errs:#?}");
+    }
+
+    #[test]
+    fn subcommands_can_be_disabled_but_not_renamed() {
+        let p = Policy::new(
+            &["CONFIG|SET".into(), "client|kill".into()],
+            &[("CONFIG".into(), "cfg".into())],
+        )
+        .unwrap();
+        assert!(p.refuses_subcommand(b"CONFIG", b"set"));
+        assert!(p.refuses_subcommand(b"config", b"SET"));
+        assert!(!p.refuses_subcommand(b"CONFIG", b"GET"));
+        assert!(p.refuses_subcommand(b"CLIENT", b"Kill"));
+        assert_eq!(p.decide(b"CONFIG"), Decision::Refuse, "renamed away");
+        assert_eq!(p.visible_name(b"config|set"), Visibility::Hidden);
+        assert_eq!(
+            p.visible_name(b"config|get"),
+            Visibility::ShownAs(Bytes::from_static(b"cfg|get"))
+        );
+        assert_eq!(p.visible_name(b"client|kill"), Visibility::Hidden);
+        assert_eq!(p.visible_name(b"client|list"), Visibility::Shown);
+        let errs = Policy::new(
+            &["CONFIG|".into(), "A|B|C".into()],
+            &[("CONFIG|SET".into(), "x".into())],
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        let hidden = Policy::new(&["CONFIG".into()], &[]).unwrap();
+        assert_eq!(hidden.visible_name(b"config|get"), Visibility::Hidden);
     }
 
     #[test]

@@ -238,6 +238,77 @@ async fn command_introspection_hides_disabled_and_real_names() {
     assert!(keys.starts_with("-ERR"), "{keys}");
 }
 
+/// `commands.disable = ["CONFIG|SET"]` refuses that subcommand alone, with Redis's own
+/// unknown-subcommand error, in every form (inline, in MULTI, through a renamed container), and
+/// COMMAND's replies show neither it nor the real name behind a renamed container's
+/// subcommands (`config|get` under its alias).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subcommands_are_disabled_and_hidden() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "commands.disable = [\"CONFIG|SET\", \"CLIENT|NO-EVICT\"]\ncommands.rename = { CONFIG = \"cfg\" }\n",
+    )
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let mut direct = redis.direct().await;
+    // Redis's words, with the name as the client typed it (never the real one behind it).
+    let want = s(&direct.cmd(&["CONFIG", "NOSUCH", "x"]).await)
+        .replace("NOSUCH", "SET")
+        .replace("CONFIG", "CFG");
+    assert_eq!(s(&c.cmd(&["cfg", "SET", "maxmemory", "1"]).await), want);
+    assert_eq!(
+        s(&c.cmd(&["cfg", "set", "maxmemory", "1"]).await),
+        want.replace("'SET'", "'set'")
+    );
+    c.send(b"cfg SET maxmemory 1\r\n").await;
+    assert!(s(&c.read().await).starts_with("-ERR unknown subcommand"));
+    assert!(s(&c.cmd(&["CONFIG", "GET", "maxmemory"]).await).starts_with("-ERR unknown command"));
+    assert!(c
+        .cmd(&["cfg", "GET", "maxmemory"])
+        .await
+        .starts_with(b"*2\r\n"));
+    assert!(s(&c.cmd(&["CLIENT", "NO-EVICT", "ON"]).await).starts_with("-ERR unknown subcommand"));
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert!(
+        s(&c.cmd(&["cfg", "SET", "maxmemory", "1"]).await).starts_with("-ERR unknown subcommand")
+    );
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(
+        s(&direct.cmd(&["CONFIG", "GET", "maxmemory"]).await),
+        "*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n"
+    );
+
+    // Introspection: the whole table, INFO and DOCS, by any spelling.
+    let all = s(&c.cmd(&["COMMAND"]).await);
+    assert!(!all.contains("config|"), "real subcommand names shown");
+    assert!(all.contains("cfg|get") && !all.contains("cfg|set"));
+    assert!(!all.contains("client|no-evict") && all.contains("client|list"));
+    for name in ["config|set", "cfg|set", "config|get", "CONFIG|GET"] {
+        let info = s(&c.cmd(&["COMMAND", "INFO", name]).await);
+        assert!(
+            !info.contains("config|") && !info.contains("set\r\n:"),
+            "{name}: {info}"
+        );
+    }
+    let info = s(&c.cmd(&["COMMAND", "INFO", "cfg|get"]).await);
+    assert!(info.contains("cfg|get"), "{info}");
+    let docs = s(&c.cmd(&["COMMAND", "DOCS", "cfg"]).await);
+    assert!(
+        docs.contains("cfg|get") && !docs.contains("cfg|set") && !docs.contains("config|"),
+        "{docs}"
+    );
+    assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    let docs = s(&c.cmd(&["COMMAND", "DOCS", "cfg"]).await);
+    assert!(
+        docs.starts_with("%1\r\n") && docs.contains("cfg|get") && !docs.contains("cfg|set"),
+        "{docs}"
+    );
+    let keys = s(&c.cmd(&["COMMAND", "GETKEYS", "cfg", "SET", "a", "b"]).await);
+    assert!(keys.starts_with("-ERR"), "{keys}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_mode_none_lets_clients_in() {
     let (pki, redis) = (Pki::new(), Redis::start().await);

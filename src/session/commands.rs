@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::policy::{Decision, Policy, Visibility};
-use crate::protocol::reply::{bulk, put_bulk};
+use crate::protocol::reply::bulk;
 
 /// A name no Redis knows: sent in place of a refused name inside COMMAND INFO / DOCS /
 /// GETKEYS, so the backend itself answers "no such command" in the client's protocol.
@@ -128,10 +128,30 @@ pub fn plan_command(args: &[Bytes], policy: &Policy) -> (Vec<Bytes>, Option<Rewr
         return (args.to_vec(), None);
     }
     let sub = args.get(1).map(|s| s.to_ascii_uppercase());
-    let translate = |name: &Bytes| match policy.decide(name) {
-        Decision::Allow => name.clone(),
-        Decision::Rename(real) => real,
-        Decision::Refuse => Bytes::from_static(HIDDEN_PLACEHOLDER),
+    // A name as the client may spell it (an alias, `alias|sub`) to the real one, or to the
+    // placeholder when hidden (disabled, renamed away, a disabled subcommand).
+    let translate = |name: &Bytes| {
+        let (container, sub) = match name.iter().position(|&b| b == b'|') {
+            Some(bar) => (name.slice(..bar), Some(name.slice(bar + 1..))),
+            None => (name.clone(), None),
+        };
+        let real = match policy.decide(&container) {
+            Decision::Allow => container,
+            Decision::Rename(real) => real,
+            Decision::Refuse => return Bytes::from_static(HIDDEN_PLACEHOLDER),
+        };
+        match sub {
+            Some(sub) if policy.refuses_subcommand(&real, &sub) => {
+                Bytes::from_static(HIDDEN_PLACEHOLDER)
+            }
+            Some(sub) => {
+                let mut full = real.to_vec();
+                full.push(b'|');
+                full.extend_from_slice(&sub);
+                Bytes::from(full)
+            }
+            None => real,
+        }
     };
     match sub.as_deref() {
         None => (args.to_vec(), Some(Rewrite::Entries)),
@@ -153,6 +173,9 @@ pub fn plan_command(args: &[Bytes], policy: &Policy) -> (Vec<Bytes>, Option<Rewr
         Some(b"GETKEYS") | Some(b"GETKEYSANDFLAGS") if args.len() > 2 => {
             let mut out = args.to_vec();
             out[2] = translate(&args[2]);
+            if args.len() > 3 && policy.refuses_subcommand(&out[2], &args[3]) {
+                out[2] = Bytes::from_static(HIDDEN_PLACEHOLDER);
+            }
             (out, None)
         }
         _ => (args.to_vec(), None),
@@ -168,46 +191,16 @@ pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
     let mut out = BytesMut::with_capacity(frame.len());
     match rewrite {
         Rewrite::Entries => {
-            let mut kept = Vec::with_capacity(agg.elements.len());
-            for entry in &agg.elements {
-                let renamed = match Aggregate::parse(entry) {
-                    Some(inner) if !inner.elements.is_empty() => {
-                        match string_value(inner.elements[0]).map(|n| policy.visible_name(n)) {
-                            Some(Visibility::Hidden) => continue,
-                            Some(Visibility::ShownAs(alias)) => {
-                                let mut e = BytesMut::new();
-                                put_header(&mut e, inner.kind, inner.elements.len());
-                                put_bulk(&mut e, &alias);
-                                for el in &inner.elements[1..] {
-                                    e.put_slice(el);
-                                }
-                                e.freeze()
-                            }
-                            _ => Bytes::copy_from_slice(entry),
-                        }
-                    }
-                    _ => Bytes::copy_from_slice(entry),
-                };
-                kept.push(renamed);
-            }
+            let kept = entries(&agg, policy, true);
             put_header(&mut out, agg.kind, kept.len());
             kept.iter().for_each(|e| out.put_slice(e));
         }
         Rewrite::Docs => {
-            let mut pairs = Vec::new();
-            for pair in agg.elements.chunks(2) {
-                let [name, doc] = pair else { return frame };
-                match string_value(name).map(|n| policy.visible_name(n)) {
-                    Some(Visibility::Hidden) => {}
-                    Some(Visibility::ShownAs(alias)) => pairs.push((bulk(&alias), *doc)),
-                    _ => pairs.push((Bytes::copy_from_slice(name), *doc)),
-                }
-            }
-            put_header(&mut out, agg.kind, pairs.len() * 2);
-            for (name, doc) in pairs {
-                out.put_slice(&name);
-                out.put_slice(doc);
-            }
+            let Some(pairs) = docs(&agg, policy, true) else {
+                return frame;
+            };
+            put_header(&mut out, agg.kind, pairs.len());
+            pairs.iter().for_each(|p| out.put_slice(p));
         }
         Rewrite::HelloId(id) => {
             let mut fields = Vec::with_capacity(agg.elements.len());
@@ -241,6 +234,77 @@ pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
         }
     }
     out.freeze()
+}
+
+/// COMMAND / COMMAND INFO entries, hidden or renamed by their first element (the name);
+/// `nested`: a top-level entry's subcommands (its tenth element, entries of the same shape)
+/// are rewritten too, one level down and no further.
+fn entries(agg: &Aggregate<'_>, policy: &Policy, nested: bool) -> Vec<Bytes> {
+    let mut kept = Vec::with_capacity(agg.elements.len());
+    for entry in &agg.elements {
+        let Some(inner) = Aggregate::parse(entry).filter(|i| !i.elements.is_empty()) else {
+            kept.push(Bytes::copy_from_slice(entry));
+            continue;
+        };
+        let name = match string_value(inner.elements[0]).map(|n| policy.visible_name(n)) {
+            Some(Visibility::Hidden) => continue,
+            Some(Visibility::ShownAs(alias)) => bulk(&alias),
+            _ => Bytes::copy_from_slice(inner.elements[0]),
+        };
+        let mut e = BytesMut::new();
+        put_header(&mut e, inner.kind, inner.elements.len());
+        e.put_slice(&name);
+        for (i, el) in inner.elements.iter().enumerate().skip(1) {
+            match Aggregate::parse(el) {
+                Some(subs) if nested && i == 9 => {
+                    let subs_kept = entries(&subs, policy, false);
+                    put_header(&mut e, subs.kind, subs_kept.len());
+                    subs_kept.iter().for_each(|s| e.put_slice(s));
+                }
+                _ => e.put_slice(el),
+            }
+        }
+        kept.push(e.freeze());
+    }
+    kept
+}
+
+/// COMMAND DOCS: name -> docs pairs (a map in RESP3, a flat array in RESP2), hidden or
+/// renamed by name; `nested`: each doc's `subcommands` (pairs of the same shape) too.
+/// Elements in the order to write them (a name, then its docs), or `None` for an odd shape.
+fn docs(agg: &Aggregate<'_>, policy: &Policy, nested: bool) -> Option<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(agg.elements.len());
+    for pair in agg.elements.chunks(2) {
+        let [name, doc] = pair else { return None };
+        let name = match string_value(name).map(|n| policy.visible_name(n)) {
+            Some(Visibility::Hidden) => continue,
+            Some(Visibility::ShownAs(alias)) => bulk(&alias),
+            _ => Bytes::copy_from_slice(name),
+        };
+        out.push(name);
+        let doc = match Aggregate::parse(doc).filter(|_| nested) {
+            Some(fields) => {
+                let mut d = BytesMut::new();
+                put_header(&mut d, fields.kind, fields.elements.len());
+                for field in fields.elements.chunks(2) {
+                    let [key, value] = field else { return None };
+                    d.put_slice(key);
+                    match Aggregate::parse(value) {
+                        Some(subs) if string_value(key) == Some(b"subcommands") => {
+                            let subs_kept = docs(&subs, policy, false)?;
+                            put_header(&mut d, subs.kind, subs_kept.len());
+                            subs_kept.iter().for_each(|s| d.put_slice(s));
+                        }
+                        _ => d.put_slice(value),
+                    }
+                }
+                d.freeze()
+            }
+            None => Bytes::copy_from_slice(doc),
+        };
+        out.push(doc);
+    }
+    Some(out)
 }
 
 /// An array, set or map frame split into the raw bytes of its elements (a map's keys and values

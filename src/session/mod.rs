@@ -508,6 +508,8 @@ impl RequestSide<'_> {
         // The real name decides what a command does (a renamed MULTI is MULTI). The commands
         // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
         let decision = self.ctx.policy.decide(req.name());
+        // As typed, for errors that must not reveal the real name behind an alias.
+        let typed = req.args[0].clone();
         if let Decision::Rename(real) = &decision {
             req.args[0] = real.clone();
             req.raw = None;
@@ -535,6 +537,14 @@ impl RequestSide<'_> {
                 self.multi_dirty = true;
             }
             self.local(reply::unknown_command(&args)).await?;
+            return Ok(Flow::Continue);
+        }
+        if args.len() > 1 && self.ctx.policy.refuses_subcommand(&args[0], &args[1]) {
+            if self.in_multi {
+                self.multi_dirty = true;
+            }
+            let refusal = sharing::Refusal::UnknownSubcommand;
+            self.local(refusal.reply(&[typed, args[1].clone()])).await?;
             return Ok(Flow::Continue);
         }
         if let Some(user) = &self.user {
