@@ -170,6 +170,35 @@ impl Policy {
         }
     }
 
+    /// Whether any command that runs a script (EVAL, EVALSHA, FCALL and their _RO forms)
+    /// may still run, under its name or an alias.
+    pub fn allows_scripts(&self) -> bool {
+        SCRIPTING_COMMANDS
+            .iter()
+            .filter(|c| !matches!(**c, "FUNCTION" | "SCRIPT"))
+            .any(|c| {
+                !self.refused.contains(c.as_bytes()) || self.alias_of.contains_key(c.as_bytes())
+            })
+    }
+
+    /// Whether anything is renamed.
+    pub fn renames(&self) -> bool {
+        !self.aliases.is_empty()
+    }
+
+    /// The ACL rules that deny, in the backend, what this policy refuses: `-flushall`,
+    /// `-config|set`, ... (lower-case, as ACL SETUSER takes them).
+    pub fn backend_denials(&self) -> Vec<String> {
+        let mut rules: Vec<String> = self
+            .refused
+            .iter()
+            .chain(self.refused_sub.iter())
+            .map(|n| format!("-{}", String::from_utf8_lossy(n).to_ascii_lowercase()))
+            .collect();
+        rules.sort();
+        rules
+    }
+
     pub fn is_empty(&self) -> bool {
         self.longest == 0 && self.containers.is_empty()
     }

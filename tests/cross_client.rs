@@ -214,7 +214,7 @@ async fn command_in_resp3_is_relayed_whole() {
     let proxy = proxy(
         &pki,
         &redis,
-        "commands.rename = { FLUSHALL = \"admin-flushall\" }\n",
+        "commands.rename = { FLUSHALL = \"admin-flushall\" }\ncommands.scripts = \"unguarded\"\n",
     )
     .await;
     let mut direct = redis.direct().await;

@@ -257,7 +257,7 @@ async fn renamed_multi_still_pins() {
     let proxy = Proxy::tls_open(
         &pki,
         &redis,
-        "upstream.shared_connections = 1\ncommands.rename = { MULTI = \"BEGIN_TX\" }\n",
+        "upstream.shared_connections = 1\ncommands.rename = { MULTI = \"BEGIN_TX\" }\ncommands.scripts = \"unguarded\"\n",
     )
     .await;
     let mut c = RawClient::tls(&pki, proxy.addr).await;

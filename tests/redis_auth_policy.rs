@@ -248,7 +248,7 @@ async fn subcommands_are_disabled_and_hidden() {
     let proxy = Proxy::tls_with_tokens(
         &pki,
         &redis,
-        "commands.disable = [\"CONFIG|SET\", \"CLIENT|NO-EVICT\"]\ncommands.rename = { CONFIG = \"cfg\" }\n",
+        "commands.disable = [\"CONFIG|SET\", \"CLIENT|NO-EVICT\"]\ncommands.rename = { CONFIG = \"cfg\" }\ncommands.scripts = \"unguarded\"\n",
     )
     .await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
@@ -388,4 +388,67 @@ async fn redis_cli_works_through_cachegate() {
     ])
     .await;
     assert!(s(&out.stdout).contains("proto"), "{}", s(&out.stdout));
+}
+
+/// `commands.scripts = "backend_acl"`: a disabled command cannot run from a script either,
+/// because cachegate's connections log in as a backend user that denies it, which cachegate
+/// provisions with its upstream credentials; if that user disappears (a restarted backend, a
+/// DELUSER), it is provisioned again on the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cannot_run_disabled_commands_with_a_backend_user() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.password = \"admin-password\"\nupstream.health_interval = \"1h\"\n\
+         commands.disable = [\"FLUSHALL\", \"CONFIG|SET\"]\ncommands.scripts = \"backend_acl\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "keep", "1"]).await, b"+OK\r\n");
+    let flush = s(&c.cmd(&["EVAL", "return redis.call('FLUSHALL')", "0"]).await);
+    assert!(
+        flush.starts_with("-ERR The user executing the script can't run"),
+        "{flush}"
+    );
+    let config = s(&c
+        .cmd(&[
+            "EVAL",
+            "return redis.call('CONFIG', 'SET', 'maxmemory', '1')",
+            "0",
+        ])
+        .await);
+    assert!(config.starts_with("-"), "{config}");
+    assert_eq!(
+        c.cmd(&["EVAL", "return redis.call('GET', 'keep')", "0"])
+            .await,
+        b"$1\r\n1\r\n"
+    );
+    assert!(s(&c.cmd(&["FLUSHALL"]).await).starts_with("-ERR unknown command"));
+
+    // The backend user goes away (Redis disconnects its clients): provisioned again.
+    let mut admin = redis.direct().await;
+    assert_eq!(admin.cmd(&["AUTH", "admin-password"]).await, b"+OK\r\n");
+    assert_eq!(
+        admin.cmd(&["ACL", "DELUSER", "cachegate-edge"]).await,
+        b":1\r\n"
+    );
+    assert!(
+        eventually(|| async {
+            let mut c = RawClient::tls(&pki, proxy.addr).await;
+            c.cmd(&["GET", "keep"]).await == b"$1\r\n1\r\n"
+        })
+        .await
+    );
+    let list = s(&admin.cmd(&["ACL", "LIST"]).await);
+    assert!(
+        list.contains("user cachegate-edge on") && list.contains("-flushall"),
+        "{list}"
+    );
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let flush = s(&c.cmd(&["EVAL", "return redis.call('FLUSHALL')", "0"]).await);
+    assert!(flush.starts_with("-"), "{flush}");
+    assert_eq!(admin.cmd(&["EXISTS", "keep"]).await, b":1\r\n");
 }

@@ -48,7 +48,12 @@ async fn redis_rs_resp2_and_resp3_work_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_works_unchanged() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"FLUSHALL\"]\n").await;
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "commands.disable = [\"FLUSHALL\"]\ncommands.scripts = \"unguarded\"\n",
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
     let mut cmd = std::process::Command::new("/usr/bin/python3");
     cmd.arg(script)
@@ -166,7 +171,12 @@ async fn resp3_push_messages_and_pubsub() {
         b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
     );
     // A refused command while subscribed still answers in order.
-    let proxy2 = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let proxy2 = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "commands.disable = [\"KEYS\"]\ncommands.scripts = \"unguarded\"\n",
+    )
+    .await;
     let mut sub2 = RawClient::authed(&pki, proxy2.addr).await;
     sub2.cmd(&["HELLO", "3"]).await;
     sub2.send_cmd(&["SSUBSCRIBE", "shard"]).await;
@@ -267,7 +277,12 @@ async fn blocking_command_does_not_block_other_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_local_and_upstream_replies_stay_in_order() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "commands.disable = [\"KEYS\"]\ncommands.scripts = \"unguarded\"\n",
+    )
+    .await;
     let mut c = RawClient::tls(&pki, proxy.addr).await;
     let mut wire = Vec::new();
     wire.extend(encode(&[b"GET", b"k"]));
@@ -290,7 +305,12 @@ async fn pipelined_local_and_upstream_replies_stay_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reply_off_and_skip() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "commands.disable = [\"KEYS\"]\n").await;
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "commands.disable = [\"KEYS\"]\ncommands.scripts = \"unguarded\"\n",
+    )
+    .await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
     c.send_cmd(&["SET", "a", "1"]).await;

@@ -183,6 +183,21 @@ pub struct UpstreamConfig {
     pub shared_connections: usize,
     pub health_interval: Duration,
     pub tls: Option<UpstreamTlsOptions>,
+    /// `commands.scripts = "backend_acl"`: the backend user cachegate provisions (with the
+    /// credentials above) and then uses for every connection of this listener.
+    pub backend_user: Option<BackendUser>,
+}
+
+/// A backend ACL user that denies, inside Redis, what the listener's policy refuses, so that
+/// scripts (which run commands past cachegate) cannot run them either.
+#[derive(Debug, Clone)]
+pub struct BackendUser {
+    pub name: String,
+    /// Derived from the configured upstream password (HMAC-SHA256), so that every cachegate
+    /// with the same configuration provisions the same user and no new secret is stored.
+    pub password: Password,
+    /// ACL SETUSER rules after the name (`reset on #<digest> ~* &* +@all -flushall ...`).
+    pub rules: Vec<String>,
 }
 
 /// Builds the typed config; `base` is the directory relative paths are resolved against.
@@ -364,7 +379,19 @@ fn listener(
     } else {
         auth(p, &format!("{key}.auth"), l.auth, groups)
     };
+    let scripts = l.commands.scripts.take();
     let policy = commands(p, &format!("{key}.commands"), l.commands);
+    let listener_name = l
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{index}", if memcached { "memcached" } else { "redis" }));
+    let guard = scripts_guard(
+        p,
+        &format!("{key}.commands.scripts"),
+        scripts,
+        policy.as_ref(),
+        memcached,
+    );
     let mut nodes = Vec::new();
     let upstream = match l.upstream {
         None => {
@@ -384,7 +411,14 @@ fn listener(
                     "is for memcached listeners; a Redis listener has one `address`",
                 );
             }
-            upstream(p, &ukey, u, base)
+            upstream(p, &ukey, u, base).map(|mut up| {
+                if guard == Some(ScriptsGuard::BackendAcl) {
+                    if let Some(policy) = &policy {
+                        up.backend_user = Some(backend_user(&listener_name, &up, policy));
+                    }
+                }
+                up
+            })
         }
     };
     let protocol = match (memcached, l.memcached) {
@@ -435,9 +469,8 @@ fn listener(
     if p.list.len() > before {
         return None;
     }
-    let default_name = if memcached { "memcached" } else { "redis" };
     Some(ListenerConfig {
-        name: l.name.unwrap_or_else(|| format!("{default_name}-{index}")),
+        name: listener_name,
         protocol,
         auth_limits,
         cert_users,
@@ -636,6 +669,87 @@ fn auth(
     }
 }
 
+/// How a Redis listener keeps scripts from running what its policy refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScriptsGuard {
+    /// Nothing to guard: no command is refused or renamed, or no script can run.
+    NotNeeded,
+    BackendAcl,
+    Unguarded,
+}
+
+/// Scripts run commands inside Redis, where cachegate cannot see them: with commands disabled
+/// or renamed and scripting allowed, the configuration must say how that is handled, never
+/// leave it silently open.
+fn scripts_guard(
+    p: &mut Problems,
+    key: &str,
+    scripts: Option<String>,
+    policy: Option<&Policy>,
+    memcached: bool,
+) -> Option<ScriptsGuard> {
+    if memcached {
+        if scripts.is_some() {
+            p.add(key, "is for Redis listeners (memcached has no scripts)");
+        }
+        return None;
+    }
+    let policy = policy?;
+    let exposed = !policy.is_empty() && policy.allows_scripts();
+    match scripts.as_deref() {
+        None if exposed => {
+            p.add(
+                key,
+                "missing: scripts (EVAL, EVALSHA, FCALL) are allowed, and a script runs commands inside Redis, past commands.disable and commands.rename (`EVAL \"return redis.call('FLUSHALL')\" 0`). Choose one: add \"@scripting\" to commands.disable; set scripts = \"backend_acl\" (cachegate provisions a backend ACL user that denies the disabled commands and uses it for all its connections; needs upstream credentials allowed to run ACL SETUSER, as a sidecar that owns its backend has); or set scripts = \"unguarded\" to accept that scripts can run them (a managed backend where cachegate cannot create users)",
+            );
+            None
+        }
+        None => Some(ScriptsGuard::NotNeeded),
+        Some("unguarded") => Some(ScriptsGuard::Unguarded),
+        Some("backend_acl") if policy.renames() => {
+            p.add(
+                key,
+                "\"backend_acl\" cannot enforce renamed commands yet (the backend user would have to deny the real name that the alias runs): disable them instead, or use scripts = \"unguarded\"",
+            );
+            None
+        }
+        Some("backend_acl") => Some(ScriptsGuard::BackendAcl),
+        Some(other) => {
+            p.add(
+                key,
+                format!("`{other}` is not one of \"backend_acl\", \"unguarded\""),
+            );
+            None
+        }
+    }
+}
+
+/// The backend user of a `backend_acl` listener: named after it, with a password derived from
+/// the configured upstream one, allowed everything but what the policy refuses.
+fn backend_user(listener: &str, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
+    let name = format!("cachegate-{listener}");
+    let key_material = up.password.as_ref().map_or("", |p| p.expose());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_material.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("cachegate backend user {name}").as_bytes());
+    let password: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, password.as_bytes());
+    let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let mut rules = vec![
+        "reset".to_string(),
+        "on".into(),
+        format!("#{digest}"),
+        "~*".into(),
+        "&*".into(),
+        "+@all".into(),
+    ];
+    rules.extend(policy.backend_denials());
+    BackendUser {
+        name,
+        password: Password::new(password),
+        rules,
+    }
+}
+
 fn commands(p: &mut Problems, key: &str, c: CommandsFile) -> Option<Policy> {
     let rename: Vec<(String, String)> = c.rename.into_iter().collect();
     match Policy::new(&c.disable, &rename) {
@@ -682,6 +796,7 @@ fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option
         return None;
     }
     Some(UpstreamConfig {
+        backend_user: None,
         address,
         username: u.username,
         password: u.password.map(Password::new),

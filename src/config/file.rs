@@ -149,6 +149,9 @@ pub struct CommandsFile {
     pub disable: Vec<String>,
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// Redis: how scripts, which run commands inside Redis past cachegate, are kept from the
+    /// disabled ones: "backend_acl" or "unguarded".
+    pub scripts: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

@@ -192,6 +192,53 @@ upstream.address = "127.0.0.1:6379"
         );
     }
 
+    /// Disabled commands next to allowed scripting are never silently open: the config says
+    /// how (backend ACL user, or an explicit "unguarded"), or it is refused with the choices.
+    #[test]
+    fn scripts_next_to_disabled_commands_must_be_decided() {
+        let with = |commands: &str| format!("{MINIMAL}[listeners.commands]\n{commands}\n");
+        let found = problems(&with("disable = [\"FLUSHALL\"]"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "listeners[0].commands.scripts");
+        for choice in ["@scripting", "backend_acl", "unguarded"] {
+            assert!(found[0].message.contains(choice), "{}", found[0].message);
+        }
+        // Scripting disabled too, or nothing refused: nothing to decide.
+        parse(
+            &with("disable = [\"FLUSHALL\", \"@scripting\"]"),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        parse(&with("disable = []"), "t", Path::new(".")).unwrap();
+        let c = parse(
+            &with("disable = [\"FLUSHALL\", \"CONFIG|SET\"]\nscripts = \"backend_acl\""),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        let user = c.listeners[0].upstream.backend_user.as_ref().unwrap();
+        assert_eq!(user.name, "cachegate-redis-0");
+        assert!(user.rules.contains(&"-flushall".to_string()));
+        assert!(user.rules.contains(&"-config|set".to_string()));
+        assert!(!user
+            .rules
+            .iter()
+            .any(|r| r.contains(user.password.expose())));
+        parse(
+            &with("disable = [\"FLUSHALL\"]\nscripts = \"unguarded\""),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        let renamed = problems(&with(
+            "rename = { FLUSHALL = \"X\" }\nscripts = \"backend_acl\"",
+        ));
+        assert!(renamed[0].message.contains("renamed"), "{renamed:?}");
+        let bad = problems(&with("disable = [\"KEYS\"]\nscripts = \"maybe\""));
+        assert!(bad[0].message.contains("maybe"), "{bad:?}");
+    }
+
     #[test]
     fn every_unknown_key_is_reported_with_its_path() {
         let text = format!("bogus = 1\n{MINIMAL}\n[listeners.tls]\ncret = \"x\"\n");

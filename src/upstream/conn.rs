@@ -86,6 +86,21 @@ pub struct Connector {
     pub tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
     /// `AUTH [username] password`, pre-encoded; `None` when the upstream needs no AUTH.
     pub auth: Option<Bytes>,
+    /// `commands.scripts = "backend_acl"`: how to (re)create the backend user that `auth`
+    /// logs in as.
+    pub provision: Option<Provision>,
+}
+
+/// Creating the backend user a `backend_acl` listener's connections log in as: with the
+/// configured (administrator) credentials, `ACL SETUSER` with rules that deny what the policy
+/// refuses. Done on the first connection of the process, and again whenever the user's AUTH
+/// fails (a restarted backend that lost its users, a user someone removed): every new
+/// connection verifies that it runs as that user.
+pub struct Provision {
+    pub admin_auth: Option<Bytes>,
+    pub setuser: Bytes,
+    pub user: String,
+    pub done: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Connector {
@@ -94,6 +109,7 @@ impl std::fmt::Debug for Connector {
             .field("address", &self.address)
             .field("tls", &self.tls.is_some())
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("backend_user", &self.provision.as_ref().map(|p| &p.user))
             .finish()
     }
 }
@@ -175,6 +191,7 @@ impl Conn {
     pub async fn check(&mut self) -> Result<(), UpstreamError> {
         let connector = self.connector.clone();
         let ok = match connector.protocol {
+            Protocol::Redis if connector.provision.is_some() => self.provisioned_login().await?,
             Protocol::Redis => {
                 let (probe, expected): (&[u8], &[u8]) = match &connector.auth {
                     Some(auth) => (auth, b"+OK\r\n"),
@@ -192,6 +209,60 @@ impl Conn {
             addr: connector.address.clone(),
             reply: printable(&reply),
         })
+    }
+
+    /// Logs in as the provisioned backend user, creating it first when this process has not
+    /// yet, or when the login is refused.
+    async fn provisioned_login(&mut self) -> Result<Result<(), Bytes>, UpstreamError> {
+        let connector = self.connector.clone();
+        let (Some(provision), Some(auth)) = (&connector.provision, &connector.auth) else {
+            return Ok(Ok(()));
+        };
+        let done = || provision.done.load(std::sync::atomic::Ordering::Acquire);
+        if !done() {
+            if let Err(reply) = self.provision(provision).await? {
+                return Ok(Err(reply));
+            }
+        }
+        let reply = self.roundtrip(auth).await?;
+        if &reply[..] == b"+OK\r\n" {
+            return Ok(Ok(()));
+        }
+        if !reply.starts_with(b"-WRONGPASS") {
+            return Ok(Err(reply));
+        }
+        tracing::warn!(upstream = %connector.address, user = %provision.user, "backend user refused its login (a restarted backend, or removed): provisioning it again");
+        if let Err(reply) = self.provision(provision).await? {
+            return Ok(Err(reply));
+        }
+        let reply = self.roundtrip(auth).await?;
+        Ok(if &reply[..] == b"+OK\r\n" {
+            Ok(())
+        } else {
+            Err(reply)
+        })
+    }
+
+    async fn provision(
+        &mut self,
+        provision: &Provision,
+    ) -> Result<Result<(), Bytes>, UpstreamError> {
+        if let Some(admin) = &provision.admin_auth {
+            let reply = self.roundtrip(admin).await?;
+            if &reply[..] != b"+OK\r\n" {
+                return Ok(Err(reply));
+            }
+        }
+        let reply = self.roundtrip(&provision.setuser).await?;
+        if &reply[..] != b"+OK\r\n" {
+            tracing::error!(upstream = %self.connector.address, user = %provision.user, reply = %printable(&reply), "could not provision the backend user (upstream credentials need ACL SETUSER)");
+            return Ok(Err(reply));
+        }
+        tracing::info!(upstream = %self.connector.address, user = %provision.user, "backend user provisioned: scripts cannot run the commands this listener disables");
+        provision
+            .done
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(Ok(()))
     }
 
     /// Sends pre-encoded commands and returns the first reply frame. Only for connections no

@@ -68,7 +68,25 @@ impl Pool {
                 opts.server_name.clone(),
             )),
         };
-        let auth = Connector::auth_frame(cfg.username.as_deref(), cfg.password.as_ref());
+        let admin_auth = Connector::auth_frame(cfg.username.as_deref(), cfg.password.as_ref());
+        let (auth, provision) = match &cfg.backend_user {
+            None => (admin_auth, None),
+            Some(user) => {
+                let mut setuser = BytesMut::new();
+                let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", user.name.as_bytes()];
+                args.extend(user.rules.iter().map(|r| r.as_bytes()));
+                encode_command(&mut setuser, args.into_iter());
+                (
+                    Connector::auth_frame(Some(&user.name), Some(&user.password)),
+                    Some(super::conn::Provision {
+                        admin_auth,
+                        setuser: setuser.freeze(),
+                        user: user.name.clone(),
+                        done: AtomicBool::new(false),
+                    }),
+                )
+            }
+        };
         let mut reset = BytesMut::new();
         encode_command(&mut reset, [&b"RESET"[..]].into_iter());
         if let Some(auth) = &auth {
@@ -91,6 +109,7 @@ impl Pool {
                     max_reply,
                     tls,
                     auth,
+                    provision,
                 }),
                 idle: Mutex::new(VecDeque::new()),
                 warm: cfg.warm_connections,
