@@ -129,6 +129,45 @@ async fn required_client_certificate_is_enforced() {
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
 }
 
+/// `tls.client_crl`: a client certificate its CA has revoked is refused in the handshake
+/// (required and optional modes alike); the others get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    for mode in ["required", "optional"] {
+        let extra = format!(
+            "tls.client_auth = \"{mode}\"\ntls.client_ca = {:?}\ntls.client_crl = {:?}\n",
+            pki.ca, pki.crl
+        );
+        let proxy = Proxy::tls_with_tokens(&pki, &redis, &extra).await;
+        let revoked = pki.client_config(
+            rustls::ALL_VERSIONS,
+            Some((&pki.revoked_cert, &pki.revoked_key)),
+        );
+        if let Ok(mut c) = RawClient::try_tls(revoked, proxy.addr).await {
+            c.send_cmd(&["PING"]).await;
+            assert!(
+                c.closed().await,
+                "{mode}: a revoked certificate must be refused"
+            );
+        }
+        let good = pki.client_config(
+            rustls::ALL_VERSIONS,
+            Some((&pki.client_cert, &pki.client_key)),
+        );
+        let mut c = RawClient::try_tls(good, proxy.addr).await.unwrap();
+        assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    }
+    // A CRL without client certificates to check is a configuration mistake.
+    let text = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"none\"\ntls.client_crl = {:?}\nupstream.address = \"127.0.0.1:1\"\n",
+        pki.crl
+    );
+    let err = cachegate::config::parse(&text, "t", pki.dir.path()).unwrap_err();
+    assert!(err.to_string().contains("client_crl"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_certificate_admits_both() {
     let (pki, redis) = (Pki::new(), Redis::start().await);

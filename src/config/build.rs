@@ -532,6 +532,23 @@ fn server_tls(
             ClientAuth::Off
         }
     };
+    let client_crls = match &t.client_crl {
+        None => Vec::new(),
+        Some(_) if matches!(t.client_auth.as_deref(), None | Some("off")) => {
+            p.add(
+                format!("{key}.client_crl"),
+                "revokes client certificates: needs client_auth = \"optional\" or \"required\"",
+            );
+            Vec::new()
+        }
+        Some(path) => match crate::tls::pem::load_crls(&resolve(base, path)) {
+            Ok(crls) => crls,
+            Err(e) => {
+                p.add(format!("{key}.client_crl"), e);
+                Vec::new()
+            }
+        },
+    };
     let identity = match (&t.cert, &t.key) {
         (None, None) => Some(Identity::Dev),
         (Some(_), None) | (None, Some(_)) => {
@@ -564,6 +581,7 @@ fn server_tls(
         options: ServerTlsOptions {
             min_version,
             client_auth,
+            client_crls,
             session_resumption: t.session_resumption.unwrap_or(true),
         },
         handshake_timeout: t.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),

@@ -102,6 +102,8 @@ pub struct ServerTlsFile {
     pub min_version: Option<String>,
     pub client_auth: Option<String>,
     pub client_ca: Option<PathBuf>,
+    /// PEM CRLs of the client CAs: revoked client certificates are refused.
+    pub client_crl: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub handshake_timeout: Option<Duration>,
     pub session_resumption: Option<bool>,

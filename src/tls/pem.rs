@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// Every certificate in a PEM file, in order (leaf first for a chain).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -18,6 +18,21 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         ));
     }
     Ok(certs)
+}
+
+/// Every CRL (`-----BEGIN X509 CRL-----`) in a PEM file.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| describe(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| describe(path, e))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "{}: no PEM CRL (-----BEGIN X509 CRL-----) found",
+            path.display()
+        ));
+    }
+    Ok(crls)
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::TlsError;
 
@@ -35,6 +35,9 @@ pub enum ClientAuth {
 pub struct ServerTlsOptions {
     pub min_version: MinVersion,
     pub client_auth: ClientAuth,
+    /// Revoked client certificates (`tls.client_crl`): refused in the handshake. Every
+    /// client certificate must then be covered by a CRL of its issuer.
+    pub client_crls: Vec<CertificateRevocationListDer<'static>>,
     pub session_resumption: bool,
 }
 
@@ -67,7 +70,13 @@ pub fn build(
                     source,
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
+            if !opts.client_crls.is_empty() {
+                verifier = verifier
+                    .with_crls(opts.client_crls.iter().cloned())
+                    .only_check_end_entity_revocation();
+            }
             let verifier = if matches!(opts.client_auth, ClientAuth::Optional(_)) {
                 verifier.allow_unauthenticated()
             } else {

@@ -233,6 +233,10 @@ pub struct Pki {
     pub client_key: PathBuf,
     pub rogue_cert: PathBuf,
     pub rogue_key: PathBuf,
+    /// A client certificate of the CA that `crl` revokes.
+    pub revoked_cert: PathBuf,
+    pub revoked_key: PathBuf,
+    pub crl: PathBuf,
 }
 
 impl Pki {
@@ -243,6 +247,8 @@ impl Pki {
         let client = ca.issue_client("app-client").unwrap();
         let rogue_ca = DevCa::generate("rogue CA").unwrap();
         let rogue = rogue_ca.issue_client("rogue-client").unwrap();
+        let revoked = ca.issue_client("revoked-client").unwrap();
+        let crl = ca.crl_pem(&[&revoked.serial]).unwrap();
         let w = |name: &str, pem: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, pem).unwrap();
@@ -256,6 +262,9 @@ impl Pki {
             client_key: w("client-key.pem", &client.key_pem),
             rogue_cert: w("rogue.pem", &rogue.cert_pem),
             rogue_key: w("rogue-key.pem", &rogue.key_pem),
+            revoked_cert: w("revoked.pem", &revoked.cert_pem),
+            revoked_key: w("revoked-key.pem", &revoked.key_pem),
+            crl: w("crl.pem", &crl),
             dir,
         }
     }
