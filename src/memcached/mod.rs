@@ -264,6 +264,16 @@ where
                     close = true;
                     break;
                 }
+                // As memcached: closed without an answer.
+                Some(Parsed::Close) => {
+                    close = true;
+                    break;
+                }
+                Some(Parsed::CrossProtocol) => {
+                    cross_protocol(ctx, who);
+                    close = true;
+                    break;
+                }
                 Some(Parsed::Reply(reply)) => batch.push(Item::Local(Bytes::from_static(reply))),
                 Some(Parsed::Request(r)) => batch.push(Item::Request(r)),
             }
@@ -359,6 +369,7 @@ async fn execute(
             ),
             Item::Request(req) => match req.cmd {
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
+                Cmd::Empty => Plan::Local(Bytes::from_static(b"END\r\n")),
                 Cmd::Stats => Plan::Local(stats(ctx, req)),
                 Cmd::Get | Cmd::GetAndTouch => match same_node(req, &ring) {
                     // Every key on one node (always so with one node): sent as it came, and the
@@ -700,6 +711,23 @@ fn command_label(name: &[u8]) -> &'static str {
 
 const PERMISSION_DENIED: &[u8] = b"CLIENT_ERROR permission denied\r\n";
 
+/// An HTTP request on the memcached port: logged and counted as a security event.
+fn cross_protocol(ctx: &Context, who: &Who) {
+    tracing::warn!(listener = %ctx.listener, peer = %who.peer, "possible cross-protocol attack: an HTTP request on the memcached port; connection closed");
+    let user = who.user.as_ref().map_or("(none)", |u| u.name.as_str());
+    ctx.security.metrics.security_event(
+        SecurityEvent::new(
+            "cross_protocol",
+            "toplevel",
+            "HTTP".into(),
+            user,
+            &ctx.listener,
+            format!("addr={} laddr=cachegate:{}", who.peer, ctx.listener),
+        ),
+        who.user.is_some(),
+    );
+}
+
 /// Whether the session's user may not run `req`; a refusal is counted and logged.
 fn refused(ctx: &Context, who: &Who, req: &McRequest) -> bool {
     let Some(user) = &who.user else {
@@ -766,7 +794,7 @@ fn acl_calls(req: &McRequest) -> Vec<Vec<Bytes>> {
         (Cmd::Broadcast, _) => vec![call(&["config", "set", "loglevel", "notice"], None)],
         (Cmd::Stats, _) => vec![call(&["info"], None)],
         // Asking the version, the no-op and leaving are open to every user.
-        (Cmd::Version | Cmd::MetaNoop | Cmd::Quit, _) => Vec::new(),
+        (Cmd::Version | Cmd::MetaNoop | Cmd::Quit | Cmd::Empty, _) => Vec::new(),
     }
 }
 

@@ -1,14 +1,18 @@
 //! memcached text and meta protocol framing with limits.
 //!
-//! Requests are validated whole before anything is forwarded: key length and characters, exact
-//! token counts, numeric ranges, the exact `noreply` token. A storage command's data block is
-//! always consumed by cachegate, even when the command is refused, so a data block can never be
-//! forwarded or read as a command. Oversized values are discarded as they stream in, never
-//! buffered. A storage line whose length field cannot be read leaves no way to find the end of
-//! its data block, so that connection is closed.
+//! cachegate reads the client's stream exactly as memcached 1.6 reads it (measured against a
+//! real memcached, see `tests/memcached_conformance.rs`): the same line ends, tokens, number
+//! syntax, order of checks, error texts, and above all the same idea of where a data block ends.
+//! memcached rejects some `ms` and storage lines *without* swallowing their data block (a key
+//! token over 250 bytes, more than 16 flags, an unreadable length), so the block runs as the next
+//! command; cachegate does the same, and then parses that block itself, under its policy. What
+//! it forwards is re-encoded from the parsed tokens in canonical form (decimal numbers,
+//! `noreply` handled by cachegate), so the node can only ever frame it one way: every forwarded
+//! line is one memcached accepts as sent, at most 2048 bytes unless it is a get/gets.
+//! Oversized values are discarded as they stream in, never buffered.
 //!
-//! Requests are re-encoded from their parsed tokens (`McRequest::encode`), and upstream replies
-//! are delimited by shape (`reply_len`), so each reply is forwarded whole or not at all.
+//! Upstream replies are delimited by shape (`reply_len`), so each reply is forwarded whole or
+//! not at all.
 
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -19,12 +23,21 @@ use crate::policy::{Decision, Policy};
 pub const MAX_KEY: usize = 250;
 /// memcached's default item size limit (`-I 1m`).
 pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
-/// Longest command line (a multi-get of ~260 maximal keys).
+/// Longest get/gets line cachegate buffers (memcached has no limit for those).
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 /// Most keys in one multi-get.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
-/// Longest meta flag token (an opaque is at most 32 bytes).
-const MAX_FLAG: usize = 64;
+/// memcached closes a connection that sends more than this without a newline, unless the line
+/// is a get/gets (`try_read_command_ascii`).
+pub const MEMCACHED_LINE_LIMIT: usize = 2048;
+/// memcached parses at most this many tokens of a line (get/gets go on past it).
+const MAX_TOKENS: usize = 23;
+/// A meta command with this many tokens or more has too many flags.
+const META_MAX_TOKENS: usize = 20;
+/// Largest data block length memcached accepts (`INT_MAX - 2`).
+const MAX_DATA_LEN: i64 = i32::MAX as i64 - 2;
+/// The longest opaque (`O`) token.
+const MAX_OPAQUE: usize = 32;
 
 pub const ERROR: &[u8] = b"ERROR\r\n";
 pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
@@ -35,8 +48,20 @@ pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
 pub const TOO_MANY_KEYS: &[u8] = b"CLIENT_ERROR too many keys\r\n";
 pub const BAD_DELETE: &[u8] =
     b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+pub const BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
 pub const INVALID_FLAG: &[u8] = b"CLIENT_ERROR invalid flag\r\n";
+pub const DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR duplicate flag\r\n";
+pub const INVALID_OR_DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR invalid or duplicate flag\r\n";
 pub const KEY_DECODE: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
+pub const FLAGS_TOO_LONG: &[u8] = b"CLIENT_ERROR options flags too long\r\n";
+pub const MG_FLAGS_TOO_LONG: &[u8] = b"CLIENT_ERROR options flags are too long\r\n";
+pub const BAD_TOKEN: &[u8] = b"CLIENT_ERROR bad token in command line format\r\n";
+pub const M_TOKEN_LENGTH: &[u8] = b"CLIENT_ERROR incorrect length for M token\r\n";
+pub const BAD_INITIAL: &[u8] = b"CLIENT_ERROR invalid numeric initial value\r\n";
+pub const BAD_DELTA_VALUE: &[u8] = b"CLIENT_ERROR invalid numeric delta value\r\n";
+pub const OPAQUE_TOO_LONG: &[u8] = b"CLIENT_ERROR opaque token too long\r\n";
+pub const MS_BAD_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
+pub const MA_BAD_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
 
 #[derive(Debug, Clone, Copy)]
 pub struct McLimits {
@@ -74,8 +99,9 @@ pub enum Cmd {
     Broadcast,
     /// version: one node, one line.
     Version,
-    /// Answered by cachegate: mn, stats, quit.
+    /// Answered by cachegate: mn, stats, quit, and a gat without keys.
     MetaNoop,
+    Empty,
     Stats,
     Quit,
 }
@@ -163,6 +189,11 @@ pub enum Parsed {
     Reply(&'static [u8]),
     /// Answer this, then close: the byte stream cannot be trusted to resynchronise.
     Fatal(&'static [u8]),
+    /// Close without an answer, as memcached does for a line over its limit.
+    Close,
+    /// An HTTP request line: closed without an answer (as memcached does), and a security
+    /// event (a web page making a browser post to the memcached port).
+    CrossProtocol,
 }
 
 /// A streaming request parser. It keeps one piece of state between calls: how much of an
@@ -227,13 +258,30 @@ impl Parser {
             .take(self.limits.max_line + 2)
             .position(|&b| b == b'\n')
         else {
+            // memcached closes a connection that sends more than its limit without a newline,
+            // unless the line is a get/gets (bounded here by max_line instead).
+            if buf.len() > MEMCACHED_LINE_LIMIT && !is_get_line(buf) {
+                return Step::Done(Parsed::Close, buf.len());
+            }
             if buf.len() > self.limits.max_line {
                 return Step::Done(Parsed::Fatal(LINE_TOO_LONG), buf.len());
             }
             return Step::NeedMore;
         };
         let line_len = nl + 1;
-        let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+        // memcached serves a longer line only when it happens to arrive in one read: refused
+        // here always, so that no line over the limit is ever forwarded.
+        if nl > MEMCACHED_LINE_LIMIT && !is_get_line(buf) {
+            return Step::Done(Parsed::Close, line_len);
+        }
+        let mut line = &buf[..nl];
+        if line.len() >= 2 && line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        // memcached reads a line as a C string: nothing after a NUL counts.
+        if let Some(nul) = memchr::memchr(0, line) {
+            line = &line[..nul];
+        }
         let tokens: Vec<&[u8]> = line
             .split(|&b| b == b' ')
             .filter(|t| !t.is_empty())
@@ -241,300 +289,612 @@ impl Parser {
         let Some(&typed) = tokens.first() else {
             return Step::Done(Parsed::Reply(ERROR), line_len);
         };
+        // Beyond 23 tokens memcached reads nothing more (get/gets go on for keys).
+        let n = tokens.len().min(MAX_TOKENS);
         let (real, refused) = match policy.decide(typed) {
             Decision::Allow => (typed.to_vec(), false),
             Decision::Rename(real) => (real.to_ascii_lowercase(), false),
             Decision::Refuse => (typed.to_vec(), true),
         };
-        let args = &tokens[1..];
-        // memcached reads `noreply` before validating, so even its errors are silent then
-        // (except ERROR for a command it does not know).
-        let silent = !refused
-            && args.last() == Some(&&b"noreply"[..])
-            && !matches!(&real[..], b"get" | b"gets" | b"gat" | b"gats");
-        let step = self.dispatch(&real, args, buf, line_len, refused);
-        match step {
-            Step::Done(Parsed::Reply(r), n) if silent && r != ERROR => {
-                Step::Done(Parsed::Reply(b""), n)
-            }
-            Step::Swallow { line, data, reply } if silent && reply != ERROR => Step::Swallow {
-                line,
-                data,
-                reply: b"",
-            },
-            other => other,
+        let known = is_known(&real);
+        if !known && is_http(typed, &tokens[..n]) {
+            return Step::Done(Parsed::CrossProtocol, line_len);
         }
-    }
-
-    fn dispatch(
-        &self,
-        real: &[u8],
-        args: &[&[u8]],
-        buf: &[u8],
-        line_len: usize,
-        refused: bool,
-    ) -> Step {
-        let with_data = matches!(
-            real,
-            b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"ms"
-        );
-        if with_data {
-            return self.storage(real, args, &buf[line_len..], line_len, refused);
-        }
-        let done = |p| Step::Done(p, line_len);
-        if refused {
-            return done(Parsed::Reply(ERROR));
-        }
-        done(match self.simple(real, args) {
-            Ok(req) => Parsed::Request(req),
-            Err(reply) => Parsed::Reply(reply),
-        })
-    }
-
-    /// Storage commands and `ms`: the data block is consumed whatever the verdict on the line.
-    fn storage(
-        &self,
-        name: &[u8],
-        args: &[&[u8]],
-        rest: &[u8],
-        line_len: usize,
-        refused: bool,
-    ) -> Step {
-        let meta = name == b"ms";
-        // ms <key> <datalen> <flags>*; set <key> <flags> <exptime> <bytes> ...
-        let len_at = if meta { 1 } else { 3 };
-        let Some(len) = args.get(len_at).and_then(|t| parse_num::<u64>(t)) else {
-            // Without a length there is no way to tell where the data block ends.
-            return Step::Done(Parsed::Fatal(BAD_FORMAT), line_len);
-        };
-        if len > i32::MAX as u64 - 2 {
-            return Step::Done(Parsed::Fatal(BAD_FORMAT), line_len);
-        }
-        let block = len + 2;
-        let verdict: Result<McRequest, &'static [u8]> = if refused {
-            Err(ERROR)
-        } else if len as usize > self.limits.max_value {
-            Err(TOO_LARGE)
-        } else if meta {
-            self.meta(name, args, 2)
-        } else {
-            storage_line(name, args)
-        };
-        let request = match verdict {
-            Ok(r) => r,
-            Err(reply) => {
-                return Step::Swallow {
-                    line: line_len,
-                    data: block,
-                    reply,
+        let rest = &buf[line_len..];
+        if refused || !known {
+            // A refused storage command's block is consumed with it, so that the value is
+            // never read as a command (cachegate's own choice: a disabled name is unknown).
+            if refused && is_storage(&real) {
+                let len_at = if real == b"ms" { 2 } else { 4 };
+                if let Some(len) = tokens.get(len_at).and_then(|t| data_len(t)) {
+                    return Step::Swallow {
+                        line: line_len,
+                        data: len as u64 + 2,
+                        reply: ERROR,
+                    };
                 }
             }
-        };
-        let block = block as usize;
+            return Step::Done(Parsed::Reply(ERROR), line_len);
+        }
+        let args = &tokens[1..n];
+        match &real[..] {
+            b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" => {
+                self.storage(&real, args, rest, line_len)
+            }
+            b"ms" => self.meta_set(args, rest, line_len),
+            b"get" | b"gets" | b"gat" | b"gats" => Step::Done(
+                match self.retrieval(&real, &tokens[1..]) {
+                    Ok(req) => Parsed::Request(req),
+                    Err(reply) => Parsed::Reply(reply),
+                },
+                line_len,
+            ),
+            _ => Step::Done(
+                match self.simple(&real, args) {
+                    Ok(req) => Parsed::Request(req),
+                    Err(reply) => Parsed::Reply(reply),
+                },
+                line_len,
+            ),
+        }
+    }
+
+    /// Waits for a data block of `len` bytes after the line, then checks its `\r\n`.
+    fn with_block(request: McRequest, len: usize, rest: &[u8], line_len: usize) -> Step {
+        let block = len + 2;
         if rest.len() < block {
             return Step::NeedMore;
         }
-        if &rest[block - 2..block] != b"\r\n" {
-            return Step::Done(Parsed::Fatal(BAD_DATA_CHUNK), line_len + block);
+        if &rest[len..block] != b"\r\n" {
+            // As memcached: the block is consumed, the error answered, and what follows is
+            // read as commands again.
+            let reply = if request.quiet && request.cmd == Cmd::Storage {
+                &b""[..]
+            } else {
+                BAD_DATA_CHUNK
+            };
+            return Step::Done(Parsed::Reply(reply), line_len + block);
         }
-        let data = Bytes::copy_from_slice(&rest[..block - 2]);
         Step::Done(
             Parsed::Request(McRequest {
-                data: Some(data),
+                data: Some(Bytes::copy_from_slice(&rest[..len])),
                 ..request
             }),
             line_len + block,
         )
     }
 
-    fn simple(&self, name: &[u8], all_args: &[&[u8]]) -> Result<McRequest, &'static [u8]> {
-        // Retrievals take no `noreply`: a trailing "noreply" there is a key.
-        let retrieval = matches!(name, b"get" | b"gets" | b"gat" | b"gats");
-        let (noreply, args) = if retrieval {
-            (false, all_args)
-        } else {
-            split_noreply(all_args)
+    /// `set|add|replace|append|prepend <key> <flags> <exptime> <bytes> [noreply]`,
+    /// `cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]`, checked in memcached's
+    /// order. Only a value too large swallows its block; every other refusal leaves it to be
+    /// read as the next command, as memcached does.
+    fn storage(&self, name: &[u8], args: &[&[u8]], rest: &[u8], line_len: usize) -> Step {
+        let cas = name == b"cas";
+        let (min, max) = if cas { (5, 6) } else { (4, 5) };
+        if args.len() < min || args.len() > max {
+            return Step::Done(Parsed::Reply(ERROR), line_len);
+        }
+        // Only an exact last `noreply` counts; another token in its place is ignored.
+        let noreply = args.last() == Some(&&b"noreply"[..]);
+        let refuse = |reply: &'static [u8]| {
+            Step::Done(Parsed::Reply(if noreply { b"" } else { reply }), line_len)
         };
-        let req = |cmd, key_at, tokens: Vec<&[u8]>, route_key: Option<&[u8]>| McRequest {
-            cmd,
-            tokens: owned(name, &tokens),
+        let key = args[0];
+        if key.len() > MAX_KEY {
+            return refuse(BAD_FORMAT);
+        }
+        let (Some(flags), Some(exptime), Some(len)) = (
+            c_strtoul(args[1]).map(|f| f as u32),
+            c_strtol(args[2]).map(|e| e as i32),
+            c_strtol(args[3]).map(|l| i64::from(l as i32)),
+        ) else {
+            return refuse(BAD_FORMAT);
+        };
+        let cas_unique = if cas {
+            match c_strtoul(args[4]) {
+                Some(c) => Some(c),
+                None => return refuse(BAD_FORMAT),
+            }
+        } else {
+            None
+        };
+        if !(0..=MAX_DATA_LEN).contains(&len) {
+            return refuse(BAD_FORMAT);
+        }
+        let len = len as usize;
+        if len > self.limits.max_value {
+            return Step::Swallow {
+                line: line_len,
+                data: len as u64 + 2,
+                reply: if noreply { b"" } else { TOO_LARGE },
+            };
+        }
+        let mut tokens = vec![
+            Bytes::copy_from_slice(name),
+            Bytes::copy_from_slice(key),
+            number(flags),
+            number(exptime),
+            number(len),
+        ];
+        tokens.extend(cas_unique.map(number));
+        let request = McRequest {
+            cmd: Cmd::Storage,
+            tokens,
             data: None,
-            key_at,
-            route_key: route_key.map(Bytes::copy_from_slice),
+            key_at: 1,
+            route_key: Some(Bytes::copy_from_slice(key)),
             quiet: noreply,
         };
+        Self::with_block(request, len, rest, line_len)
+    }
+
+    /// `ms <key> <datalen> <flags>*`, checked in memcached's order: the first five refusals
+    /// leave the block to be read as the next command; the flag checks after them swallow it.
+    fn meta_set(&self, args: &[&[u8]], rest: &[u8], line_len: usize) -> Step {
+        let done = |reply: &'static [u8]| Step::Done(Parsed::Reply(reply), line_len);
+        let Some(&key) = args.first() else {
+            return done(ERROR);
+        };
+        if key.len() > MAX_KEY || args.len() < 2 {
+            return done(BAD_FORMAT);
+        }
+        if args.len() + 1 >= META_MAX_TOKENS {
+            return done(FLAGS_TOO_LONG);
+        }
+        let Some(len) = data_len(args[1]) else {
+            return done(BAD_FORMAT);
+        };
+        let swallow = |reply: &'static [u8]| Step::Swallow {
+            line: line_len,
+            data: len as u64 + 2,
+            reply,
+        };
+        let flags = match meta_flags(key, &args[2..], b"ms") {
+            Ok(flags) => flags,
+            Err(reply) => return swallow(reply),
+        };
+        if len > self.limits.max_value {
+            return swallow(TOO_LARGE);
+        }
+        let mut tokens = vec![
+            Bytes::from_static(b"ms"),
+            Bytes::copy_from_slice(key),
+            number(len),
+        ];
+        tokens.extend(args[2..].iter().map(|t| Bytes::copy_from_slice(t)));
+        let request = McRequest {
+            cmd: Cmd::MetaSet,
+            tokens,
+            data: None,
+            key_at: 1,
+            route_key: Some(flags.route_key),
+            quiet: flags.quiet,
+        };
+        Self::with_block(request, len, rest, line_len)
+    }
+
+    /// get/gets `<key>*`, gat/gats `<exptime> <key>*`: every key of the line (memcached reads
+    /// past its token limit for these).
+    fn retrieval(&self, name: &[u8], args: &[&[u8]]) -> Result<McRequest, &'static [u8]> {
+        let touch = name.starts_with(b"gat");
+        if args.is_empty() {
+            return Err(ERROR);
+        }
+        let mut tokens = vec![Bytes::copy_from_slice(name)];
+        let keys = if touch {
+            let exptime = c_strtol(args[0]).ok_or(BAD_EXPTIME)? as i32;
+            tokens.push(number(exptime));
+            &args[1..]
+        } else {
+            args
+        };
+        if keys.len() > self.limits.max_keys {
+            return Err(TOO_MANY_KEYS);
+        }
+        if keys.iter().any(|k| k.len() > MAX_KEY) {
+            return Err(BAD_FORMAT);
+        }
+        if keys.is_empty() {
+            // `gat 0`: memcached answers the empty result.
+            return Ok(McRequest {
+                cmd: Cmd::Empty,
+                tokens,
+                data: None,
+                key_at: 1,
+                route_key: None,
+                quiet: false,
+            });
+        }
+        let key_at = tokens.len();
+        tokens.extend(keys.iter().map(|k| Bytes::copy_from_slice(k)));
+        Ok(McRequest {
+            cmd: if touch { Cmd::GetAndTouch } else { Cmd::Get },
+            tokens,
+            data: None,
+            key_at,
+            route_key: None,
+            quiet: false,
+        })
+    }
+
+    /// The other commands, each as memcached's handler reads it; forwarded canonically.
+    fn simple(&self, name: &[u8], args: &[&[u8]]) -> Result<McRequest, &'static [u8]> {
+        let noreply = args.last() == Some(&&b"noreply"[..]);
+        let silent = |reply: &'static [u8]| if noreply { &b""[..] } else { reply };
+        let req = |cmd, tokens: Vec<Bytes>, route_key: Option<&[u8]>, quiet| McRequest {
+            cmd,
+            tokens,
+            data: None,
+            key_at: 1,
+            route_key: route_key.map(Bytes::copy_from_slice),
+            quiet,
+        };
+        let name_b = Bytes::copy_from_slice(name);
+        let b = |t: &[u8]| Bytes::copy_from_slice(t);
         match name {
-            b"get" | b"gets" | b"gat" | b"gats" => {
-                let touch = name.starts_with(b"gat");
-                let first_key = usize::from(touch);
-                if args.len() <= first_key {
+            b"delete" => {
+                if args.is_empty() || args.len() > 3 {
                     return Err(ERROR);
                 }
-                if touch && parse_num::<i64>(args[0]).is_none() {
-                    return Err(BAD_FORMAT);
+                if args.len() > 1 {
+                    let zero = args[1] == b"0";
+                    let valid = (args.len() == 2 && (zero || noreply))
+                        || (args.len() == 3 && zero && noreply);
+                    if !valid {
+                        return Err(silent(BAD_DELETE));
+                    }
                 }
-                let keys = &args[first_key..];
-                if keys.len() > self.limits.max_keys {
-                    return Err(TOO_MANY_KEYS);
+                if args[0].len() > MAX_KEY {
+                    return Err(silent(BAD_FORMAT));
                 }
-                if !keys.iter().all(|k| valid_key(k)) {
-                    return Err(BAD_FORMAT);
-                }
-                let cmd = if touch { Cmd::GetAndTouch } else { Cmd::Get };
-                Ok(req(cmd, 1 + first_key, args.to_vec(), None))
+                Ok(req(
+                    Cmd::KeyLine,
+                    vec![name_b, b(args[0])],
+                    Some(args[0]),
+                    noreply,
+                ))
             }
-            b"delete" => match args {
-                [key] | [key, b"0"] if valid_key(key) => {
-                    Ok(req(Cmd::KeyLine, 1, vec![*key], Some(key)))
+            b"incr" | b"decr" => {
+                if !(2..=3).contains(&args.len()) {
+                    return Err(ERROR);
                 }
-                [key] | [key, _] if !valid_key(key) => Err(BAD_FORMAT),
-                _ => Err(BAD_DELETE),
-            },
-            b"incr" | b"decr" => match args {
-                [key, delta] if valid_key(key) => {
-                    parse_num::<u64>(delta).ok_or(BAD_DELTA)?;
-                    Ok(req(Cmd::KeyLine, 1, vec![*key, *delta], Some(key)))
+                if args[0].len() > MAX_KEY {
+                    return Err(silent(BAD_FORMAT));
                 }
-                _ => Err(BAD_FORMAT),
-            },
-            b"touch" => match args {
-                [key, exptime] if valid_key(key) && parse_num::<i64>(exptime).is_some() => {
-                    Ok(req(Cmd::KeyLine, 1, vec![*key, *exptime], Some(key)))
+                let delta = c_strtoul(args[1]).ok_or(silent(BAD_DELTA))?;
+                Ok(req(
+                    Cmd::KeyLine,
+                    vec![name_b, b(args[0]), number(delta)],
+                    Some(args[0]),
+                    noreply,
+                ))
+            }
+            b"touch" => {
+                if !(2..=3).contains(&args.len()) {
+                    return Err(ERROR);
                 }
-                _ => Err(BAD_FORMAT),
-            },
-            b"flush_all" => match args {
-                [] => Ok(req(Cmd::Broadcast, 1, vec![], None)),
-                [delay] if parse_num::<i64>(delay).is_some() => {
-                    Ok(req(Cmd::Broadcast, 1, vec![*delay], None))
+                if args[0].len() > MAX_KEY {
+                    return Err(silent(BAD_FORMAT));
                 }
-                _ => Err(BAD_FORMAT),
-            },
-            b"verbosity" => match args {
-                [level] if parse_num::<u32>(level).is_some() => {
-                    Ok(req(Cmd::Broadcast, 1, vec![*level], None))
+                let exptime = c_strtol(args[1]).ok_or(silent(BAD_EXPTIME))? as i32;
+                Ok(req(
+                    Cmd::KeyLine,
+                    vec![name_b, b(args[0]), number(exptime)],
+                    Some(args[0]),
+                    noreply,
+                ))
+            }
+            b"flush_all" => {
+                if args.len() > 2 {
+                    return Err(ERROR);
                 }
-                _ => Err(ERROR),
-            },
-            b"version" if args.is_empty() && !noreply => Ok(req(Cmd::Version, 1, vec![], None)),
-            b"quit" if args.is_empty() && !noreply => Ok(req(Cmd::Quit, 1, vec![], None)),
-            b"stats" if !noreply => Ok(req(Cmd::Stats, 1, args.to_vec(), None)),
-            b"mn" if args.is_empty() && !noreply => Ok(req(Cmd::MetaNoop, 1, vec![], None)),
-            // `noreply` is not a meta flag: put it back and let the flag check refuse it.
-            b"mg" | b"md" | b"ma" | b"me" => {
-                let mut all = args.to_vec();
-                if noreply {
-                    all.push(b"noreply");
+                // The delay is read unless the only argument is `noreply`.
+                let mut tokens = vec![name_b];
+                if args.len() != usize::from(noreply) {
+                    let delay = c_strtol(args[0]).ok_or(silent(BAD_EXPTIME))? as i32;
+                    tokens.push(number(delay));
                 }
-                self.meta(name, &all, 1)
+                Ok(req(Cmd::Broadcast, tokens, None, noreply))
+            }
+            b"verbosity" => {
+                if !(1..=2).contains(&args.len()) {
+                    return Err(ERROR);
+                }
+                let level = c_strtoul(args[0]).ok_or(silent(BAD_FORMAT))? as u32;
+                Ok(req(
+                    Cmd::Broadcast,
+                    vec![name_b, number(level)],
+                    None,
+                    noreply,
+                ))
+            }
+            // Arguments are ignored by memcached, `noreply` too.
+            b"version" => Ok(req(Cmd::Version, vec![name_b], None, false)),
+            b"quit" => Ok(req(Cmd::Quit, vec![name_b], None, false)),
+            b"mn" => Ok(req(Cmd::MetaNoop, vec![name_b], None, false)),
+            b"stats" => Ok(req(
+                Cmd::Stats,
+                std::iter::once(name_b)
+                    .chain(args.iter().map(|t| b(t)))
+                    .collect(),
+                None,
+                false,
+            )),
+            b"mg" | b"md" | b"ma" => self.meta(name, args),
+            b"me" => {
+                // Only an exact `b` after the key means base64; nothing else is read.
+                let Some(&key) = args.first().filter(|k| k.len() <= MAX_KEY) else {
+                    return Err(BAD_FORMAT);
+                };
+                let base64 = args.get(1) == Some(&&b"b"[..]);
+                let route_key = if base64 {
+                    decode_key(key).map_err(|_| BAD_FORMAT)?
+                } else {
+                    Bytes::copy_from_slice(key)
+                };
+                let mut tokens = vec![name_b, b(key)];
+                if base64 {
+                    tokens.push(Bytes::from_static(b"b"));
+                }
+                Ok(McRequest {
+                    cmd: Cmd::Meta,
+                    tokens,
+                    data: None,
+                    key_at: 1,
+                    route_key: Some(route_key),
+                    quiet: false,
+                })
             }
             _ => Err(ERROR),
         }
     }
 
-    /// A meta command: `<cmd> <key> [<datalen>] <flags>*`. `flags_at` is where flags start.
-    fn meta(
-        &self,
-        name: &[u8],
-        args: &[&[u8]],
-        flags_at: usize,
-    ) -> Result<McRequest, &'static [u8]> {
-        if args.len() < flags_at {
+    /// mg / md / ma `<key> <flags>*`.
+    fn meta(&self, name: &[u8], args: &[&[u8]]) -> Result<McRequest, &'static [u8]> {
+        let Some(&key) = args.first() else {
+            return Err(ERROR);
+        };
+        if key.len() > MAX_KEY {
             return Err(BAD_FORMAT);
         }
-        let key = args[0];
-        let flags = &args[flags_at..];
-        let mut quiet = false;
-        let mut base64 = false;
-        for flag in flags {
-            let ok = flag.len() <= MAX_FLAG
-                && flag[0].is_ascii_alphabetic()
-                && flag[1..].iter().all(|&b| b > b' ' && b != 0x7f);
-            if !ok {
-                return Err(INVALID_FLAG);
-            }
-            match flag[0] {
-                b'q' if flag.len() == 1 => quiet = true,
-                b'b' if flag.len() == 1 => base64 = true,
-                _ => {}
-            }
+        if args.len() + 1 >= META_MAX_TOKENS {
+            return Err(if name == b"mg" {
+                MG_FLAGS_TOO_LONG
+            } else {
+                FLAGS_TOO_LONG
+            });
         }
-        let route_key = if base64 {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(key)
-                .map_err(|_| KEY_DECODE)?;
-            if decoded.is_empty() || decoded.len() > MAX_KEY {
-                return Err(KEY_DECODE);
-            }
-            Bytes::from(decoded)
-        } else if valid_key(key) {
-            Bytes::copy_from_slice(key)
-        } else {
-            return Err(BAD_FORMAT);
-        };
-        let cmd = if name == b"ms" {
-            Cmd::MetaSet
-        } else {
-            Cmd::Meta
-        };
+        let flags = meta_flags(key, &args[1..], name)?;
         Ok(McRequest {
-            cmd,
-            tokens: owned(name, args),
+            cmd: Cmd::Meta,
+            tokens: std::iter::once(name)
+                .chain(args.iter().copied())
+                .map(Bytes::copy_from_slice)
+                .collect(),
             data: None,
             key_at: 1,
-            route_key: Some(route_key),
-            quiet,
+            route_key: Some(flags.route_key),
+            quiet: flags.quiet,
         })
     }
 }
 
-/// `set|add|replace|append|prepend <key> <flags> <exptime> <bytes> [noreply]`,
-/// `cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]`.
-fn storage_line(name: &[u8], args: &[&[u8]]) -> Result<McRequest, &'static [u8]> {
-    let (noreply, args) = split_noreply(args);
-    let want = if name == b"cas" { 5 } else { 4 };
-    if args.len() != want || !valid_key(args[0]) {
-        return Err(BAD_FORMAT);
+/// What cachegate needs of a meta command's flags.
+struct MetaFlags {
+    quiet: bool,
+    route_key: Bytes,
+}
+
+/// memcached's `_meta_flag_preparse` and the checks after it: a flag is its first byte; a
+/// repeated one or a byte past ASCII is a duplicate and an unknown one invalid (both at once);
+/// bad values are remembered, the last one winning, and answered after the whole line is read.
+/// md and ma answer every flag error alike; `O` over 32 bytes and an unknown `M` mode come last.
+fn meta_flags(key: &[u8], flags: &[&[u8]], cmd: &[u8]) -> Result<MetaFlags, &'static [u8]> {
+    let plain_errors = matches!(cmd, b"md" | b"ma");
+    let hard = |reply| {
+        if plain_errors {
+            INVALID_OR_DUPLICATE_FLAG
+        } else {
+            reply
+        }
+    };
+    let mut seen = [false; 128];
+    let mut soft: Option<&'static [u8]> = None;
+    let mut quiet = false;
+    let mut base64 = false;
+    let mut mode = None;
+    let mut opaque_too_long = false;
+    let mut decoded = None;
+    for flag in flags {
+        let first = flag[0];
+        if first >= 127 || seen[usize::from(first)] {
+            return Err(hard(DUPLICATE_FLAG));
+        }
+        seen[usize::from(first)] = true;
+        let value = &flag[1..];
+        match first {
+            // Decoded where the flag stands: a later bad value's message wins over its own.
+            b'b' => {
+                base64 = true;
+                match decode_key(key) {
+                    Ok(k) => decoded = Some(k),
+                    Err(()) => soft = Some(KEY_DECODE),
+                }
+            }
+            b'q' => quiet = true,
+            b'N' | b'T' | b'R' if c_strtol(value).is_none() => soft = Some(BAD_TOKEN),
+            b'C' if c_strtoul(value).is_none() => soft = Some(BAD_TOKEN),
+            // A bad `F` sets no message of its own: an earlier one stands.
+            b'F' if c_strtoul(value).is_none() => soft = soft.or(Some(BAD_FORMAT)),
+            b'M' if flag.len() != 2 => soft = Some(M_TOKEN_LENGTH),
+            b'M' => mode = Some(flag[1]),
+            b'J' if c_strtoul(value).is_none() => soft = Some(BAD_INITIAL),
+            b'D' if c_strtoul(value).is_none() => soft = Some(BAD_DELTA_VALUE),
+            b'O' => opaque_too_long |= flag.len() > MAX_OPAQUE,
+            b'N' | b'T' | b'R' | b'C' | b'F' | b'J' | b'D' | b'l' | b'P' | b'L' | b'k' | b's'
+            | b't' | b'c' | b'f' | b'v' | b'h' | b'u' | b'I' => {}
+            _ => return Err(hard(INVALID_FLAG)),
+        }
     }
-    let numbers_ok = parse_num::<u32>(args[1]).is_some()
-        && parse_num::<i64>(args[2]).is_some_and(|e| i32::try_from(e).is_ok())
-        && (want == 4 || parse_num::<u64>(args[4]).is_some());
-    if !numbers_ok {
-        return Err(BAD_FORMAT);
+    let route_key = match decoded {
+        Some(k) if base64 => k,
+        _ => Bytes::copy_from_slice(key),
+    };
+    if let Some(reply) = soft {
+        return Err(hard(reply));
     }
-    Ok(McRequest {
-        cmd: Cmd::Storage,
-        tokens: owned(name, args),
-        data: None,
-        key_at: 1,
-        route_key: Some(Bytes::copy_from_slice(args[0])),
-        quiet: noreply,
-    })
+    // The mode is checked before the opaque's length (measured on memcached 1.6.18).
+    match (cmd, mode) {
+        (b"ms", Some(m)) if !matches!(m, b'E' | b'A' | b'P' | b'R' | b'S') => {
+            return Err(MS_BAD_MODE)
+        }
+        (b"ma", Some(m)) if !matches!(m, b'I' | b'i' | b'+' | b'D' | b'd' | b'-') => {
+            return Err(MA_BAD_MODE)
+        }
+        _ => {}
+    }
+    if opaque_too_long && !plain_errors {
+        return Err(OPAQUE_TOO_LONG);
+    }
+    Ok(MetaFlags { quiet, route_key })
 }
 
-/// Only the exact last token `noreply` counts.
-fn split_noreply<'a, 'b>(args: &'a [&'b [u8]]) -> (bool, &'a [&'b [u8]]) {
-    match args.split_last() {
-        Some((&b"noreply", rest)) => (true, rest),
-        _ => (false, args),
+/// A base64 key (meta `b` flag), decoded for routing. Only canonical, padded base64 is
+/// accepted (memcached's decoder is laxer; what it alone accepts is refused here, never
+/// routed by a different key than the node would use).
+fn decode_key(key: &[u8]) -> Result<Bytes, ()> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| ())?;
+    if decoded.is_empty() {
+        return Err(());
+    }
+    Ok(Bytes::from(decoded))
+}
+
+/// The known command names (after renaming). Anything else is unknown: `ERROR`, never
+/// forwarded.
+fn is_known(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"set"
+            | b"add"
+            | b"replace"
+            | b"append"
+            | b"prepend"
+            | b"cas"
+            | b"ms"
+            | b"get"
+            | b"gets"
+            | b"gat"
+            | b"gats"
+            | b"delete"
+            | b"incr"
+            | b"decr"
+            | b"touch"
+            | b"flush_all"
+            | b"verbosity"
+            | b"version"
+            | b"quit"
+            | b"stats"
+            | b"mn"
+            | b"mg"
+            | b"md"
+            | b"ma"
+            | b"me"
+    )
+}
+
+fn is_storage(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"ms"
+    )
+}
+
+/// memcached's rule for an HTTP request on its port: an unknown command (one that does not
+/// start like any of its own) whose last read token starts with `HTTP/`.
+fn is_http(name: &[u8], tokens: &[&[u8]]) -> bool {
+    let own_start = matches!(name[0], b'g' | b's' | b'a' | b'c' | b'i' | b'd' | b't')
+        || (name.len() == 2 && name[0] == b'm');
+    name.len() >= 2 && !own_start && tokens.last().is_some_and(|t| t.starts_with(b"HTTP/"))
+}
+
+/// Whether a line (maybe incomplete) is a get/gets, which memcached lets run past its line
+/// limit: up to 100 spaces, then `get ` or `gets `.
+fn is_get_line(buf: &[u8]) -> bool {
+    let spaces = buf.iter().take(101).take_while(|&&b| b == b' ').count();
+    if spaces > 100 {
+        return false;
+    }
+    let rest = &buf[spaces..];
+    rest.starts_with(b"get ") || rest.starts_with(b"gets ")
+}
+
+/// A data block's length as memcached reads it: a C `long`, taken as a 32-bit `int`, from 0 to
+/// `INT_MAX - 2`.
+fn data_len(token: &[u8]) -> Option<usize> {
+    let len = i64::from(c_strtol(token)? as i32);
+    (0..=MAX_DATA_LEN).contains(&len).then_some(len as usize)
+}
+
+fn number(n: impl std::fmt::Display) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+/// The digits of a C `strtol`/`strtoul` in base 10 as memcached's `safe_strto*` accept them:
+/// leading white space, an optional sign, at least one digit, then the end of the token or
+/// white space (anything after that is ignored); a value that does not fit 64 bits is refused.
+fn c_number(token: &[u8]) -> Option<(bool, u64)> {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let mut i = token.iter().take_while(|b| space(b)).count();
+    let negative = match token.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let digits = token[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &d in &token[i..i + digits] {
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    match token.get(i + digits) {
+        None => Some((negative, value)),
+        Some(b) if space(b) => Some((negative, value)),
+        Some(_) => None,
     }
 }
 
-fn owned(name: &[u8], args: &[&[u8]]) -> Vec<Bytes> {
-    std::iter::once(name)
-        .chain(args.iter().copied())
-        .map(Bytes::copy_from_slice)
-        .collect()
+/// `safe_strtol`: a signed 64-bit value.
+fn c_strtol(token: &[u8]) -> Option<i64> {
+    let (negative, value) = c_number(token)?;
+    if negative {
+        0i64.checked_sub_unsigned(value)
+    } else {
+        i64::try_from(value).ok()
+    }
 }
 
-/// A memcached key: 1 to 250 bytes, no control characters or spaces.
-pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY && key.iter().all(|&b| b > b' ' && b != 0x7f)
+/// `safe_strtoul` / `safe_strtoull`: an unsigned 64-bit value; a negative one is refused.
+fn c_strtoul(token: &[u8]) -> Option<u64> {
+    match c_number(token)? {
+        (true, v) if v != 0 => None,
+        (_, v) => Some(v),
+    }
 }
 
-/// A decimal number as memcached reads it: digits only (a leading `-` for signed types).
+/// A length in an upstream reply: digits only (the node writes them canonically).
 fn parse_num<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
-    if token.is_empty() || token.len() > 20 || token[0] == b'+' {
+    if token.is_empty() || token.len() > 20 || !token.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(token).ok()?.parse().ok()
@@ -694,54 +1054,211 @@ mod tests {
     #[test]
     fn noreply_silences_errors_as_memcached_does() {
         assert_eq!(parse_all(b"incr k x noreply\r\n"), vec![Parsed::Reply(b"")]);
+        // A refused storage line does not swallow its block: `z` is read next (ERROR).
         assert_eq!(
             parse_all(b"set k x 0 1 noreply\r\nz\r\n"),
-            vec![Parsed::Reply(b"")]
+            vec![Parsed::Reply(b""), Parsed::Reply(ERROR)]
         );
         assert_eq!(parse_all(b"bogus noreply\r\n"), vec![Parsed::Reply(ERROR)]);
+        // Meta commands have no `noreply`: it is an invalid flag, answered.
+        assert_eq!(
+            parse_all(b"mg k noreply\r\n"),
+            vec![Parsed::Reply(INVALID_FLAG)]
+        );
     }
 
     #[test]
     fn only_the_exact_noreply_token_counts() {
-        assert_eq!(
-            parse_all(b"set k 0 0 1 NOREPLY\r\nx\r\n"),
-            vec![Parsed::Reply(BAD_FORMAT)]
-        );
+        // Another token where `noreply` goes is ignored, as memcached ignores it.
+        let r = req(b"set k 0 0 1 NOREPLY\r\nx\r\n");
+        assert!(!r.quiet);
+        assert_eq!(encoded(&r), b"set k 0 0 1\r\nx\r\n");
         assert_eq!(
             parse_all(b"delete k norepl\r\n"),
             vec![Parsed::Reply(BAD_DELETE)]
         );
         assert!(req(b"delete k noreply\r\n").quiet);
         assert!(!req(b"delete k\r\n").quiet);
+        assert!(req(b"delete k 0 noreply\r\n").quiet);
+        assert_eq!(encoded(&req(b"incr k 1 x\r\n")), b"incr k 1\r\n");
     }
 
+    /// memcached swallows a storage command's block only when the value is too large; every
+    /// other refusal leaves the block to be read as the next command. cachegate frames it the
+    /// same way, and the block it then reads is a command under cachegate's own policy.
     #[test]
-    fn rejected_storage_line_consumes_its_data_block() {
-        let long_key = format!(
-            "set {} 0 0 11\r\nflush_all\r\n\r\nget a\r\n",
-            "k".repeat(251)
-        );
+    fn refused_storage_lines_frame_as_memcached_does() {
+        let long_key = format!("set {} 0 0 9\r\nflush_all\r\nget a\r\n", "k".repeat(251));
         let out = parse_all(long_key.as_bytes());
         assert_eq!(out[0], Parsed::Reply(BAD_FORMAT));
         assert!(
-            matches!(&out[1], Parsed::Request(r) if r.cmd == Cmd::Get),
+            matches!(&out[1], Parsed::Request(r) if r.cmd == Cmd::Broadcast),
             "{out:?}"
         );
-        assert_eq!(out.len(), 2, "flush_all was never a command: {out:?}");
-        // Bad flags, bad exptime, extra tokens: same.
-        for line in [
-            "set k x 0 9",
-            "set k 0 x 9",
-            "set k 0 0 9 extra",
-            "set k -1 0 9",
+        assert!(
+            matches!(&out[2], Parsed::Request(r) if r.cmd == Cmd::Get),
+            "{out:?}"
+        );
+        for (line, reply) in [
+            ("set k x 0 9", BAD_FORMAT),
+            ("set k 0 x 9", BAD_FORMAT),
+            ("set k -1 0 9", BAD_FORMAT),
+            ("set k 0 0 abc", BAD_FORMAT),
+            ("set k 0 0 2147483646", BAD_FORMAT),
+            ("set k 0 0", ERROR),
+            ("set k 0 0 9 extra more", ERROR),
+            ("cas k 0 0 9", ERROR),
         ] {
-            let input = format!("{line}\r\nflush_all\r\n");
-            assert_eq!(
-                parse_all(input.as_bytes()),
-                vec![Parsed::Reply(BAD_FORMAT)],
+            let input = format!("{line}\r\nversion\r\n");
+            let out = parse_all(input.as_bytes());
+            assert_eq!(out[0], Parsed::Reply(reply), "{line}");
+            assert!(
+                matches!(&out[1], Parsed::Request(r) if r.cmd == Cmd::Version),
+                "{line}: {out:?}"
+            );
+        }
+        // A bad chunk: the block is consumed, the error answered, the rest read on.
+        assert_eq!(
+            parse_all(b"set k 0 0 3\r\nabcd\r\nversion\r\n")[..2],
+            [Parsed::Reply(BAD_DATA_CHUNK), Parsed::Reply(ERROR)]
+        );
+        // Numbers as C reads them, forwarded canonically; 32-bit fields wrap as in memcached.
+        assert_eq!(
+            encoded(&req(b"set k +5 07 +3\r\nabc\r\n")),
+            b"set k 5 7 3\r\nabc\r\n"
+        );
+        assert_eq!(
+            encoded(&req(b"set k 0 0 4294967299\r\nabc\r\n")),
+            b"set k 0 0 3\r\nabc\r\n"
+        );
+    }
+
+    /// The reported smuggling: memcached refuses an `ms` whose raw key token is over 250 bytes
+    /// (before decoding base64) or that has more than 16 flags, and does not swallow the block.
+    /// cachegate refuses the same lines the same way, so the block is read (and judged) as a
+    /// command here, never forwarded as data the node would run.
+    #[test]
+    fn meta_set_refusals_frame_as_memcached_does() {
+        let key = base64::engine::general_purpose::STANDARD.encode(vec![b'k'; 201]);
+        assert_eq!(key.len(), 268);
+        let smuggle = format!("ms {key} 9 b\r\nflush_all\r\n");
+        let policy = Policy::new(&["flush_all".into()], &[]).unwrap();
+        let mut p = Parser::new(McLimits::default());
+        let mut buf = BytesMut::from(smuggle.as_bytes());
+        assert_eq!(p.next(&mut buf, &policy), Some(Parsed::Reply(BAD_FORMAT)));
+        assert_eq!(
+            p.next(&mut buf, &policy),
+            Some(Parsed::Reply(ERROR)),
+            "disabled"
+        );
+        let flags: Vec<String> = (0..17).map(|i| format!("O{i}")).collect();
+        let forty = format!("ms k 7 {}\r\nversion\r\n", flags.join(" "));
+        let out = parse_all(forty.as_bytes());
+        assert_eq!(out[0], Parsed::Reply(FLAGS_TOO_LONG));
+        assert!(matches!(&out[1], Parsed::Request(r) if r.cmd == Cmd::Version));
+        let sixteen = format!(
+            "ms k 7 {}\r\nversion\r\n",
+            flags[..16].join(" ").replace("O1 ", "k ")
+        );
+        assert!(matches!(
+            &parse_all(sixteen.as_bytes())[0],
+            Parsed::Reply(DUPLICATE_FLAG) | Parsed::Request(_)
+        ));
+        for line in ["ms k", "ms k abc", "ms k -1", "ms k 7x"] {
+            let out = parse_all(format!("{line}\r\nversion\r\n").as_bytes());
+            assert_eq!(out[0], Parsed::Reply(BAD_FORMAT), "{line}");
+            assert!(
+                matches!(&out[1], Parsed::Request(r) if r.cmd == Cmd::Version),
                 "{line}"
             );
         }
+        assert_eq!(parse_all(b"ms\r\n"), vec![Parsed::Reply(ERROR)]);
+        // Flag errors after the length swallow the block.
+        for (flags, reply) in [
+            ("T0 T1", DUPLICATE_FLAG),
+            ("x", INVALID_FLAG),
+            ("Tabc", BAD_TOKEN),
+            ("MX", MS_BAD_MODE),
+            ("MEE", M_TOKEN_LENGTH),
+        ] {
+            let out = parse_all(format!("ms k 7 {flags}\r\nversion\r\n").as_bytes());
+            assert_eq!(out, vec![Parsed::Reply(reply)], "{flags}");
+        }
+        // A flag is its first byte: `qx` is quiet, `bx` is base64.
+        assert!(req(b"ms k 1 qx\r\nv\r\n").quiet);
+        assert!(req(b"mg k qx\r\n").quiet);
+        assert_eq!(req(b"mg Zm9v bx\r\n").route_key.unwrap(), &b"foo"[..]);
+        assert_eq!(encoded(&req(b"ms k +1 T5\r\nv\r\n")), b"ms k 1 T5\r\nv\r\n");
+    }
+
+    #[test]
+    fn lines_memcached_closes_are_closed() {
+        let long = format!("set {} 0 0 1", "k".repeat(2100));
+        assert_eq!(parse_all(long.as_bytes()), vec![Parsed::Close]);
+        assert_eq!(
+            parse_all(format!("{long}\r\n").as_bytes()),
+            vec![Parsed::Close]
+        );
+        let get = format!("get {}", "k ".repeat(1100));
+        assert_eq!(parse_all(get.as_bytes()), vec![]);
+        for http in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.0\r\n",
+            b"PRI * HTTP/2.0\r\n",
+        ] {
+            assert_eq!(parse_all(http), vec![Parsed::CrossProtocol]);
+        }
+        assert_eq!(parse_all(b"get / HTTP/1.1\r\n").len(), 1);
+        assert!(matches!(
+            parse_all(b"get / HTTP/1.1\r\n")[0],
+            Parsed::Request(_)
+        ));
+    }
+
+    #[test]
+    fn text_commands_as_memcached_reads_them() {
+        assert_eq!(encoded(&req(b"version foo bar\r\n")), b"version\r\n");
+        assert_eq!(
+            parse_all(b"verbosity noreply\r\n"),
+            vec![Parsed::Reply(b"")]
+        );
+        assert!(req(b"verbosity 0 noreply\r\n").quiet);
+        assert_eq!(
+            parse_all(b"verbosity foo\r\n"),
+            vec![Parsed::Reply(BAD_FORMAT)]
+        );
+        assert_eq!(parse_all(b"verbosity\r\n"), vec![Parsed::Reply(ERROR)]);
+        assert_eq!(encoded(&req(b"verbosity 1 x\r\n")), b"verbosity 1\r\n");
+        assert_eq!(encoded(&req(b"flush_all 0 foo\r\n")), b"flush_all 0\r\n");
+        assert_eq!(encoded(&req(b"flush_all noreply\r\n")), b"flush_all\r\n");
+        assert_eq!(
+            parse_all(b"flush_all foo\r\n"),
+            vec![Parsed::Reply(BAD_EXPTIME)]
+        );
+        assert_eq!(
+            parse_all(b"flush_all 0 0 0\r\n"),
+            vec![Parsed::Reply(ERROR)]
+        );
+        assert_eq!(req(b"gat 0\r\n").cmd, Cmd::Empty);
+        assert_eq!(parse_all(b"gat x k\r\n"), vec![Parsed::Reply(BAD_EXPTIME)]);
+        assert_eq!(
+            parse_all(b"touch k x\r\n"),
+            vec![Parsed::Reply(BAD_EXPTIME)]
+        );
+        assert_eq!(parse_all(b"delete\r\n"), vec![Parsed::Reply(ERROR)]);
+        assert_eq!(parse_all(b"delete k a b c\r\n"), vec![Parsed::Reply(ERROR)]);
+        assert_eq!(parse_all(b"me\r\n"), vec![Parsed::Reply(BAD_FORMAT)]);
+        assert_eq!(encoded(&req(b"me k x y\r\n")), b"me k\r\n");
+        assert_eq!(req(b"mn foo\r\n").cmd, Cmd::MetaNoop);
+        assert_eq!(req(b"quit now\r\n").cmd, Cmd::Quit);
+        assert_eq!(
+            parse_all(b"md k x\r\n"),
+            vec![Parsed::Reply(INVALID_OR_DUPLICATE_FLAG)]
+        );
+        // NUL ends a line as memcached reads it.
+        assert_eq!(encoded(&req(b"get k\0junk\r\n")), b"get k\r\n");
+        // LF-only line ends.
+        assert_eq!(req(b"version\n").cmd, Cmd::Version);
     }
 
     #[test]
@@ -752,22 +1269,6 @@ mod tests {
         assert_eq!(p.next(&mut buf, &policy), Some(Parsed::Reply(ERROR)));
         assert!(
             matches!(p.next(&mut buf, &policy), Some(Parsed::Request(r)) if r.cmd == Cmd::Version)
-        );
-    }
-
-    #[test]
-    fn unreadable_length_closes_the_connection() {
-        assert_eq!(
-            parse_all(b"set k 0 0\r\nflush_all\r\n"),
-            vec![Parsed::Fatal(BAD_FORMAT)]
-        );
-        assert_eq!(
-            parse_all(b"set k 0 0 abc\r\nflush_all\r\n"),
-            vec![Parsed::Fatal(BAD_FORMAT)]
-        );
-        assert_eq!(
-            parse_all(b"set k 0 0 3\r\nabcd\r\n"),
-            vec![Parsed::Fatal(BAD_DATA_CHUNK)]
         );
     }
 
@@ -814,10 +1315,8 @@ mod tests {
             2,
             "noreply is a key here"
         );
-        assert_eq!(
-            parse_all(b"get a\x01b\r\n"),
-            vec![Parsed::Reply(BAD_FORMAT)]
-        );
+        // memcached checks a key's length only.
+        assert_eq!(req(b"get a\x01b\r\n").keys()[0], &b"a\x01b"[..]);
         let too_many = format!("get {}\r\n", vec!["k"; 1025].join(" "));
         assert_eq!(
             parse_all(too_many.as_bytes()),
@@ -998,15 +1497,27 @@ mod tests {
                     Parsed::Request(r) => {
                         prop_assert!(r.data.as_ref().is_none_or(|d| d.len() <= 16));
                         prop_assert!(r.keys().len() <= 3);
-                        prop_assert!(r.keys().iter().all(|k| valid_key(k)));
+                        prop_assert!(r.keys().iter().all(|k| !k.is_empty() && k.len() <= MAX_KEY && !k.contains(&b' ') && !k.contains(&0)));
                         if let Some(k) = &r.route_key { prop_assert!(!k.is_empty() && k.len() <= MAX_KEY); }
                         let mut out = BytesMut::new();
                         r.encode(&mut out, None);
-                        // What goes upstream is exactly one request: its line has no stray CR/LF.
+                        // What goes upstream is exactly one request: its line has no stray CR/LF,
+                        // fits memcached's line limit unless it is a get/gets, and reads back as
+                        // the same request (the node frames it one way only).
                         let line_end = out.windows(2).position(|w| w == b"\r\n").unwrap();
                         prop_assert!(!out[..line_end].contains(&b'\n'));
+                        prop_assert!(line_end <= MEMCACHED_LINE_LIMIT || matches!(r.cmd, Cmd::Get));
+                        let mut again = BytesMut::from(&out[..]);
+                        match Parser::new(limits).next(&mut again, &Policy::default()) {
+                            Some(Parsed::Request(back)) => {
+                                prop_assert_eq!(&back.tokens, &r.tokens);
+                                prop_assert_eq!(&back.data, &r.data);
+                                prop_assert_eq!(back.route_key, r.route_key);
+                            }
+                            other => prop_assert!(false, "{:?} re-read as {:?}", out, other),
+                        }
                     }
-                    Parsed::Fatal(_) => break,
+                    Parsed::Fatal(_) | Parsed::Close | Parsed::CrossProtocol => break,
                     Parsed::Reply(_) => {}
                 }
             }
