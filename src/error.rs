@@ -59,6 +59,8 @@ pub enum SessionError {
     #[error("client query buffer over {0} bytes")]
     QueryBufferFull(usize),
     #[error(transparent)]
+    OverBudget(#[from] crate::budget::OverBudget),
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
 

@@ -19,11 +19,13 @@
 //!   /metrics.
 //! - [`bench`](mod@bench): the `cachegate bench` load generator.
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`],
+//!   [`budget`] (the process-wide bound on buffered bytes),
 //!   [`deadline`], [`read_room`] (client read buffer sizing).
 
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod budget;
 pub mod config;
 pub mod deadline;
 pub mod error;

@@ -101,6 +101,7 @@ pub struct Prepared {
 /// already-bound listeners (one per `config.listeners` entry, in order). Nothing is spawned yet.
 pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
     let metrics = Arc::new(Metrics::new());
+    let budget = crate::budget::MemoryBudget::new(config.limits.max_buffered_bytes);
     let stop_shared = CancellationToken::new();
     let Bound {
         listeners: bound,
@@ -161,6 +162,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                     policy: cfg.policy.clone(),
                     pool,
                     limits: config.limits.clone(),
+                    budget: budget.clone(),
                 }))
             }
             Protocol::Memcached(mc) => {
@@ -202,6 +204,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                         auth: cfg.auth.clone(),
                         cert_users: cfg.cert_users.clone(),
                         metrics: metrics.clone(),
+                        budget: budget.clone(),
                     },
                     mc.clone(),
                     config.limits.clone(),

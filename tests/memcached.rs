@@ -622,3 +622,35 @@ async fn memcached_listener_can_require_client_certificates() {
     let mut c = McClient::new(Box::new(tls));
     assert!(c.line("version\r\n").await.starts_with("VERSION "));
 }
+
+/// The process-wide buffer bound holds on memcached listeners too: replies that would take
+/// the process past `limits.max_buffered_bytes` are refused with a clear error, the
+/// connection closes, and others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_buffer_bound_holds() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_buffered_bytes = 1000000\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        node.address()
+    ))
+    .await;
+    let mut direct = node.direct().await;
+    let value = "v".repeat(900_000);
+    for key in ["a", "b", "c"] {
+        let set = format!("set {key} 0 0 {}\r\n{value}\r\n", value.len());
+        assert_eq!(direct.line(&set).await, "STORED\r\n");
+    }
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    c.send(b"get a b c\r\n").await;
+    let reply = c.closed_after().await.expect("closed");
+    assert!(
+        s(&reply).starts_with("SERVER_ERROR cachegate:")
+            && s(&reply).contains("limits.max_buffered_bytes"),
+        "{:.100}",
+        s(&reply)
+    );
+    let mut d = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(d.line("set small 0 0 1\r\nx\r\n").await, "STORED\r\n");
+    assert!(d.values("get a\r\n").await.len() > 900_000);
+}

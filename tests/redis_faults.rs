@@ -201,3 +201,58 @@ async fn shutdown_grace_period_bounds_the_drain() {
         .expect("shutdown is bounded by the grace period");
     assert!(!report.drained);
 }
+
+/// `limits.max_buffered_bytes` bounds what the whole process buffers for its clients: a client
+/// that would take it past the limit (a huge request, or a huge reply, on either kind of
+/// upstream connection) gets a clear error and is closed; the others go on, and the memory is
+/// given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_buffer_bound_holds() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_global(&pki, &redis, "limits.max_buffered_bytes = 4000000\n").await;
+    let mut bystander = RawClient::authed(&pki, proxy.addr).await;
+    // A request that would need 8 MB buffered.
+    let mut big = RawClient::authed(&pki, proxy.addr).await;
+    big.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8000000\r\n")
+        .await;
+    let chunk = vec![b'x'; 1 << 20];
+    let mut got = None;
+    for _ in 0..8 {
+        big.send(&chunk).await;
+        if let Ok(Some(reply)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), big.try_read()).await
+        {
+            got = Some(reply);
+            break;
+        }
+    }
+    let got = match got {
+        Some(reply) => s(&reply),
+        None => s(&big.read().await),
+    };
+    assert!(got.contains("limits.max_buffered_bytes"), "{got}");
+    assert_eq!(bystander.cmd(&["PING"]).await, b"+PONG\r\n");
+    // A reply of 6 MB, shared and pinned.
+    let mut direct = redis.direct().await;
+    let value = "v".repeat(6_000_000);
+    assert_eq!(direct.cmd(&["SET", "huge", &value]).await, b"+OK\r\n");
+    for pin in [false, true] {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        if pin {
+            assert_eq!(c.cmd(&["WATCH", "w"]).await, b"+OK\r\n");
+        }
+        let reply = s(&c.cmd(&["GET", "huge"]).await);
+        assert!(
+            reply.contains("limits.max_buffered_bytes"),
+            "pinned {pin}: {:.80}",
+            reply
+        );
+        assert!(c.closed().await);
+    }
+    assert_eq!(bystander.cmd(&["PING"]).await, b"+PONG\r\n");
+    // Given back: a smaller value goes through.
+    let value = "v".repeat(1_000_000);
+    assert_eq!(direct.cmd(&["SET", "big", &value]).await, b"+OK\r\n");
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["GET", "big"]).await.len(), 1_000_000 + 12);
+}

@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+/// All clients' buffered requests and queued replies together (beyond a small free share each).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_PARTIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,6 +59,8 @@ pub struct Limits {
     pub max_reply_bytes: usize,
     /// Cap on a client's unparsed input (Redis's `client-query-buffer-limit`).
     pub max_request_bytes: usize,
+    /// Cap on what the process buffers for all clients together.
+    pub max_buffered_bytes: usize,
     /// How long a client may leave a request half-sent before the connection is closed.
     pub partial_request_timeout: Duration,
 }
@@ -236,6 +240,12 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
             "limits.max_request_bytes",
             file.limits.max_request_bytes,
             DEFAULT_MAX_REQUEST_BYTES,
+        ),
+        max_buffered_bytes: size(
+            &mut p,
+            "limits.max_buffered_bytes",
+            file.limits.max_buffered_bytes,
+            DEFAULT_MAX_BUFFERED_BYTES,
         ),
         partial_request_timeout: file
             .limits

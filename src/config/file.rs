@@ -51,6 +51,8 @@ pub struct LimitsFile {
     pub max_inline_bytes: Option<u64>,
     pub max_reply_bytes: Option<u64>,
     pub max_request_bytes: Option<u64>,
+    /// All clients' buffered requests and queued replies together.
+    pub max_buffered_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub partial_request_timeout: Option<Duration>,
 }

@@ -88,6 +88,8 @@ pub struct Security {
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
     pub metrics: Arc<Metrics>,
+    /// The process-wide bound on buffered bytes.
+    pub budget: Arc<crate::budget::MemoryBudget>,
 }
 
 impl Context {
@@ -247,6 +249,7 @@ where
     let mut rbuf = BytesMut::new();
     let mut room = crate::read_room::ReadRoom::new();
     let mut partial_since: Option<Instant> = None;
+    let mut charge = crate::budget::Charge::new(ctx.security.budget.clone());
     // Registered once, not on every read: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
     loop {
@@ -281,6 +284,11 @@ where
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
             let out = execute(ctx, batch, conns, who, &mut meter).await;
+            if let Err(over) = charge.hold(rbuf.capacity() + out.len()) {
+                let error = format!("SERVER_ERROR cachegate: {over}\r\n");
+                cw.write_all(error.as_bytes()).await?;
+                break;
+            }
             cw.write_all(&out).await?;
             cw.flush().await?;
         }
@@ -304,7 +312,14 @@ where
         tokio::select! {
             read = cr.read_buf(&mut rbuf) => match read {
                 Ok(0) => break,
-                Ok(n) => room.record(n),
+                Ok(n) => {
+                    room.record(n);
+                    if let Err(over) = charge.hold(rbuf.capacity()) {
+                        let error = format!("SERVER_ERROR cachegate: {over}\r\n");
+                        cw.write_all(error.as_bytes()).await?;
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(e),
             },

@@ -75,6 +75,8 @@ pub struct Context {
     pub policy: Policy,
     pub pool: Pool,
     pub limits: Limits,
+    /// The process-wide bound on buffered bytes, shared by every listener.
+    pub budget: Arc<crate::budget::MemoryBudget>,
 }
 
 /// What the reply side does for one command.
@@ -422,6 +424,7 @@ impl RequestSide<'_> {
         let mut rbuf = BytesMut::new();
         let mut room = crate::read_room::ReadRoom::new();
         let mut partial_since: Option<Instant> = None;
+        let mut charge = crate::budget::Charge::new(self.ctx.budget.clone());
         // Registered once, not on every read: each registration takes the token's lock.
         let abort = self.abort.clone();
         let mut aborted = std::pin::pin!(abort.cancelled());
@@ -460,6 +463,11 @@ impl RequestSide<'_> {
             };
             if rbuf.len() > limits.max_request_bytes {
                 break Err(SessionError::QueryBufferFull(limits.max_request_bytes));
+            }
+            if let Err(over) = charge.hold(rbuf.capacity()) {
+                self.local_always(reply::error(&format!("cachegate: {over}")))
+                    .await?;
+                break Err(SessionError::OverBudget(over));
             }
             let partial_deadline =
                 partial_since.map(|since| since + limits.partial_request_timeout);
@@ -1424,6 +1432,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
     let mut closed = false;
     let mut scanner = ReplyScanner::default();
     let mut meter = ctx.metrics.command_meter(&ctx.listener);
+    let mut charge = crate::budget::Charge::new(ctx.budget.clone());
 
     let failure: Option<SessionError> = 'outer: loop {
         // Route everything already at hand, then write it in one go.
@@ -1485,6 +1494,9 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             }
             break;
         }
+        if let Err(over) = charge.hold(ubuf.capacity() + out.len()) {
+            break Some(SessionError::OverBudget(over));
+        }
         if !out.is_empty() {
             if let Err(e) = out.write_to(&mut cw).await {
                 break Some(SessionError::ClientIo(e));
@@ -1525,7 +1537,11 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             }
             Event::Slot(None) => closed = true,
             Event::Read(Ok(0)) => break Some(UpstreamError::Closed.into()),
-            Event::Read(Ok(_)) => {}
+            Event::Read(Ok(_)) => {
+                if let Err(over) = charge.hold(ubuf.capacity() + out.len()) {
+                    break Some(SessionError::OverBudget(over));
+                }
+            }
             Event::Read(Err(e)) => break Some(UpstreamError::Io(e).into()),
             Event::Timeout => break Some(UpstreamError::Timeout(timeout).into()),
         }
@@ -1542,6 +1558,13 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             };
             let _ = cw.write_all(&reply::error(&msg)).await;
         }
+    } else if let Some(SessionError::OverBudget(over)) = &failure {
+        // The replies still due cannot be delivered: the client learns why, and the
+        // connection (mid-reply) is not reused.
+        abort.cancel();
+        let _ = cw
+            .write_all(&reply::error(&format!("cachegate: {over}")))
+            .await;
     } else if failure.is_some() {
         abort.cancel();
     }
