@@ -97,6 +97,42 @@ pub struct Prepared {
     grace: std::time::Duration,
 }
 
+/// The logins a Redis session's own connection may switch between, when cachegate provisions
+/// backend users for this listener.
+fn identities(up: &UpstreamConfig) -> Option<session::Identities> {
+    if up.backend_user.is_none() && up.mirror_users.is_empty() {
+        return None;
+    }
+    let auth = |user: Option<&str>, password: Option<&str>| -> Vec<bytes::Bytes> {
+        let mut args = vec![bytes::Bytes::from_static(b"AUTH")];
+        args.push(bytes::Bytes::copy_from_slice(
+            user.unwrap_or("default").as_bytes(),
+        ));
+        // A passwordless default user takes any password.
+        args.push(bytes::Bytes::copy_from_slice(
+            password.unwrap_or("nopass").as_bytes(),
+        ));
+        args
+    };
+    let admin = auth(
+        up.username.as_deref(),
+        up.password.as_ref().map(|p| p.expose()),
+    );
+    let listener = match &up.backend_user {
+        Some(u) => auth(Some(&u.name), Some(u.password.expose())),
+        None => admin.clone(),
+    };
+    Some(session::Identities {
+        listener,
+        admin: up.backend_user.as_ref().map(|_| admin),
+        users: up
+            .mirror_users
+            .iter()
+            .map(|(name, u)| (name.clone(), auth(Some(&u.name), Some(u.password.expose()))))
+            .collect(),
+    })
+}
+
 /// Builds TLS acceptors (generating dev certificates if needed), policies and pools for
 /// already-bound listeners (one per `config.listeners` entry, in order). Nothing is spawned yet.
 pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
@@ -148,6 +184,13 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                         resp3: start(true),
                     })
                 });
+                if let (crate::config::AuthMode::Acl(group), true) =
+                    (&cfg.auth, cfg.upstream.mirror_users.is_empty())
+                {
+                    for user in group.users.iter().filter(|u| u.scripts_reach_past_keys()) {
+                        tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts but only some keys: a script can reach any key; set auth.backend_users = true to have Redis enforce the user's keys inside scripts");
+                    }
+                }
                 Handler::Redis(Arc::new(session::Context {
                     shared,
                     listener: cfg.name.clone(),
@@ -163,6 +206,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                     pool,
                     limits: config.limits.clone(),
                     budget: budget.clone(),
+                    identities: identities(&cfg.upstream),
                 }))
             }
             Protocol::Memcached(mc) => {

@@ -520,3 +520,51 @@ async fn generated_corpus_verdicts_match_acl_dryrun() {
         "{deviations} deviations of {compared}"
     );
 }
+
+/// A user limited to `~app:*` with scripting reaches every key from a script: cachegate checks
+/// the keys a script declares, not the ones it touches. With `auth.backend_users = true`, each
+/// user's scripts run as a backend user with the same rules, so Redis itself refuses the key.
+/// The control listener without it shows the side door this closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_keep_to_the_users_keys_with_backend_users() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let users = "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+                 [[users]]\nname = \"app\"\nacl = \"on >app-pw ~app:* +@all\"\n\
+                 [user_groups]\napps = [\"default\", \"app\"]\n";
+    let listener = |name: &str, extra: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"apps\"\n{extra}\
+             upstream.address = {:?}\nupstream.password = \"admin-password\"\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&format!(
+        "{users}{}{}",
+        listener("guarded", "auth.backend_users = true\n"),
+        listener("open", "")
+    ))
+    .await;
+    let write_other = ["EVAL", "return redis.call('SET', 'other:x', '1')", "0"];
+    let write_own = ["EVAL", "return redis.call('SET', 'app:x', '1')", "0"];
+    let mut guarded = RawClient::tls(&pki, proxy.addrs[0]).await;
+    assert_eq!(guarded.cmd(&["AUTH", "app", "app-pw"]).await, b"+OK\r\n");
+    let refused = s(&guarded.cmd(&write_other).await);
+    assert!(
+        refused.starts_with("-") && refused.contains("key"),
+        "{refused}"
+    );
+    assert_eq!(guarded.cmd(&write_own).await, b"+OK\r\n");
+    // Ordinary commands still go by cachegate's own check, shared or pinned.
+    assert_eq!(guarded.cmd(&["GET", "app:x"]).await, b"$1\r\n1\r\n");
+    assert!(s(&guarded.cmd(&["GET", "other:x"]).await).starts_with("-NOPERM"));
+    let mut admin = redis.direct().await;
+    assert_eq!(admin.cmd(&["AUTH", "admin-password"]).await, b"+OK\r\n");
+    assert_eq!(admin.cmd(&["EXISTS", "other:x"]).await, b":0\r\n");
+    // The control: the same user on a listener without backend users writes other:x.
+    let mut open = RawClient::tls(&pki, proxy.addrs[1]).await;
+    assert_eq!(open.cmd(&["AUTH", "app", "app-pw"]).await, b"+OK\r\n");
+    assert_eq!(open.cmd(&write_other).await, b"+OK\r\n");
+    assert_eq!(admin.cmd(&["EXISTS", "other:x"]).await, b":1\r\n");
+}

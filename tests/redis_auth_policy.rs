@@ -452,3 +452,34 @@ async fn scripts_cannot_run_disabled_commands_with_a_backend_user() {
     assert!(flush.starts_with("-"), "{flush}");
     assert_eq!(admin.cmd(&["EXISTS", "keep"]).await, b":1\r\n");
 }
+
+/// With `backend_acl`, a renamed command's real name is denied to the backend user too, so no
+/// script can call it; the alias runs it as the configured upstream user, and the connection
+/// goes straight back. Inside MULTI (where the login cannot change) it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_commands_are_out_of_reach_of_scripts() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.password = \"admin-password\"\nupstream.health_interval = \"1h\"\n\
+         commands.rename = {{ FLUSHALL = \"admin-flushall\" }}\ncommands.scripts = \"backend_acl\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let flush_script = ["EVAL", "return redis.call('FLUSHALL')", "0"];
+    assert_eq!(c.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&flush_script).await).starts_with("-ERR The user executing the script"));
+    assert_eq!(c.cmd(&["admin-flushall"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["EXISTS", "k"]).await, b":0\r\n");
+    // Back as the backend user: scripts still cannot flush.
+    assert_eq!(c.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&flush_script).await).starts_with("-ERR The user executing the script"));
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["admin-flushall"]).await)
+        .starts_with("-ERR cachegate: this command runs as another"));
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(c.cmd(&["GET", "k"]).await, b"$1\r\n1\r\n");
+}

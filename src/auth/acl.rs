@@ -397,6 +397,24 @@ impl User {
         self.all_keys || self.key_patterns.iter().any(|p| p.read && p.pattern == "*")
     }
 
+    /// Whether this user may run scripts while limited to some keys: a script can touch keys
+    /// it does not declare, so only a mirrored backend user keeps it to them.
+    pub fn scripts_reach_past_keys(&self) -> bool {
+        !self.all_keys && self.check(&["EVAL", "return 1", "0"]).is_ok()
+    }
+
+    /// This user's rules as `ACL SETUSER` takes them, without passwords or the on/off flag:
+    /// keys, channels, commands (for a mirrored backend user that enforces them in scripts).
+    pub fn backend_rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        for (field, value) in self.describe() {
+            if let ("keys" | "channels" | "commands", Described::Text(text)) = (field, value) {
+                rules.extend(text.split_whitespace().map(str::to_string));
+            }
+        }
+        rules
+    }
+
     /// ACL GETUSER's reply fields, without secrets (only how many passwords there are).
     pub fn describe(&self) -> Vec<(&'static str, Described)> {
         let mut flags = vec![if self.enabled { "on" } else { "off" }.to_string()];

@@ -190,6 +190,9 @@ pub struct UpstreamConfig {
     /// `commands.scripts = "backend_acl"`: the backend user cachegate provisions (with the
     /// credentials above) and then uses for every connection of this listener.
     pub backend_user: Option<BackendUser>,
+    /// `auth.backend_users = true`: a backend user per ACL user (by cachegate user name), with
+    /// that user's rules, that its scripts run as.
+    pub mirror_users: Vec<(String, BackendUser)>,
 }
 
 /// A backend ACL user that denies, inside Redis, what the listener's policy refuses, so that
@@ -384,6 +387,7 @@ fn listener(
         backoff_after: l.auth.backoff_after.unwrap_or(DEFAULT_BACKOFF_AFTER),
         backoff_max: l.auth.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
     };
+    let backend_users = l.auth.backend_users.take().unwrap_or(false);
     let auth = if memcached && l.auth.mode.as_deref() != Some("acl") {
         memcached_auth(p, &format!("{key}.auth"), l.auth)
     } else {
@@ -422,9 +426,17 @@ fn listener(
                 );
             }
             upstream(p, &ukey, u, base).map(|mut up| {
-                if guard == Some(ScriptsGuard::BackendAcl) {
-                    if let Some(policy) = &policy {
+                if let Some(policy) = &policy {
+                    if guard == Some(ScriptsGuard::BackendAcl) {
                         up.backend_user = Some(backend_user(&listener_name, &up, policy));
+                    }
+                    if let (true, Some(AuthMode::Acl(group))) = (backend_users, &auth) {
+                        up.mirror_users = group
+                            .users
+                            .iter()
+                            .filter(|u| u.enabled)
+                            .map(|u| (u.name.clone(), mirror_user(&listener_name, u, &up, policy)))
+                            .collect();
                     }
                 }
                 up
@@ -447,6 +459,12 @@ fn listener(
             nodes,
         )),
     };
+    if backend_users && (memcached || !matches!(auth, Some(AuthMode::Acl(_)))) {
+        p.add(
+            format!("{key}.auth.backend_users"),
+            "mirrors ACL users in the backend: needs a Redis listener with auth.mode = \"acl\"",
+        );
+    }
     if !cert_users.is_empty() {
         let certs_verified = tls.as_ref().is_some_and(|t| {
             t.as_ref().is_some_and(|t| {
@@ -734,13 +752,6 @@ fn scripts_guard(
         }
         None => Some(ScriptsGuard::NotNeeded),
         Some("unguarded") => Some(ScriptsGuard::Unguarded),
-        Some("backend_acl") if policy.renames() => {
-            p.add(
-                key,
-                "\"backend_acl\" cannot enforce renamed commands yet (the backend user would have to deny the real name that the alias runs): disable them instead, or use scripts = \"unguarded\"",
-            );
-            None
-        }
         Some("backend_acl") => Some(ScriptsGuard::BackendAcl),
         Some(other) => {
             p.add(
@@ -755,22 +766,47 @@ fn scripts_guard(
 /// The backend user of a `backend_acl` listener: named after it, with a password derived from
 /// the configured upstream one, allowed everything but what the policy refuses.
 fn backend_user(listener: &str, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
-    let name = format!("cachegate-{listener}");
+    let mut rules = vec!["~*".to_string(), "&*".into(), "+@all".into()];
+    rules.extend(script_callable_denials(policy));
+    provisioned_user(format!("cachegate-{listener}"), up, rules)
+}
+
+/// The backend user that mirrors one ACL user: its keys, channels and commands, less what the
+/// listener refuses.
+fn mirror_user(listener: &str, user: &User, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
+    let mut rules = user.backend_rules();
+    rules.extend(script_callable_denials(policy));
+    provisioned_user(format!("cachegate-{listener}-{}", user.name), up, rules)
+}
+
+/// What the policy refuses, as backend ACL rules, for the commands a script could call (MULTI,
+/// SUBSCRIBE and the other `noscript` commands never run inside one, and cachegate itself may
+/// need them on its connections).
+fn script_callable_denials(policy: &Policy) -> Vec<String> {
+    policy
+        .backend_denials()
+        .into_iter()
+        .filter(|rule| {
+            let args: Vec<&str> = rule.trim_start_matches('-').split('|').collect();
+            crate::auth::commands::table()
+                .lookup(&args)
+                .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
+        })
+        .collect()
+}
+
+/// A backend user named `name` with these rules, on, and a password derived from the upstream
+/// one (HMAC-SHA256), so that every cachegate with the same configuration provisions the same
+/// user and no new secret is stored.
+fn provisioned_user(name: String, up: &UpstreamConfig, extra_rules: Vec<String>) -> BackendUser {
     let key_material = up.password.as_ref().map_or("", |p| p.expose());
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_material.as_bytes());
     let tag = ring::hmac::sign(&key, format!("cachegate backend user {name}").as_bytes());
     let password: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let digest = ring::digest::digest(&ring::digest::SHA256, password.as_bytes());
     let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let mut rules = vec![
-        "reset".to_string(),
-        "on".into(),
-        format!("#{digest}"),
-        "~*".into(),
-        "&*".into(),
-        "+@all".into(),
-    ];
-    rules.extend(policy.backend_denials());
+    let mut rules = vec!["reset".to_string(), "on".into(), format!("#{digest}")];
+    rules.extend(extra_rules);
     BackendUser {
         name,
         password: Password::new(password),
@@ -825,6 +861,7 @@ fn upstream(p: &mut Problems, key: &str, u: UpstreamFile, base: &Path) -> Option
     }
     Some(UpstreamConfig {
         backend_user: None,
+        mirror_users: Vec::new(),
         address,
         username: u.username,
         password: u.password.map(Password::new),

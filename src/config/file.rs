@@ -114,6 +114,9 @@ pub struct ServerTlsFile {
 #[derive(Default, Deserialize)]
 pub struct AuthFile {
     pub mode: Option<String>,
+    /// ACL mode: every user gets a backend user with the same rules, which their scripts run
+    /// as (so Redis itself enforces the user's key patterns inside scripts).
+    pub backend_users: Option<bool>,
     #[serde(default)]
     pub tokens: Vec<String>,
     /// With `mode = "acl"`: the user group whose users may log in here.

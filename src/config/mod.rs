@@ -10,8 +10,8 @@ pub mod file;
 use std::path::Path;
 
 pub use build::{
-    AuthLimits, AuthMode, Config, Identity, Limits, ListenerConfig, ListenerTls, MemcachedConfig,
-    NodeDown, Protocol, UpstreamConfig,
+    AuthLimits, AuthMode, BackendUser, Config, Identity, Limits, ListenerConfig, ListenerTls,
+    MemcachedConfig, NodeDown, Protocol, UpstreamConfig,
 };
 
 /// The configuration used when no `--config` is given: a TLS listener on 127.0.0.1:6380 in front
@@ -220,7 +220,8 @@ upstream.address = "127.0.0.1:6379"
         let user = c.listeners[0].upstream.backend_user.as_ref().unwrap();
         assert_eq!(user.name, "cachegate-redis-0");
         assert!(user.rules.contains(&"-flushall".to_string()));
-        assert!(user.rules.contains(&"-config|set".to_string()));
+        // CONFIG SET is `noscript`: no script can call it, nothing to deny in the backend.
+        assert!(!user.rules.contains(&"-config|set".to_string()));
         assert!(!user
             .rules
             .iter()
@@ -231,10 +232,16 @@ upstream.address = "127.0.0.1:6379"
             Path::new("."),
         )
         .unwrap();
-        let renamed = problems(&with(
-            "rename = { FLUSHALL = \"X\" }\nscripts = \"backend_acl\"",
-        ));
-        assert!(renamed[0].message.contains("renamed"), "{renamed:?}");
+        // A renamed command is denied to the backend user too (it runs as the configured
+        // upstream user); MULTI and the other commands no script can call are left alone.
+        let c = parse(
+            &with("rename = { FLUSHALL = \"X\", MULTI = \"Y\" }\nscripts = \"backend_acl\""),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        let rules = &c.listeners[0].upstream.backend_user.as_ref().unwrap().rules;
+        assert!(rules.contains(&"-flushall".to_string()) && !rules.contains(&"-multi".to_string()));
         let bad = problems(&with("disable = [\"KEYS\"]\nscripts = \"maybe\""));
         assert!(bad[0].message.contains("maybe"), "{bad:?}");
     }

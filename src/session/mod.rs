@@ -77,6 +77,50 @@ pub struct Context {
     pub limits: Limits,
     /// The process-wide bound on buffered bytes, shared by every listener.
     pub budget: Arc<crate::budget::MemoryBudget>,
+    /// Backend users cachegate provisioned (`commands.scripts = "backend_acl"`,
+    /// `auth.backend_users`): who a session's own connection runs commands as.
+    pub identities: Option<Identities>,
+}
+
+/// The `AUTH` arguments of each identity a session's own connection may take.
+pub struct Identities {
+    /// The listener's own: its backend user, or the configured upstream credentials.
+    pub listener: Vec<Bytes>,
+    /// The configured upstream credentials, that renamed commands run as (the listener's
+    /// backend user is denied their real names so that scripts cannot run them).
+    pub admin: Option<Vec<Bytes>>,
+    /// Per cachegate ACL user: its mirrored backend user, that its commands run as on its
+    /// own connection (and so its scripts: Redis enforces the user's rules inside them).
+    pub users: rustc_hash::FxHashMap<String, Vec<Bytes>>,
+}
+
+/// Who a session's own upstream connection is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunsAs {
+    Listener,
+    Admin,
+    User(String),
+}
+
+/// Whether a script could call this command (Redis refuses `noscript` ones inside scripts).
+pub fn script_callable(args: &[Bytes]) -> bool {
+    crate::auth::commands::table()
+        .lookup(args)
+        .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
+}
+
+/// The commands that run a script server-side.
+fn runs_script(name: &[u8]) -> bool {
+    [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]
+    .iter()
+    .any(|s| name.eq_ignore_ascii_case(s))
 }
 
 /// What the reply side does for one command.
@@ -122,6 +166,9 @@ struct Expect {
     rewrite: Option<Rewrite>,
     /// The command's metric label and when it was sent, for the latency histogram.
     timed: Option<(&'static str, Instant)>,
+    /// A login cachegate sent on the session's behalf: an error reply ends the session (its
+    /// commands must not run as anyone else).
+    critical: bool,
 }
 
 impl Expect {
@@ -133,6 +180,7 @@ impl Expect {
             blocking: false,
             rewrite: None,
             timed: None,
+            critical: false,
         }
     }
 
@@ -177,6 +225,7 @@ pub async fn run<S>(
         shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
         pin_state: PinState::default(),
         id: next_client_id(),
+        up_as: RunsAs::Listener,
         started: Instant::now(),
         name: None,
         batch: None,
@@ -247,6 +296,8 @@ struct RequestSide<'a> {
     /// The session's own `CLIENT ID`, stable for its life whichever upstream connections
     /// serve it (the backend's ids of shared connections are never shown).
     id: u64,
+    /// Who its own upstream connection is logged in as.
+    up_as: RunsAs,
     started: Instant,
     name: Option<Bytes>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
@@ -592,7 +643,20 @@ impl RequestSide<'_> {
             Sharing::PinTaint => self.pin_state.tainted = true,
             _ => {}
         }
-        let disposition = shared_disposition(kind, &args, sharing);
+        // A renamed command that a script could call runs as the administrator: the backend
+        // user denies its real name, so that scripts cannot call it.
+        let renamed = matches!(decision, Decision::Rename(_)) && script_callable(&args);
+        let runs_as = self.wanted_identity(renamed);
+        let own_identity = match &runs_as {
+            RunsAs::Admin => true,
+            RunsAs::User(_) => runs_script(&args[0]),
+            RunsAs::Listener => false,
+        };
+        let disposition = if own_identity {
+            Disposition::Pin
+        } else {
+            shared_disposition(kind, &args, sharing)
+        };
         if self.shared.is_none()
             && self.ctx.shared.is_some()
             && disposition != Disposition::Pin
@@ -623,6 +687,12 @@ impl RequestSide<'_> {
                 }
                 Disposition::Pin => Box::pin(self.pin()).await?,
             }
+        }
+        // Logged in as who must run it, before anything below changes the session's state.
+        if let Some(refusal) = Box::pin(self.run_as(&runs_as)).await? {
+            self.multi_dirty |= self.in_multi;
+            self.local(refusal).await?;
+            return Ok(Flow::Continue);
         }
         let mut expect = Expect::one();
         match kind {
@@ -685,7 +755,59 @@ impl RequestSide<'_> {
         if self.ctx.shared.is_some() {
             self.track_state(kind, &args);
         }
-        self.forward(&args, expect).await
+        let flow = self.forward(&args, expect).await?;
+        if runs_as == RunsAs::Admin {
+            // Back at once: nothing else runs with the administrator's rights.
+            let back = self.wanted_identity(false);
+            Box::pin(self.run_as(&back)).await?;
+        }
+        Ok(flow)
+    }
+
+    /// Who the next command must run as on the session's own connection.
+    fn wanted_identity(&self, renamed: bool) -> RunsAs {
+        let Some(ids) = &self.ctx.identities else {
+            return RunsAs::Listener;
+        };
+        if renamed && ids.admin.is_some() {
+            return RunsAs::Admin;
+        }
+        match &self.user {
+            Some(u) if ids.users.contains_key(&u.name) => RunsAs::User(u.name.clone()),
+            _ => RunsAs::Listener,
+        }
+    }
+
+    /// Logs the session's own connection in as `want` if it is not already (connecting first
+    /// if needed); a refusal to send instead when that cannot be done inside MULTI.
+    async fn run_as(&mut self, want: &RunsAs) -> Result<Option<Bytes>, SessionError> {
+        let Some(ids) = &self.ctx.identities else {
+            return Ok(None);
+        };
+        if self.up.is_some() && self.up_as == *want {
+            return Ok(None);
+        }
+        if self.up.is_none() && *want == RunsAs::Listener {
+            return Ok(None);
+        }
+        if self.in_multi {
+            return Ok(Some(reply::error(
+                "cachegate: this command runs as another backend user (a renamed command, or a script enforced by a mirrored user), which cannot change inside MULTI",
+            )));
+        }
+        let auth = match want {
+            RunsAs::Listener => ids.listener.clone(),
+            RunsAs::Admin => ids.admin.clone().unwrap_or_else(|| ids.listener.clone()),
+            RunsAs::User(name) => match ids.users.get(name) {
+                Some(auth) => auth.clone(),
+                None => ids.listener.clone(),
+            },
+        };
+        let mut expect = Expect::swallowed(1);
+        expect.critical = true;
+        self.forward_raw(&auth, expect).await?;
+        self.up_as = want.clone();
+        Ok(None)
     }
 
     /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
@@ -957,6 +1079,7 @@ impl RequestSide<'_> {
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&auth);
         }
+        self.up_as = RunsAs::Listener;
         Ok(Flow::Continue)
     }
 
@@ -1245,6 +1368,8 @@ impl RequestSide<'_> {
                     let (r, w) = tokio::io::split(conn.stream);
                     self.send_slot(Slot::Attach(r)).await?;
                     self.up = Some(w);
+                    // Pooled connections are logged in as the listener's user.
+                    self.up_as = RunsAs::Listener;
                 }
                 Err(e) => {
                     tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
@@ -1475,7 +1600,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 match scanner.next(&ubuf, max_reply) {
                     Ok(Some((len, kind))) => {
                         let frame = ubuf.split_to(len).freeze();
-                        route(
+                        if let Err(e) = route(
                             frame,
                             kind,
                             &mut current,
@@ -1483,7 +1608,9 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                             ctx,
                             &mut meter,
                             timeout,
-                        );
+                        ) {
+                            break 'outer Some(e.into());
+                        }
                         if out.len() < CLIENT_WRITE_BATCH {
                             continue;
                         }
@@ -1632,21 +1759,36 @@ fn route(
     ctx: &Context,
     meter: &mut CommandMeter,
     timeout: Duration,
-) {
+) -> Result<(), UpstreamError> {
     if kind == ReplyKind::Push {
         out.push(frame);
-        return;
+        return Ok(());
     }
     let Some(cur) = current.as_mut() else {
         // Unsolicited: a RESP2 pub/sub message or a MONITOR line.
         out.push(frame);
-        return;
+        return Ok(());
     };
     if cur.expect.forward {
         match cur.expect.rewrite {
             Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy)),
             None => out.push(frame),
         }
+    } else if kind == ReplyKind::Error && cur.expect.critical {
+        tracing::warn!(
+            listener = %ctx.listener,
+            reply = %crate::upstream::conn::printable(&frame),
+            "the backend refused a session's login as its backend user; ending the session"
+        );
+        // Provisioned again by the next connection.
+        if let Some(provision) = &ctx.pool.connector().provision {
+            provision
+                .done
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        return Err(UpstreamError::Unexpected(
+            "the backend refused this session's backend user; try again".into(),
+        ));
     } else if kind == ReplyKind::Error {
         tracing::warn!(
             listener = %ctx.listener,
@@ -1663,6 +1805,7 @@ fn route(
     } else if cur.deadline.is_some() {
         cur.deadline = Some(Instant::now() + timeout);
     }
+    Ok(())
 }
 
 #[cfg(test)]

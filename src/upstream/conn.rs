@@ -98,8 +98,11 @@ pub struct Connector {
 /// connection verifies that it runs as that user.
 pub struct Provision {
     pub admin_auth: Option<Bytes>,
-    pub setuser: Bytes,
+    /// One `ACL SETUSER` per backend user: the listener's, and mirrors of its ACL users.
+    pub setusers: Vec<Bytes>,
+    /// For logs: the users provisioned.
     pub user: String,
+    /// Whether this process has provisioned them; cleared when a login as one fails.
     pub done: std::sync::atomic::AtomicBool,
 }
 
@@ -215,8 +218,14 @@ impl Conn {
     /// yet, or when the login is refused.
     async fn provisioned_login(&mut self) -> Result<Result<(), Bytes>, UpstreamError> {
         let connector = self.connector.clone();
-        let (Some(provision), Some(auth)) = (&connector.provision, &connector.auth) else {
+        let Some(provision) = &connector.provision else {
             return Ok(Ok(()));
+        };
+        let auth: &[u8] = connector.auth.as_deref().unwrap_or(b"*1\r\n$4\r\nPING\r\n");
+        let expected: &[u8] = if connector.auth.is_some() {
+            b"+OK\r\n"
+        } else {
+            b"+PONG\r\n"
         };
         let done = || provision.done.load(std::sync::atomic::Ordering::Acquire);
         if !done() {
@@ -225,7 +234,7 @@ impl Conn {
             }
         }
         let reply = self.roundtrip(auth).await?;
-        if &reply[..] == b"+OK\r\n" {
+        if &reply[..] == expected {
             return Ok(Ok(()));
         }
         if !reply.starts_with(b"-WRONGPASS") {
@@ -236,7 +245,7 @@ impl Conn {
             return Ok(Err(reply));
         }
         let reply = self.roundtrip(auth).await?;
-        Ok(if &reply[..] == b"+OK\r\n" {
+        Ok(if &reply[..] == expected {
             Ok(())
         } else {
             Err(reply)
@@ -253,10 +262,12 @@ impl Conn {
                 return Ok(Err(reply));
             }
         }
-        let reply = self.roundtrip(&provision.setuser).await?;
-        if &reply[..] != b"+OK\r\n" {
-            tracing::error!(upstream = %self.connector.address, user = %provision.user, reply = %printable(&reply), "could not provision the backend user (upstream credentials need ACL SETUSER)");
-            return Ok(Err(reply));
+        for setuser in &provision.setusers {
+            let reply = self.roundtrip(setuser).await?;
+            if &reply[..] != b"+OK\r\n" {
+                tracing::error!(upstream = %self.connector.address, users = %provision.user, reply = %printable(&reply), "could not provision a backend user (upstream credentials need ACL SETUSER)");
+                return Ok(Err(reply));
+            }
         }
         tracing::info!(upstream = %self.connector.address, user = %provision.user, "backend user provisioned: scripts cannot run the commands this listener disables");
         provision

@@ -69,23 +69,31 @@ impl Pool {
             )),
         };
         let admin_auth = Connector::auth_frame(cfg.username.as_deref(), cfg.password.as_ref());
-        let (auth, provision) = match &cfg.backend_user {
-            None => (admin_auth, None),
-            Some(user) => {
-                let mut setuser = BytesMut::new();
-                let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", user.name.as_bytes()];
-                args.extend(user.rules.iter().map(|r| r.as_bytes()));
-                encode_command(&mut setuser, args.into_iter());
-                (
-                    Connector::auth_frame(Some(&user.name), Some(&user.password)),
-                    Some(super::conn::Provision {
-                        admin_auth,
-                        setuser: setuser.freeze(),
-                        user: user.name.clone(),
-                        done: AtomicBool::new(false),
-                    }),
-                )
-            }
+        let provisioned: Vec<&crate::config::BackendUser> = cfg
+            .backend_user
+            .iter()
+            .chain(cfg.mirror_users.iter().map(|(_, u)| u))
+            .collect();
+        let setuser = |user: &crate::config::BackendUser| {
+            let mut out = BytesMut::new();
+            let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", user.name.as_bytes()];
+            args.extend(user.rules.iter().map(|r| r.as_bytes()));
+            encode_command(&mut out, args.into_iter());
+            out.freeze()
+        };
+        let provision = (!provisioned.is_empty()).then(|| super::conn::Provision {
+            admin_auth: admin_auth.clone(),
+            setusers: provisioned.iter().map(|u| setuser(u)).collect(),
+            user: provisioned
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            done: AtomicBool::new(false),
+        });
+        let auth = match &cfg.backend_user {
+            None => admin_auth,
+            Some(user) => Connector::auth_frame(Some(&user.name), Some(&user.password)),
         };
         let mut reset = BytesMut::new();
         encode_command(&mut reset, [&b"RESET"[..]].into_iter());
