@@ -422,3 +422,58 @@ async fn subscribed_client_leaves_nothing_behind() {
         "the subscription must go away with the client"
     );
 }
+
+/// cachegate's own housekeeping (connection checks, health checks, shared connections in both
+/// RESP versions, pinning, resetting pooled connections) leaves no error in the backend's
+/// statistics: test suites that count `total_error_replies` see only their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_leaves_no_trace_in_backend_statistics() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "upstream.health_interval = \"50ms\"\nupstream.max_idle = 1\nupstream.warm_connections = 1\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        assert!(c
+            .cmd(&["HELLO", "3", "SETNAME", "app"])
+            .await
+            .starts_with(b"%"));
+        assert_eq!(
+            c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["GET", "k"]).await, b"+QUEUED\r\n");
+        assert!(c.cmd(&["EXEC"]).await.starts_with(b"*1"));
+        assert_eq!(c.cmd(&["SELECT", "2"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+        assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        drop(c);
+    }
+    let mut direct = redis.direct().await;
+    // Every pinned connection released and reset (the clients' own RESETs count too), and
+    // some health checks done.
+    let resets = |stats: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_reset:calls="))
+            .and_then(|v| v.split(',').next()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(|| async {
+            let mut d = redis.direct().await;
+            let stats = s(&d.cmd(&["INFO", "commandstats"]).await);
+            resets(&stats) >= 6 && stats.contains("cmdstat_ping:")
+        })
+        .await
+    );
+    let stats = s(&direct.cmd(&["INFO", "stats"]).await);
+    assert!(stats.contains("total_error_replies:0\r\n"), "{stats}");
+    let errors = s(&direct.cmd(&["INFO", "errorstats"]).await);
+    assert!(!errors.contains("errorstat_"), "{errors}");
+}

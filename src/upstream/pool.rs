@@ -100,13 +100,9 @@ impl Pool {
         if let Some(auth) = &auth {
             reset.extend_from_slice(auth);
         }
-        for cmd in [
-            &[&b"CLIENT"[..], b"SETNAME", b""][..],
-            &[b"CLIENT", b"SETINFO", b"LIB-NAME", b""],
-            &[b"CLIENT", b"SETINFO", b"LIB-VER", b""],
-        ] {
-            encode_command(&mut reset, cmd.iter().copied());
-        }
+        // RESET also clears the client name; library info never reaches the backend
+        // (cachegate answers CLIENT SETINFO itself). Nothing here can be an error reply on
+        // the backend (CLIENT SETINFO was, on Redis 7.0, in every reset).
         Ok(Self {
             inner: Arc::new(Inner {
                 connector: Arc::new(Connector {
@@ -228,14 +224,6 @@ impl Pool {
                 if &reply[..] != b"+OK\r\n" {
                     return Err(UpstreamError::Unexpected(printable(&reply)));
                 }
-            }
-            // CLIENT SETNAME "" must succeed; SETINFO may be unknown to older servers.
-            let name = conn.read_frame(&mut buf).await?;
-            if &name[..] != b"+OK\r\n" {
-                return Err(UpstreamError::Unexpected(printable(&name)));
-            }
-            for _ in 0..2 {
-                conn.read_frame(&mut buf).await?;
             }
             if !buf.is_empty() {
                 return Err(UpstreamError::Unexpected("extra bytes after reset".into()));
