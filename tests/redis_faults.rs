@@ -256,3 +256,34 @@ async fn the_process_wide_buffer_bound_holds() {
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(c.cmd(&["GET", "big"]).await.len(), 1_000_000 + 12);
 }
+
+/// While the backend is down, every request is answered at once (not after a backoff timer,
+/// which once made redis-cli look hung for seconds), on shared and pinned paths alike; and the
+/// first request after the backend returns is served, not failed until a timer fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_answers_at_once_and_the_first_request_after_it_returns_works() {
+    let (pki, mut redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut shared = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(shared.cmd(&["PING"]).await, b"+PONG\r\n");
+    redis.kill();
+    // A budget far above "at once" and far below the 5 s backoff ceiling.
+    let quick = std::time::Duration::from_millis(1500);
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        let reply = s(&shared.cmd(&["PING"]).await);
+        assert!(reply.starts_with("-ERR cachegate: upstream"), "{reply}");
+        assert!(started.elapsed() < quick, "{:?}", started.elapsed());
+        let mut pinned = RawClient::authed(&pki, proxy.addr).await;
+        let started = std::time::Instant::now();
+        let reply = s(&pinned.cmd(&["WATCH", "k"]).await);
+        assert!(reply.starts_with("-ERR cachegate: upstream"), "{reply}");
+        assert!(started.elapsed() < quick, "{:?}", started.elapsed());
+    }
+    redis.restart().await;
+    // A request tries a connect itself once the last try is 100 ms old.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(shared.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut pinned = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(pinned.cmd(&["WATCH", "k"]).await, b"+OK\r\n");
+}

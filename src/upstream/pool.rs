@@ -30,6 +30,8 @@ const RESET_MAX_SKIPPED_FRAMES: usize = 10_000;
 
 struct Down {
     retry_at: std::time::Instant,
+    /// The last connect tried, by the refill task or on demand.
+    last_try: std::time::Instant,
     backoff: Duration,
     last_error: String,
 }
@@ -168,13 +170,19 @@ impl Pool {
         if let Some(conn) = warm {
             return Ok(conn);
         }
-        if let Some(down) = self.lock_down().as_ref() {
-            if std::time::Instant::now() < down.retry_at {
+        if let Some(down) = self.lock_down().as_mut() {
+            // While down, fail at once, except that a request tries a connect itself when the
+            // last try is not too recent: the first one after the upstream returns does not
+            // wait for the backoff timer (and is bounded by connect_timeout).
+            let now = std::time::Instant::now();
+            let on_demand = now.duration_since(down.last_try) >= super::shared::ON_DEMAND_AFTER;
+            if now < down.retry_at && !on_demand {
                 return Err(UpstreamError::Down {
                     addr: self.address().to_string(),
                     last: down.last_error.clone(),
                 });
             }
+            down.last_try = now;
         }
         let result = self.inner.connector.connect().await;
         self.set_health(result.is_ok(), result.as_ref().err());
@@ -261,6 +269,7 @@ impl Pool {
                         .unwrap_or(BACKOFF_START);
                     Some(Down {
                         retry_at: std::time::Instant::now() + backoff,
+                        last_try: std::time::Instant::now(),
                         backoff,
                         last_error: err.map(|e| e.to_string()).unwrap_or_default(),
                     })

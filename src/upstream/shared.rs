@@ -24,6 +24,12 @@ use super::conn::Connector;
 use crate::protocol::memcached::{reply_len, Shape};
 use crate::protocol::resp::{rest_of_bulk, ReplyKind, ReplyScanner};
 
+/// Reconnect backoff of a shared connection while its upstream is down.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While down, a request tries a connect at once if the last try is at least this old.
+pub const ON_DEMAND_AFTER: Duration = Duration::from_millis(100);
+
 /// Requests gathered into one write at most.
 const MAX_BATCH: usize = 256;
 /// Requests queued per shared connection before senders wait.
@@ -153,32 +159,60 @@ async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: Cancel
         resp3,
         ..
     } = link;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = BACKOFF_START;
+    // Requests that arrived while a connect was under way: they wait for its outcome.
+    let mut held: Vec<SharedRequest> = Vec::new();
     loop {
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = connect(connector, resp3) => c,
+        let attempt = connect(connector, resp3);
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = &mut attempt => break c,
+                req = rx.recv() => match req {
+                    Some(req) => held.push(req),
+                    None => return,
+                },
+            }
         };
-        let mut conn = match conn {
+        let mut conn = match result {
             Ok(c) => {
-                backoff = Duration::from_millis(100);
+                backoff = BACKOFF_START;
                 c
             }
             Err(e) => {
-                // Down: answer what is waiting at once instead of letting it time out.
+                // Down: what waits is answered at once, and so is every request until the next
+                // attempt, which a request makes at once when the last one is not too recent:
+                // the first request after the upstream returns does not wait for a timer.
                 let msg = format!("upstream unavailable ({e})");
-                while let Ok(req) = rx.try_recv() {
+                for req in held.drain(..) {
                     let _ = req.reply.send(Err(msg.clone()));
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                let tried = Instant::now();
+                let retry = tokio::time::sleep(backoff);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = &mut retry => break,
+                        req = rx.recv() => match req {
+                            None => return,
+                            Some(req) if tried.elapsed() >= ON_DEMAND_AFTER => {
+                                held.push(req);
+                                break;
+                            }
+                            Some(req) => {
+                                let _ = req.reply.send(Err(msg.clone()));
+                            }
+                        },
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        let error = serve(&mut conn, &mut rx, &link, &shutdown).await;
+        let first = std::mem::take(&mut held);
+        let error = serve(&mut conn, &mut rx, first, &link, &shutdown).await;
         match error {
             None => return,
             Some(e) => {
@@ -218,6 +252,7 @@ async fn connect(connector: &Arc<Connector>, resp3: bool) -> Result<super::Conn,
 async fn serve(
     conn: &mut super::Conn,
     rx: &mut mpsc::Receiver<SharedRequest>,
+    first: Vec<SharedRequest>,
     link: &Link,
     shutdown: &CancellationToken,
 ) -> Option<String> {
@@ -237,6 +272,28 @@ async fn serve(
     };
     // Registered once, not on every turn: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
+    // What waited for this connection goes out first, in one write.
+    if !first.is_empty() {
+        let now = Instant::now();
+        for req in first {
+            out.extend_from_slice(&req.bytes);
+            pending.push_back(Waiting {
+                got: 0,
+                len: 0,
+                ends: match &req.frames {
+                    Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
+                    Frames::Resp(_) => Vec::new(),
+                },
+                reply: req.reply,
+                frames: req.frames,
+                sent: now,
+            });
+        }
+        if let Err(e) = conn.stream.write_all(&out).await {
+            fail(&mut pending, &e.to_string());
+            return Some(e.to_string());
+        }
+    }
     loop {
         // Hand out every complete reply.
         loop {
