@@ -617,7 +617,13 @@ pub async fn redis_rs(
             root_cert: Some(std::fs::read(&pki.ca).unwrap()),
         },
     )?;
-    client.get_multiplexed_async_connection().await
+    // redis-rs's own response deadline is short: a loaded machine (30 MB values) must not
+    // turn into a failed test.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// Polls `f` until it returns true, up to 10 s.
