@@ -389,10 +389,16 @@ fn acceptor(
                 generated,
                 "USING A SELF-SIGNED DEVELOPMENT CERTIFICATE: for local testing only; configure tls.cert and tls.key for anything else"
             );
-            tracing::warn!(
-                "connect with: redis-cli --tls --cacert {} -h 127.0.0.1 -p {port}",
-                files.ca.display()
-            );
+            match cfg.protocol {
+                Protocol::Redis => tracing::warn!(
+                    "connect with: redis-cli --tls --cacert {} -h 127.0.0.1 -p {port}",
+                    files.ca.display()
+                ),
+                Protocol::Memcached(_) => tracing::warn!(
+                    "connect with: openssl s_client -quiet -CAfile {} -connect 127.0.0.1:{port}   (then e.g. `version`; or pymemcache with tls_context)",
+                    files.ca.display()
+                ),
+            }
             (chain, key)
         }
     };

@@ -45,6 +45,35 @@ fn shipped_example_configs_are_valid() {
     }
 }
 
+/// As shipped (their files live under /etc/cachegate/tls on the machine they are for), the
+/// examples check with `--allow-missing-files`, which lists the files; without it, a missing
+/// file is the only problem reported for it (no second, misleading one).
+#[test]
+fn shipped_examples_check_as_shipped() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for example in ["cachegate.toml", "sidecar.toml", "gateway.toml"] {
+        let path = std::path::PathBuf::from(format!("{root}/config/{example}"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachegate"))
+            .args(["check", "--allow-missing-files", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{example}: {}", s(&out.stderr));
+        assert!(
+            s(&out.stdout).contains("/etc/cachegate/tls/"),
+            "{}",
+            s(&out.stdout)
+        );
+        let strict = check(&path);
+        assert_eq!(strict.status.code(), Some(64));
+        let problems = s(&strict.stderr);
+        assert!(
+            problems.lines().skip(1).all(|l| l.contains("no such file")),
+            "{example}: {problems}"
+        );
+    }
+}
+
 #[test]
 fn bad_config_exits_64_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();

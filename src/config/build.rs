@@ -376,6 +376,10 @@ fn listener(
         l.max_connections,
         DEFAULT_MAX_CONNECTIONS,
     );
+    // Whether certificates are to be verified, as configured (even if a file failed to load:
+    // that problem is reported once, on its own key).
+    let verifies_certs = l.tls.enabled != Some(false)
+        && matches!(l.tls.client_auth.as_deref(), Some("optional" | "required"));
     let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
     let cert_users = cert_users(
         p,
@@ -466,12 +470,7 @@ fn listener(
         );
     }
     if !cert_users.is_empty() {
-        let certs_verified = tls.as_ref().is_some_and(|t| {
-            t.as_ref().is_some_and(|t| {
-                !matches!(t.options.client_auth, crate::tls::server::ClientAuth::Off)
-            })
-        });
-        if !certs_verified {
+        if !verifies_certs {
             p.add(
                 format!("{key}.auth.certificate_users"),
                 "needs tls.client_auth = \"optional\" or \"required\" (certificates must be verified)",

@@ -26,6 +26,14 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A certificate, key, CA or CRL file that does not exist (where the configuration will
+    /// run, it may well).
+    pub fn is_missing_file(&self) -> bool {
+        self.message.ends_with(crate::tls::pem::MISSING_FILE)
+    }
+}
+
 /// Everything wrong with a configuration, reported at once.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -283,7 +291,7 @@ commands.disable = ["AUTH"]
             .unwrap();
         assert!(
             cert.message.contains("/nonexistent/missing-cert.pem")
-                && cert.message.contains("No such file"),
+                && cert.message.ends_with("no such file"),
             "{}",
             cert.message
         );

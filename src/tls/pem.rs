@@ -46,8 +46,15 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
+/// How a PEM file that does not exist is described (`cachegate check --allow-missing-files`
+/// recognises it by this ending).
+pub const MISSING_FILE: &str = "no such file";
+
 fn describe(path: &Path, err: rustls_pki_types::pem::Error) -> String {
     match err {
+        rustls_pki_types::pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("cannot read {}: {MISSING_FILE}", path.display())
+        }
         rustls_pki_types::pem::Error::Io(io) => format!("cannot read {}: {io}", path.display()),
         other => format!("{}: not valid PEM: {other}", path.display()),
     }
