@@ -34,6 +34,7 @@ pub mod memcached;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod proxy_header;
 pub mod read_room;
 pub mod server;
 pub mod session;

@@ -1,4 +1,6 @@
-//! The accept loop of one listener: connection limit, TLS handshake under a deadline, then a
+//! The accept loop of one listener: connection limit, PROXY protocol from trusted load
+//! balancers, the source allow-list (all before any TLS work), the TLS handshake under a
+//! deadline (or plaintext, on a `preferred` listener, decided by the first byte), then a
 //! session. Accept errors (EMFILE and friends) back off instead of spinning or exiting.
 
 use std::net::SocketAddr;
@@ -28,7 +30,69 @@ pub struct Listener {
     pub name: String,
     pub handler: Handler,
     pub tls: Option<(TlsAcceptor, Duration)>,
+    /// TLS and plaintext on one port (`transit_encryption_mode = "preferred"`).
+    pub preferred: bool,
     pub limit: Arc<Semaphore>,
+    /// Who may connect (after PROXY protocol); `None`: everyone who reaches the port.
+    pub allow: Option<Vec<ipnet::IpNet>>,
+    /// Load balancers whose PROXY protocol headers are believed.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
+    /// When a rejection was last logged as a security event (rate-limited), in ms since
+    /// `started`, and how many went unlogged since.
+    pub last_reject_log: std::sync::atomic::AtomicU64,
+    pub unlogged_rejects: std::sync::atomic::AtomicU64,
+    pub started: std::time::Instant,
+}
+
+/// How long a PROXY protocol header may take to arrive.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Listener {
+    /// Counts a connection closed before any TLS work, and logs it as a security event at
+    /// most once a second per listener (with how many were not logged since).
+    fn reject(&self, peer: SocketAddr, reason: &'static str) {
+        use std::sync::atomic::Ordering;
+        self.metrics
+            .connections_rejected
+            .get_or_create(&ReasonLabels {
+                listener: self.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_reject_log.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= 1000;
+        if !due
+            || self
+                .last_reject_log
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlogged_rejects.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let unlogged = self.unlogged_rejects.swap(0, Ordering::Relaxed);
+        self.metrics.security_event(
+            crate::metrics::SecurityEvent::new(
+                "connection",
+                "toplevel",
+                format!("{reason} (and {unlogged} more not logged since the last one)"),
+                "(none)",
+                &self.name,
+                format!("addr={peer} laddr=cachegate:{}", self.name),
+            ),
+            false,
+        );
+    }
+}
+
+fn contains(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// The protocol-specific session a connection runs once its TLS is up.
@@ -118,12 +182,37 @@ fn refuse(mut stream: TcpStream, message: Option<&'static [u8]>) {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     listener: &Listener,
     shutdown: CancellationToken,
 ) {
     let name = &listener.name;
+    // Behind a load balancer: the real client's address, from a header only trusted
+    // balancers may send; the allow-list, the AUTH throttle, ACL LOG and the logs then see it.
+    if let Some(trusted) = &listener.proxy_trusted {
+        if !contains(trusted, peer.ip()) {
+            listener.reject(peer, "untrusted_proxy");
+            return;
+        }
+        match tokio::time::timeout(PROXY_HEADER_TIMEOUT, crate::proxy_header::read(&mut stream))
+            .await
+        {
+            Ok(Ok(Some(client))) => peer = client,
+            // The balancer's own health check: its address stands.
+            Ok(Ok(None)) => {}
+            Ok(Err(_)) | Err(_) => {
+                listener.reject(peer, "proxy_header");
+                return;
+            }
+        }
+    }
+    if let Some(allow) = &listener.allow {
+        if !contains(allow, peer.ip()) {
+            listener.reject(peer, "not_allowed");
+            return;
+        }
+    }
     let connected = |tls_version: &str, client_cert: bool| {
         listener
             .metrics
@@ -132,6 +221,7 @@ async fn serve_connection(
                 listener: name.clone(),
                 tls_version: tls_version.to_string(),
                 client_cert: if client_cert { "verified" } else { "none" }.to_string(),
+                tls: (tls_version != "plaintext").to_string(),
             })
             .inc();
     };
@@ -140,6 +230,19 @@ async fn serve_connection(
         listener.handler.run(stream, peer, None, shutdown).await;
         return;
     };
+    if listener.preferred {
+        // TLS or plaintext, by the first byte (a TLS connection opens with a handshake record).
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(*deadline, stream.peek(&mut first)).await;
+        if !matches!(peeked, Ok(Ok(1))) {
+            return;
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            connected("plaintext", false);
+            listener.handler.run(stream, peer, None, shutdown).await;
+            return;
+        }
+    }
     let Some(tls) = accept_tls(stream, peer, listener, acceptor, *deadline).await else {
         return;
     };

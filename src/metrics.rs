@@ -36,6 +36,9 @@ pub struct ConnLabels {
     pub listener: String,
     /// "TLSv1.3", "TLSv1.2" or "plaintext".
     pub tls_version: String,
+    /// "true" or "false": with `transit_encryption_mode = "preferred"`, when this reaches zero
+    /// for "false", the last plaintext client is gone.
+    pub tls: String,
     /// "verified" when the client presented a certificate, else "none".
     pub client_cert: String,
 }
@@ -75,6 +78,7 @@ pub struct Metrics {
     pub command_seconds: HistogramFamily,
     pub unexpected_pushes: Family<ListenerLabels, Counter>,
     pub security_events: Family<ReasonLabels, Counter>,
+    pub connections_rejected: Family<ReasonLabels, Counter>,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
 }
@@ -188,6 +192,7 @@ impl Metrics {
             pinned_sessions: Family::default(),
             unexpected_pushes: Family::default(),
             security_events: Family::default(),
+            connections_rejected: Family::default(),
             command_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -259,6 +264,11 @@ impl Metrics {
             "security_events",
             "Security events by reason: auth, command, key, channel, cross_protocol",
             m.security_events.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections closed before any TLS work: not_allowed (source allow-list), untrusted_proxy, proxy_header",
+            m.connections_rejected.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -262,12 +262,22 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
             Some(t) => Some((acceptor(cfg, t, &config, &tcp)?, t.handshake_timeout)),
         };
         announce(cfg, &tcp, tls.is_some());
+        let preferred = cfg.tls.as_ref().is_some_and(|t| t.preferred);
+        if preferred {
+            tracing::warn!(listener = %cfg.name, "transit_encryption_mode = \"preferred\": PLAINTEXT CLIENTS ARE SERVED on this TLS port; watch cachegate_connections_total{{tls=\"false\"}} fall to zero, then set \"required\"");
+        }
         let listener = Arc::new(Listener {
             metrics: metrics.clone(),
             name: cfg.name.clone(),
             handler,
             tls,
+            preferred,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            allow: cfg.allow.clone(),
+            proxy_trusted: cfg.proxy_trusted.clone(),
+            last_reject_log: std::sync::atomic::AtomicU64::new(0),
+            unlogged_rejects: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         listeners.push((tcp, listener));
     }

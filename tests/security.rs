@@ -142,7 +142,7 @@ async fn metrics_count_what_happened_and_never_a_secret() {
         metric(
             &text,
             &format!(
-                "cachegate_connections_total{{{l},tls_version=\"TLSv1.2\",client_cert=\"none\"}}"
+                "cachegate_connections_total{{{l},tls_version=\"TLSv1.2\",tls=\"true\",client_cert=\"none\"}}"
             )
         ) >= 1.0,
         "{text}"
@@ -151,7 +151,7 @@ async fn metrics_count_what_happened_and_never_a_secret() {
         metric(
             &text,
             &format!(
-                "cachegate_connections_total{{{l},tls_version=\"TLSv1.3\",client_cert=\"none\"}}"
+                "cachegate_connections_total{{{l},tls_version=\"TLSv1.3\",tls=\"true\",client_cert=\"none\"}}"
             )
         ) >= 1.0
     );

@@ -74,6 +74,10 @@ pub struct ListenerConfig {
     pub cert_users: Vec<CertMapping>,
     pub bind: SocketAddr,
     pub max_connections: usize,
+    /// Source networks that may connect (after PROXY protocol); `None`: everyone.
+    pub allow: Option<Vec<ipnet::IpNet>>,
+    /// Load balancers whose PROXY protocol headers are believed; `None`: no PROXY protocol.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
     /// `None`: a plaintext listener (allowed, with a warning when not on loopback).
     pub tls: Option<ListenerTls>,
     pub auth: AuthMode,
@@ -129,6 +133,9 @@ pub struct ListenerTls {
     pub identity: Identity,
     pub options: ServerTlsOptions,
     pub handshake_timeout: Duration,
+    /// `transit_encryption_mode = "preferred"`: plaintext clients are served too (decided by
+    /// the first byte), while a fleet moves to TLS.
+    pub preferred: bool,
 }
 
 pub enum Identity {
@@ -381,6 +388,21 @@ fn listener(
     let verifies_certs = l.tls.enabled != Some(false)
         && matches!(l.tls.client_auth.as_deref(), Some("optional" | "required"));
     let tls = server_tls(p, &format!("{key}.tls"), l.tls, base);
+    let allow = match l.allow {
+        None => Some(None),
+        Some(list) => networks(p, &format!("{key}.allow"), &list).map(Some),
+    };
+    let proxy_trusted = match l.proxy_protocol {
+        None => Some(None),
+        Some(pp) if pp.trusted.is_empty() => {
+            p.add(
+                format!("{key}.proxy_protocol.trusted"),
+                "lists the load balancers whose PROXY headers are believed: it cannot be empty",
+            );
+            None
+        }
+        Some(pp) => networks(p, &format!("{key}.proxy_protocol.trusted"), &pp.trusted).map(Some),
+    };
     let cert_users = cert_users(
         p,
         &format!("{key}.auth.certificate_users"),
@@ -503,6 +525,8 @@ fn listener(
         cert_users,
         bind: bind?,
         max_connections,
+        allow: allow?,
+        proxy_trusted: proxy_trusted?,
         tls: tls?,
         auth: auth?,
         policy: policy?,
@@ -521,6 +545,24 @@ fn server_tls(
         return Some(None);
     }
     let before = p.list.len();
+    let preferred = match t.transit_encryption_mode.as_deref() {
+        None | Some("required") => false,
+        Some("preferred") if matches!(t.client_auth.as_deref(), Some("required")) => {
+            p.add(
+                format!("{key}.transit_encryption_mode"),
+                "\"preferred\" admits plaintext clients, which cannot present the client certificate that client_auth = \"required\" demands: pick one",
+            );
+            false
+        }
+        Some("preferred") => true,
+        Some(other) => {
+            p.add(
+                format!("{key}.transit_encryption_mode"),
+                format!("`{other}` is not one of \"required\", \"preferred\""),
+            );
+            false
+        }
+    };
     let min_version = match t.min_version.as_deref() {
         None | Some("1.2") => MinVersion::Tls12,
         Some("1.3") => MinVersion::Tls13,
@@ -612,7 +654,27 @@ fn server_tls(
             session_resumption: t.session_resumption.unwrap_or(true),
         },
         handshake_timeout: t.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        preferred,
     }))
+}
+
+/// CIDR networks (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a single host).
+fn networks(p: &mut Problems, key: &str, list: &[String]) -> Option<Vec<ipnet::IpNet>> {
+    let before = p.list.len();
+    let mut nets = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        match text.parse::<ipnet::IpNet>() {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => nets.push(ipnet::IpNet::from(ip)),
+                Err(_) => p.add(
+                    format!("{key}[{i}]"),
+                    format!("`{text}` is not a CIDR network (like 10.0.0.0/8) or an IP address"),
+                ),
+            },
+        }
+    }
+    (p.list.len() == before).then_some(nets)
 }
 
 fn certs(p: &mut Problems, key: &str, path: &Path) -> Option<Vec<CertificateDer<'static>>> {

@@ -74,6 +74,10 @@ pub struct ListenerFile {
     pub protocol: Option<String>,
     pub bind: Option<String>,
     pub max_connections: Option<u64>,
+    /// Source addresses (CIDR) that may connect; everyone when absent.
+    pub allow: Option<Vec<String>>,
+    /// PROXY protocol v1/v2 headers, accepted only from these load balancers.
+    pub proxy_protocol: Option<ProxyProtocolFile>,
     #[serde(default)]
     pub tls: ServerTlsFile,
     #[serde(default)]
@@ -83,6 +87,13 @@ pub struct ListenerFile {
     pub upstream: Option<UpstreamFile>,
     /// Only for `protocol = "memcached"`.
     pub memcached: Option<MemcachedFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolFile {
+    #[serde(default)]
+    pub trusted: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +110,8 @@ pub struct MemcachedFile {
 #[derive(Debug, Default, Deserialize)]
 pub struct ServerTlsFile {
     pub enabled: Option<bool>,
+    /// "required" (the default) or "preferred": TLS and plaintext on one port.
+    pub transit_encryption_mode: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub min_version: Option<String>,

@@ -1,0 +1,186 @@
+//! Running cachegate behind load balancers and through a TLS migration: the source
+//! allow-list, PROXY protocol from trusted balancers, and the "preferred" transit mode.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}\
+         auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await
+}
+
+/// A TCP connection from `source`, with `prefix` written first (a PROXY header), then TLS.
+async fn tls_after(
+    pki: &Pki,
+    addr: SocketAddr,
+    source: &str,
+    prefix: &[u8],
+) -> std::io::Result<RawClient> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    let mut tcp = socket.connect(addr).await?;
+    tcp.write_all(prefix).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config(rustls::ALL_VERSIONS, None))
+        .connect(name, tcp)
+        .await?;
+    Ok(RawClient::new(Box::new(tls)))
+}
+
+/// Whether a client is served: a PING answered.
+async fn served(client: std::io::Result<RawClient>) -> bool {
+    match client {
+        Ok(mut c) => {
+            c.send_cmd(&["PING"]).await;
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(5), c.try_read()).await,
+                Ok(Some(reply)) if reply == b"+PONG\r\n"
+            )
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_sources_get_a_handshake() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "allow = [\"127.0.0.2/32\", \"::1\"]\n").await;
+    assert!(served(tls_after(&pki, proxy.addr, "127.0.0.2", b"").await).await);
+    assert!(!served(tls_after(&pki, proxy.addr, "127.0.0.3", b"").await).await);
+    let text = proxy.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &text,
+            "cachegate_connections_rejected_total{listener=\"edge\",reason=\"not_allowed\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // Refused before any TLS work: no handshake was counted, failed or not.
+    assert!(!text.contains("cachegate_tls_handshake_failures_total{listener=\"edge\""));
+    // And as a security event (ACL LOG keeps it).
+    assert!(
+        metric(
+            &text,
+            "cachegate_security_events_total{listener=\"edge\",reason=\"connection\"}"
+        ) >= 1.0
+    );
+    let bad = cachegate::config::parse(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"none\"\nallow = [\"10.0.0.0/33\", \"nope\"]\nupstream.address = \"127.0.0.1:1\"\n",
+        "t",
+        std::path::Path::new("."),
+    )
+    .unwrap_err();
+    assert_eq!(bad.problems.len(), 2, "{bad}");
+}
+
+/// Behind a balancer, the PROXY header's client address is the one the allow-list and the
+/// session see; headers are believed only from trusted balancers, and a trusted balancer's
+/// connection without a valid header is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_trusted_balancers() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(
+        &pki,
+        &redis,
+        "proxy_protocol = { trusted = [\"127.0.0.2/32\"] }\nallow = [\"192.0.2.0/24\"]\n",
+    )
+    .await;
+    let v1 = b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 6380\r\n";
+    let mut c = tls_after(&pki, proxy.addr, "127.0.0.2", v1).await.unwrap();
+    let info = s(&c.cmd(&["CLIENT", "INFO"]).await);
+    assert!(info.contains("addr=192.0.2.7:51000"), "{info}");
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "192.0.2.9:40000".parse::<SocketAddr>().unwrap(),
+            "10.0.0.1:6380".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    let mut c = tls_after(&pki, proxy.addr, "127.0.0.2", &v2).await.unwrap();
+    assert!(s(&c.cmd(&["CLIENT", "INFO"]).await).contains("addr=192.0.2.9:40000"));
+    // A client outside the allow-list, behind the trusted balancer.
+    let outside = b"PROXY TCP4 198.51.100.1 10.0.0.1 51000 6380\r\n";
+    assert!(!served(tls_after(&pki, proxy.addr, "127.0.0.2", outside).await).await);
+    // The same header from an untrusted source, and the trusted one without a header.
+    assert!(!served(tls_after(&pki, proxy.addr, "127.0.0.3", v1).await).await);
+    assert!(!served(tls_after(&pki, proxy.addr, "127.0.0.2", b"").await).await);
+    let text = proxy.admin_get("/metrics").await.1;
+    for (reason, n) in [
+        ("not_allowed", 1.0),
+        ("untrusted_proxy", 1.0),
+        ("proxy_header", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(
+                    "cachegate_connections_rejected_total{{listener=\"edge\",reason=\"{reason}\"}}"
+                )
+            ),
+            n,
+            "{reason}: {text}"
+        );
+    }
+}
+
+/// `transit_encryption_mode = "preferred"` serves TLS and plaintext on one port (decided by
+/// the first byte), and counts each, so an operator sees when the last plaintext client is
+/// gone. Plaintext is never allowed where client certificates are required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_mode_serves_both_and_counts_plaintext() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(
+        &pki,
+        &redis,
+        "tls.transit_encryption_mode = \"preferred\"\n",
+    )
+    .await;
+    let mut tls = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(tls.cmd(&["PING"]).await, b"+PONG\r\n");
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut plain = RawClient::new(Box::new(tcp));
+    assert_eq!(plain.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(plain.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    let text = proxy.admin_get("/metrics").await.1;
+    let plaintext = text
+        .lines()
+        .find(|l| {
+            l.starts_with("cachegate_connections_total{listener=\"edge\"")
+                && l.contains("tls=\"false\"")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(plaintext.ends_with(" 1"), "{plaintext}");
+    let err = cachegate::config::parse(
+        &format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"none\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\ntls.transit_encryption_mode = \"preferred\"\nupstream.address = \"127.0.0.1:1\"\n",
+            pki.tls_toml(),
+            pki.ca
+        ),
+        "t",
+        std::path::Path::new("."),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("transit_encryption_mode"), "{err}");
+}
