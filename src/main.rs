@@ -178,6 +178,9 @@ fn main() -> ExitCode {
             config.listeners.len(),
             if config.listeners.len() == 1 { "" } else { "s" }
         );
+        for secret in &config.secret_sources {
+            println!("  secret {}: from {}", secret.key, secret.from);
+        }
         return ExitCode::SUCCESS;
     }
     match run(config) {

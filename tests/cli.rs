@@ -341,3 +341,92 @@ async fn bench_smoke_against_redis_and_memcached() {
         }
     }
 }
+
+/// Secrets from outside the file: `${VAR}` and `..._file` for tokens, the upstream password
+/// and user passwords. `cachegate check` says where each came from, never the value; a
+/// missing variable or file is a problem naming its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_files_and_the_environment() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "canary-upstream-from-file"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), "canary-token-from-file-1\n").unwrap();
+    std::fs::write(dir.path().join("upstream"), "canary-upstream-from-file\n").unwrap();
+    std::fs::write(dir.path().join("app"), "canary-user-from-file\n").unwrap();
+    let config = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [\"${{CG_TEST_TOKEN_7}}\"]\nauth.tokens_file = \"tokens\"\n\
+         upstream.address = {:?}\nupstream.password_file = \"upstream\"\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"g\"\nupstream.address = {:?}\n\
+         upstream.password = \"${{CG_TEST_UPSTREAM_7}}\"\n\
+         [[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on >${{CG_TEST_APP_7}} ~* +@all\"\npassword_file = \"app\"\n\
+         [user_groups]\ng = [\"default\", \"app\"]\n",
+        pki.tls_toml(),
+        redis.address(),
+        pki.tls_toml(),
+        redis.address(),
+    );
+    let path = dir.path().join("secrets.toml");
+    std::fs::write(&path, &config).unwrap();
+    let envs = [
+        ("CG_TEST_TOKEN_7", "canary-token-from-env-1"),
+        ("CG_TEST_UPSTREAM_7", "canary-upstream-from-file"),
+        ("CG_TEST_APP_7", "canary-user-from-env"),
+    ];
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .envs(envs)
+        .output()
+        .unwrap();
+    let text = s(&out.stdout);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    for line in [
+        "secret listeners[0].auth.tokens[0]: from environment variable CG_TEST_TOKEN_7",
+        "secret listeners[0].auth.tokens[1]: from file tokens (line 1)",
+        "secret listeners[0].upstream.password: from file upstream",
+        "secret listeners[1].upstream.password: from environment variable CG_TEST_UPSTREAM_7",
+        "secret users[1].acl: from environment variable CG_TEST_APP_7",
+        "secret users[1].password_file: from file app",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(!text.contains("canary"), "{text}");
+    // Unset: a problem naming the key and the variable, never a value.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains(
+            "listeners[0].auth.tokens[0]: environment variable CG_TEST_TOKEN_7 is not set"
+        ),
+        "{err}"
+    );
+    // And they work: the proxy runs with them.
+    let prefix: String = envs.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let (mut child, addr, logs) = spawn(&config, dir.path(), &prefix);
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert_eq!(
+        c.cmd(&["AUTH", "canary-token-from-file-1"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["AUTH", "canary-token-from-env-1"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        c.cmd(&["PING"]).await,
+        b"+PONG\r\n",
+        "upstream password from the file"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged: Vec<String> = logs.try_iter().collect();
+    assert!(
+        !logged.join("\n").contains("canary"),
+        "a secret reached the logs"
+    );
+}

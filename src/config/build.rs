@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
+    /// Where each secret came from (never its value), for `cachegate check`.
+    pub secret_sources: Vec<super::secrets::SecretSource>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +309,7 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
         return None;
     }
     Some(Config {
+        secret_sources: Vec::new(),
         admin,
         data_dir: file
             .data_dir

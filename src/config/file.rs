@@ -33,6 +33,8 @@ pub struct UserFile {
     pub acl: Option<String>,
     /// Only a client certificate mapped to this user logs it in; a password alone is refused.
     pub cert_required: Option<bool>,
+    /// A file holding one more password for this user (`/run/secrets/...`).
+    pub password_file: Option<PathBuf>,
 }
 
 // Rule strings may hold `>password`: never print them.
@@ -132,6 +134,8 @@ pub struct AuthFile {
     pub backend_users: Option<bool>,
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// A file with the tokens, one a line (added to `tokens`).
+    pub tokens_file: Option<PathBuf>,
     /// With `mode = "acl"`: the user group whose users may log in here.
     pub user_group: Option<String>,
     /// Failed AUTHs after which a connection is closed (0: never).
@@ -182,6 +186,8 @@ pub struct UpstreamFile {
     pub nodes: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// A file holding the upstream password.
+    pub password_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

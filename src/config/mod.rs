@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod file;
+pub mod secrets;
 
 use std::path::Path;
 
@@ -104,7 +105,7 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
             message: "unknown key".into(),
         });
     });
-    let file = match file {
+    let mut file = match file {
         Ok(f) => f,
         Err(e) => {
             problems.push(Problem {
@@ -114,9 +115,13 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
             return Err(fail(problems));
         }
     };
+    let sources = secrets::resolve(&mut file, base, &mut problems);
     let config = build::build(file, base, &mut problems);
     match config {
-        Some(c) if problems.is_empty() => Ok(c),
+        Some(mut c) if problems.is_empty() => {
+            c.secret_sources = sources;
+            Ok(c)
+        }
         _ => Err(fail(problems)),
     }
 }
