@@ -19,6 +19,9 @@ pub struct MemoryBudget {
     used: AtomicUsize,
 }
 
+/// How an [`OverBudget`] error's text begins, for code that has only the text.
+pub const OVER_BUDGET_PREFIX: &str = "cachegate's buffers for all clients are at their limit";
+
 /// The budget would be exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cachegate's buffers for all clients are at their limit ({limit} bytes, limits.max_buffered_bytes)")]
@@ -51,6 +54,14 @@ pub struct Charge {
 impl Charge {
     pub fn new(budget: Arc<MemoryBudget>) -> Self {
         Self { budget, held: 0 }
+    }
+
+    /// A charge for exactly `bytes` (no free share): replies held for a session until it
+    /// takes them. Refused past the process's limit.
+    pub fn exact(budget: &Arc<MemoryBudget>, bytes: usize) -> Result<Self, OverBudget> {
+        let mut charge = Self::new(budget.clone());
+        charge.hold(bytes + FREE_PER_SESSION)?;
+        Ok(charge)
     }
 
     /// From now on this holder keeps `bytes` in total: more or less than before. Growing past

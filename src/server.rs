@@ -176,6 +176,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                             resp3,
                             cfg.upstream.request_timeout,
                             pushes.clone(),
+                            budget.clone(),
                             stop_shared.clone(),
                         )
                     };
@@ -236,6 +237,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                             false,
                             cfg.upstream.request_timeout,
                             prometheus_client::metrics::counter::Counter::default(),
+                            budget.clone(),
                             stop_shared.clone(),
                         )
                     });

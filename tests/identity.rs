@@ -156,6 +156,16 @@ async fn memcached_categories_and_key_patterns() {
     // noreply stays silent even when refused, as memcached is for errors.
     anon.send(b"set pub:2 0 0 1 noreply\r\nv\r\n").await;
     assert_eq!(anon.values("get pub:2\r\n").await, "END\r\n");
+    // mg reads, but with T (new TTL) or N (create on miss) it writes: refused to a reader,
+    // as gat and touch are.
+    for line in ["mg pub:1 T1 t\r\n", "mg pub:new N3600 v t\r\n"] {
+        assert_eq!(
+            anon.line(line).await,
+            "CLIENT_ERROR permission denied\r\n",
+            "{line}"
+        );
+    }
+    assert!(!node.holds("pub:new").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,6 +435,10 @@ async fn generated_corpus_verdicts_match_acl_dryrun() {
         "BLMPOP 0 2 app:a other LEFT",
         "MIGRATE h 1 '' 0 10 KEYS app:a other",
         "MIGRATE h 1 other 0 10",
+        "MIGRATE h 1 '' 0 10 AUTH KEYS",
+        "MIGRATE h 1 '' 0 10 AUTH2 KEYS KEYS app:a",
+        "MIGRATE h 1 '' 0 10 COPY REPLACE KEYS app:a other",
+        "MIGRATE h 1 app:a 0 10 KEYS other",
         "XREAD COUNT 1 STREAMS app:s other 0 0",
         "XREADGROUP GROUP g c STREAMS app:s 0",
         "ZUNIONSTORE app:d 2 app:a other",
@@ -562,6 +566,28 @@ async fn scripts_keep_to_the_users_keys_with_backend_users() {
     let mut admin = redis.direct().await;
     assert_eq!(admin.cmd(&["AUTH", "admin-password"]).await, b"+OK\r\n");
     assert_eq!(admin.cmd(&["EXISTS", "other:x"]).await, b":0\r\n");
+    // The backend loses the mirrored user (a restart without an ACL file, an operator's
+    // DELUSER): the next session provisions it again before anything runs, even with the
+    // scripts pipelined behind its login.
+    assert_eq!(
+        admin
+            .cmd(&["ACL", "DELUSER", "cachegate-guarded-app"])
+            .await,
+        b":1\r\n"
+    );
+    let mut again = RawClient::tls(&pki, proxy.addrs[0]).await;
+    assert_eq!(again.cmd(&["AUTH", "app", "app-pw"]).await, b"+OK\r\n");
+    let mut wire = Vec::new();
+    for i in 0..5 {
+        let script = format!("return redis.call('SET', 'other:p{i}', '1')");
+        wire.extend(encode(&[b"EVAL", script.as_bytes(), b"0"]));
+    }
+    again.send(&wire).await;
+    for _ in 0..5 {
+        let reply = s(&again.read().await);
+        assert!(reply.starts_with("-") && reply.contains("key"), "{reply}");
+    }
+    assert_eq!(admin.cmd(&["KEYS", "other:p*"]).await, b"*0\r\n");
     // The control: the same user on a listener without backend users writes other:x.
     let mut open = RawClient::tls(&pki, proxy.addrs[1]).await;
     assert_eq!(open.cmd(&["AUTH", "app", "app-pw"]).await, b"+OK\r\n");

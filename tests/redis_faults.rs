@@ -287,3 +287,66 @@ async fn a_down_backend_answers_at_once_and_the_first_request_after_it_returns_w
     let mut pinned = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(pinned.cmd(&["WATCH", "k"]).await, b"+OK\r\n");
 }
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// A client that pipelines thousands of GETs of a 1 MiB value and does not read its replies
+/// cannot pile them up in cachegate (they once reached 3.9 GB against a 64 MiB limit): replies
+/// held for it count against `limits.max_buffered_bytes` (past it they are refused), and it
+/// may have only so many commands in flight before cachegate stops reading it. Another client
+/// on the same shared connection is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_cannot_pile_up_replies() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_buffered_bytes = 67108864\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.shared_connections = 1\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut direct = redis.direct().await;
+    let value = "v".repeat(1 << 20);
+    assert_eq!(direct.cmd(&["SET", "big", &value]).await, b"+OK\r\n");
+    let before = resident_bytes();
+    let mut hog = RawClient::tls(&pki, proxy.addr).await;
+    let get = encode(&[b"GET", b"big"]);
+    let wire: Vec<u8> = get.iter().copied().cycle().take(get.len() * 3000).collect();
+    // Sent without reading; cachegate stops reading it once enough is in flight.
+    let sending = tokio::spawn(async move {
+        hog.send(&wire).await;
+        hog
+    });
+    // The hog's GETs are being served before the victim asks anything.
+    assert!(
+        eventually(|| async {
+            let mut d = redis.direct().await;
+            let stats = s(&d.cmd(&["INFO", "commandstats"]).await);
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+                .and_then(|v| v.split(',').next()?.parse::<u32>().ok())
+                .is_some_and(|calls| calls >= 400)
+        })
+        .await
+    );
+    let mut victim = RawClient::tls(&pki, proxy.addr).await;
+    for i in 0..5 {
+        let word = format!("still-here-{i}");
+        assert_eq!(
+            victim.cmd(&["ECHO", &word]).await,
+            format!("${}\r\n{word}\r\n", word.len()).into_bytes()
+        );
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(grown < 900 << 20, "grew by {} MiB", grown >> 20);
+    drop(sending);
+}

@@ -277,24 +277,40 @@ fn georadius_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     keys
 }
 
-/// MIGRATE host port key|"" db timeout [... KEYS k1 k2 ...]: as Redis's `migrateGetKeys`, the
-/// key argument, or the keys after KEYS when it is empty. Read and deleted.
+/// MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw | AUTH2 user pw] [KEYS k...]:
+/// as Redis's `migrateGetKeys`: the options after the timeout are walked with their arguments
+/// skipped (so `AUTH KEYS` is a password, not the keyword), and the keys are those after KEYS
+/// when it comes, else the key argument (even empty). Read and deleted.
 fn migrate_keys(args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     let used = |index| KeyUse {
         index,
         read: true,
         write: true,
     };
-    match args.get(3) {
-        Some(k) if k.as_ref().is_empty() => {
-            match (1..args.len()).find(|&i| args[i].as_ref().eq_ignore_ascii_case(b"KEYS")) {
-                Some(at) => (at + 1..args.len()).map(used).collect(),
-                None => Vec::new(),
+    let is = |i: usize, w: &[u8]| args[i].as_ref().eq_ignore_ascii_case(w);
+    let (mut first, mut count) = (3, 1);
+    let mut i = 6;
+    while i < args.len() {
+        if is(i, b"KEYS") {
+            if args.get(3).is_some_and(|k| !k.as_ref().is_empty()) {
+                // Redis refuses the call (the key argument must be empty with KEYS).
+                return Vec::new();
             }
+            first = i + 1;
+            count = args.len() - first;
+            break;
         }
-        Some(_) => vec![used(3)],
-        None => Vec::new(),
+        if is(i, b"AUTH") {
+            i += 1;
+        } else if is(i, b"AUTH2") {
+            i += 2;
+        }
+        i += 1;
     }
+    (first..first + count)
+        .filter(|&index| index < args.len())
+        .map(used)
+        .collect()
 }
 
 #[cfg(test)]
@@ -363,6 +379,13 @@ mod tests {
         );
         let migrate = keys(&["MIGRATE", "h", "1", "", "0", "10", "KEYS", "a", "b"]);
         assert_eq!(migrate, vec![(7, true, true), (8, true, true)]);
+        // `AUTH KEYS`: KEYS is the password; the (empty) key argument is the key.
+        let migrate = keys(&["MIGRATE", "h", "1", "", "0", "10", "AUTH", "KEYS"]);
+        assert_eq!(migrate, vec![(3, true, true)]);
+        let migrate = keys(&[
+            "MIGRATE", "h", "1", "", "0", "10", "AUTH2", "u", "KEYS", "KEYS", "k",
+        ]);
+        assert_eq!(migrate, vec![(10, true, true)]);
         // Malformed calls yield no keys (the server reports the arity error).
         assert_eq!(keys(&["EVAL", "s", "x"]), vec![]);
     }

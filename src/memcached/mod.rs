@@ -537,6 +537,8 @@ async fn shared_exchange(
             frames.into_iter().map(Ok).collect()
         }
         Ok(_) => vec![Err("wrong number of replies".into()); n],
+        // The process's buffer bound refused the replies: the node is fine.
+        Err(e) if e.starts_with(crate::budget::OVER_BUDGET_PREFIX) => vec![Err(e); n],
         Err(e) => {
             tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
             ctx.record(node, false);
@@ -624,7 +626,9 @@ fn answer(req: &McRequest, reply: &Bytes, out: &mut BytesMut) {
 }
 
 fn answer_failure(ctx: &Context, req: &McRequest, err: &str, out: &mut BytesMut) {
-    let miss = ctx.config.on_node_down == NodeDown::Miss;
+    // A reply refused for the process's buffer bound is no node failure: never a miss.
+    let miss = ctx.config.on_node_down == NodeDown::Miss
+        && !err.starts_with(crate::budget::OVER_BUDGET_PREFIX);
     match req.cmd {
         Cmd::Meta if miss && req.tokens[0] == "mg" => {
             if !req.quiet {
@@ -676,7 +680,10 @@ fn merge_values(
                     items.entry(key).or_default().push_back(item);
                 }
             }
-            Err(e) if ctx.config.on_node_down == NodeDown::Error => {
+            Err(e)
+                if ctx.config.on_node_down == NodeDown::Error
+                    || e.starts_with(crate::budget::OVER_BUDGET_PREFIX) =>
+            {
                 out.extend_from_slice(&server_error(&ctx.nodes[node].label, e));
                 return;
             }
@@ -804,7 +811,18 @@ fn acl_calls(req: &McRequest) -> Vec<Vec<Bytes>> {
         (Cmd::KeyLine, b"touch") => vec![call(&["expire", "1"], key)],
         (Cmd::KeyLine, _) | (Cmd::Meta, b"ma") => vec![call(&["incrby", "1"], key)],
         (Cmd::Meta, b"me") => vec![call(&["debug", "object"], None)],
-        (Cmd::Meta, _) => vec![call(&["get"], key)],
+        // mg reads, but `T` changes the TTL and `N` creates the item: writes, checked as such.
+        (Cmd::Meta, _) => {
+            let flag = |f: u8| req.tokens.iter().skip(2).any(|t| t.first() == Some(&f));
+            let mut calls = vec![call(&["get"], key)];
+            if flag(b'T') {
+                calls.push(call(&["getex"], key));
+            }
+            if flag(b'N') {
+                calls.push(call(&["set", "v"], key));
+            }
+            calls
+        }
         (Cmd::Broadcast, b"flush_all") => vec![call(&["flushall"], None)],
         (Cmd::Broadcast, _) => vec![call(&["config", "set", "loglevel", "notice"], None)],
         (Cmd::Stats, _) => vec![call(&["info"], None)],

@@ -52,6 +52,10 @@ use sharing::Sharing;
 
 /// Commands queued between the two halves before the request side stops reading.
 const MAX_QUEUED: usize = 1024;
+/// Commands a session may have in flight on shared connections: past this it stops reading
+/// its client until replies are taken, so that one client that does not read cannot pile up
+/// replies (memory, and delay for the others on the same connection).
+const MAX_SHARED_IN_FLIGHT: u32 = 512;
 /// Upstream bytes gathered before a write, so that pipelines become one write.
 const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
 /// Client bytes gathered before a write.
@@ -141,6 +145,8 @@ type Labels = smallvec::SmallVec<[&'static str; 4]>;
 
 struct SharedWait {
     reply: oneshot::Receiver<SharedReply>,
+    /// This batch's share of the session's in-flight allowance, given back with the replies.
+    _in_flight: tokio::sync::OwnedSemaphorePermit,
     /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
@@ -166,9 +172,9 @@ struct Expect {
     rewrite: Option<Rewrite>,
     /// The command's metric label and when it was sent, for the latency histogram.
     timed: Option<(&'static str, Instant)>,
-    /// A login cachegate sent on the session's behalf: an error reply ends the session (its
-    /// commands must not run as anyone else).
-    critical: bool,
+    /// Told whether that login succeeded: the request side waits for it before it sends
+    /// anything else on the connection.
+    login: Option<oneshot::Sender<bool>>,
 }
 
 impl Expect {
@@ -180,7 +186,7 @@ impl Expect {
             blocking: false,
             rewrite: None,
             timed: None,
-            critical: false,
+            login: None,
         }
     }
 
@@ -226,6 +232,7 @@ pub async fn run<S>(
         pin_state: PinState::default(),
         id: next_client_id(),
         up_as: RunsAs::Listener,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SHARED_IN_FLIGHT as usize)),
         started: Instant::now(),
         name: None,
         batch: None,
@@ -298,6 +305,8 @@ struct RequestSide<'a> {
     id: u64,
     /// Who its own upstream connection is logged in as.
     up_as: RunsAs,
+    /// Commands it may still have in flight on shared connections.
+    in_flight: Arc<tokio::sync::Semaphore>,
     started: Instant,
     name: Option<Bytes>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
@@ -803,11 +812,46 @@ impl RequestSide<'_> {
                 None => ids.listener.clone(),
             },
         };
-        let mut expect = Expect::swallowed(1);
-        expect.critical = true;
-        self.forward_raw(&auth, expect).await?;
+        if self.up.is_none() {
+            // Connect first (a pooled connection is logged in as the listener's user).
+            let ping = [Bytes::from_static(b"PING")];
+            self.forward_raw(&ping, Expect::swallowed(1)).await?;
+        }
+        let mut frame = BytesMut::new();
+        encode_command(&mut frame, auth.iter().map(|a| &a[..]));
+        // Nothing else goes on the connection until the login is known to have worked: a
+        // command pipelined behind a refused AUTH would run as the previous user.
+        if !Box::pin(self.own_roundtrip(&frame)).await? {
+            // The backend lost the user (restarted without its ACL file, or someone removed
+            // it): provisioned again with the configured credentials, then tried once more.
+            tracing::warn!(listener = %self.ctx.listener, "a backend user's login was refused: provisioning the backend users again");
+            let connector = self.ctx.pool.connector();
+            let mut provisioned = connector.provision.is_some();
+            if let Some(provision) = &connector.provision {
+                for step in provision.admin_auth.iter().chain(&provision.setusers) {
+                    provisioned &= Box::pin(self.own_roundtrip(step)).await?;
+                }
+            }
+            if !provisioned || !Box::pin(self.own_roundtrip(&frame)).await? {
+                return Err(SessionError::Upstream(UpstreamError::Unexpected(
+                    "the backend refused this session's backend user".into(),
+                )));
+            }
+        }
         self.up_as = want.clone();
         Ok(None)
+    }
+
+    /// Sends a pre-encoded command on the session's own connection and waits for its reply:
+    /// whether it succeeded. Only for cachegate's own commands (logins, provisioning).
+    async fn own_roundtrip(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
+        let (done, reply) = oneshot::channel();
+        let mut expect = Expect::swallowed(1);
+        expect.login = Some(done);
+        self.send_slot(Slot::Upstream(expect)).await?;
+        self.wbuf.extend_from_slice(frame);
+        self.flush_upstream().await?;
+        Ok(reply.await.unwrap_or(false))
     }
 
     /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
@@ -1143,7 +1187,16 @@ impl RequestSide<'_> {
         };
         let (tx, rx) = oneshot::channel();
         let n = batch.labels.len();
+        let want = (n as u32).min(MAX_SHARED_IN_FLIGHT);
+        let permits = match self.in_flight.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            // Rare: the client has many replies waiting. Boxed, so the session stays small.
+            Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(want))
+                .await
+                .map_err(|_| closed())?,
+        };
         self.queue_slot(Slot::Shared(SharedWait {
+            _in_flight: permits,
             reply: rx,
             rewrite,
             labels: batch.labels,
@@ -1769,27 +1822,16 @@ fn route(
         out.push(frame);
         return Ok(());
     };
+    let has_login = cur.expect.login.is_some();
+    if let Some(login) = cur.expect.login.take() {
+        let _ = login.send(kind != ReplyKind::Error);
+    }
     if cur.expect.forward {
         match cur.expect.rewrite {
             Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy)),
             None => out.push(frame),
         }
-    } else if kind == ReplyKind::Error && cur.expect.critical {
-        tracing::warn!(
-            listener = %ctx.listener,
-            reply = %crate::upstream::conn::printable(&frame),
-            "the backend refused a session's login as its backend user; ending the session"
-        );
-        // Provisioned again by the next connection.
-        if let Some(provision) = &ctx.pool.connector().provision {
-            provision
-                .done
-                .store(false, std::sync::atomic::Ordering::Release);
-        }
-        return Err(UpstreamError::Unexpected(
-            "the backend refused this session's backend user; try again".into(),
-        ));
-    } else if kind == ReplyKind::Error {
+    } else if kind == ReplyKind::Error && !has_login {
         tracing::warn!(
             listener = %ctx.listener,
             reply = %crate::upstream::conn::printable(&frame),

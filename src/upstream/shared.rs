@@ -30,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// While down, a request tries a connect at once if the last try is at least this old.
 pub const ON_DEMAND_AFTER: Duration = Duration::from_millis(100);
 
+/// A shared connection's read buffer larger than this is given back once empty.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
 /// Requests gathered into one write at most.
 const MAX_BATCH: usize = 256;
 /// Requests queued per shared connection before senders wait.
@@ -51,6 +54,9 @@ pub struct Replies {
     pub bytes: Bytes,
     /// memcached: where each reply ends in `bytes` (RESP replies are relayed whole: empty).
     ends: Vec<usize>,
+    /// These bytes' share of the process's buffer budget, given back when the session is done
+    /// with them (its own budget takes over for what it queues for its client).
+    _charge: crate::budget::Charge,
 }
 
 impl Replies {
@@ -117,6 +123,7 @@ impl SharedPool {
         resp3: bool,
         timeout: Duration,
         unexpected_pushes: Counter,
+        budget: Arc<crate::budget::MemoryBudget>,
         shutdown: CancellationToken,
     ) -> Self {
         let senders = (0..count.max(1))
@@ -127,6 +134,7 @@ impl SharedPool {
                     resp3,
                     timeout,
                     unexpected_pushes: unexpected_pushes.clone(),
+                    budget: budget.clone(),
                 };
                 tokio::spawn(run(link, rx, shutdown.clone()));
                 tx
@@ -151,6 +159,7 @@ struct Link {
     resp3: bool,
     timeout: Duration,
     unexpected_pushes: Counter,
+    budget: Arc<crate::budget::MemoryBudget>,
 }
 
 async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: CancellationToken) {
@@ -335,10 +344,23 @@ async fn serve(
                     }
                     if head.got == head.frames.count() {
                         if let Some(done) = pending.pop_front() {
-                            let _ = done.reply.send(Ok(Replies {
-                                bytes: buf.split_to(done.len).freeze(),
-                                ends: done.ends,
-                            }));
+                            let bytes = buf.split_to(done.len).freeze();
+                            // Held until the session takes them: charged, or refused (and
+                            // dropped here) past the process's limit.
+                            let result =
+                                match crate::budget::Charge::exact(&link.budget, bytes.len()) {
+                                    Ok(charge) => Ok(Replies {
+                                        bytes,
+                                        ends: done.ends,
+                                        _charge: charge,
+                                    }),
+                                    Err(over) => Err(over.to_string()),
+                                };
+                            let _ = done.reply.send(result);
+                            // A burst's buffer is not kept for ever.
+                            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+                                buf = BytesMut::with_capacity(16 * 1024);
+                            }
                         }
                     }
                 }

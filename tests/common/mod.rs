@@ -762,7 +762,10 @@ pub fn mc_reply_end(buf: &[u8], shape: cachegate::protocol::memcached::Shape) ->
     loop {
         let end = line_end(pos)?;
         let line = &buf[pos..end];
-        let word = line.split(|&b| b == b' ' || b == b'\r').next().unwrap_or(b"");
+        let word = line
+            .split(|&b| b == b' ' || b == b'\r')
+            .next()
+            .unwrap_or(b"");
         let error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
         match shape {
             Shape::Line => return Some(end),
@@ -774,7 +777,11 @@ pub fn mc_reply_end(buf: &[u8], shape: cachegate::protocol::memcached::Shape) ->
                 }
             }
             Shape::Meta | Shape::MetaThenNoop => {
-                let after = if word == b"VA" { end + size(line, 1)? + 2 } else { end };
+                let after = if word == b"VA" {
+                    end + size(line, 1)? + 2
+                } else {
+                    end
+                };
                 if after > buf.len() {
                     return None;
                 }
