@@ -236,6 +236,27 @@ async fn command_introspection_hides_disabled_and_real_names() {
 
     let keys = s(&c.cmd(&["COMMAND", "GETKEYS", "KEYS", "*"]).await);
     assert!(keys.starts_with("-ERR"), "{keys}");
+
+    // ACL CAT and ACL DRYRUN (answered by the backend here) do not reveal them either.
+    let cat = s(&c.cmd(&["ACL", "CAT", "keyspace"]).await);
+    assert!(
+        !cat.contains("\r\nflushdb\r\n") && !cat.contains("\r\nkeys\r\n"),
+        "{cat}"
+    );
+    let cat = s(&c.cmd(&["ACL", "CAT", "write"]).await);
+    assert!(
+        !cat.contains("\r\nflushall\r\n") && cat.contains("admin_flushall_9f2c"),
+        "{cat}"
+    );
+    for hidden in ["FLUSHALL", "flushdb"] {
+        let dry = s(&c.cmd(&["ACL", "DRYRUN", "default", hidden]).await);
+        assert!(dry.starts_with("-ERR Command"), "{hidden}: {dry}");
+    }
+    assert_eq!(
+        c.cmd(&["ACL", "DRYRUN", "default", "admin_flushall_9f2c"])
+            .await,
+        b"+OK\r\n"
+    );
 }
 
 /// `commands.disable = ["CONFIG|SET"]` refuses that subcommand alone, with Redis's own

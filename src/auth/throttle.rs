@@ -1,40 +1,64 @@
-//! Brute-force resistance: wrong guesses from one source address are answered ever more slowly,
-//! one at a time, while a right credential is never delayed.
+//! Brute-force resistance per source address: a few failures cost nothing, then every
+//! attempt from that address (right or wrong) waits for the address's next slot before it is
+//! checked, and past `max_delay` of queue it is refused unchecked.
 //!
-//! What an attacker controls is the rate of wrong answers it gets back, so that is what is
-//! throttled. Credentials are checked first; a right one is answered at once, whoever else
-//! shares the address (a misconfigured client retrying a stale token does not slow down the
-//! next client with the right one). A wrong one is answered only at the address's next free
-//! slot, each slot further off (exponential backoff after a few free failures): parallel
-//! connections queue for slots instead of each getting its own, and a success clears nothing,
-//! so interleaving a valid credential buys no fresh guesses. A session reads its next command
-//! only after its answer, so one connection holds at most one guess in flight.
+//! Why attempts and not only wrong answers: if right credentials were answered at once and
+//! only wrong ones delayed, an attacker would learn "wrong" from the mere absence of a fast
+//! `+OK` and move on without waiting: the delay would slow nothing. So the budget is in
+//! failures (what an attacker spends), and a correct credential is never delayed by a few
+//! failures of someone else at the same address (a misconfigured client retrying a stale token
+//! a handful of times stays within `free_failures`, which leak away at one a second); only an
+//! address that keeps failing has its attempts queued. Parallel connections queue for the same
+//! slots, a success clears nothing, and waits are bounded, so throttled attempts never hold
+//! connections for long.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failures are forgotten after this long without one.
-const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// A failure leaks away after this long (the bucket empties at one failure a second).
+const LEAK: Duration = Duration::from_secs(1);
 const BASE_DELAY: Duration = Duration::from_millis(100);
-/// Addresses tracked at most; the oldest are forgotten first.
+/// Addresses tracked at most; the quietest are forgotten first.
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug)]
 pub struct Throttle {
-    /// Failures an address may have before it is slowed down.
+    /// Failures an address may have (leaking at one a second) before its attempts wait.
     free_failures: u32,
     max_delay: Duration,
-    failures: Mutex<HashMap<IpAddr, Entry>>,
+    state: Mutex<HashMap<IpAddr, Entry>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    failures: u32,
-    last: Instant,
-    /// When the address's next wrong answer may go out, at the earliest.
+    /// Failures not yet leaked away, as of `at`.
+    level: u32,
+    at: Instant,
+    /// When the address's next attempt may be checked, at the earliest.
     next_slot: Instant,
+}
+
+impl Entry {
+    fn leak(&mut self, now: Instant) {
+        let leaked = (now.duration_since(self.at).as_millis() / LEAK.as_millis()) as u32;
+        if leaked > 0 {
+            self.level = self.level.saturating_sub(leaked);
+            self.at = now;
+        }
+    }
+}
+
+/// What to do with an authentication attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Check it now.
+    Now,
+    /// Check it after this wait (the address's next slot).
+    After(Duration),
+    /// The address's queue is longer than `max_delay`: refuse unchecked.
+    Refuse,
 }
 
 impl Throttle {
@@ -42,41 +66,53 @@ impl Throttle {
         Self {
             free_failures,
             max_delay,
-            failures: Mutex::new(HashMap::new()),
+            state: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records a wrong credential from `ip` and says how long its answer must wait: zero for
-    /// the first few, then the address's next slot, each slot one backoff step after the last.
-    pub fn failure(&self, ip: IpAddr) -> Duration {
+    /// Whether an attempt from `ip` may be checked now, after a wait, or not at all.
+    pub fn admit(&self, ip: IpAddr) -> Admission {
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = map.get_mut(&ip) else {
+            return Admission::Now;
+        };
+        entry.leak(now);
+        if entry.level < self.free_failures {
+            return Admission::Now;
+        }
+        let exp = (entry.level - self.free_failures).min(16);
+        let step = (BASE_DELAY * 2u32.pow(exp)).min(self.max_delay);
+        let slot = entry.next_slot.max(now) + step;
+        if slot - now > self.max_delay {
+            return Admission::Refuse;
+        }
+        entry.next_slot = slot;
+        Admission::After(slot - now)
+    }
+
+    /// Records a wrong credential from `ip`.
+    pub fn failure(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
-            map.retain(|_, e| e.last.elapsed() < FORGET_AFTER);
+            map.retain(|_, e| {
+                e.leak(now);
+                e.level > 0
+            });
             if map.len() >= MAX_TRACKED {
-                if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| *k) {
-                    map.remove(&oldest);
+                if let Some(quietest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| *k) {
+                    map.remove(&quietest);
                 }
             }
         }
         let entry = map.entry(ip).or_insert(Entry {
-            failures: 0,
-            last: now,
+            level: 0,
+            at: now,
             next_slot: now,
         });
-        if now.duration_since(entry.last) >= FORGET_AFTER {
-            entry.failures = 0;
-        }
-        entry.failures = entry.failures.saturating_add(1);
-        entry.last = now;
-        if entry.failures <= self.free_failures {
-            return Duration::ZERO;
-        }
-        let exp = (entry.failures - self.free_failures - 1).min(16);
-        let step = (BASE_DELAY * 2u32.pow(exp)).min(self.max_delay);
-        let slot = entry.next_slot.max(now) + step;
-        entry.next_slot = slot;
-        slot - now
+        entry.leak(now);
+        entry.level = entry.level.saturating_add(1);
     }
 }
 
@@ -85,44 +121,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_wrong_answers_from_the_failing_address_wait() {
+    fn a_few_failures_are_free_then_every_attempt_queues() {
         let t = Throttle::new(3, Duration::from_secs(5));
         let bad: IpAddr = "127.0.0.2".parse().unwrap();
         let good: IpAddr = "127.0.0.3".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(t.failure(bad), Duration::ZERO, "free failures");
+            assert_eq!(t.admit(bad), Admission::Now);
+            t.failure(bad);
         }
-        // Slots: each further off than the last, whether the guesses come one after another
-        // or all at once on parallel connections.
-        let waits: Vec<Duration> = (0..4).map(|_| t.failure(bad)).collect();
+        // Over the free failures: attempts (right or wrong) queue for slots, each further off,
+        // whether they come one after another or all at once.
+        let waits: Vec<Duration> = (0..4)
+            .map(|_| match t.admit(bad) {
+                Admission::After(d) => d,
+                other => panic!("{other:?}"),
+            })
+            .collect();
         for pair in waits.windows(2) {
             assert!(pair[1] > pair[0], "{waits:?}");
         }
-        assert!(waits[0] >= BASE_DELAY - Duration::from_millis(5));
-        assert!(
-            waits[3] >= BASE_DELAY * (1 + 2 + 4 + 8) - Duration::from_millis(5),
-            "{waits:?}"
-        );
         assert_eq!(
-            t.failure(good),
-            Duration::ZERO,
+            t.admit(good),
+            Admission::Now,
             "another address is not slowed"
         );
     }
 
     #[test]
-    fn each_step_is_capped() {
-        let t = Throttle::new(0, Duration::from_millis(300));
+    fn the_queue_is_bounded_and_failures_leak_away() {
+        let t = Throttle::new(1, Duration::from_millis(300));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let waits: Vec<Duration> = (0..6).map(|_| t.failure(ip)).collect();
-        // 100, 200, then 300 ms steps, queued one after another.
-        assert!(
-            waits[5] <= Duration::from_millis(100 + 200 + 300 * 4 + 5),
-            "{waits:?}"
-        );
-        assert!(
-            waits[5] >= Duration::from_millis(100 + 200 + 300 * 4 - 5),
-            "{waits:?}"
-        );
+        t.failure(ip);
+        t.failure(ip);
+        let mut refused = false;
+        for _ in 0..10 {
+            if t.admit(ip) == Admission::Refuse {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "a queue longer than max_delay refuses");
+        // Leaked away: the entry's level falls by one a second.
+        let mut map = t.state.lock().unwrap();
+        let entry = map.get_mut(&ip).unwrap();
+        entry.at -= Duration::from_secs(5);
+        entry.next_slot -= Duration::from_secs(5);
+        drop(map);
+        assert_eq!(t.admit(ip), Admission::Now);
     }
 }

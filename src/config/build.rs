@@ -98,7 +98,10 @@ pub struct AuthLimits {
 }
 
 pub const DEFAULT_MAX_AUTH_FAILURES: u32 = 10;
-pub const DEFAULT_BACKOFF_AFTER: u32 = 5;
+/// Free failures per address (leaking at one a second): a misconfigured client retrying a
+/// stale token ten times stays within it, so the right token from the same address is not
+/// delayed; a guessing attack is not.
+pub const DEFAULT_BACKOFF_AFTER: u32 = 20;
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What a listener speaks, with the protocol's own settings.
@@ -423,7 +426,7 @@ fn listener(
         auth(p, &format!("{key}.auth"), l.auth, groups)
     };
     let scripts = l.commands.scripts.take();
-    let policy = commands(p, &format!("{key}.commands"), l.commands);
+    let policy = commands(p, &format!("{key}.commands"), l.commands, memcached);
     let listener_name = l
         .name
         .clone()
@@ -878,8 +881,29 @@ fn provisioned_user(name: String, up: &UpstreamConfig, extra_rules: Vec<String>)
     }
 }
 
-fn commands(p: &mut Problems, key: &str, c: CommandsFile) -> Option<Policy> {
+fn commands(p: &mut Problems, key: &str, c: CommandsFile, memcached: bool) -> Option<Policy> {
     let rename: Vec<(String, String)> = c.rename.into_iter().collect();
+    // A new name must not be a command already: `FLUSHALL = "hello"` would make every
+    // client's HELLO on connect empty the cache (Redis's rename-command refuses it too).
+    let before = p.list.len();
+    for (real, alias) in &rename {
+        let taken = if memcached {
+            crate::protocol::memcached::is_command(alias.as_bytes())
+        } else {
+            crate::auth::commands::table()
+                .commands
+                .contains_key(&alias.to_ascii_lowercase())
+        };
+        if taken {
+            p.add(
+                format!("{key}.rename.{real}"),
+                format!("new name `{alias}` is an existing command: clients would run `{real}` when they mean `{alias}`; pick an unused name"),
+            );
+        }
+    }
+    if p.list.len() > before {
+        return None;
+    }
     match Policy::new(&c.disable, &rename) {
         Ok(policy) => Some(policy),
         Err(errs) => {

@@ -259,6 +259,23 @@ upstream.address = "127.0.0.1:6379"
         assert!(bad[0].message.contains("maybe"), "{bad:?}");
     }
 
+    /// A new name that is an existing command would make clients run the renamed one when
+    /// they mean that command (`FLUSHALL = "hello"` empties the cache at every connect).
+    #[test]
+    fn renames_cannot_shadow_commands() {
+        for (rename, shadowed) in [
+            ("FLUSHALL = \"hello\"", "hello"),
+            ("FLUSHALL = \"GET\"", "GET"),
+        ] {
+            let text = format!(
+                "{MINIMAL}[listeners.commands]\nrename = {{ {rename} }}\nscripts = \"unguarded\"\n"
+            );
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].message.contains(shadowed), "{found:?}");
+        }
+    }
+
     #[test]
     fn every_unknown_key_is_reported_with_its_path() {
         let text = format!("bogus = 1\n{MINIMAL}\n[listeners.tls]\ncret = \"x\"\n");

@@ -772,6 +772,25 @@ fn decode_key(key: &[u8]) -> Result<Bytes, ()> {
     Ok(Bytes::from(decoded))
 }
 
+/// Whether `name` is a memcached command (cachegate's or the node's own admin ones): not
+/// available as a new name for a renamed command.
+pub fn is_command(name: &[u8]) -> bool {
+    is_known(name)
+        || matches!(
+            name,
+            b"lru_crawler"
+                | b"watch"
+                | b"shutdown"
+                | b"slabs"
+                | b"cache_memlimit"
+                | b"debugtime"
+                | b"lru"
+                | b"extstore"
+                | b"misbehave"
+                | b"bget"
+        )
+}
+
 /// The known command names (after renaming). Anything else is unknown: `ERROR`, never
 /// forwarded.
 fn is_known(name: &[u8]) -> bool {

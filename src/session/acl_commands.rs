@@ -30,28 +30,48 @@ pub fn answer(
             if !table().categories.contains(&cat) {
                 return reply::error(&format!("Unknown category '{cat}'"));
             }
-            let mut names: Vec<&str> = table()
+            // Disabled commands are not shown, renamed ones under their new name.
+            let mut names: Vec<Vec<u8>> = table()
                 .all()
                 .filter(|(_, info)| info.categories.contains(&cat))
-                .map(|(n, _)| n)
+                .filter_map(|(n, _)| match ctx.policy.visible_name(n.as_bytes()) {
+                    crate::policy::Visibility::Hidden => None,
+                    crate::policy::Visibility::ShownAs(alias) => Some(alias.to_vec()),
+                    crate::policy::Visibility::Shown => Some(n.as_bytes().to_vec()),
+                })
                 .collect();
             names.sort_unstable();
-            array(names.into_iter().map(|n| bulk(n.as_bytes())))
+            array(names.into_iter().map(|n| bulk(&n)))
         }
         ("GETUSER", 3) => match group.get(&args[2]) {
             None => Bytes::from_static(if resp3 { b"_\r\n" } else { b"*-1\r\n" }),
             Some(u) => getuser(u, resp3),
         },
-        ("DRYRUN", n) if n >= 4 => match group.get(&args[2]) {
-            None => reply::error(&format!(
-                "User '{}' not found",
-                String::from_utf8_lossy(&args[2])
-            )),
-            Some(u) => match u.check(&args[3..]) {
-                Ok(()) => Bytes::from_static(reply::OK),
-                Err(denied) => bulk(denied.dryrun().as_bytes()),
-            },
-        },
+        ("DRYRUN", n) if n >= 4 => {
+            // The command as the client names it: a disabled or renamed-away name is no
+            // command here, as everywhere else; an alias is checked as its real command.
+            let mut call = args[3..].to_vec();
+            match ctx.policy.decide(&args[3]) {
+                crate::policy::Decision::Refuse => {
+                    return reply::error(&format!(
+                        "Command '{}' not found",
+                        String::from_utf8_lossy(&args[3]).to_ascii_lowercase()
+                    ))
+                }
+                crate::policy::Decision::Rename(real) => call[0] = real,
+                crate::policy::Decision::Allow => {}
+            }
+            match group.get(&args[2]) {
+                None => reply::error(&format!(
+                    "User '{}' not found",
+                    String::from_utf8_lossy(&args[2])
+                )),
+                Some(u) => match u.check(&call) {
+                    Ok(()) => Bytes::from_static(reply::OK),
+                    Err(denied) => bulk(denied.dryrun().as_bytes()),
+                },
+            }
+        }
         ("LOG", 2) => log(ctx, 10, resp3),
         ("LOG", 3) if args[2].eq_ignore_ascii_case(b"RESET") => {
             ctx.metrics.reset_events(&ctx.listener);

@@ -106,6 +106,13 @@ enum RunsAs {
     User(String),
 }
 
+/// `ACL CAT <category>` answered by the backend lists command names: disabled ones are
+/// hidden and renamed ones shown under their new name, as in COMMAND's replies.
+fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrite> {
+    let cat = kind == Kind::Acl && args.len() == 3 && args[1].eq_ignore_ascii_case(b"CAT");
+    (cat && !policy.is_empty()).then_some(Rewrite::List)
+}
+
 /// Whether a script could call this command (Redis refuses `noscript` ones inside scripts).
 pub fn script_callable(args: &[Bytes]) -> bool {
     crate::auth::commands::table()
@@ -634,6 +641,20 @@ impl RequestSide<'_> {
                 }
             }
         }
+        // ACL DRYRUN answered by the backend: the command named as clients see it (a hidden
+        // name is unknown, an alias is its real command).
+        if kind == Kind::Acl
+            && args.len() > 3
+            && args[1].eq_ignore_ascii_case(b"DRYRUN")
+            && !self.ctx.policy.is_empty()
+        {
+            args[3] = match self.ctx.policy.decide(&args[3]) {
+                Decision::Allow => args[3].clone(),
+                Decision::Rename(real) => real,
+                Decision::Refuse => Bytes::from_static(commands::HIDDEN_PLACEHOLDER),
+            };
+            req.raw = None;
+        }
         let sharing = sharing::of(&args, matches!(self.ctx.auth, AuthMode::Acl(_)));
         match sharing {
             Sharing::Refuse(why) => {
@@ -680,6 +701,8 @@ impl RequestSide<'_> {
                         let (fwd, rw) = plan_command(&args, &self.ctx.policy);
                         args = fwd.into();
                         (None, rw)
+                    } else if let Some(rw) = acl_cat_rewrite(kind, &args, &self.ctx.policy) {
+                        (req.raw.as_ref(), Some(rw))
                     } else {
                         (req.raw.as_ref(), None)
                     };
@@ -730,6 +753,7 @@ impl RequestSide<'_> {
                 args = fwd.into();
                 expect.rewrite = rewrite;
             }
+            Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
             Kind::Subscribe | Kind::Unsubscribe => {
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
                 // one reply per channel. UNSUBSCRIBE without channels answers once per current
@@ -870,6 +894,21 @@ impl RequestSide<'_> {
     /// the security log, and closing the connection after too many failures.
     async fn authenticate(&mut self, user: Option<&[u8]>, secret: &[u8]) -> (Bytes, Flow) {
         let ip = self.peer.ip();
+        match self.ctx.throttle.admit(ip) {
+            crate::auth::throttle::Admission::Now => {}
+            crate::auth::throttle::Admission::After(wait) => {
+                self.count_throttled();
+                tokio::time::sleep(wait).await;
+            }
+            crate::auth::throttle::Admission::Refuse => {
+                self.count_throttled();
+                tracing::info!(listener = %self.ctx.listener, peer = %self.peer, "authentication refused unchecked: too many recent failures from this address");
+                return (
+                    reply::error("cachegate: too many failed authentications from this address; try again later"),
+                    Flow::Stop,
+                );
+            }
+        }
         match self.check_credentials(user, secret) {
             Verdict::Reply(reply) => (reply, Flow::Continue),
             // A success clears nothing: interleaving a valid credential buys no fresh guesses.
@@ -887,12 +926,7 @@ impl RequestSide<'_> {
                 (Bytes::from_static(reply::OK), Flow::Continue)
             }
             Verdict::Failed { attempted, known } => {
-                // Only the wrong answer waits: at the address's next free slot.
-                let wait = self.ctx.throttle.failure(ip);
-                if !wait.is_zero() {
-                    self.count_throttled();
-                    tokio::time::sleep(wait).await;
-                }
+                self.ctx.throttle.failure(ip);
                 self.failed_auths += 1;
                 self.security_event("auth", "AUTH".into(), &attempted, known);
                 let limit = self.ctx.auth_limits.max_failures;
