@@ -21,6 +21,9 @@ COPY --from=build /src/target/release/cachegate /usr/local/bin/cachegate
 USER cachegate
 ENV CACHEGATE_DATA_DIR=/var/lib/cachegate
 VOLUME ["/etc/cachegate"]
-EXPOSE 6380
+# The sidecar example's Redis and memcached listeners (the admin listener stays on loopback).
+EXPOSE 6380 11212
+# /live on the admin listener, asked by the binary itself (the image has no curl).
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["/usr/local/bin/cachegate", "live", "--admin", "127.0.0.1:9180"]
 ENTRYPOINT ["/usr/local/bin/cachegate"]
 CMD ["--config", "/etc/cachegate/cachegate.toml"]

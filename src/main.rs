@@ -52,6 +52,13 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Ask a running cachegate's admin listener whether it is live (exit 0 if /live answers
+    /// 200): the container image's HEALTHCHECK, without curl.
+    Live {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: std::net::SocketAddr,
+    },
     /// Generate load against a Redis or memcached endpoint (direct or through cachegate).
     Bench(Box<BenchArgs>),
 }
@@ -127,6 +134,15 @@ fn main() -> ExitCode {
         },
     };
     init_tracing(common.log_json);
+    if let Command::Live { admin } = command {
+        return match live(admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachegate live: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::DefaultConfig = command {
         print!("{}", cachegate::config::DEFAULT_CONFIG);
         return ExitCode::SUCCESS;
@@ -190,6 +206,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `GET /live` on the admin listener, with a short deadline: 200 or an error.
+fn live(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Duration::from_secs(2);
+    let mut tcp = std::net::TcpStream::connect_timeout(&admin, deadline)
+        .with_context(|| format!("connecting to {admin}"))?;
+    tcp.set_read_timeout(Some(deadline))?;
+    tcp.write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).context("reading the answer")?;
+    anyhow::ensure!(
+        &head[9..12] == b"200",
+        "/live answered {}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(())
 }
 
 fn run(config: cachegate::config::Config) -> anyhow::Result<()> {

@@ -430,3 +430,178 @@ async fn secrets_come_from_files_and_the_environment() {
         "a secret reached the logs"
     );
 }
+
+/// The container image cannot be built here (no container engine), so what the Dockerfile
+/// promises is checked against the binary: the entrypoint and its command line run the shipped
+/// sidecar configuration read-only from a directory the user cannot write, as an unprivileged
+/// user (when the test can drop to one), with the data directory the image sets; the exposed
+/// ports are the configuration's listeners; the HEALTHCHECK is `cachegate live`, which answers
+/// from the admin listener's `/live`.
+#[test]
+fn the_dockerfile_matches_what_the_binary_does() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let runtime = dockerfile.rsplit("FROM ").next().unwrap();
+    let directive = |name: &str| -> String {
+        runtime
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in the runtime stage"))
+            .trim()
+            .to_string()
+    };
+    let json_args = |text: &str| -> Vec<String> {
+        serde_json::from_str::<Vec<String>>(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    assert_eq!(directive("USER"), "cachegate", "not root");
+    let entrypoint = json_args(&directive("ENTRYPOINT"));
+    let cmd = json_args(&directive("CMD"));
+    assert_eq!(entrypoint, ["/usr/local/bin/cachegate"]);
+    let config_path = cmd
+        .iter()
+        .skip_while(|a| *a != "--config")
+        .nth(1)
+        .unwrap()
+        .clone();
+    assert_eq!(config_path, "/etc/cachegate/cachegate.toml");
+    let healthcheck = directive("HEALTHCHECK");
+    let health_cmd = json_args(healthcheck.split_once("CMD ").unwrap().1);
+    assert_eq!(health_cmd[..2], ["/usr/local/bin/cachegate", "live"]);
+    let health_admin =
+        health_cmd[health_cmd.iter().position(|a| a == "--admin").unwrap() + 1].clone();
+
+    // The sidecar example, as mounted: its listeners are what the image exposes, its admin
+    // listener is where the HEALTHCHECK asks.
+    let sidecar = std::fs::read_to_string(format!("{root}/config/sidecar.toml")).unwrap();
+    let mut exposed: Vec<String> = directive("EXPOSE")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    exposed.sort();
+    let mut binds: Vec<String> = sidecar
+        .lines()
+        .filter_map(|l| l.strip_prefix("bind = \""))
+        .map(|b| {
+            b.trim_end_matches('"')
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .filter(|port| format!("127.0.0.1:{port}") != health_admin)
+        .collect();
+    binds.sort();
+    assert_eq!(exposed, binds, "EXPOSE and the sidecar's listeners");
+    assert!(
+        sidecar.contains(&format!("bind = \"{health_admin}\"")),
+        "admin listener"
+    );
+
+    // Run it: the config read-only in a directory the user cannot write, the data directory
+    // the image sets, as an unprivileged user when the test can become one.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc-cachegate");
+    let data = dir.path().join("var-lib-cachegate");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let admin_port = free_port();
+    let text = sidecar
+        .replace(
+            "/etc/cachegate/tls/",
+            &format!("{}/", pki.dir.path().display()),
+        )
+        .replace("0.0.0.0:6380", "127.0.0.1:0")
+        .replace("0.0.0.0:11212", "127.0.0.1:0")
+        .replace(&health_admin, &format!("127.0.0.1:{admin_port}"));
+    let config = etc.join("cachegate.toml");
+    std::fs::write(&config, text).unwrap();
+    let readonly = |p: &std::path::Path, mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    readonly(&config, 0o444);
+    readonly(&etc, 0o555);
+    // Reachable by others, as /etc/cachegate is in the image.
+    readonly(dir.path(), 0o755);
+    readonly(pki.dir.path(), 0o755);
+    for f in std::fs::read_dir(pki.dir.path()).unwrap() {
+        readonly(&f.unwrap().path(), 0o444);
+    }
+    let root_user = is_root();
+    let mut command = if root_user {
+        // nobody: may read the world-readable files, write only its data directory.
+        std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]);
+        c.arg(BIN);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let mut args: Vec<String> = cmd.clone();
+    let at = args.iter().position(|a| a == "--config").unwrap() + 1;
+    args[at] = config.display().to_string();
+    let mut child = command
+        .args(&args)
+        .env("CACHEGATE_DATA_DIR", &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = |admin: &str| {
+        Command::new(BIN)
+            .args(["live", "--admin", admin])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if health(&admin) {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if root_user {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        assert!(uid.contains("65534"), "{uid}");
+    }
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        up && exited.is_none(),
+        "the HEALTHCHECK command never saw /live: {exited:?} {}",
+        s(&out.stderr)
+    );
+    assert!(!health(&admin), "and it fails once the process is gone");
+}
+
+/// Whether this test runs as root (then it drops to nobody to run the image's command line).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+}
