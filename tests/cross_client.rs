@@ -22,15 +22,6 @@ async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
     .await
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 const RECURSIVE: &str = "local a = {}; local b = {a}; a[1] = b; return a";
 
 /// A script that returns a table holding itself makes Redis send arrays nested hundreds deep.

@@ -8,15 +8,6 @@ use std::net::SocketAddr;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
     Proxy::start(&format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}\

@@ -29,15 +29,6 @@ async fn proxy(pki: &Pki, redis: &Redis, auth_extra: &str) -> Proxy {
     .await
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_never_a_secret() {
     let (pki, redis) = (Pki::new(), Redis::start().await);

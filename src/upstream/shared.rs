@@ -103,6 +103,23 @@ struct Waiting {
     sent: Instant,
 }
 
+impl Waiting {
+    /// A request just written, at `sent`.
+    fn new(req: SharedRequest, sent: Instant) -> Self {
+        Waiting {
+            got: 0,
+            len: 0,
+            ends: match &req.frames {
+                Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
+                Frames::Resp(_) => Vec::new(),
+            },
+            reply: req.reply,
+            frames: req.frames,
+            sent,
+        }
+    }
+}
+
 /// A listener's shared connections: RESP2 ones, and RESP3 ones for sessions that said HELLO 3.
 pub struct Shared {
     pub resp2: SharedPool,
@@ -286,17 +303,7 @@ async fn serve(
         let now = Instant::now();
         for req in first {
             out.extend_from_slice(&req.bytes);
-            pending.push_back(Waiting {
-                got: 0,
-                len: 0,
-                ends: match &req.frames {
-                    Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
-                    Frames::Resp(_) => Vec::new(),
-                },
-                reply: req.reply,
-                frames: req.frames,
-                sent: now,
-            });
+            pending.push_back(Waiting::new(req, now));
         }
         if let Err(e) = conn.stream.write_all(&out).await {
             fail(&mut pending, &e.to_string());
@@ -394,17 +401,7 @@ async fn serve(
                 tokio::task::yield_now().await;
                 out.clear();
                 let now = Instant::now();
-                let waiting = |req: SharedRequest| Waiting {
-                    got: 0,
-                    len: 0,
-                    ends: match &req.frames {
-                        Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
-                        Frames::Resp(_) => Vec::new(),
-                    },
-                    reply: req.reply,
-                    frames: req.frames,
-                    sent: now,
-                };
+                let waiting = |req: SharedRequest| Waiting::new(req, now);
                 out.extend_from_slice(&req.bytes);
                 pending.push_back(waiting(req));
                 // Coalesce everything else already waiting into the same write.

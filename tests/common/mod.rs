@@ -545,6 +545,16 @@ impl RawClient {
     }
 }
 
+/// The value of one sample in a Prometheus text exposition (`name{labels}` exactly), 0 if absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// Where the first complete RESP2/RESP3 reply in `buf` ends, or `None` if it is incomplete.
 /// The tests' own reading of RESP, written apart from cachegate's scanner so that a bug there
 /// cannot hide itself: a work list of element counts (no recursion, for deep nesting).
