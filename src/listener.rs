@@ -195,9 +195,12 @@ async fn serve_connection(
             listener.reject(peer, "untrusted_proxy");
             return;
         }
-        match tokio::time::timeout(PROXY_HEADER_TIMEOUT, crate::proxy_header::read(&mut stream))
-            .await
-        {
+        // Boxed: a rare path, kept out of the state every connection holds for its lifetime.
+        let header = Box::pin(tokio::time::timeout(
+            PROXY_HEADER_TIMEOUT,
+            crate::proxy_header::read(&mut stream),
+        ));
+        match header.await {
             Ok(Ok(Some(client))) => peer = client,
             // The balancer's own health check: its address stands.
             Ok(Ok(None)) => {}
@@ -232,12 +235,18 @@ async fn serve_connection(
     };
     if listener.preferred {
         // TLS or plaintext, by the first byte (a TLS connection opens with a handshake record).
-        let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(*deadline, stream.peek(&mut first)).await;
-        if !matches!(peeked, Ok(Ok(1))) {
+        let first = Box::pin(async {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(*deadline, stream.peek(&mut first)).await {
+                Ok(Ok(1)) => Some(first[0]),
+                _ => None,
+            }
+        })
+        .await;
+        let Some(first) = first else {
             return;
-        }
-        if first[0] != TLS_HANDSHAKE_RECORD {
+        };
+        if first != TLS_HANDSHAKE_RECORD {
             connected("plaintext", false);
             listener.handler.run(stream, peer, None, shutdown).await;
             return;

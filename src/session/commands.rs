@@ -118,7 +118,7 @@ pub enum Rewrite {
     Count,
     /// HELLO: the `id` field becomes the session's own (the backend's id of a shared
     /// connection would tell a client which ids to aim CLIENT commands at).
-    HelloId(u64),
+    Hello,
 }
 
 /// For a COMMAND request (name already checked): the arguments to forward and the rewrite to
@@ -184,7 +184,8 @@ pub fn plan_command(args: &[Bytes], policy: &Policy) -> (Vec<Bytes>, Option<Rewr
 
 /// Applies a rewrite to one complete reply frame. Anything unexpected (an error reply, another
 /// shape) is passed through unchanged: the rewrite only ever removes or renames.
-pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
+/// `session` is the session's own client id (for HELLO).
+pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy, session: u64) -> Bytes {
     let Some(agg) = Aggregate::parse(&frame) else {
         return frame;
     };
@@ -202,7 +203,8 @@ pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy) -> Bytes {
             put_header(&mut out, agg.kind, pairs.len());
             pairs.iter().for_each(|p| out.put_slice(p));
         }
-        Rewrite::HelloId(id) => {
+        Rewrite::Hello => {
+            let id = session;
             let mut fields = Vec::with_capacity(agg.elements.len());
             for pair in agg.elements.chunks(2) {
                 let [key, value] = pair else { return frame };
@@ -371,9 +373,9 @@ mod tests {
     #[test]
     fn list_hides_and_renames() {
         let frame = Bytes::from_static(b"*3\r\n$3\r\nget\r\n$7\r\nflushdb\r\n$8\r\nflushall\r\n");
-        let out = rewrite_reply(frame.clone(), Rewrite::List, &policy());
+        let out = rewrite_reply(frame.clone(), Rewrite::List, &policy(), 0);
         assert_eq!(&out[..], b"*2\r\n$3\r\nget\r\n$14\r\nadmin_flushall\r\n");
-        let count = rewrite_reply(frame, Rewrite::Count, &policy());
+        let count = rewrite_reply(frame, Rewrite::Count, &policy(), 0);
         assert_eq!(&count[..], b":2\r\n");
     }
 
@@ -382,7 +384,7 @@ mod tests {
         let frame = Bytes::from_static(
             b"*2\r\n*2\r\n$8\r\nflushall\r\n:-1\r\n*2\r\n$7\r\nflushdb\r\n:-1\r\n",
         );
-        let out = rewrite_reply(frame, Rewrite::Entries, &policy());
+        let out = rewrite_reply(frame, Rewrite::Entries, &policy(), 0);
         assert_eq!(&out[..], b"*1\r\n*2\r\n$14\r\nadmin_flushall\r\n:-1\r\n");
     }
 
@@ -390,12 +392,12 @@ mod tests {
     fn docs_as_map_and_flat_array() {
         let map = Bytes::from_static(b"%2\r\n$7\r\nflushdb\r\n%0\r\n$3\r\nget\r\n%0\r\n");
         assert_eq!(
-            &rewrite_reply(map, Rewrite::Docs, &policy())[..],
+            &rewrite_reply(map, Rewrite::Docs, &policy(), 0)[..],
             b"%1\r\n$3\r\nget\r\n%0\r\n"
         );
         let flat = Bytes::from_static(b"*4\r\n$8\r\nflushall\r\n*0\r\n$3\r\nget\r\n*0\r\n");
         assert_eq!(
-            &rewrite_reply(flat, Rewrite::Docs, &policy())[..],
+            &rewrite_reply(flat, Rewrite::Docs, &policy(), 0)[..],
             b"*4\r\n$14\r\nadmin_flushall\r\n*0\r\n$3\r\nget\r\n*0\r\n"
         );
     }
@@ -406,12 +408,12 @@ mod tests {
             b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:12\r\n$5\r\nproto\r\n:3\r\n",
         );
         assert_eq!(
-            &rewrite_reply(resp3, Rewrite::HelloId(7), &policy())[..],
+            &rewrite_reply(resp3, Rewrite::Hello, &policy(), 7)[..],
             b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:7\r\n$5\r\nproto\r\n:3\r\n"
         );
         let resp2 = Bytes::from_static(b"*4\r\n$2\r\nid\r\n:12\r\n$4\r\nmode\r\n$3\r\nstd\r\n");
         assert_eq!(
-            &rewrite_reply(resp2, Rewrite::HelloId(9), &policy())[..],
+            &rewrite_reply(resp2, Rewrite::Hello, &policy(), 9)[..],
             b"*4\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$3\r\nstd\r\n"
         );
     }
@@ -419,7 +421,7 @@ mod tests {
     #[test]
     fn errors_pass_through() {
         let err = Bytes::from_static(b"-ERR nope\r\n");
-        assert_eq!(rewrite_reply(err.clone(), Rewrite::List, &policy()), err);
+        assert_eq!(rewrite_reply(err.clone(), Rewrite::List, &policy(), 0), err);
     }
 
     #[test]

@@ -152,8 +152,6 @@ type Labels = smallvec::SmallVec<[&'static str; 4]>;
 
 struct SharedWait {
     reply: oneshot::Receiver<SharedReply>,
-    /// This batch's share of the session's in-flight allowance, given back with the replies.
-    _in_flight: tokio::sync::OwnedSemaphorePermit,
     /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
@@ -257,11 +255,15 @@ pub async fn run<S>(
         abort: abort.clone(),
     };
     req.log_out();
+    let own = Own {
+        id: req.id,
+        in_flight: req.in_flight.clone(),
+    };
     // Built inside join!, not bound first: a bound future would keep its own space in the
     // session's state beside the moved copy, and every idle connection pays for that state.
     let (req_result, (read_half, clean, reply_result)) = tokio::join!(
         req.run(cr, &shutdown),
-        reply_side(&ctx, cw, rx, abort.clone(), client_gone.clone())
+        reply_side(&ctx, cw, rx, own, abort.clone(), client_gone.clone())
     );
 
     if ctx.shared.is_some() && req.shared.is_none() {
@@ -583,8 +585,19 @@ impl RequestSide<'_> {
         // The real name decides what a command does (a renamed MULTI is MULTI). The commands
         // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
         let decision = self.ctx.policy.decide(req.name());
-        // As typed, for errors that must not reveal the real name behind an alias.
-        let typed = req.args[0].clone();
+        // A disabled subcommand's refusal names the command as typed (never the real name
+        // behind an alias); made now, while the typed name is at hand, sent after the auth gate.
+        let sub_refused = (req.args.len() > 1
+            && self.ctx.policy.refuses_subcommand(
+                match &decision {
+                    Decision::Rename(real) => real,
+                    _ => &req.args[0],
+                },
+                &req.args[1],
+            ))
+        .then(|| {
+            sharing::Refusal::UnknownSubcommand.reply(&[req.args[0].clone(), req.args[1].clone()])
+        });
         if let Decision::Rename(real) = &decision {
             req.args[0] = real.clone();
             req.raw = None;
@@ -614,12 +627,11 @@ impl RequestSide<'_> {
             self.local(reply::unknown_command(&args)).await?;
             return Ok(Flow::Continue);
         }
-        if args.len() > 1 && self.ctx.policy.refuses_subcommand(&args[0], &args[1]) {
+        if let Some(refusal) = sub_refused {
             if self.in_multi {
                 self.multi_dirty = true;
             }
-            let refusal = sharing::Refusal::UnknownSubcommand;
-            self.local(refusal.reply(&[typed, args[1].clone()])).await?;
+            self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
         if let Some(user) = &self.user {
@@ -676,8 +688,7 @@ impl RequestSide<'_> {
         // A renamed command that a script could call runs as the administrator: the backend
         // user denies its real name, so that scripts cannot call it.
         let renamed = matches!(decision, Decision::Rename(_)) && script_callable(&args);
-        let runs_as = self.wanted_identity(renamed);
-        let own_identity = match &runs_as {
+        let own_identity = match &self.wanted_identity(renamed) {
             RunsAs::Admin => true,
             RunsAs::User(_) => runs_script(&args[0]),
             RunsAs::Listener => false,
@@ -721,7 +732,7 @@ impl RequestSide<'_> {
             }
         }
         // Logged in as who must run it, before anything below changes the session's state.
-        if let Some(refusal) = Box::pin(self.run_as(&runs_as)).await? {
+        if let Some(refusal) = Box::pin(self.run_as(self.wanted_identity(renamed))).await? {
             self.multi_dirty |= self.in_multi;
             self.local(refusal).await?;
             return Ok(Flow::Continue);
@@ -789,10 +800,10 @@ impl RequestSide<'_> {
             self.track_state(kind, &args);
         }
         let flow = self.forward(&args, expect).await?;
-        if runs_as == RunsAs::Admin {
+        if renamed && self.wanted_identity(true) == RunsAs::Admin {
             // Back at once: nothing else runs with the administrator's rights.
             let back = self.wanted_identity(false);
-            Box::pin(self.run_as(&back)).await?;
+            Box::pin(self.run_as(back)).await?;
         }
         Ok(flow)
     }
@@ -813,14 +824,14 @@ impl RequestSide<'_> {
 
     /// Logs the session's own connection in as `want` if it is not already (connecting first
     /// if needed); a refusal to send instead when that cannot be done inside MULTI.
-    async fn run_as(&mut self, want: &RunsAs) -> Result<Option<Bytes>, SessionError> {
+    async fn run_as(&mut self, want: RunsAs) -> Result<Option<Bytes>, SessionError> {
         let Some(ids) = &self.ctx.identities else {
             return Ok(None);
         };
-        if self.up.is_some() && self.up_as == *want {
+        if self.up.is_some() && self.up_as == want {
             return Ok(None);
         }
-        if self.up.is_none() && *want == RunsAs::Listener {
+        if self.up.is_none() && want == RunsAs::Listener {
             return Ok(None);
         }
         if self.in_multi {
@@ -828,7 +839,7 @@ impl RequestSide<'_> {
                 "cachegate: this command runs as another backend user (a renamed command, or a script enforced by a mirrored user), which cannot change inside MULTI",
             )));
         }
-        let auth = match want {
+        let auth = match &want {
             RunsAs::Listener => ids.listener.clone(),
             RunsAs::Admin => ids.admin.clone().unwrap_or_else(|| ids.listener.clone()),
             RunsAs::User(name) => match ids.users.get(name) {
@@ -862,7 +873,7 @@ impl RequestSide<'_> {
                 )));
             }
         }
-        self.up_as = want.clone();
+        self.up_as = want;
         Ok(None)
     }
 
@@ -1120,11 +1131,11 @@ impl RequestSide<'_> {
                 i += 2;
             }
             return self
-                .forward_shared(&plain, None, Some(Rewrite::HelloId(self.id)))
+                .forward_shared(&plain, None, Some(Rewrite::Hello))
                 .await;
         }
         let mut expect = Expect::one();
-        expect.rewrite = Some(Rewrite::HelloId(self.id));
+        expect.rewrite = Some(Rewrite::Hello);
         self.forward(&forward, expect).await
     }
 
@@ -1229,8 +1240,10 @@ impl RequestSide<'_> {
                 .await
                 .map_err(|_| closed())?,
         };
+        // Given back by the reply side when it delivers this batch's replies (a permit held in
+        // the slot would make every queued slot bigger).
+        permits.forget();
         self.queue_slot(Slot::Shared(SharedWait {
-            _in_flight: permits,
             reply: rx,
             rewrite,
             labels: batch.labels,
@@ -1624,10 +1637,18 @@ async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
 
 /// Writes replies to the client in request order. Returns the upstream read half, whether the
 /// upstream stream ended in step (nothing outstanding), and how the side ended.
+/// What the reply side knows of its session: its client id (HELLO's), and the in-flight
+/// allowance it gives back as it delivers shared replies.
+struct Own {
+    id: u64,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
 async fn reply_side<W: AsyncWrite + Unpin>(
     ctx: &Context,
     mut cw: W,
     mut rx: mpsc::Receiver<Slot>,
+    own: Own,
     abort: CancellationToken,
     client_gone: CancellationToken,
 ) -> (Option<ReadHalf<Stream>>, bool, Result<(), SessionError>) {
@@ -1659,7 +1680,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 };
                 if let Some(result) = ready {
                     if let Some(wait) = shared.take() {
-                        deliver_shared(wait, result, &mut out, ctx, &mut meter);
+                        deliver_shared(wait, result, &mut out, ctx, &own, &mut meter);
                     }
                     if out.len() < CLIENT_WRITE_BATCH {
                         continue;
@@ -1693,6 +1714,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                             &mut current,
                             &mut out,
                             ctx,
+                            own.id,
                             &mut meter,
                             timeout,
                         ) {
@@ -1746,7 +1768,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             Event::Shared(reply) => {
                 // The shared connection times out and fails requests itself.
                 if let Some(wait) = shared.take() {
-                    deliver_shared(wait, reply, &mut out, ctx, &mut meter);
+                    deliver_shared(wait, reply, &mut out, ctx, &own, &mut meter);
                 }
             }
             Event::Slot(None) => closed = true,
@@ -1793,13 +1815,18 @@ fn deliver_shared(
     result: SharedReply,
     out: &mut Outbox,
     ctx: &Context,
+    own: &Own,
     meter: &mut CommandMeter,
 ) {
+    // The batch's in-flight allowance, as the request side took it.
+    own.in_flight
+        .add_permits(wait.labels.len().min(MAX_SHARED_IN_FLIGHT as usize));
+    let session = own.id;
     match result {
         Ok(replies) => {
             match wait.rewrite {
                 // Only ever for a request of one command.
-                Some(rw) => out.push(rewrite_reply(replies.bytes, rw, &ctx.policy)),
+                Some(rw) => out.push(rewrite_reply(replies.bytes, rw, &ctx.policy, session)),
                 None => out.push(replies.bytes),
             }
             let took = wait.sent.elapsed();
@@ -1838,12 +1865,14 @@ fn apply(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn route(
     frame: Bytes,
     kind: ReplyKind,
     current: &mut Option<Current>,
     out: &mut Outbox,
     ctx: &Context,
+    session: u64,
     meter: &mut CommandMeter,
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
@@ -1862,7 +1891,7 @@ fn route(
     }
     if cur.expect.forward {
         match cur.expect.rewrite {
-            Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy)),
+            Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy, session)),
             None => out.push(frame),
         }
     } else if kind == ReplyKind::Error && !has_login {
