@@ -359,3 +359,49 @@ async fn clients_see_and_name_only_themselves() {
         );
     }
 }
+
+/// CONFIG SET requirepass through cachegate would leave the backend with a password that
+/// cachegate's own connections do not know: every client after that is refused. Refused, in
+/// any position and case, inside MULTI too; other parameters still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_can_lock_cachegate_out_of_its_backend() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    for args in [
+        vec!["CONFIG", "SET", "requirepass", "locked"],
+        vec![
+            "config",
+            "set",
+            "maxmemory-policy",
+            "noeviction",
+            "RequirePass",
+            "x",
+        ],
+    ] {
+        let got = s(&c.cmd(&args).await);
+        assert!(
+            got.starts_with("-ERR cachegate: CONFIG SET requirepass"),
+            "{args:?}: {got}"
+        );
+    }
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    let queued = s(&c.cmd(&["CONFIG", "SET", "requirepass", "locked"]).await);
+    assert!(queued.starts_with("-ERR cachegate:"), "{queued}");
+    let exec = s(&c.cmd(&["EXEC"]).await);
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    // A value that merely reads "requirepass" is not a parameter.
+    assert_eq!(
+        c.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+            .await,
+        b"+OK\r\n"
+    );
+    let mut direct = redis.direct().await;
+    let pass = s(&direct.cmd(&["CONFIG", "GET", "requirepass"]).await);
+    assert!(pass.ends_with("$0\r\n\r\n"), "{pass}");
+    // A new client, on a new upstream connection, is still served.
+    let mut fresh = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(fresh.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(fresh.cmd(&["PING"]).await, b"+QUEUED\r\n");
+    assert_eq!(fresh.cmd(&["EXEC"]).await, b"*1\r\n+PONG\r\n");
+}

@@ -54,6 +54,9 @@ pub enum Refusal {
     /// ACL commands that act on the backend's users (cachegate's own connections use them),
     /// when cachegate holds no users itself.
     BackendUsers,
+    /// CONFIG SET of the backend's password: cachegate's own connections log in with
+    /// `upstream.password`, so a new one locks every client out until an operator steps in.
+    LocksOut,
 }
 
 impl Refusal {
@@ -87,6 +90,7 @@ impl Refusal {
                 "ERR cachegate: ACL {} would act on the backend's users, which cachegate's own connections use; manage them on the backend directly",
                 sub.to_ascii_uppercase()
             ),
+            Refusal::LocksOut => "ERR cachegate: CONFIG SET requirepass would lock cachegate's own connections out of the backend (they log in with upstream.password); change the password on the backend and in cachegate's upstream.password together".into(),
         };
         crate::protocol::reply::error_line(&text)
     }
@@ -171,6 +175,16 @@ pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
         // Blocking only with BLOCK (a key named "block" pins too: harmless).
         "xread" | "xreadgroup" if args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
             Sharing::Pin
+        }
+        // Parameters at 2, 4, ... (CONFIG SET takes several pairs since Redis 7.0).
+        "config|set"
+            if args
+                .iter()
+                .skip(2)
+                .step_by(2)
+                .any(|p| p.eq_ignore_ascii_case(b"requirepass")) =>
+        {
+            Sharing::Refuse(Refusal::LocksOut)
         }
         "script|debug" if has(b"SYNC") => Sharing::Refuse(Refusal::BlocksServer),
         "script|debug" if has(b"NO") => Sharing::Shared,
