@@ -918,6 +918,25 @@ mod tests {
         );
     }
 
+    /// The frame lengths a resumable scanner finds in `wire` delivered in pieces cut at `cuts`.
+    fn scan_in_chunks(wire: &[u8], cuts: &[prop::sample::Index]) -> Vec<usize> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+        points.sort_unstable();
+        let mut scanner = ReplyScanner::default();
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        let mut last = 0;
+        for cut in points.into_iter().chain([wire.len()]) {
+            buf.extend_from_slice(&wire[last..cut]);
+            last = cut;
+            while let Some((len, _)) = scanner.next(&buf, 1 << 20).unwrap() {
+                got.push(len);
+                buf.drain(..len);
+            }
+        }
+        got
+    }
+
     proptest! {
         #[test]
         fn strict_prefixes_are_incomplete(cmds in prop::collection::vec(arb_args(), 1..4)) {
@@ -1011,21 +1030,7 @@ mod tests {
                 wire.extend(b"*-1\r\n");
                 want.push(5);
             }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
-            points.sort_unstable();
-            let mut scanner = ReplyScanner::default();
-            let mut buf = Vec::new();
-            let mut got = Vec::new();
-            let mut last = 0;
-            for cut in points.into_iter().chain([wire.len()]) {
-                buf.extend_from_slice(&wire[last..cut]);
-                last = cut;
-                while let Some((len, _)) = scanner.next(&buf, 1 << 20).unwrap() {
-                    got.push(len);
-                    buf.drain(..len);
-                }
-            }
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(scan_in_chunks(&wire, &cuts), want);
         }
 
         #[test]
@@ -1050,21 +1055,7 @@ mod tests {
                     prop_assert_eq!(frame_len(&f[..cut]).unwrap(), None);
                 }
             }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
-            points.sort_unstable();
-            let mut scanner = ReplyScanner::default();
-            let mut buf = Vec::new();
-            let mut got = Vec::new();
-            let mut last = 0;
-            for cut in points.into_iter().chain([wire.len()]) {
-                buf.extend_from_slice(&wire[last..cut]);
-                last = cut;
-                while let Some((len, _)) = scanner.next(&buf, 1 << 20).unwrap() {
-                    got.push(len);
-                    buf.drain(..len);
-                }
-            }
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(scan_in_chunks(&wire, &cuts), want);
         }
 
         /// Where redis-protocol's decoder (a second, independent reading of RESP3) accepts a
