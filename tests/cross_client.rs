@@ -361,27 +361,40 @@ async fn clients_see_and_name_only_themselves() {
 }
 
 /// CONFIG SET requirepass through cachegate would leave the backend with a password that
-/// cachegate's own connections do not know: every client after that is refused. Refused, in
-/// any position and case, inside MULTI too; other parameters still pass.
+/// cachegate's own connections do not know: every client after that is refused (so would
+/// maxclients 1, another port, TLS client auth). Refused, in any position and case, inside
+/// MULTI too; other settings still pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_can_lock_cachegate_out_of_its_backend() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
     let proxy = proxy(&pki, &redis, "").await;
     let mut c = RawClient::tls(&pki, proxy.addr).await;
-    for args in [
-        vec!["CONFIG", "SET", "requirepass", "locked"],
-        vec![
-            "config",
-            "set",
-            "maxmemory-policy",
-            "noeviction",
-            "RequirePass",
-            "x",
-        ],
+    for (args, setting) in [
+        (
+            vec!["CONFIG", "SET", "requirepass", "locked"],
+            "requirepass",
+        ),
+        (
+            vec![
+                "config",
+                "set",
+                "maxmemory-policy",
+                "noeviction",
+                "RequirePass",
+                "x",
+            ],
+            "requirepass",
+        ),
+        (vec!["CONFIG", "SET", "maxclients", "1"], "maxclients"),
+        (vec!["CONFIG", "SET", "port", "1"], "port"),
+        (
+            vec!["CONFIG", "SET", "tls-auth-clients", "yes"],
+            "tls-auth-clients",
+        ),
     ] {
         let got = s(&c.cmd(&args).await);
         assert!(
-            got.starts_with("-ERR cachegate: CONFIG SET requirepass"),
+            got.starts_with(&format!("-ERR cachegate: CONFIG SET {setting} ")),
             "{args:?}: {got}"
         );
     }
@@ -390,7 +403,11 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
     assert!(queued.starts_with("-ERR cachegate:"), "{queued}");
     let exec = s(&c.cmd(&["EXEC"]).await);
     assert!(exec.starts_with("-EXECABORT"), "{exec}");
-    // A value that merely reads "requirepass" is not a parameter.
+    // A value that merely reads "requirepass" is not a setting; other settings pass.
+    assert_eq!(
+        c.cmd(&["CONFIG", "SET", "masterauth", "requirepass"]).await,
+        b"+OK\r\n"
+    );
     assert_eq!(
         c.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
             .await,
@@ -399,9 +416,52 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
     let mut direct = redis.direct().await;
     let pass = s(&direct.cmd(&["CONFIG", "GET", "requirepass"]).await);
     assert!(pass.ends_with("$0\r\n\r\n"), "{pass}");
+    let max = s(&direct.cmd(&["CONFIG", "GET", "maxclients"]).await);
+    assert!(!max.ends_with("$1\r\n1\r\n"), "{max}");
     // A new client, on a new upstream connection, is still served.
     let mut fresh = RawClient::tls(&pki, proxy.addr).await;
     assert_eq!(fresh.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(fresh.cmd(&["PING"]).await, b"+QUEUED\r\n");
     assert_eq!(fresh.cmd(&["EXEC"]).await, b"*1\r\n+PONG\r\n");
+}
+
+/// A client that pipelines more shared commands than its in-flight allowance, never reads its
+/// replies and then resets its connection must end its session: a session left waiting for an
+/// allowance that is never given back would hold its connection slot forever (with
+/// `max_connections` slots, a few such clients lock everyone out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_client_past_its_in_flight_allowance_frees_its_slot() {
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nmax_connections = 1\ntls.enabled = false\n\
+         auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+        redis.address()
+    ))
+    .await;
+    let mut direct = redis.direct().await;
+    let value = "v".repeat(100_000);
+    assert_eq!(direct.cmd(&["SET", "big", &value]).await, b"+OK\r\n");
+
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(700);
+    stream.write_all(&get).await.unwrap();
+    // Its replies fill the socket; the session stops at its allowance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A zero linger never blocks on drop (the deprecation's concern): it resets at once.
+    #[allow(deprecated)]
+    stream.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+
+    assert!(
+        eventually(|| async {
+            let Ok(c) = tokio::net::TcpStream::connect(proxy.addr).await else {
+                return false;
+            };
+            let mut c = RawClient::new(Box::new(c));
+            c.send_cmd(&["PING"]).await;
+            c.try_read().await.as_deref() == Some(b"+PONG\r\n")
+        })
+        .await,
+        "the reset client's session still holds the only connection slot"
+    );
 }

@@ -1644,6 +1644,14 @@ struct Own {
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
+impl Drop for Own {
+    /// The reply side has ended: nothing gives the allowance back any more, so a request side
+    /// waiting for it must hear so (it ends the session) instead of waiting forever.
+    fn drop(&mut self) {
+        self.in_flight.close();
+    }
+}
+
 async fn reply_side<W: AsyncWrite + Unpin>(
     ctx: &Context,
     mut cw: W,

@@ -54,9 +54,10 @@ pub enum Refusal {
     /// ACL commands that act on the backend's users (cachegate's own connections use them),
     /// when cachegate holds no users itself.
     BackendUsers,
-    /// CONFIG SET of the backend's password: cachegate's own connections log in with
-    /// `upstream.password`, so a new one locks every client out until an operator steps in.
-    LocksOut,
+    /// CONFIG SET of a setting that decides whether cachegate's own connections reach and log
+    /// in to the backend (its password, ports, TLS, client limits): changed behind cachegate's
+    /// back, it locks every client out until an operator steps in.
+    LocksOut(&'static str),
 }
 
 impl Refusal {
@@ -90,7 +91,9 @@ impl Refusal {
                 "ERR cachegate: ACL {} would act on the backend's users, which cachegate's own connections use; manage them on the backend directly",
                 sub.to_ascii_uppercase()
             ),
-            Refusal::LocksOut => "ERR cachegate: CONFIG SET requirepass would lock cachegate's own connections out of the backend (they log in with upstream.password); change the password on the backend and in cachegate's upstream.password together".into(),
+            Refusal::LocksOut(param) => format!(
+                "ERR cachegate: CONFIG SET {param} could lock cachegate's own connections out of the backend, and every client with them; change it on the backend (and in cachegate's upstream settings) together"
+            ),
         };
         crate::protocol::reply::error_line(&text)
     }
@@ -142,6 +145,29 @@ fn base_refusal(name: &str) -> Refusal {
     }
 }
 
+/// Settings that decide whether cachegate's own connections reach the backend and log in to it
+/// (Redis 7.0's names; it has no aliases for them). `CONFIG SET` of any is refused.
+const LOCKOUT_SETTINGS: &[&str] = &[
+    "requirepass",
+    "port",
+    "bind",
+    "maxclients",
+    "maxmemory-clients",
+    "tls-port",
+    "tls-auth-clients",
+    "tls-ca-cert-file",
+    "tls-ca-cert-dir",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-key-file-pass",
+    "tls-client-cert-file",
+    "tls-client-key-file",
+    "tls-client-key-file-pass",
+    "tls-protocols",
+    "tls-ciphers",
+    "tls-ciphersuites",
+];
+
 /// The verdict for one call (name already resolved through the rename policy).
 /// `users_here`: cachegate holds the ACL users (ACL commands are answered locally).
 pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
@@ -177,15 +203,14 @@ pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
             Sharing::Pin
         }
         // Parameters at 2, 4, ... (CONFIG SET takes several pairs since Redis 7.0).
-        "config|set"
-            if args
+        "config|set" => match args.iter().skip(2).step_by(2).find_map(|p| {
+            LOCKOUT_SETTINGS
                 .iter()
-                .skip(2)
-                .step_by(2)
-                .any(|p| p.eq_ignore_ascii_case(b"requirepass")) =>
-        {
-            Sharing::Refuse(Refusal::LocksOut)
-        }
+                .find(|name| p.eq_ignore_ascii_case(name.as_bytes()))
+        }) {
+            Some(name) => Sharing::Refuse(Refusal::LocksOut(name)),
+            None => Sharing::Shared,
+        },
         "script|debug" if has(b"SYNC") => Sharing::Refuse(Refusal::BlocksServer),
         "script|debug" if has(b"NO") => Sharing::Shared,
         _ if full.starts_with("acl|") && !users_here => match full.as_str() {
