@@ -358,6 +358,18 @@ async fn clients_see_and_name_only_themselves() {
             "{name} reached the backend"
         );
     }
+    // A wrong number of arguments is answered first, in Redis's words, as Redis does.
+    for args in [
+        &["CLIENT", "KILL"][..],
+        &["client", "unblock"],
+        &["SYNC", "x"],
+    ] {
+        assert_eq!(
+            s(&c.cmd(args).await),
+            s(&direct.cmd(args).await),
+            "{args:?}"
+        );
+    }
 }
 
 /// CONFIG SET requirepass through cachegate would leave the backend with a password that

@@ -51,6 +51,9 @@ pub enum Refusal {
     UnknownSubcommand,
     /// A container command without its subcommand.
     Arity,
+    /// A refused subcommand called with a number of arguments Redis refuses first (Redis
+    /// checks arity before anything else; its error names `container|sub`).
+    SubArity(&'static str),
     /// ACL commands that act on the backend's users (cachegate's own connections use them),
     /// when cachegate holds no users itself.
     BackendUsers,
@@ -87,6 +90,9 @@ impl Refusal {
                 "ERR wrong number of arguments for '{}' command",
                 name.to_ascii_lowercase()
             ),
+            Refusal::SubArity(full) => {
+                format!("ERR wrong number of arguments for '{full}' command")
+            }
             Refusal::BackendUsers => format!(
                 "ERR cachegate: ACL {} would act on the backend's users, which cachegate's own connections use; manage them on the backend directly",
                 sub.to_ascii_uppercase()
@@ -142,6 +148,16 @@ fn base_refusal(name: &str) -> Refusal {
         "restore-asking" => Refusal::Internal("RESTORE-ASKING"),
         // The bare name of a container: its subcommand was not found.
         _ => Refusal::UnknownSubcommand,
+    }
+}
+
+/// Redis's arity rule: exactly `arity` arguments (name included), or at least `-arity`.
+fn arity_fits(arity: i64, given: usize) -> bool {
+    let given = given as i64;
+    if arity >= 0 {
+        given == arity
+    } else {
+        given >= -arity
     }
 }
 
@@ -218,7 +234,14 @@ pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
             "acl|cat" | "acl|genpass" | "acl|help" | "acl|dryrun" => Sharing::Shared,
             _ => Sharing::Refuse(Refusal::BackendUsers),
         },
-        name => reviewed().get(name).copied().unwrap_or(Sharing::PinTaint),
+        name => match reviewed().get_key_value(name) {
+            // Redis answers a wrong number of arguments before anything else.
+            Some((full, Sharing::Refuse(_))) if !arity_fits(info.arity, args.len()) => {
+                Sharing::Refuse(Refusal::SubArity(full))
+            }
+            Some((_, sharing)) => *sharing,
+            None => Sharing::PinTaint,
+        },
     }
 }
 
