@@ -501,7 +501,7 @@ async fn generated_corpus_verdicts_match_acl_dryrun() {
             getkeys.extend(args.iter().map(String::as_str));
             let found = direct.cmd(&getkeys).await;
             let (name, info) = table().lookup(args).unwrap();
-            let located = info.keys(&name, args).len();
+            let located = info.keys(name, args).len();
             // Redis's finder errs, or gives up on a spec and finds fewer keys than are there.
             let redis_finds_fewer = found.starts_with(b"-")
                 || reply_end(&found).is_some_and(|_| {

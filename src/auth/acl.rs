@@ -346,8 +346,8 @@ impl User {
             };
         };
         // As in Redis, commands flagged no-auth (AUTH, HELLO) pass every user's command rules.
-        if !self.allowed.contains(&name) && !info.flags.iter().any(|f| f == "no_auth") {
-            return Err(Denied::Command(name));
+        if !self.allowed.contains(name) && !info.flags.iter().any(|f| f == "no_auth") {
+            return Err(Denied::Command(name.to_string()));
         }
         // A container called with a subcommand the table does not know: its keys are unknown.
         let unknown_subcommand =
@@ -356,7 +356,7 @@ impl User {
             return Err(Denied::UnknownKeys(typed()));
         }
         if !self.all_keys {
-            for key in info.keys(&name, args) {
+            for key in info.keys(name, args) {
                 let k = args[key.index].as_ref();
                 let ok = self.key_patterns.iter().any(|p| {
                     (!key.read || p.read)
@@ -374,7 +374,7 @@ impl User {
             }
         }
         if !self.all_channels {
-            for (channel, literal) in channels(&name, info, args) {
+            for (channel, literal) in channels(name, info, args) {
                 let ok = self.channel_patterns.iter().any(|p| {
                     if literal {
                         p.as_bytes() == channel

@@ -65,6 +65,14 @@ pub struct KeyUse {
     pub write: bool,
 }
 
+/// `word` lowercased into `buf`, if it fits and is UTF-8 (a name that does not is in no table).
+fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 128]) -> Option<&'b str> {
+    let out = buf.get_mut(..word.len())?;
+    out.copy_from_slice(word);
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
 /// The embedded table, parsed once.
 pub fn table() -> &'static CommandTable {
     static TABLE: OnceLock<CommandTable> = OnceLock::new();
@@ -74,21 +82,32 @@ pub fn table() -> &'static CommandTable {
 
 impl CommandTable {
     /// The command (or subcommand) a call names: `(full name, info)`, e.g. `("config|get", ..)`.
-    pub fn lookup(&self, args: &[impl AsRef<[u8]>]) -> Option<(String, &CommandInfo)> {
-        let name = String::from_utf8_lossy(args.first()?.as_ref()).to_ascii_lowercase();
-        let info = self.commands.get(&name)?;
+    /// Called for every request: names are lowercased on the stack, never allocated (no name
+    /// in the table is longer than the buffers, nor anything but ASCII).
+    pub fn lookup(&self, args: &[impl AsRef<[u8]>]) -> Option<(&str, &CommandInfo)> {
+        let mut buf = [0u8; 128];
+        let (name, info) = self
+            .commands
+            .get_key_value(lowercase(args.first()?.as_ref(), &mut buf)?)?;
         if !info.subcommands.is_empty() {
             if let Some(sub) = args.get(1) {
-                let full = format!(
-                    "{name}|{}",
-                    String::from_utf8_lossy(sub.as_ref()).to_ascii_lowercase()
-                );
-                if let Some(sub_info) = info.subcommands.get(&full) {
-                    return Some((full, sub_info));
+                // `name|sub`, as the table spells a subcommand.
+                let mut call = [0u8; 128];
+                let sub = sub.as_ref();
+                if name.len() + 1 + sub.len() <= call.len() {
+                    call[..name.len()].copy_from_slice(name.as_bytes());
+                    call[name.len()] = b'|';
+                    call[name.len() + 1..][..sub.len()].copy_from_slice(sub);
+                    let full = &call[..name.len() + 1 + sub.len()];
+                    if let Some(found) = lowercase(full, &mut buf)
+                        .and_then(|full| info.subcommands.get_key_value(full))
+                    {
+                        return Some((found.0.as_str(), found.1));
+                    }
                 }
             }
         }
-        Some((name, info))
+        Some((name.as_str(), info))
     }
 
     /// Every command and subcommand, by full name.
@@ -320,7 +339,7 @@ mod tests {
     fn keys(args: &[&str]) -> Vec<(usize, bool, bool)> {
         let t = table();
         let (name, info) = t.lookup(args).unwrap();
-        info.keys(&name, args)
+        info.keys(name, args)
             .into_iter()
             .map(|k| (k.index, k.read, k.write))
             .collect()

@@ -855,9 +855,7 @@ fn script_callable_denials(policy: &Policy) -> Vec<String> {
         .into_iter()
         .filter(|rule| {
             let args: Vec<&str> = rule.trim_start_matches('-').split('|').collect();
-            crate::auth::commands::table()
-                .lookup(&args)
-                .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
+            crate::session::script_callable(&args)
         })
         .collect()
 }

@@ -114,7 +114,7 @@ fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrit
 }
 
 /// Whether a script could call this command (Redis refuses `noscript` ones inside scripts).
-pub fn script_callable(args: &[Bytes]) -> bool {
+pub fn script_callable(args: &[impl AsRef<[u8]>]) -> bool {
     crate::auth::commands::table()
         .lookup(args)
         .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))

@@ -210,7 +210,7 @@ pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
         };
     }
     let has = |word: &[u8]| args.iter().skip(2).any(|a| a.eq_ignore_ascii_case(word));
-    match full.as_str() {
+    match full {
         "client|tracking" if has(b"REDIRECT") => {
             Sharing::Refuse(Refusal::OtherConnections("CLIENT TRACKING ... REDIRECT"))
         }
@@ -229,7 +229,7 @@ pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
         },
         "script|debug" if has(b"SYNC") => Sharing::Refuse(Refusal::BlocksServer),
         "script|debug" if has(b"NO") => Sharing::Shared,
-        _ if full.starts_with("acl|") && !users_here => match full.as_str() {
+        _ if full.starts_with("acl|") && !users_here => match full {
             "acl|whoami" => Sharing::Local,
             "acl|cat" | "acl|genpass" | "acl|help" | "acl|dryrun" => Sharing::Shared,
             _ => Sharing::Refuse(Refusal::BackendUsers),

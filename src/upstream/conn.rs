@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 use crate::error::UpstreamError;
 use crate::protocol::memcached::{reply_len, Shape};
 use crate::protocol::reply::encode_command;
-use crate::protocol::resp::next_reply_len;
+use crate::protocol::resp::ReplyScanner;
 
 /// The byte stream to an upstream.
 pub enum Stream {
@@ -294,9 +294,11 @@ impl Conn {
     /// in `buf`.
     pub async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Bytes, UpstreamError> {
         let max = self.connector.max_reply;
+        // Resumes where the last read left off: a big reply is not scanned again from its start.
+        let mut scanner = ReplyScanner::default();
         loop {
             let len = match self.connector.protocol {
-                Protocol::Redis => next_reply_len(buf, max)?.map(|(len, _)| len),
+                Protocol::Redis => scanner.next(buf, max)?.map(|(len, _)| len),
                 Protocol::Memcached => reply_len(buf, Shape::Line, max)
                     .map_err(|e| UpstreamError::Unexpected(e.to_string()))?,
             };
