@@ -400,6 +400,10 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
         (vec!["CONFIG", "SET", "maxclients", "1"], "maxclients"),
         (vec!["CONFIG", "SET", "port", "1"], "port"),
         (
+            vec!["CONFIG", "SET", "protected-mode", "yes"],
+            "protected-mode",
+        ),
+        (
             vec!["CONFIG", "SET", "tls-auth-clients", "yes"],
             "tls-auth-clients",
         ),

@@ -277,6 +277,28 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
             listeners.push(l);
         }
     }
+    // Backend users are named after their listener (and user): `cachegate-a` with user `b-c` and
+    // `cachegate-a-b` with user `c` would be one backend user with one password, whose rules
+    // the last to provision would decide.
+    let mut backend_names = std::collections::HashMap::new();
+    for l in &listeners {
+        let up = &l.upstream;
+        let names = up
+            .backend_user
+            .iter()
+            .chain(up.mirror_users.iter().map(|(_, u)| u));
+        for user in names {
+            if let Some(other) = backend_names.insert(user.name.as_str(), l.name.as_str()) {
+                p.add(
+                    "listeners",
+                    format!(
+                        "listeners `{other}` and `{}` would provision the same backend user `{}`; rename one of them",
+                        l.name, user.name
+                    ),
+                );
+            }
+        }
+    }
     for (i, a) in listeners.iter().enumerate() {
         for b in &listeners[i + 1..] {
             if a.name == b.name {
@@ -458,6 +480,15 @@ fn listener(
                 );
             }
             upstream(p, &ukey, u, base).map(|mut up| {
+                let provisions = guard == Some(ScriptsGuard::BackendAcl) || backend_users;
+                if provisions && up.password.is_none() {
+                    // The backend users' passwords derive from the upstream one: without it,
+                    // anyone who reaches the backend could compute them.
+                    p.add(
+                        format!("{ukey}.password"),
+                        "is needed to provision backend users (commands.scripts = \"backend_acl\", auth.backend_users): their passwords derive from it",
+                    );
+                }
                 if let Some(policy) = &policy {
                     if guard == Some(ScriptsGuard::BackendAcl) {
                         up.backend_user = Some(backend_user(&listener_name, &up, policy));

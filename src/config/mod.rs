@@ -205,11 +205,76 @@ upstream.address = "127.0.0.1:6379"
         );
     }
 
+    /// Backend users' passwords derive from the upstream password: without one, anyone who
+    /// reaches the backend could compute them, so provisioning needs it.
+    #[test]
+    fn backend_users_need_an_upstream_password() {
+        let found = problems(&format!(
+            "{MINIMAL}[listeners.commands]\ndisable = [\"FLUSHALL\"]\nscripts = \"backend_acl\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "listeners[0].upstream.password");
+    }
+
+    /// Backend user names are built from listener and user names: two listeners whose names
+    /// would provision the same backend user (one password, rules decided by the last to
+    /// provision) are refused.
+    #[test]
+    fn backend_user_names_never_collide() {
+        let listener = |name: &str| {
+            format!(
+                "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\n\
+                 auth.user_group = \"g\"\nauth.backend_users = true\n\
+                 upstream.address = \"127.0.0.1:6379\"\nupstream.password = \"pw\"\n"
+            )
+        };
+        let users = "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+                     [[users]]\nname = \"b-c\"\nacl = \"on >pw-one ~app:* +@read\"\n\
+                     [[users]]\nname = \"c\"\nacl = \"on >pw-two ~* +@all\"\n\
+                     [user_groups]\ng = [\"default\", \"b-c\", \"c\"]\n";
+        let found = problems(&format!("{users}{}{}", listener("a"), listener("a-b")));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message.contains("same backend user `cachegate-a-b-c`")),
+            "{found:?}"
+        );
+        parse(
+            &format!("{users}{}{}", listener("a"), listener("z")),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+    }
+
+    /// A user's password from a file goes into an ACL rule string split at whitespace: one
+    /// holding a space (`x ~* +@all`) would add rules, so it is refused, and never shown.
+    #[test]
+    fn a_password_from_a_file_cannot_add_acl_rules() {
+        let dir = std::env::temp_dir().join(format!("cachegate-pwfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "secret-start ~* +@all\n").unwrap();
+        let text = "[[users]]\nname = \"default\"\nacl = \"on ~app:* +@read\"\npassword_file = \"pw\"\n\
+                    [user_groups]\ng = [\"default\"]\n\
+                    [[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\nauth.user_group = \"g\"\n\
+                    upstream.address = \"127.0.0.1:6379\"\n";
+        let found = parse(text, "t", &dir).unwrap_err().problems;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "users[0].password_file");
+        assert!(found[0].message.contains("whitespace"), "{found:?}");
+        assert!(!found[0].message.contains("secret-start"), "{found:?}");
+    }
+
     /// Disabled commands next to allowed scripting are never silently open: the config says
     /// how (backend ACL user, or an explicit "unguarded"), or it is refused with the choices.
     #[test]
     fn scripts_next_to_disabled_commands_must_be_decided() {
-        let with = |commands: &str| format!("{MINIMAL}[listeners.commands]\n{commands}\n");
+        let with = |commands: &str| {
+            format!(
+                "{MINIMAL}upstream.password = \"backend-pw\"\n[listeners.commands]\n{commands}\n"
+            )
+        };
         let found = problems(&with("disable = [\"FLUSHALL\"]"));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, "listeners[0].commands.scripts");

@@ -111,6 +111,12 @@ pub fn resolve(
             let mut rules = Vec::new();
             for rule in acl.split_whitespace() {
                 match rule.strip_prefix('>').map(expand) {
+                    Some(Ok(Some((value, var)))) if value.contains(char::is_whitespace) => {
+                        problem(
+                            format!("{key}.acl"),
+                            no_whitespace(&format!("variable {var}")),
+                        );
+                    }
                     Some(Ok(Some((value, var)))) => {
                         rules.push(format!(">{value}"));
                         sources.push(SecretSource {
@@ -129,6 +135,16 @@ pub fn resolve(
         }
         if let Some(path) = u.password_file.take() {
             match read(base, &path) {
+                Ok(text)
+                    if text
+                        .trim_end_matches(['\r', '\n'])
+                        .contains(char::is_whitespace) =>
+                {
+                    problem(
+                        format!("{key}.password_file"),
+                        no_whitespace(&format!("file {}", path.display())),
+                    );
+                }
                 Ok(text) => {
                     let password = text.trim_end_matches(['\r', '\n']);
                     let acl = u.acl.get_or_insert_with(String::new);
@@ -174,4 +190,10 @@ fn read(base: &Path, path: &Path) -> Result<String, String> {
         return Err(format!("{} is empty", full.display()));
     }
     Ok(text)
+}
+
+/// A user's password from a file or the environment goes into an ACL rule string, which is
+/// split at whitespace: a space would turn the rest of the password into rules.
+fn no_whitespace(source: &str) -> String {
+    format!("the password from {source} holds whitespace, which a password in ACL rules cannot (the rest would be read as rules)")
 }

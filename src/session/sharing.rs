@@ -165,6 +165,7 @@ fn arity_fits(arity: i64, given: usize) -> bool {
 /// (Redis 7.0's names; it has no aliases for them). `CONFIG SET` of any is refused.
 const LOCKOUT_SETTINGS: &[&str] = &[
     "requirepass",
+    "protected-mode",
     "port",
     "bind",
     "maxclients",
