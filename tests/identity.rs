@@ -166,6 +166,16 @@ async fn memcached_categories_and_key_patterns() {
         );
     }
     assert!(!node.holds("pub:new").await);
+    // A base64 key (the b flag) is judged as the key it decodes to: app:1 (YXBwOjE=) is out of
+    // reach for reading and writing; pub:1 (cHViOjE=) is in it.
+    for line in ["mg YXBwOjE= b v\r\n", "ms YXBwOjE= 1 b\r\nx\r\n"] {
+        assert_eq!(
+            anon.line(line).await,
+            "CLIENT_ERROR permission denied\r\n",
+            "{line}"
+        );
+    }
+    assert_eq!(anon.line("mg cHViOjE= b v\r\n").await, "EN\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
