@@ -688,7 +688,10 @@ impl RequestSide<'_> {
         // A renamed command that a script could call runs as the administrator: the backend
         // user denies its real name, so that scripts cannot call it.
         let renamed = matches!(decision, Decision::Rename(_)) && script_callable(&args);
-        let own_identity = match &self.wanted_identity(renamed) {
+        // Who runs it, decided once: the same answer before and after it is sent.
+        let want = self.wanted_identity(renamed);
+        let as_admin = want == RunsAs::Admin;
+        let own_identity = match &want {
             RunsAs::Admin => true,
             RunsAs::User(_) => runs_script(&args[0]),
             RunsAs::Listener => false,
@@ -732,7 +735,7 @@ impl RequestSide<'_> {
             }
         }
         // Logged in as who must run it, before anything below changes the session's state.
-        if let Some(refusal) = Box::pin(self.run_as(self.wanted_identity(renamed))).await? {
+        if let Some(refusal) = Box::pin(self.run_as(want)).await? {
             self.multi_dirty |= self.in_multi;
             self.local(refusal).await?;
             return Ok(Flow::Continue);
@@ -800,7 +803,7 @@ impl RequestSide<'_> {
             self.track_state(kind, &args);
         }
         let flow = self.forward(&args, expect).await?;
-        if renamed && self.wanted_identity(true) == RunsAs::Admin {
+        if as_admin {
             // Back at once: nothing else runs with the administrator's rights.
             let back = self.wanted_identity(false);
             Box::pin(self.run_as(back)).await?;
