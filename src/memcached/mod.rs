@@ -285,8 +285,7 @@ where
         if !batch.is_empty() {
             let out = execute(ctx, batch, conns, who, &mut meter).await;
             if let Err(over) = charge.hold(rbuf.capacity() + out.len()) {
-                let error = format!("SERVER_ERROR cachegate: {over}\r\n");
-                cw.write_all(error.as_bytes()).await?;
+                cw.write_all(&server_error("", &over.to_string())).await?;
                 break;
             }
             cw.write_all(&out).await?;
@@ -315,8 +314,7 @@ where
                 Ok(n) => {
                     room.record(n);
                     if let Err(over) = charge.hold(rbuf.capacity()) {
-                        let error = format!("SERVER_ERROR cachegate: {over}\r\n");
-                        cw.write_all(error.as_bytes()).await?;
+                        cw.write_all(&server_error("", &over.to_string())).await?;
                         break;
                     }
                 }
