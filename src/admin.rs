@@ -1,8 +1,10 @@
 //! The admin HTTP listener (loopback by default): `/live`, `/ready`, `/metrics`.
 //!
 //! `/live` answers 200 while the process serves; `/ready` answers 200 once the listeners are
-//! bound (they are, before this runs) and at least one upstream answers, 503 otherwise;
-//! `/metrics` is the Prometheus text exposition.
+//! bound (they are, before this runs) and at least one upstream answers, and no listener
+//! serves an expired certificate, 503 otherwise; `/metrics` is the Prometheus text
+//! exposition; `POST /reload` reloads the configuration (only on a loopback admin listener)
+//! and answers 200 with what was loaded, or 409 with every problem.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use crate::upstream::Pool;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub pools: Vec<Pool>,
+    pub reloader: Arc<crate::reload::Reloader>,
+    /// `POST /reload` is served only on a loopback admin listener.
+    pub reload_allowed: bool,
 }
 
 /// Serves until `shutdown`.
@@ -40,9 +45,14 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(respond(&admin, req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(admin).await);
+                    }
+                    Ok::<_, Infallible>(respond(&admin, req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -51,24 +61,67 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
     }
 }
 
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+/// `POST /reload`: the reload runs on a blocking thread (it reads files and builds TLS
+/// configurations); its outcome is the answer.
+async fn reload(admin: Arc<Admin>) -> Response<Full<Bytes>> {
+    if !admin.reload_allowed {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "POST /reload is served on a loopback admin listener only; send SIGHUP instead\n"
+                .into(),
+        );
+    }
+    let reloader = admin.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.reload("POST /reload")).await {
+        Ok(Ok(summary)) => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!("reloaded: {summary}\n"),
+        ),
+        Ok(Err(e)) => reply(StatusCode::CONFLICT, "text/plain", format!("{e}\n")),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("reload failed: {e}\n"),
+        ),
+    }
+}
+
 fn respond(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_default()
-    };
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET, or POST /reload\n".into(),
         );
     }
     match req.uri().path() {
         "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let expired = admin.reloader.expired_server_certs(now);
+            if !expired.is_empty() {
+                let names: Vec<&str> = expired.iter().map(|c| c.listener.as_str()).collect();
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: the certificate of listener {} has expired\n",
+                        names.join(", ")
+                    ),
+                );
+            }
             let healthy = admin.pools.iter().filter(|p| p.is_healthy()).count();
             if healthy > 0 {
                 reply(
@@ -95,7 +148,7 @@ fn respond(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /live /ready /metrics\n".into(),
+            "not found: /live /ready /metrics, POST /reload\n".into(),
         ),
     }
 }

@@ -20,7 +20,8 @@
 //! - [`bench`](mod@bench): the `cachegate bench` load generator.
 //! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`],
 //!   [`budget`] (the process-wide bound on buffered bytes),
-//!   [`deadline`], [`read_room`] (client read buffer sizing).
+//!   [`deadline`], [`read_room`] (client read buffer sizing), [`live`] (values a reload
+//!   replaces), [`reload`] (re-reading the configuration while serving).
 
 pub mod admin;
 pub mod auth;
@@ -30,12 +31,14 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod listener;
+pub mod live;
 pub mod memcached;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod proxy_header;
 pub mod read_room;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::cert::CertNames;
+use crate::live::Live;
 use crate::metrics::{ConnLabels, ReasonLabels};
 use crate::session;
 
@@ -29,19 +30,26 @@ pub struct Listener {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub name: String,
     pub handler: Handler,
-    pub tls: Option<(TlsAcceptor, Duration)>,
-    /// TLS and plaintext on one port (`transit_encryption_mode = "preferred"`).
-    pub preferred: bool,
+    /// How a new connection is let in; a reload replaces it (open connections keep theirs).
+    pub front: Live<Front>,
     pub limit: Arc<Semaphore>,
-    /// Who may connect (after PROXY protocol); `None`: everyone who reaches the port.
-    pub allow: Option<Vec<ipnet::IpNet>>,
-    /// Load balancers whose PROXY protocol headers are believed.
-    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
     /// When a rejection was last logged as a security event (rate-limited), in ms since
     /// `started`, and how many went unlogged since.
     pub last_reject_log: std::sync::atomic::AtomicU64,
     pub unlogged_rejects: std::sync::atomic::AtomicU64,
     pub started: std::time::Instant,
+}
+
+/// How a listener lets a connection in, up to its session: what a reload may change.
+pub struct Front {
+    /// The TLS acceptor (certificate, client CAs and CRLs) and the handshake deadline.
+    pub tls: Option<(TlsAcceptor, Duration)>,
+    /// TLS and plaintext on one port (`transit_encryption_mode = "preferred"`).
+    pub preferred: bool,
+    /// Who may connect (after PROXY protocol); `None`: everyone who reaches the port.
+    pub allow: Option<Vec<ipnet::IpNet>>,
+    /// Load balancers whose PROXY protocol headers are believed.
+    pub proxy_trusted: Option<Vec<ipnet::IpNet>>,
 }
 
 /// How long a PROXY protocol header may take to arrive.
@@ -97,7 +105,7 @@ fn contains(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
 
 /// The protocol-specific session a connection runs once its TLS is up.
 pub enum Handler {
-    Redis(Arc<session::Context>),
+    Redis(Arc<Live<session::Context>>),
     Memcached(Arc<crate::memcached::Context>),
 }
 
@@ -157,7 +165,12 @@ pub async fn accept_loop(
         };
         let Ok(permit) = listener.limit.clone().try_acquire_owned() else {
             tracing::warn!(listener = %listener.name, %peer, "connection limit reached; refusing");
-            let message = listener.tls.is_none().then(|| listener.handler.refusal());
+            let message = listener
+                .front
+                .load()
+                .tls
+                .is_none()
+                .then(|| listener.handler.refusal());
             refuse(stream, message);
             continue;
         };
@@ -188,9 +201,10 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let name = &listener.name;
+    let front = listener.front.load();
     // Behind a load balancer: the real client's address, from a header only trusted
     // balancers may send; the allow-list, the AUTH throttle, ACL LOG and the logs then see it.
-    if let Some(trusted) = &listener.proxy_trusted {
+    if let Some(trusted) = &front.proxy_trusted {
         if !contains(trusted, peer.ip()) {
             listener.reject(peer, "untrusted_proxy");
             return;
@@ -210,7 +224,7 @@ async fn serve_connection(
             }
         }
     }
-    if let Some(allow) = &listener.allow {
+    if let Some(allow) = &front.allow {
         if !contains(allow, peer.ip()) {
             listener.reject(peer, "not_allowed");
             return;
@@ -228,12 +242,12 @@ async fn serve_connection(
             })
             .inc();
     };
-    let Some((acceptor, deadline)) = &listener.tls else {
+    let Some((acceptor, deadline)) = &front.tls else {
         connected("plaintext", false);
         listener.handler.run(stream, peer, None, shutdown).await;
         return;
     };
-    if listener.preferred {
+    if front.preferred {
         // TLS or plaintext, by the first byte (a TLS connection opens with a handshake record).
         let first = Box::pin(async {
             let mut first = [0u8; 1];

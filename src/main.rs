@@ -52,6 +52,13 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Ask a running cachegate to reload its configuration (POST /reload on its loopback admin
+    /// listener; SIGHUP does the same): prints the outcome, exit 0 if it was reloaded.
+    Reload {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: std::net::SocketAddr,
+    },
     /// Ask a running cachegate's admin listener whether it is live (exit 0 if /live answers
     /// 200): the container image's HEALTHCHECK, without curl.
     Live {
@@ -143,6 +150,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Reload { admin } = command {
+        return match reload(admin) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cachegate reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::DefaultConfig = command {
         print!("{}", cachegate::config::DEFAULT_CONFIG);
         return ExitCode::SUCCESS;
@@ -226,6 +245,24 @@ fn live(admin: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `POST /reload` on the admin listener: its answer, or an error with the reason.
+fn reload(admin: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2))
+        .with_context(|| format!("connecting to {admin}"))?;
+    // A reload reads files and builds TLS configurations: seconds at most.
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    tcp.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)
+        .context("reading the answer")?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{}", body.trim_end());
+    Ok(body.to_string())
+}
+
 fn run(config: cachegate::config::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -233,12 +270,16 @@ fn run(config: cachegate::config::Config) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let signals = cachegate::shutdown::signals().context("registering signal handlers")?;
+        let hup = cachegate::shutdown::hangup().context("registering SIGHUP")?;
         let bound = cachegate::server::bind(&config).await?;
         let shutdown = async {
             let which = signals.await;
             tracing::info!(signal = which, "shutdown requested");
         };
-        cachegate::server::serve(config, bound, shutdown).await?;
+        let prepared = cachegate::server::prepare(config, bound)?;
+        let hangup = cachegate::shutdown::reload_on(hup, prepared.reloader.clone());
+        prepared.run(shutdown).await;
+        hangup.abort();
         Ok(())
     })
 }

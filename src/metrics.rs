@@ -56,6 +56,18 @@ pub struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub listener: String,
+    /// server, client_ca, upstream_ca, upstream_client.
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -79,6 +91,9 @@ pub struct Metrics {
     pub unexpected_pushes: Family<ListenerLabels, Counter>,
     pub security_events: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub certificate_expiry: Family<CertLabels, Gauge>,
     events: Mutex<Vec<SecurityEvent>>,
     next_event_id: AtomicU64,
 }
@@ -193,6 +208,9 @@ impl Metrics {
             unexpected_pushes: Family::default(),
             security_events: Family::default(),
             connections_rejected: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            certificate_expiry: Family::default(),
             command_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
@@ -269,6 +287,21 @@ impl Metrics {
             "connections_rejected",
             "Connections closed before any TLS work: not_allowed (source allow-list), untrusted_proxy, proxy_header",
             m.connections_rejected.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /reload, a watched file changed), by result: success, failure",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (the start, or the last successful reload)",
+            m.config_last_reload_success.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate in use expires (notAfter), by listener and role: server, client_ca, upstream_ca, upstream_client (the earliest of a bundle)",
+            m.certificate_expiry.clone(),
         );
         Metrics { registry, ..m }
     }

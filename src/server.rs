@@ -12,14 +12,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::throttle::Throttle;
 use crate::config::{Config, Identity, ListenerConfig, ListenerTls, Protocol, UpstreamConfig};
-use crate::listener::{accept_loop, Handler, Listener};
+use crate::listener::{accept_loop, Front, Handler, Listener};
+use crate::live::Live;
 use crate::memcached;
 use crate::metrics::Metrics;
+use crate::reload::{CertExpiry, Reloader};
 use crate::session;
 use crate::tls::{dev_certs, pem, TlsError};
 use crate::upstream::conn::Protocol as UpstreamProtocol;
 use crate::upstream::shared::{Shared, SharedPool};
 use crate::upstream::Pool;
+use rustls_pki_types::CertificateDer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -92,6 +95,8 @@ pub struct Prepared {
     pools: Vec<Pool>,
     admin: Option<(TcpListener, Arc<crate::admin::Admin>)>,
     pub metrics: Arc<Metrics>,
+    /// Re-reads the configuration (SIGHUP, POST /reload, watched files).
+    pub reloader: Arc<Reloader>,
     /// Stops the shared upstream connections once sessions are done with them.
     stop_shared: CancellationToken,
     grace: std::time::Duration,
@@ -151,6 +156,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
     }
     let mut listeners = Vec::new();
     let mut pools = Vec::new();
+    let mut certs = Vec::new();
     for (cfg, tcp) in config.listeners.iter().zip(bound) {
         let tls_err = |source| ServerError::Tls {
             listener: cfg.name.clone(),
@@ -185,48 +191,18 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                         resp3: start(true),
                     })
                 });
-                if let (crate::config::AuthMode::Acl(group), true) =
-                    (&cfg.auth, cfg.upstream.mirror_users.is_empty())
-                {
-                    for user in group.users.iter().filter(|u| u.scripts_reach_past_keys()) {
-                        tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts but only some keys: a script can reach any key; set auth.backend_users = true to have Redis enforce the user's keys inside scripts");
-                    }
-                }
-                Handler::Redis(Arc::new(session::Context {
-                    shared,
-                    listener: cfg.name.clone(),
-                    auth: cfg.auth.clone(),
-                    cert_users: cfg.cert_users.clone(),
-                    auth_limits: cfg.auth_limits,
-                    throttle: Throttle::new(
-                        cfg.auth_limits.backoff_after,
-                        cfg.auth_limits.backoff_max,
-                    ),
-                    metrics: metrics.clone(),
-                    policy: cfg.policy.clone(),
-                    pool,
-                    limits: config.limits.clone(),
-                    budget: budget.clone(),
-                    identities: identities(&cfg.upstream),
-                }))
+                let throttle = Arc::new(Throttle::new(
+                    cfg.auth_limits.backoff_after,
+                    cfg.auth_limits.backoff_max,
+                ));
+                let ctx = redis_context(cfg, &config, pool, shared, throttle, &metrics, &budget);
+                Handler::Redis(Arc::new(Live::new(ctx)))
             }
             Protocol::Memcached(mc) => {
                 let mut nodes = Vec::with_capacity(mc.nodes.len());
                 for node in &mc.nodes {
                     let label = format!("{}:{}", node.host, node.port);
-                    let mut upstream = UpstreamConfig {
-                        address: label.clone(),
-                        ..cfg.upstream.clone()
-                    };
-                    if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
-                        tls.server_name = rustls_pki_types::ServerName::try_from(node.host.clone())
-                            .map_err(|_| {
-                                tls_err(crate::tls::TlsError::Invalid(format!(
-                                    "node {label}: `{}` is not a valid TLS server name; set upstream.tls.server_name",
-                                    node.host
-                                )))
-                            })?;
-                    }
+                    let upstream = node_upstream(cfg, node)?;
                     let pool = Pool::new(&upstream, max_reply, UpstreamProtocol::Memcached)
                         .map_err(tls_err)?;
                     pools.push(pool.clone());
@@ -245,51 +221,60 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 }
                 Handler::Memcached(Arc::new(memcached::Context::new(
                     cfg.name.clone(),
-                    cfg.policy.clone(),
+                    memcached_rules(cfg, &config),
                     memcached::Security {
-                        auth: cfg.auth.clone(),
-                        cert_users: cfg.cert_users.clone(),
                         metrics: metrics.clone(),
                         budget: budget.clone(),
                     },
                     mc.clone(),
-                    config.limits.clone(),
                     cfg.upstream.request_timeout,
                     nodes,
                 )))
             }
         };
-        let tls = match &cfg.tls {
-            None => None,
-            Some(t) => Some((acceptor(cfg, t, &config, &tcp)?, t.handshake_timeout)),
-        };
-        announce(cfg, &tcp, tls.is_some());
-        let preferred = cfg.tls.as_ref().is_some_and(|t| t.preferred);
-        if preferred {
+        let port = tcp
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(cfg.bind.port());
+        let (front, expiry) = front(cfg, &config, port, true)?;
+        certs.extend(expiry);
+        announce(cfg, &tcp, front.tls.is_some());
+        if front.preferred {
             tracing::warn!(listener = %cfg.name, "transit_encryption_mode = \"preferred\": PLAINTEXT CLIENTS ARE SERVED on this TLS port; watch cachegate_connections_total{{tls=\"false\"}} fall to zero, then set \"required\"");
         }
         let listener = Arc::new(Listener {
             metrics: metrics.clone(),
             name: cfg.name.clone(),
             handler,
-            tls,
-            preferred,
+            front: Live::new(front),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
-            allow: cfg.allow.clone(),
-            proxy_trusted: cfg.proxy_trusted.clone(),
             last_reject_log: std::sync::atomic::AtomicU64::new(0),
             unlogged_rejects: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
         });
         listeners.push((tcp, listener));
     }
+    let grace = config.shutdown_grace;
+    let admin_loopback = admin
+        .as_ref()
+        .and_then(|a| a.local_addr().ok())
+        .is_some_and(|a| a.ip().is_loopback());
+    let reloader = Arc::new(Reloader::new(
+        config,
+        listeners.iter().map(|(_, l)| l.clone()).collect(),
+        metrics.clone(),
+        budget,
+        certs,
+    ));
     let admin = admin.map(|tcp| {
         let state = Arc::new(crate::admin::Admin {
             metrics: metrics.clone(),
             pools: pools.clone(),
+            reloader: reloader.clone(),
+            reload_allowed: admin_loopback,
         });
         if let Ok(addr) = tcp.local_addr() {
-            tracing::info!(%addr, "admin listening: /live /ready /metrics");
+            tracing::info!(%addr, "admin listening: /live /ready /metrics, POST /reload");
         }
         (tcp, state)
     });
@@ -298,9 +283,135 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
         pools,
         admin,
         metrics,
+        reloader,
         stop_shared,
-        grace: config.shutdown_grace,
+        grace,
     })
+}
+
+/// A Redis listener's session context for `config`, around the upstream parts that live as
+/// long as the process (pool, shared connections) and the AUTH throttle.
+pub(crate) fn redis_context(
+    cfg: &ListenerConfig,
+    config: &Config,
+    pool: Pool,
+    shared: Option<Arc<Shared>>,
+    throttle: Arc<Throttle>,
+    metrics: &Arc<Metrics>,
+    budget: &Arc<crate::budget::MemoryBudget>,
+) -> session::Context {
+    if let (crate::config::AuthMode::Acl(group), true) =
+        (&cfg.auth, cfg.upstream.mirror_users.is_empty())
+    {
+        for user in group.users.iter().filter(|u| u.scripts_reach_past_keys()) {
+            tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts but only some keys: a script can reach any key; set auth.backend_users = true to have Redis enforce the user's keys inside scripts");
+        }
+    }
+    session::Context {
+        shared,
+        listener: cfg.name.clone(),
+        auth: cfg.auth.clone(),
+        cert_users: cfg.cert_users.clone(),
+        auth_limits: cfg.auth_limits,
+        throttle,
+        metrics: metrics.clone(),
+        policy: cfg.policy.clone(),
+        pool,
+        limits: config.limits.clone(),
+        budget: budget.clone(),
+        identities: identities(&cfg.upstream),
+    }
+}
+
+/// What a memcached listener's sessions check, from `config`.
+pub(crate) fn memcached_rules(cfg: &ListenerConfig, config: &Config) -> memcached::Rules {
+    memcached::Rules {
+        policy: cfg.policy.clone(),
+        auth: cfg.auth.clone(),
+        cert_users: cfg.cert_users.clone(),
+        limits: config.limits.clone(),
+    }
+}
+
+/// The upstream settings of one memcached node: the listener's, at the node's address, and
+/// with the node's host as TLS server name unless one is configured.
+pub(crate) fn node_upstream(
+    cfg: &ListenerConfig,
+    node: &crate::memcached::ring::RingNode,
+) -> Result<UpstreamConfig, ServerError> {
+    let label = format!("{}:{}", node.host, node.port);
+    let mut upstream = UpstreamConfig {
+        address: label.clone(),
+        ..cfg.upstream.clone()
+    };
+    if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
+        tls.server_name =
+            rustls_pki_types::ServerName::try_from(node.host.clone()).map_err(|_| {
+                ServerError::Tls {
+                    listener: cfg.name.clone(),
+                    source: crate::tls::TlsError::Invalid(format!(
+                        "node {label}: `{}` is not a valid TLS server name; set upstream.tls.server_name",
+                        node.host
+                    )),
+                }
+            })?;
+    }
+    Ok(upstream)
+}
+
+/// How a listener lets connections in (TLS acceptor, allow-list, PROXY protocol), and when the
+/// certificates it uses expire. `loud`: say so when it uses dev certificates (at start).
+pub(crate) fn front(
+    cfg: &ListenerConfig,
+    config: &Config,
+    port: u16,
+    loud: bool,
+) -> Result<(Front, Vec<CertExpiry>), ServerError> {
+    let mut expiry = Vec::new();
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => {
+            let (acceptor, chain) = acceptor(cfg, t, config, port, loud)?;
+            let role = |role: &'static str, certs: &[CertificateDer<'static>]| {
+                crate::tls::pem::earliest_expiry(certs).map(|not_after| CertExpiry {
+                    listener: cfg.name.clone(),
+                    role,
+                    not_after,
+                })
+            };
+            expiry.extend(role("server", &chain[..chain.len().min(1)]));
+            if let crate::tls::server::ClientAuth::Optional(cas)
+            | crate::tls::server::ClientAuth::Required(cas) = &t.options.client_auth
+            {
+                expiry.extend(role("client_ca", cas));
+            }
+            Some((acceptor, t.handshake_timeout))
+        }
+    };
+    if let Some(up) = &cfg.upstream.tls {
+        let mut add = |role: &'static str, certs: &[CertificateDer<'static>]| {
+            if let Some(not_after) = crate::tls::pem::earliest_expiry(certs) {
+                expiry.push(CertExpiry {
+                    listener: cfg.name.clone(),
+                    role,
+                    not_after,
+                });
+            }
+        };
+        add("upstream_ca", &up.roots);
+        if let Some((chain, _)) = &up.client_cert {
+            add("upstream_client", &chain[..chain.len().min(1)]);
+        }
+    }
+    Ok((
+        Front {
+            tls,
+            preferred: cfg.tls.as_ref().is_some_and(|t| t.preferred),
+            allow: cfg.allow.clone(),
+            proxy_trusted: cfg.proxy_trusted.clone(),
+        },
+        expiry,
+    ))
 }
 
 /// `prepare` then `Prepared::run`.
@@ -323,6 +434,9 @@ impl Prepared {
             .into_iter()
             .map(|pool| tokio::spawn(pool.maintain(stop_accepting.clone())))
             .collect();
+        background.push(tokio::spawn(
+            self.reloader.clone().watch(stop_accepting.clone()),
+        ));
         if let Some((tcp, admin)) = self.admin {
             // The admin listener outlives the drain: readiness and metrics stay visible.
             background.push(tokio::spawn(crate::admin::serve(
@@ -370,16 +484,14 @@ impl Prepared {
     }
 }
 
+/// The listener's TLS acceptor, and the certificate chain it serves.
 fn acceptor(
     cfg: &ListenerConfig,
     tls: &ListenerTls,
     config: &Config,
-    tcp: &TcpListener,
-) -> Result<TlsAcceptor, ServerError> {
-    let tls_err = |source| ServerError::Tls {
-        listener: cfg.name.clone(),
-        source,
-    };
+    port: u16,
+    loud: bool,
+) -> Result<(TlsAcceptor, Vec<CertificateDer<'static>>), ServerError> {
     let (chain, key) = match &tls.identity {
         Identity::Files { chain, key } => (chain.clone(), key.clone_key()),
         Identity::Dev => {
@@ -391,10 +503,9 @@ fn acceptor(
             let (files, generated) = dev_certs::ensure(&dir).map_err(dev_err)?;
             let chain = pem::load_certs(&files.cert).map_err(dev_err)?;
             let key = pem::load_key(&files.key).map_err(dev_err)?;
-            let port = tcp
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or(cfg.bind.port());
+            if !loud {
+                return Ok((build_acceptor(cfg, tls, chain.clone(), key)?, chain));
+            }
             tracing::warn!(
                 listener = %cfg.name,
                 ca = %files.ca.display(),
@@ -414,7 +525,20 @@ fn acceptor(
             (chain, key)
         }
     };
-    let config = crate::tls::server::build(&tls.options, chain, key).map_err(tls_err)?;
+    Ok((build_acceptor(cfg, tls, chain.clone(), key)?, chain))
+}
+
+fn build_acceptor(
+    cfg: &ListenerConfig,
+    tls: &ListenerTls,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, ServerError> {
+    let config =
+        crate::tls::server::build(&tls.options, chain, key).map_err(|source| ServerError::Tls {
+            listener: cfg.name.clone(),
+            source,
+        })?;
     Ok(TlsAcceptor::from(config))
 }
 

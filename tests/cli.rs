@@ -605,3 +605,87 @@ fn is_root() -> bool {
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// The binary reloads on SIGHUP and on `cachegate reload` (POST /reload on its admin
+/// listener): a new token is accepted without a restart, a bad file is refused with its
+/// problems while the last good configuration serves, and no token reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_cachegate_reload_apply_a_new_config_without_a_restart() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = |token: &str| {
+        format!(
+            "[admin]\nbind = {admin:?}\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{token:?}]\nupstream.address = {:?}\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let (mut child, addr, logs) = spawn(&config("canary-token-one-123"), dir.path(), "");
+    let path = dir.path().join("cachegate.toml");
+    let mut open = RawClient::tls(&pki, addr).await;
+    assert_eq!(
+        open.cmd(&["AUTH", "canary-token-one-123"]).await,
+        b"+OK\r\n"
+    );
+
+    std::fs::write(&path, config("canary-token-two-456")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let pki_ref = &pki;
+    assert!(
+        eventually(|| async move {
+            let mut c = RawClient::tls(pki_ref, addr).await;
+            c.cmd(&["AUTH", "canary-token-two-456"]).await == b"+OK\r\n"
+        })
+        .await,
+        "SIGHUP did not reload"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
+    );
+
+    let reload = |admin: String| {
+        move || {
+            Command::new(BIN)
+                .args(["reload", "--admin", &admin])
+                .output()
+                .unwrap()
+        }
+    };
+    // A token too short for ElastiCache's rules: refused, and the token in force still works.
+    std::fs::write(&path, config("canary-short")).unwrap();
+    let out = tokio::task::spawn_blocking(reload(admin.clone()))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let said = s(&out.stderr);
+    assert!(said.contains("auth.tokens"), "{said}");
+    assert!(!said.contains("canary-short"), "{said}");
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert_eq!(c.cmd(&["AUTH", "canary-token-two-456"]).await, b"+OK\r\n");
+
+    std::fs::write(&path, config("canary-token-three-789")).unwrap();
+    let out = tokio::task::spawn_blocking(reload(admin.clone()))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(s(&out.stdout).starts_with("reloaded"), "{}", s(&out.stdout));
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert_eq!(c.cmd(&["AUTH", "canary-token-three-789"]).await, b"+OK\r\n");
+    // The session from before every reload goes on.
+    assert_eq!(open.cmd(&["PING"]).await, b"+PONG\r\n");
+
+    let status = sigterm(&mut child);
+    assert!(status.success(), "{status:?}");
+    let text = logs.try_iter().collect::<Vec<_>>().join("\n");
+    assert!(text.contains("configuration reloaded"), "{text}");
+    assert!(text.contains("configuration reload refused"), "{text}");
+    for canary in ["canary-token", "canary-short"] {
+        assert!(!text.contains(canary), "{canary} appeared in the logs");
+    }
+}

@@ -53,7 +53,18 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Where each secret came from (never its value), for `cachegate check`.
     pub secret_sources: Vec<super::secrets::SecretSource>,
+    /// The file this was loaded from (`None`: the embedded default, or text): what a reload
+    /// reads again.
+    pub source: Option<PathBuf>,
+    /// Every file it was built from (the config file, certificates, keys, CAs, CRLs, secret
+    /// files), as named: a change in any of them is a reason to reload.
+    pub files: Vec<PathBuf>,
+    /// `reload.watch_interval`; zero: files are not watched.
+    pub watch_interval: Duration,
 }
+
+/// How often watched files are checked by default.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -335,6 +346,9 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
     }
     Some(Config {
         secret_sources: Vec::new(),
+        source: None,
+        files: Vec::new(),
+        watch_interval: file.reload.watch_interval.unwrap_or(DEFAULT_WATCH_INTERVAL),
         admin,
         data_dir: file
             .data_dir
@@ -1262,11 +1276,13 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
+    let full = if path.is_absolute() {
         path.to_path_buf()
     } else {
         base.join(path)
-    }
+    };
+    super::note_file(&full);
+    full
 }
 
 /// `$CACHEGATE_DATA_DIR`, else `$XDG_DATA_HOME/cachegate`, else `~/.local/share/cachegate`,

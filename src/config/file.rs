@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub shutdown: ShutdownFile,
     pub admin: Option<AdminFile>,
     #[serde(default)]
+    pub reload: ReloadFile,
+    #[serde(default)]
     pub listeners: Vec<ListenerFile>,
     /// Redis ACL users, each with an `ACL SETUSER` rule string.
     #[serde(default)]
@@ -44,6 +46,15 @@ impl std::fmt::Debug for UserFile {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// `[reload]`: how the configuration is re-read while serving.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReloadFile {
+    /// How often the config file and every file it names are checked for changes; "0s": never
+    /// (SIGHUP and POST /reload still reload).
+    #[serde(default, with = "humantime_serde")]
+    pub watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

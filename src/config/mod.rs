@@ -73,7 +73,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    parse(&text, &name, base)
+    let mut config = parse(&text, &name, base)?;
+    config.source = Some(path.to_path_buf());
+    config.files.insert(0, path.to_path_buf());
+    Ok(config)
+}
+
+thread_local! {
+    /// The files the configuration being parsed on this thread was read from.
+    static FILES_READ: std::cell::RefCell<Vec<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes a file the configuration is built from (`Config::files`).
+fn note_file(path: &Path) {
+    FILES_READ.with(|f| f.borrow_mut().push(path.to_path_buf()));
 }
 
 /// The embedded default configuration.
@@ -92,6 +106,7 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
         problems,
     };
     let mut problems = Vec::new();
+    FILES_READ.with(|f| f.borrow_mut().clear());
     let deserializer = toml::Deserializer::parse(text).map_err(|e| {
         fail(vec![Problem {
             key: "(syntax)".into(),
@@ -120,6 +135,8 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
     match config {
         Some(mut c) if problems.is_empty() => {
             c.secret_sources = sources;
+            c.files = FILES_READ.with(|f| std::mem::take(&mut *f.borrow_mut()));
+            c.files.dedup();
             Ok(c)
         }
         _ => Err(fail(problems)),

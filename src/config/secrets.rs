@@ -184,6 +184,7 @@ fn read(base: &Path, path: &Path) -> Result<String, String> {
     } else {
         base.join(path)
     };
+    super::note_file(&full);
     let text = std::fs::read_to_string(&full)
         .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
     if text.trim().is_empty() {

@@ -29,6 +29,7 @@ use crate::auth::acl::{Denied, User};
 use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
+use crate::live::Live;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
@@ -70,10 +71,12 @@ impl Node {
 /// What every session of a memcached listener shares.
 pub struct Context {
     pub listener: String,
-    pub policy: Policy,
+    /// Replaced by a reload; sessions take the new rules before their next batch.
+    pub rules: Live<Rules>,
     pub security: Security,
     pub config: MemcachedConfig,
-    pub limits: Limits,
+    /// `limits.max_reply_bytes` (fixed for the process: the pools are built with it).
+    pub max_reply: usize,
     pub request_timeout: Duration,
     pub nodes: Vec<Node>,
     ring: RwLock<Arc<Continuum>>,
@@ -82,11 +85,17 @@ pub struct Context {
     total_connections: AtomicU64,
 }
 
-/// Who may do what on a memcached listener: ACL users (chosen by client certificate, or the
-/// `default` user), and where security events go.
-pub struct Security {
+/// What a reload may change on a memcached listener: the command policy, the ACL users
+/// (chosen by client certificate, or the `default` user) and the limits.
+pub struct Rules {
+    pub policy: Policy,
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
+    pub limits: Limits,
+}
+
+/// Where security events and buffered bytes are counted.
+pub struct Security {
     pub metrics: Arc<Metrics>,
     /// The process-wide bound on buffered bytes.
     pub budget: Arc<crate::budget::MemoryBudget>,
@@ -96,20 +105,19 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         listener: String,
-        policy: Policy,
+        rules: Rules,
         security: Security,
         config: MemcachedConfig,
-        limits: Limits,
         request_timeout: Duration,
         nodes: Vec<Node>,
     ) -> Self {
         let ring = Continuum::build(&config.nodes, &vec![true; config.nodes.len()]);
         Self {
             listener,
-            policy,
+            max_reply: rules.limits.max_reply_bytes,
+            rules: Live::new(rules),
             security,
             config,
-            limits,
             request_timeout,
             nodes,
             ring: RwLock::new(Arc::new(ring)),
@@ -185,7 +193,7 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(user) = session_user(&ctx, cert.as_ref()) else {
+    let Ok(user) = session_user(&ctx.rules.load(), cert.as_ref()) else {
         tracing::info!(listener = %ctx.listener, %peer, "no user for this connection; closing");
         let _ = stream
             .write_all(b"SERVER_ERROR cachegate: access denied: no user for this connection\r\n")
@@ -196,8 +204,8 @@ pub async fn run<S>(
     ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
-    let who = Who { user, peer };
-    let result = serve(&ctx, stream, &mut conns, &who, &shutdown).await;
+    let mut who = Who { user, peer, cert };
+    let result = serve(&ctx, stream, &mut conns, &mut who, &shutdown).await;
     // Connections still held are in step (failed ones were dropped where they failed).
     for (i, c) in conns.into_iter().enumerate() {
         if let Some(c) = c {
@@ -213,12 +221,12 @@ pub async fn run<S>(
 
 /// The user a memcached connection acts as: its certificate's, else `default` if that user is
 /// on. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
-fn session_user(ctx: &Context, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
-    let AuthMode::Acl(group) = &ctx.security.auth else {
+fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
+    let AuthMode::Acl(group) = &rules.auth else {
         return Ok(None);
     };
     let mapped = cert
-        .and_then(|c| user_for(&ctx.security.cert_users, c))
+        .and_then(|c| user_for(&rules.cert_users, c))
         .and_then(|name| group.get(name.as_bytes()));
     let user = match mapped {
         Some(u) => Some(u.clone()),
@@ -231,18 +239,21 @@ fn session_user(ctx: &Context, cert: Option<&CertNames>) -> Result<Option<Arc<Us
 struct Who {
     user: Option<Arc<User>>,
     peer: SocketAddr,
+    /// Its client certificate's names: after a reload, they choose its user again.
+    cert: Option<CertNames>,
 }
 
 async fn serve<S>(
     ctx: &Context,
     stream: S,
     conns: &mut [Option<NodeConn>],
-    who: &Who,
+    who: &mut Who,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (mut generation, mut rules) = ctx.rules.load_with_generation();
     let (mut cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);
     let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
@@ -253,10 +264,22 @@ where
     // Registered once, not on every read: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
     loop {
+        if ctx.rules.generation() != generation {
+            // A reload: the new policy and limits from this batch on; the user chosen again
+            // (a session whose user was removed or disabled is closed).
+            (generation, rules) = ctx.rules.load_with_generation();
+            match session_user(&rules, who.cert.as_ref()) {
+                Ok(user) => who.user = user,
+                Err(()) => {
+                    tracing::info!(listener = %ctx.listener, peer = %who.peer, "session closed: a reload removed or disabled its user");
+                    break;
+                }
+            }
+        }
         let mut batch = Vec::new();
         let mut close = false;
         while batch.len() < MAX_BATCH {
-            match parser.next(&mut rbuf, &ctx.policy) {
+            match parser.next(&mut rbuf, &rules.policy) {
                 None => break,
                 Some(Parsed::Request(r)) if r.cmd == Cmd::Quit => {
                     close = true;
@@ -283,7 +306,7 @@ where
         }
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
-            let out = execute(ctx, batch, conns, who, &mut meter).await;
+            let out = execute(ctx, batch, conns, &*who, &mut meter).await;
             if let Err(over) = charge.hold(rbuf.capacity() + out.len()) {
                 cw.write_all(&server_error("", &over.to_string())).await?;
                 break;
@@ -306,7 +329,7 @@ where
             (false, None) => Some(Instant::now()),
             (false, since) => since,
         };
-        let deadline = partial_since.map(|s| s + ctx.limits.partial_request_timeout);
+        let deadline = partial_since.map(|s| s + rules.limits.partial_request_timeout);
         room.prepare(&mut rbuf);
         tokio::select! {
             read = cr.read_buf(&mut rbuf) => match read {
@@ -575,7 +598,7 @@ async fn exchange(
     let Some(nc) = slot.as_mut() else {
         return fail_all(&"no connection");
     };
-    let max = ctx.limits.max_reply_bytes;
+    let max = ctx.max_reply;
     let mut results = Vec::with_capacity(shapes.len());
     let work = async {
         nc.conn.stream.write_all(&bytes).await?;

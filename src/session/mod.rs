@@ -40,6 +40,7 @@ use crate::auth::cert::{user_for, CertMapping, CertNames};
 use crate::auth::throttle::Throttle;
 use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
+use crate::live::Live;
 use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply::{self, encode_command};
@@ -74,7 +75,8 @@ pub struct Context {
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
     pub auth_limits: AuthLimits,
-    pub throttle: Throttle,
+    /// Kept across reloads that leave `auth_limits` alone (its per-address failures too).
+    pub throttle: Arc<Throttle>,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
     pub pool: Pool,
@@ -214,7 +216,7 @@ enum ReplyMode {
 
 /// Runs a session to its end. Never panics on client input; logs how it ended.
 pub async fn run<S>(
-    ctx: Arc<Context>,
+    live: Arc<Live<Context>>,
     stream: S,
     peer: SocketAddr,
     cert: Option<CertNames>,
@@ -228,8 +230,11 @@ pub async fn run<S>(
     // Cancelled when the client has gone (EOF or a read error), not on QUIT or shutdown, which
     // let in-flight requests finish.
     let client_gone = CancellationToken::new();
+    let (generation, ctx) = live.load_with_generation();
     let mut req = RequestSide {
-        ctx: &ctx,
+        ctx: ctx.clone(),
+        live,
+        generation,
         peer,
         failed_auths: 0,
         client_gone: client_gone.clone(),
@@ -299,8 +304,12 @@ pub async fn run<S>(
     }
 }
 
-struct RequestSide<'a> {
-    ctx: &'a Context,
+struct RequestSide {
+    /// The listener's configuration as this session last took it: a reload replaces it, and
+    /// the session takes the new one before its next requests (`refresh`).
+    ctx: Arc<Context>,
+    live: Arc<Live<Context>>,
+    generation: u64,
     peer: SocketAddr,
     /// While the session holds no connection state: its shared connections and the state
     /// cachegate keeps for it instead. `None` while pinned to its own connection.
@@ -473,7 +482,7 @@ enum Flow {
     Stop,
 }
 
-impl RequestSide<'_> {
+impl RequestSide {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         cr: R,
@@ -489,7 +498,6 @@ impl RequestSide<'_> {
         mut cr: R,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
-        let limits = &self.ctx.limits;
         let mut rbuf = BytesMut::new();
         let mut room = crate::read_room::ReadRoom::new();
         let mut partial_since: Option<Instant> = None;
@@ -499,11 +507,14 @@ impl RequestSide<'_> {
         let mut aborted = std::pin::pin!(abort.cancelled());
         let mut shut = std::pin::pin!(shutdown.cancelled());
         let result = loop {
+            if self.live.generation() != self.generation && !self.refresh() {
+                break Ok(());
+            }
             // Everything complete in the buffer is handled before the next read, so a pipeline
             // is forwarded as one write.
             let mut stop = false;
             loop {
-                match next_request(&mut rbuf, &limits.request, self.authenticated) {
+                match next_request(&mut rbuf, &self.ctx.limits.request, self.authenticated) {
                     Ok(Some(request)) => match self.handle(request).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => {
@@ -530,6 +541,7 @@ impl RequestSide<'_> {
                 (false, None) => Some(Instant::now()),
                 (false, since) => since,
             };
+            let limits = &self.ctx.limits;
             if rbuf.len() > limits.max_request_bytes {
                 break Err(SessionError::QueryBufferFull(limits.max_request_bytes));
             }
@@ -559,13 +571,40 @@ impl RequestSide<'_> {
                     }
                 },
                 _ = sleep_until(partial_deadline) => {
-                    break Err(SessionError::PartialRequestTimeout(limits.partial_request_timeout));
+                    break Err(SessionError::PartialRequestTimeout(self.ctx.limits.partial_request_timeout));
                 }
                 _ = &mut shut => break Ok(()),
                 _ = &mut aborted => break Ok(()),
             }
         };
         result
+    }
+
+    /// Takes the listener's configuration after a reload: the new policy, limits and users
+    /// apply from the next request on. A session logged in as a user the reload removed or
+    /// disabled is closed (false), as Redis and ElastiCache do; the others go on, token
+    /// sessions included (a removed token stops new logins only).
+    fn refresh(&mut self) -> bool {
+        let (generation, ctx) = self.live.load_with_generation();
+        self.generation = generation;
+        let again = |user: &Option<Arc<User>>| -> Result<Option<Arc<User>>, ()> {
+            let Some(user) = user else { return Ok(None) };
+            match &ctx.auth {
+                AuthMode::Acl(group) => match group.get(user.name.as_bytes()) {
+                    Some(u) if u.enabled => Ok(Some(u.clone())),
+                    _ => Err(()),
+                },
+                _ => Err(()),
+            }
+        };
+        let (Ok(user), Ok(cert_user)) = (again(&self.user), again(&self.cert_user)) else {
+            tracing::info!(listener = %ctx.listener, peer = %self.peer, user = %self.user_name(), "session closed: a reload removed or disabled its user");
+            return false;
+        };
+        self.user = user;
+        self.cert_user = cert_user;
+        self.ctx = ctx;
+        true
     }
 
     async fn handle(&mut self, mut req: Request) -> Result<Flow, SessionError> {
@@ -647,7 +686,7 @@ impl RequestSide<'_> {
             }
             if kind == Kind::Acl {
                 if let AuthMode::Acl(group) = &self.ctx.auth {
-                    let answer = acl_commands::answer(&args, user, group, self.resp3, self.ctx);
+                    let answer = acl_commands::answer(&args, user, group, self.resp3, &self.ctx);
                     self.local(answer).await?;
                     return Ok(Flow::Continue);
                 }

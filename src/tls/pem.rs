@@ -60,6 +60,17 @@ fn describe(path: &Path, err: rustls_pki_types::pem::Error) -> String {
     }
 }
 
+/// The earliest `notAfter` of these certificates, in seconds since the Unix epoch (`None`
+/// when there are none, or none parses).
+pub fn earliest_expiry(certs: &[CertificateDer<'_>]) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    certs
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,13 +83,18 @@ pub struct Connector {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_reply: usize,
-    pub tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// Replaced by a reload (new CA, client certificate): new connections use the current
+    /// one, open ones keep theirs.
+    pub tls: crate::live::Live<Option<UpstreamTls>>,
     /// `AUTH [username] password`, pre-encoded; `None` when the upstream needs no AUTH.
     pub auth: Option<Bytes>,
     /// `commands.scripts = "backend_acl"`: how to (re)create the backend user that `auth`
     /// logs in as.
     pub provision: Option<Provision>,
 }
+
+/// How a pool's connections do TLS to the backend.
+pub type UpstreamTls = (TlsConnector, rustls_pki_types::ServerName<'static>);
 
 /// Creating the backend user a `backend_acl` listener's connections log in as: with the
 /// configured (administrator) credentials, `ACL SETUSER` with rules that deny what the policy
@@ -110,7 +115,7 @@ impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
             .field("address", &self.address)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls.load().is_some())
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("backend_user", &self.provision.as_ref().map(|p| &p.user))
             .finish()
@@ -152,7 +157,8 @@ impl Connector {
             })?;
         // Small requests and replies: do not wait to coalesce.
         let _ = tcp.set_nodelay(true);
-        let stream = match &self.tls {
+        let tls = self.tls.load();
+        let stream = match tls.as_ref() {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(

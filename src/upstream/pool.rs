@@ -63,13 +63,7 @@ impl Pool {
         max_reply: usize,
         protocol: Protocol,
     ) -> Result<Self, crate::tls::TlsError> {
-        let tls = match &cfg.tls {
-            None => None,
-            Some(opts) => Some((
-                TlsConnector::from(crate::tls::client::build(opts)?),
-                opts.server_name.clone(),
-            )),
-        };
+        let tls = upstream_tls(cfg.tls.as_ref())?;
         let admin_auth = Connector::auth_frame(cfg.username.as_deref(), cfg.password.as_ref());
         let provisioned: Vec<&crate::config::BackendUser> = cfg
             .backend_user
@@ -113,7 +107,7 @@ impl Pool {
                     connect_timeout: cfg.connect_timeout,
                     request_timeout: cfg.request_timeout,
                     max_reply,
-                    tls,
+                    tls: crate::live::Live::new(tls),
                     auth,
                     provision,
                 }),
@@ -127,6 +121,11 @@ impl Pool {
                 reset: reset.freeze(),
             }),
         })
+    }
+
+    /// New upstream TLS material (a reload): connections opened from now on use it.
+    pub fn set_tls(&self, tls: Option<super::conn::UpstreamTls>) {
+        self.inner.connector.tls.store(Arc::new(tls));
     }
 
     pub fn address(&self) -> &str {
@@ -356,4 +355,17 @@ impl Pool {
         }
         ok
     }
+}
+
+/// The TLS connector and server name for these options (`None`: plaintext).
+pub fn upstream_tls(
+    opts: Option<&crate::tls::client::UpstreamTlsOptions>,
+) -> Result<Option<super::conn::UpstreamTls>, crate::tls::TlsError> {
+    Ok(match opts {
+        None => None,
+        Some(opts) => Some((
+            TlsConnector::from(crate::tls::client::build(opts)?),
+            opts.server_name.clone(),
+        )),
+    })
 }

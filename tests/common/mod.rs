@@ -326,6 +326,9 @@ pub struct Proxy {
     pub addrs: Vec<SocketAddr>,
     /// The admin HTTP listener, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
+    /// The config file it was started from (rewrite it, then `reload`).
+    pub config_path: PathBuf,
+    pub reloader: Arc<cachegate::reload::Reloader>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ShutdownReport>>,
     _dir: tempfile::TempDir,
@@ -336,12 +339,9 @@ impl Proxy {
     pub async fn start(toml: &str) -> Proxy {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = toml.to_string();
-        if !toml.contains("data_dir") {
-            toml = format!("data_dir = {:?}\n{toml}", dir.path());
-        }
-        let config = cachegate::config::parse(&toml, "test config", dir.path())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config_path = dir.path().join("cachegate.toml");
+        Self::write_config(&config_path, toml);
+        let config = cachegate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let bound = cachegate::server::bind(&config).await.unwrap();
         let addrs: Vec<SocketAddr> = bound
             .listeners
@@ -351,6 +351,7 @@ impl Proxy {
         let admin = bound.admin.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let prepared = cachegate::server::prepare(config, bound).unwrap_or_else(|e| panic!("{e}"));
+        let reloader = prepared.reloader.clone();
         let task = tokio::spawn(prepared.run(async {
             let _ = stopped.await;
         }));
@@ -358,10 +359,31 @@ impl Proxy {
             addr: addrs[0],
             addrs,
             admin,
+            config_path,
+            reloader,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// Writes a config file, with a `data_dir` beside it unless the text has one.
+    pub fn write_config(path: &Path, toml: &str) {
+        let mut toml = toml.to_string();
+        if !toml.contains("data_dir") {
+            toml = format!("data_dir = {:?}\n{toml}", path.parent().unwrap());
+        }
+        std::fs::write(path, toml).unwrap();
+    }
+
+    /// Replaces its config file with `toml` and reloads (as SIGHUP does): the outcome.
+    pub async fn reload_with(&self, toml: &str) -> Result<String, String> {
+        Self::write_config(&self.config_path, toml);
+        let reloader = self.reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.reload("test"))
+            .await
+            .unwrap()
+            .map_err(|e| e.to_string())
     }
 
     /// A TLS listener with `pki`'s certificate and token auth in front of `redis`.

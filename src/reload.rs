@@ -1,0 +1,429 @@
+//! Reloading the configuration while serving (SIGHUP, `POST /reload`, a watched file that
+//! changed): everything is read and validated first, then swapped in at once; a configuration
+//! that does not load, or that changes what only a restart can, is refused whole, and the last
+//! good one keeps serving.
+//!
+//! What a reload changes: listener certificates, keys, client CAs and CRLs (new handshakes),
+//! `transit_encryption_mode`, the allow-list and trusted proxies (new connections), AUTH
+//! tokens, users, user groups, certificate users, `commands.disable` / `rename`, limits and
+//! client timeouts (open sessions, from their next request), and upstream TLS material (new
+//! upstream connections). Sessions logged in as a user the reload removed or disabled are
+//! closed. Everything else (binds, protocols, upstream addresses and credentials, ...) is
+//! reported as needing a restart: see `restart_changes`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthMode, Config, ConfigError, ListenerConfig, Protocol, UpstreamConfig};
+use crate::listener::{Handler, Listener};
+use crate::metrics::{CertLabels, Metrics, ResultLabels};
+use crate::server::ServerError;
+
+/// When a certificate in use expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    pub listener: String,
+    /// server, client_ca, upstream_ca, upstream_client.
+    pub role: &'static str,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Why a reload was refused; the configuration in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cachegate was started without a config file (the embedded default): there is nothing to reload")]
+    NoFile,
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] ConfigError),
+    #[error("{} change{} need{} a restart (nothing was reloaded):{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, if .0.len() == 1 { "s" } else { "" }, .0.iter().map(|c| format!("\n  - {c}")).collect::<String>())]
+    NeedsRestart(Vec<String>),
+    #[error("{0}")]
+    Build(#[from] ServerError),
+}
+
+pub struct Reloader {
+    state: Mutex<State>,
+    listeners: Vec<Arc<Listener>>,
+    metrics: Arc<Metrics>,
+    budget: Arc<crate::budget::MemoryBudget>,
+}
+
+struct State {
+    /// The configuration in force.
+    config: Config,
+    /// What the watched files held when it was loaded (or when a reload last tried them).
+    fingerprint: Option<[u8; 32]>,
+    certs: Vec<CertExpiry>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: Config,
+        listeners: Vec<Arc<Listener>>,
+        metrics: Arc<Metrics>,
+        budget: Arc<crate::budget::MemoryBudget>,
+        certs: Vec<CertExpiry>,
+    ) -> Self {
+        let fingerprint = fingerprint(&config.files);
+        let reloader = Self {
+            state: Mutex::new(State {
+                config,
+                fingerprint,
+                certs: Vec::new(),
+            }),
+            listeners,
+            metrics,
+            budget,
+        };
+        reloader.publish_certs(&mut reloader.lock(), certs);
+        reloader.metrics.config_last_reload_success.set(now());
+        reloader
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The certificates in use whose `notAfter` has passed, at `now` (Unix seconds).
+    pub fn expired_server_certs(&self, now: i64) -> Vec<CertExpiry> {
+        self.lock()
+            .certs
+            .iter()
+            .filter(|c| c.role == "server" && c.not_after <= now)
+            .cloned()
+            .collect()
+    }
+
+    /// Re-reads the config file and every file it names; swaps the result in, or refuses it
+    /// (logged, counted) and keeps the configuration in force. `trigger` is for the log.
+    pub fn reload(&self, trigger: &str) -> Result<String, ReloadError> {
+        let mut state = self.lock();
+        let result = self.try_reload(&mut state);
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabels {
+                result: outcome.into(),
+            })
+            .inc();
+        match &result {
+            Ok(summary) => {
+                self.metrics.config_last_reload_success.set(now());
+                tracing::info!(trigger, "configuration reloaded: {summary}");
+            }
+            Err(e) => {
+                tracing::error!(
+                    trigger,
+                    "configuration reload refused; the previous configuration stays in force: {e}"
+                )
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, state: &mut State) -> Result<String, ReloadError> {
+        let path = state.config.source.clone().ok_or(ReloadError::NoFile)?;
+        // Whatever happens, these files have been tried: the watcher waits for them to change
+        // again instead of retrying a broken file every interval.
+        state.fingerprint = fingerprint(&state.config.files);
+        let new = crate::config::load(&path)?;
+        state.fingerprint = fingerprint(&new.files);
+        let changes = restart_changes(&state.config, &new);
+        if !changes.is_empty() {
+            return Err(ReloadError::NeedsRestart(changes));
+        }
+        // Build everything first; nothing is swapped until all of it is ready.
+        let mut staged = Vec::with_capacity(self.listeners.len());
+        let mut certs = Vec::new();
+        for (listener, cfg) in self.listeners.iter().zip(&new.listeners) {
+            let (front, expiry) = crate::server::front(cfg, &new, cfg.bind.port(), false)?;
+            certs.extend(expiry);
+            let handler = match (&listener.handler, &cfg.protocol) {
+                (Handler::Redis(live), Protocol::Redis) => {
+                    let old = live.load();
+                    let tls = crate::upstream::pool::upstream_tls(cfg.upstream.tls.as_ref())
+                        .map_err(|source| tls_error(cfg, source))?;
+                    let throttle = if same_throttle(&old.auth_limits, &cfg.auth_limits) {
+                        old.throttle.clone()
+                    } else {
+                        Arc::new(crate::auth::throttle::Throttle::new(
+                            cfg.auth_limits.backoff_after,
+                            cfg.auth_limits.backoff_max,
+                        ))
+                    };
+                    let ctx = crate::server::redis_context(
+                        cfg,
+                        &new,
+                        old.pool.clone(),
+                        old.shared.clone(),
+                        throttle,
+                        &self.metrics,
+                        &self.budget,
+                    );
+                    Staged::Redis(ctx, tls)
+                }
+                (Handler::Memcached(_), Protocol::Memcached(mc)) => {
+                    let mut tls = Vec::with_capacity(mc.nodes.len());
+                    for node in &mc.nodes {
+                        let upstream = crate::server::node_upstream(cfg, node)?;
+                        tls.push(
+                            crate::upstream::pool::upstream_tls(upstream.tls.as_ref())
+                                .map_err(|source| tls_error(cfg, source))?,
+                        );
+                    }
+                    Staged::Memcached(crate::server::memcached_rules(cfg, &new), tls)
+                }
+                // restart_changes refuses a change of protocol.
+                _ => unreachable!("a listener's protocol changed without a restart"),
+            };
+            staged.push((front, handler));
+        }
+        // Swap.
+        for (listener, (front, staged)) in self.listeners.iter().zip(staged) {
+            listener.front.store(Arc::new(front));
+            match (&listener.handler, staged) {
+                (Handler::Redis(live), Staged::Redis(ctx, tls)) => {
+                    ctx.pool.set_tls(tls);
+                    live.store(Arc::new(ctx));
+                }
+                (Handler::Memcached(ctx), Staged::Memcached(rules, tls)) => {
+                    for (node, tls) in ctx.nodes.iter().zip(tls) {
+                        node.pool.set_tls(tls);
+                    }
+                    ctx.rules.store(Arc::new(rules));
+                }
+                _ => unreachable!("staged in the listener's own protocol"),
+            }
+        }
+        let summary = format!(
+            "{} listener{}; {} file{} read",
+            new.listeners.len(),
+            if new.listeners.len() == 1 { "" } else { "s" },
+            new.files.len(),
+            if new.files.len() == 1 { "" } else { "s" },
+        );
+        self.publish_certs(state, certs);
+        state.config = new;
+        Ok(summary)
+    }
+
+    fn publish_certs(&self, state: &mut State, certs: Vec<CertExpiry>) {
+        let labels = |c: &CertExpiry| CertLabels {
+            listener: c.listener.clone(),
+            role: c.role.to_string(),
+        };
+        for old in &state.certs {
+            if !certs
+                .iter()
+                .any(|c| c.listener == old.listener && c.role == old.role)
+            {
+                self.metrics.certificate_expiry.remove(&labels(old));
+            }
+        }
+        for c in &certs {
+            self.metrics
+                .certificate_expiry
+                .get_or_create(&labels(c))
+                .set(c.not_after);
+            if c.not_after <= now() {
+                tracing::error!(listener = %c.listener, role = c.role, "a certificate in use has EXPIRED");
+            }
+        }
+        state.certs = certs;
+    }
+
+    /// Checks the config file and every file it names every `reload.watch_interval`, and
+    /// reloads when any of them changed (a Kubernetes secret mount swaps a symlink: files are
+    /// read through their names, so the new target is what counts). Runs until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let interval = {
+                let state = self.lock();
+                if state.config.source.is_none() {
+                    return;
+                }
+                state.config.watch_interval
+            };
+            if interval.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval.max(Duration::from_millis(50))) => {}
+            }
+            let me = self.clone();
+            let changed = tokio::task::spawn_blocking(move || {
+                let state = me.lock();
+                fingerprint(&state.config.files) != state.fingerprint
+            })
+            .await
+            .unwrap_or(false);
+            if changed {
+                let me = self.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || me.reload("a watched file changed")).await;
+            }
+        }
+    }
+}
+
+enum Staged {
+    Redis(
+        crate::session::Context,
+        Option<crate::upstream::conn::UpstreamTls>,
+    ),
+    Memcached(
+        crate::memcached::Rules,
+        Vec<Option<crate::upstream::conn::UpstreamTls>>,
+    ),
+}
+
+fn tls_error(cfg: &ListenerConfig, source: crate::tls::TlsError) -> ReloadError {
+    ReloadError::Build(ServerError::Tls {
+        listener: cfg.name.clone(),
+        source,
+    })
+}
+
+fn same_throttle(a: &crate::config::AuthLimits, b: &crate::config::AuthLimits) -> bool {
+    a.backoff_after == b.backoff_after && a.backoff_max == b.backoff_max
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// SHA-256 over every file's name and contents (a missing file counts as such); `None` when
+/// there is nothing to watch.
+fn fingerprint(files: &[PathBuf]) -> Option<[u8; 32]> {
+    if files.is_empty() {
+        return None;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in files {
+        ctx.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_le_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(b"\0missing"),
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Some(out)
+}
+
+/// What differs between `old` and `new` that only a restart can apply, one line each (never
+/// a secret's value).
+pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut differ = |what: String, a: String, b: String| {
+        if a != b {
+            out.push(what);
+        }
+    };
+    differ("data_dir".into(), dbg(&old.data_dir), dbg(&new.data_dir));
+    differ("admin.bind".into(), dbg(&old.admin), dbg(&new.admin));
+    differ(
+        "limits.max_buffered_bytes".into(),
+        dbg(&old.limits.max_buffered_bytes),
+        dbg(&new.limits.max_buffered_bytes),
+    );
+    differ(
+        "limits.max_reply_bytes".into(),
+        dbg(&old.limits.max_reply_bytes),
+        dbg(&new.limits.max_reply_bytes),
+    );
+    differ(
+        "shutdown.grace".into(),
+        dbg(&old.shutdown_grace),
+        dbg(&new.shutdown_grace),
+    );
+    let names = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<Vec<_>>()
+    };
+    if names(old) != names(new) {
+        out.push(format!(
+            "the listeners (names, count or order): {:?} -> {:?}",
+            names(old),
+            names(new)
+        ));
+        return out;
+    }
+    for (a, b) in old.listeners.iter().zip(&new.listeners) {
+        let mut differ = |what: &str, x: String, y: String| {
+            if x != y {
+                out.push(format!("listener `{}`: {what}", a.name));
+            }
+        };
+        differ("bind", dbg(&a.bind), dbg(&b.bind));
+        differ(
+            "max_connections",
+            dbg(&a.max_connections),
+            dbg(&b.max_connections),
+        );
+        differ(
+            "protocol (or its memcached settings)",
+            dbg(&a.protocol),
+            dbg(&b.protocol),
+        );
+        differ("tls.enabled", dbg(&a.tls.is_some()), dbg(&b.tls.is_some()));
+        differ("auth.mode", auth_kind(&a.auth), auth_kind(&b.auth));
+        differ(
+            "upstream settings other than TLS material (address, credentials, timeouts, pool sizes, backend users)",
+            upstream_key(&a.upstream),
+            upstream_key(&b.upstream),
+        );
+    }
+    out
+}
+
+fn dbg(v: &impl std::fmt::Debug) -> String {
+    format!("{v:?}")
+}
+
+fn auth_kind(a: &AuthMode) -> String {
+    match a {
+        AuthMode::None => "none",
+        AuthMode::Tokens(_) => "tokens",
+        AuthMode::Acl(_) => "acl",
+    }
+    .into()
+}
+
+/// The upstream settings a restart applies, as one comparable text. It holds secrets: it is
+/// compared, never shown.
+fn upstream_key(u: &UpstreamConfig) -> String {
+    let user = |b: &crate::config::BackendUser| {
+        format!("{}|{}|{:?}", b.name, b.password.expose(), b.rules)
+    };
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}",
+        u.address,
+        u.username,
+        u.password.as_ref().map(|p| p.expose()),
+        u.connect_timeout,
+        u.request_timeout,
+        u.warm_connections,
+        u.max_idle,
+        u.shared_connections,
+        u.health_interval,
+        u.tls.is_some(),
+        u.backend_user.as_ref().map(user),
+        u.mirror_users
+            .iter()
+            .map(|(n, b)| format!("{n}={}", user(b)))
+            .collect::<Vec<_>>(),
+    )
+}

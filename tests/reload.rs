@@ -1,0 +1,449 @@
+//! Reloading the configuration while serving: certificates, tokens, users and the command
+//! policy change without dropping anyone; a bad or restart-only change is refused whole and the
+//! last good configuration keeps serving; watched files (a Kubernetes-style symlink swap)
+//! reload by themselves; certificate expiry is exported and an expired one makes /ready 503.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// A TLS token listener (with an admin listener) in front of `redis`, serving `pki`'s
+/// certificate, accepting `tokens`, plus `extra` lines.
+fn token_config(pki: &Pki, redis: &Redis, tokens: &[&str], extra: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = {tokens:?}\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+        pki.tls_toml(),
+        redis.address()
+    )
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    proxy.admin_get("/metrics").await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_token_rotate_under_load_without_a_failed_request() {
+    let old_pki = Pki::new();
+    let new_pki = Pki::new();
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&token_config(&old_pki, &redis, &[TOKEN], "")).await;
+    let addr = proxy.addr;
+
+    // Clients keep working through the reload, each on its connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let mut c = RawClient::authed(&old_pki, addr).await;
+        let (stop, done) = (stop.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            let key = format!("load:{i}");
+            let mut failures = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let value = n.to_string();
+                let set = c.cmd(&["SET", &key, &value]).await;
+                let get = c.cmd(&["GET", &key]).await;
+                if set != b"+OK\r\n" || get != format!("${}\r\n{value}\r\n", value.len()).as_bytes()
+                {
+                    failures.push((s(&set), s(&get)));
+                }
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = done.load(Ordering::Relaxed);
+
+    // The new certificate (another CA) and a second token, then the first token removed.
+    let outcome = proxy
+        .reload_with(&token_config(&new_pki, &redis, &[TOKEN, TOKEN_NEW], ""))
+        .await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let outcome = proxy
+        .reload_with(&token_config(&new_pki, &redis, &[TOKEN_NEW], ""))
+        .await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        let failures = task.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+    }
+    assert!(
+        done.load(Ordering::Relaxed) > before,
+        "the load went on after the reloads"
+    );
+
+    // New handshakes see the new certificate: a client trusting only the old CA is refused,
+    // one trusting only the new CA gets in.
+    let old_trust =
+        RawClient::try_tls(old_pki.client_config(rustls::ALL_VERSIONS, None), addr).await;
+    if let Ok(mut c) = old_trust {
+        assert!(
+            c.closed().await,
+            "a client trusting only the old CA completed a handshake"
+        );
+    }
+    let mut fresh = RawClient::tls(&new_pki, addr).await;
+    assert!(s(&fresh.cmd(&["AUTH", TOKEN]).await).starts_with("-WRONGPASS"));
+    assert_eq!(fresh.cmd(&["AUTH", TOKEN_NEW]).await, b"+OK\r\n");
+    assert_eq!(fresh.cmd(&["PING"]).await, b"+PONG\r\n");
+
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        metric(&text, "cachegate_config_reloads_total{result=\"success\"}"),
+        2.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let reloaded = metric(
+        &text,
+        "cachegate_config_last_reload_success_timestamp_seconds",
+    );
+    assert!((now - reloaded).abs() < 60.0, "{reloaded} vs {now}");
+    let expiry = metric(
+        &text,
+        "cachegate_certificate_expiry_timestamp_seconds{listener=\"redis-0\",role=\"server\"}",
+    );
+    assert!(expiry > now, "the server certificate's notAfter: {expiry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_configuration_is_refused_whole_and_the_last_good_one_keeps_serving() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let good = token_config(&pki, &redis, &[TOKEN], "");
+    let proxy = Proxy::start(&good).await;
+    let mut open = RawClient::authed(&pki, proxy.addr).await;
+
+    // Every problem at once, as `cachegate check` reports them.
+    let bad = token_config(&pki, &redis, &[TOKEN_NEW], "colour = \"blue\"\n").replace(
+        &format!("{:?}", pki.server_cert.display().to_string()),
+        "\"/nonexistent/server.pem\"",
+    );
+    let refused = proxy.reload_with(&bad).await.unwrap_err();
+    assert!(refused.contains("colour"), "{refused}");
+    assert!(refused.contains("/nonexistent/server.pem"), "{refused}");
+
+    // Nothing of it applies: the old token still logs in, the new one does not.
+    assert_eq!(open.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&c.cmd(&["AUTH", TOKEN_NEW]).await).starts_with("-WRONGPASS"));
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+
+    // What only a restart can change is named, and refused with the rest.
+    let moved = token_config(&pki, &redis, &[TOKEN_NEW], "").replace(
+        "upstream.address",
+        "upstream.connect_timeout = \"9s\"\nupstream.address",
+    );
+    let refused = proxy.reload_with(&moved).await.unwrap_err();
+    assert!(refused.contains("restart"), "{refused}");
+    assert!(refused.contains("upstream settings"), "{refused}");
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&c.cmd(&["AUTH", TOKEN_NEW]).await).starts_with("-WRONGPASS"));
+
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        metric(&text, "cachegate_config_reloads_total{result=\"failure\"}"),
+        2.0
+    );
+    // The secret never shows in what the refusal says.
+    assert!(!refused.contains(TOKEN_NEW) && !refused.contains(TOKEN));
+    // And the good file reloads again.
+    assert!(proxy.reload_with(&good).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_is_logged_out_and_the_new_policy_applies_to_open_sessions() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |users: &str, disable: &str| {
+        format!(
+            "{users}\n[user_groups]\napp = [\"default\", \"alice\", \"bob\"]\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"app\"\ncommands.disable = [{disable}]\ncommands.scripts = \"unguarded\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let alice = "[[users]]\nname = \"alice\"\nacl = \"on >alice-password-123 ~* +@all\"\n";
+    let bob = "[[users]]\nname = \"bob\"\nacl = \"on >bob-password-1234 ~* +@all\"\n";
+    let default = "[[users]]\nname = \"default\"\nacl = \"off\"\n";
+    let proxy = Proxy::start(&config(&format!("{default}{alice}{bob}"), "")).await;
+    let mut a = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        a.cmd(&["AUTH", "alice", "alice-password-123"]).await,
+        b"+OK\r\n"
+    );
+    let mut b = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        b.cmd(&["AUTH", "bob", "bob-password-1234"]).await,
+        b"+OK\r\n"
+    );
+    assert!(s(&a.cmd(&["DBSIZE"]).await).starts_with(':'));
+
+    // Bob is removed from the group and DBSIZE disabled.
+    let reloaded = proxy
+        .reload_with(
+            &config(&format!("{default}{alice}{bob}"), "\"DBSIZE\"").replace(
+                "app = [\"default\", \"alice\", \"bob\"]",
+                "app = [\"default\", \"alice\"]",
+            ),
+        )
+        .await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    // Alice's open session goes on, under the new policy.
+    assert!(
+        s(&a.cmd(&["DBSIZE"]).await).starts_with("-ERR unknown command"),
+        "a command disabled by the reload still ran on an open session"
+    );
+    assert_eq!(a.cmd(&["PING"]).await, b"+PONG\r\n");
+    // Bob's is closed at its next request; he cannot log in again.
+    b.send_cmd(&["PING"]).await;
+    assert!(b.closed().await, "a removed user's session stayed open");
+    let mut b = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&b.cmd(&["AUTH", "bob", "bob-password-1234"]).await).starts_with("-WRONGPASS"));
+
+    // A user switched off is logged out too.
+    let mut a2 = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        a2.cmd(&["AUTH", "alice", "alice-password-123"]).await,
+        b"+OK\r\n"
+    );
+    let off = config(
+        &format!("{default}{}{bob}", alice.replace("on >alice", "off >alice")),
+        "",
+    );
+    assert!(proxy.reload_with(&off).await.is_ok());
+    a2.send_cmd(&["PING"]).await;
+    assert!(a2.closed().await, "a disabled user's session stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_by_a_reloaded_crl_is_refused_in_new_handshakes() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |crl: &str| {
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\n{crl}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            pki.ca,
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config("")).await;
+    let revoked = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.revoked_cert, &pki.revoked_key)),
+    );
+    let mut c = RawClient::try_tls(revoked.clone(), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert!(proxy
+        .reload_with(&config(&format!("tls.client_crl = {:?}\n", pki.crl)))
+        .await
+        .is_ok());
+    // TLS 1.3: the client learns of the refusal at its first read.
+    let refused = match RawClient::try_tls(revoked, proxy.addr).await {
+        Err(_) => true,
+        Ok(mut c) => {
+            c.send_cmd(&["PING"]).await;
+            c.try_read().await.is_none()
+        }
+    };
+    assert!(
+        refused,
+        "a revoked certificate was accepted after the reload"
+    );
+    // The open connection keeps its session.
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    let good = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let mut ok = RawClient::try_tls(good, proxy.addr).await.unwrap();
+    assert_eq!(ok.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_secret_mount_reloads_by_itself() {
+    // A Kubernetes secret volume: files are links through `..data`, a link to a timestamped
+    // directory that an update replaces at once.
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let mount = tempfile::tempdir().unwrap();
+    let write_version = |name: &str, token: &str| {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        let link = mount.path().join("..data_tmp");
+        std::os::unix::fs::symlink(name, &link).unwrap();
+        std::fs::rename(&link, mount.path().join("..data")).unwrap();
+    };
+    write_version("v1", TOKEN);
+    std::os::unix::fs::symlink("..data/token", mount.path().join("token")).unwrap();
+    let token_file = mount.path().join("token");
+    let proxy = Proxy::start(&format!(
+        "[reload]\nwatch_interval = \"100ms\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens_file = {:?}\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        token_file,
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+
+    write_version("v2", TOKEN_NEW);
+    let addr = proxy.addr;
+    let pki_ref = &pki;
+    assert!(
+        eventually(|| async move {
+            let mut c = RawClient::tls(pki_ref, addr).await;
+            c.cmd(&["AUTH", TOKEN_NEW]).await == b"+OK\r\n"
+        })
+        .await,
+        "the new token from the swapped mount was never accepted"
+    );
+    let mut c2 = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&c2.cmd(&["AUTH", TOKEN]).await).starts_with("-WRONGPASS"));
+    // The session that logged in with the old token goes on.
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_serving_certificate_makes_ready_fail() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("old.pem"), dir.path().join("old-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.cert = {cert_path:?}\ntls.key = {key_path:?}\nauth.mode = \"none\"\nupstream.address = {:?}\n",
+        redis.address()
+    ))
+    .await;
+    let text = metrics(&proxy).await;
+    let expiry = metric(
+        &text,
+        "cachegate_certificate_expiry_timestamp_seconds{listener=\"redis-0\",role=\"server\"}",
+    );
+    assert_eq!(expiry, 1_609_459_200.0, "2021-01-01T00:00:00Z");
+    let (status, body) = proxy.admin_get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("expired"), "{body}");
+
+    // A valid certificate, reloaded: ready again.
+    let pki = Pki::new();
+    let reloaded = proxy
+        .reload_with(&format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n",
+            pki.tls_toml(),
+            redis.address()
+        ))
+        .await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let ready = eventually(|| async { proxy.admin_get("/ready").await.0 == 200 }).await;
+    assert!(ready, "{:?}", proxy.admin_get("/ready").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memcached_listener_reloads_its_policy_for_open_sessions() {
+    let pki = Pki::new();
+    let node = Memcached::start().await;
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("flush_all\r\n").await, "OK\r\n");
+    let reloaded = proxy
+        .reload_with(&format!(
+            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\ncommands.disable = [\"flush_all\"]\n",
+            pki.tls_toml(),
+            node.address()
+        ))
+        .await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let refused = c.line("flush_all\r\n").await;
+    assert_ne!(refused, "OK\r\n", "flush_all still ran after the reload");
+    assert_eq!(
+        c.line("version\r\n").await.split(' ').next(),
+        Some("VERSION")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_upstream_tls_material_is_used_by_new_upstream_connections() {
+    // The backend's certificate moves to another CA (Redis reloads it with CONFIG SET);
+    // cachegate follows once its upstream CA is reloaded.
+    let (a, b) = (Pki::new(), Pki::new());
+    let tls_port = free_port();
+    let p = |f: &std::path::Path| f.display().to_string();
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &p(&a.server_cert),
+        "--tls-key-file",
+        &p(&a.server_key),
+        "--tls-ca-cert-file",
+        &p(&a.ca),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .await;
+    let config = |ca: &std::path::Path| {
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = \"127.0.0.1:{tls_port}\"\nupstream.health_interval = \"1h\"\nupstream.tls.ca = {ca:?}\n",
+            a.tls_toml()
+        )
+    };
+    let proxy = Proxy::start(&config(&a.ca)).await;
+    let mut c = RawClient::tls(&a, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+
+    let mut admin = redis.direct().await;
+    let set = admin
+        .cmd(&[
+            "CONFIG",
+            "SET",
+            "tls-cert-file",
+            &p(&b.server_cert),
+            "tls-key-file",
+            &p(&b.server_key),
+        ])
+        .await;
+    assert_eq!(set, b"+OK\r\n");
+    // Every connection cachegate has is closed: the next ones must handshake again, and the
+    // old CA does not verify the new certificate.
+    assert!(s(&admin.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await).starts_with(':'));
+    let mut c = RawClient::tls(&a, proxy.addr).await;
+    let before = c.cmd(&["PING"]).await;
+    assert!(
+        s(&before).starts_with("-ERR cachegate: upstream"),
+        "{}",
+        s(&before)
+    );
+
+    assert!(proxy.reload_with(&config(&b.ca)).await.is_ok());
+    let addr = proxy.addr;
+    let a_ref = &a;
+    assert!(
+        eventually(|| async move {
+            let mut c = RawClient::tls(a_ref, addr).await;
+            c.cmd(&["PING"]).await == b"+PONG\r\n"
+        })
+        .await,
+        "the reloaded upstream CA was not used"
+    );
+}
