@@ -188,13 +188,17 @@ impl Reloader {
             match (&listener.handler, staged) {
                 (Handler::Redis(live), Staged::Redis(ctx, tls)) => {
                     ctx.pool.set_tls(tls);
+                    let old = live.load();
                     live.store(Arc::new(ctx));
+                    old.superseded.cancel();
                 }
                 (Handler::Memcached(ctx), Staged::Memcached(rules, tls)) => {
                     for (node, tls) in ctx.nodes.iter().zip(tls) {
                         node.pool.set_tls(tls);
                     }
+                    let old = ctx.rules.load();
                     ctx.rules.store(Arc::new(rules));
+                    old.superseded.cancel();
                 }
                 _ => unreachable!("staged in the listener's own protocol"),
             }

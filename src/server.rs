@@ -320,6 +320,7 @@ pub(crate) fn redis_context(
         limits: config.limits.clone(),
         budget: budget.clone(),
         identities: identities(&cfg.upstream),
+        superseded: CancellationToken::new(),
     }
 }
 
@@ -330,6 +331,7 @@ pub(crate) fn memcached_rules(cfg: &ListenerConfig, config: &Config) -> memcache
         auth: cfg.auth.clone(),
         cert_users: cfg.cert_users.clone(),
         limits: config.limits.clone(),
+        superseded: CancellationToken::new(),
     }
 }
 

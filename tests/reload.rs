@@ -173,8 +173,8 @@ async fn a_removed_user_is_logged_out_and_the_new_policy_applies_to_open_session
             redis.address()
         )
     };
-    let alice = "[[users]]\nname = \"alice\"\nacl = \"on >alice-password-123 ~* +@all\"\n";
-    let bob = "[[users]]\nname = \"bob\"\nacl = \"on >bob-password-1234 ~* +@all\"\n";
+    let alice = "[[users]]\nname = \"alice\"\nacl = \"on >alice-password-123 ~* &* +@all\"\n";
+    let bob = "[[users]]\nname = \"bob\"\nacl = \"on >bob-password-1234 ~* &* +@all\"\n";
     let default = "[[users]]\nname = \"default\"\nacl = \"off\"\n";
     let proxy = Proxy::start(&config(&format!("{default}{alice}{bob}"), "")).await;
     let mut a = RawClient::tls(&pki, proxy.addr).await;
@@ -188,6 +188,8 @@ async fn a_removed_user_is_logged_out_and_the_new_policy_applies_to_open_session
         b"+OK\r\n"
     );
     assert!(s(&a.cmd(&["DBSIZE"]).await).starts_with(':'));
+    // Bob listens on a channel: a session that never sends another request.
+    assert!(s(&b.cmd(&["SUBSCRIBE", "news"]).await).contains("subscribe"));
 
     // Bob is removed from the group and DBSIZE disabled.
     let reloaded = proxy
@@ -205,8 +207,13 @@ async fn a_removed_user_is_logged_out_and_the_new_policy_applies_to_open_session
         "a command disabled by the reload still ran on an open session"
     );
     assert_eq!(a.cmd(&["PING"]).await, b"+PONG\r\n");
-    // Bob's is closed at its next request; he cannot log in again.
-    b.send_cmd(&["PING"]).await;
+    // Bob's is closed at once (he would go on receiving messages otherwise); he cannot log
+    // in again.
+    assert_eq!(
+        a.cmd(&["PUBLISH", "news", "for alice only"]).await,
+        b":0\r\n",
+        "the removed user's subscription still received"
+    );
     assert!(b.closed().await, "a removed user's session stayed open");
     let mut b = RawClient::tls(&pki, proxy.addr).await;
     assert!(s(&b.cmd(&["AUTH", "bob", "bob-password-1234"]).await).starts_with("-WRONGPASS"));

@@ -92,6 +92,8 @@ pub struct Rules {
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
     pub limits: Limits,
+    /// Cancelled when a reload replaces these rules: wakes idle sessions to take the new ones.
+    pub superseded: CancellationToken,
 }
 
 /// Where security events and buffered bytes are counted.
@@ -254,6 +256,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut generation, mut rules) = ctx.rules.load_with_generation();
+    let mut superseded = Box::pin(rules.superseded.clone().cancelled_owned());
     let (mut cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);
     let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
@@ -268,6 +271,7 @@ where
             // A reload: the new policy and limits from this batch on; the user chosen again
             // (a session whose user was removed or disabled is closed).
             (generation, rules) = ctx.rules.load_with_generation();
+            superseded.set(rules.superseded.clone().cancelled_owned());
             match session_user(&rules, who.cert.as_ref()) {
                 Ok(user) => who.user = user,
                 Err(()) => {
@@ -348,6 +352,8 @@ where
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client left a request unfinished"));
             }
             _ = &mut shut => break,
+            // A reload: the loop takes the new rules before reading on.
+            _ = &mut superseded => {}
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;

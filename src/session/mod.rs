@@ -86,6 +86,10 @@ pub struct Context {
     /// Backend users cachegate provisioned (`commands.scripts = "backend_acl"`,
     /// `auth.backend_users`): who a session's own connection runs commands as.
     pub identities: Option<Identities>,
+    /// Cancelled when a reload replaces this context: wakes idle and subscribed sessions so
+    /// that they take the new one (and a removed user's session closes) without waiting for
+    /// the client's next request.
+    pub superseded: CancellationToken,
 }
 
 /// The `AUTH` arguments of each identity a session's own connection may take.
@@ -506,9 +510,13 @@ impl RequestSide {
         let abort = self.abort.clone();
         let mut aborted = std::pin::pin!(abort.cancelled());
         let mut shut = std::pin::pin!(shutdown.cancelled());
+        let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
         let result = loop {
-            if self.live.generation() != self.generation && !self.refresh() {
-                break Ok(());
+            if self.live.generation() != self.generation {
+                if !self.refresh() {
+                    break Ok(());
+                }
+                superseded.set(self.ctx.superseded.clone().cancelled_owned());
             }
             // Everything complete in the buffer is handled before the next read, so a pipeline
             // is forwarded as one write.
@@ -575,6 +583,8 @@ impl RequestSide {
                 }
                 _ = &mut shut => break Ok(()),
                 _ = &mut aborted => break Ok(()),
+                // A reload: the loop takes the new configuration before reading on.
+                _ = &mut superseded => {}
             }
         };
         result
