@@ -20,6 +20,7 @@
 //! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
 pub mod acl_commands;
+mod admission;
 pub mod commands;
 mod outbox;
 pub mod sharing;
@@ -42,12 +43,13 @@ use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
 use crate::live::Live;
 use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
-use crate::policy::{Decision, Policy};
+use crate::policy::Policy;
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
 use crate::upstream::shared::{Frames, Shared, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
-use commands::{classify, plan_command, rewrite_reply, Kind, Rewrite};
+use admission::Admission;
+use commands::{plan_command, rewrite_reply, Kind, Rewrite};
 use outbox::Outbox;
 use sharing::Sharing;
 
@@ -618,113 +620,63 @@ impl RequestSide {
     }
 
     async fn handle(&mut self, mut req: Request) -> Result<Flow, SessionError> {
-        // An HTTP request on the Redis port (a web page making a browser post to localhost):
-        // closed at once without an answer, as Redis does for `POST` and `Host:`.
-        if req.name().eq_ignore_ascii_case(b"POST") || req.name().eq_ignore_ascii_case(b"HOST:") {
-            let name = self.user_name().to_string();
-            tracing::warn!(listener = %self.ctx.listener, peer = %self.peer, "possible cross-protocol attack: an HTTP request on the Redis port; connection closed");
-            self.security_event(
-                "cross_protocol",
-                String::from_utf8_lossy(req.name()).into_owned(),
-                &name,
-                self.user.is_some() || !self.authenticated,
-            );
-            return Ok(Flow::Stop);
-        }
-        // The real name decides what a command does (a renamed MULTI is MULTI). The commands
-        // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
-        let decision = self.ctx.policy.decide(req.name());
-        // A disabled subcommand's refusal names the command as typed (never the real name
-        // behind an alias); made now, while the typed name is at hand, sent after the auth gate.
-        let sub_refused = (req.args.len() > 1
-            && self.ctx.policy.refuses_subcommand(
-                match &decision {
-                    Decision::Rename(real) => real,
-                    _ => &req.args[0],
-                },
-                &req.args[1],
-            ))
-        .then(|| {
-            sharing::Refusal::UnknownSubcommand.reply(&[req.args[0].clone(), req.args[1].clone()])
-        });
-        if let Decision::Rename(real) = &decision {
-            req.args[0] = real.clone();
-            req.raw = None;
-        }
-        let kind = classify(req.name(), &req.args);
-        match kind {
+        let gate = admission::Gate {
+            authenticated: self.authenticated,
+            user: self.user.as_deref(),
+            acl: matches!(self.ctx.auth, AuthMode::Acl(_)),
+        };
+        let plan = match admission::admit(&mut req, gate, &self.ctx.policy) {
+            Admission::Forward(plan) => plan,
+            // An HTTP request on the Redis port (a web page making a browser post to
+            // localhost): closed at once without an answer, as Redis does.
+            Admission::CrossProtocol => {
+                let name = self.user_name().to_string();
+                tracing::warn!(listener = %self.ctx.listener, peer = %self.peer, "possible cross-protocol attack: an HTTP request on the Redis port; connection closed");
+                self.security_event(
+                    "cross_protocol",
+                    String::from_utf8_lossy(req.name()).into_owned(),
+                    &name,
+                    self.user.is_some() || !self.authenticated,
+                );
+                return Ok(Flow::Stop);
+            }
             // Rare paths are boxed, so that the session's future (held by every idle
             // connection) is sized for the common one.
-            Kind::Auth => return Box::pin(self.auth(&req)).await,
-            Kind::Hello => return Box::pin(self.hello(req)).await,
-            Kind::Quit => {
+            Admission::Auth => return Box::pin(self.auth(&req)).await,
+            Admission::Hello => return Box::pin(self.hello(req)).await,
+            Admission::Quit => {
                 self.local(Bytes::from_static(reply::OK)).await?;
                 return Ok(Flow::Stop);
             }
-            Kind::Reset => return Box::pin(self.reset()).await,
-            _ => {}
-        }
-        if !self.authenticated {
-            self.local(Bytes::from_static(reply::NOAUTH)).await?;
-            return Ok(Flow::Continue);
-        }
-        let mut args = req.args;
-        if decision == Decision::Refuse {
-            if self.in_multi {
-                self.multi_dirty = true;
-            }
-            self.local(reply::unknown_command(&args)).await?;
-            return Ok(Flow::Continue);
-        }
-        if let Some(refusal) = sub_refused {
-            if self.in_multi {
-                self.multi_dirty = true;
-            }
-            self.local(refusal).await?;
-            return Ok(Flow::Continue);
-        }
-        if let Some(user) = &self.user {
-            // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
-            if let Err(denied) = user.check(&args) {
-                let (reason, object) = denied.event();
-                self.security_event(reason, object, &user.name, true);
-                if self.in_multi {
+            Admission::Reset => return Box::pin(self.reset()).await,
+            Admission::Answer {
+                reply,
+                fails_multi,
+                event,
+            } => {
+                if let (Some(event), Some(user)) = (event, &self.user) {
+                    let name = user.name.clone();
+                    self.security_event(event.reason, event.object, &name, true);
+                }
+                if fails_multi && self.in_multi {
                     self.multi_dirty = true;
                 }
-                self.local(reply::error_line(&denied.error())).await?;
+                self.local(reply).await?;
                 return Ok(Flow::Continue);
             }
-            if kind == Kind::Acl {
-                if let AuthMode::Acl(group) = &self.ctx.auth {
-                    let answer = acl_commands::answer(&args, user, group, self.resp3, &self.ctx);
+            Admission::AclLocal => {
+                if let (Some(user), AuthMode::Acl(group)) = (&self.user, &self.ctx.auth) {
+                    let answer =
+                        acl_commands::answer(&req.args, user, group, self.resp3, &self.ctx);
                     self.local(answer).await?;
-                    return Ok(Flow::Continue);
                 }
-            }
-        }
-        // ACL DRYRUN answered by the backend: the command named as clients see it (a hidden
-        // name is unknown, an alias is its real command).
-        if kind == Kind::Acl
-            && args.len() > 3
-            && args[1].eq_ignore_ascii_case(b"DRYRUN")
-            && !self.ctx.policy.is_empty()
-        {
-            args[3] = match self.ctx.policy.decide(&args[3]) {
-                Decision::Allow => args[3].clone(),
-                Decision::Rename(real) => real,
-                Decision::Refuse => Bytes::from_static(commands::HIDDEN_PLACEHOLDER),
-            };
-            req.raw = None;
-        }
-        let sharing = sharing::of(&args, matches!(self.ctx.auth, AuthMode::Acl(_)));
-        match sharing {
-            Sharing::Refuse(why) => {
-                if self.in_multi {
-                    self.multi_dirty = true;
-                }
-                self.local(why.reply(&args)).await?;
                 return Ok(Flow::Continue);
             }
+        };
+        let kind = plan.kind;
+        let sharing = plan.sharing;
+        let mut args = req.args;
+        match sharing {
             Sharing::Local if kind == Kind::Client || kind == Kind::Acl => {
                 if let Some(answer) = self.identity(&args) {
                     self.local(answer).await?;
@@ -736,9 +688,8 @@ impl RequestSide {
         }
         // A renamed command that a script could call runs as the administrator: the backend
         // user denies its real name, so that scripts cannot call it.
-        let renamed = matches!(decision, Decision::Rename(_)) && script_callable(&args);
         // Who runs it, decided once: the same answer before and after it is sent.
-        let want = self.wanted_identity(renamed);
+        let want = self.wanted_identity(plan.renamed_callable);
         let as_admin = want == RunsAs::Admin;
         let own_identity = match &want {
             RunsAs::Admin => true,

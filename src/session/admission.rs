@@ -1,0 +1,423 @@
+//! Admission: what happens to one parsed request, decided from the request, the session's
+//! login state and the listener's policy alone, with no I/O. The session carries the decision
+//! out (answers, forwards, pins, logs in); everything that can refuse a request is here, so
+//! that it is tested without sockets, for every command the table knows.
+//!
+//! In order, as Redis and the policy require:
+//! 1. an HTTP request (`POST`, `Host:`) closes the connection (a cross-protocol attack);
+//! 2. the policy maps the typed name: a renamed command runs as its real name, a disabled one
+//!    (or its real name behind an alias) is unknown, a disabled subcommand is unknown;
+//! 3. AUTH, HELLO, QUIT and RESET are the session's own (they cannot be renamed or refused);
+//! 4. before a login everything else gets `NOAUTH`;
+//! 5. the user's ACL (commands, keys, channels) refuses, with a security event;
+//! 6. `ACL ...` on a listener with cachegate users is answered from those users;
+//! 7. the reviewed sharing table refuses what acts on other clients' connections.
+
+use bytes::Bytes;
+
+use super::commands::{self, classify, Kind};
+use super::sharing::{self, Sharing};
+use crate::auth::acl::User;
+use crate::policy::{Decision, Policy};
+use crate::protocol::reply;
+use crate::protocol::resp::Request;
+
+/// The session state admission reads.
+#[derive(Clone, Copy)]
+pub struct Gate<'a> {
+    pub authenticated: bool,
+    /// The ACL user logged in, on a listener with users.
+    pub user: Option<&'a User>,
+    /// The listener has cachegate ACL users (`auth.mode = "acl"`).
+    pub acl: bool,
+}
+
+/// A security event to record with a refusal: its reason (`command`, `key`, `channel`) and
+/// object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub reason: &'static str,
+    pub object: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// An HTTP request on the Redis port: close without an answer, log a `cross_protocol`
+    /// security event.
+    CrossProtocol,
+    /// The login and connection commands the session runs itself.
+    Auth,
+    Hello,
+    Quit,
+    Reset,
+    /// Answered with `reply`, never forwarded. `fails_multi`: inside MULTI, the transaction
+    /// then aborts at EXEC (as Redis does when a queued command is refused).
+    Answer {
+        reply: Bytes,
+        fails_multi: bool,
+        event: Option<Event>,
+    },
+    /// `ACL ...` asked of the listener's cachegate users: answered from them.
+    AclLocal,
+    /// Forwarded (or, for `Sharing::Local` CLIENT/ACL calls, answered by the session's own
+    /// view of itself), with what the session needs to choose a connection.
+    Forward(Plan),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub kind: Kind,
+    pub sharing: Sharing,
+    /// A renamed command a script could call (runs as the administrator where cachegate
+    /// provisions backend users).
+    pub renamed_callable: bool,
+}
+
+/// Decides what happens to `req`; rewrites its name to the real one when renamed (and an
+/// `ACL DRYRUN`'s command to what clients see), dropping the raw bytes when it does.
+pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
+    if req.name().eq_ignore_ascii_case(b"POST") || req.name().eq_ignore_ascii_case(b"HOST:") {
+        return Admission::CrossProtocol;
+    }
+    // The real name decides what a command does (a renamed MULTI is MULTI). The commands
+    // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
+    let decision = policy.decide(req.name());
+    // A disabled subcommand's refusal names the command as typed (never the real name behind
+    // an alias); made now, while the typed name is at hand, answered after the auth gate.
+    let sub_refused = (req.args.len() > 1
+        && policy.refuses_subcommand(
+            match &decision {
+                Decision::Rename(real) => real,
+                _ => &req.args[0],
+            },
+            &req.args[1],
+        ))
+    .then(|| {
+        sharing::Refusal::UnknownSubcommand.reply(&[req.args[0].clone(), req.args[1].clone()])
+    });
+    if let Decision::Rename(real) = &decision {
+        req.args[0] = real.clone();
+        req.raw = None;
+    }
+    let kind = classify(req.name(), &req.args);
+    match kind {
+        Kind::Auth => return Admission::Auth,
+        Kind::Hello => return Admission::Hello,
+        Kind::Quit => return Admission::Quit,
+        Kind::Reset => return Admission::Reset,
+        _ => {}
+    }
+    if !gate.authenticated {
+        return answer(Bytes::from_static(reply::NOAUTH), false, None);
+    }
+    if decision == Decision::Refuse {
+        return answer(reply::unknown_command(&req.args), true, None);
+    }
+    if let Some(refusal) = sub_refused {
+        return answer(refusal, true, None);
+    }
+    if let Some(user) = gate.user {
+        // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
+        if let Err(denied) = user.check(&req.args) {
+            let (reason, object) = denied.event();
+            return answer(
+                reply::error_line(&denied.error()),
+                true,
+                Some(Event { reason, object }),
+            );
+        }
+        if kind == Kind::Acl && gate.acl {
+            return Admission::AclLocal;
+        }
+    }
+    // ACL DRYRUN answered by the backend: the command named as clients see it (a hidden name
+    // is unknown, an alias is its real command).
+    if kind == Kind::Acl
+        && req.args.len() > 3
+        && req.args[1].eq_ignore_ascii_case(b"DRYRUN")
+        && !policy.is_empty()
+    {
+        req.args[3] = match policy.decide(&req.args[3]) {
+            Decision::Allow => req.args[3].clone(),
+            Decision::Rename(real) => real,
+            Decision::Refuse => Bytes::from_static(commands::HIDDEN_PLACEHOLDER),
+        };
+        req.raw = None;
+    }
+    let sharing = sharing::of(&req.args, gate.acl);
+    if let Sharing::Refuse(why) = sharing {
+        return answer(why.reply(&req.args), true, None);
+    }
+    Admission::Forward(Plan {
+        kind,
+        sharing,
+        renamed_callable: matches!(decision, Decision::Rename(_))
+            && super::script_callable(&req.args),
+    })
+}
+
+fn answer(reply: Bytes, fails_multi: bool, event: Option<Event>) -> Admission {
+    Admission::Answer {
+        reply,
+        fails_multi,
+        event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::acl::User;
+    use crate::auth::commands::table;
+
+    fn request(args: &[&str]) -> Request {
+        Request {
+            args: args
+                .iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect(),
+            raw: None,
+        }
+    }
+
+    fn policy(disable: &[&str], rename: &[(&str, &str)]) -> Policy {
+        let disable: Vec<String> = disable.iter().map(|s| s.to_string()).collect();
+        let rename: Vec<(String, String)> = rename
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Policy::new(&disable, &rename).unwrap()
+    }
+
+    fn user(rules: &str) -> User {
+        User::parse("u", rules).unwrap()
+    }
+
+    const IN: Gate<'static> = Gate {
+        authenticated: true,
+        user: None,
+        acl: false,
+    };
+    const OUT: Gate<'static> = Gate {
+        authenticated: false,
+        user: None,
+        acl: false,
+    };
+
+    /// A plausible call of every command and subcommand the table knows.
+    fn every_call() -> Vec<Vec<String>> {
+        table()
+            .all()
+            .map(|(full, _)| {
+                let mut call: Vec<String> = full.split('|').map(str::to_uppercase).collect();
+                call.extend(["k".to_string(), "v".to_string()]);
+                call
+            })
+            .collect()
+    }
+
+    fn admit_call(call: &[String], gate: Gate<'_>, policy: &Policy) -> (Admission, Request) {
+        let args: Vec<&str> = call.iter().map(String::as_str).collect();
+        let mut req = request(&args);
+        (admit(&mut req, gate, policy), req)
+    }
+
+    #[test]
+    fn before_a_login_only_the_login_commands_pass() {
+        let open = Policy::default();
+        for call in every_call() {
+            let (a, _) = admit_call(&call, OUT, &open);
+            match call[0].as_str() {
+                "AUTH" => assert_eq!(a, Admission::Auth),
+                "HELLO" => assert_eq!(a, Admission::Hello),
+                "QUIT" => assert_eq!(a, Admission::Quit),
+                "RESET" => assert_eq!(a, Admission::Reset),
+                _ => assert_eq!(
+                    a,
+                    answer(Bytes::from_static(reply::NOAUTH), false, None),
+                    "{call:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn with_no_policy_every_command_is_forwarded_unless_it_acts_on_other_connections() {
+        let open = Policy::default();
+        for call in every_call() {
+            let (a, req) = admit_call(&call, IN, &open);
+            match a {
+                Admission::Auth | Admission::Hello | Admission::Quit | Admission::Reset => {}
+                Admission::Forward(plan) => {
+                    assert!(!plan.renamed_callable);
+                    assert_eq!(plan.sharing, sharing::of(&req.args, false), "{call:?}");
+                }
+                Admission::Answer {
+                    reply, fails_multi, ..
+                } => {
+                    // Only the sharing table's refusals (CLIENT KILL, SYNC, ...).
+                    let Sharing::Refuse(why) = sharing::of(&req.args, false) else {
+                        panic!("{call:?} was refused: {reply:?}");
+                    };
+                    assert_eq!(reply, why.reply(&req.args));
+                    assert!(fails_multi);
+                }
+                other => panic!("{call:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_disabled_command_is_unknown_under_its_name_and_every_case() {
+        let p = policy(&["flushall", "config|set"], &[]);
+        for name in ["FLUSHALL", "flushall", "FlushAll"] {
+            let (a, _) = admit_call(&[name.to_string()], IN, &p);
+            let Admission::Answer {
+                reply, fails_multi, ..
+            } = a
+            else {
+                panic!("{name}: {a:?}")
+            };
+            assert!(reply.starts_with(b"-ERR unknown command"), "{reply:?}");
+            assert!(fails_multi);
+        }
+        let (a, _) = admit_call(&["CONFIG".into(), "SET".into(), "x".into()], IN, &p);
+        assert!(matches!(a, Admission::Answer { .. }), "{a:?}");
+        let (a, _) = admit_call(&["CONFIG".into(), "GET".into(), "x".into()], IN, &p);
+        assert!(matches!(a, Admission::Forward(_)), "{a:?}");
+        // Not before the auth gate: the unauthenticated learn nothing of the policy.
+        let (a, _) = admit_call(&["FLUSHALL".into()], OUT, &p);
+        assert_eq!(a, answer(Bytes::from_static(reply::NOAUTH), false, None));
+    }
+
+    #[test]
+    fn a_renamed_command_runs_only_under_its_new_name_and_as_its_real_one() {
+        let p = policy(
+            &[],
+            &[("flushall", "ADMIN_FLUSH_9f2c"), ("multi", "BEGIN_X")],
+        );
+        let (a, req) = admit_call(&["admin_flush_9f2c".into(), "ASYNC".into()], IN, &p);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        assert!(req.args[0].eq_ignore_ascii_case(b"flushall"));
+        assert!(
+            plan.renamed_callable,
+            "FLUSHALL can be called from a script"
+        );
+        let (a, _) = admit_call(&["FLUSHALL".into()], IN, &p);
+        assert!(matches!(a, Admission::Answer { .. }), "{a:?}");
+        // A renamed MULTI is MULTI.
+        let (a, _) = admit_call(&["BEGIN_X".into()], IN, &p);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(plan.kind, Kind::Multi);
+        assert!(!plan.renamed_callable, "MULTI cannot run inside a script");
+    }
+
+    #[test]
+    fn a_restricted_user_is_refused_with_an_event_and_fails_the_transaction() {
+        let u = user("on nopass ~app:* &* -@all +get +set +acl");
+        let gate = Gate {
+            authenticated: true,
+            user: Some(&u),
+            acl: true,
+        };
+        let open = Policy::default();
+        let (a, _) = admit_call(&["GET".into(), "app:1".into()], gate, &open);
+        assert!(matches!(a, Admission::Forward(_)), "{a:?}");
+        let (a, _) = admit_call(&["GET".into(), "other".into()], gate, &open);
+        let Admission::Answer {
+            event, fails_multi, ..
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert!(fails_multi);
+        assert_eq!(event.unwrap().reason, "key");
+        let (a, _) = admit_call(&["DEL".into(), "app:1".into()], gate, &open);
+        let Admission::Answer { event, .. } = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(event.unwrap().reason, "command");
+        // ACL is answered from cachegate's users, never by the backend's.
+        let (a, _) = admit_call(&["ACL".into(), "WHOAMI".into()], gate, &open);
+        assert_eq!(a, Admission::AclLocal);
+        // Every command the user may not run is refused before anything else looks at it.
+        for call in every_call() {
+            if matches!(
+                call[0].as_str(),
+                "AUTH" | "HELLO" | "QUIT" | "RESET" | "GET" | "SET" | "ACL"
+            ) {
+                continue;
+            }
+            let (a, _) = admit_call(&call, gate, &open);
+            assert!(
+                matches!(&a, Admission::Answer { event: Some(e), .. } if e.reason == "command"),
+                "{call:?}: {a:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_http_request_closes_the_connection_before_any_login() {
+        for name in ["POST", "post", "Host:", "HOST:"] {
+            let (a, _) = admit_call(&[name.to_string(), "/".into()], OUT, &Policy::default());
+            assert_eq!(a, Admission::CrossProtocol);
+        }
+    }
+
+    #[test]
+    fn a_dryrun_names_commands_as_clients_see_them() {
+        let p = policy(&["keys"], &[("flushall", "ADMIN_FLUSH_9f2c")]);
+        let (_, req) = admit_call(
+            &[
+                "ACL".into(),
+                "DRYRUN".into(),
+                "u".into(),
+                "ADMIN_FLUSH_9f2c".into(),
+            ],
+            IN,
+            &p,
+        );
+        assert!(req.args[3].eq_ignore_ascii_case(b"flushall"));
+        let (_, req) = admit_call(
+            &[
+                "ACL".into(),
+                "DRYRUN".into(),
+                "u".into(),
+                "KEYS".into(),
+                "*".into(),
+            ],
+            IN,
+            &p,
+        );
+        assert_eq!(&req.args[3][..], commands::HIDDEN_PLACEHOLDER);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives, admission decides without panicking, and nothing but the login
+        /// commands passes the auth gate.
+        #[test]
+        fn any_request_is_decided_and_the_gate_holds(
+            words in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(vec!["GET", "auth", "Hello", "quit", "RESET", "ACL", "CLIENT", "kill", "MULTI", "DRYRUN", "SETNAME", "POST"]).prop_map(String::from),
+                    "[ -~]{0,12}",
+                ],
+                1..6usize,
+            ),
+            authenticated: bool,
+        ) {
+            let p = policy(&["keys", "client|kill"], &[("flushall", "ADMIN_FLUSH_9f2c")]);
+            let gate = Gate { authenticated, user: None, acl: false };
+            let (a, _) = admit_call(&words, gate, &p);
+            if !authenticated {
+                prop_assert!(!matches!(a, Admission::Forward(_) | Admission::AclLocal), "{:?}", a);
+            }
+        }
+    }
+}
