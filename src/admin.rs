@@ -49,6 +49,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
                 let admin = admin.clone();
                 async move {
                     if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        // A browser on this host can POST to loopback: a page's request carries
+                        // an Origin, and is refused; curl and `cachegate reload` send none.
+                        if req.headers().contains_key(hyper::header::ORIGIN) {
+                            return Ok::<_, Infallible>(reply(
+                                StatusCode::FORBIDDEN,
+                                "text/plain",
+                                "POST /reload does not take requests from web pages\n".into(),
+                            ));
+                        }
                         return Ok::<_, Infallible>(reload(admin).await);
                     }
                     Ok::<_, Infallible>(respond(&admin, req))

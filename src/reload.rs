@@ -11,7 +11,6 @@
 //! closed. Everything else (binds, protocols, upstream addresses and credentials, ...) is
 //! reported as needing a restart: see `restart_changes`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +46,9 @@ pub enum ReloadError {
 
 pub struct Reloader {
     state: Mutex<State>,
+    /// The certificates in use; apart from `state`, whose lock a reload holds through its file
+    /// reads, so that `/ready` never waits on a disk.
+    certs: Mutex<Vec<CertExpiry>>,
     listeners: Vec<Arc<Listener>>,
     metrics: Arc<Metrics>,
     budget: Arc<crate::budget::MemoryBudget>,
@@ -55,9 +57,9 @@ pub struct Reloader {
 struct State {
     /// The configuration in force.
     config: Config,
-    /// What the watched files held when it was loaded (or when a reload last tried them).
-    fingerprint: Option<[u8; 32]>,
-    certs: Vec<CertExpiry>,
+    /// The files the last load (or attempt) read, and what they held: the watcher reloads
+    /// when they differ, so a fix to a refused file (or a file it newly names) is picked up.
+    watched: crate::config::Watched,
 }
 
 impl Reloader {
@@ -68,18 +70,17 @@ impl Reloader {
         budget: Arc<crate::budget::MemoryBudget>,
         certs: Vec<CertExpiry>,
     ) -> Self {
-        let fingerprint = fingerprint(&config.files);
         let reloader = Self {
             state: Mutex::new(State {
+                watched: config.watched.clone(),
                 config,
-                fingerprint,
-                certs: Vec::new(),
             }),
+            certs: Mutex::new(Vec::new()),
             listeners,
             metrics,
             budget,
         };
-        reloader.publish_certs(&mut reloader.lock(), certs);
+        reloader.publish_certs(certs);
         reloader.metrics.config_last_reload_success.set(now());
         reloader
     }
@@ -90,8 +91,9 @@ impl Reloader {
 
     /// The certificates in use whose `notAfter` has passed, at `now` (Unix seconds).
     pub fn expired_server_certs(&self, now: i64) -> Vec<CertExpiry> {
-        self.lock()
-            .certs
+        self.certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|c| c.role == "server" && c.not_after <= now)
             .cloned()
@@ -127,11 +129,16 @@ impl Reloader {
 
     fn try_reload(&self, state: &mut State) -> Result<String, ReloadError> {
         let path = state.config.source.clone().ok_or(ReloadError::NoFile)?;
-        // Whatever happens, these files have been tried: the watcher waits for them to change
-        // again instead of retrying a broken file every interval.
-        state.fingerprint = fingerprint(&state.config.files);
-        let new = crate::config::load(&path)?;
-        state.fingerprint = fingerprint(&new.files);
+        // Whatever happens, these files (as read) have been tried: the watcher waits for them
+        // to change again instead of retrying a broken file every interval.
+        let new = match crate::config::load(&path) {
+            Ok(new) => new,
+            Err(e) => {
+                state.watched = e.watched.clone();
+                return Err(e.into());
+            }
+        };
+        state.watched = new.watched.clone();
         let changes = restart_changes(&state.config, &new);
         if !changes.is_empty() {
             return Err(ReloadError::NeedsRestart(changes));
@@ -207,20 +214,25 @@ impl Reloader {
             "{} listener{}; {} file{} read",
             new.listeners.len(),
             if new.listeners.len() == 1 { "" } else { "s" },
-            new.files.len(),
-            if new.files.len() == 1 { "" } else { "s" },
+            new.watched.files.len(),
+            if new.watched.files.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
         );
-        self.publish_certs(state, certs);
+        self.publish_certs(certs);
         state.config = new;
         Ok(summary)
     }
 
-    fn publish_certs(&self, state: &mut State, certs: Vec<CertExpiry>) {
+    fn publish_certs(&self, certs: Vec<CertExpiry>) {
+        let mut current = self.certs.lock().unwrap_or_else(|e| e.into_inner());
         let labels = |c: &CertExpiry| CertLabels {
             listener: c.listener.clone(),
             role: c.role.to_string(),
         };
-        for old in &state.certs {
+        for old in current.iter() {
             if !certs
                 .iter()
                 .any(|c| c.listener == old.listener && c.role == old.role)
@@ -237,7 +249,7 @@ impl Reloader {
                 tracing::error!(listener = %c.listener, role = c.role, "a certificate in use has EXPIRED");
             }
         }
-        state.certs = certs;
+        *current = certs;
     }
 
     /// Checks the config file and every file it names every `reload.watch_interval`, and
@@ -245,27 +257,30 @@ impl Reloader {
     /// read through their names, so the new target is what counts). Runs until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let interval = {
+            let (interval, watched) = {
                 let state = self.lock();
                 if state.config.source.is_none() {
                     return;
                 }
-                state.config.watch_interval
+                (state.config.watch_interval, state.watched.clone())
             };
-            if interval.is_zero() {
-                return;
-            }
+            // Off ("0s"): asked again each second, since a reload may turn it back on.
+            let off = interval.is_zero();
+            let wait = if off {
+                Duration::from_secs(1)
+            } else {
+                interval
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval.max(Duration::from_millis(50))) => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
             }
-            let me = self.clone();
-            let changed = tokio::task::spawn_blocking(move || {
-                let state = me.lock();
-                fingerprint(&state.config.files) != state.fingerprint
-            })
-            .await
-            .unwrap_or(false);
+            if off {
+                continue;
+            }
+            let changed = tokio::task::spawn_blocking(move || watched.now() != watched.fingerprint)
+                .await
+                .unwrap_or(false);
             if changed {
                 let me = self.clone();
                 let _ =
@@ -301,28 +316,6 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// SHA-256 over every file's name and contents (a missing file counts as such); `None` when
-/// there is nothing to watch.
-fn fingerprint(files: &[PathBuf]) -> Option<[u8; 32]> {
-    if files.is_empty() {
-        return None;
-    }
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for f in files {
-        ctx.update(f.as_os_str().as_encoded_bytes());
-        match std::fs::read(f) {
-            Ok(bytes) => {
-                ctx.update(&(bytes.len() as u64).to_le_bytes());
-                ctx.update(&bytes);
-            }
-            Err(_) => ctx.update(b"\0missing"),
-        }
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    Some(out)
 }
 
 /// What differs between `old` and `new` that only a restart can apply, one line each (never

@@ -15,7 +15,7 @@ use common::*;
 /// certificate, accepting `tokens`, plus `extra` lines.
 fn token_config(pki: &Pki, redis: &Redis, tokens: &[&str], extra: &str) -> String {
     format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = {tokens:?}\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[reload]\nwatch_interval = \"0s\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = {tokens:?}\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
         pki.tls_toml(),
         redis.address()
     )
@@ -452,5 +452,257 @@ async fn new_upstream_tls_material_is_used_by_new_upstream_connections() {
         })
         .await,
         "the reloaded upstream CA was not used"
+    );
+}
+
+/// ACL users for the tests below: alice may do anything on any key and channel.
+fn acl_config(pki: &Pki, redis: &Redis, users: &str, listener_extra: &str) -> String {
+    format!(
+        "[reload]\nwatch_interval = \"0s\"\n\n[[users]]\nname = \"default\"\nacl = \"off\"\n{users}\n[user_groups]\napp = [\"default\", \"alice\", \"app\"]\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"optional\"\ntls.client_ca = {:?}\nauth.mode = \"acl\"\nauth.user_group = \"app\"\ncommands.scripts = \"unguarded\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{listener_extra}",
+        pki.tls_toml(),
+        pki.ca,
+        redis.address()
+    )
+}
+
+const ALICE: &str = "[[users]]\nname = \"alice\"\nacl = \"on >alice-password-123 ~* &* +@all\"\n";
+const APP: &str = "[[users]]\nname = \"app\"\nacl = \"on ~* &* +@all\"\n";
+
+async fn alice(pki: &Pki, proxy: &Proxy) -> RawClient {
+    let mut c = RawClient::tls(pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd(&["AUTH", "alice", "alice-password-123"]).await,
+        b"+OK\r\n"
+    );
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_logged_in_by_its_certificate_is_closed_when_the_mapping_goes() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let mapped = "auth.certificate_users = [{ cn = \"app-client\", user = \"app\" }]\n";
+    let proxy = Proxy::start(&acl_config(&pki, &redis, &format!("{ALICE}{APP}"), mapped)).await;
+    let with_cert = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let mut c = RawClient::try_tls(with_cert.clone(), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]).await, b"$3\r\napp\r\n");
+    // The same certificate, logged in as alice by password: its mapping is not its login.
+    let mut by_password = RawClient::try_tls(with_cert.clone(), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_password
+            .cmd(&["AUTH", "alice", "alice-password-123"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert!(proxy
+        .reload_with(&acl_config(&pki, &redis, &format!("{ALICE}{APP}"), ""))
+        .await
+        .is_ok());
+    assert!(
+        c.closed().await,
+        "the certificate no longer maps to app, its session stayed"
+    );
+    assert_eq!(by_password.cmd(&["PING"]).await, b"+PONG\r\n");
+    // RESET now returns it to no one: the mapping is gone.
+    assert_eq!(by_password.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert!(s(&by_password.cmd(&["PING"]).await).starts_with("-NOAUTH"));
+    let mut fresh = RawClient::try_tls(with_cert, proxy.addr).await.unwrap();
+    assert!(s(&fresh.cmd(&["SET", "k", "v"]).await).starts_with("-NOAUTH"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_rules_reach_queued_transactions_blocked_and_subscribed_sessions() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&acl_config(&pki, &redis, &format!("{ALICE}{APP}"), "")).await;
+    let mut multi = alice(&pki, &proxy).await;
+    assert_eq!(multi.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(multi.cmd(&["SET", "queued", "1"]).await, b"+QUEUED\r\n");
+    let mut subscribed = alice(&pki, &proxy).await;
+    assert!(s(&subscribed.cmd(&["SUBSCRIBE", "news"]).await).contains("subscribe"));
+    let mut blocked = alice(&pki, &proxy).await;
+    blocked.send_cmd(&["BLPOP", "queue", "0"]).await;
+    let mut admin = redis.direct().await;
+    assert!(
+        eventually(|| async {
+            s(&redis.direct().await.cmd(&["INFO", "clients"]).await).contains("blocked_clients:1")
+        })
+        .await
+    );
+
+    // Alice may no longer write, nor listen on `news`.
+    let narrowed = ALICE.replace("~* &* +@all", "~* &other +@all -@write");
+    assert!(proxy
+        .reload_with(&acl_config(&pki, &redis, &format!("{narrowed}{APP}"), ""))
+        .await
+        .is_ok());
+    assert!(
+        s(&multi.cmd(&["EXEC"]).await).starts_with("-EXECABORT"),
+        "a transaction queued under the old rules ran"
+    );
+    assert_eq!(admin.cmd(&["EXISTS", "queued"]).await, b":0\r\n");
+    assert!(
+        subscribed.closed().await,
+        "a subscriber whose channels were revoked stayed"
+    );
+
+    // Alice switched off: her blocked BLPOP is not served what is pushed next.
+    let off = ALICE.replace("on >alice", "off >alice");
+    assert!(proxy
+        .reload_with(&acl_config(&pki, &redis, &format!("{off}{APP}"), ""))
+        .await
+        .is_ok());
+    assert!(
+        blocked.closed().await,
+        "a removed user's blocked session stayed open"
+    );
+    assert!(
+        eventually(|| async {
+            s(&redis.direct().await.cmd(&["INFO", "clients"]).await).contains("blocked_clients:0")
+        })
+        .await,
+        "the removed user's BLPOP still waits on the backend"
+    );
+    assert_eq!(admin.cmd(&["RPUSH", "queue", "x"]).await, b":1\r\n");
+    assert_eq!(admin.cmd(&["LLEN", "queue"]).await, b":1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_on_open_sessions_are_rewritten_with_the_reloaded_policy() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |extra: &str| {
+        format!(
+            "[reload]\nwatch_interval = \"0s\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\ncommands.scripts = \"unguarded\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config("")).await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&c.cmd(&["COMMAND", "LIST"]).await).contains("flushall"));
+    assert!(proxy
+        .reload_with(&config("commands.disable = [\"debug\"]\ncommands.rename = { flushall = \"ADMIN_FLUSH_9f2c\" }\n"))
+        .await
+        .is_ok());
+    let list = s(&c.cmd(&["COMMAND", "LIST"]).await).to_lowercase();
+    assert!(!list.contains("$8\r\nflushall\r\n"), "{list}");
+    assert!(!list.contains("$5\r\ndebug\r\n"), "{list}");
+    assert!(list.contains("admin_flush_9f2c"), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_picks_up_a_fix_and_can_be_turned_off_and_on_again() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |watch: &str, token: &str, extra: &str| {
+        format!(
+            "[reload]\nwatch_interval = {watch:?}\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{token:?}]\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config("100ms", TOKEN, "")).await;
+    let addr = proxy.addr;
+    let pki_ref = &pki;
+    let logs_in = |token: &'static str| async move {
+        let mut c = RawClient::tls(pki_ref, addr).await;
+        c.cmd(&["AUTH", token]).await == b"+OK\r\n"
+    };
+    // A file naming a token file that is not there yet: refused, then fixed by the file
+    // appearing (a file the refused configuration named, which the watcher now watches).
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    Proxy::write_config(
+        &proxy.config_path,
+        &config("100ms", TOKEN, &format!("auth.tokens_file = {tokens:?}\n")),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::write(&tokens, TOKEN_NEW).unwrap();
+    assert!(
+        eventually(|| logs_in(TOKEN_NEW)).await,
+        "the watcher did not retry once the missing file appeared"
+    );
+
+    // Off, then on again by a reload: it watches again.
+    assert!(proxy.reload_with(&config("0s", TOKEN, "")).await.is_ok());
+    assert!(proxy.reload_with(&config("100ms", TOKEN, "")).await.is_ok());
+    Proxy::write_config(&proxy.config_path, &config("100ms", TOKEN_NEW, ""));
+    assert!(
+        eventually(|| logs_in(TOKEN_NEW)).await,
+        "the watcher stayed off after watch_interval was set again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_refuses_web_pages_and_non_loopback_admin_listeners() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let post = |admin: std::net::SocketAddr, origin: bool| async move {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", admin.port()))
+            .await
+            .unwrap();
+        let origin = if origin {
+            "Origin: http://evil.example\r\n"
+        } else {
+            ""
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(
+            format!("POST /reload HTTP/1.1\r\nHost: x\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let proxy = Proxy::start(&token_config(&pki, &redis, &[TOKEN], "")).await;
+    let admin = proxy.admin.unwrap();
+    assert!(post(admin, true).await.starts_with("HTTP/1.1 403"));
+    assert!(post(admin, false).await.starts_with("HTTP/1.1 200"));
+    let open = Proxy::start(&token_config(&pki, &redis, &[TOKEN], "").replace(
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        "[admin]\nbind = \"0.0.0.0:0\"",
+    ))
+    .await;
+    assert!(post(open.admin.unwrap(), false)
+        .await
+        .starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memcached_session_whose_certificate_user_goes_is_closed() {
+    let pki = Pki::new();
+    let node = Memcached::start().await;
+    let config = |mapped: bool| {
+        format!(
+            "[reload]\nwatch_interval = \"0s\"\n\n[[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on ~* +@all\"\n\n[user_groups]\nmc = [\"default\", \"app\"]\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\nauth.mode = \"acl\"\nauth.user_group = \"mc\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            pki.ca,
+            if mapped { "auth.certificate_users = [{ cn = \"app-client\", user = \"app\" }]\n" } else { "" },
+            node.address()
+        )
+    };
+    let proxy = Proxy::start(&config(true)).await;
+    let tls = pki.client_config(
+        rustls::ALL_VERSIONS,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let stream = tls_stream(tls, proxy.addr).await.unwrap();
+    let mut c = McClient::new(Box::new(stream));
+    assert!(c.line("version\r\n").await.starts_with("VERSION"));
+    assert!(proxy.reload_with(&config(false)).await.is_ok());
+    assert!(
+        c.closed_after().await.is_some(),
+        "a memcached session whose user is gone stayed open"
     );
 }

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::commands::{table, CommandInfo};
 
 /// One user, as configured.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub enabled: bool,

@@ -57,8 +57,8 @@ pub struct Config {
     /// reads again.
     pub source: Option<PathBuf>,
     /// Every file it was built from (the config file, certificates, keys, CAs, CRLs, secret
-    /// files), as named: a change in any of them is a reason to reload.
-    pub files: Vec<PathBuf>,
+    /// files), as named, and what they held: a change in any of them is a reason to reload.
+    pub watched: super::Watched,
     /// `reload.watch_interval`; zero: files are not watched.
     pub watch_interval: Duration,
 }
@@ -347,7 +347,7 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
     Some(Config {
         secret_sources: Vec::new(),
         source: None,
-        files: Vec::new(),
+        watched: super::Watched::default(),
         watch_interval: file.reload.watch_interval.unwrap_or(DEFAULT_WATCH_INTERVAL),
         admin,
         data_dir: file

@@ -8,7 +8,7 @@ pub mod build;
 pub mod file;
 pub mod secrets;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use build::{
     AuthLimits, AuthMode, BackendUser, Config, Identity, Limits, ListenerConfig, ListenerTls,
@@ -41,6 +41,55 @@ pub struct ConfigError {
     /// The file (or "embedded default configuration").
     pub source_name: String,
     pub problems: Vec<Problem>,
+    /// The files it was read from, as far as it got (a reload watches them for a fix).
+    pub watched: Watched,
+}
+
+/// The files a configuration was read from (the config file first), and what they held when
+/// read: a reload is due when what they hold now differs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    pub files: Vec<PathBuf>,
+    /// Over every file's name and a digest of its contents as read (`None`: no file).
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl Watched {
+    fn from_reads(reads: Vec<(PathBuf, Option<[u8; 32]>)>) -> Self {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for (path, digest) in &reads {
+            ctx.update(path.as_os_str().as_encoded_bytes());
+            ctx.update(&[0]);
+            match digest {
+                Some(d) => ctx.update(d),
+                None => ctx.update(b"missing"),
+            }
+        }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(ctx.finish().as_ref());
+        Self {
+            fingerprint: (!reads.is_empty()).then_some(fingerprint),
+            files: reads.into_iter().map(|(p, _)| p).collect(),
+        }
+    }
+
+    /// The fingerprint of what the same files hold now.
+    pub fn now(&self) -> Option<[u8; 32]> {
+        let reads = self
+            .files
+            .iter()
+            .map(|f| (f.clone(), file_digest(f)))
+            .collect();
+        Self::from_reads(reads).fingerprint
+    }
+}
+
+/// SHA-256 of a file's contents; `None` when it cannot be read (missing, a symlink loop).
+fn file_digest(path: &Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    Some(out)
 }
 
 impl std::fmt::Display for ConfigError {
@@ -62,32 +111,62 @@ impl std::fmt::Display for ConfigError {
 /// Loads and validates a config file; relative paths in it are resolved against its directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        source_name: name.clone(),
-        problems: vec![Problem {
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
+    let bytes = std::fs::read(path);
+    let own = (path.to_path_buf(), bytes.as_ref().ok().map(|b| digest(b)));
+    let text = bytes
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+        .map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+            watched: Watched::from_reads(vec![own.clone()]),
+        })?;
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut config = parse(&text, &name, base)?;
-    config.source = Some(path.to_path_buf());
-    config.files.insert(0, path.to_path_buf());
-    Ok(config)
+    let result = parse(&text, &name, base);
+    // The files it names, as noted while parsing (each digested just before it was read: a
+    // change after that shows as a difference, and reloads).
+    let mut reads = vec![own];
+    reads.extend(FILES_READ.with(|f| std::mem::take(&mut *f.borrow_mut())));
+    reads.dedup_by(|a, b| a.0 == b.0);
+    let watched = Watched::from_reads(reads);
+    match result {
+        Ok(mut config) => {
+            config.source = Some(path.to_path_buf());
+            config.watched = watched;
+            Ok(config)
+        }
+        Err(mut e) => {
+            e.watched = watched;
+            Err(e)
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 thread_local! {
-    /// The files the configuration being parsed on this thread was read from.
-    static FILES_READ: std::cell::RefCell<Vec<std::path::PathBuf>> =
+    /// The files the configuration being parsed on this thread names, with what each held.
+    static FILES_READ: std::cell::RefCell<Vec<(PathBuf, Option<[u8; 32]>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Notes a file the configuration is built from (`Config::files`).
+/// Notes a file the configuration is built from, with a digest of what it holds now, just
+/// before it is read (`Config::watched`).
 fn note_file(path: &Path) {
-    FILES_READ.with(|f| f.borrow_mut().push(path.to_path_buf()));
+    let read = (path.to_path_buf(), file_digest(path));
+    FILES_READ.with(|f| f.borrow_mut().push(read));
 }
 
 /// The embedded default configuration.
@@ -104,6 +183,7 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
     let fail = |problems| ConfigError {
         source_name: source_name.to_string(),
         problems,
+        watched: Watched::default(),
     };
     let mut problems = Vec::new();
     FILES_READ.with(|f| f.borrow_mut().clear());
@@ -135,8 +215,6 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
     match config {
         Some(mut c) if problems.is_empty() => {
             c.secret_sources = sources;
-            c.files = FILES_READ.with(|f| std::mem::take(&mut *f.borrow_mut()));
-            c.files.dedup();
             Ok(c)
         }
         _ => Err(fail(problems)),
@@ -163,8 +241,16 @@ fn key_path(path: &serde_ignored::Path) -> String {
 fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        .filter_map(|l| {
+            // toml's excerpt of the offending line (`6 | auth.tokens = ["..."]`) may hold a
+            // secret: only the key before its `=` is kept. Its gutter and caret line go.
+            let after_number = l.trim_start_matches(|c: char| c.is_ascii_digit());
+            if let Some(excerpt) = after_number.trim_start().strip_prefix('|') {
+                let key = excerpt.split_once('=').map(|(k, _)| k.trim())?;
+                return (!key.is_empty() && after_number.len() < l.len())
+                    .then(|| format!("(in `{key} = ...`)"));
+            }
+            (!l.is_empty() && !l.chars().all(|c| c == '^' || c == ' ')).then(|| l.to_string())
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -178,6 +264,17 @@ mod tests {
         parse(text, "test.toml", Path::new("/nonexistent"))
             .unwrap_err()
             .problems
+    }
+
+    /// A syntax error's excerpt of the line would show what it holds: a token, a password.
+    #[test]
+    fn a_syntax_error_names_the_place_never_the_line() {
+        let p = problems(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.tokens = [\"canary-secret-token-1234\" \"x\"]\n",
+        );
+        let text = format!("{p:?}");
+        assert!(text.contains("line 3"), "{text}");
+        assert!(!text.contains("canary-secret"), "{text}");
     }
 
     const MINIMAL: &str = r#"

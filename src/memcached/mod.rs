@@ -195,7 +195,9 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(user) = session_user(&ctx.rules.load(), cert.as_ref()) else {
+    // One load: the user and the rules the session starts with are of one generation.
+    let (generation, rules) = ctx.rules.load_with_generation();
+    let Ok(user) = session_user(&rules, cert.as_ref()) else {
         tracing::info!(listener = %ctx.listener, %peer, "no user for this connection; closing");
         let _ = stream
             .write_all(b"SERVER_ERROR cachegate: access denied: no user for this connection\r\n")
@@ -207,7 +209,15 @@ pub async fn run<S>(
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
     let mut who = Who { user, peer, cert };
-    let result = serve(&ctx, stream, &mut conns, &mut who, &shutdown).await;
+    let result = serve(
+        &ctx,
+        stream,
+        &mut conns,
+        &mut who,
+        (generation, rules),
+        &shutdown,
+    )
+    .await;
     // Connections still held are in step (failed ones were dropped where they failed).
     for (i, c) in conns.into_iter().enumerate() {
         if let Some(c) = c {
@@ -250,12 +260,12 @@ async fn serve<S>(
     stream: S,
     conns: &mut [Option<NodeConn>],
     who: &mut Who,
+    (mut generation, mut rules): (u64, Arc<Rules>),
     shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut generation, mut rules) = ctx.rules.load_with_generation();
     let mut superseded = Box::pin(rules.superseded.clone().cancelled_owned());
     let (mut cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);

@@ -253,6 +253,7 @@ pub async fn run<S>(
         name: None,
         batch: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
+        cert: cert.map(Box::new),
         label: LastLabel::default(),
         tx: Some(tx),
         up: None,
@@ -269,6 +270,7 @@ pub async fn run<S>(
     let own = Own {
         id: req.id,
         in_flight: req.in_flight.clone(),
+        live: req.live.clone(),
     };
     // Built inside join!, not bound first: a bound future would keep its own space in the
     // session's state beside the moved copy, and every idle connection pays for that state.
@@ -337,6 +339,8 @@ struct RequestSide {
     failed_auths: u32,
     /// The user the client's certificate logs in as, if any.
     cert_user: Option<Arc<User>>,
+    /// The names of the client's certificate: a reload maps them to a user again.
+    cert: Option<Box<CertNames>>,
     label: LastLabel,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<mpsc::Sender<Slot>>,
@@ -593,28 +597,48 @@ impl RequestSide {
     }
 
     /// Takes the listener's configuration after a reload: the new policy, limits and users
-    /// apply from the next request on. A session logged in as a user the reload removed or
-    /// disabled is closed (false), as Redis and ElastiCache do; the others go on, token
-    /// sessions included (a removed token stops new logins only).
+    /// apply from the next request on. The session is closed (false) when the reload took
+    /// away who it is: its user was removed or disabled, or it logged in through its
+    /// certificate and the certificate now maps to another user or none (as Redis and
+    /// ElastiCache close a modified user's connections); and when it receives without asking
+    /// (subscriptions, MONITOR, tracking) while its user's rules changed (Redis disconnects
+    /// subscribers whose channel permissions are revoked). A transaction open across a reload
+    /// fails at EXEC (EXECABORT): what was queued was checked against rules no longer in force.
+    /// Token sessions go on: a removed token stops new logins only, as a new Redis password does.
     fn refresh(&mut self) -> bool {
         let (generation, ctx) = self.live.load_with_generation();
         self.generation = generation;
-        let again = |user: &Option<Arc<User>>| -> Result<Option<Arc<User>>, ()> {
-            let Some(user) = user else { return Ok(None) };
-            match &ctx.auth {
-                AuthMode::Acl(group) => match group.get(user.name.as_bytes()) {
-                    Some(u) if u.enabled => Ok(Some(u.clone())),
-                    _ => Err(()),
-                },
-                _ => Err(()),
+        let cert_user = cert_user(&ctx, self.cert.as_deref());
+        let name = |u: &Option<Arc<User>>| u.as_ref().map(|u| u.name.clone());
+        let via_cert = self.user.is_some() && name(&self.user) == name(&self.cert_user);
+        let user = match (&self.user, &ctx.auth) {
+            (None, _) => Some(None),
+            (Some(u), AuthMode::Acl(group)) => group
+                .get(u.name.as_bytes())
+                .filter(|n| n.enabled)
+                .map(|n| Some(n.clone())),
+            (Some(_), _) => None,
+        };
+        let why = match &user {
+            None => Some("its user was removed or disabled"),
+            Some(_) if via_cert && name(&self.cert_user) != name(&cert_user) => {
+                Some("its certificate no longer maps to its user")
             }
+            Some(Some(new)) if self.pin_state.sticky && self.user.as_deref() != Some(&**new) => {
+                Some("its user's rules changed while it receives without asking (pub/sub, MONITOR, tracking)")
+            }
+            Some(_) => None,
         };
-        let (Ok(user), Ok(cert_user)) = (again(&self.user), again(&self.cert_user)) else {
-            tracing::info!(listener = %ctx.listener, peer = %self.peer, user = %self.user_name(), "session closed: a reload removed or disabled its user");
+        if let Some(why) = why {
+            tracing::info!(listener = %ctx.listener, peer = %self.peer, user = %self.user_name(), "session closed by a reload: {why}");
+            // Also ends a wait for a blocking command's reply, which the connection then
+            // never returns to the pool.
+            self.client_gone.cancel();
             return false;
-        };
-        self.user = user;
+        }
+        self.user = user.flatten();
         self.cert_user = cert_user;
+        self.multi_dirty |= self.in_multi;
         self.ctx = ctx;
         true
     }
@@ -1645,6 +1669,9 @@ async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
 struct Own {
     id: u64,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The listener's configuration as it is now: replies are rewritten (COMMAND, ACL CAT)
+    /// with the policy in force when they arrive, a reload's included.
+    live: Arc<Live<Context>>,
 }
 
 impl Drop for Own {
@@ -1691,7 +1718,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 };
                 if let Some(result) = ready {
                     if let Some(wait) = shared.take() {
-                        deliver_shared(wait, result, &mut out, ctx, &own, &mut meter);
+                        deliver_shared(wait, result, &mut out, &own, &mut meter);
                     }
                     if out.len() < CLIENT_WRITE_BATCH {
                         continue;
@@ -1725,7 +1752,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                             &mut current,
                             &mut out,
                             ctx,
-                            own.id,
+                            &own,
                             &mut meter,
                             timeout,
                         ) {
@@ -1779,7 +1806,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             Event::Shared(reply) => {
                 // The shared connection times out and fails requests itself.
                 if let Some(wait) = shared.take() {
-                    deliver_shared(wait, reply, &mut out, ctx, &own, &mut meter);
+                    deliver_shared(wait, reply, &mut out, &own, &mut meter);
                 }
             }
             Event::Slot(None) => closed = true,
@@ -1825,7 +1852,6 @@ fn deliver_shared(
     wait: SharedWait,
     result: SharedReply,
     out: &mut Outbox,
-    ctx: &Context,
     own: &Own,
     meter: &mut CommandMeter,
 ) {
@@ -1837,7 +1863,12 @@ fn deliver_shared(
         Ok(replies) => {
             match wait.rewrite {
                 // Only ever for a request of one command.
-                Some(rw) => out.push(rewrite_reply(replies.bytes, rw, &ctx.policy, session)),
+                Some(rw) => out.push(rewrite_reply(
+                    replies.bytes,
+                    rw,
+                    &own.live.load().policy,
+                    session,
+                )),
                 None => out.push(replies.bytes),
             }
             let took = wait.sent.elapsed();
@@ -1883,10 +1914,11 @@ fn route(
     current: &mut Option<Current>,
     out: &mut Outbox,
     ctx: &Context,
-    session: u64,
+    own: &Own,
     meter: &mut CommandMeter,
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
+    let session = own.id;
     if kind == ReplyKind::Push {
         out.push(frame);
         return Ok(());
@@ -1902,7 +1934,7 @@ fn route(
     }
     if cur.expect.forward {
         match cur.expect.rewrite {
-            Some(rw) => out.push(rewrite_reply(frame, rw, &ctx.policy, session)),
+            Some(rw) => out.push(rewrite_reply(frame, rw, &own.live.load().policy, session)),
             None => out.push(frame),
         }
     } else if kind == ReplyKind::Error && !has_login {
