@@ -34,6 +34,7 @@ pub mod listener;
 pub mod live;
 pub mod memcached;
 pub mod metrics;
+pub mod parts;
 pub mod policy;
 pub mod protocol;
 pub mod proxy_header;

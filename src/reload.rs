@@ -19,17 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AuthMode, Config, ConfigError, ListenerConfig, Protocol, UpstreamConfig};
 use crate::listener::{Handler, Listener};
 use crate::metrics::{CertLabels, Metrics, ResultLabels};
-use crate::server::ServerError;
-
-/// When a certificate in use expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertExpiry {
-    pub listener: String,
-    /// server, client_ca, upstream_ca, upstream_client.
-    pub role: &'static str,
-    /// Seconds since the Unix epoch.
-    pub not_after: i64,
-}
+use crate::parts::{CertExpiry, ServerError};
 
 /// Why a reload was refused; the configuration in force stays.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +137,7 @@ impl Reloader {
         let mut staged = Vec::with_capacity(self.listeners.len());
         let mut certs = Vec::new();
         for (listener, cfg) in self.listeners.iter().zip(&new.listeners) {
-            let (front, expiry) = crate::server::front(cfg, &new, cfg.bind.port(), false)?;
+            let (front, expiry) = crate::parts::front(cfg, &new, cfg.bind.port(), false)?;
             certs.extend(expiry);
             let handler = match (&listener.handler, &cfg.protocol) {
                 (Handler::Redis(live), Protocol::Redis) => {
@@ -162,7 +152,7 @@ impl Reloader {
                             cfg.auth_limits.backoff_max,
                         ))
                     };
-                    let ctx = crate::server::redis_context(
+                    let ctx = crate::parts::redis_context(
                         cfg,
                         &new,
                         old.pool.clone(),
@@ -176,13 +166,13 @@ impl Reloader {
                 (Handler::Memcached(_), Protocol::Memcached(mc)) => {
                     let mut tls = Vec::with_capacity(mc.nodes.len());
                     for node in &mc.nodes {
-                        let upstream = crate::server::node_upstream(cfg, node)?;
+                        let upstream = crate::parts::node_upstream(cfg, node)?;
                         tls.push(
                             crate::upstream::pool::upstream_tls(upstream.tls.as_ref())
                                 .map_err(|source| tls_error(cfg, source))?,
                         );
                     }
-                    Staged::Memcached(crate::server::memcached_rules(cfg, &new), tls)
+                    Staged::Memcached(crate::parts::memcached_rules(cfg, &new), tls)
                 }
                 // restart_changes refuses a change of protocol.
                 _ => unreachable!("a listener's protocol changed without a restart"),

@@ -1,49 +1,27 @@
-//! Builds the immutable parts once (TLS acceptors, policies, pools) and runs the listeners until
-//! the shutdown future completes; then drains in two beats with a deadline.
+//! Binds the listeners, builds what lives as long as the process (pools, shared connections,
+//! metrics) and each listener's parts (`parts`), runs them until the shutdown future completes,
+//! then drains in two beats with a deadline.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::throttle::Throttle;
-use crate::config::{Config, Identity, ListenerConfig, ListenerTls, Protocol, UpstreamConfig};
-use crate::listener::{accept_loop, Front, Handler, Listener};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::listener::{accept_loop, Handler, Listener};
 use crate::live::Live;
 use crate::memcached;
 use crate::metrics::Metrics;
-use crate::reload::{CertExpiry, Reloader};
-use crate::session;
-use crate::tls::{dev_certs, pem, TlsError};
+pub use crate::parts::ServerError;
+use crate::parts::{front, memcached_rules, node_upstream, redis_context};
+use crate::reload::Reloader;
 use crate::upstream::conn::Protocol as UpstreamProtocol;
 use crate::upstream::shared::{Shared, SharedPool};
 use crate::upstream::Pool;
-use rustls_pki_types::CertificateDer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
-    Bind {
-        listener: String,
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("listener `{listener}`: {source}")]
-    Tls {
-        listener: String,
-        #[source]
-        source: TlsError,
-    },
-    #[error("listener `{listener}`: dev certificates: {reason}")]
-    DevCerts { listener: String, reason: String },
-    #[error("{0} listeners configured but {1} bound")]
-    ListenerCount(usize, usize),
-}
 
 /// How a shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,42 +78,6 @@ pub struct Prepared {
     /// Stops the shared upstream connections once sessions are done with them.
     stop_shared: CancellationToken,
     grace: std::time::Duration,
-}
-
-/// The logins a Redis session's own connection may switch between, when cachegate provisions
-/// backend users for this listener.
-fn identities(up: &UpstreamConfig) -> Option<session::Identities> {
-    if up.backend_user.is_none() && up.mirror_users.is_empty() {
-        return None;
-    }
-    let auth = |user: Option<&str>, password: Option<&str>| -> Vec<bytes::Bytes> {
-        let mut args = vec![bytes::Bytes::from_static(b"AUTH")];
-        args.push(bytes::Bytes::copy_from_slice(
-            user.unwrap_or("default").as_bytes(),
-        ));
-        // A passwordless default user takes any password.
-        args.push(bytes::Bytes::copy_from_slice(
-            password.unwrap_or("nopass").as_bytes(),
-        ));
-        args
-    };
-    let admin = auth(
-        up.username.as_deref(),
-        up.password.as_ref().map(|p| p.expose()),
-    );
-    let listener = match &up.backend_user {
-        Some(u) => auth(Some(&u.name), Some(u.password.expose())),
-        None => admin.clone(),
-    };
-    Some(session::Identities {
-        listener,
-        admin: up.backend_user.as_ref().map(|_| admin),
-        users: up
-            .mirror_users
-            .iter()
-            .map(|(name, u)| (name.clone(), auth(Some(&u.name), Some(u.password.expose()))))
-            .collect(),
-    })
 }
 
 /// Builds TLS acceptors (generating dev certificates if needed), policies and pools for
@@ -289,133 +231,6 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
     })
 }
 
-/// A Redis listener's session context for `config`, around the upstream parts that live as
-/// long as the process (pool, shared connections) and the AUTH throttle.
-pub(crate) fn redis_context(
-    cfg: &ListenerConfig,
-    config: &Config,
-    pool: Pool,
-    shared: Option<Arc<Shared>>,
-    throttle: Arc<Throttle>,
-    metrics: &Arc<Metrics>,
-    budget: &Arc<crate::budget::MemoryBudget>,
-) -> session::Context {
-    if let (crate::config::AuthMode::Acl(group), true) =
-        (&cfg.auth, cfg.upstream.mirror_users.is_empty())
-    {
-        for user in group.users.iter().filter(|u| u.scripts_reach_past_keys()) {
-            tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts but only some keys: a script can reach any key; set auth.backend_users = true to have Redis enforce the user's keys inside scripts");
-        }
-    }
-    session::Context {
-        shared,
-        listener: cfg.name.clone(),
-        auth: cfg.auth.clone(),
-        cert_users: cfg.cert_users.clone(),
-        auth_limits: cfg.auth_limits,
-        throttle,
-        metrics: metrics.clone(),
-        policy: cfg.policy.clone(),
-        pool,
-        limits: config.limits.clone(),
-        budget: budget.clone(),
-        identities: identities(&cfg.upstream),
-        superseded: CancellationToken::new(),
-    }
-}
-
-/// What a memcached listener's sessions check, from `config`.
-pub(crate) fn memcached_rules(cfg: &ListenerConfig, config: &Config) -> memcached::Rules {
-    memcached::Rules {
-        policy: cfg.policy.clone(),
-        auth: cfg.auth.clone(),
-        cert_users: cfg.cert_users.clone(),
-        limits: config.limits.clone(),
-        superseded: CancellationToken::new(),
-    }
-}
-
-/// The upstream settings of one memcached node: the listener's, at the node's address, and
-/// with the node's host as TLS server name unless one is configured.
-pub(crate) fn node_upstream(
-    cfg: &ListenerConfig,
-    node: &crate::memcached::ring::RingNode,
-) -> Result<UpstreamConfig, ServerError> {
-    let label = format!("{}:{}", node.host, node.port);
-    let mut upstream = UpstreamConfig {
-        address: label.clone(),
-        ..cfg.upstream.clone()
-    };
-    if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
-        tls.server_name =
-            rustls_pki_types::ServerName::try_from(node.host.clone()).map_err(|_| {
-                ServerError::Tls {
-                    listener: cfg.name.clone(),
-                    source: crate::tls::TlsError::Invalid(format!(
-                        "node {label}: `{}` is not a valid TLS server name; set upstream.tls.server_name",
-                        node.host
-                    )),
-                }
-            })?;
-    }
-    Ok(upstream)
-}
-
-/// How a listener lets connections in (TLS acceptor, allow-list, PROXY protocol), and when the
-/// certificates it uses expire. `loud`: say so when it uses dev certificates (at start).
-pub(crate) fn front(
-    cfg: &ListenerConfig,
-    config: &Config,
-    port: u16,
-    loud: bool,
-) -> Result<(Front, Vec<CertExpiry>), ServerError> {
-    let mut expiry = Vec::new();
-    let tls = match &cfg.tls {
-        None => None,
-        Some(t) => {
-            let (acceptor, chain) = acceptor(cfg, t, config, port, loud)?;
-            let role = |role: &'static str, certs: &[CertificateDer<'static>]| {
-                crate::tls::pem::earliest_expiry(certs).map(|not_after| CertExpiry {
-                    listener: cfg.name.clone(),
-                    role,
-                    not_after,
-                })
-            };
-            expiry.extend(role("server", &chain[..chain.len().min(1)]));
-            if let crate::tls::server::ClientAuth::Optional(cas)
-            | crate::tls::server::ClientAuth::Required(cas) = &t.options.client_auth
-            {
-                expiry.extend(role("client_ca", cas));
-            }
-            Some((acceptor, t.handshake_timeout))
-        }
-    };
-    if let Some(up) = &cfg.upstream.tls {
-        let mut add = |role: &'static str, certs: &[CertificateDer<'static>]| {
-            if let Some(not_after) = crate::tls::pem::earliest_expiry(certs) {
-                expiry.push(CertExpiry {
-                    listener: cfg.name.clone(),
-                    role,
-                    not_after,
-                });
-            }
-        };
-        add("upstream_ca", &up.roots);
-        if let Some((chain, _)) = &up.client_cert {
-            add("upstream_client", &chain[..chain.len().min(1)]);
-        }
-    }
-    Ok((
-        Front {
-            tls,
-            preferred: cfg.tls.as_ref().is_some_and(|t| t.preferred),
-            allow: cfg.allow.clone(),
-            proxy_trusted: cfg.proxy_trusted.clone(),
-        },
-        expiry,
-    ))
-}
-
 /// `prepare` then `Prepared::run`.
 pub async fn serve(
     config: Config,
@@ -484,64 +299,6 @@ impl Prepared {
         }
         ShutdownReport { drained }
     }
-}
-
-/// The listener's TLS acceptor, and the certificate chain it serves.
-fn acceptor(
-    cfg: &ListenerConfig,
-    tls: &ListenerTls,
-    config: &Config,
-    port: u16,
-    loud: bool,
-) -> Result<(TlsAcceptor, Vec<CertificateDer<'static>>), ServerError> {
-    let (chain, key) = match &tls.identity {
-        Identity::Files { chain, key } => (chain.clone(), key.clone_key()),
-        Identity::Dev => {
-            let dir = config.data_dir.join("dev-certs");
-            let dev_err = |reason| ServerError::DevCerts {
-                listener: cfg.name.clone(),
-                reason,
-            };
-            let (files, generated) = dev_certs::ensure(&dir).map_err(dev_err)?;
-            let chain = pem::load_certs(&files.cert).map_err(dev_err)?;
-            let key = pem::load_key(&files.key).map_err(dev_err)?;
-            if !loud {
-                return Ok((build_acceptor(cfg, tls, chain.clone(), key)?, chain));
-            }
-            tracing::warn!(
-                listener = %cfg.name,
-                ca = %files.ca.display(),
-                generated,
-                "USING A SELF-SIGNED DEVELOPMENT CERTIFICATE: for local testing only; configure tls.cert and tls.key for anything else"
-            );
-            match cfg.protocol {
-                Protocol::Redis => tracing::warn!(
-                    "connect with: redis-cli --tls --cacert {} -h 127.0.0.1 -p {port}",
-                    files.ca.display()
-                ),
-                Protocol::Memcached(_) => tracing::warn!(
-                    "connect with: openssl s_client -quiet -CAfile {} -connect 127.0.0.1:{port}   (then e.g. `version`; or pymemcache with tls_context)",
-                    files.ca.display()
-                ),
-            }
-            (chain, key)
-        }
-    };
-    Ok((build_acceptor(cfg, tls, chain.clone(), key)?, chain))
-}
-
-fn build_acceptor(
-    cfg: &ListenerConfig,
-    tls: &ListenerTls,
-    chain: Vec<CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
-) -> Result<TlsAcceptor, ServerError> {
-    let config =
-        crate::tls::server::build(&tls.options, chain, key).map_err(|source| ServerError::Tls {
-            listener: cfg.name.clone(),
-            source,
-        })?;
-    Ok(TlsAcceptor::from(config))
 }
 
 fn announce(cfg: &ListenerConfig, tcp: &TcpListener, tls: bool) {

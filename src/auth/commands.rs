@@ -73,6 +73,13 @@ fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 128]) -> Option<&'b str> {
     std::str::from_utf8(out).ok()
 }
 
+/// Whether a script could call this command (Redis refuses `noscript` ones inside scripts).
+pub fn script_callable(args: &[impl AsRef<[u8]>]) -> bool {
+    table()
+        .lookup(args)
+        .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
+}
+
 /// The embedded table, parsed once.
 pub fn table() -> &'static CommandTable {
     static TABLE: OnceLock<CommandTable> = OnceLock::new();

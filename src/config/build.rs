@@ -15,7 +15,6 @@ use super::Problem;
 use crate::auth::acl::User;
 use crate::auth::cert::{CertMapping, NameKind};
 use crate::auth::secret::{Password, Token, TokenSet};
-use crate::memcached::ring::RingNode;
 use crate::policy::Policy;
 use crate::protocol::memcached::McLimits;
 use crate::protocol::resp::RequestLimits;
@@ -120,6 +119,14 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub enum Protocol {
     Redis,
     Memcached(MemcachedConfig),
+}
+
+/// A memcached node as configured (and as the ring names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingNode {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -900,7 +907,7 @@ fn script_callable_denials(policy: &Policy) -> Vec<String> {
         .into_iter()
         .filter(|rule| {
             let args: Vec<&str> = rule.trim_start_matches('-').split('|').collect();
-            crate::session::script_callable(&args)
+            crate::auth::commands::script_callable(&args)
         })
         .collect()
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{
     AuthLimits, AuthMode, BackendUser, Config, Identity, Limits, ListenerConfig, ListenerTls,
-    MemcachedConfig, NodeDown, Protocol, UpstreamConfig,
+    MemcachedConfig, NodeDown, Protocol, RingNode, UpstreamConfig,
 };
 
 /// The configuration used when no `--config` is given: a TLS listener on 127.0.0.1:6380 in front

@@ -12,8 +12,6 @@
 //! connection is dropped, its pool backs off, and after `eject_after` consecutive failures it
 //! can leave the ring for `eject_for`.
 
-pub mod ring;
-
 use crate::deadline::sleep_until;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,9 +31,9 @@ use crate::live::Live;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::upstream::ring::Continuum;
 use crate::upstream::shared::{Frames, Replies, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
-use ring::Continuum;
 use tokio::sync::oneshot;
 
 /// Requests run together at most; more wait for the next batch.

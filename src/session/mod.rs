@@ -121,12 +121,7 @@ fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrit
     (cat && !policy.is_empty()).then_some(Rewrite::List)
 }
 
-/// Whether a script could call this command (Redis refuses `noscript` ones inside scripts).
-pub fn script_callable(args: &[impl AsRef<[u8]>]) -> bool {
-    crate::auth::commands::table()
-        .lookup(args)
-        .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
-}
+pub use crate::auth::commands::script_callable;
 
 /// The commands that run a script server-side.
 fn runs_script(name: &[u8]) -> bool {

@@ -1,7 +1,9 @@
-//! Upstream connections: `conn` opens and authenticates one, `pool` keeps them.
+//! Upstream connections: `conn` opens and authenticates one, `pool` keeps them, `shared`
+//! multiplexes sessions over a few, `ring` spreads memcached keys over nodes.
 
 pub mod conn;
 pub mod pool;
+pub mod ring;
 
 pub use conn::{Conn, Stream};
 pub use pool::Pool;

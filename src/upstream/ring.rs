@@ -10,17 +10,11 @@
 
 use md5::{Digest, Md5};
 
+pub use crate::config::RingNode;
+
 /// libmemcached and twemproxy omit the port from a server's name when it is memcached's default.
 const DEFAULT_PORT: u16 = 11211;
 const POINTS_PER_SERVER: f32 = 160.0;
-
-/// A node as the ring sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RingNode {
-    pub host: String,
-    pub port: u16,
-    pub weight: u32,
-}
 
 impl RingNode {
     fn name(&self) -> String {
