@@ -19,9 +19,6 @@ pub struct MemoryBudget {
     used: AtomicUsize,
 }
 
-/// How an [`OverBudget`] error's text begins, for code that has only the text.
-pub const OVER_BUDGET_PREFIX: &str = "cachegate's buffers for all clients are at their limit";
-
 /// The budget would be exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cachegate's buffers for all clients are at their limit ({limit} bytes, limits.max_buffered_bytes)")]

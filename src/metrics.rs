@@ -91,6 +91,7 @@ pub struct Metrics {
     pub unexpected_pushes: Family<ListenerLabels, Counter>,
     pub security_events: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub request_failures: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_last_reload_success: Gauge,
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -208,6 +209,7 @@ impl Metrics {
             unexpected_pushes: Family::default(),
             security_events: Family::default(),
             connections_rejected: Family::default(),
+            request_failures: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             certificate_expiry: Family::default(),
@@ -287,6 +289,11 @@ impl Metrics {
             "connections_rejected",
             "Connections closed before any TLS work: not_allowed (source allow-list), untrusted_proxy, proxy_header",
             m.connections_rejected.clone(),
+        );
+        registry.register(
+            "request_failures",
+            "Requests on shared upstream connections answered with an error because no reply came, by cause: unavailable, lost, timeout (the upstream's), over_budget, shutting_down (cachegate's)",
+            m.request_failures.clone(),
         );
         registry.register(
             "config_reloads",

@@ -356,3 +356,34 @@ async fn a_client_that_does_not_read_cannot_pile_up_replies() {
     assert!(grown < 900 << 20, "grew by {} MiB", grown >> 20);
     drop(sending);
 }
+
+/// Requests that get no reply are counted by cause, the upstream's or cachegate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_reply_are_counted_by_cause() {
+    let (pki, mut redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    redis.kill();
+    let mut d = RawClient::tls(&pki, proxy.addr).await;
+    let mut unavailable = false;
+    for _ in 0..3 {
+        let reply = s(&d.cmd(&["PING"]).await);
+        assert!(reply.starts_with("-ERR cachegate: upstream"), "{reply}");
+        unavailable |= reply.starts_with("-ERR cachegate: upstream unavailable");
+    }
+    assert!(unavailable);
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(
+        metric(
+            &text,
+            "cachegate_request_failures_total{listener=\"redis-0\",reason=\"unavailable\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}

@@ -32,7 +32,7 @@ use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
 use crate::upstream::ring::Continuum;
-use crate::upstream::shared::{Frames, Replies, SharedPool, SharedRequest};
+use crate::upstream::shared::{Frames, Replies, SharedError, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
 use tokio::sync::oneshot;
 
@@ -175,6 +175,20 @@ impl Context {
             self.rebuild_ring();
         }
     }
+}
+
+/// Why a node gave a request no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// The node's doing (unreachable, connection lost, timed out, a reply that does not
+    /// parse): it counts toward ejecting the node, and a read may miss
+    /// (`on_node_down = "miss"`).
+    #[error("{0}")]
+    Upstream(Arc<str>),
+    /// cachegate's (its bound on buffered bytes, shutting down): the node is fine, and a read
+    /// never misses for it.
+    #[error("{0}")]
+    Proxy(SharedError),
 }
 
 /// A node's connection within a session, with its read buffer.
@@ -480,7 +494,7 @@ async fn execute(
         },
     );
     let started = Instant::now();
-    let results: Vec<Vec<Result<Bytes, String>>> = join_all(exchanges).await;
+    let results: Vec<Vec<Result<Bytes, NodeError>>> = join_all(exchanges).await;
     let took = started.elapsed();
     // Every forwarded request of the batch waited for the whole batch.
     for (item, plan) in batch.iter().zip(&plans) {
@@ -502,7 +516,8 @@ async fn execute(
         match (plan, req) {
             (Plan::Local(b), _) => out.extend_from_slice(&b),
             (Plan::Unrouted, Some(req)) => {
-                answer_failure(ctx, req, "no memcached node available", &mut out)
+                let none = NodeError::Upstream("no memcached node available".into());
+                answer_failure(ctx, req, &none, &mut out)
             }
             (Plan::Single(node, at), Some(req)) => match &results[node][at] {
                 Ok(reply) => answer(req, reply, &mut out),
@@ -521,7 +536,7 @@ async fn execute(
                     .into_iter()
                     .map(|(node, at)| match &results[node][at] {
                         Ok(r) => r.clone(),
-                        Err(e) => server_error(&ctx.nodes[node].label, e),
+                        Err(e) => server_error(&ctx.nodes[node].label, &e.to_string()),
                     });
                 let mut combined = Bytes::from_static(b"OK\r\n");
                 for r in replies {
@@ -549,7 +564,7 @@ async fn shared_exchange(
     shared: &SharedPool,
     bytes: BytesMut,
     shapes: Vec<Shape>,
-) -> Vec<Result<Bytes, String>> {
+) -> Vec<Result<Bytes, NodeError>> {
     let n = shapes.len();
     if n == 0 {
         return Vec::new();
@@ -561,23 +576,31 @@ async fn shared_exchange(
         reply: tx,
     };
     let outcome = match shared.pick().send(request).await {
-        Ok(()) => rx
-            .await
-            .unwrap_or_else(|_| Err("upstream connection lost".into())),
-        Err(_) => Err("shutting down".into()),
+        Ok(()) => rx.await.unwrap_or_else(|_| Err(SharedError::Gone)),
+        Err(_) => Err(SharedError::ShuttingDown),
     };
+    if let Err(e) = &outcome {
+        ctx.security
+            .metrics
+            .request_failures
+            .get_or_create(&crate::metrics::ReasonLabels {
+                listener: ctx.listener.clone(),
+                reason: e.cause().to_string(),
+            })
+            .inc_by(n as u64);
+    }
     match outcome.map(Replies::split) {
         Ok(frames) if frames.len() == n => {
             ctx.record(node, true);
             frames.into_iter().map(Ok).collect()
         }
-        Ok(_) => vec![Err("wrong number of replies".into()); n],
+        Ok(_) => vec![Err(NodeError::Upstream("wrong number of replies".into())); n],
         // The process's buffer bound refused the replies: the node is fine.
-        Err(e) if e.starts_with(crate::budget::OVER_BUDGET_PREFIX) => vec![Err(e); n],
+        Err(e) if !e.upstream_fault() => vec![Err(NodeError::Proxy(e)); n],
         Err(e) => {
             tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
             ctx.record(node, false);
-            vec![Err(e); n]
+            vec![Err(NodeError::Upstream(e.to_string().into())); n]
         }
     }
 }
@@ -590,11 +613,13 @@ async fn exchange(
     slot: &mut Option<NodeConn>,
     bytes: BytesMut,
     shapes: Vec<Shape>,
-) -> Vec<Result<Bytes, String>> {
+) -> Vec<Result<Bytes, NodeError>> {
     if shapes.is_empty() {
         return Vec::new();
     }
-    let fail_all = |e: &dyn std::fmt::Display| vec![Err(e.to_string()); shapes.len()];
+    let fail_all = |e: &dyn std::fmt::Display| {
+        vec![Err(NodeError::Upstream(e.to_string().into())); shapes.len()]
+    };
     if slot.is_none() {
         match ctx.nodes[node].pool.acquire().await {
             Ok(conn) => {
@@ -643,7 +668,7 @@ async fn exchange(
             ctx.record(node, false);
             *slot = None;
             while results.len() < shapes.len() {
-                results.push(Err(e.to_string()));
+                results.push(Err(NodeError::Upstream(e.to_string().into())));
             }
         }
     }
@@ -660,10 +685,10 @@ fn answer(req: &McRequest, reply: &Bytes, out: &mut BytesMut) {
     }
 }
 
-fn answer_failure(ctx: &Context, req: &McRequest, err: &str, out: &mut BytesMut) {
-    // A reply refused for the process's buffer bound is no node failure: never a miss.
-    let miss = ctx.config.on_node_down == NodeDown::Miss
-        && !err.starts_with(crate::budget::OVER_BUDGET_PREFIX);
+fn answer_failure(ctx: &Context, req: &McRequest, err: &NodeError, out: &mut BytesMut) {
+    // cachegate's own refusal (its buffer bound, shutting down) is no node failure: never a
+    // miss.
+    let miss = ctx.config.on_node_down == NodeDown::Miss && matches!(err, NodeError::Upstream(_));
     match req.cmd {
         Cmd::Meta if miss && req.tokens[0] == "mg" => {
             if !req.quiet {
@@ -673,7 +698,7 @@ fn answer_failure(ctx: &Context, req: &McRequest, err: &str, out: &mut BytesMut)
         Cmd::Get | Cmd::GetAndTouch if miss => out.extend_from_slice(b"END\r\n"),
         // memcached drops even errors for `noreply`; quiet meta mode still reports errors.
         _ if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) => {}
-        _ => out.extend_from_slice(&server_error("", err)),
+        _ => out.extend_from_slice(&server_error("", &err.to_string())),
     }
 }
 
@@ -698,7 +723,7 @@ fn merge_values(
     ctx: &Context,
     req: &McRequest,
     parts: &[(usize, usize)],
-    results: &[Vec<Result<Bytes, String>>],
+    results: &[Vec<Result<Bytes, NodeError>>],
     out: &mut BytesMut,
 ) {
     let mut items: std::collections::HashMap<Bytes, std::collections::VecDeque<Bytes>> =
@@ -717,9 +742,9 @@ fn merge_values(
             }
             Err(e)
                 if ctx.config.on_node_down == NodeDown::Error
-                    || e.starts_with(crate::budget::OVER_BUDGET_PREFIX) =>
+                    || matches!(e, NodeError::Proxy(_)) =>
             {
-                out.extend_from_slice(&server_error(&ctx.nodes[node].label, e));
+                out.extend_from_slice(&server_error(&ctx.nodes[node].label, &e.to_string()));
                 return;
             }
             Err(_) => {}

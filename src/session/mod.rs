@@ -46,7 +46,7 @@ use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
-use crate::upstream::shared::{Frames, Shared, SharedReply, SharedRequest};
+use crate::upstream::shared::{Frames, Shared, SharedError, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
 use admission::Admission;
 use commands::{plan_command, rewrite_reply, Kind, Rewrite};
@@ -1652,7 +1652,7 @@ async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
     match wait {
         Some(w) => (&mut w.reply)
             .await
-            .unwrap_or_else(|_| Err("upstream connection lost".into())),
+            .unwrap_or_else(|_| Err(SharedError::Gone)),
         None => std::future::pending().await,
     }
 }
@@ -1707,9 +1707,7 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                 let ready = match wait.reply.try_recv() {
                     Ok(result) => Some(result),
                     Err(oneshot::error::TryRecvError::Empty) => None,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        Some(Err("upstream connection lost".into()))
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => Some(Err(SharedError::Gone)),
                 };
                 if let Some(result) = ready {
                     if let Some(wait) = shared.take() {
@@ -1872,8 +1870,16 @@ fn deliver_shared(
             }
         }
         // One error per command, so the client's replies stay in step.
-        Err(msg) => {
-            let error = reply::error(&format!("cachegate: {msg}"));
+        Err(e) => {
+            let ctx = own.live.load();
+            ctx.metrics
+                .request_failures
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    listener: ctx.listener.clone(),
+                    reason: e.cause().to_string(),
+                })
+                .inc_by(wait.labels.len().max(1) as u64);
+            let error = reply::error(&format!("cachegate: {e}"));
             for _ in 0..wait.labels.len().max(1) {
                 out.extend_from_slice(&error);
             }

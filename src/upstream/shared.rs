@@ -47,7 +47,55 @@ pub struct SharedRequest {
 }
 
 /// A request's replies, or why they will not come.
-pub type SharedReply = Result<Replies, String>;
+pub type SharedReply = Result<Replies, SharedError>;
+
+/// Why a request on a shared connection gets no reply; each says whose doing it is, and turns
+/// into the client's error reply in one place per protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SharedError {
+    /// No connection to the upstream (connecting failed; until the next attempt).
+    #[error("upstream unavailable ({0})")]
+    Unavailable(Arc<str>),
+    /// The connection failed while the request was on it.
+    #[error("upstream connection lost ({0})")]
+    Lost(Arc<str>),
+    #[error("upstream read timed out after {0:?}")]
+    Timeout(Duration),
+    /// The process's bound on buffered bytes refused the reply: the upstream is fine.
+    #[error(transparent)]
+    OverBudget(#[from] crate::budget::OverBudget),
+    /// The shared connection's task ended before answering (its connection failed).
+    #[error("upstream connection lost")]
+    Gone,
+    /// cachegate is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl SharedError {
+    /// The upstream's doing (it counts against the upstream: memcached's ejection, a read that
+    /// may miss); the others are cachegate's.
+    pub fn upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            SharedError::Unavailable(_)
+                | SharedError::Lost(_)
+                | SharedError::Timeout(_)
+                | SharedError::Gone
+        )
+    }
+
+    /// A short label for metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SharedError::Unavailable(_) => "unavailable",
+            SharedError::Lost(_) | SharedError::Gone => "lost",
+            SharedError::Timeout(_) => "timeout",
+            SharedError::OverBudget(_) => "over_budget",
+            SharedError::ShuttingDown => "shutting_down",
+        }
+    }
+}
 
 /// A request's replies, back to back in request order, split off the read buffer in one piece.
 pub struct Replies {
@@ -210,9 +258,9 @@ async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: Cancel
                 // Down: what waits is answered at once, and so is every request until the next
                 // attempt, which a request makes at once when the last one is not too recent:
                 // the first request after the upstream returns does not wait for a timer.
-                let msg = format!("upstream unavailable ({e})");
+                let down = SharedError::Unavailable(e.into());
                 for req in held.drain(..) {
-                    let _ = req.reply.send(Err(msg.clone()));
+                    let _ = req.reply.send(Err(down.clone()));
                 }
                 let tried = Instant::now();
                 let retry = tokio::time::sleep(backoff);
@@ -228,7 +276,7 @@ async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: Cancel
                                 break;
                             }
                             Some(req) => {
-                                let _ = req.reply.send(Err(msg.clone()));
+                                let _ = req.reply.send(Err(down.clone()));
                             }
                         },
                     }
@@ -290,10 +338,9 @@ async fn serve(
     let mut unexpected_pushes = 0u64;
     let max = conn.connector.max_reply;
     let fail = |pending: &mut VecDeque<Waiting>, msg: &str| {
+        let lost = SharedError::Lost(msg.into());
         for w in pending.drain(..) {
-            let _ = w
-                .reply
-                .send(Err(format!("upstream connection lost ({msg})")));
+            let _ = w.reply.send(Err(lost.clone()));
         }
     };
     // Registered once, not on every turn: each registration takes the token's lock.
@@ -361,7 +408,7 @@ async fn serve(
                                         ends: done.ends,
                                         _charge: charge,
                                     }),
-                                    Err(over) => Err(over.to_string()),
+                                    Err(over) => Err(over.into()),
                                 };
                             let _ = done.reply.send(result);
                             // A burst's buffer is not kept for ever.
@@ -434,11 +481,11 @@ async fn serve(
                 }
             },
             _ = sleep_until(deadline) => {
-                let msg = format!("upstream read timed out after {timeout:?}");
+                let timed_out = SharedError::Timeout(timeout);
                 for w in pending.drain(..) {
-                    let _ = w.reply.send(Err(msg.clone()));
+                    let _ = w.reply.send(Err(timed_out.clone()));
                 }
-                return Some(msg);
+                return Some(timed_out.to_string());
             }
         }
     }
