@@ -57,7 +57,7 @@ pub enum Visibility {
     Hidden,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Upper-case names that are refused: disabled ones and the real names of renamed ones.
     refused: HashSet<Vec<u8>>,

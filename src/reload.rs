@@ -246,38 +246,61 @@ impl Reloader {
     /// reloads when any of them changed (a Kubernetes secret mount swaps a symlink: files are
     /// read through their names, so the new target is what counts). Runs until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        // Off ("0s") until asked again: a reload may turn it back on.
+        let mut wait = Duration::from_secs(1);
         loop {
-            let (interval, watched) = {
-                let state = self.lock();
-                if state.config.source.is_none() {
-                    return;
-                }
-                (state.config.watch_interval, state.watched.clone())
-            };
-            // Off ("0s"): asked again each second, since a reload may turn it back on.
-            let off = interval.is_zero();
-            let wait = if off {
-                Duration::from_secs(1)
-            } else {
-                interval
-            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
             }
-            if off {
-                continue;
-            }
-            let changed = tokio::task::spawn_blocking(move || watched.now() != watched.fingerprint)
-                .await
-                .unwrap_or(false);
-            if changed {
-                let me = self.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || me.reload("a watched file changed")).await;
+            // The state's lock is held while a reload reads files: taken on a blocking thread,
+            // never on the runtime's.
+            let me = self.clone();
+            let check = tokio::task::spawn_blocking(move || me.changed()).await;
+            match check {
+                Ok(Check::NoFile) | Err(_) => return,
+                Ok(Check::Off) => wait = Duration::from_secs(1),
+                Ok(Check::Same(interval)) => wait = interval,
+                Ok(Check::Changed(interval)) => {
+                    wait = interval;
+                    let me = self.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || me.reload("a watched file changed"))
+                            .await;
+                }
             }
         }
     }
+
+    /// Whether the watched files changed since they were last read (by a load or a reload
+    /// attempt, whichever was last: compared with the state's own record, not a copy).
+    fn changed(&self) -> Check {
+        let (interval, watched) = {
+            let state = self.lock();
+            if state.config.source.is_none() {
+                return Check::NoFile;
+            }
+            (state.config.watch_interval, state.watched.clone())
+        };
+        if interval.is_zero() {
+            return Check::Off;
+        }
+        let now = watched.now();
+        // A reload meanwhile read them again: that record is the one to compare with.
+        let state = self.lock();
+        if state.watched == watched && now != watched.fingerprint {
+            Check::Changed(interval)
+        } else {
+            Check::Same(interval)
+        }
+    }
+}
+
+enum Check {
+    NoFile,
+    Off,
+    Same(Duration),
+    Changed(Duration),
 }
 
 enum Staged {

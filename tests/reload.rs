@@ -706,3 +706,52 @@ async fn a_memcached_session_whose_certificate_user_goes_is_closed() {
         "a memcached session whose user is gone stayed open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_nothing_of_a_session_leaves_it_alone() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    // Without multiplexing too: a subscriber is then on its own connection from the start.
+    for extra in ["", "upstream.multiplex = false\n"] {
+        let proxy = Proxy::start(&acl_config(&pki, &redis, &format!("{ALICE}{APP}"), extra)).await;
+        let mut multi = alice(&pki, &proxy).await;
+        assert_eq!(multi.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(multi.cmd(&["SET", "kept", "1"]).await, b"+QUEUED\r\n");
+        let mut subscribed = alice(&pki, &proxy).await;
+        assert!(s(&subscribed.cmd(&["SUBSCRIBE", "news"]).await).contains("subscribe"));
+
+        // Alice's password rotates (the watcher would reload this from a password file).
+        let rotated = ALICE.replace("alice-password-123", "alice-password-456");
+        assert!(proxy
+            .reload_with(&acl_config(&pki, &redis, &format!("{rotated}{APP}"), extra))
+            .await
+            .is_ok());
+        let exec = s(&multi.cmd(&["EXEC"]).await);
+        assert_eq!(exec, "*1\r\n+OK\r\n", "{extra}");
+        let mut publisher = RawClient::tls(&pki, proxy.addr).await;
+        assert_eq!(
+            publisher
+                .cmd(&["AUTH", "alice", "alice-password-456"])
+                .await,
+            b"+OK\r\n"
+        );
+        assert_eq!(publisher.cmd(&["PUBLISH", "news", "hi"]).await, b":1\r\n");
+        assert!(s(&subscribed.read().await).contains("hi"));
+
+        // Her channels narrowed: the subscriber is closed, multiplexed or not.
+        let narrowed = rotated.replace("&*", "&other");
+        assert!(proxy
+            .reload_with(&acl_config(
+                &pki,
+                &redis,
+                &format!("{narrowed}{APP}"),
+                extra
+            ))
+            .await
+            .is_ok());
+        assert!(
+            subscribed.closed().await,
+            "{extra}: a revoked subscriber stayed"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::commands::{table, CommandInfo};
 
 /// One user, as configured.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct User {
     pub name: String,
     pub enabled: bool,
@@ -122,6 +122,18 @@ impl Denied {
 }
 
 impl User {
+    /// Whether `other` allows and refuses exactly what this user does (its passwords and how
+    /// it logs in aside).
+    pub fn same_permissions(&self, other: &User) -> bool {
+        self.enabled == other.enabled
+            && self.all_commands == other.all_commands
+            && self.allowed == other.allowed
+            && self.all_keys == other.all_keys
+            && self.key_patterns == other.key_patterns
+            && self.all_channels == other.all_channels
+            && self.channel_patterns == other.channel_patterns
+    }
+
     /// A user from a rule string, starting from Redis's defaults for a new user (`off`, no
     /// passwords, no commands, no keys, no channels).
     pub fn parse(name: &str, rules: &str) -> Result<User, String> {

@@ -243,17 +243,44 @@ fn one_line(msg: &str) -> String {
         .map(str::trim)
         .filter_map(|l| {
             // toml's excerpt of the offending line (`6 | auth.tokens = ["..."]`) may hold a
-            // secret: only the key before its `=` is kept. Its gutter and caret line go.
+            // secret: only a key before its `=` is kept. Its gutter and caret line go.
             let after_number = l.trim_start_matches(|c: char| c.is_ascii_digit());
             if let Some(excerpt) = after_number.trim_start().strip_prefix('|') {
                 let key = excerpt.split_once('=').map(|(k, _)| k.trim())?;
-                return (!key.is_empty() && after_number.len() < l.len())
-                    .then(|| format!("(in `{key} = ...`)"));
+                let bare = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                return bare.then(|| format!("(in `{key} = ...`)"));
             }
-            (!l.is_empty() && !l.chars().all(|c| c == '^' || c == ' ')).then(|| l.to_string())
+            (!l.is_empty() && !l.chars().all(|c| c == '^' || c == ' ')).then(|| redact(l))
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A parser's message with every quoted value left out (`invalid type: string "..."`, an
+/// integer in backquotes): the value may be a secret put under the wrong key.
+fn redact(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut inside: Option<char> = None;
+    for c in line.chars() {
+        match inside {
+            Some(q) if c == q => {
+                out.push_str("...");
+                out.push(c);
+                inside = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    inside = Some(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -275,6 +302,19 @@ mod tests {
         let text = format!("{p:?}");
         assert!(text.contains("line 3"), "{text}");
         assert!(!text.contains("canary-secret"), "{text}");
+    }
+
+    /// Nor does a value of the wrong type, nor an array's continuation line.
+    #[test]
+    fn a_value_error_never_quotes_the_value() {
+        for text in [
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.tokens = \"canary-secret-token-1234\"\n",
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nupstream.password = 81726354\n",
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\nauth.tokens = [\n  \"x\"\n  \"canary-secret-token-5678\",\n]\n",
+        ] {
+            let p = format!("{:?}", problems(text));
+            assert!(!p.contains("canary-secret") && !p.contains("81726354"), "{p}");
+        }
     }
 
     const MINIMAL: &str = r#"

@@ -249,6 +249,8 @@ pub async fn run<S>(
         batch: None,
         cert_user: cert_user(&ctx, cert.as_ref()),
         cert: cert.map(Box::new),
+        by_cert: false,
+        listening: false,
         label: LastLabel::default(),
         tx: Some(tx),
         up: None,
@@ -336,6 +338,11 @@ struct RequestSide {
     cert_user: Option<Arc<User>>,
     /// The names of the client's certificate: a reload maps them to a user again.
     cert: Option<Box<CertNames>>,
+    /// The session is logged in by its certificate (not by AUTH).
+    by_cert: bool,
+    /// The session receives without asking: subscribed, MONITOR, CLIENT TRACKING (until
+    /// RESET). Kept whether or not the listener shares connections.
+    listening: bool,
     label: LastLabel,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<mpsc::Sender<Slot>>,
@@ -605,7 +612,7 @@ impl RequestSide {
         self.generation = generation;
         let cert_user = cert_user(&ctx, self.cert.as_deref());
         let name = |u: &Option<Arc<User>>| u.as_ref().map(|u| u.name.clone());
-        let via_cert = self.user.is_some() && name(&self.user) == name(&self.cert_user);
+        let via_cert = self.by_cert;
         let user = match (&self.user, &ctx.auth) {
             (None, _) => Some(None),
             (Some(u), AuthMode::Acl(group)) => group
@@ -619,7 +626,10 @@ impl RequestSide {
             Some(_) if via_cert && name(&self.cert_user) != name(&cert_user) => {
                 Some("its certificate no longer maps to its user")
             }
-            Some(Some(new)) if self.pin_state.sticky && self.user.as_deref() != Some(&**new) => {
+            Some(Some(new))
+                if self.listening
+                    && self.user.as_ref().is_some_and(|old| !old.same_permissions(new)) =>
+            {
                 Some("its user's rules changed while it receives without asking (pub/sub, MONITOR, tracking)")
             }
             Some(_) => None,
@@ -631,9 +641,17 @@ impl RequestSide {
             self.client_gone.cancel();
             return false;
         }
-        self.user = user.flatten();
+        let user = user.flatten();
+        // A transaction open across a reload that changed what it may do fails at EXEC: what
+        // it queued was checked against rules no longer in force.
+        let rules_changed = ctx.policy != self.ctx.policy
+            || match (&self.user, &user) {
+                (Some(old), Some(new)) => !old.same_permissions(new),
+                _ => false,
+            };
+        self.multi_dirty |= self.in_multi && rules_changed;
+        self.user = user;
         self.cert_user = cert_user;
-        self.multi_dirty |= self.in_multi;
         self.ctx = ctx;
         true
     }
@@ -772,6 +790,8 @@ impl RequestSide {
                 // discarded. The upstream's MULTI is ended with a DISCARD whose reply is ours.
                 self.in_multi = false;
                 self.multi_dirty = false;
+                // As Redis: an aborted EXEC unwatches too (DISCARD does so upstream).
+                self.pin_state.watching = false;
                 let discard = [Bytes::from_static(b"DISCARD")];
                 self.forward(&discard, Expect::swallowed(1)).await?;
                 self.local(Bytes::from_static(reply::EXECABORT)).await?;
@@ -818,6 +838,12 @@ impl RequestSide {
             Kind::Blocking => expect.blocking = true,
             _ => {}
         }
+        self.listening |= kind == Kind::Subscribe
+            || args[0].eq_ignore_ascii_case(b"MONITOR")
+            || (kind == Kind::Client
+                && args.len() > 2
+                && args[1].eq_ignore_ascii_case(b"TRACKING")
+                && args[2].eq_ignore_ascii_case(b"ON"));
         if self.ctx.shared.is_some() {
             self.track_state(kind, &args);
         }
@@ -1018,9 +1044,11 @@ impl RequestSide {
     /// auth, or (ACL) as `default` when that user is on and has `nopass`, as Redis does.
     fn log_out(&mut self) {
         self.user = None;
+        self.by_cert = false;
         if let Some(u) = self.cert_user.clone().filter(|u| u.enabled) {
             self.user = Some(u);
             self.authenticated = true;
+            self.by_cert = true;
             return;
         }
         self.authenticated = match &self.ctx.auth {
@@ -1056,6 +1084,7 @@ impl RequestSide {
                         let name = u.name.clone();
                         self.user = Some(u);
                         self.authenticated = true;
+                        self.by_cert = false;
                         Verdict::Ok { user: name, slot }
                     }
                     None => Verdict::Failed { attempted, known },
@@ -1168,6 +1197,7 @@ impl RequestSide {
         self.multi_dirty = false;
         self.resp3 = false;
         self.reply_mode = ReplyMode::On;
+        self.listening = false;
         self.log_out();
         if let Some(shared) = self.shared.as_mut() {
             shared.name = None;
