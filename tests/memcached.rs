@@ -653,3 +653,29 @@ async fn the_process_wide_buffer_bound_holds() {
     assert_eq!(d.line("set small 0 0 1\r\nx\r\n").await, "STORED\r\n");
     assert!(d.values("get a\r\n").await.len() > 900_000);
 }
+
+/// `limits.max_request_bytes` caps a memcached client's unparsed input as it caps a Redis
+/// client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsed_input_is_capped_by_max_request_bytes() {
+    let pki = Pki::new();
+    let node = Memcached::start().await;
+    let proxy = Proxy::start(&format!(
+        "[limits]\nmax_request_bytes = 4096\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        node.address()
+    ))
+    .await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set small 0 0 5\r\nhello\r\n").await, "STORED\r\n");
+    c.send(b"set big 0 0 100000\r\n").await;
+    c.send(&[b'x'; 8192]).await;
+    let said = c.closed_after().await.expect("closed");
+    assert!(
+        s(&said)
+            .starts_with("SERVER_ERROR cachegate: request larger than limits.max_request_bytes"),
+        "{}",
+        s(&said)
+    );
+    assert!(!node.holds("big").await);
+}

@@ -14,6 +14,19 @@ use subtle::ConstantTimeEq;
 
 use super::commands::{table, CommandInfo};
 
+/// The users a listener accepts; always holds a `default` user.
+#[derive(Debug)]
+pub struct UserGroup {
+    pub name: String,
+    pub users: Vec<std::sync::Arc<User>>,
+}
+
+impl UserGroup {
+    pub fn get(&self, name: &[u8]) -> Option<&std::sync::Arc<User>> {
+        self.users.iter().find(|u| u.name.as_bytes() == name)
+    }
+}
+
 /// One user, as configured.
 #[derive(Clone)]
 pub struct User {

@@ -63,6 +63,18 @@ pub fn user_for<'a>(mappings: &'a [CertMapping], names: &CertNames) -> Option<&'
     })
 }
 
+/// The user a verified client certificate logs in as: its mapping's, if the group has it
+/// (enabled or not: the caller decides what a disabled one means). The one place both
+/// protocols map certificates to users.
+pub fn mapped_user<'g>(
+    group: &'g crate::auth::acl::UserGroup,
+    mappings: &[CertMapping],
+    names: Option<&CertNames>,
+) -> Option<&'g std::sync::Arc<crate::auth::acl::User>> {
+    let name = user_for(mappings, names?)?;
+    group.get(name.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,18 +188,7 @@ pub enum AuthMode {
     Acl(Arc<UserGroup>),
 }
 
-/// The users a listener accepts; always holds a `default` user.
-#[derive(Debug)]
-pub struct UserGroup {
-    pub name: String,
-    pub users: Vec<Arc<User>>,
-}
-
-impl UserGroup {
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<User>> {
-        self.users.iter().find(|u| u.name.as_bytes() == name)
-    }
-}
+pub use crate::auth::acl::UserGroup;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::acl::{Denied, User};
-use crate::auth::cert::{user_for, CertMapping, CertNames};
+use crate::auth::cert::{CertMapping, CertNames};
 use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
 use crate::error::UpstreamError;
 use crate::live::Live;
@@ -249,9 +249,7 @@ fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<Us
     let AuthMode::Acl(group) = &rules.auth else {
         return Ok(None);
     };
-    let mapped = cert
-        .and_then(|c| user_for(&rules.cert_users, c))
-        .and_then(|name| group.get(name.as_bytes()));
+    let mapped = crate::auth::cert::mapped_user(group, &rules.cert_users, cert);
     let user = match mapped {
         Some(u) => Some(u.clone()),
         None => group.get(b"default").filter(|d| !d.cert_required).cloned(),
@@ -364,6 +362,13 @@ where
                     room.record(n);
                     if let Err(over) = charge.hold(rbuf.capacity()) {
                         cw.write_all(&server_error("", &over.to_string())).await?;
+                        break;
+                    }
+                    // The same cap on unparsed input as Redis listeners have.
+                    let max = rules.limits.max_request_bytes;
+                    if rbuf.len() > max {
+                        let why = format!("request larger than limits.max_request_bytes ({max} bytes)");
+                        cw.write_all(&server_error("", &why)).await?;
                         break;
                     }
                 }

@@ -4,9 +4,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::auth::acl::UserGroup;
 use crate::auth::acl::{Described, User};
 use crate::auth::commands::table;
-use crate::config::build::UserGroup;
 use crate::protocol::reply::{self, array, bulk};
 
 /// The reply to `ACL <subcommand> ...` from `user` (already allowed to run it).

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::acl::User;
-use crate::auth::cert::{user_for, CertMapping, CertNames};
+use crate::auth::cert::{CertMapping, CertNames};
 use crate::auth::throttle::Throttle;
 use crate::config::{AuthLimits, AuthMode, Limits};
 use crate::error::{SessionError, UpstreamError};
@@ -364,8 +364,7 @@ fn cert_user(ctx: &Context, cert: Option<&CertNames>) -> Option<Arc<User>> {
     let AuthMode::Acl(group) = &ctx.auth else {
         return None;
     };
-    let name = user_for(&ctx.cert_users, cert?)?;
-    let user = group.get(name.as_bytes())?.clone();
+    let user = crate::auth::cert::mapped_user(group, &ctx.cert_users, cert)?.clone();
     tracing::debug!(listener = %ctx.listener, user = %user.name, "client certificate logs in");
     Some(user)
 }

@@ -35,13 +35,39 @@ pub fn install_crypto() {
         .try_init();
 }
 
-/// A port that was free a moment ago (redis-server cannot report an ephemeral port).
+/// A port that was free a moment ago, for a server started next (redis-server cannot report
+/// an ephemeral port). Taken below the kernel's ephemeral range (`ip_local_port_range`, from
+/// 32768 by default), so that no outgoing connection of a parallel test can take it before
+/// the server binds it; each test process walks its own stretch of the range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if ephemeral_low < LOW + SPAN {
+        // An unusual range: let the kernel choose.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server child process on a loopback port: started, killed, paused, restarted on the same
