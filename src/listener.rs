@@ -303,14 +303,11 @@ async fn accept_tls(
         let mut first = [0u8; 1];
         match stream.peek(&mut first).await {
             Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
-            Ok(0) => return Err(("client_closed", "closed before the ClientHello".to_string())),
-            Ok(_) => return Err(("not_tls", "not TLS (plaintext on a TLS port?)".to_string())),
-            Err(e) => return Err(("io", e.to_string())),
+            Ok(0) => return Err(HandshakeError::ClosedEarly),
+            Ok(_) => return Err(HandshakeError::NotTls),
+            Err(e) => return Err(HandshakeError::Io(e)),
         }
-        acceptor
-            .accept(stream)
-            .await
-            .map_err(|e| (handshake_failure_reason(&e), e.to_string()))
+        acceptor.accept(stream).await.map_err(HandshakeError::Tls)
     };
     let failed = |reason: &str| {
         listener
@@ -324,10 +321,10 @@ async fn accept_tls(
     };
     let tls = match tokio::time::timeout(deadline, handshake).await {
         Ok(Ok(tls)) => Box::new(tls),
-        Ok(Err((reason, detail))) => {
+        Ok(Err(e)) => {
             // Client-caused: counted and worth a debug line, not an error.
-            failed(reason);
-            tracing::debug!(listener = %name, %peer, reason = %detail, "TLS handshake failed");
+            failed(e.reason());
+            tracing::debug!(listener = %name, %peer, reason = %e, "TLS handshake failed");
             return None;
         }
         Err(_) => {
@@ -337,6 +334,31 @@ async fn accept_tls(
         }
     };
     Some(tls)
+}
+
+/// Why a TLS handshake did not complete (all of them the client's doing, or its network's).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("closed before the ClientHello")]
+    ClosedEarly,
+    #[error("not TLS (plaintext on a TLS port?)")]
+    NotTls,
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Tls(std::io::Error),
+}
+
+impl HandshakeError {
+    /// Its label in `cachegate_tls_handshake_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::ClosedEarly => "client_closed",
+            HandshakeError::NotTls => "not_tls",
+            HandshakeError::Io(_) => "io",
+            HandshakeError::Tls(e) => handshake_failure_reason(e),
+        }
+    }
 }
 
 /// A bounded set of reasons for the handshake-failure metric.

@@ -230,8 +230,8 @@ fn acceptor(
                 reason,
             };
             let (files, generated) = dev_certs::ensure(&dir).map_err(dev_err)?;
-            let chain = pem::load_certs(&files.cert).map_err(dev_err)?;
-            let key = pem::load_key(&files.key).map_err(dev_err)?;
+            let chain = pem::load_certs(&files.cert).map_err(|e| dev_err(e.to_string()))?;
+            let key = pem::load_key(&files.key).map_err(|e| dev_err(e.to_string()))?;
             if !loud {
                 return Ok((build_acceptor(cfg, tls, chain.clone(), key)?, chain));
             }

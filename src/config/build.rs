@@ -19,7 +19,7 @@ use crate::policy::Policy;
 use crate::protocol::memcached::McLimits;
 use crate::protocol::resp::RequestLimits;
 use crate::tls::client::UpstreamTlsOptions;
-use crate::tls::pem::{load_certs, load_key};
+use crate::tls::pem::{load_certs, load_key, PemError};
 use crate::tls::server::{ClientAuth, MinVersion, ServerTlsOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -362,10 +362,14 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.list.push(Problem::new(key, message));
+    }
+
+    /// A certificate, key or CRL file that gave nothing usable (a missing one is marked so).
+    fn pem(&mut self, key: impl Into<String>, e: PemError) {
+        let mut problem = Problem::new(key, e.to_string());
+        problem.missing_file = matches!(e, PemError::Missing(_));
+        self.list.push(problem);
     }
 }
 
@@ -660,7 +664,7 @@ fn server_tls(
         Some(path) => match crate::tls::pem::load_crls(&resolve(base, path)) {
             Ok(crls) => crls,
             Err(e) => {
-                p.add(format!("{key}.client_crl"), e);
+                p.pem(format!("{key}.client_crl"), e);
                 Vec::new()
             }
         },
@@ -679,7 +683,7 @@ fn server_tls(
             let private = match load_key(&resolve(base, k)) {
                 Ok(key) => Some(key),
                 Err(e) => {
-                    p.add(format!("{key}.key"), e);
+                    p.pem(format!("{key}.key"), e);
                     None
                 }
             };
@@ -725,7 +729,7 @@ fn networks(p: &mut Problems, key: &str, list: &[String]) -> Option<Vec<ipnet::I
 }
 
 fn certs(p: &mut Problems, key: &str, path: &Path) -> Option<Vec<CertificateDer<'static>>> {
-    load_certs(path).map_err(|e| p.add(key, e)).ok()
+    load_certs(path).map_err(|e| p.pem(key, e)).ok()
 }
 
 fn auth(
@@ -1057,7 +1061,7 @@ fn upstream_tls(
         (Some(c), Some(k)) => {
             let chain = certs(p, &format!("{key}.cert"), &resolve(base, c));
             let private = load_key(&resolve(base, k))
-                .map_err(|e| p.add(format!("{key}.key"), e))
+                .map_err(|e| p.pem(format!("{key}.key"), e))
                 .ok();
             chain.zip(private).map(Some)
         }

@@ -25,13 +25,22 @@ pub struct Problem {
     /// Where in the file, e.g. `listeners[0].tls.cert`.
     pub key: String,
     pub message: String,
+    /// A certificate, key, CA or CRL file that does not exist (where the configuration will
+    /// run, it may well).
+    pub missing_file: bool,
 }
 
 impl Problem {
-    /// A certificate, key, CA or CRL file that does not exist (where the configuration will
-    /// run, it may well).
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+            missing_file: false,
+        }
+    }
+
     pub fn is_missing_file(&self) -> bool {
-        self.message.ends_with(crate::tls::pem::MISSING_FILE)
+        self.missing_file
     }
 }
 
@@ -120,10 +129,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         })
         .map_err(|e| ConfigError {
             source_name: name.clone(),
-            problems: vec![Problem {
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![Problem::new("(file)", format!("cannot read: {e}"))],
             watched: Watched::from_reads(vec![own.clone()]),
         })?;
     let base = path
@@ -188,25 +194,16 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
     let mut problems = Vec::new();
     FILES_READ.with(|f| f.borrow_mut().clear());
     let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-        fail(vec![Problem {
-            key: "(syntax)".into(),
-            message: one_line(&e.to_string()),
-        }])
+        fail(vec![Problem::new("(syntax)", one_line(&e.to_string()))])
     })?;
     // Collect every unknown key instead of stopping at the first, as `deny_unknown_fields` would.
     let file: Result<file::FileConfig, _> = serde_ignored::deserialize(deserializer, |path| {
-        problems.push(Problem {
-            key: key_path(&path),
-            message: "unknown key".into(),
-        });
+        problems.push(Problem::new(key_path(&path), "unknown key"));
     });
     let mut file = match file {
         Ok(f) => f,
         Err(e) => {
-            problems.push(Problem {
-                key: "(value)".into(),
-                message: one_line(&e.to_string()),
-            });
+            problems.push(Problem::new("(value)", one_line(&e.to_string())));
             return Err(fail(problems));
         }
     };

@@ -27,7 +27,7 @@ pub fn resolve(
     problems: &mut Vec<Problem>,
 ) -> Vec<SecretSource> {
     let mut sources = Vec::new();
-    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+    let mut problem = |key: String, message: String| problems.push(Problem::new(key, message));
     for (i, l) in file.listeners.iter_mut().enumerate() {
         let key = format!("listeners[{i}].auth.tokens");
         for (j, token) in l.auth.tokens.iter_mut().enumerate() {
