@@ -28,6 +28,7 @@ pub mod auth;
 pub mod bench;
 pub mod budget;
 pub mod config;
+pub mod crypt;
 pub mod deadline;
 pub mod error;
 pub mod listener;

@@ -193,9 +193,8 @@ pub fn parse(text: &str, source_name: &str, base: &Path) -> Result<Config, Confi
     };
     let mut problems = Vec::new();
     FILES_READ.with(|f| f.borrow_mut().clear());
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-        fail(vec![Problem::new("(syntax)", one_line(&e.to_string()))])
-    })?;
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| fail(vec![Problem::new("(syntax)", one_line(&e.to_string()))]))?;
     // Collect every unknown key instead of stopping at the first, as `deny_unknown_fields` would.
     let file: Result<file::FileConfig, _> = serde_ignored::deserialize(deserializer, |path| {
         problems.push(Problem::new(key_path(&path), "unknown key"));

@@ -42,7 +42,10 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| describe(path, e))?;
     if crls.is_empty() {
-        return Err(PemError::Empty(path.into(), "CRL (-----BEGIN X509 CRL-----)"));
+        return Err(PemError::Empty(
+            path.into(),
+            "CRL (-----BEGIN X509 CRL-----)",
+        ));
     }
     Ok(crls)
 }

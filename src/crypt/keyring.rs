@@ -1,0 +1,236 @@
+//! The root key and the keyring file: a listener's data keys, each wrapped (AES-256-GCM) by the
+//! root key, with the id of the primary one. Created with one data key on first use; only
+//! wrapped keys ever reach the disk, never the backend.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::{DataKey, Keys};
+
+/// The root key: 32 bytes, given as 64 hex digits, as base64, or as the raw bytes.
+pub struct RootKey([u8; 32]);
+
+impl Drop for RootKey {
+    fn drop(&mut self) {
+        // Best effort: the bytes do not outlive the key in this struct.
+        self.0.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl RootKey {
+    /// Reads the root key from a file. The error never holds the file's contents.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&bytes).ok_or_else(|| {
+            format!(
+                "{}: a root key is 32 bytes: 64 hex digits, base64, or the raw bytes (`openssl rand -hex 32`)",
+                path.display()
+            )
+        })
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok().map(str::trim);
+        let decoded = match text {
+            Some(t) if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) => (0..32)
+                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>(),
+            Some(t) if !t.is_empty() => base64::engine::general_purpose::STANDARD.decode(t).ok(),
+            _ => None,
+        };
+        let raw = decoded
+            .filter(|d| d.len() == 32)
+            .or_else(|| (bytes.len() == 32).then(|| bytes.to_vec()))?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&raw);
+        Some(RootKey(key))
+    }
+
+    fn aead(&self) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32 bytes"))
+    }
+
+    fn wrap(&self, id: u32, material: &[u8; 32]) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).expect("random");
+        let mut body = material.to_vec();
+        self.aead()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(label(id)),
+                &mut body,
+            )
+            .expect("seal");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&body);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    fn unwrap(&self, id: u32, wrapped: &str) -> Option<[u8; 32]> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(wrapped)
+            .ok()?;
+        if bytes.len() != NONCE_LEN + 32 + 16 {
+            return None;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+        let mut body = bytes[NONCE_LEN..].to_vec();
+        let plain = self
+            .aead()
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(label(id)),
+                &mut body,
+            )
+            .ok()?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(plain);
+        body.iter_mut().for_each(|b| *b = 0);
+        Some(key)
+    }
+}
+
+fn label(id: u32) -> Vec<u8> {
+    format!("cachegate data key {id}").into_bytes()
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: u32,
+    primary: u32,
+    keys: Vec<Wrapped>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wrapped {
+    id: u32,
+    /// base64 of nonce, ciphertext and tag.
+    wrapped: String,
+    /// Unix seconds.
+    created: u64,
+}
+
+/// The data keys in `path`, unwrapped with `root`; the file is created with one new data key
+/// when it does not exist. `Ok((keys, created))`.
+pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), String> {
+    let created = !path.exists();
+    if created {
+        let mut material = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut material)
+            .map_err(|_| "no random source")?;
+        let file = File {
+            version: 1,
+            primary: 1,
+            keys: vec![Wrapped {
+                id: 1,
+                wrapped: root.wrap(1, &material),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }],
+        };
+        material.iter_mut().for_each(|b| *b = 0);
+        write(path, &file)?;
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the keyring {}: {e}", path.display()))?;
+    let file: File = serde_json::from_str(&text)
+        .map_err(|e| format!("the keyring {} is not valid: {e}", path.display()))?;
+    let mut all = Vec::with_capacity(file.keys.len());
+    for k in &file.keys {
+        let mut material = root.unwrap(k.id, &k.wrapped).ok_or_else(|| {
+            format!(
+                "the keyring {}: data key {} does not unwrap with this root key (another root key, or a damaged file)",
+                path.display(),
+                k.id
+            )
+        })?;
+        all.push(Arc::new(DataKey::new(k.id, &material)));
+        material.iter_mut().for_each(|b| *b = 0);
+    }
+    let primary = all
+        .iter()
+        .find(|k| k.id == file.primary)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "the keyring {}: no data key {}",
+                path.display(),
+                file.primary
+            )
+        })?;
+    Ok((Keys { primary, all }, created))
+}
+
+fn write(path: &Path, file: &File) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyring_is_created_once_and_opens_only_with_its_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("redis.json");
+        let root =
+            RootKey::parse(b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+                .unwrap();
+        let (keys, created) = open_or_create(&path, &root).unwrap();
+        assert!(created);
+        let sealed = keys.seal(b"k", b"v");
+        let (again, created) = open_or_create(&path, &root).unwrap();
+        assert!(!created);
+        assert_eq!(&again.open(b"k", &sealed).unwrap()[..], b"v");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("00112233"),
+            "the root key is not in the keyring"
+        );
+        let other = RootKey::parse(&[5u8; 32]).unwrap();
+        let err = open_or_create(&path, &other).err().unwrap();
+        assert!(err.contains("does not unwrap"), "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn root_keys_are_32_bytes_in_any_of_three_spellings() {
+        assert!(RootKey::parse(&[1u8; 32]).is_some());
+        assert!(RootKey::parse(
+            base64::engine::general_purpose::STANDARD
+                .encode([2u8; 32])
+                .as_bytes()
+        )
+        .is_some());
+        assert!(RootKey::parse(b"abcd").is_none());
+        assert!(RootKey::parse(&[1u8; 31]).is_none());
+    }
+}
