@@ -56,6 +56,12 @@ pub struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub listener: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -92,6 +98,8 @@ pub struct Metrics {
     pub security_events: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
     pub request_failures: Family<ReasonLabels, Counter>,
+    pub encryption_operations: Family<OpLabels, Counter>,
+    pub decryption_failures: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_last_reload_success: Gauge,
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -210,6 +218,8 @@ impl Metrics {
             security_events: Family::default(),
             connections_rejected: Family::default(),
             request_failures: Family::default(),
+            encryption_operations: Family::default(),
+            decryption_failures: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             certificate_expiry: Family::default(),
@@ -294,6 +304,16 @@ impl Metrics {
             "request_failures",
             "Requests on shared upstream connections answered with an error because no reply came, by cause: unavailable, lost, timeout (the upstream's), over_budget, shutting_down (cachegate's)",
             m.request_failures.clone(),
+        );
+        registry.register(
+            "encryption_operations",
+            "Values sealed (op=\"seal\") and replies opened (op=\"open\") by at-rest encryption",
+            m.encryption_operations.clone(),
+        );
+        registry.register(
+            "decryption_failures",
+            "Values in an encrypted keyspace that did not open, by reason: tampered, truncated, unknown_key, plaintext",
+            m.decryption_failures.clone(),
         );
         registry.register(
             "config_reloads",

@@ -46,6 +46,8 @@ pub enum ServerError {
     },
     #[error("listener `{listener}`: dev certificates: {reason}")]
     DevCerts { listener: String, reason: String },
+    #[error("listener `{listener}`: encryption: {reason}")]
+    Encryption { listener: String, reason: String },
     #[error("{0} listeners configured but {1} bound")]
     ListenerCount(usize, usize),
 }
@@ -91,12 +93,16 @@ fn identities(up: &UpstreamConfig) -> Option<session::Identities> {
 pub fn redis_context(
     cfg: &ListenerConfig,
     config: &Config,
-    pool: Pool,
-    shared: Option<Arc<Shared>>,
-    throttle: Arc<Throttle>,
+    lasting: Lasting,
     metrics: &Arc<Metrics>,
     budget: &Arc<crate::budget::MemoryBudget>,
 ) -> session::Context {
+    let Lasting {
+        pool,
+        shared,
+        throttle,
+        encryption,
+    } = lasting;
     if let (crate::config::AuthMode::Acl(group), true) =
         (&cfg.auth, cfg.upstream.mirror_users.is_empty())
     {
@@ -117,8 +123,52 @@ pub fn redis_context(
         limits: config.limits.clone(),
         budget: budget.clone(),
         identities: identities(&cfg.upstream),
+        encryption,
         superseded: CancellationToken::new(),
     }
+}
+
+/// What a Redis listener keeps across reloads: its upstream pool and shared connections, its
+/// AUTH throttle (kept while `auth_limits` stay) and its keyring.
+pub struct Lasting {
+    pub pool: Pool,
+    pub shared: Option<Arc<Shared>>,
+    pub throttle: Arc<Throttle>,
+    pub encryption: Option<Arc<crate::crypt::Encryption>>,
+}
+
+/// A listener's at-rest encryption: its keyring (created with a first data key in the data
+/// directory when there is none), unwrapped with the configured root key.
+pub fn encryption(
+    cfg: &ListenerConfig,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<crate::crypt::Encryption>>, ServerError> {
+    let Some(e) = &cfg.encryption else {
+        return Ok(None);
+    };
+    let path = config
+        .data_dir
+        .join("encryption")
+        .join(format!("{}.json", cfg.name));
+    let (keys, created) =
+        crate::crypt::keyring::open_or_create(&path, &e.root_key).map_err(|reason| {
+            ServerError::Encryption {
+                listener: cfg.name.clone(),
+                reason,
+            }
+        })?;
+    if created {
+        tracing::warn!(listener = %cfg.name, keyring = %path.display(), "created a keyring with a new data key: keep it (and the root key); without both, the encrypted values cannot be read");
+    }
+    tracing::info!(listener = %cfg.name, patterns = ?e.keyspaces.patterns, data_keys = keys.all.len(), primary = keys.primary.id, "values in these keyspaces are encrypted before they reach the backend");
+    Ok(Some(Arc::new(crate::crypt::Encryption {
+        keys,
+        spaces: e.keyspaces.clone(),
+        on_plaintext: e.on_plaintext,
+        listener: cfg.name.clone(),
+        metrics: metrics.clone(),
+    })))
 }
 
 /// What a memcached listener's sessions check, from `config`.

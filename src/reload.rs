@@ -155,9 +155,12 @@ impl Reloader {
                     let ctx = crate::parts::redis_context(
                         cfg,
                         &new,
-                        old.pool.clone(),
-                        old.shared.clone(),
-                        throttle,
+                        crate::parts::Lasting {
+                            pool: old.pool.clone(),
+                            shared: old.shared.clone(),
+                            throttle,
+                            encryption: old.encryption.clone(),
+                        },
                         &self.metrics,
                         &self.budget,
                     );
@@ -390,6 +393,19 @@ pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
         );
         differ("tls.enabled", dbg(&a.tls.is_some()), dbg(&b.tls.is_some()));
         differ("auth.mode", auth_kind(&a.auth), auth_kind(&b.auth));
+        let same_root = match (&a.encryption, &b.encryption) {
+            (Some(x), Some(y)) => x.root_key.same(&y.root_key),
+            _ => true,
+        };
+        differ(
+            "encryption (keyspaces, root key, on_plaintext)",
+            format!("{:?}", a.encryption),
+            format!(
+                "{:?}{}",
+                b.encryption,
+                if same_root { "" } else { " (new root key)" }
+            ),
+        );
         differ(
             "upstream settings other than TLS material (address, credentials, timeouts, pool sizes, backend users)",
             upstream_key(&a.upstream),

@@ -137,7 +137,14 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                     cfg.auth_limits.backoff_after,
                     cfg.auth_limits.backoff_max,
                 ));
-                let ctx = redis_context(cfg, &config, pool, shared, throttle, &metrics, &budget);
+                let encryption = crate::parts::encryption(cfg, &config, &metrics)?;
+                let lasting = crate::parts::Lasting {
+                    pool,
+                    shared,
+                    throttle,
+                    encryption,
+                };
+                let ctx = redis_context(cfg, &config, lasting, &metrics, &budget);
                 Handler::Redis(Arc::new(Live::new(ctx)))
             }
             Protocol::Memcached(mc) => {

@@ -95,6 +95,26 @@ pub struct ListenerConfig {
     pub auth: AuthMode,
     pub policy: Policy,
     pub upstream: UpstreamConfig,
+    /// `[listeners.encryption]`: values sealed before they reach the backend.
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// A listener's encryption at rest.
+pub struct EncryptionConfig {
+    pub root_key: Arc<crate::crypt::keyring::RootKey>,
+    pub root_key_file: PathBuf,
+    pub keyspaces: crate::crypt::plan::Keyspaces,
+    pub on_plaintext: crate::crypt::OnPlaintext,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("root_key_file", &self.root_key_file)
+            .field("keyspaces", &self.keyspaces)
+            .field("on_plaintext", &self.on_plaintext)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Brute-force resistance settings of a listener.
@@ -566,6 +586,17 @@ fn listener(
             ),
         }
     }
+    let encryption = match l.encryption.take() {
+        None => Some(None),
+        Some(_) if matches!(protocol, Protocol::Memcached(_)) => {
+            p.add(
+                format!("{key}.encryption"),
+                "not yet for memcached listeners (Redis string values only, so far)",
+            );
+            None
+        }
+        Some(e) => encryption(p, &format!("{key}.encryption"), e, base),
+    };
     if p.list.len() > before {
         return None;
     }
@@ -582,7 +613,77 @@ fn listener(
         auth: auth?,
         policy: policy?,
         upstream: upstream?,
+        encryption: encryption?,
     })
+}
+
+fn encryption(
+    p: &mut Problems,
+    key: &str,
+    e: super::file::EncryptionFile,
+    base: &Path,
+) -> Option<Option<EncryptionConfig>> {
+    let root = match &e.root_key_file {
+        None => {
+            p.add(
+                format!("{key}.root_key_file"),
+                "missing: the file with the 32-byte root key that wraps the data keys (`openssl rand -hex 32 > root.key`)",
+            );
+            None
+        }
+        Some(path) => {
+            let full = resolve(base, path);
+            match crate::crypt::keyring::RootKey::from_file(&full) {
+                Ok(k) => Some((Arc::new(k), full)),
+                Err(why) => {
+                    p.add(format!("{key}.root_key_file"), why);
+                    None
+                }
+            }
+        }
+    };
+    let mut patterns = Vec::new();
+    for (i, ks) in e.keyspaces.iter().enumerate() {
+        if ks.patterns.is_empty() {
+            p.add(
+                format!("{key}.keyspaces[{i}].patterns"),
+                "at least one key pattern, e.g. \"pii:*\"",
+            );
+        }
+        for t in ks.types.iter().flatten() {
+            if t != "string" {
+                p.add(
+                    format!("{key}.keyspaces[{i}].types"),
+                    format!("`{t}`: only \"string\" values are encrypted so far"),
+                );
+            }
+        }
+        patterns.extend(ks.patterns.iter().cloned());
+    }
+    if e.keyspaces.is_empty() {
+        p.add(
+            format!("{key}.keyspaces"),
+            "at least one keyspace: [[listeners.encryption.keyspaces]] patterns = [\"pii:*\"]",
+        );
+    }
+    let on_plaintext = match e.on_plaintext.as_deref() {
+        None | Some("error") => Some(crate::crypt::OnPlaintext::Error),
+        Some("pass") => Some(crate::crypt::OnPlaintext::Pass),
+        Some(other) => {
+            p.add(
+                format!("{key}.on_plaintext"),
+                format!("`{other}`: \"error\" or \"pass\""),
+            );
+            None
+        }
+    };
+    let (root_key, root_key_file) = root?;
+    Some(Some(EncryptionConfig {
+        root_key,
+        root_key_file,
+        keyspaces: crate::crypt::plan::Keyspaces { patterns },
+        on_plaintext: on_plaintext?,
+    }))
 }
 
 /// `Some(None)` is a valid plaintext listener; `None` means a problem was recorded.

@@ -100,6 +100,28 @@ pub struct ListenerFile {
     pub upstream: Option<UpstreamFile>,
     /// Only for `protocol = "memcached"`.
     pub memcached: Option<MemcachedFile>,
+    /// Values sealed before they reach the backend.
+    pub encryption: Option<EncryptionFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionFile {
+    /// 32 bytes (64 hex digits, base64 or raw) that wrap the data keys.
+    pub root_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub keyspaces: Vec<KeyspaceFile>,
+    /// "error" (default) or "pass": what a value without the sealed header gets.
+    pub on_plaintext: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyspaceFile {
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Value types encrypted: "string" (the only one so far).
+    pub types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -321,6 +321,38 @@ upstream.address = "127.0.0.1:6379"
 "#;
 
     #[test]
+    fn encryption_settings_are_checked_at_once() {
+        let text = format!(
+            "{MINIMAL}encryption.on_plaintext = \"maybe\"\nencryption.keyspaces = [{{ patterns = [], types = [\"hash\"] }}]\n"
+        );
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        for k in [
+            "listeners[0].encryption.root_key_file",
+            "listeners[0].encryption.keyspaces[0].patterns",
+            "listeners[0].encryption.keyspaces[0].types",
+            "listeners[0].encryption.on_plaintext",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        let memcached = "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\nupstream.nodes = [\"127.0.0.1:11211\"]\nencryption.keyspaces = [{ patterns = [\"k*\"] }]\n";
+        let ps = problems(memcached);
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "listeners[0].encryption" && p.message.contains("not yet")),
+            "{ps:?}"
+        );
+        // A root key file that is not 32 bytes is refused without echoing it.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.key");
+        std::fs::write(&root, "canary-not-a-key").unwrap();
+        let text = format!(
+            "{MINIMAL}encryption.root_key_file = {root:?}\nencryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n"
+        );
+        let p = format!("{:?}", problems(&text));
+        assert!(p.contains("32 bytes") && !p.contains("canary"), "{p}");
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let c = default_config().unwrap();
         assert_eq!(c.listeners.len(), 2);

@@ -53,6 +53,12 @@ impl RootKey {
         Some(RootKey(key))
     }
 
+    /// Whether two root keys are the same key.
+    pub fn same(&self, other: &RootKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32 bytes"))
     }

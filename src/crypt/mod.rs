@@ -151,6 +151,61 @@ impl Keys {
     }
 }
 
+/// A listener's encryption: its data keys, keyspaces and counters.
+pub struct Encryption {
+    pub keys: Keys,
+    pub spaces: plan::Keyspaces,
+    pub on_plaintext: OnPlaintext,
+    pub listener: String,
+    /// Where operations, failures and security events are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Encryption {
+    pub fn count(&self, op: &'static str, n: u64) {
+        self.metrics
+            .encryption_operations
+            .get_or_create(&crate::metrics::OpLabels {
+                listener: self.listener.clone(),
+                op: op.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// A reply opened for the client; a value that does not open becomes an error reply,
+    /// counted and recorded as a security event (never the ciphertext, never a crash).
+    pub fn open_reply(&self, frame: bytes::Bytes, open: &plan::Open) -> bytes::Bytes {
+        match self.keys.open_reply(&frame, open, self.on_plaintext) {
+            Ok(out) => {
+                self.count("open", 1);
+                out
+            }
+            Err((key, why)) => {
+                self.metrics
+                    .decryption_failures
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        listener: self.listener.clone(),
+                        reason: why.reason().into(),
+                    })
+                    .inc();
+                let key = String::from_utf8_lossy(&key).into_owned();
+                self.metrics.security_event(
+                    crate::metrics::SecurityEvent::new(
+                        "decryption",
+                        "toplevel",
+                        key.clone(),
+                        "(none)",
+                        &self.listener,
+                        format!("value {why}"),
+                    ),
+                    false,
+                );
+                crate::protocol::reply::error(&format!("cachegate: the value of '{key}' {why}"))
+            }
+        }
+    }
+}
+
 /// What a value without the sealed-value header in an encrypted keyspace gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnPlaintext {

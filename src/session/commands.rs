@@ -105,9 +105,16 @@ pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
     }
 }
 
-/// How a COMMAND reply is rewritten on its way back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a reply is rewritten on its way back.
+#[derive(Clone)]
 pub enum Rewrite {
+    /// Values of encrypted keys opened (at-rest encryption).
+    Open(
+        std::sync::Arc<(
+            std::sync::Arc<crate::crypt::Encryption>,
+            crate::crypt::plan::Open,
+        )>,
+    ),
     /// COMMAND, COMMAND INFO: an array of entries, each an array whose first element is the name.
     Entries,
     /// COMMAND DOCS: a map (RESP3) or flat array (RESP2) of name -> docs.
@@ -185,7 +192,11 @@ pub fn plan_command(args: &[Bytes], policy: &Policy) -> (Vec<Bytes>, Option<Rewr
 /// Applies a rewrite to one complete reply frame. Anything unexpected (an error reply, another
 /// shape) is passed through unchanged: the rewrite only ever removes or renames.
 /// `session` is the session's own client id (for HELLO).
-pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy, session: u64) -> Bytes {
+pub fn rewrite_reply(frame: Bytes, rewrite: &Rewrite, policy: &Policy, session: u64) -> Bytes {
+    if let Rewrite::Open(open) = rewrite {
+        let (encryption, plan) = &**open;
+        return encryption.open_reply(frame, plan);
+    }
     let Some(agg) = Aggregate::parse(&frame) else {
         return frame;
     };
@@ -227,13 +238,15 @@ pub fn rewrite_reply(frame: Bytes, rewrite: Rewrite, policy: &Policy, session: u
                     _ => names.push(Bytes::copy_from_slice(el)),
                 }
             }
-            if rewrite == Rewrite::Count {
+            if matches!(rewrite, Rewrite::Count) {
                 out.put_slice(format!(":{}\r\n", names.len()).as_bytes());
             } else {
                 put_header(&mut out, agg.kind, names.len());
                 names.iter().for_each(|n| out.put_slice(n));
             }
         }
+        // Handled above.
+        Rewrite::Open(_) => return frame,
     }
     out.freeze()
 }
@@ -373,9 +386,9 @@ mod tests {
     #[test]
     fn list_hides_and_renames() {
         let frame = Bytes::from_static(b"*3\r\n$3\r\nget\r\n$7\r\nflushdb\r\n$8\r\nflushall\r\n");
-        let out = rewrite_reply(frame.clone(), Rewrite::List, &policy(), 0);
+        let out = rewrite_reply(frame.clone(), &Rewrite::List, &policy(), 0);
         assert_eq!(&out[..], b"*2\r\n$3\r\nget\r\n$14\r\nadmin_flushall\r\n");
-        let count = rewrite_reply(frame, Rewrite::Count, &policy(), 0);
+        let count = rewrite_reply(frame, &Rewrite::Count, &policy(), 0);
         assert_eq!(&count[..], b":2\r\n");
     }
 
@@ -384,7 +397,7 @@ mod tests {
         let frame = Bytes::from_static(
             b"*2\r\n*2\r\n$8\r\nflushall\r\n:-1\r\n*2\r\n$7\r\nflushdb\r\n:-1\r\n",
         );
-        let out = rewrite_reply(frame, Rewrite::Entries, &policy(), 0);
+        let out = rewrite_reply(frame, &Rewrite::Entries, &policy(), 0);
         assert_eq!(&out[..], b"*1\r\n*2\r\n$14\r\nadmin_flushall\r\n:-1\r\n");
     }
 
@@ -392,12 +405,12 @@ mod tests {
     fn docs_as_map_and_flat_array() {
         let map = Bytes::from_static(b"%2\r\n$7\r\nflushdb\r\n%0\r\n$3\r\nget\r\n%0\r\n");
         assert_eq!(
-            &rewrite_reply(map, Rewrite::Docs, &policy(), 0)[..],
+            &rewrite_reply(map, &Rewrite::Docs, &policy(), 0)[..],
             b"%1\r\n$3\r\nget\r\n%0\r\n"
         );
         let flat = Bytes::from_static(b"*4\r\n$8\r\nflushall\r\n*0\r\n$3\r\nget\r\n*0\r\n");
         assert_eq!(
-            &rewrite_reply(flat, Rewrite::Docs, &policy(), 0)[..],
+            &rewrite_reply(flat, &Rewrite::Docs, &policy(), 0)[..],
             b"*4\r\n$14\r\nadmin_flushall\r\n*0\r\n$3\r\nget\r\n*0\r\n"
         );
     }
@@ -408,12 +421,12 @@ mod tests {
             b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:12\r\n$5\r\nproto\r\n:3\r\n",
         );
         assert_eq!(
-            &rewrite_reply(resp3, Rewrite::Hello, &policy(), 7)[..],
+            &rewrite_reply(resp3, &Rewrite::Hello, &policy(), 7)[..],
             b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:7\r\n$5\r\nproto\r\n:3\r\n"
         );
         let resp2 = Bytes::from_static(b"*4\r\n$2\r\nid\r\n:12\r\n$4\r\nmode\r\n$3\r\nstd\r\n");
         assert_eq!(
-            &rewrite_reply(resp2, Rewrite::Hello, &policy(), 9)[..],
+            &rewrite_reply(resp2, &Rewrite::Hello, &policy(), 9)[..],
             b"*4\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$3\r\nstd\r\n"
         );
     }
@@ -421,7 +434,10 @@ mod tests {
     #[test]
     fn errors_pass_through() {
         let err = Bytes::from_static(b"-ERR nope\r\n");
-        assert_eq!(rewrite_reply(err.clone(), Rewrite::List, &policy(), 0), err);
+        assert_eq!(
+            rewrite_reply(err.clone(), &Rewrite::List, &policy(), 0),
+            err
+        );
     }
 
     #[test]
@@ -438,7 +454,7 @@ mod tests {
         .map(|s| Bytes::copy_from_slice(s.as_bytes()))
         .collect();
         let (fwd, rw) = plan_command(&args, &policy());
-        assert_eq!(rw, Some(Rewrite::Entries));
+        assert!(matches!(rw, Some(Rewrite::Entries)));
         let fwd: Vec<&[u8]> = fwd.iter().map(|b| &b[..]).collect();
         assert_eq!(
             fwd,

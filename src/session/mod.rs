@@ -88,6 +88,8 @@ pub struct Context {
     /// Backend users cachegate provisioned (`commands.scripts = "backend_acl"`,
     /// `auth.backend_users`): who a session's own connection runs commands as.
     pub identities: Option<Identities>,
+    /// At-rest encryption of values in some keyspaces (fixed for the process).
+    pub encryption: Option<Arc<crate::crypt::Encryption>>,
     /// Cancelled when a reload replaces this context: wakes idle and subscribed sessions so
     /// that they take the new one (and a removed user's session closes) without waiting for
     /// the client's next request.
@@ -722,6 +724,36 @@ impl RequestSide {
             Sharing::PinTaint => self.pin_state.tainted = true,
             _ => {}
         }
+        // At-rest encryption: values sealed before they leave, the reply opened on its way
+        // back; a command that would work on ciphertext is refused.
+        let mut open: Option<Rewrite> = None;
+        if let Some(enc) = &self.ctx.encryption {
+            match crate::crypt::plan::plan(&mut args, &enc.spaces, &enc.keys) {
+                crate::crypt::plan::Plan::Clear => {}
+                crate::crypt::plan::Plan::Refuse(why) => {
+                    self.multi_dirty |= self.in_multi;
+                    self.local(reply::error(&why)).await?;
+                    return Ok(Flow::Continue);
+                }
+                crate::crypt::plan::Plan::Sealed(reads) => {
+                    req.raw = None;
+                    let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
+                    if sealed > 0 {
+                        enc.count("seal", sealed as u64);
+                    }
+                    if let Some(reads) = reads {
+                        if self.in_multi {
+                            // EXEC's reply would carry the values sealed.
+                            self.multi_dirty = true;
+                            self.local(reply::error("cachegate: reading an encrypted key inside MULTI is not supported yet"))
+                                .await?;
+                            return Ok(Flow::Continue);
+                        }
+                        open = Some(Rewrite::Open(Arc::new((enc.clone(), reads))));
+                    }
+                }
+            }
+        }
         // A renamed command that a script could call runs as the administrator: the backend
         // user denies its real name, so that scripts cannot call it.
         // Who runs it, decided once: the same answer before and after it is sent.
@@ -753,6 +785,8 @@ impl RequestSide {
                         (None, rw)
                     } else if let Some(rw) = acl_cat_rewrite(kind, &args, &self.ctx.policy) {
                         (req.raw.as_ref(), Some(rw))
+                    } else if open.is_some() {
+                        (None, open)
                     } else {
                         (req.raw.as_ref(), None)
                     };
@@ -806,6 +840,7 @@ impl RequestSide {
                 expect.rewrite = rewrite;
             }
             Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
+            _ if open.is_some() => expect.rewrite = open,
             Kind::Subscribe | Kind::Unsubscribe => {
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
                 // one reply per channel. UNSUBSCRIBE without channels answers once per current
@@ -1883,7 +1918,7 @@ fn deliver_shared(
     let session = own.id;
     match result {
         Ok(replies) => {
-            match wait.rewrite {
+            match &wait.rewrite {
                 // Only ever for a request of one command.
                 Some(rw) => out.push(rewrite_reply(
                     replies.bytes,
@@ -1963,7 +1998,7 @@ fn route(
         let _ = login.send(kind != ReplyKind::Error);
     }
     if cur.expect.forward {
-        match cur.expect.rewrite {
+        match &cur.expect.rewrite {
             Some(rw) => out.push(rewrite_reply(frame, rw, &own.live.load().policy, session)),
             None => out.push(frame),
         }

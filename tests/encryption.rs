@@ -1,0 +1,258 @@
+//! At-rest encryption: values in the configured keyspaces reach the backend only sealed (its
+//! GET, DUMP and RDB file hold no canary), read back intact through cachegate, do not open
+//! under another key name or when tampered with, and commands that would compute on
+//! ciphertext are refused.
+
+mod common;
+
+use common::*;
+
+const CANARY: &str = "canary-card-4111111111111111";
+
+struct Setup {
+    pki: Pki,
+    redis: Redis,
+    rdb_dir: tempfile::TempDir,
+    keys: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+async fn setup() -> Setup {
+    let rdb_dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start_with(&[
+        "--dir",
+        &rdb_dir.path().display().to_string(),
+        "--dbfilename",
+        "dump.rdb",
+    ])
+    .await;
+    let keys = tempfile::tempdir().unwrap();
+    let root = keys.path().join("root.key");
+    std::fs::write(
+        &root,
+        "8f14e45fceea167a5a36dedd4bea2543c9f0f895fb98ab9159f51fd0297e236d\n",
+    )
+    .unwrap();
+    Setup {
+        pki: Pki::new(),
+        redis,
+        rdb_dir,
+        keys,
+        root,
+    }
+}
+
+fn config(st: &Setup, extra: &str) -> String {
+    format!(
+        "data_dir = {:?}\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\nencryption.root_key_file = {:?}\nencryption.keyspaces = [{{ patterns = [\"pii:*\", \"session:*\"] }}]\n{extra}",
+        st.keys.path().join("data"),
+        st.pki.tls_toml(),
+        st.redis.address(),
+        st.root
+    )
+}
+
+fn bulk(v: &str) -> Vec<u8> {
+    format!("${}\r\n{v}\r\n", v.len()).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_reach_the_backend_only_sealed_and_read_back_intact() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "")).await;
+    for resp3 in [false, true] {
+        let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+        if resp3 {
+            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        assert_eq!(
+            c.cmd(&["SET", "pii:1", CANARY, "EX", "100"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+        assert_eq!(c.cmd(&["SET", "plain:1", "visible"]).await, b"+OK\r\n");
+        assert_eq!(
+            c.cmd(&["MSET", "pii:2", CANARY, "plain:2", "x", "session:9", CANARY])
+                .await,
+            b"+OK\r\n"
+        );
+        let nil = if resp3 { &b"_\r\n"[..] } else { b"$-1\r\n" };
+        let mut want = b"*4\r\n".to_vec();
+        want.extend(bulk(CANARY));
+        want.extend(bulk("x"));
+        want.extend(nil);
+        want.extend(bulk(CANARY));
+        assert_eq!(
+            c.cmd(&["MGET", "pii:2", "plain:2", "pii:none", "session:9"])
+                .await,
+            want
+        );
+        assert_eq!(c.cmd(&["SETEX", "pii:3", "100", CANARY]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["SET", "pii:3", "new", "GET"]).await, bulk(CANARY));
+        assert_eq!(c.cmd(&["GETSET", "pii:3", CANARY]).await, bulk("new"));
+        assert_eq!(c.cmd(&["GETEX", "pii:3", "EX", "50"]).await, bulk(CANARY));
+        assert_eq!(c.cmd(&["GETDEL", "pii:3"]).await, bulk(CANARY));
+        assert_eq!(c.cmd(&["GET", "pii:3"]).await, nil);
+        // Key commands work on encrypted keys.
+        assert_eq!(c.cmd(&["EXISTS", "pii:1", "pii:2"]).await, b":2\r\n");
+        assert_eq!(c.cmd(&["EXPIRE", "pii:2", "100"]).await, b":1\r\n");
+        assert!(s_(&c.cmd(&["TTL", "pii:2"]).await).starts_with(':'));
+    }
+
+    // The backend holds no canary: not in GET, not in DUMP, not in its RDB file.
+    let mut direct = st.redis.direct().await;
+    for key in ["pii:1", "pii:2", "session:9"] {
+        let stored = direct.cmd(&["GET", key]).await;
+        assert!(!contains(&stored, CANARY), "{key}: {}", s_(&stored));
+        assert!(
+            stored.len() > CANARY.len() + 28,
+            "sealed: header, nonce and tag"
+        );
+        let dump = direct.cmd(&["DUMP", key]).await;
+        assert!(!contains(&dump, CANARY));
+    }
+    assert_eq!(direct.cmd(&["GET", "plain:1"]).await, bulk("visible"));
+    assert_eq!(direct.cmd(&["SAVE"]).await, b"+OK\r\n");
+    let rdb = std::fs::read(st.rdb_dir.path().join("dump.rdb")).unwrap();
+    assert!(contains(&rdb, "visible"), "the RDB file was read");
+    assert!(!contains(&rdb, CANARY), "a canary reached the RDB file");
+}
+
+fn s_(b: &[u8]) -> String {
+    s(b)
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_moved_tampered_or_written_in_clear_does_not_open() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "").replacen(
+        "\n\n[[listeners]]",
+        "\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
+        1,
+    ))
+    .await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
+    let mut direct = st.redis.direct().await;
+    // Someone with the backend copies the sealed value under another name.
+    let sealed = direct.cmd(&["DUMP", "pii:1"]).await;
+    assert!(sealed.starts_with(b"$"));
+    let raw = direct.cmd(&["GET", "pii:1"]).await;
+    let start = raw.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let value = &raw[start..raw.len() - 2];
+    direct.cmd_bytes(&[b"SET", b"pii:copy", value]).await;
+    let moved = s(&c.cmd(&["GET", "pii:copy"]).await);
+    assert!(
+        moved.starts_with("-ERR cachegate: the value of 'pii:copy' does not verify"),
+        "{moved}"
+    );
+    // Tampered: one byte flipped.
+    let mut bad = value.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    direct.cmd_bytes(&[b"SET", b"pii:1", &bad]).await;
+    assert!(s(&c.cmd(&["GET", "pii:1"]).await).starts_with("-ERR cachegate: the value of 'pii:1'"));
+    // Written in clear past cachegate.
+    direct.cmd(&["SET", "pii:clear", "not sealed"]).await;
+    assert_eq!(
+        s(&c.cmd(&["GET", "pii:clear"]).await),
+        "-ERR cachegate: the value of 'pii:clear' is not encrypted\r\n"
+    );
+    // The connection goes on.
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    let text = proxy.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &text,
+            "cachegate_decryption_failures_total{listener=\"redis-0\",reason=\"tampered\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cachegate_security_events_total{listener=\"redis-0\",reason=\"decryption\"}"
+        ),
+        3.0
+    );
+    assert!(
+        metric(
+            &text,
+            "cachegate_encryption_operations_total{listener=\"redis-0\",op=\"seal\"}"
+        ) >= 1.0
+    );
+
+    // While a cache is migrated, values written before encryption pass.
+    drop(c);
+    let pass = Proxy::start(&config(&st, "encryption.on_plaintext = \"pass\"\n")).await;
+    let mut c = RawClient::tls(&st.pki, pass.addr).await;
+    assert_eq!(c.cmd(&["GET", "pii:clear"]).await, bulk("not sealed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_would_work_on_ciphertext_are_refused() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "commands.scripts = \"unguarded\"\n")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "pii:1", "10"]).await, b"+OK\r\n");
+    for call in [
+        &["APPEND", "pii:1", "x"][..],
+        &["INCR", "pii:1"],
+        &["GETRANGE", "pii:1", "0", "3"],
+        &["STRLEN", "pii:1"],
+        &["HSET", "pii:h", "f", "v"],
+        &["RENAME", "pii:1", "pii:2"],
+        &["EVAL", "return redis.call('GET', KEYS[1])", "1", "pii:1"],
+    ] {
+        let reply = s(&c.cmd(call).await);
+        assert!(
+            reply.starts_with(&format!("-ERR cachegate: '{}' ", call[0])),
+            "{call:?}: {reply}"
+        );
+    }
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk("10"));
+    assert_eq!(c.cmd(&["APPEND", "plain", "x"]).await, b":1\r\n");
+    // Inside MULTI: writes are sealed; a read would come back sealed in EXEC's reply.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "pii:5", CANARY]).await, b"+QUEUED\r\n");
+    assert!(s(&c.cmd(&["GET", "pii:5"]).await).starts_with("-ERR cachegate: reading an encrypted"));
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(c.cmd(&["DEL", "pii:1"]).await, b":1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyring_outlives_the_process_and_opens_only_with_its_root_key() {
+    let st = setup().await;
+    {
+        let proxy = Proxy::start(&config(&st, "")).await;
+        let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+        assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
+        proxy.shutdown().await;
+    }
+    let keyring = st
+        .keys
+        .path()
+        .join("data")
+        .join("encryption")
+        .join("redis-0.json");
+    let text = std::fs::read_to_string(&keyring).unwrap();
+    assert!(text.contains("\"wrapped\""), "{text}");
+    let proxy = Proxy::start(&config(&st, "")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+    proxy.shutdown().await;
+
+    // Another root key: cachegate refuses to start rather than serve what it cannot read.
+    std::fs::write(&st.root, [9u8; 32]).unwrap();
+    let config = cachegate::config::parse(&config(&st, ""), "t", st.keys.path()).unwrap();
+    let bound = cachegate::server::bind(&config).await.unwrap();
+    let err = cachegate::server::prepare(config, bound)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not unwrap with this root key"), "{err}");
+}
