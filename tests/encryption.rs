@@ -24,6 +24,9 @@ async fn setup() -> Setup {
         &rdb_dir.path().display().to_string(),
         "--dbfilename",
         "dump.rdb",
+        // Compressed (LZF), a value in clear would not show as one run of bytes.
+        "--rdbcompression",
+        "no",
     ])
     .await;
     let keys = tempfile::tempdir().unwrap();
@@ -60,8 +63,15 @@ fn bulk(v: &str) -> Vec<u8> {
 async fn values_reach_the_backend_only_sealed_and_read_back_intact() {
     let st = setup().await;
     let proxy = Proxy::start(&config(&st, "")).await;
-    for resp3 in [false, true] {
-        let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    // Without multiplexing, every session has its own (pinned) connection.
+    let pinned = Proxy::start(&config(&st, "upstream.multiplex = false\n")).await;
+    for (resp3, addr) in [
+        (false, proxy.addr),
+        (true, proxy.addr),
+        (false, pinned.addr),
+        (true, pinned.addr),
+    ] {
+        let mut c = RawClient::tls(&st.pki, addr).await;
         if resp3 {
             assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
         }
@@ -112,6 +122,8 @@ async fn values_reach_the_backend_only_sealed_and_read_back_intact() {
         assert!(!contains(&dump, CANARY));
     }
     assert_eq!(direct.cmd(&["GET", "plain:1"]).await, bulk("visible"));
+    // Not even with compression off, as a value in clear would be stored.
+    assert!(contains(&direct.cmd(&["DUMP", "plain:1"]).await, "visible"));
     assert_eq!(direct.cmd(&["SAVE"]).await, b"+OK\r\n");
     let rdb = std::fs::read(st.rdb_dir.path().join("dump.rdb")).unwrap();
     assert!(contains(&rdb, "visible"), "the RDB file was read");
@@ -207,6 +219,14 @@ async fn commands_that_would_work_on_ciphertext_are_refused() {
         &["HSET", "pii:h", "f", "v"],
         &["RENAME", "pii:1", "pii:2"],
         &["EVAL", "return redis.call('GET', KEYS[1])", "1", "pii:1"],
+        // A script naming no key could still write one in clear.
+        &[
+            "EVAL",
+            "return redis.call('SET', ARGV[1], ARGV[2])",
+            "0",
+            "pii:9",
+            "x",
+        ],
     ] {
         let reply = s(&c.cmd(call).await);
         assert!(
@@ -255,4 +275,21 @@ async fn the_keyring_outlives_the_process_and_opens_only_with_its_root_key() {
         .unwrap()
         .to_string();
     assert!(err.contains("does not unwrap with this root key"), "{err}");
+}
+
+/// A command cachegate refuses itself never reaches Redis: a CLIENT REPLY SKIP before it must
+/// not leave Redis skipping the next reply instead (every reply after would be one late, and
+/// a sealed value would come back as another key's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_refusal_keeps_replies_in_step() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "upstream.multiplex = false\n")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "plain", "v"]).await, b"+OK\r\n");
+    c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
+    c.send_cmd(&["APPEND", "pii:1", "x"]).await;
+    assert_eq!(c.cmd(&["GET", "plain"]).await, bulk("v"));
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
 }

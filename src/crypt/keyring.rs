@@ -26,9 +26,11 @@ impl Drop for RootKey {
 impl RootKey {
     /// Reads the root key from a file. The error never holds the file's contents.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let bytes =
+        let mut bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&bytes).ok_or_else(|| {
+        let key = Self::parse(&bytes);
+        bytes.iter_mut().for_each(|b| *b = 0);
+        key.ok_or_else(|| {
             format!(
                 "{}: a root key is 32 bytes: 64 hex digits, base64, or the raw bytes (`openssl rand -hex 32`)",
                 path.display()
@@ -45,11 +47,14 @@ impl RootKey {
             Some(t) if !t.is_empty() => base64::engine::general_purpose::STANDARD.decode(t).ok(),
             _ => None,
         };
-        let raw = decoded
+        // Raw bytes, but not 32 printable characters: that is a passphrase, not a key.
+        let raw_ok = bytes.len() == 32 && !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+        let mut raw = decoded
             .filter(|d| d.len() == 32)
-            .or_else(|| (bytes.len() == 32).then(|| bytes.to_vec()))?;
+            .or_else(|| raw_ok.then(|| bytes.to_vec()))?;
         let mut key = [0u8; 32];
         key.copy_from_slice(&raw);
+        raw.iter_mut().for_each(|b| *b = 0);
         Some(RootKey(key))
     }
 
@@ -127,25 +132,30 @@ struct Wrapped {
 /// The data keys in `path`, unwrapped with `root`; the file is created with one new data key
 /// when it does not exist. `Ok((keys, created))`.
 pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), String> {
-    let created = !path.exists();
-    if created {
+    // `symlink_metadata`: a dangling link (an unmounted secret) is not "no keyring".
+    let mut created = false;
+    if std::fs::symlink_metadata(path).is_err() {
         let mut material = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut material)
-            .map_err(|_| "no random source")?;
+        let mut id = [0u8; 4];
+        let random = SystemRandom::new();
+        random.fill(&mut material).map_err(|_| "no random source")?;
+        random.fill(&mut id).map_err(|_| "no random source")?;
+        // A random id: values sealed under a keyring made by mistake (a volume that was not
+        // mounted) and those under the real one fail as "unknown data key", not "tampered".
+        let id = u32::from_be_bytes(id).max(1);
         let file = File {
             version: 1,
-            primary: 1,
+            primary: id,
             keys: vec![Wrapped {
-                id: 1,
-                wrapped: root.wrap(1, &material),
+                id,
+                wrapped: root.wrap(id, &material),
                 created: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
             }],
         };
         material.iter_mut().for_each(|b| *b = 0);
-        write(path, &file)?;
+        created = create(path, &file)?;
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the keyring {}: {e}", path.display()))?;
@@ -177,24 +187,37 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
     Ok((Keys { primary, all }, created))
 }
 
-fn write(path: &Path, file: &File) -> Result<(), String> {
+/// Writes `file` at `path` unless a keyring appeared there meanwhile (another instance
+/// starting at the same time on a shared volume): a private temporary file, then a hard link
+/// that fails if the name exists. `Ok(true)` when this one was written.
+fn create(path: &Path, file: &File) -> Result<bool, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
+    let mut suffix = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut suffix)
+        .map_err(|_| "no random source")?;
+    let tmp = path.with_extension(format!("tmp-{}", u64::from_be_bytes(suffix)));
     let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write {}: {e}", tmp.display()));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("cannot write {}: {e}", path.display())),
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +236,11 @@ mod tests {
         let sealed = keys.seal(b"k", b"v");
         let (again, created) = open_or_create(&path, &root).unwrap();
         assert!(!created);
+        // Nothing left beside it.
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
         assert_eq!(&again.open(b"k", &sealed).unwrap()[..], b"v");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -238,5 +266,9 @@ mod tests {
         .is_some());
         assert!(RootKey::parse(b"abcd").is_none());
         assert!(RootKey::parse(&[1u8; 31]).is_none());
+        assert!(
+            RootKey::parse(b"correct horse battery staple 123").is_none(),
+            "32 printable characters are a passphrase"
+        );
     }
 }

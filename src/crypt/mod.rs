@@ -65,6 +65,11 @@ pub enum OpenError {
     Plaintext,
     #[error("is sealed under an unknown data key ({0})")]
     UnknownKey(u32),
+    #[error("is sealed in an unknown format ({0})")]
+    UnknownFormat(u8),
+    /// The backend's reply is not the shape the command returns: nothing is passed on.
+    #[error("came back in an unexpected shape")]
+    Unexpected,
     #[error("is truncated")]
     Truncated,
     /// Its tag does not verify: changed, or copied from another key name.
@@ -78,6 +83,8 @@ impl OpenError {
         match self {
             OpenError::Plaintext => "plaintext",
             OpenError::UnknownKey(_) => "unknown_key",
+            OpenError::UnknownFormat(_) => "unknown_format",
+            OpenError::Unexpected => "unexpected",
             OpenError::Truncated => "truncated",
             OpenError::Tampered => "tampered",
         }
@@ -91,9 +98,9 @@ fn aad(name: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// Whether a stored value carries the sealed-value header.
+/// Whether a stored value carries the sealed-value header (of any version).
 pub fn is_sealed(value: &[u8]) -> bool {
-    value.len() > MAGIC.len() && &value[..3] == MAGIC && value[3] == VERSION
+    value.starts_with(MAGIC)
 }
 
 impl Keys {
@@ -129,6 +136,9 @@ impl Keys {
         }
         if value.len() < HEADER + TAG {
             return Err(OpenError::Truncated);
+        }
+        if value[3] != VERSION {
+            return Err(OpenError::UnknownFormat(value[3]));
         }
         let id = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
         let key = self
@@ -275,21 +285,29 @@ impl Keys {
                     put_bulk(&mut out, &value);
                     Ok(out.freeze())
                 }
-                None => Ok(frame.clone()),
+                // A nil or an error reply passes; anything else is not this command's reply
+                // (fail closed: never passed on as a value).
+                None if nil(frame).is_some() || frame.starts_with(b"-") => Ok(frame.clone()),
+                None => Err((name.clone(), OpenError::Unexpected)),
             },
             plan::Open::Array(names) => {
-                let Some(rest) = frame.strip_prefix(b"*") else {
+                let first = names.iter().flatten().next().cloned().unwrap_or_default();
+                let unexpected = || Err((first.clone(), OpenError::Unexpected));
+                if frame.starts_with(b"-") {
                     return Ok(frame.clone());
+                }
+                let Some(rest) = frame.strip_prefix(b"*") else {
+                    return unexpected();
                 };
                 let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    return Ok(frame.clone());
+                    return unexpected();
                 };
                 let count: usize = match std::str::from_utf8(&rest[..end])
                     .ok()
                     .and_then(|n| n.parse().ok())
                 {
                     Some(n) if n == names.len() => n,
-                    _ => return Ok(frame.clone()),
+                    _ => return unexpected(),
                 };
                 let mut at = 1 + end + 2;
                 let mut out = BytesMut::with_capacity(frame.len());
@@ -302,7 +320,7 @@ impl Keys {
                         continue;
                     }
                     let Some((payload, len)) = bulk(element) else {
-                        return Ok(frame.clone());
+                        return unexpected();
                     };
                     match name {
                         Some(name) => {
@@ -347,6 +365,9 @@ mod tests {
     fn tampered_truncated_unknown_and_plain_values_are_refused() {
         let keys = keys();
         let sealed = keys.seal(b"k", b"value");
+        let mut version = sealed.to_vec();
+        version[3] = 2;
+        assert_eq!(keys.open(b"k", &version), Err(OpenError::UnknownFormat(2)));
         for i in 8..sealed.len() {
             let mut bad = sealed.to_vec();
             bad[i] ^= 1;
@@ -392,6 +413,14 @@ mod tests {
         for other in [&b"$-1\r\n"[..], b"_\r\n", b"-WRONGTYPE x\r\n"] {
             let f = Bytes::copy_from_slice(other);
             assert_eq!(keys.open_reply(&f, &open, OnPlaintext::Error).unwrap(), f);
+        }
+        // Another shape (a reply out of step) is never passed on as a value.
+        for other in [&b"+OK\r\n"[..], b":1\r\n", b"*1\r\n$1\r\nx\r\n"] {
+            let f = Bytes::copy_from_slice(other);
+            assert_eq!(
+                keys.open_reply(&f, &open, OnPlaintext::Pass),
+                Err((name.clone(), OpenError::Unexpected))
+            );
         }
         let plain = Bytes::from_static(b"$3\r\nold\r\n");
         assert_eq!(

@@ -88,6 +88,17 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
         };
     };
     let name = name.to_string();
+    // A script can write any key, named or built inside it: stored in clear under an encrypted
+    // key. Refused where values are encrypted.
+    if matches!(
+        name.as_str(),
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+    ) {
+        return Plan::Refuse(format!(
+            "cachegate: '{}' is refused on a listener with encrypted keyspaces: a script could store a value in clear under an encrypted key",
+            String::from_utf8_lossy(&args[0])
+        ));
+    }
     let key_args: Vec<usize> = info.keys(&name, &*args).iter().map(|k| k.index).collect();
     let Some(first) = key_args.iter().copied().find(|&i| spaces.covers(&args[i])) else {
         return Plan::Clear;
@@ -207,6 +218,14 @@ mod tests {
             &["RENAME", "pii:1", "pii:2"],
             &["COPY", "pii:1", "x"],
             &["EVAL", "return 1", "1", "pii:1"],
+            &[
+                "EVAL",
+                "return redis.call('SET', ARGV[1], ARGV[2])",
+                "0",
+                "pii:2",
+                "x",
+            ],
+            &["FCALL", "f", "0"],
             &["BITCOUNT", "pii:1"],
             &["NOSUCHMODULECMD", "pii:1"],
         ] {

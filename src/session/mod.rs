@@ -1588,6 +1588,13 @@ impl RequestSide {
             ReplyMode::Off => Ok(()),
             ReplyMode::SkipNext => {
                 self.reply_mode = ReplyMode::On;
+                // The SKIP went to the backend too, which still holds it for the next command
+                // it sees: a PING takes it there, so that the next reply forwarded is not the
+                // one Redis drops (every reply after would be one late).
+                if self.up.is_some() {
+                    let ping = [Bytes::from_static(b"PING")];
+                    Box::pin(self.forward_raw(&ping, Expect::swallowed(0))).await?;
+                }
                 Ok(())
             }
         }
