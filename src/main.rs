@@ -52,6 +52,18 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// At-rest encryption keys of the configured listeners: status, rotate (a new primary
+    /// data key), rotate-root (every data key re-wrapped under a new root key). Running
+    /// cachegates take the result at their next reload.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        common: Common,
+        /// Only this listener (default: every listener with encryption).
+        #[arg(long)]
+        listener: Option<String>,
+    },
     /// Ask a running cachegate to reload its configuration (POST /reload on its loopback admin
     /// listener; SIGHUP does the same): prints the outcome, exit 0 if it was reloaded.
     Reload {
@@ -68,6 +80,23 @@ enum Command {
     },
     /// Generate load against a Redis or memcached endpoint (direct or through cachegate).
     Bench(Box<BenchArgs>),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// The data keys of each keyring (ids, creation dates, the primary one), checked to
+    /// unwrap with the root key.
+    Status,
+    /// Adds a new data key and makes it primary: new values are sealed under it, old ones
+    /// still open.
+    Rotate,
+    /// Re-wraps every data key under a new root key (the values are not touched); then point
+    /// root_key_file at it and reload.
+    RotateRoot {
+        /// The new root key (32 bytes: `openssl rand -hex 32 > new-root-key`).
+        #[arg(long)]
+        new_root_key_file: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,10 +160,12 @@ fn main() -> ExitCode {
     });
     // `cachegate --config x check` and `cachegate check --config x` alike.
     let common = match &command {
-        Command::Run { common } | Command::Check { common, .. } => Common {
-            config: common.config.clone().or(cli.common.config.clone()),
-            log_json: common.log_json || cli.common.log_json,
-        },
+        Command::Run { common } | Command::Check { common, .. } | Command::Keys { common, .. } => {
+            Common {
+                config: common.config.clone().or(cli.common.config.clone()),
+                log_json: common.log_json || cli.common.log_json,
+            }
+        }
         _ => Common {
             config: cli.common.config.clone(),
             log_json: cli.common.log_json,
@@ -186,6 +217,18 @@ fn main() -> ExitCode {
             ..
         }
     );
+    let (command, keys_action) = match command {
+        Command::Keys {
+            action, listener, ..
+        } => (
+            Command::Check {
+                common: Common::default(),
+                allow_missing_files: false,
+            },
+            Some((action, listener)),
+        ),
+        other => (other, None),
+    };
     let config = match loaded {
         Ok(c) => c,
         Err(e) if allow_missing && e.problems.iter().all(|p| p.is_missing_file()) => {
@@ -203,6 +246,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Some((action, listener)) = keys_action {
+        return match keys(&config, action, listener.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachegate keys: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check || matches!(command, Command::Check { .. }) {
         println!(
             "{}: configuration is valid ({} listener{})",
@@ -241,6 +293,71 @@ fn live(admin: std::net::SocketAddr) -> anyhow::Result<()> {
         &head[9..12] == b"200",
         "/live answered {}",
         String::from_utf8_lossy(&head)
+    );
+    Ok(())
+}
+
+/// `cachegate keys ...` on every listener with encryption (or the one named).
+fn keys(
+    config: &cachegate::config::Config,
+    action: KeysAction,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    use cachegate::crypt::keyring;
+    let new_root = match &action {
+        KeysAction::RotateRoot { new_root_key_file } => {
+            Some(keyring::RootKey::from_file(new_root_key_file).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let mut any = false;
+    for l in &config.listeners {
+        let Some(e) = &l.encryption else { continue };
+        if only.is_some_and(|n| n != l.name) {
+            continue;
+        }
+        any = true;
+        let path = config
+            .data_dir
+            .join("encryption")
+            .join(format!("{}.json", l.name));
+        match &action {
+            KeysAction::Status => {
+                let keys = keyring::status(&path, &e.root_key).map_err(anyhow::Error::msg)?;
+                println!("listener {}: keyring {}", l.name, path.display());
+                for k in keys {
+                    println!(
+                        "  data key {:>10}  created {}{}",
+                        k.id,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.created)
+                        ),
+                        if k.primary { "  (primary)" } else { "" }
+                    );
+                }
+            }
+            KeysAction::Rotate => {
+                let id = keyring::rotate(&path, &e.root_key).map_err(anyhow::Error::msg)?;
+                println!(
+                    "listener {}: data key {id} is primary now; reload running cachegates (SIGHUP or cachegate reload)",
+                    l.name
+                );
+            }
+            KeysAction::RotateRoot { .. } => {
+                let new = new_root.as_ref().expect("read above");
+                let n =
+                    keyring::rotate_root(&path, &e.root_key, new).map_err(anyhow::Error::msg)?;
+                println!(
+                    "listener {}: {n} data key(s) re-wrapped under the new root key; point encryption.root_key_file at it, then reload",
+                    l.name
+                );
+            }
+        }
+    }
+    anyhow::ensure!(
+        any,
+        "no listener with encryption{}",
+        only.map(|n| format!(" named `{n}`")).unwrap_or_default()
     );
     Ok(())
 }

@@ -159,7 +159,8 @@ impl Reloader {
                             pool: old.pool.clone(),
                             shared: old.shared.clone(),
                             throttle,
-                            encryption: old.encryption.clone(),
+                            // The keyring read again: a rotated data key, a new root key.
+                            encryption: crate::parts::encryption(cfg, &new, &self.metrics)?,
                         },
                         &self.metrics,
                         &self.budget,
@@ -393,18 +394,12 @@ pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
         );
         differ("tls.enabled", dbg(&a.tls.is_some()), dbg(&b.tls.is_some()));
         differ("auth.mode", auth_kind(&a.auth), auth_kind(&b.auth));
-        let same_root = match (&a.encryption, &b.encryption) {
-            (Some(x), Some(y)) => x.root_key.same(&y.root_key),
-            _ => true,
-        };
+        // Turning encryption on or off: values already sealed (or not) would read wrongly
+        // until every session has the new setting; a restart makes that one moment.
         differ(
-            "encryption (keyspaces, root key, on_plaintext)",
-            format!("{:?}", a.encryption),
-            format!(
-                "{:?}{}",
-                b.encryption,
-                if same_root { "" } else { " (new root key)" }
-            ),
+            "encryption on or off",
+            dbg(&a.encryption.is_some()),
+            dbg(&b.encryption.is_some()),
         );
         differ(
             "upstream settings other than TLS material (address, credentials, timeouts, pool sizes, backend users)",

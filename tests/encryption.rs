@@ -293,3 +293,97 @@ async fn a_skipped_refusal_keeps_replies_in_step() {
     assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
 }
+
+/// The data key a value in the backend is sealed under.
+async fn sealed_under(redis: &Redis, key: &str) -> u32 {
+    let raw = redis.direct().await.cmd(&["GET", key]).await;
+    let start = raw.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let v = &raw[start..];
+    assert_eq!(&v[..3], b"\0cg");
+    u32::from_be_bytes([v[4], v[5], v[6], v[7]])
+}
+
+fn keys_cli(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .arg("keys")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_keys_rotate_and_the_root_key_changes_without_touching_values() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "pii:1", "first"]).await, b"+OK\r\n");
+    let first = sealed_under(&st.redis, "pii:1").await;
+
+    let out = tokio::task::spawn_blocking({
+        let p = proxy.config_path.clone();
+        move || keys_cli(&["status"], &p)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(
+        s(&out.stdout).contains(&format!("data key {first:>10}"))
+            && s(&out.stdout).contains("(primary)"),
+        "{}",
+        s(&out.stdout)
+    );
+    let out = tokio::task::spawn_blocking({
+        let p = proxy.config_path.clone();
+        move || keys_cli(&["rotate"], &p)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    // Running cachegates take the new primary key at their next reload.
+    assert!(proxy.reload_with(&config(&st, "")).await.is_ok());
+    assert_eq!(c.cmd(&["SET", "pii:2", "second"]).await, b"+OK\r\n");
+    let second = sealed_under(&st.redis, "pii:2").await;
+    assert_ne!(first, second);
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk("first"));
+
+    // A new root key: the data keys are re-wrapped, the values stay as they are.
+    let new_root = st.keys.path().join("new-root.key");
+    std::fs::write(
+        &new_root,
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (p, r) = (proxy.config_path.clone(), new_root.clone());
+        move || {
+            keys_cli(
+                &[
+                    "rotate-root",
+                    "--new-root-key-file",
+                    &r.display().to_string(),
+                ],
+                &p,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let with_new_root =
+        config(&st, "").replace(&format!("{:?}", st.root), &format!("{new_root:?}"));
+    assert!(with_new_root.contains("new-root.key"));
+    // The old root key no longer opens the keyring: refused, the keys in memory serve on.
+    let refused = proxy.reload_with(&config(&st, "")).await.unwrap_err();
+    assert!(refused.contains("does not unwrap"), "{refused}");
+    assert_eq!(c.cmd(&["GET", "pii:2"]).await, bulk("second"));
+    assert!(proxy.reload_with(&with_new_root).await.is_ok());
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk("first"));
+    assert_eq!(c.cmd(&["GET", "pii:2"]).await, bulk("second"));
+    assert_eq!(
+        sealed_under(&st.redis, "pii:1").await,
+        first,
+        "values untouched"
+    );
+}

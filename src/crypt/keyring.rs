@@ -58,12 +58,6 @@ impl RootKey {
         Some(RootKey(key))
     }
 
-    /// Whether two root keys are the same key.
-    pub fn same(&self, other: &RootKey) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.ct_eq(&other.0).into()
-    }
-
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32 bytes"))
     }
@@ -157,10 +151,7 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
         material.iter_mut().for_each(|b| *b = 0);
         created = create(path, &file)?;
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the keyring {}: {e}", path.display()))?;
-    let file: File = serde_json::from_str(&text)
-        .map_err(|e| format!("the keyring {} is not valid: {e}", path.display()))?;
+    let file = read(path)?;
     let mut all = Vec::with_capacity(file.keys.len());
     for k in &file.keys {
         let mut material = root.unwrap(k.id, &k.wrapped).ok_or_else(|| {
@@ -187,10 +178,97 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
     Ok((Keys { primary, all }, created))
 }
 
-/// Writes `file` at `path` unless a keyring appeared there meanwhile (another instance
-/// starting at the same time on a shared volume): a private temporary file, then a hard link
-/// that fails if the name exists. `Ok(true)` when this one was written.
-fn create(path: &Path, file: &File) -> Result<bool, String> {
+/// One data key as `cachegate keys status` shows it (never its material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: u32,
+    /// Unix seconds.
+    pub created: u64,
+    pub primary: bool,
+}
+
+fn read(path: &Path) -> Result<File, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the keyring {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("the keyring {} is not valid: {e}", path.display()))
+}
+
+/// The data keys of a keyring, after checking that each unwraps with `root`.
+pub fn status(path: &Path, root: &RootKey) -> Result<Vec<KeyInfo>, String> {
+    let file = read(path)?;
+    open_or_create(path, root)?;
+    Ok(file
+        .keys
+        .iter()
+        .map(|k| KeyInfo {
+            id: k.id,
+            created: k.created,
+            primary: k.id == file.primary,
+        })
+        .collect())
+}
+
+/// Adds a new data key and makes it the primary one: new values are sealed under it, the
+/// older keys still open theirs. Returns its id. Running cachegates take it at their next
+/// reload.
+pub fn rotate(path: &Path, root: &RootKey) -> Result<u32, String> {
+    let mut file = read(path)?;
+    open_or_create(path, root)?;
+    let random = SystemRandom::new();
+    let mut material = [0u8; 32];
+    random.fill(&mut material).map_err(|_| "no random source")?;
+    let id = loop {
+        let mut id = [0u8; 4];
+        random.fill(&mut id).map_err(|_| "no random source")?;
+        let id = u32::from_be_bytes(id).max(1);
+        if file.keys.iter().all(|k| k.id != id) {
+            break id;
+        }
+    };
+    file.keys.push(Wrapped {
+        id,
+        wrapped: root.wrap(id, &material),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    material.iter_mut().for_each(|b| *b = 0);
+    file.primary = id;
+    replace(path, &file)?;
+    Ok(id)
+}
+
+/// Wraps every data key under `new` instead of `old` (seconds, whatever the data size): the
+/// values are not touched. Point `root_key_file` at the new key, then reload.
+pub fn rotate_root(path: &Path, old: &RootKey, new: &RootKey) -> Result<usize, String> {
+    let mut file = read(path)?;
+    for k in &mut file.keys {
+        let mut material = old.unwrap(k.id, &k.wrapped).ok_or_else(|| {
+            format!(
+                "the keyring {}: data key {} does not unwrap with the current root key",
+                path.display(),
+                k.id
+            )
+        })?;
+        k.wrapped = new.wrap(k.id, &material);
+        material.iter_mut().for_each(|b| *b = 0);
+    }
+    replace(path, &file)?;
+    Ok(file.keys.len())
+}
+
+/// Writes `file` over the keyring at `path` at once (a private temporary file renamed over it).
+fn replace(path: &Path, file: &File) -> Result<(), String> {
+    let tmp = temporary(path, file)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// `file`, written to a new private file beside `path`.
+fn temporary(path: &Path, file: &File) -> Result<std::path::PathBuf, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -211,6 +289,14 @@ fn create(path: &Path, file: &File) -> Result<bool, String> {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!("cannot write {}: {e}", tmp.display()));
     }
+    Ok(tmp)
+}
+
+/// Writes `file` at `path` unless a keyring appeared there meanwhile (another instance
+/// starting at the same time on a shared volume): a private temporary file, then a hard link
+/// that fails if the name exists. `Ok(true)` when this one was written.
+fn create(path: &Path, file: &File) -> Result<bool, String> {
+    let tmp = temporary(path, file)?;
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -253,6 +339,35 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rotation_adds_a_primary_key_and_a_new_root_rewraps_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let root = RootKey::parse(&[1u8; 32]).unwrap();
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        let old = keys.seal(b"k", b"old value");
+        let id = rotate(&path, &root).unwrap();
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        assert_eq!(keys.primary.id, id);
+        assert_eq!(keys.all.len(), 2);
+        let new = keys.seal(b"k", b"new value");
+        assert_eq!(u32::from_be_bytes([new[4], new[5], new[6], new[7]]), id);
+        assert_eq!(&keys.open(b"k", &old).unwrap()[..], b"old value");
+        let info = status(&path, &root).unwrap();
+        assert_eq!(info.iter().filter(|k| k.primary).count(), 1);
+        let next = RootKey::parse(&[2u8; 32]).unwrap();
+        assert_eq!(rotate_root(&path, &root, &next).unwrap(), 2);
+        assert!(open_or_create(&path, &root).is_err());
+        let (keys, _) = open_or_create(&path, &next).unwrap();
+        assert_eq!(&keys.open(b"k", &old).unwrap()[..], b"old value");
+        assert_eq!(&keys.open(b"k", &new).unwrap()[..], b"new value");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]
