@@ -90,6 +90,10 @@ enum KeysAction {
     /// Adds a new data key and makes it primary: new values are sealed under it, old ones
     /// still open.
     Rotate,
+    /// Re-seals every value of the encrypted keyspaces under the primary data key, on the
+    /// backend (SCAN, then WATCH/MULTI per value: concurrent writes win); values in clear are
+    /// sealed. Run it again to resume.
+    Rewrap,
     /// Re-wraps every data key under a new root key (the values are not touched); then point
     /// root_key_file at it and reload.
     RotateRoot {
@@ -341,6 +345,40 @@ fn keys(
                 println!(
                     "listener {}: data key {id} is primary now; reload running cachegates (SIGHUP or cachegate reload)",
                     l.name
+                );
+            }
+            KeysAction::Rewrap => {
+                let (keys, _) =
+                    keyring::open_or_create(&path, &e.root_key).map_err(anyhow::Error::msg)?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let tally = runtime.block_on(cachegate::rewrap::rewrap(
+                    config,
+                    l,
+                    &keys,
+                    |pattern, t| {
+                        eprintln!(
+                            "  {pattern}: {} scanned, {} re-sealed ({} from clear), {} current",
+                            t.scanned, t.resealed, t.from_clear, t.current
+                        )
+                    },
+                ))?;
+                println!(
+                    "listener {}: {} values scanned: {} re-sealed under data key {} ({} of them from clear), {} already under it, {} changed meanwhile (left as they are), {} that do not open",
+                    l.name,
+                    tally.scanned,
+                    tally.resealed,
+                    keys.primary.id,
+                    tally.from_clear,
+                    tally.current,
+                    tally.changed,
+                    tally.failed
+                );
+                anyhow::ensure!(
+                    tally.failed == 0,
+                    "{} values do not open (tampered, or under a data key no longer in the keyring)",
+                    tally.failed
                 );
             }
             KeysAction::RotateRoot { .. } => {

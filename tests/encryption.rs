@@ -387,3 +387,102 @@ async fn data_keys_rotate_and_the_root_key_changes_without_touching_values() {
         "values untouched"
     );
 }
+
+/// Migrating a populated cache: values written in clear (before encryption) and values under
+/// an older data key are re-sealed under the primary key by `keys rewrap`, while clients go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
+    let st = setup().await;
+    let mut direct = st.redis.direct().await;
+    for i in 0..300 {
+        let (k, v) = (format!("pii:{i}"), format!("{CANARY}-{i}"));
+        assert_eq!(direct.cmd(&["SET", &k, &v]).await, b"+OK\r\n");
+    }
+    assert_eq!(direct.cmd(&["SET", "plain:1", "visible"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&["EXPIRE", "pii:7", "1000"]).await, b":1\r\n");
+    let proxy = Proxy::start(&config(&st, "encryption.on_plaintext = \"pass\"\n")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(&format!("{CANARY}-1")));
+    assert_eq!(c.cmd(&["SET", "pii:new", "sealed"]).await, b"+OK\r\n");
+    let rewrap = |p: std::path::PathBuf| move || keys_cli(&["rewrap"], &p);
+    // Clients go on meanwhile: reads of values being re-sealed, writes of new ones.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, tls, addr) = (
+            stop.clone(),
+            st.pki.client_config(rustls::ALL_VERSIONS, None),
+            proxy.addr,
+        );
+        tokio::spawn(async move {
+            let mut c = RawClient::try_tls(tls, addr).await.unwrap();
+            let (mut n, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = n % 300;
+                let got = c.cmd(&["GET", &format!("pii:{i}")]).await;
+                if got != bulk(&format!("{CANARY}-{i}")) {
+                    failures.push(s(&got));
+                }
+                let set = c.cmd(&["SET", &format!("pii:load:{n}"), "v"]).await;
+                if set != b"+OK\r\n" {
+                    failures.push(s(&set));
+                }
+                n += 1;
+            }
+            (n, failures)
+        })
+    };
+    let out = tokio::task::spawn_blocking(rewrap(proxy.config_path.clone()))
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (requests, failures) = load.await.unwrap();
+    assert!(
+        requests > 0 && failures.is_empty(),
+        "{requests} requests: {failures:?}"
+    );
+    assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(
+        s(&out.stdout).contains(" values scanned: 300 re-sealed under data key ")
+            && s(&out.stdout).contains("(300 of them from clear)")
+            && s(&out.stdout).contains("0 that do not open"),
+        "{}",
+        s(&out.stdout)
+    );
+    for i in [0, 7, 299] {
+        let stored = direct.cmd(&["GET", &format!("pii:{i}")]).await;
+        assert!(!contains(&stored, CANARY), "pii:{i} still in clear");
+        assert_eq!(
+            c.cmd(&["GET", &format!("pii:{i}")]).await,
+            bulk(&format!("{CANARY}-{i}"))
+        );
+    }
+    let ttl: i64 = s(&direct.cmd(&["TTL", "pii:7"]).await)
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!((900..=1000).contains(&ttl), "TTL kept: {ttl}");
+    assert_eq!(direct.cmd(&["GET", "plain:1"]).await, bulk("visible"));
+
+    // After a rotation, a second run moves every value to the new key; then "error" holds.
+    let out = tokio::task::spawn_blocking({
+        let p = proxy.config_path.clone();
+        move || keys_cli(&["rotate"], &p)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let out = tokio::task::spawn_blocking(rewrap(proxy.config_path.clone()))
+        .await
+        .unwrap();
+    assert!(
+        s(&out.stdout).contains("(0 of them from clear), 0 already under it"),
+        "{}",
+        s(&out.stdout)
+    );
+    assert!(proxy.reload_with(&config(&st, "")).await.is_ok());
+    assert_eq!(
+        c.cmd(&["GET", "pii:299"]).await,
+        bulk(&format!("{CANARY}-299"))
+    );
+}
