@@ -102,7 +102,9 @@ pub struct ListenerConfig {
 /// A listener's encryption at rest.
 pub struct EncryptionConfig {
     pub root_key: Arc<crate::crypt::keyring::RootKey>,
-    pub root_key_file: PathBuf,
+    /// Where the root key came from (never the key): `file ...`, `environment variable ...`,
+    /// `command ...`.
+    pub root_key_source: String,
     pub keyspaces: crate::crypt::plan::Keyspaces,
     pub on_plaintext: crate::crypt::OnPlaintext,
 }
@@ -110,7 +112,7 @@ pub struct EncryptionConfig {
 impl std::fmt::Debug for EncryptionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncryptionConfig")
-            .field("root_key_file", &self.root_key_file)
+            .field("root_key_source", &self.root_key_source)
             .field("keyspaces", &self.keyspaces)
             .field("on_plaintext", &self.on_plaintext)
             .finish_non_exhaustive()
@@ -623,23 +625,53 @@ fn encryption(
     e: super::file::EncryptionFile,
     base: &Path,
 ) -> Option<Option<EncryptionConfig>> {
-    let root = match &e.root_key_file {
-        None => {
+    use crate::crypt::keyring::RootKey;
+    let sources = [
+        e.root_key_file.is_some(),
+        e.root_key_env.is_some(),
+        e.root_key_command.is_some(),
+    ];
+    let root = match (&e.root_key_file, &e.root_key_env, &e.root_key_command) {
+        _ if sources.iter().filter(|s| **s).count() > 1 => {
             p.add(
-                format!("{key}.root_key_file"),
-                "missing: the file with the 32-byte root key that wraps the data keys (`openssl rand -hex 32 > root.key`)",
+                key,
+                "one of root_key_file, root_key_env and root_key_command, not several",
             );
             None
         }
-        Some(path) => {
+        (Some(path), _, _) => {
             let full = resolve(base, path);
-            match crate::crypt::keyring::RootKey::from_file(&full) {
-                Ok(k) => Some((Arc::new(k), full)),
+            match RootKey::from_file(&full) {
+                Ok(k) => Some((Arc::new(k), format!("file {}", full.display()))),
                 Err(why) => {
                     p.add(format!("{key}.root_key_file"), why);
                     None
                 }
             }
+        }
+        (_, Some(var), _) => match RootKey::from_env(var) {
+            Ok(k) => Some((Arc::new(k), format!("environment variable {var}"))),
+            Err(why) => {
+                p.add(format!("{key}.root_key_env"), why);
+                None
+            }
+        },
+        (_, _, Some(argv)) => match RootKey::from_command(argv) {
+            Ok(k) => Some((
+                Arc::new(k),
+                format!("command {}", argv.first().map_or("", |a| a)),
+            )),
+            Err(why) => {
+                p.add(format!("{key}.root_key_command"), why);
+                None
+            }
+        },
+        (None, None, None) => {
+            p.add(
+                format!("{key}.root_key_file"),
+                "missing: the root key that wraps the data keys: root_key_file (`openssl rand -hex 32 > root.key`), root_key_env or root_key_command",
+            );
+            None
         }
     };
     let mut patterns = Vec::new();
@@ -677,10 +709,10 @@ fn encryption(
             None
         }
     };
-    let (root_key, root_key_file) = root?;
+    let (root_key, root_key_source) = root?;
     Some(Some(EncryptionConfig {
         root_key,
-        root_key_file,
+        root_key_source,
         keyspaces: crate::crypt::plan::Keyspaces { patterns },
         on_plaintext: on_plaintext?,
     }))

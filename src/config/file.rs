@@ -109,6 +109,11 @@ pub struct ListenerFile {
 pub struct EncryptionFile {
     /// 32 bytes (64 hex digits, base64 or raw) that wrap the data keys.
     pub root_key_file: Option<PathBuf>,
+    /// Or: the environment variable that holds it.
+    pub root_key_env: Option<String>,
+    /// Or: a command that prints it (the hook for a KMS, Vault or an HSM: it unwraps the root
+    /// key there and prints it; run at every start and reload, 10 s at most).
+    pub root_key_command: Option<Vec<String>>,
     #[serde(default)]
     pub keyspaces: Vec<KeyspaceFile>,
     /// "error" (default) or "pass": what a value without the sealed header gets.

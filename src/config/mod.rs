@@ -353,6 +353,42 @@ upstream.address = "127.0.0.1:6379"
     }
 
     #[test]
+    fn a_root_key_comes_from_one_file_variable_or_command() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let spaces = "encryption.keyspaces = [{ patterns = [\"pii:*\"] }]\n";
+        // A command (a KMS client) that prints it.
+        let text = format!(
+            "{MINIMAL}encryption.root_key_command = [\"sh\", \"-c\", \"echo {hex}\"]\n{spaces}"
+        );
+        let c = parse(&text, "t", Path::new("/nonexistent")).unwrap();
+        let e = c.listeners[0].encryption.as_ref().unwrap();
+        assert_eq!(e.root_key_source, "command sh");
+        assert!(!format!("{e:?}").contains(hex));
+        // A failing command: its output is not repeated.
+        let text = format!(
+            "{MINIMAL}encryption.root_key_command = [\"sh\", \"-c\", \"echo canary-secret; exit 3\"]\n{spaces}"
+        );
+        let p = format!("{:?}", problems(&text));
+        assert!(
+            p.contains("root_key_command") && !p.contains("canary"),
+            "{p}"
+        );
+        // An environment variable.
+        std::env::set_var("CACHEGATE_TEST_ROOT_KEY_7F3A", hex);
+        let text = format!(
+            "{MINIMAL}encryption.root_key_env = \"CACHEGATE_TEST_ROOT_KEY_7F3A\"\n{spaces}"
+        );
+        assert!(parse(&text, "t", Path::new("/nonexistent")).is_ok());
+        // Not two at once.
+        let text = format!(
+            "{MINIMAL}encryption.root_key_env = \"CACHEGATE_TEST_ROOT_KEY_7F3A\"\nencryption.root_key_command = [\"true\"]\n{spaces}"
+        );
+        assert!(problems(&text)
+            .iter()
+            .any(|p| p.message.contains("not several")));
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let c = default_config().unwrap();
         assert_eq!(c.listeners.len(), 2);

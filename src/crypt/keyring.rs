@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DataKey, Keys};
 
+const SHAPE: &str =
+    "a root key is 32 bytes: 64 hex digits, base64, or the raw bytes (`openssl rand -hex 32`)";
+
 /// The root key: 32 bytes, given as 64 hex digits, as base64, or as the raw bytes.
 pub struct RootKey([u8; 32]);
 
@@ -36,6 +39,54 @@ impl RootKey {
                 path.display()
             )
         })
+    }
+
+    /// A root key from the environment variable `name`.
+    pub fn from_env(name: &str) -> Result<Self, String> {
+        let value = std::env::var_os(name)
+            .ok_or_else(|| format!("environment variable {name} is not set"))?;
+        Self::parse(value.as_encoded_bytes())
+            .ok_or_else(|| format!("environment variable {name}: {}", SHAPE))
+    }
+
+    /// A root key printed by a command (a KMS, Vault or HSM client), within 10 seconds. Its
+    /// output is never repeated in an error.
+    pub fn from_command(argv: &[String]) -> Result<Self, String> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or("an empty command (a program and its arguments)")?;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{program} did not finish within 10 s"));
+                }
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let mut stdout = out.stdout;
+        if !out.status.success() {
+            stdout.iter_mut().for_each(|b| *b = 0);
+            return Err(format!("{program} failed ({})", out.status));
+        }
+        let key = Self::parse(&stdout);
+        stdout.iter_mut().for_each(|b| *b = 0);
+        key.ok_or_else(|| format!("{program} printed no root key: {SHAPE}"))
     }
 
     fn parse(bytes: &[u8]) -> Option<Self> {
