@@ -18,7 +18,10 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port); HP=$(port)
+RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port); HP=$(port); EP=$(port)
+# At-rest encryption's cost: a plaintext listener that seals the bench's keys, beside the
+# plaintext one that does not (the same path but for the sealing).
+openssl rand -hex 32 > "$WORK/root.key"
 
 cat > "$WORK/cg.toml" <<TOML
 data_dir = "$WORK/data"
@@ -35,6 +38,15 @@ tls.enabled = false
 auth.mode = "none"
 upstream.address = "127.0.0.1:$RP"
 upstream.warm_connections = $CONNS
+[[listeners]]
+name = "encrypted"
+bind = "127.0.0.1:$EP"
+tls.enabled = false
+auth.mode = "none"
+upstream.address = "127.0.0.1:$RP"
+upstream.warm_connections = $CONNS
+encryption.root_key_file = "$WORK/root.key"
+encryption.keyspaces = [{ patterns = ["bench:*"] }]
 [[listeners]]
 name = "memcached"
 protocol = "memcached"
@@ -96,6 +108,13 @@ done
 echo
 load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
 load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+echo
+echo "== at-rest encryption: the encrypting listener (target) beside the same listener without it (direct)"
+for size in 64 16384; do
+  for cmd in set get; do
+    load --command $cmd --size $size --target "127.0.0.1:$EP" --pid $CG --compare --direct "127.0.0.1:$CP" --direct-pid $CG
+  done
+done
 echo
 load --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG --handshakes 2000
 load --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" --handshakes 2000 | sed 's/^/redis own TLS: /'
