@@ -62,6 +62,13 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub listener: String,
+    /// A data key's id.
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -100,6 +107,8 @@ pub struct Metrics {
     pub request_failures: Family<ReasonLabels, Counter>,
     pub encryption_operations: Family<OpLabels, Counter>,
     pub decryption_failures: Family<ReasonLabels, Counter>,
+    pub data_key_created: Family<KeyLabels, Gauge>,
+    pub data_key_seals: Family<KeyLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_last_reload_success: Gauge,
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -220,6 +229,8 @@ impl Metrics {
             request_failures: Family::default(),
             encryption_operations: Family::default(),
             decryption_failures: Family::default(),
+            data_key_created: Family::default(),
+            data_key_seals: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             certificate_expiry: Family::default(),
@@ -314,6 +325,16 @@ impl Metrics {
             "decryption_failures",
             "Values in an encrypted keyspace that did not open, by reason: tampered, truncated, unknown_key, plaintext",
             m.decryption_failures.clone(),
+        );
+        registry.register(
+            "data_key_created_timestamp_seconds",
+            "When the primary data key of a listener's keyring was made (its age: now minus this)",
+            m.data_key_created.clone(),
+        );
+        registry.register(
+            "data_key_seals",
+            "Values this process sealed under the primary data key (rotate well before 2^32 across all processes)",
+            m.data_key_seals.clone(),
         );
         registry.register(
             "config_reloads",

@@ -197,6 +197,23 @@ async fn a_value_moved_tampered_or_written_in_clear_does_not_open() {
             "cachegate_encryption_operations_total{listener=\"redis-0\",op=\"seal\"}"
         ) >= 1.0
     );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("cachegate_data_key_seals{listener=\"redis-0\",key=")
+                && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let created = text
+        .lines()
+        .find(|l| l.starts_with("cachegate_data_key_created_timestamp_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    assert!((now - created).abs() < 120.0, "{created}");
 
     // While a cache is migrated, values written before encryption pass.
     drop(c);

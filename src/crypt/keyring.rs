@@ -212,7 +212,9 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
                 k.id
             )
         })?;
-        all.push(Arc::new(DataKey::new(k.id, &material)));
+        let mut key = DataKey::new(k.id, &material);
+        key.created = k.created;
+        all.push(Arc::new(key));
         material.iter_mut().for_each(|b| *b = 0);
     }
     let primary = all

@@ -37,6 +37,8 @@ pub struct DataKey {
     key: LessSafeKey,
     /// Values sealed under it by this process.
     pub uses: AtomicU64,
+    /// When it was made (Unix seconds; 0 when unknown).
+    pub created: u64,
 }
 
 impl DataKey {
@@ -46,6 +48,7 @@ impl DataKey {
             id,
             key: LessSafeKey::new(unbound),
             uses: AtomicU64::new(0),
+            created: 0,
         }
     }
 }
@@ -218,6 +221,23 @@ pub struct Encryption {
 }
 
 impl Encryption {
+    /// Publishes the primary data key's age and use (`cachegate_data_key_*`).
+    pub fn publish_key(&self) {
+        let keys = &self.keys;
+        let labels = crate::metrics::KeyLabels {
+            listener: self.listener.clone(),
+            key: keys.primary.id.to_string(),
+        };
+        self.metrics
+            .data_key_created
+            .get_or_create(&labels)
+            .set(keys.primary.created as i64);
+        self.metrics
+            .data_key_seals
+            .get_or_create(&labels)
+            .set(keys.primary.uses.load(Ordering::Relaxed) as i64);
+    }
+
     pub fn count(&self, op: &'static str, n: u64) {
         self.metrics
             .encryption_operations
@@ -226,6 +246,9 @@ impl Encryption {
                 op: op.into(),
             })
             .inc_by(n);
+        if op == "seal" {
+            self.publish_key();
+        }
     }
 
     /// A reply opened for the client; a value that does not open becomes an error reply,
