@@ -108,7 +108,7 @@ pub struct Metrics {
     pub encryption_operations: Family<OpLabels, Counter>,
     pub decryption_failures: Family<ReasonLabels, Counter>,
     pub data_key_created: Family<KeyLabels, Gauge>,
-    pub data_key_seals: Family<KeyLabels, Gauge>,
+    pub data_key_seals: Family<KeyLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_last_reload_success: Gauge,
     pub certificate_expiry: Family<CertLabels, Gauge>,
@@ -333,7 +333,7 @@ impl Metrics {
         );
         registry.register(
             "data_key_seals",
-            "Values this process sealed under the primary data key (rotate well before 2^32 across all processes)",
+            "Values this process sealed under each data key, across reloads (rotate well before 2^32 across all processes)",
             m.data_key_seals.clone(),
         );
         registry.register(

@@ -198,10 +198,9 @@ async fn a_value_moved_tampered_or_written_in_clear_does_not_open() {
         ) >= 1.0
     );
     assert!(
-        text.lines().any(
-            |l| l.starts_with("cachegate_data_key_seals{listener=\"redis-0\",key=")
-                && !l.ends_with(" 0")
-        ),
+        text.lines().any(|l| l
+            .starts_with("cachegate_data_key_seals_total{listener=\"redis-0\",key=")
+            && !l.ends_with(" 0")),
         "{text}"
     );
     let now = std::time::SystemTime::now()

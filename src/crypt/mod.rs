@@ -221,21 +221,19 @@ pub struct Encryption {
 }
 
 impl Encryption {
-    /// Publishes the primary data key's age and use (`cachegate_data_key_*`).
-    pub fn publish_key(&self) {
-        let keys = &self.keys;
-        let labels = crate::metrics::KeyLabels {
+    fn key_labels(&self) -> crate::metrics::KeyLabels {
+        crate::metrics::KeyLabels {
             listener: self.listener.clone(),
-            key: keys.primary.id.to_string(),
-        };
+            key: self.keys.primary.id.to_string(),
+        }
+    }
+
+    /// Publishes the primary data key's age (`cachegate_data_key_created_timestamp_seconds`).
+    pub fn publish_key(&self) {
         self.metrics
             .data_key_created
-            .get_or_create(&labels)
-            .set(keys.primary.created as i64);
-        self.metrics
-            .data_key_seals
-            .get_or_create(&labels)
-            .set(keys.primary.uses.load(Ordering::Relaxed) as i64);
+            .get_or_create(&self.key_labels())
+            .set(self.keys.primary.created as i64);
     }
 
     pub fn count(&self, op: &'static str, n: u64) {
@@ -247,7 +245,11 @@ impl Encryption {
             })
             .inc_by(n);
         if op == "seal" {
-            self.publish_key();
+            // A counter: it goes on across reloads, which rebuild the keys.
+            self.metrics
+                .data_key_seals
+                .get_or_create(&self.key_labels())
+                .inc_by(n);
         }
     }
 
