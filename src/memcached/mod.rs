@@ -938,3 +938,151 @@ fn stats(ctx: &Context, req: &McRequest) -> Bytes {
     s.push_str("END\r\n");
     Bytes::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::acl::UserGroup;
+    use crate::auth::cert::NameKind;
+    use crate::protocol::memcached::McLimits;
+
+    fn rules(users: &[(&str, &str)], mapped: &[(&str, &str)]) -> Rules {
+        let users = users
+            .iter()
+            .map(|(n, acl)| Arc::new(User::parse(n, acl).unwrap()))
+            .collect();
+        Rules {
+            policy: Policy::default(),
+            auth: AuthMode::Acl(Arc::new(UserGroup {
+                name: "g".into(),
+                users,
+            })),
+            cert_users: mapped
+                .iter()
+                .map(|(cn, user)| CertMapping {
+                    kind: NameKind::Cn,
+                    value: cn.to_string(),
+                    user: user.to_string(),
+                })
+                .collect(),
+            limits: Limits {
+                request: Default::default(),
+                max_reply_bytes: 1 << 20,
+                max_request_bytes: 1 << 20,
+                max_buffered_bytes: 1 << 20,
+                partial_request_timeout: Duration::from_secs(1),
+            },
+            superseded: CancellationToken::new(),
+        }
+    }
+
+    fn cert(cn: &str) -> CertNames {
+        CertNames {
+            cn: vec![cn.into()],
+            dns: Vec::new(),
+            uri: Vec::new(),
+        }
+    }
+
+    fn request(line: &str) -> McRequest {
+        let mut buf = BytesMut::from(line);
+        match Parser::new(McLimits::default()).next(&mut buf, &Policy::default()) {
+            Some(Parsed::Request(r)) => r,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_connection_is_its_certificate_s_user_or_default() {
+        let r = rules(
+            &[
+                ("default", "on nopass ~pub:* +@read"),
+                ("app", "on nopass ~* +@all"),
+                ("ops", "off nopass ~* +@all"),
+            ],
+            &[("app-client", "app"), ("ops-client", "ops")],
+        );
+        let name = |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|u| u.name.clone()));
+        assert_eq!(name(Some(&cert("app-client"))), Ok(Some("app".into())));
+        assert_eq!(name(Some(&cert("someone"))), Ok(Some("default".into())));
+        assert_eq!(name(None), Ok(Some("default".into())));
+        // A disabled user is nobody's: the connection is refused.
+        assert_eq!(name(Some(&cert("ops-client"))), Err(()));
+        // default only for certificates: without a mapped one, nobody.
+        let strict = rules(
+            &[
+                ("default", "on nopass ~* +@all"),
+                ("app", "on nopass ~* +@all"),
+            ],
+            &[("app-client", "app")],
+        );
+        let mut strict_default = (*match &strict.auth {
+            AuthMode::Acl(g) => g.get(b"default").unwrap().clone(),
+            _ => unreachable!(),
+        })
+        .clone();
+        strict_default.cert_required = true;
+        let strict = Rules {
+            auth: AuthMode::Acl(Arc::new(UserGroup {
+                name: "g".into(),
+                users: vec![
+                    Arc::new(strict_default),
+                    Arc::new(User::parse("app", "on nopass ~* +@all").unwrap()),
+                ],
+            })),
+            ..strict
+        };
+        assert_eq!(session_user(&strict, None).map(|u| u.is_some()), Err(()));
+    }
+
+    #[test]
+    fn each_command_is_judged_as_the_redis_calls_it_resembles() {
+        let names = |line: &str| -> Vec<String> {
+            acl_calls(&request(line))
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        assert_eq!(names("get a b\r\n"), ["get a", "get b"]);
+        assert_eq!(names("set k 0 0 1\r\nv\r\n"), ["set k v"]);
+        assert_eq!(names("append k 0 0 1\r\nv\r\n"), ["append k v"]);
+        assert_eq!(names("delete k\r\n"), ["del k"]);
+        assert_eq!(names("incr k 1\r\n"), ["incrby k 1"]);
+        assert_eq!(names("mg k v T30 N30\r\n"), ["get k", "getex k", "set k v"]);
+        assert_eq!(names("flush_all\r\n"), ["flushall"]);
+        assert!(names("version\r\n").is_empty());
+    }
+
+    #[test]
+    fn a_server_error_is_one_line_whatever_the_reason_holds() {
+        assert_eq!(
+            &server_error("10.0.0.1:11211", "connection lost\r\n(reset)")[..],
+            b"SERVER_ERROR cachegate: node 10.0.0.1:11211: connection lost  (reset)\r\n"
+        );
+        assert_eq!(&server_error("", "x")[..], b"SERVER_ERROR cachegate: x\r\n");
+    }
+
+    #[test]
+    fn a_get_goes_whole_to_one_node_only_when_every_key_lives_there() {
+        let nodes: Vec<crate::config::RingNode> = (0..3)
+            .map(|i| crate::config::RingNode {
+                host: "127.0.0.1".into(),
+                port: 11211 + i,
+                weight: 1,
+            })
+            .collect();
+        let ring = Continuum::build(&nodes, &[true, true, true]);
+        let one = request("get k1\r\n");
+        assert_eq!(same_node(&one, &ring), ring.locate(b"k1"));
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        let many = request(&format!("get {}\r\n", keys.join(" ")));
+        assert_eq!(same_node(&many, &ring), None, "50 keys over 3 nodes");
+        let single = Continuum::build(&nodes[..1], &[true]);
+        assert_eq!(same_node(&many, &single), Some(0));
+    }
+}
