@@ -502,3 +502,85 @@ async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
         bulk(&format!("{CANARY}-299"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_field_values_are_sealed_and_bound_to_their_field() {
+    let st = setup().await;
+    let hashes = |extra: &str| {
+        config(&st, extra).replace(
+            "encryption.keyspaces = [{ patterns = [\"pii:*\", \"session:*\"] }]",
+            "encryption.keyspaces = [{ patterns = [\"pii:*\"] }, { patterns = [\"user:*\"], types = [\"hash\"] }]",
+        )
+    };
+    let proxy = Proxy::start(&hashes("")).await;
+    let pinned = Proxy::start(&hashes("upstream.multiplex = false\n")).await;
+    for (resp3, addr) in [
+        (false, proxy.addr),
+        (true, proxy.addr),
+        (false, pinned.addr),
+        (true, pinned.addr),
+    ] {
+        let mut c = RawClient::tls(&st.pki, addr).await;
+        if resp3 {
+            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        assert!(s(&c.cmd(&["DEL", "user:1"]).await).starts_with(':'));
+        assert_eq!(
+            c.cmd(&["HSET", "user:1", "card", CANARY, "name", "Ann"])
+                .await,
+            b":2\r\n"
+        );
+        assert_eq!(c.cmd(&["HGET", "user:1", "card"]).await, bulk(CANARY));
+        let nil = if resp3 { &b"_\r\n"[..] } else { b"$-1\r\n" };
+        let mut want = b"*3\r\n".to_vec();
+        want.extend(bulk("Ann"));
+        want.extend(nil);
+        want.extend(bulk(CANARY));
+        assert_eq!(
+            c.cmd(&["HMGET", "user:1", "name", "none", "card"]).await,
+            want
+        );
+        let all = c.cmd(&["HGETALL", "user:1"]).await;
+        let head = if resp3 { &b"%2\r\n"[..] } else { b"*4\r\n" };
+        assert!(all.starts_with(head), "{}", s(&all));
+        assert!(
+            contains(&all, CANARY) && contains(&all, "Ann"),
+            "{}",
+            s(&all)
+        );
+        let vals = c.cmd(&["HVALS", "user:1"]).await;
+        assert!(vals.starts_with(b"*2\r\n"), "{}", s(&vals));
+        assert!(
+            contains(&vals, CANARY) && !contains(&vals, "$4\r\nname"),
+            "{}",
+            s(&vals)
+        );
+        let rand = c.cmd(&["HRANDFIELD", "user:1", "2", "WITHVALUES"]).await;
+        assert!(contains(&rand, CANARY), "{}", s(&rand));
+        assert_eq!(c.cmd(&["HLEN", "user:1"]).await, b":2\r\n");
+        assert_eq!(c.cmd(&["HSETNX", "user:1", "card", "x"]).await, b":0\r\n");
+        assert!(s(&c.cmd(&["HINCRBY", "user:1", "n", "1"]).await)
+            .starts_with("-ERR cachegate: 'HINCRBY'"));
+        assert!(s(&c.cmd(&["SET", "user:2", "x"]).await).starts_with("-ERR cachegate: 'SET'"));
+    }
+    // The backend holds no field value in clear; a value moved to another field does not open.
+    let mut direct = st.redis.direct().await;
+    let stored = direct.cmd(&["HGETALL", "user:1"]).await;
+    assert!(
+        !contains(&stored, CANARY) && !contains(&stored, "Ann"),
+        "{}",
+        s(&stored)
+    );
+    let raw = direct.cmd(&["HGET", "user:1", "card"]).await;
+    let start = raw.iter().position(|&b| b == b'\n').unwrap() + 1;
+    direct
+        .cmd_bytes(&[b"HSET", b"user:1", b"name", &raw[start..raw.len() - 2]])
+        .await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    let moved = s(&c.cmd(&["HGET", "user:1", "name"]).await);
+    assert!(
+        moved.starts_with("-ERR cachegate: the value of 'user:1' does not verify"),
+        "{moved}"
+    );
+    assert!(s(&c.cmd(&["HGETALL", "user:1"]).await).starts_with("-ERR cachegate"));
+}

@@ -675,6 +675,7 @@ fn encryption(
         }
     };
     let mut patterns = Vec::new();
+    let mut hashes = Vec::new();
     for (i, ks) in e.keyspaces.iter().enumerate() {
         if ks.patterns.is_empty() {
             p.add(
@@ -682,15 +683,21 @@ fn encryption(
                 "at least one key pattern, e.g. \"pii:*\"",
             );
         }
-        for t in ks.types.iter().flatten() {
-            if t != "string" {
-                p.add(
+        let default = ["string".to_string()];
+        let types: &[String] = ks.types.as_deref().unwrap_or(&default);
+        for t in types {
+            match t.as_str() {
+                "string" => patterns.extend(ks.patterns.iter().cloned()),
+                "hash" => hashes.extend(ks.patterns.iter().cloned()),
+                other => p.add(
                     format!("{key}.keyspaces[{i}].types"),
-                    format!("`{t}`: only \"string\" values are encrypted so far"),
-                );
+                    format!("`{other}`: \"string\" or \"hash\" (field values)"),
+                ),
             }
         }
-        patterns.extend(ks.patterns.iter().cloned());
+        if types.is_empty() {
+            p.add(format!("{key}.keyspaces[{i}].types"), "at least one type");
+        }
     }
     if e.keyspaces.is_empty() {
         p.add(
@@ -713,7 +720,7 @@ fn encryption(
     Some(Some(EncryptionConfig {
         root_key,
         root_key_source,
-        keyspaces: crate::crypt::plan::Keyspaces { patterns },
+        keyspaces: crate::crypt::plan::Keyspaces { patterns, hashes },
         on_plaintext: on_plaintext?,
     }))
 }

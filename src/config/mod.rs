@@ -323,7 +323,7 @@ upstream.address = "127.0.0.1:6379"
     #[test]
     fn encryption_settings_are_checked_at_once() {
         let text = format!(
-            "{MINIMAL}encryption.on_plaintext = \"maybe\"\nencryption.keyspaces = [{{ patterns = [], types = [\"hash\"] }}]\n"
+            "{MINIMAL}encryption.on_plaintext = \"maybe\"\nencryption.keyspaces = [{{ patterns = [], types = [\"list\"] }}]\n"
         );
         let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
         for k in [

@@ -94,11 +94,31 @@ impl OpenError {
     }
 }
 
-fn aad(name: &[u8]) -> smallvec::SmallVec<[u8; 96]> {
+type AadBytes = smallvec::SmallVec<[u8; 96]>;
+
+fn aad(name: &[u8]) -> AadBytes {
     let mut aad = smallvec::SmallVec::new();
     aad.extend_from_slice(b"cachegate v1 key\0");
     aad.extend_from_slice(name);
     aad
+}
+
+/// A hash field's value: bound to its key and field (the key's length first, so that no
+/// key and field pair reads as another, and another prefix than a string's).
+fn aad_field(key: &[u8], field: &[u8]) -> AadBytes {
+    let mut aad = smallvec::SmallVec::new();
+    aad.extend_from_slice(b"cachegate v1 hash\0");
+    aad.extend_from_slice(&(key.len() as u64).to_be_bytes());
+    aad.extend_from_slice(key);
+    aad.extend_from_slice(field);
+    aad
+}
+
+fn subject_aad(subject: &plan::Subject) -> AadBytes {
+    match subject {
+        plan::Subject::Key(k) => aad(k),
+        plan::Subject::Field(k, f) => aad_field(k, f),
+    }
 }
 
 /// A fresh random nonce. Taken from a per-thread buffer of the system's random bytes, filled
@@ -135,6 +155,15 @@ pub fn is_sealed(value: &[u8]) -> bool {
 impl Keys {
     /// Seals `plaintext` stored under the key `name`.
     pub fn seal(&self, name: &[u8], plaintext: &[u8]) -> Bytes {
+        self.seal_with(aad(name), plaintext)
+    }
+
+    /// Seals the value of `field` in the hash `key`.
+    pub fn seal_field(&self, key: &[u8], field: &[u8], plaintext: &[u8]) -> Bytes {
+        self.seal_with(aad_field(key, field), plaintext)
+    }
+
+    fn seal_with(&self, aad: AadBytes, plaintext: &[u8]) -> Bytes {
         let key = &self.primary;
         key.uses.fetch_add(1, Ordering::Relaxed);
         let nonce = nonce();
@@ -148,7 +177,7 @@ impl Keys {
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(name)),
+                Aad::from(aad),
                 &mut out[HEADER..],
             )
             .expect("AES-GCM seals any length a Redis value has");
@@ -181,19 +210,26 @@ impl Keys {
     /// Opens a value stored under the key `name`.
     pub fn open(&self, name: &[u8], value: &[u8]) -> Result<Bytes, OpenError> {
         let mut out = BytesMut::new();
-        self.open_into(name, value, &mut out)?;
+        self.open_into(aad(name), value, &mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Opens the value of `field` in the hash `key`.
+    pub fn open_field(&self, key: &[u8], field: &[u8], value: &[u8]) -> Result<Bytes, OpenError> {
+        let mut out = BytesMut::new();
+        self.open_into(aad_field(key, field), value, &mut out)?;
         Ok(out.freeze())
     }
 
     /// Opens a value stored under `name` onto the end of `out` (which is left as it was when
     /// the value does not open).
-    fn open_into(&self, name: &[u8], value: &[u8], out: &mut BytesMut) -> Result<(), OpenError> {
+    fn open_into(&self, aad: AadBytes, value: &[u8], out: &mut BytesMut) -> Result<(), OpenError> {
         let (key, nonce) = self.header(value)?;
         let start = out.len();
         out.extend_from_slice(&value[HEADER..]);
         let opened = key.key.open_in_place(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(name)),
+            Aad::from(aad),
             &mut out[start..],
         );
         match opened {
@@ -325,11 +361,11 @@ fn put_bulk(out: &mut BytesMut, value: &[u8]) {
 }
 
 impl Keys {
-    /// Puts the value stored under `name` as a bulk string on `out`, opened (decrypted in
-    /// place in `out`: one copy).
+    /// Puts the value of `subject` as a bulk string on `out`, opened (decrypted in place in
+    /// `out`: one copy).
     fn put_opened(
         &self,
-        name: &Bytes,
+        subject: &plan::Subject,
         value: &[u8],
         on_plaintext: OnPlaintext,
         out: &mut BytesMut,
@@ -339,66 +375,70 @@ impl Keys {
                 put_bulk(out, value);
                 return Ok(());
             }
-            return Err((name.clone(), OpenError::Plaintext));
+            return Err((subject.key().clone(), OpenError::Plaintext));
         }
         let len = value.len().saturating_sub(HEADER + TAG);
         let mark = out.len();
         out.put_slice(format!("${len}\r\n").as_bytes());
-        match self.open_into(name, value, out) {
+        match self.open_into(subject_aad(subject), value, out) {
             Ok(()) => {
                 out.put_slice(b"\r\n");
                 Ok(())
             }
             Err(e) => {
                 out.truncate(mark);
-                Err((name.clone(), e))
+                Err((subject.key().clone(), e))
             }
         }
     }
 
-    /// A reply with its values opened as `open` says; any other reply (an error, a nil,
-    /// another type) as it is. `Err((key, why))` when a value does not open.
+    /// A reply with its values opened as `open` says; an error reply (and a nil where one
+    /// value is asked) as it is; any other shape is an error, never passed on as a value.
+    /// `Err((key, why))` when a value does not open.
     pub fn open_reply(
         &self,
         frame: &Bytes,
         open: &plan::Open,
         on_plaintext: OnPlaintext,
     ) -> Result<Bytes, (Bytes, OpenError)> {
+        if frame.starts_with(b"-") {
+            return Ok(frame.clone());
+        }
+        let key_of = |open: &plan::Open| -> Bytes {
+            match open {
+                plan::Open::Bulk(s) => s.key().clone(),
+                plan::Open::Array(subjects) => subjects
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map(|s| s.key().clone())
+                    .unwrap_or_default(),
+                plan::Open::HashPairs(k) | plan::Open::HashValues(k) | plan::Open::RandPairs(k) => {
+                    k.clone()
+                }
+            }
+        };
+        let unexpected = || Err((key_of(open), OpenError::Unexpected));
         match open {
-            plan::Open::Bulk(name) => match bulk(frame) {
+            plan::Open::Bulk(subject) => match bulk(frame) {
                 Some((payload, _)) => {
                     let mut out = BytesMut::with_capacity(payload.len() + 16);
-                    self.put_opened(name, payload, on_plaintext, &mut out)?;
+                    self.put_opened(subject, payload, on_plaintext, &mut out)?;
                     Ok(out.freeze())
                 }
-                // A nil or an error reply passes; anything else is not this command's reply
-                // (fail closed: never passed on as a value).
-                None if nil(frame).is_some() || frame.starts_with(b"-") => Ok(frame.clone()),
-                None => Err((name.clone(), OpenError::Unexpected)),
+                None if nil(frame).is_some() => Ok(frame.clone()),
+                None => unexpected(),
             },
-            plan::Open::Array(names) => {
-                let first = names.iter().flatten().next().cloned().unwrap_or_default();
-                let unexpected = || Err((first.clone(), OpenError::Unexpected));
-                if frame.starts_with(b"-") {
-                    return Ok(frame.clone());
+            plan::Open::Array(subjects) => {
+                let Some((b'*', count, mut at)) = header(frame) else {
+                    return unexpected();
+                };
+                if count != subjects.len() {
+                    return unexpected();
                 }
-                let Some(rest) = frame.strip_prefix(b"*") else {
-                    return unexpected();
-                };
-                let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    return unexpected();
-                };
-                let count: usize = match std::str::from_utf8(&rest[..end])
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                {
-                    Some(n) if n == names.len() => n,
-                    _ => return unexpected(),
-                };
-                let mut at = 1 + end + 2;
                 let mut out = BytesMut::with_capacity(frame.len());
                 out.put_slice(&frame[..at]);
-                for name in names.iter().take(count) {
+                for subject in subjects {
                     let element = &frame[at..];
                     if let Some(len) = nil(element) {
                         out.put_slice(&element[..len]);
@@ -408,16 +448,76 @@ impl Keys {
                     let Some((payload, len)) = bulk(element) else {
                         return unexpected();
                     };
-                    match name {
-                        Some(name) => self.put_opened(name, payload, on_plaintext, &mut out)?,
+                    match subject {
+                        Some(s) => self.put_opened(s, payload, on_plaintext, &mut out)?,
                         None => out.put_slice(&element[..len]),
                     }
                     at += len;
                 }
                 Ok(out.freeze())
             }
+            plan::Open::HashPairs(key)
+            | plan::Open::HashValues(key)
+            | plan::Open::RandPairs(key) => {
+                let Some((kind, count, mut at)) = header(frame) else {
+                    return unexpected();
+                };
+                // Pairs: RESP3 maps count pairs, RESP2 arrays count elements; RESP3
+                // HRANDFIELD gives an array of two-element arrays.
+                let nested = kind == b'*'
+                    && matches!(open, plan::Open::RandPairs(_))
+                    && frame[at..].starts_with(b"*2\r\n");
+                let pairs = match kind {
+                    b'%' => count,
+                    b'*' if nested => count,
+                    b'*' if count % 2 == 0 => count / 2,
+                    _ => return unexpected(),
+                };
+                let mut out = BytesMut::with_capacity(frame.len());
+                let values_only = matches!(open, plan::Open::HashValues(_));
+                if values_only {
+                    out.put_slice(format!("*{pairs}\r\n").as_bytes());
+                } else {
+                    out.put_slice(&frame[..at]);
+                }
+                for _ in 0..pairs {
+                    if nested {
+                        if !frame[at..].starts_with(b"*2\r\n") {
+                            return unexpected();
+                        }
+                        out.put_slice(b"*2\r\n");
+                        at += 4;
+                    }
+                    let Some((field, flen)) = bulk(&frame[at..]) else {
+                        return unexpected();
+                    };
+                    let field_frame = &frame[at..at + flen];
+                    at += flen;
+                    let Some((value, vlen)) = bulk(&frame[at..]) else {
+                        return unexpected();
+                    };
+                    at += vlen;
+                    if !values_only {
+                        out.put_slice(field_frame);
+                    }
+                    let subject = plan::Subject::Field(key.clone(), Bytes::copy_from_slice(field));
+                    self.put_opened(&subject, value, on_plaintext, &mut out)?;
+                }
+                if at != frame.len() {
+                    return unexpected();
+                }
+                Ok(out.freeze())
+            }
         }
     }
+}
+
+/// An aggregate's type byte, element count and where its elements start.
+fn header(frame: &[u8]) -> Option<(u8, usize, usize)> {
+    let kind = *frame.first()?;
+    let end = frame.windows(2).position(|w| w == b"\r\n")?;
+    let count = std::str::from_utf8(&frame[1..end]).ok()?.parse().ok()?;
+    Some((kind, count, end + 2))
 }
 
 #[cfg(test)]
@@ -489,7 +589,7 @@ mod tests {
         let mut frame = BytesMut::new();
         put_bulk(&mut frame, &sealed);
         let frame = frame.freeze();
-        let open = plan::Open::Bulk(name.clone());
+        let open = plan::Open::Bulk(plan::Subject::Key(name.clone()));
         assert_eq!(
             &keys.open_reply(&frame, &open, OnPlaintext::Error).unwrap()[..],
             b"$5\r\nhello\r\n"
@@ -517,7 +617,8 @@ mod tests {
         );
         let mut array = BytesMut::from(&b"*3\r\n$1\r\nx\r\n$-1\r\n"[..]);
         put_bulk(&mut array, &sealed);
-        let open = plan::Open::Array(vec![None, Some(name.clone()), Some(name.clone())]);
+        let subject = Some(plan::Subject::Key(name.clone()));
+        let open = plan::Open::Array(vec![None, subject.clone(), subject]);
         assert_eq!(
             &keys
                 .open_reply(&array.freeze(), &open, OnPlaintext::Error)

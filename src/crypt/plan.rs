@@ -11,14 +11,36 @@ use super::Keys;
 use crate::auth::acl::glob;
 use crate::auth::commands::table;
 
+/// What a sealed value is bound to: a string's key, or a hash's key and field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Key(Bytes),
+    Field(Bytes, Bytes),
+}
+
+impl Subject {
+    /// The key, for messages.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Subject::Key(k) | Subject::Field(k, _) => k,
+        }
+    }
+}
+
 /// How a reply is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Open {
-    /// A bulk string (or nil): the value of this key.
-    Bulk(Bytes),
-    /// An array of bulk strings (or nils): each the value of its key, `None` for one outside
-    /// the encrypted keyspaces.
-    Array(Vec<Option<Bytes>>),
+    /// A bulk string (or nil): the value of this key (or field).
+    Bulk(Subject),
+    /// An array of bulk strings (or nils): each the value of its subject, `None` for one
+    /// outside the encrypted keyspaces.
+    Array(Vec<Option<Subject>>),
+    /// HGETALL of this key: fields and values (a flat array in RESP2, a map in RESP3).
+    HashPairs(Bytes),
+    /// HVALS of this key, asked as HGETALL (a value opens only with its field): the values.
+    HashValues(Bytes),
+    /// HRANDFIELD ... WITHVALUES: fields and values (flat in RESP2, pairs in RESP3).
+    RandPairs(Bytes),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +65,15 @@ enum Shape {
     ReadMany,
     /// Never looks at a value (DEL, EXPIRE, TTL, TYPE, DUMP, ...).
     Neutral,
+    /// Field, value pairs from index 2 (HSET, HMSET, HSETNX).
+    HashWrite,
+    HashGet,
+    HashMget,
+    HashGetAll,
+    HashVals,
+    HashRandField,
+    /// Never looks at a hash's values (HDEL, HEXISTS, HKEYS, HLEN).
+    HashNeutral,
 }
 
 fn shape(name: &str) -> Option<Shape> {
@@ -57,19 +88,37 @@ fn shape(name: &str) -> Option<Shape> {
         | "object|encoding" | "object|freq" | "object|idletime" | "object|refcount" => {
             Shape::Neutral
         }
+        "hset" | "hmset" | "hsetnx" => Shape::HashWrite,
+        "hget" => Shape::HashGet,
+        "hmget" => Shape::HashMget,
+        "hgetall" => Shape::HashGetAll,
+        "hvals" => Shape::HashVals,
+        "hrandfield" => Shape::HashRandField,
+        "hdel" | "hexists" | "hkeys" | "hlen" => Shape::HashNeutral,
         _ => return None,
     })
 }
 
-/// The key patterns whose string values are encrypted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The key patterns whose string values (`patterns`) and hash field values (`hashes`) are
+/// encrypted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keyspaces {
     pub patterns: Vec<String>,
+    pub hashes: Vec<String>,
 }
 
 impl Keyspaces {
+    /// In an encrypted keyspace, of either type.
     pub fn covers(&self, key: &[u8]) -> bool {
+        self.strings(key) || self.hash(key)
+    }
+
+    pub fn strings(&self, key: &[u8]) -> bool {
         self.patterns.iter().any(|p| glob(p.as_bytes(), key))
+    }
+
+    pub fn hash(&self, key: &[u8]) -> bool {
+        self.hashes.iter().any(|p| glob(p.as_bytes(), key))
     }
 }
 
@@ -103,20 +152,64 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
     let Some(first) = key_args.iter().copied().find(|&i| spaces.covers(&args[i])) else {
         return Plan::Clear;
     };
-    let Some(shape) = shape(&name) else {
-        return Plan::Refuse(format!(
-            "cachegate: '{}' cannot work on '{}': its value is encrypted (only whole-value string commands and key commands can)",
+    let refuse = || {
+        Plan::Refuse(format!(
+            "cachegate: '{}' cannot work on '{}': its value is encrypted (only whole-value string and hash commands, and key commands, can)",
             String::from_utf8_lossy(&args[0]),
             String::from_utf8_lossy(&args[first])
-        ));
+        ))
     };
+    let Some(shape) = shape(&name) else {
+        return refuse();
+    };
+    // A command of one type on a key whose values are encrypted as the other: refused (it
+    // would store a value in clear where only sealed ones belong).
+    let string_shape = matches!(
+        shape,
+        Shape::ValueAt(_) | Shape::Pairs | Shape::Read | Shape::ReadMany
+    );
+    let hash_shape = !string_shape && !matches!(shape, Shape::Neutral | Shape::HashNeutral);
+    let wrong_type = key_args.iter().any(|&i| {
+        spaces.covers(&args[i])
+            && ((string_shape && !spaces.strings(&args[i]))
+                || (hash_shape && !spaces.hash(&args[i])))
+    });
+    if wrong_type {
+        return refuse();
+    }
+    let field = |args: &[Bytes], i: usize| Subject::Field(args[1].clone(), args[i].clone());
     match shape {
+        Shape::HashNeutral => Plan::Sealed(None),
+        Shape::HashWrite => {
+            let key = args[1].clone();
+            let mut i = 2;
+            while i + 1 < args.len() {
+                let f = args[i].clone();
+                args[i + 1] = keys.seal_field(&key, &f, &args[i + 1]);
+                i += 2;
+            }
+            Plan::Sealed(None)
+        }
+        Shape::HashGet if args.len() == 3 => Plan::Sealed(Some(Open::Bulk(field(args, 2)))),
+        Shape::HashMget => Plan::Sealed(Some(Open::Array(
+            (2..args.len()).map(|i| Some(field(args, i))).collect(),
+        ))),
+        Shape::HashGetAll => Plan::Sealed(Some(Open::HashPairs(args[1].clone()))),
+        Shape::HashVals if args.len() == 2 => {
+            args[0] = Bytes::from_static(b"HGETALL");
+            Plan::Sealed(Some(Open::HashValues(args[1].clone())))
+        }
+        Shape::HashRandField if args.len() == 4 && args[3].eq_ignore_ascii_case(b"WITHVALUES") => {
+            Plan::Sealed(Some(Open::RandPairs(args[1].clone())))
+        }
+        // Wrong arity (Redis answers it), or fields only.
+        Shape::HashGet | Shape::HashVals | Shape::HashRandField => Plan::Sealed(None),
         Shape::Neutral => Plan::Sealed(None),
-        Shape::Read => Plan::Sealed(Some(Open::Bulk(args[1].clone()))),
+        Shape::Read => Plan::Sealed(Some(Open::Bulk(Subject::Key(args[1].clone())))),
         Shape::ReadMany => Plan::Sealed(Some(Open::Array(
             args[1..]
                 .iter()
-                .map(|k| spaces.covers(k).then(|| k.clone()))
+                .map(|k| spaces.strings(k).then(|| Subject::Key(k.clone())))
                 .collect(),
         ))),
         Shape::ValueAt(at) => {
@@ -129,12 +222,12 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
             // SET ... GET returns the old value.
             let get = name == "getset"
                 || (name == "set" && args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")));
-            Plan::Sealed(get.then_some(Open::Bulk(key)))
+            Plan::Sealed(get.then_some(Open::Bulk(Subject::Key(key))))
         }
         Shape::Pairs => {
             let mut i = 1;
             while i + 1 < args.len() {
-                if spaces.covers(&args[i]) {
+                if spaces.strings(&args[i]) {
                     let key = args[i].clone();
                     args[i + 1] = keys.seal(&key, &args[i + 1]);
                 }
@@ -162,6 +255,7 @@ mod tests {
     fn spaces() -> Keyspaces {
         Keyspaces {
             patterns: vec!["pii:*".into()],
+            hashes: vec!["user:*".into()],
         }
     }
 
@@ -185,7 +279,7 @@ mod tests {
         let mut a = args(&["set", "pii:1", "v", "GET"]);
         assert_eq!(
             plan(&mut a, &spaces, &keys),
-            Plan::Sealed(Some(Open::Bulk(Bytes::from_static(b"pii:1"))))
+            Plan::Sealed(Some(Open::Bulk(Subject::Key(Bytes::from_static(b"pii:1")))))
         );
         let mut a = args(&["MSET", "pii:1", "a", "x", "b"]);
         assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
@@ -196,12 +290,64 @@ mod tests {
             plan(&mut a, &spaces, &keys),
             Plan::Sealed(Some(Open::Array(vec![
                 None,
-                Some(Bytes::from_static(b"pii:2"))
+                Some(Subject::Key(Bytes::from_static(b"pii:2")))
             ])))
         );
         let mut a = args(&["SETEX", "pii:3", "10", "v"]);
         assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
         assert!(crate::crypt::is_sealed(&a[3]));
+    }
+
+    #[test]
+    fn hash_field_values_are_sealed_bound_to_their_field() {
+        let (keys, spaces) = (keys(), spaces());
+        let mut a = args(&["HSET", "user:1", "email", "a@b.c", "name", "Ann"]);
+        assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
+        assert_eq!(&a[2][..], b"email");
+        assert_eq!(
+            &keys.open_field(b"user:1", b"email", &a[3]).unwrap()[..],
+            b"a@b.c"
+        );
+        assert!(
+            keys.open_field(b"user:1", b"name", &a[3]).is_err(),
+            "another field"
+        );
+        assert!(
+            keys.open(b"user:1", &a[3]).is_err(),
+            "a string of that name"
+        );
+        let mut a = args(&["HGET", "user:1", "email"]);
+        assert_eq!(
+            plan(&mut a, &spaces, &keys),
+            Plan::Sealed(Some(Open::Bulk(Subject::Field(
+                Bytes::from_static(b"user:1"),
+                Bytes::from_static(b"email")
+            ))))
+        );
+        let mut a = args(&["HVALS", "user:1"]);
+        assert_eq!(
+            plan(&mut a, &spaces, &keys),
+            Plan::Sealed(Some(Open::HashValues(Bytes::from_static(b"user:1"))))
+        );
+        assert_eq!(&a[0][..], b"HGETALL");
+        let mut a = args(&["HRANDFIELD", "user:1", "2"]);
+        assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
+        // One type's commands on a keyspace of the other: refused.
+        let mut a = args(&["SET", "user:1", "x"]);
+        assert!(matches!(plan(&mut a, &spaces, &keys), Plan::Refuse(_)));
+        let mut a = args(&["HSET", "pii:1", "f", "v"]);
+        assert!(matches!(plan(&mut a, &spaces, &keys), Plan::Refuse(_)));
+        for call in [
+            &["HINCRBY", "user:1", "n", "1"][..],
+            &["HSTRLEN", "user:1", "f"],
+            &["HSCAN", "user:1", "0"],
+        ] {
+            let mut a = args(call);
+            assert!(
+                matches!(plan(&mut a, &spaces, &keys), Plan::Refuse(_)),
+                "{call:?}"
+            );
+        }
     }
 
     #[test]
