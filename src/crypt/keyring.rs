@@ -180,26 +180,18 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
     // `symlink_metadata`: a dangling link (an unmounted secret) is not "no keyring".
     let mut created = false;
     if std::fs::symlink_metadata(path).is_err() {
-        let mut material = [0u8; 32];
         let mut id = [0u8; 4];
-        let random = SystemRandom::new();
-        random.fill(&mut material).map_err(|_| "no random source")?;
-        random.fill(&mut id).map_err(|_| "no random source")?;
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| "no random source")?;
         // A random id: values sealed under a keyring made by mistake (a volume that was not
         // mounted) and those under the real one fail as "unknown data key", not "tampered".
         let id = u32::from_be_bytes(id).max(1);
         let file = File {
             version: 1,
             primary: id,
-            keys: vec![Wrapped {
-                id,
-                wrapped: root.wrap(id, &material),
-                created: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            }],
+            keys: vec![new_key(root, id)?],
         };
-        material.iter_mut().for_each(|b| *b = 0);
         created = create(path, &file)?;
     }
     let file = read(path)?;
@@ -229,6 +221,23 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
             )
         })?;
     Ok((Keys { primary, all }, created))
+}
+
+/// A new data key, wrapped by `root` (its material gone from memory).
+fn new_key(root: &RootKey, id: u32) -> Result<Wrapped, String> {
+    let mut material = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut material)
+        .map_err(|_| "no random source")?;
+    let wrapped = root.wrap(id, &material);
+    material.iter_mut().for_each(|b| *b = 0);
+    Ok(Wrapped {
+        id,
+        wrapped,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    })
 }
 
 /// One data key as `cachegate keys status` shows it (never its material).
@@ -269,8 +278,6 @@ pub fn rotate(path: &Path, root: &RootKey) -> Result<u32, String> {
     let mut file = read(path)?;
     open_or_create(path, root)?;
     let random = SystemRandom::new();
-    let mut material = [0u8; 32];
-    random.fill(&mut material).map_err(|_| "no random source")?;
     let id = loop {
         let mut id = [0u8; 4];
         random.fill(&mut id).map_err(|_| "no random source")?;
@@ -279,14 +286,7 @@ pub fn rotate(path: &Path, root: &RootKey) -> Result<u32, String> {
             break id;
         }
     };
-    file.keys.push(Wrapped {
-        id,
-        wrapped: root.wrap(id, &material),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
-    material.iter_mut().for_each(|b| *b = 0);
+    file.keys.push(new_key(root, id)?);
     file.primary = id;
     replace(path, &file)?;
     Ok(id)
