@@ -15,7 +15,8 @@ pub const FREE_PER_SESSION: usize = 128 * 1024;
 /// The process's budget.
 #[derive(Debug)]
 pub struct MemoryBudget {
-    limit: usize,
+    /// A reload may change it.
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
@@ -27,9 +28,14 @@ pub struct OverBudget {
 }
 
 impl MemoryBudget {
+    /// A new limit (a reload): what is held stays held; new holds meet the new limit.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
         })
     }
@@ -77,11 +83,10 @@ impl Charge {
         }
         let extra = want - self.held;
         let before = self.budget.used.fetch_add(extra, Ordering::Relaxed);
-        if before + extra > self.budget.limit {
+        let limit = self.budget.limit.load(Ordering::Relaxed);
+        if before + extra > limit {
             self.budget.used.fetch_sub(extra, Ordering::Relaxed);
-            return Err(OverBudget {
-                limit: self.budget.limit,
-            });
+            return Err(OverBudget { limit });
         }
         self.held = want;
         Ok(())

@@ -216,6 +216,7 @@ impl Reloader {
             },
         );
         self.publish_certs(certs);
+        self.budget.set_limit(new.limits.max_buffered_bytes);
         state.config = new;
         Ok(summary)
     }
@@ -346,11 +347,6 @@ pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
     };
     differ("data_dir".into(), dbg(&old.data_dir), dbg(&new.data_dir));
     differ("admin.bind".into(), dbg(&old.admin), dbg(&new.admin));
-    differ(
-        "limits.max_buffered_bytes".into(),
-        dbg(&old.limits.max_buffered_bytes),
-        dbg(&new.limits.max_buffered_bytes),
-    );
     differ(
         "limits.max_reply_bytes".into(),
         dbg(&old.limits.max_reply_bytes),

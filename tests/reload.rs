@@ -755,3 +755,27 @@ async fn a_reload_that_changes_nothing_of_a_session_leaves_it_alone() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_buffer_bound_holds_at_once() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |bound: u64| {
+        format!(
+            "limits.max_buffered_bytes = {bound}\n[reload]\nwatch_interval = \"0s\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config(100_000_000)).await;
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        direct.cmd(&["SET", "big", &"v".repeat(3_000_000)]).await,
+        b"+OK\r\n"
+    );
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(c.cmd(&["GET", "big"]).await.starts_with(b"$3000000"));
+    assert!(proxy.reload_with(&config(1_000_000)).await.is_ok());
+    let reply = s(&c.cmd(&["GET", "big"]).await);
+    assert!(reply.contains("limits.max_buffered_bytes"), "{:.80}", reply);
+}
