@@ -162,15 +162,13 @@ pub fn encryption(
         tracing::warn!(listener = %cfg.name, keyring = %path.display(), "created a keyring with a new data key: keep it (and the root key); without both, the encrypted values cannot be read");
     }
     tracing::info!(listener = %cfg.name, patterns = ?e.keyspaces.patterns, data_keys = keys.all.len(), primary = keys.primary.id, "values in these keyspaces are encrypted before they reach the backend");
-    let encryption = crate::crypt::Encryption {
+    Ok(Some(Arc::new(crate::crypt::Encryption::new(
         keys,
-        spaces: e.keyspaces.clone(),
-        on_plaintext: e.on_plaintext,
-        listener: cfg.name.clone(),
-        metrics: metrics.clone(),
-    };
-    encryption.publish_key();
-    Ok(Some(Arc::new(encryption)))
+        e.keyspaces.clone(),
+        e.on_plaintext,
+        cfg.name.clone(),
+        metrics.clone(),
+    ))))
 }
 
 /// What a memcached listener's sessions check, from `config`.

@@ -15,7 +15,6 @@
 pub mod keyring;
 pub mod plan;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -27,16 +26,11 @@ pub const MAGIC: &[u8; 3] = b"\0cg";
 pub const VERSION: u8 = 1;
 const HEADER: usize = MAGIC.len() + 1 + 4 + NONCE_LEN;
 const TAG: usize = 16;
-/// Random 96-bit nonces: after 2^32 values under one key the chance of a repeated nonce
-/// reaches 2^-33 (NIST SP 800-38D's bound); a data key is retired well before.
-pub const MAX_USES_PER_KEY: u64 = 1 << 32;
 
 /// One data key, unwrapped, in memory only.
 pub struct DataKey {
     pub id: u32,
     key: LessSafeKey,
-    /// Values sealed under it by this process.
-    pub uses: AtomicU64,
     /// When it was made (Unix seconds; 0 when unknown).
     pub created: u64,
 }
@@ -47,7 +41,6 @@ impl DataKey {
         Self {
             id,
             key: LessSafeKey::new(unbound),
-            uses: AtomicU64::new(0),
             created: 0,
         }
     }
@@ -165,7 +158,6 @@ impl Keys {
 
     fn seal_with(&self, aad: AadBytes, plaintext: &[u8]) -> Bytes {
         let key = &self.primary;
-        key.uses.fetch_add(1, Ordering::Relaxed);
         let nonce = nonce();
         let mut out = BytesMut::with_capacity(HEADER + plaintext.len() + TAG);
         out.put_slice(MAGIC);
@@ -252,41 +244,60 @@ pub struct Encryption {
     pub spaces: plan::Keyspaces,
     pub on_plaintext: OnPlaintext,
     pub listener: String,
-    /// Where operations, failures and security events are counted.
+    /// Where failures and security events are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This listener's counters, looked up once (sealing and opening are per request):
+    /// `encryption_operations_total{op}` and the primary key's `data_key_seals_total`.
+    sealed: prometheus_client::metrics::counter::Counter,
+    opened: prometheus_client::metrics::counter::Counter,
+    primary_seals: prometheus_client::metrics::counter::Counter,
 }
 
 impl Encryption {
-    fn key_labels(&self) -> crate::metrics::KeyLabels {
-        crate::metrics::KeyLabels {
-            listener: self.listener.clone(),
-            key: self.keys.primary.id.to_string(),
-        }
-    }
-
-    /// Publishes the primary data key's age (`cachegate_data_key_created_timestamp_seconds`).
-    pub fn publish_key(&self) {
-        self.metrics
+    /// Also publishes the primary data key's age
+    /// (`cachegate_data_key_created_timestamp_seconds`).
+    pub fn new(
+        keys: Keys,
+        spaces: plan::Keyspaces,
+        on_plaintext: OnPlaintext,
+        listener: String,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let op = |op: &str| {
+            metrics
+                .encryption_operations
+                .get_or_create(&crate::metrics::OpLabels {
+                    listener: listener.clone(),
+                    op: op.into(),
+                })
+                .clone()
+        };
+        let key = crate::metrics::KeyLabels {
+            listener: listener.clone(),
+            key: keys.primary.id.to_string(),
+        };
+        metrics
             .data_key_created
-            .get_or_create(&self.key_labels())
-            .set(self.keys.primary.created as i64);
+            .get_or_create(&key)
+            .set(keys.primary.created as i64);
+        // A counter: it goes on across reloads, which rebuild the keys.
+        let primary_seals = metrics.data_key_seals.get_or_create(&key).clone();
+        Self {
+            sealed: op("seal"),
+            opened: op("open"),
+            primary_seals,
+            keys,
+            spaces,
+            on_plaintext,
+            listener,
+            metrics,
+        }
     }
 
-    pub fn count(&self, op: &'static str, n: u64) {
-        self.metrics
-            .encryption_operations
-            .get_or_create(&crate::metrics::OpLabels {
-                listener: self.listener.clone(),
-                op: op.into(),
-            })
-            .inc_by(n);
-        if op == "seal" {
-            // A counter: it goes on across reloads, which rebuild the keys.
-            self.metrics
-                .data_key_seals
-                .get_or_create(&self.key_labels())
-                .inc_by(n);
-        }
+    /// Counts `n` values sealed under the primary key.
+    pub fn count_sealed(&self, n: u64) {
+        self.sealed.inc_by(n);
+        self.primary_seals.inc_by(n);
     }
 
     /// A reply opened for the client; a value that does not open becomes an error reply,
@@ -294,7 +305,7 @@ impl Encryption {
     pub fn open_reply(&self, frame: bytes::Bytes, open: &plan::Open) -> bytes::Bytes {
         match self.keys.open_reply(&frame, open, self.on_plaintext) {
             Ok(out) => {
-                self.count("open", 1);
+                self.opened.inc();
                 out
             }
             Err((key, why)) => {

@@ -739,7 +739,7 @@ impl RequestSide {
                     req.raw = None;
                     let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
                     if sealed > 0 {
-                        enc.count("seal", sealed as u64);
+                        enc.count_sealed(sealed as u64);
                     }
                     if let Some(reads) = reads {
                         if self.in_multi {
