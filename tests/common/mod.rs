@@ -193,6 +193,9 @@ impl Redis {
             "no",
             "--enable-debug-command",
             "yes",
+            // A test's SAVE (redis-py's suite has some) writes here, never into the checkout.
+            "--dir",
+            &std::env::temp_dir().display().to_string(),
         ]);
         args.extend(strings(extra));
         let redis = Redis {
