@@ -477,3 +477,24 @@ async fn housekeeping_leaves_no_trace_in_backend_statistics() {
     let errors = s(&direct.cmd(&["INFO", "errorstats"]).await);
     assert!(!errors.contains("errorstat_"), "{errors}");
 }
+
+/// After CLIENT REPLY SKIP, Redis does not answer RESET; nor does cachegate, and the replies
+/// after it stay in step (with or without an upstream password, whose AUTH follows the RESET).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_reset_keeps_replies_in_step() {
+    let pki = Pki::new();
+    for password in [None, Some("upstream-password-123")] {
+        let redis = match password {
+            None => Redis::start().await,
+            Some(p) => Redis::start_with(&["--requirepass", p]).await,
+        };
+        let extra = password.map_or(String::new(), |p| format!("upstream.password = {p:?}\n"));
+        let proxy = Proxy::tls_open(&pki, &redis, &extra).await;
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
+        c.send_cmd(&["RESET"]).await;
+        assert_eq!(c.cmd(&["SET", "a", "1"]).await, b"+OK\r\n", "{password:?}");
+        assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n1\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    }
+}

@@ -1227,6 +1227,8 @@ impl RequestSide {
     /// RESET: the client's connection state goes back to a fresh connection's, its
     /// authentication included.
     async fn reset(&mut self) -> Result<Flow, SessionError> {
+        // RESET's own reply is skipped after CLIENT REPLY SKIP, by Redis as by cachegate.
+        let skipped = self.reply_mode == ReplyMode::SkipNext;
         self.in_multi = false;
         self.multi_dirty = false;
         self.resp3 = false;
@@ -1243,10 +1245,16 @@ impl RequestSide {
         };
         self.name = None;
         if self.up.is_none() {
-            self.local(Bytes::from_static(reply::RESET)).await?;
+            if !skipped {
+                self.local(Bytes::from_static(reply::RESET)).await?;
+            }
             return Ok(Flow::Continue);
         }
-        let expect = Expect::one();
+        let expect = if skipped {
+            Expect::swallowed(0)
+        } else {
+            Expect::one()
+        };
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
         // RESET logs the upstream connection out too; log cachegate back in.
