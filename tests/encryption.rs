@@ -584,3 +584,34 @@ async fn hash_field_values_are_sealed_and_bound_to_their_field() {
     );
     assert!(s(&c.cmd(&["HGETALL", "user:1"]).await).starts_with("-ERR cachegate"));
 }
+
+/// A user limited to some keys meets the ACL before encryption: an encrypted key outside its
+/// patterns is refused as NOPERM, whatever the command, and its own keys work sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_user_meets_the_acl_before_encryption() {
+    let st = setup().await;
+    let users = "[[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on >app-password-1234 ~pii:app:* +@all\"\n[user_groups]\ng = [\"default\", \"app\"]\n";
+    let text = config(&st, "auth.user_group = \"g\"\n")
+        .replace("auth.mode = \"none\"", "auth.mode = \"acl\"")
+        .replacen(
+            "\n\n[[listeners]]",
+            &format!("\n\n{users}\n[[listeners]]"),
+            1,
+        );
+    let proxy = Proxy::start(&text).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd(&["AUTH", "app", "app-password-1234"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(c.cmd(&["SET", "pii:app:1", CANARY]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "pii:app:1"]).await, bulk(CANARY));
+    for call in [
+        &["GET", "pii:other"][..],
+        &["APPEND", "pii:other", "x"],
+        &["MGET", "pii:app:1", "pii:other"],
+    ] {
+        let reply = s(&c.cmd(call).await);
+        assert!(reply.starts_with("-NOPERM"), "{call:?}: {reply}");
+    }
+}

@@ -668,6 +668,15 @@ async fn unparsed_input_is_capped_by_max_request_bytes() {
     .await;
     let mut c = McClient::tls(&pki, proxy.addr).await;
     assert_eq!(c.line("set small 0 0 5\r\nhello\r\n").await, "STORED\r\n");
+    // Complete requests are no unparsed input: a pipeline of 8 KiB of small sets runs.
+    let pipeline: String = (0..300)
+        .map(|i| format!("set pipelined:{i:04} 0 0 5\r\nhello\r\n"))
+        .collect();
+    assert!(pipeline.len() > 8192);
+    let replies = c
+        .read_until_after(pipeline.as_bytes(), &b"STORED\r\n".repeat(300))
+        .await;
+    assert_eq!(replies, b"STORED\r\n".repeat(300));
     c.send(b"set big 0 0 100000\r\n").await;
     c.send(&[b'x'; 8192]).await;
     let said = c.closed_after().await.expect("closed");

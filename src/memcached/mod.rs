@@ -348,6 +348,14 @@ where
         if shutdown.is_cancelled() {
             break;
         }
+        // The same cap on unparsed input as Redis listeners have: what is left once every
+        // complete request in the buffer has run.
+        let max = rules.limits.max_request_bytes;
+        if rbuf.len() > max {
+            let why = format!("request larger than limits.max_request_bytes ({max} bytes)");
+            cw.write_all(&server_error("", &why)).await?;
+            break;
+        }
         partial_since = match (rbuf.is_empty(), partial_since) {
             (true, _) => None,
             (false, None) => Some(Instant::now()),
@@ -362,13 +370,6 @@ where
                     room.record(n);
                     if let Err(over) = charge.hold(rbuf.capacity()) {
                         cw.write_all(&server_error("", &over.to_string())).await?;
-                        break;
-                    }
-                    // The same cap on unparsed input as Redis listeners have.
-                    let max = rules.limits.max_request_bytes;
-                    if rbuf.len() > max {
-                        let why = format!("request larger than limits.max_request_bytes ({max} bytes)");
-                        cw.write_all(&server_error("", &why)).await?;
                         break;
                     }
                 }
