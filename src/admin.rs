@@ -116,10 +116,9 @@ fn respond(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            let expired = admin.reloader.expired_server_certs(now);
+            let expired = admin
+                .reloader
+                .expired_server_certs(crate::deadline::unix_now());
             if !expired.is_empty() {
                 let names: Vec<&str> = expired.iter().map(|c| c.listener.as_str()).collect();
                 return reply(

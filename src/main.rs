@@ -321,10 +321,7 @@ fn keys(
             continue;
         }
         any = true;
-        let path = config
-            .data_dir
-            .join("encryption")
-            .join(format!("{}.json", l.name));
+        let path = keyring::keyring_path(&config.data_dir, &l.name);
         match &action {
             KeysAction::Status => {
                 let keys = keyring::status(&path, &e.root_key).map_err(anyhow::Error::msg)?;

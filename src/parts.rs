@@ -147,10 +147,7 @@ pub fn encryption(
     let Some(e) = &cfg.encryption else {
         return Ok(None);
     };
-    let path = config
-        .data_dir
-        .join("encryption")
-        .join(format!("{}.json", cfg.name));
+    let path = crate::crypt::keyring::keyring_path(&config.data_dir, &cfg.name);
     let (keys, created) =
         crate::crypt::keyring::open_or_create(&path, &e.root_key).map_err(|reason| {
             ServerError::Encryption {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, Config, ConfigError, ListenerConfig, Protocol, UpstreamConfig};
+use crate::deadline::unix_now as now;
 use crate::listener::{Handler, Listener};
 use crate::metrics::{CertLabels, Metrics, ResultLabels};
 use crate::parts::{CertExpiry, ServerError};
@@ -328,12 +329,6 @@ fn tls_error(cfg: &ListenerConfig, source: crate::tls::TlsError) -> ReloadError 
 
 fn same_throttle(a: &crate::config::AuthLimits, b: &crate::config::AuthLimits) -> bool {
     a.backoff_after == b.backoff_after && a.backoff_max == b.backoff_max
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// What differs between `old` and `new` that only a restart can apply, one line each (never

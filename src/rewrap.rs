@@ -54,30 +54,22 @@ fn request(args: &[&[u8]]) -> Vec<u8> {
 /// A bulk string (or nil: `None`) at `pos`, moving past it.
 fn bulk(frame: &[u8], pos: &mut usize) -> Option<Option<Bytes>> {
     let rest = &frame[*pos..];
-    if rest.starts_with(b"$-1\r\n") {
-        *pos += 5;
+    if let Some(len) = crate::crypt::nil(rest) {
+        *pos += len;
         return Some(None);
     }
-    if rest.starts_with(b"_\r\n") {
-        *pos += 3;
-        return Some(None);
-    }
-    let rest = rest.strip_prefix(b"$")?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    let start = *pos + 1 + end + 2;
-    let value = frame.get(start..start + len)?;
-    *pos = start + len + 2;
+    let (value, len) = crate::crypt::bulk(rest)?;
+    *pos += len;
     Some(Some(Bytes::copy_from_slice(value)))
 }
 
 /// An array header's length at `pos`, moving past it.
 fn array(frame: &[u8], pos: &mut usize) -> Option<usize> {
-    let rest = frame[*pos..].strip_prefix(b"*")?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    let n = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    *pos += 1 + end + 2;
-    Some(n)
+    let (kind, count, at) = crate::crypt::header(&frame[*pos..])?;
+    (kind == b'*').then(|| {
+        *pos += at;
+        count
+    })
 }
 
 async fn call(conn: &mut Conn, args: &[&[u8]]) -> Result<Bytes, RewrapError> {

@@ -223,6 +223,11 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
     Ok((Keys { primary, all }, created))
 }
 
+/// Where a listener's keyring is kept.
+pub fn keyring_path(data_dir: &Path, listener: &str) -> std::path::PathBuf {
+    data_dir.join("encryption").join(format!("{listener}.json"))
+}
+
 /// A new data key, wrapped by `root` (its material gone from memory).
 fn new_key(root: &RootKey, id: u32) -> Result<Wrapped, String> {
     let mut material = [0u8; 32];
@@ -234,9 +239,7 @@ fn new_key(root: &RootKey, id: u32) -> Result<Wrapped, String> {
     Ok(Wrapped {
         id,
         wrapped,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: crate::deadline::unix_now() as u64,
     })
 }
 

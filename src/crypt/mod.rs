@@ -345,7 +345,7 @@ pub enum OnPlaintext {
 
 /// A RESP bulk string's payload at the start of `frame`: `(payload, length of the frame)`;
 /// `None` when it is not a bulk string with a payload (nil, an error, another type).
-fn bulk(frame: &[u8]) -> Option<(&[u8], usize)> {
+pub(crate) fn bulk(frame: &[u8]) -> Option<(&[u8], usize)> {
     let rest = frame.strip_prefix(b"$")?;
     let end = rest.windows(2).position(|w| w == b"\r\n")?;
     let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
@@ -355,7 +355,7 @@ fn bulk(frame: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 /// The length of a nil at the start of `frame` (`$-1`, RESP3's `_`).
-fn nil(frame: &[u8]) -> Option<usize> {
+pub(crate) fn nil(frame: &[u8]) -> Option<usize> {
     if frame.starts_with(b"$-1\r\n") {
         Some(5)
     } else if frame.starts_with(b"_\r\n") {
@@ -524,7 +524,7 @@ impl Keys {
 }
 
 /// An aggregate's type byte, element count and where its elements start.
-fn header(frame: &[u8]) -> Option<(u8, usize, usize)> {
+pub(crate) fn header(frame: &[u8]) -> Option<(u8, usize, usize)> {
     let kind = *frame.first()?;
     let end = frame.windows(2).position(|w| w == b"\r\n")?;
     let count = std::str::from_utf8(&frame[1..end]).ok()?.parse().ok()?;

@@ -903,10 +903,7 @@ fn stats(ctx: &Context, req: &McRequest) -> Bytes {
     if req.tokens.len() > 1 {
         return Bytes::from_static(crate::protocol::memcached::ERROR);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::deadline::unix_now() as u64;
     let mut s = String::new();
     let mut stat = |k: &str, v: &dyn std::fmt::Display| s.push_str(&format!("STAT {k} {v}\r\n"));
     stat("pid", &std::process::id());
