@@ -55,6 +55,25 @@ fn config(st: &Setup, extra: &str) -> String {
     )
 }
 
+/// RESP2 and RESP3, each on shared connections (`shared`) and on a session's own
+/// (`pinned`, a listener without multiplexing).
+fn every_path(shared: &Proxy, pinned: &Proxy) -> [(bool, std::net::SocketAddr); 4] {
+    [
+        (false, shared.addr),
+        (true, shared.addr),
+        (false, pinned.addr),
+        (true, pinned.addr),
+    ]
+}
+
+async fn client(st: &Setup, addr: std::net::SocketAddr, resp3: bool) -> RawClient {
+    let mut c = RawClient::tls(&st.pki, addr).await;
+    if resp3 {
+        assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    }
+    c
+}
+
 fn bulk(v: &str) -> Vec<u8> {
     format!("${}\r\n{v}\r\n", v.len()).into_bytes()
 }
@@ -65,16 +84,8 @@ async fn values_reach_the_backend_only_sealed_and_read_back_intact() {
     let proxy = Proxy::start(&config(&st, "")).await;
     // Without multiplexing, every session has its own (pinned) connection.
     let pinned = Proxy::start(&config(&st, "upstream.multiplex = false\n")).await;
-    for (resp3, addr) in [
-        (false, proxy.addr),
-        (true, proxy.addr),
-        (false, pinned.addr),
-        (true, pinned.addr),
-    ] {
-        let mut c = RawClient::tls(&st.pki, addr).await;
-        if resp3 {
-            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
-        }
+    for (resp3, addr) in every_path(&proxy, &pinned) {
+        let mut c = client(&st, addr, resp3).await;
         assert_eq!(
             c.cmd(&["SET", "pii:1", CANARY, "EX", "100"]).await,
             b"+OK\r\n"
@@ -514,16 +525,8 @@ async fn hash_field_values_are_sealed_and_bound_to_their_field() {
     };
     let proxy = Proxy::start(&hashes("")).await;
     let pinned = Proxy::start(&hashes("upstream.multiplex = false\n")).await;
-    for (resp3, addr) in [
-        (false, proxy.addr),
-        (true, proxy.addr),
-        (false, pinned.addr),
-        (true, pinned.addr),
-    ] {
-        let mut c = RawClient::tls(&st.pki, addr).await;
-        if resp3 {
-            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
-        }
+    for (resp3, addr) in every_path(&proxy, &pinned) {
+        let mut c = client(&st, addr, resp3).await;
         assert!(s(&c.cmd(&["DEL", "user:1"]).await).starts_with(':'));
         assert_eq!(
             c.cmd(&["HSET", "user:1", "card", CANARY, "name", "Ann"])
