@@ -24,6 +24,7 @@ mod admission;
 pub mod commands;
 mod outbox;
 pub mod sharing;
+mod slots;
 
 use crate::deadline::sleep_until;
 use std::net::SocketAddr;
@@ -228,7 +229,7 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (cr, cw) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let (tx, rx) = slots::channel(MAX_QUEUED);
     let abort = CancellationToken::new();
     // Cancelled when the client has gone (EOF or a read error), not on QUIT or shutdown, which
     // let in-flight requests finish.
@@ -347,7 +348,7 @@ struct RequestSide {
     listening: bool,
     label: LastLabel,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
-    tx: Option<mpsc::Sender<Slot>>,
+    tx: Option<slots::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
     wbuf: BytesMut,
     authenticated: bool,
@@ -570,7 +571,11 @@ impl RequestSide {
             let partial_deadline =
                 partial_since.map(|since| since + limits.partial_request_timeout);
             room.prepare(&mut rbuf);
+            // Biased, the read first: a session woken by its client's bytes reads them without
+            // polling (and re-registering) its three cancellation waits; they are polled when
+            // the read would wait, and shutdown is checked after every batch above.
             tokio::select! {
+                biased;
                 read = cr.read_buf(&mut rbuf) => match read {
                     Ok(0) => {
                         self.client_gone.cancel();
@@ -1623,7 +1628,7 @@ impl RequestSide {
         };
         match tx.try_send(slot) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(slot)) => {
+            Err(slots::TrySendError::Full(slot)) => {
                 // The reply side may be waiting for replies to requests still in our buffer.
                 // Rare, and boxed so that the session's state stays small.
                 Box::pin(async {
@@ -1633,7 +1638,7 @@ impl RequestSide {
                 })
                 .await
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+            Err(slots::TrySendError::Closed(_)) => Err(closed()),
         }
     }
 
@@ -1759,7 +1764,7 @@ impl Drop for Own {
 async fn reply_side<W: AsyncWrite + Unpin>(
     ctx: &Context,
     mut cw: W,
-    mut rx: mpsc::Receiver<Slot>,
+    mut rx: slots::Receiver<Slot>,
     own: Own,
     abort: CancellationToken,
     client_gone: CancellationToken,
@@ -1810,8 +1815,8 @@ async fn reply_side<W: AsyncWrite + Unpin>(
                         apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout);
                         continue;
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                    Err(slots::TryRecvError::Empty) => {}
+                    Err(slots::TryRecvError::Disconnected) => closed = true,
                 }
             }
             if up.is_some() && shared.is_none() {
@@ -1858,7 +1863,10 @@ async fn reply_side<W: AsyncWrite + Unpin>(
             break None;
         }
         let deadline = current.as_ref().and_then(|c| c.deadline);
+        // Biased: what is at hand first, without a random start (everything ready was taken
+        // by the loop above, so nothing here starves).
         let event = tokio::select! {
+            biased;
             slot = rx.recv(), if current.is_none() && shared.is_none() && !closed => Event::Slot(slot),
             read = read_some(up.as_mut(), &mut ubuf) => Event::Read(read),
             reply = wait_shared(&mut shared) => Event::Shared(reply),
