@@ -7,12 +7,11 @@
 //! - [`server`]: builds the immutable parts once (TLS acceptors, policies, upstream pools), runs
 //!   the listeners, drains on shutdown.
 //! - [`listener`]: accept loop, connection limit, TLS handshake under a deadline.
-//! - [`session`]: per Redis client: read -> [`auth`] -> [`policy`] -> [`upstream`] -> reply, in
-//!   order.
+//! - [`session`]: per client: read -> [`session`]'s pure admission step ([`auth`], [`policy`])
+//!   -> [`upstream`] -> reply, in order; `session::redis` and `session::memcached` side by side.
 //! - [`protocol`]: RESP framing with limits ([`protocol::resp`]) and every wire reply cachegate
 //!   makes itself ([`protocol::reply`]).
 //! - [`upstream`]: persistent, health-checked connections to the backend (plain or TLS).
-//! - [`memcached`]: memcached sessions, batches routed over a ketama ring of nodes.
 //! - [`auth`]: tokens, ACL users and their verdicts, the Redis command table, certificate
 //!   identities, brute-force backoff.
 //! - [`metrics`] and [`admin`]: Prometheus counters, security events (ACL LOG), /live /ready
@@ -33,7 +32,6 @@ pub mod deadline;
 pub mod error;
 pub mod listener;
 pub mod live;
-pub mod memcached;
 pub mod metrics;
 pub mod parts;
 pub mod policy;

@@ -106,7 +106,7 @@ fn contains(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
 /// The protocol-specific session a connection runs once its TLS is up.
 pub enum Handler {
     Redis(Arc<Live<session::Context>>),
-    Memcached(Arc<crate::memcached::Context>),
+    Memcached(Arc<crate::session::memcached::Context>),
 }
 
 impl Handler {
@@ -122,7 +122,7 @@ impl Handler {
         match self {
             Handler::Redis(ctx) => session::run(ctx.clone(), stream, peer, cert, shutdown).await,
             Handler::Memcached(ctx) => {
-                crate::memcached::run(ctx.clone(), stream, peer, cert, shutdown).await
+                crate::session::memcached::run(ctx.clone(), stream, peer, cert, shutdown).await
             }
         }
     }

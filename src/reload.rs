@@ -315,7 +315,7 @@ enum Staged {
         Option<crate::upstream::conn::UpstreamTls>,
     ),
     Memcached(
-        crate::memcached::Rules,
+        crate::session::memcached::Rules,
         Vec<Option<crate::upstream::conn::UpstreamTls>>,
     ),
 }

@@ -1,0 +1,381 @@
+//! Batch planning: a client's pipelined requests grouped by the node each key lives on (over
+//! the ketama ring), sent together, and the replies put back in the client's order; multi-key
+//! gets split across nodes and merged.
+
+use super::*;
+
+pub(super) enum Item {
+    Local(Bytes),
+    Request(McRequest),
+}
+
+/// Where a request's reply comes from.
+pub(super) enum Plan {
+    Local(Bytes),
+    /// One reply from one node: (node, position in that node's queue).
+    Single(usize, usize),
+    /// A get whose keys are all on one node: (node, position); the node's reply is the answer.
+    Whole(usize, usize),
+    /// A multi-get: one part per node, each (node, position, keys).
+    Split(Vec<(usize, usize)>),
+    /// flush_all / verbosity: one reply from every node.
+    All(Vec<(usize, usize)>),
+    Unrouted,
+}
+
+/// Runs a batch and returns the bytes for the client, in request order.
+pub(super) async fn execute(
+    ctx: &Context,
+    batch: Vec<Item>,
+    conns: &mut [Option<NodeConn>],
+    who: &Who,
+    meter: &mut CommandMeter<'_>,
+) -> BytesMut {
+    let ring = ctx.ring();
+    let n = ctx.nodes.len();
+    let mut queues: Vec<(BytesMut, Vec<Shape>)> =
+        (0..n).map(|_| (BytesMut::new(), Vec::new())).collect();
+    let mut push = |node: usize, req: &McRequest, keys: Option<&[Bytes]>| {
+        let (bytes, shapes) = &mut queues[node];
+        req.encode(bytes, keys);
+        shapes.push(req.shape());
+        (node, shapes.len() - 1)
+    };
+    let mut plans = Vec::with_capacity(batch.len());
+    for item in &batch {
+        let plan = match item {
+            Item::Local(b) => Plan::Local(b.clone()),
+            // memcached stays silent on errors for `noreply`; quiet meta commands still see them.
+            Item::Request(req) if refused(ctx, who, req) => Plan::Local(
+                if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) {
+                    Bytes::new()
+                } else {
+                    Bytes::from_static(PERMISSION_DENIED)
+                },
+            ),
+            Item::Request(req) => match req.cmd {
+                Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
+                Cmd::Empty => Plan::Local(Bytes::from_static(b"END\r\n")),
+                Cmd::Stats => Plan::Local(stats(ctx, req)),
+                Cmd::Get | Cmd::GetAndTouch => match same_node(req, &ring) {
+                    // Every key on one node (always so with one node): sent as it came, and the
+                    // node's reply is already the answer.
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Whole(node, at)
+                    }
+                    None => {
+                        let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
+                        let mut routed = true;
+                        for key in req.keys() {
+                            match ring.locate(key) {
+                                Some(node) => per_node[node].push(key.clone()),
+                                None => routed = false,
+                            }
+                        }
+                        if !routed {
+                            Plan::Unrouted
+                        } else {
+                            let parts = per_node
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, keys)| !keys.is_empty())
+                                .map(|(node, keys)| push(node, req, Some(keys)))
+                                .collect();
+                            Plan::Split(parts)
+                        }
+                    }
+                },
+                Cmd::Broadcast => Plan::All((0..n).map(|node| push(node, req, None)).collect()),
+                Cmd::Version => match (0..n).find(|&i| ctx.nodes[i].ejected().is_none()) {
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Single(node, at)
+                    }
+                    None => Plan::Unrouted,
+                },
+                _ => match req.route_key.as_deref().and_then(|k| ring.locate(k)) {
+                    Some(node) => {
+                        let (node, at) = push(node, req, None);
+                        Plan::Single(node, at)
+                    }
+                    None => Plan::Unrouted,
+                },
+            },
+        };
+        plans.push(plan);
+    }
+
+    // Every node with work, in parallel; each result list lines up with that node's queue.
+    let exchanges = conns.iter_mut().zip(queues).enumerate().map(
+        |(node, (slot, (bytes, shapes)))| async move {
+            match &ctx.nodes[node].shared {
+                Some(shared) => shared_exchange(ctx, node, shared, bytes, shapes).await,
+                None => exchange(ctx, node, slot, bytes, shapes).await,
+            }
+        },
+    );
+    let started = Instant::now();
+    let results: Vec<Vec<Result<Bytes, NodeError>>> = join_all(exchanges).await;
+    let took = started.elapsed();
+    // Every forwarded request of the batch waited for the whole batch.
+    for (item, plan) in batch.iter().zip(&plans) {
+        if let (
+            Item::Request(req),
+            Plan::Single(..) | Plan::Whole(..) | Plan::Split(_) | Plan::All(_),
+        ) = (item, plan)
+        {
+            meter.observe(command_label(req.name()), took);
+        }
+    }
+
+    let mut out = BytesMut::new();
+    for (item, plan) in batch.iter().zip(plans) {
+        let req = match item {
+            Item::Request(r) => Some(r),
+            Item::Local(_) => None,
+        };
+        match (plan, req) {
+            (Plan::Local(b), _) => out.extend_from_slice(&b),
+            (Plan::Unrouted, Some(req)) => {
+                let none = NodeError::Upstream("no memcached node available".into());
+                answer_failure(ctx, req, &none, &mut out)
+            }
+            (Plan::Single(node, at), Some(req)) => match &results[node][at] {
+                Ok(reply) => answer(req, reply, &mut out),
+                Err(e) => answer_failure(ctx, req, e, &mut out),
+            },
+            (Plan::Whole(node, at), Some(req)) => match &results[node][at] {
+                Ok(reply) => out.extend_from_slice(reply),
+                Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
+            },
+            (Plan::Split(parts), Some(req)) => {
+                merge_values(ctx, req, &parts, &results, &mut out);
+            }
+            (Plan::All(parts), Some(req)) => {
+                // OK only if every node said OK; otherwise the first other answer.
+                let replies = parts
+                    .into_iter()
+                    .map(|(node, at)| match &results[node][at] {
+                        Ok(r) => r.clone(),
+                        Err(e) => server_error(&ctx.nodes[node].label, &e.to_string()),
+                    });
+                let mut combined = Bytes::from_static(b"OK\r\n");
+                for r in replies {
+                    if &r[..] != b"OK\r\n" {
+                        combined = r;
+                        break;
+                    }
+                }
+                if !req.quiet {
+                    out.extend_from_slice(&combined);
+                }
+            }
+            (_, None) => {}
+        }
+    }
+    out
+}
+
+/// Sends a node its queue on one of the node's shared connections, where it is written together
+/// with other sessions' requests; the replies come back as one list. A failure fails the batch's
+/// requests on that node, nothing else.
+pub(super) async fn shared_exchange(
+    ctx: &Context,
+    node: usize,
+    shared: &SharedPool,
+    bytes: BytesMut,
+    shapes: Vec<Shape>,
+) -> Vec<Result<Bytes, NodeError>> {
+    let n = shapes.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (tx, rx) = oneshot::channel();
+    let request = SharedRequest {
+        bytes: bytes.freeze(),
+        frames: Frames::Memcached(shapes),
+        reply: tx,
+    };
+    let outcome = match shared.pick().send(request).await {
+        Ok(()) => rx.await.unwrap_or_else(|_| Err(SharedError::Gone)),
+        Err(_) => Err(SharedError::ShuttingDown),
+    };
+    if let Err(e) = &outcome {
+        ctx.security
+            .metrics
+            .request_failures
+            .get_or_create(&crate::metrics::ReasonLabels {
+                listener: ctx.listener.clone(),
+                reason: e.cause().to_string(),
+            })
+            .inc_by(n as u64);
+    }
+    match outcome.map(Replies::split) {
+        Ok(frames) if frames.len() == n => {
+            ctx.record(node, true);
+            frames.into_iter().map(Ok).collect()
+        }
+        Ok(_) => vec![Err(NodeError::Upstream("wrong number of replies".into())); n],
+        // The process's buffer bound refused the replies: the node is fine.
+        Err(e) if !e.upstream_fault() => vec![Err(NodeError::Proxy(e)); n],
+        Err(e) => {
+            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+            ctx.record(node, false);
+            vec![Err(NodeError::Upstream(e.to_string().into())); n]
+        }
+    }
+}
+
+/// Sends a node its queue and reads one reply per request. After a failure every remaining
+/// request on that node fails too, and the connection is dropped.
+pub(super) async fn exchange(
+    ctx: &Context,
+    node: usize,
+    slot: &mut Option<NodeConn>,
+    bytes: BytesMut,
+    shapes: Vec<Shape>,
+) -> Vec<Result<Bytes, NodeError>> {
+    if shapes.is_empty() {
+        return Vec::new();
+    }
+    let fail_all = |e: &dyn std::fmt::Display| {
+        vec![Err(NodeError::Upstream(e.to_string().into())); shapes.len()]
+    };
+    if slot.is_none() {
+        match ctx.nodes[node].pool.acquire().await {
+            Ok(conn) => {
+                *slot = Some(NodeConn {
+                    conn,
+                    buf: BytesMut::new(),
+                })
+            }
+            Err(e) => {
+                ctx.record(node, false);
+                return fail_all(&e);
+            }
+        }
+    }
+    let Some(nc) = slot.as_mut() else {
+        return fail_all(&"no connection");
+    };
+    let max = ctx.max_reply;
+    let mut results = Vec::with_capacity(shapes.len());
+    let work = async {
+        nc.conn.stream.write_all(&bytes).await?;
+        nc.conn.stream.flush().await?;
+        for shape in &shapes {
+            loop {
+                let done = reply_len(&nc.buf, *shape, max)
+                    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+                if let Some(len) = done {
+                    results.push(Ok(nc.buf.split_to(len).freeze()));
+                    break;
+                }
+                if nc.conn.stream.read_buf(&mut nc.buf).await? == 0 {
+                    return Err(UpstreamError::Closed);
+                }
+            }
+        }
+        Ok::<(), UpstreamError>(())
+    };
+    let outcome = match tokio::time::timeout(ctx.request_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout(ctx.request_timeout)),
+    };
+    match outcome {
+        Ok(()) => ctx.record(node, true),
+        Err(e) => {
+            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+            ctx.record(node, false);
+            *slot = None;
+            while results.len() < shapes.len() {
+                results.push(Err(NodeError::Upstream(e.to_string().into())));
+            }
+        }
+    }
+    results
+}
+
+/// A single-node reply as the client should see it.
+pub(super) fn answer(req: &McRequest, reply: &Bytes, out: &mut BytesMut) {
+    match req.shape() {
+        // Quiet meta: the backend's own quiet rules applied; drop our `mn`'s MN.
+        Shape::MetaThenNoop => out.extend_from_slice(&reply[..reply.len() - 4]),
+        _ if req.quiet => {}
+        _ => out.extend_from_slice(reply),
+    }
+}
+
+pub(super) fn answer_failure(ctx: &Context, req: &McRequest, err: &NodeError, out: &mut BytesMut) {
+    // cachegate's own refusal (its buffer bound, shutting down) is no node failure: never a
+    // miss.
+    let miss = ctx.config.on_node_down == NodeDown::Miss && matches!(err, NodeError::Upstream(_));
+    match req.cmd {
+        Cmd::Meta if miss && req.tokens[0] == "mg" => {
+            if !req.quiet {
+                out.extend_from_slice(b"EN\r\n");
+            }
+        }
+        Cmd::Get | Cmd::GetAndTouch if miss => out.extend_from_slice(b"END\r\n"),
+        // memcached drops even errors for `noreply`; quiet meta mode still reports errors.
+        _ if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) => {}
+        _ => out.extend_from_slice(&server_error("", &err.to_string())),
+    }
+}
+
+pub(super) fn server_error(node: &str, err: &str) -> Bytes {
+    let msg = if node.is_empty() {
+        format!("SERVER_ERROR cachegate: {err}\r\n")
+    } else {
+        format!("SERVER_ERROR cachegate: node {node}: {err}\r\n")
+    };
+    Bytes::from(msg.replace(['\r', '\n'], " ").trim_end().to_string() + "\r\n")
+}
+
+/// The node all of a get's keys live on, if it is one node.
+pub(super) fn same_node(req: &McRequest, ring: &Continuum) -> Option<usize> {
+    let mut keys = req.keys().iter();
+    let first = ring.locate(keys.next()?)?;
+    keys.all(|k| ring.locate(k) == Some(first)).then_some(first)
+}
+
+/// Puts a multi-get back together: items in the client's key order, one END.
+pub(super) fn merge_values(
+    ctx: &Context,
+    req: &McRequest,
+    parts: &[(usize, usize)],
+    results: &[Vec<Result<Bytes, NodeError>>],
+    out: &mut BytesMut,
+) {
+    let mut items: std::collections::HashMap<Bytes, std::collections::VecDeque<Bytes>> =
+        std::collections::HashMap::new();
+    for &(node, at) in parts {
+        match &results[node][at] {
+            Ok(reply) => {
+                let (found, error) = split_values(reply);
+                if let Some(error) = error {
+                    out.extend_from_slice(&error);
+                    return;
+                }
+                for (key, item) in found {
+                    items.entry(key).or_default().push_back(item);
+                }
+            }
+            Err(e)
+                if ctx.config.on_node_down == NodeDown::Error
+                    || matches!(e, NodeError::Proxy(_)) =>
+            {
+                out.extend_from_slice(&server_error(&ctx.nodes[node].label, &e.to_string()));
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    for key in req.keys() {
+        if let Some(item) = items.get_mut(key).and_then(|q| q.pop_front()) {
+            out.extend_from_slice(&item);
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+}

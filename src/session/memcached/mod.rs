@@ -1,0 +1,542 @@
+//! memcached listeners: one client connection, in front of a ring of memcached nodes.
+//!
+//! A session reads what the client sent, parses every complete request (`protocol::memcached`),
+//! and runs them as a batch: requests are routed by key (`ring`), each node gets its share in
+//! one write (multi-gets split per node), nodes are talked to in parallel, and the replies are
+//! put back together in the client's order (multi-get items in the client's key order). Each
+//! request forwarded produces exactly one reply cachegate reads whole: `noreply` is stripped and
+//! the reply swallowed, and quiet meta commands are followed by `mn`, so the stream to every
+//! node stays in step whatever the client sends.
+//!
+//! A node that fails (connect, I/O, timeout) fails only the requests routed to it; its
+//! connection is dropped, its pool backs off, and after `eject_after` consecutive failures it
+//! can leave the ring for `eject_for`.
+
+mod answers;
+mod batch;
+
+use crate::deadline::sleep_until;
+use answers::*;
+use batch::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::acl::{Denied, User};
+use crate::auth::cert::{CertMapping, CertNames};
+use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
+use crate::error::UpstreamError;
+use crate::live::Live;
+use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
+use crate::policy::Policy;
+use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
+use crate::upstream::ring::Continuum;
+use crate::upstream::shared::{Frames, Replies, SharedError, SharedPool, SharedRequest};
+use crate::upstream::{Conn, Pool};
+use tokio::sync::oneshot;
+
+/// Requests run together at most; more wait for the next batch.
+const MAX_BATCH: usize = 128;
+
+/// One node of the ring: its pool, its shared connections, and its failure record.
+pub struct Node {
+    pub pool: Pool,
+    /// Connections shared by every session (memcached keeps no per-connection state); `None`
+    /// gives each session its own connection to the node.
+    pub shared: Option<SharedPool>,
+    pub label: String,
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    pub fn new(pool: Pool, shared: Option<SharedPool>, label: String) -> Self {
+        Self {
+            pool,
+            shared,
+            label,
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
+    fn ejected(&self) -> Option<Instant> {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every session of a memcached listener shares.
+pub struct Context {
+    pub listener: String,
+    /// Replaced by a reload; sessions take the new rules before their next batch.
+    pub rules: Live<Rules>,
+    pub security: Security,
+    pub config: MemcachedConfig,
+    /// `limits.max_reply_bytes` (fixed for the process: the pools are built with it).
+    pub max_reply: usize,
+    pub request_timeout: Duration,
+    pub nodes: Vec<Node>,
+    ring: RwLock<Arc<Continuum>>,
+    started: Instant,
+    curr_connections: AtomicU64,
+    total_connections: AtomicU64,
+}
+
+/// What a reload may change on a memcached listener: the command policy, the ACL users
+/// (chosen by client certificate, or the `default` user) and the limits.
+pub struct Rules {
+    pub policy: Policy,
+    pub auth: AuthMode,
+    pub cert_users: Vec<CertMapping>,
+    pub limits: Limits,
+    /// Cancelled when a reload replaces these rules: wakes idle sessions to take the new ones.
+    pub superseded: CancellationToken,
+}
+
+/// Where security events and buffered bytes are counted.
+pub struct Security {
+    pub metrics: Arc<Metrics>,
+    /// The process-wide bound on buffered bytes.
+    pub budget: Arc<crate::budget::MemoryBudget>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        listener: String,
+        rules: Rules,
+        security: Security,
+        config: MemcachedConfig,
+        request_timeout: Duration,
+        nodes: Vec<Node>,
+    ) -> Self {
+        let ring = Continuum::build(&config.nodes, &vec![true; config.nodes.len()]);
+        Self {
+            listener,
+            max_reply: rules.limits.max_reply_bytes,
+            rules: Live::new(rules),
+            security,
+            config,
+            request_timeout,
+            nodes,
+            ring: RwLock::new(Arc::new(ring)),
+            started: Instant::now(),
+            curr_connections: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// The ring of nodes not currently ejected; re-admits nodes whose ejection is over.
+    fn ring(&self) -> Arc<Continuum> {
+        let now = Instant::now();
+        let expired = self
+            .nodes
+            .iter()
+            .any(|n| n.ejected().is_some_and(|until| until <= now));
+        if expired {
+            for n in &self.nodes {
+                let mut e = n.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
+                if e.is_some_and(|until| until <= now) {
+                    *e = None;
+                    n.failures.store(0, Ordering::Relaxed);
+                    tracing::info!(listener = %self.listener, node = %n.label, "node back in the ring");
+                }
+            }
+            self.rebuild_ring();
+        }
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn rebuild_ring(&self) {
+        let live: Vec<bool> = self.nodes.iter().map(|n| n.ejected().is_none()).collect();
+        let ring = Continuum::build(&self.config.nodes, &live);
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    fn record(&self, node: usize, ok: bool) {
+        let n = &self.nodes[node];
+        if ok {
+            n.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = n.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.config.eject_after;
+        if limit > 0 && failures >= limit && n.ejected().is_none() {
+            *n.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + self.config.eject_for);
+            tracing::warn!(
+                listener = %self.listener,
+                node = %n.label,
+                failures,
+                for_ = ?self.config.eject_for,
+                "node ejected from the ring; its keys go to other nodes meanwhile"
+            );
+            self.rebuild_ring();
+        }
+    }
+}
+
+/// Why a node gave a request no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// The node's doing (unreachable, connection lost, timed out, a reply that does not
+    /// parse): it counts toward ejecting the node, and a read may miss
+    /// (`on_node_down = "miss"`).
+    #[error("{0}")]
+    Upstream(Arc<str>),
+    /// cachegate's (its bound on buffered bytes, shutting down): the node is fine, and a read
+    /// never misses for it.
+    #[error("{0}")]
+    Proxy(SharedError),
+}
+
+/// A node's connection within a session, with its read buffer.
+struct NodeConn {
+    conn: Conn,
+    buf: BytesMut,
+}
+
+/// Runs a memcached session to its end.
+pub async fn run<S>(
+    ctx: Arc<Context>,
+    mut stream: S,
+    peer: SocketAddr,
+    cert: Option<CertNames>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // One load: the user and the rules the session starts with are of one generation.
+    let (generation, rules) = ctx.rules.load_with_generation();
+    let Ok(user) = session_user(&rules, cert.as_ref()) else {
+        tracing::info!(listener = %ctx.listener, %peer, "no user for this connection; closing");
+        let _ = stream
+            .write_all(b"SERVER_ERROR cachegate: access denied: no user for this connection\r\n")
+            .await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
+    ctx.total_connections.fetch_add(1, Ordering::Relaxed);
+    let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
+    let mut who = Who { user, peer, cert };
+    let result = serve(
+        &ctx,
+        stream,
+        &mut conns,
+        &mut who,
+        (generation, rules),
+        &shutdown,
+    )
+    .await;
+    // Connections still held are in step (failed ones were dropped where they failed).
+    for (i, c) in conns.into_iter().enumerate() {
+        if let Some(c) = c {
+            ctx.nodes[i].pool.release(c.conn, c.buf.is_empty());
+        }
+    }
+    ctx.curr_connections.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
+        Err(e) => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
+    }
+}
+
+/// The user a memcached connection acts as: its certificate's, else `default` if that user is
+/// on. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
+fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
+    let AuthMode::Acl(group) = &rules.auth else {
+        return Ok(None);
+    };
+    let mapped = crate::auth::cert::mapped_user(group, &rules.cert_users, cert);
+    let user = match mapped {
+        Some(u) => Some(u.clone()),
+        None => group.get(b"default").filter(|d| !d.cert_required).cloned(),
+    };
+    user.filter(|u| u.enabled).map(Some).ok_or(())
+}
+
+/// Who is on the other end of a session.
+struct Who {
+    user: Option<Arc<User>>,
+    peer: SocketAddr,
+    /// Its client certificate's names: after a reload, they choose its user again.
+    cert: Option<CertNames>,
+}
+
+async fn serve<S>(
+    ctx: &Context,
+    stream: S,
+    conns: &mut [Option<NodeConn>],
+    who: &mut Who,
+    (mut generation, mut rules): (u64, Arc<Rules>),
+    shutdown: &CancellationToken,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut superseded = Box::pin(rules.superseded.clone().cancelled_owned());
+    let (mut cr, mut cw) = tokio::io::split(stream);
+    let mut parser = Parser::new(ctx.config.limits);
+    let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
+    let mut rbuf = BytesMut::new();
+    let mut room = crate::read_room::ReadRoom::new();
+    let mut partial_since: Option<Instant> = None;
+    let mut charge = crate::budget::Charge::new(ctx.security.budget.clone());
+    // Registered once, not on every read: each registration takes the token's lock.
+    let mut shut = std::pin::pin!(shutdown.cancelled());
+    loop {
+        if ctx.rules.generation() != generation {
+            // A reload: the new policy and limits from this batch on; the user chosen again
+            // (a session whose user was removed or disabled is closed).
+            (generation, rules) = ctx.rules.load_with_generation();
+            superseded.set(rules.superseded.clone().cancelled_owned());
+            match session_user(&rules, who.cert.as_ref()) {
+                Ok(user) => who.user = user,
+                Err(()) => {
+                    tracing::info!(listener = %ctx.listener, peer = %who.peer, "session closed: a reload removed or disabled its user");
+                    break;
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        let mut close = false;
+        while batch.len() < MAX_BATCH {
+            match parser.next(&mut rbuf, &rules.policy) {
+                None => break,
+                Some(Parsed::Request(r)) if r.cmd == Cmd::Quit => {
+                    close = true;
+                    break;
+                }
+                Some(Parsed::Fatal(reply)) => {
+                    batch.push(Item::Local(Bytes::from_static(reply)));
+                    close = true;
+                    break;
+                }
+                // As memcached: closed without an answer.
+                Some(Parsed::Close) => {
+                    close = true;
+                    break;
+                }
+                Some(Parsed::CrossProtocol) => {
+                    cross_protocol(ctx, who);
+                    close = true;
+                    break;
+                }
+                Some(Parsed::Reply(reply)) => batch.push(Item::Local(Bytes::from_static(reply))),
+                Some(Parsed::Request(r)) => batch.push(Item::Request(r)),
+            }
+        }
+        let batch_full = batch.len() >= MAX_BATCH;
+        if !batch.is_empty() {
+            let out = execute(ctx, batch, conns, &*who, &mut meter).await;
+            if let Err(over) = charge.hold(rbuf.capacity() + out.len()) {
+                cw.write_all(&server_error("", &over.to_string())).await?;
+                break;
+            }
+            cw.write_all(&out).await?;
+            cw.flush().await?;
+        }
+        if close {
+            break;
+        }
+        if batch_full {
+            // More complete requests may be waiting: run them before reading.
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        // The same cap on unparsed input as Redis listeners have: what is left once every
+        // complete request in the buffer has run.
+        let max = rules.limits.max_request_bytes;
+        if rbuf.len() > max {
+            let why = format!("request larger than limits.max_request_bytes ({max} bytes)");
+            cw.write_all(&server_error("", &why)).await?;
+            break;
+        }
+        partial_since = match (rbuf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
+        let deadline = partial_since.map(|s| s + rules.limits.partial_request_timeout);
+        room.prepare(&mut rbuf);
+        tokio::select! {
+            read = cr.read_buf(&mut rbuf) => match read {
+                Ok(0) => break,
+                Ok(n) => {
+                    room.record(n);
+                    if let Err(over) = charge.hold(rbuf.capacity()) {
+                        cw.write_all(&server_error("", &over.to_string())).await?;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            },
+            _ = sleep_until(deadline) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client left a request unfinished"));
+            }
+            _ = &mut shut => break,
+            // A reload: the loop takes the new rules before reading on.
+            _ = &mut superseded => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::acl::UserGroup;
+    use crate::auth::cert::NameKind;
+    use crate::protocol::memcached::McLimits;
+
+    fn rules(users: &[(&str, &str)], mapped: &[(&str, &str)]) -> Rules {
+        let users = users
+            .iter()
+            .map(|(n, acl)| Arc::new(User::parse(n, acl).unwrap()))
+            .collect();
+        Rules {
+            policy: Policy::default(),
+            auth: AuthMode::Acl(Arc::new(UserGroup {
+                name: "g".into(),
+                users,
+            })),
+            cert_users: mapped
+                .iter()
+                .map(|(cn, user)| CertMapping {
+                    kind: NameKind::Cn,
+                    value: cn.to_string(),
+                    user: user.to_string(),
+                })
+                .collect(),
+            limits: Limits {
+                request: Default::default(),
+                max_reply_bytes: 1 << 20,
+                max_request_bytes: 1 << 20,
+                max_buffered_bytes: 1 << 20,
+                partial_request_timeout: Duration::from_secs(1),
+            },
+            superseded: CancellationToken::new(),
+        }
+    }
+
+    fn cert(cn: &str) -> CertNames {
+        CertNames {
+            cn: vec![cn.into()],
+            dns: Vec::new(),
+            uri: Vec::new(),
+        }
+    }
+
+    fn request(line: &str) -> McRequest {
+        let mut buf = BytesMut::from(line);
+        match Parser::new(McLimits::default()).next(&mut buf, &Policy::default()) {
+            Some(Parsed::Request(r)) => r,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_connection_is_its_certificate_s_user_or_default() {
+        let r = rules(
+            &[
+                ("default", "on nopass ~pub:* +@read"),
+                ("app", "on nopass ~* +@all"),
+                ("ops", "off nopass ~* +@all"),
+            ],
+            &[("app-client", "app"), ("ops-client", "ops")],
+        );
+        let name = |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|u| u.name.clone()));
+        assert_eq!(name(Some(&cert("app-client"))), Ok(Some("app".into())));
+        assert_eq!(name(Some(&cert("someone"))), Ok(Some("default".into())));
+        assert_eq!(name(None), Ok(Some("default".into())));
+        // A disabled user is nobody's: the connection is refused.
+        assert_eq!(name(Some(&cert("ops-client"))), Err(()));
+        // default only for certificates: without a mapped one, nobody.
+        let strict = rules(
+            &[
+                ("default", "on nopass ~* +@all"),
+                ("app", "on nopass ~* +@all"),
+            ],
+            &[("app-client", "app")],
+        );
+        let mut strict_default = (*match &strict.auth {
+            AuthMode::Acl(g) => g.get(b"default").unwrap().clone(),
+            _ => unreachable!(),
+        })
+        .clone();
+        strict_default.cert_required = true;
+        let strict = Rules {
+            auth: AuthMode::Acl(Arc::new(UserGroup {
+                name: "g".into(),
+                users: vec![
+                    Arc::new(strict_default),
+                    Arc::new(User::parse("app", "on nopass ~* +@all").unwrap()),
+                ],
+            })),
+            ..strict
+        };
+        assert_eq!(session_user(&strict, None).map(|u| u.is_some()), Err(()));
+    }
+
+    #[test]
+    fn each_command_is_judged_as_the_redis_calls_it_resembles() {
+        let names = |line: &str| -> Vec<String> {
+            acl_calls(&request(line))
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        assert_eq!(names("get a b\r\n"), ["get a", "get b"]);
+        assert_eq!(names("set k 0 0 1\r\nv\r\n"), ["set k v"]);
+        assert_eq!(names("append k 0 0 1\r\nv\r\n"), ["append k v"]);
+        assert_eq!(names("delete k\r\n"), ["del k"]);
+        assert_eq!(names("incr k 1\r\n"), ["incrby k 1"]);
+        assert_eq!(names("mg k v T30 N30\r\n"), ["get k", "getex k", "set k v"]);
+        assert_eq!(names("flush_all\r\n"), ["flushall"]);
+        assert!(names("version\r\n").is_empty());
+    }
+
+    #[test]
+    fn a_server_error_is_one_line_whatever_the_reason_holds() {
+        assert_eq!(
+            &server_error("10.0.0.1:11211", "connection lost\r\n(reset)")[..],
+            b"SERVER_ERROR cachegate: node 10.0.0.1:11211: connection lost  (reset)\r\n"
+        );
+        assert_eq!(&server_error("", "x")[..], b"SERVER_ERROR cachegate: x\r\n");
+    }
+
+    #[test]
+    fn a_get_goes_whole_to_one_node_only_when_every_key_lives_there() {
+        let nodes: Vec<crate::config::RingNode> = (0..3)
+            .map(|i| crate::config::RingNode {
+                host: "127.0.0.1".into(),
+                port: 11211 + i,
+                weight: 1,
+            })
+            .collect();
+        let ring = Continuum::build(&nodes, &[true, true, true]);
+        let one = request("get k1\r\n");
+        assert_eq!(same_node(&one, &ring), ring.locate(b"k1"));
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        let many = request(&format!("get {}\r\n", keys.join(" ")));
+        assert_eq!(same_node(&many, &ring), None, "50 keys over 3 nodes");
+        let single = Continuum::build(&nodes[..1], &[true]);
+        assert_eq!(same_node(&many, &single), Some(0));
+    }
+}

@@ -1,0 +1,311 @@
+//! The session's own commands: AUTH, HELLO and RESET, answered here and never forwarded
+//! as typed; the login's security events and throttling.
+
+use super::*;
+
+impl RequestSide {
+    /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
+    pub(super) async fn auth(&mut self, req: &Request) -> Result<Flow, SessionError> {
+        let (reply, flow) = match req.args.len() {
+            2 => self.authenticate(None, &req.args[1]).await,
+            3 => self.authenticate(Some(&req.args[1]), &req.args[2]).await,
+            1 => (reply::wrong_arity(b"auth"), Flow::Continue),
+            _ => (Bytes::from_static(reply::SYNTAX), Flow::Continue),
+        };
+        self.local(reply).await?;
+        Ok(flow)
+    }
+
+    /// Checks credentials with everything around it: the source address's backoff, metrics,
+    /// the security log, and closing the connection after too many failures.
+    pub(super) async fn authenticate(
+        &mut self,
+        user: Option<&[u8]>,
+        secret: &[u8],
+    ) -> (Bytes, Flow) {
+        let ip = self.peer.ip();
+        match self.ctx.throttle.admit(ip) {
+            crate::auth::throttle::Admission::Now => {}
+            crate::auth::throttle::Admission::After(wait) => {
+                self.count_throttled();
+                tokio::time::sleep(wait).await;
+            }
+            crate::auth::throttle::Admission::Refuse => {
+                self.count_throttled();
+                tracing::info!(listener = %self.ctx.listener, peer = %self.peer, "authentication refused unchecked: too many recent failures from this address");
+                return (
+                    reply::error("cachegate: too many failed authentications from this address; try again later"),
+                    Flow::Stop,
+                );
+            }
+        }
+        match self.check_credentials(user, secret) {
+            Verdict::Reply(reply) => (reply, Flow::Continue),
+            // A success clears nothing: interleaving a valid credential buys no fresh guesses.
+            Verdict::Ok { user, slot } => {
+                tracing::debug!(listener = %self.ctx.listener, %user, slot, "authenticated");
+                self.ctx
+                    .metrics
+                    .authentications
+                    .get_or_create(&AuthLabels {
+                        listener: self.ctx.listener.clone(),
+                        user,
+                        slot: slot.to_string(),
+                    })
+                    .inc();
+                (Bytes::from_static(reply::OK), Flow::Continue)
+            }
+            Verdict::Failed { attempted, known } => {
+                self.ctx.throttle.failure(ip);
+                self.failed_auths += 1;
+                self.security_event("auth", "AUTH".into(), &attempted, known);
+                let limit = self.ctx.auth_limits.max_failures;
+                if limit > 0 && self.failed_auths >= limit {
+                    tracing::info!(listener = %self.ctx.listener, peer = %self.peer, failures = self.failed_auths, "closing connection after repeated authentication failures");
+                    self.count_throttled();
+                    return (Bytes::from_static(reply::WRONGPASS), Flow::Stop);
+                }
+                (Bytes::from_static(reply::WRONGPASS), Flow::Continue)
+            }
+        }
+    }
+
+    pub(super) fn count_throttled(&self) {
+        self.ctx
+            .metrics
+            .auth_throttled
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: self.ctx.listener.clone(),
+            })
+            .inc();
+    }
+
+    /// Counts, logs and keeps (for ACL LOG) one security event. `known` says whether `user` is
+    /// a configured user name; metrics label any other name `unknown`.
+    pub(super) fn security_event(
+        &self,
+        reason: &'static str,
+        object: String,
+        user: &str,
+        known: bool,
+    ) {
+        let client_info = format!(
+            "addr={} laddr=cachegate:{} user={} resp={}",
+            self.peer,
+            self.ctx.listener,
+            self.user
+                .as_ref()
+                .map(|u| u.name.as_str())
+                .unwrap_or(if self.authenticated {
+                    "default"
+                } else {
+                    "(none)"
+                }),
+            if self.resp3 { 3 } else { 2 },
+        );
+        let context = if self.in_multi { "multi" } else { "toplevel" };
+        self.ctx.metrics.security_event(
+            SecurityEvent::new(
+                reason,
+                context,
+                object,
+                user,
+                &self.ctx.listener,
+                client_info,
+            ),
+            known,
+        );
+    }
+
+    /// Back to a fresh connection's identity: authenticated without AUTH when there is no
+    /// auth, or (ACL) as `default` when that user is on and has `nopass`, as Redis does.
+    pub(super) fn log_out(&mut self) {
+        self.user = None;
+        self.by_cert = false;
+        if let Some(u) = self.cert_user.clone().filter(|u| u.enabled) {
+            self.user = Some(u);
+            self.authenticated = true;
+            self.by_cert = true;
+            return;
+        }
+        self.authenticated = match &self.ctx.auth {
+            AuthMode::None => true,
+            AuthMode::Tokens(_) => false,
+            AuthMode::Acl(group) => match group.get(b"default") {
+                Some(d) if d.enabled && d.nopass => {
+                    self.user = Some(d.clone());
+                    true
+                }
+                _ => false,
+            },
+        };
+    }
+
+    /// The verdict on a set of credentials; on success the session is logged in.
+    pub(super) fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Verdict {
+        let named = user.unwrap_or(b"default");
+        let attempted = String::from_utf8_lossy(named).into_owned();
+        match &self.ctx.auth {
+            AuthMode::Acl(group) => {
+                let known = group.get(named).is_some();
+                // A certificate-required user needs this connection's certificate to be theirs.
+                let cert_ok = |u: &User| {
+                    !u.cert_required || self.cert_user.as_ref().is_some_and(|c| c.name == u.name)
+                };
+                let found = group
+                    .get(named)
+                    .filter(|u| u.enabled && cert_ok(u))
+                    .and_then(|u| u.check_password(token).map(|slot| (u.clone(), slot)));
+                match found {
+                    Some((u, slot)) => {
+                        let name = u.name.clone();
+                        self.user = Some(u);
+                        self.authenticated = true;
+                        self.by_cert = false;
+                        Verdict::Ok { user: name, slot }
+                    }
+                    None => Verdict::Failed { attempted, known },
+                }
+            }
+            // Redis with a passwordless default user: `AUTH <pw>` is a configuration mistake,
+            // `AUTH default <anything>` succeeds.
+            AuthMode::None if user.is_none() => {
+                Verdict::Reply(Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD))
+            }
+            AuthMode::None if named == b"default" => Verdict::Reply(Bytes::from_static(reply::OK)),
+            AuthMode::None => Verdict::Reply(Bytes::from_static(reply::WRONGPASS)),
+            AuthMode::Tokens(tokens) => match tokens.verify(token) {
+                Some(slot) if named == b"default" => {
+                    self.authenticated = true;
+                    Verdict::Ok {
+                        user: "default".into(),
+                        slot,
+                    }
+                }
+                _ => Verdict::Failed {
+                    known: named == b"default",
+                    attempted,
+                },
+            },
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the AUTH part is checked here and
+    /// stripped; the rest goes upstream so the client gets the real server's HELLO reply.
+    pub(super) async fn hello(&mut self, req: Request) -> Result<Flow, SessionError> {
+        let mut forward = vec![req.args[0].clone()];
+        let mut credentials = None;
+        let mut i = 1;
+        if let Some(ver) = req.args.get(1) {
+            forward.push(ver.clone());
+            i = 2;
+        }
+        while i < req.args.len() {
+            let opt = &req.args[i];
+            if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.args.len() {
+                credentials = Some((req.args[i + 1].clone(), req.args[i + 2].clone()));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.args.len() {
+                forward.extend_from_slice(&req.args[i..i + 2]);
+                i += 2;
+            } else {
+                let msg = format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                );
+                self.local(reply::error(&msg)).await?;
+                return Ok(Flow::Continue);
+            }
+        }
+        if let Some((user, pass)) = credentials {
+            let (verdict, flow) = self.authenticate(Some(&user), &pass).await;
+            if &verdict[..] != reply::OK || matches!(flow, Flow::Stop) {
+                self.local(verdict).await?;
+                return Ok(flow);
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            self.local(Bytes::from_static(reply::HELLO_NOAUTH)).await?;
+            return Ok(Flow::Continue);
+        }
+        // HELLO is a command like any other for the ACL (its AUTH part aside).
+        if let Some(user) = self.user.clone() {
+            if let Err(denied) = user.check(&forward) {
+                let (reason, object) = denied.event();
+                self.security_event(reason, object, &user.name, true);
+                self.local(reply::error_line(&denied.error())).await?;
+                return Ok(Flow::Continue);
+            }
+        }
+        match req.args.get(1).map(|v| &v[..]) {
+            Some(b"3") => self.resp3 = true,
+            Some(b"2") => self.resp3 = false,
+            _ => {}
+        }
+        if self.shared.is_some() {
+            // HELLO does not pin: its SETNAME is kept here, and the reply comes from a shared
+            // connection that already speaks the requested protocol.
+            let mut plain = vec![forward[0].clone()];
+            let mut i = 1;
+            if forward.len() > 1 {
+                plain.push(forward[1].clone());
+                i = 2;
+            }
+            while i + 1 < forward.len() {
+                if let Some(shared) = self.shared.as_mut() {
+                    shared.name = Some(forward[i + 1].clone()).filter(|n| !n.is_empty());
+                }
+                i += 2;
+            }
+            return self
+                .forward_shared(&plain, None, Some(Rewrite::Hello))
+                .await;
+        }
+        let mut expect = Expect::one();
+        expect.rewrite = Some(Rewrite::Hello);
+        self.forward(&forward, expect).await
+    }
+
+    /// RESET: the client's connection state goes back to a fresh connection's, its
+    /// authentication included.
+    pub(super) async fn reset(&mut self) -> Result<Flow, SessionError> {
+        // RESET's own reply is skipped after CLIENT REPLY SKIP, by Redis as by cachegate.
+        let skipped = self.reply_mode == ReplyMode::SkipNext;
+        self.in_multi = false;
+        self.multi_dirty = false;
+        self.resp3 = false;
+        self.reply_mode = ReplyMode::On;
+        self.listening = false;
+        self.log_out();
+        if let Some(shared) = self.shared.as_mut() {
+            shared.name = None;
+        }
+        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT).
+        self.pin_state = PinState {
+            tainted: self.pin_state.tainted,
+            ..PinState::default()
+        };
+        self.name = None;
+        if self.up.is_none() {
+            if !skipped {
+                self.local(Bytes::from_static(reply::RESET)).await?;
+            }
+            return Ok(Flow::Continue);
+        }
+        let expect = if skipped {
+            Expect::swallowed(0)
+        } else {
+            Expect::one()
+        };
+        self.forward(&[Bytes::from_static(b"RESET")], expect)
+            .await?;
+        // RESET logs the upstream connection out too; log cachegate back in.
+        if let Some(auth) = self.ctx.pool.auth_frame() {
+            self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
+            self.wbuf.extend_from_slice(&auth);
+        }
+        self.up_as = RunsAs::Listener;
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,1263 @@
+//! A Redis client connection, after its TLS handshake: read -> auth -> policy -> upstream -> reply.
+//! This file is the request side; `pinning`, `login` and `reply` hold the rest.
+//!
+//! Two halves run concurrently in the session's task:
+//! - the request side reads and parses the client's commands, answers what the proxy owns (AUTH,
+//!   HELLO's AUTH, QUIT, refusals), sends the rest upstream, and queues one `Slot` per command
+//!   (or per batch of stateless ones) saying what to send back: a local reply, or N upstream
+//!   replies;
+//! - the reply side walks that queue, reading whole upstream frames and writing them (or the
+//!   local replies) to the client in request order. Frames no slot waits for (RESP3 pushes,
+//!   RESP2 pub/sub messages, MONITOR lines) are forwarded as they come.
+//!
+//! The queue is bounded, so a client that stops reading eventually stops being read from, and
+//! nothing it does stalls another client. When the upstream fails mid-request the client gets an
+//! error and the connection is closed (its upstream state is gone); a connection is returned to
+//! the pool only when its reply stream is in step.
+//!
+//! Stateless commands go to a shared (multiplexed) connection, all of one client read as one
+//! request; a session is pinned to a connection of its own only while it holds connection state
+//! (see `shared_disposition`). Both halves are futures of the one session task, joined.
+//! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
+
+mod login;
+mod pinning;
+mod replies;
+
+use super::{acl_commands, admission, commands, outbox, sharing, slots};
+use replies::{reply_side, Own};
+
+use crate::deadline::sleep_until;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::acl::User;
+use crate::auth::cert::{CertMapping, CertNames};
+use crate::auth::throttle::Throttle;
+use crate::config::{AuthLimits, AuthMode, Limits};
+use crate::error::{SessionError, UpstreamError};
+use crate::live::Live;
+use crate::metrics::{AuthLabels, CommandMeter, Metrics, SecurityEvent};
+use crate::policy::Policy;
+use crate::protocol::reply::{self, encode_command};
+use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
+use crate::upstream::shared::{Frames, Shared, SharedError, SharedReply, SharedRequest};
+use crate::upstream::{Conn, Pool, Stream};
+use admission::Admission;
+use commands::{plan_command, rewrite_reply, Kind, Rewrite};
+use outbox::Outbox;
+use sharing::Sharing;
+
+/// Commands queued between the two halves before the request side stops reading.
+const MAX_QUEUED: usize = 1024;
+/// Commands a session may have in flight on shared connections: past this it stops reading
+/// its client until replies are taken, so that one client that does not read cannot pile up
+/// replies (memory, and delay for the others on the same connection).
+const MAX_SHARED_IN_FLIGHT: u32 = 512;
+/// Upstream bytes gathered before a write, so that pipelines become one write.
+const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
+/// Client bytes gathered before a write.
+const CLIENT_WRITE_BATCH: usize = 64 * 1024;
+/// Room made before each upstream read of a pinned session, reserved again before every read
+/// so that big transfers still read in large chunks.
+const READ_CHUNK: usize = 4 * 1024;
+/// How long the close_notify to a departing client may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every session of one listener shares; built once by the server.
+pub struct Context {
+    /// Multiplexed upstream connections for sessions that hold no connection state.
+    pub shared: Option<Arc<Shared>>,
+    pub listener: String,
+    pub auth: AuthMode,
+    pub cert_users: Vec<CertMapping>,
+    pub auth_limits: AuthLimits,
+    /// Kept across reloads that leave `auth_limits` alone (its per-address failures too).
+    pub throttle: Arc<Throttle>,
+    pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+    pub pool: Pool,
+    pub limits: Limits,
+    /// The process-wide bound on buffered bytes, shared by every listener.
+    pub budget: Arc<crate::budget::MemoryBudget>,
+    /// Backend users cachegate provisioned (`commands.scripts = "backend_acl"`,
+    /// `auth.backend_users`): who a session's own connection runs commands as.
+    pub identities: Option<Identities>,
+    /// At-rest encryption of values in some keyspaces (fixed for the process).
+    pub encryption: Option<Arc<crate::crypt::Encryption>>,
+    /// Cancelled when a reload replaces this context: wakes idle and subscribed sessions so
+    /// that they take the new one (and a removed user's session closes) without waiting for
+    /// the client's next request.
+    pub superseded: CancellationToken,
+}
+
+/// The `AUTH` arguments of each identity a session's own connection may take.
+pub struct Identities {
+    /// The listener's own: its backend user, or the configured upstream credentials.
+    pub listener: Vec<Bytes>,
+    /// The configured upstream credentials, that renamed commands run as (the listener's
+    /// backend user is denied their real names so that scripts cannot run them).
+    pub admin: Option<Vec<Bytes>>,
+    /// Per cachegate ACL user: its mirrored backend user, that its commands run as on its
+    /// own connection (and so its scripts: Redis enforces the user's rules inside them).
+    pub users: rustc_hash::FxHashMap<String, Vec<Bytes>>,
+}
+
+/// Who a session's own upstream connection is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunsAs {
+    Listener,
+    Admin,
+    User(String),
+}
+
+/// `ACL CAT <category>` answered by the backend lists command names: disabled ones are
+/// hidden and renamed ones shown under their new name, as in COMMAND's replies.
+fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrite> {
+    let cat = kind == Kind::Acl && args.len() == 3 && args[1].eq_ignore_ascii_case(b"CAT");
+    (cat && !policy.is_empty()).then_some(Rewrite::List)
+}
+
+pub use crate::auth::commands::script_callable;
+
+/// The commands that run a script server-side.
+fn runs_script(name: &[u8]) -> bool {
+    [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]
+    .iter()
+    .any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// What the reply side does for one command.
+enum Slot {
+    /// The upstream connection's read half, sent before the first `Upstream` slot.
+    Attach(ReadHalf<Stream>),
+    Local(Bytes),
+    Upstream(Expect),
+    /// A command sent on a shared connection; its one reply arrives here.
+    Shared(SharedWait),
+    /// Give the upstream read half back (once every reply before this is delivered), or
+    /// `None` if bytes of an unfinished frame are waiting on it.
+    Detach(oneshot::Sender<Option<ReadHalf<Stream>>>),
+}
+
+/// The metric labels of a batch's commands, in order: inline for the usual few.
+type Labels = smallvec::SmallVec<[&'static str; 4]>;
+
+struct SharedWait {
+    reply: oneshot::Receiver<SharedReply>,
+    /// Only for a single command (COMMAND replies are rewritten).
+    rewrite: Option<Rewrite>,
+    /// Each command's metric label, in order, and when they were sent.
+    labels: Labels,
+    sent: Instant,
+}
+
+/// Stateless commands gathered from one read of the client, sent as one request.
+struct SharedBatch {
+    sender: mpsc::Sender<SharedRequest>,
+    /// Which of the session's shared connections `sender` is.
+    resp3: bool,
+    bytes: BytesMut,
+    labels: Labels,
+}
+
+struct Expect {
+    replies: usize,
+    /// False for replies to commands cachegate sent on its own behalf (DISCARD, AUTH).
+    forward: bool,
+    /// Blocking commands wait as long as they must; others are bounded by the request timeout.
+    blocking: bool,
+    rewrite: Option<Rewrite>,
+    /// The command's metric label and when it was sent, for the latency histogram.
+    timed: Option<(&'static str, Instant)>,
+    /// Told whether that login succeeded: the request side waits for it before it sends
+    /// anything else on the connection.
+    login: Option<oneshot::Sender<bool>>,
+}
+
+impl Expect {
+    /// One reply, forwarded to the client.
+    fn one() -> Self {
+        Expect {
+            replies: 1,
+            forward: true,
+            blocking: false,
+            rewrite: None,
+            timed: None,
+            login: None,
+        }
+    }
+
+    /// Replies to commands cachegate sent on its own behalf: read, not forwarded.
+    fn swallowed(replies: usize) -> Self {
+        Expect {
+            forward: false,
+            replies,
+            ..Expect::one()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
+}
+
+/// Runs a session to its end. Never panics on client input; logs how it ended.
+pub async fn run<S>(
+    live: Arc<Live<Context>>,
+    stream: S,
+    peer: SocketAddr,
+    cert: Option<CertNames>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (cr, cw) = tokio::io::split(stream);
+    let (tx, rx) = slots::channel(MAX_QUEUED);
+    let abort = CancellationToken::new();
+    // Cancelled when the client has gone (EOF or a read error), not on QUIT or shutdown, which
+    // let in-flight requests finish.
+    let client_gone = CancellationToken::new();
+    let (generation, ctx) = live.load_with_generation();
+    let mut req = RequestSide {
+        ctx: ctx.clone(),
+        live,
+        generation,
+        peer,
+        failed_auths: 0,
+        client_gone: client_gone.clone(),
+        shared: ctx.shared.as_ref().map(|_| SharedSession::default()),
+        pin_state: PinState::default(),
+        id: next_client_id(),
+        up_as: RunsAs::Listener,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SHARED_IN_FLIGHT as usize)),
+        started: Instant::now(),
+        name: None,
+        batch: None,
+        cert_user: cert_user(&ctx, cert.as_ref()),
+        cert: cert.map(Box::new),
+        by_cert: false,
+        listening: false,
+        label: LastLabel::default(),
+        tx: Some(tx),
+        up: None,
+        wbuf: BytesMut::new(),
+        authenticated: false,
+        user: None,
+        in_multi: false,
+        multi_dirty: false,
+        resp3: false,
+        reply_mode: ReplyMode::On,
+        abort: abort.clone(),
+    };
+    req.log_out();
+    let own = Own {
+        id: req.id,
+        in_flight: req.in_flight.clone(),
+        live: req.live.clone(),
+    };
+    // Built inside join!, not bound first: a bound future would keep its own space in the
+    // session's state beside the moved copy, and every idle connection pays for that state.
+    let (req_result, (read_half, clean, reply_result)) = tokio::join!(
+        req.run(cr, &shutdown),
+        reply_side(&ctx, cw, rx, own, abort.clone(), client_gone.clone())
+    );
+
+    if ctx.shared.is_some() && req.shared.is_none() {
+        ctx.metrics
+            .pinned_sessions
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: ctx.listener.clone(),
+            })
+            .dec();
+    }
+    // The client's own errors say nothing about the upstream stream; only an upstream failure
+    // or bytes that never left make it unusable.
+    // A tainted connection (state RESET does not clear) is closed, never pooled.
+    let upstream_in_step = clean
+        && req.wbuf.is_empty()
+        && !req.pin_state.tainted
+        && !matches!(req_result, Err(SessionError::Upstream(_)));
+    if let (Some(write_half), Some(read_half)) = (req.up.take(), read_half) {
+        let conn = Conn {
+            stream: read_half.unsplit(write_half),
+            connector: ctx.pool.connector(),
+        };
+        ctx.pool.release(conn, upstream_in_step);
+    }
+    match req_result.err().or(reply_result.err()) {
+        None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
+        Some(e) => match e.source() {
+            crate::error::Source::Upstream => {
+                tracing::warn!(listener = %ctx.listener, %peer, error = %e, "session ended by upstream failure")
+            }
+            _ => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
+        },
+    }
+}
+
+struct RequestSide {
+    /// The listener's configuration as this session last took it: a reload replaces it, and
+    /// the session takes the new one before its next requests (`refresh`).
+    ctx: Arc<Context>,
+    live: Arc<Live<Context>>,
+    generation: u64,
+    peer: SocketAddr,
+    /// While the session holds no connection state: its shared connections and the state
+    /// cachegate keeps for it instead. `None` while pinned to its own connection.
+    shared: Option<SharedSession>,
+    /// Stateless commands waiting to go out together on a shared connection.
+    batch: Option<SharedBatch>,
+    /// While pinned: the state that keeps it pinned, and its client name (to carry back).
+    pin_state: PinState,
+    /// The session's own `CLIENT ID`, stable for its life whichever upstream connections
+    /// serve it (the backend's ids of shared connections are never shown).
+    id: u64,
+    /// Who its own upstream connection is logged in as.
+    up_as: RunsAs,
+    /// Commands it may still have in flight on shared connections.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    started: Instant,
+    name: Option<Bytes>,
+    /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
+    failed_auths: u32,
+    /// The user the client's certificate logs in as, if any.
+    cert_user: Option<Arc<User>>,
+    /// The names of the client's certificate: a reload maps them to a user again.
+    cert: Option<Box<CertNames>>,
+    /// The session is logged in by its certificate (not by AUTH).
+    by_cert: bool,
+    /// The session receives without asking: subscribed, MONITOR, CLIENT TRACKING (until
+    /// RESET). Kept whether or not the listener shares connections.
+    listening: bool,
+    label: LastLabel,
+    /// Dropped when the request side ends, which tells the reply side no more slots come.
+    tx: Option<slots::Sender<Slot>>,
+    up: Option<WriteHalf<Stream>>,
+    wbuf: BytesMut,
+    authenticated: bool,
+    /// With ACL users: who is logged in; their rules apply to every command.
+    user: Option<Arc<User>>,
+    in_multi: bool,
+    multi_dirty: bool,
+    resp3: bool,
+    reply_mode: ReplyMode,
+    abort: CancellationToken,
+    client_gone: CancellationToken,
+}
+
+/// The ACL user a verified client certificate maps to on this listener.
+fn cert_user(ctx: &Context, cert: Option<&CertNames>) -> Option<Arc<User>> {
+    let AuthMode::Acl(group) = &ctx.auth else {
+        return None;
+    };
+    let user = crate::auth::cert::mapped_user(group, &ctx.cert_users, cert)?.clone();
+    tracing::debug!(listener = %ctx.listener, user = %user.name, "client certificate logs in");
+    Some(user)
+}
+
+/// The state cachegate keeps for a session on shared connections.
+#[derive(Default)]
+struct SharedSession {
+    resp2: Option<mpsc::Sender<SharedRequest>>,
+    resp3: Option<mpsc::Sender<SharedRequest>>,
+    name: Option<Bytes>,
+}
+
+/// Connection state a pinned session holds besides MULTI.
+#[derive(Default)]
+struct PinState {
+    watching: bool,
+    /// A database other than 0.
+    db: bool,
+    /// Subscriptions, tracking, CLIENT REPLY, MONITOR and the like: only RESET ends them.
+    sticky: bool,
+    /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
+    /// the connection is closed when the session ends, never pooled or shared again.
+    tainted: bool,
+}
+
+impl PinState {
+    fn any(&self) -> bool {
+        self.watching || self.db || self.sticky || self.tainted
+    }
+}
+
+/// Process-wide: every session's virtual `CLIENT ID` is unique.
+fn next_client_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a command means for a session on shared connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Stateless: any shared connection will do.
+    Shared,
+    /// `SELECT 0`: already so.
+    SelectZero,
+    /// CLIENT SETNAME / GETNAME / SETINFO: kept by cachegate.
+    SetName,
+    /// The command creates connection state: the session needs its own connection.
+    Pin,
+}
+
+fn shared_disposition(kind: Kind, args: &[Bytes], sharing: Sharing) -> Disposition {
+    match kind {
+        Kind::Multi
+        | Kind::Exec
+        | Kind::Discard
+        | Kind::Subscribe
+        | Kind::Unsubscribe
+        | Kind::Blocking
+        | Kind::Watch
+        | Kind::Unwatch
+        | Kind::Stateful => Disposition::Pin,
+        Kind::Client => match client_subcommand(args).as_deref() {
+            Some(b"SETNAME" | b"GETNAME" | b"SETINFO") => Disposition::SetName,
+            _ => Disposition::Pin,
+        },
+        Kind::Select if args.len() == 2 && &args[1][..] == b"0" => Disposition::SelectZero,
+        Kind::Select => Disposition::Pin,
+        // Everything else by the reviewed allow-list: shared only if known to be safe there.
+        _ if sharing == Sharing::Shared => Disposition::Shared,
+        _ => Disposition::Pin,
+    }
+}
+
+/// Whether `CLIENT LIST`'s filters (`TYPE t`, `ID id...`) select this session: `None` for a
+/// syntax error.
+fn list_selects_me(filters: &[Bytes], id: u64) -> Option<bool> {
+    match filters {
+        [] => Some(true),
+        [ty, t] if ty.eq_ignore_ascii_case(b"TYPE") => {
+            if t.eq_ignore_ascii_case(b"NORMAL") {
+                Some(true)
+            } else if [&b"MASTER"[..], b"REPLICA", b"SLAVE", b"PUBSUB"]
+                .iter()
+                .any(|k| t.eq_ignore_ascii_case(k))
+            {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        [word, ids @ ..] if word.eq_ignore_ascii_case(b"ID") && !ids.is_empty() => {
+            let mut mine = false;
+            for raw in ids {
+                let n: u64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+                mine |= n == id;
+            }
+            Some(mine)
+        }
+        _ => None,
+    }
+}
+
+/// CLIENT's subcommand, upper-cased.
+fn client_subcommand(args: &[Bytes]) -> Option<Vec<u8>> {
+    args.get(1).map(|s| s.to_ascii_uppercase())
+}
+
+/// The outcome of checking credentials.
+enum Verdict {
+    Ok {
+        user: String,
+        slot: usize,
+    },
+    /// `known`: `attempted` is a configured user name (safe as a metric label).
+    Failed {
+        attempted: String,
+        known: bool,
+    },
+    /// Answered without a verdict on a user (no AUTH configured).
+    Reply(Bytes),
+}
+
+/// Whether the request side goes on reading.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl RequestSide {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        cr: R,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let result = self.read_loop(cr, shutdown).await;
+        self.tx = None;
+        result
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut cr: R,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut rbuf = BytesMut::new();
+        let mut room = crate::read_room::ReadRoom::new();
+        let mut partial_since: Option<Instant> = None;
+        let mut charge = crate::budget::Charge::new(self.ctx.budget.clone());
+        // Registered once, not on every read: each registration takes the token's lock.
+        let abort = self.abort.clone();
+        let mut aborted = std::pin::pin!(abort.cancelled());
+        let mut shut = std::pin::pin!(shutdown.cancelled());
+        let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
+        let result = loop {
+            if self.live.generation() != self.generation {
+                if !self.refresh() {
+                    break Ok(());
+                }
+                superseded.set(self.ctx.superseded.clone().cancelled_owned());
+            }
+            // Everything complete in the buffer is handled before the next read, so a pipeline
+            // is forwarded as one write.
+            let mut stop = false;
+            loop {
+                match next_request(&mut rbuf, &self.ctx.limits.request, self.authenticated) {
+                    Ok(Some(request)) => match self.handle(request).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => {
+                            stop = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.local_always(reply::protocol_error(&e)).await?;
+                        self.flush_upstream().await?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.flush_shared().await?;
+            self.flush_upstream().await?;
+            if stop || shutdown.is_cancelled() {
+                break Ok(());
+            }
+            partial_since = match (rbuf.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
+            let limits = &self.ctx.limits;
+            if rbuf.len() > limits.max_request_bytes {
+                break Err(SessionError::QueryBufferFull(limits.max_request_bytes));
+            }
+            if let Err(over) = charge.hold(rbuf.capacity()) {
+                self.local_always(reply::error(&format!("cachegate: {over}")))
+                    .await?;
+                break Err(SessionError::OverBudget(over));
+            }
+            let partial_deadline =
+                partial_since.map(|since| since + limits.partial_request_timeout);
+            room.prepare(&mut rbuf);
+            // Biased, the read first: a session woken by its client's bytes reads them without
+            // polling (and re-registering) its three cancellation waits; they are polled when
+            // the read would wait, and shutdown is checked after every batch above.
+            tokio::select! {
+                biased;
+                read = cr.read_buf(&mut rbuf) => match read {
+                    Ok(0) => {
+                        self.client_gone.cancel();
+                        break Ok(());
+                    }
+                    Ok(n) => room.record(n),
+                    // Most clients close without a TLS close_notify; that is an ordinary close.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        self.client_gone.cancel();
+                        break Ok(());
+                    }
+                    Err(e) => {
+                        self.client_gone.cancel();
+                        break Err(SessionError::ClientIo(e));
+                    }
+                },
+                _ = sleep_until(partial_deadline) => {
+                    break Err(SessionError::PartialRequestTimeout(self.ctx.limits.partial_request_timeout));
+                }
+                _ = &mut shut => break Ok(()),
+                _ = &mut aborted => break Ok(()),
+                // A reload: the loop takes the new configuration before reading on.
+                _ = &mut superseded => {}
+            }
+        };
+        result
+    }
+
+    /// Takes the listener's configuration after a reload: the new policy, limits and users
+    /// apply from the next request on. The session is closed (false) when the reload took
+    /// away who it is: its user was removed or disabled, or it logged in through its
+    /// certificate and the certificate now maps to another user or none (as Redis and
+    /// ElastiCache close a modified user's connections); and when it receives without asking
+    /// (subscriptions, MONITOR, tracking) while its user's rules changed (Redis disconnects
+    /// subscribers whose channel permissions are revoked). A transaction open across a reload
+    /// fails at EXEC (EXECABORT): what was queued was checked against rules no longer in force.
+    /// Token sessions go on: a removed token stops new logins only, as a new Redis password does.
+    fn refresh(&mut self) -> bool {
+        let (generation, ctx) = self.live.load_with_generation();
+        self.generation = generation;
+        let cert_user = cert_user(&ctx, self.cert.as_deref());
+        let name = |u: &Option<Arc<User>>| u.as_ref().map(|u| u.name.clone());
+        let via_cert = self.by_cert;
+        let user = match (&self.user, &ctx.auth) {
+            (None, _) => Some(None),
+            (Some(u), AuthMode::Acl(group)) => group
+                .get(u.name.as_bytes())
+                .filter(|n| n.enabled)
+                .map(|n| Some(n.clone())),
+            (Some(_), _) => None,
+        };
+        let why = match &user {
+            None => Some("its user was removed or disabled"),
+            Some(_) if via_cert && name(&self.cert_user) != name(&cert_user) => {
+                Some("its certificate no longer maps to its user")
+            }
+            Some(Some(new))
+                if self.listening
+                    && self.user.as_ref().is_some_and(|old| !old.same_permissions(new)) =>
+            {
+                Some("its user's rules changed while it receives without asking (pub/sub, MONITOR, tracking)")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            tracing::info!(listener = %ctx.listener, peer = %self.peer, user = %self.user_name(), "session closed by a reload: {why}");
+            // Also ends a wait for a blocking command's reply, which the connection then
+            // never returns to the pool.
+            self.client_gone.cancel();
+            return false;
+        }
+        let user = user.flatten();
+        // A transaction open across a reload that changed what it may do fails at EXEC: what
+        // it queued was checked against rules no longer in force.
+        let rules_changed = ctx.policy != self.ctx.policy
+            || match (&self.user, &user) {
+                (Some(old), Some(new)) => !old.same_permissions(new),
+                _ => false,
+            };
+        self.multi_dirty |= self.in_multi && rules_changed;
+        self.user = user;
+        self.cert_user = cert_user;
+        self.ctx = ctx;
+        true
+    }
+
+    async fn handle(&mut self, mut req: Request) -> Result<Flow, SessionError> {
+        let gate = admission::Gate {
+            authenticated: self.authenticated,
+            user: self.user.as_deref(),
+            acl: matches!(self.ctx.auth, AuthMode::Acl(_)),
+        };
+        let plan = match admission::admit(&mut req, gate, &self.ctx.policy) {
+            Admission::Forward(plan) => plan,
+            // An HTTP request on the Redis port (a web page making a browser post to
+            // localhost): closed at once without an answer, as Redis does.
+            Admission::CrossProtocol => {
+                let name = self.user_name().to_string();
+                tracing::warn!(listener = %self.ctx.listener, peer = %self.peer, "possible cross-protocol attack: an HTTP request on the Redis port; connection closed");
+                self.security_event(
+                    "cross_protocol",
+                    String::from_utf8_lossy(req.name()).into_owned(),
+                    &name,
+                    self.user.is_some() || !self.authenticated,
+                );
+                return Ok(Flow::Stop);
+            }
+            // Rare paths are boxed, so that the session's future (held by every idle
+            // connection) is sized for the common one.
+            Admission::Auth => return Box::pin(self.auth(&req)).await,
+            Admission::Hello => return Box::pin(self.hello(req)).await,
+            Admission::Quit => {
+                self.local(Bytes::from_static(reply::OK)).await?;
+                return Ok(Flow::Stop);
+            }
+            Admission::Reset => return Box::pin(self.reset()).await,
+            Admission::Answer {
+                reply,
+                fails_multi,
+                event,
+            } => {
+                if let (Some(event), Some(user)) = (event, &self.user) {
+                    let name = user.name.clone();
+                    self.security_event(event.reason, event.object, &name, true);
+                }
+                if fails_multi && self.in_multi {
+                    self.multi_dirty = true;
+                }
+                self.local(reply).await?;
+                return Ok(Flow::Continue);
+            }
+            Admission::AclLocal => {
+                if let (Some(user), AuthMode::Acl(group)) = (&self.user, &self.ctx.auth) {
+                    let answer =
+                        acl_commands::answer(&req.args, user, group, self.resp3, &self.ctx);
+                    self.local(answer).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+        };
+        let kind = plan.kind;
+        let sharing = plan.sharing;
+        let mut args = req.args;
+        match sharing {
+            Sharing::Local if kind == Kind::Client || kind == Kind::Acl => {
+                if let Some(answer) = self.identity(&args) {
+                    self.local(answer).await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+            Sharing::PinTaint => self.pin_state.tainted = true,
+            _ => {}
+        }
+        // At-rest encryption: values sealed before they leave, the reply opened on its way
+        // back; a command that would work on ciphertext is refused.
+        let mut open: Option<Rewrite> = None;
+        if let Some(enc) = &self.ctx.encryption {
+            match crate::crypt::plan::plan(&mut args, &enc.spaces, &enc.keys) {
+                crate::crypt::plan::Plan::Clear => {}
+                crate::crypt::plan::Plan::Refuse(why) => {
+                    self.multi_dirty |= self.in_multi;
+                    self.local(reply::error(&why)).await?;
+                    return Ok(Flow::Continue);
+                }
+                crate::crypt::plan::Plan::Sealed(reads) => {
+                    req.raw = None;
+                    let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
+                    if sealed > 0 {
+                        enc.count_sealed(sealed as u64);
+                    }
+                    if let Some(reads) = reads {
+                        if self.in_multi {
+                            // EXEC's reply would carry the values sealed.
+                            self.multi_dirty = true;
+                            self.local(reply::error("cachegate: reading an encrypted key inside MULTI is not supported yet"))
+                                .await?;
+                            return Ok(Flow::Continue);
+                        }
+                        open = Some(Rewrite::Open(Arc::new((enc.clone(), reads))));
+                    }
+                }
+            }
+        }
+        // A renamed command that a script could call runs as the administrator: the backend
+        // user denies its real name, so that scripts cannot call it.
+        // Who runs it, decided once: the same answer before and after it is sent.
+        let want = self.wanted_identity(plan.renamed_callable);
+        let as_admin = want == RunsAs::Admin;
+        let own_identity = match &want {
+            RunsAs::Admin => true,
+            RunsAs::User(_) => runs_script(&args[0]),
+            RunsAs::Listener => false,
+        };
+        let disposition = if own_identity {
+            Disposition::Pin
+        } else {
+            shared_disposition(kind, &args, sharing)
+        };
+        if self.shared.is_none()
+            && self.ctx.shared.is_some()
+            && disposition != Disposition::Pin
+            && !self.holds_state()
+        {
+            Box::pin(self.unpin()).await?;
+        }
+        if self.shared.is_some() {
+            match disposition {
+                Disposition::Shared => {
+                    let (raw, rewrite) = if kind == Kind::Command {
+                        let (fwd, rw) = plan_command(&args, &self.ctx.policy);
+                        args = fwd.into();
+                        (None, rw)
+                    } else if let Some(rw) = acl_cat_rewrite(kind, &args, &self.ctx.policy) {
+                        (req.raw.as_ref(), Some(rw))
+                    } else if open.is_some() {
+                        (None, open)
+                    } else {
+                        (req.raw.as_ref(), None)
+                    };
+                    return self.forward_shared(&args, raw, rewrite).await;
+                }
+                Disposition::SelectZero => {
+                    self.local(Bytes::from_static(reply::OK)).await?;
+                    return Ok(Flow::Continue);
+                }
+                Disposition::SetName => {
+                    let reply = self.virtual_client(&args);
+                    self.local(reply).await?;
+                    return Ok(Flow::Continue);
+                }
+                Disposition::Pin => Box::pin(self.pin()).await?,
+            }
+        }
+        // Logged in as who must run it, before anything below changes the session's state.
+        if let Some(refusal) = Box::pin(self.run_as(want)).await? {
+            self.multi_dirty |= self.in_multi;
+            self.local(refusal).await?;
+            return Ok(Flow::Continue);
+        }
+        let mut expect = Expect::one();
+        match kind {
+            Kind::Multi => self.in_multi = true,
+            Kind::Discard => {
+                self.in_multi = false;
+                self.multi_dirty = false;
+                self.pin_state.watching = false;
+            }
+            Kind::Exec if self.multi_dirty => {
+                // A refused command was queued: as Redis does, the whole transaction is
+                // discarded. The upstream's MULTI is ended with a DISCARD whose reply is ours.
+                self.in_multi = false;
+                self.multi_dirty = false;
+                // As Redis: an aborted EXEC unwatches too (DISCARD does so upstream).
+                self.pin_state.watching = false;
+                let discard = [Bytes::from_static(b"DISCARD")];
+                self.forward(&discard, Expect::swallowed(1)).await?;
+                self.local(Bytes::from_static(reply::EXECABORT)).await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Exec => {
+                self.in_multi = false;
+                self.pin_state.watching = false;
+            }
+            Kind::Command => {
+                let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
+                args = fwd.into();
+                expect.rewrite = rewrite;
+            }
+            Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
+            _ if open.is_some() => expect.rewrite = open,
+            Kind::Subscribe | Kind::Unsubscribe => {
+                // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
+                // one reply per channel. UNSUBSCRIBE without channels answers once per current
+                // subscription, unknown here: those replies flow through as unsolicited frames.
+                let channels = args.len() - 1;
+                expect.replies = match (self.resp3, channels) {
+                    (_, 0) if kind == Kind::Subscribe => 1,
+                    (true, _) | (false, 0) => 0,
+                    (false, n) => n,
+                };
+            }
+            // CLIENT REPLY changes how many replies follow; the session must count the same way.
+            Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
+                let mode = &args[2];
+                if mode.eq_ignore_ascii_case(b"OFF") {
+                    self.reply_mode = ReplyMode::Off;
+                    expect.replies = 0;
+                } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                    if self.reply_mode != ReplyMode::Off {
+                        self.reply_mode = ReplyMode::SkipNext;
+                    }
+                    expect.replies = 0;
+                    return self.forward_raw(&args, expect).await;
+                } else if mode.eq_ignore_ascii_case(b"ON") {
+                    self.reply_mode = ReplyMode::On;
+                    return self.forward_raw(&args, expect).await;
+                }
+            }
+            Kind::Blocking => expect.blocking = true,
+            _ => {}
+        }
+        self.listening |= kind == Kind::Subscribe
+            || args[0].eq_ignore_ascii_case(b"MONITOR")
+            || (kind == Kind::Client
+                && args.len() > 2
+                && args[1].eq_ignore_ascii_case(b"TRACKING")
+                && args[2].eq_ignore_ascii_case(b"ON"));
+        if self.ctx.shared.is_some() {
+            self.track_state(kind, &args);
+        }
+        let flow = self.forward(&args, expect).await?;
+        if as_admin {
+            // Back at once: nothing else runs with the administrator's rights.
+            let back = self.wanted_identity(false);
+            Box::pin(self.run_as(back)).await?;
+        }
+        Ok(flow)
+    }
+
+    /// Sends a stateless command on this session's shared connection (one per RESP version):
+    /// `raw` when the client's own encoding of `args` is at hand, or `args` encoded again.
+    async fn forward_shared(
+        &mut self,
+        args: &[Bytes],
+        raw: Option<&Bytes>,
+        rewrite: Option<Rewrite>,
+    ) -> Result<Flow, SessionError> {
+        let resp3 = self.resp3;
+        let same = self.batch.as_ref().is_some_and(|b| b.resp3 == resp3);
+        if !same || rewrite.is_some() {
+            self.flush_shared().await?;
+        }
+        let batch = match &mut self.batch {
+            Some(batch) => batch,
+            None => {
+                let (Some(pools), Some(session)) = (self.ctx.shared.as_ref(), self.shared.as_mut())
+                else {
+                    return Ok(Flow::Continue);
+                };
+                let sender = if resp3 {
+                    session.resp3.get_or_insert_with(|| pools.resp3.pick())
+                } else {
+                    session.resp2.get_or_insert_with(|| pools.resp2.pick())
+                };
+                self.batch.insert(SharedBatch {
+                    sender: sender.clone(),
+                    resp3,
+                    bytes: BytesMut::new(),
+                    labels: Labels::new(),
+                })
+            }
+        };
+        match raw {
+            Some(raw) => batch.bytes.extend_from_slice(raw),
+            None => encode_command(&mut batch.bytes, args.iter().map(|a| &a[..])),
+        }
+        batch.labels.push(self.label.of(&args[0]));
+        // A rewritten reply travels alone; big batches go out without waiting for the read.
+        if rewrite.is_some()
+            || batch.labels.len() >= 128
+            || batch.bytes.len() >= UPSTREAM_WRITE_BATCH
+        {
+            self.send_batch(rewrite).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Sends the gathered stateless commands, if any. Called before anything else is queued
+    /// for the reply side, so replies stay in request order.
+    async fn flush_shared(&mut self) -> Result<(), SessionError> {
+        self.send_batch(None).await
+    }
+
+    async fn send_batch(&mut self, rewrite: Option<Rewrite>) -> Result<(), SessionError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let n = batch.labels.len();
+        let want = (n as u32).min(MAX_SHARED_IN_FLIGHT);
+        let permits = match self.in_flight.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            // Rare: the client has many replies waiting. Boxed, so the session stays small.
+            Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(want))
+                .await
+                .map_err(|_| closed())?,
+        };
+        // Given back by the reply side when it delivers this batch's replies (a permit held in
+        // the slot would make every queued slot bigger).
+        permits.forget();
+        self.queue_slot(Slot::Shared(SharedWait {
+            reply: rx,
+            rewrite,
+            labels: batch.labels,
+            sent: Instant::now(),
+        }))
+        .await?;
+        let request = SharedRequest {
+            bytes: batch.bytes.freeze(),
+            frames: Frames::Resp(n),
+            reply: tx,
+        };
+        match batch.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            // A full queue is rare: its wait is boxed, so the session's state stays small.
+            Err(mpsc::error::TrySendError::Full(request)) => Box::pin(batch.sender.send(request))
+                .await
+                .map_err(|_| closed()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
+    }
+
+    /// CLIENT ID / INFO / LIST, and ACL WHOAMI without cachegate users: answered about this
+    /// session alone, whichever upstream connections serve it, so that no client learns the
+    /// backend's ids or addresses of connections that are not its own. `None` for the local
+    /// commands answered elsewhere (SETNAME, GETNAME).
+    fn identity(&mut self, args: &[Bytes]) -> Option<Bytes> {
+        let sub = args
+            .get(1)
+            .map(|s| s.to_ascii_uppercase())
+            .unwrap_or_default();
+        let is_acl = args[0].eq_ignore_ascii_case(b"ACL");
+        let known = matches!(
+            (is_acl, &sub[..]),
+            (true, b"WHOAMI") | (false, b"ID" | b"INFO" | b"LIST")
+        );
+        if !known {
+            return None;
+        }
+        if self.in_multi {
+            // Its answer cannot be queued with the transaction's; refused, as a queued error.
+            self.multi_dirty = true;
+            return Some(reply::error(
+                "cachegate: CLIENT ID/INFO/LIST and ACL WHOAMI are answered by cachegate and cannot run inside MULTI",
+            ));
+        }
+        let verbatim = |text: String| {
+            if self.resp3 {
+                Bytes::from(format!("={}\r\ntxt:{text}\r\n", text.len() + 4))
+            } else {
+                reply::bulk(text.as_bytes())
+            }
+        };
+        Some(match (is_acl, &sub[..], args.len()) {
+            (true, _, 2) => reply::bulk(self.user_name().as_bytes()),
+            (false, b"ID", 2) => Bytes::from(format!(":{}\r\n", self.id)),
+            (false, b"INFO", 2) => verbatim(self.client_line("client|info")),
+            (false, b"LIST", _) => match list_selects_me(&args[2..], self.id) {
+                Some(true) => verbatim(self.client_line("client|list")),
+                Some(false) => verbatim(String::new()),
+                None => Bytes::from_static(reply::SYNTAX),
+            },
+            (_, _, _) => reply::wrong_arity(&args[0]),
+        })
+    }
+
+    fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("default", |u| u.name.as_str())
+    }
+
+    /// This session's line of `CLIENT LIST`, in Redis 7.0's fields.
+    fn client_line(&self, cmd: &str) -> String {
+        let name = match &self.shared {
+            Some(shared) => shared.name.as_ref(),
+            None => self.name.as_ref(),
+        };
+        let name = name
+            .map(|n| String::from_utf8_lossy(n).replace(' ', "_"))
+            .unwrap_or_default();
+        format!(
+            "id={} addr={} laddr=cachegate:{} fd=-1 name={name} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} redir=-1 resp={}\n",
+            self.id,
+            self.peer,
+            self.ctx.listener,
+            self.started.elapsed().as_secs(),
+            if self.in_multi { "x" } else { "N" },
+            self.user_name(),
+            if self.resp3 { 3 } else { 2 },
+        )
+    }
+
+    /// CLIENT SETNAME / GETNAME / SETINFO for a session on shared connections.
+    fn virtual_client(&mut self, args: &[Bytes]) -> Bytes {
+        let Some(state) = self.shared.as_mut() else {
+            return Bytes::from_static(reply::OK);
+        };
+        let sub = client_subcommand(args).unwrap_or_default();
+        match (&sub[..], args.len()) {
+            (b"SETNAME", 3) => {
+                state.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                Bytes::from_static(reply::OK)
+            }
+            (b"GETNAME", 2) => match &state.name {
+                Some(n) => reply::bulk(n),
+                None if self.resp3 => Bytes::from_static(b"_\r\n"),
+                None => Bytes::from_static(b"$-1\r\n"),
+            },
+            // Library name and version: informational only.
+            _ => Bytes::from_static(reply::OK),
+        }
+    }
+
+    /// Queues a command upstream, applying CLIENT REPLY OFF/SKIP to the expected replies.
+    async fn forward(&mut self, args: &[Bytes], mut expect: Expect) -> Result<Flow, SessionError> {
+        if expect.forward {
+            match self.reply_mode {
+                ReplyMode::On => {}
+                ReplyMode::Off => expect.replies = 0,
+                ReplyMode::SkipNext => {
+                    expect.replies = 0;
+                    self.reply_mode = ReplyMode::On;
+                }
+            }
+        }
+        self.forward_raw(args, expect).await
+    }
+
+    async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
+        if self.up.is_none() {
+            // Boxed: connecting (perhaps with TLS) is rare and its future is large.
+            match Box::pin(self.ctx.pool.acquire()).await {
+                Ok(conn) => {
+                    let (r, w) = tokio::io::split(conn.stream);
+                    self.send_slot(Slot::Attach(r)).await?;
+                    self.up = Some(w);
+                    // Pooled connections are logged in as the listener's user.
+                    self.up_as = RunsAs::Listener;
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
+                    let msg = format!("cachegate: upstream unavailable ({e})");
+                    self.local(reply::error(&msg)).await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+        // The slot is queued before the bytes leave, so the reply side always knows what a
+        // frame is for.
+        let mut expect = expect;
+        if expect.forward && expect.replies > 0 {
+            expect.timed = Some((self.label.of(&args[0]), Instant::now()));
+        }
+        if expect.replies > 0 {
+            self.send_slot(Slot::Upstream(expect)).await?;
+        }
+        encode_command(&mut self.wbuf, args.iter().map(|a| &a[..]));
+        if self.wbuf.len() >= UPSTREAM_WRITE_BATCH {
+            self.flush_upstream().await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A proxy-made reply, unless the client turned replies off.
+    async fn local(&mut self, reply: Bytes) -> Result<(), SessionError> {
+        match self.reply_mode {
+            ReplyMode::On => self.local_always(reply).await,
+            ReplyMode::Off => Ok(()),
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                // The SKIP went to the backend too, which still holds it for the next command
+                // it sees: a PING takes it there, so that the next reply forwarded is not the
+                // one Redis drops (every reply after would be one late).
+                if self.up.is_some() {
+                    let ping = [Bytes::from_static(b"PING")];
+                    Box::pin(self.forward_raw(&ping, Expect::swallowed(0))).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn local_always(&mut self, reply: Bytes) -> Result<(), SessionError> {
+        self.send_slot(Slot::Local(reply)).await
+    }
+
+    async fn send_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
+        self.flush_shared().await?;
+        self.queue_slot(slot).await
+    }
+
+    async fn queue_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(closed());
+        };
+        match tx.try_send(slot) {
+            Ok(()) => Ok(()),
+            Err(slots::TrySendError::Full(slot)) => {
+                // The reply side may be waiting for replies to requests still in our buffer.
+                // Rare, and boxed so that the session's state stays small.
+                Box::pin(async {
+                    self.flush_upstream().await?;
+                    let tx = self.tx.as_ref().ok_or_else(closed)?;
+                    tx.send(slot).await.map_err(|_| closed())
+                })
+                .await
+            }
+            Err(slots::TrySendError::Closed(_)) => Err(closed()),
+        }
+    }
+
+    async fn flush_upstream(&mut self) -> Result<(), SessionError> {
+        let Some(up) = self.up.as_mut() else {
+            return Ok(());
+        };
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            up.write_all(&self.wbuf).await?;
+            up.flush().await
+        };
+        tokio::select! {
+            r = write => r.map_err(|e| SessionError::Upstream(UpstreamError::Io(e)))?,
+            _ = self.abort.cancelled() => return Err(closed()),
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+}
+
+fn closed() -> SessionError {
+    SessionError::Upstream(UpstreamError::Closed)
+}
+
+/// The last command name labelled, copied (not a view of the client's read buffer, which would
+/// keep it from being reused): a pipeline of one command is looked up once.
+#[derive(Default)]
+struct LastLabel {
+    name: [u8; 24],
+    len: usize,
+    label: &'static str,
+}
+
+impl LastLabel {
+    fn of(&mut self, name: &[u8]) -> &'static str {
+        if !self.label.is_empty() && self.name.get(..self.len) == Some(name) {
+            return self.label;
+        }
+        let label = command_label(name);
+        if let Some(copy) = self.name.get_mut(..name.len()) {
+            copy.copy_from_slice(name);
+            self.len = name.len();
+            self.label = label;
+        }
+        label
+    }
+}
+
+/// A command's metric label: its name as the command table spells it, or "other", so that
+/// clients cannot grow the label set.
+fn command_label(name: &[u8]) -> &'static str {
+    // Lower-cased on the stack: no allocation per command.
+    let mut buf = [0u8; 32];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return "other";
+    };
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower)
+        .ok()
+        .and_then(|l| crate::auth::commands::table().commands.get_key_value(l))
+        .map(|(k, _)| k.as_str())
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_remembered_per_name_and_case() {
+        let mut last = LastLabel::default();
+        assert_eq!(last.of(b"GET"), "get");
+        assert_eq!(last.of(b"GET"), "get");
+        assert_eq!(last.of(b"set"), "set");
+        assert_eq!(last.of(b"NOSUCHCOMMAND"), "other");
+        assert_eq!(last.of(b"Get"), "get");
+        // Longer than the copy holds: still labelled, never confused with its prefix.
+        let long = [b'x'; 40];
+        assert_eq!(last.of(&long), "other");
+        assert_eq!(last.of(b"Get"), "get");
+        assert_eq!(last.of(b""), "other");
+    }
+}

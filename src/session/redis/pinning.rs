@@ -1,0 +1,178 @@
+//! Pinning: when a session takes a connection of its own and when it gives it back, and who
+//! that connection runs commands as (the listener's backend user, its ACL user's, or the
+//! administrator's for a renamed command).
+
+use super::*;
+
+impl RequestSide {
+    /// Who the next command must run as on the session's own connection.
+    pub(super) fn wanted_identity(&self, renamed: bool) -> RunsAs {
+        let Some(ids) = &self.ctx.identities else {
+            return RunsAs::Listener;
+        };
+        if renamed && ids.admin.is_some() {
+            return RunsAs::Admin;
+        }
+        match &self.user {
+            Some(u) if ids.users.contains_key(&u.name) => RunsAs::User(u.name.clone()),
+            _ => RunsAs::Listener,
+        }
+    }
+
+    /// Logs the session's own connection in as `want` if it is not already (connecting first
+    /// if needed); a refusal to send instead when that cannot be done inside MULTI.
+    pub(super) async fn run_as(&mut self, want: RunsAs) -> Result<Option<Bytes>, SessionError> {
+        let Some(ids) = &self.ctx.identities else {
+            return Ok(None);
+        };
+        if self.up.is_some() && self.up_as == want {
+            return Ok(None);
+        }
+        if self.up.is_none() && want == RunsAs::Listener {
+            return Ok(None);
+        }
+        if self.in_multi {
+            return Ok(Some(reply::error(
+                "cachegate: this command runs as another backend user (a renamed command, or a script enforced by a mirrored user), which cannot change inside MULTI",
+            )));
+        }
+        let auth = match &want {
+            RunsAs::Listener => ids.listener.clone(),
+            RunsAs::Admin => ids.admin.clone().unwrap_or_else(|| ids.listener.clone()),
+            RunsAs::User(name) => match ids.users.get(name) {
+                Some(auth) => auth.clone(),
+                None => ids.listener.clone(),
+            },
+        };
+        if self.up.is_none() {
+            // Connect first (a pooled connection is logged in as the listener's user).
+            let ping = [Bytes::from_static(b"PING")];
+            self.forward_raw(&ping, Expect::swallowed(1)).await?;
+        }
+        let mut frame = BytesMut::new();
+        encode_command(&mut frame, auth.iter().map(|a| &a[..]));
+        // Nothing else goes on the connection until the login is known to have worked: a
+        // command pipelined behind a refused AUTH would run as the previous user.
+        if !Box::pin(self.own_roundtrip(&frame)).await? {
+            // The backend lost the user (restarted without its ACL file, or someone removed
+            // it): provisioned again with the configured credentials, then tried once more.
+            tracing::warn!(listener = %self.ctx.listener, "a backend user's login was refused: provisioning the backend users again");
+            let connector = self.ctx.pool.connector();
+            let mut provisioned = connector.provision.is_some();
+            if let Some(provision) = &connector.provision {
+                for step in provision.admin_auth.iter().chain(&provision.setusers) {
+                    provisioned &= Box::pin(self.own_roundtrip(step)).await?;
+                }
+            }
+            if !provisioned || !Box::pin(self.own_roundtrip(&frame)).await? {
+                return Err(SessionError::Upstream(UpstreamError::Unexpected(
+                    "the backend refused this session's backend user".into(),
+                )));
+            }
+        }
+        self.up_as = want;
+        Ok(None)
+    }
+
+    /// Sends a pre-encoded command on the session's own connection and waits for its reply:
+    /// whether it succeeded. Only for cachegate's own commands (logins, provisioning).
+    pub(super) async fn own_roundtrip(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
+        let (done, reply) = oneshot::channel();
+        let mut expect = Expect::swallowed(1);
+        expect.login = Some(done);
+        self.send_slot(Slot::Upstream(expect)).await?;
+        self.wbuf.extend_from_slice(frame);
+        self.flush_upstream().await?;
+        Ok(reply.await.unwrap_or(false))
+    }
+
+    /// Whether the pinned connection holds state that sharing would lose. Blocking commands
+    /// need no flag: unpinning waits for every reply still due.
+    pub(super) fn holds_state(&self) -> bool {
+        self.in_multi || self.pin_state.any() || self.reply_mode != ReplyMode::On
+    }
+
+    /// Notes the connection state a command creates or ends while pinned.
+    pub(super) fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
+        let st = &mut self.pin_state;
+        match kind {
+            Kind::Subscribe | Kind::Stateful => st.sticky = true,
+            Kind::Client => match client_subcommand(args).as_deref() {
+                Some(b"SETNAME") if args.len() == 3 => {
+                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
+                }
+                Some(b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"LIST") => {}
+                _ => st.sticky = true,
+            },
+            Kind::Watch => st.watching = true,
+            Kind::Unwatch => st.watching = false,
+            Kind::Select => st.db = args.get(1).is_some_and(|d| &d[..] != b"0"),
+            _ => {}
+        }
+    }
+
+    /// Back to the shared connections: the reply side hands back the pinned connection once
+    /// every reply due on it has been delivered, and it is reset and pooled as a leaving
+    /// session's would be.
+    pub(super) async fn unpin(&mut self) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_slot(Slot::Detach(tx)).await?;
+        self.flush_upstream().await?;
+        let read_half = rx.await.map_err(|_| closed())?;
+        if let (Some(write_half), Some(read_half)) = (self.up.take(), read_half) {
+            let conn = Conn {
+                stream: read_half.unsplit(write_half),
+                connector: self.ctx.pool.connector(),
+            };
+            self.ctx.pool.release(conn, self.wbuf.is_empty());
+        }
+        self.up = None;
+        self.pin_state = PinState::default();
+        self.shared = Some(SharedSession {
+            name: self.name.take(),
+            ..SharedSession::default()
+        });
+        self.ctx
+            .metrics
+            .pinned_sessions
+            .get_or_create(&self.listener_labels())
+            .dec();
+        tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session back on shared connections");
+        Ok(())
+    }
+
+    pub(super) fn listener_labels(&self) -> crate::metrics::ListenerLabels {
+        crate::metrics::ListenerLabels {
+            listener: self.ctx.listener.clone(),
+        }
+    }
+
+    /// From now on this session has its own connection, with the state kept so far (RESP
+    /// version, client name) applied to it. Replies still due from shared connections come
+    /// first: the reply side takes slots in order.
+    pub(super) async fn pin(&mut self) -> Result<(), SessionError> {
+        let Some(state) = self.shared.take() else {
+            return Ok(());
+        };
+        self.ctx
+            .metrics
+            .pinned_sessions
+            .get_or_create(&self.listener_labels())
+            .inc();
+        self.name = state.name.clone();
+        tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session pinned to its own upstream connection");
+        if self.resp3 {
+            let hello = [Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")];
+            self.forward_raw(&hello, Expect::swallowed(1)).await?;
+        }
+        if let Some(name) = state.name {
+            let setname = [
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                name,
+            ];
+            self.forward_raw(&setname, Expect::swallowed(1)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,342 @@
+//! The reply side: walks the slots the request side queued, reading whole upstream frames
+//! and shared connections' replies, and writes them (or local answers) to the client in
+//! request order.
+
+use super::*;
+
+async fn read_some(
+    up: Option<&mut ReadHalf<Stream>>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match up {
+        Some(up) => {
+            buf.reserve(crate::protocol::resp::rest_of_bulk(buf, READ_CHUNK));
+            up.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+struct Current {
+    expect: Expect,
+    deadline: Option<Instant>,
+}
+
+enum Event {
+    Slot(Option<Slot>),
+    Read(std::io::Result<usize>),
+    Shared(SharedReply),
+    Timeout,
+}
+
+async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
+    match wait {
+        Some(w) => (&mut w.reply)
+            .await
+            .unwrap_or_else(|_| Err(SharedError::Gone)),
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes replies to the client in request order. Returns the upstream read half, whether the
+/// upstream stream ended in step (nothing outstanding), and how the side ended.
+/// What the reply side knows of its session: its client id (HELLO's), and the in-flight
+/// allowance it gives back as it delivers shared replies.
+pub(super) struct Own {
+    pub(super) id: u64,
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+    /// The listener's configuration as it is now: replies are rewritten (COMMAND, ACL CAT)
+    /// with the policy in force when they arrive, a reload's included.
+    pub(super) live: Arc<Live<Context>>,
+}
+
+impl Drop for Own {
+    /// The reply side has ended: nothing gives the allowance back any more, so a request side
+    /// waiting for it must hear so (it ends the session) instead of waiting forever.
+    fn drop(&mut self) {
+        self.in_flight.close();
+    }
+}
+
+pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
+    ctx: &Context,
+    mut cw: W,
+    mut rx: slots::Receiver<Slot>,
+    own: Own,
+    abort: CancellationToken,
+    client_gone: CancellationToken,
+) -> (Option<ReadHalf<Stream>>, bool, Result<(), SessionError>) {
+    let timeout = ctx.pool.request_timeout();
+    let max_reply = ctx.limits.max_reply_bytes;
+    let mut up: Option<ReadHalf<Stream>> = None;
+    // Allocated by the first upstream read: a session on shared connections never needs it.
+    let mut ubuf = BytesMut::new();
+    // Grows with what is written; an idle session keeps only a few bytes.
+    let mut out = Outbox::default();
+    let mut current: Option<Current> = None;
+    // A shared-connection reply at the head of the queue; pinned frames wait behind it.
+    let mut shared: Option<SharedWait> = None;
+    let mut closed = false;
+    let mut scanner = ReplyScanner::default();
+    let mut meter = ctx.metrics.command_meter(&ctx.listener);
+    let mut charge = crate::budget::Charge::new(ctx.budget.clone());
+
+    let failure: Option<SessionError> = 'outer: loop {
+        // Route everything already at hand, then write it in one go.
+        loop {
+            if let Some(wait) = shared.as_mut() {
+                let ready = match wait.reply.try_recv() {
+                    Ok(result) => Some(result),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => Some(Err(SharedError::Gone)),
+                };
+                if let Some(result) = ready {
+                    if let Some(wait) = shared.take() {
+                        deliver_shared(wait, result, &mut out, &own, &mut meter);
+                    }
+                    if out.len() < CLIENT_WRITE_BATCH {
+                        continue;
+                    }
+                }
+            }
+            if current.is_none() && shared.is_none() && !closed {
+                match rx.try_recv() {
+                    Ok(Slot::Detach(back)) => {
+                        let half = up.take().filter(|_| ubuf.is_empty());
+                        ubuf.clear();
+                        scanner = ReplyScanner::default();
+                        let _ = back.send(half);
+                        continue;
+                    }
+                    Ok(slot) => {
+                        apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout);
+                        continue;
+                    }
+                    Err(slots::TryRecvError::Empty) => {}
+                    Err(slots::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            if up.is_some() && shared.is_none() {
+                match scanner.next(&ubuf, max_reply) {
+                    Ok(Some((len, kind))) => {
+                        let frame = ubuf.split_to(len).freeze();
+                        if let Err(e) = route(
+                            frame,
+                            kind,
+                            &mut current,
+                            &mut out,
+                            ctx,
+                            &own,
+                            &mut meter,
+                            timeout,
+                        ) {
+                            break 'outer Some(e.into());
+                        }
+                        if out.len() < CLIENT_WRITE_BATCH {
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => break 'outer Some(UpstreamError::from(e).into()),
+                }
+            }
+            break;
+        }
+        if let Err(over) = charge.hold(ubuf.capacity() + out.len()) {
+            break Some(SessionError::OverBudget(over));
+        }
+        if !out.is_empty() {
+            if let Err(e) = out.write_to(&mut cw).await {
+                break Some(SessionError::ClientIo(e));
+            }
+        }
+        if closed && current.is_none() && shared.is_none() {
+            break None;
+        }
+        // The client has gone while a blocking command waits: nobody will read its reply, so
+        // do not wait for it (Redis closes such a client too). The connection is not reused.
+        let blocked = current.as_ref().is_some_and(|c| c.expect.blocking);
+        if blocked && client_gone.is_cancelled() {
+            break None;
+        }
+        let deadline = current.as_ref().and_then(|c| c.deadline);
+        // Biased: what is at hand first, without a random start (everything ready was taken
+        // by the loop above, so nothing here starves).
+        let event = tokio::select! {
+            biased;
+            slot = rx.recv(), if current.is_none() && shared.is_none() && !closed => Event::Slot(slot),
+            read = read_some(up.as_mut(), &mut ubuf) => Event::Read(read),
+            reply = wait_shared(&mut shared) => Event::Shared(reply),
+            _ = sleep_until(deadline) => Event::Timeout,
+            _ = client_gone.cancelled(), if blocked => continue,
+        };
+        match event {
+            Event::Slot(Some(Slot::Detach(back))) => {
+                let half = up.take().filter(|_| ubuf.is_empty());
+                ubuf.clear();
+                scanner = ReplyScanner::default();
+                let _ = back.send(half);
+            }
+            Event::Slot(Some(slot)) => {
+                apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout)
+            }
+            Event::Shared(reply) => {
+                // The shared connection times out and fails requests itself.
+                if let Some(wait) = shared.take() {
+                    deliver_shared(wait, reply, &mut out, &own, &mut meter);
+                }
+            }
+            Event::Slot(None) => closed = true,
+            Event::Read(Ok(0)) => break Some(UpstreamError::Closed.into()),
+            Event::Read(Ok(_)) => {
+                if let Err(over) = charge.hold(ubuf.capacity() + out.len()) {
+                    break Some(SessionError::OverBudget(over));
+                }
+            }
+            Event::Read(Err(e)) => break Some(UpstreamError::Io(e).into()),
+            Event::Timeout => break Some(UpstreamError::Timeout(timeout).into()),
+        }
+    };
+
+    let clean = failure.is_none() && current.is_none() && ubuf.is_empty();
+    if let Some(SessionError::Upstream(e)) = &failure {
+        // The client learns why before the connection closes; nothing partial was written.
+        abort.cancel();
+        if current.as_ref().is_some_and(|c| c.expect.forward) {
+            let msg = match e {
+                UpstreamError::Timeout(_) => format!("cachegate: {e}"),
+                _ => format!("cachegate: upstream connection lost ({e})"),
+            };
+            let _ = cw.write_all(&reply::error(&msg)).await;
+        }
+    } else if let Some(SessionError::OverBudget(over)) = &failure {
+        // The replies still due cannot be delivered: the client learns why, and the
+        // connection (mid-reply) is not reused.
+        abort.cancel();
+        let _ = cw
+            .write_all(&reply::error(&format!("cachegate: {over}")))
+            .await;
+    } else if failure.is_some() {
+        abort.cancel();
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, cw.shutdown()).await;
+    (up, clean, failure.map_or(Ok(()), Err))
+}
+
+/// A shared connection's reply (or its failure) for the client; the session goes on either
+/// way, since it held no state on that connection.
+fn deliver_shared(
+    wait: SharedWait,
+    result: SharedReply,
+    out: &mut Outbox,
+    own: &Own,
+    meter: &mut CommandMeter,
+) {
+    // The batch's in-flight allowance, as the request side took it.
+    own.in_flight
+        .add_permits(wait.labels.len().min(MAX_SHARED_IN_FLIGHT as usize));
+    let session = own.id;
+    match result {
+        Ok(replies) => {
+            match &wait.rewrite {
+                // Only ever for a request of one command.
+                Some(rw) => out.push(rewrite_reply(
+                    replies.bytes,
+                    rw,
+                    &own.live.load().policy,
+                    session,
+                )),
+                None => out.push(replies.bytes),
+            }
+            let took = wait.sent.elapsed();
+            for label in &wait.labels {
+                meter.observe(label, took);
+            }
+        }
+        // One error per command, so the client's replies stay in step.
+        Err(e) => {
+            let ctx = own.live.load();
+            ctx.metrics
+                .request_failures
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    listener: ctx.listener.clone(),
+                    reason: e.cause().to_string(),
+                })
+                .inc_by(wait.labels.len().max(1) as u64);
+            let error = reply::error(&format!("cachegate: {e}"));
+            for _ in 0..wait.labels.len().max(1) {
+                out.extend_from_slice(&error);
+            }
+        }
+    }
+}
+
+fn apply(
+    slot: Slot,
+    up: &mut Option<ReadHalf<Stream>>,
+    current: &mut Option<Current>,
+    shared: &mut Option<SharedWait>,
+    out: &mut Outbox,
+    timeout: Duration,
+) {
+    match slot {
+        Slot::Shared(wait) => *shared = Some(wait),
+        // Handled by the caller, which owns the read buffer.
+        Slot::Detach(_) => {}
+        Slot::Attach(r) => *up = Some(r),
+        Slot::Local(bytes) => out.push(bytes),
+        Slot::Upstream(expect) => {
+            let deadline = (!expect.blocking).then(|| Instant::now() + timeout);
+            *current = Some(Current { expect, deadline });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route(
+    frame: Bytes,
+    kind: ReplyKind,
+    current: &mut Option<Current>,
+    out: &mut Outbox,
+    ctx: &Context,
+    own: &Own,
+    meter: &mut CommandMeter,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let session = own.id;
+    if kind == ReplyKind::Push {
+        out.push(frame);
+        return Ok(());
+    }
+    let Some(cur) = current.as_mut() else {
+        // Unsolicited: a RESP2 pub/sub message or a MONITOR line.
+        out.push(frame);
+        return Ok(());
+    };
+    let has_login = cur.expect.login.is_some();
+    if let Some(login) = cur.expect.login.take() {
+        let _ = login.send(kind != ReplyKind::Error);
+    }
+    if cur.expect.forward {
+        match &cur.expect.rewrite {
+            Some(rw) => out.push(rewrite_reply(frame, rw, &own.live.load().policy, session)),
+            None => out.push(frame),
+        }
+    } else if kind == ReplyKind::Error && !has_login {
+        tracing::warn!(
+            listener = %ctx.listener,
+            reply = %crate::upstream::conn::printable(&frame),
+            "upstream refused a command cachegate sent on its own behalf"
+        );
+    }
+    cur.expect.replies -= 1;
+    if cur.expect.replies == 0 {
+        if let Some((label, sent)) = cur.expect.timed {
+            meter.observe(label, sent.elapsed());
+        }
+        *current = None;
+    } else if cur.deadline.is_some() {
+        cur.deadline = Some(Instant::now() + timeout);
+    }
+    Ok(())
+}
