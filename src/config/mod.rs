@@ -1,4 +1,5 @@
-//! Configuration: `file` mirrors the TOML, `build` turns it into a typed, always-valid `Config`.
+//! Configuration: `file` mirrors the TOML, `build` (one file per section) turns it into the
+//! typed, always-valid `Config` of `model`.
 //!
 //! Parse, don't validate: once `load` returns a `Config`, every certificate has been read, every
 //! policy built and every value range-checked. Unknown keys, bad values and unreadable files are
@@ -6,11 +7,12 @@
 
 pub mod build;
 pub mod file;
+pub mod model;
 pub mod secrets;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{
+pub use model::{
     AuthLimits, AuthMode, BackendUser, Config, Identity, Limits, ListenerConfig, ListenerTls,
     MemcachedConfig, NodeDown, Protocol, RingNode, UpstreamConfig,
 };
@@ -416,10 +418,10 @@ upstream.address = "127.0.0.1:6379"
         let c = parse(MINIMAL, "t", Path::new(".")).unwrap();
         let l = &c.listeners[0];
         assert_eq!(l.name, "redis-0");
-        assert_eq!(l.max_connections, build::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(l.max_connections, model::DEFAULT_MAX_CONNECTIONS);
         assert_eq!(
             l.tls.as_ref().unwrap().handshake_timeout,
-            build::DEFAULT_HANDSHAKE_TIMEOUT
+            model::DEFAULT_HANDSHAKE_TIMEOUT
         );
     }
 

@@ -1,0 +1,72 @@
+//! `[listeners.upstream]`: address, credentials, timeouts and pools.
+
+use super::*;
+
+pub(super) fn upstream(
+    p: &mut Problems,
+    key: &str,
+    u: UpstreamFile,
+    base: &Path,
+) -> Option<UpstreamConfig> {
+    let before = p.list.len();
+    let address = match u.address {
+        None if !u.nodes.is_empty() => u.nodes[0].clone(),
+        None => {
+            p.add(
+                format!("{key}.address"),
+                "missing (e.g. \"127.0.0.1:6379\")",
+            );
+            String::new()
+        }
+        Some(a) => {
+            if split_host_port(&a).is_none() {
+                p.add(format!("{key}.address"), format!("`{a}` is not host:port"));
+            }
+            a
+        }
+    };
+    if u.username.is_some() && u.password.is_none() {
+        p.add(format!("{key}.password"), "a username needs a password");
+    }
+    let tls = match u.tls {
+        Some(t) if t.enabled != Some(false) => {
+            upstream_tls(p, &format!("{key}.tls"), t, &address, base)
+        }
+        _ => None,
+    };
+    if p.list.len() > before {
+        return None;
+    }
+    Some(UpstreamConfig {
+        backend_user: None,
+        mirror_users: Vec::new(),
+        address,
+        username: u.username,
+        password: u.password.map(Password::new),
+        connect_timeout: u.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        request_timeout: u.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        warm_connections: u
+            .warm_connections
+            .map(|w| w as usize)
+            .unwrap_or(DEFAULT_WARM_CONNECTIONS),
+        max_idle: u
+            .max_idle
+            .map(|m| m as usize)
+            .unwrap_or(DEFAULT_MAX_IDLE)
+            .max(
+                u.warm_connections
+                    .map(|w| w as usize)
+                    .unwrap_or(DEFAULT_WARM_CONNECTIONS),
+            ),
+        health_interval: u.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+        shared_connections: if u.multiplex.unwrap_or(true) {
+            u.shared_connections
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_SHARED_CONNECTIONS)
+                .max(1)
+        } else {
+            0
+        },
+        tls,
+    })
+}
