@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use crate::protocol::resp::ReplyError;
-
 /// Who a failure is attributed to, for logs and (later) metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -47,13 +45,48 @@ pub enum UpstreamError {
     Unexpected(String),
 }
 
+/// Malformed client input. The display text is what follows `-ERR Protocol error: ` on the wire,
+/// worded as Redis words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("too big inline request")]
+    TooBigInline,
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("too big mbulk count string")]
+    TooBigMultibulkCount,
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("too big bulk count string")]
+    TooBigBulkCount,
+    #[error("expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
+    #[error("bulk string not terminated by CRLF")]
+    MissingCrlf,
+}
+
+/// Malformed or oversized upstream output: the upstream connection cannot be trusted any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("malformed reply from upstream: {0}")]
+    Malformed(&'static str),
+    #[error("reply from upstream larger than {0} bytes")]
+    TooLarge(usize),
+}
+
 /// Why a client session ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("client i/o error: {0}")]
     ClientIo(std::io::Error),
     #[error("client protocol error: {0}")]
-    Protocol(#[from] crate::protocol::resp::ProtocolError),
+    Protocol(#[from] ProtocolError),
     #[error("client left a request unfinished for {0:?}")]
     PartialRequestTimeout(Duration),
     #[error("client query buffer over {0} bytes")]

@@ -93,3 +93,18 @@ fn the_leaves_depend_on_nothing_of_the_proxy() {
         assert!(deps.is_empty(), "{leaf} depends on {deps:?}");
     }
 }
+
+/// The floor under the sessions: wire framing knows no policy (the memcached parser asks
+/// through a trait the session implements), and the error types import no protocol.
+#[test]
+fn framing_and_errors_sit_at_the_bottom() {
+    let edges = graph();
+    for (module, allowed) in [("protocol", &["error"][..]), ("error", &["budget"][..])] {
+        let deps = edges.get(module).cloned().unwrap_or_default();
+        let extra: Vec<_> = deps
+            .iter()
+            .filter(|d| !allowed.contains(&d.as_str()))
+            .collect();
+        assert!(extra.is_empty(), "{module} depends on {extra:?}");
+    }
+}

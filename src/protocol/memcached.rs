@@ -17,7 +17,31 @@
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::policy::{Decision, Policy};
+/// What the listener's policy makes of a typed command name. The parser asks mid-line: a
+/// refused storage command's data block is swallowed with it, and a renamed one is framed as
+/// its real command. (The policy implements it; the parser knows no policy.)
+pub trait Names {
+    fn resolve(&self, typed: &[u8]) -> Named;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// Runs as typed.
+    AsTyped,
+    /// An alias: runs as this real command.
+    Real(Bytes),
+    /// Disabled (or the real name behind an alias): unknown to the client.
+    Refused,
+}
+
+/// Every name as typed (no policy).
+pub struct AsTyped;
+
+impl Names for AsTyped {
+    fn resolve(&self, _: &[u8]) -> Named {
+        Named::AsTyped
+    }
+}
 
 /// memcached's own key limit.
 pub const MAX_KEY: usize = 250;
@@ -225,7 +249,7 @@ impl Parser {
     }
 
     /// The next complete outcome at the front of `buf`, or `None` when more bytes are needed.
-    pub fn next(&mut self, buf: &mut BytesMut, policy: &Policy) -> Option<Parsed> {
+    pub fn next(&mut self, buf: &mut BytesMut, policy: &impl Names) -> Option<Parsed> {
         if self.swallow > 0 {
             let n = (self.swallow).min(buf.len() as u64) as usize;
             buf.advance(n);
@@ -252,7 +276,7 @@ impl Parser {
         }
     }
 
-    fn step(&self, buf: &[u8], policy: &Policy) -> Step {
+    fn step(&self, buf: &[u8], policy: &impl Names) -> Step {
         let Some(nl) = buf
             .iter()
             .take(self.limits.max_line + 2)
@@ -291,10 +315,10 @@ impl Parser {
         };
         // Beyond 23 tokens memcached reads nothing more (get/gets go on for keys).
         let n = tokens.len().min(MAX_TOKENS);
-        let (real, refused) = match policy.decide(typed) {
-            Decision::Allow => (typed.to_vec(), false),
-            Decision::Rename(real) => (real.to_ascii_lowercase(), false),
-            Decision::Refuse => (typed.to_vec(), true),
+        let (real, refused) = match policy.resolve(typed) {
+            Named::AsTyped => (typed.to_vec(), false),
+            Named::Real(real) => (real.to_ascii_lowercase(), false),
+            Named::Refused => (typed.to_vec(), true),
         };
         let known = is_known(&real);
         if !known && is_http(typed, &tokens[..n]) {
@@ -1031,6 +1055,7 @@ pub fn split_values(reply: &Bytes) -> (Vec<(Bytes, Bytes)>, Option<Bytes>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Policy;
     use proptest::prelude::*;
 
     fn parse_all(input: &[u8]) -> Vec<Parsed> {

@@ -13,6 +13,7 @@
 //! counter instead of recursion and without building values, so cachegate knows where each
 //! reply ends (of any shape and any nesting depth) and never forwards half of one.
 
+pub use crate::error::{ProtocolError, ReplyError};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Redis's own cap on an inline request or a header line without `\r\n` (PROTO_INLINE_MAX_SIZE).
@@ -40,32 +41,6 @@ impl Default for RequestLimits {
             max_multibulk: DEFAULT_MAX_MULTIBULK,
         }
     }
-}
-
-/// Malformed client input. The display text is what follows `-ERR Protocol error: ` on the wire,
-/// worded as Redis words it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("too big inline request")]
-    TooBigInline,
-    #[error("unbalanced quotes in request")]
-    UnbalancedQuotes,
-    #[error("too big mbulk count string")]
-    TooBigMultibulkCount,
-    #[error("invalid multibulk length")]
-    InvalidMultibulkLength,
-    #[error("unauthenticated multibulk length")]
-    UnauthenticatedMultibulkLength,
-    #[error("too big bulk count string")]
-    TooBigBulkCount,
-    #[error("expected '$', got '{}'", char::from(*.0))]
-    ExpectedBulk(u8),
-    #[error("invalid bulk length")]
-    InvalidBulkLength,
-    #[error("unauthenticated bulk length")]
-    UnauthenticatedBulkLength,
-    #[error("bulk string not terminated by CRLF")]
-    MissingCrlf,
 }
 
 /// One parsed command: the name and its arguments, as slices of the frozen read buffer.
@@ -359,15 +334,6 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         args.push(cur);
     }
-}
-
-/// Malformed or oversized upstream output: the upstream connection cannot be trusted any more.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplyError {
-    #[error("malformed reply from upstream: {0}")]
-    Malformed(&'static str),
-    #[error("reply from upstream larger than {0} bytes")]
-    TooLarge(usize),
 }
 
 /// What kind of reply frame was delimited; enough for the session to route it.

@@ -393,6 +393,18 @@ where
     Ok(())
 }
 
+/// The memcached parser asks the policy what a typed name is (mid-line: see `Names`).
+impl crate::protocol::memcached::Names for Policy {
+    fn resolve(&self, typed: &[u8]) -> crate::protocol::memcached::Named {
+        use crate::protocol::memcached::Named;
+        match self.decide(typed) {
+            crate::policy::Decision::Allow => Named::AsTyped,
+            crate::policy::Decision::Rename(real) => Named::Real(real),
+            crate::policy::Decision::Refuse => Named::Refused,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
