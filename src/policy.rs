@@ -57,6 +57,55 @@ pub enum Visibility {
     Hidden,
 }
 
+/// One problem in `commands.disable` / `commands.rename`. `key` is where it belongs
+/// (`disable`, `rename.<command>`); the text is the message `cachegate check` shows there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown command group `@{0}` (known: @scripting)")]
+    UnknownGroup(String),
+    #[error("`{name}` {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("`{0}` is not `COMMAND|SUBCOMMAND`")]
+    NotSubcommand(String),
+    #[error("`{0}` is answered by cachegate itself and cannot be disabled")]
+    OwnedDisabled(String),
+    #[error("subcommands cannot be renamed (Redis's rename-command cannot either); disable `{real}` instead, or rename the whole command")]
+    RenamedSubcommand { real: String },
+    #[error("{what} `{name}` {why}")]
+    BadRenameName {
+        real: String,
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    #[error("`{upper}` is answered by cachegate itself and cannot be renamed")]
+    OwnedRenamed { real: String, upper: String },
+    #[error("`{upper}` is also in commands.disable; pick one")]
+    RenamedAndDisabled { real: String, upper: String },
+    #[error("new name `{alias}` is disabled or already used by another rename")]
+    AliasTaken { real: String, alias: String },
+    #[error("new name `{alias}` is itself renamed away")]
+    AliasRenamedAway { real: String, alias: String },
+}
+
+impl PolicyError {
+    /// The key under `commands` the problem belongs to.
+    pub fn key(&self) -> String {
+        match self {
+            PolicyError::UnknownGroup(_)
+            | PolicyError::BadName { .. }
+            | PolicyError::NotSubcommand(_)
+            | PolicyError::OwnedDisabled(_) => "disable".to_string(),
+            PolicyError::RenamedSubcommand { real }
+            | PolicyError::BadRenameName { real, .. }
+            | PolicyError::OwnedRenamed { real, .. }
+            | PolicyError::RenamedAndDisabled { real, .. }
+            | PolicyError::AliasTaken { real, .. }
+            | PolicyError::AliasRenamedAway { real, .. } => format!("rename.{real}"),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Upper-case names that are refused: disabled ones and the real names of renamed ones.
@@ -73,7 +122,7 @@ pub struct Policy {
 
 impl Policy {
     /// Builds a policy, reporting every problem in the lists at once.
-    pub fn new(disable: &[String], rename: &[(String, String)]) -> Result<Self, Vec<String>> {
+    pub fn new(disable: &[String], rename: &[(String, String)]) -> Result<Self, Vec<PolicyError>> {
         let mut problems = Vec::new();
         let mut disabled: Vec<String> = Vec::new();
         let mut subcommands: Vec<String> = Vec::new();
@@ -82,15 +131,16 @@ impl Policy {
                 if group.eq_ignore_ascii_case("scripting") {
                     disabled.extend(SCRIPTING_COMMANDS.iter().map(|s| s.to_string()));
                 } else {
-                    problems.push(format!(
-                        "disable: unknown command group `@{group}` (known: @scripting)"
-                    ));
+                    problems.push(PolicyError::UnknownGroup(group.to_string()));
                 }
             } else if let Err(why) = check_name(entry) {
-                problems.push(format!("disable: `{entry}` {why}"));
+                problems.push(PolicyError::BadName {
+                    name: entry.clone(),
+                    why,
+                });
             } else if let Some((container, sub)) = entry.split_once('|') {
                 if container.is_empty() || sub.is_empty() || sub.contains('|') {
-                    problems.push(format!("disable: `{entry}` is not `COMMAND|SUBCOMMAND`"));
+                    problems.push(PolicyError::NotSubcommand(entry.clone()));
                 } else {
                     subcommands.push(entry.to_ascii_uppercase());
                 }
@@ -101,9 +151,7 @@ impl Policy {
         let mut policy = Policy::default();
         for name in &disabled {
             if PROXY_OWNED.contains(&name.as_str()) {
-                problems.push(format!(
-                    "disable: `{name}` is answered by cachegate itself and cannot be disabled"
-                ));
+                problems.push(PolicyError::OwnedDisabled(name.clone()));
             }
             policy.refused.insert(name.as_bytes().to_vec());
         }
@@ -114,37 +162,44 @@ impl Policy {
         }
         for (real, alias) in rename {
             if real.contains('|') || alias.contains('|') {
-                problems.push(format!(
-                    "rename.{real}: subcommands cannot be renamed (Redis's rename-command cannot either); disable `{real}` instead, or rename the whole command"
-                ));
+                problems.push(PolicyError::RenamedSubcommand { real: real.clone() });
                 continue;
             }
             let real_up = real.to_ascii_uppercase();
             let alias_up = alias.to_ascii_uppercase();
             for (what, name) in [("command", real), ("new name", alias)] {
                 if let Err(why) = check_name(name) {
-                    problems.push(format!("rename.{real}: {what} `{name}` {why}"));
+                    problems.push(PolicyError::BadRenameName {
+                        real: real.clone(),
+                        what,
+                        name: name.clone(),
+                        why,
+                    });
                 }
             }
             if PROXY_OWNED.contains(&real_up.as_str()) {
-                problems.push(format!(
-                    "rename.{real}: `{real_up}` is answered by cachegate itself and cannot be renamed"
-                ));
+                problems.push(PolicyError::OwnedRenamed {
+                    real: real.clone(),
+                    upper: real_up.clone(),
+                });
             }
             if disabled.contains(&real_up) {
-                problems.push(format!(
-                    "rename.{real}: `{real_up}` is also in commands.disable; pick one"
-                ));
+                problems.push(PolicyError::RenamedAndDisabled {
+                    real: real.clone(),
+                    upper: real_up.clone(),
+                });
             }
             if disabled.contains(&alias_up) || policy.aliases.contains_key(alias_up.as_bytes()) {
-                problems.push(format!(
-                    "rename.{real}: new name `{alias}` is disabled or already used by another rename"
-                ));
+                problems.push(PolicyError::AliasTaken {
+                    real: real.clone(),
+                    alias: alias.clone(),
+                });
             }
             if rename.iter().any(|(r, _)| r.eq_ignore_ascii_case(alias)) {
-                problems.push(format!(
-                    "rename.{real}: new name `{alias}` is itself renamed away"
-                ));
+                problems.push(PolicyError::AliasRenamedAway {
+                    real: real.clone(),
+                    alias: alias.clone(),
+                });
             }
             policy.refused.insert(real_up.clone().into_bytes());
             policy.aliases.insert(
@@ -337,6 +392,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(errs.contains(&PolicyError::OwnedDisabled("AUTH".into())));
+        assert_eq!(errs[0], PolicyError::UnknownGroup("nope".into()));
+        assert_eq!(errs[0].key(), "disable");
+        let keys: Vec<String> = errs.iter().map(PolicyError::key).collect();
+        assert!(keys.contains(&"rename.DEL".to_string()), "{keys:?}");
     }
 
     #[test]

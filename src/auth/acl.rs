@@ -134,6 +134,32 @@ impl Denied {
     }
 }
 
+/// A rule string that does not parse: the rule (a password in it redacted) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule `{rule}`: {why}")]
+pub struct AclError {
+    pub rule: String,
+    pub why: RuleError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("expected %R~, %W~ or %RW~")]
+    KeyPermissionForm,
+    #[error("key permissions are R, W or RW")]
+    KeyPermissions,
+    #[error("unknown ACL rule")]
+    Unknown,
+    #[error("unknown category `@{0}`")]
+    UnknownCategory(String),
+    #[error("unknown command `{0}`")]
+    UnknownCommand(String),
+    #[error("unknown subcommand `{0}`")]
+    UnknownSubcommand(String),
+    #[error("a password hash is 64 hex digits (SHA-256)")]
+    PasswordHash,
+}
+
 impl User {
     /// Whether `other` allows and refuses exactly what this user does (its passwords and how
     /// it logs in aside).
@@ -149,7 +175,7 @@ impl User {
 
     /// A user from a rule string, starting from Redis's defaults for a new user (`off`, no
     /// passwords, no commands, no keys, no channels).
-    pub fn parse(name: &str, rules: &str) -> Result<User, String> {
+    pub fn parse(name: &str, rules: &str) -> Result<User, AclError> {
         let mut user = User {
             name: name.to_string(),
             enabled: false,
@@ -165,13 +191,15 @@ impl User {
             channel_patterns: Vec::new(),
         };
         for token in rules.split_whitespace() {
-            user.apply(token)
-                .map_err(|why| format!("rule `{}`: {why}", redact(token)))?;
+            user.apply(token).map_err(|why| AclError {
+                rule: redact(token),
+                why,
+            })?;
         }
         Ok(user)
     }
 
-    fn apply(&mut self, token: &str) -> Result<(), String> {
+    fn apply(&mut self, token: &str) -> Result<(), RuleError> {
         let lower = token.to_ascii_lowercase();
         match lower.as_str() {
             "on" => self.enabled = true,
@@ -204,7 +232,8 @@ impl User {
             "nocommands" | "-@all" => self.set_all(false),
             "reset" => {
                 let cert_required = self.cert_required;
-                *self = User::parse(&self.name, "resetpass resetkeys resetchannels off -@all")?;
+                *self = User::parse(&self.name, "resetpass resetkeys resetchannels off -@all")
+                    .map_err(|e| e.why)?;
                 self.cert_required = cert_required;
             }
             _ => return self.apply_prefixed(token),
@@ -212,7 +241,7 @@ impl User {
         Ok(())
     }
 
-    fn apply_prefixed(&mut self, token: &str) -> Result<(), String> {
+    fn apply_prefixed(&mut self, token: &str) -> Result<(), RuleError> {
         if let Some(pw) = token.strip_prefix('>') {
             let d = sha256(pw.as_bytes());
             if !self.passwords.contains(&d) {
@@ -234,10 +263,10 @@ impl User {
         } else if let Some(p) = token.strip_prefix('~') {
             self.add_key_pattern(true, true, p);
         } else if let Some(rest) = token.strip_prefix('%') {
-            let (perm, p) = rest.split_once('~').ok_or("expected %R~, %W~ or %RW~")?;
+            let (perm, p) = rest.split_once('~').ok_or(RuleError::KeyPermissionForm)?;
             let perm = perm.to_ascii_uppercase();
             if perm.is_empty() || !perm.chars().all(|c| c == 'R' || c == 'W') {
-                return Err("key permissions are R, W or RW".into());
+                return Err(RuleError::KeyPermissions);
             }
             self.add_key_pattern(perm.contains('R'), perm.contains('W'), p);
         } else if let Some(p) = token.strip_prefix('&') {
@@ -249,7 +278,7 @@ impl User {
         } else if let Some(rest) = token.strip_prefix('-') {
             self.set_commands(rest, false)?;
         } else {
-            return Err("unknown ACL rule".into());
+            return Err(RuleError::Unknown);
         }
         Ok(())
     }
@@ -279,7 +308,7 @@ impl User {
     }
 
     /// `+cmd`, `-cmd`, `+@cat`, `-@cat`, `+cmd|sub`, `-cmd|sub`.
-    fn set_commands(&mut self, what: &str, allow: bool) -> Result<(), String> {
+    fn set_commands(&mut self, what: &str, allow: bool) -> Result<(), RuleError> {
         let t = table();
         let what = what.to_ascii_lowercase();
         let names: Vec<String> = if let Some(cat) = what.strip_prefix('@') {
@@ -288,7 +317,7 @@ impl User {
                 return Ok(());
             }
             if !t.categories.iter().any(|c| c == cat) {
-                return Err(format!("unknown category `@{cat}`"));
+                return Err(RuleError::UnknownCategory(cat.to_string()));
             }
             t.all()
                 .filter(|(_, info)| info.categories.iter().any(|c| c == cat))
@@ -298,16 +327,16 @@ impl User {
             let info = t
                 .commands
                 .get(cmd)
-                .ok_or_else(|| format!("unknown command `{cmd}`"))?;
+                .ok_or_else(|| RuleError::UnknownCommand(cmd.to_string()))?;
             if !info.subcommands.contains_key(&what) {
-                return Err(format!("unknown subcommand `{what}`"));
+                return Err(RuleError::UnknownSubcommand(what.clone()));
             }
             vec![what.clone()]
         } else {
             let info = t
                 .commands
                 .get(&what)
-                .ok_or_else(|| format!("unknown command `{what}`"))?;
+                .ok_or_else(|| RuleError::UnknownCommand(what.clone()))?;
             std::iter::once(what.clone())
                 .chain(info.subcommands.keys().cloned())
                 .collect()
@@ -628,14 +657,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn parse_sha256(hex: &str) -> Result<[u8; 32], String> {
+fn parse_sha256(hex: &str) -> Result<[u8; 32], RuleError> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("a password hash is 64 hex digits (SHA-256)".into());
+        return Err(RuleError::PasswordHash);
     }
     let mut out = [0u8; 32];
     for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).map_err(|_| "not hex")?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| "not hex")?;
+        let s = std::str::from_utf8(chunk).map_err(|_| RuleError::PasswordHash)?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| RuleError::PasswordHash)?;
     }
     Ok(out)
 }
@@ -859,11 +888,12 @@ mod tests {
             ("on bogus", "`bogus`"),
             ("on +config|nosuch", "`+config|nosuch`"),
         ] {
-            let err = User::parse("u", rules).unwrap_err();
+            let err = User::parse("u", rules).unwrap_err().to_string();
             assert!(err.contains(want), "{rules}: {err}");
         }
         let err = User::parse("u", ">canary-secret bogus").unwrap_err();
-        assert!(!err.contains("canary"), "{err}");
+        assert_eq!(err.why, RuleError::Unknown);
+        assert!(!err.to_string().contains("canary"), "{err}");
     }
 
     #[test]

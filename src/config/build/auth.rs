@@ -235,10 +235,8 @@ pub(super) fn commands(
     match Policy::new(&c.disable, &rename) {
         Ok(policy) => Some(policy),
         Err(errs) => {
-            // Policy problems read "<sub-key>: <message>".
             for e in errs {
-                let (sub, msg) = e.split_once(": ").unwrap_or(("", &e));
-                p.add(format!("{key}.{sub}"), msg);
+                p.add(format!("{key}.{}", e.key()), e.to_string());
             }
             None
         }
