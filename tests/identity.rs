@@ -80,6 +80,37 @@ async fn certificate_required_user_cannot_be_logged_into_by_name() {
     assert_eq!(anon.cmd(&["ACL", "WHOAMI"]).await, b"$6\r\nreader\r\n");
 }
 
+/// A `default` that needs no password but requires a certificate is nobody's by default: a
+/// client without that certificate gets NOAUTH (it was logged in as `default` at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_default_is_not_had_without_the_certificate() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let users = USERS.replace(
+        "name = \"default\"\nacl = \"off\"",
+        "name = \"default\"\nacl = \"on nopass ~* +@all\"\ncert_required = true",
+    );
+    assert_ne!(users, USERS);
+    let proxy = Proxy::start(&format!(
+        "{users}[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n\
+         auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\
+         auth.certificate_users = [{{ cn = \"app-client\", user = \"default\" }}]\n\
+         upstream.address = {:?}\n",
+        pki.tls_toml(),
+        pki.ca,
+        redis.address()
+    ))
+    .await;
+    let mut anon = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        anon.cmd(&["GET", "k"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    let mut mapped = RawClient::try_tls(with_cert(&pki), proxy.addr)
+        .await
+        .unwrap();
+    assert_eq!(mapped.cmd(&["ACL", "WHOAMI"]).await, b"$7\r\ndefault\r\n");
+}
+
 async fn memcached_proxy(pki: &Pki, node: &Memcached, default_on: bool) -> Proxy {
     let users = if default_on {
         USERS.replace("acl = \"off\"", "acl = \"on nopass %R~pub:* +@read\"")

@@ -5,5 +5,6 @@
 pub mod acl;
 pub mod cert;
 pub mod commands;
+pub mod login;
 pub mod secret;
 pub mod throttle;

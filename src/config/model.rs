@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::auth::cert::CertMapping;
-use crate::auth::secret::{Password, TokenSet};
+use crate::auth::secret::Password;
 use crate::policy::Policy;
 use crate::protocol::memcached::McLimits;
 use crate::protocol::resp::RequestLimits;
@@ -193,14 +193,7 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum AuthMode {
-    /// Every client is authenticated as `default` from the start.
-    None,
-    Tokens(TokenSet),
-    /// Redis ACL users of one group, enforced by cachegate.
-    Acl(Arc<UserGroup>),
-}
+pub use crate::auth::login::AuthMode;
 
 pub use crate::auth::acl::UserGroup;
 

@@ -248,18 +248,18 @@ pub async fn run<S>(
     }
 }
 
-/// The user a memcached connection acts as: its certificate's, else `default` if that user is
-/// on. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
+/// The user a memcached connection acts as (`auth::login::opening`, without AUTH): its
+/// certificate's, else `default` if that user is on and needs no certificate. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
 fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
     let AuthMode::Acl(group) = &rules.auth else {
         return Ok(None);
     };
     let mapped = crate::auth::cert::mapped_user(group, &rules.cert_users, cert);
-    let user = match mapped {
-        Some(u) => Some(u.clone()),
-        None => group.get(b"default").filter(|d| !d.cert_required).cloned(),
-    };
-    user.filter(|u| u.enabled).map(Some).ok_or(())
+    match crate::auth::login::opening(&rules.auth, mapped, false) {
+        crate::auth::login::Opening::As { user, .. } => Ok(Some(user)),
+        crate::auth::login::Opening::Open => Ok(None),
+        crate::auth::login::Opening::Out => Err(()),
+    }
 }
 
 /// Who is on the other end of a session.

@@ -2,6 +2,7 @@
 //! as typed; the login's security events and throttling.
 
 use super::*;
+use crate::auth::login;
 
 impl RequestSide {
     /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
@@ -117,76 +118,39 @@ impl RequestSide {
         );
     }
 
-    /// Back to a fresh connection's identity: authenticated without AUTH when there is no
-    /// auth, or (ACL) as `default` when that user is on and has `nopass`, as Redis does.
+    /// Back to a fresh connection's identity (`auth::login::opening`): its certificate's user,
+    /// else `default` when that needs no password, else not logged in; authenticated from the
+    /// start when the listener has no auth.
     pub(super) fn log_out(&mut self) {
-        self.user = None;
-        self.by_cert = false;
-        if let Some(u) = self.cert_user.clone().filter(|u| u.enabled) {
-            self.user = Some(u);
-            self.authenticated = true;
-            self.by_cert = true;
-            return;
-        }
-        self.authenticated = match &self.ctx.auth {
-            AuthMode::None => true,
-            AuthMode::Tokens(_) => false,
-            AuthMode::Acl(group) => match group.get(b"default") {
-                Some(d) if d.enabled && d.nopass => {
-                    self.user = Some(d.clone());
-                    true
-                }
-                _ => false,
-            },
-        };
+        let (user, authenticated, by_cert) =
+            match login::opening(&self.ctx.auth, self.cert_user.as_ref(), true) {
+                login::Opening::Open => (None, true, false),
+                login::Opening::As { user, by_cert } => (Some(user), true, by_cert),
+                login::Opening::Out => (None, false, false),
+            };
+        self.user = user;
+        self.authenticated = authenticated;
+        self.by_cert = by_cert;
     }
 
-    /// The verdict on a set of credentials; on success the session is logged in.
+    /// The verdict on a set of credentials (`auth::login::check`); on success the session is
+    /// logged in.
     pub(super) fn check_credentials(&mut self, user: Option<&[u8]>, token: &[u8]) -> Verdict {
-        let named = user.unwrap_or(b"default");
-        let attempted = String::from_utf8_lossy(named).into_owned();
-        match &self.ctx.auth {
-            AuthMode::Acl(group) => {
-                let known = group.get(named).is_some();
-                // A certificate-required user needs this connection's certificate to be theirs.
-                let cert_ok = |u: &User| {
-                    !u.cert_required || self.cert_user.as_ref().is_some_and(|c| c.name == u.name)
-                };
-                let found = group
-                    .get(named)
-                    .filter(|u| u.enabled && cert_ok(u))
-                    .and_then(|u| u.check_password(token).map(|slot| (u.clone(), slot)));
-                match found {
-                    Some((u, slot)) => {
-                        let name = u.name.clone();
-                        self.user = Some(u);
-                        self.authenticated = true;
-                        self.by_cert = false;
-                        Verdict::Ok { user: name, slot }
-                    }
-                    None => Verdict::Failed { attempted, known },
+        match login::check(&self.ctx.auth, self.cert_user.as_deref(), user, token) {
+            login::Verdict::LoggedIn { user, name, slot } => {
+                if let Some(user) = user {
+                    self.user = Some(user);
+                    self.by_cert = false;
                 }
+                self.authenticated = true;
+                Verdict::Ok { user: name, slot }
             }
-            // Redis with a passwordless default user: `AUTH <pw>` is a configuration mistake,
-            // `AUTH default <anything>` succeeds.
-            AuthMode::None if user.is_none() => {
-                Verdict::Reply(Bytes::from_static(reply::AUTH_WITHOUT_PASSWORD))
-            }
-            AuthMode::None if named == b"default" => Verdict::Reply(Bytes::from_static(reply::OK)),
-            AuthMode::None => Verdict::Reply(Bytes::from_static(reply::WRONGPASS)),
-            AuthMode::Tokens(tokens) => match tokens.verify(token) {
-                Some(slot) if named == b"default" => {
-                    self.authenticated = true;
-                    Verdict::Ok {
-                        user: "default".into(),
-                        slot,
-                    }
-                }
-                _ => Verdict::Failed {
-                    known: named == b"default",
-                    attempted,
-                },
-            },
+            login::Verdict::Failed { attempted, known } => Verdict::Failed { attempted, known },
+            login::Verdict::NoAuth(answer) => Verdict::Reply(Bytes::from_static(match answer {
+                login::NoAuthAnswer::WithoutPassword => reply::AUTH_WITHOUT_PASSWORD,
+                login::NoAuthAnswer::Ok => reply::OK,
+                login::NoAuthAnswer::WrongPass => reply::WRONGPASS,
+            })),
         }
     }
 
