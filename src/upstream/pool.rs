@@ -28,12 +28,47 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A reset connection that keeps sending pub/sub messages past this many frames is dropped.
 const RESET_MAX_SKIPPED_FRAMES: usize = 10_000;
 
+#[derive(Debug, Clone)]
 struct Down {
     retry_at: std::time::Instant,
     /// The last connect tried, by the refill task or on demand.
     last_try: std::time::Instant,
     backoff: Duration,
     last_error: String,
+}
+
+impl Down {
+    /// The state after a failed connect at `now`: the backoff doubles from the previous
+    /// failure's (up to `BACKOFF_MAX`), starting at `BACKOFF_START`.
+    fn after_failure(previous: Option<&Down>, last_error: String, now: std::time::Instant) -> Down {
+        let backoff = previous
+            .map(|d| (d.backoff * 2).min(BACKOFF_MAX))
+            .unwrap_or(BACKOFF_START);
+        Down {
+            retry_at: now + backoff,
+            last_try: now,
+            backoff,
+            last_error,
+        }
+    }
+
+    /// Whether a request at `now` tries a connect itself (true) or fails at once: it does once
+    /// the backoff is over, and also when the last try is older than `ON_DEMAND_AFTER`, so that
+    /// the first request after the upstream returns does not wait for the backoff timer.
+    fn may_try(&self, now: std::time::Instant) -> bool {
+        now >= self.retry_at || now.duration_since(self.last_try) >= super::shared::ON_DEMAND_AFTER
+    }
+}
+
+/// What a released connection is sent before it is idle again: `RESET` (state, name, logged
+/// out), then cachegate's own `AUTH` if the upstream needs one.
+fn reset_sequence(auth: Option<&Bytes>) -> Bytes {
+    let mut reset = BytesMut::new();
+    encode_command(&mut reset, [&b"RESET"[..]].into_iter());
+    if let Some(auth) = auth {
+        reset.extend_from_slice(auth);
+    }
+    reset.freeze()
 }
 
 #[derive(Clone)]
@@ -91,11 +126,7 @@ impl Pool {
             None => admin_auth,
             Some(user) => Connector::auth_frame(Some(&user.name), Some(&user.password)),
         };
-        let mut reset = BytesMut::new();
-        encode_command(&mut reset, [&b"RESET"[..]].into_iter());
-        if let Some(auth) = &auth {
-            reset.extend_from_slice(auth);
-        }
+        let reset = reset_sequence(auth.as_ref());
         // RESET also clears the client name; library info never reaches the backend
         // (cachegate answers CLIENT SETINFO itself). Nothing here can be an error reply on
         // the backend (CLIENT SETINFO was, on Redis 7.0, in every reset).
@@ -118,7 +149,7 @@ impl Pool {
                 healthy: AtomicBool::new(false),
                 down: Mutex::new(None),
                 refill: Notify::new(),
-                reset: reset.freeze(),
+                reset,
             }),
         })
     }
@@ -170,12 +201,10 @@ impl Pool {
             return Ok(conn);
         }
         if let Some(down) = self.lock_down().as_mut() {
-            // While down, fail at once, except that a request tries a connect itself when the
-            // last try is not too recent: the first one after the upstream returns does not
-            // wait for the backoff timer (and is bounded by connect_timeout).
+            // While down, fail at once unless this request may try (bounded by
+            // connect_timeout).
             let now = std::time::Instant::now();
-            let on_demand = now.duration_since(down.last_try) >= super::shared::ON_DEMAND_AFTER;
-            if now < down.retry_at && !on_demand {
+            if !down.may_try(now) {
                 return Err(UpstreamError::Down {
                     addr: self.address().to_string(),
                     last: down.last_error.clone(),
@@ -262,17 +291,11 @@ impl Pool {
             let mut down = self.lock_down();
             *down = match (ok, down.take()) {
                 (true, _) => None,
-                (false, previous) => {
-                    let backoff = previous
-                        .map(|d| (d.backoff * 2).min(BACKOFF_MAX))
-                        .unwrap_or(BACKOFF_START);
-                    Some(Down {
-                        retry_at: std::time::Instant::now() + backoff,
-                        last_try: std::time::Instant::now(),
-                        backoff,
-                        last_error: err.map(|e| e.to_string()).unwrap_or_default(),
-                    })
-                }
+                (false, previous) => Some(Down::after_failure(
+                    previous.as_ref(),
+                    err.map(|e| e.to_string()).unwrap_or_default(),
+                    std::time::Instant::now(),
+                )),
             };
         }
         let was = self.inner.healthy.swap(ok, Ordering::Relaxed);
@@ -368,4 +391,121 @@ pub fn upstream_tls(
             opts.server_name.clone(),
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::shared::ON_DEMAND_AFTER;
+    use std::time::Instant;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_fails_fast_between_tries() {
+        let t0 = Instant::now();
+        let mut down = Down::after_failure(None, "refused".into(), t0);
+        assert_eq!(down.backoff, BACKOFF_START);
+        let mut seen = vec![down.backoff];
+        for _ in 0..10 {
+            down = Down::after_failure(Some(&down), "refused".into(), t0);
+            seen.push(down.backoff);
+        }
+        assert!(
+            seen.windows(2).all(|w| w[1] == (w[0] * 2).min(BACKOFF_MAX)),
+            "{seen:?}"
+        );
+        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
+        // Within the backoff and right after a try: fail fast.
+        assert!(!down.may_try(t0));
+        assert!(!down.may_try(t0 + ON_DEMAND_AFTER / 2));
+        // A request long enough after the last try tries itself, before the backoff is over.
+        assert!(ON_DEMAND_AFTER < BACKOFF_MAX);
+        assert!(down.may_try(t0 + ON_DEMAND_AFTER));
+        assert!(down.may_try(t0 + BACKOFF_MAX));
+    }
+
+    #[test]
+    fn a_released_connection_is_reset_then_logged_in_again() {
+        assert_eq!(&reset_sequence(None)[..], b"*1\r\n$5\r\nRESET\r\n");
+        let auth = Connector::auth_frame(
+            Some("app"),
+            Some(&crate::auth::secret::Password::new("pw".into())),
+        )
+        .unwrap();
+        let seq = reset_sequence(Some(&auth));
+        assert!(seq.starts_with(b"*1\r\n$5\r\nRESET\r\n"));
+        assert!(seq.ends_with(&auth));
+    }
+
+    fn config(address: String, max_idle: usize) -> UpstreamConfig {
+        let file: crate::config::file::FileConfig = toml::from_str(&format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.enabled = false\nauth.mode = \"none\"\n\
+             upstream.address = {address:?}\nupstream.max_idle = {max_idle}\n\
+             upstream.warm_connections = 0\n"
+        ))
+        .unwrap();
+        let mut problems = Vec::new();
+        let cfg = crate::config::build::build(file, std::path::Path::new("."), &mut problems)
+            .unwrap_or_else(|| panic!("{problems:?}"));
+        cfg.listeners[0].upstream.clone()
+    }
+
+    /// A socket pair's client side as an upstream connection (no backend needed: these
+    /// tests look at which connections the pool keeps, never at what they carry).
+    async fn conns(
+        pool: &Pool,
+        listener: &tokio::net::TcpListener,
+        n: usize,
+    ) -> Vec<(Conn, tokio::net::TcpStream)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+            let (client, server) = tokio::join!(client, listener.accept());
+            out.push((
+                Conn {
+                    stream: super::super::Stream::Plain(client.unwrap()),
+                    connector: pool.connector(),
+                },
+                server.unwrap().0,
+            ));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_and_dead_ones_never_handed_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(
+            &config(listener.local_addr().unwrap().to_string(), 2),
+            1 << 20,
+            Protocol::Memcached,
+        )
+        .unwrap();
+        let mut made = conns(&pool, &listener, 4).await;
+        let (kept_open, peer_open) = made.remove(0);
+        let (closed, peer_closed) = made.remove(0);
+        // An unclean release drops the connection whatever the room.
+        let (unclean, _peer) = made.remove(0);
+        pool.release(unclean, false);
+        assert_eq!(pool.lock_idle().len(), 0);
+        // The peer of `closed` goes away while it sits idle.
+        pool.release(closed, true);
+        pool.release(kept_open, true);
+        let (third, _peer3) = made.remove(0);
+        pool.release(third, true);
+        assert_eq!(pool.lock_idle().len(), 2, "max_idle bounds the idle list");
+        drop(peer_closed);
+        // Until the close has reached the idle connection (at once on loopback).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.lock_idle().front().is_some_and(Conn::looks_alive) {
+            assert!(Instant::now() < deadline, "the close never arrived");
+            tokio::task::yield_now().await;
+        }
+        let got = pool.acquire().await.unwrap();
+        // The dead one was skipped: the one handed out is the live one.
+        assert_eq!(
+            got.stream.tcp().local_addr().unwrap(),
+            peer_open.peer_addr().unwrap()
+        );
+        assert_eq!(pool.lock_idle().len(), 0);
+    }
 }
