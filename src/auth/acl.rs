@@ -375,6 +375,16 @@ impl User {
     /// The verdict for one call, checked as Redis checks it: the command, then every key it
     /// touches (read or write per its key specs), then the channels.
     pub fn check(&self, args: &[impl AsRef<[u8]>]) -> Result<(), Denied> {
+        self.check_found(args, table().lookup(args))
+    }
+
+    /// `check` for a call already looked up in the command table (`found`, as
+    /// `CommandTable::lookup` gives it), so that a request's name is normalized once.
+    pub fn check_found(
+        &self,
+        args: &[impl AsRef<[u8]>],
+        found: Option<(&str, &CommandInfo)>,
+    ) -> Result<(), Denied> {
         let typed = || {
             let mut typed = args
                 .first()
@@ -388,7 +398,7 @@ impl User {
             }
             typed
         };
-        let Some((name, info)) = table().lookup(args) else {
+        let Some((name, info)) = found else {
             return match (self.all_commands, self.all_keys) {
                 (true, true) => Ok(()),
                 (true, false) => Err(Denied::UnknownKeys(typed())),

@@ -116,9 +116,12 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     if let Some(refusal) = sub_refused {
         return answer(refusal, true, None);
     }
+    // The one look-up of the (real) name in the command table, for the ACL and the sharing
+    // verdict alike. ACL DRYRUN's rewrite below touches neither the name nor the subcommand.
+    let found = crate::auth::commands::table().lookup(&req.args);
     if let Some(user) = gate.user {
         // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
-        if let Err(denied) = user.check(&req.args) {
+        if let Err(denied) = user.check_found(&req.args, found) {
             let (reason, object) = denied.event();
             return answer(
                 reply::error_line(&denied.error()),
@@ -144,7 +147,7 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
         };
         req.raw = None;
     }
-    let sharing = sharing::of(&req.args, gate.acl);
+    let sharing = sharing::of_found(&req.args, found, gate.acl);
     if let Sharing::Refuse(why) = sharing {
         return answer(why.reply(&req.args), true, None);
     }

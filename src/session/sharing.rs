@@ -188,7 +188,16 @@ const LOCKOUT_SETTINGS: &[&str] = &[
 /// The verdict for one call (name already resolved through the rename policy).
 /// `users_here`: cachegate holds the ACL users (ACL commands are answered locally).
 pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
-    let Some((full, info)) = table().lookup(args) else {
+    of_found(args, table().lookup(args), users_here)
+}
+
+/// `of` for a call already looked up in the command table (see `User::check_found`).
+pub fn of_found(
+    args: &[Bytes],
+    found: Option<(&str, &crate::auth::commands::CommandInfo)>,
+    users_here: bool,
+) -> Sharing {
+    let Some((full, info)) = found else {
         // Not in the table: a module's or a newer server's command, never shared.
         return Sharing::PinTaint;
     };
