@@ -413,7 +413,7 @@ async fn tracking_monitor_and_blocked_leavers() {
 
     let mut blocked = RawClient::tls(&pki, proxy.addr).await;
     blocked.send_cmd(&["BLPOP", "never", "0"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(redis.until_blocked(1).await);
     drop(blocked);
     let mut after = 0.0;
     for _ in 0..50 {

@@ -178,7 +178,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let addr = proxy.addr;
     let mut c = RawClient::authed(&pki, addr).await;
     c.send_cmd(&["BLPOP", "nothing", "1"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(redis.until_blocked(1).await);
     let report = tokio::spawn(proxy.shutdown());
     assert_eq!(c.read().await, b"*-1\r\n", "in-flight request completes");
     assert!(c.closed().await, "then the connection closes");
@@ -195,7 +195,7 @@ async fn shutdown_grace_period_bounds_the_drain() {
     let proxy = Proxy::tls_with_global(&pki, &redis, "shutdown.grace = \"300ms\"\n").await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     c.send_cmd(&["BLPOP", "nothing", "0"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(redis.until_blocked(1).await);
     let report = tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
         .await
         .expect("shutdown is bounded by the grace period");

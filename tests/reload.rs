@@ -604,7 +604,7 @@ async fn the_watcher_picks_up_a_fix_and_can_be_turned_off_and_on_again() {
     let redis = Redis::start().await;
     let config = |watch: &str, token: &str, extra: &str| {
         format!(
-            "[reload]\nwatch_interval = {watch:?}\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{token:?}]\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[reload]\nwatch_interval = {watch:?}\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{token:?}]\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
             pki.tls_toml(),
             redis.address()
         )
@@ -624,7 +624,17 @@ async fn the_watcher_picks_up_a_fix_and_can_be_turned_off_and_on_again() {
         &proxy.config_path,
         &config("100ms", TOKEN, &format!("auth.tokens_file = {tokens:?}\n")),
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Until the watcher has seen it (and refused it).
+    assert!(
+        eventually(|| async {
+            let metrics = proxy.admin_get("/metrics").await.1;
+            metric(
+                &metrics,
+                "cachegate_config_reloads_total{result=\"failure\"}",
+            ) >= 1.0
+        })
+        .await
+    );
     std::fs::write(&tokens, TOKEN_NEW).unwrap();
     assert!(
         eventually(|| logs_in(TOKEN_NEW)).await,

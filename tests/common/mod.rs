@@ -245,6 +245,17 @@ impl Redis {
     pub async fn direct(&self) -> RawClient {
         RawClient::new(Box::new(self.tcp().await))
     }
+
+    /// Waits (polling, up to the harness's deadline) until the backend has `n` clients blocked
+    /// in a blocking command; false if it never does.
+    pub async fn until_blocked(&self, n: u64) -> bool {
+        let want = format!("blocked_clients:{n}\r\n");
+        eventually(|| async {
+            let info = self.direct().await.cmd(&["INFO", "clients"]).await;
+            s(&info).contains(&want)
+        })
+        .await
+    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
