@@ -7,6 +7,8 @@
 //!   reply side that writes replies back in request order (`reply.rs`);
 //! - `memcached/` is the memcached session: the same read loop and limits, batch planning over
 //!   the ketama ring, and the answers it makes itself;
+//! - `reader` is the client read loop both protocols share, with the same limits (unparsed
+//!   bytes, half-sent requests, the memory budget);
 //! - `sharing` is the reviewed allow-list of what may share an upstream connection, `commands`
 //!   the command classification and reply rewrites, `acl_commands` the `ACL ...` answers from
 //!   cachegate's users, `outbox` and `slots` the buffers between a session's two halves.
@@ -16,6 +18,7 @@ mod admission;
 pub mod commands;
 pub mod memcached;
 mod outbox;
+mod reader;
 pub mod redis;
 pub mod sharing;
 mod slots;

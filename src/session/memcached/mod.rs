@@ -15,7 +15,7 @@
 mod answers;
 mod batch;
 
-use crate::deadline::sleep_until;
+use super::reader::{ClientReader, Filled, ReadError, ReadLimits};
 use answers::*;
 use batch::*;
 use std::net::SocketAddr;
@@ -282,12 +282,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut superseded = Box::pin(rules.superseded.clone().cancelled_owned());
-    let (mut cr, mut cw) = tokio::io::split(stream);
+    let (cr, mut cw) = tokio::io::split(stream);
     let mut parser = Parser::new(ctx.config.limits);
     let mut meter = ctx.security.metrics.command_meter(&ctx.listener);
-    let mut rbuf = BytesMut::new();
-    let mut room = crate::read_room::ReadRoom::new();
-    let mut partial_since: Option<Instant> = None;
+    let mut reader = ClientReader::new(cr, ctx.security.budget.clone());
     let mut charge = crate::budget::Charge::new(ctx.security.budget.clone());
     // Registered once, not on every read: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
@@ -308,7 +306,7 @@ where
         let mut batch = Vec::new();
         let mut close = false;
         while batch.len() < MAX_BATCH {
-            match parser.next(&mut rbuf, &rules.policy) {
+            match parser.next(&mut reader.buf, &rules.policy) {
                 None => break,
                 Some(Parsed::Request(r)) if r.cmd == Cmd::Quit => {
                     close = true;
@@ -336,7 +334,7 @@ where
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
             let out = execute(ctx, batch, conns, &*who, &mut meter).await;
-            if let Err(over) = charge.hold(rbuf.capacity() + out.len()) {
+            if let Err(over) = charge.hold(out.len()) {
                 cw.write_all(&server_error("", &over.to_string())).await?;
                 break;
             }
@@ -353,40 +351,34 @@ where
         if shutdown.is_cancelled() {
             break;
         }
-        // The same cap on unparsed input as Redis listeners have: what is left once every
-        // complete request in the buffer has run.
-        let max = rules.limits.max_request_bytes;
-        if rbuf.len() > max {
-            let why = format!("request larger than limits.max_request_bytes ({max} bytes)");
-            cw.write_all(&server_error("", &why)).await?;
-            break;
-        }
-        partial_since = match (rbuf.is_empty(), partial_since) {
-            (true, _) => None,
-            (false, None) => Some(Instant::now()),
-            (false, since) => since,
+        let limits = ReadLimits {
+            max_request_bytes: rules.limits.max_request_bytes,
+            partial_request_timeout: rules.limits.partial_request_timeout,
         };
-        let deadline = partial_since.map(|s| s + rules.limits.partial_request_timeout);
-        room.prepare(&mut rbuf);
-        tokio::select! {
-            read = cr.read_buf(&mut rbuf) => match read {
-                Ok(0) => break,
-                Ok(n) => {
-                    room.record(n);
-                    if let Err(over) = charge.hold(rbuf.capacity()) {
-                        cw.write_all(&server_error("", &over.to_string())).await?;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e),
-            },
-            _ = sleep_until(deadline) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client left a request unfinished"));
+        // Shutdown, or a reload (taken at the loop's top).
+        let wake = std::pin::pin!(async {
+            tokio::select! {
+                _ = &mut shut => {}
+                _ = &mut superseded => {}
             }
-            _ = &mut shut => break,
-            // A reload: the loop takes the new rules before reading on.
-            _ = &mut superseded => {}
+        });
+        match reader.fill(limits, wake).await {
+            Ok(Filled::Data) => {}
+            Ok(Filled::Woken) if shutdown.is_cancelled() => break,
+            Ok(Filled::Woken) => {}
+            Ok(Filled::Eof) => break,
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(ReadError::PartialTimeout(_)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client left a request unfinished",
+                ))
+            }
+            // The same cap on unparsed input, and the same budget, as Redis listeners have.
+            Err(e @ (ReadError::TooLarge(_) | ReadError::OverBudget(_))) => {
+                cw.write_all(&server_error("", &e.to_string())).await?;
+                break;
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;

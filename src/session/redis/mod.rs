@@ -24,6 +24,7 @@ mod login;
 mod pinning;
 mod replies;
 
+use super::reader::{ClientReader, Filled, ReadError, ReadLimits};
 use super::{acl_commands, admission, commands, outbox, sharing, slots};
 use replies::{reply_side, Own};
 
@@ -510,22 +511,19 @@ impl RequestSide {
 
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut cr: R,
+        cr: R,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
-        let mut rbuf = BytesMut::new();
-        let mut room = crate::read_room::ReadRoom::new();
-        let mut partial_since: Option<Instant> = None;
-        let mut charge = crate::budget::Charge::new(self.ctx.budget.clone());
+        let mut reader = ClientReader::new(cr, self.ctx.budget.clone());
         // Registered once, not on every read: each registration takes the token's lock.
         let abort = self.abort.clone();
         let mut aborted = std::pin::pin!(abort.cancelled());
         let mut shut = std::pin::pin!(shutdown.cancelled());
         let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
-        let result = loop {
+        loop {
             if self.live.generation() != self.generation {
                 if !self.refresh() {
-                    break Ok(());
+                    return Ok(());
                 }
                 superseded.set(self.ctx.superseded.clone().cancelled_owned());
             }
@@ -533,14 +531,17 @@ impl RequestSide {
             // is forwarded as one write.
             let mut stop = false;
             loop {
-                match next_request(&mut rbuf, &self.ctx.limits.request, self.authenticated) {
-                    Ok(Some(request)) => match self.handle(request).await {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Stop) => {
+                match next_request(
+                    &mut reader.buf,
+                    &self.ctx.limits.request,
+                    self.authenticated,
+                ) {
+                    Ok(Some(request)) => match self.handle(request).await? {
+                        Flow::Continue => {}
+                        Flow::Stop => {
                             stop = true;
                             break;
                         }
-                        Err(e) => return Err(e),
                     },
                     Ok(None) => break,
                     Err(e) => {
@@ -553,56 +554,46 @@ impl RequestSide {
             self.flush_shared().await?;
             self.flush_upstream().await?;
             if stop || shutdown.is_cancelled() {
-                break Ok(());
+                return Ok(());
             }
-            partial_since = match (rbuf.is_empty(), partial_since) {
-                (true, _) => None,
-                (false, None) => Some(Instant::now()),
-                (false, since) => since,
+            let limits = ReadLimits {
+                max_request_bytes: self.ctx.limits.max_request_bytes,
+                partial_request_timeout: self.ctx.limits.partial_request_timeout,
             };
-            let limits = &self.ctx.limits;
-            if rbuf.len() > limits.max_request_bytes {
-                break Err(SessionError::QueryBufferFull(limits.max_request_bytes));
-            }
-            if let Err(over) = charge.hold(rbuf.capacity()) {
-                self.local_always(reply::error(&format!("cachegate: {over}")))
-                    .await?;
-                break Err(SessionError::OverBudget(over));
-            }
-            let partial_deadline =
-                partial_since.map(|since| since + limits.partial_request_timeout);
-            room.prepare(&mut rbuf);
-            // Biased, the read first: a session woken by its client's bytes reads them without
-            // polling (and re-registering) its three cancellation waits; they are polled when
-            // the read would wait, and shutdown is checked after every batch above.
-            tokio::select! {
-                biased;
-                read = cr.read_buf(&mut rbuf) => match read {
-                    Ok(0) => {
-                        self.client_gone.cancel();
-                        break Ok(());
-                    }
-                    Ok(n) => room.record(n),
-                    // Most clients close without a TLS close_notify; that is an ordinary close.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        self.client_gone.cancel();
-                        break Ok(());
-                    }
-                    Err(e) => {
-                        self.client_gone.cancel();
-                        break Err(SessionError::ClientIo(e));
-                    }
-                },
-                _ = sleep_until(partial_deadline) => {
-                    break Err(SessionError::PartialRequestTimeout(self.ctx.limits.partial_request_timeout));
+            // Shutdown, an abort by the reply side, or a reload (taken at the loop's top).
+            let wake = std::pin::pin!(async {
+                tokio::select! {
+                    _ = &mut shut => {}
+                    _ = &mut aborted => {}
+                    _ = &mut superseded => {}
                 }
-                _ = &mut shut => break Ok(()),
-                _ = &mut aborted => break Ok(()),
-                // A reload: the loop takes the new configuration before reading on.
-                _ = &mut superseded => {}
+            });
+            match reader.fill(limits, wake).await {
+                Ok(Filled::Data) => {}
+                Ok(Filled::Woken) if shutdown.is_cancelled() || abort.is_cancelled() => {
+                    return Ok(())
+                }
+                Ok(Filled::Woken) => {}
+                Ok(Filled::Eof) => {
+                    self.client_gone.cancel();
+                    return Ok(());
+                }
+                Err(ReadError::Io(e)) => {
+                    self.client_gone.cancel();
+                    return Err(SessionError::ClientIo(e));
+                }
+                Err(ReadError::PartialTimeout(t)) => {
+                    return Err(SessionError::PartialRequestTimeout(t))
+                }
+                // As Redis: a client over its query buffer limit is closed without a reply.
+                Err(ReadError::TooLarge(max)) => return Err(SessionError::QueryBufferFull(max)),
+                Err(ReadError::OverBudget(over)) => {
+                    self.local_always(reply::error(&format!("cachegate: {over}")))
+                        .await?;
+                    return Err(SessionError::OverBudget(over));
+                }
             }
-        };
-        result
+        }
     }
 
     /// Takes the listener's configuration after a reload: the new policy, limits and users
