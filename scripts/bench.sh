@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh            # 5 s per run
 #   DURATION=2s scripts/bench.sh
+#   CACHEGATE_BIN=/path/to/other/cachegate scripts/bench.sh
 #
 # Setup (as issue #5 describes): the backend and the front (cachegate, or redis-server's own
 # TLS) pinned together on CPU 0, the load generator (`cachegate bench`) on CPU 1; TLS 1.3 with
@@ -12,8 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
-cargo build --release --quiet
-BIN=$PWD/target/release/cachegate
+# CACHEGATE_BIN=path: benchmark that binary (e.g. an older build, for a before/after table).
+if [ -n "${CACHEGATE_BIN:-}" ]; then
+  BIN=$CACHEGATE_BIN
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/cachegate
+fi
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
