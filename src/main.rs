@@ -90,10 +90,24 @@ enum KeysAction {
     /// Adds a new data key and makes it primary: new values are sealed under it, old ones
     /// still open.
     Rotate,
-    /// Re-seals every value of the encrypted keyspaces under the primary data key, on the
-    /// backend (SCAN, then WATCH/MULTI per value: concurrent writes win); values in clear are
-    /// sealed. Run it again to resume.
-    Rewrap,
+    /// Re-seals every value of the encrypted keyspaces (strings and hash fields) under the
+    /// primary data key, on the backend (SCAN, then WATCH/MULTI per key: concurrent writes
+    /// win); values in clear are sealed. An interrupted run resumes from its saved cursor.
+    Rewrap {
+        /// Start from the beginning instead of the saved cursor.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Retires a data key: never loaded again, so a value still under it is an error
+    /// (counted) instead of opening. Needs a complete rewrap under the current primary key
+    /// first (recorded by `rewrap`), unless --force.
+    Retire {
+        /// The data key's id (`keys status`).
+        id: u32,
+        /// Retire it even without a recorded complete rewrap.
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-wraps every data key under a new root key (the values are not touched); then point
     /// root_key_file at it and reload.
     RotateRoot {
@@ -315,6 +329,7 @@ fn keys(
         _ => None,
     };
     let mut any = false;
+    let mut retired = false;
     for l in &config.listeners {
         let Some(e) = &l.encryption else { continue };
         if only.is_some_and(|n| n != l.name) {
@@ -326,14 +341,20 @@ fn keys(
             KeysAction::Status => {
                 let keys = keyring::status(&path, &e.root_key).map_err(anyhow::Error::msg)?;
                 println!("listener {}: keyring {}", l.name, path.display());
+                let date = |secs: u64| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                    )
+                };
                 for k in keys {
                     println!(
-                        "  data key {:>10}  created {}{}",
+                        "  data key {:>10}  created {}{}{}",
                         k.id,
-                        humantime::format_rfc3339_seconds(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.created)
-                        ),
-                        if k.primary { "  (primary)" } else { "" }
+                        date(k.created),
+                        if k.primary { "  (primary)" } else { "" },
+                        k.retired
+                            .map(|r| format!("  (retired {})", date(r)))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -344,23 +365,48 @@ fn keys(
                     l.name
                 );
             }
-            KeysAction::Rewrap => {
+            KeysAction::Rewrap { restart } => {
                 let (keys, _) =
                     keyring::open_or_create(&path, &e.root_key).map_err(anyhow::Error::msg)?;
+                let state = cachegate::rewrap::state_path(&path);
+                if *restart {
+                    let _ = std::fs::remove_file(&state);
+                } else if state.exists() {
+                    eprintln!("listener {}: resuming from {}", l.name, state.display());
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
+                // One line, rewritten in place on a terminal.
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let tally = runtime.block_on(cachegate::rewrap::rewrap(
                     config,
                     l,
                     &keys,
+                    Some(&state),
                     |pattern, t| {
-                        eprintln!(
-                            "  {pattern}: {} scanned, {} re-sealed ({} from clear), {} current",
+                        let line = format!(
+                            "  {pattern}: {} keys scanned, {} values re-sealed ({} from clear), {} current",
                             t.scanned, t.resealed, t.from_clear, t.current
-                        )
+                        );
+                        if tty {
+                            eprint!("\r{line}\x1b[K");
+                            if pattern == "(done)" {
+                                eprintln!();
+                            }
+                        } else {
+                            eprintln!("{line}");
+                        }
                     },
                 ))?;
+                let under: Vec<String> = tally
+                    .by_key
+                    .iter()
+                    .map(|(id, n)| format!("{n} under data key {id}"))
+                    .collect();
+                if !under.is_empty() {
+                    println!("listener {}: before this run, {}", l.name, under.join(", "));
+                }
                 println!(
                     "listener {}: {} values scanned: {} re-sealed under data key {} ({} of them from clear), {} already under it, {} changed meanwhile (left as they are), {} that do not open",
                     l.name,
@@ -376,6 +422,19 @@ fn keys(
                     tally.failed == 0,
                     "{} values do not open (tampered, or under a data key no longer in the keyring)",
                     tally.failed
+                );
+                keyring::note_rewrapped(&path, keys.primary.id).map_err(anyhow::Error::msg)?;
+            }
+            KeysAction::Retire { id, force } => {
+                // Data key ids are random per keyring: the listener that has it.
+                match keyring::retire(&path, &e.root_key, *id, *force) {
+                    Err(keyring::RetireError::NoSuchKey(_)) => continue,
+                    other => other?,
+                }
+                retired = true;
+                println!(
+                    "listener {}: data key {id} is retired; reload running cachegates (values still under it now fail, counted as retired_key)",
+                    l.name
                 );
             }
             KeysAction::RotateRoot { .. } => {
@@ -394,6 +453,9 @@ fn keys(
         "no listener with encryption{}",
         only.map(|n| format!(" named `{n}`")).unwrap_or_default()
     );
+    if let KeysAction::Retire { id, .. } = action {
+        anyhow::ensure!(retired, "no keyring has a data key {id}");
+    }
     Ok(())
 }
 

@@ -1,13 +1,18 @@
-//! `cachegate keys rewrap`: re-seals every string value of a listener's encrypted keyspaces
-//! under the primary data key, straight on the backend (with the listener's upstream settings
-//! and credentials). Values sealed under an older key are opened and sealed again; values in
+//! `cachegate keys rewrap`: re-seals every value of a listener's encrypted keyspaces (strings,
+//! and hash field values) under the primary data key, straight on the backend (with the
+//! listener's upstream settings and credentials). Values sealed under an older key are opened and sealed again; values in
 //! clear (a cache being migrated) are sealed. Safe against concurrent writers: each value is
 //! read under `WATCH` and written back in `MULTI`/`EXEC`, so a value changed meanwhile (by a
 //! client through cachegate, which seals it itself) is left as it is. Idempotent: values
-//! already under the primary key are skipped, so an interrupted run is resumed by running it
-//! again.
+//! already under the primary key are skipped, and the SCAN cursor is saved after every batch
+//! (beside the keyring), so an interrupted run resumes where it stopped. A run that went
+//! through everything with no failure is noted in the keyring: `keys retire` relies on it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ListenerConfig};
 use crate::crypt::{Keys, OpenError};
@@ -28,10 +33,12 @@ pub enum RewrapError {
     Refused { command: String, reply: String },
     #[error("the backend's SCAN reply does not parse")]
     Scan,
+    #[error("cannot save the rewrap's cursor: {0}")]
+    State(String),
 }
 
 /// What a rewrap did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub scanned: u64,
     /// Sealed under the primary key: from an older key, or from clear.
@@ -43,6 +50,39 @@ pub struct Tally {
     pub changed: u64,
     /// Values that do not open (tampered, or under a key no longer in the keyring).
     pub failed: u64,
+    /// Values found under each data key before this run (hash fields counted one by one).
+    pub by_key: BTreeMap<u32, u64>,
+}
+
+/// Where a rewrap is: saved after every SCAN batch, so that an interrupted run resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    /// The primary key it re-seals under: a rotation since starts over.
+    primary: u32,
+    /// Index into the string patterns then the hash patterns.
+    pattern: usize,
+    cursor: String,
+    tally: Tally,
+}
+
+fn save(path: &Path, cursor: &Cursor) -> Result<(), RewrapError> {
+    let text = serde_json::to_string(cursor).map_err(|e| RewrapError::State(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| RewrapError::State(format!("{}: {e}", path.display())))
+}
+
+fn saved(path: &Path, primary: u32) -> Option<Cursor> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<Cursor>(&text)
+        .ok()
+        .filter(|c| c.primary == primary)
+}
+
+/// The data key id of a sealed value (its header checked by a successful open).
+fn key_id(value: &[u8]) -> u32 {
+    u32::from_be_bytes([value[4], value[5], value[6], value[7]])
 }
 
 fn request(args: &[&[u8]]) -> Vec<u8> {
@@ -91,7 +131,8 @@ async fn one(
     tally: &mut Tally,
 ) -> Result<(), RewrapError> {
     call(conn, &[b"WATCH", key]).await?;
-    let reply = call(conn, &[b"GET", key]).await?;
+    // An error reply (WRONGTYPE: the key became another type since the SCAN) skips it.
+    let reply = conn.roundtrip(&request(&[b"GET", key])).await?;
     let value = match bulk(&reply, &mut 0) {
         Some(Some(v)) => v,
         // Gone, or no longer a string.
@@ -102,7 +143,8 @@ async fn one(
     };
     let plain = match keys.open(key, &value) {
         Ok(plain) => {
-            let id = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
+            let id = key_id(&value);
+            *tally.by_key.entry(id).or_default() += 1;
             if id == keys.primary.id {
                 tally.current += 1;
                 call(conn, &[b"UNWATCH"]).await?;
@@ -132,11 +174,82 @@ async fn one(
     Ok(())
 }
 
+/// Re-seals one hash's field values: every field not under the primary key, in one
+/// `HSET` inside `MULTI` (so a hash changed meanwhile is left as it is).
+async fn one_hash(
+    conn: &mut Conn,
+    keys: &Keys,
+    key: &Bytes,
+    tally: &mut Tally,
+) -> Result<(), RewrapError> {
+    call(conn, &[b"WATCH", key]).await?;
+    let reply = conn.roundtrip(&request(&[b"HGETALL", key])).await?;
+    let mut pos = 0;
+    let pairs = (|| {
+        let n = array(&reply, &mut pos)?;
+        let mut pairs = Vec::with_capacity(n / 2);
+        for _ in 0..n / 2 {
+            pairs.push((bulk(&reply, &mut pos)??, bulk(&reply, &mut pos)??));
+        }
+        Some(pairs)
+    })();
+    let Some(pairs) = pairs else {
+        // Gone, or no longer a hash (an error reply, or a RESP3 map: the connection is RESP2).
+        call(conn, &[b"UNWATCH"]).await?;
+        return Ok(());
+    };
+    let mut writes: Vec<(Bytes, Bytes)> = Vec::new();
+    let mut from_clear = 0;
+    for (field, value) in pairs {
+        let plain = match keys.open_field(key, &field, &value) {
+            Ok(plain) => {
+                let id = key_id(&value);
+                *tally.by_key.entry(id).or_default() += 1;
+                if id == keys.primary.id {
+                    tally.current += 1;
+                    continue;
+                }
+                plain
+            }
+            Err(OpenError::Plaintext) => {
+                from_clear += 1;
+                value
+            }
+            Err(_) => {
+                tally.failed += 1;
+                continue;
+            }
+        };
+        let sealed = keys.seal_field(key, &field, &plain);
+        writes.push((field, sealed));
+    }
+    if writes.is_empty() {
+        call(conn, &[b"UNWATCH"]).await?;
+        return Ok(());
+    }
+    let mut hset: Vec<&[u8]> = vec![b"HSET", key];
+    for (f, v) in &writes {
+        hset.push(f);
+        hset.push(v);
+    }
+    call(conn, &[b"MULTI"]).await?;
+    call(conn, &hset).await?;
+    let exec = call(conn, &[b"EXEC"]).await?;
+    if exec.starts_with(b"*-1") || exec.starts_with(b"_") {
+        tally.changed += writes.len() as u64;
+    } else {
+        tally.resealed += writes.len() as u64;
+        tally.from_clear += from_clear;
+    }
+    Ok(())
+}
+
 /// Rewraps one listener's keyspaces; `progress` is told the tally every thousand keys.
 pub async fn rewrap(
     config: &Config,
     listener: &ListenerConfig,
     keys: &Keys,
+    state: Option<&Path>,
     mut progress: impl FnMut(&str, &Tally),
 ) -> Result<Tally, RewrapError> {
     let encryption = listener
@@ -149,48 +262,79 @@ pub async fn rewrap(
         Protocol::Redis,
     )?;
     let mut conn = pool.connector().connect().await?;
-    let mut tally = Tally::default();
-    for pattern in &encryption.keyspaces.patterns {
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let reply = call(
-                &mut conn,
-                &[
-                    b"SCAN",
-                    &cursor,
-                    b"MATCH",
-                    pattern.as_bytes(),
-                    b"COUNT",
-                    b"200",
-                    b"TYPE",
-                    b"string",
-                ],
-            )
-            .await?;
-            let mut pos = 0;
-            let parsed = (|| {
-                array(&reply, &mut pos).filter(|&n| n == 2)?;
-                let next = bulk(&reply, &mut pos)??;
-                let n = array(&reply, &mut pos)?;
-                let mut found = Vec::with_capacity(n);
-                for _ in 0..n {
-                    found.push(bulk(&reply, &mut pos)??);
-                }
-                Some((next, found))
-            })();
-            let (next, found) = parsed.ok_or(RewrapError::Scan)?;
-            for key in &found {
-                tally.scanned += 1;
-                one(&mut conn, keys, key, &mut tally).await?;
-                if tally.scanned % 1000 == 0 {
-                    progress(pattern, &tally);
-                }
+    let spaces = &encryption.keyspaces;
+    let patterns: Vec<(&str, bool)> = spaces
+        .patterns
+        .iter()
+        .map(|p| (p.as_str(), false))
+        .chain(spaces.hashes.iter().map(|p| (p.as_str(), true)))
+        .collect();
+    let mut at = state
+        .and_then(|p| saved(p, keys.primary.id))
+        .unwrap_or(Cursor {
+            primary: keys.primary.id,
+            pattern: 0,
+            cursor: "0".into(),
+            tally: Tally::default(),
+        });
+    while at.pattern < patterns.len() {
+        let (pattern, hash) = patterns[at.pattern];
+        let kind: &[u8] = if hash { b"hash" } else { b"string" };
+        let reply = call(
+            &mut conn,
+            &[
+                b"SCAN",
+                at.cursor.as_bytes(),
+                b"MATCH",
+                pattern.as_bytes(),
+                b"COUNT",
+                b"200",
+                b"TYPE",
+                kind,
+            ],
+        )
+        .await?;
+        let mut pos = 0;
+        let parsed = (|| {
+            array(&reply, &mut pos).filter(|&n| n == 2)?;
+            let next = bulk(&reply, &mut pos)??;
+            let n = array(&reply, &mut pos)?;
+            let mut found = Vec::with_capacity(n);
+            for _ in 0..n {
+                found.push(bulk(&reply, &mut pos)??);
             }
-            if &next[..] == b"0" {
-                break;
+            Some((next, found))
+        })();
+        let (next, found) = parsed.ok_or(RewrapError::Scan)?;
+        for key in &found {
+            at.tally.scanned += 1;
+            if hash {
+                one_hash(&mut conn, keys, key, &mut at.tally).await?;
+            } else {
+                one(&mut conn, keys, key, &mut at.tally).await?;
             }
-            cursor = next;
+            if at.tally.scanned % 1000 == 0 {
+                progress(pattern, &at.tally);
+            }
+        }
+        if &next[..] == b"0" {
+            at.pattern += 1;
+            at.cursor = "0".into();
+        } else {
+            at.cursor = String::from_utf8_lossy(&next).into_owned();
+        }
+        if let Some(path) = state {
+            save(path, &at)?;
         }
     }
-    Ok(tally)
+    progress("(done)", &at.tally);
+    if let Some(path) = state {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(at.tally)
+}
+
+/// Where a listener's rewrap keeps its cursor: beside its keyring.
+pub fn state_path(keyring: &Path) -> std::path::PathBuf {
+    keyring.with_extension("rewrap.json")
 }

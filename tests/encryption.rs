@@ -618,3 +618,144 @@ async fn a_restricted_user_meets_the_acl_before_encryption() {
         assert!(reply.starts_with("-NOPERM"), "{call:?}: {reply}");
     }
 }
+
+/// The rotation runbook end to end: hash fields written in clear are sealed by `rewrap` too;
+/// an interrupted rewrap resumes from its saved cursor; after a rotation and a complete
+/// rewrap the old key is retired; a value left under it (restored from an old backup) is then
+/// an error, counted as `retired_key`, while everything else reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_covers_hashes_resumes_and_lets_the_old_key_retire() {
+    let st = setup().await;
+    let hashes = |extra: &str| {
+        config(&st, extra)
+            .replace(
+                "encryption.keyspaces = [{ patterns = [\"pii:*\", \"session:*\"] }]",
+                "encryption.keyspaces = [{ patterns = [\"pii:*\"] }, { patterns = [\"user:*\"], types = [\"hash\"] }]",
+            )
+            .replacen(
+                "\n\n[[listeners]]",
+                "\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
+                1,
+            )
+    };
+    let mut direct = st.redis.direct().await;
+    for i in 0..50 {
+        let reply = direct
+            .cmd(&["HSET", &format!("user:{i}"), "card", CANARY, "name", "ann"])
+            .await;
+        assert_eq!(reply, b":2\r\n");
+    }
+    assert_eq!(direct.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
+    let proxy = Proxy::start(&hashes("encryption.on_plaintext = \"pass\"\n")).await;
+    let cli = |args: &[&str]| {
+        let p = proxy.config_path.clone();
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            keys_cli(&args, &p)
+        })
+    };
+    let first_id = |first: u32| first.to_string();
+    let keyring = st.keys.path().join("data/encryption/redis-0.json");
+    assert!(keyring.exists(), "{}", keyring.display());
+    let first = sealed_key_id_of_keyring(&keyring);
+
+    // A run that stopped after the string patterns: the saved cursor says so, and the
+    // resumed run does only the hashes (its report counts what the first part did).
+    let state = keyring.with_extension("rewrap.json");
+    std::fs::write(
+        &state,
+        format!(r#"{{"primary":{first},"pattern":1,"cursor":"0","tally":{{"scanned":1,"resealed":1,"from_clear":1,"current":0,"changed":0,"failed":0,"by_key":{{}}}}}}"#),
+    )
+    .unwrap();
+    let out = cli(&["rewrap"]).await.unwrap();
+    assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(
+        s(&out.stderr).contains("resuming from"),
+        "{}",
+        s(&out.stderr)
+    );
+    assert!(
+        s(&out.stdout).contains("51 values scanned: 101 re-sealed")
+            && s(&out.stdout).contains("(101 of them from clear)"),
+        "{}",
+        s(&out.stdout)
+    );
+    assert!(
+        !state.exists(),
+        "the cursor is gone once the run is complete"
+    );
+    // pii:1 was skipped by the resumed run (the saved cursor said strings were done).
+    assert_eq!(direct.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+    let stored = direct.cmd(&["HGET", "user:7", "card"]).await;
+    assert!(!contains(&stored, CANARY), "hash fields sealed");
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["HGET", "user:7", "card"]).await, bulk(CANARY));
+    // --restart starts over: now the string too.
+    let out = cli(&["rewrap", "--restart"]).await.unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(!contains(&direct.cmd(&["GET", "pii:1"]).await, CANARY));
+
+    // Keep a copy of a value under the first key (a backup), then rotate and rewrap.
+    let backup = direct.cmd(&["GET", "pii:1"]).await;
+    let backup_value =
+        &backup[backup.iter().position(|&b| b == b'\n').unwrap() + 1..backup.len() - 2];
+    let refused = cli(&["retire", "1"]).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(cli(&["rotate"]).await.unwrap().status.success());
+    let early = cli(&["retire", &first_id(first)]).await.unwrap();
+    assert!(!early.status.success(), "no rewrap under the new key yet");
+    assert!(
+        s(&early.stderr).contains("no complete rewrap"),
+        "{}",
+        s(&early.stderr)
+    );
+    assert!(proxy.reload_with(&hashes("")).await.is_ok());
+    let out = cli(&["rewrap"]).await.unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(
+        s(&out.stdout).contains(&format!("101 under data key {first}")),
+        "{}",
+        s(&out.stdout)
+    );
+    let out = cli(&["retire", &first_id(first)]).await.unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let status = cli(&["status"]).await.unwrap();
+    assert!(
+        s(&status.stdout).contains("(retired "),
+        "{}",
+        s(&status.stdout)
+    );
+    assert!(proxy.reload_with(&hashes("")).await.is_ok());
+    // Everything rewrapped reads; the restored backup does not, and is counted.
+    assert_eq!(c.cmd(&["HGET", "user:49", "card"]).await, bulk(CANARY));
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+    assert_eq!(
+        direct.cmd_bytes(&[b"SET", b"pii:1", backup_value]).await,
+        b"+OK\r\n"
+    );
+    let got = s(&c.cmd(&["GET", "pii:1"]).await);
+    assert!(got.contains("retired data key"), "{got}");
+    let metrics = proxy.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "cachegate_decryption_failures_total{listener=\"redis-0\",reason=\"retired_key\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// The primary data key id in a keyring file.
+fn sealed_key_id_of_keyring(path: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let at = text.find("\"primary\":").unwrap() + "\"primary\":".len();
+    text[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -163,6 +163,17 @@ struct File {
     version: u32,
     primary: u32,
     keys: Vec<Wrapped>,
+    /// The last `rewrap` that went through every encrypted keyspace with no failure: every
+    /// value was then under `primary` (what `retire` checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rewrapped: Option<Rewrapped>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct Rewrapped {
+    primary: u32,
+    /// Unix seconds.
+    finished: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,6 +183,9 @@ struct Wrapped {
     wrapped: String,
     /// Unix seconds.
     created: u64,
+    /// When it was retired (Unix seconds): kept wrapped in the file, never loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired: Option<u64>,
 }
 
 /// The data keys in `path`, unwrapped with `root`; the file is created with one new data key
@@ -191,12 +205,19 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
             version: 1,
             primary: id,
             keys: vec![new_key(root, id)?],
+            rewrapped: None,
         };
         created = create(path, &file)?;
     }
     let file = read(path)?;
     let mut all = Vec::with_capacity(file.keys.len());
-    for k in &file.keys {
+    let retired: Vec<u32> = file
+        .keys
+        .iter()
+        .filter(|k| k.retired.is_some())
+        .map(|k| k.id)
+        .collect();
+    for k in file.keys.iter().filter(|k| k.retired.is_none()) {
         let mut material = root.unwrap(k.id, &k.wrapped).ok_or_else(|| {
             format!(
                 "the keyring {}: data key {} does not unwrap with this root key (another root key, or a damaged file)",
@@ -220,7 +241,14 @@ pub fn open_or_create(path: &Path, root: &RootKey) -> Result<(Keys, bool), Strin
                 file.primary
             )
         })?;
-    Ok((Keys { primary, all }, created))
+    Ok((
+        Keys {
+            primary,
+            all,
+            retired,
+        },
+        created,
+    ))
 }
 
 /// Where a listener's keyring is kept.
@@ -240,6 +268,7 @@ fn new_key(root: &RootKey, id: u32) -> Result<Wrapped, String> {
         id,
         wrapped,
         created: crate::deadline::unix_now() as u64,
+        retired: None,
     })
 }
 
@@ -250,6 +279,8 @@ pub struct KeyInfo {
     /// Unix seconds.
     pub created: u64,
     pub primary: bool,
+    /// When it was retired (Unix seconds).
+    pub retired: Option<u64>,
 }
 
 fn read(path: &Path) -> Result<File, String> {
@@ -270,8 +301,66 @@ pub fn status(path: &Path, root: &RootKey) -> Result<Vec<KeyInfo>, String> {
             id: k.id,
             created: k.created,
             primary: k.id == file.primary,
+            retired: k.retired,
         })
         .collect())
+}
+
+/// Notes in the keyring that a rewrap under `primary` went through every encrypted keyspace
+/// with no failure (`retire` relies on it). Nothing is noted when the primary key changed
+/// meanwhile.
+pub fn note_rewrapped(path: &Path, primary: u32) -> Result<(), String> {
+    let mut file = read(path)?;
+    if file.primary != primary {
+        return Ok(());
+    }
+    file.rewrapped = Some(Rewrapped {
+        primary,
+        finished: crate::deadline::unix_now() as u64,
+    });
+    replace(path, &file)
+}
+
+/// Why a data key cannot be retired.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetireError {
+    #[error("no data key {0} in the keyring")]
+    NoSuchKey(u32),
+    #[error("data key {0} is the primary key: rotate first")]
+    Primary(u32),
+    #[error("data key {0} is retired already")]
+    Retired(u32),
+    #[error("no complete rewrap under the primary key {primary} is recorded: values may still be under data key {id}; run `cachegate keys rewrap` (after every cachegate has taken the rotation), or retire with --force")]
+    NotRewrapped { id: u32, primary: u32 },
+    #[error("{0}")]
+    Keyring(String),
+}
+
+/// Retires a data key: it stays in the file (wrapped) but is never loaded again, so a value
+/// still under it fails to open (`retired_key`, counted) instead of opening. Refused for the
+/// primary key, and (unless `force`) unless a complete rewrap under the current primary key
+/// is recorded, since that rewrap left no value under an older key.
+pub fn retire(path: &Path, root: &RootKey, id: u32, force: bool) -> Result<(), RetireError> {
+    let mut file = read(path).map_err(RetireError::Keyring)?;
+    open_or_create(path, root).map_err(RetireError::Keyring)?;
+    let primary = file.primary;
+    let rewrapped = file.rewrapped;
+    let key = file
+        .keys
+        .iter_mut()
+        .find(|k| k.id == id)
+        .ok_or(RetireError::NoSuchKey(id))?;
+    if id == primary {
+        return Err(RetireError::Primary(id));
+    }
+    if key.retired.is_some() {
+        return Err(RetireError::Retired(id));
+    }
+    if !force && rewrapped.is_none_or(|r| r.primary != primary) {
+        return Err(RetireError::NotRewrapped { id, primary });
+    }
+    key.retired = Some(crate::deadline::unix_now() as u64);
+    replace(path, &file).map_err(RetireError::Keyring)
 }
 
 /// Adds a new data key and makes it the primary one: new values are sealed under it, the
@@ -424,6 +513,59 @@ mod tests {
             1,
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn a_key_is_retired_only_after_a_complete_rewrap_and_then_never_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let root = RootKey::parse(&[1u8; 32]).unwrap();
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        let first = keys.primary.id;
+        let old = keys.seal(b"k", b"old value");
+        assert_eq!(
+            retire(&path, &root, first, false),
+            Err(RetireError::Primary(first))
+        );
+        let second = rotate(&path, &root).unwrap();
+        assert_eq!(
+            retire(&path, &root, first, false),
+            Err(RetireError::NotRewrapped {
+                id: first,
+                primary: second
+            })
+        );
+        // A rewrap recorded under an older primary does not count.
+        note_rewrapped(&path, first).unwrap();
+        assert!(retire(&path, &root, first, false).is_err());
+        note_rewrapped(&path, second).unwrap();
+        retire(&path, &root, first, false).unwrap();
+        assert_eq!(
+            retire(&path, &root, first, false),
+            Err(RetireError::Retired(first))
+        );
+        assert_eq!(
+            retire(&path, &root, 12345, true),
+            Err(RetireError::NoSuchKey(12345))
+        );
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        assert_eq!(keys.all.len(), 1);
+        assert_eq!(keys.retired, vec![first]);
+        assert_eq!(
+            keys.open(b"k", &old),
+            Err(crate::crypt::OpenError::RetiredKey(first))
+        );
+        let info = status(&path, &root).unwrap();
+        assert!(info.iter().any(|k| k.id == first && k.retired.is_some()));
+        // A new root key re-wraps retired keys too (they stay in the file).
+        let next = RootKey::parse(&[2u8; 32]).unwrap();
+        assert_eq!(rotate_root(&path, &root, &next).unwrap(), 2);
+        // --force skips the rewrap check (a third key, retired without a rewrap under it).
+        let third = rotate(&path, &next).unwrap();
+        assert!(retire(&path, &next, second, false).is_err());
+        retire(&path, &next, second, true).unwrap();
+        let (keys, _) = open_or_create(&path, &next).unwrap();
+        assert_eq!(keys.primary.id, third);
     }
 
     #[test]

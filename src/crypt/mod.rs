@@ -46,10 +46,13 @@ impl DataKey {
     }
 }
 
-/// The data keys of a listener: the primary one seals, any of them opens.
+/// The data keys of a listener: the primary one seals, any of them opens. Retired keys
+/// are not loaded at all: a value still under one is an error, counted.
 pub struct Keys {
     pub primary: Arc<DataKey>,
     pub all: Vec<Arc<DataKey>>,
+    /// Ids of retired data keys (`cachegate keys retire`).
+    pub retired: Vec<u32>,
 }
 
 /// Why a value did not open.
@@ -61,6 +64,10 @@ pub enum OpenError {
     Plaintext,
     #[error("is sealed under an unknown data key ({0})")]
     UnknownKey(u32),
+    /// Under a data key that was retired after a rewrap: missed by it (or written by a
+    /// cachegate that had not taken the rotation).
+    #[error("is sealed under a retired data key ({0})")]
+    RetiredKey(u32),
     #[error("is sealed in an unknown format ({0})")]
     UnknownFormat(u8),
     /// The backend's reply is not the shape the command returns: nothing is passed on.
@@ -79,6 +86,7 @@ impl OpenError {
         match self {
             OpenError::Plaintext => "plaintext",
             OpenError::UnknownKey(_) => "unknown_key",
+            OpenError::RetiredKey(_) => "retired_key",
             OpenError::UnknownFormat(_) => "unknown_format",
             OpenError::Unexpected => "unexpected",
             OpenError::Truncated => "truncated",
@@ -189,11 +197,13 @@ impl Keys {
             return Err(OpenError::UnknownFormat(value[3]));
         }
         let id = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
-        let key = self
-            .all
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or(OpenError::UnknownKey(id))?;
+        let key = self.all.iter().find(|k| k.id == id).ok_or({
+            if self.retired.contains(&id) {
+                OpenError::RetiredKey(id)
+            } else {
+                OpenError::UnknownKey(id)
+            }
+        })?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&value[8..HEADER]);
         Ok((key, nonce))
@@ -541,6 +551,7 @@ mod tests {
         Keys {
             primary: k2.clone(),
             all: vec![k1, k2],
+            retired: vec![],
         }
     }
 
@@ -578,6 +589,13 @@ mod tests {
         let mut other = sealed.to_vec();
         other[4..8].copy_from_slice(&77u32.to_be_bytes());
         assert_eq!(keys.open(b"k", &other), Err(OpenError::UnknownKey(77)));
+        let retired = Keys {
+            primary: keys.primary.clone(),
+            all: keys.all.clone(),
+            retired: vec![77],
+        };
+        assert_eq!(retired.open(b"k", &other), Err(OpenError::RetiredKey(77)));
+        assert_eq!(OpenError::RetiredKey(77).reason(), "retired_key");
         assert_eq!(keys.open(b"k", b"plain"), Err(OpenError::Plaintext));
         assert_eq!(keys.open(b"k", b""), Err(OpenError::Plaintext));
     }
@@ -587,6 +605,7 @@ mod tests {
         let old = Keys {
             primary: Arc::new(DataKey::new(1, &[7u8; 32])),
             all: vec![Arc::new(DataKey::new(1, &[7u8; 32]))],
+            retired: vec![],
         };
         let sealed = old.seal(b"k", b"v");
         assert_eq!(&keys().open(b"k", &sealed).unwrap()[..], b"v");

@@ -249,6 +249,7 @@ mod tests {
         Keys {
             primary: k.clone(),
             all: vec![k],
+            retired: vec![],
         }
     }
 
