@@ -233,6 +233,44 @@ async fn a_removed_user_is_logged_out_and_the_new_policy_applies_to_open_session
     assert!(a2.closed().await, "a disabled user's session stayed open");
 }
 
+/// A user that a reload makes certificate-bound is no longer had by sessions that did not log
+/// in with its certificate: one that AUTHed as it, and one that got it as a nopass default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_user_made_certificate_bound_are_closed() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |bound: bool| {
+        let required = if bound { "cert_required = true\n" } else { "" };
+        format!(
+            "[[users]]\nname = \"default\"\nacl = \"on nopass ~* +@all\"\n{required}\
+             [[users]]\nname = \"ops\"\nacl = \"on >ops-password-123 ~* +@all\"\n{required}\
+             [user_groups]\napp = [\"default\", \"ops\"]\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}\
+             auth.mode = \"acl\"\nauth.user_group = \"app\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config(false)).await;
+    let mut by_default = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(by_default.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut by_auth = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        by_auth.cmd(&["AUTH", "ops", "ops-password-123"]).await,
+        b"+OK\r\n"
+    );
+    assert!(proxy.reload_with(&config(true)).await.is_ok());
+    by_default.send_cmd(&["PING"]).await;
+    assert!(
+        by_default.closed().await,
+        "the nopass default session stayed"
+    );
+    by_auth.send_cmd(&["PING"]).await;
+    assert!(by_auth.closed().await, "the AUTHed session stayed");
+    // And a new connection without the certificate is nobody.
+    let mut fresh = RawClient::tls(&pki, proxy.addr).await;
+    assert!(s(&fresh.cmd(&["PING"]).await).starts_with("-NOAUTH"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_revoked_by_a_reloaded_crl_is_refused_in_new_handshakes() {
     let pki = Pki::new();

@@ -13,6 +13,10 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
+/// Room kept after a burst, and the room past which a drained queue shrinks to it.
+const KEEP: usize = 4;
+const SHRINK_ABOVE: usize = 64;
+
 struct Inner<T> {
     queue: VecDeque<T>,
     cap: usize,
@@ -123,6 +127,11 @@ impl<T> Receiver<T> {
         let mut inner = lock(&self.0);
         match inner.queue.pop_front() {
             Some(v) => {
+                // A burst's room is given back once it is drained (a deep pipeline of local
+                // answers fills up to `cap` slots), so an idle session keeps a few only.
+                if inner.queue.is_empty() && inner.queue.capacity() > SHRINK_ABOVE {
+                    inner.queue.shrink_to(KEEP);
+                }
                 let waker = inner.sender.take();
                 drop(inner);
                 if let Some(w) = waker {
@@ -206,6 +215,16 @@ mod tests {
         drop(rx);
         assert!(matches!(tx.try_send(4), Err(TrySendError::Closed(4))));
         assert_eq!(tx.send(5).await, Err(5));
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_room_back() {
+        let (tx, mut rx) = channel(1024);
+        for i in 0..1000 {
+            assert!(tx.try_send(i).is_ok());
+        }
+        while rx.try_recv().is_ok() {}
+        assert!(lock(&rx.0).queue.capacity() <= SHRINK_ABOVE);
     }
 
     #[tokio::test]

@@ -340,6 +340,8 @@ where
             }
             cw.write_all(&out).await?;
             cw.flush().await?;
+            // Written: no longer held (the budget is not charged for it while idle).
+            let _ = charge.hold(0);
         }
         if close {
             break;

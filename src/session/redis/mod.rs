@@ -624,6 +624,11 @@ impl RequestSide {
             Some(_) if via_cert && name(&self.cert_user) != name(&cert_user) => {
                 Some("its certificate no longer maps to its user")
             }
+            // Now certificate-bound: a session that did not log in by that certificate (AUTH,
+            // or a nopass default) no longer may be this user (as `auth::login` decides).
+            Some(Some(new)) if new.cert_required && !via_cert => {
+                Some("its user now requires a certificate it did not log in with")
+            }
             Some(Some(new))
                 if self.listening
                     && self.user.as_ref().is_some_and(|old| !old.same_permissions(new)) =>
