@@ -348,9 +348,10 @@ fn keys(
                 };
                 for k in keys {
                     println!(
-                        "  data key {:>10}  created {}{}{}",
+                        "  data key {:>10}  created {}  {} values sealed{}{}",
                         k.id,
                         date(k.created),
+                        k.seals,
                         if k.primary { "  (primary)" } else { "" },
                         k.retired
                             .map(|r| format!("  (retired {})", date(r)))

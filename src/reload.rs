@@ -21,6 +21,7 @@ use crate::deadline::unix_now as now;
 use crate::listener::{Handler, Listener};
 use crate::metrics::{CertLabels, Metrics, ResultLabels};
 use crate::parts::{CertExpiry, ServerError};
+use prometheus_client::metrics::counter::Counter;
 
 /// Why a reload was refused; the configuration in force stays.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,13 @@ pub struct Reloader {
     listeners: Vec<Arc<Listener>>,
     metrics: Arc<Metrics>,
     budget: Arc<crate::budget::MemoryBudget>,
+    /// Per listener and data key: its seal counter, and how much of it was reported to the
+    /// keyring (`report_seals`).
+    reported: Mutex<std::collections::HashMap<(String, u32), (Counter, u64)>>,
 }
+
+/// How often seals are reported to the keyrings (and a rotation at the bound started).
+pub const SEAL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 struct State {
     /// The configuration in force.
@@ -70,6 +77,7 @@ impl Reloader {
             listeners,
             metrics,
             budget,
+            reported: Mutex::new(std::collections::HashMap::new()),
         };
         reloader.publish_certs(certs);
         reloader.metrics.config_last_reload_success.set(now());
@@ -274,6 +282,86 @@ impl Reloader {
                         tokio::task::spawn_blocking(move || me.reload("a watched file changed"))
                             .await;
                 }
+            }
+        }
+    }
+
+    /// Adds what each encrypting listener sealed since the last report to its keyring's count
+    /// for the data key (counted by the `cachegate_data_key_seals_total` counters, which go on
+    /// across reloads); when a primary key reaches `encryption.rotate_after_seals`, the
+    /// keyring gets a new primary key and the configuration is reloaded to take it. Returns
+    /// the rotations made (listener, old key, new key).
+    pub fn report_seals(&self) -> Vec<(String, u32, u32)> {
+        let mut rotations = Vec::new();
+        {
+            let state = self.lock();
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            for l in &self.listeners {
+                let Handler::Redis(live) = &l.handler else {
+                    continue;
+                };
+                let Some(enc) = live.load().encryption.clone() else {
+                    continue;
+                };
+                let Some(cfg) = state.config.listeners.iter().find(|c| c.name == l.name) else {
+                    continue;
+                };
+                let Some(e) = &cfg.encryption else { continue };
+                let primary = enc.keys.primary.id;
+                reported
+                    .entry((l.name.clone(), primary))
+                    .or_insert_with(|| (enc.primary_seals(), 0));
+                let path = crate::crypt::keyring::keyring_path(&state.config.data_dir, &l.name);
+                for ((name, id), (counter, done)) in reported.iter_mut() {
+                    if name != &l.name {
+                        continue;
+                    }
+                    let now = counter.get();
+                    if now <= *done {
+                        continue;
+                    }
+                    match crate::crypt::keyring::record_seals(
+                        &path,
+                        &e.root_key,
+                        *id,
+                        now - *done,
+                        e.rotate_after_seals,
+                    ) {
+                        Ok(r) => {
+                            *done = now;
+                            if let Some(new) = r.rotated {
+                                tracing::warn!(listener = %l.name, old = id, new, seals = r.total, "data key reached encryption.rotate_after_seals: a new data key is primary (values under the old one still open; `cachegate keys rewrap` moves them)");
+                                rotations.push((l.name.clone(), *id, new));
+                            } else if *id == primary && r.primary != primary {
+                                // Rotated by another cachegate sharing the keyring: take it.
+                                tracing::info!(listener = %l.name, old = id, new = r.primary, "the keyring has a new primary data key; reloading to take it");
+                                rotations.push((l.name.clone(), *id, r.primary));
+                            }
+                        }
+                        Err(why) => {
+                            tracing::warn!(listener = %l.name, key = id, "cannot record seals in the keyring: {why}")
+                        }
+                    }
+                }
+            }
+        }
+        if !rotations.is_empty() {
+            let _ = self.reload("a data key reached its seal bound");
+        }
+        rotations
+    }
+
+    /// Reports seals every `SEAL_REPORT_INTERVAL` until `stop`, and once more then.
+    pub async fn report_seals_until(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let stopped = tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep(SEAL_REPORT_INTERVAL) => false,
+            };
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.report_seals()).await;
+            if stopped {
+                return;
             }
         }
     }

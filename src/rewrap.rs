@@ -313,7 +313,7 @@ pub async fn rewrap(
             } else {
                 one(&mut conn, keys, key, &mut at.tally).await?;
             }
-            if at.tally.scanned % 1000 == 0 {
+            if at.tally.scanned.is_multiple_of(1000) {
                 progress(pattern, &at.tally);
             }
         }

@@ -261,6 +261,11 @@ impl Prepared {
         background.push(tokio::spawn(
             self.reloader.clone().watch(stop_accepting.clone()),
         ));
+        background.push(tokio::spawn(
+            self.reloader
+                .clone()
+                .report_seals_until(stop_accepting.clone()),
+        ));
         if let Some((tcp, admin)) = self.admin {
             // The admin listener outlives the drain: readiness and metrics stay visible.
             background.push(tokio::spawn(crate::admin::serve(

@@ -759,3 +759,69 @@ fn sealed_key_id_of_keyring(path: &std::path::Path) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// Seals are counted per data key in the keyring; the primary key is rotated by cachegate
+/// itself once it reaches `encryption.rotate_after_seals` (2^30 by default, a quarter of the
+/// nonce bound), and the running cachegate takes the new key at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_key_rotates_itself_at_its_seal_bound() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "encryption.rotate_after_seals = 5\n")).await;
+    // A second cachegate on the same keyring (a fleet).
+    let other = Proxy::start(&config(&st, "encryption.rotate_after_seals = 5\n")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    for i in 0..4 {
+        assert_eq!(
+            c.cmd(&["SET", &format!("pii:{i}"), CANARY]).await,
+            b"+OK\r\n"
+        );
+    }
+    let first = sealed_under(&st.redis, "pii:0").await;
+    let report = |proxy: &Proxy| {
+        let reloader = proxy.reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.report_seals())
+    };
+    assert!(
+        report(&proxy).await.unwrap().is_empty(),
+        "4 of 5: no rotation"
+    );
+    // MSET seals two values: the count reaches the bound.
+    let mset = c.cmd(&["MSET", "pii:4", CANARY, "pii:5", CANARY]).await;
+    assert_eq!(mset, b"+OK\r\n");
+    let rotations = report(&proxy).await.unwrap();
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    let (_, old, new) = rotations[0].clone();
+    assert_eq!(old, first);
+    assert_ne!(new, first);
+    // Taken at once: new writes are sealed under the new key, old values still read.
+    assert_eq!(c.cmd(&["SET", "pii:new", CANARY]).await, b"+OK\r\n");
+    assert_eq!(sealed_under(&st.redis, "pii:new").await, new);
+    assert_eq!(c.cmd(&["GET", "pii:0"]).await, bulk(CANARY));
+    let status = tokio::task::spawn_blocking({
+        let p = proxy.config_path.clone();
+        move || keys_cli(&["status"], &p)
+    })
+    .await
+    .unwrap();
+    let text = s(&status.stdout);
+    assert!(text.contains("6 values sealed"), "{text}");
+    // The other one sealed under the old key until its report, which takes the new key.
+    let mut o = RawClient::tls(&st.pki, other.addr).await;
+    assert_eq!(o.cmd(&["SET", "pii:o1", CANARY]).await, b"+OK\r\n");
+    assert_eq!(sealed_under(&st.redis, "pii:o1").await, first);
+    let taken = report(&other).await.unwrap();
+    assert_eq!(taken, vec![("redis-0".to_string(), first, new)]);
+    assert_eq!(o.cmd(&["SET", "pii:o2", CANARY]).await, b"+OK\r\n");
+    assert_eq!(sealed_under(&st.redis, "pii:o2").await, new);
+    let status = tokio::task::spawn_blocking({
+        let p = proxy.config_path.clone();
+        move || keys_cli(&["status"], &p)
+    })
+    .await
+    .unwrap();
+    assert!(
+        s(&status.stdout).contains("7 values sealed"),
+        "{}",
+        s(&status.stdout)
+    );
+}

@@ -118,6 +118,8 @@ pub struct EncryptionFile {
     pub keyspaces: Vec<KeyspaceFile>,
     /// "error" (default) or "pass": what a value without the sealed header gets.
     pub on_plaintext: Option<String>,
+    /// Values one data key seals before cachegate rotates to a new one (default 2^30).
+    pub rotate_after_seals: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -99,6 +99,8 @@ pub struct EncryptionConfig {
     pub root_key_source: String,
     pub keyspaces: crate::crypt::plan::Keyspaces,
     pub on_plaintext: crate::crypt::OnPlaintext,
+    /// Seals under one data key after which cachegate rotates to a new one by itself.
+    pub rotate_after_seals: u64,
 }
 
 impl std::fmt::Debug for EncryptionConfig {

@@ -176,6 +176,15 @@ struct Rewrapped {
     finished: u64,
 }
 
+/// Values one data key may seal with random 96-bit nonces (NIST SP 800-38D, 8.3: at most
+/// 2^32 invocations, so that the chance of a repeated nonce stays below 2^-32).
+pub const NONCE_BOUND: u64 = 1 << 32;
+/// cachegate rotates well before that: at a quarter of the bound, 2^30 values (about a
+/// billion), where the chance that two of the key's nonces collide is about
+/// n^2 / 2^97 = 2^-37. `encryption.rotate_after_seals` lowers it.
+pub const ROTATE_AFTER_SEALS: u64 = 1 << 30;
+const _: () = assert!(ROTATE_AFTER_SEALS <= NONCE_BOUND / 4);
+
 #[derive(Serialize, Deserialize)]
 struct Wrapped {
     id: u32,
@@ -183,6 +192,9 @@ struct Wrapped {
     wrapped: String,
     /// Unix seconds.
     created: u64,
+    /// Values sealed under it, as the cachegates that use the keyring reported them.
+    #[serde(default)]
+    seals: u64,
     /// When it was retired (Unix seconds): kept wrapped in the file, never loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retired: Option<u64>,
@@ -268,6 +280,7 @@ fn new_key(root: &RootKey, id: u32) -> Result<Wrapped, String> {
         id,
         wrapped,
         created: crate::deadline::unix_now() as u64,
+        seals: 0,
         retired: None,
     })
 }
@@ -281,6 +294,8 @@ pub struct KeyInfo {
     pub primary: bool,
     /// When it was retired (Unix seconds).
     pub retired: Option<u64>,
+    /// Values sealed under it, as reported.
+    pub seals: u64,
 }
 
 fn read(path: &Path) -> Result<File, String> {
@@ -302,6 +317,7 @@ pub fn status(path: &Path, root: &RootKey) -> Result<Vec<KeyInfo>, String> {
             created: k.created,
             primary: k.id == file.primary,
             retired: k.retired,
+            seals: k.seals,
         })
         .collect())
 }
@@ -310,6 +326,7 @@ pub fn status(path: &Path, root: &RootKey) -> Result<Vec<KeyInfo>, String> {
 /// with no failure (`retire` relies on it). Nothing is noted when the primary key changed
 /// meanwhile.
 pub fn note_rewrapped(path: &Path, primary: u32) -> Result<(), String> {
+    let _lock = lock(path)?;
     let mut file = read(path)?;
     if file.primary != primary {
         return Ok(());
@@ -341,6 +358,7 @@ pub enum RetireError {
 /// primary key, and (unless `force`) unless a complete rewrap under the current primary key
 /// is recorded, since that rewrap left no value under an older key.
 pub fn retire(path: &Path, root: &RootKey, id: u32, force: bool) -> Result<(), RetireError> {
+    let _lock = lock(path).map_err(RetireError::Keyring)?;
     let mut file = read(path).map_err(RetireError::Keyring)?;
     open_or_create(path, root).map_err(RetireError::Keyring)?;
     let primary = file.primary;
@@ -367,8 +385,16 @@ pub fn retire(path: &Path, root: &RootKey, id: u32, force: bool) -> Result<(), R
 /// older keys still open theirs. Returns its id. Running cachegates take it at their next
 /// reload.
 pub fn rotate(path: &Path, root: &RootKey) -> Result<u32, String> {
+    let _lock = lock(path)?;
     let mut file = read(path)?;
     open_or_create(path, root)?;
+    let id = add_primary(&mut file, root)?;
+    replace(path, &file)?;
+    Ok(id)
+}
+
+/// Adds a new data key to `file` and makes it primary; its id.
+fn add_primary(file: &mut File, root: &RootKey) -> Result<u32, String> {
     let random = SystemRandom::new();
     let id = loop {
         let mut id = [0u8; 4];
@@ -380,13 +406,70 @@ pub fn rotate(path: &Path, root: &RootKey) -> Result<u32, String> {
     };
     file.keys.push(new_key(root, id)?);
     file.primary = id;
-    replace(path, &file)?;
     Ok(id)
+}
+
+/// Holds the keyring's lock file (`<keyring>.lock`) while it lives: cachegates that share a
+/// keyring (and `cachegate keys`) change it one at a time, so no reported seal is lost.
+fn lock(path: &Path) -> Result<std::fs::File, String> {
+    let lock = path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| format!("cannot open {}: {e}", lock.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", lock.display()))?;
+    Ok(file)
+}
+
+/// What `record_seals` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The key's seals, this report included.
+    pub total: u64,
+    /// The new primary key, when the report took the primary key to `rotate_after`.
+    pub rotated: Option<u32>,
+    /// The keyring's primary key after the report (another cachegate, or `keys rotate`, may
+    /// have rotated it).
+    pub primary: u32,
+}
+
+/// Adds `n` values sealed under data key `id` to its count in the keyring; when that is the
+/// primary key and its count reaches `rotate_after`, a new data key is made primary in the
+/// same change (running cachegates take it at their next reload, which the caller starts).
+pub fn record_seals(
+    path: &Path,
+    root: &RootKey,
+    id: u32,
+    n: u64,
+    rotate_after: u64,
+) -> Result<Recorded, String> {
+    let _lock = lock(path)?;
+    let mut file = read(path)?;
+    let Some(key) = file.keys.iter_mut().find(|k| k.id == id) else {
+        return Err(format!("the keyring {}: no data key {id}", path.display()));
+    };
+    key.seals = key.seals.saturating_add(n);
+    let total = key.seals;
+    let rotated = if id == file.primary && total >= rotate_after {
+        Some(add_primary(&mut file, root)?)
+    } else {
+        None
+    };
+    replace(path, &file)?;
+    Ok(Recorded {
+        total,
+        rotated,
+        primary: file.primary,
+    })
 }
 
 /// Wraps every data key under `new` instead of `old` (seconds, whatever the data size): the
 /// values are not touched. Point `root_key_file` at the new key, then reload.
 pub fn rotate_root(path: &Path, old: &RootKey, new: &RootKey) -> Result<usize, String> {
+    let _lock = lock(path)?;
     let mut file = read(path)?;
     for k in &mut file.keys {
         let mut material = old.unwrap(k.id, &k.wrapped).ok_or_else(|| {
@@ -508,11 +591,13 @@ mod tests {
         let (keys, _) = open_or_create(&path, &next).unwrap();
         assert_eq!(&keys.open(b"k", &old).unwrap()[..], b"old value");
         assert_eq!(&keys.open(b"k", &new).unwrap()[..], b"new value");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temporary left"
-        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, ["k.json", "k.lock"], "no temporary left");
     }
 
     #[test]
@@ -566,6 +651,42 @@ mod tests {
         retire(&path, &next, second, true).unwrap();
         let (keys, _) = open_or_create(&path, &next).unwrap();
         assert_eq!(keys.primary.id, third);
+    }
+
+    #[test]
+    fn seals_are_counted_per_key_and_the_primary_rotates_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let root = RootKey::parse(&[1u8; 32]).unwrap();
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        let first = keys.primary.id;
+        let r = record_seals(&path, &root, first, 6, 10).unwrap();
+        assert_eq!(
+            r,
+            Recorded {
+                total: 6,
+                rotated: None,
+                primary: first
+            }
+        );
+        let r = record_seals(&path, &root, first, 4, 10).unwrap();
+        assert_eq!(r.total, 10);
+        let second = r.rotated.expect("rotated at the bound");
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        assert_eq!(keys.primary.id, second);
+        // Late reports for the old key are counted, and rotate nothing more.
+        let r = record_seals(&path, &root, first, 5, 10).unwrap();
+        assert_eq!(
+            r,
+            Recorded {
+                total: 15,
+                rotated: None,
+                primary: second
+            }
+        );
+        let info = status(&path, &root).unwrap();
+        assert_eq!(info.iter().find(|k| k.id == first).unwrap().seals, 15);
+        assert!(record_seals(&path, &root, 99, 1, 10).is_err());
     }
 
     #[test]

@@ -304,6 +304,12 @@ impl Encryption {
         }
     }
 
+    /// The primary key's seal counter (`cachegate_data_key_seals_total`): it goes on across
+    /// reloads, and the keyring's count is kept from it.
+    pub fn primary_seals(&self) -> prometheus_client::metrics::counter::Counter {
+        self.primary_seals.clone()
+    }
+
     /// Counts `n` values sealed under the primary key.
     pub fn count_sealed(&self, n: u64) {
         self.sealed.inc_by(n);

@@ -99,11 +99,24 @@ pub(super) fn encryption(
             None
         }
     };
+    let bound = crate::crypt::keyring::NONCE_BOUND;
+    let rotate_after_seals = match e.rotate_after_seals {
+        None => Some(crate::crypt::keyring::ROTATE_AFTER_SEALS),
+        Some(n) if (1..=bound / 2).contains(&n) => Some(n),
+        Some(n) => {
+            p.add(
+                format!("{key}.rotate_after_seals"),
+                format!("{n}: between 1 and 2^31 (half the 2^32 values a data key may seal with random nonces)"),
+            );
+            None
+        }
+    };
     let (root_key, root_key_source) = root?;
     Some(Some(EncryptionConfig {
         root_key,
         root_key_source,
         keyspaces: crate::crypt::plan::Keyspaces { patterns, hashes },
         on_plaintext: on_plaintext?,
+        rotate_after_seals: rotate_after_seals?,
     }))
 }
