@@ -560,6 +560,19 @@ async fn hash_field_values_are_sealed_and_bound_to_their_field() {
         );
         let rand = c.cmd(&["HRANDFIELD", "user:1", "2", "WITHVALUES"]).await;
         assert!(contains(&rand, CANARY), "{}", s(&rand));
+        // HSCAN: the cursor as it is, the values opened; MATCH filters on field names.
+        let mut want = b"*2\r\n$1\r\n0\r\n*2\r\n".to_vec();
+        want.extend(bulk("card"));
+        want.extend(bulk(CANARY));
+        assert_eq!(c.cmd(&["HSCAN", "user:1", "0", "MATCH", "c*"]).await, want);
+        let page = c.cmd(&["HSCAN", "user:1", "0"]).await;
+        assert!(
+            page.starts_with(b"*2\r\n$1\r\n0\r\n*4\r\n")
+                && contains(&page, CANARY)
+                && contains(&page, "Ann"),
+            "{}",
+            s(&page)
+        );
         assert_eq!(c.cmd(&["HLEN", "user:1"]).await, b":2\r\n");
         assert_eq!(c.cmd(&["HSETNX", "user:1", "card", "x"]).await, b":0\r\n");
         assert!(s(&c.cmd(&["HINCRBY", "user:1", "n", "1"]).await)
@@ -586,6 +599,7 @@ async fn hash_field_values_are_sealed_and_bound_to_their_field() {
         "{moved}"
     );
     assert!(s(&c.cmd(&["HGETALL", "user:1"]).await).starts_with("-ERR cachegate"));
+    assert!(s(&c.cmd(&["HSCAN", "user:1", "0"]).await).starts_with("-ERR cachegate"));
 }
 
 /// A user limited to some keys meets the ACL before encryption: an encrypted key outside its

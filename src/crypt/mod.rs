@@ -440,9 +440,10 @@ impl Keys {
                     .next()
                     .map(|s| s.key().clone())
                     .unwrap_or_default(),
-                plan::Open::HashPairs(k) | plan::Open::HashValues(k) | plan::Open::RandPairs(k) => {
-                    k.clone()
-                }
+                plan::Open::HashPairs(k)
+                | plan::Open::HashValues(k)
+                | plan::Open::RandPairs(k)
+                | plan::Open::ScanPairs(k) => k.clone(),
             }
         };
         let unexpected = || Err((key_of(open), OpenError::Unexpected));
@@ -481,6 +482,22 @@ impl Keys {
                     }
                     at += len;
                 }
+                Ok(out.freeze())
+            }
+            // The cursor as it is, then the page's fields and values as HGETALL's.
+            plan::Open::ScanPairs(key) => {
+                if !frame.starts_with(b"*2\r\n") {
+                    return unexpected();
+                }
+                let Some((_, cursor_len)) = bulk(&frame[4..]) else {
+                    return unexpected();
+                };
+                let page = frame.slice(4 + cursor_len..);
+                let opened =
+                    self.open_reply(&page, &plan::Open::HashPairs(key.clone()), on_plaintext)?;
+                let mut out = BytesMut::with_capacity(4 + cursor_len + opened.len());
+                out.put_slice(&frame[..4 + cursor_len]);
+                out.put_slice(&opened);
                 Ok(out.freeze())
             }
             plan::Open::HashPairs(key)
@@ -673,6 +690,35 @@ mod tests {
             let sealed = keys.seal(&name, &value);
             proptest::prop_assert_eq!(&keys.open(&name, &sealed).unwrap()[..], &value[..]);
             let _ = keys.open(&name, &value);
+        }
+
+        /// Whatever the backend sends, every way of opening a reply answers (opened, the
+        /// reply as it is, or an error) and never panics: HSCAN's cursor and page included.
+        #[test]
+        fn any_reply_to_any_open_never_panics(
+            prefix in proptest::sample::select(vec![
+                &b""[..], b"*2\r\n", b"*2\r\n$1\r\n0\r\n", b"*2\r\n$1\r\n0\r\n*2\r\n",
+                b"%1\r\n", b"*4\r\n", b"$5\r\n",
+            ]),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let keys = keys();
+            let mut frame = prefix.to_vec();
+            frame.extend_from_slice(&rest);
+            let frame = Bytes::from(frame);
+            let k = Bytes::from_static(b"user:1");
+            for open in [
+                plan::Open::Bulk(plan::Subject::Key(k.clone())),
+                plan::Open::Array(vec![Some(plan::Subject::Key(k.clone())), None]),
+                plan::Open::HashPairs(k.clone()),
+                plan::Open::HashValues(k.clone()),
+                plan::Open::RandPairs(k.clone()),
+                plan::Open::ScanPairs(k.clone()),
+            ] {
+                for pass in [OnPlaintext::Error, OnPlaintext::Pass] {
+                    let _ = keys.open_reply(&frame, &open, pass);
+                }
+            }
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum Open {
     HashValues(Bytes),
     /// HRANDFIELD ... WITHVALUES: fields and values (flat in RESP2, pairs in RESP3).
     RandPairs(Bytes),
+    /// HSCAN of this key: the next cursor, then fields and values (a flat array).
+    ScanPairs(Bytes),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +74,7 @@ enum Shape {
     HashGetAll,
     HashVals,
     HashRandField,
+    HashScan,
     /// Never looks at a hash's values (HDEL, HEXISTS, HKEYS, HLEN).
     HashNeutral,
 }
@@ -94,6 +97,7 @@ fn shape(name: &str) -> Option<Shape> {
         "hgetall" => Shape::HashGetAll,
         "hvals" => Shape::HashVals,
         "hrandfield" => Shape::HashRandField,
+        "hscan" => Shape::HashScan,
         "hdel" | "hexists" | "hkeys" | "hlen" => Shape::HashNeutral,
         _ => return None,
     })
@@ -202,8 +206,17 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
         Shape::HashRandField if args.len() == 4 && args[3].eq_ignore_ascii_case(b"WITHVALUES") => {
             Plan::Sealed(Some(Open::RandPairs(args[1].clone())))
         }
+        // HSCAN ... NOVALUES (Redis 7.4) returns fields only; options come after the cursor.
+        Shape::HashScan if args.len() >= 3 => {
+            let novalues = args[3..]
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(b"NOVALUES"));
+            Plan::Sealed((!novalues).then(|| Open::ScanPairs(args[1].clone())))
+        }
         // Wrong arity (Redis answers it), or fields only.
-        Shape::HashGet | Shape::HashVals | Shape::HashRandField => Plan::Sealed(None),
+        Shape::HashScan | Shape::HashGet | Shape::HashVals | Shape::HashRandField => {
+            Plan::Sealed(None)
+        }
         Shape::Neutral => Plan::Sealed(None),
         Shape::Read => Plan::Sealed(Some(Open::Bulk(Subject::Key(args[1].clone())))),
         Shape::ReadMany => Plan::Sealed(Some(Open::Array(
@@ -338,10 +351,17 @@ mod tests {
         assert!(matches!(plan(&mut a, &spaces, &keys), Plan::Refuse(_)));
         let mut a = args(&["HSET", "pii:1", "f", "v"]);
         assert!(matches!(plan(&mut a, &spaces, &keys), Plan::Refuse(_)));
+        let mut a = args(&["HSCAN", "user:1", "0", "MATCH", "c*"]);
+        assert_eq!(
+            plan(&mut a, &spaces, &keys),
+            Plan::Sealed(Some(Open::ScanPairs(Bytes::from_static(b"user:1"))))
+        );
+        let mut a = args(&["HSCAN", "user:1", "0", "novalues"]);
+        assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
         for call in [
             &["HINCRBY", "user:1", "n", "1"][..],
             &["HSTRLEN", "user:1", "f"],
-            &["HSCAN", "user:1", "0"],
+            &["HSCAN", "pii:1", "0"],
         ] {
             let mut a = args(call);
             assert!(
