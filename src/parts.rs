@@ -169,14 +169,19 @@ pub fn encryption(
 }
 
 /// What a memcached listener's sessions check, from `config`.
-pub fn memcached_rules(cfg: &ListenerConfig, config: &Config) -> memcached::Rules {
-    memcached::Rules {
+pub fn memcached_rules(
+    cfg: &ListenerConfig,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<memcached::Rules, ServerError> {
+    Ok(memcached::Rules {
         policy: cfg.policy.clone(),
         auth: cfg.auth.clone(),
         cert_users: cfg.cert_users.clone(),
         limits: config.limits.clone(),
         superseded: CancellationToken::new(),
-    }
+        encryption: encryption(cfg, config, metrics)?,
+    })
 }
 
 /// The upstream settings of one memcached node: the listener's, at the node's address, and

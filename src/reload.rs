@@ -185,7 +185,10 @@ impl Reloader {
                                 .map_err(|source| tls_error(cfg, source))?,
                         );
                     }
-                    Staged::Memcached(crate::parts::memcached_rules(cfg, &new), tls)
+                    Staged::Memcached(
+                        crate::parts::memcached_rules(cfg, &new, &self.metrics)?,
+                        tls,
+                    )
                 }
                 // restart_changes refuses a change of protocol.
                 _ => unreachable!("a listener's protocol changed without a restart"),
@@ -297,10 +300,11 @@ impl Reloader {
             let state = self.lock();
             let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
             for l in &self.listeners {
-                let Handler::Redis(live) = &l.handler else {
-                    continue;
+                let enc = match &l.handler {
+                    Handler::Redis(live) => live.load().encryption.clone(),
+                    Handler::Memcached(ctx) => ctx.rules.load().encryption.clone(),
                 };
-                let Some(enc) = live.load().encryption.clone() else {
+                let Some(enc) = enc else {
                     continue;
                 };
                 let Some(cfg) = state.config.listeners.iter().find(|c| c.name == l.name) else {

@@ -170,7 +170,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 }
                 Handler::Memcached(Arc::new(memcached::Context::new(
                     cfg.name.clone(),
-                    memcached_rules(cfg, &config),
+                    memcached_rules(cfg, &config, &metrics)?,
                     memcached::Security {
                         metrics: metrics.clone(),
                         budget: budget.clone(),

@@ -839,3 +839,105 @@ async fn the_primary_key_rotates_itself_at_its_seal_bound() {
         s(&status.stdout)
     );
 }
+
+/// memcached values in an encrypted keyspace reach the nodes only sealed (flags and CAS as
+/// the client set them), read back intact through get/gets/gat/mg, do not open under another
+/// key, and what would compute on ciphertext is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_values_are_sealed_too() {
+    let st = setup().await;
+    let (a, b) = (Memcached::start().await, Memcached::start().await);
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}, {:?}]\nupstream.health_interval = \"1h\"\nencryption.root_key_file = {:?}\nencryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n",
+        st.keys.path().join("data"),
+        st.pki.tls_toml(),
+        a.address(),
+        b.address(),
+        st.root
+    ))
+    .await;
+    let mut c = McClient::tls(&st.pki, proxy.addr).await;
+    for i in 0..20 {
+        let set = format!("set pii:{i} {i} 0 {}\r\n{CANARY}\r\n", CANARY.len());
+        assert_eq!(c.line(&set).await, "STORED\r\n");
+    }
+    assert_eq!(c.line("set plain 3 0 2\r\nhi\r\n").await, "STORED\r\n");
+    // Nothing in clear on either node; the size grew by the envelope.
+    let mut sealed_seen = 0;
+    for node in [&a, &b] {
+        let mut d = node.direct().await;
+        for i in 0..20 {
+            let got = d.values(&format!("get pii:{i}\r\n")).await;
+            assert!(!got.contains(CANARY), "{got}");
+            if got.starts_with("VALUE") {
+                sealed_seen += 1;
+                let want = format!("VALUE pii:{i} {i} {}\r\n", CANARY.len() + 36);
+                assert!(got.starts_with(&want), "{got}");
+            }
+        }
+    }
+    assert_eq!(sealed_seen, 20, "every value on one node");
+    // Read back: a multi-get across both nodes, gets (CAS kept), gat, mg.
+    let keys: Vec<String> = (0..20).map(|i| format!("pii:{i}")).collect();
+    let all = c.values(&format!("get {} plain\r\n", keys.join(" "))).await;
+    assert_eq!(all.matches(CANARY).count(), 20, "{all}");
+    assert!(all.contains("VALUE plain 3 2\r\nhi\r\n"), "{all}");
+    let gets = c.values("gets pii:3\r\n").await;
+    let head = gets.lines().next().unwrap().to_string();
+    let cas = head.split(' ').nth(4).unwrap().to_string();
+    assert!(
+        head.starts_with(&format!("VALUE pii:3 3 {} ", CANARY.len())),
+        "{gets}"
+    );
+    let cas_set = format!("cas pii:3 9 0 3 {cas}\r\nnew\r\n");
+    assert_eq!(c.line(&cas_set).await, "STORED\r\n");
+    assert_eq!(
+        c.values("gat 100 pii:3\r\n").await,
+        "VALUE pii:3 9 3\r\nnew\r\nEND\r\n"
+    );
+    let mg = c
+        .read_until_after(b"mg pii:3 v f\r\n", b"\r\nnew\r\n")
+        .await;
+    assert_eq!(s(&mg), "VA 3 f9\r\nnew\r\n");
+    assert_eq!(c.line("ms pii:m 5 F4\r\nhello\r\n").await, "HD\r\n");
+    let mg = c
+        .read_until_after(b"mg pii:m v\r\n", b"\r\nhello\r\n")
+        .await;
+    assert_eq!(s(&mg), "VA 5\r\nhello\r\n");
+    // Refused: what would work on ciphertext.
+    for line in [
+        "incr pii:1 1\r\n".to_string(),
+        "append pii:1 0 0 1\r\nx\r\n".to_string(),
+        "ms pii:1 1 MA\r\nx\r\n".to_string(),
+    ] {
+        let got = c.line(&line).await;
+        assert!(
+            got.starts_with("CLIENT_ERROR cachegate:") && got.contains("encrypted"),
+            "{line}: {got}"
+        );
+    }
+    assert_eq!(c.line("incr plain-n 1\r\n").await, "NOT_FOUND\r\n");
+    // A value copied under another key on the node does not open.
+    let node = if a.holds("pii:1").await { &a } else { &b };
+    let mut d = node.direct().await;
+    d.send(b"get pii:1\r\n").await;
+    let raw = d.read(cachegate::protocol::memcached::Shape::Values).await;
+    let start = raw.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let body = &raw[start..raw.len() - b"\r\nEND\r\n".len()];
+    // Written where the ring puts pii:copy (cachegate's own write shows which node that is).
+    assert_eq!(c.line("set pii:copy 0 0 1\r\nx\r\n").await, "STORED\r\n");
+    let target = if a.holds("pii:copy").await { &a } else { &b };
+    let mut d = target.direct().await;
+    let copy = format!("set pii:copy 0 0 {}\r\n", body.len());
+    let mut wire = copy.into_bytes();
+    wire.extend_from_slice(body);
+    wire.extend_from_slice(b"\r\n");
+    d.send(&wire).await;
+    let _ = d.read_until(b"\r\n").await;
+    let mut c2 = McClient::tls(&st.pki, proxy.addr).await;
+    let moved = c2.line("get pii:copy\r\n").await;
+    assert!(
+        moved.starts_with("SERVER_ERROR cachegate: the value of 'pii:copy' does not verify"),
+        "{moved}"
+    );
+}

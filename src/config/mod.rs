@@ -336,13 +336,25 @@ upstream.address = "127.0.0.1:6379"
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
         }
-        let memcached = "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\nupstream.nodes = [\"127.0.0.1:11211\"]\nencryption.keyspaces = [{ patterns = [\"k*\"] }]\n";
+        // memcached values are strings: a hash keyspace is refused there, and so is a bound
+        // past half the nonce limit.
+        let memcached = "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\nupstream.nodes = [\"127.0.0.1:11211\"]\nencryption.root_key_env = \"K\"\nencryption.keyspaces = [{ patterns = [\"k*\"], types = [\"hash\"] }]\nencryption.rotate_after_seals = 4294967296\n";
         let ps = problems(memcached);
-        assert!(
-            ps.iter()
-                .any(|p| p.key == "listeners[0].encryption" && p.message.contains("not yet")),
-            "{ps:?}"
-        );
+        for (key, says) in [
+            (
+                "listeners[0].encryption.keyspaces",
+                "memcached values are strings",
+            ),
+            (
+                "listeners[0].encryption.rotate_after_seals",
+                "between 1 and 2^31",
+            ),
+        ] {
+            assert!(
+                ps.iter().any(|p| p.key == key && p.message.contains(says)),
+                "{key}: {ps:?}"
+            );
+        }
         // A root key file that is not 32 bytes is refused without echoing it.
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root.key");

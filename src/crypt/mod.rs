@@ -13,6 +13,7 @@
 //! a value copied under another name does not open.
 
 pub mod keyring;
+pub mod memcached;
 pub mod plan;
 
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// What every sealed value starts with.
 pub const MAGIC: &[u8; 3] = b"\0cg";
 pub const VERSION: u8 = 1;
-const HEADER: usize = MAGIC.len() + 1 + 4 + NONCE_LEN;
-const TAG: usize = 16;
+pub(crate) const HEADER: usize = MAGIC.len() + 1 + 4 + NONCE_LEN;
+pub(crate) const TAG: usize = 16;
 
 /// One data key, unwrapped, in memory only.
 pub struct DataKey {
@@ -324,29 +325,48 @@ impl Encryption {
                 self.opened.inc();
                 out
             }
+            Err((key, why)) => crate::protocol::reply::error(&self.failed(&key, why)),
+        }
+    }
+
+    /// A memcached reply opened for the client; a value that does not open makes the whole
+    /// reply one `SERVER_ERROR` line, counted and recorded as a security event.
+    pub fn open_mc_reply(&self, reply: &[u8], open: &memcached::McOpen) -> bytes::Bytes {
+        match memcached::open_reply(&self.keys, &self.spaces, reply, open, self.on_plaintext) {
+            Ok(out) => {
+                self.opened.inc();
+                out
+            }
             Err((key, why)) => {
-                self.metrics
-                    .decryption_failures
-                    .get_or_create(&crate::metrics::ReasonLabels {
-                        listener: self.listener.clone(),
-                        reason: why.reason().into(),
-                    })
-                    .inc();
-                let key = String::from_utf8_lossy(&key).into_owned();
-                self.metrics.security_event(
-                    crate::metrics::SecurityEvent::new(
-                        "decryption",
-                        "toplevel",
-                        key.clone(),
-                        "(none)",
-                        &self.listener,
-                        format!("value {why}"),
-                    ),
-                    false,
-                );
-                crate::protocol::reply::error(&format!("cachegate: the value of '{key}' {why}"))
+                let msg = self.failed(&key, why);
+                Bytes::from(format!("SERVER_ERROR {msg}\r\n"))
             }
         }
+    }
+
+    /// Counts a value that did not open and records the security event; the message for the
+    /// client.
+    fn failed(&self, key: &[u8], why: OpenError) -> String {
+        self.metrics
+            .decryption_failures
+            .get_or_create(&crate::metrics::ReasonLabels {
+                listener: self.listener.clone(),
+                reason: why.reason().into(),
+            })
+            .inc();
+        let key = String::from_utf8_lossy(key).into_owned();
+        self.metrics.security_event(
+            crate::metrics::SecurityEvent::new(
+                "decryption",
+                "toplevel",
+                key.clone(),
+                "(none)",
+                &self.listener,
+                format!("value {why}"),
+            ),
+            false,
+        );
+        format!("cachegate: the value of '{key}' {why}")
     }
 }
 

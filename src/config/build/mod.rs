@@ -378,14 +378,26 @@ pub(super) fn listener(
     }
     let encryption = match l.encryption.take() {
         None => Some(None),
-        Some(_) if matches!(protocol, Protocol::Memcached(_)) => {
-            p.add(
-                format!("{key}.encryption"),
-                "not yet for memcached listeners (Redis string values only, so far)",
-            );
-            None
+        Some(e) => {
+            // memcached values are strings: there is no hash to seal field by field.
+            let hashes = e
+                .keyspaces
+                .iter()
+                .any(|k| k.types.iter().flatten().any(|t| t == "hash"));
+            let memcached_hashes = matches!(protocol, Protocol::Memcached(_)) && hashes;
+            if memcached_hashes {
+                p.add(
+                    format!("{key}.encryption.keyspaces"),
+                    "types = [\"hash\"] is for Redis listeners; memcached values are strings",
+                );
+            }
+            let built = encryption(p, &format!("{key}.encryption"), e, base);
+            if memcached_hashes {
+                None
+            } else {
+                built
+            }
         }
-        Some(e) => encryption(p, &format!("{key}.encryption"), e, base),
     };
     if p.list.len() > before {
         return None;

@@ -3,6 +3,7 @@
 //! gets split across nodes and merged.
 
 use super::*;
+use crate::crypt::memcached::{McOpen, McPlan};
 
 pub(super) enum Item {
     Local(Bytes),
@@ -26,9 +27,10 @@ pub(super) enum Plan {
 /// Runs a batch and returns the bytes for the client, in request order.
 pub(super) async fn execute(
     ctx: &Context,
-    batch: Vec<Item>,
+    mut batch: Vec<Item>,
     conns: &mut [Option<NodeConn>],
     who: &Who,
+    enc: Option<&crate::crypt::Encryption>,
     meter: &mut CommandMeter<'_>,
 ) -> BytesMut {
     let ring = ctx.ring();
@@ -42,17 +44,40 @@ pub(super) async fn execute(
         (node, shapes.len() - 1)
     };
     let mut plans = Vec::with_capacity(batch.len());
-    for item in &batch {
+    // How each request's reply is opened (at-rest encryption), in batch order.
+    let mut opens: Vec<Option<McOpen>> = Vec::with_capacity(batch.len());
+    // memcached stays silent on errors for `noreply`; quiet meta commands still see them.
+    let silent = |req: &McRequest| req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet);
+    for item in &mut batch {
+        // The ACL first (its refusal is a security event), then encryption, which seals the
+        // request's value in place or refuses what would work on ciphertext.
+        let denied = matches!(&*item, Item::Request(req) if refused(ctx, who, req));
+        let sealing = match (&mut *item, enc) {
+            (Item::Request(req), Some(enc)) if !denied => {
+                let plan = crate::crypt::memcached::plan(req, &enc.spaces, &enc.keys);
+                if matches!(plan, McPlan::Sealed(_)) && req.data.is_some() {
+                    enc.count_sealed(1);
+                }
+                plan
+            }
+            _ => McPlan::Clear,
+        };
+        let item = &*item;
         let plan = match item {
             Item::Local(b) => Plan::Local(b.clone()),
-            // memcached stays silent on errors for `noreply`; quiet meta commands still see them.
-            Item::Request(req) if refused(ctx, who, req) => Plan::Local(
-                if req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet) {
-                    Bytes::new()
-                } else {
-                    Bytes::from_static(PERMISSION_DENIED)
-                },
-            ),
+            Item::Request(req) if denied => Plan::Local(if silent(req) {
+                Bytes::new()
+            } else {
+                Bytes::from_static(PERMISSION_DENIED)
+            }),
+            Item::Request(req) if matches!(sealing, McPlan::Refuse(_)) => {
+                Plan::Local(match &sealing {
+                    McPlan::Refuse(why) if !silent(req) => {
+                        Bytes::from(format!("CLIENT_ERROR {why}\r\n"))
+                    }
+                    _ => Bytes::new(),
+                })
+            }
             Item::Request(req) => match req.cmd {
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
                 Cmd::Empty => Plan::Local(Bytes::from_static(b"END\r\n")),
@@ -103,6 +128,10 @@ pub(super) async fn execute(
                 },
             },
         };
+        opens.push(match sealing {
+            McPlan::Sealed(open) => open,
+            _ => None,
+        });
         plans.push(plan);
     }
 
@@ -130,11 +159,15 @@ pub(super) async fn execute(
     }
 
     let mut out = BytesMut::new();
-    for (item, plan) in batch.iter().zip(plans) {
+    for ((item, plan), open) in batch.iter().zip(plans).zip(opens) {
         let req = match item {
             Item::Request(r) => Some(r),
             Item::Local(_) => None,
         };
+        // Where this request's answer starts: opened there once it is whole (a multi-get's
+        // parts merged first).
+        let start = out.len();
+        let local = matches!(plan, Plan::Local(_));
         match (plan, req) {
             (Plan::Local(b), _) => out.extend_from_slice(&b),
             (Plan::Unrouted, Some(req)) => {
@@ -172,6 +205,10 @@ pub(super) async fn execute(
                 }
             }
             (_, None) => {}
+        }
+        if let (Some(open), Some(enc), false) = (&open, enc, local) {
+            let answer = out.split_off(start);
+            out.extend_from_slice(&enc.open_mc_reply(&answer, open));
         }
     }
     out

@@ -97,6 +97,8 @@ pub struct Rules {
     pub limits: Limits,
     /// Cancelled when a reload replaces these rules: wakes idle sessions to take the new ones.
     pub superseded: CancellationToken,
+    /// At-rest encryption of values in some keyspaces (its keys re-read by a reload).
+    pub encryption: Option<Arc<crate::crypt::Encryption>>,
 }
 
 /// Where security events and buffered bytes are counted.
@@ -333,7 +335,8 @@ where
         }
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
-            let out = execute(ctx, batch, conns, &*who, &mut meter).await;
+            let enc = rules.encryption.as_deref();
+            let out = execute(ctx, batch, conns, &*who, enc, &mut meter).await;
             if let Err(over) = charge.hold(out.len()) {
                 cw.write_all(&server_error("", &over.to_string())).await?;
                 break;
@@ -433,6 +436,7 @@ mod tests {
                 partial_request_timeout: Duration::from_secs(1),
             },
             superseded: CancellationToken::new(),
+            encryption: None,
         }
     }
 
