@@ -35,6 +35,10 @@ pub enum RewrapError {
     Scan,
     #[error("cannot save the rewrap's cursor: {0}")]
     State(String),
+    #[error(transparent)]
+    Node(#[from] crate::parts::ServerError),
+    #[error("a memcached node answered `{0}`")]
+    Memcached(String),
 }
 
 /// What a rewrap did.
@@ -256,6 +260,9 @@ pub async fn rewrap(
         .encryption
         .as_ref()
         .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?;
+    if let crate::config::Protocol::Memcached(mc) = &listener.protocol {
+        return rewrap_memcached(config, listener, mc, keys, state, progress).await;
+    }
     let pool = Pool::new(
         &listener.upstream,
         config.limits.max_reply_bytes,
@@ -334,7 +341,187 @@ pub async fn rewrap(
     Ok(at.tally)
 }
 
+/// memcached has no SCAN: each node lists its keys (`lru_crawler metadump all`), then each
+/// key in an encrypted keyspace is read with `mg ... v f c t` and, when not under the primary
+/// key, written back sealed with `ms ... C<cas>` (compare-and-swap: a value changed meanwhile
+/// is left as it is) keeping its flags and remaining TTL. Keys are sent base64-encoded (`b`).
+/// The saved cursor is per node: an interrupted run goes on from the node it was on.
+async fn rewrap_memcached(
+    config: &Config,
+    listener: &ListenerConfig,
+    mc: &crate::config::MemcachedConfig,
+    keys: &Keys,
+    state: Option<&Path>,
+    mut progress: impl FnMut(&str, &Tally),
+) -> Result<Tally, RewrapError> {
+    use base64::Engine as _;
+    let spaces = &listener
+        .encryption
+        .as_ref()
+        .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?
+        .keyspaces;
+    let mut at = state
+        .and_then(|p| saved(p, keys.primary.id))
+        .unwrap_or(Cursor {
+            primary: keys.primary.id,
+            pattern: 0,
+            cursor: String::new(),
+            tally: Tally::default(),
+        });
+    while at.pattern < mc.nodes.len() {
+        let node = &mc.nodes[at.pattern];
+        let label = format!("{}:{}", node.host, node.port);
+        let upstream = crate::parts::node_upstream(listener, node)?;
+        let pool = Pool::new(
+            &upstream,
+            config.limits.max_reply_bytes,
+            Protocol::Memcached,
+        )?;
+        let mut conn = pool.connector().connect().await?;
+        let mut found: Vec<Vec<u8>> = Vec::new();
+        conn.memcached_lines(b"lru_crawler metadump all\r\n", |line| {
+            let Some(rest) = line.strip_prefix(b"key=") else {
+                return;
+            };
+            let encoded = rest.split(|&b| b == b' ').next().unwrap_or(rest);
+            let key = url_decode(encoded);
+            if spaces.strings(&key) {
+                found.push(key);
+            }
+        })
+        .await?;
+        for key in &found {
+            at.tally.scanned += 1;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+            one_memcached(&mut conn, keys, key, &b64, &mut at.tally).await?;
+            if at.tally.scanned.is_multiple_of(1000) {
+                progress(&label, &at.tally);
+            }
+        }
+        at.pattern += 1;
+        if let Some(path) = state {
+            save(path, &at)?;
+        }
+    }
+    progress("(done)", &at.tally);
+    if let Some(path) = state {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(at.tally)
+}
+
+/// `%XX` sequences decoded (memcached's metadump URL-encodes keys).
+fn url_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Re-seals one memcached value; which of the tally's counts it adds to.
+async fn one_memcached(
+    conn: &mut Conn,
+    keys: &Keys,
+    key: &[u8],
+    b64: &str,
+    tally: &mut Tally,
+) -> Result<(), RewrapError> {
+    use crate::protocol::memcached::Shape;
+    let reply = conn
+        .memcached_roundtrip(format!("mg {b64} b v f c t\r\n").as_bytes(), Shape::Meta)
+        .await?;
+    if !reply.starts_with(b"VA ") {
+        // Gone (EN) since the dump.
+        return Ok(());
+    }
+    let nl = reply
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or_else(|| RewrapError::Memcached(String::from_utf8_lossy(&reply).into_owned()))?;
+    let head = String::from_utf8_lossy(&reply[..nl]).into_owned();
+    let value = &reply[nl + 2..reply.len() - 2];
+    let mut flags = "0".to_string();
+    let mut cas = String::new();
+    let mut ttl: i64 = -1;
+    for token in head.split(' ').skip(2) {
+        match token.as_bytes().first() {
+            Some(b'f') => flags = token[1..].to_string(),
+            Some(b'c') => cas = token[1..].to_string(),
+            Some(b't') => ttl = token[1..].parse().unwrap_or(-1),
+            _ => {}
+        }
+    }
+    let plain = match keys.open(key, value) {
+        Ok(plain) => {
+            let id = key_id(value);
+            *tally.by_key.entry(id).or_default() += 1;
+            if id == keys.primary.id {
+                tally.current += 1;
+                return Ok(());
+            }
+            plain
+        }
+        Err(OpenError::Plaintext) => {
+            tally.from_clear += 1;
+            Bytes::copy_from_slice(value)
+        }
+        Err(_) => {
+            tally.failed += 1;
+            return Ok(());
+        }
+    };
+    let sealed = keys.seal(key, &plain);
+    // The remaining TTL as an expiry: -1 is none (0 for ms); 0 left means it is expiring.
+    let ttl = match ttl {
+        -1 => 0,
+        0 => 1,
+        t => t,
+    };
+    let mut request =
+        format!("ms {b64} {} b C{cas} F{flags} T{ttl}\r\n", sealed.len()).into_bytes();
+    request.extend_from_slice(&sealed);
+    request.extend_from_slice(b"\r\n");
+    let stored = conn.memcached_roundtrip(&request, Shape::Meta).await?;
+    match &stored[..] {
+        b"HD\r\n" => tally.resealed += 1,
+        // Changed (EX) or gone (NF) meanwhile: left as it is.
+        b"EX\r\n" | b"NF\r\n" => tally.changed += 1,
+        other => {
+            return Err(RewrapError::Memcached(
+                String::from_utf8_lossy(other).trim_end().to_string(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Where a listener's rewrap keeps its cursor: beside its keyring.
 pub fn state_path(keyring: &Path) -> std::path::PathBuf {
     keyring.with_extension("rewrap.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadump_keys_are_url_decoded() {
+        assert_eq!(url_decode(b"pii%3A1"), b"pii:1");
+        assert_eq!(url_decode(b"a%20b%25"), b"a b%");
+        // A lone or broken escape stays as it is.
+        assert_eq!(url_decode(b"x%"), b"x%");
+        assert_eq!(url_decode(b"x%4"), b"x%4");
+        assert_eq!(url_decode(b"x%zz"), b"x%zz");
+    }
 }

@@ -317,6 +317,74 @@ impl Conn {
         }
     }
 
+    /// Sends `request` to a memcached node and reads one reply of `shape`.
+    pub async fn memcached_roundtrip(
+        &mut self,
+        request: &[u8],
+        shape: Shape,
+    ) -> Result<Bytes, UpstreamError> {
+        let timeout = self.connector.request_timeout;
+        let max = self.connector.max_reply;
+        tokio::time::timeout(timeout, async {
+            self.stream.write_all(request).await?;
+            self.stream.flush().await?;
+            let mut buf = BytesMut::with_capacity(256);
+            loop {
+                let len = reply_len(&buf, shape, max)
+                    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+                if let Some(len) = len {
+                    return Ok(buf.split_to(len).freeze());
+                }
+                if self.stream.read_buf(&mut buf).await? == 0 {
+                    return Err(UpstreamError::Closed);
+                }
+            }
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// Sends `request` and reads `\n`-ended lines until one is `END` (memcached's
+    /// `lru_crawler metadump`), handing each line to `each`. No timeout on the whole (a big
+    /// cache's dump takes as long as it takes); each read waits `request_timeout` at most.
+    pub async fn memcached_lines(
+        &mut self,
+        request: &[u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), UpstreamError> {
+        let timeout = self.connector.request_timeout;
+        self.stream.write_all(request).await?;
+        self.stream.flush().await?;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(nl + 1);
+                let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line == b"END" {
+                    return Ok(());
+                }
+                if line.starts_with(b"ERROR")
+                    || line.starts_with(b"CLIENT_ERROR")
+                    || line.starts_with(b"SERVER_ERROR")
+                    || line.starts_with(b"BUSY")
+                {
+                    return Err(UpstreamError::Unexpected(printable(line)));
+                }
+                each(line);
+            }
+            if buf.len() > 64 * 1024 {
+                return Err(UpstreamError::Unexpected("a line over 64 KiB".into()));
+            }
+            match tokio::time::timeout(timeout, self.stream.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Err(UpstreamError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(UpstreamError::Timeout(timeout)),
+            }
+        }
+    }
+
     /// A cheap liveness check with no round trip: a connection the upstream has closed (or that
     /// has unexpected bytes waiting) is not handed to a client.
     pub fn looks_alive(&self) -> bool {
