@@ -1026,3 +1026,33 @@ async fn rewrap_migrates_a_memcached_ring() {
         format!("VALUE pii:39 39 {}\r\n{CANARY}\r\nEND\r\n", CANARY.len())
     );
 }
+
+/// HVALS of an encrypted hash is read as HGETALL: where HGETALL is disabled and cachegate's
+/// connections log in as a backend user that is denied it, HVALS is refused with the reason
+/// (it failed with a NOPERM naming a command the client never sent); HMGET reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvals_says_why_when_hgetall_is_kept_from_the_backend_user() {
+    let st = setup().await;
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.password = \"admin-password\"\nupstream.health_interval = \"1h\"\n\
+         commands.disable = [\"HGETALL\"]\ncommands.scripts = \"backend_acl\"\n\
+         encryption.root_key_file = {:?}\nencryption.keyspaces = [{{ patterns = [\"user:*\"], types = [\"hash\"] }}]\n",
+        st.keys.path().join("data"),
+        st.pki.tls_toml(),
+        redis.address(),
+        st.root
+    ))
+    .await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["HSET", "user:1", "card", CANARY]).await, b":1\r\n");
+    let vals = s(&c.cmd(&["HVALS", "user:1"]).await);
+    assert!(
+        vals.starts_with("-ERR cachegate: 'HVALS' of an encrypted hash is read as HGETALL"),
+        "{vals}"
+    );
+    let mut want = b"*1\r\n".to_vec();
+    want.extend(bulk(CANARY));
+    assert_eq!(c.cmd(&["HMGET", "user:1", "card"]).await, want);
+}

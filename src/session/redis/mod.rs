@@ -737,6 +737,19 @@ impl RequestSide {
                     self.local(reply::error(&why)).await?;
                     return Ok(Flow::Continue);
                 }
+                // HVALS of an encrypted hash is read as HGETALL (a value opens only with its
+                // field); where the policy keeps HGETALL from the backend user cachegate's
+                // connections log in as, the backend would refuse it under a name the client
+                // never sent: refused here, saying why.
+                crate::crypt::plan::Plan::Sealed(Some(crate::crypt::plan::Open::HashValues(_)))
+                    if self.ctx.identities.is_some()
+                        && self.ctx.policy.decide(b"HGETALL") != crate::policy::Decision::Allow =>
+                {
+                    self.multi_dirty |= self.in_multi;
+                    self.local(reply::error("cachegate: 'HVALS' of an encrypted hash is read as HGETALL (a value opens only with its field), which this listener's policy keeps from its backend user; use HMGET"))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
                 crate::crypt::plan::Plan::Sealed(reads) => {
                     req.raw = None;
                     let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
