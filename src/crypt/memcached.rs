@@ -35,11 +35,12 @@ pub enum McPlan {
 /// its length token).
 pub fn plan(req: &mut McRequest, spaces: &Keyspaces, keys: &Keys) -> McPlan {
     let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+    // Names and keys shown on one line: a key (base64-decoded for `b`) may hold CR or LF.
     let refuse = |key: &[u8]| {
-        McPlan::Refuse(format!(
+        McPlan::Refuse(one_line(&format!(
             "cachegate: '{name}' cannot work on '{}': its value is encrypted",
             String::from_utf8_lossy(key)
-        ))
+        )))
     };
     match req.cmd {
         Cmd::Get | Cmd::GetAndTouch => {
@@ -159,8 +160,8 @@ fn open_values(
             .and_then(|l| l.parse().ok())
             .ok_or_else(unexpected)?;
         let data_at = end + 2;
-        let data_end = data_at + len;
-        if reply.len() < data_end + 2 || &reply[data_end..data_end + 2] != b"\r\n" {
+        let data_end = data_at.checked_add(len).ok_or_else(unexpected)?;
+        if reply.len() < data_end.saturating_add(2) || &reply[data_end..data_end + 2] != b"\r\n" {
             return Err(unexpected());
         }
         let value = &reply[data_at..data_end];
@@ -210,8 +211,8 @@ fn open_meta(
         .and_then(|l| l.parse().ok())
         .ok_or_else(unexpected)?;
     let data_at = end + 2;
-    let data_end = data_at + len;
-    if reply.len() < data_end + 2 || &reply[data_end..data_end + 2] != b"\r\n" {
+    let data_end = data_at.checked_add(len).ok_or_else(unexpected)?;
+    if reply.len() < data_end.saturating_add(2) || &reply[data_end..data_end + 2] != b"\r\n" {
         return Err(unexpected());
     }
     let opened = open_value(keys, key, &reply[data_at..data_end], on_plaintext)?;
@@ -228,6 +229,13 @@ fn open_meta(
     // A quiet mg's trailing MN.
     out.put_slice(&reply[data_end + 2..]);
     Ok(out.freeze())
+}
+
+/// `text` with control characters (CR, LF among them) shown as `?`: it goes on one reply line.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// How much longer a sealed value is than its plaintext.
@@ -353,6 +361,32 @@ mod tests {
             &open_reply(&keys, &spaces, b"EN\r\n", &meta, OnPlaintext::Error).unwrap()[..],
             b"EN\r\n"
         );
+        // A hostile node's lengths never wrap around.
+        for huge in [
+            &b"VALUE pii:1 0 18446744073709551614\r\nEND\r\n"[..],
+            b"VALUE pii:1 0 18446744073709551615\r\n",
+        ] {
+            assert!(open_reply(&keys, &spaces, huge, &McOpen::Values, OnPlaintext::Pass).is_err());
+        }
+        assert!(open_reply(
+            &keys,
+            &spaces,
+            b"VA 18446744073709551614\r\n",
+            &meta,
+            OnPlaintext::Pass
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_refusal_stays_on_one_line_whatever_the_key() {
+        let (keys, spaces) = (keys(), spaces());
+        // `ma <base64 of "pii:x\r\nHD">` b
+        let mut r = req(b"ma cGlpOngNCkhE b\r\n");
+        match plan(&mut r, &spaces, &keys) {
+            McPlan::Refuse(why) => assert!(!why.contains('\r') && !why.contains('\n'), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest::proptest! {

@@ -338,7 +338,7 @@ impl Encryption {
                 out
             }
             Err((key, why)) => {
-                let msg = self.failed(&key, why);
+                let msg = memcached::one_line(&self.failed(&key, why));
                 Bytes::from(format!("SERVER_ERROR {msg}\r\n"))
             }
         }

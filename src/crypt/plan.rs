@@ -208,9 +208,18 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
         }
         // HSCAN ... NOVALUES (Redis 7.4) returns fields only; options come after the cursor.
         Shape::HashScan if args.len() >= 3 => {
-            let novalues = args[3..]
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(b"NOVALUES"));
+            // Options after the cursor: MATCH and COUNT take a value (a pattern may read
+            // "NOVALUES"); NOVALUES stands alone.
+            let (mut i, mut novalues) = (3, false);
+            while i < args.len() {
+                if args[i].eq_ignore_ascii_case(b"MATCH") || args[i].eq_ignore_ascii_case(b"COUNT")
+                {
+                    i += 2;
+                } else {
+                    novalues |= args[i].eq_ignore_ascii_case(b"NOVALUES");
+                    i += 1;
+                }
+            }
             Plan::Sealed((!novalues).then(|| Open::ScanPairs(args[1].clone())))
         }
         // Wrong arity (Redis answers it), or fields only.
@@ -358,6 +367,11 @@ mod tests {
         );
         let mut a = args(&["HSCAN", "user:1", "0", "novalues"]);
         assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
+        let mut a = args(&["HSCAN", "user:1", "0", "MATCH", "NOVALUES"]);
+        assert!(
+            matches!(plan(&mut a, &spaces, &keys), Plan::Sealed(Some(_))),
+            "a pattern"
+        );
         for call in [
             &["HINCRBY", "user:1", "n", "1"][..],
             &["HSTRLEN", "user:1", "f"],

@@ -971,7 +971,9 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
                     .nth(3)
                     .and_then(parse_num::<usize>);
                 let size = size.ok_or_else(|| malformed(text))?;
-                pos + line + size + 2
+                // A size near usize::MAX from a hostile node must not wrap around.
+                size.checked_add(pos + line + 2)
+                    .ok_or(McReplyError::TooLarge(max))?
             }
             Shape::Values => return Err(malformed(text)),
             Shape::Meta | Shape::MetaThenNoop => {
@@ -983,7 +985,9 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
                         .split(|&b| b == b' ')
                         .nth(1)
                         .and_then(parse_num::<usize>);
-                    pos + line + size.ok_or_else(|| malformed(text))? + 2
+                    size.ok_or_else(|| malformed(text))?
+                        .checked_add(pos + line + 2)
+                        .ok_or(McReplyError::TooLarge(max))?
                 } else {
                     pos + line
                 };
