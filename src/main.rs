@@ -424,7 +424,14 @@ fn keys(
                     "{} values do not open (tampered, or under a data key no longer in the keyring)",
                     tally.failed
                 );
-                keyring::note_rewrapped(&path, keys.primary.id).map_err(anyhow::Error::msg)?;
+                if tally.changed == 0 {
+                    keyring::note_rewrapped(&path, keys.primary.id).map_err(anyhow::Error::msg)?;
+                } else {
+                    println!(
+                        "listener {}: {} values kept changing while they were re-sealed: run rewrap again (the run is not recorded as complete, so `keys retire` waits)",
+                        l.name, tally.changed
+                    );
+                }
             }
             KeysAction::Retire { id, force } => {
                 // Data key ids are random per keyring: the listener that has it.

@@ -315,6 +315,19 @@ impl Reloader {
                 reported
                     .entry((l.name.clone(), primary))
                     .or_insert_with(|| (enc.primary_seals(), 0));
+                // Keys that were primary between two reports (a rotation and a reload in
+                // between) have a counter too: their seals count.
+                for key in &enc.keys.all {
+                    let labels = crate::metrics::KeyLabels {
+                        listener: l.name.clone(),
+                        key: key.id.to_string(),
+                    };
+                    if let Some(counter) = self.metrics.data_key_seals.get(&labels) {
+                        reported
+                            .entry((l.name.clone(), key.id))
+                            .or_insert_with(|| (counter.clone(), 0));
+                    }
+                }
                 let path = crate::crypt::keyring::keyring_path(&state.config.data_dir, &l.name);
                 for ((name, id), (counter, done)) in reported.iter_mut() {
                     if name != &l.name {
@@ -350,7 +363,10 @@ impl Reloader {
             }
         }
         if !rotations.is_empty() {
-            let _ = self.reload("a data key reached its seal bound");
+            if let Err(e) = self.reload("a data key reached its seal bound") {
+                // Retried at the next report; meanwhile seals go on under the old key, counted.
+                tracing::error!(error = %e, "could not reload to take the new data key; sealing goes on under the old one until a reload succeeds");
+            }
         }
         rotations
     }

@@ -63,6 +63,10 @@ pub struct Tally {
 struct Cursor {
     /// The primary key it re-seals under: a rotation since starts over.
     primary: u32,
+    /// What it walks, in order (keyspace patterns, or memcached nodes): a configuration that
+    /// changed since starts over, so that no keyspace is skipped.
+    #[serde(default)]
+    over: Vec<String>,
     /// Index into the string patterns then the hash patterns.
     pattern: usize,
     cursor: String,
@@ -77,11 +81,20 @@ fn save(path: &Path, cursor: &Cursor) -> Result<(), RewrapError> {
         .map_err(|e| RewrapError::State(format!("{}: {e}", path.display())))
 }
 
-fn saved(path: &Path, primary: u32) -> Option<Cursor> {
+fn saved(path: &Path, primary: u32, over: &[String]) -> Option<Cursor> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str::<Cursor>(&text)
         .ok()
-        .filter(|c| c.primary == primary)
+        .filter(|c| c.primary == primary && c.over == over)
+}
+
+/// Runs one key's re-seal again while a writer changed it meanwhile (a sliding TTL, another
+/// field of its hash), so that a busy key is not left under the old data key; still changed
+/// after that, it is counted as changed (and the run is not recorded as complete).
+const ATTEMPTS: usize = 5;
+
+fn changed_again(before: &Tally, after: &Tally, attempt: usize) -> bool {
+    after.changed > before.changed && attempt + 1 < ATTEMPTS
 }
 
 /// The data key id of a sealed value (its header checked by a successful open).
@@ -127,6 +140,16 @@ async fn call(conn: &mut Conn, args: &[&[u8]]) -> Result<Bytes, RewrapError> {
     Ok(reply)
 }
 
+fn refused_unless_wrongtype(command: &[u8], reply: &[u8]) -> Result<(), RewrapError> {
+    if reply.starts_with(b"-") && !reply.starts_with(b"-WRONGTYPE") {
+        return Err(RewrapError::Refused {
+            command: String::from_utf8_lossy(command).into_owned(),
+            reply: String::from_utf8_lossy(reply).trim_end().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Re-seals one key's value; which of the tally's counts it adds to.
 async fn one(
     conn: &mut Conn,
@@ -135,8 +158,10 @@ async fn one(
     tally: &mut Tally,
 ) -> Result<(), RewrapError> {
     call(conn, &[b"WATCH", key]).await?;
-    // An error reply (WRONGTYPE: the key became another type since the SCAN) skips it.
+    // WRONGTYPE (the key became another type since the SCAN) skips it; any other error
+    // (a backend user denied GET) stops the run rather than leave values behind unseen.
     let reply = conn.roundtrip(&request(&[b"GET", key])).await?;
+    refused_unless_wrongtype(b"GET", &reply)?;
     let value = match bulk(&reply, &mut 0) {
         Some(Some(v)) => v,
         // Gone, or no longer a string.
@@ -188,6 +213,7 @@ async fn one_hash(
 ) -> Result<(), RewrapError> {
     call(conn, &[b"WATCH", key]).await?;
     let reply = conn.roundtrip(&request(&[b"HGETALL", key])).await?;
+    refused_unless_wrongtype(b"HGETALL", &reply)?;
     let mut pos = 0;
     let pairs = (|| {
         let n = array(&reply, &mut pos)?;
@@ -276,10 +302,15 @@ pub async fn rewrap(
         .map(|p| (p.as_str(), false))
         .chain(spaces.hashes.iter().map(|p| (p.as_str(), true)))
         .collect();
+    let over: Vec<String> = patterns
+        .iter()
+        .map(|(p, hash)| format!("{}:{p}", if *hash { "hash" } else { "string" }))
+        .collect();
     let mut at = state
-        .and_then(|p| saved(p, keys.primary.id))
+        .and_then(|p| saved(p, keys.primary.id, &over))
         .unwrap_or(Cursor {
             primary: keys.primary.id,
+            over,
             pattern: 0,
             cursor: "0".into(),
             tally: Tally::default(),
@@ -315,10 +346,17 @@ pub async fn rewrap(
         let (next, found) = parsed.ok_or(RewrapError::Scan)?;
         for key in &found {
             at.tally.scanned += 1;
-            if hash {
-                one_hash(&mut conn, keys, key, &mut at.tally).await?;
-            } else {
-                one(&mut conn, keys, key, &mut at.tally).await?;
+            for attempt in 0..ATTEMPTS {
+                let before = at.tally.clone();
+                if hash {
+                    one_hash(&mut conn, keys, key, &mut at.tally).await?;
+                } else {
+                    one(&mut conn, keys, key, &mut at.tally).await?;
+                }
+                if !changed_again(&before, &at.tally, attempt) {
+                    break;
+                }
+                at.tally = before;
             }
             if at.tally.scanned.is_multiple_of(1000) {
                 progress(pattern, &at.tally);
@@ -360,10 +398,16 @@ async fn rewrap_memcached(
         .as_ref()
         .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?
         .keyspaces;
+    let over: Vec<String> = mc
+        .nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.host, n.port))
+        .collect();
     let mut at = state
-        .and_then(|p| saved(p, keys.primary.id))
+        .and_then(|p| saved(p, keys.primary.id, &over))
         .unwrap_or(Cursor {
             primary: keys.primary.id,
+            over,
             pattern: 0,
             cursor: String::new(),
             tally: Tally::default(),
@@ -393,7 +437,14 @@ async fn rewrap_memcached(
         for key in &found {
             at.tally.scanned += 1;
             let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-            one_memcached(&mut conn, keys, key, &b64, &mut at.tally).await?;
+            for attempt in 0..ATTEMPTS {
+                let before = at.tally.clone();
+                one_memcached(&mut conn, keys, key, &b64, &mut at.tally).await?;
+                if !changed_again(&before, &at.tally, attempt) {
+                    break;
+                }
+                at.tally = before;
+            }
             if at.tally.scanned.is_multiple_of(1000) {
                 progress(&label, &at.tally);
             }
@@ -508,12 +559,38 @@ async fn one_memcached(
 
 /// Where a listener's rewrap keeps its cursor: beside its keyring.
 pub fn state_path(keyring: &Path) -> std::path::PathBuf {
-    keyring.with_extension("rewrap.json")
+    // `<listener>.json.rewrap`: no listener's keyring (`<name>.json`) can have that name.
+    let mut name = keyring.as_os_str().to_owned();
+    name.push(".rewrap");
+    std::path::PathBuf::from(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_cursor_is_trusted_only_for_the_same_key_and_keyspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.json.rewrap");
+        let over = vec!["string:pii:*".to_string(), "hash:user:*".to_string()];
+        let cursor = Cursor {
+            primary: 7,
+            over: over.clone(),
+            pattern: 1,
+            cursor: "42".into(),
+            tally: Tally::default(),
+        };
+        save(&path, &cursor).unwrap();
+        assert_eq!(saved(&path, 7, &over), Some(cursor));
+        assert_eq!(saved(&path, 8, &over), None, "another primary key");
+        let added = vec!["string:new:*".to_string(), over[0].clone(), over[1].clone()];
+        assert_eq!(saved(&path, 7, &added), None, "a keyspace added in front");
+        assert_eq!(
+            state_path(Path::new("/d/x.json")),
+            Path::new("/d/x.json.rewrap")
+        );
+    }
 
     #[test]
     fn metadump_keys_are_url_decoded() {

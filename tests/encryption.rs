@@ -676,10 +676,10 @@ async fn rewrap_covers_hashes_resumes_and_lets_the_old_key_retire() {
 
     // A run that stopped after the string patterns: the saved cursor says so, and the
     // resumed run does only the hashes (its report counts what the first part did).
-    let state = keyring.with_extension("rewrap.json");
+    let state = st.keys.path().join("data/encryption/redis-0.json.rewrap");
     std::fs::write(
         &state,
-        format!(r#"{{"primary":{first},"pattern":1,"cursor":"0","tally":{{"scanned":1,"resealed":1,"from_clear":1,"current":0,"changed":0,"failed":0,"by_key":{{}}}}}}"#),
+        format!(r#"{{"primary":{first},"over":["string:pii:*","hash:user:*"],"pattern":1,"cursor":"0","tally":{{"scanned":1,"resealed":1,"from_clear":1,"current":0,"changed":0,"failed":0,"by_key":{{}}}}}}"#),
     )
     .unwrap();
     let out = cli(&["rewrap"]).await.unwrap();

@@ -169,11 +169,15 @@ struct File {
     rewrapped: Option<Rewrapped>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy)]
+#[derive(Serialize, Deserialize, Clone)]
 struct Rewrapped {
     primary: u32,
     /// Unix seconds.
     finished: u64,
+    /// Each data key's seal count then: a key that sealed more since (a cachegate that had
+    /// not taken the rotation) may hold values the rewrap never saw.
+    #[serde(default)]
+    seals: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Values one data key may seal with random 96-bit nonces (NIST SP 800-38D, 8.3: at most
@@ -334,6 +338,7 @@ pub fn note_rewrapped(path: &Path, primary: u32) -> Result<(), String> {
     file.rewrapped = Some(Rewrapped {
         primary,
         finished: crate::deadline::unix_now() as u64,
+        seals: file.keys.iter().map(|k| (k.id, k.seals)).collect(),
     });
     replace(path, &file)
 }
@@ -349,6 +354,8 @@ pub enum RetireError {
     Retired(u32),
     #[error("no complete rewrap under the primary key {primary} is recorded: values may still be under data key {id}; run `cachegate keys rewrap` (after every cachegate has taken the rotation), or retire with --force")]
     NotRewrapped { id: u32, primary: u32 },
+    #[error("data key {id} sealed {more} values since the last complete rewrap (a cachegate that has not taken the rotation?): reload every cachegate, run `cachegate keys rewrap` again, or retire with --force")]
+    SealedSince { id: u32, more: u64 },
     #[error("{0}")]
     Keyring(String),
 }
@@ -362,7 +369,7 @@ pub fn retire(path: &Path, root: &RootKey, id: u32, force: bool) -> Result<(), R
     let mut file = read(path).map_err(RetireError::Keyring)?;
     open_or_create(path, root).map_err(RetireError::Keyring)?;
     let primary = file.primary;
-    let rewrapped = file.rewrapped;
+    let rewrapped = file.rewrapped.clone();
     let key = file
         .keys
         .iter_mut()
@@ -374,8 +381,17 @@ pub fn retire(path: &Path, root: &RootKey, id: u32, force: bool) -> Result<(), R
     if key.retired.is_some() {
         return Err(RetireError::Retired(id));
     }
-    if !force && rewrapped.is_none_or(|r| r.primary != primary) {
-        return Err(RetireError::NotRewrapped { id, primary });
+    if !force {
+        let Some(r) = rewrapped.filter(|r| r.primary == primary) else {
+            return Err(RetireError::NotRewrapped { id, primary });
+        };
+        let then = r.seals.get(&id).copied().unwrap_or(0);
+        if key.seals > then {
+            return Err(RetireError::SealedSince {
+                id,
+                more: key.seals - then,
+            });
+        }
     }
     key.retired = Some(crate::deadline::unix_now() as u64);
     replace(path, &file).map_err(RetireError::Keyring)
@@ -454,6 +470,9 @@ pub fn record_seals(
     key.seals = key.seals.saturating_add(n);
     let total = key.seals;
     let rotated = if id == file.primary && total >= rotate_after {
+        // Only with the root key the keyring is wrapped under (a cachegate still holding the
+        // old one after a rotate-root must not add a key the others cannot unwrap).
+        open_or_create(path, root)?;
         Some(add_primary(&mut file, root)?)
     } else {
         None
@@ -624,6 +643,13 @@ mod tests {
         note_rewrapped(&path, first).unwrap();
         assert!(retire(&path, &root, first, false).is_err());
         note_rewrapped(&path, second).unwrap();
+        // A cachegate that went on sealing under the old key after the rewrap: not retired.
+        record_seals(&path, &root, first, 3, u64::MAX).unwrap();
+        assert_eq!(
+            retire(&path, &root, first, false),
+            Err(RetireError::SealedSince { id: first, more: 3 })
+        );
+        note_rewrapped(&path, second).unwrap();
         retire(&path, &root, first, false).unwrap();
         assert_eq!(
             retire(&path, &root, first, false),
@@ -687,6 +713,14 @@ mod tests {
         let info = status(&path, &root).unwrap();
         assert_eq!(info.iter().find(|k| k.id == first).unwrap().seals, 15);
         assert!(record_seals(&path, &root, 99, 1, 10).is_err());
+        // At the bound, a rotation needs the keyring's own root key.
+        let other = RootKey::parse(&[9u8; 32]).unwrap();
+        assert!(record_seals(&path, &other, second, 100, 10).is_err());
+        let (keys, _) = open_or_create(&path, &root).unwrap();
+        assert_eq!(
+            keys.primary.id, second,
+            "nothing added under the wrong root"
+        );
     }
 
     #[test]
