@@ -140,11 +140,10 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
             Plan::Clear
         };
     };
-    let name = name.to_string();
     // A script can write any key, named or built inside it: stored in clear under an encrypted
     // key. Refused where values are encrypted.
     if matches!(
-        name.as_str(),
+        name,
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
     ) {
         return Plan::Refuse(format!(
@@ -152,8 +151,9 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
             String::from_utf8_lossy(&args[0])
         ));
     }
-    let key_args: Vec<usize> = info.keys(&name, &*args).iter().map(|k| k.index).collect();
-    let Some(first) = key_args.iter().copied().find(|&i| spaces.covers(&args[i])) else {
+    let key_uses = info.keys(name, &*args);
+    let key_args = || key_uses.iter().map(|k| k.index);
+    let Some(first) = key_args().find(|&i| spaces.covers(&args[i])) else {
         return Plan::Clear;
     };
     let refuse = || {
@@ -163,7 +163,7 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
             String::from_utf8_lossy(&args[first])
         ))
     };
-    let Some(shape) = shape(&name) else {
+    let Some(shape) = shape(name) else {
         return refuse();
     };
     // A command of one type on a key whose values are encrypted as the other: refused (it
@@ -173,7 +173,7 @@ pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
         Shape::ValueAt(_) | Shape::Pairs | Shape::Read | Shape::ReadMany
     );
     let hash_shape = !string_shape && !matches!(shape, Shape::Neutral | Shape::HashNeutral);
-    let wrong_type = key_args.iter().any(|&i| {
+    let wrong_type = key_args().any(|i| {
         spaces.covers(&args[i])
             && ((string_shape && !spaces.strings(&args[i]))
                 || (hash_shape && !spaces.hash(&args[i])))
