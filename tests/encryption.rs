@@ -139,6 +139,11 @@ async fn values_reach_the_backend_only_sealed_and_read_back_intact() {
     let rdb = std::fs::read(st.rdb_dir.path().join("dump.rdb")).unwrap();
     assert!(contains(&rdb, "visible"), "the RDB file was read");
     assert!(!contains(&rdb, CANARY), "a canary reached the RDB file");
+    // What the backend reloads from that file reads back intact through cachegate.
+    assert_eq!(direct.cmd(&["DEBUG", "RELOAD"]).await, b"+OK\r\n");
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+    assert_eq!(c.cmd(&["GET", "session:9"]).await, bulk(CANARY));
 }
 
 fn s_(b: &[u8]) -> String {
