@@ -372,11 +372,7 @@ pub async fn rewrap(
             save(path, &at)?;
         }
     }
-    progress("(done)", &at.tally);
-    if let Some(path) = state {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(at.tally)
+    Ok(finish(at.tally, state, &mut progress))
 }
 
 /// memcached has no SCAN: each node lists its keys (`lru_crawler metadump all`), then each
@@ -454,11 +450,7 @@ async fn rewrap_memcached(
             save(path, &at)?;
         }
     }
-    progress("(done)", &at.tally);
-    if let Some(path) = state {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(at.tally)
+    Ok(finish(at.tally, state, &mut progress))
 }
 
 /// `%XX` sequences decoded (memcached's metadump URL-encodes keys).
@@ -555,6 +547,15 @@ async fn one_memcached(
         }
     }
     Ok(())
+}
+
+/// A run gone through everything: the last progress, and its cursor no longer needed.
+fn finish(tally: Tally, state: Option<&Path>, progress: &mut impl FnMut(&str, &Tally)) -> Tally {
+    progress("(done)", &tally);
+    if let Some(path) = state {
+        let _ = std::fs::remove_file(path);
+    }
+    tally
 }
 
 /// Where a listener's rewrap keeps its cursor: beside its keyring.

@@ -119,6 +119,15 @@ fn line(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
+/// Where the data block of `len` (a decimal token) after the header line ending at `end`
+/// lies in `reply`, checked to be whole and followed by `\r\n` (no sum wraps around).
+fn block(reply: &[u8], end: usize, len: Option<&[u8]>) -> Option<(usize, usize)> {
+    let len: usize = std::str::from_utf8(len?).ok()?.parse().ok()?;
+    let data_at = end + 2;
+    let data_end = data_at.checked_add(len)?;
+    (reply.get(data_end..data_end.checked_add(2)?)? == b"\r\n").then_some((data_at, data_end))
+}
+
 /// Opens one value onto `out`; the opened length. A value in clear passes when allowed.
 fn open_value(
     keys: &Keys,
@@ -155,15 +164,7 @@ fn open_values(
             [_, key, _, len] | [_, key, _, len, _] => (*key, *len),
             _ => return Err(unexpected()),
         };
-        let len: usize = std::str::from_utf8(len)
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(unexpected)?;
-        let data_at = end + 2;
-        let data_end = data_at.checked_add(len).ok_or_else(unexpected)?;
-        if reply.len() < data_end.saturating_add(2) || &reply[data_end..data_end + 2] != b"\r\n" {
-            return Err(unexpected());
-        }
+        let (data_at, data_end) = block(reply, end, Some(len)).ok_or_else(unexpected)?;
         let value = &reply[data_at..data_end];
         if spaces.strings(key) {
             let opened = open_value(keys, key, value, on_plaintext)?;
@@ -205,16 +206,7 @@ fn open_meta(
     let unexpected = || (key.clone(), OpenError::Unexpected);
     let end = line(reply).ok_or_else(unexpected)?;
     let words: Vec<&[u8]> = reply[..end].split(|&b| b == b' ').collect();
-    let len: usize = words
-        .get(1)
-        .and_then(|l| std::str::from_utf8(l).ok())
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(unexpected)?;
-    let data_at = end + 2;
-    let data_end = data_at.checked_add(len).ok_or_else(unexpected)?;
-    if reply.len() < data_end.saturating_add(2) || &reply[data_end..data_end + 2] != b"\r\n" {
-        return Err(unexpected());
-    }
+    let (data_at, data_end) = block(reply, end, words.get(1).copied()).ok_or_else(unexpected)?;
     let opened = open_value(keys, key, &reply[data_at..data_end], on_plaintext)?;
     let mut out = BytesMut::with_capacity(reply.len());
     out.put_slice(b"VA ");
