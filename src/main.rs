@@ -380,11 +380,13 @@ fn keys(
                     .build()?;
                 // One line, rewritten in place on a terminal.
                 let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let seals_now = keyring::seal_counts(&path).map_err(anyhow::Error::msg)?;
                 let tally = runtime.block_on(cachegate::rewrap::rewrap(
                     config,
                     l,
                     &keys,
                     Some(&state),
+                    seals_now,
                     |pattern, t| {
                         let line = format!(
                             "  {pattern}: {} keys scanned, {} values re-sealed ({} from clear), {} current",
@@ -425,7 +427,8 @@ fn keys(
                     tally.failed
                 );
                 if tally.changed == 0 {
-                    keyring::note_rewrapped(&path, keys.primary.id).map_err(anyhow::Error::msg)?;
+                    keyring::note_rewrapped(&path, keys.primary.id, &tally.seals_at_start)
+                        .map_err(anyhow::Error::msg)?;
                 } else {
                     println!(
                         "listener {}: {} values kept changing while they were re-sealed: run rewrap again (the run is not recorded as complete, so `keys retire` waits)",

@@ -56,6 +56,11 @@ pub struct Tally {
     pub failed: u64,
     /// Values found under each data key before this run (hash fields counted one by one).
     pub by_key: BTreeMap<u32, u64>,
+    /// Each data key's seal count in the keyring when the run began (kept across a resume):
+    /// what the keyring records with a complete run, so that a key that sealed more since
+    /// the scan passed (a cachegate that had not taken the rotation) is not retired.
+    #[serde(default)]
+    pub seals_at_start: BTreeMap<u32, u64>,
 }
 
 /// Where a rewrap is: saved after every SCAN batch, so that an interrupted run resumes.
@@ -170,6 +175,7 @@ async fn one(
             return Ok(());
         }
     };
+    let from_clear = !crate::crypt::is_sealed(&value);
     let plain = match keys.open(key, &value) {
         Ok(plain) => {
             let id = key_id(&value);
@@ -181,10 +187,7 @@ async fn one(
             }
             plain
         }
-        Err(OpenError::Plaintext) => {
-            tally.from_clear += 1;
-            value
-        }
+        Err(OpenError::Plaintext) => value,
         Err(_) => {
             tally.failed += 1;
             call(conn, &[b"UNWATCH"]).await?;
@@ -199,6 +202,7 @@ async fn one(
         tally.changed += 1;
     } else {
         tally.resealed += 1;
+        tally.from_clear += u64::from(from_clear);
     }
     Ok(())
 }
@@ -280,6 +284,7 @@ pub async fn rewrap(
     listener: &ListenerConfig,
     keys: &Keys,
     state: Option<&Path>,
+    seals_now: BTreeMap<u32, u64>,
     mut progress: impl FnMut(&str, &Tally),
 ) -> Result<Tally, RewrapError> {
     let encryption = listener
@@ -287,7 +292,7 @@ pub async fn rewrap(
         .as_ref()
         .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?;
     if let crate::config::Protocol::Memcached(mc) = &listener.protocol {
-        return rewrap_memcached(config, listener, mc, keys, state, progress).await;
+        return rewrap_memcached(config, listener, mc, keys, state, seals_now, progress).await;
     }
     let pool = Pool::new(
         &listener.upstream,
@@ -313,7 +318,10 @@ pub async fn rewrap(
             over,
             pattern: 0,
             cursor: "0".into(),
-            tally: Tally::default(),
+            tally: Tally {
+                seals_at_start: seals_now.clone(),
+                ..Tally::default()
+            },
         });
     while at.pattern < patterns.len() {
         let (pattern, hash) = patterns[at.pattern];
@@ -386,6 +394,7 @@ async fn rewrap_memcached(
     mc: &crate::config::MemcachedConfig,
     keys: &Keys,
     state: Option<&Path>,
+    seals_now: BTreeMap<u32, u64>,
     mut progress: impl FnMut(&str, &Tally),
 ) -> Result<Tally, RewrapError> {
     use base64::Engine as _;
@@ -397,7 +406,8 @@ async fn rewrap_memcached(
     let over: Vec<String> = mc
         .nodes
         .iter()
-        .map(|n| format!("{}:{}", n.host, n.port))
+        .map(|n| format!("node:{}:{}", n.host, n.port))
+        .chain(spaces.patterns.iter().map(|p| format!("string:{p}")))
         .collect();
     let mut at = state
         .and_then(|p| saved(p, keys.primary.id, &over))
@@ -406,7 +416,10 @@ async fn rewrap_memcached(
             over,
             pattern: 0,
             cursor: String::new(),
-            tally: Tally::default(),
+            tally: Tally {
+                seals_at_start: seals_now.clone(),
+                ..Tally::default()
+            },
         });
     while at.pattern < mc.nodes.len() {
         let node = &mc.nodes[at.pattern];
@@ -484,9 +497,16 @@ async fn one_memcached(
     let reply = conn
         .memcached_roundtrip(format!("mg {b64} b v f c t\r\n").as_bytes(), Shape::Meta)
         .await?;
-    if !reply.starts_with(b"VA ") {
-        // Gone (EN) since the dump.
+    if &reply[..] == b"EN\r\n" {
+        // Gone since the dump.
         return Ok(());
+    }
+    if !reply.starts_with(b"VA ") {
+        // Anything else (a node that refuses the request) stops the run rather than leave
+        // values behind unseen.
+        return Err(RewrapError::Memcached(
+            String::from_utf8_lossy(&reply).trim_end().to_string(),
+        ));
     }
     let nl = reply
         .windows(2)
@@ -515,20 +535,21 @@ async fn one_memcached(
             }
             plain
         }
-        Err(OpenError::Plaintext) => {
-            tally.from_clear += 1;
-            Bytes::copy_from_slice(value)
-        }
+        Err(OpenError::Plaintext) => Bytes::copy_from_slice(value),
         Err(_) => {
             tally.failed += 1;
             return Ok(());
         }
     };
+    let from_clear = !crate::crypt::is_sealed(value);
     let sealed = keys.seal(key, &plain);
     // The remaining TTL as an expiry: -1 is none (0 for ms); 0 left means it is expiring.
+    // memcached reads an expiry over 30 days as a Unix time: a longer TTL is sent as one.
+    const RELATIVE_MAX: i64 = 30 * 24 * 3600;
     let ttl = match ttl {
         -1 => 0,
         0 => 1,
+        t if t > RELATIVE_MAX => crate::deadline::unix_now() + t,
         t => t,
     };
     let mut request =
@@ -537,7 +558,10 @@ async fn one_memcached(
     request.extend_from_slice(b"\r\n");
     let stored = conn.memcached_roundtrip(&request, Shape::Meta).await?;
     match &stored[..] {
-        b"HD\r\n" => tally.resealed += 1,
+        b"HD\r\n" => {
+            tally.resealed += 1;
+            tally.from_clear += u64::from(from_clear);
+        }
         // Changed (EX) or gone (NF) meanwhile: left as it is.
         b"EX\r\n" | b"NF\r\n" => tally.changed += 1,
         other => {

@@ -984,6 +984,19 @@ async fn rewrap_migrates_a_memcached_ring() {
         assert_eq!(d.line(&set).await, "STORED\r\n");
     }
     assert_eq!(c.line("set other 0 0 2\r\nhi\r\n").await, "STORED\r\n");
+    // One with 40 days left (memcached reads an expiry over 30 days as a Unix time).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let long = format!(
+        "set pii:long 0 {} {}\r\n{CANARY}\r\n",
+        now + 40 * 86400,
+        CANARY.len()
+    );
+    assert_eq!(c.line(&long).await, "STORED\r\n");
+    let long_node = if a.holds("pii:long").await { &a } else { &b };
+    assert_eq!(long_node.direct().await.line(&long).await, "STORED\r\n");
     let cli = |args: &'static [&'static str]| {
         let p = proxy.config_path.clone();
         tokio::task::spawn_blocking(move || keys_cli(args, &p))
@@ -991,8 +1004,8 @@ async fn rewrap_migrates_a_memcached_ring() {
     let out = cli(&["rewrap"]).await.unwrap();
     assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
     assert!(
-        s(&out.stdout).contains("40 values scanned: 40 re-sealed")
-            && s(&out.stdout).contains("(40 of them from clear)"),
+        s(&out.stdout).contains("41 values scanned: 41 re-sealed")
+            && s(&out.stdout).contains("(41 of them from clear)"),
         "{}",
         s(&out.stdout)
     );
@@ -1015,11 +1028,21 @@ async fn rewrap_migrates_a_memcached_ring() {
         c.values("get pii:5\r\n").await,
         format!("VALUE pii:5 5 {}\r\n{CANARY}\r\nEND\r\n", CANARY.len())
     );
+    let long = s(&long_node
+        .direct()
+        .await
+        .read_until_after(b"mg pii:long t\r\n", b"\r\n")
+        .await);
+    let left: u64 = long.trim_end().rsplit('t').next().unwrap().parse().unwrap();
+    assert!(
+        left > 39 * 86400,
+        "a long TTL kept, not read as 1970: {long}"
+    );
     // After a rotation, a second run moves them all to the new key.
     assert!(cli(&["rotate"]).await.unwrap().status.success());
     let out = cli(&["rewrap"]).await.unwrap();
     assert!(
-        s(&out.stdout).contains("40 values scanned: 40 re-sealed")
+        s(&out.stdout).contains("41 values scanned: 41 re-sealed")
             && s(&out.stdout).contains("(0 of them from clear)"),
         "{}",
         s(&out.stdout)

@@ -329,7 +329,11 @@ pub fn status(path: &Path, root: &RootKey) -> Result<Vec<KeyInfo>, String> {
 /// Notes in the keyring that a rewrap under `primary` went through every encrypted keyspace
 /// with no failure (`retire` relies on it). Nothing is noted when the primary key changed
 /// meanwhile.
-pub fn note_rewrapped(path: &Path, primary: u32) -> Result<(), String> {
+pub fn note_rewrapped(
+    path: &Path,
+    primary: u32,
+    seals_at_start: &std::collections::BTreeMap<u32, u64>,
+) -> Result<(), String> {
     let _lock = lock(path)?;
     let mut file = read(path)?;
     if file.primary != primary {
@@ -338,9 +342,15 @@ pub fn note_rewrapped(path: &Path, primary: u32) -> Result<(), String> {
     file.rewrapped = Some(Rewrapped {
         primary,
         finished: crate::deadline::unix_now() as u64,
-        seals: file.keys.iter().map(|k| (k.id, k.seals)).collect(),
+        seals: seals_at_start.clone(),
     });
     replace(path, &file)
+}
+
+/// Each data key's seal count, as the keyring holds it now (a rewrap notes them as they were
+/// when it began).
+pub fn seal_counts(path: &Path) -> Result<std::collections::BTreeMap<u32, u64>, String> {
+    Ok(read(path)?.keys.iter().map(|k| (k.id, k.seals)).collect())
 }
 
 /// Why a data key cannot be retired.
@@ -640,16 +650,16 @@ mod tests {
             })
         );
         // A rewrap recorded under an older primary does not count.
-        note_rewrapped(&path, first).unwrap();
+        note_rewrapped(&path, first, &seal_counts(&path).unwrap()).unwrap();
         assert!(retire(&path, &root, first, false).is_err());
-        note_rewrapped(&path, second).unwrap();
+        note_rewrapped(&path, second, &seal_counts(&path).unwrap()).unwrap();
         // A cachegate that went on sealing under the old key after the rewrap: not retired.
         record_seals(&path, &root, first, 3, u64::MAX).unwrap();
         assert_eq!(
             retire(&path, &root, first, false),
             Err(RetireError::SealedSince { id: first, more: 3 })
         );
-        note_rewrapped(&path, second).unwrap();
+        note_rewrapped(&path, second, &seal_counts(&path).unwrap()).unwrap();
         retire(&path, &root, first, false).unwrap();
         assert_eq!(
             retire(&path, &root, first, false),
