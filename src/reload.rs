@@ -296,8 +296,33 @@ impl Reloader {
     /// the rotations made (listener, old key, new key).
     pub fn report_seals(&self) -> Vec<(String, u32, u32)> {
         let mut rotations = Vec::new();
-        {
+        // What each encrypting listener's report needs from the configuration, taken under the
+        // state's lock and then released: the keyring I/O below (a file lock another
+        // cachegate may hold) never holds up a reload.
+        let settings: Vec<(
+            String,
+            std::path::PathBuf,
+            Arc<crate::crypt::keyring::RootKey>,
+            u64,
+        )> = {
             let state = self.lock();
+            state
+                .config
+                .listeners
+                .iter()
+                .filter_map(|c| {
+                    let e = c.encryption.as_ref()?;
+                    let path = crate::crypt::keyring::keyring_path(&state.config.data_dir, &c.name);
+                    Some((
+                        c.name.clone(),
+                        path,
+                        e.root_key.clone(),
+                        e.rotate_after_seals,
+                    ))
+                })
+                .collect()
+        };
+        {
             let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
             for l in &self.listeners {
                 let enc = match &l.handler {
@@ -307,10 +332,11 @@ impl Reloader {
                 let Some(enc) = enc else {
                     continue;
                 };
-                let Some(cfg) = state.config.listeners.iter().find(|c| c.name == l.name) else {
+                let Some((_, path, root_key, rotate_after)) =
+                    settings.iter().find(|(name, ..)| name == &l.name)
+                else {
                     continue;
                 };
-                let Some(e) = &cfg.encryption else { continue };
                 let primary = enc.keys.primary.id;
                 reported
                     .entry((l.name.clone(), primary))
@@ -328,7 +354,6 @@ impl Reloader {
                             .or_insert_with(|| (counter.clone(), 0));
                     }
                 }
-                let path = crate::crypt::keyring::keyring_path(&state.config.data_dir, &l.name);
                 for ((name, id), (counter, done)) in reported.iter_mut() {
                     if name != &l.name {
                         continue;
@@ -338,11 +363,11 @@ impl Reloader {
                         continue;
                     }
                     match crate::crypt::keyring::record_seals(
-                        &path,
-                        &e.root_key,
+                        path,
+                        root_key,
                         *id,
                         now - *done,
-                        e.rotate_after_seals,
+                        *rotate_after,
                     ) {
                         Ok(r) => {
                             *done = now;
