@@ -764,6 +764,9 @@ async fn rewrap_covers_hashes_resumes_and_lets_the_old_key_retire() {
         1.0,
         "{metrics}"
     );
+    // The retired key's series are gone.
+    let series = format!("key=\"{first}\"");
+    assert!(!metrics.contains(&series), "{metrics}");
 }
 
 /// The primary data key id in a keyring file.

@@ -293,6 +293,15 @@ impl Encryption {
             .set(keys.primary.created as i64);
         // A counter: it goes on across reloads, which rebuild the keys.
         let primary_seals = metrics.data_key_seals.get_or_create(&key).clone();
+        // A retired key's series go: it seals nothing and opens nothing any more.
+        for id in &keys.retired {
+            let retired = crate::metrics::KeyLabels {
+                listener: listener.clone(),
+                key: id.to_string(),
+            };
+            metrics.data_key_created.remove(&retired);
+            metrics.data_key_seals.remove(&retired);
+        }
         Self {
             sealed: op("seal"),
             opened: op("open"),
