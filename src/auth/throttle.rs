@@ -50,6 +50,22 @@ impl Entry {
     }
 }
 
+/// Whose budget an attempt from `ip` spends: the IPv4 address, or the IPv6 /64 (one host
+/// usually holds a whole /64 and could otherwise take a fresh address, and a fresh budget,
+/// for every few guesses).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// What to do with an authentication attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -72,6 +88,7 @@ impl Throttle {
 
     /// Whether an attempt from `ip` may be checked now, after a wait, or not at all.
     pub fn admit(&self, ip: IpAddr) -> Admission {
+        let ip = source(ip);
         let now = Instant::now();
         let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get_mut(&ip) else {
@@ -93,6 +110,7 @@ impl Throttle {
 
     /// Records a wrong credential from `ip`.
     pub fn failure(&self, ip: IpAddr) {
+        let ip = source(ip);
         let now = Instant::now();
         let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
@@ -145,6 +163,25 @@ mod tests {
             Admission::Now,
             "another address is not slowed"
         );
+    }
+
+    #[test]
+    fn an_ipv6_host_spends_one_budget_for_its_whole_64() {
+        let t = Throttle::new(2, Duration::from_secs(5));
+        for i in 1..=3u16 {
+            // A new address in the same /64 for every guess.
+            t.failure(IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 1, 2, 0, 0, 0, i,
+            )));
+        }
+        let next: IpAddr = "2001:db8:1:2::99".parse().unwrap();
+        assert!(matches!(t.admit(next), Admission::After(_)));
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(t.admit(elsewhere), Admission::Now, "another /64");
+        // An IPv4 client on a dual-stack socket is its IPv4 address.
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        let v4: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(source(mapped), v4);
     }
 
     #[test]
