@@ -315,15 +315,20 @@ async fn the_keyring_outlives_the_process_and_opens_only_with_its_root_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_refusal_keeps_replies_in_step() {
     let st = setup().await;
-    let proxy = Proxy::start(&config(&st, "upstream.multiplex = false\n")).await;
-    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
-    assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
-    assert_eq!(c.cmd(&["SET", "plain", "v"]).await, b"+OK\r\n");
-    c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
-    c.send_cmd(&["APPEND", "pii:1", "x"]).await;
-    assert_eq!(c.cmd(&["GET", "plain"]).await, bulk("v"));
-    assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
-    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    let pinned = Proxy::start(&config(&st, "upstream.multiplex = false\n")).await;
+    let shared = Proxy::start(&config(&st, "")).await;
+    // Both listener kinds: a session's own connection, and shared ones (where CLIENT REPLY
+    // pins the session).
+    for proxy in [&pinned, &shared] {
+        let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+        assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["SET", "plain", "v"]).await, b"+OK\r\n");
+        c.send_cmd(&["CLIENT", "REPLY", "SKIP"]).await;
+        c.send_cmd(&["APPEND", "pii:1", "x"]).await;
+        assert_eq!(c.cmd(&["GET", "plain"]).await, bulk("v"));
+        assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(CANARY));
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    }
 }
 
 /// The data key a value in the backend is sealed under.
