@@ -155,6 +155,32 @@ fn refused_unless_wrongtype(command: &[u8], reply: &[u8]) -> Result<(), RewrapEr
     Ok(())
 }
 
+/// What one stored value needs: nothing (already under the primary key, or it does not open:
+/// both counted here), or sealing again from this plaintext.
+fn to_reseal(
+    keys: &Keys,
+    opened: Result<Bytes, OpenError>,
+    value: &[u8],
+    tally: &mut Tally,
+) -> Option<Bytes> {
+    match opened {
+        Ok(plain) => {
+            let id = key_id(value);
+            *tally.by_key.entry(id).or_default() += 1;
+            if id == keys.primary.id {
+                tally.current += 1;
+                return None;
+            }
+            Some(plain)
+        }
+        Err(OpenError::Plaintext) => Some(Bytes::copy_from_slice(value)),
+        Err(_) => {
+            tally.failed += 1;
+            None
+        }
+    }
+}
+
 /// Re-seals one key's value; which of the tally's counts it adds to.
 async fn one(
     conn: &mut Conn,
@@ -176,23 +202,9 @@ async fn one(
         }
     };
     let from_clear = !crate::crypt::is_sealed(&value);
-    let plain = match keys.open(key, &value) {
-        Ok(plain) => {
-            let id = key_id(&value);
-            *tally.by_key.entry(id).or_default() += 1;
-            if id == keys.primary.id {
-                tally.current += 1;
-                call(conn, &[b"UNWATCH"]).await?;
-                return Ok(());
-            }
-            plain
-        }
-        Err(OpenError::Plaintext) => value,
-        Err(_) => {
-            tally.failed += 1;
-            call(conn, &[b"UNWATCH"]).await?;
-            return Ok(());
-        }
+    let Some(plain) = to_reseal(keys, keys.open(key, &value), &value, tally) else {
+        call(conn, &[b"UNWATCH"]).await?;
+        return Ok(());
     };
     let sealed = keys.seal(key, &plain);
     call(conn, &[b"MULTI"]).await?;
@@ -235,25 +247,11 @@ async fn one_hash(
     let mut writes: Vec<(Bytes, Bytes)> = Vec::new();
     let mut from_clear = 0;
     for (field, value) in pairs {
-        let plain = match keys.open_field(key, &field, &value) {
-            Ok(plain) => {
-                let id = key_id(&value);
-                *tally.by_key.entry(id).or_default() += 1;
-                if id == keys.primary.id {
-                    tally.current += 1;
-                    continue;
-                }
-                plain
-            }
-            Err(OpenError::Plaintext) => {
-                from_clear += 1;
-                value
-            }
-            Err(_) => {
-                tally.failed += 1;
-                continue;
-            }
+        let opened = keys.open_field(key, &field, &value);
+        let Some(plain) = to_reseal(keys, opened, &value, tally) else {
+            continue;
         };
+        from_clear += u64::from(!crate::crypt::is_sealed(&value));
         let sealed = keys.seal_field(key, &field, &plain);
         writes.push((field, sealed));
     }
@@ -525,21 +523,8 @@ async fn one_memcached(
             _ => {}
         }
     }
-    let plain = match keys.open(key, value) {
-        Ok(plain) => {
-            let id = key_id(value);
-            *tally.by_key.entry(id).or_default() += 1;
-            if id == keys.primary.id {
-                tally.current += 1;
-                return Ok(());
-            }
-            plain
-        }
-        Err(OpenError::Plaintext) => Bytes::copy_from_slice(value),
-        Err(_) => {
-            tally.failed += 1;
-            return Ok(());
-        }
+    let Some(plain) = to_reseal(keys, keys.open(key, value), value, tally) else {
+        return Ok(());
     };
     let from_clear = !crate::crypt::is_sealed(value);
     let sealed = keys.seal(key, &plain);
