@@ -128,7 +128,17 @@ impl Keyspaces {
 
 /// Plans `args` (name first, already the real name); seals values in place.
 pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
-    let Some((name, info)) = table().lookup(args) else {
+    plan_found(table().lookup(args), args, spaces, keys)
+}
+
+/// `plan` for a command already looked up in the table (`found`, from `args` as they are).
+pub fn plan_found(
+    found: Option<(&str, &crate::auth::commands::CommandInfo)>,
+    args: &mut [Bytes],
+    spaces: &Keyspaces,
+    keys: &Keys,
+) -> Plan {
+    let Some((name, info)) = found else {
         // A module's or a newer server's command: which keys it touches is unknown here.
         let any = args[1..].iter().any(|a| spaces.covers(a));
         return if any {

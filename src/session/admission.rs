@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::commands::{self, classify, Kind};
 use super::sharing::{self, Sharing};
 use crate::auth::acl::User;
+use crate::auth::commands::CommandInfo;
 use crate::policy::{Decision, Policy};
 use crate::protocol::reply;
 use crate::protocol::resp::Request;
@@ -68,10 +69,25 @@ pub enum Admission {
 pub struct Plan {
     pub kind: Kind,
     pub sharing: Sharing,
+    /// The (real) command as the table knows it, looked up once here: what follows (at-rest
+    /// encryption's plan) takes it instead of looking the name up again.
+    pub command: Command,
     /// A renamed command a script could call (runs as the administrator where cachegate
     /// provisions backend users).
     pub renamed_callable: bool,
 }
+
+/// A command-table entry (`None`: a command the table does not know), by its full name.
+#[derive(Debug, Clone, Copy)]
+pub struct Command(pub Option<(&'static str, &'static CommandInfo)>);
+
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.map(|(name, _)| name) == other.0.map(|(name, _)| name)
+    }
+}
+
+impl Eq for Command {}
 
 /// Decides what happens to `req`; rewrites its name to the real one when renamed (and an
 /// `ACL DRYRUN`'s command to what clients see), dropping the raw bytes when it does.
@@ -154,6 +170,7 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     Admission::Forward(Plan {
         kind,
         sharing,
+        command: Command(found),
         renamed_callable: matches!(decision, Decision::Rename(_))
             && super::script_callable(&req.args),
     })

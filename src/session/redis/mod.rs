@@ -730,7 +730,8 @@ impl RequestSide {
         // back; a command that would work on ciphertext is refused.
         let mut open: Option<Rewrite> = None;
         if let Some(enc) = &self.ctx.encryption {
-            match crate::crypt::plan::plan(&mut args, &enc.spaces, &enc.keys) {
+            match crate::crypt::plan::plan_found(plan.command.0, &mut args, &enc.spaces, &enc.keys)
+            {
                 crate::crypt::plan::Plan::Clear => {}
                 crate::crypt::plan::Plan::Refuse(why) => {
                     self.multi_dirty |= self.in_multi;
