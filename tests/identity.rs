@@ -224,3 +224,70 @@ async fn memcached_without_a_user_is_refused() {
     let mut app = mc_with_cert(&pki, &proxy).await;
     assert!(app.line("version\r\n").await.starts_with("VERSION "));
 }
+
+/// At-rest encryption under restricted memcached users, two clients on the same shared node
+/// connections: a user limited to `app:*` meets the ACL before encryption (an encrypted key
+/// outside its patterns is `permission denied`, never its value, whatever the command), and
+/// pipelined reads of the two clients, interleaved on the shared connections, each get their
+/// own key's value opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_memcached_values_stay_with_their_user() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let keys = tempfile::tempdir().unwrap();
+    let root = keys.path().join("root.key");
+    std::fs::write(&root, "11".repeat(32)).unwrap();
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n\
+         [[users]]\nname = \"default\"\nacl = \"on nopass ~app:* +@all\"\n\
+         [[users]]\nname = \"ops\"\nacl = \"on nopass ~* +@all\"\ncert_required = true\n\
+         [user_groups]\ng = [\"default\", \"ops\"]\n\
+         [[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}\
+         tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n\
+         auth.mode = \"acl\"\nauth.user_group = \"g\"\n\
+         auth.certificate_users = [{{ cn = \"app-client\", user = \"ops\" }}]\n\
+         upstream.nodes = [{:?}]\n\
+         encryption.root_key_file = {:?}\nencryption.keyspaces = [{{ patterns = [\"pii:*\", \"app:*\"] }}]\n",
+        keys.path().join("data"),
+        pki.tls_toml(),
+        pki.ca,
+        node.address(),
+        root
+    ))
+    .await;
+    let secret = "ops-only-4111111111111111";
+    let mut ops = mc_with_cert(&pki, &proxy).await;
+    let set = format!("set pii:1 0 0 {}\r\n{secret}\r\n", secret.len());
+    assert_eq!(ops.line(&set).await, "STORED\r\n");
+    let mut app = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(app.line("set app:1 0 0 4\r\nmine\r\n").await, "STORED\r\n");
+    // Outside its patterns: refused by the ACL, before encryption looks at anything.
+    for line in [
+        "get pii:1\r\n",
+        "gets app:1 pii:1\r\n",
+        "mg pii:1 v\r\n",
+        "incr pii:1 1\r\n",
+        "append pii:1 0 0 1\r\nx\r\n",
+    ] {
+        let got = app.line(line).await;
+        assert_eq!(got, "CLIENT_ERROR permission denied\r\n", "{line}");
+    }
+    // Interleaved on the shared connection to the node: each reply is its own.
+    for _ in 0..50 {
+        ops.send(b"get pii:1\r\nget app:1\r\n").await;
+        app.send(b"get app:1\r\n").await;
+        let mine = s(&app.read(Shape::Values).await);
+        assert_eq!(mine, "VALUE app:1 0 4\r\nmine\r\nEND\r\n");
+        let theirs = s(&ops.read(Shape::Values).await);
+        assert_eq!(
+            theirs,
+            format!("VALUE pii:1 0 {}\r\n{secret}\r\nEND\r\n", secret.len())
+        );
+        assert_eq!(s(&ops.read(Shape::Values).await), mine);
+    }
+    // The node holds neither value in clear.
+    let stored = node.direct().await.values("get pii:1 app:1\r\n").await;
+    assert!(
+        !stored.contains(secret) && !stored.contains("mine"),
+        "{stored}"
+    );
+}
