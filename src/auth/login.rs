@@ -63,6 +63,36 @@ pub fn opening(auth: &AuthMode, cert_user: Option<&Arc<User>>, has_auth: bool) -
     }
 }
 
+/// Whether a session logged in as `user` (by its certificate: `by_cert`) keeps it under a
+/// new configuration: the user as now configured, or why not. It does not when the user was
+/// removed or disabled, when it logged in by a certificate that now maps to another user or
+/// none (`was_mapped_to`, `now_mapped`), or when the user now requires a certificate the
+/// session did not log in with. A session with no user keeps none.
+pub fn keeps(
+    auth: &AuthMode,
+    user: Option<&User>,
+    by_cert: bool,
+    was_mapped_to: Option<&str>,
+    now_mapped: Option<&User>,
+) -> Result<Option<Arc<User>>, &'static str> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let AuthMode::Acl(group) = auth else {
+        return Err("its user was removed or disabled");
+    };
+    let Some(new) = group.get(user.name.as_bytes()).filter(|n| n.enabled) else {
+        return Err("its user was removed or disabled");
+    };
+    if by_cert && was_mapped_to != now_mapped.map(|u| u.name.as_str()) {
+        return Err("its certificate no longer maps to its user");
+    }
+    if new.cert_required && !by_cert {
+        return Err("its user now requires a certificate it did not log in with");
+    }
+    Ok(Some(new.clone()))
+}
+
 /// The verdict on `AUTH [user] secret`.
 #[derive(Debug, Clone)]
 pub enum Verdict {
@@ -289,6 +319,33 @@ mod tests {
         let auth = acl(vec![user("default", "off nopass +@all ~*", false)]);
         assert!(matches!(opening(&auth, None, true), Opening::Out));
         assert!(matches!(opening(&auth, None, false), Opening::Out));
+    }
+
+    #[test]
+    fn a_session_keeps_its_user_only_while_the_configuration_still_gives_it() {
+        let app = user("app", "on >p +@all ~*", false);
+        let before = acl(vec![app.clone()]);
+        assert_eq!(
+            keeps(&before, Some(&app), false, None, None)
+                .unwrap()
+                .unwrap()
+                .name,
+            "app"
+        );
+        assert!(keeps(&before, None, false, None, None).unwrap().is_none());
+        let gone = acl(vec![]);
+        assert!(keeps(&gone, Some(&app), false, None, None).is_err());
+        let off = acl(vec![user("app", "off >p +@all ~*", false)]);
+        assert!(keeps(&off, Some(&app), false, None, None).is_err());
+        assert!(keeps(&AuthMode::None, Some(&app), false, None, None).is_err());
+        // By certificate: only while the certificate still maps to it.
+        assert!(keeps(&before, Some(&app), true, Some("app"), Some(&app)).is_ok());
+        assert!(keeps(&before, Some(&app), true, Some("app"), None).is_err());
+        // Made certificate-bound: only a session that logged in with the certificate.
+        let bound = user("app", "on >p +@all ~*", true);
+        let now = acl(vec![bound.clone()]);
+        assert!(keeps(&now, Some(&app), false, None, None).is_err());
+        assert!(keeps(&now, Some(&app), true, Some("app"), Some(&bound)).is_ok());
     }
 
     #[test]

@@ -609,33 +609,24 @@ impl RequestSide {
         let (generation, ctx) = self.live.load_with_generation();
         self.generation = generation;
         let cert_user = cert_user(&ctx, self.cert.as_deref());
-        let name = |u: &Option<Arc<User>>| u.as_ref().map(|u| u.name.clone());
-        let via_cert = self.by_cert;
-        let user = match (&self.user, &ctx.auth) {
-            (None, _) => Some(None),
-            (Some(u), AuthMode::Acl(group)) => group
-                .get(u.name.as_bytes())
-                .filter(|n| n.enabled)
-                .map(|n| Some(n.clone())),
-            (Some(_), _) => None,
-        };
+        // Who the session may still be is the login's call; what it is doing (receiving
+        // without asking) is the session's.
+        let user = crate::auth::login::keeps(
+            &ctx.auth,
+            self.user.as_deref(),
+            self.by_cert,
+            self.cert_user.as_ref().map(|u| u.name.as_str()),
+            cert_user.as_deref(),
+        );
         let why = match &user {
-            None => Some("its user was removed or disabled"),
-            Some(_) if via_cert && name(&self.cert_user) != name(&cert_user) => {
-                Some("its certificate no longer maps to its user")
-            }
-            // Now certificate-bound: a session that did not log in by that certificate (AUTH,
-            // or a nopass default) no longer may be this user (as `auth::login` decides).
-            Some(Some(new)) if new.cert_required && !via_cert => {
-                Some("its user now requires a certificate it did not log in with")
-            }
-            Some(Some(new))
+            Err(why) => Some(*why),
+            Ok(Some(new))
                 if self.listening
                     && self.user.as_ref().is_some_and(|old| !old.same_permissions(new)) =>
             {
                 Some("its user's rules changed while it receives without asking (pub/sub, MONITOR, tracking)")
             }
-            Some(_) => None,
+            Ok(_) => None,
         };
         if let Some(why) = why {
             tracing::info!(listener = %ctx.listener, peer = %self.peer, user = %self.user_name(), "session closed by a reload: {why}");
@@ -644,7 +635,7 @@ impl RequestSide {
             self.client_gone.cancel();
             return false;
         }
-        let user = user.flatten();
+        let user = user.ok().flatten();
         // A transaction open across a reload that changed what it may do fails at EXEC: what
         // it queued was checked against rules no longer in force.
         let rules_changed = ctx.policy != self.ctx.policy
