@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::plan::Keyspaces;
-use super::{is_sealed, Keys, OnPlaintext, OpenError, HEADER, TAG};
+use super::{is_sealed, Keys, OnPlaintext, OpenError};
 use crate::protocol::memcached::{Cmd, McRequest};
 
 /// How a reply is opened.
@@ -230,9 +230,6 @@ pub fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// How much longer a sealed value is than its plaintext.
-pub const OVERHEAD: usize = HEADER + TAG;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +274,7 @@ mod tests {
         let mut r = req(b"set pii:1 7 0 5\r\nhello\r\n");
         assert_eq!(plan(&mut r, &spaces, &keys), McPlan::Sealed(None));
         let sealed = encoded(&r);
-        let want_len = (5 + OVERHEAD).to_string();
+        let want_len = (5 + crate::crypt::HEADER + crate::crypt::TAG).to_string();
         assert!(sealed.starts_with(format!("set pii:1 7 0 {want_len}\r\n").as_bytes()));
         assert!(!sealed.windows(5).any(|w| w == b"hello"));
         let mut r = req(b"set other 0 0 5\r\nhello\r\n");

@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use super::Keys;
 use crate::auth::acl::glob;
-use crate::auth::commands::table;
 
 /// What a sealed value is bound to: a string's key, or a hash's key and field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,9 +125,16 @@ impl Keyspaces {
     }
 }
 
-/// Plans `args` (name first, already the real name); seals values in place.
+/// Plans `args` (name first, already the real name); seals values in place. The session
+/// calls `plan_found` with the entry admission looked up; this looks it up itself.
+#[cfg(test)]
 pub fn plan(args: &mut [Bytes], spaces: &Keyspaces, keys: &Keys) -> Plan {
-    plan_found(table().lookup(args), args, spaces, keys)
+    plan_found(
+        crate::auth::commands::table().lookup(args),
+        args,
+        spaces,
+        keys,
+    )
 }
 
 /// `plan` for a command already looked up in the table (`found`, from `args` as they are).

@@ -17,8 +17,6 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::auth::commands::table;
-
 const REVIEWED: &str = include_str!("dispositions.tsv");
 
 /// What a command needs from the upstream connection of a session without connection state.
@@ -186,9 +184,15 @@ const LOCKOUT_SETTINGS: &[&str] = &[
 ];
 
 /// The verdict for one call (name already resolved through the rename policy).
-/// `users_here`: cachegate holds the ACL users (ACL commands are answered locally).
+/// `users_here`: cachegate holds the ACL users (ACL commands are answered locally). The
+/// session calls `of_found` with the entry admission looked up; this looks it up itself.
+#[cfg(test)]
 pub fn of(args: &[Bytes], users_here: bool) -> Sharing {
-    of_found(args, table().lookup(args), users_here)
+    of_found(
+        args,
+        crate::auth::commands::table().lookup(args),
+        users_here,
+    )
 }
 
 /// `of` for a call already looked up in the command table (see `User::check_found`).
@@ -258,6 +262,7 @@ pub fn of_found(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::commands::table;
 
     fn call(words: &str) -> Vec<Bytes> {
         words
