@@ -100,6 +100,7 @@ pub fn redis_context(
     let Lasting {
         pool,
         shared,
+        cluster,
         throttle,
         encryption,
     } = lasting;
@@ -112,6 +113,7 @@ pub fn redis_context(
     }
     session::Context {
         shared,
+        cluster,
         listener: cfg.name.clone(),
         auth: cfg.auth.clone(),
         cert_users: cfg.cert_users.clone(),
@@ -133,6 +135,8 @@ pub fn redis_context(
 pub struct Lasting {
     pub pool: Pool,
     pub shared: Option<Arc<Shared>>,
+    /// A Redis Cluster upstream: its slot map and each node's connections.
+    pub cluster: Option<Arc<crate::upstream::cluster::Cluster>>,
     pub throttle: Arc<Throttle>,
     pub encryption: Option<Arc<crate::crypt::Encryption>>,
 }

@@ -167,6 +167,7 @@ impl Reloader {
                         crate::parts::Lasting {
                             pool: old.pool.clone(),
                             shared: old.shared.clone(),
+                            cluster: old.cluster.clone(),
                             throttle,
                             // The keyring read again: a rotated data key, a new root key.
                             encryption: crate::parts::encryption(cfg, &new, &self.metrics)?,
@@ -554,7 +555,7 @@ fn upstream_key(u: &UpstreamConfig) -> String {
         format!("{}|{}|{:?}", b.name, b.password.expose(), b.rules)
     };
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}",
         u.address,
         u.username,
         u.password.as_ref().map(|p| p.expose()),
@@ -570,5 +571,8 @@ fn upstream_key(u: &UpstreamConfig) -> String {
             .iter()
             .map(|(n, b)| format!("{n}={}", user(b)))
             .collect::<Vec<_>>(),
+        u.cluster,
+        u.cluster_seeds,
+        u.cluster_refresh,
     )
 }

@@ -133,6 +133,38 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                         resp3: start(true),
                     })
                 });
+                let cluster = cfg.upstream.cluster.then(|| {
+                    let pushes = metrics
+                        .unexpected_pushes
+                        .get_or_create(&crate::metrics::ListenerLabels {
+                            listener: cfg.name.clone(),
+                        })
+                        .clone();
+                    let (count, timeout, budget, stop) = (
+                        cfg.upstream.shared_connections.max(1),
+                        cfg.upstream.request_timeout,
+                        budget.clone(),
+                        stop_shared.clone(),
+                    );
+                    let cluster = crate::upstream::cluster::Cluster::new(
+                        &cfg.name,
+                        &cfg.upstream,
+                        max_reply,
+                        Box::new(move |connector, resp3| {
+                            SharedPool::start(
+                                connector,
+                                count,
+                                resp3,
+                                timeout,
+                                pushes.clone(),
+                                budget.clone(),
+                                stop.clone(),
+                            )
+                        }),
+                    );
+                    tokio::spawn(cluster.clone().maintain(stop_shared.clone()));
+                    cluster
+                });
                 let throttle = Arc::new(Throttle::new(
                     cfg.auth_limits.backoff_after,
                     cfg.auth_limits.backoff_max,
@@ -141,6 +173,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                 let lasting = crate::parts::Lasting {
                     pool,
                     shared,
+                    cluster,
                     throttle,
                     encryption,
                 };

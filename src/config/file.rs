@@ -221,7 +221,8 @@ pub struct CommandsFile {
 #[derive(Default, Deserialize)]
 pub struct UpstreamFile {
     pub address: Option<String>,
-    /// memcached: the ring's nodes, "host:port" or "host:port:weight".
+    /// memcached: the ring's nodes, "host:port" or "host:port:weight"; Redis Cluster: seed
+    /// nodes, "host:port".
     #[serde(default)]
     pub nodes: Vec<String>,
     pub username: Option<String>,
@@ -240,6 +241,11 @@ pub struct UpstreamFile {
     #[serde(default, with = "humantime_serde")]
     pub health_interval: Option<Duration>,
     pub tls: Option<ClientTlsFile>,
+    /// Redis: the upstream is a Redis Cluster; `nodes` (or `address`) are its seed nodes.
+    pub cluster: Option<bool>,
+    /// How often the cluster's slot map is read again when nothing asks for it sooner.
+    #[serde(default, with = "humantime_serde")]
+    pub cluster_refresh: Option<Duration>,
 }
 
 impl std::fmt::Debug for UpstreamFile {

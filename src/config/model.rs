@@ -30,6 +30,8 @@ pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
 pub const DEFAULT_MAX_IDLE: usize = 64;
 pub const DEFAULT_SHARED_CONNECTIONS: usize = 2;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// A Redis Cluster's slot map is read again this often when no redirection asks sooner.
+pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_secs(10);
 /// ElastiCache's bounds for an AUTH token.
 pub(super) const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 
@@ -221,6 +223,10 @@ pub struct UpstreamConfig {
     /// `auth.backend_users = true`: a backend user per ACL user (by cachegate user name), with
     /// that user's rules, that its scripts run as.
     pub mirror_users: Vec<(String, BackendUser)>,
+    /// `upstream.cluster = true`: a Redis Cluster, discovered from these seeds ("host:port").
+    pub cluster: bool,
+    pub cluster_seeds: Vec<String>,
+    pub cluster_refresh: Duration,
 }
 
 /// A backend ACL user that denies, inside Redis, what the listener's policy refuses, so that

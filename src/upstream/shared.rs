@@ -211,6 +211,12 @@ impl SharedPool {
         }
     }
 
+    /// The connection a session with this number always uses (a cluster session keeps one per
+    /// node, so that its commands to a node run in the order it sent them).
+    pub fn sender(&self, n: u64) -> &mpsc::Sender<SharedRequest> {
+        &self.senders[(n % self.senders.len() as u64) as usize]
+    }
+
     /// A connection for a session to use (round robin).
     pub fn pick(&self) -> mpsc::Sender<SharedRequest> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();

@@ -3,6 +3,8 @@
 //! and clients over real TLS (a raw RESP client and redis-rs).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -297,13 +297,13 @@ pub(super) fn listener(
             let ukey = format!("{key}.upstream");
             if memcached {
                 nodes = memcached_nodes(p, &ukey, &u);
-            } else if !u.nodes.is_empty() {
+            } else if !u.nodes.is_empty() && u.cluster != Some(true) {
                 p.add(
                     format!("{ukey}.nodes"),
-                    "is for memcached listeners; a Redis listener has one `address`",
+                    "is for memcached listeners and Redis Cluster seeds (`cluster = true`); a Redis listener has one `address`",
                 );
             }
-            upstream(p, &ukey, u, base).map(|mut up| {
+            upstream(p, &ukey, u, base, memcached).map(|mut up| {
                 let provisions = guard == Some(ScriptsGuard::BackendAcl) || backend_users;
                 if provisions && up.password.is_none() {
                     // The backend users' passwords derive from the upstream one: without it,

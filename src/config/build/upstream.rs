@@ -7,8 +7,28 @@ pub(super) fn upstream(
     key: &str,
     u: UpstreamFile,
     base: &Path,
+    memcached: bool,
 ) -> Option<UpstreamConfig> {
     let before = p.list.len();
+    let cluster = u.cluster == Some(true);
+    if u.cluster.is_some() && memcached {
+        p.add(format!("{key}.cluster"), "is for Redis listeners");
+    }
+    if cluster && u.multiplex == Some(false) {
+        p.add(
+            format!("{key}.multiplex"),
+            "a cluster listener sends stateless commands on shared connections to each node; it cannot be turned off",
+        );
+    }
+    let mut cluster_seeds = Vec::new();
+    if cluster {
+        for (i, seed) in u.nodes.iter().enumerate() {
+            if split_host_port(seed).is_none() {
+                p.add(format!("{key}.nodes[{i}]"), format!("`{seed}` is not host:port"));
+            }
+            cluster_seeds.push(seed.clone());
+        }
+    }
     let address = match u.address {
         None if !u.nodes.is_empty() => u.nodes[0].clone(),
         None => {
@@ -40,6 +60,9 @@ pub(super) fn upstream(
     Some(UpstreamConfig {
         backend_user: None,
         mirror_users: Vec::new(),
+        cluster,
+        cluster_seeds,
+        cluster_refresh: u.cluster_refresh.unwrap_or(DEFAULT_CLUSTER_REFRESH),
         address,
         username: u.username,
         password: u.password.map(Password::new),

@@ -20,6 +20,7 @@
 //! (see `shared_disposition`). Both halves are futures of the one session task, joined.
 //! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
+mod cluster;
 mod login;
 mod pinning;
 mod replies;
@@ -76,6 +77,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Context {
     /// Multiplexed upstream connections for sessions that hold no connection state.
     pub shared: Option<Arc<Shared>>,
+    /// A Redis Cluster upstream: commands go to the node serving their keys' slot.
+    pub cluster: Option<Arc<crate::upstream::cluster::Cluster>>,
     pub listener: String,
     pub auth: AuthMode,
     pub cert_users: Vec<CertMapping>,
@@ -158,8 +161,16 @@ enum Slot {
 /// The metric labels of a batch's commands, in order: inline for the usual few.
 type Labels = smallvec::SmallVec<[&'static str; 4]>;
 
+/// How a shared command's reply comes.
+enum Awaited {
+    /// From the one shared connection it was sent on.
+    Direct(oneshot::Receiver<SharedReply>),
+    /// A cluster listener's command: redirections followed, parts merged.
+    Routed(cluster::Settling),
+}
+
 struct SharedWait {
-    reply: oneshot::Receiver<SharedReply>,
+    reply: Awaited,
     /// Only for a single command (COMMAND replies are rewritten).
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
@@ -797,7 +808,33 @@ impl RequestSide {
                     } else {
                         (req.raw.as_ref(), None)
                     };
+                    if let Some(cluster) = &self.ctx.cluster {
+                        let cluster = cluster.clone();
+                        return Box::pin(self.forward_cluster(
+                            cluster,
+                            plan.command,
+                            &args,
+                            raw,
+                            rewrite,
+                        ))
+                        .await;
+                    }
                     return self.forward_shared(&args, raw, rewrite).await;
+                }
+                Disposition::Pin if self.ctx.cluster.is_some() => {
+                    // Connection state on a cluster needs a session pinned to one node: not
+                    // built yet. Refused, saying so, instead of run on a node it may not fit.
+                    let refusal = if kind == Kind::Select {
+                        reply::error("SELECT is not allowed in cluster mode")
+                    } else {
+                        reply::error(&format!(
+                            "cachegate: '{}' is not supported on a Redis Cluster listener yet",
+                            String::from_utf8_lossy(&args[0])
+                        ))
+                    };
+                    self.multi_dirty |= self.in_multi;
+                    self.local(refusal).await?;
+                    return Ok(Flow::Continue);
                 }
                 Disposition::SelectZero => {
                     self.local(Bytes::from_static(reply::OK)).await?;
@@ -969,7 +1006,7 @@ impl RequestSide {
         // the slot would make every queued slot bigger).
         permits.forget();
         self.queue_slot(Slot::Shared(SharedWait {
-            reply: rx,
+            reply: Awaited::Direct(rx),
             rewrite,
             labels: batch.labels,
             sent: Instant::now(),

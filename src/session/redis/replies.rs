@@ -25,16 +25,39 @@ struct Current {
 enum Event {
     Slot(Option<Slot>),
     Read(std::io::Result<usize>),
-    Shared(SharedReply),
+    Shared(Answer),
     Timeout,
 }
 
-async fn wait_shared(wait: &mut Option<SharedWait>) -> SharedReply {
-    match wait {
-        Some(w) => (&mut w.reply)
+/// A shared command's reply: its bytes, or why none came.
+type Answer = Result<Bytes, SharedError>;
+
+async fn wait_shared(wait: &mut Option<SharedWait>) -> Answer {
+    match wait.as_mut().map(|w| &mut w.reply) {
+        Some(Awaited::Direct(rx)) => rx
             .await
-            .unwrap_or_else(|_| Err(SharedError::Gone)),
+            .unwrap_or_else(|_| Err(SharedError::Gone))
+            .map(|r| r.bytes),
+        Some(Awaited::Routed(settling)) => settling.await,
         None => std::future::pending().await,
+    }
+}
+
+/// The reply, if it has come already.
+fn shared_now(wait: &mut SharedWait) -> Option<Answer> {
+    match &mut wait.reply {
+        Awaited::Direct(rx) => match rx.try_recv() {
+            Ok(result) => Some(result.map(|r| r.bytes)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(SharedError::Gone)),
+        },
+        Awaited::Routed(settling) => {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match settling.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(answer) => Some(answer),
+                std::task::Poll::Pending => None,
+            }
+        }
     }
 }
 
@@ -85,12 +108,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
         // Route everything already at hand, then write it in one go.
         loop {
             if let Some(wait) = shared.as_mut() {
-                let ready = match wait.reply.try_recv() {
-                    Ok(result) => Some(result),
-                    Err(oneshot::error::TryRecvError::Empty) => None,
-                    Err(oneshot::error::TryRecvError::Closed) => Some(Err(SharedError::Gone)),
-                };
-                if let Some(result) = ready {
+                if let Some(result) = shared_now(wait) {
                     if let Some(wait) = shared.take() {
                         deliver_shared(wait, result, &mut out, &own, &mut meter);
                     }
@@ -227,7 +245,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
 /// way, since it held no state on that connection.
 fn deliver_shared(
     wait: SharedWait,
-    result: SharedReply,
+    result: Answer,
     out: &mut Outbox,
     own: &Own,
     meter: &mut CommandMeter,
@@ -241,12 +259,12 @@ fn deliver_shared(
             match &wait.rewrite {
                 // Only ever for a request of one command.
                 Some(rw) => out.push(rewrite_reply(
-                    replies.bytes,
+                    replies,
                     rw,
                     &own.live.load().policy,
                     session,
                 )),
-                None => out.push(replies.bytes),
+                None => out.push(replies),
             }
             let took = wait.sent.elapsed();
             for label in &wait.labels {

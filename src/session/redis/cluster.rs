@@ -1,0 +1,697 @@
+//! A cluster listener's stateless commands: each goes to the primary serving its keys' hash
+//! slot; a multi-key command whose keys span slots is split and its replies merged where the
+//! result is well defined (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) and refused with
+//! `CROSSSLOT` otherwise, as Redis Cluster does; keyless commands are defined one by one
+//! (DBSIZE summed, KEYS joined, FLUSHALL everywhere, SCAN node after node, ...).
+//!
+//! A request is sent at once, in the order the client sent it (so that a session's commands to
+//! one node run in that order); the reply side waits for the answer and follows the cluster's
+//! redirections there: `MOVED` (the map is updated and the command sent where it now lives),
+//! `ASK` (`ASKING` and the command to the importing node, the map left alone), `TRYAGAIN` and
+//! `CLUSTERDOWN` (sent again after a short, growing pause). Each of those replies means the
+//! node did not run the command, and only those are retried; so is a request that never left
+//! because its node could not be reached. Retries are bounded: after them the client gets the
+//! cluster's last answer.
+
+use super::*;
+use crate::protocol::resp::frame_len;
+use crate::session::admission::Command;
+use crate::upstream::cluster::{slot::key_slot, Cluster, Node};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Sends of one request at most, redirections included.
+const MAX_TRIES: u32 = 6;
+/// The first pause before a request is sent again (doubled each time).
+const BACKOFF: Duration = Duration::from_millis(50);
+/// SCAN cursors carry the node's position in their low bits.
+const NODE_BITS: u32 = 14;
+
+/// What waits for a routed command's reply: sends again where the cluster says, merges parts.
+pub(super) type Settling = Pin<Box<dyn Future<Output = Result<Bytes, SharedError>> + Send>>;
+
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+const NOT_SERVED: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
+
+/// How replies from several nodes become the one the client gets. An error from any part is
+/// the reply (the first one, in key order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Merge {
+    /// MGET: each part's values go back to their keys' positions.
+    Positions(Vec<Vec<usize>>),
+    /// Integer replies added up (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
+    Sum,
+    /// `+OK` when every part said so (MSET, FLUSHALL, FLUSHDB).
+    Ok,
+    /// Arrays joined (KEYS).
+    Concat,
+    /// The first part's reply (SCRIPT LOAD: the same SHA from every node).
+    First,
+}
+
+/// Where a command goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Route {
+    /// The node serving this slot; `None`: keyless, any node.
+    One(Option<u16>),
+    /// One request per slot, replies merged.
+    Split(Vec<(u16, Vec<Bytes>)>, Merge),
+    /// The same request to every primary, replies merged.
+    All(Merge),
+    /// SCAN, node after node.
+    Scan,
+    /// RANDOMKEY from the nodes in turn until one has a key.
+    RandomKey,
+    /// Answered here.
+    Answer(Bytes),
+}
+
+/// Keys (argument positions) grouped by slot, in the order slots first appear.
+fn by_slot(args: &[Bytes], positions: impl Iterator<Item = usize>) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for i in positions {
+        let slot = key_slot(&args[i]);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups
+}
+
+/// Where `args` goes on a cluster listener. `command`: admission's table entry.
+pub(super) fn route(command: Command, args: &[Bytes]) -> Route {
+    let Some((name, info)) = command.0 else {
+        return Route::One(None);
+    };
+    let split = |step: usize, merge: fn(Vec<Vec<usize>>) -> Merge| {
+        if args.len() < 2 || !(args.len() - 1).is_multiple_of(step) {
+            // Let the node answer the arity error.
+            return Route::One(args.get(1).map(|k| key_slot(k)));
+        }
+        let groups = by_slot(args, (1..args.len()).step_by(step));
+        if groups.len() == 1 {
+            return Route::One(Some(groups[0].0));
+        }
+        let positions = groups
+            .iter()
+            .map(|(_, keys)| keys.iter().map(|&i| (i - 1) / step).collect())
+            .collect();
+        let parts = groups
+            .into_iter()
+            .map(|(slot, keys)| {
+                let mut part = Vec::with_capacity(1 + keys.len() * step);
+                part.push(args[0].clone());
+                for i in keys {
+                    part.extend(args[i..i + step].iter().cloned());
+                }
+                (slot, part)
+            })
+            .collect();
+        Route::Split(parts, merge(positions))
+    };
+    match name {
+        "mget" => split(1, Merge::Positions),
+        "mset" => split(2, |_| Merge::Ok),
+        "del" | "unlink" | "exists" | "touch" => split(1, |_| Merge::Sum),
+        "dbsize" => Route::All(Merge::Sum),
+        "keys" => Route::All(Merge::Concat),
+        "flushall" | "flushdb" => Route::All(Merge::Ok),
+        "script|load" | "script|flush" | "function|load" | "function|delete"
+        | "function|flush" | "function|restore" => Route::All(Merge::First),
+        "scan" => Route::Scan,
+        "randomkey" => Route::RandomKey,
+        "cluster|keyslot" if args.len() == 3 => {
+            Route::Answer(Bytes::from(format!(":{}\r\n", key_slot(&args[2]))))
+        }
+        "cluster|info" => Route::One(None),
+        "readonly" | "readwrite" | "asking" | "migrate" => Route::Answer(reply::error(&format!(
+            "cachegate: '{}' is not available: this endpoint is one Redis in front of a cluster",
+            String::from_utf8_lossy(&args[0])
+        ))),
+        _ if name.starts_with("cluster|") || name == "cluster" => {
+            // The cluster's layout names nodes a client must not go around cachegate to.
+            Route::Answer(reply::error(&format!(
+                "cachegate: 'CLUSTER {}' is not available: this endpoint is one Redis in front of a cluster",
+                args.get(1)
+                    .map(|a| String::from_utf8_lossy(a).to_uppercase())
+                    .unwrap_or_default()
+            )))
+        }
+        _ => {
+            let keys = info.keys(name, args);
+            let mut slots = keys.iter().map(|k| key_slot(&args[k.index]));
+            match slots.next() {
+                None => Route::One(None),
+                Some(first) if slots.all(|s| s == first) => Route::One(Some(first)),
+                Some(_) => Route::Answer(reply::error_line(CROSSSLOT)),
+            }
+        }
+    }
+}
+
+/// Sends `bytes` (`frames` commands) on `node`'s shared connection for this session.
+async fn send_to(
+    node: &Node,
+    resp3: bool,
+    session: u64,
+    bytes: Bytes,
+    frames: usize,
+) -> oneshot::Receiver<SharedReply> {
+    let (tx, rx) = oneshot::channel();
+    let pool = if resp3 {
+        &node.shared.resp3
+    } else {
+        &node.shared.resp2
+    };
+    // A closed connection task drops the request: its receiver then reads as `Gone`.
+    let _ = pool
+        .sender(session)
+        .send(SharedRequest {
+            bytes,
+            frames: Frames::Resp(frames),
+            reply: tx,
+        })
+        .await;
+    rx
+}
+
+/// What a node's reply asks of cachegate.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    Moved(u16, String),
+    Ask(String),
+    /// TRYAGAIN, CLUSTERDOWN: not run; send again after a pause.
+    Again,
+}
+
+/// A redirection, if `reply` is one (a single error line).
+fn redirect(reply: &[u8]) -> Option<Redirect> {
+    let line = reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split(' ');
+    match words.next()? {
+        "MOVED" => {
+            let slot = words.next()?.parse().ok()?;
+            Some(Redirect::Moved(slot, words.next()?.to_string()))
+        }
+        "ASK" => {
+            words.next()?;
+            Some(Redirect::Ask(words.next()?.to_string()))
+        }
+        "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Again),
+        _ => None,
+    }
+}
+
+/// A redirection's `host:port`; an empty host (`:6380`) is the host of the node that said it.
+fn target(address: &str, from: Option<&Node>) -> String {
+    match (address.strip_prefix(':'), from) {
+        (Some(port), Some(node)) => {
+            let host = node
+                .address
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or_default();
+            format!("{host}:{port}")
+        }
+        _ => address.to_string(),
+    }
+}
+
+/// The node serving `slot` now (any primary for a keyless command).
+fn current(cluster: &Cluster, slot: Option<u16>) -> Option<Arc<Node>> {
+    let map = cluster.map();
+    match slot {
+        Some(slot) => map.node(slot).cloned(),
+        None => map.primaries.first().cloned(),
+    }
+}
+
+/// One command's reply, following the cluster's redirections. `sent`: the request already on
+/// its way to `node` (`None`: no node could be chosen; it is sent once one can).
+struct Attempt {
+    cluster: Arc<Cluster>,
+    resp3: bool,
+    session: u64,
+    slot: Option<u16>,
+    bytes: Bytes,
+    node: Option<Arc<Node>>,
+    sent: Option<oneshot::Receiver<SharedReply>>,
+}
+
+impl Attempt {
+    async fn settle(mut self) -> Result<Bytes, SharedError> {
+        let mut asking = false;
+        let mut pause = BACKOFF;
+        for attempt in 1..=MAX_TRIES {
+            let last = attempt == MAX_TRIES;
+            let outcome = match self.sent.take() {
+                Some(rx) => rx.await.unwrap_or(Err(SharedError::Gone)),
+                None if last => return Ok(Bytes::from_static(NOT_SERVED)),
+                None => Err(SharedError::Unavailable("no node serves this slot yet".into())),
+            };
+            match outcome {
+                Ok(replies) => {
+                    let mut bytes = replies.bytes;
+                    if asking {
+                        // ASKING's own +OK first.
+                        if let Ok(Some((len, _))) = frame_len(&bytes) {
+                            let _ = bytes.split_to(len);
+                        }
+                    }
+                    asking = false;
+                    match redirect(&bytes) {
+                        None => return Ok(bytes),
+                        Some(_) if last => return Ok(bytes),
+                        Some(Redirect::Moved(slot, to)) => {
+                            let to = target(&to, self.node.as_deref());
+                            self.cluster.moved(slot, &to);
+                            self.node = self.cluster.node(&to, None).ok();
+                        }
+                        Some(Redirect::Ask(to)) => {
+                            let to = target(&to, self.node.as_deref());
+                            self.node = self.cluster.node(&to, None).ok();
+                            asking = true;
+                        }
+                        Some(Redirect::Again) => {
+                            self.cluster.stale();
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                            self.node = current(&self.cluster, self.slot);
+                        }
+                    }
+                }
+                // Never sent: safe to send again once the map has been read again.
+                Err(SharedError::Unavailable(_)) if !last => {
+                    self.cluster.stale();
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    self.node = current(&self.cluster, self.slot);
+                }
+                Err(e) => {
+                    if e.upstream_fault() {
+                        self.cluster.stale();
+                    }
+                    return Err(e);
+                }
+            }
+            if let Some(node) = &self.node {
+                self.sent = Some(if asking {
+                    let mut both = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+                    both.extend_from_slice(&self.bytes);
+                    send_to(node, self.resp3, self.session, both.freeze(), 2).await
+                } else {
+                    send_to(node, self.resp3, self.session, self.bytes.clone(), 1).await
+                });
+            }
+        }
+        Ok(Bytes::from_static(NOT_SERVED))
+    }
+}
+
+/// An array reply's elements, each a whole frame; `None` if `reply` is not an array.
+fn elements(reply: &Bytes) -> Option<Vec<Bytes>> {
+    let header_end = memchr::memchr(b'\n', reply)?;
+    if !matches!(reply.first(), Some(b'*' | b'~')) {
+        return None;
+    }
+    let count: i64 = std::str::from_utf8(&reply[1..header_end - 1])
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut rest = reply.slice(header_end + 1..);
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count.max(0) {
+        let (len, _) = frame_len(&rest).ok()??;
+        out.push(rest.split_to(len));
+    }
+    Some(out)
+}
+
+fn is_error(reply: &[u8]) -> bool {
+    matches!(reply.first(), Some(b'-' | b'!'))
+}
+
+fn array(items: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+    for item in items {
+        out.extend_from_slice(&item);
+    }
+    out.freeze()
+}
+
+fn unexpected(reply: &[u8]) -> Bytes {
+    reply::error(&format!(
+        "cachegate: a cluster node gave an unexpected reply ({})",
+        crate::upstream::conn::printable(reply)
+    ))
+}
+
+/// The client's one reply from the parts' replies, in part order.
+fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
+    if let Some(error) = parts.iter().find(|p| is_error(p)) {
+        return error.clone();
+    }
+    match merge {
+        Merge::First => parts.into_iter().next().unwrap_or_default(),
+        Merge::Ok => match parts.iter().find(|p| !p.starts_with(b"+OK\r\n")) {
+            Some(other) => unexpected(other),
+            None => Bytes::from_static(reply::OK),
+        },
+        Merge::Sum => {
+            let mut total: i64 = 0;
+            for p in &parts {
+                let n = p
+                    .strip_prefix(b":")
+                    .and_then(|n| n.strip_suffix(b"\r\n"))
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                    .and_then(|n| n.parse::<i64>().ok());
+                match n {
+                    Some(n) => total = total.saturating_add(n),
+                    None => return unexpected(p),
+                }
+            }
+            Bytes::from(format!(":{total}\r\n"))
+        }
+        Merge::Concat => {
+            let mut all = Vec::new();
+            for p in &parts {
+                match elements(p) {
+                    Some(items) => all.extend(items),
+                    None => return unexpected(p),
+                }
+            }
+            array(all.into_iter())
+        }
+        Merge::Positions(positions) => {
+            let total: usize = positions.iter().map(Vec::len).sum();
+            let mut slots: Vec<Option<Bytes>> = vec![None; total];
+            for (p, places) in parts.iter().zip(positions) {
+                match elements(p) {
+                    Some(items) if items.len() == places.len() => {
+                        for (item, &at) in items.into_iter().zip(places) {
+                            if let Some(slot) = slots.get_mut(at) {
+                                *slot = Some(item);
+                            }
+                        }
+                    }
+                    _ => return unexpected(p),
+                }
+            }
+            if slots.iter().any(Option::is_none) {
+                return unexpected(b"");
+            }
+            array(slots.into_iter().flatten().collect::<Vec<_>>().into_iter())
+        }
+    }
+}
+
+/// A SCAN cursor as the client sees it: the node's cursor, then the node's position.
+fn scan_cursor(node: usize, cursor: u64) -> Option<u64> {
+    (cursor < 1 << (64 - NODE_BITS)).then_some((cursor << NODE_BITS) | node as u64)
+}
+
+/// SCAN's reply from node `node` of `nodes`, its cursor made the client's.
+fn scan_reply(reply: Bytes, node: usize, nodes: usize) -> Bytes {
+    if is_error(&reply) {
+        return reply;
+    }
+    let Some(mut items) = elements(&reply).filter(|i| i.len() == 2) else {
+        return unexpected(&reply);
+    };
+    let cursor = items[0]
+        .strip_prefix(b"$")
+        .and_then(|b| memchr::memchr(b'\n', b).map(|i| &b[i + 1..]))
+        .and_then(|c| c.strip_suffix(b"\r\n"))
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse::<u64>().ok());
+    let next = match cursor {
+        Some(0) if node + 1 < nodes => scan_cursor(node + 1, 0),
+        Some(0) => Some(0),
+        Some(c) => scan_cursor(node, c),
+        None => None,
+    };
+    let Some(next) = next else {
+        return unexpected(&reply);
+    };
+    items[0] = reply::bulk(next.to_string().as_bytes());
+    array(items.into_iter())
+}
+
+impl RequestSide {
+    /// Sends a stateless command of a cluster listener where its keys live; the reply side
+    /// waits for the answer (and follows redirections) in the command's turn.
+    pub(super) async fn forward_cluster(
+        &mut self,
+        cluster: Arc<Cluster>,
+        command: Command,
+        args: &[Bytes],
+        raw: Option<&Bytes>,
+        rewrite: Option<Rewrite>,
+    ) -> Result<Flow, SessionError> {
+        let route = route(command, args);
+        let encode = |args: &[Bytes]| {
+            let mut out = BytesMut::new();
+            encode_command(&mut out, args.iter().map(|a| &a[..]));
+            out.freeze()
+        };
+        let (resp3, session) = (self.resp3, self.id);
+        let map = cluster.map();
+        let attempt = |slot: Option<u16>, bytes: Bytes, node: Option<Arc<Node>>, sent| Attempt {
+            cluster: cluster.clone(),
+            resp3,
+            session,
+            slot,
+            bytes,
+            node,
+            sent,
+        };
+        let settling: Settling = match route {
+            Route::Answer(reply) => {
+                self.multi_dirty |= self.in_multi && is_error(&reply);
+                self.local(reply).await?;
+                return Ok(Flow::Continue);
+            }
+            Route::One(slot) => {
+                let bytes = raw.cloned().unwrap_or_else(|| encode(args));
+                let node = match slot {
+                    Some(slot) => map.node(slot).cloned(),
+                    None => map.primaries.first().cloned(),
+                };
+                let sent = match &node {
+                    Some(n) => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
+                    None => None,
+                };
+                Box::pin(attempt(slot, bytes, node, sent).settle())
+            }
+            Route::Split(parts, how) => {
+                let mut attempts = Vec::with_capacity(parts.len());
+                for (slot, part) in parts {
+                    let bytes = encode(&part);
+                    let node = map.node(slot).cloned();
+                    let sent = match &node {
+                        Some(n) => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
+                        None => None,
+                    };
+                    attempts.push(attempt(Some(slot), bytes, node, sent).settle());
+                }
+                Box::pin(async move {
+                    let mut replies = Vec::with_capacity(attempts.len());
+                    for r in futures_util::future::join_all(attempts).await {
+                        replies.push(r?);
+                    }
+                    Ok(merge(&how, replies))
+                })
+            }
+            Route::All(how) => {
+                let bytes = raw.cloned().unwrap_or_else(|| encode(args));
+                let mut waits = Vec::with_capacity(map.primaries.len());
+                for node in &map.primaries {
+                    waits.push(send_to(node, resp3, session, bytes.clone(), 1).await);
+                }
+                if waits.is_empty() {
+                    self.local(Bytes::from_static(NOT_SERVED)).await?;
+                    return Ok(Flow::Continue);
+                }
+                Box::pin(async move {
+                    let mut replies = Vec::with_capacity(waits.len());
+                    for rx in waits {
+                        replies.push(rx.await.unwrap_or(Err(SharedError::Gone))?.bytes);
+                    }
+                    Ok(merge(&how, replies))
+                })
+            }
+            Route::Scan => {
+                let nodes = map.primaries.len();
+                let cursor = args.get(1).and_then(|c| std::str::from_utf8(c).ok());
+                let Some(cursor) = cursor.and_then(|c| c.parse::<u64>().ok()) else {
+                    self.local(reply::error("invalid cursor")).await?;
+                    return Ok(Flow::Continue);
+                };
+                let (at, node_cursor) = (
+                    (cursor & ((1 << NODE_BITS) - 1)) as usize,
+                    cursor >> NODE_BITS,
+                );
+                let Some(node) = map.primaries.get(at).cloned() else {
+                    let reply = if nodes == 0 {
+                        Bytes::from_static(NOT_SERVED)
+                    } else {
+                        reply::error("invalid cursor")
+                    };
+                    self.local(reply).await?;
+                    return Ok(Flow::Continue);
+                };
+                let mut scan = args.to_vec();
+                scan[1] = Bytes::from(node_cursor.to_string());
+                let rx = send_to(&node, resp3, session, encode(&scan), 1).await;
+                Box::pin(async move {
+                    let reply = rx.await.unwrap_or(Err(SharedError::Gone))?.bytes;
+                    Ok(scan_reply(reply, at, nodes))
+                })
+            }
+            Route::RandomKey => {
+                let nodes = map.primaries.clone();
+                let bytes = encode(args);
+                let start = self.id as usize;
+                Box::pin(async move {
+                    let mut reply = Bytes::from_static(NOT_SERVED);
+                    for i in 0..nodes.len() {
+                        let node = &nodes[(start + i) % nodes.len()];
+                        let rx = send_to(node, resp3, session, bytes.clone(), 1).await;
+                        reply = rx.await.unwrap_or(Err(SharedError::Gone))?.bytes;
+                        if !matches!(&reply[..], b"$-1\r\n" | b"_\r\n") {
+                            break;
+                        }
+                    }
+                    Ok(reply)
+                })
+            }
+        };
+        let permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => Box::pin(self.in_flight.clone().acquire_owned())
+                .await
+                .map_err(|_| closed())?,
+        };
+        permit.forget();
+        let mut labels = Labels::new();
+        labels.push(self.label.of(&args[0]));
+        self.queue_slot(Slot::Shared(SharedWait {
+            reply: Awaited::Routed(settling),
+            rewrite,
+            labels,
+            sent: Instant::now(),
+        }))
+        .await?;
+        Ok(Flow::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<Bytes> {
+        words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    fn route_of(words: &[&str]) -> Route {
+        let a = args(words);
+        let found = crate::auth::commands::table().lookup(&a);
+        route(Command(found), &a)
+    }
+
+    #[test]
+    fn keys_in_one_slot_go_to_it_and_others_are_crossslot_or_split() {
+        let s = key_slot(b"{u}a");
+        assert_eq!(route_of(&["GET", "{u}a"]), Route::One(Some(s)));
+        assert_eq!(route_of(&["MGET", "{u}a", "{u}b"]), Route::One(Some(s)));
+        assert_eq!(route_of(&["PING"]), Route::One(None));
+        match route_of(&["SUNION", "a", "b"]) {
+            Route::Answer(r) => assert!(r.starts_with(b"-CROSSSLOT")),
+            other => panic!("{other:?}"),
+        }
+        match route_of(&["MGET", "a", "b", "{a}c"]) {
+            Route::Split(parts, Merge::Positions(pos)) => {
+                assert_eq!(parts.len(), 2);
+                assert_eq!(pos, vec![vec![0, 2], vec![1]]);
+                assert_eq!(parts[0].1, args(&["MGET", "a", "{a}c"]));
+            }
+            other => panic!("{other:?}"),
+        }
+        match route_of(&["MSET", "a", "1", "b", "2"]) {
+            Route::Split(parts, Merge::Ok) => {
+                assert_eq!(parts[0].1, args(&["MSET", "a", "1"]));
+                assert_eq!(parts[1].1, args(&["MSET", "b", "2"]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(route_of(&["MSET", "a", "1", "b"]), Route::One(Some(key_slot(b"a"))));
+    }
+
+    #[test]
+    fn replies_merge_in_key_order_and_errors_win() {
+        let pos = Merge::Positions(vec![vec![0, 2], vec![1]]);
+        let merged = merge(
+            &pos,
+            vec![
+                Bytes::from_static(b"*2\r\n$1\r\na\r\n$-1\r\n"),
+                Bytes::from_static(b"*1\r\n$1\r\nb\r\n"),
+            ],
+        );
+        assert_eq!(&merged[..], b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n");
+        let sum = merge(
+            &Merge::Sum,
+            vec![Bytes::from_static(b":2\r\n"), Bytes::from_static(b":3\r\n")],
+        );
+        assert_eq!(&sum[..], b":5\r\n");
+        let err = merge(
+            &Merge::Sum,
+            vec![Bytes::from_static(b":2\r\n"), Bytes::from_static(b"-ERR x\r\n")],
+        );
+        assert_eq!(&err[..], b"-ERR x\r\n");
+        let odd = merge(&pos, vec![Bytes::from_static(b"*1\r\n$1\r\na\r\n"), Bytes::new()]);
+        assert!(odd.starts_with(b"-ERR cachegate"));
+    }
+
+    #[test]
+    fn redirections_parse_and_others_do_not() {
+        assert_eq!(
+            redirect(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect::Moved(3999, "127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirect(b"-ASK 3999 :6381\r\n"),
+            Some(Redirect::Ask(":6381".into()))
+        );
+        assert_eq!(
+            redirect(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Redirect::Again)
+        );
+        assert_eq!(redirect(b"-ERR MOVED\r\n"), None);
+        assert_eq!(redirect(b"$5\r\nMOVED\r\n"), None);
+    }
+
+    #[test]
+    fn scan_cursors_walk_the_nodes_in_turn() {
+        let page = |cursor: &str| {
+            Bytes::from(format!(
+                "*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n",
+                cursor.len()
+            ))
+        };
+        // A node's cursor carries its position; its last page leads to the next node.
+        let r = scan_reply(page("17"), 1, 3);
+        assert!(r.starts_with(format!("*2\r\n${}\r\n{}\r\n", ((17u64 << 14) | 1).to_string().len(), (17u64 << 14) | 1).as_bytes()));
+        let r = scan_reply(page("0"), 1, 3);
+        assert!(r.starts_with(b"*2\r\n$1\r\n2\r\n"));
+        let r = scan_reply(page("0"), 2, 3);
+        assert!(r.starts_with(b"*2\r\n$1\r\n0\r\n"));
+        assert!(scan_reply(page("x"), 0, 3).starts_with(b"-ERR cachegate"));
+    }
+}

@@ -1,0 +1,283 @@
+//! A Redis Cluster behind one listener: the slot map, each node's connections, and discovery.
+//!
+//! The map comes from `CLUSTER SLOTS`, asked of a known node (the current primaries, then the
+//! configured seeds), at start, periodically, and whenever a session reports a redirection or
+//! a node it cannot reach. A `MOVED` also updates its slot at once, so that the next request
+//! for it goes to the right node before the refresh lands. Every node is reached with the
+//! listener's upstream settings (TLS, credentials, timeouts); over TLS each node is verified
+//! by its announced hostname, else its address, unless `upstream.tls.server_name` is set.
+
+pub mod slot;
+pub mod topology;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{Connector, Protocol};
+use super::pool::Pool;
+use super::shared::{Shared, SharedPool};
+use crate::config::UpstreamConfig;
+use crate::live::Live;
+
+/// Refreshes closer together than this are merged into one.
+const MIN_GAP: Duration = Duration::from_millis(100);
+/// How soon discovery is tried again while no node answers.
+const RETRY: Duration = Duration::from_millis(500);
+/// A slot no node serves.
+const UNASSIGNED: u16 = u16::MAX;
+
+/// One cluster node: its own connections (sessions pinned to it) and shared ones.
+pub struct Node {
+    pub address: String,
+    pub pool: Pool,
+    pub shared: Shared,
+}
+
+/// Which node serves each slot.
+pub struct Map {
+    slots: Box<[u16]>,
+    /// The primaries that serve at least one slot, by address: the order a SCAN walks them.
+    pub primaries: Vec<Arc<Node>>,
+}
+
+impl Map {
+    fn empty() -> Self {
+        Map {
+            slots: vec![UNASSIGNED; slot::SLOTS].into_boxed_slice(),
+            primaries: Vec::new(),
+        }
+    }
+
+    /// The primary serving `slot`, if the map knows one.
+    pub fn node(&self, slot: u16) -> Option<&Arc<Node>> {
+        let i = *self.slots.get(slot as usize)?;
+        self.primaries.get(i as usize)
+    }
+
+    /// Position of a primary in `primaries`.
+    pub fn index_of(&self, address: &str) -> Option<usize> {
+        self.primaries.iter().position(|n| n.address == address)
+    }
+}
+
+/// Builds a node's shared connections: (connector, RESP3).
+type StartShared = Box<dyn Fn(Arc<Connector>, bool) -> SharedPool + Send + Sync>;
+
+pub struct Cluster {
+    listener: String,
+    /// The listener's upstream settings; each node's are these with its own address.
+    base: UpstreamConfig,
+    max_reply: usize,
+    seeds: Vec<String>,
+    map: Live<Map>,
+    /// Every node met so far, by address (a node leaves the map, not this).
+    nodes: Mutex<HashMap<String, Arc<Node>>>,
+    /// Serialises changes to the map.
+    changing: Mutex<()>,
+    refresh: Notify,
+    interval: Duration,
+    start_shared: StartShared,
+    refreshes: AtomicU64,
+}
+
+impl Cluster {
+    pub fn new(
+        listener: &str,
+        base: &UpstreamConfig,
+        max_reply: usize,
+        start_shared: StartShared,
+    ) -> Arc<Self> {
+        let seeds = if base.cluster_seeds.is_empty() {
+            vec![base.address.clone()]
+        } else {
+            base.cluster_seeds.clone()
+        };
+        Arc::new(Cluster {
+            listener: listener.to_string(),
+            base: base.clone(),
+            max_reply,
+            seeds,
+            map: Live::new(Map::empty()),
+            nodes: Mutex::new(HashMap::new()),
+            changing: Mutex::new(()),
+            refresh: Notify::new(),
+            interval: base.cluster_refresh,
+            start_shared,
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    /// The map as it is now.
+    pub fn map(&self) -> Arc<Map> {
+        self.map.load()
+    }
+
+    /// Completed refreshes so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a refresh soon (a redirection, a node that failed).
+    pub fn stale(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// The node at `address`, its connections made on first use. `hostname`: the name it
+    /// announces, that its TLS certificate is checked against.
+    pub fn node(&self, address: &str, hostname: Option<&str>) -> Result<Arc<Node>, String> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(node) = nodes.get(address) {
+            return Ok(node.clone());
+        }
+        let mut cfg = UpstreamConfig {
+            address: address.to_string(),
+            ..self.base.clone()
+        };
+        if let Some(tls) = cfg.tls.as_mut().filter(|t| !t.server_name_explicit) {
+            let name = match hostname {
+                Some(h) => h.to_string(),
+                None => crate::config::build::split_host_port(address)
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                    .unwrap_or_default(),
+            };
+            tls.server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| format!("node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"))?;
+        }
+        let pool = Pool::new(&cfg, self.max_reply, Protocol::Redis)
+            .map_err(|e| format!("node {address}: {e}"))?;
+        let node = Arc::new(Node {
+            address: address.to_string(),
+            shared: Shared {
+                resp2: (self.start_shared)(pool.connector(), false),
+                resp3: (self.start_shared)(pool.connector(), true),
+            },
+            pool,
+        });
+        nodes.insert(address.to_string(), node.clone());
+        Ok(node)
+    }
+
+    /// A node answered `MOVED slot address`: that slot is served there from now on, and the
+    /// whole map is read again soon.
+    pub fn moved(&self, slot: u16, address: &str) {
+        self.stale();
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.load();
+        if map.node(slot).is_some_and(|n| n.address == address) {
+            return;
+        }
+        let node = match self.node(address, None) {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!(listener = %self.listener, error = %e, "cluster redirection to a node cachegate cannot reach");
+                return;
+            }
+        };
+        let mut primaries = map.primaries.clone();
+        let mut slots = map.slots.clone();
+        let index = match primaries.iter().position(|n| n.address == address) {
+            Some(i) => i,
+            None => {
+                primaries.push(node);
+                primaries.len() - 1
+            }
+        };
+        slots[slot as usize] = index as u16;
+        self.map.store(Arc::new(Map { slots, primaries }));
+    }
+
+    /// Keeps the map current until `shutdown`.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let ok = match self.discover().await {
+                Ok(map) => {
+                    self.map.store(Arc::new(map));
+                    self.refreshes.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %self.listener, error = %e, "cluster discovery failed");
+                    false
+                }
+            };
+            let wait = if ok { self.interval } else { RETRY };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.refresh.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // Bursts of reports (every request of a moved slot) make one refresh.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(MIN_GAP) => {}
+            }
+        }
+    }
+
+    /// Reads the layout from the first node that gives it: the known primaries, then seeds.
+    async fn discover(&self) -> Result<Map, String> {
+        let mut candidates: Vec<String> = self
+            .map
+            .load()
+            .primaries
+            .iter()
+            .map(|n| n.address.clone())
+            .collect();
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        let mut last = String::from("no seed nodes");
+        for address in candidates {
+            match self.ask(&address).await {
+                Ok(map) => return Ok(map),
+                Err(e) => last = format!("{address}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask(&self, address: &str) -> Result<Map, String> {
+        let node = self.node(address, None)?;
+        let mut conn = node.pool.acquire().await.map_err(|e| e.to_string())?;
+        let reply = conn
+            .roundtrip(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
+            .await
+            .map_err(|e| e.to_string());
+        let clean = reply.is_ok();
+        node.pool.release(conn, clean);
+        let reply: Bytes = reply?;
+        let host = crate::config::build::split_host_port(address)
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+            .unwrap_or_default();
+        let ranges = topology::parse_slots(&reply, &host)?;
+        if ranges.is_empty() {
+            return Err("CLUSTER SLOTS: no slot is served".into());
+        }
+        let mut map = Map::empty();
+        let mut by_address: Vec<(String, Option<String>)> = ranges
+            .iter()
+            .map(|r| (r.primary.address(), r.primary.hostname.clone()))
+            .collect();
+        by_address.sort();
+        by_address.dedup_by(|a, b| a.0 == b.0);
+        for (address, hostname) in &by_address {
+            map.primaries.push(self.node(address, hostname.as_deref())?);
+        }
+        for range in &ranges {
+            let address = range.primary.address();
+            let index = map.index_of(&address).unwrap_or_default() as u16;
+            for s in range.start..=range.end {
+                map.slots[s as usize] = index;
+            }
+        }
+        Ok(map)
+    }
+}
