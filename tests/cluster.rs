@@ -181,3 +181,229 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     }
     assert_eq!(c.cmd(&["RANDOMKEY"]).await, b"$-1\r\n");
 }
+
+fn integer(reply: &[u8]) -> i64 {
+    let text = s(reply);
+    text.strip_prefix(':')
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not an integer: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(
+        &pki,
+        &cluster,
+        "upstream.cluster_refresh = \"1h\"\n",
+    ))
+    .await;
+    let mut c = client(&pki, &proxy).await;
+    let mut any = cluster.nodes[0].redis.direct().await;
+    let slot = integer(&any.cmd(&["CLUSTER", "KEYSLOT", "{m}"]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.redis.address())
+        .find(|a| *a != from)
+        .unwrap();
+    let (from_id, to_id) = (cluster.id(&from).await, cluster.id(&to).await);
+    let (to_host, to_port) = to.split_once(':').unwrap();
+    let mut src = cluster.at(&from).redis.direct().await;
+    let mut dst = cluster.at(&to).redis.direct().await;
+    assert_eq!(c.cmd(&["SET", "{m}1", "a"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{m}2", "b"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "{m}n"]).await, b":1\r\n");
+
+    // A migration begins: two of the slot's keys are on the importing node already, and the
+    // migrating one answers ASK for them (and for keys it does not have).
+    let slot_s = slot.to_string();
+    assert_eq!(
+        dst.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        src.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}1", "{m}n"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert!(s(&src.cmd(&["GET", "{m}1"]).await).starts_with("-ASK "));
+    assert_eq!(s(&c.cmd(&["GET", "{m}1"]).await), bulk("a"));
+    assert_eq!(s(&c.cmd(&["GET", "{m}2"]).await), bulk("b"));
+    assert_eq!(c.cmd(&["INCR", "{m}n"]).await, b":2\r\n");
+    // A new key of a migrating slot is created on the importing node.
+    assert_eq!(c.cmd(&["SET", "{m}3", "c"]).await, b"+OK\r\n");
+    assert_eq!(dst.cmd(&["ASKING"]).await, b"+OK\r\n");
+    assert_eq!(s(&dst.cmd(&["GET", "{m}3"]).await), bulk("c"));
+    // A multi-key command whose keys are split between the two nodes is retried until the
+    // migration lets it run (TRYAGAIN), here after the last key moves.
+    assert_eq!(
+        src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}2"]).await,
+        b"+OK\r\n"
+    );
+
+    // The migration ends: the slot is the other node's, and the old one answers MOVED.
+    for node in &cluster.nodes {
+        let mut d = node.redis.direct().await;
+        assert_eq!(
+            d.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]).await,
+            b"+OK\r\n"
+        );
+    }
+    assert!(s(&src.cmd(&["GET", "{m}1"]).await).starts_with("-MOVED "));
+    assert_eq!(
+        s(&c.cmd(&["MGET", "{m}1", "{m}2", "{m}3"]).await),
+        format!("*3\r\n{}{}{}", bulk("a"), bulk("b"), bulk("c"))
+    );
+    assert_eq!(c.cmd(&["INCR", "{m}n"]).await, b":3\r\n");
+    // MOVED updated the map: the next requests for the slot go straight to its new node.
+    assert_eq!(src.cmd(&["CONFIG", "RESETSTAT"]).await, b"+OK\r\n");
+    for _ in 0..10 {
+        assert_eq!(s(&c.cmd(&["GET", "{m}1"]).await), bulk("a"));
+    }
+    let stats = s(&src.cmd(&["INFO", "commandstats"]).await);
+    assert!(!stats.contains("cmdstat_get:"), "{stats}");
+    // Each INCR ran once.
+    assert_eq!(s(&dst.cmd(&["GET", "{m}n"]).await), bulk("3"));
+}
+
+/// Clients that INCR counters through cachegate while `reshard` moves slots under them.
+async fn incr_load(
+    pki: &Pki,
+    proxy: &Proxy,
+    clients: usize,
+    counters: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<(Vec<i64>, Vec<String>)>> {
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let mut c = RawClient::authed(pki, proxy.addr).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = vec![0i64; counters];
+            let mut failures = Vec::new();
+            let mut i = t;
+            while !stop.is_cancelled() {
+                let n = i % counters;
+                let reply = c.cmd(&["INCR", &format!("counter:{n}")]).await;
+                if reply.starts_with(b":") {
+                    done[n] += 1;
+                } else {
+                    failures.push(s(&reply));
+                }
+                i += 1;
+            }
+            (done, failures)
+        }));
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_fails_loses_and_repeats_nothing() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    client(&pki, &proxy).await;
+    let counters = 200;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = incr_load(&pki, &proxy, 4, counters, stop.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Slots move from the first node to the second, then some back to the first.
+    let a = cluster.nodes[0].redis.address();
+    let b = cluster.nodes[1].redis.address();
+    let (a_id, b_id) = (cluster.id(&a).await, cluster.id(&b).await);
+    for (from, to) in [(&a_id, &b_id), (&b_id, &a_id)] {
+        redis_cli(
+            [
+                "--cluster",
+                "reshard",
+                &cluster.seed(),
+                "--cluster-from",
+                from,
+                "--cluster-to",
+                to,
+                "--cluster-slots",
+                "1500",
+                "--cluster-yes",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+    }
+    stop.cancel();
+    let mut expected = vec![0i64; counters];
+    let mut failures = Vec::new();
+    for task in tasks {
+        let (done, failed) = task.await.unwrap();
+        for (e, d) in expected.iter_mut().zip(done) {
+            *e += d;
+        }
+        failures.extend(failed);
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(expected.iter().sum::<i64>() > 1000, "the load ran during the resharding");
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    for (n, want) in expected.iter().enumerate() {
+        let got = s(&c.cmd(&["GET", &format!("counter:{n}")]).await);
+        let want = if *want == 0 { "$-1\r\n".to_string() } else { bulk(&want.to_string()) };
+        assert_eq!(got, want, "counter:{n}: a write was lost or ran twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_and_served_again() {
+    let (pki, mut cluster) = (Pki::new(), RedisCluster::start(3, 1).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let mut c = client(&pki, &proxy).await;
+    let mut any = cluster.nodes[0].redis.direct().await;
+    let slot = integer(&any.cmd(&["CLUSTER", "KEYSLOT", "failover"]).await) as u16;
+    drop(any);
+    let primary = cluster.owner(slot).await;
+    for _ in 0..10 {
+        assert!(c.cmd(&["INCR", "failover"]).await.starts_with(b":"));
+    }
+    // Let the replica take the writes before its primary goes.
+    let mut p = cluster.at(&primary).redis.direct().await;
+    assert_eq!(integer(&p.cmd(&["WAIT", "1", "5000"]).await), 1);
+    drop(p);
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.redis.address() == primary)
+        .unwrap()
+        .redis
+        .kill();
+    let killed = std::time::Instant::now();
+    // Errors while the cluster fails over, then served again by the promoted replica.
+    let mut errors = 0;
+    loop {
+        let reply = c.cmd(&["INCR", "failover"]).await;
+        if reply.starts_with(b":") {
+            break;
+        }
+        errors += 1;
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(30),
+            "not served again 30 s after the failover began: {}",
+            s(&reply)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for _ in 0..50 {
+        assert!(c.cmd(&["INCR", "failover"]).await.starts_with(b":"));
+    }
+    // Every acknowledged INCR counted (those before the kill were replicated); a request that
+    // failed may or may not have run, never twice.
+    let value = s(&c.cmd(&["GET", "failover"]).await);
+    let value: i64 = value.lines().nth(1).unwrap().parse().unwrap();
+    assert!(
+        (61..=61 + errors).contains(&value),
+        "{value} after 61 acknowledged INCRs and {errors} failed ones"
+    );
+}
