@@ -87,14 +87,18 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     want.push_str("$-1\r\n");
     assert_eq!(s(&c.cmd(&mget).await), want);
     assert_eq!(
-        c.cmd(&["EXISTS", "key:1", "key:2", "key:1", "missing"]).await,
+        c.cmd(&["EXISTS", "key:1", "key:2", "key:1", "missing"])
+            .await,
         b":3\r\n"
     );
     assert_eq!(c.cmd(&["TOUCH", "key:3", "key:4", "nope"]).await, b":2\r\n");
     let mut del = vec!["DEL"];
     del.extend(keys[..10].iter().map(String::as_str));
     assert_eq!(c.cmd(&del).await, b":10\r\n");
-    assert_eq!(c.cmd(&["UNLINK", "key:10", "key:11", "nope"]).await, b":2\r\n");
+    assert_eq!(
+        c.cmd(&["UNLINK", "key:10", "key:11", "nope"]).await,
+        b":2\r\n"
+    );
     assert_eq!(
         c.cmd(&["MSET", "a", "1", "b", "2", "c", "3"]).await,
         b"+OK\r\n"
@@ -147,8 +151,17 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     assert_eq!(c.cmd(&["SELECT", "0"]).await, b"+OK\r\n");
     // Hash slots (hash tags included) as the cluster computes them.
     for key in [
-        "", "a", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}",
-        "{", "}{", "{a}", "\u{e9}t\u{e9}", "key:12345",
+        "",
+        "a",
+        "{user1000}.following",
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "foo{bar}{zap}",
+        "{",
+        "}{",
+        "{a}",
+        "\u{e9}t\u{e9}",
+        "key:12345",
     ] {
         assert_eq!(
             s(&c.cmd(&["CLUSTER", "KEYSLOT", key]).await),
@@ -171,7 +184,10 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     }
     assert!(s(&c.cmd(&["CLUSTER", "INFO"]).await).contains("cluster_state:ok"));
     let random = s(&c.cmd(&["RANDOMKEY"]).await);
-    assert!(random.starts_with('$') && !random.starts_with("$-1"), "{random}");
+    assert!(
+        random.starts_with('$') && !random.starts_with("$-1"),
+        "{random}"
+    );
 
     // FLUSHALL reaches every primary.
     assert_eq!(c.cmd(&["FLUSHALL"]).await, b"+OK\r\n");
@@ -220,11 +236,13 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     // migrating one answers ASK for them (and for keys it does not have).
     let slot_s = slot.to_string();
     assert_eq!(
-        dst.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]).await,
+        dst.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id])
+            .await,
         b"+OK\r\n"
     );
     assert_eq!(
-        src.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]).await,
+        src.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id])
+            .await,
         b"+OK\r\n"
     );
     assert_eq!(
@@ -243,7 +261,8 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     // A multi-key command whose keys are split between the two nodes is retried until the
     // migration lets it run (TRYAGAIN), here after the last key moves.
     assert_eq!(
-        src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}2"]).await,
+        src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}2"])
+            .await,
         b"+OK\r\n"
     );
 
@@ -251,7 +270,8 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     for node in &cluster.nodes {
         let mut d = node.redis.direct().await;
         assert_eq!(
-            d.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]).await,
+            d.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id])
+                .await,
             b"+OK\r\n"
         );
     }
@@ -347,11 +367,18 @@ async fn resharding_under_load_fails_loses_and_repeats_nothing() {
         failures.extend(failed);
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(expected.iter().sum::<i64>() > 1000, "the load ran during the resharding");
+    assert!(
+        expected.iter().sum::<i64>() > 1000,
+        "the load ran during the resharding"
+    );
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     for (n, want) in expected.iter().enumerate() {
         let got = s(&c.cmd(&["GET", &format!("counter:{n}")]).await);
-        let want = if *want == 0 { "$-1\r\n".to_string() } else { bulk(&want.to_string()) };
+        let want = if *want == 0 {
+            "$-1\r\n".to_string()
+        } else {
+            bulk(&want.to_string())
+        };
         assert_eq!(got, want, "counter:{n}: a write was lost or ran twice");
     }
 }
@@ -406,4 +433,168 @@ async fn a_killed_primary_is_replaced_and_served_again() {
         (61..=61 + errors).contains(&value),
         "{value} after 61 acknowledged INCRs and {errors} failed ones"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let mut c = client(&pki, &proxy).await;
+
+    // MULTI waits for its first key to know its node; keyless commands queue meanwhile.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["PING"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["SET", "{tx}a", "1"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["INCR", "{tx}b"]).await, b"+QUEUED\r\n");
+    assert_eq!(s(&c.cmd(&["EXEC"]).await), "*3\r\n+PONG\r\n+OK\r\n:1\r\n");
+    // A key of another node inside the transaction: CROSSSLOT, and EXEC aborts.
+    let tx_slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{tx}"]).await) as u16;
+    let tx_node = cluster.owner(tx_slot).await;
+    let (mut elsewhere, mut same_node) = (None, None);
+    for i in 0.. {
+        let key = format!("k{i}");
+        let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", &key]).await) as u16;
+        let on_tx_node = cluster.owner(slot).await == tx_node;
+        if !on_tx_node && elsewhere.is_none() {
+            elsewhere = Some(key);
+        } else if on_tx_node && slot != tx_slot && same_node.is_none() {
+            same_node = Some(key);
+        }
+        if elsewhere.is_some() && same_node.is_some() {
+            break;
+        }
+    }
+    let (elsewhere, same_node) = (elsewhere.unwrap(), same_node.unwrap());
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "{tx}b"]).await, b"+QUEUED\r\n");
+    let cross = s(&c.cmd(&["INCR", &elsewhere]).await);
+    assert!(cross.starts_with("-CROSSSLOT"), "{cross}");
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(s(&c.cmd(&["GET", "{tx}b"]).await), bulk("1"));
+    // Another slot of the same node: the node's own verdict, as it gives it directly.
+    let mut node = cluster.at(&tx_node).redis.direct().await;
+    let mut verdicts = Vec::new();
+    for client in [&mut c, &mut node] {
+        let mut replies = String::new();
+        for cmd in [
+            vec!["MULTI"],
+            vec!["INCR", "{tx}b"],
+            vec!["INCR", &same_node],
+            vec!["EXEC"],
+        ] {
+            replies.push_str(&s(&client.cmd(&cmd).await));
+        }
+        verdicts.push(replies);
+    }
+    assert_eq!(verdicts[0], verdicts[1]);
+    assert!(verdicts[0].contains("CROSSSLOT"), "{}", verdicts[0]);
+    assert_eq!(s(&c.cmd(&["GET", "{tx}b"]).await), bulk("1"));
+    // A keyless transaction runs on any node; DISCARD drops a held one.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["ECHO", "x"]).await, b"+QUEUED\r\n");
+    assert_eq!(s(&c.cmd(&["EXEC"]).await), format!("*1\r\n{}", bulk("x")));
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{tx}a", "dropped"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(s(&c.cmd(&["GET", "{tx}a"]).await), bulk("1"));
+    assert!(s(&c.cmd(&["MULTI", "x"]).await).starts_with("-ERR"));
+    assert!(s(&c.cmd(&["EXEC"]).await).contains("EXEC without MULTI"));
+
+    // WATCH pins to the key's node: a write by another client there aborts the transaction.
+    let mut other = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["WATCH", "{tx}a"]).await, b"+OK\r\n");
+    assert_eq!(other.cmd(&["SET", "{tx}a", "changed"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{tx}a", "mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*-1\r\n");
+    assert_eq!(s(&c.cmd(&["GET", "{tx}a"]).await), bulk("changed"));
+    assert_eq!(c.cmd(&["WATCH", "{tx}a"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "{tx}a", "mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(s(&c.cmd(&["EXEC"]).await), "*1\r\n+OK\r\n");
+    // Back on shared connections afterwards: keys of every node work again.
+    for i in 0..30 {
+        assert_eq!(
+            c.cmd(&["SET", &format!("after:{i}"), "1"]).await,
+            b"+OK\r\n"
+        );
+    }
+
+    // A blocking command waits on its key's node and is woken by a push through cachegate.
+    let mut blocked = RawClient::authed(&pki, proxy.addr).await;
+    blocked.send_cmd(&["BLPOP", "{q}list", "10"]).await;
+    let owner = cluster
+        .owner(integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{q}list"]).await) as u16)
+        .await;
+    assert!(cluster.at(&owner).redis.until_blocked(1).await);
+    assert_eq!(c.cmd(&["RPUSH", "{q}list", "job"]).await, b":1\r\n");
+    assert_eq!(
+        s(&blocked.read().await),
+        format!("*2\r\n{}{}", bulk("{q}list"), bulk("job"))
+    );
+    assert!(s(&blocked.cmd(&["BLPOP", "a", "b", "1"]).await).starts_with("-CROSSSLOT"));
+    assert_eq!(blocked.cmd(&["SET", "after-blpop", "1"]).await, b"+OK\r\n");
+
+    // Pub/sub: a message published through cachegate reaches a subscriber through cachegate,
+    // whichever nodes each is on (the cluster spreads messages to every node).
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        s(&sub.cmd(&["SUBSCRIBE", "news"]).await),
+        format!("*3\r\n{}{}:1\r\n", bulk("subscribe"), bulk("news"))
+    );
+    for i in 0..5 {
+        // Published from sessions that land on different nodes.
+        let mut p = RawClient::authed(&pki, proxy.addr).await;
+        assert!(p
+            .cmd(&["PUBLISH", "news", &format!("m{i}")])
+            .await
+            .starts_with(b":"));
+        assert_eq!(
+            s(&sub.read().await),
+            format!(
+                "*3\r\n{}{}{}",
+                bulk("message"),
+                bulk("news"),
+                bulk(&format!("m{i}"))
+            )
+        );
+    }
+    // Sharded pub/sub: the shard channel's node.
+    let mut ssub = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        s(&ssub.cmd(&["SSUBSCRIBE", "{shard}ch"]).await),
+        format!("*3\r\n{}{}:1\r\n", bulk("ssubscribe"), bulk("{shard}ch"))
+    );
+    assert_eq!(c.cmd(&["SPUBLISH", "{shard}ch", "hello"]).await, b":1\r\n");
+    assert_eq!(
+        s(&ssub.read().await),
+        format!(
+            "*3\r\n{}{}{}",
+            bulk("smessage"),
+            bulk("{shard}ch"),
+            bulk("hello")
+        )
+    );
+
+    // Commands whose state cannot follow a session across nodes are refused, saying so.
+    for cmd in [
+        vec!["CLIENT", "TRACKING", "on"],
+        vec!["MONITOR"],
+        vec!["READONLY"],
+    ] {
+        let reply = s(&c.cmd(&cmd).await);
+        assert!(reply.starts_with("-ERR cachegate"), "{cmd:?}: {reply}");
+    }
+    // Scripts run on the node of the keys they declare.
+    assert_eq!(
+        s(&c.cmd(&[
+            "EVAL",
+            "return redis.call('INCR', KEYS[1])",
+            "1",
+            "script:k"
+        ])
+        .await),
+        ":1\r\n"
+    );
+    assert!(s(&c.cmd(&["EVAL", "return 1", "2", "a", "b"]).await).starts_with("-CROSSSLOT"));
 }

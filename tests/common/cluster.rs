@@ -143,7 +143,8 @@ fn serves(line: &str, slot: u16) -> bool {
         }
         match range.split_once('-') {
             Some((a, b)) => {
-                a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                a.parse::<u16>().is_ok_and(|a| a <= slot)
+                    && b.parse::<u16>().is_ok_and(|b| slot <= b)
             }
             None => range.parse::<u16>() == Ok(slot),
         }

@@ -24,7 +24,10 @@ pub(super) fn upstream(
     if cluster {
         for (i, seed) in u.nodes.iter().enumerate() {
             if split_host_port(seed).is_none() {
-                p.add(format!("{key}.nodes[{i}]"), format!("`{seed}` is not host:port"));
+                p.add(
+                    format!("{key}.nodes[{i}]"),
+                    format!("`{seed}` is not host:port"),
+                );
             }
             cluster_seeds.push(seed.clone());
         }

@@ -117,8 +117,8 @@ pub(super) fn route(command: Command, args: &[Bytes]) -> Route {
         "dbsize" => Route::All(Merge::Sum),
         "keys" => Route::All(Merge::Concat),
         "flushall" | "flushdb" => Route::All(Merge::Ok),
-        "script|load" | "script|flush" | "function|load" | "function|delete"
-        | "function|flush" | "function|restore" => Route::All(Merge::First),
+        "script|load" | "script|flush" | "function|load" | "function|delete" | "function|flush"
+        | "function|restore" => Route::All(Merge::First),
         "scan" => Route::Scan,
         "randomkey" => Route::RandomKey,
         "cluster|keyslot" if args.len() == 3 => {
@@ -249,7 +249,9 @@ impl Attempt {
             let outcome = match self.sent.take() {
                 Some(rx) => rx.await.unwrap_or(Err(SharedError::Gone)),
                 None if last => return Ok(Bytes::from_static(NOT_SERVED)),
-                None => Err(SharedError::Unavailable("no node serves this slot yet".into())),
+                None => Err(SharedError::Unavailable(
+                    "no node serves this slot yet".into(),
+                )),
             };
             match outcome {
                 Ok(replies) => {
@@ -589,6 +591,190 @@ impl RequestSide {
     }
 }
 
+/// Where a command that needs a connection of the session's own runs on a cluster listener.
+pub(super) enum Place {
+    /// Pinned to this node.
+    Node(Arc<Node>),
+    /// Answered here (a refusal, or MULTI held until a key names its node).
+    Answer(Bytes),
+}
+
+/// Whether a command has as many arguments as the table says (for what cachegate answers
+/// itself instead of a node).
+fn arity_fits(command: Command, args: &[Bytes]) -> bool {
+    match command.0 {
+        Some((_, info)) if info.arity >= 0 => args.len() as i64 == info.arity,
+        Some((_, info)) => args.len() as i64 >= -info.arity,
+        None => true,
+    }
+}
+
+fn spans_nodes(args: &[Bytes], while_: &str) -> Bytes {
+    reply::error(&format!(
+        "cachegate: '{}' spans the cluster's nodes and cannot run {while_}",
+        String::from_utf8_lossy(&args[0])
+    ))
+}
+
+impl RequestSide {
+    /// The node a stateful command pins the session to: the one serving its keys (WATCH,
+    /// blocking commands, SSUBSCRIBE), any for keyless ones (SUBSCRIBE, PSUBSCRIBE). MULTI
+    /// waits for its first key; what needs state no node-pinned session can keep is refused.
+    pub(super) fn cluster_place(&mut self, kind: Kind, command: Command, args: &[Bytes]) -> Place {
+        let Some(cluster) = self.ctx.cluster.clone() else {
+            return Place::Answer(reply::error("cachegate: not a cluster listener"));
+        };
+        let answer = |text: &str| Place::Answer(reply::error(text));
+        if !arity_fits(command, args) {
+            return Place::Answer(reply::wrong_arity(&args[0]));
+        }
+        match kind {
+            Kind::Multi => {
+                self.in_multi = true;
+                self.multi_held = Some(Vec::new());
+                Place::Answer(Bytes::from_static(reply::OK))
+            }
+            Kind::Exec => answer("EXEC without MULTI"),
+            Kind::Discard => answer("DISCARD without MULTI"),
+            Kind::Unwatch => Place::Answer(Bytes::from_static(reply::OK)),
+            Kind::Select => answer("SELECT is not allowed in cluster mode"),
+            Kind::Watch | Kind::Blocking | Kind::Subscribe | Kind::Unsubscribe => {
+                match route(command, args) {
+                    Route::One(slot) => match current(&cluster, slot) {
+                        Some(node) => Place::Node(node),
+                        None => Place::Answer(Bytes::from_static(NOT_SERVED)),
+                    },
+                    Route::Answer(reply) => Place::Answer(reply),
+                    _ => Place::Answer(spans_nodes(args, "on one node")),
+                }
+            }
+            _ => answer(&format!(
+                "cachegate: '{}' is not supported on a Redis Cluster listener",
+                String::from_utf8_lossy(&args[0])
+            )),
+        }
+    }
+
+    /// While pinned to a node: a refusal for a command that node does not serve (a key of
+    /// another node, a command that spans nodes). Inside MULTI that is CROSSSLOT, as a node
+    /// answers a transaction that names another slot.
+    pub(super) fn cluster_fits(&self, command: Command, args: &[Bytes]) -> Option<Bytes> {
+        let cluster = self.ctx.cluster.as_ref()?;
+        let pinned = self.pin_node.as_ref()?;
+        match route(command, args) {
+            Route::One(None) => None,
+            Route::One(Some(slot)) => {
+                if cluster
+                    .map()
+                    .node(slot)
+                    .is_some_and(|n| Arc::ptr_eq(n, pinned))
+                {
+                    None
+                } else if self.in_multi {
+                    Some(reply::error_line(CROSSSLOT))
+                } else {
+                    Some(reply::error(&format!(
+                        "cachegate: '{}' names a key of another node than the one this session holds a connection to (for WATCH, a blocking command or subscriptions)",
+                        String::from_utf8_lossy(&args[0])
+                    )))
+                }
+            }
+            Route::Answer(reply) => Some(reply),
+            _ => Some(spans_nodes(
+                args,
+                "while this session holds a connection to one node",
+            )),
+        }
+    }
+
+    /// A command while MULTI waits for its first key: keyless ones are queued here (answered
+    /// QUEUED); the first key pins the session to its node, where MULTI and the queue are
+    /// sent ahead of it; EXEC without any key runs the transaction on any node.
+    pub(super) async fn held_multi(
+        &mut self,
+        kind: Kind,
+        command: Command,
+        args: &[Bytes],
+    ) -> Result<Flow, SessionError> {
+        if !arity_fits(command, args) {
+            self.multi_dirty = true;
+            self.local(reply::wrong_arity(&args[0])).await?;
+            return Ok(Flow::Continue);
+        }
+        let slot = match kind {
+            Kind::Multi => {
+                self.local(reply::error("MULTI calls can not be nested"))
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Watch => {
+                self.local(reply::error("WATCH inside MULTI is not allowed"))
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Discard => {
+                self.multi_held = None;
+                self.in_multi = false;
+                self.multi_dirty = false;
+                self.local(Bytes::from_static(reply::OK)).await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Exec if self.multi_dirty => {
+                self.multi_held = None;
+                self.in_multi = false;
+                self.multi_dirty = false;
+                self.local(Bytes::from_static(reply::EXECABORT)).await?;
+                return Ok(Flow::Continue);
+            }
+            Kind::Exec => None,
+            _ => match route(command, args) {
+                Route::One(None) => {
+                    if let Some(held) = self.multi_held.as_mut() {
+                        let mut bytes = BytesMut::new();
+                        encode_command(&mut bytes, args.iter().map(|a| &a[..]));
+                        held.push(bytes.freeze());
+                    }
+                    self.local(Bytes::from_static(b"+QUEUED\r\n")).await?;
+                    return Ok(Flow::Continue);
+                }
+                Route::One(Some(slot)) => Some(slot),
+                Route::Answer(reply) => {
+                    self.multi_dirty |= is_error(&reply);
+                    self.local(reply).await?;
+                    return Ok(Flow::Continue);
+                }
+                _ => {
+                    self.multi_dirty = true;
+                    self.local(spans_nodes(args, "inside MULTI")).await?;
+                    return Ok(Flow::Continue);
+                }
+            },
+        };
+        let Some(cluster) = self.ctx.cluster.clone() else {
+            return Ok(Flow::Continue);
+        };
+        let Some(node) = current(&cluster, slot) else {
+            self.multi_dirty = true;
+            self.local(Bytes::from_static(NOT_SERVED)).await?;
+            return Ok(Flow::Continue);
+        };
+        let held = self.multi_held.take().unwrap_or_default();
+        self.pin_node = Some(node);
+        Box::pin(self.pin()).await?;
+        // MULTI and the queue were answered already: their replies are read, not forwarded.
+        self.forward_raw(&[Bytes::from_static(b"MULTI")], Expect::swallowed(1))
+            .await?;
+        for queued in held {
+            self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
+            self.wbuf.extend_from_slice(&queued);
+        }
+        if kind == Kind::Exec {
+            self.in_multi = false;
+        }
+        self.forward(args, Expect::one()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,7 +817,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(route_of(&["MSET", "a", "1", "b"]), Route::One(Some(key_slot(b"a"))));
+        assert_eq!(
+            route_of(&["MSET", "a", "1", "b"]),
+            Route::One(Some(key_slot(b"a")))
+        );
     }
 
     #[test]
@@ -652,10 +841,16 @@ mod tests {
         assert_eq!(&sum[..], b":5\r\n");
         let err = merge(
             &Merge::Sum,
-            vec![Bytes::from_static(b":2\r\n"), Bytes::from_static(b"-ERR x\r\n")],
+            vec![
+                Bytes::from_static(b":2\r\n"),
+                Bytes::from_static(b"-ERR x\r\n"),
+            ],
         );
         assert_eq!(&err[..], b"-ERR x\r\n");
-        let odd = merge(&pos, vec![Bytes::from_static(b"*1\r\n$1\r\na\r\n"), Bytes::new()]);
+        let odd = merge(
+            &pos,
+            vec![Bytes::from_static(b"*1\r\n$1\r\na\r\n"), Bytes::new()],
+        );
         assert!(odd.starts_with(b"-ERR cachegate"));
     }
 
@@ -687,7 +882,14 @@ mod tests {
         };
         // A node's cursor carries its position; its last page leads to the next node.
         let r = scan_reply(page("17"), 1, 3);
-        assert!(r.starts_with(format!("*2\r\n${}\r\n{}\r\n", ((17u64 << 14) | 1).to_string().len(), (17u64 << 14) | 1).as_bytes()));
+        assert!(r.starts_with(
+            format!(
+                "*2\r\n${}\r\n{}\r\n",
+                ((17u64 << 14) | 1).to_string().len(),
+                (17u64 << 14) | 1
+            )
+            .as_bytes()
+        ));
         let r = scan_reply(page("0"), 1, 3);
         assert!(r.starts_with(b"*2\r\n$1\r\n2\r\n"));
         let r = scan_reply(page("0"), 2, 3);

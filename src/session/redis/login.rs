@@ -238,6 +238,7 @@ impl RequestSide {
         let skipped = self.reply_mode == ReplyMode::SkipNext;
         self.in_multi = false;
         self.multi_dirty = false;
+        self.multi_held = None;
         self.resp3 = false;
         self.reply_mode = ReplyMode::On;
         self.listening = false;
@@ -265,7 +266,7 @@ impl RequestSide {
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
         // RESET logs the upstream connection out too; log cachegate back in.
-        if let Some(auth) = self.ctx.pool.auth_frame() {
+        if let Some(auth) = self.own_pool().auth_frame() {
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&auth);
         }

@@ -278,6 +278,8 @@ pub async fn run<S>(
         resp3: false,
         reply_mode: ReplyMode::On,
         abort: abort.clone(),
+        pin_node: None,
+        multi_held: None,
     };
     req.log_out();
     let own = Own {
@@ -308,11 +310,12 @@ pub async fn run<S>(
         && !req.pin_state.tainted
         && !matches!(req_result, Err(SessionError::Upstream(_)));
     if let (Some(write_half), Some(read_half)) = (req.up.take(), read_half) {
+        let pool = req.own_pool().clone();
         let conn = Conn {
             stream: read_half.unsplit(write_half),
-            connector: ctx.pool.connector(),
+            connector: pool.connector(),
         };
-        ctx.pool.release(conn, upstream_in_step);
+        pool.release(conn, upstream_in_step);
     }
     match req_result.err().or(reply_result.err()) {
         None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
@@ -373,6 +376,12 @@ struct RequestSide {
     reply_mode: ReplyMode,
     abort: CancellationToken,
     client_gone: CancellationToken,
+    /// A cluster listener's session pinned to one node: that node (its pool gives the
+    /// connection and takes it back).
+    pin_node: Option<Arc<crate::upstream::cluster::Node>>,
+    /// A cluster listener's MULTI before its first key says which node runs it: the keyless
+    /// commands queued so far (already answered QUEUED).
+    multi_held: Option<Vec<Bytes>>,
 }
 
 /// The ACL user a verified client certificate maps to on this listener.
@@ -787,9 +796,14 @@ impl RequestSide {
         } else {
             shared_disposition(kind, &args, sharing)
         };
+        if self.multi_held.is_some() {
+            return Box::pin(self.held_multi(kind, plan.command, &args)).await;
+        }
+        // Back to shared connections once nothing holds the session to its own; on a cluster
+        // listener also before a command that pins, which may need another node.
         if self.shared.is_none()
             && self.ctx.shared.is_some()
-            && disposition != Disposition::Pin
+            && (disposition != Disposition::Pin || self.ctx.cluster.is_some())
             && !self.holds_state()
         {
             Box::pin(self.unpin()).await?;
@@ -822,19 +836,16 @@ impl RequestSide {
                     return self.forward_shared(&args, raw, rewrite).await;
                 }
                 Disposition::Pin if self.ctx.cluster.is_some() => {
-                    // Connection state on a cluster needs a session pinned to one node: not
-                    // built yet. Refused, saying so, instead of run on a node it may not fit.
-                    let refusal = if kind == Kind::Select {
-                        reply::error("SELECT is not allowed in cluster mode")
-                    } else {
-                        reply::error(&format!(
-                            "cachegate: '{}' is not supported on a Redis Cluster listener yet",
-                            String::from_utf8_lossy(&args[0])
-                        ))
-                    };
-                    self.multi_dirty |= self.in_multi;
-                    self.local(refusal).await?;
-                    return Ok(Flow::Continue);
+                    match self.cluster_place(kind, plan.command, &args) {
+                        cluster::Place::Node(node) => {
+                            self.pin_node = Some(node);
+                            Box::pin(self.pin()).await?;
+                        }
+                        cluster::Place::Answer(reply) => {
+                            self.local(reply).await?;
+                            return Ok(Flow::Continue);
+                        }
+                    }
                 }
                 Disposition::SelectZero => {
                     self.local(Bytes::from_static(reply::OK)).await?;
@@ -847,6 +858,12 @@ impl RequestSide {
                 }
                 Disposition::Pin => Box::pin(self.pin()).await?,
             }
+        }
+        // A cluster session pinned to one node: only what that node serves goes on it.
+        if let Some(refusal) = self.cluster_fits(plan.command, &args) {
+            self.multi_dirty |= self.in_multi;
+            self.local(refusal).await?;
+            return Ok(Flow::Continue);
         }
         // Logged in as who must run it, before anything below changes the session's state.
         if let Some(refusal) = Box::pin(self.run_as(want)).await? {
@@ -1135,7 +1152,7 @@ impl RequestSide {
     async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
         if self.up.is_none() {
             // Boxed: connecting (perhaps with TLS) is rare and its future is large.
-            match Box::pin(self.ctx.pool.acquire()).await {
+            match Box::pin(self.own_pool().acquire()).await {
                 Ok(conn) => {
                     let (r, w) = tokio::io::split(conn.stream);
                     self.send_slot(Slot::Attach(r)).await?;

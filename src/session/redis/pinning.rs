@@ -5,6 +5,15 @@
 use super::*;
 
 impl RequestSide {
+    /// Where the session's own connection comes from and goes back to: the listener's
+    /// upstream, or on a cluster listener the node it is pinned to.
+    pub(super) fn own_pool(&self) -> &Pool {
+        match &self.pin_node {
+            Some(node) => &node.pool,
+            None => &self.ctx.pool,
+        }
+    }
+
     /// Who the next command must run as on the session's own connection.
     pub(super) fn wanted_identity(&self, renamed: bool) -> RunsAs {
         let Some(ids) = &self.ctx.identities else {
@@ -57,7 +66,7 @@ impl RequestSide {
             // The backend lost the user (restarted without its ACL file, or someone removed
             // it): provisioned again with the configured credentials, then tried once more.
             tracing::warn!(listener = %self.ctx.listener, "a backend user's login was refused: provisioning the backend users again");
-            let connector = self.ctx.pool.connector();
+            let connector = self.own_pool().connector();
             let mut provisioned = connector.provision.is_some();
             if let Some(provision) = &connector.provision {
                 for step in provision.admin_auth.iter().chain(&provision.setusers) {
@@ -120,13 +129,15 @@ impl RequestSide {
         self.flush_upstream().await?;
         let read_half = rx.await.map_err(|_| closed())?;
         if let (Some(write_half), Some(read_half)) = (self.up.take(), read_half) {
+            let pool = self.own_pool().clone();
             let conn = Conn {
                 stream: read_half.unsplit(write_half),
-                connector: self.ctx.pool.connector(),
+                connector: pool.connector(),
             };
-            self.ctx.pool.release(conn, self.wbuf.is_empty());
+            pool.release(conn, self.wbuf.is_empty());
         }
         self.up = None;
+        self.pin_node = None;
         self.pin_state = PinState::default();
         self.shared = Some(SharedSession {
             name: self.name.take(),

@@ -258,12 +258,7 @@ fn deliver_shared(
         Ok(replies) => {
             match &wait.rewrite {
                 // Only ever for a request of one command.
-                Some(rw) => out.push(rewrite_reply(
-                    replies,
-                    rw,
-                    &own.live.load().policy,
-                    session,
-                )),
+                Some(rw) => out.push(rewrite_reply(replies, rw, &own.live.load().policy, session)),
                 None => out.push(replies),
             }
             let took = wait.sent.elapsed();

@@ -157,7 +157,11 @@ mod tests {
             b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\na\r\n:1\r\n",
             b"*1\r\n*3\r\n:0\r\n:1",
         ] {
-            assert!(parse_slots(bad, "h").is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_slots(bad, "h").is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }
