@@ -105,6 +105,8 @@ pub struct Metrics {
     pub security_events: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
     pub request_failures: Family<ReasonLabels, Counter>,
+    pub cluster_redirects: Family<ReasonLabels, Counter>,
+    pub cluster_refreshes: Family<ReasonLabels, Counter>,
     pub encryption_operations: Family<OpLabels, Counter>,
     pub decryption_failures: Family<ReasonLabels, Counter>,
     pub data_key_created: Family<KeyLabels, Gauge>,
@@ -227,6 +229,8 @@ impl Metrics {
             security_events: Family::default(),
             connections_rejected: Family::default(),
             request_failures: Family::default(),
+            cluster_redirects: Family::default(),
+            cluster_refreshes: Family::default(),
             encryption_operations: Family::default(),
             decryption_failures: Family::default(),
             data_key_created: Family::default(),
@@ -315,6 +319,16 @@ impl Metrics {
             "request_failures",
             "Requests on shared upstream connections answered with an error because no reply came, by cause: unavailable, lost, timeout (the upstream's), over_budget, shutting_down (cachegate's)",
             m.request_failures.clone(),
+        );
+        registry.register(
+            "cluster_redirects",
+            "Redis Cluster redirections followed, by reason: moved, ask, again (TRYAGAIN, CLUSTERDOWN, a node not reachable), unknown_node (a redirection to a node the slot map does not list, not followed until a refresh lists it)",
+            m.cluster_redirects.clone(),
+        );
+        registry.register(
+            "cluster_refreshes",
+            "Reads of a Redis Cluster's slot map, by reason: ok, failed",
+            m.cluster_refreshes.clone(),
         );
         registry.register(
             "encryption_operations",

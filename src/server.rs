@@ -161,6 +161,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                                 stop.clone(),
                             )
                         }),
+                        metrics.clone(),
                     );
                     tokio::spawn(cluster.clone().maintain(stop_shared.clone()));
                     cluster

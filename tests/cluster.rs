@@ -598,3 +598,81 @@ async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
     );
     assert!(s(&c.cmd(&["EVAL", "return 1", "2", "a", "b"]).await).starts_with("-CROSSSLOT"));
 }
+
+/// A node that says it serves every slot and then redirects every key to `to`: what a
+/// compromised or misconfigured node could make cachegate do (no real node can be made to
+/// name an address outside its cluster's layout).
+async fn redirecting_node(to: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let to = to.clone();
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                loop {
+                    while let Some(len) = reply_end(&buf) {
+                        let request = s(&buf.split_to(len));
+                        let answer = if request.contains("SLOTS") {
+                            format!(
+                                "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:{}\r\n$2\r\nid\r\n",
+                                addr.port()
+                            )
+                        } else if request.contains("PING") {
+                            "+PONG\r\n".to_string()
+                        } else if request.contains("GET") {
+                            format!("-MOVED 1 {to}\r\n")
+                        } else {
+                            "+OK\r\n".to_string()
+                        };
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirection_to_a_node_outside_the_layout_is_not_followed() {
+    let pki = Pki::new();
+    // Where a hostile redirection points: it must never see a connection (and so never
+    // cachegate's upstream credentials).
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = redirecting_node(trap.local_addr().unwrap().to_string()).await;
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.tokens = [{TOKEN:?}]\nupstream.cluster = true\n\
+         upstream.nodes = [\"{node}\"]\nupstream.password = \"upstream-secret-0123\"\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+    ))
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let reply = s(&c.cmd(&["GET", "k"]).await);
+    assert!(reply.starts_with("-TRYAGAIN cachegate"), "{reply}");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), trap.accept())
+            .await
+            .is_err(),
+        "cachegate connected where an unlisted redirection pointed"
+    );
+    let metrics = proxy.admin_get("/metrics").await.1;
+    assert!(
+        metric(
+            &metrics,
+            "cachegate_cluster_redirects_total{listener=\"redis-0\",reason=\"unknown_node\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}

@@ -180,7 +180,7 @@ async fn send_to(
 #[derive(Debug, PartialEq, Eq)]
 enum Redirect {
     Moved(u16, String),
-    Ask(String),
+    Ask(u16, String),
     /// TRYAGAIN, CLUSTERDOWN: not run; send again after a pause.
     Again,
 }
@@ -196,8 +196,8 @@ fn redirect(reply: &[u8]) -> Option<Redirect> {
             Some(Redirect::Moved(slot, words.next()?.to_string()))
         }
         "ASK" => {
-            words.next()?;
-            Some(Redirect::Ask(words.next()?.to_string()))
+            let slot = words.next()?.parse().ok()?;
+            Some(Redirect::Ask(slot, words.next()?.to_string()))
         }
         "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Again),
         _ => None,
@@ -265,18 +265,36 @@ impl Attempt {
                     asking = false;
                     match redirect(&bytes) {
                         None => return Ok(bytes),
+                        // A client that knows nothing of clusters cannot follow a redirection.
+                        Some(Redirect::Moved(..) | Redirect::Ask(..)) if last => {
+                            return Ok(reply::error_line(&format!(
+                                "TRYAGAIN cachegate: the key's slot kept moving ({}); try again",
+                                crate::upstream::conn::printable(&bytes[1..])
+                            )))
+                        }
                         Some(_) if last => return Ok(bytes),
+                        Some(Redirect::Moved(_, to) | Redirect::Ask(_, to))
+                            if !self.cluster.knows(&target(&to, self.node.as_deref())) =>
+                        {
+                            // Not a node of the layout: gone to once a refresh lists it.
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                            self.node = current(&self.cluster, self.slot);
+                        }
                         Some(Redirect::Moved(slot, to)) => {
+                            self.cluster.count("moved");
                             let to = target(&to, self.node.as_deref());
                             self.cluster.moved(slot, &to);
                             self.node = self.cluster.node(&to, None).ok();
                         }
-                        Some(Redirect::Ask(to)) => {
+                        Some(Redirect::Ask(_, to)) => {
+                            self.cluster.count("ask");
                             let to = target(&to, self.node.as_deref());
                             self.node = self.cluster.node(&to, None).ok();
                             asking = true;
                         }
                         Some(Redirect::Again) => {
+                            self.cluster.count("again");
                             self.cluster.stale();
                             tokio::time::sleep(pause).await;
                             pause *= 2;
@@ -286,6 +304,7 @@ impl Attempt {
                 }
                 // Never sent: safe to send again once the map has been read again.
                 Err(SharedError::Unavailable(_)) if !last => {
+                    self.cluster.count("again");
                     self.cluster.stale();
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -862,7 +881,7 @@ mod tests {
         );
         assert_eq!(
             redirect(b"-ASK 3999 :6381\r\n"),
-            Some(Redirect::Ask(":6381".into()))
+            Some(Redirect::Ask(3999, ":6381".into()))
         );
         assert_eq!(
             redirect(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),

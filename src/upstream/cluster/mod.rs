@@ -44,6 +44,9 @@ pub struct Map {
     slots: Box<[u16]>,
     /// The primaries that serve at least one slot, by address: the order a SCAN walks them.
     pub primaries: Vec<Arc<Node>>,
+    /// Every node the layout lists (replicas too): the only places a redirection is followed
+    /// to. A node announced elsewhere is reached once a refresh lists it.
+    known: std::collections::HashSet<String>,
 }
 
 impl Map {
@@ -51,6 +54,7 @@ impl Map {
         Map {
             slots: vec![UNASSIGNED; slot::SLOTS].into_boxed_slice(),
             primaries: Vec::new(),
+            known: Default::default(),
         }
     }
 
@@ -84,6 +88,7 @@ pub struct Cluster {
     interval: Duration,
     start_shared: StartShared,
     refreshes: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Cluster {
@@ -92,6 +97,7 @@ impl Cluster {
         base: &UpstreamConfig,
         max_reply: usize,
         start_shared: StartShared,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let seeds = if base.cluster_seeds.is_empty() {
             vec![base.address.clone()]
@@ -110,6 +116,7 @@ impl Cluster {
             interval: base.cluster_refresh,
             start_shared,
             refreshes: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -163,8 +170,32 @@ impl Cluster {
         Ok(node)
     }
 
-    /// A node answered `MOVED slot address`: that slot is served there from now on, and the
-    /// whole map is read again soon.
+    /// Counts a redirection followed (or not) by its reason.
+    pub fn count(&self, reason: &str) {
+        self.metrics
+            .cluster_redirects
+            .get_or_create(&crate::metrics::ReasonLabels {
+                listener: self.listener.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Whether a redirection may go to `address`: a node of the layout last read, or a seed.
+    /// Anything else (a node just added, or a reply that names an arbitrary host) waits for a
+    /// refresh to list it: cachegate's credentials go only where the cluster's layout says.
+    pub fn knows(&self, address: &str) -> bool {
+        let known =
+            self.map.load().known.contains(address) || self.seeds.iter().any(|s| s == address);
+        if !known {
+            self.count("unknown_node");
+            self.stale();
+        }
+        known
+    }
+
+    /// A node answered `MOVED slot address`: that slot is served there from now on (if the
+    /// layout knows that node), and the whole map is read again soon.
     pub fn moved(&self, slot: u16, address: &str) {
         self.stale();
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,7 +220,11 @@ impl Cluster {
             }
         };
         slots[slot as usize] = index as u16;
-        self.map.store(Arc::new(Map { slots, primaries }));
+        self.map.store(Arc::new(Map {
+            slots,
+            primaries,
+            known: map.known.clone(),
+        }));
     }
 
     /// Keeps the map current until `shutdown`.
@@ -206,6 +241,13 @@ impl Cluster {
                     false
                 }
             };
+            self.metrics
+                .cluster_refreshes
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    listener: self.listener.clone(),
+                    reason: if ok { "ok" } else { "failed" }.to_string(),
+                })
+                .inc();
             let wait = if ok { self.interval } else { RETRY };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -272,6 +314,8 @@ impl Cluster {
             map.primaries.push(self.node(address, hostname.as_deref())?);
         }
         for range in &ranges {
+            map.known.insert(range.primary.address());
+            map.known.extend(range.replicas.iter().map(|r| r.address()));
             let address = range.primary.address();
             let index = map.index_of(&address).unwrap_or_default() as u16;
             for s in range.start..=range.end {
