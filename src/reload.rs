@@ -555,7 +555,7 @@ fn upstream_key(u: &UpstreamConfig) -> String {
         format!("{}|{}|{:?}", b.name, b.password.expose(), b.rules)
     };
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
         u.address,
         u.username,
         u.password.as_ref().map(|p| p.expose()),
@@ -574,5 +574,6 @@ fn upstream_key(u: &UpstreamConfig) -> String {
         u.cluster,
         u.cluster_seeds,
         u.cluster_refresh,
+        u.read_from_replicas,
     )
 }

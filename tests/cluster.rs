@@ -676,3 +676,67 @@ async fn a_redirection_to_a_node_outside_the_layout_is_not_followed() {
         "{metrics}"
     );
 }
+
+/// `cmdstat_<name>` calls on a node since its last CONFIG RESETSTAT.
+async fn calls(node: &Redis, name: &str) -> u64 {
+    let mut d = node.direct().await;
+    let stats = s(&d.cmd(&["INFO", "commandstats"]).await);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_replicas_only_when_asked() {
+    let cluster = RedisCluster::start(3, 1).await;
+    let pki = Pki::new();
+    let plain = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let replicas = Proxy::start(&cluster_toml(
+        &pki,
+        &cluster,
+        "upstream.read_from_replicas = true\nupstream.cluster_refresh = \"200ms\"\n",
+    ))
+    .await;
+    let mut c = client(&pki, &plain).await;
+    assert_eq!(c.cmd(&["SET", "{r}k", "v"]).await, b"+OK\r\n");
+    let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{r}k"]).await) as u16;
+    let primary = cluster.owner(slot).await;
+    let mut p = cluster.at(&primary).redis.direct().await;
+    assert_eq!(integer(&p.cmd(&["WAIT", "1", "5000"]).await), 1);
+    let replica = cluster.replica_of(&primary).await;
+    // CLUSTER SLOTS lists a replica once the cluster has heard it has data; the proxy reads
+    // the layout again every 200 ms meanwhile.
+    let mut r = client(&pki, &replicas).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while calls(&replica.redis, "get").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "reads never reached the replica");
+        assert_eq!(s(&r.cmd(&["GET", "{r}k"]).await), bulk("v"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for node in &cluster.nodes {
+        let mut d = node.redis.direct().await;
+        assert_eq!(d.cmd(&["CONFIG", "RESETSTAT"]).await, b"+OK\r\n");
+    }
+    // Off by default: every read goes to the primary.
+    for _ in 0..20 {
+        assert_eq!(s(&c.cmd(&["GET", "{r}k"]).await), bulk("v"));
+    }
+    assert_eq!(calls(&replica.redis, "get").await, 0);
+    assert_eq!(calls(&cluster.at(&primary).redis, "get").await, 20);
+    // Asked for: reads go to the replica, writes still to the primary.
+    for _ in 0..20 {
+        assert_eq!(s(&r.cmd(&["GET", "{r}k"]).await), bulk("v"));
+        assert_eq!(
+            s(&r.cmd(&["MGET", "{r}k", "{r}none"]).await),
+            format!("*2\r\n{}$-1\r\n", bulk("v"))
+        );
+    }
+    assert_eq!(r.cmd(&["SET", "{r}k", "w"]).await, b"+OK\r\n");
+    assert_eq!(calls(&replica.redis, "get").await, 20);
+    assert_eq!(calls(&replica.redis, "mget").await, 20);
+    assert_eq!(calls(&cluster.at(&primary).redis, "get").await, 20);
+    assert_eq!(calls(&cluster.at(&primary).redis, "set").await, 1);
+    assert_eq!(calls(&replica.redis, "readonly").await, 0, "said before RESETSTAT, once per connection");
+}

@@ -246,6 +246,9 @@ pub struct UpstreamFile {
     /// How often the cluster's slot map is read again when nothing asks for it sooner.
     #[serde(default, with = "humantime_serde")]
     pub cluster_refresh: Option<Duration>,
+    /// Redis Cluster: read-only commands may be served by replicas (off by default: a client
+    /// may not read its own writes there at once).
+    pub read_from_replicas: Option<bool>,
 }
 
 impl std::fmt::Debug for UpstreamFile {

@@ -227,6 +227,12 @@ pub struct UpstreamConfig {
     pub cluster: bool,
     pub cluster_seeds: Vec<String>,
     pub cluster_refresh: Duration,
+    /// `upstream.read_from_replicas`: a cluster's read-only commands go to a replica of the
+    /// slot's primary (connections that said READONLY).
+    pub read_from_replicas: bool,
+    /// Set by cachegate for a cluster replica's connections, never by the file: each says
+    /// READONLY once logged in.
+    pub readonly: bool,
 }
 
 /// A backend ACL user that denies, inside Redis, what the listener's policy refuses, so that

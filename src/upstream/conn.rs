@@ -91,6 +91,8 @@ pub struct Connector {
     /// `commands.scripts = "backend_acl"`: how to (re)create the backend user that `auth`
     /// logs in as.
     pub provision: Option<Provision>,
+    /// A cluster replica serving reads: each connection says READONLY once logged in.
+    pub readonly: bool,
 }
 
 /// How a pool's connections do TLS to the backend.
@@ -213,6 +215,13 @@ impl Conn {
                 let reply = self.roundtrip(b"version\r\n").await?;
                 reply.starts_with(b"VERSION ").then_some(()).ok_or(reply)
             }
+        };
+        let ok = match ok {
+            Ok(()) if connector.readonly => {
+                let reply = self.roundtrip(b"*1\r\n$8\r\nREADONLY\r\n").await?;
+                (&reply[..] == b"+OK\r\n").then_some(()).ok_or(reply)
+            }
+            other => other,
         };
         ok.map_err(|reply| UpstreamError::Auth {
             addr: connector.address.clone(),

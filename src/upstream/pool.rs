@@ -141,6 +141,7 @@ impl Pool {
                     tls: crate::live::Live::new(tls),
                     auth,
                     provision,
+                    readonly: cfg.readonly,
                 }),
                 idle: Mutex::new(VecDeque::new()),
                 warm: cfg.warm_connections,

@@ -11,6 +11,8 @@ pub struct ClusterNode {
 
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
+    /// How many of the nodes are replicas.
+    replicas: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -73,7 +75,11 @@ impl RedisCluster {
             "--cluster-yes".to_string(),
         ]);
         redis_cli(args).await;
-        let cluster = RedisCluster { nodes, _dir: dir };
+        let cluster = RedisCluster {
+            nodes,
+            replicas: primaries * replicas,
+            _dir: dir,
+        };
         cluster.wait_ok().await;
         cluster
     }
@@ -87,9 +93,12 @@ impl RedisCluster {
             let mut c = node.redis.direct().await;
             loop {
                 let info = s(&c.cmd(&["CLUSTER", "INFO"]).await);
+                let layout = s(&c.cmd(&["CLUSTER", "NODES"]).await);
+                let replicas = layout.lines().filter(|l| l.contains("slave")).count();
                 if info_field(&info, "cluster_state") == Some("ok")
                     && info_field(&info, "cluster_slots_ok") == Some("16384")
                     && info_field(&info, "cluster_known_nodes") == Some(total.as_str())
+                    && replicas == self.replicas
                 {
                     break;
                 }
@@ -117,6 +126,21 @@ impl RedisCluster {
             .and_then(|a| a.split('@').next())
             .unwrap_or_else(|| panic!("no primary serves slot {slot}: {nodes}"))
             .to_string()
+    }
+
+    /// The replica of the primary at `primary`.
+    pub async fn replica_of(&self, primary: &str) -> &ClusterNode {
+        let id = self.id(primary).await;
+        let mut c = self.nodes[0].redis.direct().await;
+        let layout = s(&c.cmd(&["CLUSTER", "NODES"]).await);
+        let address = layout
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(id.as_str()))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|a| a.split('@').next())
+            .unwrap_or_else(|| panic!("{primary} has no replica: {layout}"))
+            .to_string();
+        self.at(&address)
     }
 
     /// A node's cluster id.

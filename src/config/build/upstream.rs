@@ -20,6 +20,12 @@ pub(super) fn upstream(
             "a cluster listener sends stateless commands on shared connections to each node; it cannot be turned off",
         );
     }
+    if u.read_from_replicas.is_some() && !cluster {
+        p.add(
+            format!("{key}.read_from_replicas"),
+            "is for a Redis Cluster upstream (`cluster = true`)",
+        );
+    }
     let mut cluster_seeds = Vec::new();
     if cluster {
         for (i, seed) in u.nodes.iter().enumerate() {
@@ -66,6 +72,8 @@ pub(super) fn upstream(
         cluster,
         cluster_seeds,
         cluster_refresh: u.cluster_refresh.unwrap_or(DEFAULT_CLUSTER_REFRESH),
+        read_from_replicas: u.read_from_replicas == Some(true),
+        readonly: false,
         address,
         username: u.username,
         password: u.password.map(Password::new),

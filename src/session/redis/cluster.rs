@@ -480,6 +480,11 @@ impl RequestSide {
         };
         let (resp3, session) = (self.resp3, self.id);
         let map = cluster.map();
+        // With `read_from_replicas`, a read-only command goes to a replica of its slot.
+        let reads = cluster.reads_from_replicas()
+            && command
+                .0
+                .is_some_and(|(_, info)| info.flags.iter().any(|f| f == "readonly"));
         let attempt = |slot: Option<u16>, bytes: Bytes, node: Option<Arc<Node>>, sent| Attempt {
             cluster: cluster.clone(),
             resp3,
@@ -498,6 +503,10 @@ impl RequestSide {
             Route::One(slot) => {
                 let bytes = raw.cloned().unwrap_or_else(|| encode(args));
                 let node = match slot {
+                    Some(slot) if reads => map
+                        .replica(slot, session)
+                        .or_else(|| map.node(slot))
+                        .cloned(),
                     Some(slot) => map.node(slot).cloned(),
                     None => map.primaries.first().cloned(),
                 };
@@ -511,7 +520,12 @@ impl RequestSide {
                 let mut attempts = Vec::with_capacity(parts.len());
                 for (slot, part) in parts {
                     let bytes = encode(&part);
-                    let node = map.node(slot).cloned();
+                    let node = if reads {
+                        map.replica(slot, session).or_else(|| map.node(slot))
+                    } else {
+                        map.node(slot)
+                    }
+                    .cloned();
                     let sent = match &node {
                         Some(n) => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
                         None => None,

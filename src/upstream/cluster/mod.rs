@@ -44,6 +44,8 @@ pub struct Map {
     slots: Box<[u16]>,
     /// The primaries that serve at least one slot, by address: the order a SCAN walks them.
     pub primaries: Vec<Arc<Node>>,
+    /// With `read_from_replicas`: each primary's replicas (connections that said READONLY).
+    replicas: Vec<Vec<Arc<Node>>>,
     /// Every node the layout lists (replicas too): the only places a redirection is followed
     /// to. A node announced elsewhere is reached once a refresh lists it.
     known: std::collections::HashSet<String>,
@@ -54,6 +56,7 @@ impl Map {
         Map {
             slots: vec![UNASSIGNED; slot::SLOTS].into_boxed_slice(),
             primaries: Vec::new(),
+            replicas: Vec::new(),
             known: Default::default(),
         }
     }
@@ -62,6 +65,13 @@ impl Map {
     pub fn node(&self, slot: u16) -> Option<&Arc<Node>> {
         let i = *self.slots.get(slot as usize)?;
         self.primaries.get(i as usize)
+    }
+
+    /// A replica of `slot`'s primary for a read (the `n`th, in turn), if it has any.
+    pub fn replica(&self, slot: u16, n: u64) -> Option<&Arc<Node>> {
+        let i = *self.slots.get(slot as usize)?;
+        let replicas = self.replicas.get(i as usize)?;
+        (!replicas.is_empty()).then(|| &replicas[(n % replicas.len() as u64) as usize])
     }
 
     /// Position of a primary in `primaries`.
@@ -125,6 +135,11 @@ impl Cluster {
         self.map.load()
     }
 
+    /// Whether read-only commands may go to replicas.
+    pub fn reads_from_replicas(&self) -> bool {
+        self.base.read_from_replicas
+    }
+
     /// Completed refreshes so far.
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
@@ -138,12 +153,29 @@ impl Cluster {
     /// The node at `address`, its connections made on first use. `hostname`: the name it
     /// announces, that its TLS certificate is checked against.
     pub fn node(&self, address: &str, hostname: Option<&str>) -> Result<Arc<Node>, String> {
+        self.node_as(address, hostname, false)
+    }
+
+    /// The node at `address` for reads as a replica (its connections say READONLY), or as a
+    /// primary.
+    fn node_as(
+        &self,
+        address: &str,
+        hostname: Option<&str>,
+        readonly: bool,
+    ) -> Result<Arc<Node>, String> {
+        let key = if readonly {
+            format!("{address} readonly")
+        } else {
+            address.to_string()
+        };
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(node) = nodes.get(address) {
+        if let Some(node) = nodes.get(&key) {
             return Ok(node.clone());
         }
         let mut cfg = UpstreamConfig {
             address: address.to_string(),
+            readonly,
             ..self.base.clone()
         };
         if let Some(tls) = cfg.tls.as_mut().filter(|t| !t.server_name_explicit) {
@@ -166,7 +198,7 @@ impl Cluster {
             },
             pool,
         });
-        nodes.insert(address.to_string(), node.clone());
+        nodes.insert(key, node.clone());
         Ok(node)
     }
 
@@ -211,11 +243,13 @@ impl Cluster {
             }
         };
         let mut primaries = map.primaries.clone();
+        let mut replicas = map.replicas.clone();
         let mut slots = map.slots.clone();
         let index = match primaries.iter().position(|n| n.address == address) {
             Some(i) => i,
             None => {
                 primaries.push(node);
+                replicas.resize(primaries.len(), Vec::new());
                 primaries.len() - 1
             }
         };
@@ -223,6 +257,7 @@ impl Cluster {
         self.map.store(Arc::new(Map {
             slots,
             primaries,
+            replicas,
             known: map.known.clone(),
         }));
     }
@@ -312,6 +347,20 @@ impl Cluster {
         by_address.dedup_by(|a, b| a.0 == b.0);
         for (address, hostname) in &by_address {
             map.primaries.push(self.node(address, hostname.as_deref())?);
+        }
+        map.replicas = vec![Vec::new(); map.primaries.len()];
+        if self.base.read_from_replicas {
+            for range in &ranges {
+                let Some(i) = map.index_of(&range.primary.address()) else {
+                    continue;
+                };
+                for r in &range.replicas {
+                    let address = r.address();
+                    if !map.replicas[i].iter().any(|n| n.address == address) {
+                        map.replicas[i].push(self.node_as(&address, r.hostname.as_deref(), true)?);
+                    }
+                }
+            }
         }
         for range in &ranges {
             map.known.insert(range.primary.address());
