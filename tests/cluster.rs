@@ -740,3 +740,45 @@ async fn reads_go_to_replicas_only_when_asked() {
     assert_eq!(calls(&cluster.at(&primary).redis, "set").await, 1);
     assert_eq!(calls(&replica.redis, "readonly").await, 0, "said before RESETSTAT, once per connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_reached_with_each_node_verified_by_its_own_name() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start_tls(3, 0).await);
+    let ca = cluster.pki.as_ref().unwrap().ca.clone();
+    let tls = format!("upstream.tls.ca = {ca:?}\n");
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, &tls)).await;
+    let mut c = client(&pki, &proxy).await;
+    for i in 0..60 {
+        assert_eq!(c.cmd(&["SET", &format!("tls:{i}"), "v"]).await, b"+OK\r\n");
+    }
+    let mut per_node = Vec::new();
+    for node in &cluster.nodes {
+        let mut d = node.client().await;
+        per_node.push(integer(&d.cmd(&["DBSIZE"]).await));
+    }
+    assert!(per_node.iter().all(|&n| n > 0), "every node served: {per_node:?}");
+    let mut mget = vec!["MGET".to_string()];
+    mget.extend((0..60).map(|i| format!("tls:{i}")));
+    let mget: Vec<&str> = mget.iter().map(String::as_str).collect();
+    assert_eq!(s(&c.cmd(&mget).await).matches("$1\r\nv\r\n").count(), 60);
+
+    // One configured name for every node: only the node whose certificate carries it is
+    // reached, the others are refused by verification (so the per-node name is what works).
+    let one_name = format!("{tls}upstream.tls.server_name = \"node-0.cluster.test\"\n");
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, &one_name)).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    // (A key of another node fails after the retries for an unreachable node.)
+    let (mut served, mut failed) = (0, 0);
+    for i in 0..60 {
+        let reply = c.cmd(&["GET", &format!("tls:{i}")]).await;
+        if reply.starts_with(b"$1") {
+            served += 1;
+        } else {
+            failed += 1;
+        }
+        if served > 0 && failed > 0 {
+            break;
+        }
+    }
+    assert!(served > 0 && failed > 0, "{served} served, {failed} failed");
+}

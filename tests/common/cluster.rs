@@ -3,14 +3,99 @@
 
 use super::*;
 
-/// A node's client port and its cluster id.
+/// A node: its process (client port) and its cluster bus port.
 pub struct ClusterNode {
     pub redis: Redis,
     pub bus: u16,
+    /// A TLS cluster's client config (the cluster's CA; "localhost" is in every node's
+    /// certificate).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ClusterNode {
+    /// A client straight to the node (over TLS for a TLS cluster).
+    pub async fn client(&self) -> RawClient {
+        match &self.tls {
+            None => self.redis.direct().await,
+            Some(config) => RawClient::try_tls(config.clone(), self.redis.address().parse().unwrap())
+                .await
+                .expect("TLS to a cluster node"),
+        }
+    }
+}
+
+/// A TLS cluster's PKI: its CA, and each node's certificate for `node-<i>.cluster.test` (and
+/// localhost), verified by that name only.
+pub struct ClusterPki {
+    pub ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    dir: PathBuf,
+    issuer: DevCa,
+}
+
+impl ClusterPki {
+    fn new(dir: &Path) -> ClusterPki {
+        let issuer = DevCa::generate("cluster CA").unwrap();
+        let client = issuer.issue_client("cluster-node").unwrap();
+        let w = |name: &str, pem: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        ClusterPki {
+            ca: w("cluster-ca.pem", &issuer.cert_pem()),
+            client_cert: w("node-client.pem", &client.cert_pem),
+            client_key: w("node-client-key.pem", &client.key_pem),
+            dir: dir.to_path_buf(),
+            issuer,
+        }
+    }
+
+    /// Node `i`'s certificate and key files.
+    fn node(&self, i: usize) -> (PathBuf, PathBuf) {
+        let cert = self
+            .issuer
+            .issue_server(&[&format!("node-{i}.cluster.test"), "localhost"])
+            .unwrap();
+        let c = self.dir.join(format!("node-{i}.pem"));
+        let k = self.dir.join(format!("node-{i}-key.pem"));
+        std::fs::write(&c, cert.cert_pem).unwrap();
+        std::fs::write(&k, cert.key_pem).unwrap();
+        (c, k)
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// redis-cli's TLS arguments for this cluster.
+    fn cli_args(&self) -> Vec<String> {
+        let p = |f: &PathBuf| f.display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            p(&self.ca),
+            "--cert".into(),
+            p(&self.client_cert),
+            "--key".into(),
+            p(&self.client_key),
+        ]
+    }
 }
 
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
+    /// A TLS cluster's PKI.
+    pub pki: Option<ClusterPki>,
     /// How many of the nodes are replicas.
     replicas: usize,
     _dir: tempfile::TempDir,
@@ -46,28 +131,71 @@ pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 impl RedisCluster {
     /// `primaries` primaries with `replicas` replicas each, every slot served.
     pub async fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        Self::start_with(primaries, replicas, false).await
+    }
+
+    /// The same over TLS only: client ports, the cluster bus and replication. Each node
+    /// announces the hostname its certificate carries (`node-<i>.cluster.test`) and is
+    /// reached by IP, so only a proxy that verifies each node by its own name gets in.
+    pub async fn start_tls(primaries: usize, replicas: usize) -> RedisCluster {
+        Self::start_with(primaries, replicas, true).await
+    }
+
+    async fn start_with(primaries: usize, replicas: usize, tls: bool) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
+        let pki = tls.then(|| ClusterPki::new(dir.path()));
         let mut nodes = Vec::new();
-        for _ in 0..primaries * (1 + replicas) {
+        for i in 0..primaries * (1 + replicas) {
             let bus = free_port();
             let conf = dir.path().join(format!("nodes-{bus}.conf"));
-            let redis = Redis::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &conf.display().to_string(),
-                "--cluster-port",
-                &bus.to_string(),
+            let mut args = vec![
+                "--cluster-enabled".to_string(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf.display().to_string(),
+                "--cluster-port".into(),
+                bus.to_string(),
                 // Failures are noticed (and replicas promoted) within a few seconds.
-                "--cluster-node-timeout",
-                "1000",
-                "--dir",
-                &dir.path().display().to_string(),
-            ])
-            .await;
-            nodes.push(ClusterNode { redis, bus });
+                "--cluster-node-timeout".into(),
+                "1000".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
+            ];
+            let redis = match &pki {
+                None => {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    Redis::start_with(&args).await
+                }
+                Some(pki) => {
+                    let port = free_port();
+                    let (cert, key) = pki.node(i);
+                    let p = |f: &PathBuf| f.display().to_string();
+                    args.extend(
+                        [
+                            "--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                            "--tls-cluster", "yes", "--tls-replication", "yes",
+                            "--tls-cert-file", &p(&cert), "--tls-key-file", &p(&key),
+                            "--tls-client-cert-file", &p(&pki.client_cert),
+                            "--tls-client-key-file", &p(&pki.client_key),
+                            "--tls-ca-cert-file", &p(&pki.ca), "--tls-auth-clients", "no",
+                            "--cluster-announce-hostname", &format!("node-{i}.cluster.test"),
+                        ]
+                        .map(String::from),
+                    );
+                    Redis {
+                        process: Process::start("redis-server", port, args).await,
+                    }
+                }
+            };
+            nodes.push(ClusterNode {
+                redis,
+                bus,
+                tls: pki.as_ref().map(ClusterPki::client_config),
+            });
         }
-        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        let mut args = pki.as_ref().map(ClusterPki::cli_args).unwrap_or_default();
+        args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(nodes.iter().map(|n| n.redis.address()));
         args.extend([
             "--cluster-replicas".to_string(),
@@ -77,6 +205,7 @@ impl RedisCluster {
         redis_cli(args).await;
         let cluster = RedisCluster {
             nodes,
+            pki,
             replicas: primaries * replicas,
             _dir: dir,
         };
@@ -90,7 +219,7 @@ impl RedisCluster {
         let total = self.nodes.len().to_string();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for node in &self.nodes {
-            let mut c = node.redis.direct().await;
+            let mut c = node.client().await;
             loop {
                 let info = s(&c.cmd(&["CLUSTER", "INFO"]).await);
                 let layout = s(&c.cmd(&["CLUSTER", "NODES"]).await);
@@ -111,13 +240,19 @@ impl RedisCluster {
         }
     }
 
+    /// The first node's address: by name ("localhost") for a TLS cluster, whose
+    /// certificates carry no IP address.
     pub fn seed(&self) -> String {
-        self.nodes[0].redis.address()
+        let address = self.nodes[0].redis.address();
+        match self.pki {
+            None => address,
+            Some(_) => address.replace("127.0.0.1", "localhost"),
+        }
     }
 
     /// The address of the primary serving `slot`, as the first node says now.
     pub async fn owner(&self, slot: u16) -> String {
-        let mut c = self.nodes[0].redis.direct().await;
+        let mut c = self.nodes[0].client().await;
         let nodes = s(&c.cmd(&["CLUSTER", "NODES"]).await);
         nodes
             .lines()
@@ -131,7 +266,7 @@ impl RedisCluster {
     /// The replica of the primary at `primary`.
     pub async fn replica_of(&self, primary: &str) -> &ClusterNode {
         let id = self.id(primary).await;
-        let mut c = self.nodes[0].redis.direct().await;
+        let mut c = self.nodes[0].client().await;
         let layout = s(&c.cmd(&["CLUSTER", "NODES"]).await);
         let address = layout
             .lines()
@@ -145,7 +280,7 @@ impl RedisCluster {
 
     /// A node's cluster id.
     pub async fn id(&self, address: &str) -> String {
-        let mut c = self.at(address).redis.direct().await;
+        let mut c = self.at(address).client().await;
         let reply = s(&c.cmd(&["CLUSTER", "MYID"]).await);
         reply.lines().nth(1).unwrap_or_default().to_string()
     }
