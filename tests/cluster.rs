@@ -625,7 +625,8 @@ async fn redirecting_node(to: String) -> std::net::SocketAddr {
                         } else if request.contains("PING") {
                             "+PONG\r\n".to_string()
                         } else if request.contains("GET") {
-                            format!("-MOVED 1 {to}\r\n")
+                            let slot = cachegate::upstream::cluster::slot::key_slot(b"k");
+                            format!("-MOVED {slot} {to}\r\n")
                         } else {
                             "+OK\r\n".to_string()
                         };
@@ -711,7 +712,10 @@ async fn reads_go_to_replicas_only_when_asked() {
     let mut r = client(&pki, &replicas).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while calls(&replica.redis, "get").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "reads never reached the replica");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never reached the replica"
+        );
         assert_eq!(s(&r.cmd(&["GET", "{r}k"]).await), bulk("v"));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -738,7 +742,11 @@ async fn reads_go_to_replicas_only_when_asked() {
     assert_eq!(calls(&replica.redis, "mget").await, 20);
     assert_eq!(calls(&cluster.at(&primary).redis, "get").await, 20);
     assert_eq!(calls(&cluster.at(&primary).redis, "set").await, 1);
-    assert_eq!(calls(&replica.redis, "readonly").await, 0, "said before RESETSTAT, once per connection");
+    assert_eq!(
+        calls(&replica.redis, "readonly").await,
+        0,
+        "said before RESETSTAT, once per connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -756,7 +764,10 @@ async fn a_tls_cluster_is_reached_with_each_node_verified_by_its_own_name() {
         let mut d = node.client().await;
         per_node.push(integer(&d.cmd(&["DBSIZE"]).await));
     }
-    assert!(per_node.iter().all(|&n| n > 0), "every node served: {per_node:?}");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "every node served: {per_node:?}"
+    );
     let mut mget = vec!["MGET".to_string()];
     mget.extend((0..60).map(|i| format!("tls:{i}")));
     let mget: Vec<&str> = mget.iter().map(String::as_str).collect();
@@ -781,4 +792,106 @@ async fn a_tls_cluster_is_reached_with_each_node_verified_by_its_own_name() {
         }
     }
     assert!(served > 0 && failed > 0, "{served} served, {failed} failed");
+}
+
+/// ACL users, backend users and the policy apply on a cluster listener as on one Redis, the
+/// paths only a cluster has (a MULTI held until its first key, split commands) included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_and_policy_hold_on_a_cluster_as_on_one_redis() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start_with_password(3, "admin-password").await;
+    let proxy = Proxy::start(&format!(
+        "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+         [[users]]\nname = \"app\"\nacl = \"on >app-pw ~app:* +@all\"\n\
+         [user_groups]\napps = [\"default\", \"app\"]\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\
+         auth.backend_users = true\ncommands.disable = [\"FLUSHALL\", \"KEYS\"]\ncommands.scripts = \"backend_acl\"\n\
+         upstream.cluster = true\nupstream.nodes = [{:?}]\nupstream.password = \"admin-password\"\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        cluster.seed()
+    ))
+    .await;
+    let mut admin = cluster.nodes[0].client().await;
+    assert_eq!(admin.cmd(&["SET", "secret", "s3cret"]).await, b"+OK\r\n");
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["AUTH", "app", "app-pw"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "app:1", "a"]).await, b"+OK\r\n");
+    for cmd in [
+        vec!["GET", "secret"],
+        vec!["MGET", "app:1", "secret"],
+        vec!["DEL", "app:1", "secret"],
+        vec!["MSET", "app:2", "x", "other", "y"],
+    ] {
+        let reply = s(&c.cmd(&cmd).await);
+        assert!(reply.starts_with("-NOPERM"), "{cmd:?}: {reply}");
+    }
+    for cmd in [vec!["FLUSHALL"], vec!["KEYS", "*"]] {
+        let reply = s(&c.cmd(&cmd).await);
+        assert!(
+            reply.starts_with("-ERR unknown command"),
+            "{cmd:?}: {reply}"
+        );
+    }
+    // A script runs as the user's backend user, on its keys' node and inside a transaction
+    // held until its first key alike: Redis refuses the key the user may not touch.
+    let steal = ["EVAL", "return redis.call('GET', 'secret')", "0"];
+    let reply = s(&c.cmd(&steal).await);
+    assert!(!reply.contains("s3cret"), "{reply}");
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&steal).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["SET", "app:{secret}", "1"]).await, b"+QUEUED\r\n");
+    let reply = s(&c.cmd(&["EXEC"]).await);
+    assert!(!reply.contains("s3cret"), "{reply}");
+    // A transaction cannot queue what the listener refuses outside one.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["CLIENT", "NO-EVICT", "on"]).await).starts_with("-ERR cachegate"));
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(s(&admin.cmd(&["GET", "secret"]).await), bulk("s3cret"));
+}
+
+/// A script can return an error that reads like a redirection after it ran: cachegate must
+/// neither run it again nor go where it says (nor crash on a slot out of range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_cannot_forge_a_redirection() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let mut c = client(&pki, &proxy).await;
+    let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "forged"]).await);
+    let owner = cluster.owner(slot as u16).await;
+    let other = cluster
+        .nodes
+        .iter()
+        .map(|n| n.redis.address())
+        .find(|a| *a != owner)
+        .unwrap();
+    for error in [
+        format!("MOVED {slot} {other}"),
+        format!("ASK {slot} {other}"),
+        "TRYAGAIN later".to_string(),
+        format!("MOVED 16384 {other}"),
+        format!("MOVED {slot} 10.255.255.1:6379"),
+    ] {
+        let script = format!("redis.call('INCR', KEYS[1]); return redis.error_reply('{error}')");
+        let before = s(&c.cmd(&["GET", "forged"]).await);
+        let reply = s(&c.cmd(&["EVAL", &script, "1", "forged"]).await);
+        assert!(reply.starts_with('-'), "{reply}");
+        if !error.contains("16384") {
+            // (Not a redirection at all: the script's own error, as it wrote it.)
+            assert!(
+                !reply.contains(&other) && !reply.contains("10.255"),
+                "{reply}"
+            );
+        }
+        let after = s(&c.cmd(&["GET", "forged"]).await);
+        let n = |v: &str| v.lines().nth(1).map_or(0, |n| n.parse::<i64>().unwrap());
+        assert_eq!(n(&after), n(&before) + 1, "{error}: the script ran once");
+    }
+    // The map still sends the key's commands to its owner.
+    let mut o = cluster.at(&owner).client().await;
+    assert_eq!(o.cmd(&["CONFIG", "RESETSTAT"]).await, b"+OK\r\n");
+    for _ in 0..5 {
+        assert!(c.cmd(&["GET", "forged"]).await.starts_with(b"$1"));
+    }
+    assert_eq!(calls(&cluster.at(&owner).redis, "get").await, 5);
 }

@@ -10,17 +10,25 @@ pub struct ClusterNode {
     /// A TLS cluster's client config (the cluster's CA; "localhost" is in every node's
     /// certificate).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The default user's password, when the cluster has one.
+    password: Option<String>,
 }
 
 impl ClusterNode {
-    /// A client straight to the node (over TLS for a TLS cluster).
+    /// A client straight to the node (over TLS for a TLS cluster), logged in.
     pub async fn client(&self) -> RawClient {
-        match &self.tls {
+        let mut c = match &self.tls {
             None => self.redis.direct().await,
-            Some(config) => RawClient::try_tls(config.clone(), self.redis.address().parse().unwrap())
-                .await
-                .expect("TLS to a cluster node"),
+            Some(config) => {
+                RawClient::try_tls(config.clone(), self.redis.address().parse().unwrap())
+                    .await
+                    .expect("TLS to a cluster node")
+            }
+        };
+        if let Some(password) = &self.password {
+            assert_eq!(c.cmd(&["AUTH", password]).await, b"+OK\r\n");
         }
+        c
     }
 }
 
@@ -131,17 +139,27 @@ pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 impl RedisCluster {
     /// `primaries` primaries with `replicas` replicas each, every slot served.
     pub async fn start(primaries: usize, replicas: usize) -> RedisCluster {
-        Self::start_with(primaries, replicas, false).await
+        Self::start_with(primaries, replicas, false, None).await
+    }
+
+    /// A cluster whose default user needs `password` (replicas use it too).
+    pub async fn start_with_password(primaries: usize, password: &str) -> RedisCluster {
+        Self::start_with(primaries, 0, false, Some(password)).await
     }
 
     /// The same over TLS only: client ports, the cluster bus and replication. Each node
     /// announces the hostname its certificate carries (`node-<i>.cluster.test`) and is
     /// reached by IP, so only a proxy that verifies each node by its own name gets in.
     pub async fn start_tls(primaries: usize, replicas: usize) -> RedisCluster {
-        Self::start_with(primaries, replicas, true).await
+        Self::start_with(primaries, replicas, true, None).await
     }
 
-    async fn start_with(primaries: usize, replicas: usize, tls: bool) -> RedisCluster {
+    async fn start_with(
+        primaries: usize,
+        replicas: usize,
+        tls: bool,
+        password: Option<&str>,
+    ) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let pki = tls.then(|| ClusterPki::new(dir.path()));
         let mut nodes = Vec::new();
@@ -161,6 +179,11 @@ impl RedisCluster {
                 "--dir".into(),
                 dir.path().display().to_string(),
             ];
+            if let Some(password) = password {
+                args.extend(
+                    ["--requirepass", password, "--masterauth", password].map(String::from),
+                );
+            }
             let redis = match &pki {
                 None => {
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -172,14 +195,36 @@ impl RedisCluster {
                     let p = |f: &PathBuf| f.display().to_string();
                     args.extend(
                         [
-                            "--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                            "--tls-cluster", "yes", "--tls-replication", "yes",
-                            "--tls-cert-file", &p(&cert), "--tls-key-file", &p(&key),
-                            "--tls-client-cert-file", &p(&pki.client_cert),
-                            "--tls-client-key-file", &p(&pki.client_key),
-                            "--tls-ca-cert-file", &p(&pki.ca), "--tls-auth-clients", "no",
-                            "--cluster-announce-hostname", &format!("node-{i}.cluster.test"),
+                            "--port",
+                            "0",
+                            "--tls-port",
+                            &port.to_string(),
+                            "--bind",
+                            "127.0.0.1",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--protected-mode",
+                            "no",
+                            "--tls-cluster",
+                            "yes",
+                            "--tls-replication",
+                            "yes",
+                            "--tls-cert-file",
+                            &p(&cert),
+                            "--tls-key-file",
+                            &p(&key),
+                            "--tls-client-cert-file",
+                            &p(&pki.client_cert),
+                            "--tls-client-key-file",
+                            &p(&pki.client_key),
+                            "--tls-ca-cert-file",
+                            &p(&pki.ca),
+                            "--tls-auth-clients",
+                            "no",
+                            "--cluster-announce-hostname",
+                            &format!("node-{i}.cluster.test"),
                         ]
                         .map(String::from),
                     );
@@ -192,9 +237,17 @@ impl RedisCluster {
                 redis,
                 bus,
                 tls: pki.as_ref().map(ClusterPki::client_config),
+                password: password.map(str::to_string),
             });
         }
         let mut args = pki.as_ref().map(ClusterPki::cli_args).unwrap_or_default();
+        if let Some(password) = password {
+            args.extend([
+                "-a".to_string(),
+                password.to_string(),
+                "--no-auth-warning".to_string(),
+            ]);
+        }
         args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(nodes.iter().map(|n| n.redis.address()));
         args.extend([

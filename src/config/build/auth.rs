@@ -151,6 +151,11 @@ pub(super) fn scripts_guard(
 pub(super) fn backend_user(listener: &str, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
     let mut rules = vec!["~*".to_string(), "&*".into(), "+@all".into()];
     rules.extend(script_callable_denials(policy));
+    if up.cluster {
+        // cachegate follows ASK redirections on this user's connections (clients cannot send
+        // ASKING on a cluster listener, and a script gains nothing by it).
+        rules.push("+asking".into());
+    }
     provisioned_user(format!("cachegate-{listener}"), up, rules)
 }
 

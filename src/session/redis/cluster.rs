@@ -16,7 +16,8 @@
 use super::*;
 use crate::protocol::resp::frame_len;
 use crate::session::admission::Command;
-use crate::upstream::cluster::{slot::key_slot, Cluster, Node};
+use crate::upstream::cluster::slot::{key_slot, SLOTS};
+use crate::upstream::cluster::{Cluster, Node};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -32,6 +33,10 @@ pub(super) type Settling = Pin<Box<dyn Future<Output = Result<Bytes, SharedError
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 const NOT_SERVED: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
+/// What a client that knows nothing of clusters gets for a redirection cachegate does not
+/// follow: something it can act on, without the nodes' addresses.
+pub(super) const MOVING: &[u8] =
+    b"-TRYAGAIN cachegate: the key's slot is moving between cluster nodes; try again\r\n";
 
 /// How replies from several nodes become the one the client gets. An error from any part is
 /// the reply (the first one, in key order).
@@ -69,12 +74,15 @@ pub(super) enum Route {
 /// Keys (argument positions) grouped by slot, in the order slots first appear.
 fn by_slot(args: &[Bytes], positions: impl Iterator<Item = usize>) -> Vec<(u16, Vec<usize>)> {
     let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    // Where each slot's group is: linear in the keys, however many slots they span.
+    let mut at: rustc_hash::FxHashMap<u16, usize> = Default::default();
     for i in positions {
         let slot = key_slot(&args[i]);
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, v)) => v.push(i),
-            None => groups.push((slot, vec![i])),
-        }
+        let g = *at.entry(slot).or_insert_with(|| {
+            groups.push((slot, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
     }
     groups
 }
@@ -192,11 +200,19 @@ fn redirect(reply: &[u8]) -> Option<Redirect> {
     let mut words = line.split(' ');
     match words.next()? {
         "MOVED" => {
-            let slot = words.next()?.parse().ok()?;
+            let slot = words
+                .next()?
+                .parse()
+                .ok()
+                .filter(|&s: &u16| (s as usize) < SLOTS)?;
             Some(Redirect::Moved(slot, words.next()?.to_string()))
         }
         "ASK" => {
-            let slot = words.next()?.parse().ok()?;
+            let slot = words
+                .next()?
+                .parse()
+                .ok()
+                .filter(|&s: &u16| (s as usize) < SLOTS)?;
             Some(Redirect::Ask(slot, words.next()?.to_string()))
         }
         "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Again),
@@ -206,17 +222,21 @@ fn redirect(reply: &[u8]) -> Option<Redirect> {
 
 /// A redirection's `host:port`; an empty host (`:6380`) is the host of the node that said it.
 fn target(address: &str, from: Option<&Node>) -> String {
-    match (address.strip_prefix(':'), from) {
-        (Some(port), Some(node)) => {
-            let host = node
-                .address
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or_default();
-            format!("{host}:{port}")
-        }
-        _ => address.to_string(),
-    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return address.to_string();
+    };
+    let host = match (host, from) {
+        ("", Some(node)) => node
+            .address
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or_default()
+            .to_string(),
+        // Redis writes an IPv6 endpoint bare (`::1:6380`); the layout brackets it.
+        (h, _) if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        (h, _) => h.to_string(),
+    };
+    format!("{host}:{port}")
 }
 
 /// The node serving `slot` now (any primary for a keyless command).
@@ -232,6 +252,9 @@ fn current(cluster: &Cluster, slot: Option<u16>) -> Option<Arc<Node>> {
 /// its way to `node` (`None`: no node could be chosen; it is sent once one can).
 struct Attempt {
     cluster: Arc<Cluster>,
+    /// Whether the cluster's redirections are followed: not for scripts, whose own error
+    /// replies can read like one after they ran (a retry would run them twice).
+    follows: bool,
     resp3: bool,
     session: u64,
     slot: Option<u16>,
@@ -263,18 +286,26 @@ impl Attempt {
                         }
                     }
                     asking = false;
-                    match redirect(&bytes) {
-                        None => return Ok(bytes),
-                        // A client that knows nothing of clusters cannot follow a redirection.
-                        Some(Redirect::Moved(..) | Redirect::Ask(..)) if last => {
-                            return Ok(reply::error_line(&format!(
-                                "TRYAGAIN cachegate: the key's slot kept moving ({}); try again",
-                                crate::upstream::conn::printable(&bytes[1..])
-                            )))
+                    let redirect = redirect(&bytes);
+                    // Only a redirection of the request's own slot is the cluster's: any other
+                    // (and any from a script, which can return an error reading like one after
+                    // it ran) is not followed, and not shown (it names internal addresses).
+                    let own = match &redirect {
+                        Some(Redirect::Moved(s, _) | Redirect::Ask(s, _)) => {
+                            self.follows && self.slot == Some(*s)
                         }
-                        Some(_) if last => return Ok(bytes),
-                        Some(Redirect::Moved(_, to) | Redirect::Ask(_, to))
-                            if !self.cluster.knows(&target(&to, self.node.as_deref())) =>
+                        Some(Redirect::Again) => self.follows,
+                        None => true,
+                    };
+                    match redirect {
+                        None => return Ok(bytes),
+                        Some(Redirect::Moved(..) | Redirect::Ask(..)) if last || !own => {
+                            self.cluster.stale();
+                            return Ok(Bytes::from_static(MOVING));
+                        }
+                        Some(_) if last || !own => return Ok(bytes),
+                        Some(Redirect::Moved(_, ref to) | Redirect::Ask(_, ref to))
+                            if !self.cluster.knows(&target(to, self.node.as_deref())) =>
                         {
                             // Not a node of the layout: gone to once a refresh lists it.
                             tokio::time::sleep(pause).await;
@@ -285,12 +316,12 @@ impl Attempt {
                             self.cluster.count("moved");
                             let to = target(&to, self.node.as_deref());
                             self.cluster.moved(slot, &to);
-                            self.node = self.cluster.node(&to, None).ok();
+                            self.node = self.cluster.node_at(&to).ok();
                         }
                         Some(Redirect::Ask(_, to)) => {
                             self.cluster.count("ask");
                             let to = target(&to, self.node.as_deref());
-                            self.node = self.cluster.node(&to, None).ok();
+                            self.node = self.cluster.node_at(&to).ok();
                             asking = true;
                         }
                         Some(Redirect::Again) => {
@@ -429,13 +460,15 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
     }
 }
 
-/// A SCAN cursor as the client sees it: the node's cursor, then the node's position.
-fn scan_cursor(node: usize, cursor: u64) -> Option<u64> {
+/// A SCAN cursor as the client sees it: the node's cursor, then the first slot the node
+/// serves (which says which node it is however the list of nodes changes meanwhile).
+fn scan_cursor(node: u16, cursor: u64) -> Option<u64> {
     (cursor < 1 << (64 - NODE_BITS)).then_some((cursor << NODE_BITS) | node as u64)
 }
 
-/// SCAN's reply from node `node` of `nodes`, its cursor made the client's.
-fn scan_reply(reply: Bytes, node: usize, nodes: usize) -> Bytes {
+/// SCAN's reply from the node whose first slot is `node`, its cursor made the client's:
+/// the node's next page, or the first page of `next` (the node whose first slot follows).
+fn scan_reply(reply: Bytes, node: u16, next: Option<u16>) -> Bytes {
     if is_error(&reply) {
         return reply;
     }
@@ -448,11 +481,11 @@ fn scan_reply(reply: Bytes, node: usize, nodes: usize) -> Bytes {
         .and_then(|c| c.strip_suffix(b"\r\n"))
         .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse::<u64>().ok());
-    let next = match cursor {
-        Some(0) if node + 1 < nodes => scan_cursor(node + 1, 0),
-        Some(0) => Some(0),
-        Some(c) => scan_cursor(node, c),
-        None => None,
+    let next = match (cursor, next) {
+        (Some(0), Some(next)) => scan_cursor(next, 0),
+        (Some(0), None) => Some(0),
+        (Some(c), _) => scan_cursor(node, c),
+        (None, _) => None,
     };
     let Some(next) = next else {
         return unexpected(&reply);
@@ -473,6 +506,23 @@ impl RequestSide {
         rewrite: Option<Rewrite>,
     ) -> Result<Flow, SessionError> {
         let route = route(command, args);
+        // The in-flight allowance, taken before anything is sent: one per request it makes.
+        let requests = match &route {
+            Route::Answer(_) => 0,
+            Route::Split(parts, _) => parts.len(),
+            Route::All(_) => cluster.map().primaries.len(),
+            _ => 1,
+        };
+        let permits = (requests as u32).clamp(1, MAX_SHARED_IN_FLIGHT);
+        if requests > 0 {
+            let taken = match self.in_flight.clone().try_acquire_many_owned(permits) {
+                Ok(p) => p,
+                Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(permits))
+                    .await
+                    .map_err(|_| closed())?,
+            };
+            taken.forget();
+        }
         let encode = |args: &[Bytes]| {
             let mut out = BytesMut::new();
             encode_command(&mut out, args.iter().map(|a| &a[..]));
@@ -485,8 +535,10 @@ impl RequestSide {
             && command
                 .0
                 .is_some_and(|(_, info)| info.flags.iter().any(|f| f == "readonly"));
+        let follows = !runs_script(&args[0]);
         let attempt = |slot: Option<u16>, bytes: Bytes, node: Option<Arc<Node>>, sent| Attempt {
             cluster: cluster.clone(),
+            follows,
             resp3,
             session,
             slot,
@@ -547,6 +599,7 @@ impl RequestSide {
                     waits.push(send_to(node, resp3, session, bytes.clone(), 1).await);
                 }
                 if waits.is_empty() {
+                    self.in_flight.add_permits(permits as usize);
                     self.local(Bytes::from_static(NOT_SERVED)).await?;
                     return Ok(Flow::Continue);
                 }
@@ -559,31 +612,44 @@ impl RequestSide {
                 })
             }
             Route::Scan => {
-                let nodes = map.primaries.len();
+                let walk = map.walk();
                 let cursor = args.get(1).and_then(|c| std::str::from_utf8(c).ok());
                 let Some(cursor) = cursor.and_then(|c| c.parse::<u64>().ok()) else {
+                    self.in_flight.add_permits(permits as usize);
                     self.local(reply::error("invalid cursor")).await?;
                     return Ok(Flow::Continue);
                 };
-                let (at, node_cursor) = (
-                    (cursor & ((1 << NODE_BITS) - 1)) as usize,
+                let (first, node_cursor) = (
+                    (cursor & ((1 << NODE_BITS) - 1)) as u16,
                     cursor >> NODE_BITS,
                 );
-                let Some(node) = map.primaries.get(at).cloned() else {
-                    let reply = if nodes == 0 {
+                // The node whose first slot the cursor names; if the layout changed, the node
+                // serving that slot now.
+                let at = match cursor {
+                    0 => (!walk.is_empty()).then_some(0),
+                    _ => walk.iter().position(|(s, _)| *s == first).or_else(|| {
+                        let owner = map.node(first)?;
+                        walk.iter().position(|(_, n)| Arc::ptr_eq(n, owner))
+                    }),
+                };
+                let Some(at) = at else {
+                    let reply = if walk.is_empty() {
                         Bytes::from_static(NOT_SERVED)
                     } else {
                         reply::error("invalid cursor")
                     };
+                    self.in_flight.add_permits(permits as usize);
                     self.local(reply).await?;
                     return Ok(Flow::Continue);
                 };
                 let mut scan = args.to_vec();
                 scan[1] = Bytes::from(node_cursor.to_string());
+                let (this, node) = walk[at].clone();
+                let next = walk.get(at + 1).map(|(s, _)| *s);
                 let rx = send_to(&node, resp3, session, encode(&scan), 1).await;
                 Box::pin(async move {
                     let reply = rx.await.unwrap_or(Err(SharedError::Gone))?.bytes;
-                    Ok(scan_reply(reply, at, nodes))
+                    Ok(scan_reply(reply, this, next))
                 })
             }
             Route::RandomKey => {
@@ -604,18 +670,12 @@ impl RequestSide {
                 })
             }
         };
-        let permit = match self.in_flight.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => Box::pin(self.in_flight.clone().acquire_owned())
-                .await
-                .map_err(|_| closed())?,
-        };
-        permit.forget();
         let mut labels = Labels::new();
         labels.push(self.label.of(&args[0]));
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Routed(settling),
             rewrite,
+            permits,
             labels,
             sent: Instant::now(),
         }))
@@ -727,11 +787,34 @@ impl RequestSide {
         &mut self,
         kind: Kind,
         command: Command,
+        sharing: Sharing,
+        want: RunsAs,
         args: &[Bytes],
     ) -> Result<Flow, SessionError> {
-        if !arity_fits(command, args) {
+        // What could not run on a shared connection (connection state, an unknown command) is
+        // not queued either; nor a renamed command that must run as the administrator, which
+        // cannot change inside MULTI. Checked as outside a transaction, before anything.
+        let transactional = matches!(
+            kind,
+            Kind::Multi | Kind::Exec | Kind::Discard | Kind::Watch | Kind::Unwatch | Kind::Blocking
+        );
+        let refusal = if !arity_fits(command, args) {
+            Some(reply::wrong_arity(&args[0]))
+        } else if sharing != Sharing::Shared && !transactional {
+            Some(reply::error(&format!(
+                "cachegate: '{}' is not supported on a Redis Cluster listener",
+                String::from_utf8_lossy(&args[0])
+            )))
+        } else if want == RunsAs::Admin {
+            Some(reply::error(
+                "cachegate: this command runs as another backend user (a renamed command), which cannot change inside MULTI",
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.multi_dirty = true;
-            self.local(reply::wrong_arity(&args[0])).await?;
+            self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
         let slot = match kind {
@@ -794,6 +877,16 @@ impl RequestSide {
         let held = self.multi_held.take().unwrap_or_default();
         self.pin_node = Some(node);
         Box::pin(self.pin()).await?;
+        // Logged in as the session's backend identity (its mirrored user, whose rules Redis
+        // applies inside its scripts) before the transaction begins on the node.
+        self.in_multi = false;
+        let refused = Box::pin(self.run_as(want)).await;
+        self.in_multi = true;
+        if let Some(refusal) = refused? {
+            self.multi_dirty = true;
+            self.local(refusal).await?;
+            return Ok(Flow::Continue);
+        }
         // MULTI and the queue were answered already: their replies are read, not forwarded.
         self.forward_raw(&[Bytes::from_static(b"MULTI")], Expect::swallowed(1))
             .await?;
@@ -902,6 +995,10 @@ mod tests {
             Some(Redirect::Again)
         );
         assert_eq!(redirect(b"-ERR MOVED\r\n"), None);
+        assert_eq!(redirect(b"-MOVED 16384 127.0.0.1:6381\r\n"), None);
+        assert_eq!(redirect(b"-ASK 65535 127.0.0.1:6381\r\n"), None);
+        assert_eq!(target("::1:6380", None), "[::1]:6380");
+        assert_eq!(target("10.0.0.1:6380", None), "10.0.0.1:6380");
         assert_eq!(redirect(b"$5\r\nMOVED\r\n"), None);
     }
 
@@ -913,20 +1010,15 @@ mod tests {
                 cursor.len()
             ))
         };
-        // A node's cursor carries its position; its last page leads to the next node.
-        let r = scan_reply(page("17"), 1, 3);
-        assert!(r.starts_with(
-            format!(
-                "*2\r\n${}\r\n{}\r\n",
-                ((17u64 << 14) | 1).to_string().len(),
-                (17u64 << 14) | 1
-            )
-            .as_bytes()
-        ));
-        let r = scan_reply(page("0"), 1, 3);
-        assert!(r.starts_with(b"*2\r\n$1\r\n2\r\n"));
-        let r = scan_reply(page("0"), 2, 3);
+        // A node's cursor carries its first slot; its last page leads to the next node.
+        let c = (17u64 << 14) | 5461;
+        let r = scan_reply(page("17"), 5461, Some(10923));
+        let want = format!("*2\r\n${}\r\n{c}\r\n", c.to_string().len());
+        assert!(r.starts_with(want.as_bytes()));
+        let r = scan_reply(page("0"), 5461, Some(10923));
+        assert!(r.starts_with(b"*2\r\n$5\r\n10923\r\n"));
+        let r = scan_reply(page("0"), 10923, None);
         assert!(r.starts_with(b"*2\r\n$1\r\n0\r\n"));
-        assert!(scan_reply(page("x"), 0, 3).starts_with(b"-ERR cachegate"));
+        assert!(scan_reply(page("x"), 0, None).starts_with(b"-ERR cachegate"));
     }
 }

@@ -222,6 +222,19 @@ impl RequestSide {
                 }
                 i += 2;
             }
+            if let Some(cluster) = self.ctx.cluster.clone() {
+                let hello = crate::session::admission::Command(
+                    crate::auth::commands::table().lookup(&plain),
+                );
+                return Box::pin(self.forward_cluster(
+                    cluster,
+                    hello,
+                    &plain,
+                    None,
+                    Some(Rewrite::Hello),
+                ))
+                .await;
+            }
             return self
                 .forward_shared(&plain, None, Some(Rewrite::Hello))
                 .await;

@@ -175,6 +175,9 @@ struct SharedWait {
     rewrite: Option<Rewrite>,
     /// Each command's metric label, in order, and when they were sent.
     labels: Labels,
+    /// The in-flight allowance taken for it (a command per label; a split cluster command
+    /// takes one per part), given back on delivery.
+    permits: u32,
     sent: Instant,
 }
 
@@ -797,7 +800,7 @@ impl RequestSide {
             shared_disposition(kind, &args, sharing)
         };
         if self.multi_held.is_some() {
-            return Box::pin(self.held_multi(kind, plan.command, &args)).await;
+            return Box::pin(self.held_multi(kind, plan.command, sharing, want, &args)).await;
         }
         // Back to shared connections once nothing holds the session to its own; on a cluster
         // listener also before a command that pins, which may need another node.
@@ -1025,6 +1028,7 @@ impl RequestSide {
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,
+            permits: want,
             labels: batch.labels,
             sent: Instant::now(),
         }))

@@ -251,8 +251,7 @@ fn deliver_shared(
     meter: &mut CommandMeter,
 ) {
     // The batch's in-flight allowance, as the request side took it.
-    own.in_flight
-        .add_permits(wait.labels.len().min(MAX_SHARED_IN_FLIGHT as usize));
+    own.in_flight.add_permits(wait.permits as usize);
     let session = own.id;
     match result {
         Ok(replies) => {
@@ -330,6 +329,17 @@ fn route(
     if let Some(login) = cur.expect.login.take() {
         let _ = login.send(kind != ReplyKind::Error);
     }
+    // A cluster node's redirection on a session's own connection (a slot that moved while it
+    // was pinned) cannot be followed there, and names internal addresses: the client gets
+    // something it can act on instead.
+    let frame = if kind == ReplyKind::Error
+        && ctx.cluster.is_some()
+        && (frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK "))
+    {
+        Bytes::from_static(super::cluster::MOVING)
+    } else {
+        frame
+    };
     if cur.expect.forward {
         match &cur.expect.rewrite {
             Some(rw) => out.push(rewrite_reply(frame, rw, &own.live.load().policy, session)),

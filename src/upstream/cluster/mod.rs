@@ -35,6 +35,8 @@ const UNASSIGNED: u16 = u16::MAX;
 /// One cluster node: its own connections (sessions pinned to it) and shared ones.
 pub struct Node {
     pub address: String,
+    /// The hostname it announces, that its TLS certificate is checked against.
+    hostname: Option<String>,
     pub pool: Pool,
     pub shared: Shared,
 }
@@ -72,6 +74,19 @@ impl Map {
         let i = *self.slots.get(slot as usize)?;
         let replicas = self.replicas.get(i as usize)?;
         (!replicas.is_empty()).then(|| &replicas[(n % replicas.len() as u64) as usize])
+    }
+
+    /// The primaries in the order a SCAN walks them, each with the first slot it serves.
+    pub fn walk(&self) -> Vec<(u16, Arc<Node>)> {
+        let mut seen = vec![false; self.primaries.len()];
+        let mut out = Vec::with_capacity(self.primaries.len());
+        for (slot, &i) in self.slots.iter().enumerate() {
+            if let Some(done) = seen.get_mut(i as usize).filter(|d| !**d) {
+                *done = true;
+                out.push((slot as u16, self.primaries[i as usize].clone()));
+            }
+        }
+        out
     }
 
     /// Position of a primary in `primaries`.
@@ -171,7 +186,11 @@ impl Cluster {
         };
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(node) = nodes.get(&key) {
-            return Ok(node.clone());
+            // Met first without its hostname (a seed given by address): made again once the
+            // layout names it, so that TLS checks the name its certificate carries.
+            if hostname.is_none() || node.hostname.as_deref() == hostname {
+                return Ok(node.clone());
+            }
         }
         let mut cfg = UpstreamConfig {
             address: address.to_string(),
@@ -192,6 +211,7 @@ impl Cluster {
             .map_err(|e| format!("node {address}: {e}"))?;
         let node = Arc::new(Node {
             address: address.to_string(),
+            hostname: hostname.map(str::to_string),
             shared: Shared {
                 resp2: (self.start_shared)(pool.connector(), false),
                 resp3: (self.start_shared)(pool.connector(), true),
@@ -226,6 +246,21 @@ impl Cluster {
         known
     }
 
+    /// The node at `address` a redirection names: the layout's own (with its hostname) when
+    /// it lists it.
+    pub fn node_at(&self, address: &str) -> Result<Arc<Node>, String> {
+        match self
+            .map
+            .load()
+            .primaries
+            .iter()
+            .find(|n| n.address == address)
+        {
+            Some(node) => Ok(node.clone()),
+            None => self.node(address, None),
+        }
+    }
+
     /// A node answered `MOVED slot address`: that slot is served there from now on (if the
     /// layout knows that node), and the whole map is read again soon.
     pub fn moved(&self, slot: u16, address: &str) {
@@ -235,7 +270,7 @@ impl Cluster {
         if map.node(slot).is_some_and(|n| n.address == address) {
             return;
         }
-        let node = match self.node(address, None) {
+        let node = match self.node_at(address) {
             Ok(node) => node,
             Err(e) => {
                 tracing::warn!(listener = %self.listener, error = %e, "cluster redirection to a node cachegate cannot reach");
@@ -267,6 +302,7 @@ impl Cluster {
         loop {
             let ok = match self.discover().await {
                 Ok(map) => {
+                    let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
                     self.map.store(Arc::new(map));
                     self.refreshes.fetch_add(1, Ordering::Relaxed);
                     true
@@ -324,11 +360,28 @@ impl Cluster {
     async fn ask(&self, address: &str) -> Result<Map, String> {
         let node = self.node(address, None)?;
         let mut conn = node.pool.acquire().await.map_err(|e| e.to_string())?;
+        // Connections log in as the backend user cachegate provisions, when it does, which the
+        // policy may deny CLUSTER: the layout is read with the configured credentials, on a
+        // connection that is then closed rather than pooled.
+        let connector = node.pool.connector();
+        let admin = connector
+            .provision
+            .as_ref()
+            .and_then(|p| p.admin_auth.clone());
+        if let Some(admin) = &admin {
+            let reply = conn.roundtrip(admin).await.map_err(|e| e.to_string())?;
+            if &reply[..] != b"+OK\r\n" {
+                return Err(format!(
+                    "the configured upstream credentials were refused: {}",
+                    super::conn::printable(&reply)
+                ));
+            }
+        }
         let reply = conn
             .roundtrip(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
             .await
             .map_err(|e| e.to_string());
-        let clean = reply.is_ok();
+        let clean = reply.is_ok() && admin.is_none();
         node.pool.release(conn, clean);
         let reply: Bytes = reply?;
         let host = crate::config::build::split_host_port(address)
@@ -357,7 +410,11 @@ impl Cluster {
                 for r in &range.replicas {
                     let address = r.address();
                     if !map.replicas[i].iter().any(|n| n.address == address) {
-                        map.replicas[i].push(self.node_as(&address, r.hostname.as_deref(), true)?);
+                        map.replicas[i].push(self.node_as(
+                            &address,
+                            r.hostname.as_deref(),
+                            true,
+                        )?);
                     }
                 }
             }
