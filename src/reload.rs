@@ -175,7 +175,7 @@ impl Reloader {
                         &self.metrics,
                         &self.budget,
                     );
-                    Staged::Redis(ctx, tls)
+                    Staged::Redis(ctx, tls, cfg.upstream.tls.clone())
                 }
                 (Handler::Memcached(_), Protocol::Memcached(mc)) => {
                     let mut tls = Vec::with_capacity(mc.nodes.len());
@@ -200,8 +200,11 @@ impl Reloader {
         for (listener, (front, staged)) in self.listeners.iter().zip(staged) {
             listener.front.store(Arc::new(front));
             match (&listener.handler, staged) {
-                (Handler::Redis(live), Staged::Redis(ctx, tls)) => {
+                (Handler::Redis(live), Staged::Redis(ctx, tls, options)) => {
                     ctx.pool.set_tls(tls);
+                    if let Some(cluster) = &ctx.cluster {
+                        cluster.set_tls(options);
+                    }
                     let old = live.load();
                     live.store(Arc::new(ctx));
                     old.superseded.cancel();
@@ -447,6 +450,8 @@ enum Staged {
     Redis(
         crate::session::Context,
         Option<crate::upstream::conn::UpstreamTls>,
+        /// A cluster's nodes: the options each node's TLS is built from (its own name).
+        Option<crate::tls::client::UpstreamTlsOptions>,
     ),
     Memcached(
         crate::session::memcached::Rules,

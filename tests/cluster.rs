@@ -792,6 +792,25 @@ async fn a_tls_cluster_is_reached_with_each_node_verified_by_its_own_name() {
         }
     }
     assert!(served > 0 && failed > 0, "{served} served, {failed} failed");
+
+    // Upstream TLS material is reloaded for every node: a proxy that trusts the wrong CA
+    // reaches no node, and once reloaded with the cluster's, all of them.
+    let wrong = format!("upstream.tls.ca = {:?}\n", pki.ca);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, &wrong)).await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    assert!(c.cmd(&["GET", "tls:0"]).await.starts_with(b"-"));
+    proxy
+        .reload_with(&cluster_toml(&pki, &cluster, &tls))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.cmd(&["GET", "tls:0"]).await.starts_with(b"$1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served after the reload"
+        );
+    }
+    assert_eq!(s(&c.cmd(&mget).await).matches("$1\r\nv\r\n").count(), 60);
 }
 
 /// ACL users, backend users and the policy apply on a cluster listener as on one Redis, the

@@ -105,6 +105,8 @@ pub struct Cluster {
     max_reply: usize,
     seeds: Vec<String>,
     map: Live<Map>,
+    /// The upstream TLS options, replaced by a reload.
+    tls: Live<Option<crate::tls::client::UpstreamTlsOptions>>,
     /// Every node met so far, by address (a node leaves the map, not this).
     nodes: Mutex<HashMap<String, Arc<Node>>>,
     /// Serialises changes to the map.
@@ -135,6 +137,7 @@ impl Cluster {
             max_reply,
             seeds,
             map: Live::new(Map::empty()),
+            tls: Live::new(base.tls.clone()),
             nodes: Mutex::new(HashMap::new()),
             changing: Mutex::new(()),
             refresh: Notify::new(),
@@ -167,6 +170,57 @@ impl Cluster {
 
     /// The node at `address`, its connections made on first use. `hostname`: the name it
     /// announces, that its TLS certificate is checked against.
+    /// New upstream TLS material (a reload): every node's new connections use it, each
+    /// verified by its own name, and so do nodes met from now on.
+    pub fn set_tls(&self, options: Option<crate::tls::client::UpstreamTlsOptions>) {
+        self.tls.store(Arc::new(options));
+        let nodes: Vec<Arc<Node>> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for node in nodes {
+            match self.node_tls(&node.address, node.hostname.as_deref()) {
+                Ok(tls) => node.pool.set_tls(tls),
+                Err(e) => {
+                    tracing::warn!(listener = %self.listener, error = %e, "cluster node keeps its TLS material")
+                }
+            }
+        }
+    }
+
+    /// A node's upstream TLS options: the listener's, verified by the node's own name unless
+    /// `upstream.tls.server_name` is set.
+    fn node_tls_options(
+        &self,
+        address: &str,
+        hostname: Option<&str>,
+    ) -> Result<Option<crate::tls::client::UpstreamTlsOptions>, String> {
+        let mut options = (*self.tls.load()).clone();
+        if let Some(tls) = options.as_mut().filter(|t| !t.server_name_explicit) {
+            let name = match hostname {
+                Some(h) => h.to_string(),
+                None => crate::config::build::split_host_port(address)
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                    .unwrap_or_default(),
+            };
+            tls.server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| format!("node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"))?;
+        }
+        Ok(options)
+    }
+
+    fn node_tls(
+        &self,
+        address: &str,
+        hostname: Option<&str>,
+    ) -> Result<Option<super::conn::UpstreamTls>, String> {
+        let options = self.node_tls_options(address, hostname)?;
+        super::pool::upstream_tls(options.as_ref()).map_err(|e| format!("node {address}: {e}"))
+    }
+
     pub fn node(&self, address: &str, hostname: Option<&str>) -> Result<Arc<Node>, String> {
         self.node_as(address, hostname, false)
     }
@@ -192,21 +246,12 @@ impl Cluster {
                 return Ok(node.clone());
             }
         }
-        let mut cfg = UpstreamConfig {
+        let cfg = UpstreamConfig {
             address: address.to_string(),
             readonly,
+            tls: self.node_tls_options(address, hostname)?,
             ..self.base.clone()
         };
-        if let Some(tls) = cfg.tls.as_mut().filter(|t| !t.server_name_explicit) {
-            let name = match hostname {
-                Some(h) => h.to_string(),
-                None => crate::config::build::split_host_port(address)
-                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-                    .unwrap_or_default(),
-            };
-            tls.server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                .map_err(|_| format!("node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"))?;
-        }
         let pool = Pool::new(&cfg, self.max_reply, Protocol::Redis)
             .map_err(|e| format!("node {address}: {e}"))?;
         let node = Arc::new(Node {
