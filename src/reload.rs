@@ -175,7 +175,7 @@ impl Reloader {
                         &self.metrics,
                         &self.budget,
                     );
-                    Staged::Redis(ctx, tls, cfg.upstream.tls.clone())
+                    Staged::Redis(ctx, tls, cfg.upstream.tls.clone().map(Box::new))
                 }
                 (Handler::Memcached(_), Protocol::Memcached(mc)) => {
                     let mut tls = Vec::with_capacity(mc.nodes.len());
@@ -203,7 +203,7 @@ impl Reloader {
                 (Handler::Redis(live), Staged::Redis(ctx, tls, options)) => {
                     ctx.pool.set_tls(tls);
                     if let Some(cluster) = &ctx.cluster {
-                        cluster.set_tls(options);
+                        cluster.set_tls(options.map(|o| *o));
                     }
                     let old = live.load();
                     live.store(Arc::new(ctx));
@@ -451,7 +451,7 @@ enum Staged {
         crate::session::Context,
         Option<crate::upstream::conn::UpstreamTls>,
         /// A cluster's nodes: the options each node's TLS is built from (its own name).
-        Option<crate::tls::client::UpstreamTlsOptions>,
+        Option<Box<crate::tls::client::UpstreamTlsOptions>>,
     ),
     Memcached(
         crate::session::memcached::Rules,

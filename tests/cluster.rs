@@ -108,6 +108,8 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
         format!("*3\r\n{}{}{}", bulk("3"), bulk("2"), bulk("1"))
     );
     assert_eq!(c.cmd(&["DBSIZE"]).await, b":191\r\n");
+    let keyspace = s(&c.cmd(&["INFO", "keyspace"]).await);
+    assert!(keyspace.contains("db0:keys=191,"), "{keyspace}");
 
     // KEYS and SCAN see every node; SCAN's cursor walks them in turn, each key once.
     let mut all = strings(&c.cmd(&["KEYS", "*"]).await);
@@ -913,4 +915,97 @@ async fn a_script_cannot_forge_a_redirection() {
         assert!(c.cmd(&["GET", "forged"]).await.starts_with(b"$1"));
     }
     assert_eq!(calls(&cluster.at(&owner).redis, "get").await, 5);
+}
+
+/// Every data type's commands give through cachegate what the node serving their keys gives
+/// directly, in RESP2 and RESP3 (the same slot by hash tag, keys named apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_family_answers_as_the_node_does() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    for resp3 in [false, true] {
+        let tag = if resp3 { "{fam3}" } else { "{fam2}" };
+        let mut c = client(&pki, &proxy).await;
+        let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", tag]).await) as u16;
+        let mut direct = cluster.at(&cluster.owner(slot).await).client().await;
+        let mut replies: Vec<Vec<String>> = Vec::new();
+        for (side, client) in [("p", &mut c), ("d", &mut direct)] {
+            if resp3 {
+                assert!(client.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+            }
+            let k = |name: &str| format!("{tag}{side}:{name}");
+            let script = "return redis.call('GET', KEYS[1])";
+            let commands: Vec<Vec<String>> = [
+                vec!["SET", &k("s"), "v"],
+                vec!["APPEND", &k("s"), "x"],
+                vec!["GETRANGE", &k("s"), "0", "1"],
+                vec!["STRLEN", &k("s")],
+                vec!["INCRBYFLOAT", &k("f"), "1.5"],
+                vec!["SETEX", &k("e"), "100", "v"],
+                vec!["TTL", &k("e")],
+                vec!["GETDEL", &k("e")],
+                vec!["HSET", &k("h"), "f", "1", "g", "2"],
+                vec!["HINCRBY", &k("h"), "f", "5"],
+                vec!["HGETALL", &k("h")],
+                vec!["HLEN", &k("h")],
+                vec!["SADD", &k("set"), "a", "b", "c"],
+                vec!["SISMEMBER", &k("set"), "a"],
+                vec!["SMOVE", &k("set"), &k("set2"), "a"],
+                vec!["SINTERCARD", "2", &k("set"), &k("set2")],
+                vec!["SUNIONSTORE", &k("set3"), &k("set"), &k("set2")],
+                vec!["SCARD", &k("set3")],
+                vec!["ZADD", &k("z"), "1", "a", "2", "b"],
+                vec!["ZRANGE", &k("z"), "0", "-1", "WITHSCORES"],
+                vec!["ZINCRBY", &k("z"), "3", "a"],
+                vec!["ZRANK", &k("z"), "a"],
+                vec!["ZPOPMIN", &k("z")],
+                vec!["RPUSH", &k("l"), "1", "2", "3"],
+                vec!["LRANGE", &k("l"), "0", "-1"],
+                vec!["LMOVE", &k("l"), &k("l2"), "LEFT", "RIGHT"],
+                vec!["LPOS", &k("l"), "3"],
+                vec!["SORT", &k("l")],
+                vec!["XADD", &k("x"), "1-1", "f", "v"],
+                vec!["XLEN", &k("x")],
+                vec!["XRANGE", &k("x"), "-", "+"],
+                vec!["PFADD", &k("hll"), "a", "b"],
+                vec!["PFCOUNT", &k("hll")],
+                vec![
+                    "GEOADD",
+                    &k("g"),
+                    "13.361389",
+                    "38.115556",
+                    "Palermo",
+                    "15.087269",
+                    "37.502669",
+                    "Catania",
+                ],
+                vec!["GEODIST", &k("g"), "Palermo", "Catania", "km"],
+                vec!["SETBIT", &k("b"), "7", "1"],
+                vec!["BITOP", "OR", &k("b2"), &k("b"), &k("b")],
+                vec!["BITCOUNT", &k("b2")],
+                vec!["EXPIRE", &k("s"), "100"],
+                vec!["PERSIST", &k("s")],
+                vec!["TYPE", &k("h")],
+                vec!["OBJECT", "ENCODING", &k("set")],
+                vec!["EXISTS", &k("s"), &k("f"), &k("none")],
+                vec!["COPY", &k("s"), &k("c")],
+                vec!["RENAME", &k("c"), &k("r")],
+                vec!["EVAL", script, "1", &k("r")],
+                vec!["DEL", &k("s"), &k("f"), &k("r")],
+            ]
+            .into_iter()
+            .map(|c| c.into_iter().map(String::from).collect())
+            .collect();
+            let mut got = Vec::new();
+            for cmd in &commands {
+                let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let line = format!("{cmd:?} -> {}", s(&client.cmd(&args).await));
+                got.push(line.replace(&format!("{side}:"), ""));
+            }
+            replies.push(got);
+        }
+        for (through, direct) in replies[0].iter().zip(&replies[1]) {
+            assert_eq!(through, direct);
+        }
+    }
 }

@@ -52,6 +52,8 @@ pub(super) enum Merge {
     Concat,
     /// The first part's reply (SCRIPT LOAD: the same SHA from every node).
     First,
+    /// INFO keyspace: each database's keys and expiring keys added up.
+    Keyspace,
 }
 
 /// Where a command goes.
@@ -133,6 +135,12 @@ pub(super) fn route(command: Command, args: &[Bytes]) -> Route {
             Route::Answer(Bytes::from(format!(":{}\r\n", key_slot(&args[2]))))
         }
         "cluster|info" => Route::One(None),
+        // Answered here, as every node would answer them.
+        "ping" if args.len() == 1 => Route::Answer(Bytes::from_static(b"+PONG\r\n")),
+        "ping" | "echo" if args.len() == 2 => Route::Answer(reply::bulk(&args[1])),
+        "info" if args.len() == 2 && args[1].eq_ignore_ascii_case(b"keyspace") => {
+            Route::All(Merge::Keyspace)
+        }
         "readonly" | "readwrite" | "asking" | "migrate" => Route::Answer(reply::error(&format!(
             "cachegate: '{}' is not available: this endpoint is one Redis in front of a cluster",
             String::from_utf8_lossy(&args[0])
@@ -401,6 +409,60 @@ fn unexpected(reply: &[u8]) -> Bytes {
     ))
 }
 
+/// A bulk (or RESP3 verbatim) string's text.
+fn bulk_text(reply: &[u8]) -> Option<String> {
+    let end = memchr::memchr(b'\n', reply)?;
+    if !matches!(reply.first(), Some(b'$' | b'=')) {
+        return None;
+    }
+    let body = reply.get(end + 1..reply.len().checked_sub(2)?)?;
+    let body = match reply[0] {
+        b'=' => body.get(4..)?,
+        _ => body,
+    };
+    Some(String::from_utf8_lossy(body).into_owned())
+}
+
+/// Several nodes' `INFO keyspace` as one: per database, keys and expiring keys added up, and
+/// the average TTL weighted by each node's expiring keys.
+fn keyspace(texts: &[String]) -> String {
+    // db -> (keys, expires, sum of avg_ttl * expires)
+    let mut dbs: std::collections::BTreeMap<u64, (u64, u64, u128)> = Default::default();
+    for text in texts {
+        for line in text.lines() {
+            let Some((db, fields)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let entry = dbs.entry(n).or_default();
+            entry.0 += field("keys");
+            entry.1 += field("expires");
+            entry.2 += field("avg_ttl") as u128 * field("expires") as u128;
+        }
+    }
+    let mut out = String::from("# Keyspace\r\n");
+    for (db, (keys, expires, ttl)) in dbs {
+        let avg = if expires == 0 {
+            0
+        } else {
+            ttl / expires as u128
+        };
+        out.push_str(&format!(
+            "db{db}:keys={keys},expires={expires},avg_ttl={avg}\r\n"
+        ));
+    }
+    out
+}
+
 /// The client's one reply from the parts' replies, in part order.
 fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
     if let Some(error) = parts.iter().find(|p| is_error(p)) {
@@ -408,6 +470,16 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
     }
     match merge {
         Merge::First => parts.into_iter().next().unwrap_or_default(),
+        Merge::Keyspace => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in &parts {
+                match bulk_text(p) {
+                    Some(text) => texts.push(text),
+                    None => return unexpected(p),
+                }
+            }
+            reply::bulk(keyspace(&texts).as_bytes())
+        }
         Merge::Ok => match parts.iter().find(|p| !p.starts_with(b"+OK\r\n")) {
             Some(other) => unexpected(other),
             None => Bytes::from_static(reply::OK),
@@ -692,6 +764,11 @@ pub(super) enum Place {
     Answer(Bytes),
 }
 
+/// Whether `route` refuses the command (an error answered here).
+fn route_refuses(command: Command, args: &[Bytes]) -> bool {
+    matches!(route(command, args), Route::Answer(reply) if is_error(&reply))
+}
+
 /// Whether a command has as many arguments as the table says (for what cachegate answers
 /// itself instead of a node).
 fn arity_fits(command: Command, args: &[Bytes]) -> bool {
@@ -772,7 +849,9 @@ impl RequestSide {
                     )))
                 }
             }
-            Route::Answer(reply) => Some(reply),
+            // Refused anywhere; what is answered here (PING, CLUSTER KEYSLOT) the node answers
+            // as well, and in its own way for a subscribed connection.
+            Route::Answer(reply) => is_error(&reply).then_some(reply),
             _ => Some(spans_nodes(
                 args,
                 "while this session holds a connection to one node",
@@ -844,7 +923,7 @@ impl RequestSide {
             }
             Kind::Exec => None,
             _ => match route(command, args) {
-                Route::One(None) => {
+                Route::One(None) | Route::Answer(_) if !route_refuses(command, args) => {
                     if let Some(held) = self.multi_held.as_mut() {
                         let mut bytes = BytesMut::new();
                         encode_command(&mut bytes, args.iter().map(|a| &a[..]));
@@ -923,7 +1002,11 @@ mod tests {
         let s = key_slot(b"{u}a");
         assert_eq!(route_of(&["GET", "{u}a"]), Route::One(Some(s)));
         assert_eq!(route_of(&["MGET", "{u}a", "{u}b"]), Route::One(Some(s)));
-        assert_eq!(route_of(&["PING"]), Route::One(None));
+        assert_eq!(route_of(&["TIME"]), Route::One(None));
+        assert_eq!(
+            route_of(&["PING"]),
+            Route::Answer(Bytes::from_static(b"+PONG\r\n"))
+        );
         match route_of(&["SUNION", "a", "b"]) {
             Route::Answer(r) => assert!(r.starts_with(b"-CROSSSLOT")),
             other => panic!("{other:?}"),
@@ -978,6 +1061,19 @@ mod tests {
             vec![Bytes::from_static(b"*1\r\n$1\r\na\r\n"), Bytes::new()],
         );
         assert!(odd.starts_with(b"-ERR cachegate"));
+    }
+
+    #[test]
+    fn keyspaces_add_up() {
+        let a = "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=1000\r\n".to_string();
+        let b = "# Keyspace\r\ndb0:keys=4,expires=3,avg_ttl=2000\r\n".to_string();
+        assert_eq!(
+            keyspace(&[a, b, "# Keyspace\r\n".into()]),
+            "# Keyspace\r\ndb0:keys=7,expires=4,avg_ttl=1750\r\n"
+        );
+        let verbatim = b"=15\r\ntxt:# Keyspace\r\n\r\n";
+        assert_eq!(bulk_text(verbatim).as_deref(), Some("# Keyspace\r\n"));
+        assert!(bulk_text(b":1\r\n").is_none());
     }
 
     #[test]
