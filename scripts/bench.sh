@@ -21,10 +21,12 @@ else
   BIN=$PWD/target/release/cachegate
 fi
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; for f in "$WORK"/node-*.pid; do pkill -F "$f" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port); HP=$(port); EP=$(port)
+# A Redis Cluster of 3 primaries (client and bus ports), behind the "cluster" listener.
+K1=$(port); K2=$(port); K3=$(port); B1=$(port); B2=$(port); B3=$(port); KT=$(port)
 # At-rest encryption's cost: a plaintext listener that seals the bench's keys, beside the
 # plaintext one that does not (the same path but for the sealing).
 openssl rand -hex 32 > "$WORK/root.key"
@@ -54,6 +56,12 @@ upstream.warm_connections = $CONNS
 encryption.root_key_file = "$WORK/root.key"
 encryption.keyspaces = [{ patterns = ["bench:*"] }]
 [[listeners]]
+name = "cluster"
+bind = "127.0.0.1:$KT"
+auth.mode = "none"
+upstream.cluster = true
+upstream.nodes = ["127.0.0.1:$K1"]
+[[listeners]]
 name = "memcached"
 protocol = "memcached"
 bind = "127.0.0.1:$MT"
@@ -68,6 +76,14 @@ CA=$WORK/data/dev-certs/dev-ca.pem
 taskset -c 0 redis-server --port "$RP" --tls-port "$RTLS" --bind 127.0.0.1 --save '' \
   --tls-cert-file "$WORK/data/dev-certs/dev-server.pem" --tls-key-file "$WORK/data/dev-certs/dev-server-key.pem" \
   --tls-ca-cert-file "$CA" --tls-auth-clients no --daemonize yes --pidfile "$WORK/redis.pid" >/dev/null
+for n in "$K1:$B1" "$K2:$B2" "$K3:$B3"; do
+  taskset -c 0 redis-server --port "${n%:*}" --cluster-port "${n#*:}" --bind 127.0.0.1 --save '' \
+    --cluster-enabled yes --cluster-config-file "$WORK/node-${n%:*}.conf" --dir "$WORK" \
+    --daemonize yes --pidfile "$WORK/node-${n%:*}.pid" >/dev/null
+done
+sleep 0.5
+redis-cli --cluster create "127.0.0.1:$K1" "127.0.0.1:$K2" "127.0.0.1:$K3" --cluster-yes >/dev/null
+until redis-cli -p "$K1" cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
 MEMCACHED_USER=(); [ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
 taskset -c 0 memcached -l 127.0.0.1 -p "$MP" -U 0 -t 1 "${MEMCACHED_USER[@]}" &
 sleep 1.5
@@ -109,6 +125,16 @@ for cmd in get set; do
     if [ -n "$HAPROXY" ]; then
       load --command $cmd --pipeline $p --target "127.0.0.1:$HP" --cacert "$CA" --pid "$HAPROXY" | tail -n 1 | sed 's/target/haproxy TLS/' || echo "  haproxy TLS: failed"
     fi
+  done
+done
+echo
+echo "== Redis Cluster, 3 primaries: cachegate (TLS, one endpoint) beside a cluster-aware client on the nodes (direct)"
+sleep 1
+for cmd in get set; do
+  for p in 1 16; do
+    [ "$cmd" = set ] && [ "$p" = 16 ] && continue
+    load --command $cmd --pipeline $p --target "127.0.0.1:$KT" --cacert "$CA" --pid $CG \
+      --compare --direct "127.0.0.1:$K1" --direct-cluster
   done
 done
 echo

@@ -37,6 +37,9 @@ pub struct Load {
     pub command: String,
     /// A process whose CPU time per request is reported (Linux /proc).
     pub pid: Option<u32>,
+    /// The target is a Redis Cluster node: load the cluster as a cluster-aware client does,
+    /// with a connection to every primary per connection and each key sent to its slot's node.
+    pub cluster: bool,
 }
 
 /// What one run measured.
@@ -79,6 +82,9 @@ fn micros(d: Duration) -> f64 {
 
 /// Runs one load and reports what it measured.
 pub async fn run(load: &Load) -> anyhow::Result<Report> {
+    if load.cluster {
+        return run_cluster(load).await;
+    }
     let tls = match &load.tls_ca {
         None => None,
         Some(ca) => Some(tls_connector(ca)?),
@@ -132,7 +138,135 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
     for t in tasks {
         all.extend(t.await??);
     }
-    let elapsed = started.elapsed();
+    Ok(report(load, all, started.elapsed(), cpu_before))
+}
+
+/// A cluster's primaries and which of them serves each slot, from `CLUSTER SLOTS`.
+async fn cluster_layout(load: &Load) -> anyhow::Result<(Vec<SocketAddr>, Vec<usize>)> {
+    let mut conn = connect(load, None).await?;
+    conn.io
+        .write_all(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
+        .await?;
+    let reply = loop {
+        if let Some((len, _)) = frame_len(&conn.buf)? {
+            break conn.buf.split_to(len);
+        }
+        if conn.io.read_buf(&mut conn.buf).await? == 0 {
+            anyhow::bail!("connection closed");
+        }
+    };
+    let host = load.target.ip().to_string();
+    let ranges = crate::upstream::cluster::topology::parse_slots(&reply, &host)
+        .map_err(anyhow::Error::msg)?;
+    let mut nodes: Vec<SocketAddr> = Vec::new();
+    let mut slots = vec![0; crate::upstream::cluster::slot::SLOTS];
+    for range in ranges {
+        let addr: SocketAddr = range.primary.address().parse()?;
+        let i = match nodes.iter().position(|n| *n == addr) {
+            Some(i) => i,
+            None => {
+                nodes.push(addr);
+                nodes.len() - 1
+            }
+        };
+        for s in range.start..=range.end {
+            slots[s as usize] = i;
+        }
+    }
+    Ok((nodes, slots))
+}
+
+/// `run` for a cluster, as a cluster-aware client: each connection is a connection to every
+/// primary; a batch's requests go to their keys' nodes, all written before any is read.
+async fn run_cluster(load: &Load) -> anyhow::Result<Report> {
+    let (nodes, slots) = cluster_layout(load).await?;
+    let slots = Arc::new(slots);
+    let value = vec![b'x'; load.value_size];
+    let keyspace = load.keyspace.clamp(1, 10_000);
+    let node_of = move |slots: &[usize], key: u64| {
+        slots[crate::upstream::cluster::slot::key_slot(format!("bench:{key}").as_bytes()) as usize]
+    };
+    let connect_all = |load: Load| {
+        let nodes = nodes.clone();
+        async move {
+            let mut conns = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let mut at = load.clone();
+                at.target = node;
+                conns.push(connect(&at, None).await?);
+            }
+            anyhow::Ok(conns)
+        }
+    };
+    if load.command == "get" {
+        let mut conns = connect_all(load.clone()).await?;
+        for k in 0..keyspace {
+            let mut out = BytesMut::new();
+            encode(load, "set", k, &value, &mut out);
+            conns[node_of(&slots, k)]
+                .exchange(&out, 1, false, "set")
+                .await?;
+        }
+    }
+    let cpu_before = load.pid.and_then(cpu_time);
+    let deadline = Instant::now() + load.duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..load.connections {
+        let load = load.clone();
+        let value = value.clone();
+        let slots = slots.clone();
+        let conns = connect_all(load.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conns = conns.await?;
+            let mut latencies = Vec::new();
+            let mut n: u64 = c as u64 * 7919;
+            let mut outs: Vec<BytesMut> = vec![BytesMut::new(); conns.len()];
+            let mut counts = vec![0usize; conns.len()];
+            while Instant::now() < deadline {
+                for (out, count) in outs.iter_mut().zip(counts.iter_mut()) {
+                    out.clear();
+                    *count = 0;
+                }
+                for _ in 0..load.pipeline {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let key = (n >> 33) % keyspace;
+                    let i = node_of(&slots, key);
+                    encode(&load, &load.command, key, &value, &mut outs[i]);
+                    counts[i] += 1;
+                }
+                let t = Instant::now();
+                for (conn, out) in conns.iter_mut().zip(&outs) {
+                    if !out.is_empty() {
+                        conn.io.write_all(out).await?;
+                    }
+                }
+                for (conn, &count) in conns.iter_mut().zip(&counts) {
+                    if count > 0 {
+                        conn.exchange(&[], count, false, &load.command).await?;
+                    }
+                }
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(report(load, all, started.elapsed(), cpu_before))
+}
+
+/// A run's report from its batches' latencies.
+fn report(
+    load: &Load,
+    mut all: Vec<Duration>,
+    elapsed: Duration,
+    cpu_before: Option<Duration>,
+) -> Report {
     let cpu_after = load.pid.and_then(cpu_time);
     all.sort_unstable();
     let pct = |p: f64| {
@@ -141,7 +275,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
             .unwrap_or_default()
     };
     let requests = all.len() as u64 * load.pipeline as u64;
-    Ok(Report {
+    Report {
         requests,
         elapsed,
         p50: pct(0.50),
@@ -151,7 +285,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
             (Some(a), Some(b)) if requests > 0 => Some((b.saturating_sub(a)) / requests as u32),
             _ => None,
         },
-    })
+    }
 }
 
 fn encode(load: &Load, command: &str, key: u64, value: &[u8], out: &mut BytesMut) {
@@ -191,7 +325,9 @@ impl Conn {
         memcached: bool,
         command: &str,
     ) -> anyhow::Result<()> {
-        self.io.write_all(out).await?;
+        if !out.is_empty() {
+            self.io.write_all(out).await?;
+        }
         let shape = if command == "get" {
             Shape::Values
         } else {

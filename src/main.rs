@@ -125,6 +125,10 @@ struct BenchArgs {
     /// With --compare: the backend itself, loaded the same way for the ratio.
     #[arg(long)]
     direct: Option<std::net::SocketAddr>,
+    /// --direct is a Redis Cluster node: load the cluster directly as a cluster-aware client
+    /// does (a connection to every primary, each key sent to its slot's node).
+    #[arg(long)]
+    direct_cluster: bool,
     /// Run the load against --direct too and print target/direct ratios.
     #[arg(long)]
     compare: bool,
@@ -530,6 +534,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         command: args.command.clone(),
         pid: args.pid,
+        cluster: false,
     };
     runtime.block_on(async {
         let describe = format!(
@@ -569,6 +574,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .context("--compare needs --direct (the backend's address)")?;
             let direct_load = cachegate::bench::Load {
                 target: direct_addr,
+                cluster: args.direct_cluster,
                 tls_ca: None,
                 pid: args.direct_pid,
                 ..load.clone()
