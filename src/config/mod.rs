@@ -323,6 +323,42 @@ upstream.address = "127.0.0.1:6379"
 "#;
 
     #[test]
+    fn cluster_settings_are_checked() {
+        let keys = |extra: &str| -> Vec<String> {
+            problems(&format!("{MINIMAL}{extra}"))
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        let listener = "listeners[0].upstream";
+        assert!(keys("upstream.nodes = [\"127.0.0.1:7000\"]\nupstream.multiplex = true\nupstream.read_from_replicas = true\n")
+            .iter()
+            .any(|k| k == &format!("{listener}.read_from_replicas")));
+        assert!(keys("upstream.nodes = [\"127.0.0.1:7000\"]\n")
+            .iter()
+            .any(|k| k == &format!("{listener}.nodes")));
+        assert!(keys(
+            "upstream.cluster = true\nupstream.multiplex = false\nupstream.nodes = [\"x\"]\n"
+        )
+        .iter()
+        .any(|k| k == &format!("{listener}.multiplex")));
+        assert!(
+            keys("upstream.cluster = true\nupstream.nodes = [\"no-port\"]\n")
+                .iter()
+                .any(|k| k == &format!("{listener}.nodes[0]"))
+        );
+        let ok = parse(
+            &format!("{MINIMAL}upstream.cluster = true\nupstream.nodes = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]\nupstream.read_from_replicas = true\n"),
+            "test.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap_or_else(|e| panic!("{:?}", e.problems));
+        let up = &ok.listeners[0].upstream;
+        assert!(up.cluster && up.read_from_replicas);
+        assert_eq!(up.cluster_seeds, ["127.0.0.1:7000", "127.0.0.1:7001"]);
+    }
+
+    #[test]
     fn encryption_settings_are_checked_at_once() {
         let text = format!(
             "{MINIMAL}encryption.on_plaintext = \"maybe\"\nencryption.keyspaces = [{{ patterns = [], types = [\"list\"] }}]\n"
