@@ -194,19 +194,31 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     // Real clients that know nothing of clusters: redis-rs (RESP2 and RESP3, a pipeline of
     // keys on every node) and redis-cli over TLS.
     for resp3 in [false, true] {
-        let mut con = redis_rs(&pki, proxy.addr, Some(TOKEN), resp3).await.unwrap();
+        let mut con = redis_rs(&pki, proxy.addr, Some(TOKEN), resp3)
+            .await
+            .unwrap();
         let mut pipe = redis::pipe();
         for i in 0..100 {
             pipe.cmd("SET").arg(format!("rs:{i}")).arg(i).ignore();
         }
-        pipe.cmd("MGET").arg((0..100).map(|i| format!("rs:{i}")).collect::<Vec<_>>());
+        pipe.cmd("MGET")
+            .arg((0..100).map(|i| format!("rs:{i}")).collect::<Vec<_>>());
         let (got,): (Vec<i64>,) = pipe.query_async(&mut con).await.unwrap();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
     }
     let (port, ca) = (proxy.addr.port().to_string(), pki.ca.display().to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("redis-cli")
-            .args(["--tls", "--cacert", &ca, "-p", &port, "--no-auth-warning", "-a", TOKEN])
+            .args([
+                "--tls",
+                "--cacert",
+                &ca,
+                "-p",
+                &port,
+                "--no-auth-warning",
+                "-a",
+                TOKEN,
+            ])
             .args(["MGET", "rs:1", "rs:2", "rs:3", "rs:99"])
             .output()
             .unwrap()

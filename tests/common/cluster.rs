@@ -190,19 +190,10 @@ impl RedisCluster {
                     Redis::start_with(&args).await
                 }
                 Some(pki) => {
-                    let port = free_port();
                     let (cert, key) = pki.node(i);
                     let p = |f: &PathBuf| f.display().to_string();
                     args.extend(
                         [
-                            "--port",
-                            "0",
-                            "--tls-port",
-                            &port.to_string(),
-                            "--bind",
-                            "127.0.0.1",
-                            "--save",
-                            "",
                             "--appendonly",
                             "no",
                             "--protected-mode",
@@ -211,26 +202,16 @@ impl RedisCluster {
                             "yes",
                             "--tls-replication",
                             "yes",
-                            "--tls-cert-file",
-                            &p(&cert),
-                            "--tls-key-file",
-                            &p(&key),
                             "--tls-client-cert-file",
                             &p(&pki.client_cert),
                             "--tls-client-key-file",
                             &p(&pki.client_key),
-                            "--tls-ca-cert-file",
-                            &p(&pki.ca),
-                            "--tls-auth-clients",
-                            "no",
                             "--cluster-announce-hostname",
                             &format!("node-{i}.cluster.test"),
                         ]
                         .map(String::from),
                     );
-                    Redis {
-                        process: Process::start("redis-server", port, args).await,
-                    }
+                    Redis::start_tls_files([&cert, &key, &pki.ca], false, args).await
                 }
             };
             nodes.push(ClusterNode {

@@ -218,9 +218,23 @@ impl Redis {
 
     /// A TLS-only redis-server that may require a client certificate from `pki`'s CA.
     pub async fn start_tls_with(pki: &Pki, client_certs: bool) -> Redis {
+        Self::start_tls_files(
+            [&pki.server_cert, &pki.server_key, &pki.ca],
+            client_certs,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// A TLS-only redis-server with this certificate, key and CA, plus `extra` arguments.
+    pub async fn start_tls_files(
+        [cert, key, ca]: [&PathBuf; 3],
+        client_certs: bool,
+        extra: Vec<String>,
+    ) -> Redis {
         let port = free_port();
         let p = |f: &PathBuf| f.display().to_string();
-        let args = strings(&[
+        let mut args = strings(&[
             "--port",
             "0",
             "--tls-port",
@@ -230,14 +244,15 @@ impl Redis {
             "--save",
             "",
             "--tls-cert-file",
-            &p(&pki.server_cert),
+            &p(cert),
             "--tls-key-file",
-            &p(&pki.server_key),
+            &p(key),
             "--tls-ca-cert-file",
-            &p(&pki.ca),
+            &p(ca),
             "--tls-auth-clients",
             if client_certs { "yes" } else { "no" },
         ]);
+        args.extend(extra);
         Redis {
             process: Process::start("redis-server", port, args).await,
         }
