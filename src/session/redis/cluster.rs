@@ -20,6 +20,7 @@ use crate::upstream::cluster::slot::{key_slot, SLOTS};
 use crate::upstream::cluster::{Cluster, Node};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Sends of one request at most, redirections included.
 const MAX_TRIES: u32 = 6;
@@ -35,6 +36,8 @@ const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 const NOT_SERVED: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
 /// What a client that knows nothing of clusters gets for a redirection cachegate does not
 /// follow: something it can act on, without the nodes' addresses.
+/// A script's reply that reads as a redirection: it may have run, so nothing invites a retry.
+const SCRIPT_MOVED: &[u8] = b"-ERR cachegate: the script's reply reads as a cluster redirection (its keys' slot may be moving); it may have run, so it was not run again\r\n";
 pub(super) const MOVING: &[u8] =
     b"-TRYAGAIN cachegate: the key's slot is moving between cluster nodes; try again\r\n";
 
@@ -259,6 +262,10 @@ fn current(cluster: &Cluster, slot: Option<u16>) -> Option<Arc<Node>> {
 /// One command's reply, following the cluster's redirections. `sent`: the request already on
 /// its way to `node` (`None`: no node could be chosen; it is sent once one can).
 struct Attempt {
+    /// Not sent yet: it goes out when the reply side reaches it, after everything the session
+    /// sent before it has been answered.
+    deferred: bool,
+    _outstanding: Outstanding,
     cluster: Arc<Cluster>,
     /// Whether the cluster's redirections are followed: not for scripts, whose own error
     /// replies can read like one after they ran (a retry would run them twice).
@@ -273,6 +280,13 @@ struct Attempt {
 
 impl Attempt {
     async fn settle(mut self) -> Result<Bytes, SharedError> {
+        if self.deferred {
+            self.node = current(&self.cluster, self.slot);
+            if let Some(node) = &self.node {
+                let bytes = self.bytes.clone();
+                self.sent = Some(send_to(node, self.resp3, self.session, bytes, 1).await);
+            }
+        }
         let mut asking = false;
         let mut pause = BACKOFF;
         for attempt in 1..=MAX_TRIES {
@@ -309,7 +323,11 @@ impl Attempt {
                         None => return Ok(bytes),
                         Some(Redirect::Moved(..) | Redirect::Ask(..)) if last || !own => {
                             self.cluster.stale();
-                            return Ok(Bytes::from_static(MOVING));
+                            return Ok(Bytes::from_static(if self.follows {
+                                MOVING
+                            } else {
+                                SCRIPT_MOVED
+                            }));
                         }
                         Some(_) if last || !own => return Ok(bytes),
                         Some(Redirect::Moved(_, ref to) | Redirect::Ask(_, ref to))
@@ -367,6 +385,55 @@ impl Attempt {
             }
         }
         Ok(Bytes::from_static(NOT_SERVED))
+    }
+}
+
+/// A session's routed commands not yet answered, counted by their attempts.
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Outstanding(count.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What keeps a session's commands to one slot in the order it sent them when the map
+/// changes under them: a command sent at once to the slot's node goes out before the answers
+/// to earlier ones have come, and those may be redirected (and sent again, later) to another
+/// node. So once a slot's commands would go to a different node than the session's earlier,
+/// still unanswered ones, that command and every one after it wait for their turn (the reply
+/// side sends them as it reaches them), until nothing is outstanding.
+#[derive(Default)]
+pub(super) struct Order {
+    outstanding: Arc<AtomicUsize>,
+    /// Where each slot's unanswered commands went (the node's tag).
+    sent_to: rustc_hash::FxHashMap<u16, u16>,
+    deferring: bool,
+}
+
+impl Order {
+    /// Whether a command for `slot` to `node` goes out now; false: when its turn comes.
+    fn sends_now(&mut self, slot: Option<u16>, node: Option<&Arc<Node>>) -> bool {
+        if self.outstanding.load(Ordering::Relaxed) == 0 {
+            self.sent_to.clear();
+            self.deferring = false;
+        }
+        let (Some(slot), Some(node)) = (slot, node) else {
+            return !self.deferring;
+        };
+        if self.deferring || self.sent_to.get(&slot).is_some_and(|&t| t != node.tag) {
+            self.deferring = true;
+            return false;
+        }
+        self.sent_to.insert(slot, node.tag);
+        true
     }
 }
 
@@ -532,14 +599,14 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
     }
 }
 
-/// A SCAN cursor as the client sees it: the node's cursor, then the first slot the node
-/// serves (which says which node it is however the list of nodes changes meanwhile).
+/// A SCAN cursor as the client sees it: the node's cursor, then the node's tag (which says
+/// which node it is however the layout changes meanwhile).
 fn scan_cursor(node: u16, cursor: u64) -> Option<u64> {
     (cursor < 1 << (64 - NODE_BITS)).then_some((cursor << NODE_BITS) | node as u64)
 }
 
-/// SCAN's reply from the node whose first slot is `node`, its cursor made the client's:
-/// the node's next page, or the first page of `next` (the node whose first slot follows).
+/// SCAN's reply from the node tagged `node`, its cursor made the client's: the node's next
+/// page, or the first page of `next` (the node that follows in the walk).
 fn scan_reply(reply: Bytes, node: u16, next: Option<u16>) -> Bytes {
     if is_error(&reply) {
         return reply;
@@ -567,6 +634,10 @@ fn scan_reply(reply: Bytes, node: u16, next: Option<u16>) -> Bytes {
 }
 
 impl RequestSide {
+    fn order(&mut self) -> &mut Order {
+        self.cluster_order.get_or_insert_with(Default::default)
+    }
+
     /// Sends a stateless command of a cluster listener where its keys live; the reply side
     /// waits for the answer (and follows redirections) in the command's turn.
     pub(super) async fn forward_cluster(
@@ -578,15 +649,17 @@ impl RequestSide {
         rewrite: Option<Rewrite>,
     ) -> Result<Flow, SessionError> {
         let route = route(command, args);
+        // One reading of the map for the whole command.
+        let map = cluster.map();
         // The in-flight allowance, taken before anything is sent: one per request it makes.
         let requests = match &route {
             Route::Answer(_) => 0,
             Route::Split(parts, _) => parts.len(),
-            Route::All(_) => cluster.map().primaries.len(),
+            Route::All(_) => map.primaries.len(),
             _ => 1,
         };
-        let permits = (requests as u32).clamp(1, MAX_SHARED_IN_FLIGHT);
-        if requests > 0 {
+        let permits = (requests as u32).min(MAX_SHARED_IN_FLIGHT);
+        if permits > 0 {
             let taken = match self.in_flight.clone().try_acquire_many_owned(permits) {
                 Ok(p) => p,
                 Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(permits))
@@ -601,14 +674,25 @@ impl RequestSide {
             out.freeze()
         };
         let (resp3, session) = (self.resp3, self.id);
-        let map = cluster.map();
         // With `read_from_replicas`, a read-only command goes to a replica of its slot.
+        // (Not TOUCH: it is flagged read-only, but what it updates is the primary's LRU.)
         let reads = cluster.reads_from_replicas()
-            && command
-                .0
-                .is_some_and(|(_, info)| info.flags.iter().any(|f| f == "readonly"));
+            && command.0.is_some_and(|(name, info)| {
+                name != "touch" && info.flags.iter().any(|f| f == "readonly")
+            });
         let follows = !runs_script(&args[0]);
-        let attempt = |slot: Option<u16>, bytes: Bytes, node: Option<Arc<Node>>, sent| Attempt {
+        let outstanding = self
+            .cluster_order
+            .get_or_insert_with(Default::default)
+            .outstanding
+            .clone();
+        let attempt = |slot: Option<u16>,
+                       bytes: Bytes,
+                       node: Option<Arc<Node>>,
+                       sent: Option<oneshot::Receiver<SharedReply>>,
+                       deferred: bool| Attempt {
+            deferred,
+            _outstanding: Outstanding::new(&outstanding),
             cluster: cluster.clone(),
             follows,
             resp3,
@@ -634,11 +718,15 @@ impl RequestSide {
                     Some(slot) => map.node(slot).cloned(),
                     None => map.primaries.first().cloned(),
                 };
+                // Reads from a replica are not ordered against writes anyway: not tracked.
+                let tracked = if reads { None } else { slot };
+                let now = self.order().sends_now(tracked, node.as_ref());
                 let sent = match &node {
-                    Some(n) => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
-                    None => None,
+                    Some(n) if now => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
+                    _ => None,
                 };
-                Box::pin(attempt(slot, bytes, node, sent).settle())
+                let deferred = !now && node.is_some();
+                Box::pin(attempt(slot, bytes, node, sent, deferred).settle())
             }
             Route::Split(parts, how) => {
                 let mut attempts = Vec::with_capacity(parts.len());
@@ -650,11 +738,14 @@ impl RequestSide {
                         map.node(slot)
                     }
                     .cloned();
+                    let tracked = if reads { None } else { Some(slot) };
+                    let now = self.order().sends_now(tracked, node.as_ref());
                     let sent = match &node {
-                        Some(n) => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
-                        None => None,
+                        Some(n) if now => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
+                        _ => None,
                     };
-                    attempts.push(attempt(Some(slot), bytes, node, sent).settle());
+                    let deferred = !now && node.is_some();
+                    attempts.push(attempt(Some(slot), bytes, node, sent, deferred).settle());
                 }
                 Box::pin(async move {
                     let mut replies = Vec::with_capacity(attempts.len());
@@ -666,16 +757,28 @@ impl RequestSide {
             }
             Route::All(how) => {
                 let bytes = raw.cloned().unwrap_or_else(|| encode(args));
-                let mut waits = Vec::with_capacity(map.primaries.len());
-                for node in &map.primaries {
-                    waits.push(send_to(node, resp3, session, bytes.clone(), 1).await);
-                }
-                if waits.is_empty() {
+                if map.primaries.is_empty() {
                     self.in_flight.add_permits(permits as usize);
                     self.local(Bytes::from_static(NOT_SERVED)).await?;
                     return Ok(Flow::Continue);
                 }
+                // Sent at once, or in turn behind commands that wait for theirs.
+                let mut waits = Vec::with_capacity(map.primaries.len());
+                let now = self.order().sends_now(None, None);
+                if now {
+                    for node in &map.primaries {
+                        waits.push(send_to(node, resp3, session, bytes.clone(), 1).await);
+                    }
+                }
+                let nodes = map.primaries.clone();
+                let guard = Outstanding::new(&outstanding);
                 Box::pin(async move {
+                    let _guard = guard;
+                    if !now {
+                        for node in &nodes {
+                            waits.push(send_to(node, resp3, session, bytes.clone(), 1).await);
+                        }
+                    }
                     let mut replies = Vec::with_capacity(waits.len());
                     for rx in waits {
                         replies.push(rx.await.unwrap_or(Err(SharedError::Gone))?.bytes);
@@ -691,24 +794,25 @@ impl RequestSide {
                     self.local(reply::error("invalid cursor")).await?;
                     return Ok(Flow::Continue);
                 };
-                let (first, node_cursor) = (
+                let (tag, mut node_cursor) = (
                     (cursor & ((1 << NODE_BITS) - 1)) as u16,
                     cursor >> NODE_BITS,
                 );
-                // The node whose first slot the cursor names; if the layout changed, the node
-                // serving that slot now.
+                // The node the cursor names, by its tag; if it is no longer a primary (a
+                // failover), the next one in the walk from its start: keys may come twice,
+                // as SCAN allows, but no node is skipped.
                 let at = match cursor {
                     0 => (!walk.is_empty()).then_some(0),
-                    _ => walk.iter().position(|(s, _)| *s == first).or_else(|| {
-                        let owner = map.node(first)?;
-                        walk.iter().position(|(_, n)| Arc::ptr_eq(n, owner))
+                    _ => walk.iter().position(|(t, _)| *t == tag).or_else(|| {
+                        node_cursor = 0;
+                        walk.iter().position(|(t, _)| *t > tag)
                     }),
                 };
                 let Some(at) = at else {
                     let reply = if walk.is_empty() {
                         Bytes::from_static(NOT_SERVED)
                     } else {
-                        reply::error("invalid cursor")
+                        Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n")
                     };
                     self.in_flight.add_permits(permits as usize);
                     self.local(reply).await?;
@@ -718,8 +822,18 @@ impl RequestSide {
                 scan[1] = Bytes::from(node_cursor.to_string());
                 let (this, node) = walk[at].clone();
                 let next = walk.get(at + 1).map(|(s, _)| *s);
-                let rx = send_to(&node, resp3, session, encode(&scan), 1).await;
+                let bytes = encode(&scan);
+                let sent = match self.order().sends_now(None, None) {
+                    true => Some(send_to(&node, resp3, session, bytes.clone(), 1).await),
+                    false => None,
+                };
+                let guard = Outstanding::new(&outstanding);
                 Box::pin(async move {
+                    let _guard = guard;
+                    let rx = match sent {
+                        Some(rx) => rx,
+                        None => send_to(&node, resp3, session, bytes, 1).await,
+                    };
                     let reply = rx.await.unwrap_or(Err(SharedError::Gone))?.bytes;
                     Ok(scan_reply(reply, this, next))
                 })
@@ -764,6 +878,36 @@ pub(super) enum Place {
     Answer(Bytes),
 }
 
+/// What a cluster listener refuses whether or not the session is pinned: connection state
+/// that cannot follow a session across nodes, databases other than 0, and what could not run
+/// on a shared connection (unknown commands, SCRIPT DEBUG, ...).
+fn cluster_refusal(kind: Kind, sharing: Sharing, args: &[Bytes]) -> Option<Bytes> {
+    let refused = match kind {
+        Kind::Select if args.len() == 2 && &args[1][..] == b"0" => false,
+        Kind::Select => return Some(reply::error("SELECT is not allowed in cluster mode")),
+        Kind::Multi
+        | Kind::Exec
+        | Kind::Discard
+        | Kind::Watch
+        | Kind::Unwatch
+        | Kind::Blocking
+        | Kind::Subscribe
+        | Kind::Unsubscribe => false,
+        Kind::Client => !matches!(
+            client_subcommand(args).as_deref(),
+            Some(b"SETNAME" | b"GETNAME" | b"SETINFO")
+        ),
+        Kind::Stateful => true,
+        _ => sharing != Sharing::Shared,
+    };
+    refused.then(|| {
+        reply::error(&format!(
+            "cachegate: '{}' is not supported on a Redis Cluster listener",
+            String::from_utf8_lossy(&args[0])
+        ))
+    })
+}
+
 /// Whether `route` refuses the command (an error answered here).
 fn route_refuses(command: Command, args: &[Bytes]) -> bool {
     matches!(route(command, args), Route::Answer(reply) if is_error(&reply))
@@ -790,7 +934,13 @@ impl RequestSide {
     /// The node a stateful command pins the session to: the one serving its keys (WATCH,
     /// blocking commands, SSUBSCRIBE), any for keyless ones (SUBSCRIBE, PSUBSCRIBE). MULTI
     /// waits for its first key; what needs state no node-pinned session can keep is refused.
-    pub(super) fn cluster_place(&mut self, kind: Kind, command: Command, args: &[Bytes]) -> Place {
+    pub(super) fn cluster_place(
+        &mut self,
+        kind: Kind,
+        sharing: Sharing,
+        command: Command,
+        args: &[Bytes],
+    ) -> Place {
         let Some(cluster) = self.ctx.cluster.clone() else {
             return Place::Answer(reply::error("cachegate: not a cluster listener"));
         };
@@ -807,37 +957,51 @@ impl RequestSide {
             Kind::Exec => answer("EXEC without MULTI"),
             Kind::Discard => answer("DISCARD without MULTI"),
             Kind::Unwatch => Place::Answer(Bytes::from_static(reply::OK)),
-            Kind::Select => answer("SELECT is not allowed in cluster mode"),
-            Kind::Watch | Kind::Blocking | Kind::Subscribe | Kind::Unsubscribe => {
+            _ => {
+                if let Some(refusal) = cluster_refusal(kind, sharing, args) {
+                    return Place::Answer(refusal);
+                }
+                // WATCH, blocking commands, subscriptions, and a command that runs as another
+                // backend user (a script of a mirrored user, a renamed command): the node of
+                // their keys, any for keyless ones.
                 match route(command, args) {
                     Route::One(slot) => match current(&cluster, slot) {
                         Some(node) => Place::Node(node),
                         None => Place::Answer(Bytes::from_static(NOT_SERVED)),
                     },
-                    Route::Answer(reply) => Place::Answer(reply),
+                    Route::Answer(reply) if is_error(&reply) => Place::Answer(reply),
+                    Route::Answer(_) => match current(&cluster, None) {
+                        Some(node) => Place::Node(node),
+                        None => Place::Answer(Bytes::from_static(NOT_SERVED)),
+                    },
                     _ => Place::Answer(spans_nodes(args, "on one node")),
                 }
             }
-            _ => answer(&format!(
-                "cachegate: '{}' is not supported on a Redis Cluster listener",
-                String::from_utf8_lossy(&args[0])
-            )),
         }
     }
 
     /// While pinned to a node: a refusal for a command that node does not serve (a key of
     /// another node, a command that spans nodes). Inside MULTI that is CROSSSLOT, as a node
     /// answers a transaction that names another slot.
-    pub(super) fn cluster_fits(&self, command: Command, args: &[Bytes]) -> Option<Bytes> {
+    pub(super) fn cluster_fits(
+        &self,
+        kind: Kind,
+        sharing: Sharing,
+        command: Command,
+        args: &[Bytes],
+    ) -> Option<Bytes> {
         let cluster = self.ctx.cluster.as_ref()?;
         let pinned = self.pin_node.as_ref()?;
+        if let Some(refusal) = cluster_refusal(kind, sharing, args) {
+            return Some(refusal);
+        }
         match route(command, args) {
             Route::One(None) => None,
             Route::One(Some(slot)) => {
                 if cluster
                     .map()
                     .node(slot)
-                    .is_some_and(|n| Arc::ptr_eq(n, pinned))
+                    .is_some_and(|n| n.address == pinned.address)
                 {
                     None
                 } else if self.in_multi {
@@ -879,11 +1043,10 @@ impl RequestSide {
         );
         let refusal = if !arity_fits(command, args) {
             Some(reply::wrong_arity(&args[0]))
-        } else if sharing != Sharing::Shared && !transactional {
-            Some(reply::error(&format!(
-                "cachegate: '{}' is not supported on a Redis Cluster listener",
-                String::from_utf8_lossy(&args[0])
-            )))
+        } else if let Some(refusal) =
+            cluster_refusal(kind, sharing, args).filter(|_| !transactional)
+        {
+            Some(refusal)
         } else if want == RunsAs::Admin {
             Some(reply::error(
                 "cachegate: this command runs as another backend user (a renamed command), which cannot change inside MULTI",
@@ -953,9 +1116,21 @@ impl RequestSide {
             self.local(Bytes::from_static(NOT_SERVED)).await?;
             return Ok(Flow::Continue);
         };
-        let held = self.multi_held.take().unwrap_or_default();
         self.pin_node = Some(node);
-        Box::pin(self.pin()).await?;
+        if let Some(unavailable) = Box::pin(self.pin()).await? {
+            // Nothing was sent: the transaction stays held and fails at EXEC; at EXEC, it
+            // ends with this error.
+            self.pin_node = None;
+            if kind == Kind::Exec {
+                self.multi_held = None;
+                self.in_multi = false;
+                self.multi_dirty = false;
+            } else {
+                self.multi_dirty = true;
+            }
+            self.local(unavailable).await?;
+            return Ok(Flow::Continue);
+        }
         // Logged in as the session's backend identity (its mirrored user, whose rules Redis
         // applies inside its scripts) before the transaction begins on the node.
         self.in_multi = false;
@@ -966,6 +1141,7 @@ impl RequestSide {
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
+        let held = self.multi_held.take().unwrap_or_default();
         // MULTI and the queue were answered already: their replies are read, not forwarded.
         self.forward_raw(&[Bytes::from_static(b"MULTI")], Expect::swallowed(1))
             .await?;

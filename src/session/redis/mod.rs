@@ -283,6 +283,7 @@ pub async fn run<S>(
         abort: abort.clone(),
         pin_node: None,
         multi_held: None,
+        cluster_order: None,
     };
     req.log_out();
     let own = Own {
@@ -385,6 +386,8 @@ struct RequestSide {
     /// A cluster listener's MULTI before its first key says which node runs it: the keyless
     /// commands queued so far (already answered QUEUED).
     multi_held: Option<Vec<Bytes>>,
+    /// A cluster session's order of writes to each slot across a change of the map.
+    cluster_order: Option<Box<cluster::Order>>,
 }
 
 /// The ACL user a verified client certificate maps to on this listener.
@@ -737,7 +740,8 @@ impl RequestSide {
                     return Ok(Flow::Continue);
                 }
             }
-            Sharing::PinTaint => self.pin_state.tainted = true,
+            // (A cluster listener refuses these: its sessions are never tainted.)
+            Sharing::PinTaint if self.ctx.cluster.is_none() => self.pin_state.tainted = true,
             _ => {}
         }
         // At-rest encryption: values sealed before they leave, the reply opened on its way
@@ -839,10 +843,15 @@ impl RequestSide {
                     return self.forward_shared(&args, raw, rewrite).await;
                 }
                 Disposition::Pin if self.ctx.cluster.is_some() => {
-                    match self.cluster_place(kind, plan.command, &args) {
+                    match self.cluster_place(kind, sharing, plan.command, &args) {
                         cluster::Place::Node(node) => {
                             self.pin_node = Some(node);
-                            Box::pin(self.pin()).await?;
+                            if let Some(unavailable) = Box::pin(self.pin()).await? {
+                                self.pin_node = None;
+                                self.multi_dirty |= self.in_multi;
+                                self.local(unavailable).await?;
+                                return Ok(Flow::Continue);
+                            }
                         }
                         cluster::Place::Answer(reply) => {
                             self.local(reply).await?;
@@ -859,11 +868,17 @@ impl RequestSide {
                     self.local(reply).await?;
                     return Ok(Flow::Continue);
                 }
-                Disposition::Pin => Box::pin(self.pin()).await?,
+                Disposition::Pin => {
+                    if let Some(unavailable) = Box::pin(self.pin()).await? {
+                        self.multi_dirty |= self.in_multi;
+                        self.local(unavailable).await?;
+                        return Ok(Flow::Continue);
+                    }
+                }
             }
         }
         // A cluster session pinned to one node: only what that node serves goes on it.
-        if let Some(refusal) = self.cluster_fits(plan.command, &args) {
+        if let Some(refusal) = self.cluster_fits(kind, sharing, plan.command, &args) {
             self.multi_dirty |= self.in_multi;
             self.local(refusal).await?;
             return Ok(Flow::Continue);
@@ -1153,24 +1168,39 @@ impl RequestSide {
         self.forward_raw(args, expect).await
     }
 
-    async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
-        if self.up.is_none() {
-            // Boxed: connecting (perhaps with TLS) is rare and its future is large.
-            match Box::pin(self.own_pool().acquire()).await {
-                Ok(conn) => {
-                    let (r, w) = tokio::io::split(conn.stream);
-                    self.send_slot(Slot::Attach(r)).await?;
-                    self.up = Some(w);
-                    // Pooled connections are logged in as the listener's user.
-                    self.up_as = RunsAs::Listener;
-                }
-                Err(e) => {
-                    tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
-                    let msg = format!("cachegate: upstream unavailable ({e})");
-                    self.local(reply::error(&msg)).await?;
-                    return Ok(Flow::Continue);
-                }
+    /// Opens the session's own connection if it has none: `Some(error reply)` when that
+    /// fails, and nothing is sent or queued then.
+    async fn connect_own(&mut self) -> Result<Option<Bytes>, SessionError> {
+        if self.up.is_some() {
+            return Ok(None);
+        }
+        // Boxed: connecting (perhaps with TLS) is rare and its future is large.
+        match Box::pin(self.own_pool().acquire()).await {
+            Ok(conn) => {
+                let (r, w) = tokio::io::split(conn.stream);
+                self.send_slot(Slot::Attach(r)).await?;
+                self.up = Some(w);
+                // Pooled connections are logged in as the listener's user.
+                self.up_as = RunsAs::Listener;
+                Ok(None)
             }
+            Err(e) => {
+                tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
+                Ok(Some(reply::error(&format!(
+                    "cachegate: upstream unavailable ({e})"
+                ))))
+            }
+        }
+    }
+
+    async fn forward_raw(&mut self, args: &[Bytes], expect: Expect) -> Result<Flow, SessionError> {
+        if let Some(unavailable) = self.connect_own().await? {
+            // Only a command whose reply the client awaits is answered; cachegate's own
+            // commands (HELLO, SETNAME, a login) connect first and fail before they get here.
+            if expect.forward {
+                self.local(unavailable).await?;
+            }
+            return Ok(Flow::Continue);
         }
         // The slot is queued before the bytes leave, so the reply side always knows what a
         // frame is for.

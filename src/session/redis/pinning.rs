@@ -53,10 +53,9 @@ impl RequestSide {
                 None => ids.listener.clone(),
             },
         };
-        if self.up.is_none() {
-            // Connect first (a pooled connection is logged in as the listener's user).
-            let ping = [Bytes::from_static(b"PING")];
-            self.forward_raw(&ping, Expect::swallowed(1)).await?;
+        // Connect first (a pooled connection is logged in as the listener's user).
+        if let Some(unavailable) = self.connect_own().await? {
+            return Ok(Some(unavailable));
         }
         let mut frame = BytesMut::new();
         encode_command(&mut frame, auth.iter().map(|a| &a[..]));
@@ -161,9 +160,17 @@ impl RequestSide {
     /// From now on this session has its own connection, with the state kept so far (RESP
     /// version, client name) applied to it. Replies still due from shared connections come
     /// first: the reply side takes slots in order.
-    pub(super) async fn pin(&mut self) -> Result<(), SessionError> {
+    /// `Some(error reply)` when no connection could be opened: the session stays on shared
+    /// connections then, and nothing was sent.
+    pub(super) async fn pin(&mut self) -> Result<Option<Bytes>, SessionError> {
+        if self.shared.is_none() {
+            return Ok(None);
+        }
+        if let Some(unavailable) = self.connect_own().await? {
+            return Ok(Some(unavailable));
+        }
         let Some(state) = self.shared.take() else {
-            return Ok(());
+            return Ok(None);
         };
         self.ctx
             .metrics
@@ -184,6 +191,6 @@ impl RequestSide {
             ];
             self.forward_raw(&setname, Expect::swallowed(1)).await?;
         }
-        Ok(())
+        Ok(None)
     }
 }

@@ -29,6 +29,8 @@ use crate::live::Live;
 const MIN_GAP: Duration = Duration::from_millis(100);
 /// How soon discovery is tried again while no node answers.
 const RETRY: Duration = Duration::from_millis(500);
+/// Tags fit a SCAN cursor's low 14 bits.
+const TAG_MASK: u16 = (1 << 14) - 1;
 /// A slot no node serves.
 const UNASSIGNED: u16 = u16::MAX;
 
@@ -37,6 +39,9 @@ pub struct Node {
     pub address: String,
     /// The hostname it announces, that its TLS certificate is checked against.
     hostname: Option<String>,
+    /// A small number for its address, kept for the process's life: what a SCAN cursor
+    /// names it by.
+    pub tag: u16,
     pub pool: Pool,
     pub shared: Shared,
 }
@@ -50,7 +55,8 @@ pub struct Map {
     replicas: Vec<Vec<Arc<Node>>>,
     /// Every node the layout lists (replicas too): the only places a redirection is followed
     /// to. A node announced elsewhere is reached once a refresh lists it.
-    known: std::collections::HashSet<String>,
+    /// Each with the hostname it announces.
+    known: HashMap<String, Option<String>>,
 }
 
 impl Map {
@@ -76,16 +82,12 @@ impl Map {
         (!replicas.is_empty()).then(|| &replicas[(n % replicas.len() as u64) as usize])
     }
 
-    /// The primaries in the order a SCAN walks them, each with the first slot it serves.
+    /// The primaries in the order a SCAN walks them (by tag, which a resharding does not
+    /// change), each with its tag.
     pub fn walk(&self) -> Vec<(u16, Arc<Node>)> {
-        let mut seen = vec![false; self.primaries.len()];
-        let mut out = Vec::with_capacity(self.primaries.len());
-        for (slot, &i) in self.slots.iter().enumerate() {
-            if let Some(done) = seen.get_mut(i as usize).filter(|d| !**d) {
-                *done = true;
-                out.push((slot as u16, self.primaries[i as usize].clone()));
-            }
-        }
+        let mut out: Vec<(u16, Arc<Node>)> =
+            self.primaries.iter().map(|n| (n.tag, n.clone())).collect();
+        out.sort_by_key(|(tag, _)| *tag);
         out
     }
 
@@ -109,6 +111,8 @@ pub struct Cluster {
     tls: Live<Option<crate::tls::client::UpstreamTlsOptions>>,
     /// Every node met so far, by address (a node leaves the map, not this).
     nodes: Mutex<HashMap<String, Arc<Node>>>,
+    /// Each address's tag.
+    tags: Mutex<HashMap<String, u16>>,
     /// Serialises changes to the map.
     changing: Mutex<()>,
     refresh: Notify,
@@ -140,6 +144,7 @@ impl Cluster {
             tls: Live::new(base.tls.clone()),
             nodes: Mutex::new(HashMap::new()),
             changing: Mutex::new(()),
+            tags: Mutex::new(HashMap::new()),
             refresh: Notify::new(),
             interval: base.cluster_refresh,
             start_shared,
@@ -254,7 +259,13 @@ impl Cluster {
         };
         let pool = Pool::new(&cfg, self.max_reply, Protocol::Redis)
             .map_err(|e| format!("node {address}: {e}"))?;
+        let tag = {
+            let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+            let next = tags.len() as u16 & TAG_MASK;
+            *tags.entry(address.to_string()).or_insert(next)
+        };
         let node = Arc::new(Node {
+            tag,
             address: address.to_string(),
             hostname: hostname.map(str::to_string),
             shared: Shared {
@@ -283,7 +294,7 @@ impl Cluster {
     /// refresh to list it: cachegate's credentials go only where the cluster's layout says.
     pub fn knows(&self, address: &str) -> bool {
         let known =
-            self.map.load().known.contains(address) || self.seeds.iter().any(|s| s == address);
+            self.map.load().known.contains_key(address) || self.seeds.iter().any(|s| s == address);
         if !known {
             self.count("unknown_node");
             self.stale();
@@ -294,15 +305,10 @@ impl Cluster {
     /// The node at `address` a redirection names: the layout's own (with its hostname) when
     /// it lists it.
     pub fn node_at(&self, address: &str) -> Result<Arc<Node>, String> {
-        match self
-            .map
-            .load()
-            .primaries
-            .iter()
-            .find(|n| n.address == address)
-        {
+        let map = self.map.load();
+        match map.primaries.iter().find(|n| n.address == address) {
             Some(node) => Ok(node.clone()),
-            None => self.node(address, None),
+            None => self.node(address, map.known.get(address).and_then(|h| h.as_deref())),
         }
     }
 
@@ -465,8 +471,9 @@ impl Cluster {
             }
         }
         for range in &ranges {
-            map.known.insert(range.primary.address());
-            map.known.extend(range.replicas.iter().map(|r| r.address()));
+            for node in std::iter::once(&range.primary).chain(&range.replicas) {
+                map.known.insert(node.address(), node.hostname.clone());
+            }
             let address = range.primary.address();
             let index = map.index_of(&address).unwrap_or_default() as u16;
             for s in range.start..=range.end {
