@@ -1253,3 +1253,68 @@ async fn every_data_family_answers_as_the_node_does() {
         }
     }
 }
+
+/// A shard channel's subscription follows its slot to another node: the node that loses the
+/// slot ends it (`sunsubscribe`), and cachegate subscribes again on the new node instead of
+/// passing that on; messages published afterwards still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_subscriptions_follow_a_resharding() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let mut publisher = client(&pki, &proxy).await;
+    for resp3 in [false, true] {
+        let channel = if resp3 { "{s3}ch" } else { "{s2}ch" };
+        let mut sub = RawClient::authed(&pki, proxy.addr).await;
+        if resp3 {
+            assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        let confirmed = s(&sub.cmd(&["SSUBSCRIBE", channel]).await);
+        assert!(confirmed.contains("ssubscribe"), "{confirmed}");
+        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+        let from = cluster.owner(slot).await;
+        let to = cluster
+            .nodes
+            .iter()
+            .map(|n| n.redis.address())
+            .find(|a| *a != from)
+            .unwrap();
+        let to_id = cluster.id(&to).await;
+        // The slot (no keys in it) moves: the old node ends the subscription.
+        let mut order = vec![cluster.at(&from)];
+        order.extend(cluster.nodes.iter().filter(|n| n.redis.address() != from));
+        for node in order {
+            let mut d = node.client().await;
+            assert_eq!(
+                d.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id])
+                    .await,
+                b"+OK\r\n"
+            );
+        }
+        // Published until it arrives (cachegate needs a moment to subscribe again).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let got = loop {
+            assert!(publisher
+                .cmd(&["SPUBLISH", channel, "after"])
+                .await
+                .starts_with(b":"));
+            match tokio::time::timeout(std::time::Duration::from_millis(200), sub.read()).await {
+                Ok(frame) => break s(&frame),
+                Err(_) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no message after the move"
+                ),
+            }
+        };
+        assert!(got.contains("smessage") && got.contains("after"), "{got}");
+        assert!(!got.contains("sunsubscribe"), "{got}");
+        let mut owner = cluster.at(&to).client().await;
+        let numsub = s(&owner.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await);
+        assert!(
+            numsub.ends_with(":1\r\n"),
+            "subscribed on the new node: {numsub}"
+        );
+        // The client's own SUNSUBSCRIBE still ends it, and reaches the client.
+        let left = s(&sub.cmd(&["SUNSUBSCRIBE", channel]).await);
+        assert!(left.contains("sunsubscribe"), "{left}");
+    }
+}

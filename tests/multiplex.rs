@@ -282,7 +282,8 @@ fn pinned(metrics: &str) -> f64 {
 }
 
 /// Each stateful family pins the session, and it goes back to the shared connections once that
-/// state is gone (after EXEC/DISCARD/UNWATCH, SELECT 0, the blocking reply, or RESET).
+/// state is gone (after EXEC/DISCARD/UNWATCH, SELECT 0, the blocking reply, the last
+/// UNSUBSCRIBE, or RESET).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinning_engages_and_releases_for_each_family() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
@@ -336,6 +337,38 @@ async fn pinning_engages_and_releases_for_each_family() {
         b":0\r\n",
         "no subscription left"
     );
+
+    // Subscriptions: until the last is gone (the connection's own count says so).
+    for resp3 in [false, true] {
+        if resp3 {
+            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        c.send_cmd(&["SUBSCRIBE", "a", "b"]).await;
+        c.read().await;
+        c.read().await;
+        c.send_cmd(&["PSUBSCRIBE", "p*"]).await;
+        c.read().await;
+        assert_eq!(gauge().await, 1.0);
+        c.send_cmd(&["UNSUBSCRIBE", "a", "b"]).await;
+        c.read().await;
+        c.read().await;
+        assert_eq!(
+            c.cmd(&["PING"]).await.first(),
+            Some(&if resp3 { b'+' } else { b'*' })
+        );
+        assert_eq!(gauge().await, 1.0, "a pattern subscription is left");
+        c.send_cmd(&["PUNSUBSCRIBE"]).await;
+        c.read().await;
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+        assert_eq!(gauge().await, 0.0, "released after the last unsubscribe");
+        assert_eq!(
+            other.cmd(&["PUBLISH", "p1", "x"]).await,
+            b":0\r\n",
+            "no subscription left"
+        );
+    }
+    assert!(c.cmd(&["HELLO", "2"]).await.starts_with(b"*"));
 
     // The name set while pinned is kept when going back.
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");

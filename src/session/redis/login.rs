@@ -252,6 +252,8 @@ impl RequestSide {
         self.in_multi = false;
         self.multi_dirty = false;
         self.multi_held = None;
+        self.subscriptions
+            .store(0, std::sync::atomic::Ordering::Release);
         self.resp3 = false;
         self.reply_mode = ReplyMode::On;
         self.listening = false;

@@ -21,6 +21,7 @@
 //! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
 mod cluster;
+mod follow;
 mod login;
 mod pinning;
 mod replies;
@@ -284,10 +285,17 @@ pub async fn run<S>(
         pin_node: None,
         multi_held: None,
         cluster_order: None,
+        subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        follow: ctx
+            .cluster
+            .as_ref()
+            .map(|_| Arc::new(follow::Follow::default())),
     };
     req.log_out();
     let own = Own {
         id: req.id,
+        subscriptions: req.subscriptions.clone(),
+        follow: req.follow.clone(),
         in_flight: req.in_flight.clone(),
         live: req.live.clone(),
     };
@@ -388,6 +396,11 @@ struct RequestSide {
     multi_held: Option<Vec<Bytes>>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
+    /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
+    /// said (kept by the reply side; `SUBSCRIBING` until a SUBSCRIBE's first one).
+    subscriptions: Arc<std::sync::atomic::AtomicI64>,
+    /// A cluster session's shard channels, followed across a resharding.
+    follow: Option<Arc<follow::Follow>>,
 }
 
 /// The ACL user a verified client certificate maps to on this listener.
@@ -414,8 +427,10 @@ struct PinState {
     watching: bool,
     /// A database other than 0.
     db: bool,
-    /// Subscriptions, tracking, CLIENT REPLY, MONITOR and the like: only RESET ends them.
+    /// Tracking, CLIENT REPLY, MONITOR and the like: only RESET ends them.
     sticky: bool,
+    /// Subscribed: held while the connection counts any subscription.
+    subscribed: bool,
     /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
     /// the connection is closed when the session ends, never pooled or shared again.
     tainted: bool,
@@ -546,7 +561,11 @@ impl RequestSide {
         let mut aborted = std::pin::pin!(abort.cancelled());
         let mut shut = std::pin::pin!(shutdown.cancelled());
         let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
+        let follow = self.follow.clone();
         loop {
+            if self.follow.is_some() {
+                self.follow_shards().await?;
+            }
             if self.live.generation() != self.generation {
                 if !self.refresh() {
                     return Ok(());
@@ -588,10 +607,17 @@ impl RequestSide {
             };
             // Shutdown, an abort by the reply side, or a reload (taken at the loop's top).
             let wake = std::pin::pin!(async {
+                let ended = async {
+                    match &follow {
+                        Some(f) => f.wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = &mut shut => {}
                     _ = &mut aborted => {}
                     _ = &mut superseded => {}
+                    _ = ended => {}
                 }
             });
             match reader.fill(limits, wake).await {
@@ -921,6 +947,15 @@ impl RequestSide {
             Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
             _ if open.is_some() => expect.rewrite = open,
             Kind::Subscribe | Kind::Unsubscribe => {
+                if let Some(follow) = &self.follow {
+                    // (RESP2 confirms named channels as replies, which the reply side counts
+                    // as answers: only what arrives unasked is told apart.)
+                    if args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE")
+                        && (self.resp3 || args.len() == 1)
+                    {
+                        follow.client_leaves(&args[1..]);
+                    }
+                }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
                 // one reply per channel. UNSUBSCRIBE without channels answers once per current
                 // subscription, unknown here: those replies flow through as unsolicited frames.

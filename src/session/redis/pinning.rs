@@ -97,14 +97,29 @@ impl RequestSide {
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
     /// need no flag: unpinning waits for every reply still due.
     pub(super) fn holds_state(&self) -> bool {
-        self.in_multi || self.pin_state.any() || self.reply_mode != ReplyMode::On
+        self.in_multi
+            || self.pin_state.any()
+            || self.reply_mode != ReplyMode::On
+            || (self.pin_state.subscribed
+                && self
+                    .subscriptions
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    != 0)
     }
 
     /// Notes the connection state a command creates or ends while pinned.
     pub(super) fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
         let st = &mut self.pin_state;
         match kind {
-            Kind::Subscribe | Kind::Stateful => st.sticky = true,
+            // Held until the connection's own count of subscriptions (in every confirmation
+            // the reply side reads) is back to 0: after the last UNSUBSCRIBE, or when a
+            // cluster node ends a shard channel's subscription (a resharding).
+            Kind::Subscribe => {
+                st.subscribed = true;
+                self.subscriptions
+                    .store(replies::SUBSCRIBING, std::sync::atomic::Ordering::Release);
+            }
+            Kind::Stateful => st.sticky = true,
             Kind::Client => match client_subcommand(args).as_deref() {
                 Some(b"SETNAME") if args.len() == 3 => {
                     self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
@@ -137,6 +152,8 @@ impl RequestSide {
         }
         self.up = None;
         self.pin_node = None;
+        // Nothing is received without asking any more (MONITOR and tracking never unpin).
+        self.listening = false;
         self.pin_state = PinState::default();
         self.shared = Some(SharedSession {
             name: self.name.take(),

@@ -29,6 +29,28 @@ enum Event {
     Timeout,
 }
 
+/// A SUBSCRIBE has been sent and its first confirmation not read yet.
+pub(super) const SUBSCRIBING: i64 = i64::MAX;
+
+/// The connection's count of subscriptions from an (un)subscribe confirmation (RESP2 array or
+/// RESP3 push: the kind, the channel, the count), `None` for any other frame.
+fn subscription_count(frame: &[u8]) -> Option<i64> {
+    const KINDS: [&[u8]; 6] = [
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    let (kind, _, count) = super::follow::confirmation(frame)?;
+    if !KINDS.contains(&kind) {
+        return None;
+    }
+    let count = count.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(count).ok()?.parse().ok()
+}
+
 /// A shared command's reply: its bytes, or why none came.
 type Answer = Result<Bytes, SharedError>;
 
@@ -67,6 +89,10 @@ fn shared_now(wait: &mut SharedWait) -> Option<Answer> {
 /// allowance it gives back as it delivers shared replies.
 pub(super) struct Own {
     pub(super) id: u64,
+    /// Where the connection's count of subscriptions goes, from each confirmation.
+    pub(super) subscriptions: Arc<std::sync::atomic::AtomicI64>,
+    /// A cluster session's shard channels, followed across a resharding.
+    pub(super) follow: Option<Arc<super::follow::Follow>>,
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
     /// The listener's configuration as it is now: replies are rewritten (COMMAND, ACL CAT)
     /// with the policy in force when they arrive, a reload's included.
@@ -316,6 +342,14 @@ fn route(
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
     let session = own.id;
+    if let Some(count) = subscription_count(&frame) {
+        own.subscriptions
+            .store(count, std::sync::atomic::Ordering::Release);
+    }
+    let unasked = kind == ReplyKind::Push || current.is_none();
+    if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(&frame)) {
+        return Ok(());
+    }
     if kind == ReplyKind::Push {
         out.push(frame);
         return Ok(());
@@ -362,4 +396,46 @@ fn route(
         cur.deadline = Some(Instant::now() + timeout);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subscription_count;
+
+    proptest::proptest! {
+        /// Whatever a backend sends, reading a count never panics.
+        #[test]
+        fn any_frame_is_read_without_panicking(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            for head in [&b"*3\r\n"[..], b">3\r\n", b"*3\r\n$9\r\nsubscribe\r\n"] {
+                let mut frame = head.to_vec();
+                frame.extend_from_slice(&tail);
+                let _ = subscription_count(&frame);
+            }
+        }
+    }
+
+    #[test]
+    fn subscription_counts_come_from_confirmations_only() {
+        assert_eq!(
+            subscription_count(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:2\r\n"),
+            Some(2)
+        );
+        assert_eq!(
+            subscription_count(b">3\r\n$12\r\nsunsubscribe\r\n$3\r\n{a}\r\n:0\r\n"),
+            Some(0)
+        );
+        assert_eq!(
+            subscription_count(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"),
+            Some(0)
+        );
+        for other in [
+            &b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"[..],
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n$1\r\n2\r\n",
+            b"*2\r\n$9\r\nsubscribe\r\n:1\r\n",
+            b"$9\r\nsubscribe\r\n",
+            b"*3\r\n:1\r\n:2\r\n:3\r\n",
+        ] {
+            assert_eq!(subscription_count(other), None, "{other:?}");
+        }
+    }
 }

@@ -1,0 +1,229 @@
+//! A cluster listener's shard channels follow a resharding: when a node ends a session's
+//! `SSUBSCRIBE` because the channel's slot moved away (it sends `sunsubscribe` unasked), the
+//! reply side keeps that from the client and tells the request side, which subscribes again
+//! on the slot's new node, as a cluster-aware client would. The client sees its subscription
+//! go on. Where that cannot be done (the session still holds other subscriptions on the old
+//! node, or no new node is known in time), the client gets the `sunsubscribe` the node sent.
+
+use super::*;
+use std::sync::Mutex;
+
+/// Shared by a cluster session's two halves.
+#[derive(Default)]
+pub(super) struct Follow {
+    state: Mutex<State>,
+    /// Wakes the request side when a node ended a subscription.
+    pub(super) wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Shard channels the client itself asked to leave, and whether it asked to leave all.
+    leaving: Vec<Bytes>,
+    leaving_all: bool,
+    /// Channels a node ended, to subscribe again where their slot now lives.
+    ended: Vec<Bytes>,
+    /// Confirmations of cachegate's own SSUBSCRIBEs (RESP3 pushes), not for the client.
+    confirming: Vec<Bytes>,
+}
+
+/// How long a moved channel waits for the map to name its slot's new node.
+const NEW_NODE_WAIT: Duration = Duration::from_secs(3);
+
+/// A three-element array or push whose first two elements are bulk strings (the shape of an
+/// (un)subscribe confirmation): the first two, and the bytes of the third.
+pub(super) fn confirmation(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let rest = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    fn bulk(at: &[u8]) -> Option<(usize, &[u8])> {
+        if at.starts_with(b"$-1\r\n") {
+            // (UNSUBSCRIBE with no subscription left names no channel.)
+            return Some((5, b""));
+        }
+        if !at.starts_with(b"$") {
+            return None;
+        }
+        let (len, _) = crate::protocol::resp::frame_len(at).ok()??;
+        let body = at.get(memchr::memchr(b'\n', at)? + 1..len.checked_sub(2)?)?;
+        Some((len, body))
+    }
+    let (len, kind) = bulk(rest)?;
+    let (channel_len, channel) = bulk(&rest[len..])?;
+    Some((kind, channel, &rest[len + channel_len..]))
+}
+
+impl Follow {
+    /// The client asked to leave these shard channels (all of them when empty).
+    pub(super) fn client_leaves(&self, channels: &[Bytes]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if channels.is_empty() {
+            st.leaving_all = true;
+        } else {
+            st.leaving.extend(channels.iter().cloned());
+        }
+    }
+
+    /// Reply side, for a frame nobody asked for: whether it is kept from the client (a node
+    /// ending a subscription the client did not leave, or the confirmation of cachegate's own
+    /// subscription).
+    pub(super) fn intercepts(&self, frame: &[u8]) -> bool {
+        let Some((kind, channel, _)) = confirmation(frame) else {
+            return false;
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            b"sunsubscribe" => {
+                if st.leaving_all {
+                    if frame.ends_with(b":0\r\n") {
+                        st.leaving_all = false;
+                    }
+                    return false;
+                }
+                if let Some(i) = st.leaving.iter().position(|c| c == channel) {
+                    st.leaving.swap_remove(i);
+                    return false;
+                }
+                st.ended.push(Bytes::copy_from_slice(channel));
+                drop(st);
+                self.wake.notify_one();
+                true
+            }
+            b"ssubscribe" => match st.confirming.iter().position(|c| c == channel) {
+                Some(i) => {
+                    st.confirming.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn take_ended(&self) -> Vec<Bytes> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).ended)
+    }
+
+    fn confirm(&self, channel: Bytes) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .confirming
+            .push(channel);
+    }
+}
+
+/// The `sunsubscribe` a node sent, for the client after all.
+fn ended_frame(channel: &[u8], count: i64, resp3: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
+    reply::put_bulk(&mut out, b"sunsubscribe");
+    reply::put_bulk(&mut out, channel);
+    out.extend_from_slice(format!(":{count}\r\n").as_bytes());
+    out.freeze()
+}
+
+impl RequestSide {
+    /// Subscribes again, on their slots' new node, the shard channels a node ended.
+    pub(super) async fn follow_shards(&mut self) -> Result<(), SessionError> {
+        let (Some(follow), Some(cluster)) = (self.follow.clone(), self.ctx.cluster.clone()) else {
+            return Ok(());
+        };
+        let ended = follow.take_ended();
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let old = self.pin_node.as_ref().map(|n| n.address.clone());
+        let count = self.subscriptions.clone();
+        let count = move || count.load(std::sync::atomic::Ordering::Acquire);
+        // Other subscriptions still hold the old node's connection: the client learns what
+        // the node did.
+        if self.shared.is_some() || old.is_none() || self.holds_state() {
+            for channel in ended {
+                let frame = ended_frame(&channel, count().max(0), self.resp3);
+                self.local_always(frame).await?;
+            }
+            return Ok(());
+        }
+        Box::pin(self.unpin()).await?;
+        cluster.stale();
+        let slot = crate::upstream::cluster::slot::key_slot(&ended[0]);
+        let deadline = Instant::now() + NEW_NODE_WAIT;
+        let node = loop {
+            match cluster.map().node(slot) {
+                Some(n) if Some(&n.address) != old.as_ref() => break Some(n.clone()),
+                _ if Instant::now() >= deadline => break None,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let mut again = Vec::new();
+        for channel in ended {
+            let same = node.as_ref().is_some_and(|n| {
+                cluster
+                    .map()
+                    .node(crate::upstream::cluster::slot::key_slot(&channel))
+                    .is_some_and(|m| m.address == n.address)
+            });
+            if same {
+                again.push(channel);
+            } else {
+                self.local_always(ended_frame(&channel, 0, self.resp3))
+                    .await?;
+            }
+        }
+        let Some(node) = node.filter(|_| !again.is_empty()) else {
+            return Ok(());
+        };
+        self.pin_node = Some(node);
+        if Box::pin(self.pin()).await?.is_some() {
+            // The new node cannot be reached: the client learns its subscriptions ended.
+            self.pin_node = None;
+            for channel in again {
+                self.local_always(ended_frame(&channel, 0, self.resp3))
+                    .await?;
+            }
+            return Ok(());
+        }
+        let mut args = vec![Bytes::from_static(b"SSUBSCRIBE")];
+        args.extend(again.iter().cloned());
+        self.track_state(Kind::Subscribe, &args);
+        self.listening = true;
+        // RESP2 confirms each channel with a reply; RESP3 with pushes, kept from the client.
+        let replies = if self.resp3 {
+            for channel in &again {
+                follow.confirm(channel.clone());
+            }
+            0
+        } else {
+            again.len()
+        };
+        self.forward_raw(&args, Expect::swallowed(replies)).await?;
+        self.flush_upstream().await?;
+        tracing::debug!(listener = %self.ctx.listener, peer = %self.peer, channels = again.len(), "shard channels subscribed again after a resharding");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_ending_a_channel_is_told_apart_from_the_client_leaving_it() {
+        let f = Follow::default();
+        let ended = b">3\r\n$12\r\nsunsubscribe\r\n$4\r\n{a}x\r\n:0\r\n";
+        f.client_leaves(&[Bytes::from_static(b"{a}x")]);
+        assert!(!f.intercepts(ended), "the client's own SUNSUBSCRIBE");
+        assert!(f.intercepts(ended), "a node's");
+        assert_eq!(f.take_ended(), vec![Bytes::from_static(b"{a}x")]);
+        f.client_leaves(&[]);
+        assert!(!f.intercepts(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:1\r\n"));
+        assert!(!f.intercepts(ended), "the last of all");
+        assert!(f.intercepts(ended), "all left: a node's again");
+        f.confirm(Bytes::from_static(b"c"));
+        assert!(f.intercepts(b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"));
+        assert!(!f.intercepts(b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"));
+        assert!(!f.intercepts(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"));
+        assert_eq!(ended_frame(b"{a}x", 0, true), Bytes::from_static(ended));
+    }
+}
