@@ -481,3 +481,49 @@ async fn a_reset_client_past_its_in_flight_allowance_frees_its_slot() {
         "the reset client's session still holds the only connection slot"
     );
 }
+
+/// A client that makes cachegate think its connection is in step while replies are still due
+/// (RESP2 `UNSUBSCRIBE` without channels answers once per subscription, which reads as the
+/// answers to the commands pipelined behind it), and forges the `+RESET` that a pooled
+/// connection's reset waits for (`EVAL "return {ok='RESET'}"`), must not hand the next
+/// session that takes the connection its own late replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_reset_cannot_hand_late_replies_to_the_next_session() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(
+        &pki,
+        &redis,
+        "upstream.warm_connections = 0\nupstream.max_idle = 1\ncommands.scripts = \"unguarded\"\n",
+    )
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    c.send_cmd(&["SUBSCRIBE", "a", "b", "c", "d"]).await;
+    for _ in 0..4 {
+        c.read().await;
+    }
+    let mut wire = encode(&[b"UNSUBSCRIBE"]);
+    wire.extend(encode(&[b"BLPOP", b"k", b"1"]));
+    wire.extend(encode(&[b"EVAL", b"return {ok='RESET'}", b"0"]));
+    wire.extend(encode(&[b"BLPOP", b"k2", b"2"]));
+    wire.extend(encode(&[b"EVAL", b"return 'INJECTED'", b"0"]));
+    c.send(&wire).await;
+    for _ in 0..4 {
+        c.read().await;
+    }
+    // A stateless command: the session goes back to shared connections and its connection
+    // to the pool, through a reset.
+    c.send_cmd(&["GET", "x"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The next session that needs a connection of its own gets its own replies only.
+    let mut d = RawClient::tls(&pki, proxy.addr).await;
+    let mut replies = Vec::new();
+    for cmd in [
+        vec!["WATCH", "x"],
+        vec!["SET", "x", "mine"],
+        vec!["GET", "x"],
+        vec!["UNWATCH"],
+    ] {
+        replies.push(s(&d.cmd(&cmd).await));
+    }
+    assert_eq!(replies, ["+OK\r\n", "+OK\r\n", "$4\r\nmine\r\n", "+OK\r\n"]);
+}

@@ -60,6 +60,14 @@ impl Down {
     }
 }
 
+/// A number no client can know, that a reset's `ECHO` must bring back.
+fn reset_nonce() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    // Fails only if the OS has no randomness: the connection is then closed, not pooled.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// What a released connection is sent before it is idle again: `RESET` (state, name, logged
 /// out), then cachegate's own `AUTH` if the upstream needs one.
 fn reset_sequence(auth: Option<&Bytes>) -> Bytes {
@@ -243,24 +251,45 @@ impl Pool {
     async fn reset(&self, mut conn: Conn) -> Result<Conn, UpstreamError> {
         let timeout = self.inner.connector.request_timeout;
         let expect_auth = self.inner.connector.auth.is_some();
-        let reset = self.inner.reset.clone();
+        // The reset ends with `ECHO <nonce>`: only its reply, which no client can have made
+        // (a script can return `+RESET`, not a number it never saw), says that everything the
+        // last session left in the stream has been read, and that RESET (and AUTH) just
+        // before it succeeded.
+        let nonce = reset_nonce()
+            .ok_or_else(|| UpstreamError::Unexpected("no randomness for the reset".into()))?;
+        let mut reset = BytesMut::from(&self.inner.reset[..]);
+        encode_command(&mut reset, [&b"ECHO"[..], nonce.as_bytes()].into_iter());
+        let echoed = crate::protocol::reply::bulk(nonce.as_bytes());
         tokio::time::timeout(timeout, async move {
             conn.stream.write_all(&reset).await?;
             conn.stream.flush().await?;
             let mut buf = BytesMut::new();
-            // Pub/sub messages or MONITOR lines may arrive before RESET takes effect.
+            // Replies still due, pub/sub messages or MONITOR lines come first.
+            let mut last: [Bytes; 2] = [Bytes::new(), Bytes::new()];
             let mut skipped = 0;
-            while &conn.read_frame(&mut buf).await?[..] != b"+RESET\r\n" {
+            loop {
+                let frame = conn.read_frame(&mut buf).await?;
+                if frame == echoed {
+                    break;
+                }
+                last = [std::mem::take(&mut last[1]), frame];
                 skipped += 1;
                 if skipped > RESET_MAX_SKIPPED_FRAMES {
-                    return Err(UpstreamError::Unexpected("no +RESET reply".into()));
+                    return Err(UpstreamError::Unexpected("no reply to the reset".into()));
                 }
             }
-            if expect_auth {
-                let reply = conn.read_frame(&mut buf).await?;
-                if &reply[..] != b"+OK\r\n" {
-                    return Err(UpstreamError::Unexpected(printable(&reply)));
-                }
+            let (reset_reply, auth_reply) = if expect_auth {
+                (&last[0], Some(&last[1]))
+            } else {
+                (&last[1], None)
+            };
+            if &reset_reply[..] != b"+RESET\r\n" || auth_reply.is_some_and(|r| &r[..] != b"+OK\r\n")
+            {
+                return Err(UpstreamError::Unexpected(format!(
+                    "the reset was refused: {} {}",
+                    printable(reset_reply),
+                    auth_reply.map(|r| printable(r)).unwrap_or_default()
+                )));
             }
             if !buf.is_empty() {
                 return Err(UpstreamError::Unexpected("extra bytes after reset".into()));
