@@ -357,7 +357,7 @@ async fn pinning_engages_and_releases_for_each_family() {
             Some(&if resp3 { b'+' } else { b'*' })
         );
         assert_eq!(gauge().await, 1.0, "a pattern subscription is left");
-        c.send_cmd(&["PUNSUBSCRIBE"]).await;
+        c.send_cmd(&["PUNSUBSCRIBE", "p*"]).await;
         c.read().await;
         assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
         assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
@@ -369,6 +369,19 @@ async fn pinning_engages_and_releases_for_each_family() {
         );
     }
     assert!(c.cmd(&["HELLO", "2"]).await.starts_with(b"*"));
+    // RESP2's UNSUBSCRIBE without channels answers once per subscription, which cachegate
+    // cannot count ahead: that session keeps its connection until RESET.
+    c.send_cmd(&["SUBSCRIBE", "a", "b"]).await;
+    c.read().await;
+    c.read().await;
+    c.send_cmd(&["UNSUBSCRIBE"]).await;
+    c.read().await;
+    c.read().await;
+    assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+    assert_eq!(gauge().await, 1.0, "kept until RESET");
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&["GET", "n"]).await, b"$1\r\n1\r\n");
+    assert_eq!(gauge().await, 0.0, "released after RESET");
 
     // The name set while pinned is kept when going back.
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");

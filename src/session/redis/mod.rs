@@ -838,6 +838,7 @@ impl RequestSide {
             && self.ctx.shared.is_some()
             && (disposition != Disposition::Pin || self.ctx.cluster.is_some())
             && !self.holds_state()
+            && Box::pin(self.subscriptions_settled()).await?
         {
             Box::pin(self.unpin()).await?;
         }
@@ -960,6 +961,12 @@ impl RequestSide {
                 // one reply per channel. UNSUBSCRIBE without channels answers once per current
                 // subscription, unknown here: those replies flow through as unsolicited frames.
                 let channels = args.len() - 1;
+                if !self.resp3 && channels == 0 && kind == Kind::Unsubscribe {
+                    // Answered once per subscription, unknown here: frames that read as the
+                    // answers to commands behind it. The session keeps its connection until
+                    // RESET, as it did for every subscription before counts were read.
+                    self.pin_state.sticky = true;
+                }
                 expect.replies = match (self.resp3, channels) {
                     (_, 0) if kind == Kind::Subscribe => 1,
                     (true, _) | (false, 0) => 0,

@@ -107,6 +107,17 @@ impl RequestSide {
                     != 0)
     }
 
+    /// For a subscribed session about to unpin: whether its subscriptions are really all gone.
+    /// A confirmation still in flight when the count was read could be older than a SUBSCRIBE
+    /// sent since; one round trip (PING) settles it, as its reply comes after them all.
+    pub(super) async fn subscriptions_settled(&mut self) -> Result<bool, SessionError> {
+        if !self.pin_state.subscribed || self.up.is_none() {
+            return Ok(true);
+        }
+        self.own_roundtrip(b"*1\r\n$4\r\nPING\r\n").await?;
+        Ok(!self.holds_state())
+    }
+
     /// Notes the connection state a command creates or ends while pinned.
     pub(super) fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
         let st = &mut self.pin_state;
