@@ -1317,4 +1317,63 @@ async fn shard_subscriptions_follow_a_resharding() {
         let left = s(&sub.cmd(&["SUNSUBSCRIBE", channel]).await);
         assert!(left.contains("sunsubscribe"), "{left}");
     }
+
+    // Two channels of two slots on one node, both moved at once: each is subscribed again
+    // (one SSUBSCRIBE naming both would be CROSSSLOT).
+    let first = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", "{p}a"]).await) as u16;
+    let node = cluster.owner(first).await;
+    let mut second = None;
+    for i in 0.. {
+        let ch = format!("{{q{i}}}b");
+        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", &ch]).await) as u16;
+        if slot != first && cluster.owner(slot).await == node {
+            second = Some((ch, slot));
+            break;
+        }
+    }
+    let (second, second_slot) = second.unwrap();
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", "{p}a"]).await).contains(":1\r\n"));
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", &second]).await).contains(":2\r\n"));
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.redis.address())
+        .find(|a| *a != node)
+        .unwrap();
+    let to_id = cluster.id(&to).await;
+    for slot in [first, second_slot] {
+        let mut order = vec![cluster.at(&node)];
+        order.extend(cluster.nodes.iter().filter(|n| n.redis.address() != node));
+        for n in order {
+            let mut d = n.client().await;
+            assert_eq!(
+                d.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id])
+                    .await,
+                b"+OK\r\n"
+            );
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        for ch in ["{p}a", second.as_str()] {
+            if !got.iter().any(|g: &String| g.contains(ch)) {
+                assert!(publisher
+                    .cmd(&["SPUBLISH", ch, "moved"])
+                    .await
+                    .starts_with(b":"));
+            }
+        }
+        while let Ok(frame) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), sub.read()).await
+        {
+            let frame = s(&frame);
+            assert!(frame.contains("smessage"), "{frame}");
+            if !got.contains(&frame) {
+                got.push(frame);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "got only {got:?}");
+    }
 }

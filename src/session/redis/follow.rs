@@ -62,6 +62,14 @@ impl Follow {
         } else {
             st.leaving.extend(channels.iter().cloned());
         }
+        // Names whose confirmation never came (a refused SUNSUBSCRIBE, one inside a discarded
+        // MULTI) are not kept for ever: past this many, the oldest are forgotten (a node's
+        // sunsubscribe for one of them then reads as the client's own and is passed on).
+        const KEPT: usize = 1024;
+        if st.leaving.len() > KEPT {
+            let excess = st.leaving.len() - KEPT;
+            st.leaving.drain(..excess);
+        }
     }
 
     /// Reply side, for a frame nobody asked for: whether it is kept from the client (a node
@@ -104,6 +112,18 @@ impl Follow {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).ended)
     }
 
+    /// Takes a confirmation back that never came: whether it was still awaited.
+    fn unconfirm(&self, channel: &[u8]) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.confirming.iter().position(|c| c == channel) {
+            Some(i) => {
+                st.confirming.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn confirm(&self, channel: Bytes) {
         self.state
             .lock()
@@ -129,18 +149,31 @@ impl RequestSide {
         let (Some(follow), Some(cluster)) = (self.follow.clone(), self.ctx.cluster.clone()) else {
             return Ok(());
         };
-        let ended = follow.take_ended();
+        let mut ended = follow.take_ended();
         if ended.is_empty() {
             return Ok(());
         }
+        // A resharding moves slots one after another: while the old node still holds other
+        // subscriptions of this session, wait a moment for them to end too, so that all move
+        // together.
+        let deadline = Instant::now() + NEW_NODE_WAIT;
+        while self.shared.is_none() && self.holds_state() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ended.extend(follow.take_ended());
+        }
         let old = self.pin_node.as_ref().map(|n| n.address.clone());
+        // The count the client is told along with a node's sunsubscribe (a SUBSCRIBE still
+        // awaiting its confirmation counts as none).
         let count = self.subscriptions.clone();
-        let count = move || count.load(std::sync::atomic::Ordering::Acquire);
+        let count = move || match count.load(std::sync::atomic::Ordering::Acquire) {
+            super::replies::SUBSCRIBING => 0,
+            n => n.max(0),
+        };
         // Other subscriptions still hold the old node's connection: the client learns what
         // the node did.
         if self.shared.is_some() || old.is_none() || self.holds_state() {
             for channel in ended {
-                let frame = ended_frame(&channel, count().max(0), self.resp3);
+                let frame = ended_frame(&channel, count(), self.resp3);
                 self.local_always(frame).await?;
             }
             return Ok(());
@@ -156,7 +189,7 @@ impl RequestSide {
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        let mut again = Vec::new();
+        let (mut again, mut lost) = (Vec::new(), Vec::new());
         for channel in ended {
             let same = node.as_ref().is_some_and(|n| {
                 cluster
@@ -167,39 +200,64 @@ impl RequestSide {
             if same {
                 again.push(channel);
             } else {
-                self.local_always(ended_frame(&channel, 0, self.resp3))
-                    .await?;
+                lost.push(channel);
             }
         }
-        let Some(node) = node.filter(|_| !again.is_empty()) else {
-            return Ok(());
-        };
-        self.pin_node = Some(node);
-        if Box::pin(self.pin()).await?.is_some() {
-            // The new node cannot be reached: the client learns its subscriptions ended.
-            self.pin_node = None;
-            for channel in again {
-                self.local_always(ended_frame(&channel, 0, self.resp3))
-                    .await?;
+        if let Some(node) = node.filter(|_| !again.is_empty()) {
+            self.pin_node = Some(node);
+            if Box::pin(self.pin()).await?.is_some() {
+                // The new node cannot be reached.
+                self.pin_node = None;
+                lost.append(&mut again);
+            } else if Box::pin(self.run_as(self.wanted_identity(false)))
+                .await?
+                .is_some()
+            {
+                lost.append(&mut again);
             }
-            return Ok(());
-        }
-        let mut args = vec![Bytes::from_static(b"SSUBSCRIBE")];
-        args.extend(again.iter().cloned());
-        self.track_state(Kind::Subscribe, &args);
-        self.listening = true;
-        // RESP2 confirms each channel with a reply; RESP3 with pushes, kept from the client.
-        let replies = if self.resp3 {
-            for channel in &again {
-                follow.confirm(channel.clone());
-            }
-            0
         } else {
-            again.len()
-        };
-        self.forward_raw(&args, Expect::swallowed(replies)).await?;
-        self.flush_upstream().await?;
-        tracing::debug!(listener = %self.ctx.listener, peer = %self.peer, channels = again.len(), "shard channels subscribed again after a resharding");
+            lost.append(&mut again);
+        }
+        // One channel at a time (channels of two slots in one SSUBSCRIBE would be CROSSSLOT),
+        // each checked: RESP2 answers it; RESP3 confirms with a push (kept from the client),
+        // which a PING's reply follows.
+        let mut subscribed = 0;
+        for channel in again {
+            let mut frame = BytesMut::new();
+            encode_command(&mut frame, [&b"SSUBSCRIBE"[..], &channel[..]].into_iter());
+            self.track_state(Kind::Subscribe, &[]);
+            let ok = if self.resp3 {
+                follow.confirm(channel.clone());
+                self.wbuf.extend_from_slice(&frame);
+                if !Box::pin(self.own_roundtrip(b"*1\r\n$4\r\nPING\r\n")).await? {
+                    // The refusal took the PING's place: its reply would reach the client
+                    // unasked. Ended rather than out of step.
+                    return Err(SessionError::Upstream(UpstreamError::Unexpected(
+                        "a node refused to subscribe a shard channel again".into(),
+                    )));
+                }
+                !follow.unconfirm(&channel)
+            } else {
+                Box::pin(self.own_roundtrip(&frame)).await?
+            };
+            if ok {
+                subscribed += 1;
+            } else {
+                lost.push(channel);
+            }
+        }
+        if subscribed > 0 {
+            self.listening = true;
+            tracing::debug!(listener = %self.ctx.listener, peer = %self.peer, channels = subscribed, "shard channels subscribed again after a resharding");
+        } else {
+            self.pin_state.subscribed = false;
+            self.subscriptions
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+        for channel in lost {
+            let frame = ended_frame(&channel, count(), self.resp3);
+            self.local_always(frame).await?;
+        }
         Ok(())
     }
 }
