@@ -478,3 +478,44 @@ async fn tracking_monitor_and_blocked_leavers() {
         assert_eq!(next.cmd(&["EXEC"]).await, b"*1\r\n+PONG\r\n");
     }
 }
+
+/// A RESP2 session unsubscribing while messages still flow, with a blocking command behind
+/// it: the check that lets it unpin (a PING of cachegate's own) must not take the client's
+/// own reply for its answer. The client gets every reply, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinning_after_unsubscribe_never_takes_a_clients_reply() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    c.send_cmd(&["SUBSCRIBE", "a"]).await;
+    c.read().await;
+    // Messages on `a` all along.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = {
+        let stop = stop.clone();
+        let mut p = redis.direct().await;
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                p.cmd(&["PUBLISH", "a", "m"]).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut wire = encode(&[b"UNSUBSCRIBE", b"a"]);
+    wire.extend(encode(&[b"BLPOP", b"q", b"1"]));
+    c.send(&wire).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send_cmd(&["GET", "k"]).await;
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        let frame = s(&c.read().await);
+        if !frame.contains("message") {
+            replies.push(frame);
+        }
+    }
+    stop.cancel();
+    let _ = publishing.await;
+    assert!(replies[0].contains("unsubscribe"), "{replies:?}");
+    assert_eq!(replies[1..], ["*-1\r\n", "$1\r\nv\r\n"], "{replies:?}");
+}

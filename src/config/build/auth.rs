@@ -151,6 +151,7 @@ pub(super) fn scripts_guard(
 pub(super) fn backend_user(listener: &str, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
     let mut rules = vec!["~*".to_string(), "&*".into(), "+@all".into()];
     rules.extend(script_callable_denials(policy));
+    rules.extend(own_commands());
     if up.cluster {
         // cachegate follows ASK redirections on this user's connections (clients cannot send
         // ASKING on a cluster listener, and a script gains nothing by it).
@@ -169,7 +170,15 @@ pub(super) fn mirror_user(
 ) -> BackendUser {
     let mut rules = user.backend_rules();
     rules.extend(script_callable_denials(policy));
+    rules.extend(own_commands());
     provisioned_user(format!("cachegate-{listener}-{}", user.name), up, rules)
+}
+
+/// What cachegate itself sends on these users' connections whatever the policy refuses: a
+/// released connection's reset ends with ECHO, a subscribed session's unpinning with PING
+/// (harmless in a script).
+fn own_commands() -> [String; 2] {
+    ["+echo".into(), "+ping".into()]
 }
 
 /// What the policy refuses, as backend ACL rules, for the commands a script could call (MULTI,

@@ -157,7 +157,14 @@ impl RequestSide {
         // subscriptions of this session, wait a moment for them to end too, so that all move
         // together.
         let deadline = Instant::now() + NEW_NODE_WAIT;
-        while self.shared.is_none() && self.holds_state() && Instant::now() < deadline {
+        let others = |c: i64| c > 0 && c != super::replies::SUBSCRIBING;
+        while self.shared.is_none()
+            && others(
+                self.subscriptions
+                    .load(std::sync::atomic::Ordering::Acquire),
+            )
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
             ended.extend(follow.take_ended());
         }
@@ -171,7 +178,11 @@ impl RequestSide {
         };
         // Other subscriptions still hold the old node's connection: the client learns what
         // the node did.
-        if self.shared.is_some() || old.is_none() || self.holds_state() {
+        if self.shared.is_some()
+            || old.is_none()
+            || self.holds_state()
+            || !Box::pin(self.subscriptions_settled()).await?
+        {
             for channel in ended {
                 let frame = ended_frame(&channel, count(), self.resp3);
                 self.local_always(frame).await?;
@@ -231,14 +242,18 @@ impl RequestSide {
                 self.wbuf.extend_from_slice(&frame);
                 if !Box::pin(self.own_roundtrip(b"*1\r\n$4\r\nPING\r\n")).await? {
                     // The refusal took the PING's place: its reply would reach the client
-                    // unasked. Ended rather than out of step.
+                    // unasked. Ended at once (nothing more is written to the client) rather
+                    // than out of step.
+                    self.abort.cancel();
                     return Err(SessionError::Upstream(UpstreamError::Unexpected(
                         "a node refused to subscribe a shard channel again".into(),
                     )));
                 }
                 !follow.unconfirm(&channel)
             } else {
-                Box::pin(self.own_roundtrip(&frame)).await?
+                // (Messages for channels already moved may come first: the client's.)
+                let until = Some(Until::Confirms(channel.clone()));
+                Box::pin(self.own_roundtrip_until(&frame, until)).await?
             };
             if ok {
                 subscribed += 1;

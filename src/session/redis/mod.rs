@@ -203,6 +203,36 @@ struct Expect {
     /// Told whether that login succeeded: the request side waits for it before it sends
     /// anything else on the connection.
     login: Option<oneshot::Sender<bool>>,
+    /// For cachegate's own command on a connection that may also carry frames for the client
+    /// (RESP2 pub/sub): its reply is the frame that matches; any other goes to the client.
+    until: Option<Box<Until>>,
+}
+
+/// The one frame that answers cachegate's own command.
+enum Until {
+    /// `PING <token>`: `$<token>`, or `*2 pong <token>` while subscribed.
+    Token(Bytes),
+    /// `SSUBSCRIBE <channel>`: its confirmation, or a refusal.
+    Confirms(Bytes),
+}
+
+impl Until {
+    fn matches(&self, frame: &[u8], kind: ReplyKind) -> bool {
+        match self {
+            // (A refusal answers it too: the connection's user may be denied PING.)
+            Until::Token(token) => {
+                let bulk = reply::bulk(token);
+                kind == ReplyKind::Error
+                    || frame == &bulk[..]
+                    || (frame.starts_with(b"*2\r\n$4\r\npong\r\n") && frame.ends_with(&bulk))
+            }
+            Until::Confirms(channel) => {
+                kind == ReplyKind::Error
+                    || follow::confirmation(frame)
+                        .is_some_and(|(k, c, _)| k == b"ssubscribe" && c == &channel[..])
+            }
+        }
+    }
 }
 
 impl Expect {
@@ -215,6 +245,7 @@ impl Expect {
             rewrite: None,
             timed: None,
             login: None,
+            until: None,
         }
     }
 

@@ -85,9 +85,20 @@ impl RequestSide {
     /// Sends a pre-encoded command on the session's own connection and waits for its reply:
     /// whether it succeeded. Only for cachegate's own commands (logins, provisioning).
     pub(super) async fn own_roundtrip(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
+        self.own_roundtrip_until(frame, None).await
+    }
+
+    /// `own_roundtrip` where the reply is the frame `until` matches: frames before it are the
+    /// client's and go to it.
+    pub(super) async fn own_roundtrip_until(
+        &mut self,
+        frame: &[u8],
+        until: Option<Until>,
+    ) -> Result<bool, SessionError> {
         let (done, reply) = oneshot::channel();
         let mut expect = Expect::swallowed(1);
         expect.login = Some(done);
+        expect.until = until.map(Box::new);
         self.send_slot(Slot::Upstream(expect)).await?;
         self.wbuf.extend_from_slice(frame);
         self.flush_upstream().await?;
@@ -114,8 +125,13 @@ impl RequestSide {
         if !self.pin_state.subscribed || self.up.is_none() {
             return Ok(true);
         }
-        self.own_roundtrip(b"*1\r\n$4\r\nPING\r\n").await?;
-        Ok(!self.holds_state())
+        let token = Bytes::from(format!("cachegate-settle-{}", self.id));
+        let mut ping = BytesMut::new();
+        encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
+        let answered = self
+            .own_roundtrip_until(&ping, Some(Until::Token(token)))
+            .await?;
+        Ok(answered && !self.holds_state())
     }
 
     /// Notes the connection state a command creates or ends while pinned.

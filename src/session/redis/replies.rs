@@ -359,6 +359,13 @@ fn route(
         out.push(frame);
         return Ok(());
     };
+    if let Some(until) = &cur.expect.until {
+        if !until.matches(&frame, kind) {
+            // The client's: a message, or a reply whose place an earlier frame took.
+            out.push(frame);
+            return Ok(());
+        }
+    }
     let has_login = cur.expect.login.is_some();
     if let Some(login) = cur.expect.login.take() {
         let _ = login.send(kind != ReplyKind::Error);
