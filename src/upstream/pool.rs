@@ -3,8 +3,9 @@
 //!
 //! A session takes a connection for as long as it lives (`acquire`) and gives it back with
 //! `release`, which resets it in the background (`RESET`, cachegate's own `AUTH`, name and
-//! library info cleared) before another client may see it; a connection whose state is unknown
-//! (a reply still outstanding, an error) is dropped instead. The interface leaves room for a
+//! library info cleared, then `ECHO` of a random nonce whose reply proves the stream in step)
+//! before another client may see it; a connection whose state is unknown (a reply still
+//! outstanding, an error) is dropped instead. The interface leaves room for a
 //! later multiplexed mode: callers never see how connections are stored.
 
 use std::collections::VecDeque;
