@@ -23,6 +23,18 @@ async fn client(pki: &Pki, proxy: &Proxy) -> RawClient {
     c
 }
 
+/// One SCAN page through `c`: the next cursor and the keys.
+async fn scan_page(c: &mut RawClient, cursor: &str, count: &str) -> (String, Vec<String>) {
+    let reply = s(&c.cmd(&["SCAN", cursor, "COUNT", count]).await);
+    let mut lines = reply.split("\r\n");
+    assert_eq!(lines.next(), Some("*2"), "{reply}");
+    lines.next();
+    let next = lines.next().unwrap().to_string();
+    let rest: Vec<&str> = lines.collect();
+    let n: usize = rest[0][1..].parse().unwrap();
+    (next, (0..n).map(|i| rest[2 + 2 * i].to_string()).collect())
+}
+
 fn bulk(v: &str) -> String {
     format!("${}\r\n{v}\r\n", v.len())
 }
@@ -119,16 +131,9 @@ async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
     let mut cursor = "0".to_string();
     let mut pages = 0;
     loop {
-        let reply = s(&c.cmd(&["SCAN", &cursor, "COUNT", "50"]).await);
-        let mut lines = reply.split("\r\n");
-        assert_eq!(lines.next(), Some("*2"), "{reply}");
-        lines.next();
-        cursor = lines.next().unwrap().to_string();
-        let rest: Vec<&str> = lines.collect();
-        let n: usize = rest[0][1..].parse().unwrap();
-        for i in 0..n {
-            scanned.push(rest[2 + 2 * i].to_string());
-        }
+        let (next, keys) = scan_page(&mut c, &cursor, "50").await;
+        cursor = next;
+        scanned.extend(keys);
         pages += 1;
         assert!(pages < 100, "SCAN does not end");
         if cursor == "0" {
@@ -255,12 +260,7 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     let mut any = cluster.nodes[0].redis.direct().await;
     let slot = integer(&any.cmd(&["CLUSTER", "KEYSLOT", "{m}"]).await) as u16;
     let from = cluster.owner(slot).await;
-    let to = cluster
-        .nodes
-        .iter()
-        .map(|n| n.redis.address())
-        .find(|a| *a != from)
-        .unwrap();
+    let to = cluster.other_than(&from);
     let (from_id, to_id) = (cluster.id(&from).await, cluster.id(&to).await);
     let (to_host, to_port) = to.split_once(':').unwrap();
     let mut src = cluster.at(&from).redis.direct().await;
@@ -310,14 +310,7 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     );
 
     // The migration ends: the slot is the other node's, and the old one answers MOVED.
-    for node in &cluster.nodes {
-        let mut d = node.redis.direct().await;
-        assert_eq!(
-            d.cmd(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id])
-                .await,
-            b"+OK\r\n"
-        );
-    }
+    cluster.assign(slot, &to_id).await;
     assert!(s(&src.cmd(&["GET", "{m}1"]).await).starts_with("-MOVED "));
     assert_eq!(
         s(&c.cmd(&["MGET", "{m}1", "{m}2", "{m}3"]).await),
@@ -356,25 +349,13 @@ async fn pipelined_writes_keep_their_order_across_a_moved_slot() {
     let mut c = client(&pki, &proxy).await;
     let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{o}"]).await) as u16;
     let from = cluster.owner(slot).await;
-    let to = cluster
-        .nodes
-        .iter()
-        .map(|n| n.redis.address())
-        .find(|a| *a != from)
-        .unwrap();
+    let to = cluster.other_than(&from);
     let to_id = cluster.id(&to).await;
     assert_eq!(c.cmd(&["SET", "{o}k", "0"]).await, b"+OK\r\n");
     // The slot (empty but for that key, deleted first) moves to another node.
     let mut src = cluster.at(&from).client().await;
     assert_eq!(src.cmd(&["DEL", "{o}k"]).await, b":1\r\n");
-    for node in &cluster.nodes {
-        let mut d = node.client().await;
-        assert_eq!(
-            d.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id])
-                .await,
-            b"+OK\r\n"
-        );
-    }
+    cluster.assign(slot, &to_id).await;
     // This session's first write goes to the old node while its reply side waits behind a
     // slow script on the third node; another session then teaches cachegate the new map, and
     // this session's next write would go straight to the new node, ahead of the first's retry.
@@ -432,16 +413,9 @@ async fn scan_returns_every_key_across_a_resharding() {
     let mut cursor = "0".to_string();
     let mut pages = 0;
     loop {
-        let reply = s(&c.cmd(&["SCAN", &cursor, "COUNT", "20"]).await);
-        let mut lines = reply.split("\r\n");
-        assert_eq!(lines.next(), Some("*2"), "{reply}");
-        lines.next();
-        cursor = lines.next().unwrap().to_string();
-        let rest: Vec<&str> = lines.collect();
-        let n: usize = rest[0][1..].parse().unwrap();
-        for i in 0..n {
-            seen.insert(rest[2 + 2 * i].to_string());
-        }
+        let (next, keys) = scan_page(&mut c, &cursor, "20").await;
+        cursor = next;
+        seen.extend(keys);
         pages += 1;
         if pages == 12 {
             // Mid-scan, slots move from the first node to the third.
@@ -1124,12 +1098,7 @@ async fn a_script_cannot_forge_a_redirection() {
     let mut c = client(&pki, &proxy).await;
     let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "forged"]).await);
     let owner = cluster.owner(slot as u16).await;
-    let other = cluster
-        .nodes
-        .iter()
-        .map(|n| n.redis.address())
-        .find(|a| *a != owner)
-        .unwrap();
+    let other = cluster.other_than(&owner);
     for error in [
         format!("MOVED {slot} {other}"),
         format!("ASK {slot} {other}"),
@@ -1272,24 +1241,10 @@ async fn shard_subscriptions_follow_a_resharding() {
         assert!(confirmed.contains("ssubscribe"), "{confirmed}");
         let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
         let from = cluster.owner(slot).await;
-        let to = cluster
-            .nodes
-            .iter()
-            .map(|n| n.redis.address())
-            .find(|a| *a != from)
-            .unwrap();
+        let to = cluster.other_than(&from);
         let to_id = cluster.id(&to).await;
         // The slot (no keys in it) moves: the old node ends the subscription.
-        let mut order = vec![cluster.at(&from)];
-        order.extend(cluster.nodes.iter().filter(|n| n.redis.address() != from));
-        for node in order {
-            let mut d = node.client().await;
-            assert_eq!(
-                d.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id])
-                    .await,
-                b"+OK\r\n"
-            );
-        }
+        cluster.assign(slot, &to_id).await;
         // Published until it arrives (cachegate needs a moment to subscribe again).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let got = loop {
@@ -1335,24 +1290,10 @@ async fn shard_subscriptions_follow_a_resharding() {
     let mut sub = RawClient::authed(&pki, proxy.addr).await;
     assert!(s(&sub.cmd(&["SSUBSCRIBE", "{p}a"]).await).contains(":1\r\n"));
     assert!(s(&sub.cmd(&["SSUBSCRIBE", &second]).await).contains(":2\r\n"));
-    let to = cluster
-        .nodes
-        .iter()
-        .map(|n| n.redis.address())
-        .find(|a| *a != node)
-        .unwrap();
+    let to = cluster.other_than(&node);
     let to_id = cluster.id(&to).await;
     for slot in [first, second_slot] {
-        let mut order = vec![cluster.at(&node)];
-        order.extend(cluster.nodes.iter().filter(|n| n.redis.address() != node));
-        for n in order {
-            let mut d = n.client().await;
-            assert_eq!(
-                d.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &to_id])
-                    .await,
-                b"+OK\r\n"
-            );
-        }
+        cluster.assign(slot, &to_id).await;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut got = Vec::new();

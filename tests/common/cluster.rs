@@ -319,6 +319,31 @@ impl RedisCluster {
         reply.lines().nth(1).unwrap_or_default().to_string()
     }
 
+    /// A primary other than the one at `address`.
+    pub fn other_than(&self, address: &str) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.redis.address())
+            .find(|a| a != address)
+            .expect("another node")
+    }
+
+    /// `CLUSTER SETSLOT slot NODE id` on every node, the slot's current owner first (it ends
+    /// its shard channels' subscriptions when it learns the slot is gone).
+    pub async fn assign(&self, slot: u16, id: &str) {
+        let owner = self.owner(slot).await;
+        let mut order: Vec<&ClusterNode> = vec![self.at(&owner)];
+        order.extend(self.nodes.iter().filter(|n| n.redis.address() != owner));
+        for node in order {
+            let mut c = node.client().await;
+            assert_eq!(
+                c.cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", id])
+                    .await,
+                b"+OK\r\n"
+            );
+        }
+    }
+
     /// The node at this address.
     pub fn at(&self, address: &str) -> &ClusterNode {
         self.nodes
