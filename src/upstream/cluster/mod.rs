@@ -348,12 +348,22 @@ impl Cluster {
         }));
     }
 
+    /// Lets go of nodes the layout no longer lists (nor the seeds): their connections close
+    /// once no session holds them.
+    fn forget_departed(&self, map: &Map) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.retain(|_, node| {
+            map.known.contains_key(&node.address) || self.seeds.contains(&node.address)
+        });
+    }
+
     /// Keeps the map current until `shutdown`.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let ok = match self.discover().await {
                 Ok(map) => {
                     let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+                    self.forget_departed(&map);
                     self.map.store(Arc::new(map));
                     self.refreshes.fetch_add(1, Ordering::Relaxed);
                     true
