@@ -334,6 +334,9 @@ upstream.address = "127.0.0.1:6379"
         assert!(keys("upstream.nodes = [\"127.0.0.1:7000\"]\nupstream.multiplex = true\nupstream.read_from_replicas = true\n")
             .iter()
             .any(|k| k == &format!("{listener}.read_from_replicas")));
+        assert!(keys("upstream.cluster_refresh = \"5s\"\n")
+            .iter()
+            .any(|k| k == &format!("{listener}.cluster_refresh")));
         assert!(keys("upstream.nodes = [\"127.0.0.1:7000\"]\n")
             .iter()
             .any(|k| k == &format!("{listener}.nodes")));

@@ -20,11 +20,16 @@ pub(super) fn upstream(
             "a cluster listener sends stateless commands on shared connections to each node; it cannot be turned off",
         );
     }
-    if u.read_from_replicas.is_some() && !cluster {
-        p.add(
-            format!("{key}.read_from_replicas"),
-            "is for a Redis Cluster upstream (`cluster = true`)",
-        );
+    for (name, set) in [
+        ("read_from_replicas", u.read_from_replicas.is_some()),
+        ("cluster_refresh", u.cluster_refresh.is_some()),
+    ] {
+        if set && !cluster {
+            p.add(
+                format!("{key}.{name}"),
+                "is for a Redis Cluster upstream (`cluster = true`)",
+            );
+        }
     }
     let mut cluster_seeds = Vec::new();
     if cluster {

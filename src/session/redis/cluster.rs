@@ -675,8 +675,10 @@ impl RequestSide {
         };
         let (resp3, session) = (self.resp3, self.id);
         // With `read_from_replicas`, a read-only command goes to a replica of its slot.
-        // (Not TOUCH: it is flagged read-only, but what it updates is the primary's LRU.)
+        // (Not TOUCH: it is flagged read-only, but what it updates is the primary's LRU; nor
+        // the read-only script commands: scripts are loaded on primaries.)
         let reads = cluster.reads_from_replicas()
+            && !runs_script(&args[0])
             && command.0.is_some_and(|(name, info)| {
                 name != "touch" && info.flags.iter().any(|f| f == "readonly")
             });
@@ -1282,7 +1284,7 @@ mod tests {
                 cursor.len()
             ))
         };
-        // A node's cursor carries its first slot; its last page leads to the next node.
+        // A node's cursor carries its tag; its last page leads to the next node.
         let c = (17u64 << 14) | 5461;
         let r = scan_reply(page("17"), 5461, Some(10923));
         let want = format!("*2\r\n${}\r\n{c}\r\n", c.to_string().len());

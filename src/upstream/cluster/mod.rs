@@ -49,7 +49,7 @@ pub struct Node {
 /// Which node serves each slot.
 pub struct Map {
     slots: Box<[u16]>,
-    /// The primaries that serve at least one slot, by address: the order a SCAN walks them.
+    /// The primaries that serve at least one slot, by address (SCAN walks them by tag).
     pub primaries: Vec<Arc<Node>>,
     /// With `read_from_replicas`: each primary's replicas (connections that said READONLY).
     replicas: Vec<Vec<Arc<Node>>>,
