@@ -24,6 +24,8 @@ use crate::upstream::Pool;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub pools: Vec<Pool>,
+    /// Cluster listeners' clusters: ready while their layout was last read.
+    pub clusters: Vec<Arc<crate::upstream::cluster::Cluster>>,
     pub reloader: Arc<crate::reload::Reloader>,
     /// `POST /reload` is served only on a loopback admin listener.
     pub reload_allowed: bool,
@@ -130,14 +132,15 @@ fn respond(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     ),
                 );
             }
-            let healthy = admin.pools.iter().filter(|p| p.is_healthy()).count();
+            let healthy = admin.pools.iter().filter(|p| p.is_healthy()).count()
+                + admin.clusters.iter().filter(|c| c.is_healthy()).count();
             if healthy > 0 {
                 reply(
                     StatusCode::OK,
                     "text/plain",
                     format!(
                         "ready: {healthy} of {} upstreams reachable\n",
-                        admin.pools.len()
+                        admin.pools.len() + admin.clusters.len()
                     ),
                 )
             } else {

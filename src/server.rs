@@ -98,6 +98,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
     }
     let mut listeners = Vec::new();
     let mut pools = Vec::new();
+    let mut clusters = Vec::new();
     let mut certs = Vec::new();
     for (cfg, tcp) in config.listeners.iter().zip(bound) {
         let tls_err = |source| ServerError::Tls {
@@ -109,7 +110,11 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
             Protocol::Redis => {
                 let pool = Pool::new(&cfg.upstream, max_reply, UpstreamProtocol::Redis)
                     .map_err(tls_err)?;
-                pools.push(pool.clone());
+                // A cluster listener's readiness is its cluster's (its layout read), not its
+                // first seed's; its connections come from each node's pool.
+                if !cfg.upstream.cluster {
+                    pools.push(pool.clone());
+                }
                 let shared = (cfg.upstream.shared_connections > 0).then(|| {
                     let pushes = metrics
                         .unexpected_pushes
@@ -164,6 +169,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
                         metrics.clone(),
                     );
                     tokio::spawn(cluster.clone().maintain(stop_shared.clone()));
+                    clusters.push(cluster.clone());
                     cluster
                 });
                 let throttle = Arc::new(Throttle::new(
@@ -253,6 +259,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
         let state = Arc::new(crate::admin::Admin {
             metrics: metrics.clone(),
             pools: pools.clone(),
+            clusters: clusters.clone(),
             reloader: reloader.clone(),
             reload_allowed: admin_loopback,
         });

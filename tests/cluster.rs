@@ -326,6 +326,9 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     assert!(!stats.contains("cmdstat_get:"), "{stats}");
     // Each INCR ran once.
     assert_eq!(s(&dst.cmd(&["GET", "{m}n"]).await), bulk("3"));
+    // Ready: the cluster's layout is read (whichever node the first seed is).
+    let (status, body) = proxy.admin_get("/ready").await;
+    assert_eq!(status, 200, "{body}");
     let metrics = proxy.admin_get("/metrics").await.1;
     for reason in ["moved", "ask", "again"] {
         let name = format!(
@@ -1317,4 +1320,23 @@ async fn shard_subscriptions_follow_a_resharding() {
         }
         assert!(std::time::Instant::now() < deadline, "got only {got:?}");
     }
+}
+
+/// A cluster listener is ready once it has read its cluster's layout, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_listener_is_ready_once_it_has_a_layout() {
+    let pki = Pki::new();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}\
+         auth.tokens = [{TOKEN:?}]\nupstream.cluster = true\nupstream.nodes = [{nowhere:?}]\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+    ))
+    .await;
+    let (status, body) = proxy.admin_get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let reply = s(&c.cmd(&["GET", "k"]).await);
+    assert!(reply.starts_with("-CLUSTERDOWN"), "{reply}");
 }

@@ -119,6 +119,7 @@ pub struct Cluster {
     interval: Duration,
     start_shared: StartShared,
     refreshes: AtomicU64,
+    healthy: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -149,6 +150,7 @@ impl Cluster {
             interval: base.cluster_refresh,
             start_shared,
             refreshes: AtomicU64::new(0),
+            healthy: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -161,6 +163,11 @@ impl Cluster {
     /// Whether read-only commands may go to replicas.
     pub fn reads_from_replicas(&self) -> bool {
         self.base.read_from_replicas
+    }
+
+    /// Whether the last reading of the layout succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Completed refreshes so far.
@@ -373,6 +380,7 @@ impl Cluster {
                     false
                 }
             };
+            self.healthy.store(ok, Ordering::Relaxed);
             self.metrics
                 .cluster_refreshes
                 .get_or_create(&crate::metrics::ReasonLabels {
