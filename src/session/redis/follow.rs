@@ -236,6 +236,10 @@ impl RequestSide {
         for channel in again {
             let mut frame = BytesMut::new();
             encode_command(&mut frame, [&b"SSUBSCRIBE"[..], &channel[..]].into_iter());
+            // The count as it was, should this channel not be subscribed.
+            let before = self
+                .subscriptions
+                .load(std::sync::atomic::Ordering::Acquire);
             self.track_state(Kind::Subscribe, &[]);
             let ok = if self.resp3 {
                 follow.confirm(channel.clone());
@@ -258,6 +262,8 @@ impl RequestSide {
             if ok {
                 subscribed += 1;
             } else {
+                self.subscriptions
+                    .store(before, std::sync::atomic::Ordering::Release);
                 lost.push(channel);
             }
         }
