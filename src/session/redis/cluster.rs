@@ -677,12 +677,13 @@ impl RequestSide {
         // With `read_from_replicas`, a read-only command goes to a replica of its slot.
         // (Not TOUCH: it is flagged read-only, but what it updates is the primary's LRU; nor
         // the read-only script commands: scripts are loaded on primaries.)
+        let script = runs_script(&args[0]);
         let reads = cluster.reads_from_replicas()
-            && !runs_script(&args[0])
+            && !script
             && command.0.is_some_and(|(name, info)| {
                 name != "touch" && info.flags.iter().any(|f| f == "readonly")
             });
-        let follows = !runs_script(&args[0]);
+        let follows = !script;
         let outstanding = self
             .cluster_order
             .get_or_insert_with(Default::default)
@@ -1135,10 +1136,7 @@ impl RequestSide {
         }
         // Logged in as the session's backend identity (its mirrored user, whose rules Redis
         // applies inside its scripts) before the transaction begins on the node.
-        self.in_multi = false;
-        let refused = Box::pin(self.run_as(want)).await;
-        self.in_multi = true;
-        if let Some(refusal) = refused? {
+        if let Some(refusal) = Box::pin(self.run_as(want)).await? {
             self.multi_dirty = true;
             self.local(refusal).await?;
             return Ok(Flow::Continue);

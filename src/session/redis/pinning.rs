@@ -40,7 +40,9 @@ impl RequestSide {
         if self.up.is_none() && want == RunsAs::Listener {
             return Ok(None);
         }
-        if self.in_multi {
+        // Inside MULTI on the connection itself; a cluster session's MULTI held for its first
+        // key has not reached the node yet, and logs in before it does.
+        if self.in_multi && self.multi_held.is_none() {
             return Ok(Some(reply::error(
                 "cachegate: this command runs as another backend user (a renamed command, or a script enforced by a mirrored user), which cannot change inside MULTI",
             )));
