@@ -82,25 +82,52 @@ fn micros(d: Duration) -> f64 {
 
 /// Runs one load and reports what it measured.
 pub async fn run(load: &Load) -> anyhow::Result<Report> {
-    if load.cluster {
-        return run_cluster(load).await;
-    }
     let tls = match &load.tls_ca {
         None => None,
         Some(ca) => Some(tls_connector(ca)?),
     };
+    // Where each key goes: the target, or (a cluster, as a cluster-aware client) the primary
+    // serving its slot, each load connection being a connection to every primary.
+    let (nodes, slots) = match load.cluster {
+        true => {
+            let (nodes, slots) = cluster_layout(load).await?;
+            (nodes, Some(Arc::new(slots)))
+        }
+        false => (vec![load.target], None),
+    };
+    let node_of = move |slots: &Option<Arc<Vec<usize>>>, key: u64| match slots {
+        Some(slots) => {
+            let slot = crate::upstream::cluster::slot::key_slot(format!("bench:{key}").as_bytes());
+            slots[slot as usize]
+        }
+        None => 0,
+    };
+    let connect_all = |load: Load, tls: Option<tokio_rustls::TlsConnector>| {
+        let nodes = nodes.clone();
+        async move {
+            let mut conns = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let mut at = load.clone();
+                at.target = node;
+                conns.push(connect(&at, tls.as_ref()).await?);
+            }
+            anyhow::Ok(conns)
+        }
+    };
     let value = vec![b'x'; load.value_size];
+    let keyspace = load.keyspace.clamp(1, 10_000);
     // Fill the keyspace once so that GETs hit.
     if load.command == "get" {
-        let mut conn = connect(load, tls.as_ref()).await?;
-        let keys = load.keyspace.min(10_000);
-        for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
-            let mut out = BytesMut::new();
-            for k in chunk {
-                encode(load, "set", *k, &value, &mut out);
+        let mut conns = connect_all(load.clone(), tls.clone()).await?;
+        let mut batch = Batch::new(conns.len());
+        for chunk in (0..keyspace).collect::<Vec<_>>().chunks(100) {
+            batch.clear();
+            for &k in chunk {
+                batch.add(node_of(&slots, k), |out| {
+                    encode(load, "set", k, &value, out)
+                });
             }
-            conn.exchange(&out, chunk.len(), load.memcached, "set")
-                .await?;
+            batch.exchange(&mut conns, load.memcached, "set").await?;
         }
     }
     let cpu_before = load.pid.and_then(cpu_time);
@@ -109,27 +136,30 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
     let mut tasks = Vec::new();
     for c in 0..load.connections {
         let load = load.clone();
-        let tls = tls.clone();
         let value = value.clone();
+        let slots = slots.clone();
+        let conns = connect_all(load.clone(), tls.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = connect(&load, tls.as_ref()).await?;
+            let mut conns = conns.await?;
             let mut latencies = Vec::new();
             let mut n: u64 = c as u64 * 7919;
-            let mut out = BytesMut::new();
+            let mut batch = Batch::new(conns.len());
             while Instant::now() < deadline {
-                out.clear();
+                batch.clear();
                 for _ in 0..load.pipeline {
                     n = n
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    let key = (n >> 33) % load.keyspace.clamp(1, 10_000);
-                    encode(&load, &load.command, key, &value, &mut out);
+                    let key = (n >> 33) % keyspace;
+                    batch.add(node_of(&slots, key), |out| {
+                        encode(&load, &load.command, key, &value, out)
+                    });
                 }
                 let t = Instant::now();
-                conn.exchange(&out, load.pipeline, load.memcached, &load.command)
+                batch
+                    .exchange(&mut conns, load.memcached, &load.command)
                     .await?;
-                let took = t.elapsed();
-                latencies.push(took);
+                latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
         }));
@@ -139,6 +169,50 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
         all.extend(t.await??);
     }
     Ok(report(load, all, started.elapsed(), cpu_before))
+}
+
+/// One batch of requests, by connection: all written before any reply is read.
+struct Batch {
+    outs: Vec<BytesMut>,
+    counts: Vec<usize>,
+}
+
+impl Batch {
+    fn new(conns: usize) -> Self {
+        Batch {
+            outs: vec![BytesMut::new(); conns],
+            counts: vec![0; conns],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.outs.iter_mut().for_each(BytesMut::clear);
+        self.counts.iter_mut().for_each(|c| *c = 0);
+    }
+
+    fn add(&mut self, conn: usize, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.outs[conn]);
+        self.counts[conn] += 1;
+    }
+
+    async fn exchange(
+        &self,
+        conns: &mut [Conn],
+        memcached: bool,
+        command: &str,
+    ) -> anyhow::Result<()> {
+        for (conn, out) in conns.iter_mut().zip(&self.outs) {
+            if !out.is_empty() {
+                conn.io.write_all(out).await?;
+            }
+        }
+        for (conn, &count) in conns.iter_mut().zip(&self.counts) {
+            if count > 0 {
+                conn.exchange(&[], count, memcached, command).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A cluster's primaries and which of them serves each slot, from `CLUSTER SLOTS`.
@@ -174,90 +248,6 @@ async fn cluster_layout(load: &Load) -> anyhow::Result<(Vec<SocketAddr>, Vec<usi
         }
     }
     Ok((nodes, slots))
-}
-
-/// `run` for a cluster, as a cluster-aware client: each connection is a connection to every
-/// primary; a batch's requests go to their keys' nodes, all written before any is read.
-async fn run_cluster(load: &Load) -> anyhow::Result<Report> {
-    let (nodes, slots) = cluster_layout(load).await?;
-    let slots = Arc::new(slots);
-    let value = vec![b'x'; load.value_size];
-    let keyspace = load.keyspace.clamp(1, 10_000);
-    let node_of = move |slots: &[usize], key: u64| {
-        slots[crate::upstream::cluster::slot::key_slot(format!("bench:{key}").as_bytes()) as usize]
-    };
-    let connect_all = |load: Load| {
-        let nodes = nodes.clone();
-        async move {
-            let mut conns = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let mut at = load.clone();
-                at.target = node;
-                conns.push(connect(&at, None).await?);
-            }
-            anyhow::Ok(conns)
-        }
-    };
-    if load.command == "get" {
-        let mut conns = connect_all(load.clone()).await?;
-        for k in 0..keyspace {
-            let mut out = BytesMut::new();
-            encode(load, "set", k, &value, &mut out);
-            conns[node_of(&slots, k)]
-                .exchange(&out, 1, false, "set")
-                .await?;
-        }
-    }
-    let cpu_before = load.pid.and_then(cpu_time);
-    let deadline = Instant::now() + load.duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..load.connections {
-        let load = load.clone();
-        let value = value.clone();
-        let slots = slots.clone();
-        let conns = connect_all(load.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conns = conns.await?;
-            let mut latencies = Vec::new();
-            let mut n: u64 = c as u64 * 7919;
-            let mut outs: Vec<BytesMut> = vec![BytesMut::new(); conns.len()];
-            let mut counts = vec![0usize; conns.len()];
-            while Instant::now() < deadline {
-                for (out, count) in outs.iter_mut().zip(counts.iter_mut()) {
-                    out.clear();
-                    *count = 0;
-                }
-                for _ in 0..load.pipeline {
-                    n = n
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let key = (n >> 33) % keyspace;
-                    let i = node_of(&slots, key);
-                    encode(&load, &load.command, key, &value, &mut outs[i]);
-                    counts[i] += 1;
-                }
-                let t = Instant::now();
-                for (conn, out) in conns.iter_mut().zip(&outs) {
-                    if !out.is_empty() {
-                        conn.io.write_all(out).await?;
-                    }
-                }
-                for (conn, &count) in conns.iter_mut().zip(&counts) {
-                    if count > 0 {
-                        conn.exchange(&[], count, false, &load.command).await?;
-                    }
-                }
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    Ok(report(load, all, started.elapsed(), cpu_before))
 }
 
 /// A run's report from its batches' latencies.
