@@ -1085,6 +1085,10 @@ async fn acl_and_policy_hold_on_a_cluster_as_on_one_redis() {
     assert_eq!(c.cmd(&["SET", "app:{secret}", "1"]).await, b"+QUEUED\r\n");
     let reply = s(&c.cmd(&["EXEC"]).await);
     assert!(!reply.contains("s3cret"), "{reply}");
+    // Nor does a transaction held for its first key queue a key the user may not touch.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["GET", "secret"]).await).starts_with("-NOPERM"));
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
     // A transaction cannot queue what the listener refuses outside one.
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert!(s(&c.cmd(&["CLIENT", "NO-EVICT", "on"]).await).starts_with("-ERR cachegate"));
@@ -1339,4 +1343,58 @@ async fn a_cluster_listener_is_ready_once_it_has_a_layout() {
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     let reply = s(&c.cmd(&["GET", "k"]).await);
     assert!(reply.starts_with("-CLUSTERDOWN"), "{reply}");
+}
+
+/// Two clients whose commands interleave on the same shared connections to every node (one per
+/// node here): each gets its own replies, in its own order, single keys and split ones alike,
+/// while a third pipelines writes to the same nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sharing_node_connections_each_get_their_own_replies() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(
+        &pki,
+        &cluster,
+        "upstream.shared_connections = 1\n",
+    ))
+    .await;
+    client(&pki, &proxy).await;
+    let mut tasks = Vec::new();
+    for who in ["a", "b", "c"] {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        tasks.push(tokio::spawn(async move {
+            let keys: Vec<String> = (0..40).map(|i| format!("{who}:{i}")).collect();
+            for round in 0..20 {
+                let mut wire = Vec::new();
+                for k in &keys {
+                    wire.extend(encode(&[
+                        b"SET",
+                        k.as_bytes(),
+                        format!("{who}{round}").as_bytes(),
+                    ]));
+                }
+                let mut mget: Vec<&[u8]> = vec![b"MGET"];
+                mget.extend(keys.iter().map(|k| k.as_bytes()));
+                wire.extend(encode(&mget));
+                for k in &keys {
+                    wire.extend(encode(&[b"GET", k.as_bytes()]));
+                }
+                c.send(&wire).await;
+                let value = format!("{who}{round}");
+                for _ in &keys {
+                    assert_eq!(c.read().await, b"+OK\r\n");
+                }
+                let mut want = format!("*{}\r\n", keys.len());
+                for _ in &keys {
+                    want.push_str(&bulk(&value));
+                }
+                assert_eq!(s(&c.read().await), want, "{who}'s MGET");
+                for _ in &keys {
+                    assert_eq!(s(&c.read().await), bulk(&value), "{who}'s GET");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
