@@ -16,6 +16,13 @@ fn cluster_toml(pki: &Pki, cluster: &RedisCluster, extra: &str) -> String {
     )
 }
 
+/// A cluster of three primaries, and cachegate in front of it with `extra` settings.
+async fn three_primaries(extra: &str) -> (Pki, RedisCluster, Proxy) {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, extra)).await;
+    (pki, cluster, proxy)
+}
+
 /// A client logged in through the proxy, once the proxy serves the cluster.
 async fn client(pki: &Pki, proxy: &Proxy) -> RawClient {
     let mut c = RawClient::authed(pki, proxy.addr).await;
@@ -57,8 +64,7 @@ fn strings(reply: &[u8]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_one_redis_to_a_client_that_knows_nothing_of_clusters() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     let mut c = client(&pki, &proxy).await;
     assert_eq!(c.cmd(&["DEL", "ready"]).await, b":1\r\n");
 
@@ -342,13 +348,7 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
 /// old node's MOVED, and must still run in the order sent, whichever are sent again later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_writes_keep_their_order_across_a_moved_slot() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(
-        &pki,
-        &cluster,
-        "upstream.cluster_refresh = \"1h\"\n",
-    ))
-    .await;
+    let (pki, cluster, proxy) = three_primaries("upstream.cluster_refresh = \"1h\"\n").await;
     let mut c = client(&pki, &proxy).await;
     let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{o}"]).await) as u16;
     let from = cluster.owner(slot).await;
@@ -400,8 +400,7 @@ async fn pipelined_writes_keep_their_order_across_a_moved_slot() {
 /// SCAN goes on across a resharding: every key that stays is returned, none is skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_returns_every_key_across_a_resharding() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     let mut c = client(&pki, &proxy).await;
     assert_eq!(c.cmd(&["DEL", "ready"]).await, b":1\r\n");
     let mut wire = Vec::new();
@@ -547,8 +546,7 @@ async fn incr_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_fails_loses_and_repeats_nothing() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     client(&pki, &proxy).await;
     let counters = 200;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -658,8 +656,7 @@ async fn a_killed_primary_is_replaced_and_served_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     let mut c = client(&pki, &proxy).await;
 
     // MULTI waits for its first key to know its node; keyless commands queue meanwhile.
@@ -1100,8 +1097,7 @@ async fn acl_and_policy_hold_on_a_cluster_as_on_one_redis() {
 /// neither run it again nor go where it says (nor crash on a slot out of range).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_cannot_forge_a_redirection() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     let mut c = client(&pki, &proxy).await;
     let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "forged"]).await);
     let owner = cluster.owner(slot as u16).await;
@@ -1141,8 +1137,7 @@ async fn a_script_cannot_forge_a_redirection() {
 /// directly, in RESP2 and RESP3 (the same slot by hash tag, keys named apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_data_family_answers_as_the_node_does() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     for resp3 in [false, true] {
         let tag = if resp3 { "{fam3}" } else { "{fam2}" };
         let mut c = client(&pki, &proxy).await;
@@ -1235,8 +1230,7 @@ async fn every_data_family_answers_as_the_node_does() {
 /// passing that on; messages published afterwards still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_subscriptions_follow_a_resharding() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(&pki, &cluster, "")).await;
+    let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     for resp3 in [false, true] {
         let channel = if resp3 { "{s3}ch" } else { "{s2}ch" };
@@ -1350,13 +1344,7 @@ async fn a_cluster_listener_is_ready_once_it_has_a_layout() {
 /// while a third pipelines writes to the same nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_sharing_node_connections_each_get_their_own_replies() {
-    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
-    let proxy = Proxy::start(&cluster_toml(
-        &pki,
-        &cluster,
-        "upstream.shared_connections = 1\n",
-    ))
-    .await;
+    let (pki, _cluster, proxy) = three_primaries("upstream.shared_connections = 1\n").await;
     client(&pki, &proxy).await;
     let mut tasks = Vec::new();
     for who in ["a", "b", "c"] {
