@@ -207,14 +207,28 @@ async fn one(
         return Ok(());
     };
     let sealed = keys.seal(key, &plain);
+    let write: [&[u8]; 4] = [b"SET", key, &sealed, b"KEEPTTL"];
+    commit(conn, &write, 1, u64::from(from_clear), tally).await
+}
+
+/// Writes `values` re-sealed values (`from_clear` of them sealed for the first time) with one
+/// command inside the MULTI its WATCH guards, and counts them: changed meanwhile (EXEC
+/// aborted), or re-sealed.
+async fn commit(
+    conn: &mut Conn,
+    write: &[&[u8]],
+    values: u64,
+    from_clear: u64,
+    tally: &mut Tally,
+) -> Result<(), RewrapError> {
     call(conn, &[b"MULTI"]).await?;
-    call(conn, &[b"SET", key, &sealed, b"KEEPTTL"]).await?;
+    call(conn, write).await?;
     let exec = call(conn, &[b"EXEC"]).await?;
     if exec.starts_with(b"*-1") || exec.starts_with(b"_") {
-        tally.changed += 1;
+        tally.changed += values;
     } else {
-        tally.resealed += 1;
-        tally.from_clear += u64::from(from_clear);
+        tally.resealed += values;
+        tally.from_clear += from_clear;
     }
     Ok(())
 }
@@ -264,16 +278,7 @@ async fn one_hash(
         hset.push(f);
         hset.push(v);
     }
-    call(conn, &[b"MULTI"]).await?;
-    call(conn, &hset).await?;
-    let exec = call(conn, &[b"EXEC"]).await?;
-    if exec.starts_with(b"*-1") || exec.starts_with(b"_") {
-        tally.changed += writes.len() as u64;
-    } else {
-        tally.resealed += writes.len() as u64;
-        tally.from_clear += from_clear;
-    }
-    Ok(())
+    commit(conn, &hset, writes.len() as u64, from_clear, tally).await
 }
 
 /// Rewraps one listener's keyspaces; `progress` is told the tally every thousand keys.

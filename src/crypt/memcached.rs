@@ -233,17 +233,10 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypt::DataKey;
     use crate::protocol::memcached::{McLimits, Parsed, Parser};
-    use std::sync::Arc;
 
     fn keys() -> Keys {
-        let k = Arc::new(DataKey::new(1, &[3u8; 32]));
-        Keys {
-            primary: k.clone(),
-            all: vec![k],
-            retired: vec![],
-        }
+        crate::crypt::one_test_key()
     }
 
     fn spaces() -> Keyspaces {

@@ -593,6 +593,17 @@ pub(crate) fn header(frame: &[u8]) -> Option<(u8, usize, usize)> {
     Some((kind, count, end + 2))
 }
 
+/// A keyring of one data key, for tests.
+#[cfg(test)]
+pub(crate) fn one_test_key() -> Keys {
+    let k = Arc::new(DataKey::new(1, &[3u8; 32]));
+    Keys {
+        primary: k.clone(),
+        all: vec![k],
+        retired: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,16 +279,9 @@ pub fn plan_found(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypt::DataKey;
-    use std::sync::Arc;
 
     fn keys() -> Keys {
-        let k = Arc::new(DataKey::new(1, &[3u8; 32]));
-        Keys {
-            primary: k.clone(),
-            all: vec![k],
-            retired: vec![],
-        }
+        crate::crypt::one_test_key()
     }
 
     fn spaces() -> Keyspaces {
