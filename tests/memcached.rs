@@ -688,3 +688,176 @@ async fn unparsed_input_is_capped_by_max_request_bytes() {
     );
     assert!(!node.holds("big").await);
 }
+
+/// Waits until cachegate's `stats` shows this verdict on the first node's meta commands.
+async fn meta_verdict(c: &mut McClient, want: &str) -> bool {
+    let line = format!("STAT node_0_meta {want}\r\n");
+    for _ in 0..200 {
+        if s(&c.read_until_after(b"stats\r\n", b"END\r\n").await).contains(&line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// One-key gets go to a node that knows meta commands as meta gets (memcached writes each
+/// classic get's reply with a `sendmsg` of its own, but a pipeline of meta replies with one),
+/// and come back byte for byte as memcached answers the classic get, counted alike in the
+/// node's statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_gets_answer_and_count_as_memcached_does() {
+    let pki = Pki::new();
+    let (direct, behind) = (Memcached::start().await, Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&behind], "").await;
+    let (mut ours, mut theirs) = (McClient::tls(&pki, proxy.addr).await, direct.direct().await);
+    // cachegate asks the node about meta commands on its first get.
+    assert_eq!(ours.values("get warm\r\n").await, "END\r\n");
+    assert_eq!(theirs.values("get warm\r\n").await, "END\r\n");
+    assert!(
+        meta_verdict(&mut ours, "yes").await,
+        "memcached 1.6 answers meta commands"
+    );
+    // A block holding what reads like the end of a reply; a key set in base64 ("kkk").
+    let tricky = "x\r\nEND\r\nVALUE y 0 1";
+    let setup = [
+        "set zero 0 0 0\r\n\r\n".to_string(),
+        "set max 4294967295 0 3\r\nabc\r\n".into(),
+        format!("set tricky 5 0 {}\r\n{tricky}\r\n", tricky.len()),
+        "ms a2tr 1 b F7\r\nx\r\n".into(),
+        "set gone 0 -1 1\r\nx\r\n".into(),
+    ];
+    for line in &setup {
+        assert_eq!(ours.line(line).await, theirs.line(line).await, "{line}");
+    }
+    let mut reads: Vec<String> = Vec::new();
+    for key in ["zero", "max", "tricky", "kkk", "gone", "missing"] {
+        reads.push(format!("get {key}\r\n"));
+        reads.push(format!("gets {key}\r\n"));
+    }
+    for read in &reads {
+        let mine = ours.values(read).await;
+        assert_eq!(mine, theirs.values(read).await, "{read}");
+    }
+    // Pipelined, and after a flush.
+    let pipeline = "get max\r\nget missing\r\ngets tricky\r\nget zero\r\n";
+    for client in [&mut ours, &mut theirs] {
+        client.send(pipeline.as_bytes()).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            ours.read(Shape::Values).await,
+            theirs.read(Shape::Values).await
+        );
+    }
+    assert_eq!(
+        ours.line("flush_all\r\n").await,
+        theirs.line("flush_all\r\n").await
+    );
+    assert_eq!(ours.values("get max\r\n").await, "END\r\n");
+    assert_eq!(theirs.values("get max\r\n").await, "END\r\n");
+    // Not `get_flushed`: whether a flushed item counts there depends on the second it was
+    // set in, relative to the flush (it differs between two memcached nodes driven alike).
+    for stat in ["cmd_get", "get_hits", "get_misses", "get_expired"] {
+        assert_eq!(behind.stat(stat).await, direct.stat(stat).await, "{stat}");
+    }
+    assert!(behind.stat("get_hits").await >= 9);
+}
+
+/// A node that answers `mn` with `ERROR` (memcached before 1.6) gets every get as the client
+/// sent it; one that answers `MN` gets one-key gets as `mg <key> v f [c]`, and multi-key gets
+/// as they came. No real memcached at hand lacks meta commands, hence the fake node: it answers
+/// these few commands and records every line it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    async fn fake_node(meta: Arc<AtomicBool>) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (log, meta) = (log.clone(), meta.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = tcp.into_split();
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        log.lock().unwrap().push(line.clone());
+                        let reply = match (line.as_str(), meta.load(Ordering::Relaxed)) {
+                            ("version", _) => "VERSION 1.4.39\r\n",
+                            ("mn", true) => "MN\r\n",
+                            ("mg k v f", true) => "VA 2 f3\r\nhi\r\n",
+                            ("mg k v f c", true) => "VA 2 f3 c9\r\nhi\r\n",
+                            ("get k", _) => "VALUE k 3 2\r\nhi\r\nEND\r\n",
+                            ("gets k", _) => "VALUE k 3 2 9\r\nhi\r\nEND\r\n",
+                            ("get k z", _) => "VALUE k 3 2\r\nhi\r\nEND\r\n",
+                            _ => "ERROR\r\n",
+                        };
+                        if w.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+    let pki = Pki::new();
+    for meta in [false, true] {
+        let speaks = Arc::new(AtomicBool::new(meta));
+        let (addr, seen) = fake_node(speaks.clone()).await;
+        let proxy = Proxy::start(&format!(
+            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [\"{addr}\"]\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml()
+        ))
+        .await;
+        let mut c = McClient::tls(&pki, proxy.addr).await;
+        // The first get asks the node.
+        assert_eq!(c.values("get k\r\n").await, "VALUE k 3 2\r\nhi\r\nEND\r\n");
+        let want = if meta { "yes" } else { "no" };
+        assert!(
+            meta_verdict(&mut c, want).await,
+            "the probe's verdict: {want}"
+        );
+        seen.lock().unwrap().clear();
+        assert_eq!(c.values("get k\r\n").await, "VALUE k 3 2\r\nhi\r\nEND\r\n");
+        assert_eq!(
+            c.values("gets k\r\n").await,
+            "VALUE k 3 2 9\r\nhi\r\nEND\r\n"
+        );
+        assert_eq!(
+            c.values("get k z\r\n").await,
+            "VALUE k 3 2\r\nhi\r\nEND\r\n"
+        );
+        let seen: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.as_str() != "version")
+            .cloned()
+            .collect();
+        let expected = if meta {
+            ["mg k v f", "mg k v f c", "get k z"]
+        } else {
+            ["get k", "gets k", "get k z"]
+        };
+        assert_eq!(seen, expected, "meta: {meta}");
+        if meta {
+            // Replaced by a server without meta commands: one get fails, saying so, and the
+            // next ones go as they came.
+            speaks.store(false, Ordering::Relaxed);
+            let failed = c.values("get k\r\n").await;
+            assert!(
+                failed.starts_with("SERVER_ERROR cachegate: node ")
+                    && failed.contains("no longer answers meta commands"),
+                "{failed}"
+            );
+            assert_eq!(c.values("get k\r\n").await, "VALUE k 3 2\r\nhi\r\nEND\r\n");
+            let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+            assert!(stats.contains("STAT node_0_meta no\r\n"), "{stats}");
+        }
+    }
+}

@@ -171,6 +171,7 @@ pub(super) fn stats(ctx: &Context, req: &McRequest) -> Bytes {
         };
         stat(&format!("node_{i}_address"), &node.label);
         stat(&format!("node_{i}_state"), &state);
+        stat(&format!("node_{i}_meta"), &node.meta_state());
     }
     s.push_str("END\r\n");
     Bytes::from(s)

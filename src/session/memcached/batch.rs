@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::crypt::memcached::{McOpen, McPlan};
+use crate::protocol::memcached::{Classic, MetaGet};
 
 pub(super) enum Item {
     Local(Bytes),
@@ -17,11 +18,20 @@ pub(super) enum Plan {
     Single(usize, usize),
     /// A get whose keys are all on one node: (node, position); the node's reply is the answer.
     Whole(usize, usize),
+    /// A one-key get sent as a meta get: (node, position); its reply is turned back.
+    Fetch(usize, usize, MetaGet),
     /// A multi-get: one part per node, each (node, position, keys).
     Split(Vec<(usize, usize)>),
     /// flush_all / verbosity: one reply from every node.
     All(Vec<(usize, usize)>),
     Unrouted,
+}
+
+/// How a request goes to its node.
+enum Send<'a> {
+    /// As the client sent it; for a multi-get, with the node's share of its keys.
+    AsIs(Option<&'a [Bytes]>),
+    Meta(MetaGet),
 }
 
 /// Runs a batch and returns the bytes for the client, in request order.
@@ -37,10 +47,20 @@ pub(super) async fn execute(
     let n = ctx.nodes.len();
     let mut queues: Vec<(BytesMut, Vec<Shape>)> =
         (0..n).map(|_| (BytesMut::new(), Vec::new())).collect();
-    let mut push = |node: usize, req: &McRequest, keys: Option<&[Bytes]>| {
+    // Queues a request for `node`, as the client sent it (`keys`: the node's share of a
+    // multi-get) or as a meta get.
+    let mut push = |node: usize, req: &McRequest, how: Send| {
         let (bytes, shapes) = &mut queues[node];
-        req.encode(bytes, keys);
-        shapes.push(req.shape());
+        match how {
+            Send::AsIs(keys) => {
+                req.encode(bytes, keys);
+                shapes.push(req.shape());
+            }
+            Send::Meta(meta) => {
+                meta.encode(&req.keys()[0], bytes);
+                shapes.push(Shape::Meta);
+            }
+        }
         (node, shapes.len() - 1)
     };
     let mut plans = Vec::with_capacity(batch.len());
@@ -84,11 +104,18 @@ pub(super) async fn execute(
                 Cmd::Stats => Plan::Local(stats(ctx, req)),
                 Cmd::Get | Cmd::GetAndTouch => match same_node(req, &ring) {
                     // Every key on one node (always so with one node): sent as it came, and the
-                    // node's reply is already the answer.
-                    Some(node) => {
-                        let (node, at) = push(node, req, None);
-                        Plan::Whole(node, at)
-                    }
+                    // node's reply is already the answer; one key, as a meta get where the
+                    // node knows them.
+                    Some(node) => match MetaGet::of(req) {
+                        Some(meta) if ctx.nodes[node].speaks_meta() => {
+                            let (node, at) = push(node, req, Send::Meta(meta));
+                            Plan::Fetch(node, at, meta)
+                        }
+                        _ => {
+                            let (node, at) = push(node, req, Send::AsIs(None));
+                            Plan::Whole(node, at)
+                        }
+                    },
                     None => {
                         let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
                         let mut routed = true;
@@ -105,23 +132,27 @@ pub(super) async fn execute(
                                 .iter()
                                 .enumerate()
                                 .filter(|(_, keys)| !keys.is_empty())
-                                .map(|(node, keys)| push(node, req, Some(keys)))
+                                .map(|(node, keys)| push(node, req, Send::AsIs(Some(keys))))
                                 .collect();
                             Plan::Split(parts)
                         }
                     }
                 },
-                Cmd::Broadcast => Plan::All((0..n).map(|node| push(node, req, None)).collect()),
+                Cmd::Broadcast => Plan::All(
+                    (0..n)
+                        .map(|node| push(node, req, Send::AsIs(None)))
+                        .collect(),
+                ),
                 Cmd::Version => match (0..n).find(|&i| ctx.nodes[i].ejected().is_none()) {
                     Some(node) => {
-                        let (node, at) = push(node, req, None);
+                        let (node, at) = push(node, req, Send::AsIs(None));
                         Plan::Single(node, at)
                     }
                     None => Plan::Unrouted,
                 },
                 _ => match req.route_key.as_deref().and_then(|k| ring.locate(k)) {
                     Some(node) => {
-                        let (node, at) = push(node, req, None);
+                        let (node, at) = push(node, req, Send::AsIs(None));
                         Plan::Single(node, at)
                     }
                     None => Plan::Unrouted,
@@ -151,7 +182,7 @@ pub(super) async fn execute(
     for (item, plan) in batch.iter().zip(&plans) {
         if let (
             Item::Request(req),
-            Plan::Single(..) | Plan::Whole(..) | Plan::Split(_) | Plan::All(_),
+            Plan::Single(..) | Plan::Whole(..) | Plan::Fetch(..) | Plan::Split(_) | Plan::All(_),
         ) = (item, plan)
         {
             meter.observe(command_label(req.name()), took);
@@ -180,6 +211,18 @@ pub(super) async fn execute(
             },
             (Plan::Whole(node, at), Some(req)) => match &results[node][at] {
                 Ok(reply) => out.extend_from_slice(reply),
+                Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
+            },
+            (Plan::Fetch(node, at, meta), Some(req)) => match &results[node][at] {
+                Ok(reply) => {
+                    if meta.classic(&req.keys()[0], reply, &mut out) == Classic::NoMeta {
+                        // Replaced since the probe by a server without meta commands: this
+                        // get fails, the next ones go as they come.
+                        ctx.nodes[node].meta_is(Some(false));
+                        let e = "the node no longer answers meta commands";
+                        out.extend_from_slice(&server_error(&ctx.nodes[node].label, e));
+                    }
+                }
                 Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
             },
             (Plan::Split(parts), Some(req)) => {

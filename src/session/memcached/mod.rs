@@ -19,7 +19,7 @@ use super::reader::{ClientReader, Filled, ReadError, ReadLimits};
 use answers::*;
 use batch::*;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,15 @@ pub struct Node {
     pub label: String,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Whether the node answers meta commands (`META_*`): one-key gets go to it as meta gets
+    /// once a probe has said so (`protocol::memcached::MetaGet`).
+    meta: Arc<AtomicU8>,
 }
+
+const META_UNKNOWN: u8 = 0;
+const META_PROBING: u8 = 1;
+const META_YES: u8 = 2;
+const META_NO: u8 = 3;
 
 impl Node {
     pub fn new(pool: Pool, shared: Option<SharedPool>, label: String) -> Self {
@@ -63,11 +71,90 @@ impl Node {
             label,
             failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
+            meta: Arc::new(AtomicU8::new(META_UNKNOWN)),
         }
     }
 
     fn ejected(&self) -> Option<Instant> {
         *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether one-key gets may go to this node as meta gets. Until a probe (`mn`, on a
+    /// connection of the node's pool, in a task of its own) has answered, they go as they
+    /// came; the first call starts the probe.
+    fn speaks_meta(&self) -> bool {
+        match self.meta.load(Ordering::Relaxed) {
+            META_YES => true,
+            META_UNKNOWN => {
+                if self
+                    .meta
+                    .compare_exchange(
+                        META_UNKNOWN,
+                        META_PROBING,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    let (pool, meta) = (self.pool.clone(), self.meta.clone());
+                    tokio::spawn(async move {
+                        let verdict = probe_meta(&pool).await;
+                        if verdict == META_UNKNOWN {
+                            // Unreachable: ask again later, not on every batch meanwhile.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        meta.store(verdict, Ordering::Relaxed);
+                    });
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// What is known of the node's meta commands, for `stats`: `yes` (one-key gets go as
+    /// meta gets), `no`, or `unknown` (not asked yet, or being asked).
+    fn meta_state(&self) -> &'static str {
+        match self.meta.load(Ordering::Relaxed) {
+            META_YES => "yes",
+            META_NO => "no",
+            _ => "unknown",
+        }
+    }
+
+    /// Forgets what the probe found (the node failed, and may come back as another server),
+    /// or records that it answered a meta get with `ERROR`.
+    fn meta_is(&self, known: Option<bool>) {
+        let to = match known {
+            None => META_UNKNOWN,
+            Some(true) => META_YES,
+            Some(false) => META_NO,
+        };
+        // A probe under way has the last word.
+        let _ = self
+            .meta
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now != META_PROBING).then_some(to)
+            });
+    }
+}
+
+/// Asks a node whether it knows meta commands: `mn` answers `MN` on memcached 1.6 and later,
+/// `ERROR` before.
+async fn probe_meta(pool: &Pool) -> u8 {
+    let Ok(mut conn) = pool.acquire().await else {
+        return META_UNKNOWN;
+    };
+    match conn.memcached_roundtrip(b"mn\r\n", Shape::Line).await {
+        Ok(reply) => {
+            pool.release(conn, true);
+            if &reply[..] == b"MN\r\n" {
+                META_YES
+            } else {
+                META_NO
+            }
+        }
+        Err(_) => META_UNKNOWN,
     }
 }
 
@@ -167,6 +254,7 @@ impl Context {
             n.failures.store(0, Ordering::Relaxed);
             return;
         }
+        n.meta_is(None);
         let failures = n.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let limit = self.config.eject_after;
         if limit > 0 && failures >= limit && n.ejected().is_none() {
