@@ -806,18 +806,26 @@ async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
         (addr, seen)
     }
     let pki = Pki::new();
-    for meta in [false, true] {
+    // (the node has meta commands, the listener's extra configuration)
+    let off = "memcached.meta_gets = false\n";
+    for (meta, extra) in [(false, ""), (true, ""), (true, off)] {
         let speaks = Arc::new(AtomicBool::new(meta));
         let (addr, seen) = fake_node(speaks.clone()).await;
         let proxy = Proxy::start(&format!(
-            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [\"{addr}\"]\nupstream.health_interval = \"1h\"\n",
+            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [\"{addr}\"]\nupstream.health_interval = \"1h\"\n{extra}",
             pki.tls_toml()
         ))
         .await;
+        let translated = meta && extra.is_empty();
         let mut c = McClient::tls(&pki, proxy.addr).await;
         // The first get asks the node.
         assert_eq!(c.values("get k\r\n").await, "VALUE k 3 2\r\nhi\r\nEND\r\n");
-        let want = if meta { "yes" } else { "no" };
+        // Switched off, the node is never asked.
+        let want = match (meta, extra.is_empty()) {
+            (_, false) => "unknown",
+            (true, true) => "yes",
+            (false, true) => "no",
+        };
         assert!(
             meta_verdict(&mut c, want).await,
             "the probe's verdict: {want}"
@@ -839,20 +847,26 @@ async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
             .filter(|l| l.as_str() != "version")
             .cloned()
             .collect();
-        let expected = if meta {
+        let expected = if translated {
             ["mg k v f", "mg k v f c", "get k z"]
         } else {
             ["get k", "gets k", "get k z"]
         };
-        assert_eq!(seen, expected, "meta: {meta}");
-        if meta {
+        assert_eq!(seen, expected, "meta: {meta}, {extra}");
+        let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+        let on = if extra.is_empty() { "on" } else { "off" };
+        assert!(
+            stats.contains(&format!("STAT meta_gets {on}\r\n")),
+            "{stats}"
+        );
+        if translated {
             // Replaced by a server without meta commands: one get fails, saying so, and the
             // next ones go as they came.
             speaks.store(false, Ordering::Relaxed);
             let failed = c.values("get k\r\n").await;
             assert!(
                 failed.starts_with("SERVER_ERROR cachegate: node ")
-                    && failed.contains("no longer answers meta commands"),
+                    && failed.contains("does not answer meta gets as memcached does"),
                 "{failed}"
             );
             assert_eq!(c.values("get k\r\n").await, "VALUE k 3 2\r\nhi\r\nEND\r\n");
@@ -860,4 +874,27 @@ async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
             assert!(stats.contains("STAT node_0_meta no\r\n"), "{stats}");
         }
     }
+}
+
+/// A stale item's first meta get wins the token to refresh it (`W`); a classic get never takes
+/// it. Once a client marks items stale (`md`/`ms` with `I`), one-key gets go as they came, so a
+/// classic client's get through cachegate leaves the token to the meta client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_get_never_takes_a_stale_items_win_token() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("ms k 2 T300\r\nhi\r\n").await, "HD\r\n");
+    assert_eq!(c.values("get k\r\n").await, "VALUE k 0 2\r\nhi\r\nEND\r\n");
+    assert!(meta_verdict(&mut c, "yes").await);
+    let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+    assert!(stats.contains("STAT meta_gets on\r\n"), "{stats}");
+    assert_eq!(c.line("md k I T30\r\n").await, "HD\r\n");
+    assert_eq!(c.values("get k\r\n").await, "VALUE k 0 2\r\nhi\r\nEND\r\n");
+    // The meta client, on the node itself, still wins the token.
+    let mut meta = node.direct().await;
+    let won = s(&meta.request(b"mg k v\r\n", Shape::Meta).await);
+    assert!(won.starts_with("VA 2 ") && won.contains(" W"), "{won}");
+    let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
+    assert!(stats.contains("STAT meta_gets off\r\n"), "{stats}");
 }

@@ -147,6 +147,7 @@ pub struct MemcachedFile {
     pub eject_after: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub eject_for: Option<Duration>,
+    pub meta_gets: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -156,6 +156,9 @@ pub struct MemcachedConfig {
     /// Consecutive failures after which a node leaves the ring; 0 keeps nodes in the ring.
     pub eject_after: u32,
     pub eject_for: Duration,
+    /// One-key gets go to nodes that know meta commands as meta gets (`MetaGet`), until a
+    /// client marks an item stale (`md`/`ms` with `I`).
+    pub meta_gets: bool,
 }
 
 /// What a request for a key on an unreachable node gets.

@@ -220,8 +220,10 @@ pub struct MetaGet {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Classic {
     Reply,
-    /// `ERROR`: the node does not know meta commands (memcached before 1.6); nothing written.
-    NoMeta,
+    /// Not what memcached answers a meta get (`ERROR` from a server without meta commands, a
+    /// `CLIENT_ERROR` for the flags, another status, a `VA` without the flags asked for):
+    /// nothing written, and the node should get classic gets from now on.
+    Incompatible,
 }
 
 impl MetaGet {
@@ -241,13 +243,14 @@ impl MetaGet {
 
     /// Appends the classic reply to the meta one (a complete `Shape::Meta` reply): `VA <n>
     /// f<flags> [c<cas>]` and its block become `VALUE <key> <flags> <n> [<cas>]`, the block
-    /// and `END`; `EN` becomes `END`; an error line stays as it is.
+    /// and `END`; `EN` becomes `END`; a `SERVER_ERROR` stays as it is.
     pub fn classic(self, key: &[u8], reply: &[u8], out: &mut BytesMut) -> Classic {
-        if reply == b"ERROR\r\n" {
-            return Classic::NoMeta;
-        }
         if reply == b"EN\r\n" {
             out.put_slice(b"END\r\n");
+            return Classic::Reply;
+        }
+        if reply.starts_with(b"SERVER_ERROR ") {
+            out.put_slice(reply);
             return Classic::Reply;
         }
         let line = reply
@@ -256,19 +259,27 @@ impl MetaGet {
             .unwrap_or(reply.len());
         let mut words = reply[..line].split(|&b| b == b' ');
         if words.next() != Some(b"VA") {
-            out.put_slice(reply);
-            return Classic::Reply;
+            return Classic::Incompatible;
         }
-        let size = words.next().unwrap_or(b"0");
-        out.reserve(reply.len() + key.len() + 32);
-        let (mut flags, mut cas): (&[u8], &[u8]) = (b"0", b"0");
+        let size = words.next().unwrap_or(b"");
+        let (mut flags, mut cas): (Option<&[u8]>, Option<&[u8]>) = (None, None);
         for word in words {
             match word.split_first() {
-                Some((b'f', v)) => flags = v,
-                Some((b'c', v)) => cas = v,
+                Some((b'f', v)) => flags = Some(v),
+                Some((b'c', v)) => cas = Some(v),
                 _ => {}
             }
         }
+        let digits = |v: &&[u8]| !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+        let (Some(flags), true) = (flags.filter(digits), digits(&size)) else {
+            return Classic::Incompatible;
+        };
+        let cas = match cas.filter(digits) {
+            Some(cas) => cas,
+            None if self.cas => return Classic::Incompatible,
+            None => b"",
+        };
+        out.reserve(reply.len() + key.len() + 32);
         out.put_slice(b"VALUE ");
         out.put_slice(key);
         for part in [flags, size] {
@@ -280,7 +291,7 @@ impl MetaGet {
             out.put_slice(cas);
         }
         // The line's CRLF, the block and its CRLF, as the node sent them.
-        out.put_slice(&reply[line.min(reply.len())..]);
+        out.put_slice(&reply[line..]);
         out.put_slice(b"END\r\n");
         Classic::Reply
     }
@@ -1034,6 +1045,11 @@ pub enum McReplyError {
     TooLarge(usize),
 }
 
+/// The status words of memcached's meta replies other than `VA` (`OK` is `HD` under
+/// `-o meta_response_old`). Anything else where a meta reply is due means the stream is out of
+/// step.
+const META_STATUS: [&[u8]; 8] = [b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME", b"OK"];
+
 /// Delimits one upstream reply of `shape` at the front of `buf`: its length when complete.
 pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, McReplyError> {
     let mut pos = 0;
@@ -1070,14 +1086,24 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
                     size.ok_or_else(|| malformed(text))?
                         .checked_add(pos + line + 2)
                         .ok_or(McReplyError::TooLarge(max))?
-                } else {
+                } else if is_error || META_STATUS.contains(&word) {
                     pos + line
+                } else {
+                    return Err(malformed(text));
                 };
                 if shape == Shape::Meta {
                     if end > max {
                         return Err(McReplyError::TooLarge(max));
                     }
-                    return Ok((buf.len() >= end).then_some(end));
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(McReplyError::Malformed(
+                            "value block not ended by CRLF".into(),
+                        ));
+                    }
+                    return Ok(Some(end));
                 }
                 end
             }
@@ -1553,16 +1579,23 @@ mod tests {
             classic(get, b"SERVER_ERROR out of memory\r\n"),
             (Classic::Reply, "SERVER_ERROR out of memory\r\n".into())
         );
-        assert_eq!(classic(get, b"ERROR\r\n"), (Classic::NoMeta, String::new()));
-        // Every reply the framer accepts as a meta reply converts without panicking.
+        // What memcached never answers a meta get: the node gets classic gets from then on.
         for reply in [
-            &b"VA\r\n"[..],
-            b"VA 1\r\nx\r\n",
-            b"VA 1 f c\r\nx\r\n",
+            &b"ERROR\r\n"[..],
+            b"CLIENT_ERROR invalid flag\r\n",
             b"HD\r\n",
+            b"NF\r\n",
+            b"VA\r\n",
+            b"VA 1\r\nx\r\n",
+            b"VA x f0\r\nx\r\n",
+            b"VA 1 f c\r\nx\r\n",
+            b"VA 1 f-1\r\nx\r\n",
         ] {
-            let _ = classic(gets, reply);
+            assert_eq!(classic(get, reply), (Classic::Incompatible, String::new()));
         }
+        // A gets needs the CAS value; a get does not.
+        assert_eq!(classic(gets, b"VA 1 f0\r\nx\r\n").0, Classic::Incompatible);
+        assert_eq!(classic(get, b"VA 1 f0 c5\r\nx\r\n").0, Classic::Reply);
     }
 
     #[test]
@@ -1604,6 +1637,22 @@ mod tests {
             None
         );
         assert!(reply_len(b"VALUE a 0 500\r\n", Shape::Values, 100).is_err());
+        // A meta reply is a known status or an error, and a VA block ends with CRLF.
+        assert!(reply_len(b"BOGUS\r\n", Shape::Meta, 100).is_err());
+        assert!(reply_len(b"VALUE a 0 1\r\n", Shape::Meta, 100).is_err());
+        assert!(reply_len(b"VA 2 f0\r\nhiX\n", Shape::Meta, 100).is_err());
+        assert_eq!(
+            reply_len(b"VA 2 f0\r\nhi\r", Shape::Meta, 100).unwrap(),
+            None
+        );
+        assert_eq!(
+            reply_len(b"ME k exp=-1\r\n", Shape::Meta, 100).unwrap(),
+            Some(13)
+        );
+        assert_eq!(
+            reply_len(b"SERVER_ERROR x\r\n", Shape::Meta, 100).unwrap(),
+            Some(16)
+        );
         assert!(reply_len(b"BOGUS\r\n", Shape::Values, 100).is_err());
     }
 

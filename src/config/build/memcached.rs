@@ -90,5 +90,6 @@ pub(super) fn memcached_settings(
         on_node_down,
         eject_after: m.eject_after.unwrap_or(0),
         eject_for: m.eject_for.unwrap_or(DEFAULT_EJECT_FOR),
+        meta_gets: m.meta_gets.unwrap_or(true),
     }
 }

@@ -161,6 +161,7 @@ pub(super) fn stats(ctx: &Context, req: &McRequest) -> Bytes {
         &ctx.total_connections.load(Ordering::Relaxed),
     );
     stat("nodes", &ctx.nodes.len());
+    stat("meta_gets", &if ctx.meta_gets() { "on" } else { "off" });
     for (i, node) in ctx.nodes.iter().enumerate() {
         let state = if node.ejected().is_some() {
             "ejected"

@@ -83,6 +83,11 @@ pub(super) async fn execute(
             _ => McPlan::Clear,
         };
         let item = &*item;
+        if let Item::Request(req) = item {
+            if !denied && marks_stale(req) {
+                ctx.stale_items_in_use();
+            }
+        }
         let plan = match item {
             Item::Local(b) => Plan::Local(b.clone()),
             Item::Request(req) if denied => Plan::Local(if silent(req) {
@@ -107,7 +112,7 @@ pub(super) async fn execute(
                     // node's reply is already the answer; one key, as a meta get where the
                     // node knows them.
                     Some(node) => match MetaGet::of(req) {
-                        Some(meta) if ctx.nodes[node].speaks_meta() => {
+                        Some(meta) if ctx.meta_gets() && ctx.nodes[node].speaks_meta() => {
                             let (node, at) = push(node, req, Send::Meta(meta));
                             Plan::Fetch(node, at, meta)
                         }
@@ -215,12 +220,15 @@ pub(super) async fn execute(
             },
             (Plan::Fetch(node, at, meta), Some(req)) => match &results[node][at] {
                 Ok(reply) => {
-                    if meta.classic(&req.keys()[0], reply, &mut out) == Classic::NoMeta {
-                        // Replaced since the probe by a server without meta commands: this
-                        // get fails, the next ones go as they come.
-                        ctx.nodes[node].meta_is(Some(false));
-                        let e = "the node no longer answers meta commands";
-                        out.extend_from_slice(&server_error(&ctx.nodes[node].label, e));
+                    if meta.classic(&req.keys()[0], reply, &mut out) == Classic::Incompatible {
+                        // Not memcached's answer to a meta get (a server without meta
+                        // commands since the probe, or with only some): this get fails, and
+                        // the node gets classic gets from now on.
+                        let node = &ctx.nodes[node];
+                        tracing::warn!(listener = %ctx.listener, node = %node.label, "memcached node answered a meta get as memcached does not; one-key gets go to it as classic gets from now on");
+                        node.meta_refused();
+                        let e = "the node does not answer meta gets as memcached does";
+                        out.extend_from_slice(&server_error(&node.label, e));
                     }
                 }
                 Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
@@ -458,4 +466,12 @@ pub(super) fn merge_values(
         }
     }
     out.extend_from_slice(b"END\r\n");
+}
+
+/// `md` or `ms` with the `I` flag: the key's item may become stale, and a stale item's first
+/// meta get wins the token to refresh it (`W`), which a classic get never takes.
+fn marks_stale(req: &McRequest) -> bool {
+    matches!(req.cmd, Cmd::Meta | Cmd::MetaSet)
+        && matches!(req.name(), b"md" | b"ms")
+        && req.tokens[2..].iter().any(|t| t.first() == Some(&b'I'))
 }

@@ -61,7 +61,10 @@ pub struct Node {
 const META_UNKNOWN: u8 = 0;
 const META_PROBING: u8 = 1;
 const META_YES: u8 = 2;
+/// The probe said `ERROR`: asked again once the node has failed (it may come back upgraded).
 const META_NO: u8 = 3;
+/// A meta get got an answer memcached would not give: classic gets for the process's life.
+const META_REFUSED: u8 = 4;
 
 impl Node {
     pub fn new(pool: Pool, shared: Option<SharedPool>, label: String) -> Self {
@@ -117,45 +120,40 @@ impl Node {
     fn meta_state(&self) -> &'static str {
         match self.meta.load(Ordering::Relaxed) {
             META_YES => "yes",
-            META_NO => "no",
+            META_NO | META_REFUSED => "no",
             _ => "unknown",
         }
     }
 
-    /// Forgets what the probe found (the node failed, and may come back as another server),
-    /// or records that it answered a meta get with `ERROR`.
-    fn meta_is(&self, known: Option<bool>) {
-        let to = match known {
-            None => META_UNKNOWN,
-            Some(true) => META_YES,
-            Some(false) => META_NO,
-        };
-        // A probe under way has the last word.
+    /// Forgets what the probe found: the node failed, and may come back as another server.
+    fn meta_forgotten(&self) {
         let _ = self
             .meta
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-                (now != META_PROBING).then_some(to)
+                matches!(now, META_YES | META_NO).then_some(META_UNKNOWN)
             });
+    }
+
+    /// The node answered a meta get as memcached would not: classic gets from now on.
+    fn meta_refused(&self) {
+        self.meta.store(META_REFUSED, Ordering::Relaxed);
     }
 }
 
 /// Asks a node whether it knows meta commands: `mn` answers `MN` on memcached 1.6 and later,
-/// `ERROR` before.
+/// `ERROR` on servers without them. Anything else (a failure, another line) leaves it unknown,
+/// to be asked again.
 async fn probe_meta(pool: &Pool) -> u8 {
     let Ok(mut conn) = pool.acquire().await else {
         return META_UNKNOWN;
     };
-    match conn.memcached_roundtrip(b"mn\r\n", Shape::Line).await {
-        Ok(reply) => {
-            pool.release(conn, true);
-            if &reply[..] == b"MN\r\n" {
-                META_YES
-            } else {
-                META_NO
-            }
-        }
-        Err(_) => META_UNKNOWN,
-    }
+    let verdict = match conn.memcached_roundtrip(b"mn\r\n", Shape::Line).await {
+        Ok(reply) if &reply[..] == b"MN\r\n" => META_YES,
+        Ok(reply) if &reply[..] == b"ERROR\r\n" => META_NO,
+        _ => return META_UNKNOWN,
+    };
+    pool.release(conn, true);
+    verdict
 }
 
 /// What every session of a memcached listener shares.
@@ -170,6 +168,9 @@ pub struct Context {
     pub request_timeout: Duration,
     pub nodes: Vec<Node>,
     ring: RwLock<Arc<Continuum>>,
+    /// `memcached.meta_gets`, until a client marks an item stale (`md`/`ms` with `I`): a meta
+    /// get would take the stale item's win token (`W`) that a classic get leaves alone.
+    meta_gets: std::sync::atomic::AtomicBool,
     started: Instant,
     curr_connections: AtomicU64,
     total_connections: AtomicU64,
@@ -206,6 +207,7 @@ impl Context {
         nodes: Vec<Node>,
     ) -> Self {
         let ring = Continuum::build(&config.nodes, &vec![true; config.nodes.len()]);
+        let meta_gets = std::sync::atomic::AtomicBool::new(config.meta_gets);
         Self {
             listener,
             max_reply: rules.limits.max_reply_bytes,
@@ -215,6 +217,7 @@ impl Context {
             request_timeout,
             nodes,
             ring: RwLock::new(Arc::new(ring)),
+            meta_gets,
             started: Instant::now(),
             curr_connections: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
@@ -242,6 +245,20 @@ impl Context {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether one-key gets may go as meta gets at all (`memcached.meta_gets`, and no client
+    /// has marked an item stale).
+    fn meta_gets(&self) -> bool {
+        self.meta_gets.load(Ordering::Relaxed)
+    }
+
+    /// A client marks items stale: from now on every get goes as it came, so that a meta
+    /// client's win token (`W`) for a stale item is never taken by a classic get.
+    fn stale_items_in_use(&self) {
+        if self.meta_gets.swap(false, Ordering::Relaxed) {
+            tracing::info!(listener = %self.listener, "a client marks items stale (md/ms with I): one-key gets go to the nodes as classic gets from now on");
+        }
+    }
+
     fn rebuild_ring(&self) {
         let live: Vec<bool> = self.nodes.iter().map(|n| n.ejected().is_none()).collect();
         let ring = Continuum::build(&self.config.nodes, &live);
@@ -254,7 +271,7 @@ impl Context {
             n.failures.store(0, Ordering::Relaxed);
             return;
         }
-        n.meta_is(None);
+        n.meta_forgotten();
         let failures = n.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let limit = self.config.eject_after;
         if limit > 0 && failures >= limit && n.ejected().is_none() {
