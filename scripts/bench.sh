@@ -25,6 +25,9 @@ trap 'kill $(jobs -p) 2>/dev/null; pkill -F "$WORK/redis.pid" 2>/dev/null; for f
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RP=$(port); RTLS=$(port); MP=$(port); CT=$(port); CP=$(port); MT=$(port); HP=$(port); EP=$(port)
+# The same memcached node behind a listener that sends gets as they came (memcached.meta_gets =
+# false), to show what sending one-key gets as meta gets is worth.
+MC=$(port)
 # A Redis Cluster of 3 primaries (client and bus ports), behind the "cluster" listener.
 K1=$(port); K2=$(port); K3=$(port); B1=$(port); B2=$(port); B3=$(port); KT=$(port)
 # At-rest encryption's cost: a plaintext listener that seals the bench's keys, beside the
@@ -67,6 +70,13 @@ protocol = "memcached"
 bind = "127.0.0.1:$MT"
 upstream.nodes = ["127.0.0.1:$MP"]
 upstream.warm_connections = $CONNS
+[[listeners]]
+name = "memcached-classic"
+protocol = "memcached"
+bind = "127.0.0.1:$MC"
+upstream.nodes = ["127.0.0.1:$MP"]
+upstream.warm_connections = $CONNS
+memcached.meta_gets = false
 TOML
 # Start cachegate once to generate the dev certificates, then use them for redis's TLS too.
 taskset -c 0 "$BIN" --config "$WORK/cg.toml" >"$WORK/cg.log" 2>&1 &
@@ -139,6 +149,7 @@ for cmd in get set; do
 done
 echo
 load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+load --memcached --command get --target "127.0.0.1:$MC" --cacert "$CA" --pid $CG | tail -n 1 | sed 's/target/cachegate, gets sent as they came (meta_gets = false)/'
 load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
 echo
 echo "== at-rest encryption: the encrypting listener (target) beside the same listener without it (direct)"
