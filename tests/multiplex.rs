@@ -501,11 +501,13 @@ async fn unpinning_after_unsubscribe_never_takes_a_clients_reply() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The messages are flowing.
+    while !s(&c.read().await).contains("message") {}
     let mut wire = encode(&[b"UNSUBSCRIBE", b"a"]);
     wire.extend(encode(&[b"BLPOP", b"q", b"1"]));
     c.send(&wire).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The GET goes after the BLPOP has reached the backend.
+    assert!(redis.until_blocked(1).await);
     c.send_cmd(&["GET", "k"]).await;
     let mut replies = Vec::new();
     while replies.len() < 3 {

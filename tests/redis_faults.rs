@@ -123,8 +123,9 @@ async fn backend_dying_mid_request_gives_an_error_not_a_partial_reply() {
     let (pki, mut redis) = (Pki::new(), Redis::start().await);
     let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
-    c.send_cmd(&["DEBUG", "SLEEP", "5"]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send_cmd(&["BLPOP", "never", "30"]).await;
+    // The request has reached the backend, which holds it.
+    assert!(redis.until_blocked(1).await);
     redis.kill();
     let reply = s(&c.read().await);
     assert!(
@@ -146,8 +147,9 @@ async fn hung_backend_times_out_with_a_named_error() {
         "-ERR cachegate: upstream read timed out after 300ms\r\n"
     );
     assert!(c.closed().await);
-    // The late reply to the abandoned request never reaches anyone.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The late reply to the abandoned request never reaches anyone. Redis answers a direct
+    // PING only once the sleep is over, so the late reply has been sent by then.
+    assert_eq!(redis.direct().await.cmd(&["PING"]).await, b"+PONG\r\n");
     let mut d = RawClient::authed(&pki, proxy.addr).await;
     assert_eq!(d.cmd(&["ECHO", "mine"]).await, b"$4\r\nmine\r\n");
 }

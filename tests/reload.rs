@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 
@@ -58,7 +57,8 @@ async fn certificate_and_token_rotate_under_load_without_a_failed_request() {
             failures
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load is running before the reloads...
+    assert!(eventually(|| async { done.load(Ordering::Relaxed) >= 100 }).await);
     let before = done.load(Ordering::Relaxed);
 
     // The new certificate (another CA) and a second token, then the first token removed.
@@ -70,7 +70,8 @@ async fn certificate_and_token_rotate_under_load_without_a_failed_request() {
         .reload_with(&token_config(&new_pki, &redis, &[TOKEN_NEW], ""))
         .await;
     assert!(outcome.is_ok(), "{outcome:?}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and goes on after them.
+    assert!(eventually(|| async { done.load(Ordering::Relaxed) >= before + 100 }).await);
     stop.store(true, Ordering::Relaxed);
     for task in load {
         let failures = task.await.unwrap();
