@@ -556,7 +556,17 @@ async fn resharding_under_load_fails_loses_and_repeats_nothing() {
     let counters = 200;
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = incr_load(&pki, &proxy, 4, counters, stop.clone()).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The load is running before the first slot moves.
+    let mut watch = client(&pki, &proxy).await;
+    let mut running = false;
+    for _ in 0..200 {
+        if s(&watch.cmd(&["GET", "counter:0"]).await).starts_with("$") {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(running, "the INCR load never started");
     // Slots move from the first node to the second, then some back to the first.
     let a = cluster.nodes[0].redis.address();
     let b = cluster.nodes[1].redis.address();

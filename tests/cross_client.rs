@@ -513,7 +513,20 @@ async fn a_forged_reset_cannot_hand_late_replies_to_the_next_session() {
     // A stateless command: the session goes back to shared connections and its connection
     // to the pool, through a reset.
     c.send_cmd(&["GET", "x"]).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The pinned connection's late replies (the blocked BLPOP's, the script's) arrive, then its
+    // reset runs: it is pooled again or, as here, closed because its replies were not the
+    // reset's. Wait until no backend connection's last command is the BLPOP or a script.
+    let mut direct = redis.direct().await;
+    let mut settled = false;
+    for _ in 0..400 {
+        let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
+        if !list.contains("cmd=blpop") && !list.contains("cmd=eval") {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(settled, "the pinned connection never settled");
     // The next session that needs a connection of its own gets its own replies only.
     let mut d = RawClient::tls(&pki, proxy.addr).await;
     let mut replies = Vec::new();

@@ -293,7 +293,21 @@ async fn hung_node_times_out_without_stalling_the_others() {
     );
     b.pause(false);
     // The late reply to the abandoned request reaches nobody: the next answer is the right one.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The node has run the abandoned set (and sent its late reply) once it holds `y`.
+    let mut direct = b.direct().await;
+    let mut ran = false;
+    for _ in 0..200 {
+        if direct
+            .values(&format!("get {on_b}\r\n"))
+            .await
+            .contains("\r\ny\r\n")
+        {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ran, "the node runs the abandoned set once resumed");
     let mut got = String::new();
     for _ in 0..50 {
         got = c.values(&format!("get {on_b}\r\n")).await;
@@ -551,7 +565,8 @@ async fn node_dying_mid_request_fails_that_request_at_once() {
     assert_eq!(c.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
     node.pause(true);
     c.send(b"get k\r\n").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request has reached the paused node.
+    assert!(node.until_unread().await);
     node.kill();
     // Not the 30 s timeout: the closed connection fails the request now, and no partial
     // reply is forwarded (miss mode: an empty result).

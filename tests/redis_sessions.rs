@@ -269,6 +269,8 @@ async fn blocking_command_does_not_block_other_clients() {
     for i in 0..20 {
         assert_eq!(other.cmd(&["SET", "x", &i.to_string()]).await, b"+OK\r\n");
     }
+    // The BLPOP holds at the backend, and goes on holding past the request timeout.
+    assert!(redis.until_blocked(1).await);
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(other.cmd(&["RPUSH", "queue", "job"]).await, b":1\r\n");
     assert_eq!(blocked.read().await, b"*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n");

@@ -1,7 +1,10 @@
 //! Admission: what happens to one parsed request, decided from the request, the session's
 //! login state and the listener's policy alone, with no I/O. The session carries the decision
-//! out (answers, forwards, pins, logs in); everything that can refuse a request is here, so
-//! that it is tested without sockets, for every command the table knows.
+//! out (answers, forwards, pins, logs in). Every refusal that depends on the request, the login
+//! and the policy alone is here, so that it is tested without sockets, for every command the
+//! table knows. What depends on the session's own state or its backend is the session's: a
+//! cluster listener's placement (CROSSSLOT), at-rest encryption's refusals (they need the key
+//! ring), the run-as connection's and a failed pin's errors, MULTI's queueing.
 //!
 //! In order, as Redis and the policy require:
 //! 1. an HTTP request (`POST`, `Host:`) closes the connection (a cross-protocol attack);

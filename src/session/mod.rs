@@ -4,7 +4,8 @@
 //!   forward shared, pin, log in), from the request, the session's login state and the policy;
 //! - `redis/` carries those decisions out: the request side (`mod.rs`), pinning a connection of
 //!   its own (`pinning.rs`), the session's own commands AUTH/HELLO/RESET (`login.rs`) and the
-//!   reply side that writes replies back in request order (`reply.rs`);
+//!   reply side that writes replies back in request order (`replies.rs`), a cluster listener's
+//!   routing (`cluster.rs`) and its shard channels across a resharding (`follow.rs`);
 //! - `memcached/` is the memcached session: the same read loop and limits, batch planning over
 //!   the ketama ring, and the answers it makes itself;
 //! - `reader` is the client read loop both protocols share, with the same limits (unparsed

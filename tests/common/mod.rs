@@ -147,6 +147,30 @@ impl Process {
     async fn tcp(&self) -> TcpStream {
         TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
     }
+
+    /// Waits until bytes sit unread in one of the server's connections (the kernel's receive
+    /// queue, from /proc/net/tcp): a request has reached a paused server.
+    pub async fn until_unread(&self) -> bool {
+        let local = format!(":{:04X}", self.port);
+        eventually(|| {
+            let local = local.clone();
+            async move {
+                let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+                table.lines().skip(1).any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // local address, remote address, state (01: established), tx:rx queues
+                    fields.len() > 4
+                        && fields[1].ends_with(&local)
+                        && fields[3] == "01"
+                        && fields[4]
+                            .split_once(':')
+                            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+                            .is_some_and(|rx| rx > 0)
+                })
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for Process {
