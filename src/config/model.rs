@@ -249,3 +249,15 @@ pub struct BackendUser {
     /// ACL SETUSER rules after the name (`reset on #<digest> ~* &* +@all -flushall ...`).
     pub rules: Vec<String>,
 }
+
+/// `host:port` or `[v6]:port`: how the configuration writes an address, read alike by the
+/// builder and by what dials addresses it learns later (a cluster's nodes).
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}

@@ -419,16 +419,7 @@ pub(super) fn listener(
     })
 }
 
-/// `host:port` or `[v6]:port`.
-pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = address.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some((host, port))
-}
+pub(super) use super::model::split_host_port;
 
 pub(super) fn resolve(base: &Path, path: &Path) -> PathBuf {
     let full = if path.is_absolute() {

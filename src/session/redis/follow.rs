@@ -30,6 +30,10 @@ struct State {
 /// How long a moved channel waits for the map to name its slot's new node.
 const NEW_NODE_WAIT: Duration = Duration::from_secs(3);
 
+/// A connection's subscription count while a SUBSCRIBE has been sent and its first
+/// confirmation not read yet (kept by the reply side, with `confirmation` below).
+pub(super) const SUBSCRIBING: i64 = i64::MAX;
+
 /// A three-element array or push whose first two elements are bulk strings (the shape of an
 /// (un)subscribe confirmation): the first two, and the bytes of the third.
 pub(super) fn confirmation(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
@@ -157,7 +161,7 @@ impl RequestSide {
         // subscriptions of this session, wait a moment for them to end too, so that all move
         // together.
         let deadline = Instant::now() + NEW_NODE_WAIT;
-        let others = |c: i64| c > 0 && c != super::replies::SUBSCRIBING;
+        let others = |c: i64| c > 0 && c != SUBSCRIBING;
         while self.shared.is_none()
             && others(
                 self.subscriptions
@@ -173,7 +177,7 @@ impl RequestSide {
         // awaiting its confirmation counts as none).
         let count = self.subscriptions.clone();
         let count = move || match count.load(std::sync::atomic::Ordering::Acquire) {
-            super::replies::SUBSCRIBING => 0,
+            SUBSCRIBING => 0,
             n => n.max(0),
         };
         // Other subscriptions still hold the old node's connection: the client learns what

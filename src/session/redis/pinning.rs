@@ -146,7 +146,7 @@ impl RequestSide {
             Kind::Subscribe => {
                 st.subscribed = true;
                 self.subscriptions
-                    .store(replies::SUBSCRIBING, std::sync::atomic::Ordering::Release);
+                    .store(follow::SUBSCRIBING, std::sync::atomic::Ordering::Release);
             }
             Kind::Stateful => st.sticky = true,
             Kind::Client => match client_subcommand(args).as_deref() {

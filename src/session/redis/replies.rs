@@ -29,9 +29,6 @@ enum Event {
     Timeout,
 }
 
-/// A SUBSCRIBE has been sent and its first confirmation not read yet.
-pub(super) const SUBSCRIBING: i64 = i64::MAX;
-
 /// The connection's count of subscriptions from an (un)subscribe confirmation (RESP2 array or
 /// RESP3 push: the kind, the channel, the count), `None` for any other frame.
 fn subscription_count(frame: &[u8]) -> Option<i64> {

@@ -214,7 +214,7 @@ impl Cluster {
         if let Some(tls) = options.as_mut().filter(|t| !t.server_name_explicit) {
             let name = match hostname {
                 Some(h) => h.to_string(),
-                None => crate::config::build::split_host_port(address)
+                None => crate::config::model::split_host_port(address)
                     .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
                     .unwrap_or_default(),
             };
@@ -453,7 +453,7 @@ impl Cluster {
         let clean = reply.is_ok() && admin.is_none();
         node.pool.release(conn, clean);
         let reply: Bytes = reply?;
-        let host = crate::config::build::split_host_port(address)
+        let host = crate::config::model::split_host_port(address)
             .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
             .unwrap_or_default();
         let ranges = topology::parse_slots(&reply, &host)?;
