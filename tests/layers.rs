@@ -138,23 +138,11 @@ fn ident(s: &str) -> String {
 
 /// Every path a file names from `crate::` or `super::`, as module paths from the crate root:
 /// `crate::a::b::C` gives `[a, b, C]`; `crate::{a::x, b}` gives `[a, x]` and `[b]`.
-fn paths(module: &[String], is_mod_rs: bool, code: &str) -> Vec<Vec<String>> {
+fn paths(module: &[String], code: &str) -> Vec<Vec<String>> {
     let mut found = Vec::new();
-    for (root, base) in [
-        ("crate::", Vec::new()),
-        ("super::", {
-            // `super` of a file is its folder's module; of a mod.rs, the folder's parent.
-            let mut m = module.to_vec();
-            m.pop();
-            if is_mod_rs {
-                // mod.rs's own module is `module`; its super is one up from there.
-                let mut up = module.to_vec();
-                up.pop();
-                m = up;
-            }
-            m
-        }),
-    ] {
+    // `super` is the module one up (of a file, its folder's; of a mod.rs, the folder's parent).
+    let up = module[..module.len().saturating_sub(1)].to_vec();
+    for (root, base) in [("crate::", Vec::new()), ("super::", up)] {
         for (i, _) in code.match_indices(root) {
             if code[..i].ends_with(':') || code[..i].ends_with("super::") && root == "super::" {
                 continue;
@@ -220,11 +208,8 @@ fn graph(depth: usize) -> Graph {
             continue;
         }
         let from = module[..depth].join("::");
-        let is_mod_rs = modules
-            .iter()
-            .any(|m| m.len() > module.len() && m.starts_with(&module));
         let deps = edges.entry(from.clone()).or_default();
-        for path in paths(&module, is_mod_rs, &code) {
+        for path in paths(&module, &code) {
             // The longest prefix of the path that is a module, cut to `depth`.
             let known = (1..=path.len())
                 .rev()
@@ -371,7 +356,7 @@ fn the_reader_cuts_test_items_and_reads_groups() {
         "{stripped}"
     );
     assert!(stripped.contains("crate::c::y"), "{stripped}");
-    let found = paths(&["z".to_string()], false, &stripped);
+    let found = paths(&["z".to_string()], &stripped);
     let firsts: BTreeSet<&str> = found.iter().map(|p| p[0].as_str()).collect();
     assert_eq!(
         firsts,
