@@ -748,28 +748,36 @@ async fn post_reload_refuses_web_pages_and_non_loopback_admin_listeners() {
 async fn a_memcached_session_whose_certificate_user_goes_is_closed() {
     let pki = Pki::new();
     let node = Memcached::start().await;
-    let config = |mapped: bool| {
+    // The client certificate's CN is app-client; `mapped` is the user it maps to.
+    let config = |mapped: Option<&str>| {
         format!(
-            "[reload]\nwatch_interval = \"0s\"\n\n[[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on ~* +@all\"\n\n[user_groups]\nmc = [\"default\", \"app\"]\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\nauth.mode = \"acl\"\nauth.user_group = \"mc\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\n",
+            "[reload]\nwatch_interval = \"0s\"\n\n[[users]]\nname = \"default\"\nacl = \"off\"\n[[users]]\nname = \"app\"\nacl = \"on ~* +@all\"\n[[users]]\nname = \"ops\"\nacl = \"on ~* +@all\"\n\n[user_groups]\nmc = [\"default\", \"app\", \"ops\"]\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\nauth.mode = \"acl\"\nauth.user_group = \"mc\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\n",
             pki.tls_toml(),
             pki.ca,
-            if mapped { "auth.certificate_users = [{ cn = \"app-client\", user = \"app\" }]\n" } else { "" },
+            match mapped {
+                Some(user) => format!("auth.certificate_users = [{{ cn = \"app-client\", user = \"{user}\" }}]\n"),
+                None => String::new(),
+            },
             node.address()
         )
     };
-    let proxy = Proxy::start(&config(true)).await;
-    let tls = pki.client_config(
-        rustls::ALL_VERSIONS,
-        Some((&pki.client_cert, &pki.client_key)),
-    );
-    let stream = tls_stream(tls, proxy.addr).await.unwrap();
-    let mut c = McClient::new(Box::new(stream));
-    assert!(c.line("version\r\n").await.starts_with("VERSION"));
-    assert!(proxy.reload_with(&config(false)).await.is_ok());
-    assert!(
-        c.closed_after().await.is_some(),
-        "a memcached session whose user is gone stayed open"
-    );
+    // The mapping removed (nobody), then remapped to another user: closed either way, as a
+    // Redis session is, never switched to the other user.
+    for after in [None, Some("ops")] {
+        let proxy = Proxy::start(&config(Some("app"))).await;
+        let tls = pki.client_config(
+            rustls::ALL_VERSIONS,
+            Some((&pki.client_cert, &pki.client_key)),
+        );
+        let stream = tls_stream(tls, proxy.addr).await.unwrap();
+        let mut c = McClient::new(Box::new(stream));
+        assert!(c.line("version\r\n").await.starts_with("VERSION"));
+        assert!(proxy.reload_with(&config(after)).await.is_ok());
+        assert!(
+            c.closed_after().await.is_some(),
+            "a memcached session whose certificate no longer maps to its user stayed open ({after:?})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

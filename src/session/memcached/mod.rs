@@ -321,7 +321,7 @@ pub async fn run<S>(
 {
     // One load: the user and the rules the session starts with are of one generation.
     let (generation, rules) = ctx.rules.load_with_generation();
-    let Ok(user) = session_user(&rules, cert.as_ref()) else {
+    let Ok(opened) = session_user(&rules, cert.as_ref()) else {
         tracing::info!(listener = %ctx.listener, %peer, "no user for this connection; closing");
         let _ = stream
             .write_all(b"SERVER_ERROR cachegate: access denied: no user for this connection\r\n")
@@ -332,7 +332,16 @@ pub async fn run<S>(
     ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
-    let mut who = Who { user, peer, cert };
+    let (user, by_cert) = match opened {
+        Some((user, by_cert)) => (Some(user), by_cert),
+        None => (None, false),
+    };
+    let mut who = Who {
+        user,
+        by_cert,
+        peer,
+        cert,
+    };
     let result = serve(
         &ctx,
         stream,
@@ -355,23 +364,57 @@ pub async fn run<S>(
     }
 }
 
-/// The user a memcached connection acts as (`auth::login::opening`, without AUTH): its
-/// certificate's, else `default` if that user is on and needs no certificate. `Ok(None)` when the listener has no ACL users; `Err` when nobody may use it.
-fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
+/// The user a memcached connection acts as (`auth::login::opening`, without AUTH), and
+/// whether its certificate chose it: its certificate's, else `default` if that user is on and
+/// needs no certificate. `Ok(None)` when the listener has no ACL users; `Err` when nobody may
+/// use it.
+fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<(Arc<User>, bool)>, ()> {
     let AuthMode::Acl(group) = &rules.auth else {
         return Ok(None);
     };
     let mapped = crate::auth::cert::mapped_user(group, &rules.cert_users, cert);
     match crate::auth::login::opening(&rules.auth, mapped, false) {
-        crate::auth::login::Opening::As { user, .. } => Ok(Some(user)),
+        crate::auth::login::Opening::As { user, by_cert } => Ok(Some((user, by_cert))),
         crate::auth::login::Opening::Open => Ok(None),
         crate::auth::login::Opening::Out => Err(()),
     }
 }
 
+/// Who a session is under reloaded rules. One with a user keeps it as a Redis session does
+/// (`auth::login::keeps`): the user as now configured, but not when it was removed or
+/// disabled, nor when the session's certificate now maps to another user or to none (the
+/// session is closed, as Redis and ElastiCache close a modified user's connections). One
+/// without a user (the listener had no ACL users) is chosen as a new connection would be.
+fn session_after_reload(
+    rules: &Rules,
+    who: &Who,
+) -> Result<Option<(Arc<User>, bool)>, &'static str> {
+    let Some(user) = &who.user else {
+        return session_user(rules, who.cert.as_ref())
+            .map_err(|()| "no user may use this listener from this connection now");
+    };
+    let now_mapped = match &rules.auth {
+        AuthMode::Acl(group) => {
+            crate::auth::cert::mapped_user(group, &rules.cert_users, who.cert.as_ref())
+        }
+        _ => None,
+    };
+    let was_mapped_to = who.by_cert.then_some(user.name.as_str());
+    crate::auth::login::keeps(
+        &rules.auth,
+        Some(user),
+        who.by_cert,
+        was_mapped_to,
+        now_mapped.map(|u| &**u),
+    )
+    .map(|kept| kept.map(|u| (u, who.by_cert)))
+}
+
 /// Who is on the other end of a session.
 struct Who {
     user: Option<Arc<User>>,
+    /// Its user is the one its certificate maps to (not `default`).
+    by_cert: bool,
     peer: SocketAddr,
     /// Its client certificate's names: after a reload, they choose its user again.
     cert: Option<CertNames>,
@@ -398,14 +441,16 @@ where
     let mut shut = std::pin::pin!(shutdown.cancelled());
     loop {
         if ctx.rules.generation() != generation {
-            // A reload: the new policy and limits from this batch on; the user chosen again
-            // (a session whose user was removed or disabled is closed).
+            // A reload: the new policy and limits from this batch on; the user as now
+            // configured (a session whose user was removed or disabled, or whose certificate
+            // now maps to another user, is closed).
             (generation, rules) = ctx.rules.load_with_generation();
             superseded.set(rules.superseded.clone().cancelled_owned());
-            match session_user(&rules, who.cert.as_ref()) {
-                Ok(user) => who.user = user,
-                Err(()) => {
-                    tracing::info!(listener = %ctx.listener, peer = %who.peer, "session closed: a reload removed or disabled its user");
+            match session_after_reload(&rules, who) {
+                Ok(Some((user, by_cert))) => (who.user, who.by_cert) = (Some(user), by_cert),
+                Ok(None) => (who.user, who.by_cert) = (None, false),
+                Err(why) => {
+                    tracing::info!(listener = %ctx.listener, peer = %who.peer, reason = why, "session closed by a reload");
                     break;
                 }
             }
@@ -571,7 +616,8 @@ mod tests {
             ],
             &[("app-client", "app"), ("ops-client", "ops")],
         );
-        let name = |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|u| u.name.clone()));
+        let name =
+            |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|(u, _)| u.name.clone()));
         assert_eq!(name(Some(&cert("app-client"))), Ok(Some("app".into())));
         assert_eq!(name(Some(&cert("someone"))), Ok(Some("default".into())));
         assert_eq!(name(None), Ok(Some("default".into())));
@@ -602,6 +648,74 @@ mod tests {
             ..strict
         };
         assert_eq!(session_user(&strict, None).map(|u| u.is_some()), Err(()));
+    }
+
+    #[test]
+    fn a_reload_keeps_a_session_s_user_as_redis_sessions_keep_theirs() {
+        let users = [
+            ("default", "on nopass ~pub:* +@read"),
+            ("app", "on nopass ~* +@all"),
+            ("ops", "on nopass ~* +@all"),
+        ];
+        let before = rules(&users, &[("app-client", "app")]);
+        let who = |c: &str| {
+            let (user, by_cert) = session_user(&before, Some(&cert(c))).unwrap().unwrap();
+            Who {
+                user: Some(user),
+                by_cert,
+                peer: "127.0.0.1:1".parse().unwrap(),
+                cert: Some(cert(c)),
+            }
+        };
+        let (app, someone) = (who("app-client"), who("someone"));
+        assert!(app.by_cert && !someone.by_cert);
+        let after = |r: &Rules, w: &Who| {
+            session_after_reload(r, w).map(|u| u.map(|(u, by)| (u.name.clone(), by)))
+        };
+        // Nothing changed for either.
+        assert_eq!(after(&before, &app), Ok(Some(("app".into(), true))));
+        assert_eq!(
+            after(&before, &someone),
+            Ok(Some(("default".into(), false)))
+        );
+        // The certificate now maps to another user: closed, not switched.
+        let remapped = rules(&users, &[("app-client", "ops"), ("someone", "app")]);
+        assert_eq!(
+            after(&remapped, &app),
+            Err("its certificate no longer maps to its user")
+        );
+        // A default session stays default when its certificate gains a mapping.
+        assert_eq!(
+            after(&remapped, &someone),
+            Ok(Some(("default".into(), false)))
+        );
+        // New rules for the same user: kept, with the new rules.
+        let narrowed = rules(
+            &[
+                ("default", "on nopass ~pub:* +@read"),
+                ("app", "on nopass ~* +@read"),
+                ("ops", "on nopass ~* +@all"),
+            ],
+            &[("app-client", "app")],
+        );
+        let kept = session_after_reload(&narrowed, &app).unwrap().unwrap().0;
+        assert!(app.user.as_ref().unwrap().check(&["SET", "k", "v"]).is_ok());
+        assert!(kept.check(&["SET", "k", "v"]).is_err());
+        assert!(kept.check(&["GET", "k"]).is_ok());
+        // Removed or disabled: closed.
+        let gone = rules(&[("default", "on nopass ~pub:* +@read")], &[]);
+        assert_eq!(after(&gone, &app), Err("its user was removed or disabled"));
+        let off = rules(
+            &[
+                ("default", "off nopass ~* +@all"),
+                ("app", "on nopass ~* +@all"),
+            ],
+            &[("app-client", "app")],
+        );
+        assert_eq!(
+            after(&off, &someone),
+            Err("its user was removed or disabled")
+        );
     }
 
     #[test]
