@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Who a failure is attributed to, for logs and (later) metrics.
+/// Who a failure is attributed to, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Client,
@@ -43,6 +43,23 @@ pub enum UpstreamError {
     Reply(#[from] ReplyError),
     #[error("unexpected reply from upstream: {0}")]
     Unexpected(String),
+}
+
+impl UpstreamError {
+    /// A short label for metrics, with the same words as a shared connection's
+    /// (`SharedError::cause`): unavailable (no connection), lost, timeout, malformed.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Auth { .. }
+            | UpstreamError::Down { .. } => "unavailable",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Closed | UpstreamError::Io(_) => "lost",
+            UpstreamError::Reply(_) | UpstreamError::Unexpected(_) => "malformed",
+        }
+    }
 }
 
 /// Malformed client input. The display text is what follows `-ERR Protocol error: ` on the wire,
@@ -98,10 +115,34 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Whose doing it is: the process's bound on buffered bytes is cachegate's.
     pub fn source(&self) -> Source {
         match self {
             SessionError::Upstream(_) => Source::Upstream,
+            SessionError::OverBudget(_) => Source::Proxy,
             _ => Source::Client,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SessionError::ClientIo(_) => "client_io",
+            SessionError::Protocol(_) => "protocol",
+            SessionError::PartialRequestTimeout(_) => "partial_request_timeout",
+            SessionError::QueryBufferFull(_) => "query_buffer_full",
+            SessionError::OverBudget(_) => "over_budget",
+            SessionError::Upstream(e) => e.cause(),
+        }
+    }
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Proxy => "proxy",
         }
     }
 }

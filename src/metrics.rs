@@ -50,6 +50,14 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlameLabels {
+    pub listener: String,
+    /// client, upstream or proxy (`error::Source`).
+    pub blame: String,
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
     pub listener: String,
     pub command: String,
@@ -105,6 +113,7 @@ pub struct Metrics {
     pub security_events: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
     pub request_failures: Family<ReasonLabels, Counter>,
+    pub session_errors: Family<BlameLabels, Counter>,
     pub cluster_redirects: Family<ReasonLabels, Counter>,
     pub cluster_refreshes: Family<ReasonLabels, Counter>,
     pub encryption_operations: Family<OpLabels, Counter>,
@@ -229,6 +238,7 @@ impl Metrics {
             security_events: Family::default(),
             connections_rejected: Family::default(),
             request_failures: Family::default(),
+            session_errors: Family::default(),
             cluster_redirects: Family::default(),
             cluster_refreshes: Family::default(),
             encryption_operations: Family::default(),
@@ -317,8 +327,13 @@ impl Metrics {
         );
         registry.register(
             "request_failures",
-            "Requests on shared upstream connections answered with an error because no reply came, by cause: unavailable, lost, timeout (the upstream's), over_budget, shutting_down (cachegate's)",
+            "Requests answered with an error because no reply came (shared or own connections, Redis and memcached), by cause: unavailable, lost, timeout, malformed (the upstream's), over_budget, shutting_down (cachegate's)",
             m.request_failures.clone(),
+        );
+        registry.register(
+            "session_errors",
+            "Client sessions ended by an error, by blame (client, upstream, proxy) and cause: client_io, protocol, partial_request_timeout, query_buffer_full, over_budget, and the upstream causes of request_failures",
+            m.session_errors.clone(),
         );
         registry.register(
             "cluster_redirects",
@@ -377,6 +392,27 @@ impl Metrics {
     }
 
     /// A per-session recorder of command counts and latencies.
+    /// `n` requests answered with an error because no reply came, for `cause`.
+    pub fn request_failed(&self, listener: &str, cause: &str, n: u64) {
+        self.request_failures
+            .get_or_create(&ReasonLabels {
+                listener: listener.to_string(),
+                reason: cause.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// A client session ended by `error`.
+    pub fn session_error(&self, listener: &str, error: &crate::error::SessionError) {
+        self.session_errors
+            .get_or_create(&BlameLabels {
+                listener: listener.to_string(),
+                blame: error.source().label().to_string(),
+                cause: error.cause().to_string(),
+            })
+            .inc();
+    }
+
     pub fn command_meter<'a>(&'a self, listener: &'a str) -> CommandMeter<'a> {
         CommandMeter {
             metrics: self,

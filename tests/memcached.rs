@@ -913,3 +913,37 @@ async fn a_classic_get_never_takes_a_stale_items_win_token() {
     let stats = s(&c.read_until_after(b"stats\r\n", b"END\r\n").await);
     assert!(stats.contains("STAT meta_gets off\r\n"), "{stats}");
 }
+
+/// With `shared_connections = 0` each session has connections of its own to the nodes: the
+/// same answers, and a node that fails fails only its requests, counted by cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_their_own_node_connections() {
+    let (pki, mut node) = (Pki::new(), Memcached::start().await);
+    let extra = "upstream.shared_connections = 0\n\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let proxy = Proxy::memcached(&pki, &[&node], extra).await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    assert_eq!(c.values("get k\r\n").await, "VALUE k 0 1\r\nv\r\nEND\r\n");
+    assert_eq!(
+        c.values("get k k\r\n").await,
+        "VALUE k 0 1\r\nv\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+    );
+    node.kill();
+    // A read misses (on_node_down = "miss"), a write gets SERVER_ERROR.
+    assert_eq!(c.values("get k\r\n").await, "END\r\n");
+    let set = c.line("set k 0 0 1\r\nw\r\n").await;
+    assert!(set.starts_with("SERVER_ERROR cachegate: "), "{set}");
+    let metrics = proxy.admin_get("/metrics").await.1;
+    let failed: f64 = ["lost", "unavailable"]
+        .iter()
+        .map(|cause| {
+            metric(
+                &metrics,
+                &format!(
+                    "cachegate_request_failures_total{{listener=\"memcached-0\",reason=\"{cause}\"}}"
+                ),
+            )
+        })
+        .sum();
+    assert!(failed >= 2.0, "{metrics}");
+}

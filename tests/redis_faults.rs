@@ -389,3 +389,42 @@ async fn requests_without_a_reply_are_counted_by_cause() {
         "{text}"
     );
 }
+
+/// Every request that gets an error instead of a reply is counted by cause, on a connection of
+/// the session's own too, and a session ended by an error is counted by blame and cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_by_cause_and_blame() {
+    let (pki, mut redis) = (Pki::new(), Redis::start().await);
+    let admin = "[admin]\nbind = \"127.0.0.1:0\"\n\n";
+    let proxy = Proxy::tls_with_global(&pki, &redis, admin).await;
+    // The client's doing: a malformed request ends its session.
+    let mut bad = RawClient::authed(&pki, proxy.addr).await;
+    bad.send(b"*1\r\n$x\r\n").await;
+    assert!(s(&bad.read().await).starts_with("-ERR Protocol error"));
+    assert!(bad.closed().await);
+    // A pinned command finds no upstream.
+    redis.kill();
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    let reply = s(&c.cmd(&["WATCH", "k"]).await);
+    assert!(
+        reply.starts_with("-ERR cachegate: upstream unavailable"),
+        "{reply}"
+    );
+    let l = "listener=\"redis-0\"";
+    let counted = |name: String| {
+        let proxy = &proxy;
+        async move { metric(&proxy.admin_get("/metrics").await.1, &name) }
+    };
+    let unavailable = format!("cachegate_request_failures_total{{{l},reason=\"unavailable\"}}");
+    assert!(counted(unavailable).await >= 1.0);
+    // The session's end is counted once its task has finished.
+    let protocol =
+        format!("cachegate_session_errors_total{{{l},blame=\"client\",cause=\"protocol\"}}");
+    assert!(
+        eventually(|| {
+            let counting = counted(protocol.clone());
+            async move { counting.await == 1.0 }
+        })
+        .await
+    );
+}

@@ -207,6 +207,9 @@ pub(super) async fn execute(
         match (plan, req) {
             (Plan::Local(b), _) => out.extend_from_slice(&b),
             (Plan::Unrouted, Some(req)) => {
+                ctx.security
+                    .metrics
+                    .request_failed(&ctx.listener, "unavailable", 1);
                 let none = NodeError::Upstream("no memcached node available".into());
                 answer_failure(ctx, req, &none, &mut out)
             }
@@ -292,12 +295,7 @@ pub(super) async fn shared_exchange(
     if let Err(e) = &outcome {
         ctx.security
             .metrics
-            .request_failures
-            .get_or_create(&crate::metrics::ReasonLabels {
-                listener: ctx.listener.clone(),
-                reason: e.cause().to_string(),
-            })
-            .inc_by(n as u64);
+            .request_failed(&ctx.listener, e.cause(), n as u64);
     }
     match outcome.map(Replies::split) {
         Ok(frames) if frames.len() == n => {
@@ -340,6 +338,10 @@ pub(super) async fn exchange(
             }
             Err(e) => {
                 ctx.record(node, false);
+                let n = shapes.len() as u64;
+                ctx.security
+                    .metrics
+                    .request_failed(&ctx.listener, e.cause(), n);
                 return fail_all(&e);
             }
         }
@@ -376,6 +378,10 @@ pub(super) async fn exchange(
         Err(e) => {
             tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
             ctx.record(node, false);
+            let unanswered = (shapes.len() - results.len()) as u64;
+            ctx.security
+                .metrics
+                .request_failed(&ctx.listener, e.cause(), unanswered);
             *slot = None;
             while results.len() < shapes.len() {
                 results.push(Err(NodeError::Upstream(e.to_string().into())));

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::acl::{Denied, User};
 use crate::auth::cert::{CertMapping, CertNames};
 use crate::config::{AuthMode, Limits, MemcachedConfig, NodeDown};
-use crate::error::UpstreamError;
+use crate::error::{SessionError, UpstreamError};
 use crate::live::Live;
 use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
@@ -360,7 +360,10 @@ pub async fn run<S>(
     ctx.curr_connections.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(()) => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
-        Err(e) => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
+        Err(e) => {
+            tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended");
+            ctx.security.metrics.session_error(&ctx.listener, &e);
+        }
     }
 }
 
@@ -427,7 +430,7 @@ async fn serve<S>(
     who: &mut Who,
     (mut generation, mut rules): (u64, Arc<Rules>),
     shutdown: &CancellationToken,
-) -> std::io::Result<()>
+) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -439,6 +442,8 @@ where
     let mut charge = crate::budget::Charge::new(ctx.security.budget.clone());
     // Registered once, not on every read: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
+    // What ended the session, when it is closed on an error after answering it.
+    let mut ended = None;
     loop {
         if ctx.rules.generation() != generation {
             // A reload: the new policy and limits from this batch on; the user as now
@@ -488,11 +493,13 @@ where
             let enc = rules.encryption.as_deref();
             let out = execute(ctx, batch, conns, &*who, enc, &mut meter).await;
             if let Err(over) = charge.hold(out.len()) {
-                cw.write_all(&server_error("", &over.to_string())).await?;
+                cw.write_all(&server_error("", &over.to_string()))
+                    .await
+                    .map_err(SessionError::ClientIo)?;
                 break;
             }
-            cw.write_all(&out).await?;
-            cw.flush().await?;
+            cw.write_all(&out).await.map_err(SessionError::ClientIo)?;
+            cw.flush().await.map_err(SessionError::ClientIo)?;
             // Written: no longer held (the budget is not charged for it while idle).
             let _ = charge.hold(0);
         }
@@ -522,22 +529,26 @@ where
             Ok(Filled::Woken) if shutdown.is_cancelled() => break,
             Ok(Filled::Woken) => {}
             Ok(Filled::Eof) => break,
-            Err(ReadError::Io(e)) => return Err(e),
-            Err(ReadError::PartialTimeout(_)) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client left a request unfinished",
-                ))
+            Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),
+            Err(ReadError::PartialTimeout(t)) => {
+                return Err(SessionError::PartialRequestTimeout(t))
             }
             // The same cap on unparsed input, and the same budget, as Redis listeners have.
             Err(e @ (ReadError::TooLarge(_) | ReadError::OverBudget(_))) => {
-                cw.write_all(&server_error("", &e.to_string())).await?;
+                cw.write_all(&server_error("", &e.to_string()))
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+                ended = Some(match e {
+                    ReadError::OverBudget(over) => SessionError::OverBudget(over),
+                    ReadError::TooLarge(max) => SessionError::QueryBufferFull(max),
+                    _ => unreachable!("matched above"),
+                });
                 break;
             }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), cw.shutdown()).await;
-    Ok(())
+    ended.map_or(Ok(()), Err)
 }
 
 /// The memcached parser asks the policy what a typed name is (mid-line: see `Names`).

@@ -362,12 +362,15 @@ pub async fn run<S>(
     }
     match req_result.err().or(reply_result.err()) {
         None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
-        Some(e) => match e.source() {
-            crate::error::Source::Upstream => {
-                tracing::warn!(listener = %ctx.listener, %peer, error = %e, "session ended by upstream failure")
+        Some(e) => {
+            ctx.metrics.session_error(&ctx.listener, &e);
+            match e.source() {
+                crate::error::Source::Upstream => {
+                    tracing::warn!(listener = %ctx.listener, %peer, error = %e, "session ended by upstream failure")
+                }
+                _ => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
             }
-            _ => tracing::debug!(listener = %ctx.listener, %peer, error = %e, "session ended"),
-        },
+        }
     }
 }
 
@@ -1259,6 +1262,9 @@ impl RequestSide {
             }
             Err(e) => {
                 tracing::debug!(listener = %self.ctx.listener, error = %e, "no upstream connection");
+                self.ctx
+                    .metrics
+                    .request_failed(&self.ctx.listener, e.cause(), 1);
                 Ok(Some(reply::error(&format!(
                     "cachegate: upstream unavailable ({e})"
                 ))))

@@ -291,13 +291,8 @@ fn deliver_shared(
         // One error per command, so the client's replies stay in step.
         Err(e) => {
             let ctx = own.live.load();
-            ctx.metrics
-                .request_failures
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    listener: ctx.listener.clone(),
-                    reason: e.cause().to_string(),
-                })
-                .inc_by(wait.labels.len().max(1) as u64);
+            let n = wait.labels.len().max(1) as u64;
+            ctx.metrics.request_failed(&ctx.listener, e.cause(), n);
             let error = reply::error(&format!("cachegate: {e}"));
             for _ in 0..wait.labels.len().max(1) {
                 out.extend_from_slice(&error);
