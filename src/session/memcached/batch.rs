@@ -12,6 +12,7 @@ pub(super) enum Item {
 }
 
 /// Where a request's reply comes from.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Plan {
     Local(Bytes),
     /// One reply from one node: (node, position in that node's queue).
@@ -34,23 +35,55 @@ enum Send<'a> {
     Meta(MetaGet),
 }
 
-/// Runs a batch and returns the bytes for the client, in request order.
-pub(super) async fn execute(
-    ctx: &Context,
-    mut batch: Vec<Item>,
-    conns: &mut [Option<NodeConn>],
-    who: &Who,
-    enc: Option<&crate::crypt::Encryption>,
-    meter: &mut CommandMeter<'_>,
-) -> BytesMut {
-    let ring = ctx.ring();
-    let n = ctx.nodes.len();
-    let mut queues: Vec<(BytesMut, Vec<Shape>)> =
-        (0..n).map(|_| (BytesMut::new(), Vec::new())).collect();
-    // Queues a request for `node`, as the client sent it (`keys`: the node's share of a
-    // multi-get) or as a meta get.
-    let mut push = |node: usize, req: &McRequest, how: Send| {
-        let (bytes, shapes) = &mut queues[node];
+/// What routing needs to know of the nodes besides the ring.
+pub(super) trait NodeView {
+    fn count(&self) -> usize;
+    /// Whether one-key gets may go to `node` as meta gets.
+    fn meta_gets(&self, node: usize) -> bool;
+    /// The node `version` asks: the first one not ejected.
+    fn first_live(&self) -> Option<usize>;
+}
+
+impl NodeView for Context {
+    fn count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn meta_gets(&self, node: usize) -> bool {
+        self.meta_gets() && self.nodes[node].speaks_meta()
+    }
+
+    fn first_live(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.nodes[i].ejected().is_none())
+    }
+}
+
+/// Routes a batch's forwarded requests over the ring: each node's queue (the bytes it is sent
+/// and the shapes of the replies it owes), and for each request where its reply comes from.
+/// No I/O: the batch is planned whole before any node is written to.
+pub(super) struct Router<'a, N: NodeView + ?Sized> {
+    ring: &'a Continuum,
+    nodes: &'a N,
+    /// Per node: the bytes it is sent and the shape of each reply it owes, in order.
+    pub(super) queues: Vec<(BytesMut, Vec<Shape>)>,
+}
+
+impl<'a, N: NodeView + ?Sized> Router<'a, N> {
+    pub(super) fn new(ring: &'a Continuum, nodes: &'a N) -> Self {
+        let queues = (0..nodes.count())
+            .map(|_| (BytesMut::new(), Vec::new()))
+            .collect();
+        Self {
+            ring,
+            nodes,
+            queues,
+        }
+    }
+
+    /// Queues a request for `node`, as the client sent it or as a meta get: (node, position
+    /// in that node's queue).
+    fn push(&mut self, node: usize, req: &McRequest, how: Send) -> (usize, usize) {
+        let (bytes, shapes) = &mut self.queues[node];
         match how {
             Send::AsIs(keys) => {
                 req.encode(bytes, keys);
@@ -62,7 +95,77 @@ pub(super) async fn execute(
             }
         }
         (node, shapes.len() - 1)
-    };
+    }
+
+    /// Where a request that goes to the nodes is sent, and how its reply is put together.
+    pub(super) fn route(&mut self, req: &McRequest) -> Plan {
+        let ring = self.ring;
+        match req.cmd {
+            Cmd::Get | Cmd::GetAndTouch => match same_node(req, ring) {
+                // Every key on one node (always so with one node): sent as it came, and the
+                // node's reply is already the answer; one key, as a meta get where the node
+                // knows them.
+                Some(node) => match MetaGet::of(req) {
+                    Some(meta) if self.nodes.meta_gets(node) => {
+                        let (node, at) = self.push(node, req, Send::Meta(meta));
+                        Plan::Fetch(node, at, meta)
+                    }
+                    _ => {
+                        let (node, at) = self.push(node, req, Send::AsIs(None));
+                        Plan::Whole(node, at)
+                    }
+                },
+                None => {
+                    let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); self.queues.len()];
+                    for key in req.keys() {
+                        match ring.locate(key) {
+                            Some(node) => per_node[node].push(key.clone()),
+                            None => return Plan::Unrouted,
+                        }
+                    }
+                    let parts = per_node
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, keys)| !keys.is_empty())
+                        .map(|(node, keys)| self.push(node, req, Send::AsIs(Some(keys))))
+                        .collect();
+                    Plan::Split(parts)
+                }
+            },
+            Cmd::Broadcast => Plan::All(
+                (0..self.queues.len())
+                    .map(|node| self.push(node, req, Send::AsIs(None)))
+                    .collect(),
+            ),
+            Cmd::Version => match self.nodes.first_live() {
+                Some(node) => {
+                    let (node, at) = self.push(node, req, Send::AsIs(None));
+                    Plan::Single(node, at)
+                }
+                None => Plan::Unrouted,
+            },
+            _ => match req.route_key.as_deref().and_then(|k| ring.locate(k)) {
+                Some(node) => {
+                    let (node, at) = self.push(node, req, Send::AsIs(None));
+                    Plan::Single(node, at)
+                }
+                None => Plan::Unrouted,
+            },
+        }
+    }
+}
+
+/// Runs a batch and returns the bytes for the client, in request order.
+pub(super) async fn execute(
+    ctx: &Context,
+    mut batch: Vec<Item>,
+    conns: &mut [Option<NodeConn>],
+    who: &Who,
+    enc: Option<&crate::crypt::Encryption>,
+    meter: &mut CommandMeter<'_>,
+) -> BytesMut {
+    let ring = ctx.ring();
+    let mut router = Router::new(&ring, ctx);
     let mut plans = Vec::with_capacity(batch.len());
     // How each request's reply is opened (at-rest encryption), in batch order.
     let mut opens: Vec<Option<McOpen>> = Vec::with_capacity(batch.len());
@@ -107,61 +210,7 @@ pub(super) async fn execute(
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
                 Cmd::Empty => Plan::Local(Bytes::from_static(b"END\r\n")),
                 Cmd::Stats => Plan::Local(stats(ctx, req)),
-                Cmd::Get | Cmd::GetAndTouch => match same_node(req, &ring) {
-                    // Every key on one node (always so with one node): sent as it came, and the
-                    // node's reply is already the answer; one key, as a meta get where the
-                    // node knows them.
-                    Some(node) => match MetaGet::of(req) {
-                        Some(meta) if ctx.meta_gets() && ctx.nodes[node].speaks_meta() => {
-                            let (node, at) = push(node, req, Send::Meta(meta));
-                            Plan::Fetch(node, at, meta)
-                        }
-                        _ => {
-                            let (node, at) = push(node, req, Send::AsIs(None));
-                            Plan::Whole(node, at)
-                        }
-                    },
-                    None => {
-                        let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); n];
-                        let mut routed = true;
-                        for key in req.keys() {
-                            match ring.locate(key) {
-                                Some(node) => per_node[node].push(key.clone()),
-                                None => routed = false,
-                            }
-                        }
-                        if !routed {
-                            Plan::Unrouted
-                        } else {
-                            let parts = per_node
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, keys)| !keys.is_empty())
-                                .map(|(node, keys)| push(node, req, Send::AsIs(Some(keys))))
-                                .collect();
-                            Plan::Split(parts)
-                        }
-                    }
-                },
-                Cmd::Broadcast => Plan::All(
-                    (0..n)
-                        .map(|node| push(node, req, Send::AsIs(None)))
-                        .collect(),
-                ),
-                Cmd::Version => match (0..n).find(|&i| ctx.nodes[i].ejected().is_none()) {
-                    Some(node) => {
-                        let (node, at) = push(node, req, Send::AsIs(None));
-                        Plan::Single(node, at)
-                    }
-                    None => Plan::Unrouted,
-                },
-                _ => match req.route_key.as_deref().and_then(|k| ring.locate(k)) {
-                    Some(node) => {
-                        let (node, at) = push(node, req, Send::AsIs(None));
-                        Plan::Single(node, at)
-                    }
-                    None => Plan::Unrouted,
-                },
+                _ => router.route(req),
             },
         };
         opens.push(match sealing {
@@ -172,7 +221,7 @@ pub(super) async fn execute(
     }
 
     // Every node with work, in parallel; each result list lines up with that node's queue.
-    let exchanges = conns.iter_mut().zip(queues).enumerate().map(
+    let exchanges = conns.iter_mut().zip(router.queues).enumerate().map(
         |(node, (slot, (bytes, shapes)))| async move {
             match &ctx.nodes[node].shared {
                 Some(shared) => shared_exchange(ctx, node, shared, bytes, shapes).await,
@@ -480,4 +529,197 @@ fn marks_stale(req: &McRequest) -> bool {
     matches!(req.cmd, Cmd::Meta | Cmd::MetaSet)
         && matches!(req.name(), b"md" | b"ms")
         && req.tokens[2..].iter().any(|t| t.first() == Some(&b'I'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RingNode;
+    use crate::protocol::memcached::McLimits;
+
+    /// Nodes as routing sees them: which know meta gets, and which one `version` asks.
+    struct Nodes {
+        meta: Vec<bool>,
+        live: Option<usize>,
+    }
+
+    impl NodeView for Nodes {
+        fn count(&self) -> usize {
+            self.meta.len()
+        }
+        fn meta_gets(&self, node: usize) -> bool {
+            self.meta[node]
+        }
+        fn first_live(&self) -> Option<usize> {
+            self.live
+        }
+    }
+
+    fn ring(live: &[bool]) -> Continuum {
+        let nodes: Vec<RingNode> = (0..live.len())
+            .map(|i| RingNode {
+                host: format!("10.0.0.{i}"),
+                port: 11211,
+                weight: 1,
+            })
+            .collect();
+        Continuum::build(&nodes, live)
+    }
+
+    fn request(line: &str) -> McRequest {
+        let mut buf = BytesMut::from(line);
+        match Parser::new(McLimits::default()).next(&mut buf, &Policy::default()) {
+            Some(Parsed::Request(r)) => r,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    /// What each node is sent, as text.
+    fn sent<N: NodeView>(router: &Router<'_, N>) -> Vec<String> {
+        router
+            .queues
+            .iter()
+            .map(|(bytes, _)| String::from_utf8_lossy(bytes).into_owned())
+            .collect()
+    }
+
+    /// Keys that live on different nodes of `ring`, one per node.
+    fn key_per_node(ring: &Continuum, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|node| {
+                (0..)
+                    .map(|i| format!("k{i}"))
+                    .find(|k| ring.locate(k.as_bytes()) == Some(node))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_key_gets_go_as_meta_gets_only_where_the_node_knows_them() {
+        let ring = ring(&[true, true]);
+        let keys = key_per_node(&ring, 2);
+        let nodes = Nodes {
+            meta: vec![true, false],
+            live: Some(0),
+        };
+        let mut router = Router::new(&ring, &nodes);
+        let (a, b) = (&keys[0], &keys[1]);
+        assert_eq!(
+            router.route(&request(&format!("get {a}\r\n"))),
+            Plan::Fetch(0, 0, MetaGet { cas: false })
+        );
+        assert_eq!(
+            router.route(&request(&format!("gets {a}\r\n"))),
+            Plan::Fetch(0, 1, MetaGet { cas: true })
+        );
+        assert_eq!(
+            router.route(&request(&format!("get {b}\r\n"))),
+            Plan::Whole(1, 0)
+        );
+        // Several keys on one node, and gat: as they came.
+        assert_eq!(
+            router.route(&request(&format!("get {a} {a}\r\n"))),
+            Plan::Whole(0, 2)
+        );
+        assert_eq!(
+            router.route(&request(&format!("gat 10 {a}\r\n"))),
+            Plan::Whole(0, 3)
+        );
+        assert_eq!(
+            sent(&router),
+            [
+                format!("mg {a} v f\r\nmg {a} v f c\r\nget {a} {a}\r\ngat 10 {a}\r\n"),
+                format!("get {b}\r\n"),
+            ]
+        );
+        let shapes: Vec<Vec<Shape>> = router.queues.iter().map(|(_, s)| s.clone()).collect();
+        assert_eq!(
+            shapes,
+            [
+                vec![Shape::Meta, Shape::Meta, Shape::Values, Shape::Values],
+                vec![Shape::Values]
+            ]
+        );
+    }
+
+    #[test]
+    fn a_multi_get_is_split_by_node_in_the_clients_key_order() {
+        let ring = ring(&[true, true, true]);
+        let keys = key_per_node(&ring, 3);
+        let nodes = Nodes {
+            meta: vec![true; 3],
+            live: Some(0),
+        };
+        let mut router = Router::new(&ring, &nodes);
+        let (a, b, c) = (&keys[0], &keys[1], &keys[2]);
+        let line = format!("get {c} {a} {c} {b}\r\n");
+        assert_eq!(
+            router.route(&request(&line)),
+            Plan::Split(vec![(0, 0), (1, 0), (2, 0)])
+        );
+        assert_eq!(
+            sent(&router),
+            [
+                format!("get {a}\r\n"),
+                format!("get {b}\r\n"),
+                format!("get {c} {c}\r\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn broadcasts_version_and_keyed_commands() {
+        let ring = ring(&[true, true]);
+        let keys = key_per_node(&ring, 2);
+        let nodes = Nodes {
+            meta: vec![false; 2],
+            live: Some(1),
+        };
+        let mut router = Router::new(&ring, &nodes);
+        assert_eq!(
+            router.route(&request("flush_all\r\n")),
+            Plan::All(vec![(0, 0), (1, 0)])
+        );
+        assert_eq!(router.route(&request("version\r\n")), Plan::Single(1, 1));
+        let set = format!("set {} 5 0 2\r\nhi\r\n", keys[0]);
+        assert_eq!(router.route(&request(&set)), Plan::Single(0, 1));
+        assert_eq!(
+            sent(&router),
+            [
+                format!("flush_all\r\n{set}"),
+                "flush_all\r\nversion\r\n".to_string()
+            ]
+        );
+        // No live node at all: nothing is sent.
+        let (empty, none) = (
+            Continuum::build(&[], &[]),
+            Nodes {
+                meta: vec![],
+                live: None,
+            },
+        );
+        let mut router = Router::new(&empty, &none);
+        assert_eq!(router.route(&request("version\r\n")), Plan::Unrouted);
+        assert_eq!(router.route(&request("get a\r\n")), Plan::Unrouted);
+        assert_eq!(router.route(&request("get a b\r\n")), Plan::Unrouted);
+        assert_eq!(router.route(&request("delete a\r\n")), Plan::Unrouted);
+    }
+
+    #[test]
+    fn a_node_out_of_the_ring_gets_nothing() {
+        // Node 1 ejected: every key goes to node 0 or 2.
+        let ring = ring(&[true, false, true]);
+        let nodes = Nodes {
+            meta: vec![true; 3],
+            live: Some(0),
+        };
+        let mut router = Router::new(&ring, &nodes);
+        for i in 0..50 {
+            router.route(&request(&format!("set k{i} 0 0 1\r\nx\r\n")));
+            router.route(&request(&format!("get k{i} j{i}\r\n")));
+        }
+        assert!(router.queues[1].0.is_empty());
+        assert!(!router.queues[0].0.is_empty() && !router.queues[2].0.is_empty());
+    }
 }
