@@ -504,7 +504,7 @@ async fn a_forged_reset_cannot_hand_late_replies_to_the_next_session() {
     let mut wire = encode(&[b"UNSUBSCRIBE"]);
     wire.extend(encode(&[b"BLPOP", b"k", b"1"]));
     wire.extend(encode(&[b"EVAL", b"return {ok='RESET'}", b"0"]));
-    wire.extend(encode(&[b"BLPOP", b"k2", b"2"]));
+    wire.extend(encode(&[b"BLPOP", b"k2", b"5"]));
     wire.extend(encode(&[b"EVAL", b"return 'INJECTED'", b"0"]));
     c.send(&wire).await;
     for _ in 0..4 {
@@ -513,20 +513,23 @@ async fn a_forged_reset_cannot_hand_late_replies_to_the_next_session() {
     // A stateless command: the session goes back to shared connections and its connection
     // to the pool, through a reset.
     c.send_cmd(&["GET", "x"]).await;
-    // The pinned connection's late replies (the blocked BLPOP's, the script's) arrive, then its
-    // reset runs: it is pooled again or, as here, closed because its replies were not the
-    // reset's. Wait until no backend connection's last command is the BLPOP or a script.
+    // The next session comes while the connection still owes its late replies: the forged
+    // RESET has run (one EVAL so far) and the second BLPOP holds. A reset that took the forged
+    // reply for its own would have pooled the connection by now, and hand it to that session.
     let mut direct = redis.direct().await;
-    let mut settled = false;
+    let mut window = false;
     for _ in 0..400 {
-        let list = s(&direct.cmd(&["CLIENT", "LIST"]).await);
-        if !list.contains("cmd=blpop") && !list.contains("cmd=eval") {
-            settled = true;
+        let info = s(&direct.cmd(&["INFO", "all"]).await);
+        if info.contains("cmdstat_eval:calls=1,") && info.contains("blocked_clients:1\r\n") {
+            window = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(settled, "the pinned connection never settled");
+    assert!(
+        window,
+        "the forged RESET never ran with the second BLPOP holding"
+    );
     // The next session that needs a connection of its own gets its own replies only.
     let mut d = RawClient::tls(&pki, proxy.addr).await;
     let mut replies = Vec::new();

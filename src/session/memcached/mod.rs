@@ -383,34 +383,26 @@ fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<(Arc<U
     }
 }
 
-/// Who a session is under reloaded rules. One with a user keeps it as a Redis session does
-/// (`auth::login::keeps`): the user as now configured, but not when it was removed or
-/// disabled, nor when the session's certificate now maps to another user or to none (the
-/// session is closed, as Redis and ElastiCache close a modified user's connections). One
+/// Who a session is under reloaded rules. memcached has no AUTH: a session is who a new
+/// connection with its certificate would be, so it keeps its user (as now configured) only
+/// while that is still the same user, and is closed otherwise: its user removed or disabled,
+/// its certificate mapped to another user (a disabled one included: how an operator shuts a
+/// certificate out), a certificate now required, or the listener's users gone. A session
 /// without a user (the listener had no ACL users) is chosen as a new connection would be.
 fn session_after_reload(
     rules: &Rules,
     who: &Who,
 ) -> Result<Option<(Arc<User>, bool)>, &'static str> {
+    let now = session_user(rules, who.cert.as_ref());
     let Some(user) = &who.user else {
-        return session_user(rules, who.cert.as_ref())
-            .map_err(|()| "no user may use this listener from this connection now");
+        return now.map_err(|()| "no user may use this listener from this connection now");
     };
-    let now_mapped = match &rules.auth {
-        AuthMode::Acl(group) => {
-            crate::auth::cert::mapped_user(group, &rules.cert_users, who.cert.as_ref())
-        }
-        _ => None,
-    };
-    let was_mapped_to = who.by_cert.then_some(user.name.as_str());
-    crate::auth::login::keeps(
-        &rules.auth,
-        Some(user),
-        who.by_cert,
-        was_mapped_to,
-        now_mapped.map(|u| &**u),
-    )
-    .map(|kept| kept.map(|u| (u, who.by_cert)))
+    match now {
+        Ok(Some((new, by_cert))) if new.name == user.name => Ok(Some((new, by_cert))),
+        Ok(Some(_)) => Err("its connection now maps to another user"),
+        Ok(None) => Err("the listener no longer has ACL users"),
+        Err(()) => Err("its user was removed or disabled, or no longer maps to it"),
+    }
 }
 
 /// Who is on the other end of a session.
@@ -662,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_keeps_a_session_s_user_as_redis_sessions_keep_theirs() {
+    fn a_reload_keeps_a_session_s_user_only_while_its_connection_would_get_it() {
         let users = [
             ("default", "on nopass ~pub:* +@read"),
             ("app", "on nopass ~* +@all"),
@@ -689,17 +681,24 @@ mod tests {
             after(&before, &someone),
             Ok(Some(("default".into(), false)))
         );
-        // The certificate now maps to another user: closed, not switched.
+        // The certificate now maps to another user: closed, not switched; a default session
+        // whose certificate gains a mapping too (a new connection would not be default).
         let remapped = rules(&users, &[("app-client", "ops"), ("someone", "app")]);
-        assert_eq!(
-            after(&remapped, &app),
-            Err("its certificate no longer maps to its user")
+        let moved = Err("its connection now maps to another user");
+        assert_eq!(after(&remapped, &app), moved);
+        assert_eq!(after(&remapped, &someone), moved);
+        // Mapped to a disabled user, to shut the certificate out: closed.
+        let shut_out = rules(
+            &[
+                ("default", "on nopass ~pub:* +@read"),
+                ("app", "on nopass ~* +@all"),
+                ("banned", "off nopass ~* +@all"),
+            ],
+            &[("app-client", "app"), ("someone", "banned")],
         );
-        // A default session stays default when its certificate gains a mapping.
-        assert_eq!(
-            after(&remapped, &someone),
-            Ok(Some(("default".into(), false)))
-        );
+        let out = Err("its user was removed or disabled, or no longer maps to it");
+        assert_eq!(after(&shut_out, &someone), out);
+        assert_eq!(after(&shut_out, &app), Ok(Some(("app".into(), true))));
         // New rules for the same user: kept, with the new rules.
         let narrowed = rules(
             &[
@@ -715,7 +714,7 @@ mod tests {
         assert!(kept.check(&["GET", "k"]).is_ok());
         // Removed or disabled: closed.
         let gone = rules(&[("default", "on nopass ~pub:* +@read")], &[]);
-        assert_eq!(after(&gone, &app), Err("its user was removed or disabled"));
+        assert_eq!(after(&gone, &app), moved);
         let off = rules(
             &[
                 ("default", "off nopass ~* +@all"),
@@ -723,10 +722,7 @@ mod tests {
             ],
             &[("app-client", "app")],
         );
-        assert_eq!(
-            after(&off, &someone),
-            Err("its user was removed or disabled")
-        );
+        assert_eq!(after(&off, &someone), out);
     }
 
     #[test]
