@@ -391,9 +391,9 @@ impl Metrics {
         out
     }
 
-    /// A per-session recorder of command counts and latencies.
-    /// `n` requests answered with an error because no reply came, for `cause`.
-    pub fn request_failed(&self, listener: &str, cause: &str, n: u64) {
+    /// `n` requests answered with an error because no reply came, for `cause` (a fixed word,
+    /// never anything a client sent).
+    pub fn request_failed(&self, listener: &str, cause: &'static str, n: u64) {
         self.request_failures
             .get_or_create(&ReasonLabels {
                 listener: listener.to_string(),
@@ -413,6 +413,7 @@ impl Metrics {
             .inc();
     }
 
+    /// A per-session recorder of command counts and latencies.
     pub fn command_meter<'a>(&'a self, listener: &'a str) -> CommandMeter<'a> {
         CommandMeter {
             metrics: self,

@@ -488,6 +488,7 @@ where
                 cw.write_all(&server_error("", &over.to_string()))
                     .await
                     .map_err(SessionError::ClientIo)?;
+                ended = Some(SessionError::OverBudget(over));
                 break;
             }
             cw.write_all(&out).await.map_err(SessionError::ClientIo)?;

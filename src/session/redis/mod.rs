@@ -360,7 +360,9 @@ pub async fn run<S>(
         };
         pool.release(conn, upstream_in_step);
     }
-    match req_result.err().or(reply_result.err()) {
+    // The reply side's error first: when it ends (the client gone, the budget, the upstream),
+    // the request side's next step fails only because its partner is gone.
+    match reply_result.err().or(req_result.err()) {
         None => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
         Some(e) => {
             ctx.metrics.session_error(&ctx.listener, &e);
