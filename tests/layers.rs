@@ -54,6 +54,14 @@ fn strip_test_code(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find("#[cfg(test)]") {
+        // Only an attribute that starts its line (not one quoted in a comment or string).
+        let line_start = rest[..at].rfind('\n').map_or(0, |n| n + 1);
+        if !rest[line_start..at].trim().is_empty() {
+            let past = at + "#[cfg(test)]".len();
+            out.push_str(&rest[..past]);
+            rest = &rest[past..];
+            continue;
+        }
         out.push_str(&rest[..at]);
         let item = &rest[at + "#[cfg(test)]".len()..];
         rest = &item[item_end(item.as_bytes())..];
@@ -81,9 +89,7 @@ fn item_end(b: &[u8]) -> usize {
                 }
                 i += 1;
             }
-            b'r' if matches!(b.get(i + 1), Some(b'"' | b'#'))
-                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
-            {
+            b'r' if matches!(b.get(i + 1), Some(b'"' | b'#')) && raw_string_start(b, i) => {
                 // A raw string: r"..." or r#"..."#, any number of #.
                 let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
                 if b.get(i + 1 + hashes) == Some(&b'"') {
@@ -109,7 +115,8 @@ fn item_end(b: &[u8]) -> usize {
             }
             // A character literal ('x', '\n', '\''), not a lifetime ('a).
             b'\'' if b.get(i + 1) == Some(&b'\\') => {
-                i += 2;
+                // Past the escaped character, which may itself be a quote ('\'').
+                i += 3;
                 while i < b.len() && b[i] != b'\'' {
                     i += 1;
                 }
@@ -128,6 +135,16 @@ fn item_end(b: &[u8]) -> usize {
         i += 1;
     }
     b.len()
+}
+
+/// Whether the `r` at `i` starts a raw string (`r"`, `r#"`, `br"`), not ends an identifier.
+fn raw_string_start(b: &[u8], i: usize) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    match i {
+        0 => true,
+        _ if b[i - 1] == b'b' => i == 1 || !ident(b[i - 2]),
+        _ => !ident(b[i - 1]),
+    }
 }
 
 fn ident(s: &str) -> String {
@@ -198,10 +215,61 @@ fn paths(module: &[String], code: &str) -> Vec<Vec<String>> {
     found
 }
 
+/// A module's `pub use` re-exports, so that a path through one counts as a path to where the
+/// item lives: `session::Context` is `session::redis::Context` when `session/mod.rs` says
+/// `pub use redis::{.., Context, ..}`.
+fn reexports() -> BTreeMap<Vec<String>, Vec<String>> {
+    let mut map = BTreeMap::new();
+    for (module, code) in sources() {
+        for (i, _) in code.match_indices("pub use ") {
+            let rest = &code[i + "pub use ".len()..];
+            let Some(end) = rest.find(';') else {
+                continue;
+            };
+            let text = rest[..end].trim();
+            let full = match text.strip_prefix("crate::") {
+                Some(_) => text.to_string(),
+                None => {
+                    let local = text.strip_prefix("self::").unwrap_or(text);
+                    let mut root = vec!["crate".to_string()];
+                    root.extend(module.iter().cloned());
+                    format!("{}::{local}", root.join("::"))
+                }
+            };
+            for target in paths(&module, &full) {
+                let mut alias = module.clone();
+                alias.push(target.last().unwrap().clone());
+                if alias != target {
+                    map.insert(alias, target);
+                }
+            }
+        }
+    }
+    map
+}
+
+/// `path` with any re-exported prefix replaced by where it points.
+fn resolve(path: Vec<String>, reexports: &BTreeMap<Vec<String>, Vec<String>>) -> Vec<String> {
+    let mut path = path;
+    for _ in 0..4 {
+        let Some(n) = (1..=path.len())
+            .rev()
+            .find(|&n| reexports.contains_key(&path[..n]))
+        else {
+            break;
+        };
+        let mut to = reexports[&path[..n]].clone();
+        to.extend(path[n..].iter().cloned());
+        path = to;
+    }
+    path
+}
+
 /// The module graph at `depth` components (1: top-level modules, 2: `session::redis`, ...):
 /// an edge for every path a file names outside its own module at that depth.
 fn graph(depth: usize) -> Graph {
     let modules: BTreeSet<Vec<String>> = sources().into_iter().map(|(m, _)| m).collect();
+    let reexports = reexports();
     let mut edges = Graph::new();
     for (module, code) in sources() {
         if module.len() < depth {
@@ -210,6 +278,7 @@ fn graph(depth: usize) -> Graph {
         let from = module[..depth].join("::");
         let deps = edges.entry(from.clone()).or_default();
         for path in paths(&module, &code) {
+            let path = resolve(path, &reexports);
             // The longest prefix of the path that is a module, cut to `depth`.
             let known = (1..=path.len())
                 .rev()
@@ -351,6 +420,14 @@ fn nothing_outside_the_configuration_reaches_into_its_builder() {
 fn the_reader_cuts_test_items_and_reads_groups() {
     let code = "use crate::a::X;\n#[cfg(test)]\nmod tests {\n    fn f() { let s = \"}\"; let c = '}'; }\n    use crate::b;\n}\nfn g() { crate::c::y(); }\n#[cfg(test)]\nuse crate::d;\nuse crate::{e::{F, G}, h};\n";
     let stripped = strip_test_code(code);
+    // Quotes, escapes and raw byte strings inside a test item do not end it early; an
+    // attribute quoted in a comment cuts nothing.
+    let tricky = "#[cfg(test)]\nmod t {\n    const Q: char = '\\'';\n    const B: &[u8] = br\"}\\\";\n    fn f<'a>(x: &'a str) -> &'a str { x }\n    use crate::gone;\n}\n/// see #[cfg(test)] below\nfn kept() { crate::session::x(); }\n";
+    let cut = strip_test_code(tricky);
+    assert!(
+        cut.contains("crate::session::x") && !cut.contains("crate::gone"),
+        "{cut}"
+    );
     assert!(
         !stripped.contains("crate::b") && !stripped.contains("crate::d"),
         "{stripped}"

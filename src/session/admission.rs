@@ -175,7 +175,7 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
         sharing,
         command: Command(found),
         renamed_callable: matches!(decision, Decision::Rename(_))
-            && super::script_callable(&req.args),
+            && crate::auth::commands::script_callable(&req.args),
     })
 }
 

@@ -11,10 +11,10 @@
 //! - `reader` is the client read loop both protocols share, with the same limits (unparsed
 //!   bytes, half-sent requests, the memory budget);
 //! - `sharing` is the reviewed allow-list of what may share an upstream connection, `commands`
-//!   the command classification and reply rewrites, `acl_commands` the `ACL ...` answers from
-//!   cachegate's users, `outbox` and `slots` the buffers between a session's two halves.
+//!   the command classification and reply rewrites (`redis/acl_commands.rs` has the `ACL ...`
+//!   answers from cachegate's users), `outbox` and `slots` the buffers between a session's two
+//!   halves.
 
-pub mod acl_commands;
 mod admission;
 pub mod commands;
 pub mod memcached;

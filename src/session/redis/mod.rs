@@ -20,6 +20,7 @@
 //! (see `shared_disposition`). Both halves are futures of the one session task, joined.
 //! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
+mod acl_commands;
 mod cluster;
 mod follow;
 mod login;
@@ -27,7 +28,7 @@ mod pinning;
 mod replies;
 
 use super::reader::{ClientReader, Filled, ReadError, ReadLimits};
-use super::{acl_commands, admission, commands, outbox, sharing, slots};
+use super::{admission, commands, outbox, sharing, slots};
 use replies::{reply_side, Own};
 
 use crate::deadline::sleep_until;
