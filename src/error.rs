@@ -112,6 +112,10 @@ pub enum SessionError {
     OverBudget(#[from] crate::budget::OverBudget),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// memcached input after which the stream cannot be trusted (a line over memcached's
+    /// limit, an HTTP request): the connection is closed, as memcached closes it.
+    #[error("client protocol error: {0}")]
+    Unreadable(&'static str),
 }
 
 impl SessionError {
@@ -128,7 +132,7 @@ impl SessionError {
     pub fn cause(&self) -> &'static str {
         match self {
             SessionError::ClientIo(_) => "client_io",
-            SessionError::Protocol(_) => "protocol",
+            SessionError::Protocol(_) | SessionError::Unreadable(_) => "protocol",
             SessionError::PartialRequestTimeout(_) => "partial_request_timeout",
             SessionError::QueryBufferFull(_) => "query_buffer_full",
             SessionError::OverBudget(_) => "over_budget",

@@ -946,4 +946,11 @@ async fn sessions_with_their_own_node_connections() {
         })
         .sum();
     assert!(failed >= 2.0, "{metrics}");
+    // A session memcached would close (here an HTTP request) is counted as the client's.
+    let mut web = McClient::tls(&pki, proxy.addr).await;
+    web.send(b"GET / HTTP/1.1\r\n").await;
+    assert_eq!(web.closed_after().await, Some(Vec::new()));
+    let ended = "cachegate_session_errors_total{listener=\"memcached-0\",blame=\"client\",cause=\"protocol\"}";
+    let counted = || async { metric(&proxy.admin_get("/metrics").await.1, ended) == 1.0 };
+    assert!(eventually(counted).await);
 }

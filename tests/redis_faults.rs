@@ -121,7 +121,8 @@ async fn backend_killed_and_restarted_recovers_without_restarting_cachegate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_dying_mid_request_gives_an_error_not_a_partial_reply() {
     let (pki, mut redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let admin = "[admin]\nbind = \"127.0.0.1:0\"\n\n";
+    let proxy = Proxy::tls_with_global(&pki, &redis, admin).await;
     let mut c = RawClient::authed(&pki, proxy.addr).await;
     c.send_cmd(&["BLPOP", "never", "30"]).await;
     // The request has reached the backend, which holds it.
@@ -133,6 +134,10 @@ async fn backend_dying_mid_request_gives_an_error_not_a_partial_reply() {
         "{reply}"
     );
     assert!(c.closed().await);
+    // Counted, as a request on a shared connection would be.
+    let metrics = proxy.admin_get("/metrics").await.1;
+    let lost = "cachegate_request_failures_total{listener=\"redis-0\",reason=\"lost\"}";
+    assert_eq!(metric(&metrics, lost), 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,10 @@ async fn certificate_and_token_rotate_under_load_without_a_failed_request() {
         }));
     }
     // The load is running before the reloads...
-    assert!(eventually(|| async { done.load(Ordering::Relaxed) >= 100 }).await);
+    assert!(
+        eventually(|| async { done.load(Ordering::Relaxed) >= 100 }).await,
+        "the load never got going"
+    );
     let before = done.load(Ordering::Relaxed);
 
     // The new certificate (another CA) and a second token, then the first token removed.
@@ -71,7 +74,10 @@ async fn certificate_and_token_rotate_under_load_without_a_failed_request() {
         .await;
     assert!(outcome.is_ok(), "{outcome:?}");
     // ...and goes on after them.
-    assert!(eventually(|| async { done.load(Ordering::Relaxed) >= before + 100 }).await);
+    assert!(
+        eventually(|| async { done.load(Ordering::Relaxed) >= before + 100 }).await,
+        "the load stalled after the reloads"
+    );
     stop.store(true, Ordering::Relaxed);
     for task in load {
         let failures = task.await.unwrap();

@@ -148,14 +148,17 @@ impl Process {
         TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
     }
 
-    /// Waits until bytes sit unread in one of the server's connections (the kernel's receive
-    /// queue, from /proc/net/tcp): a request has reached a paused server.
+    /// Waits until bytes sit unread in one of the server's established connections (the
+    /// kernel's receive queue, from /proc/net/tcp and tcp6): a request has reached a paused
+    /// server. Any connection to its port counts, so callers keep others quiet meanwhile.
     pub async fn until_unread(&self) -> bool {
         let local = format!(":{:04X}", self.port);
         eventually(|| {
             let local = local.clone();
             async move {
-                let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+                let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+                    .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+                    .join("\n");
                 table.lines().skip(1).any(|line| {
                     let fields: Vec<&str> = line.split_whitespace().collect();
                     // local address, remote address, state (01: established), tx:rx queues

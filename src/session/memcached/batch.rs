@@ -555,7 +555,7 @@ mod tests {
         }
     }
 
-    fn ring(live: &[bool]) -> Continuum {
+    fn ring_with(live: &[bool]) -> Continuum {
         let nodes: Vec<RingNode> = (0..live.len())
             .map(|i| RingNode {
                 host: format!("10.0.0.{i}"),
@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn one_key_gets_go_as_meta_gets_only_where_the_node_knows_them() {
-        let ring = ring(&[true, true]);
+        let ring = ring_with(&[true, true]);
         let keys = key_per_node(&ring, 2);
         let nodes = Nodes {
             meta: vec![true, false],
@@ -645,7 +645,7 @@ mod tests {
 
     #[test]
     fn a_multi_get_is_split_by_node_in_the_clients_key_order() {
-        let ring = ring(&[true, true, true]);
+        let ring = ring_with(&[true, true, true]);
         let keys = key_per_node(&ring, 3);
         let nodes = Nodes {
             meta: vec![true; 3],
@@ -658,19 +658,25 @@ mod tests {
             router.route(&request(&line)),
             Plan::Split(vec![(0, 0), (1, 0), (2, 0)])
         );
+        // A second one takes the next place in each node's queue it touches.
+        let line = format!("get {b} {c}\r\n");
+        assert_eq!(
+            router.route(&request(&line)),
+            Plan::Split(vec![(1, 1), (2, 1)])
+        );
         assert_eq!(
             sent(&router),
             [
                 format!("get {a}\r\n"),
-                format!("get {b}\r\n"),
-                format!("get {c} {c}\r\n")
+                format!("get {b}\r\nget {b}\r\n"),
+                format!("get {c} {c}\r\nget {c}\r\n")
             ]
         );
     }
 
     #[test]
     fn broadcasts_version_and_keyed_commands() {
-        let ring = ring(&[true, true]);
+        let ring = ring_with(&[true, true]);
         let keys = key_per_node(&ring, 2);
         let nodes = Nodes {
             meta: vec![false; 2],
@@ -691,7 +697,29 @@ mod tests {
                 "flush_all\r\nversion\r\n".to_string()
             ]
         );
-        // No live node at all: nothing is sent.
+        // Every node out of the ring: nothing routed by key is sent, not even a multi-get's
+        // routable part.
+        let (dark, down) = (
+            ring_with(&[false, false]),
+            Nodes {
+                meta: vec![true; 2],
+                live: None,
+            },
+        );
+        let mut router = Router::new(&dark, &down);
+        for line in [
+            "get a\r\n",
+            "get a b\r\n",
+            "version\r\n",
+            "set a 0 0 1\r\nx\r\n",
+        ] {
+            assert_eq!(router.route(&request(line)), Plan::Unrouted, "{line}");
+        }
+        assert!(router
+            .queues
+            .iter()
+            .all(|(bytes, shapes)| bytes.is_empty() && shapes.is_empty()));
+        // No node at all: the same.
         let (empty, none) = (
             Continuum::build(&[], &[]),
             Nodes {
@@ -709,7 +737,7 @@ mod tests {
     #[test]
     fn a_node_out_of_the_ring_gets_nothing() {
         // Node 1 ejected: every key goes to node 0 or 2.
-        let ring = ring(&[true, false, true]);
+        let ring = ring_with(&[true, false, true]);
         let nodes = Nodes {
             meta: vec![true; 3],
             live: Some(0),

@@ -463,16 +463,19 @@ where
                 }
                 Some(Parsed::Fatal(reply)) => {
                     batch.push(Item::Local(Bytes::from_static(reply)));
+                    ended = Some(SessionError::Unreadable("a line memcached closes for"));
                     close = true;
                     break;
                 }
                 // As memcached: closed without an answer.
                 Some(Parsed::Close) => {
+                    ended = Some(SessionError::Unreadable("a line over memcached's limit"));
                     close = true;
                     break;
                 }
                 Some(Parsed::CrossProtocol) => {
                     cross_protocol(ctx, who);
+                    ended = Some(SessionError::Unreadable("an HTTP request"));
                     close = true;
                     break;
                 }

@@ -244,6 +244,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
         // The client learns why before the connection closes; nothing partial was written.
         abort.cancel();
         if current.as_ref().is_some_and(|c| c.expect.forward) {
+            ctx.metrics.request_failed(&ctx.listener, e.cause(), 1);
             let msg = match e {
                 UpstreamError::Timeout(_) => format!("cachegate: {e}"),
                 _ => format!("cachegate: upstream connection lost ({e})"),
