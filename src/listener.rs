@@ -87,7 +87,7 @@ impl Listener {
                 format!("{reason} (and {unlogged} more not logged since the last one)"),
                 "(none)",
                 &self.name,
-                format!("addr={peer} laddr=cachegate:{}", self.name),
+                crate::metrics::SecurityEvent::client_info(peer, &self.name, None, None),
             ),
             false,
         );

@@ -184,6 +184,24 @@ pub struct SecurityEvent {
 }
 
 impl SecurityEvent {
+    /// The `client-info` of an event, as Redis's ACL LOG shows it, alike for every listener:
+    /// `addr=<peer> laddr=cachegate:<listener>`, then `user=` and `resp=` where there is one.
+    pub fn client_info(
+        peer: impl std::fmt::Display,
+        listener: &str,
+        user: Option<&str>,
+        resp: Option<u8>,
+    ) -> String {
+        let mut info = format!("addr={peer} laddr=cachegate:{listener}");
+        if let Some(user) = user {
+            info.push_str(&format!(" user={user}"));
+        }
+        if let Some(resp) = resp {
+            info.push_str(&format!(" resp={resp}"));
+        }
+        info
+    }
+
     /// A new event, once. The user name is trimmed to 64 printable characters: it may be what
     /// a client typed.
     pub fn new(
@@ -506,6 +524,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_info_reads_alike_for_every_listener() {
+        let peer: std::net::SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        assert_eq!(
+            SecurityEvent::client_info(peer, "edge", Some("app"), Some(3)),
+            "addr=10.0.0.7:5000 laddr=cachegate:edge user=app resp=3"
+        );
+        assert_eq!(
+            SecurityEvent::client_info(peer, "mc", Some("(none)"), None),
+            "addr=10.0.0.7:5000 laddr=cachegate:mc user=(none)"
+        );
+        assert_eq!(
+            SecurityEvent::client_info(peer, "edge", None, None),
+            "addr=10.0.0.7:5000 laddr=cachegate:edge"
+        );
+    }
 
     fn event(object: &str) -> SecurityEvent {
         SecurityEvent::new(

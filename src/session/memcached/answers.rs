@@ -49,7 +49,7 @@ pub(super) fn cross_protocol(ctx: &Context, who: &Who) {
             "HTTP".into(),
             user,
             &ctx.listener,
-            format!("addr={} laddr=cachegate:{}", who.peer, ctx.listener),
+            SecurityEvent::client_info(who.peer, &ctx.listener, Some(user), None),
         ),
         who.user.is_some(),
     );
@@ -67,10 +67,8 @@ pub(super) fn refused(ctx: &Context, who: &Who, req: &McRequest) -> bool {
                 Denied::Command(_) => ("command", String::from_utf8_lossy(req.name()).into_owned()),
                 other => other.event(),
             };
-            let client_info = format!(
-                "addr={} laddr=cachegate:{} user={}",
-                who.peer, ctx.listener, user.name
-            );
+            let client_info =
+                SecurityEvent::client_info(who.peer, &ctx.listener, Some(&user.name), None);
             ctx.security.metrics.security_event(
                 SecurityEvent::new(
                     reason,

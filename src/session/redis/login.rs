@@ -90,10 +90,7 @@ impl RequestSide {
         user: &str,
         known: bool,
     ) {
-        let client_info = format!(
-            "addr={} laddr=cachegate:{} user={} resp={}",
-            self.peer,
-            self.ctx.listener,
+        let session_user =
             self.user
                 .as_ref()
                 .map(|u| u.name.as_str())
@@ -101,8 +98,12 @@ impl RequestSide {
                     "default"
                 } else {
                     "(none)"
-                }),
-            if self.resp3 { 3 } else { 2 },
+                });
+        let client_info = SecurityEvent::client_info(
+            self.peer,
+            &self.ctx.listener,
+            Some(session_user),
+            Some(if self.resp3 { 3 } else { 2 }),
         );
         let context = if self.in_multi { "multi" } else { "toplevel" };
         self.ctx.metrics.security_event(
