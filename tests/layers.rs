@@ -323,8 +323,72 @@ fn sibling_graphs() -> BTreeMap<String, Graph> {
                 deps.insert(sibling);
             }
         }
+        // A file that takes its parent's names whole (`use super::*`) may use a sibling's
+        // items by their bare names (the parent brings them in with `use sibling::*`): an edge
+        // to every sibling whose items it names.
+        if code.contains("use super::*") {
+            for (other, _) in all.iter().filter(|(m, _)| m.len() == module.len()) {
+                let Some((other_name, other_parent)) = other.split_last() else {
+                    continue;
+                };
+                if other_parent != parent || other_name == name {
+                    continue;
+                }
+                let other_code = &all.iter().find(|(m, _)| m == other).unwrap().1;
+                if defined_items(other_code)
+                    .iter()
+                    .any(|(item, is_fn)| names_item(code, item, *is_fn))
+                {
+                    deps.insert(other_name.clone());
+                }
+            }
+        }
     }
     folders
+}
+
+/// The items a file defines for its parent and siblings (`pub` or `pub(super)` fn, struct,
+/// enum, const, static, type or trait): (name, whether it is a function).
+fn defined_items(code: &str) -> BTreeSet<(String, bool)> {
+    let mut items = BTreeSet::new();
+    for line in code.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line
+            .strip_prefix("pub(super) ")
+            .or_else(|| line.strip_prefix("pub(crate) "))
+            .or_else(|| line.strip_prefix("pub "))
+        else {
+            continue;
+        };
+        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+        for kind in [
+            "fn ", "struct ", "enum ", "const ", "static ", "type ", "trait ",
+        ] {
+            if let Some(after) = rest.strip_prefix(kind) {
+                let name = ident(after);
+                if !name.is_empty() {
+                    items.insert((name, kind == "fn "));
+                }
+            }
+        }
+    }
+    items
+}
+
+/// Whether `code` uses the item `word` by its bare name: the whole identifier, not a field,
+/// method or path (`.word`, `Type::word`), and for a function, called (`word(`).
+fn names_item(code: &str, word: &str, is_fn: bool) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(word).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let rest = &code[i + word.len()..];
+        let after = rest.chars().next();
+        !before.is_some_and(|c| is_ident(c) || c == '.')
+            && !code[..i].ends_with("fn ")
+            && !code[..i].ends_with("::")
+            && !after.is_some_and(is_ident)
+            && (!is_fn || rest.starts_with('(') || rest.starts_with("::<"))
+    })
 }
 
 /// A path from `from` back to `to`, if there is one.
