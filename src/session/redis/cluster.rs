@@ -209,26 +209,21 @@ fn redirect(reply: &[u8]) -> Option<Redirect> {
     let line = reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
     let line = std::str::from_utf8(line).ok()?;
     let mut words = line.split(' ');
-    match words.next()? {
-        "MOVED" => {
-            let slot = words
-                .next()?
-                .parse()
-                .ok()
-                .filter(|&s: &u16| (s as usize) < SLOTS)?;
-            Some(Redirect::Moved(slot, words.next()?.to_string()))
-        }
-        "ASK" => {
-            let slot = words
-                .next()?
-                .parse()
-                .ok()
-                .filter(|&s: &u16| (s as usize) < SLOTS)?;
-            Some(Redirect::Ask(slot, words.next()?.to_string()))
-        }
-        "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Again),
-        _ => None,
+    let kind = words.next()?;
+    if matches!(kind, "TRYAGAIN" | "CLUSTERDOWN") {
+        return Some(Redirect::Again);
     }
+    let moved = match kind {
+        "MOVED" => Redirect::Moved,
+        "ASK" => Redirect::Ask,
+        _ => return None,
+    };
+    let slot = words
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&s: &u16| (s as usize) < SLOTS)?;
+    Some(moved(slot, words.next()?.to_string()))
 }
 
 /// A redirection's `host:port`; an empty host (`:6380`) is the host of the node that said it.
@@ -658,16 +653,7 @@ impl RequestSide {
             Route::All(_) => map.primaries.len(),
             _ => 1,
         };
-        let permits = (requests as u32).min(MAX_SHARED_IN_FLIGHT);
-        if permits > 0 {
-            let taken = match self.in_flight.clone().try_acquire_many_owned(permits) {
-                Ok(p) => p,
-                Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(permits))
-                    .await
-                    .map_err(|_| closed())?,
-            };
-            taken.forget();
-        }
+        let permits = self.take_in_flight(requests).await?;
         let encode = |args: &[Bytes]| {
             let mut out = BytesMut::new();
             encode_command(&mut out, args.iter().map(|a| &a[..]));

@@ -1102,13 +1102,15 @@ impl RequestSide {
         self.send_batch(None).await
     }
 
-    async fn send_batch(&mut self, rewrite: Option<Rewrite>) -> Result<(), SessionError> {
-        let Some(batch) = self.batch.take() else {
-            return Ok(());
-        };
-        let (tx, rx) = oneshot::channel();
-        let n = batch.labels.len();
-        let want = (n as u32).min(MAX_SHARED_IN_FLIGHT);
+    /// Takes the in-flight allowance for `requests` requests (at most `MAX_SHARED_IN_FLIGHT`),
+    /// waiting while the client has that many replies undelivered; returns how many permits
+    /// were taken. They are given back by the reply side when it delivers the replies (a permit
+    /// held in the slot would make every queued slot bigger).
+    pub(super) async fn take_in_flight(&self, requests: usize) -> Result<u32, SessionError> {
+        let want = (requests as u32).min(MAX_SHARED_IN_FLIGHT);
+        if want == 0 {
+            return Ok(0);
+        }
         let permits = match self.in_flight.clone().try_acquire_many_owned(want) {
             Ok(p) => p,
             // Rare: the client has many replies waiting. Boxed, so the session stays small.
@@ -1116,9 +1118,17 @@ impl RequestSide {
                 .await
                 .map_err(|_| closed())?,
         };
-        // Given back by the reply side when it delivers this batch's replies (a permit held in
-        // the slot would make every queued slot bigger).
         permits.forget();
+        Ok(want)
+    }
+
+    async fn send_batch(&mut self, rewrite: Option<Rewrite>) -> Result<(), SessionError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let n = batch.labels.len();
+        let want = self.take_in_flight(n).await?;
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,
