@@ -150,7 +150,7 @@ fn base_refusal(name: &str) -> Refusal {
 }
 
 /// Redis's arity rule: exactly `arity` arguments (name included), or at least `-arity`.
-fn arity_fits(arity: i64, given: usize) -> bool {
+pub(crate) fn arity_fits(arity: i64, given: usize) -> bool {
     let given = given as i64;
     if arity >= 0 {
         given == arity

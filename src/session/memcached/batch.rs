@@ -186,11 +186,6 @@ pub(super) async fn execute(
             _ => McPlan::Clear,
         };
         let item = &*item;
-        if let Item::Request(req) = item {
-            if !denied && marks_stale(req) {
-                ctx.stale_items_in_use();
-            }
-        }
         let plan = match item {
             Item::Local(b) => Plan::Local(b.clone()),
             Item::Request(req) if denied => Plan::Local(if silent(req) {
@@ -205,6 +200,10 @@ pub(super) async fn execute(
                     }
                     _ => Bytes::new(),
                 })
+            }
+            Item::Request(req) if marks_stale(req) => {
+                ctx.stale_items_in_use();
+                router.route(req)
             }
             Item::Request(req) => match req.cmd {
                 Cmd::MetaNoop => Plan::Local(Bytes::from_static(b"MN\r\n")),
@@ -266,12 +265,19 @@ pub(super) async fn execute(
                 Ok(reply) => answer(req, reply, &mut out),
                 Err(e) => answer_failure(ctx, req, e, &mut out),
             },
-            (Plan::Whole(node, at), Some(req)) => match &results[node][at] {
-                Ok(reply) => out.extend_from_slice(reply),
-                Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
-            },
-            (Plan::Fetch(node, at, meta), Some(req)) => match &results[node][at] {
-                Ok(reply) => {
+            // A one-node get whose node failed: a miss or an error, as for a split one.
+            (Plan::Whole(node, at) | Plan::Fetch(node, at, _), Some(req))
+                if results[node][at].is_err() =>
+            {
+                merge_values(ctx, req, &[(node, at)], &results, &mut out)
+            }
+            (Plan::Whole(node, at), Some(_)) => {
+                if let Ok(reply) = &results[node][at] {
+                    out.extend_from_slice(reply)
+                }
+            }
+            (Plan::Fetch(node, at, meta), Some(req)) => {
+                if let Ok(reply) = &results[node][at] {
                     if meta.classic(&req.keys()[0], reply, &mut out) == Classic::Incompatible {
                         // Not memcached's answer to a meta get (a server without meta
                         // commands since the probe, or with only some): this get fails, and
@@ -283,8 +289,7 @@ pub(super) async fn execute(
                         out.extend_from_slice(&server_error(&node.label, e));
                     }
                 }
-                Err(_) => merge_values(ctx, req, &[(node, at)], &results, &mut out),
-            },
+            }
             (Plan::Split(parts), Some(req)) => {
                 merge_values(ctx, req, &parts, &results, &mut out);
             }

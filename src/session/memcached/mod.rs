@@ -254,7 +254,8 @@ impl Context {
     /// A client marks items stale: from now on every get goes as it came, so that a meta
     /// client's win token (`W`) for a stale item is never taken by a classic get.
     fn stale_items_in_use(&self) {
-        if self.meta_gets.swap(false, Ordering::Relaxed) {
+        // Read first: once off, a stream of such requests writes nothing every get reads.
+        if self.meta_gets() && self.meta_gets.swap(false, Ordering::Relaxed) {
             tracing::info!(listener = %self.listener, "a client marks items stale (md/ms with I): one-key gets go to the nodes as classic gets from now on");
         }
     }

@@ -455,15 +455,6 @@ fn is_error(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-' | b'!'))
 }
 
-fn array(items: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
-    let mut out = BytesMut::new();
-    out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
-    for item in items {
-        out.extend_from_slice(&item);
-    }
-    out.freeze()
-}
-
 fn unexpected(reply: &[u8]) -> Bytes {
     reply::error(&format!(
         "cachegate: a cluster node gave an unexpected reply ({})",
@@ -569,7 +560,7 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
                     None => return unexpected(p),
                 }
             }
-            array(all.into_iter())
+            reply::array(all)
         }
         Merge::Positions(positions) => {
             let total: usize = positions.iter().map(Vec::len).sum();
@@ -589,7 +580,7 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
             if slots.iter().any(Option::is_none) {
                 return unexpected(b"");
             }
-            array(slots.into_iter().flatten().collect::<Vec<_>>().into_iter())
+            reply::array(slots.into_iter().flatten())
         }
     }
 }
@@ -625,7 +616,7 @@ fn scan_reply(reply: Bytes, node: u16, next: Option<u16>) -> Bytes {
         return unexpected(&reply);
     };
     items[0] = reply::bulk(next.to_string().as_bytes());
-    array(items.into_iter())
+    reply::array(items)
 }
 
 impl RequestSide {
@@ -905,11 +896,9 @@ fn route_refuses(command: Command, args: &[Bytes]) -> bool {
 /// Whether a command has as many arguments as the table says (for what cachegate answers
 /// itself instead of a node).
 fn arity_fits(command: Command, args: &[Bytes]) -> bool {
-    match command.0 {
-        Some((_, info)) if info.arity >= 0 => args.len() as i64 == info.arity,
-        Some((_, info)) => args.len() as i64 >= -info.arity,
-        None => true,
-    }
+    command
+        .0
+        .is_none_or(|(_, info)| sharing::arity_fits(info.arity, args.len()))
 }
 
 fn spans_nodes(args: &[Bytes], while_: &str) -> Bytes {

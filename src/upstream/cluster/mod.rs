@@ -214,9 +214,7 @@ impl Cluster {
         if let Some(tls) = options.as_mut().filter(|t| !t.server_name_explicit) {
             let name = match hostname {
                 Some(h) => h.to_string(),
-                None => crate::config::model::split_host_port(address)
-                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-                    .unwrap_or_default(),
+                None => host_of(address),
             };
             tls.server_name = rustls_pki_types::ServerName::try_from(name.clone())
                 .map_err(|_| format!("node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"))?;
@@ -453,9 +451,7 @@ impl Cluster {
         let clean = reply.is_ok() && admin.is_none();
         node.pool.release(conn, clean);
         let reply: Bytes = reply?;
-        let host = crate::config::model::split_host_port(address)
-            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-            .unwrap_or_default();
+        let host = host_of(address);
         let ranges = topology::parse_slots(&reply, &host)?;
         if ranges.is_empty() {
             return Err("CLUSTER SLOTS: no slot is served".into());
@@ -500,4 +496,11 @@ impl Cluster {
         }
         Ok(map)
     }
+}
+
+/// A `host:port` address's host (brackets of an IPv6 address removed), empty if none.
+fn host_of(address: &str) -> String {
+    crate::config::model::split_host_port(address)
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default()
 }
