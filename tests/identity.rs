@@ -117,6 +117,10 @@ async fn memcached_proxy(pki: &Pki, node: &Memcached, default_on: bool) -> Proxy
     } else {
         USERS.to_string()
     };
+    memcached_proxy_with(pki, node, &users).await
+}
+
+async fn memcached_proxy_with(pki: &Pki, node: &Memcached, users: &str) -> Proxy {
     Proxy::start(&format!(
         "{users}[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}\
          tls.client_auth = \"optional\"\ntls.client_ca = {:?}\n\
@@ -289,5 +293,61 @@ async fn encrypted_memcached_values_stay_with_their_user() {
     assert!(
         !stored.contains(secret) && !stored.contains("mine"),
         "{stored}"
+    );
+}
+
+/// One-key gets travel to the node as meta gets, but a restricted user is judged on the get it
+/// sent: a key out of its reach is refused before anything reaches the node. And a request
+/// it may not run (`md ... I`, which would mark an item stale) changes nothing for the
+/// listener's other clients: meta gets stay on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_gets_keep_the_acl_and_a_refused_user_changes_nothing() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    // `app` may also read cachegate's `stats` (checked as INFO).
+    let users = USERS
+        .replace("acl = \"off\"", "acl = \"on nopass %R~pub:* +@read\"")
+        .replace("-@dangerous +acl|whoami", "-@dangerous +info +acl|whoami");
+    let proxy = memcached_proxy_with(&pki, &node, &users).await;
+    let mut app = mc_with_cert(&pki, &proxy).await;
+    assert_eq!(app.line("set app:1 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    // Without a certificate: `default`, read-only on pub:*. Its first get has the node asked.
+    let mut anon = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(anon.values("get pub:1\r\n").await, "END\r\n");
+    let mut on = false;
+    for _ in 0..200 {
+        let stats = s(&app.read_until_after(b"stats\r\n", b"END\r\n").await);
+        if stats.contains("STAT node_0_meta yes\r\n") {
+            on = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(on, "the node answers meta commands");
+    let gets = node.stat("cmd_get").await;
+    assert_eq!(
+        anon.line("get app:1\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        anon.line("gets app:1\r\n").await,
+        "CLIENT_ERROR permission denied\r\n"
+    );
+    assert_eq!(
+        node.stat("cmd_get").await,
+        gets,
+        "a refused get reached the node"
+    );
+    for line in ["md app:1 I\r\n", "md pub:1 I\r\n", "ms pub:1 1 I\r\nx\r\n"] {
+        assert_eq!(
+            anon.line(line).await,
+            "CLIENT_ERROR permission denied\r\n",
+            "{line}"
+        );
+    }
+    let stats = s(&app.read_until_after(b"stats\r\n", b"END\r\n").await);
+    assert!(stats.contains("STAT meta_gets on\r\n"), "{stats}");
+    assert_eq!(
+        app.values("get app:1\r\n").await,
+        "VALUE app:1 0 1\r\nv\r\nEND\r\n"
     );
 }

@@ -827,7 +827,7 @@ async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
         let speaks = Arc::new(AtomicBool::new(meta));
         let (addr, seen) = fake_node(speaks.clone()).await;
         let proxy = Proxy::start(&format!(
-            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [\"{addr}\"]\nupstream.health_interval = \"1h\"\n{extra}",
+            "[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [\"{addr}\"]\nupstream.health_interval = \"1h\"\nupstream.shared_connections = 1\n{extra}",
             pki.tls_toml()
         ))
         .await;
@@ -877,8 +877,12 @@ async fn gets_go_as_meta_gets_only_to_a_node_that_answers_them() {
         if translated {
             // Replaced by a server without meta commands: one get fails, saying so, and the
             // next ones go as they came.
+            // The other client on the same (one) shared connection meanwhile gets its own
+            // reply, whole.
             speaks.store(false, Ordering::Relaxed);
-            let failed = c.values("get k\r\n").await;
+            let mut other = McClient::tls(&pki, proxy.addr).await;
+            let (failed, theirs) = tokio::join!(c.values("get k\r\n"), other.values("get k z\r\n"));
+            assert_eq!(theirs, "VALUE k 3 2\r\nhi\r\nEND\r\n");
             assert!(
                 failed.starts_with("SERVER_ERROR cachegate: node ")
                     && failed.contains("does not answer meta gets as memcached does"),
