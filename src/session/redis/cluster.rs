@@ -257,9 +257,6 @@ fn current(cluster: &Cluster, slot: Option<u16>) -> Option<Arc<Node>> {
 /// One command's reply, following the cluster's redirections. `sent`: the request already on
 /// its way to `node` (`None`: no node could be chosen; it is sent once one can).
 struct Attempt {
-    /// Not sent yet: it goes out when the reply side reaches it, after everything the session
-    /// sent before it has been answered.
-    deferred: bool,
     _outstanding: Outstanding,
     cluster: Arc<Cluster>,
     /// Whether the cluster's redirections are followed: not for scripts, whose own error
@@ -275,7 +272,9 @@ struct Attempt {
 
 impl Attempt {
     async fn settle(mut self) -> Result<Bytes, SharedError> {
-        if self.deferred {
+        // A node but nothing sent: deferred until everything the session sent before it has
+        // been answered; it goes out now, to the slot's node as the map now says.
+        if self.node.is_some() && self.sent.is_none() {
             self.node = current(&self.cluster, self.slot);
             if let Some(node) = &self.node {
                 let bytes = self.bytes.clone();
@@ -624,6 +623,40 @@ impl RequestSide {
         self.cluster_order.get_or_insert_with(Default::default)
     }
 
+    /// A MULTI held for its first key is over (DISCARD, an aborted or run EXEC).
+    fn end_held_multi(&mut self) {
+        self.multi_held = None;
+        self.in_multi = false;
+        self.multi_dirty = false;
+    }
+
+    /// Where one request of a cluster command goes, and whether it goes now: the slot's node (a
+    /// replica of it for `reads`, where there is one; the first primary for a keyless one),
+    /// sent at once unless an earlier write of the session to that slot is still being placed
+    /// (then the reply side sends it in its turn). Reads from a replica are not ordered against
+    /// writes anyway: not tracked.
+    async fn place_request(
+        &mut self,
+        map: &crate::upstream::cluster::Map,
+        slot: Option<u16>,
+        reads: bool,
+        bytes: &Bytes,
+    ) -> (Option<Arc<Node>>, Option<oneshot::Receiver<SharedReply>>) {
+        let node = match slot {
+            Some(slot) if reads => map.replica(slot, self.id).or_else(|| map.node(slot)),
+            Some(slot) => map.node(slot),
+            None => map.primaries.first(),
+        }
+        .cloned();
+        let tracked = if reads { None } else { slot };
+        let now = self.order().sends_now(tracked, node.as_ref());
+        let sent = match &node {
+            Some(n) if now => Some(send_to(n, self.resp3, self.id, bytes.clone(), 1).await),
+            _ => None,
+        };
+        (node, sent)
+    }
+
     /// Sends a stateless command of a cluster listener where its keys live; the reply side
     /// waits for the answer (and follows redirections) in the command's turn.
     pub(super) async fn forward_cluster(
@@ -668,10 +701,10 @@ impl RequestSide {
             .clone();
         let attempt = |slot: Option<u16>,
                        bytes: Bytes,
-                       node: Option<Arc<Node>>,
-                       sent: Option<oneshot::Receiver<SharedReply>>,
-                       deferred: bool| Attempt {
-            deferred,
+                       (node, sent): (
+            Option<Arc<Node>>,
+            Option<oneshot::Receiver<SharedReply>>,
+        )| Attempt {
             _outstanding: Outstanding::new(&outstanding),
             cluster: cluster.clone(),
             follows,
@@ -690,42 +723,15 @@ impl RequestSide {
             }
             Route::One(slot) => {
                 let bytes = raw.cloned().unwrap_or_else(|| encode(args));
-                let node = match slot {
-                    Some(slot) if reads => map
-                        .replica(slot, session)
-                        .or_else(|| map.node(slot))
-                        .cloned(),
-                    Some(slot) => map.node(slot).cloned(),
-                    None => map.primaries.first().cloned(),
-                };
-                // Reads from a replica are not ordered against writes anyway: not tracked.
-                let tracked = if reads { None } else { slot };
-                let now = self.order().sends_now(tracked, node.as_ref());
-                let sent = match &node {
-                    Some(n) if now => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
-                    _ => None,
-                };
-                let deferred = !now && node.is_some();
-                Box::pin(attempt(slot, bytes, node, sent, deferred).settle())
+                let placed = self.place_request(&map, slot, reads, &bytes).await;
+                Box::pin(attempt(slot, bytes, placed).settle())
             }
             Route::Split(parts, how) => {
                 let mut attempts = Vec::with_capacity(parts.len());
                 for (slot, part) in parts {
                     let bytes = encode(&part);
-                    let node = if reads {
-                        map.replica(slot, session).or_else(|| map.node(slot))
-                    } else {
-                        map.node(slot)
-                    }
-                    .cloned();
-                    let tracked = if reads { None } else { Some(slot) };
-                    let now = self.order().sends_now(tracked, node.as_ref());
-                    let sent = match &node {
-                        Some(n) if now => Some(send_to(n, resp3, session, bytes.clone(), 1).await),
-                        _ => None,
-                    };
-                    let deferred = !now && node.is_some();
-                    attempts.push(attempt(Some(slot), bytes, node, sent, deferred).settle());
+                    let placed = self.place_request(&map, Some(slot), reads, &bytes).await;
+                    attempts.push(attempt(Some(slot), bytes, placed).settle());
                 }
                 Box::pin(async move {
                     let mut replies = Vec::with_capacity(attempts.len());
@@ -1049,16 +1055,12 @@ impl RequestSide {
                 return Ok(Flow::Continue);
             }
             Kind::Discard => {
-                self.multi_held = None;
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.end_held_multi();
                 self.local(Bytes::from_static(reply::OK)).await?;
                 return Ok(Flow::Continue);
             }
             Kind::Exec if self.multi_dirty => {
-                self.multi_held = None;
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.end_held_multi();
                 self.local(Bytes::from_static(reply::EXECABORT)).await?;
                 return Ok(Flow::Continue);
             }
@@ -1100,9 +1102,7 @@ impl RequestSide {
             // ends with this error.
             self.pin_node = None;
             if kind == Kind::Exec {
-                self.multi_held = None;
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.end_held_multi();
             } else {
                 self.multi_dirty = true;
             }
