@@ -304,12 +304,10 @@ async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     // A multi-key command whose keys are split between the two nodes gets TRYAGAIN from the
     // migrating node: sent again after a pause, it runs once the last key has moved (ASK).
     c.send_cmd(&["MGET", "{m}1", "{m}2"]).await;
-    // The node has said TRYAGAIN at least once before the last key moves.
-    let again = "cachegate_cluster_redirects_total{listener=\"redis-0\",reason=\"again\"}";
-    assert!(
-        eventually(|| async { metric(&proxy.admin_get("/metrics").await.1, again) >= 1.0 }).await,
-        "no TRYAGAIN seen"
-    );
+    // A fixed pause, not a poll for the first TRYAGAIN: each TRYAGAIN asks for a map refresh,
+    // and one still running when the slot is reassigned below would learn the new owner
+    // before any MOVED is seen. (The metric check at the end shows TRYAGAIN was met.)
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     assert_eq!(
         src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}2"])
             .await,
