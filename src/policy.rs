@@ -24,11 +24,12 @@ pub const SCRIPTING_COMMANDS: &[&str] = &[
     "SCRIPT",
 ];
 
+/// Names longer than this are never configured, so they are allowed without case-folding
+/// (the same bound as `protocol::name::MAX_NAME`, which folds a request's name once).
+const MAX_NAME: usize = 64;
+
 /// Commands cachegate answers itself; renaming or disabling them would lock clients out.
 const PROXY_OWNED: &[&str] = &["AUTH", "HELLO", "QUIT", "RESET"];
-
-/// Names longer than this are never configured, so they are allowed without case-folding.
-const MAX_NAME: usize = 64;
 
 /// What to do with one command name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +42,11 @@ pub enum Decision {
     Refuse,
 }
 
-/// Upper-case `CONTAINER|SUB`, as configured.
+/// Lower-case `container|sub`, as the command table spells a subcommand.
 fn sub_key(container: &[u8], sub: &[u8]) -> Vec<u8> {
-    let mut key = container.to_ascii_uppercase();
+    let mut key = container.to_ascii_lowercase();
     key.push(b'|');
-    key.extend(sub.iter().map(u8::to_ascii_uppercase));
+    key.extend(sub.iter().map(u8::to_ascii_lowercase));
     key
 }
 
@@ -108,13 +109,15 @@ impl PolicyError {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Upper-case names that are refused: disabled ones and the real names of renamed ones.
+    // Every name is kept lower-case, as the command table spells it, so that a request's name
+    // is folded once for the policy and the table alike.
+    /// Names that are refused: disabled ones and the real names of renamed ones.
     refused: HashSet<Vec<u8>>,
-    /// Upper-case alias -> real name (upper-case).
+    /// Alias -> real name.
     aliases: HashMap<Vec<u8>, Bytes>,
-    /// Upper-case real name -> alias as configured (lower-case, as Redis lists names).
+    /// Real name -> alias (as Redis lists names).
     alias_of: HashMap<Vec<u8>, Bytes>,
-    /// Upper-case `CONTAINER|SUB` names that are refused, and their containers.
+    /// `container|sub` names that are refused, and their containers.
     refused_sub: HashSet<Vec<u8>>,
     containers: HashSet<Vec<u8>>,
     longest: usize,
@@ -153,12 +156,15 @@ impl Policy {
             if PROXY_OWNED.contains(&name.as_str()) {
                 problems.push(PolicyError::OwnedDisabled(name.clone()));
             }
-            policy.refused.insert(name.as_bytes().to_vec());
+            policy
+                .refused
+                .insert(name.to_ascii_lowercase().into_bytes());
         }
         for name in &subcommands {
-            let (container, _) = name.split_once('|').unwrap_or((name, ""));
-            policy.refused_sub.insert(name.as_bytes().to_vec());
+            let name = name.to_ascii_lowercase();
+            let (container, _) = name.split_once('|').unwrap_or((&name, ""));
             policy.containers.insert(container.as_bytes().to_vec());
+            policy.refused_sub.insert(name.into_bytes());
         }
         for (real, alias) in rename {
             if real.contains('|') || alias.contains('|') {
@@ -189,7 +195,8 @@ impl Policy {
                     upper: real_up.clone(),
                 });
             }
-            if disabled.contains(&alias_up) || policy.aliases.contains_key(alias_up.as_bytes()) {
+            let (real_low, alias_low) = (real.to_ascii_lowercase(), alias.to_ascii_lowercase());
+            if disabled.contains(&alias_up) || policy.aliases.contains_key(alias_low.as_bytes()) {
                 problems.push(PolicyError::AliasTaken {
                     real: real.clone(),
                     alias: alias.clone(),
@@ -201,15 +208,14 @@ impl Policy {
                     alias: alias.clone(),
                 });
             }
-            policy.refused.insert(real_up.clone().into_bytes());
+            policy.refused.insert(real_low.clone().into_bytes());
             policy.aliases.insert(
-                alias_up.clone().into_bytes(),
-                Bytes::from(real_up.clone().into_bytes()),
+                alias_low.clone().into_bytes(),
+                Bytes::from(real_low.clone()),
             );
-            policy.alias_of.insert(
-                real_up.into_bytes(),
-                Bytes::from(alias.to_ascii_lowercase().into_bytes()),
-            );
+            policy
+                .alias_of
+                .insert(real_low.into_bytes(), Bytes::from(alias_low));
         }
         policy.longest = policy
             .refused
@@ -231,6 +237,7 @@ impl Policy {
         SCRIPTING_COMMANDS
             .iter()
             .filter(|c| !matches!(**c, "FUNCTION" | "SCRIPT"))
+            .map(|c| c.to_ascii_lowercase())
             .any(|c| {
                 !self.refused.contains(c.as_bytes()) || self.alias_of.contains_key(c.as_bytes())
             })
@@ -248,7 +255,7 @@ impl Policy {
             .refused
             .iter()
             .chain(self.refused_sub.iter())
-            .map(|n| format!("-{}", String::from_utf8_lossy(n).to_ascii_lowercase()))
+            .map(|n| format!("-{}", String::from_utf8_lossy(n)))
             .collect();
         rules.sort();
         rules
@@ -258,18 +265,27 @@ impl Policy {
         self.longest == 0 && self.containers.is_empty()
     }
 
-    /// The decision for a command name exactly as the client sent it (any case).
+    /// The decision for a command name exactly as the client sent it (any case). A renamed
+    /// command's real name comes lower-case.
     pub fn decide(&self, name: &[u8]) -> Decision {
         if name.len() > self.longest {
             return Decision::Allow;
         }
         let mut buf = [0u8; MAX_NAME];
-        let upper = &mut buf[..name.len()];
-        upper.copy_from_slice(name);
-        upper.make_ascii_uppercase();
-        if let Some(real) = self.aliases.get(&*upper) {
+        let lower = &mut buf[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        self.decide_folded(lower)
+    }
+
+    /// [`Policy::decide`] for a name the caller has already folded to lower case.
+    pub fn decide_folded(&self, lower: &[u8]) -> Decision {
+        if lower.len() > self.longest {
+            return Decision::Allow;
+        }
+        if let Some(real) = self.aliases.get(lower) {
             Decision::Rename(real.clone())
-        } else if self.refused.contains(&*upper) {
+        } else if self.refused.contains(lower) {
             Decision::Refuse
         } else {
             Decision::Allow
@@ -282,8 +298,8 @@ impl Policy {
         if self.containers.is_empty() || real.len() > MAX_NAME {
             return false;
         }
-        let up = real.to_ascii_uppercase();
-        self.containers.contains(&up) && self.refused_sub.contains(&sub_key(&up, sub))
+        let low = real.to_ascii_lowercase();
+        self.containers.contains(&low) && self.refused_sub.contains(&sub_key(&low, sub))
     }
 
     /// How a real command name (as the backend lists it) may be shown to the client; for a
@@ -309,10 +325,10 @@ impl Policy {
         if real.len() > self.longest {
             return Visibility::Shown;
         }
-        let upper = real.to_ascii_uppercase();
-        if let Some(alias) = self.alias_of.get(&upper) {
+        let lower = real.to_ascii_lowercase();
+        if let Some(alias) = self.alias_of.get(&lower) {
             Visibility::ShownAs(alias.clone())
-        } else if self.refused.contains(&upper) {
+        } else if self.refused.contains(&lower) {
             Visibility::Hidden
         } else {
             Visibility::Shown
@@ -364,7 +380,7 @@ mod tests {
         let p = policy();
         assert_eq!(p.decide(b"FLUSHALL"), Decision::Refuse);
         assert_eq!(p.decide(b"flushall"), Decision::Refuse);
-        let real = Decision::Rename(Bytes::from_static(b"FLUSHALL"));
+        let real = Decision::Rename(Bytes::from_static(b"flushall"));
         assert_eq!(p.decide(b"ADMIN_FLUSHALL_9f2c"), real);
         assert_eq!(p.decide(b"admin_flushall_9F2C"), real);
     }

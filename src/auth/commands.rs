@@ -93,9 +93,19 @@ impl CommandTable {
     /// in the table is longer than the buffers, nor anything but ASCII).
     pub fn lookup(&self, args: &[impl AsRef<[u8]>]) -> Option<(&str, &CommandInfo)> {
         let mut buf = [0u8; 128];
-        let (name, info) = self
-            .commands
-            .get_key_value(lowercase(args.first()?.as_ref(), &mut buf)?)?;
+        let name = lowercase(args.first()?.as_ref(), &mut buf)?;
+        self.lookup_folded(name, args)
+    }
+
+    /// [`CommandTable::lookup`] for a name the caller has already folded to lower case
+    /// (`args[0]` as typed is then not read).
+    pub fn lookup_folded(
+        &self,
+        lower: &str,
+        args: &[impl AsRef<[u8]>],
+    ) -> Option<(&str, &CommandInfo)> {
+        let mut buf = [0u8; 128];
+        let (name, info) = self.commands.get_key_value(lower)?;
         if !info.subcommands.is_empty() {
             if let Some(sub) = args.get(1) {
                 // `name|sub`, as the table spells a subcommand.

@@ -2,5 +2,6 @@
 //! proxy itself sends.
 
 pub mod memcached;
+pub mod name;
 pub mod reply;
 pub mod resp;

@@ -23,6 +23,7 @@ use super::sharing::{self, Sharing};
 use crate::auth::acl::User;
 use crate::auth::commands::CommandInfo;
 use crate::policy::{Decision, Policy};
+use crate::protocol::name::{fold, MAX_NAME};
 use crate::protocol::reply;
 use crate::protocol::resp::Request;
 
@@ -72,6 +73,9 @@ pub enum Admission {
 pub struct Plan {
     pub kind: Kind,
     pub sharing: Sharing,
+    /// The command's metric label: its name as the table spells it (a subcommand's container),
+    /// or "other", so that clients cannot grow the label set.
+    pub label: &'static str,
     /// The (real) command as the table knows it, looked up once here: what follows (at-rest
     /// encryption's plan) takes it instead of looking the name up again.
     pub command: Command,
@@ -95,12 +99,19 @@ impl Eq for Command {}
 /// Decides what happens to `req`; rewrites its name to the real one when renamed (and an
 /// `ACL DRYRUN`'s command to what clients see), dropping the raw bytes when it does.
 pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
-    if req.name().eq_ignore_ascii_case(b"POST") || req.name().eq_ignore_ascii_case(b"HOST:") {
+    // The name is folded to lower case once, here: the policy, the command table, the kind
+    // and the metric label all read that copy (or the real name, kept lower-case).
+    let mut folded = [0u8; MAX_NAME];
+    let typed = fold(req.name(), &mut folded);
+    if matches!(typed, Some(b"post" | b"host:")) {
         return Admission::CrossProtocol;
     }
     // The real name decides what a command does (a renamed MULTI is MULTI). The commands
     // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
-    let decision = policy.decide(req.name());
+    let decision = match typed {
+        Some(typed) if !policy.is_empty() => policy.decide_folded(typed),
+        _ => Decision::Allow,
+    };
     // A disabled subcommand's refusal names the command as typed (never the real name behind
     // an alias); made now, while the typed name is at hand, answered after the auth gate.
     let sub_refused = (req.args.len() > 1
@@ -114,11 +125,15 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     .then(|| {
         sharing::Refusal::UnknownSubcommand.reply(&[req.args[0].clone(), req.args[1].clone()])
     });
-    if let Decision::Rename(real) = &decision {
-        req.args[0] = real.clone();
-        req.raw = None;
-    }
-    let kind = classify(req.name(), &req.args);
+    let lower: &[u8] = match &decision {
+        Decision::Rename(real) => {
+            req.args[0] = real.clone();
+            req.raw = None;
+            real
+        }
+        _ => typed.unwrap_or_default(),
+    };
+    let kind = classify(lower, &req.args);
     match kind {
         Kind::Auth => return Admission::Auth,
         Kind::Hello => return Admission::Hello,
@@ -137,7 +152,9 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     }
     // The one look-up of the (real) name in the command table, for the ACL and the sharing
     // verdict alike. ACL DRYRUN's rewrite below touches neither the name nor the subcommand.
-    let found = crate::auth::commands::table().lookup(&req.args);
+    let found = std::str::from_utf8(lower)
+        .ok()
+        .and_then(|lower| crate::auth::commands::table().lookup_folded(lower, &req.args));
     if let Some(user) = gate.user {
         // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
         if let Err(denied) = user.check_found(&req.args, found) {
@@ -173,6 +190,7 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     Admission::Forward(Plan {
         kind,
         sharing,
+        label: found.map_or("other", |(name, _)| name.split('|').next().unwrap_or(name)),
         command: Command(found),
         renamed_callable: matches!(decision, Decision::Rename(_))
             && crate::auth::commands::script_callable(&req.args),
@@ -288,6 +306,69 @@ mod tests {
                 other => panic!("{call:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_name_folded_once_decides_the_same_in_every_case() {
+        let p = policy(&["flushall"], &[("multi", "BEGIN_X")]);
+        for call in every_call() {
+            let lower: Vec<String> = call.iter().map(|s| s.to_lowercase()).collect();
+            let mut mixed = call.clone();
+            mixed[0] = call[0]
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            // (Errors echo the name as typed; compared without case.)
+            let uncased = |a: Admission| match a {
+                Admission::Answer {
+                    reply,
+                    fails_multi,
+                    event,
+                } => answer(reply.to_ascii_lowercase().into(), fails_multi, event),
+                other => other,
+            };
+            let upper = uncased(admit_call(&call, IN, &p).0);
+            assert_eq!(uncased(admit_call(&lower, IN, &p).0), upper, "{call:?}");
+            assert_eq!(uncased(admit_call(&mixed, IN, &p).0), upper, "{mixed:?}");
+            if let Admission::Forward(plan) = upper {
+                // The label is the table's name of the command (a subcommand's container).
+                assert_eq!(plan.label, lower[0], "{call:?}");
+                assert_eq!(plan.kind, classify(lower[0].as_bytes(), &request(&[]).args));
+            }
+        }
+        // A renamed command is labelled and classified by its real name; one the table does
+        // not know is "other", never the client's word.
+        let (a, _) = admit_call(&["Begin_X".into()], IN, &p);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!((plan.label, plan.kind), ("multi", Kind::Multi));
+        let (a, _) = admit_call(&["NoSuchCommand".into()], IN, &p);
+        assert!(
+            matches!(a, Admission::Forward(Plan { label: "other", .. })),
+            "{a:?}"
+        );
+        // A name longer than any the policy or the table holds is forwarded as it is.
+        let long = "X".repeat(MAX_NAME + 1);
+        let (a, _) = admit_call(&[long], IN, &p);
+        assert!(
+            matches!(
+                a,
+                Admission::Forward(Plan {
+                    label: "other",
+                    kind: Kind::Other,
+                    ..
+                })
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]

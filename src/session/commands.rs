@@ -37,71 +37,33 @@ pub enum Kind {
     Other,
 }
 
-pub fn classify(name: &[u8], args: &[Bytes]) -> Kind {
-    const STATEFUL: &[&[u8]] = &[
-        b"MONITOR",
-        b"READONLY",
-        b"READWRITE",
-        b"ASKING",
-        b"SWAPDB",
-        b"MOVE",
-        b"SYNC",
-        b"PSYNC",
-        b"REPLCONF",
-        b"DEBUG",
-    ];
-    const BLOCKING: &[&[u8]] = &[
-        b"BLPOP",
-        b"BRPOP",
-        b"BRPOPLPUSH",
-        b"BLMOVE",
-        b"BLMPOP",
-        b"BZPOPMIN",
-        b"BZPOPMAX",
-        b"BZMPOP",
-        b"WAIT",
-        b"WAITAOF",
-    ];
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    if is(b"AUTH") {
-        Kind::Auth
-    } else if is(b"HELLO") {
-        Kind::Hello
-    } else if is(b"QUIT") {
-        Kind::Quit
-    } else if is(b"RESET") {
-        Kind::Reset
-    } else if is(b"MULTI") {
-        Kind::Multi
-    } else if is(b"EXEC") {
-        Kind::Exec
-    } else if is(b"DISCARD") {
-        Kind::Discard
-    } else if is(b"COMMAND") {
-        Kind::Command
-    } else if is(b"SUBSCRIBE") || is(b"PSUBSCRIBE") || is(b"SSUBSCRIBE") {
-        Kind::Subscribe
-    } else if is(b"UNSUBSCRIBE") || is(b"PUNSUBSCRIBE") || is(b"SUNSUBSCRIBE") {
-        Kind::Unsubscribe
-    } else if is(b"CLIENT") {
-        Kind::Client
-    } else if is(b"WATCH") {
-        Kind::Watch
-    } else if is(b"UNWATCH") {
-        Kind::Unwatch
-    } else if is(b"SELECT") {
-        Kind::Select
-    } else if is(b"ACL") {
-        Kind::Acl
-    } else if STATEFUL.iter().any(|s| is(s)) {
-        Kind::Stateful
-    } else if BLOCKING.iter().any(|b| is(b))
-        || ((is(b"XREAD") || is(b"XREADGROUP"))
-            && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")))
-    {
-        Kind::Blocking
-    } else {
-        Kind::Other
+/// What a command is to the session, from its name folded to lower case
+/// (`protocol::name::fold`): matched as it stands, never folded again.
+pub fn classify(lower: &[u8], args: &[Bytes]) -> Kind {
+    match lower {
+        b"auth" => Kind::Auth,
+        b"hello" => Kind::Hello,
+        b"quit" => Kind::Quit,
+        b"reset" => Kind::Reset,
+        b"multi" => Kind::Multi,
+        b"exec" => Kind::Exec,
+        b"discard" => Kind::Discard,
+        b"command" => Kind::Command,
+        b"subscribe" | b"psubscribe" | b"ssubscribe" => Kind::Subscribe,
+        b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => Kind::Unsubscribe,
+        b"client" => Kind::Client,
+        b"watch" => Kind::Watch,
+        b"unwatch" => Kind::Unwatch,
+        b"select" => Kind::Select,
+        b"acl" => Kind::Acl,
+        b"monitor" | b"readonly" | b"readwrite" | b"asking" | b"swapdb" | b"move" | b"sync"
+        | b"psync" | b"replconf" | b"debug" => Kind::Stateful,
+        b"blpop" | b"brpop" | b"brpoplpush" | b"blmove" | b"blmpop" | b"bzpopmin" | b"bzpopmax"
+        | b"bzmpop" | b"wait" | b"waitaof" => Kind::Blocking,
+        b"xread" | b"xreadgroup" if args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
+            Kind::Blocking
+        }
+        _ => Kind::Other,
     }
 }
 
@@ -462,7 +424,7 @@ mod tests {
                 &b"COMMAND"[..],
                 b"INFO",
                 b"get",
-                b"FLUSHALL",
+                b"flushall",
                 HIDDEN_PLACEHOLDER,
                 HIDDEN_PLACEHOLDER
             ]
@@ -473,10 +435,12 @@ mod tests {
     fn classify_blocking_and_state() {
         let no = |s: &str| classify(s.as_bytes(), &[]);
         assert_eq!(no("blpop"), Kind::Blocking);
-        assert_eq!(no("XREAD"), Kind::Other);
+        assert_eq!(no("xread"), Kind::Other);
         let args = [Bytes::from_static(b"XREAD"), Bytes::from_static(b"block")];
         assert_eq!(classify(b"xread", &args), Kind::Blocking);
-        assert_eq!(no("Hello"), Kind::Hello);
+        assert_eq!(no("hello"), Kind::Hello);
         assert_eq!(no("psubscribe"), Kind::Subscribe);
+        // The name comes folded: the caller folds it once for everything that reads it.
+        assert_eq!(no("HELLO"), Kind::Other);
     }
 }

@@ -796,6 +796,8 @@ impl RequestSide {
         let kind = plan.kind;
         let sharing = plan.sharing;
         let mut args = req.args;
+        // The label admission found, for whatever sends this command on.
+        self.label.remember(&args[0], plan.label);
         match sharing {
             Sharing::Local if kind == Kind::Client || kind == Kind::Acl => {
                 if let Some(answer) = self.identity(&args) {
@@ -1397,12 +1399,21 @@ impl LastLabel {
             return self.label;
         }
         let label = command_label(name);
-        if let Some(copy) = self.name.get_mut(..name.len()) {
-            copy.copy_from_slice(name);
-            self.len = name.len();
-            self.label = label;
-        }
+        self.remember(name, label);
         label
+    }
+
+    /// Remembers `name`'s label, found elsewhere (admission's one look-up).
+    fn remember(&mut self, name: &[u8], label: &'static str) {
+        match self.name.get_mut(..name.len()) {
+            Some(copy) => {
+                copy.copy_from_slice(name);
+                self.len = name.len();
+                self.label = label;
+            }
+            // Longer than the copy holds: labelled again when sent.
+            None => self.label = "",
+        }
     }
 }
 
