@@ -43,6 +43,11 @@ pub enum UpstreamError {
     Reply(#[from] ReplyError),
     #[error("unexpected reply from upstream: {0}")]
     Unexpected(String),
+    #[error("upstream does not speak RESP3")]
+    NoResp3,
+    /// Redis Cluster: the layout names no node for the slot (yet).
+    #[error("no node serves this slot yet")]
+    NoNode,
 }
 
 impl UpstreamError {
@@ -54,7 +59,9 @@ impl UpstreamError {
             | UpstreamError::Connect { .. }
             | UpstreamError::Tls { .. }
             | UpstreamError::Auth { .. }
-            | UpstreamError::Down { .. } => "unavailable",
+            | UpstreamError::Down { .. }
+            | UpstreamError::NoResp3
+            | UpstreamError::NoNode => "unavailable",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Closed | UpstreamError::Io(_) => "lost",
             UpstreamError::Reply(_) | UpstreamError::Unexpected(_) => "malformed",

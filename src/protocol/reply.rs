@@ -17,6 +17,12 @@ pub fn error(msg: &str) -> Bytes {
     error_with_code(b"ERR ", msg.as_bytes())
 }
 
+/// A request cachegate could not carry out (its upstream failed, or its own limits refused):
+/// `-ERR cachegate: <why>`, the one form every such failure takes on the wire.
+pub fn failure(why: &dyn std::fmt::Display) -> Bytes {
+    error(&format!("cachegate: {why}"))
+}
+
 /// `-<line>` for errors with their own code (`NOPERM ...`), CR/LF replaced.
 pub fn error_line(line: &str) -> Bytes {
     error_with_code(b"", line.as_bytes())

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
-use crate::protocol::memcached::{reply_len, Shape};
+use crate::error::{ReplyError, UpstreamError};
+use crate::protocol::memcached::{reply_len, McReplyError, Shape};
 use crate::protocol::resp::{rest_of_bulk, ReplyKind, ReplyScanner};
 
 /// Reconnect backoff of a shared connection while its upstream is down.
@@ -51,14 +52,14 @@ pub type SharedReply = Result<Replies, SharedError>;
 
 /// Why a request on a shared connection gets no reply; each says whose doing it is, and turns
 /// into the client's error reply in one place per protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SharedError {
     /// No connection to the upstream (connecting failed; until the next attempt).
     #[error("upstream unavailable ({0})")]
-    Unavailable(Arc<str>),
+    Unavailable(Arc<UpstreamError>),
     /// The connection failed while the request was on it.
     #[error("upstream connection lost ({0})")]
-    Lost(Arc<str>),
+    Lost(Arc<Broken>),
     #[error("upstream read timed out after {0:?}")]
     Timeout(Duration),
     /// The process's bound on buffered bytes refused the reply: the upstream is fine.
@@ -89,10 +90,39 @@ impl SharedError {
     pub fn cause(&self) -> &'static str {
         match self {
             SharedError::Unavailable(_) => "unavailable",
-            SharedError::Lost(_) | SharedError::Gone => "lost",
+            SharedError::Lost(broken) => broken.cause(),
+            SharedError::Gone => "lost",
             SharedError::Timeout(_) => "timeout",
             SharedError::OverBudget(_) => "over_budget",
             SharedError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// What broke a shared connection under the requests on it (the text in "upstream connection
+/// lost (...)").
+#[derive(Debug, thiserror::Error)]
+pub enum Broken {
+    #[error("closed by upstream")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+    #[error(transparent)]
+    MemcachedReply(#[from] McReplyError),
+    /// A reply arrived with no request waiting for it.
+    #[error("reply with no request")]
+    Unrequested,
+}
+
+impl Broken {
+    /// The metric label, in the words of `UpstreamError::cause`: lost, or malformed when the
+    /// upstream's output could not be read.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Broken::Closed | Broken::Io(_) => "lost",
+            Broken::Reply(_) | Broken::MemcachedReply(_) | Broken::Unrequested => "malformed",
         }
     }
 }
@@ -264,7 +294,7 @@ async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: Cancel
                 // Down: what waits is answered at once, and so is every request until the next
                 // attempt, which a request makes at once when the last one is not too recent:
                 // the first request after the upstream returns does not wait for a timer.
-                let down = SharedError::Unavailable(e.into());
+                let down = SharedError::Unavailable(Arc::new(e));
                 for req in held.drain(..) {
                     let _ = req.reply.send(Err(down.clone()));
                 }
@@ -314,28 +344,26 @@ fn drop_push(buf: &mut BytesMut, from: usize, len: usize) {
     }
 }
 
-async fn connect(connector: &Arc<Connector>, resp3: bool) -> Result<super::Conn, String> {
-    let mut conn = connector.connect().await.map_err(|e| e.to_string())?;
+async fn connect(connector: &Arc<Connector>, resp3: bool) -> Result<super::Conn, UpstreamError> {
+    let mut conn = connector.connect().await?;
     if resp3 {
-        let reply = conn
-            .roundtrip(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        let reply = conn.roundtrip(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n").await?;
         if !reply.starts_with(b"%") {
-            return Err("upstream does not speak RESP3".into());
+            return Err(UpstreamError::NoResp3);
         }
     }
     Ok(conn)
 }
 
-/// Serves one connection until it fails (`Some(error)`) or shutdown (`None`).
+/// Serves one connection until it fails (`Some(error)`: `Lost` or `Timeout`) or shutdown
+/// (`None`).
 async fn serve(
     conn: &mut super::Conn,
     rx: &mut mpsc::Receiver<SharedRequest>,
     first: Vec<SharedRequest>,
     link: &Link,
     shutdown: &CancellationToken,
-) -> Option<String> {
+) -> Option<SharedError> {
     let timeout = link.timeout;
     let mut pending: VecDeque<Waiting> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -343,11 +371,13 @@ async fn serve(
     let mut scanner = ReplyScanner::default();
     let mut unexpected_pushes = 0u64;
     let max = conn.connector.max_reply;
-    let fail = |pending: &mut VecDeque<Waiting>, msg: &str| {
-        let lost = SharedError::Lost(msg.into());
+    // Fails everything on the connection with what broke it, and says so.
+    let fail = |pending: &mut VecDeque<Waiting>, broken: Broken| {
+        let lost = SharedError::Lost(Arc::new(broken));
         for w in pending.drain(..) {
             let _ = w.reply.send(Err(lost.clone()));
         }
+        Some(lost)
     };
     // Registered once, not on every turn: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
@@ -359,8 +389,7 @@ async fn serve(
             pending.push_back(Waiting::new(req, now));
         }
         if let Err(e) = conn.stream.write_all(&out).await {
-            fail(&mut pending, &e.to_string());
-            return Some(e.to_string());
+            return fail(&mut pending, e.into());
         }
     }
     loop {
@@ -369,7 +398,7 @@ async fn serve(
             let from = pending.front().map_or(0, |w| w.len);
             let delimited = match pending.front().map(|w| (&w.frames, w.got)) {
                 Some((Frames::Memcached(shapes), got)) => {
-                    reply_len(&buf[from..], shapes[got], max).map_err(|e| e.to_string())
+                    reply_len(&buf[from..], shapes[got], max).map_err(Broken::from)
                 }
                 _ => match scanner.next(&buf[from..], max) {
                     // A push is never a reply: no command that subscribes or tracks ever
@@ -386,16 +415,13 @@ async fn serve(
                         link.unexpected_pushes.inc();
                         continue;
                     }
-                    other => other
-                        .map(|r| r.map(|(len, _)| len))
-                        .map_err(|e| e.to_string()),
+                    other => other.map(|r| r.map(|(len, _)| len)).map_err(Broken::from),
                 },
             };
             match delimited {
                 Ok(Some(len)) => {
                     let Some(head) = pending.front_mut() else {
-                        fail(&mut pending, "unexpected reply");
-                        return Some("reply with no request".into());
+                        return fail(&mut pending, Broken::Unrequested);
                     };
                     head.got += 1;
                     head.len += len;
@@ -425,10 +451,7 @@ async fn serve(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    fail(&mut pending, &e);
-                    return Some(e);
-                }
+                Err(e) => return fail(&mut pending, e),
             }
         }
         let deadline = pending.front().map(|w| w.sent + timeout);
@@ -471,28 +494,80 @@ async fn serve(
                     }
                 }
                 if let Err(e) = conn.stream.write_all(&out).await {
-                    fail(&mut pending, &e.to_string());
-                    return Some(e.to_string());
+                    return fail(&mut pending, e.into());
                 }
             }
             read = conn.stream.read_buf(&mut buf) => match read {
-                Ok(0) => {
-                    fail(&mut pending, "closed by upstream");
-                    return Some("closed by upstream".into());
-                }
+                Ok(0) => return fail(&mut pending, Broken::Closed),
                 Ok(_) => {}
-                Err(e) => {
-                    fail(&mut pending, &e.to_string());
-                    return Some(e.to_string());
-                }
+                Err(e) => return fail(&mut pending, e.into()),
             },
             _ = sleep_until(deadline) => {
                 let timed_out = SharedError::Timeout(timeout);
                 for w in pending.drain(..) {
                     let _ = w.reply.send(Err(timed_out.clone()));
                 }
-                return Some(timed_out.to_string());
+                return Some(timed_out);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_failure_names_its_cause_in_the_words_clients_already_see() {
+        let lost = |b: Broken| SharedError::Lost(Arc::new(b));
+        let cases: [(SharedError, &str, &str, bool); 7] = [
+            (
+                lost(Broken::Closed),
+                "upstream connection lost (closed by upstream)",
+                "lost",
+                true,
+            ),
+            (
+                lost(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
+                "upstream connection lost (connection reset)",
+                "lost",
+                true,
+            ),
+            (
+                lost(ReplyError::Malformed("bad type byte").into()),
+                "upstream connection lost (malformed reply from upstream: bad type byte)",
+                "malformed",
+                true,
+            ),
+            (
+                lost(Broken::Unrequested),
+                "upstream connection lost (reply with no request)",
+                "malformed",
+                true,
+            ),
+            (
+                SharedError::Unavailable(Arc::new(UpstreamError::NoResp3)),
+                "upstream unavailable (upstream does not speak RESP3)",
+                "unavailable",
+                true,
+            ),
+            (
+                SharedError::Timeout(Duration::from_secs(2)),
+                "upstream read timed out after 2s",
+                "timeout",
+                true,
+            ),
+            (
+                crate::budget::OverBudget { limit: 10 }.into(),
+                "cachegate's buffers for all clients are at their limit (10 bytes, limits.max_buffered_bytes)",
+                "over_budget",
+                false,
+            ),
+        ];
+        for (error, text, cause, upstream) in cases {
+            assert_eq!(error.to_string(), text);
+            assert_eq!(error.cause(), cause, "{text}");
+            assert_eq!(error.upstream_fault(), upstream, "{text}");
         }
     }
 }

@@ -258,8 +258,7 @@ pub(super) async fn execute(
                 ctx.security
                     .metrics
                     .request_failed(&ctx.listener, "unavailable", 1);
-                let none = NodeError::Upstream("no memcached node available".into());
-                answer_failure(ctx, req, &none, &mut out)
+                answer_failure(ctx, req, &NodeError::NoNode, &mut out)
             }
             (Plan::Single(node, at), Some(req)) => match &results[node][at] {
                 Ok(reply) => answer(req, reply, &mut out),
@@ -356,13 +355,14 @@ pub(super) async fn shared_exchange(
             ctx.record(node, true);
             frames.into_iter().map(Ok).collect()
         }
-        Ok(_) => vec![Err(NodeError::Upstream("wrong number of replies".into())); n],
-        // The process's buffer bound refused the replies: the node is fine.
-        Err(e) if !e.upstream_fault() => vec![Err(NodeError::Proxy(e)); n],
+        Ok(_) => vec![Err(NodeError::Miscounted); n],
         Err(e) => {
-            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
-            ctx.record(node, false);
-            vec![Err(NodeError::Upstream(e.to_string().into())); n]
+            // (The process's buffer bound refusing the replies is no fault of the node's.)
+            if e.upstream_fault() {
+                tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+                ctx.record(node, false);
+            }
+            vec![Err(NodeError::Shared(e)); n]
         }
     }
 }
@@ -379,29 +379,22 @@ pub(super) async fn exchange(
     if shapes.is_empty() {
         return Vec::new();
     }
-    let fail_all = |e: &dyn std::fmt::Display| {
-        vec![Err(NodeError::Upstream(e.to_string().into())); shapes.len()]
-    };
-    if slot.is_none() {
-        match ctx.nodes[node].pool.acquire().await {
-            Ok(conn) => {
-                *slot = Some(NodeConn {
-                    conn,
-                    buf: BytesMut::new(),
-                })
-            }
+    let nc = match slot {
+        Some(nc) => nc,
+        None => match ctx.nodes[node].pool.acquire().await {
+            Ok(conn) => slot.insert(NodeConn {
+                conn,
+                buf: BytesMut::new(),
+            }),
             Err(e) => {
                 ctx.record(node, false);
                 let n = shapes.len() as u64;
                 ctx.security
                     .metrics
                     .request_failed(&ctx.listener, e.cause(), n);
-                return fail_all(&e);
+                return vec![Err(NodeError::Own(Arc::new(e))); shapes.len()];
             }
-        }
-    }
-    let Some(nc) = slot.as_mut() else {
-        return fail_all(&"no connection");
+        },
     };
     let max = ctx.max_reply;
     let mut results = Vec::with_capacity(shapes.len());
@@ -437,9 +430,8 @@ pub(super) async fn exchange(
                 .metrics
                 .request_failed(&ctx.listener, e.cause(), unanswered);
             *slot = None;
-            while results.len() < shapes.len() {
-                results.push(Err(NodeError::Upstream(e.to_string().into())));
-            }
+            let e = NodeError::Own(Arc::new(e));
+            results.resize(shapes.len(), Err(e));
         }
     }
     results
@@ -458,7 +450,7 @@ pub(super) fn answer(req: &McRequest, reply: &Bytes, out: &mut BytesMut) {
 pub(super) fn answer_failure(ctx: &Context, req: &McRequest, err: &NodeError, out: &mut BytesMut) {
     // cachegate's own refusal (its buffer bound, shutting down) is no node failure: never a
     // miss.
-    let miss = ctx.config.on_node_down == NodeDown::Miss && matches!(err, NodeError::Upstream(_));
+    let miss = ctx.config.on_node_down == NodeDown::Miss && err.node_fault();
     match req.cmd {
         Cmd::Meta if miss && req.tokens[0] == "mg" => {
             if !req.quiet {
@@ -510,10 +502,7 @@ pub(super) fn merge_values(
                     items.entry(key).or_default().push_back(item);
                 }
             }
-            Err(e)
-                if ctx.config.on_node_down == NodeDown::Error
-                    || matches!(e, NodeError::Proxy(_)) =>
-            {
+            Err(e) if ctx.config.on_node_down == NodeDown::Error || !e.node_fault() => {
                 out.extend_from_slice(&server_error(&ctx.nodes[node].label, &e.to_string()));
                 return;
             }

@@ -293,15 +293,31 @@ impl Context {
 /// Why a node gave a request no reply.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
+    /// The shared connection's answer: the node's doing or cachegate's (`node_fault`).
+    #[error(transparent)]
+    Shared(SharedError),
+    /// The session's own connection to the node failed.
+    #[error(transparent)]
+    Own(Arc<UpstreamError>),
+    /// Every node is out of the ring.
+    #[error("no memcached node available")]
+    NoNode,
+    /// The node answered a batch with more or fewer replies than it was sent requests.
+    #[error("wrong number of replies")]
+    Miscounted,
+}
+
+impl NodeError {
     /// The node's doing (unreachable, connection lost, timed out, a reply that does not
     /// parse): it counts toward ejecting the node, and a read may miss
-    /// (`on_node_down = "miss"`).
-    #[error("{0}")]
-    Upstream(Arc<str>),
-    /// cachegate's (its bound on buffered bytes, shutting down): the node is fine, and a read
-    /// never misses for it.
-    #[error("{0}")]
-    Proxy(SharedError),
+    /// (`on_node_down = "miss"`). Otherwise cachegate's (its bound on buffered bytes, shutting
+    /// down): the node is fine, and a read never misses for it.
+    pub fn node_fault(&self) -> bool {
+        match self {
+            NodeError::Shared(e) => e.upstream_fault(),
+            NodeError::Own(_) | NodeError::NoNode | NodeError::Miscounted => true,
+        }
+    }
 }
 
 /// A node's connection within a session, with its read buffer.
@@ -728,6 +744,25 @@ mod tests {
             &[("app-client", "app")],
         );
         assert_eq!(after(&off, &someone), out);
+    }
+
+    #[test]
+    fn only_a_node_s_own_failure_counts_against_it_and_may_read_as_a_miss() {
+        let over = SharedError::OverBudget(crate::budget::OverBudget { limit: 1 });
+        let down = SharedError::Timeout(Duration::from_secs(1));
+        assert!(!NodeError::Shared(over).node_fault());
+        assert!(!NodeError::Shared(SharedError::ShuttingDown).node_fault());
+        assert!(NodeError::Shared(down.clone()).node_fault());
+        assert!(NodeError::Own(Arc::new(UpstreamError::Closed)).node_fault());
+        assert!(NodeError::NoNode.node_fault());
+        assert_eq!(
+            &server_error("", &NodeError::NoNode.to_string())[..],
+            b"SERVER_ERROR cachegate: no memcached node available\r\n"
+        );
+        assert_eq!(
+            &server_error("n:1", &NodeError::Shared(down).to_string())[..],
+            b"SERVER_ERROR cachegate: node n:1: upstream read timed out after 1s\r\n"
+        );
     }
 
     #[test]

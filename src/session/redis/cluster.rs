@@ -288,9 +288,9 @@ impl Attempt {
             let outcome = match self.sent.take() {
                 Some(rx) => rx.await.unwrap_or(Err(SharedError::Gone)),
                 None if last => return Ok(Bytes::from_static(NOT_SERVED)),
-                None => Err(SharedError::Unavailable(
-                    "no node serves this slot yet".into(),
-                )),
+                None => Err(SharedError::Unavailable(Arc::new(
+                    crate::error::UpstreamError::NoNode,
+                ))),
             };
             match outcome {
                 Ok(replies) => {

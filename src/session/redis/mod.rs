@@ -677,8 +677,7 @@ impl RequestSide {
                 // As Redis: a client over its query buffer limit is closed without a reply.
                 Err(ReadError::TooLarge(max)) => return Err(SessionError::QueryBufferFull(max)),
                 Err(ReadError::OverBudget(over)) => {
-                    self.local_always(reply::error(&format!("cachegate: {over}")))
-                        .await?;
+                    self.local_always(reply::failure(&over)).await?;
                     return Err(SessionError::OverBudget(over));
                 }
             }
@@ -1280,8 +1279,8 @@ impl RequestSide {
                 self.ctx
                     .metrics
                     .request_failed(&self.ctx.listener, e.cause(), 1);
-                Ok(Some(reply::error(&format!(
-                    "cachegate: upstream unavailable ({e})"
+                Ok(Some(reply::failure(&format_args!(
+                    "upstream unavailable ({e})"
                 ))))
             }
         }

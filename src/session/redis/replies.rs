@@ -245,19 +245,19 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
         abort.cancel();
         if current.as_ref().is_some_and(|c| c.expect.forward) {
             ctx.metrics.request_failed(&ctx.listener, e.cause(), 1);
-            let msg = match e {
-                UpstreamError::Timeout(_) => format!("cachegate: {e}"),
-                _ => format!("cachegate: upstream connection lost ({e})"),
+            // In the shared connections' words (SharedError): a timeout as it is, anything
+            // else as the connection lost.
+            let reply = match e {
+                UpstreamError::Timeout(_) => reply::failure(e),
+                _ => reply::failure(&format_args!("upstream connection lost ({e})")),
             };
-            let _ = cw.write_all(&reply::error(&msg)).await;
+            let _ = cw.write_all(&reply).await;
         }
     } else if let Some(SessionError::OverBudget(over)) = &failure {
         // The replies still due cannot be delivered: the client learns why, and the
         // connection (mid-reply) is not reused.
         abort.cancel();
-        let _ = cw
-            .write_all(&reply::error(&format!("cachegate: {over}")))
-            .await;
+        let _ = cw.write_all(&reply::failure(over)).await;
     } else if failure.is_some() {
         abort.cancel();
     }
@@ -294,7 +294,7 @@ fn deliver_shared(
             let ctx = own.live.load();
             let n = wait.labels.len().max(1) as u64;
             ctx.metrics.request_failed(&ctx.listener, e.cause(), n);
-            let error = reply::error(&format!("cachegate: {e}"));
+            let error = reply::failure(&e);
             for _ in 0..wait.labels.len().max(1) {
                 out.extend_from_slice(&error);
             }
