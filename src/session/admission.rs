@@ -14,7 +14,11 @@
 //! 4. before a login everything else gets `NOAUTH`;
 //! 5. the user's ACL (commands, keys, channels) refuses, with a security event;
 //! 6. `ACL ...` on a listener with cachegate users is answered from those users;
-//! 7. the reviewed sharing table refuses what acts on other clients' connections.
+//! 7. the reviewed sharing table refuses what acts on other clients' connections;
+//! 8. what is forwarded gets whom it runs as in the backend (a renamed command a script could
+//!    call as the administrator, a user's scripts as its mirrored user) and its connection
+//!    (`Disposition`): shared only for what the reviewed table calls stateless and runs as the
+//!    listener, the session's own for everything else.
 
 use bytes::Bytes;
 
@@ -35,6 +39,83 @@ pub struct Gate<'a> {
     pub user: Option<&'a User>,
     /// The listener has cachegate ACL users (`auth.mode = "acl"`).
     pub acl: bool,
+    /// Whom the session's commands may run as in the backend.
+    pub backend: Backend,
+}
+
+/// The backend users cachegate logs its connections in as, where it provisions them
+/// (`upstream.backend_users`); all false otherwise.
+#[derive(Clone, Copy, Default)]
+pub struct Backend {
+    /// The configured upstream credentials, that renamed commands a script could call run as.
+    pub admin: bool,
+    /// The logged-in user has a mirrored backend user of its own, that its scripts run as.
+    pub own_user: bool,
+}
+
+/// Whom a command runs as in the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The listener's backend user (or the configured credentials): shared connections' too.
+    Listener,
+    /// The configured upstream credentials: a renamed command a script could call, which the
+    /// listener's backend user is denied so that scripts cannot call it.
+    Admin,
+    /// The session's user's mirrored backend user.
+    User,
+}
+
+impl Backend {
+    /// Whom the session's own connection logs in as for a command (`renamed`: a renamed
+    /// command a script could call).
+    pub fn identity(self, renamed: bool) -> Identity {
+        if renamed && self.admin {
+            Identity::Admin
+        } else if self.own_user {
+            Identity::User
+        } else {
+            Identity::Listener
+        }
+    }
+}
+
+/// Which connection a forwarded command takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Stateless: any shared connection will do.
+    Shared,
+    /// `SELECT 0`: already so.
+    SelectZero,
+    /// CLIENT SETNAME / GETNAME / SETINFO: kept by cachegate.
+    SetName,
+    /// The command creates connection state, or runs as someone the shared connections are
+    /// not: the session needs its own connection.
+    Pin,
+}
+
+/// Where a command goes when the session is on shared connections: pinned for whatever
+/// leaves state on the connection, shared only for what the reviewed table allows.
+fn disposition(kind: Kind, args: &[Bytes], sharing: Sharing) -> Disposition {
+    match kind {
+        Kind::Multi
+        | Kind::Exec
+        | Kind::Discard
+        | Kind::Subscribe
+        | Kind::Unsubscribe
+        | Kind::Blocking
+        | Kind::Watch
+        | Kind::Unwatch
+        | Kind::Stateful => Disposition::Pin,
+        Kind::Client => match commands::client_subcommand(args).as_deref() {
+            Some(b"SETNAME" | b"GETNAME" | b"SETINFO") => Disposition::SetName,
+            _ => Disposition::Pin,
+        },
+        Kind::Select if args.len() == 2 && &args[1][..] == b"0" => Disposition::SelectZero,
+        Kind::Select => Disposition::Pin,
+        // Everything else by the reviewed allow-list: shared only if known to be safe there.
+        _ if sharing == Sharing::Shared => Disposition::Shared,
+        _ => Disposition::Pin,
+    }
 }
 
 /// A security event to record with a refusal: its reason (`command`, `key`, `channel`) and
@@ -79,9 +160,10 @@ pub struct Plan {
     /// The (real) command as the table knows it, looked up once here: what follows (at-rest
     /// encryption's plan) takes it instead of looking the name up again.
     pub command: Command,
-    /// A renamed command a script could call (runs as the administrator where cachegate
-    /// provisions backend users).
-    pub renamed_callable: bool,
+    /// Whom it runs as in the backend.
+    pub identity: Identity,
+    /// Which connection it takes.
+    pub disposition: Disposition,
 }
 
 /// A command-table entry (`None`: a command the table does not know), by its full name.
@@ -187,13 +269,30 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     if let Sharing::Refuse(why) = sharing {
         return answer(why.reply(&req.args), true, None);
     }
+    // A renamed command that a script could call runs as the administrator: the backend
+    // user denies its real name, so that scripts cannot call it. A user's scripts run as its
+    // mirrored user, where Redis enforces its rules inside them. Either needs a connection of
+    // the session's own.
+    let identity = gate.backend.identity(
+        matches!(decision, Decision::Rename(_))
+            && crate::auth::commands::script_callable(&req.args),
+    );
+    let own_connection = match identity {
+        Identity::Admin => true,
+        Identity::User => commands::runs_script(lower),
+        Identity::Listener => false,
+    };
     Admission::Forward(Plan {
         kind,
         sharing,
         label: found.map_or("other", |(name, _)| name.split('|').next().unwrap_or(name)),
         command: Command(found),
-        renamed_callable: matches!(decision, Decision::Rename(_))
-            && crate::auth::commands::script_callable(&req.args),
+        identity,
+        disposition: if own_connection {
+            Disposition::Pin
+        } else {
+            disposition(kind, &req.args, sharing)
+        },
     })
 }
 
@@ -234,15 +333,21 @@ mod tests {
         User::parse("u", rules).unwrap()
     }
 
+    const NO_USERS: Backend = Backend {
+        admin: false,
+        own_user: false,
+    };
     const IN: Gate<'static> = Gate {
         authenticated: true,
         user: None,
         acl: false,
+        backend: NO_USERS,
     };
     const OUT: Gate<'static> = Gate {
         authenticated: false,
         user: None,
         acl: false,
+        backend: NO_USERS,
     };
 
     /// A plausible call of every command and subcommand the table knows.
@@ -290,8 +395,34 @@ mod tests {
             match a {
                 Admission::Auth | Admission::Hello | Admission::Quit | Admission::Reset => {}
                 Admission::Forward(plan) => {
-                    assert!(!plan.renamed_callable);
+                    assert_eq!(plan.identity, Identity::Listener);
                     assert_eq!(plan.sharing, sharing::of(&req.args, false), "{call:?}");
+                    // Shared only what the reviewed table calls stateless (or SELECT 0 and
+                    // the connection name, which cachegate keeps itself).
+                    match plan.disposition {
+                        Disposition::Shared => {
+                            assert_eq!(plan.sharing, Sharing::Shared, "{call:?}");
+                            assert!(
+                                !matches!(
+                                    plan.kind,
+                                    Kind::Multi
+                                        | Kind::Exec
+                                        | Kind::Discard
+                                        | Kind::Watch
+                                        | Kind::Unwatch
+                                        | Kind::Subscribe
+                                        | Kind::Unsubscribe
+                                        | Kind::Blocking
+                                        | Kind::Stateful
+                                        | Kind::Select
+                                ),
+                                "{call:?}"
+                            );
+                        }
+                        Disposition::SelectZero => assert_eq!(plan.kind, Kind::Select),
+                        Disposition::SetName => assert_eq!(plan.kind, Kind::Client),
+                        Disposition::Pin => {}
+                    }
                 }
                 Admission::Answer {
                     reply, fails_multi, ..
@@ -405,9 +536,27 @@ mod tests {
             panic!("{a:?}")
         };
         assert!(req.args[0].eq_ignore_ascii_case(b"flushall"));
-        assert!(
-            plan.renamed_callable,
-            "FLUSHALL can be called from a script"
+        // Without provisioned backend users it runs as everything else does.
+        assert_eq!(
+            (plan.identity, plan.disposition),
+            (Identity::Listener, Disposition::Shared)
+        );
+        let admin = Gate {
+            backend: Backend {
+                admin: true,
+                own_user: false,
+            },
+            ..IN
+        };
+        let (a, _) = admit_call(&["admin_flush_9f2c".into()], admin, &p);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        // FLUSHALL can be called from a script: the listener's backend user is denied it,
+        // and it runs as the administrator, on the session's own connection.
+        assert_eq!(
+            (plan.identity, plan.disposition),
+            (Identity::Admin, Disposition::Pin)
         );
         let (a, _) = admit_call(&["FLUSHALL".into()], IN, &p);
         assert!(matches!(a, Admission::Answer { .. }), "{a:?}");
@@ -417,7 +566,59 @@ mod tests {
             panic!("{a:?}")
         };
         assert_eq!(plan.kind, Kind::Multi);
-        assert!(!plan.renamed_callable, "MULTI cannot run inside a script");
+        let (a, _) = admit_call(&["BEGIN_X".into()], admin, &p);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            plan.identity,
+            Identity::Listener,
+            "MULTI cannot run inside a script"
+        );
+    }
+
+    #[test]
+    fn a_user_s_scripts_run_as_its_mirrored_user_on_a_connection_of_its_own() {
+        let mirrored = Gate {
+            backend: Backend {
+                admin: true,
+                own_user: true,
+            },
+            ..IN
+        };
+        let open = Policy::default();
+        for name in [
+            "EVAL",
+            "evalsha",
+            "Eval_Ro",
+            "EVALSHA_RO",
+            "FCALL",
+            "fcall_ro",
+        ] {
+            let (a, _) = admit_call(&[name.into(), "s".into(), "0".into()], mirrored, &open);
+            let Admission::Forward(plan) = a else {
+                panic!("{a:?}")
+            };
+            assert_eq!(
+                (plan.identity, plan.disposition),
+                (Identity::User, Disposition::Pin),
+                "{name}"
+            );
+            // Without a mirrored user, by the sharing table like any other command.
+            let (a, req) = admit_call(&[name.into(), "s".into(), "0".into()], IN, &open);
+            let Admission::Forward(plan) = a else {
+                panic!("{a:?}")
+            };
+            assert_eq!(plan.identity, Identity::Listener);
+            let shared = sharing::of(&req.args, false) == Sharing::Shared;
+            assert_eq!(plan.disposition == Disposition::Shared, shared, "{name}");
+        }
+        // What runs no script stays on shared connections (as the listener's backend user).
+        let (a, _) = admit_call(&["GET".into(), "k".into()], mirrored, &open);
+        let Admission::Forward(plan) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(plan.disposition, Disposition::Shared);
     }
 
     #[test]
@@ -427,6 +628,7 @@ mod tests {
             authenticated: true,
             user: Some(&u),
             acl: true,
+            backend: NO_USERS,
         };
         let open = Policy::default();
         let (a, _) = admit_call(&["GET".into(), "app:1".into()], gate, &open);
@@ -517,7 +719,7 @@ mod tests {
             authenticated: bool,
         ) {
             let p = policy(&["keys", "client|kill"], &[("flushall", "ADMIN_FLUSH_9f2c")]);
-            let gate = Gate { authenticated, user: None, acl: false };
+            let gate = Gate { authenticated, user: None, acl: false, backend: NO_USERS };
             let (a, _) = admit_call(&words, gate, &p);
             if !authenticated {
                 prop_assert!(!matches!(a, Admission::Forward(_) | Admission::AclLocal), "{:?}", a);

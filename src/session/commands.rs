@@ -67,6 +67,25 @@ pub fn classify(lower: &[u8], args: &[Bytes]) -> Kind {
     }
 }
 
+/// The commands that run a script server-side (any case).
+pub fn runs_script(name: &[u8]) -> bool {
+    [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]
+    .iter()
+    .any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// CLIENT's subcommand, upper-cased.
+pub fn client_subcommand(args: &[Bytes]) -> Option<Vec<u8>> {
+    args.get(1).map(|s| s.to_ascii_uppercase())
+}
+
 /// How a reply is rewritten on its way back.
 #[derive(Clone)]
 pub enum Rewrite {

@@ -224,7 +224,7 @@ impl RequestSide {
                 // The new node cannot be reached.
                 self.pin_node = None;
                 lost.append(&mut again);
-            } else if Box::pin(self.run_as(self.wanted_identity(false)))
+            } else if Box::pin(self.run_as(self.wanted_identity()))
                 .await?
                 .is_some()
             {

@@ -17,7 +17,7 @@
 //!
 //! Stateless commands go to a shared (multiplexed) connection, all of one client read as one
 //! request; a session is pinned to a connection of its own only while it holds connection state
-//! (see `shared_disposition`). Both halves are futures of the one session task, joined.
+//! (see `admission::Disposition`). Both halves are futures of the one session task, joined.
 //! Replies of 4 KiB or more reach the client from the buffer they were read into (`outbox`).
 
 mod acl_commands;
@@ -54,8 +54,8 @@ use crate::protocol::reply::{self, encode_command};
 use crate::protocol::resp::{next_request, ReplyKind, ReplyScanner, Request};
 use crate::upstream::shared::{Frames, Shared, SharedError, SharedReply, SharedRequest};
 use crate::upstream::{Conn, Pool, Stream};
-use admission::Admission;
-use commands::{plan_command, rewrite_reply, Kind, Rewrite};
+use admission::{Admission, Backend, Disposition, Identity};
+use commands::{client_subcommand, plan_command, rewrite_reply, runs_script, Kind, Rewrite};
 use outbox::Outbox;
 use sharing::Sharing;
 
@@ -132,20 +132,6 @@ fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrit
 }
 
 pub use crate::auth::commands::script_callable;
-
-/// The commands that run a script server-side.
-fn runs_script(name: &[u8]) -> bool {
-    [
-        &b"EVAL"[..],
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ]
-    .iter()
-    .any(|s| name.eq_ignore_ascii_case(s))
-}
 
 /// What the reply side does for one command.
 enum Slot {
@@ -485,42 +471,6 @@ fn next_client_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// What a command means for a session on shared connections.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Disposition {
-    /// Stateless: any shared connection will do.
-    Shared,
-    /// `SELECT 0`: already so.
-    SelectZero,
-    /// CLIENT SETNAME / GETNAME / SETINFO: kept by cachegate.
-    SetName,
-    /// The command creates connection state: the session needs its own connection.
-    Pin,
-}
-
-fn shared_disposition(kind: Kind, args: &[Bytes], sharing: Sharing) -> Disposition {
-    match kind {
-        Kind::Multi
-        | Kind::Exec
-        | Kind::Discard
-        | Kind::Subscribe
-        | Kind::Unsubscribe
-        | Kind::Blocking
-        | Kind::Watch
-        | Kind::Unwatch
-        | Kind::Stateful => Disposition::Pin,
-        Kind::Client => match client_subcommand(args).as_deref() {
-            Some(b"SETNAME" | b"GETNAME" | b"SETINFO") => Disposition::SetName,
-            _ => Disposition::Pin,
-        },
-        Kind::Select if args.len() == 2 && &args[1][..] == b"0" => Disposition::SelectZero,
-        Kind::Select => Disposition::Pin,
-        // Everything else by the reviewed allow-list: shared only if known to be safe there.
-        _ if sharing == Sharing::Shared => Disposition::Shared,
-        _ => Disposition::Pin,
-    }
-}
-
 /// Whether `CLIENT LIST`'s filters (`TYPE t`, `ID id...`) select this session: `None` for a
 /// syntax error.
 fn list_selects_me(filters: &[Bytes], id: u64) -> Option<bool> {
@@ -548,11 +498,6 @@ fn list_selects_me(filters: &[Bytes], id: u64) -> Option<bool> {
         }
         _ => None,
     }
-}
-
-/// CLIENT's subcommand, upper-cased.
-fn client_subcommand(args: &[Bytes]) -> Option<Vec<u8>> {
-    args.get(1).map(|s| s.to_ascii_uppercase())
 }
 
 /// The outcome of checking credentials.
@@ -743,6 +688,7 @@ impl RequestSide {
             authenticated: self.authenticated,
             user: self.user.as_deref(),
             acl: matches!(self.ctx.auth, AuthMode::Acl(_)),
+            backend: self.backend(),
         };
         let plan = match admission::admit(&mut req, gate, &self.ctx.policy) {
             Admission::Forward(plan) => plan,
@@ -852,21 +798,10 @@ impl RequestSide {
                 }
             }
         }
-        // A renamed command that a script could call runs as the administrator: the backend
-        // user denies its real name, so that scripts cannot call it.
-        // Who runs it, decided once: the same answer before and after it is sent.
-        let want = self.wanted_identity(plan.renamed_callable);
+        // Who runs it, decided once by admission: the same answer before and after it is sent.
+        let want = self.runs_as(plan.identity);
         let as_admin = want == RunsAs::Admin;
-        let own_identity = match &want {
-            RunsAs::Admin => true,
-            RunsAs::User(_) => runs_script(&args[0]),
-            RunsAs::Listener => false,
-        };
-        let disposition = if own_identity {
-            Disposition::Pin
-        } else {
-            shared_disposition(kind, &args, sharing)
-        };
+        let disposition = plan.disposition;
         if self.multi_held.is_some() {
             return Box::pin(self.held_multi(kind, plan.command, sharing, want, &args)).await;
         }
@@ -1043,7 +978,7 @@ impl RequestSide {
         let flow = self.forward(&args, expect).await?;
         if as_admin {
             // Back at once: nothing else runs with the administrator's rights.
-            let back = self.wanted_identity(false);
+            let back = self.wanted_identity();
             Box::pin(self.run_as(back)).await?;
         }
         Ok(flow)

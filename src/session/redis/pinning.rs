@@ -14,18 +14,32 @@ impl RequestSide {
         }
     }
 
-    /// Who the next command must run as on the session's own connection.
-    pub(super) fn wanted_identity(&self, renamed: bool) -> RunsAs {
+    /// The backend users this session's commands may run as, for admission.
+    pub(super) fn backend(&self) -> Backend {
         let Some(ids) = &self.ctx.identities else {
-            return RunsAs::Listener;
+            return Backend::default();
         };
-        if renamed && ids.admin.is_some() {
-            return RunsAs::Admin;
+        Backend {
+            admin: ids.admin.is_some(),
+            own_user: self
+                .user
+                .as_ref()
+                .is_some_and(|u| ids.users.contains_key(&u.name)),
         }
-        match &self.user {
-            Some(u) if ids.users.contains_key(&u.name) => RunsAs::User(u.name.clone()),
+    }
+
+    /// Who a command must run as on the session's own connection.
+    pub(super) fn runs_as(&self, identity: Identity) -> RunsAs {
+        match (identity, &self.user) {
+            (Identity::Admin, _) => RunsAs::Admin,
+            (Identity::User, Some(u)) => RunsAs::User(u.name.clone()),
             _ => RunsAs::Listener,
         }
+    }
+
+    /// Who a command that is not a renamed one runs as on the session's own connection.
+    pub(super) fn wanted_identity(&self) -> RunsAs {
+        self.runs_as(self.backend().identity(false))
     }
 
     /// Logs the session's own connection in as `want` if it is not already (connecting first
