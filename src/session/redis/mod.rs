@@ -67,6 +67,9 @@ const MAX_QUEUED: usize = 1024;
 const MAX_SHARED_IN_FLIGHT: u32 = 512;
 /// Upstream bytes gathered before a write, so that pipelines become one write.
 const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
+/// A batch buffer up to this size is kept for the session's next batch (an idle session holds
+/// it too, so small: a pipeline of small commands fits).
+const KEEP_BATCH_BUFFER: usize = 4 * 1024;
 /// Client bytes gathered before a write.
 const CLIENT_WRITE_BATCH: usize = 64 * 1024;
 /// Room made before each upstream read of a pinned session, reserved again before every read
@@ -285,6 +288,7 @@ pub async fn run<S>(
         started: Instant::now(),
         name: None,
         batch: None,
+        batch_buf: BytesMut::new(),
         cert_user: cert_user(&ctx, cert.as_ref()),
         cert: cert.map(Box::new),
         by_cert: false,
@@ -375,6 +379,9 @@ struct RequestSide {
     shared: Option<SharedSession>,
     /// Stateless commands waiting to go out together on a shared connection.
     batch: Option<SharedBatch>,
+    /// The batches' buffer, kept between them: each batch is split off it, and once the
+    /// shared connection has copied and dropped one, the next is written where it was.
+    batch_buf: BytesMut,
     /// While pinned: the state that keeps it pinned, and its client name (to carry back).
     pin_state: PinState,
     /// The session's own `CLIENT ID`, stable for its life whichever upstream connections
@@ -1012,7 +1019,7 @@ impl RequestSide {
                 self.batch.insert(SharedBatch {
                     sender: sender.clone(),
                     resp3,
-                    bytes: BytesMut::new(),
+                    bytes: std::mem::take(&mut self.batch_buf),
                     labels: Labels::new(),
                 })
             }
@@ -1073,8 +1080,14 @@ impl RequestSide {
             sent: Instant::now(),
         }))
         .await?;
+        let mut buf = batch.bytes;
+        let bytes = buf.split().freeze();
+        // Kept for the next batch unless a burst made it big.
+        if bytes.len() + buf.capacity() <= KEEP_BATCH_BUFFER {
+            self.batch_buf = buf;
+        }
         let request = SharedRequest {
-            bytes: batch.bytes.freeze(),
+            bytes,
             frames: Frames::Resp(n),
             reply: tx,
         };
