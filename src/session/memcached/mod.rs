@@ -349,13 +349,8 @@ pub async fn run<S>(
     ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
-    let (user, by_cert) = match opened {
-        Some((user, by_cert)) => (Some(user), by_cert),
-        None => (None, false),
-    };
     let mut who = Who {
-        user,
-        by_cert,
+        user: opened,
         peer,
         cert,
     };
@@ -384,17 +379,16 @@ pub async fn run<S>(
     }
 }
 
-/// The user a memcached connection acts as (`auth::login::opening`, without AUTH), and
-/// whether its certificate chose it: its certificate's, else `default` if that user is on and
-/// needs no certificate. `Ok(None)` when the listener has no ACL users; `Err` when nobody may
-/// use it.
-fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<(Arc<User>, bool)>, ()> {
+/// The user a memcached connection acts as (`auth::login::opening`, without AUTH): its
+/// certificate's, else `default` if that user is on and needs no certificate. `Ok(None)` when
+/// the listener has no ACL users; `Err` when nobody may use it.
+fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<Arc<User>>, ()> {
     let AuthMode::Acl(group) = &rules.auth else {
         return Ok(None);
     };
     let mapped = crate::auth::cert::mapped_user(group, &rules.cert_users, cert);
     match crate::auth::login::opening(&rules.auth, mapped, false) {
-        crate::auth::login::Opening::As { user, by_cert } => Ok(Some((user, by_cert))),
+        crate::auth::login::Opening::As { user, .. } => Ok(Some(user)),
         crate::auth::login::Opening::Open => Ok(None),
         crate::auth::login::Opening::Out => Err(()),
     }
@@ -406,16 +400,13 @@ fn session_user(rules: &Rules, cert: Option<&CertNames>) -> Result<Option<(Arc<U
 /// its certificate mapped to another user (a disabled one included: how an operator shuts a
 /// certificate out), a certificate now required, or the listener's users gone. A session
 /// without a user (the listener had no ACL users) is chosen as a new connection would be.
-fn session_after_reload(
-    rules: &Rules,
-    who: &Who,
-) -> Result<Option<(Arc<User>, bool)>, &'static str> {
+fn session_after_reload(rules: &Rules, who: &Who) -> Result<Option<Arc<User>>, &'static str> {
     let now = session_user(rules, who.cert.as_ref());
     let Some(user) = &who.user else {
         return now.map_err(|()| "no user may use this listener from this connection now");
     };
     match now {
-        Ok(Some((new, by_cert))) if new.name == user.name => Ok(Some((new, by_cert))),
+        Ok(Some(new)) if new.name == user.name => Ok(Some(new)),
         Ok(Some(_)) => Err("its connection now maps to another user"),
         Ok(None) => Err("the listener no longer has ACL users"),
         Err(()) => Err("its user was removed or disabled, or no longer maps to it"),
@@ -425,8 +416,6 @@ fn session_after_reload(
 /// Who is on the other end of a session.
 struct Who {
     user: Option<Arc<User>>,
-    /// Its user is the one its certificate maps to (not `default`).
-    by_cert: bool,
     peer: SocketAddr,
     /// Its client certificate's names: after a reload, they choose its user again.
     cert: Option<CertNames>,
@@ -461,8 +450,7 @@ where
             (generation, rules) = ctx.rules.load_with_generation();
             superseded.set(rules.superseded.clone().cancelled_owned());
             match session_after_reload(&rules, who) {
-                Ok(Some((user, by_cert))) => (who.user, who.by_cert) = (Some(user), by_cert),
-                Ok(None) => (who.user, who.by_cert) = (None, false),
+                Ok(user) => who.user = user,
                 Err(why) => {
                     tracing::info!(listener = %ctx.listener, peer = %who.peer, reason = why, "session closed by a reload");
                     break;
@@ -640,8 +628,7 @@ mod tests {
             ],
             &[("app-client", "app"), ("ops-client", "ops")],
         );
-        let name =
-            |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|(u, _)| u.name.clone()));
+        let name = |c: Option<&CertNames>| session_user(&r, c).map(|u| u.map(|u| u.name.clone()));
         assert_eq!(name(Some(&cert("app-client"))), Ok(Some("app".into())));
         assert_eq!(name(Some(&cert("someone"))), Ok(Some("default".into())));
         assert_eq!(name(None), Ok(Some("default".into())));
@@ -682,26 +669,17 @@ mod tests {
             ("ops", "on nopass ~* +@all"),
         ];
         let before = rules(&users, &[("app-client", "app")]);
-        let who = |c: &str| {
-            let (user, by_cert) = session_user(&before, Some(&cert(c))).unwrap().unwrap();
-            Who {
-                user: Some(user),
-                by_cert,
-                peer: "127.0.0.1:1".parse().unwrap(),
-                cert: Some(cert(c)),
-            }
+        let who = |c: &str| Who {
+            user: session_user(&before, Some(&cert(c))).unwrap(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            cert: Some(cert(c)),
         };
         let (app, someone) = (who("app-client"), who("someone"));
-        assert!(app.by_cert && !someone.by_cert);
-        let after = |r: &Rules, w: &Who| {
-            session_after_reload(r, w).map(|u| u.map(|(u, by)| (u.name.clone(), by)))
-        };
+        let after =
+            |r: &Rules, w: &Who| session_after_reload(r, w).map(|u| u.map(|u| u.name.clone()));
         // Nothing changed for either.
-        assert_eq!(after(&before, &app), Ok(Some(("app".into(), true))));
-        assert_eq!(
-            after(&before, &someone),
-            Ok(Some(("default".into(), false)))
-        );
+        assert_eq!(after(&before, &app), Ok(Some("app".into())));
+        assert_eq!(after(&before, &someone), Ok(Some("default".into())));
         // The certificate now maps to another user: closed, not switched; a default session
         // whose certificate gains a mapping too (a new connection would not be default).
         let remapped = rules(&users, &[("app-client", "ops"), ("someone", "app")]);
@@ -719,7 +697,7 @@ mod tests {
         );
         let out = Err("its user was removed or disabled, or no longer maps to it");
         assert_eq!(after(&shut_out, &someone), out);
-        assert_eq!(after(&shut_out, &app), Ok(Some(("app".into(), true))));
+        assert_eq!(after(&shut_out, &app), Ok(Some("app".into())));
         // New rules for the same user: kept, with the new rules.
         let narrowed = rules(
             &[
@@ -729,7 +707,7 @@ mod tests {
             ],
             &[("app-client", "app")],
         );
-        let kept = session_after_reload(&narrowed, &app).unwrap().unwrap().0;
+        let kept = session_after_reload(&narrowed, &app).unwrap().unwrap();
         assert!(app.user.as_ref().unwrap().check(&["SET", "k", "v"]).is_ok());
         assert!(kept.check(&["SET", "k", "v"]).is_err());
         assert!(kept.check(&["GET", "k"]).is_ok());

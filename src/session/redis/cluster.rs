@@ -894,11 +894,6 @@ fn cluster_refusal(kind: Kind, sharing: Sharing, args: &[Bytes]) -> Option<Bytes
     })
 }
 
-/// Whether `route` refuses the command (an error answered here).
-fn route_refuses(command: Command, args: &[Bytes]) -> bool {
-    matches!(route(command, args), Route::Answer(reply) if is_error(&reply))
-}
-
 /// Whether a command has as many arguments as the table says (for what cachegate answers
 /// itself instead of a node).
 fn arity_fits(command: Command, args: &[Bytes]) -> bool {
@@ -1066,7 +1061,13 @@ impl RequestSide {
             }
             Kind::Exec => None,
             _ => match route(command, args) {
-                Route::One(None) | Route::Answer(_) if !route_refuses(command, args) => {
+                // Refused anywhere: answered now, and the transaction fails at EXEC.
+                Route::Answer(reply) if is_error(&reply) => {
+                    self.multi_dirty = true;
+                    self.local(reply).await?;
+                    return Ok(Flow::Continue);
+                }
+                Route::One(None) | Route::Answer(_) => {
                     if let Some(held) = self.multi_held.as_mut() {
                         let mut bytes = BytesMut::new();
                         encode_command(&mut bytes, args.iter().map(|a| &a[..]));
@@ -1076,11 +1077,6 @@ impl RequestSide {
                     return Ok(Flow::Continue);
                 }
                 Route::One(Some(slot)) => Some(slot),
-                Route::Answer(reply) => {
-                    self.multi_dirty |= is_error(&reply);
-                    self.local(reply).await?;
-                    return Ok(Flow::Continue);
-                }
                 _ => {
                     self.multi_dirty = true;
                     self.local(spans_nodes(args, "inside MULTI")).await?;
@@ -1096,11 +1092,9 @@ impl RequestSide {
             self.local(Bytes::from_static(NOT_SERVED)).await?;
             return Ok(Flow::Continue);
         };
-        self.pin_node = Some(node);
-        if let Some(unavailable) = Box::pin(self.pin()).await? {
+        if let Some(unavailable) = Box::pin(self.pin_to(node)).await? {
             // Nothing was sent: the transaction stays held and fails at EXEC; at EXEC, it
             // ends with this error.
-            self.pin_node = None;
             if kind == Kind::Exec {
                 self.end_held_multi();
             } else {

@@ -34,9 +34,12 @@ const NEW_NODE_WAIT: Duration = Duration::from_secs(3);
 /// confirmation not read yet (kept by the reply side, with `confirmation` below).
 pub(super) const SUBSCRIBING: i64 = i64::MAX;
 
+/// A pub/sub confirmation's kind, channel and count (the count as sent: `:N\r\n`).
+pub(super) type Confirmation<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
 /// A three-element array or push whose first two elements are bulk strings (the shape of an
 /// (un)subscribe confirmation): the first two, and the bytes of the third.
-pub(super) fn confirmation(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+pub(super) fn confirmation(frame: &[u8]) -> Option<Confirmation<'_>> {
     let rest = frame
         .strip_prefix(b"*3\r\n")
         .or_else(|| frame.strip_prefix(b">3\r\n"))?;
@@ -79,15 +82,13 @@ impl Follow {
     /// Reply side, for a frame nobody asked for: whether it is kept from the client (a node
     /// ending a subscription the client did not leave, or the confirmation of cachegate's own
     /// subscription).
-    pub(super) fn intercepts(&self, frame: &[u8]) -> bool {
-        let Some((kind, channel, _)) = confirmation(frame) else {
-            return false;
-        };
+    /// Takes the frame as `confirmation` read it (the reply side reads each frame once).
+    pub(super) fn intercepts(&self, (kind, channel, count): Confirmation<'_>) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match kind {
             b"sunsubscribe" => {
                 if st.leaving_all {
-                    if frame.ends_with(b":0\r\n") {
+                    if count == b":0\r\n" {
                         st.leaving_all = false;
                     }
                     return false;
@@ -219,10 +220,8 @@ impl RequestSide {
             }
         }
         if let Some(node) = node.filter(|_| !again.is_empty()) {
-            self.pin_node = Some(node);
-            if Box::pin(self.pin()).await?.is_some() {
+            if Box::pin(self.pin_to(node)).await?.is_some() {
                 // The new node cannot be reached.
-                self.pin_node = None;
                 lost.append(&mut again);
             } else if Box::pin(self.run_as(self.wanted_identity()))
                 .await?
@@ -291,22 +290,38 @@ impl RequestSide {
 mod tests {
     use super::*;
 
+    fn intercepts(f: &Follow, frame: &[u8]) -> bool {
+        confirmation(frame).is_some_and(|c| f.intercepts(c))
+    }
+
     #[test]
     fn a_node_ending_a_channel_is_told_apart_from_the_client_leaving_it() {
         let f = Follow::default();
         let ended = b">3\r\n$12\r\nsunsubscribe\r\n$4\r\n{a}x\r\n:0\r\n";
         f.client_leaves(&[Bytes::from_static(b"{a}x")]);
-        assert!(!f.intercepts(ended), "the client's own SUNSUBSCRIBE");
-        assert!(f.intercepts(ended), "a node's");
+        assert!(!intercepts(&f, ended), "the client's own SUNSUBSCRIBE");
+        assert!(intercepts(&f, ended), "a node's");
         assert_eq!(f.take_ended(), vec![Bytes::from_static(b"{a}x")]);
         f.client_leaves(&[]);
-        assert!(!f.intercepts(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:1\r\n"));
-        assert!(!f.intercepts(ended), "the last of all");
-        assert!(f.intercepts(ended), "all left: a node's again");
+        assert!(!intercepts(
+            &f,
+            b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:1\r\n"
+        ));
+        assert!(!intercepts(&f, ended), "the last of all");
+        assert!(intercepts(&f, ended), "all left: a node's again");
         f.confirm(Bytes::from_static(b"c"));
-        assert!(f.intercepts(b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"));
-        assert!(!f.intercepts(b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"));
-        assert!(!f.intercepts(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"));
+        assert!(intercepts(
+            &f,
+            b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"
+        ));
+        assert!(!intercepts(
+            &f,
+            b">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"
+        ));
+        assert!(!intercepts(
+            &f,
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"
+        ));
         assert_eq!(ended_frame(b"{a}x", 0, true), Bytes::from_static(ended));
     }
 }

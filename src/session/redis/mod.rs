@@ -822,6 +822,8 @@ impl RequestSide {
         {
             Box::pin(self.unpin()).await?;
         }
+        // A cluster session pinned for this very command is on the node its keys chose.
+        let mut placed = false;
         if self.shared.is_some() {
             match disposition {
                 Disposition::Shared => {
@@ -852,13 +854,12 @@ impl RequestSide {
                 Disposition::Pin if self.ctx.cluster.is_some() => {
                     match self.cluster_place(kind, sharing, plan.command, &args) {
                         cluster::Place::Node(node) => {
-                            self.pin_node = Some(node);
-                            if let Some(unavailable) = Box::pin(self.pin()).await? {
-                                self.pin_node = None;
+                            if let Some(unavailable) = Box::pin(self.pin_to(node)).await? {
                                 self.multi_dirty |= self.in_multi;
                                 self.local(unavailable).await?;
                                 return Ok(Flow::Continue);
                             }
+                            placed = true;
                         }
                         cluster::Place::Answer(reply) => {
                             self.local(reply).await?;
@@ -885,7 +886,11 @@ impl RequestSide {
             }
         }
         // A cluster session pinned to one node: only what that node serves goes on it.
-        if let Some(refusal) = self.cluster_fits(kind, sharing, plan.command, &args) {
+        let misfit = match placed {
+            true => None,
+            false => self.cluster_fits(kind, sharing, plan.command, &args),
+        };
+        if let Some(refusal) = misfit {
             self.multi_dirty |= self.in_multi;
             self.local(refusal).await?;
             return Ok(Flow::Continue);

@@ -253,4 +253,18 @@ impl RequestSide {
         }
         Ok(None)
     }
+
+    /// A cluster session's [`pin`](Self::pin) to `node`'s connection; on failure the session
+    /// holds no node, as before.
+    pub(super) async fn pin_to(
+        &mut self,
+        node: Arc<crate::upstream::cluster::Node>,
+    ) -> Result<Option<Bytes>, SessionError> {
+        self.pin_node = Some(node);
+        let outcome = self.pin().await;
+        if !matches!(outcome, Ok(None)) {
+            self.pin_node = None;
+        }
+        outcome
+    }
 }

@@ -2,6 +2,7 @@
 //! and shared connections' replies, and writes them (or local answers) to the client in
 //! request order.
 
+use super::follow::Confirmation;
 use super::*;
 
 async fn read_some(
@@ -31,7 +32,7 @@ enum Event {
 
 /// The connection's count of subscriptions from an (un)subscribe confirmation (RESP2 array or
 /// RESP3 push: the kind, the channel, the count), `None` for any other frame.
-fn subscription_count(frame: &[u8]) -> Option<i64> {
+fn subscription_count((kind, _, count): Confirmation<'_>) -> Option<i64> {
     const KINDS: [&[u8]; 6] = [
         b"subscribe",
         b"psubscribe",
@@ -40,7 +41,6 @@ fn subscription_count(frame: &[u8]) -> Option<i64> {
         b"punsubscribe",
         b"sunsubscribe",
     ];
-    let (kind, _, count) = super::follow::confirmation(frame)?;
     if !KINDS.contains(&kind) {
         return None;
     }
@@ -335,13 +335,16 @@ fn route(
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
     let session = own.id;
-    if let Some(count) = subscription_count(&frame) {
-        own.subscriptions
-            .store(count, std::sync::atomic::Ordering::Release);
-    }
-    let unasked = kind == ReplyKind::Push || current.is_none();
-    if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(&frame)) {
-        return Ok(());
+    // A pub/sub confirmation, read once for the count and the shard-channel follower.
+    if let Some(confirmed) = super::follow::confirmation(&frame) {
+        if let Some(count) = subscription_count(confirmed) {
+            own.subscriptions
+                .store(count, std::sync::atomic::Ordering::Release);
+        }
+        let unasked = kind == ReplyKind::Push || current.is_none();
+        if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
+            return Ok(());
+        }
     }
     if kind == ReplyKind::Push {
         out.push(frame);
@@ -400,7 +403,11 @@ fn route(
 
 #[cfg(test)]
 mod tests {
-    use super::subscription_count;
+    use super::super::follow::confirmation;
+
+    fn subscription_count(frame: &[u8]) -> Option<i64> {
+        super::subscription_count(confirmation(frame)?)
+    }
 
     proptest::proptest! {
         /// Whatever a backend sends, reading a count never panics.
