@@ -67,9 +67,10 @@ const MAX_QUEUED: usize = 1024;
 const MAX_SHARED_IN_FLIGHT: u32 = 512;
 /// Upstream bytes gathered before a write, so that pipelines become one write.
 const UPSTREAM_WRITE_BATCH: usize = 64 * 1024;
-/// A batch buffer up to this size is kept for the session's next batch (an idle session holds
-/// it too, so small: a pipeline of small commands fits).
-const KEEP_BATCH_BUFFER: usize = 4 * 1024;
+/// A batch buffer up to this size is kept for the session's next batch. An idle session holds
+/// it too (outside `limits.max_buffered_bytes`), so it is small: a pipeline of 16 small
+/// commands fits.
+const KEEP_BATCH_BUFFER: usize = 1024;
 /// Client bytes gathered before a write.
 const CLIENT_WRITE_BATCH: usize = 64 * 1024;
 /// Room made before each upstream read of a pinned session, reserved again before every read

@@ -209,15 +209,20 @@ impl Cluster {
         &self,
         address: &str,
         hostname: Option<&str>,
-    ) -> Result<Option<crate::tls::client::UpstreamTlsOptions>, String> {
+    ) -> Result<Option<crate::tls::client::UpstreamTlsOptions>, ClusterError> {
         let mut options = (*self.tls.load()).clone();
         if let Some(tls) = options.as_mut().filter(|t| !t.server_name_explicit) {
             let name = match hostname {
                 Some(h) => h.to_string(),
                 None => host_of(address),
             };
-            tls.server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                .map_err(|_| format!("node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"))?;
+            tls.server_name =
+                rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                    ClusterError::ServerName {
+                        address: address.to_string(),
+                        name,
+                    }
+                })?;
         }
         Ok(options)
     }
@@ -226,12 +231,12 @@ impl Cluster {
         &self,
         address: &str,
         hostname: Option<&str>,
-    ) -> Result<Option<super::conn::UpstreamTls>, String> {
+    ) -> Result<Option<super::conn::UpstreamTls>, ClusterError> {
         let options = self.node_tls_options(address, hostname)?;
-        super::pool::upstream_tls(options.as_ref()).map_err(|e| format!("node {address}: {e}"))
+        super::pool::upstream_tls(options.as_ref()).map_err(|e| ClusterError::tls(address, e))
     }
 
-    pub fn node(&self, address: &str, hostname: Option<&str>) -> Result<Arc<Node>, String> {
+    pub fn node(&self, address: &str, hostname: Option<&str>) -> Result<Arc<Node>, ClusterError> {
         self.node_as(address, hostname, false)
     }
 
@@ -242,7 +247,7 @@ impl Cluster {
         address: &str,
         hostname: Option<&str>,
         readonly: bool,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, ClusterError> {
         let key = if readonly {
             format!("{address} readonly")
         } else {
@@ -263,7 +268,7 @@ impl Cluster {
             ..self.base.clone()
         };
         let pool = Pool::new(&cfg, self.max_reply, Protocol::Redis)
-            .map_err(|e| format!("node {address}: {e}"))?;
+            .map_err(|e| ClusterError::tls(address, e))?;
         let tag = {
             let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
             let next = tags.len() as u16 & TAG_MASK;
@@ -309,7 +314,7 @@ impl Cluster {
 
     /// The node at `address` a redirection names: the layout's own (with its hostname) when
     /// it lists it.
-    pub fn node_at(&self, address: &str) -> Result<Arc<Node>, String> {
+    pub fn node_at(&self, address: &str) -> Result<Arc<Node>, ClusterError> {
         let map = self.map.load();
         match map.primaries.iter().find(|n| n.address == address) {
             Some(node) => Ok(node.clone()),
@@ -401,7 +406,7 @@ impl Cluster {
     }
 
     /// Reads the layout from the first node that gives it: the known primaries, then seeds.
-    async fn discover(&self) -> Result<Map, String> {
+    async fn discover(&self) -> Result<Map, ClusterError> {
         let mut candidates: Vec<String> = self
             .map
             .load()
@@ -414,19 +419,24 @@ impl Cluster {
                 candidates.push(seed.clone());
             }
         }
-        let mut last = String::from("no seed nodes");
+        let mut last = ClusterError::NoSeeds;
         for address in candidates {
             match self.ask(&address).await {
                 Ok(map) => return Ok(map),
-                Err(e) => last = format!("{address}: {e}"),
+                Err(e) => {
+                    last = ClusterError::At {
+                        address,
+                        error: Box::new(e),
+                    }
+                }
             }
         }
         Err(last)
     }
 
-    async fn ask(&self, address: &str) -> Result<Map, String> {
+    async fn ask(&self, address: &str) -> Result<Map, ClusterError> {
         let node = self.node(address, None)?;
-        let mut conn = node.pool.acquire().await.map_err(|e| e.to_string())?;
+        let mut conn = node.pool.acquire().await?;
         // Connections log in as the backend user cachegate provisions, when it does, which the
         // policy may deny CLUSTER: the layout is read with the configured credentials, on a
         // connection that is then closed rather than pooled.
@@ -436,25 +446,21 @@ impl Cluster {
             .as_ref()
             .and_then(|p| p.admin_auth.clone());
         if let Some(admin) = &admin {
-            let reply = conn.roundtrip(admin).await.map_err(|e| e.to_string())?;
+            let reply = conn.roundtrip(admin).await?;
             if &reply[..] != b"+OK\r\n" {
-                return Err(format!(
-                    "the configured upstream credentials were refused: {}",
-                    super::conn::printable(&reply)
-                ));
+                return Err(ClusterError::Refused(super::conn::printable(&reply)));
             }
         }
         let reply = conn
             .roundtrip(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
-            .await
-            .map_err(|e| e.to_string());
+            .await;
         let clean = reply.is_ok() && admin.is_none();
         node.pool.release(conn, clean);
         let reply: Bytes = reply?;
         let host = host_of(address);
         let ranges = topology::parse_slots(&reply, &host)?;
         if ranges.is_empty() {
-            return Err("CLUSTER SLOTS: no slot is served".into());
+            return Err(topology::SlotsError::NoSlots.into());
         }
         let mut map = Map::empty();
         let mut by_address: Vec<(String, Option<String>)> = ranges
@@ -495,6 +501,44 @@ impl Cluster {
             }
         }
         Ok(map)
+    }
+}
+
+/// Why a node cannot be reached or the layout cannot be read (logged; never sent to a
+/// client).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"
+    )]
+    ServerName { address: String, name: String },
+    #[error("node {address}: {error}")]
+    Tls {
+        address: String,
+        error: crate::tls::TlsError,
+    },
+    #[error(transparent)]
+    Upstream(#[from] crate::error::UpstreamError),
+    #[error("the configured upstream credentials were refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Slots(#[from] topology::SlotsError),
+    #[error("no seed nodes")]
+    NoSeeds,
+    /// The last node asked for the layout, and why it gave none.
+    #[error("{address}: {error}")]
+    At {
+        address: String,
+        error: Box<ClusterError>,
+    },
+}
+
+impl ClusterError {
+    fn tls(address: &str, error: crate::tls::TlsError) -> Self {
+        ClusterError::Tls {
+            address: address.to_string(),
+            error,
+        }
     }
 }
 

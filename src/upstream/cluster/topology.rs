@@ -83,21 +83,41 @@ fn node(frame: &OwnedFrame, seed_host: &str) -> Option<NodeAddr> {
     })
 }
 
+/// Why a `CLUSTER SLOTS` reply gives no layout.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotsError {
+    #[error("CLUSTER SLOTS: {0}")]
+    Decode(#[from] redis_protocol::error::RedisProtocolError),
+    #[error("CLUSTER SLOTS: incomplete reply")]
+    Incomplete,
+    /// The node's error reply (cluster support disabled, a denied command).
+    #[error("CLUSTER SLOTS: {0}")]
+    Refused(String),
+    #[error("CLUSTER SLOTS: not an array")]
+    NotArray,
+    #[error("CLUSTER SLOTS: a range is not an array")]
+    RangeNotArray,
+    #[error("CLUSTER SLOTS: a range without valid bounds")]
+    Bounds,
+    #[error("CLUSTER SLOTS: range {0}-{1} is reversed")]
+    Reversed(u16, u16),
+    #[error("CLUSTER SLOTS: no slot is served")]
+    NoSlots,
+}
+
 /// Parses a `CLUSTER SLOTS` reply (RESP2). `seed_host` is the host of the node asked, for a
 /// node that reports its own endpoint empty.
-pub fn parse_slots(reply: &[u8], seed_host: &str) -> Result<Vec<Range>, String> {
-    let (frame, _) = redis_protocol::resp2::decode::decode(reply)
-        .map_err(|e| format!("CLUSTER SLOTS: {e}"))?
-        .ok_or("CLUSTER SLOTS: incomplete reply")?;
+pub fn parse_slots(reply: &[u8], seed_host: &str) -> Result<Vec<Range>, SlotsError> {
+    let (frame, _) = redis_protocol::resp2::decode::decode(reply)?.ok_or(SlotsError::Incomplete)?;
     let items = match frame {
         OwnedFrame::Array(items) => items,
-        OwnedFrame::Error(e) => return Err(format!("CLUSTER SLOTS: {e}")),
-        _ => return Err("CLUSTER SLOTS: not an array".into()),
+        OwnedFrame::Error(e) => return Err(SlotsError::Refused(e.to_string())),
+        _ => return Err(SlotsError::NotArray),
     };
     let mut ranges = Vec::with_capacity(items.len());
     for item in &items {
         let OwnedFrame::Array(parts) = item else {
-            return Err("CLUSTER SLOTS: a range is not an array".into());
+            return Err(SlotsError::RangeNotArray);
         };
         let bound = |i: usize| {
             parts
@@ -107,10 +127,10 @@ pub fn parse_slots(reply: &[u8], seed_host: &str) -> Result<Vec<Range>, String> 
                 .filter(|&v| (v as usize) < super::slot::SLOTS)
         };
         let (Some(start), Some(end)) = (bound(0), bound(1)) else {
-            return Err("CLUSTER SLOTS: a range without valid bounds".into());
+            return Err(SlotsError::Bounds);
         };
         if start > end {
-            return Err(format!("CLUSTER SLOTS: range {start}-{end} is reversed"));
+            return Err(SlotsError::Reversed(start, end));
         }
         let Some(primary) = parts.get(2).and_then(|n| node(n, seed_host)) else {
             // A range whose primary has no known endpoint cannot be served: left unassigned.
