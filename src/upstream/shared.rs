@@ -131,26 +131,34 @@ impl Broken {
 pub struct Replies {
     pub bytes: Bytes,
     /// memcached: where each reply ends in `bytes` (RESP replies are relayed whole: empty).
-    ends: Vec<usize>,
+    ends: Ends,
     /// These bytes' share of the process's buffer budget, given back when the session is done
     /// with them (its own budget takes over for what it queues for its client).
     _charge: crate::budget::Charge,
 }
 
 impl Replies {
-    /// One buffer per reply (memcached), without copying.
-    pub fn split(mut self) -> Vec<Bytes> {
+    /// How many replies (memcached).
+    pub fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// One buffer per reply (memcached), without copying, each as `f` makes it.
+    pub fn split<T>(mut self, mut f: impl FnMut(Bytes) -> T) -> Vec<T> {
         let mut start = 0;
         self.ends
             .iter()
             .map(|&end| {
                 let reply = self.bytes.split_to(end - start);
                 start = end;
-                reply
+                f(reply)
             })
             .collect()
     }
 }
+
+/// Where each memcached reply ends: inline for a batch of a few requests.
+type Ends = smallvec::SmallVec<[usize; 4]>;
 
 /// The replies a request expects.
 pub enum Frames {
@@ -177,7 +185,7 @@ struct Waiting {
     got: usize,
     len: usize,
     /// memcached: where each delimited reply ends (the session splits them apart).
-    ends: Vec<usize>,
+    ends: Ends,
     sent: Instant,
 }
 
@@ -188,8 +196,8 @@ impl Waiting {
             got: 0,
             len: 0,
             ends: match &req.frames {
-                Frames::Memcached(shapes) => Vec::with_capacity(shapes.len()),
-                Frames::Resp(_) => Vec::new(),
+                Frames::Memcached(shapes) => Ends::with_capacity(shapes.len()),
+                Frames::Resp(_) => Ends::new(),
             },
             reply: req.reply,
             frames: req.frames,

@@ -155,23 +155,24 @@ impl<'a, N: NodeView + ?Sized> Router<'a, N> {
     }
 }
 
-/// Runs a batch and returns the bytes for the client, in request order.
+/// Runs a batch and appends the bytes for the client to `out`, in request order.
 pub(super) async fn execute(
     ctx: &Context,
-    mut batch: Vec<Item>,
+    batch: &mut [Item],
+    out: &mut BytesMut,
     conns: &mut [Option<NodeConn>],
     who: &Who,
     enc: Option<&crate::crypt::Encryption>,
     meter: &mut CommandMeter<'_>,
-) -> BytesMut {
+) {
     let ring = ctx.ring();
     let mut router = Router::new(&ring, ctx);
-    let mut plans = Vec::with_capacity(batch.len());
-    // How each request's reply is opened (at-rest encryption), in batch order.
-    let mut opens: Vec<Option<McOpen>> = Vec::with_capacity(batch.len());
+    // Where each request's reply comes from, and how it is opened (at-rest encryption), in
+    // batch order.
+    let mut plans: Vec<(Plan, Option<McOpen>)> = Vec::with_capacity(batch.len());
     // memcached stays silent on errors for `noreply`; quiet meta commands still see them.
     let silent = |req: &McRequest| req.quiet && !matches!(req.cmd, Cmd::Meta | Cmd::MetaSet);
-    for item in &mut batch {
+    for item in batch.iter_mut() {
         // The ACL first (its refusal is a security event), then encryption, which seals the
         // request's value in place or refuses what would work on ciphertext.
         let denied = matches!(&*item, Item::Request(req) if refused(ctx, who, req));
@@ -212,11 +213,11 @@ pub(super) async fn execute(
                 _ => router.route(req),
             },
         };
-        opens.push(match sealing {
+        let open = match sealing {
             McPlan::Sealed(open) => open,
             _ => None,
-        });
-        plans.push(plan);
+        };
+        plans.push((plan, open));
     }
 
     // Every node with work, in parallel; each result list lines up with that node's queue.
@@ -232,7 +233,7 @@ pub(super) async fn execute(
     let results: Vec<Vec<Result<Bytes, NodeError>>> = join_all(exchanges).await;
     let took = started.elapsed();
     // Every forwarded request of the batch waited for the whole batch.
-    for (item, plan) in batch.iter().zip(&plans) {
+    for (item, (plan, _)) in batch.iter().zip(&plans) {
         if let (
             Item::Request(req),
             Plan::Single(..) | Plan::Whole(..) | Plan::Fetch(..) | Plan::Split(_) | Plan::All(_),
@@ -242,8 +243,7 @@ pub(super) async fn execute(
         }
     }
 
-    let mut out = BytesMut::new();
-    for ((item, plan), open) in batch.iter().zip(plans).zip(opens) {
+    for (item, (plan, open)) in batch.iter().zip(plans) {
         let req = match item {
             Item::Request(r) => Some(r),
             Item::Local(_) => None,
@@ -258,17 +258,17 @@ pub(super) async fn execute(
                 ctx.security
                     .metrics
                     .request_failed(&ctx.listener, "unavailable", 1);
-                answer_failure(ctx, req, &NodeError::NoNode, &mut out)
+                answer_failure(ctx, req, &NodeError::NoNode, out)
             }
             (Plan::Single(node, at), Some(req)) => match &results[node][at] {
-                Ok(reply) => answer(req, reply, &mut out),
-                Err(e) => answer_failure(ctx, req, e, &mut out),
+                Ok(reply) => answer(req, reply, out),
+                Err(e) => answer_failure(ctx, req, e, out),
             },
             // A one-node get whose node failed: a miss or an error, as for a split one.
             (Plan::Whole(node, at) | Plan::Fetch(node, at, _), Some(req))
                 if results[node][at].is_err() =>
             {
-                merge_values(ctx, req, &[(node, at)], &results, &mut out)
+                merge_values(ctx, req, &[(node, at)], &results, out)
             }
             (Plan::Whole(node, at), Some(_)) => {
                 if let Ok(reply) = &results[node][at] {
@@ -277,7 +277,7 @@ pub(super) async fn execute(
             }
             (Plan::Fetch(node, at, meta), Some(req)) => {
                 if let Ok(reply) = &results[node][at] {
-                    if meta.classic(&req.keys()[0], reply, &mut out) == Classic::Incompatible {
+                    if meta.classic(&req.keys()[0], reply, out) == Classic::Incompatible {
                         // Not memcached's answer to a meta get (a server without meta
                         // commands since the probe, or with only some): this get fails, and
                         // the node gets classic gets from now on.
@@ -290,7 +290,7 @@ pub(super) async fn execute(
                 }
             }
             (Plan::Split(parts), Some(req)) => {
-                merge_values(ctx, req, &parts, &results, &mut out);
+                merge_values(ctx, req, &parts, &results, out);
             }
             (Plan::All(parts), Some(req)) => {
                 // OK only if every node said OK; otherwise the first other answer.
@@ -318,7 +318,6 @@ pub(super) async fn execute(
             out.extend_from_slice(&enc.open_mc_reply(&answer, open));
         }
     }
-    out
 }
 
 /// Sends a node its queue on one of the node's shared connections, where it is written together
@@ -350,10 +349,10 @@ pub(super) async fn shared_exchange(
             .metrics
             .request_failed(&ctx.listener, e.cause(), n as u64);
     }
-    match outcome.map(Replies::split) {
-        Ok(frames) if frames.len() == n => {
+    match outcome {
+        Ok(replies) if replies.count() == n => {
             ctx.record(node, true);
-            frames.into_iter().map(Ok).collect()
+            replies.split(Ok)
         }
         Ok(_) => vec![Err(NodeError::Miscounted); n],
         Err(e) => {

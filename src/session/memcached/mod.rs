@@ -37,12 +37,17 @@ use crate::metrics::{CommandMeter, Metrics, SecurityEvent};
 use crate::policy::Policy;
 use crate::protocol::memcached::{reply_len, split_values, Cmd, McRequest, Parsed, Parser, Shape};
 use crate::upstream::ring::Continuum;
-use crate::upstream::shared::{Frames, Replies, SharedError, SharedPool, SharedRequest};
+use crate::upstream::shared::{Frames, SharedError, SharedPool, SharedRequest};
 use crate::upstream::{Conn, Pool};
 use tokio::sync::oneshot;
 
 /// Requests run together at most; more wait for the next batch.
 const MAX_BATCH: usize = 128;
+/// A session keeps its batch list and answer buffer for the next batch up to these sizes (an
+/// idle session holds them, outside `limits.max_buffered_bytes`): a pipeline of 16 small
+/// requests fits.
+const KEEP_BATCH: usize = 16;
+const KEEP_ANSWER: usize = 1024;
 
 /// One node of the ring: its pool, its shared connections, and its failure record.
 pub struct Node {
@@ -442,6 +447,9 @@ where
     let mut shut = std::pin::pin!(shutdown.cancelled());
     // What ended the session, when it is closed on an error after answering it.
     let mut ended = None;
+    // A batch's requests and the bytes of its answer, kept from one batch to the next.
+    let mut batch = Vec::new();
+    let mut out = BytesMut::new();
     loop {
         if ctx.rules.generation() != generation {
             // A reload: the new policy and limits from this batch on; the user as now
@@ -457,7 +465,10 @@ where
                 }
             }
         }
-        let mut batch = Vec::new();
+        batch.clear();
+        if batch.capacity() > KEEP_BATCH {
+            batch = Vec::new();
+        }
         let mut close = false;
         while batch.len() < MAX_BATCH {
             match parser.next(&mut reader.buf, &rules.policy) {
@@ -491,7 +502,7 @@ where
         let batch_full = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
             let enc = rules.encryption.as_deref();
-            let out = execute(ctx, batch, conns, &*who, enc, &mut meter).await;
+            execute(ctx, &mut batch, &mut out, conns, &*who, enc, &mut meter).await;
             if let Err(over) = charge.hold(out.len()) {
                 cw.write_all(&server_error("", &over.to_string()))
                     .await
@@ -503,6 +514,10 @@ where
             cw.flush().await.map_err(SessionError::ClientIo)?;
             // Written: no longer held (the budget is not charged for it while idle).
             let _ = charge.hold(0);
+            out.clear();
+            if out.capacity() > KEEP_ANSWER {
+                out = BytesMut::new();
+            }
         }
         if close {
             break;
