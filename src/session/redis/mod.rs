@@ -22,6 +22,7 @@
 
 mod acl_commands;
 mod cluster;
+mod counting;
 mod follow;
 mod login;
 mod pinning;
@@ -56,6 +57,7 @@ use crate::upstream::shared::{Frames, Shared, SharedError, SharedReply, SharedRe
 use crate::upstream::{Conn, Pool, Stream};
 use admission::{Admission, Backend, Disposition, Identity};
 use commands::{client_subcommand, plan_command, rewrite_reply, runs_script, Kind, Rewrite};
+use counting::ReplyMode;
 use outbox::Outbox;
 use sharing::Sharing;
 
@@ -248,13 +250,6 @@ impl Expect {
             ..Expect::one()
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReplyMode {
-    On,
-    Off,
-    SkipNext,
 }
 
 /// Runs a session to its end. Never panics on client input; logs how it ended.
@@ -944,35 +939,22 @@ impl RequestSide {
                     }
                 }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
-                // one reply per channel. UNSUBSCRIBE without channels answers once per current
-                // subscription, unknown here: those replies flow through as unsolicited frames.
-                let channels = args.len() - 1;
-                if !self.resp3 && channels == 0 && kind == Kind::Unsubscribe {
+                // one reply per channel (`counting`).
+                let counted = counting::count(kind, &args, self.resp3, self.reply_mode);
+                if counted.answers_unknown {
                     // Answered once per subscription, unknown here: frames that read as the
                     // answers to commands behind it. The session keeps its connection until
                     // RESET, as it did for every subscription before counts were read.
                     self.pin_state.sticky = true;
                 }
-                expect.replies = match (self.resp3, channels) {
-                    (_, 0) if kind == Kind::Subscribe => 1,
-                    (true, _) | (false, 0) => 0,
-                    (false, n) => n,
-                };
+                expect.replies = counted.replies;
             }
             // CLIENT REPLY changes how many replies follow; the session must count the same way.
             Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
-                let mode = &args[2];
-                if mode.eq_ignore_ascii_case(b"OFF") {
-                    self.reply_mode = ReplyMode::Off;
-                    expect.replies = 0;
-                } else if mode.eq_ignore_ascii_case(b"SKIP") {
-                    if self.reply_mode != ReplyMode::Off {
-                        self.reply_mode = ReplyMode::SkipNext;
-                    }
-                    expect.replies = 0;
-                    return self.forward_raw(&args, expect).await;
-                } else if mode.eq_ignore_ascii_case(b"ON") {
-                    self.reply_mode = ReplyMode::On;
+                let counted = counting::count(kind, &args, self.resp3, self.reply_mode);
+                self.reply_mode = counted.mode;
+                expect.replies = counted.replies;
+                if counted.exempt {
                     return self.forward_raw(&args, expect).await;
                 }
             }
@@ -1200,14 +1182,7 @@ impl RequestSide {
     /// Queues a command upstream, applying CLIENT REPLY OFF/SKIP to the expected replies.
     async fn forward(&mut self, args: &[Bytes], mut expect: Expect) -> Result<Flow, SessionError> {
         if expect.forward {
-            match self.reply_mode {
-                ReplyMode::On => {}
-                ReplyMode::Off => expect.replies = 0,
-                ReplyMode::SkipNext => {
-                    expect.replies = 0;
-                    self.reply_mode = ReplyMode::On;
-                }
-            }
+            (expect.replies, self.reply_mode) = counting::under(self.reply_mode, expect.replies);
         }
         self.forward_raw(args, expect).await
     }

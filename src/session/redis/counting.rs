@@ -1,0 +1,191 @@
+//! How many replies a command sent on the session's own connection gets, by Redis's rules, and
+//! what CLIENT REPLY does to that count: decided with no I/O from the command, the protocol
+//! version and the mode, so that the reply side counts exactly what the backend sends. A count
+//! off by one hands every later reply to the wrong command.
+
+use bytes::Bytes;
+
+use crate::session::commands::Kind;
+
+/// CLIENT REPLY's mode on the session's own connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReplyMode {
+    On,
+    Off,
+    /// The next command's reply is dropped, then replies are on again.
+    SkipNext,
+}
+
+/// What the backend answers a command with, and the mode after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Counted {
+    /// Replies the backend sends for it, before the mode applies (see `exempt`).
+    pub replies: usize,
+    /// CLIENT REPLY SKIP and ON: counted as they are, whatever the mode was; the mode they
+    /// set applies from the next command.
+    pub exempt: bool,
+    pub mode: ReplyMode,
+    /// RESP2 UNSUBSCRIBE (or PUNSUBSCRIBE) without channels: answered once per subscription,
+    /// a number not known here; those answers arrive as unsolicited frames.
+    pub answers_unknown: bool,
+}
+
+/// The replies `args` (of `kind`) gets under `mode` on a RESP2 or RESP3 connection.
+pub(super) fn count(kind: Kind, args: &[Bytes], resp3: bool, mode: ReplyMode) -> Counted {
+    let mut counted = Counted {
+        replies: 1,
+        exempt: false,
+        mode,
+        answers_unknown: false,
+    };
+    match kind {
+        // RESP3 confirms (un)subscriptions with pushes, which are no replies; RESP2 answers
+        // once per channel named. SUBSCRIBE without a channel is an arity error: one reply.
+        Kind::Subscribe | Kind::Unsubscribe => {
+            let channels = args.len().saturating_sub(1);
+            counted.answers_unknown = !resp3 && channels == 0 && kind == Kind::Unsubscribe;
+            counted.replies = match (resp3, channels) {
+                (_, 0) if kind == Kind::Subscribe => 1,
+                (true, _) | (false, 0) => 0,
+                (false, n) => n,
+            };
+        }
+        Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
+            let word = &args[2];
+            if word.eq_ignore_ascii_case(b"OFF") {
+                counted.mode = ReplyMode::Off;
+                counted.replies = 0;
+            } else if word.eq_ignore_ascii_case(b"SKIP") {
+                // SKIP while OFF changes nothing (replies stay off).
+                if mode != ReplyMode::Off {
+                    counted.mode = ReplyMode::SkipNext;
+                }
+                counted.replies = 0;
+                counted.exempt = true;
+            } else if word.eq_ignore_ascii_case(b"ON") {
+                counted.mode = ReplyMode::On;
+                counted.exempt = true;
+            }
+            // Anything else is the backend's syntax error: one reply, under the mode.
+        }
+        _ => {}
+    }
+    counted
+}
+
+/// The replies a command the client awaits gets under `mode`, and the mode after it.
+pub(super) fn under(mode: ReplyMode, replies: usize) -> (usize, ReplyMode) {
+    match mode {
+        ReplyMode::On => (replies, ReplyMode::On),
+        ReplyMode::Off => (0, ReplyMode::Off),
+        ReplyMode::SkipNext => (0, ReplyMode::On),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::commands::classify;
+    use ReplyMode::*;
+
+    fn args(words: &str) -> Vec<Bytes> {
+        words
+            .split(' ')
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    /// The replies the backend sends for `commands`, one count per command, as the session
+    /// counts them.
+    fn replies(resp3: bool, commands: &[&str]) -> Vec<usize> {
+        let mut mode = On;
+        commands
+            .iter()
+            .map(|words| {
+                let args = args(words);
+                let name = args[0].to_ascii_lowercase();
+                let c = count(classify(&name, &args), &args, resp3, mode);
+                mode = c.mode;
+                if c.exempt {
+                    c.replies
+                } else {
+                    let (n, after) = under(mode, c.replies);
+                    mode = after;
+                    n
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subscriptions_are_answered_per_channel_in_resp2_and_by_pushes_in_resp3() {
+        let resp2 = |words| replies(false, &[words])[0];
+        let resp3 = |words| replies(true, &[words])[0];
+        assert_eq!(resp2("SUBSCRIBE a b c"), 3);
+        assert_eq!(resp3("SUBSCRIBE a b c"), 0);
+        assert_eq!(resp2("SSUBSCRIBE {a}"), 1);
+        // Without a channel: the arity error, a reply in both protocols.
+        assert_eq!(resp2("SUBSCRIBE"), 1);
+        assert_eq!(resp3("PSUBSCRIBE"), 1);
+        assert_eq!(resp2("PUNSUBSCRIBE p* q*"), 2);
+        assert_eq!(resp3("UNSUBSCRIBE a"), 0);
+        // All of them: one answer per subscription, however many that is.
+        let all = |resp3| count(Kind::Unsubscribe, &args("UNSUBSCRIBE"), resp3, On);
+        assert_eq!((all(false).replies, all(false).answers_unknown), (0, true));
+        assert_eq!((all(true).replies, all(true).answers_unknown), (0, false));
+        let one = count(Kind::Unsubscribe, &args("UNSUBSCRIBE a"), false, On);
+        assert!(!one.answers_unknown);
+    }
+
+    #[test]
+    fn client_reply_counts_as_redis_sends() {
+        // OFF: nothing, not even its own +OK, until ON, whose +OK comes.
+        assert_eq!(
+            replies(
+                false,
+                &[
+                    "GET k",
+                    "CLIENT REPLY OFF",
+                    "GET k",
+                    "GET k",
+                    "CLIENT REPLY ON",
+                    "GET k"
+                ]
+            ),
+            [1, 0, 0, 0, 1, 1]
+        );
+        // SKIP: no +OK, and the next command's reply is dropped; then on again.
+        assert_eq!(
+            replies(true, &["CLIENT REPLY SKIP", "GET k", "GET k"]),
+            [0, 0, 1]
+        );
+        // SKIP while OFF: replies stay off.
+        assert_eq!(
+            replies(
+                false,
+                &[
+                    "client reply off",
+                    "client reply skip",
+                    "GET k",
+                    "GET k",
+                    "client reply on"
+                ]
+            ),
+            [0, 0, 0, 0, 1]
+        );
+        // SKIP after SKIP: still only the next command's reply is dropped.
+        assert_eq!(
+            replies(
+                false,
+                &["CLIENT REPLY SKIP", "CLIENT REPLY SKIP", "GET k", "GET k"]
+            ),
+            [0, 0, 0, 1]
+        );
+        // Anything else is the backend's syntax error, under the mode.
+        assert_eq!(replies(false, &["CLIENT REPLY MAYBE", "GET k"]), [1, 1]);
+        assert_eq!(
+            replies(false, &["CLIENT REPLY OFF", "CLIENT REPLY MAYBE", "GET k"]),
+            [0, 0, 0]
+        );
+    }
+}
