@@ -324,6 +324,132 @@ async fn client_reply_off_and_skip() {
     assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
 }
 
+/// The replies cachegate counts for CLIENT REPLY and (un)subscriptions are the ones Redis
+/// sends: each sequence, sent at once through cachegate and straight to redis-server, gives
+/// the same frames up to a closing ECHO (a count off by one would shift every reply after it,
+/// or wait for one that never comes), in RESP2 and RESP3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_counts_match_redis_server() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let sequences: &[&[&str]] = &[
+        &[
+            "SET k v",
+            "CLIENT REPLY OFF",
+            "GET k",
+            "GET k",
+            "CLIENT REPLY ON",
+            "GET k",
+        ],
+        &["CLIENT REPLY SKIP", "GET k", "GET k"],
+        &[
+            "client reply off",
+            "client reply skip",
+            "GET k",
+            "client reply on",
+            "GET k",
+        ],
+        &["CLIENT REPLY SKIP", "CLIENT REPLY SKIP", "GET k", "GET k"],
+        &["CLIENT REPLY MAYBE", "GET k"],
+        &[
+            "CLIENT REPLY OFF",
+            "CLIENT REPLY MAYBE",
+            "GET k",
+            "CLIENT REPLY ON",
+        ],
+        &[
+            "SUBSCRIBE a b c",
+            "PSUBSCRIBE p* q*",
+            "PUNSUBSCRIBE",
+            "UNSUBSCRIBE",
+        ],
+        &[
+            "SUBSCRIBE a",
+            "UNSUBSCRIBE a b",
+            "SSUBSCRIBE {s}1",
+            "SUNSUBSCRIBE",
+        ],
+        &["SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE"],
+    ];
+    for resp3 in [false, true] {
+        for sequence in sequences {
+            let mut wire = Vec::new();
+            if resp3 {
+                wire.extend(encode(&[b"HELLO", b"3"]));
+            }
+            for command in sequence.iter() {
+                let words: Vec<&[u8]> = command.split(' ').map(str::as_bytes).collect();
+                wire.extend(encode(&words));
+            }
+            wire.extend(encode(&[b"ECHO", b"end"]));
+            let mut direct = redis.direct().await;
+            let mut through = RawClient::authed(&pki, proxy.addr).await;
+            let mut frames = Vec::new();
+            for client in [&mut direct, &mut through] {
+                client.send(&wire).await;
+                let mut seen = Vec::new();
+                loop {
+                    let frame = client.read().await;
+                    let end = frame == b"$3\r\nend\r\n";
+                    // HELLO's map names the server's version and connection id: not compared.
+                    if !frame.starts_with(b"%") {
+                        seen.push(s(&frame));
+                    }
+                    if end {
+                        break;
+                    }
+                }
+                frames.push(seen);
+            }
+            assert_eq!(frames[0], frames[1], "resp3: {resp3}, {sequence:?}");
+        }
+    }
+}
+
+/// A client's commands reach the backend in the order it sent them, across the move from
+/// shared connections to a connection of its own: `SET k i` then `MULTI`, `GET k`, `EXEC` in
+/// one write always reads `i` (two connections give no order of their own, so before the
+/// session waited for the shared replies, the EXEC often ran first and read the value before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_keep_their_order_when_a_session_moves_to_its_own_connection() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    for resp3 in [false, true] {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        if resp3 {
+            assert!(c.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        for i in 0..150 {
+            let value = i.to_string();
+            let mut wire = encode(&[b"SET", b"order", value.as_bytes()]);
+            wire.extend(encode(&[b"MULTI"]));
+            wire.extend(encode(&[b"GET", b"order"]));
+            wire.extend(encode(&[b"EXEC"]));
+            c.send(&wire).await;
+            for _ in 0..3 {
+                c.read().await;
+            }
+            let exec = c.read().await;
+            let want = format!("*1\r\n${}\r\n{value}\r\n", value.len());
+            assert_eq!(s(&exec), s(want.as_bytes()), "round {i}, resp3: {resp3}");
+        }
+    }
+    // And across a HELLO that moves the session to the other RESP version's shared
+    // connection: the GET after it reads the SET before it.
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    for i in 0..150 {
+        let value = i.to_string();
+        let mut wire = encode(&[b"SET", b"order", value.as_bytes()]);
+        wire.extend(encode(&[b"HELLO", if i % 2 == 0 { b"3" } else { b"2" }]));
+        wire.extend(encode(&[b"GET", b"order"]));
+        c.send(&wire).await;
+        c.read().await;
+        c.read().await;
+        let want = format!("${}\r\n{value}\r\n", value.len());
+        assert_eq!(s(&c.read().await), s(want.as_bytes()), "round {i}");
+    }
+}
+
 /// Two clients share a one-connection pool; nothing of the first reaches the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_never_crosses_clients_sharing_the_pool() {

@@ -677,7 +677,7 @@ impl RequestSide {
             Route::All(_) => map.primaries.len(),
             _ => 1,
         };
-        let permits = self.take_in_flight(requests).await?;
+        let permits = self.take_in_flight(requests, self.resp3).await?;
         let encode = |args: &[Bytes]| {
             let mut out = BytesMut::new();
             encode_command(&mut out, args.iter().map(|a| &a[..]));

@@ -281,6 +281,7 @@ pub async fn run<S>(
         id: next_client_id(),
         up_as: RunsAs::Listener,
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SHARED_IN_FLIGHT as usize)),
+        in_flight_resp3: false,
         started: Instant::now(),
         name: None,
         batch: None,
@@ -387,6 +388,9 @@ struct RequestSide {
     up_as: RunsAs,
     /// Commands it may still have in flight on shared connections.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The RESP version of the shared connections those commands went to (a session uses one
+    /// shared connection per version, per node).
+    in_flight_resp3: bool,
     started: Instant,
     name: Option<Bytes>,
     /// Failed AUTHs on this connection (closed at `auth_limits.max_failures`).
@@ -1033,14 +1037,24 @@ impl RequestSide {
         self.send_batch(None).await
     }
 
-    /// Takes the in-flight allowance for `requests` requests (at most `MAX_SHARED_IN_FLIGHT`),
-    /// waiting while the client has that many replies undelivered; returns how many permits
-    /// were taken. They are given back by the reply side when it delivers the replies (a permit
-    /// held in the slot would make every queued slot bigger).
-    pub(super) async fn take_in_flight(&self, requests: usize) -> Result<u32, SessionError> {
+    /// Takes the in-flight allowance for `requests` requests (at most `MAX_SHARED_IN_FLIGHT`)
+    /// about to go to the session's `resp3` shared connection, waiting while the client has
+    /// that many replies undelivered; returns how many permits were taken. They are given back
+    /// by the reply side when it delivers the replies (a permit held in the slot would make
+    /// every queued slot bigger). After a HELLO changed the version, what is still in flight
+    /// on the other version's connection is answered first: two connections give no order.
+    pub(super) async fn take_in_flight(
+        &mut self,
+        requests: usize,
+        resp3: bool,
+    ) -> Result<u32, SessionError> {
         let want = (requests as u32).min(MAX_SHARED_IN_FLIGHT);
         if want == 0 {
             return Ok(0);
+        }
+        if resp3 != self.in_flight_resp3 {
+            Box::pin(self.settle_shared()).await?;
+            self.in_flight_resp3 = resp3;
         }
         let permits = match self.in_flight.clone().try_acquire_many_owned(want) {
             Ok(p) => p,
@@ -1053,13 +1067,35 @@ impl RequestSide {
         Ok(want)
     }
 
+    /// Waits until every command sent on a shared connection has been answered, before
+    /// anything goes on another connection (the session's own, or the other RESP version's):
+    /// Redis runs one client's commands in the order it sent them, and two connections give
+    /// no order, so `SET k v` then `WATCH k` could otherwise reach the backend the other way
+    /// round. Commands not sent yet are sent first.
+    pub(super) async fn settle_shared(&mut self) -> Result<(), SessionError> {
+        self.flush_shared().await?;
+        if self.in_flight.available_permits() == MAX_SHARED_IN_FLIGHT as usize {
+            return Ok(());
+        }
+        // The reply side delivers in order: whatever it owes before them must leave too.
+        self.flush_upstream().await?;
+        let all = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(MAX_SHARED_IN_FLIGHT)
+            .await
+            .map_err(|_| closed())?;
+        drop(all);
+        Ok(())
+    }
+
     async fn send_batch(&mut self, rewrite: Option<Rewrite>) -> Result<(), SessionError> {
         let Some(batch) = self.batch.take() else {
             return Ok(());
         };
         let (tx, rx) = oneshot::channel();
         let n = batch.labels.len();
-        let want = self.take_in_flight(n).await?;
+        let want = self.take_in_flight(n, batch.resp3).await?;
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,

@@ -226,6 +226,8 @@ impl RequestSide {
         if self.shared.is_none() {
             return Ok(None);
         }
+        // What went to shared connections runs first in the backend, as the client sent it.
+        Box::pin(self.settle_shared()).await?;
         if let Some(unavailable) = self.connect_own().await? {
             return Ok(Some(unavailable));
         }
