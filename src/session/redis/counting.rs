@@ -30,14 +30,27 @@ pub(super) struct Counted {
     pub answers_unknown: bool,
 }
 
-/// The replies `args` (of `kind`) gets under `mode` on a RESP2 or RESP3 connection.
-pub(super) fn count(kind: Kind, args: &[Bytes], resp3: bool, mode: ReplyMode) -> Counted {
+/// The replies `args` (of `kind`) gets under `mode` on a RESP2 or RESP3 connection, inside
+/// MULTI (`in_multi`) or not.
+pub(super) fn count(
+    kind: Kind,
+    args: &[Bytes],
+    resp3: bool,
+    mode: ReplyMode,
+    in_multi: bool,
+) -> Counted {
     let mut counted = Counted {
         replies: 1,
         exempt: false,
         mode,
         answers_unknown: false,
     };
+    if in_multi {
+        // Queued (`+QUEUED`) or refused: one reply, whatever the command, and nothing changes
+        // until EXEC (whose one reply holds theirs). cachegate refuses CLIENT REPLY inside
+        // MULTI: Redis 7.0 then answers EXEC with a broken array.
+        return counted;
+    }
     match kind {
         // RESP3 confirms (un)subscriptions with pushes, which are no replies; RESP2 answers
         // once per channel named. SUBSCRIBE without a channel is an arity error: one reply.
@@ -99,12 +112,19 @@ mod tests {
     /// counts them.
     fn replies(resp3: bool, commands: &[&str]) -> Vec<usize> {
         let mut mode = On;
+        let mut in_multi = false;
         commands
             .iter()
             .map(|words| {
                 let args = args(words);
                 let name = args[0].to_ascii_lowercase();
-                let c = count(classify(&name, &args), &args, resp3, mode);
+                let kind = classify(&name, &args);
+                let c = count(kind, &args, resp3, mode, in_multi);
+                in_multi = match kind {
+                    Kind::Multi => true,
+                    Kind::Exec | Kind::Discard => false,
+                    _ => in_multi,
+                };
                 mode = c.mode;
                 if c.exempt {
                     c.replies
@@ -130,10 +150,10 @@ mod tests {
         assert_eq!(resp2("PUNSUBSCRIBE p* q*"), 2);
         assert_eq!(resp3("UNSUBSCRIBE a"), 0);
         // All of them: one answer per subscription, however many that is.
-        let all = |resp3| count(Kind::Unsubscribe, &args("UNSUBSCRIBE"), resp3, On);
+        let all = |resp3| count(Kind::Unsubscribe, &args("UNSUBSCRIBE"), resp3, On, false);
         assert_eq!((all(false).replies, all(false).answers_unknown), (0, true));
         assert_eq!((all(true).replies, all(true).answers_unknown), (0, false));
-        let one = count(Kind::Unsubscribe, &args("UNSUBSCRIBE a"), false, On);
+        let one = count(Kind::Unsubscribe, &args("UNSUBSCRIBE a"), false, On, false);
         assert!(!one.answers_unknown);
     }
 
@@ -181,6 +201,24 @@ mod tests {
             ),
             [0, 0, 0, 1]
         );
+        // Inside MULTI every command is one +QUEUED, and EXEC one reply (its array), in both
+        // protocols: a subscription's confirmations come inside it.
+        for resp3 in [false, true] {
+            assert_eq!(
+                replies(
+                    resp3,
+                    &[
+                        "MULTI",
+                        "SUBSCRIBE a b",
+                        "UNSUBSCRIBE",
+                        "GET k",
+                        "EXEC",
+                        "GET k"
+                    ]
+                ),
+                [1, 1, 1, 1, 1, 1]
+            );
+        }
         // Anything else is the backend's syntax error, under the mode.
         assert_eq!(replies(false, &["CLIENT REPLY MAYBE", "GET k"]), [1, 1]);
         assert_eq!(

@@ -944,7 +944,8 @@ impl RequestSide {
                 }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
                 // one reply per channel (`counting`).
-                let counted = counting::count(kind, &args, self.resp3, self.reply_mode);
+                let counted =
+                    counting::count(kind, &args, self.resp3, self.reply_mode, self.in_multi);
                 if counted.answers_unknown {
                     // Answered once per subscription, unknown here: frames that read as the
                     // answers to commands behind it. The session keeps its connection until
@@ -955,7 +956,18 @@ impl RequestSide {
             }
             // CLIENT REPLY changes how many replies follow; the session must count the same way.
             Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
-                let counted = counting::count(kind, &args, self.resp3, self.reply_mode);
+                if self.in_multi {
+                    // Redis 7.0 would answer the EXEC with an array whose count is wrong (the
+                    // mode applies to the replies inside it): refused, and the transaction
+                    // fails, as for any command refused inside MULTI.
+                    self.multi_dirty = true;
+                    self.local(reply::error(
+                        "cachegate: CLIENT REPLY cannot run inside MULTI",
+                    ))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+                let counted = counting::count(kind, &args, self.resp3, self.reply_mode, false);
                 self.reply_mode = counted.mode;
                 expect.replies = counted.replies;
                 if counted.exempt {

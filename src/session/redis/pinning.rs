@@ -162,7 +162,14 @@ impl RequestSide {
                 self.subscriptions
                     .store(follow::SUBSCRIBING, std::sync::atomic::Ordering::Release);
             }
+            // Its confirmations are owed even with nothing subscribed (RESP3 pushes no reply
+            // slot waits for): the settling PING before unpinning comes after them, so the
+            // connection is not handed back with them unread.
+            Kind::Unsubscribe => st.subscribed = true,
             Kind::Stateful => st.sticky = true,
+            // Queued inside MULTI, a SETNAME runs at EXEC, or never (DISCARD, a failed WATCH):
+            // only the backend knows, so the session keeps its connection (and asks it).
+            Kind::Client if self.in_multi => st.sticky = true,
             Kind::Client => match client_subcommand(args).as_deref() {
                 Some(b"SETNAME") if args.len() == 3 => {
                     self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
@@ -172,7 +179,9 @@ impl RequestSide {
             },
             Kind::Watch => st.watching = true,
             Kind::Unwatch => st.watching = false,
-            Kind::Select => st.db = args.get(1).is_some_and(|d| &d[..] != b"0"),
+            // Inside MULTI it runs at EXEC or never: another database is assumed until a
+            // SELECT 0 outside one.
+            Kind::Select => st.db = self.in_multi || args.get(1).is_some_and(|d| &d[..] != b"0"),
             _ => {}
         }
     }
