@@ -141,6 +141,28 @@ impl Process {
                 .args([sig, &c.id().to_string()])
                 .status()
                 .unwrap();
+            // kill returns once the signal is sent; every thread stops a moment later. A
+            // request sent in between could still be served.
+            let stopped = |pid: u32| {
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|tasks| {
+                        tasks.flatten().all(|t| {
+                            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                                st.rsplit(')')
+                                    .next()
+                                    .map(str::trim_start)
+                                    .is_some_and(|rest| {
+                                        rest.starts_with('T') || rest.starts_with('t')
+                                    })
+                            })
+                        })
+                    })
+                    .unwrap_or(false)
+            };
+            let deadline = std::time::Instant::now() + WAIT;
+            while paused && !stopped(c.id()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
