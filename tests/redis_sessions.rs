@@ -341,7 +341,8 @@ async fn client_reply_off_and_skip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_counts_match_redis_server() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    // No AUTH to give (RESET would log a token session out, which the backend has no part in).
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
     let sequences: &[&[&str]] = &[
         &[
             "SET k v",
@@ -407,6 +408,16 @@ async fn reply_counts_match_redis_server() {
             "CLIENT GETNAME",
         ],
         &["MULTI", "SELECT 1", "DISCARD", "SET k w", "GET k"],
+        // RESP2's UNSUBSCRIBE of all answers once per subscription, a count not known: RESET
+        // ends the session's hold, and what is still owed is settled before it moves on.
+        &["SUBSCRIBE a b", "UNSUBSCRIBE", "RESET", "PING"],
+        &[
+            "CLIENT REPLY OFF",
+            "UNSUBSCRIBE",
+            "HELLO 2",
+            "RESET",
+            "PING",
+        ],
     ];
     for resp3 in [false, true] {
         for sequence in sequences {
@@ -420,9 +431,9 @@ async fn reply_counts_match_redis_server() {
             }
             wire.extend(encode(&[b"ECHO", b"end"]));
             let mut direct = redis.direct().await;
-            let mut through = RawClient::authed(&pki, proxy.addr).await;
+            let mut through = RawClient::tls(&pki, proxy.addr).await;
             let mut frames = Vec::new();
-            for client in [&mut direct, &mut through] {
+            for client in [&mut through, &mut direct] {
                 client.send(&wire).await;
                 let mut seen = Vec::new();
                 loop {
@@ -671,7 +682,8 @@ async fn a_skipped_reset_keeps_replies_in_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_pipelines_answer_as_redis_server_does() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
-    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    // No AUTH to give (RESET would log a token session out, which the backend has no part in).
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
     // ROUNDS=300 SEED=7 cargo test --test redis_sessions random_pipelines: a longer search.
     let mut seed: u64 = std::env::var("SEED").map_or(0x9e37_79b9_7f4a_7c15, |s| s.parse().unwrap());
     let mut next = move |n: usize| {
@@ -750,7 +762,7 @@ async fn random_pipelines_answer_as_redis_server_does() {
         let mut frames = Vec::new();
         for (side, prefix) in [("through", "t"), ("direct", "d")] {
             let mut client = match side {
-                "through" => RawClient::authed(&pki, proxy.addr).await,
+                "through" => RawClient::tls(&pki, proxy.addr).await,
                 _ => redis.direct().await,
             };
             let mut wire = Vec::new();
@@ -783,8 +795,22 @@ async fn random_pipelines_answer_as_redis_server_does() {
                 let frame = client.read().await;
                 let end = frame == b"$3\r\nend\r\n";
                 // HELLO's map names the server's version and the connection's id.
-                if !frame.starts_with(b"%") {
-                    seen.push(s(&frame).replace(&format!("{prefix}:{round}:"), ""));
+                let frame = s(&frame);
+                if frame.starts_with("%7\r\n$6\r\nserver")
+                    || frame.starts_with("*14\r\n$6\r\nserver")
+                {
+                    seen.push("<HELLO>".to_string());
+                } else {
+                    // (A HELLO inside MULTI answers in EXEC's array, with the backend's id.)
+                    let frame = match frame.find("$2\r\nid\r\n:") {
+                        Some(at) => {
+                            let from = at + "$2\r\nid\r\n:".len();
+                            let to = from + frame[from..].find("\r\n").unwrap_or(0);
+                            format!("{}#{}", &frame[..from], &frame[to..])
+                        }
+                        None => frame,
+                    };
+                    seen.push(frame.replace(&format!("{prefix}:{round}:"), ""));
                 }
                 if end {
                     break;

@@ -262,9 +262,12 @@ impl RequestSide {
         if let Some(shared) = self.shared.as_mut() {
             shared.name = None;
         }
-        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT).
+        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT);
+        // answers still owed before it (a RESP2 UNSUBSCRIBE's, one per subscription) are
+        // settled before the connection is handed back.
         self.pin_state = PinState {
             tainted: self.pin_state.tainted,
+            unsettled: self.up.is_some(),
             ..PinState::default()
         };
         self.name = None;

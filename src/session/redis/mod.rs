@@ -461,6 +461,10 @@ struct PinState {
     sticky: bool,
     /// Subscribed: held while the connection counts any subscription.
     subscribed: bool,
+    /// Frames may still come that no reply slot counts (an UNSUBSCRIBE's confirmations, the
+    /// answers a RESET follows): a PING round trip settles them before the connection is
+    /// handed back. Holds nothing by itself.
+    unsettled: bool,
     /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
     /// the connection is closed when the session ends, never pooled or shared again.
     tainted: bool,
@@ -949,7 +953,7 @@ impl RequestSide {
                 if counted.answers_unknown {
                     // Answered once per subscription, unknown here: frames that read as the
                     // answers to commands behind it. The session keeps its connection until
-                    // RESET, as it did for every subscription before counts were read.
+                    // RESET, which settles what is still owed before it moves on.
                     self.pin_state.sticky = true;
                 }
                 expect.replies = counted.replies;

@@ -134,11 +134,12 @@ impl RequestSide {
                     != 0)
     }
 
-    /// For a subscribed session about to unpin: whether its subscriptions are really all gone.
-    /// A confirmation still in flight when the count was read could be older than a SUBSCRIBE
-    /// sent since; one round trip (PING) settles it, as its reply comes after them all.
+    /// For a subscribed (or unsettled) session about to unpin: whether its subscriptions are
+    /// really all gone. A confirmation still in flight when the count was read could be older
+    /// than a SUBSCRIBE sent since, and an UNSUBSCRIBE's or what a RESET followed may still be
+    /// owed; one round trip (PING) settles them, as its reply comes after them all.
     pub(super) async fn subscriptions_settled(&mut self) -> Result<bool, SessionError> {
-        if !self.pin_state.subscribed || self.up.is_none() {
+        if !(self.pin_state.subscribed || self.pin_state.unsettled) || self.up.is_none() {
             return Ok(true);
         }
         let token = Bytes::from(format!("cachegate-settle-{}", self.id));
@@ -165,7 +166,7 @@ impl RequestSide {
             // Its confirmations are owed even with nothing subscribed (RESP3 pushes no reply
             // slot waits for): the settling PING before unpinning comes after them, so the
             // connection is not handed back with them unread.
-            Kind::Unsubscribe => st.subscribed = true,
+            Kind::Unsubscribe => st.unsettled = true,
             Kind::Stateful => st.sticky = true,
             // Queued inside MULTI, a SETNAME runs at EXEC, or never (DISCARD, a failed WATCH):
             // only the backend knows, so the session keeps its connection (and asks it).
