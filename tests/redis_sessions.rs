@@ -332,6 +332,15 @@ async fn client_reply_off_and_skip() {
     );
     assert!(c.cmd(&["EXEC"]).await.starts_with(b"-EXECABORT"));
     assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
+    // A transaction aborted under OFF answers nothing, as Redis's EXEC would, and the replies
+    // after ON are each command's own.
+    c.send_cmd(&["CLIENT", "REPLY", "OFF"]).await;
+    c.send_cmd(&["MULTI"]).await;
+    c.send_cmd(&["KEYS", "*"]).await;
+    c.send_cmd(&["EXEC"]).await;
+    assert_eq!(c.cmd(&["CLIENT", "REPLY", "ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
+    assert_eq!(c.cmd(&["ECHO", "x"]).await, b"$1\r\nx\r\n");
 }
 
 /// The replies cachegate counts for CLIENT REPLY and (un)subscriptions are the ones Redis
@@ -342,7 +351,8 @@ async fn client_reply_off_and_skip() {
 async fn reply_counts_match_redis_server() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
     // No AUTH to give (RESET would log a token session out, which the backend has no part in).
-    let proxy = Proxy::tls_open(&pki, &redis, "").await;
+    // A short request timeout: a reply counted that never comes would close the session.
+    let proxy = Proxy::tls_open(&pki, &redis, "upstream.request_timeout = \"300ms\"\n").await;
     let sequences: &[&[&str]] = &[
         &[
             "SET k v",
@@ -418,7 +428,21 @@ async fn reply_counts_match_redis_server() {
             "RESET",
             "PING",
         ],
+        // MULTI and DISCARD with arguments are arity errors that change nothing; EXEC's
+        // aborts the transaction.
+        &["MULTI x", "SUBSCRIBE a b", "UNSUBSCRIBE a b"],
+        &[
+            "MULTI",
+            "EXEC x",
+            "SUBSCRIBE a b",
+            "UNSUBSCRIBE a b",
+            "MULTI",
+            "DISCARD x",
+            "SUBSCRIBE a b",
+            "EXEC",
+        ],
     ];
+    let mut sessions = Vec::new();
     for resp3 in [false, true] {
         for sequence in sequences {
             let mut wire = Vec::new();
@@ -450,7 +474,20 @@ async fn reply_counts_match_redis_server() {
                 frames.push(seen);
             }
             assert_eq!(frames[0], frames[1], "resp3: {resp3}, {sequence:?}");
+            sessions.push((through, format!("resp3: {resp3}, {sequence:?}")));
         }
+    }
+    // Past the request timeout, every session is still in step: no reply it counted is still
+    // awaited (it would have timed out and closed the session), and the next is its own.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    for (mut through, sequence) in sessions {
+        through.send_cmd(&["RESET"]).await;
+        assert_eq!(s(&through.read().await), "+RESET\r\n", "{sequence}");
+        assert_eq!(
+            s(&through.cmd(&["ECHO", "after"]).await),
+            "$5\r\nafter\r\n",
+            "{sequence}"
+        );
     }
 }
 

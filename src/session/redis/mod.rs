@@ -907,6 +907,9 @@ impl RequestSide {
         }
         let mut expect = Expect::one();
         match kind {
+            // With the wrong number of arguments, MULTI and DISCARD are arity errors that change
+            // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
+            Kind::Multi | Kind::Discard if args.len() != 1 => {}
             Kind::Multi => self.in_multi = true,
             Kind::Discard => {
                 self.in_multi = false;
@@ -920,9 +923,17 @@ impl RequestSide {
                 self.multi_dirty = false;
                 // As Redis: an aborted EXEC unwatches too (DISCARD does so upstream).
                 self.pin_state.watching = false;
+                // Under CLIENT REPLY OFF (or SKIP) the backend answers the DISCARD with
+                // nothing, and the client gets no EXECABORT, as Redis would send no EXEC reply.
+                let was = self.reply_mode;
+                let (replies, after) = counting::under(was, 1);
+                self.reply_mode = after;
                 let discard = [Bytes::from_static(b"DISCARD")];
-                self.forward(&discard, Expect::swallowed(1)).await?;
-                self.local(Bytes::from_static(reply::EXECABORT)).await?;
+                self.forward(&discard, Expect::swallowed(replies)).await?;
+                if was == ReplyMode::On {
+                    self.local_always(Bytes::from_static(reply::EXECABORT))
+                        .await?;
+                }
                 return Ok(Flow::Continue);
             }
             Kind::Exec => {
