@@ -341,6 +341,16 @@ async fn client_reply_off_and_skip() {
     assert_eq!(c.cmd(&["CLIENT", "REPLY", "ON"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
     assert_eq!(c.cmd(&["ECHO", "x"]).await, b"$1\r\nx\r\n");
+    // HELLO inside MULTI is refused the same way (Redis would switch the protocol at EXEC, or
+    // never): the transaction fails and the session still speaks RESP2.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        s(&c.cmd(&["HELLO", "3"]).await),
+        "-ERR cachegate: HELLO cannot run inside MULTI\r\n"
+    );
+    assert!(c.cmd(&["DISCARD"]).await.starts_with(b"+OK"));
+    assert_eq!(c.cmd(&["GET", "a"]).await, b"$1\r\n2\r\n");
+    assert_eq!(c.cmd(&["GET", "nothing"]).await, b"$-1\r\n");
 }
 
 /// The replies cachegate counts for CLIENT REPLY and (un)subscriptions are the ones Redis
@@ -427,6 +437,11 @@ async fn reply_counts_match_redis_server() {
             "HELLO 2",
             "RESET",
             "PING",
+        ],
+        // Without MULTI, EXEC and DISCARD leave a WATCH in place (a write to the key, even
+        // the session's own, still fails the transaction).
+        &[
+            "WATCH k", "EXEC", "DISCARD", "SET k z", "MULTI", "GET k", "EXEC",
         ],
         // MULTI and DISCARD with arguments are arity errors that change nothing; EXEC's
         // aborts the transaction.

@@ -158,6 +158,15 @@ impl RequestSide {
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the AUTH part is checked here and
     /// stripped; the rest goes upstream so the client gets the real server's HELLO reply.
     pub(super) async fn hello(&mut self, req: Request) -> Result<Flow, SessionError> {
+        if self.in_multi {
+            // Redis would queue it and switch the protocol at EXEC (or never, after DISCARD
+            // or a failed WATCH): cachegate could not tell how to read what follows. Refused,
+            // and the transaction fails, as for any command refused inside MULTI.
+            self.multi_dirty = true;
+            self.local(reply::error("cachegate: HELLO cannot run inside MULTI"))
+                .await?;
+            return Ok(Flow::Continue);
+        }
         let mut forward = vec![req.args[0].clone()];
         let mut credentials = None;
         let mut i = 1;

@@ -911,6 +911,8 @@ impl RequestSide {
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
             Kind::Multi | Kind::Discard if args.len() != 1 => {}
             Kind::Multi => self.in_multi = true,
+            // Without MULTI, EXEC and DISCARD are errors that leave a WATCH in place.
+            Kind::Exec | Kind::Discard if !self.in_multi => {}
             Kind::Discard => {
                 self.in_multi = false;
                 self.multi_dirty = false;
