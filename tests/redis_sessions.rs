@@ -876,3 +876,29 @@ async fn random_pipelines_answer_as_redis_server_does() {
         );
     }
 }
+
+/// RESET on a session's own connection logs cachegate back in to a backend with a password;
+/// that login's reply is its own even when answers of unknown number were still owed before
+/// RESET (RESP2's UNSUBSCRIBE of all answers once per subscription): the client gets
+/// `+RESET`, never the login's `+OK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_after_unsubscribing_all_answers_reset_with_a_backend_password() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "upstream-secret"]).await;
+    let proxy =
+        Proxy::tls_with_tokens(&pki, &redis, "upstream.password = \"upstream-secret\"\n").await;
+    for _ in 0..3 {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        let mut wire = encode(&[b"SUBSCRIBE", b"a", b"b"]);
+        wire.extend(encode(&[b"UNSUBSCRIBE"]));
+        wire.extend(encode(&[b"RESET"]));
+        c.send(&wire).await;
+        let mut frames = Vec::new();
+        for _ in 0..5 {
+            frames.push(s(&c.read().await));
+        }
+        assert_eq!(frames[4], "+RESET\r\n", "{frames:?}");
+        // Logged out of cachegate by RESET, as Redis logs a client out.
+        assert!(c.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
+    }
+}

@@ -293,8 +293,11 @@ impl RequestSide {
         };
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
-        // RESET logs the upstream connection out too; log cachegate back in.
+        // RESET logs the upstream connection out too; log cachegate back in, once the answers
+        // still owed before RESET (a RESP2 UNSUBSCRIBE of all answers once per subscription)
+        // have passed, so that the login's reply is its own.
         if let Some(auth) = self.own_pool().auth_frame() {
+            self.mark_settled().await?;
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&auth);
         }

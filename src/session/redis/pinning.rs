@@ -121,6 +121,21 @@ impl RequestSide {
         Ok(reply.await.unwrap_or(false))
     }
 
+    /// Marks, on the session's own connection, where the answers still owed end: a PING of
+    /// cachegate's own whose reply is swallowed, every frame before it forwarded. Nothing
+    /// waits for it; what is queued behind it (a login of cachegate's) gets its own reply.
+    pub(super) async fn mark_settled(&mut self) -> Result<(), SessionError> {
+        let token = Bytes::from(format!("cachegate-settle-{}", self.id));
+        let mut ping = BytesMut::new();
+        encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
+        let mut expect = Expect::swallowed(1);
+        expect.until = Some(Box::new(Until::Token(token)));
+        // The slot first: the reply side must know what the reply is for before it can come.
+        self.send_slot(Slot::Upstream(expect)).await?;
+        self.wbuf.extend_from_slice(&ping);
+        Ok(())
+    }
+
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
     /// need no flag: unpinning waits for every reply still due.
     pub(super) fn holds_state(&self) -> bool {
