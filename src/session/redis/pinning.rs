@@ -125,15 +125,21 @@ impl RequestSide {
     /// cachegate's own whose reply is swallowed, every frame before it forwarded. Nothing
     /// waits for it; what is queued behind it (a login of cachegate's) gets its own reply.
     pub(super) async fn mark_settled(&mut self) -> Result<(), SessionError> {
-        let token = Bytes::from(format!("cachegate-settle-{}", self.id));
-        let mut ping = BytesMut::new();
-        encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
+        let (token, ping) = self.settling_ping();
         let mut expect = Expect::swallowed(1);
         expect.until = Some(Box::new(Until::Token(token)));
         // The slot first: the reply side must know what the reply is for before it can come.
         self.send_slot(Slot::Upstream(expect)).await?;
         self.wbuf.extend_from_slice(&ping);
         Ok(())
+    }
+
+    /// cachegate's own `PING <token>`, whose reply comes after everything sent before it.
+    fn settling_ping(&self) -> (Bytes, BytesMut) {
+        let token = Bytes::from(format!("cachegate-settle-{}", self.id));
+        let mut ping = BytesMut::new();
+        encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
+        (token, ping)
     }
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
@@ -157,9 +163,7 @@ impl RequestSide {
         if !(self.pin_state.subscribed || self.pin_state.unsettled) || self.up.is_none() {
             return Ok(true);
         }
-        let token = Bytes::from(format!("cachegate-settle-{}", self.id));
-        let mut ping = BytesMut::new();
-        encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
+        let (token, ping) = self.settling_ping();
         let answered = self
             .own_roundtrip_until(&ping, Some(Until::Token(token)))
             .await?;
