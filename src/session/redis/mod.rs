@@ -212,10 +212,12 @@ enum Until {
 impl Until {
     fn matches(&self, frame: &[u8], kind: ReplyKind) -> bool {
         match self {
-            // (A refusal answers it too: the connection's user may be denied PING.)
+            // (A refusal of the PING answers it too: the connection's user may be denied it,
+            // or be logged out by a RESET. Any other error answers a client's command before
+            // it, whose answers cachegate could not count.)
             Until::Token(token) => {
                 let bulk = reply::bulk(token);
-                kind == ReplyKind::Error
+                (kind == ReplyKind::Error && refuses_ping(frame))
                     || frame == &bulk[..]
                     || (frame.starts_with(b"*2\r\n$4\r\npong\r\n") && frame.ends_with(&bulk))
             }
@@ -226,6 +228,12 @@ impl Until {
             }
         }
     }
+}
+
+/// Whether an error reply is a refusal of cachegate's own PING: an ACL denial or an unknown
+/// command that names it, or the login a RESET undid.
+fn refuses_ping(frame: &[u8]) -> bool {
+    frame.starts_with(b"-NOAUTH") || frame.windows(6).any(|w| w.eq_ignore_ascii_case(b"'ping'"))
 }
 
 impl Expect {
@@ -1430,6 +1438,28 @@ fn command_label(name: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refusal_of_ping_answers_cachegate_s_own_ping() {
+        for refusal in [
+            &b"-NOPERM User cachegate-x has no permissions to run the 'ping' command\r\n"[..],
+            b"-NOAUTH Authentication required.\r\n",
+            b"-ERR unknown command 'PING', with args beginning with: 'cachegate-settle-1' \r\n",
+        ] {
+            assert!(
+                refuses_ping(refusal),
+                "{}",
+                String::from_utf8_lossy(refusal)
+            );
+        }
+        for other in [
+            &b"-ERR Can't execute 'blpop': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"[..],
+            b"-ERR wrong number of arguments for 'get' command\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ] {
+            assert!(!refuses_ping(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
 
     #[test]
     fn labels_are_remembered_per_name_and_case() {
