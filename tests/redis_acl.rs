@@ -594,3 +594,57 @@ async fn scripts_keep_to_the_users_keys_with_backend_users() {
     assert_eq!(open.cmd(&write_other).await, b"+OK\r\n");
     assert_eq!(admin.cmd(&["EXISTS", "other:x"]).await, b":1\r\n");
 }
+
+/// The backend user cachegate logs in as (an operator's, on a managed backend) is denied
+/// PING: cachegate's own settling PING (before a session that subscribed goes back to shared
+/// connections, and after RESET) is refused. The refusal ends the wait, the session goes on
+/// with its own replies in order, and no token of cachegate's ever reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_user_denied_ping_keeps_sessions_in_step() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let mut admin = redis.direct().await;
+    assert_eq!(admin.cmd(&["AUTH", "admin-password"]).await, b"+OK\r\n");
+    let limited = [
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">limited-pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-ping",
+    ];
+    assert_eq!(admin.cmd(&limited).await, b"+OK\r\n");
+    let proxy = Proxy::tls_with_tokens(
+        &pki,
+        &redis,
+        "upstream.username = \"limited\"\nupstream.password = \"limited-pw\"\n",
+    )
+    .await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    for round in 0..3 {
+        let value = format!("v{round}");
+        let mut wire = encode(&[b"SUBSCRIBE", b"ch"]);
+        wire.extend(encode(&[b"UNSUBSCRIBE", b"ch"]));
+        wire.extend(encode(&[b"SET", b"k", value.as_bytes()]));
+        wire.extend(encode(&[b"GET", b"k"]));
+        c.send(&wire).await;
+        assert!(s(&c.read().await).contains("subscribe"));
+        assert!(s(&c.read().await).contains("unsubscribe"));
+        assert_eq!(c.read().await, b"+OK\r\n");
+        assert_eq!(
+            s(&c.read().await),
+            format!("$2\r\n{value}\r\n"),
+            "round {round}"
+        );
+    }
+    assert!(s(&c.cmd(&["PING"]).await).starts_with("-NOPERM"));
+    // RESET on its own connection: the settling PING comes before cachegate logs back in.
+    assert!(s(&c.cmd(&["SUBSCRIBE", "ch"]).await).contains("subscribe"));
+    assert_eq!(c.cmd(&["RESET"]).await, b"+RESET\r\n");
+    assert!(c.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
+    assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["GET", "k"]).await, b"$2\r\nv2\r\n");
+}
