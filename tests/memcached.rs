@@ -773,7 +773,9 @@ async fn one_key_gets_answer_and_count_as_memcached_does() {
     assert_eq!(theirs.values("get max\r\n").await, "END\r\n");
     // Not `get_flushed`: whether a flushed item counts there depends on the second it was
     // set in, relative to the flush (it differs between two memcached nodes driven alike).
-    for stat in ["cmd_get", "get_hits", "get_misses", "get_expired"] {
+    // Nor `get_expired`: an expired item the node's LRU maintainer has already reaped is a
+    // plain miss (seen under load); `get_misses` counts it either way.
+    for stat in ["cmd_get", "get_hits", "get_misses"] {
         assert_eq!(behind.stat(stat).await, direct.stat(stat).await, "{stat}");
     }
     assert!(behind.stat("get_hits").await >= 9);
