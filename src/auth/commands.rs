@@ -77,7 +77,7 @@ fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 128]) -> Option<&'b str> {
 pub fn script_callable(args: &[impl AsRef<[u8]>]) -> bool {
     table()
         .lookup(args)
-        .is_none_or(|(_, info)| !info.flags.iter().any(|f| f == "noscript"))
+        .is_none_or(|(_, info)| info.script_callable())
 }
 
 /// The embedded table, parsed once.
@@ -137,6 +137,11 @@ impl CommandTable {
 }
 
 impl CommandInfo {
+    /// Whether a script could call it (Redis refuses `noscript` commands inside scripts).
+    pub fn script_callable(&self) -> bool {
+        !self.flags.iter().any(|f| f == "noscript")
+    }
+
     /// The key arguments of a call, from the key specs, as Redis's `getKeysUsingKeySpecs`
     /// finds them; plus the few commands whose keys no spec fully describes.
     ///

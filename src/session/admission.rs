@@ -275,7 +275,7 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     // the session's own.
     let identity = gate.backend.identity(
         matches!(decision, Decision::Rename(_))
-            && crate::auth::commands::script_callable(&req.args),
+            && found.is_none_or(|(_, info)| info.script_callable()),
     );
     let own_connection = match identity {
         Identity::Admin => true,

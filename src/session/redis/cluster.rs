@@ -843,7 +843,7 @@ impl RequestSide {
             }
         };
         let mut labels = Labels::new();
-        labels.push(self.label.of(&args[0]));
+        labels.push(self.label);
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Routed(settling),
             rewrite,

@@ -167,6 +167,7 @@ impl RequestSide {
                 .await?;
             return Ok(Flow::Continue);
         }
+        self.label = "hello";
         let mut forward = vec![req.args[0].clone()];
         let mut credentials = None;
         let mut i = 1;
@@ -259,6 +260,7 @@ impl RequestSide {
     pub(super) async fn reset(&mut self) -> Result<Flow, SessionError> {
         // RESET's own reply is skipped after CLIENT REPLY SKIP, by Redis as by cachegate.
         let skipped = self.reply_mode == ReplyMode::SkipNext;
+        self.label = "reset";
         self.in_multi = false;
         self.multi_dirty = false;
         self.multi_held = None;
@@ -271,12 +273,9 @@ impl RequestSide {
         if let Some(shared) = self.shared.as_mut() {
             shared.name = None;
         }
-        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT);
-        // answers still owed before it (a RESP2 UNSUBSCRIBE's, one per subscription) are
-        // settled before the connection is handed back.
+        // RESET does not clear what tainted the connection (SCRIPT DEBUG, CLIENT NO-EVICT).
         self.pin_state = PinState {
             tainted: self.pin_state.tainted,
-            unsettled: self.up.is_some(),
             ..PinState::default()
         };
         self.name = None;
@@ -293,11 +292,12 @@ impl RequestSide {
         };
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
-        // RESET logs the upstream connection out too; log cachegate back in, once the answers
-        // still owed before RESET (a RESP2 UNSUBSCRIBE of all answers once per subscription)
-        // have passed, so that the login's reply is its own.
+        // The answers still owed before RESET (a RESP2 UNSUBSCRIBE of all answers once per
+        // subscription) pass before anything of cachegate's behind it: its login, or the
+        // connection's hand-back when the session moves to shared connections.
+        self.mark_settled().await?;
+        // RESET logs the upstream connection out too; log cachegate back in.
         if let Some(auth) = self.own_pool().auth_frame() {
-            self.mark_settled().await?;
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&auth);
         }

@@ -298,7 +298,7 @@ pub async fn run<S>(
         cert: cert.map(Box::new),
         by_cert: false,
         listening: false,
-        label: LastLabel::default(),
+        label: "other",
         tx: Some(tx),
         up: None,
         wbuf: BytesMut::new(),
@@ -412,7 +412,9 @@ struct RequestSide {
     /// The session receives without asking: subscribed, MONITOR, CLIENT TRACKING (until
     /// RESET). Kept whether or not the listener shares connections.
     listening: bool,
-    label: LastLabel,
+    /// The metric label of the command at hand: admission's, or the session's own command's
+    /// (HELLO, RESET); cachegate's own commands are not timed.
+    label: &'static str,
     /// Dropped when the request side ends, which tells the reply side no more slots come.
     tx: Option<slots::Sender<Slot>>,
     up: Option<WriteHalf<Stream>>,
@@ -469,9 +471,9 @@ struct PinState {
     sticky: bool,
     /// Subscribed: held while the connection counts any subscription.
     subscribed: bool,
-    /// Frames may still come that no reply slot counts (an UNSUBSCRIBE's confirmations, the
-    /// answers a RESET follows): a PING round trip settles them before the connection is
-    /// handed back. Holds nothing by itself.
+    /// Frames may still come that no reply slot counts (an UNSUBSCRIBE's confirmations): a
+    /// PING round trip settles them before the connection is handed back. Holds nothing by
+    /// itself.
     unsettled: bool,
     /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
     /// the connection is closed when the session ends, never pooled or shared again.
@@ -761,7 +763,7 @@ impl RequestSide {
         let sharing = plan.sharing;
         let mut args = req.args;
         // The label admission found, for whatever sends this command on.
-        self.label.remember(&args[0], plan.label);
+        self.label = plan.label;
         match sharing {
             Sharing::Local if kind == Kind::Client || kind == Kind::Acl => {
                 if let Some(answer) = self.identity(&args) {
@@ -818,10 +820,11 @@ impl RequestSide {
             }
         }
         // Who runs it, decided once by admission: the same answer before and after it is sent.
-        let want = self.runs_as(plan.identity);
-        let as_admin = want == RunsAs::Admin;
+        // (Who runs it as a `RunsAs` is built only where a connection of its own is used.)
+        let as_admin = plan.identity == Identity::Admin;
         let disposition = plan.disposition;
         if self.multi_held.is_some() {
+            let want = self.runs_as(plan.identity);
             return Box::pin(self.held_multi(kind, plan.command, sharing, want, &args)).await;
         }
         // Back to shared connections once nothing holds the session to its own; on a cluster
@@ -908,7 +911,7 @@ impl RequestSide {
             return Ok(Flow::Continue);
         }
         // Logged in as who must run it, before anything below changes the session's state.
-        if let Some(refusal) = Box::pin(self.run_as(want)).await? {
+        if let Some(refusal) = Box::pin(self.run_as(self.runs_as(plan.identity))).await? {
             self.multi_dirty |= self.in_multi;
             self.local(refusal).await?;
             return Ok(Flow::Continue);
@@ -1057,7 +1060,7 @@ impl RequestSide {
             Some(raw) => batch.bytes.extend_from_slice(raw),
             None => encode_command(&mut batch.bytes, args.iter().map(|a| &a[..])),
         }
-        batch.labels.push(self.label.of(&args[0]));
+        batch.labels.push(self.label);
         // A rewritten reply travels alone; big batches go out without waiting for the read.
         if rewrite.is_some()
             || batch.labels.len() >= 128
@@ -1093,14 +1096,14 @@ impl RequestSide {
             Box::pin(self.settle_shared()).await?;
             self.in_flight_resp3 = resp3;
         }
-        let permits = match self.in_flight.clone().try_acquire_many_owned(want) {
-            Ok(p) => p,
+        match self.in_flight.try_acquire_many(want) {
+            Ok(permits) => permits.forget(),
             // Rare: the client has many replies waiting. Boxed, so the session stays small.
             Err(_) => Box::pin(self.in_flight.clone().acquire_many_owned(want))
                 .await
-                .map_err(|_| closed())?,
-        };
-        permits.forget();
+                .map_err(|_| closed())?
+                .forget(),
+        }
         Ok(want)
     }
 
@@ -1301,7 +1304,7 @@ impl RequestSide {
         // frame is for.
         let mut expect = expect;
         if expect.forward && expect.replies > 0 {
-            expect.timed = Some((self.label.of(&args[0]), Instant::now()));
+            expect.timed = Some((self.label, Instant::now()));
         }
         if expect.replies > 0 {
             self.send_slot(Slot::Upstream(expect)).await?;
@@ -1385,56 +1388,6 @@ fn closed() -> SessionError {
     SessionError::Upstream(UpstreamError::Closed)
 }
 
-/// The last command name labelled, copied (not a view of the client's read buffer, which would
-/// keep it from being reused): a pipeline of one command is looked up once.
-#[derive(Default)]
-struct LastLabel {
-    name: [u8; 24],
-    len: usize,
-    label: &'static str,
-}
-
-impl LastLabel {
-    fn of(&mut self, name: &[u8]) -> &'static str {
-        if !self.label.is_empty() && self.name.get(..self.len) == Some(name) {
-            return self.label;
-        }
-        let label = command_label(name);
-        self.remember(name, label);
-        label
-    }
-
-    /// Remembers `name`'s label, found elsewhere (admission's one look-up).
-    fn remember(&mut self, name: &[u8], label: &'static str) {
-        match self.name.get_mut(..name.len()) {
-            Some(copy) => {
-                copy.copy_from_slice(name);
-                self.len = name.len();
-                self.label = label;
-            }
-            // Longer than the copy holds: labelled again when sent.
-            None => self.label = "",
-        }
-    }
-}
-
-/// A command's metric label: its name as the command table spells it, or "other", so that
-/// clients cannot grow the label set.
-fn command_label(name: &[u8]) -> &'static str {
-    // Lower-cased on the stack: no allocation per command.
-    let mut buf = [0u8; 32];
-    let Some(lower) = buf.get_mut(..name.len()) else {
-        return "other";
-    };
-    lower.copy_from_slice(name);
-    lower.make_ascii_lowercase();
-    std::str::from_utf8(lower)
-        .ok()
-        .and_then(|l| crate::auth::commands::table().commands.get_key_value(l))
-        .map(|(k, _)| k.as_str())
-        .unwrap_or("other")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1459,20 +1412,5 @@ mod tests {
         ] {
             assert!(!refuses_ping(other), "{}", String::from_utf8_lossy(other));
         }
-    }
-
-    #[test]
-    fn labels_are_remembered_per_name_and_case() {
-        let mut last = LastLabel::default();
-        assert_eq!(last.of(b"GET"), "get");
-        assert_eq!(last.of(b"GET"), "get");
-        assert_eq!(last.of(b"set"), "set");
-        assert_eq!(last.of(b"NOSUCHCOMMAND"), "other");
-        assert_eq!(last.of(b"Get"), "get");
-        // Longer than the copy holds: still labelled, never confused with its prefix.
-        let long = [b'x'; 40];
-        assert_eq!(last.of(&long), "other");
-        assert_eq!(last.of(b"Get"), "get");
-        assert_eq!(last.of(b""), "other");
     }
 }

@@ -157,8 +157,9 @@ impl RequestSide {
 
     /// For a subscribed (or unsettled) session about to unpin: whether its subscriptions are
     /// really all gone. A confirmation still in flight when the count was read could be older
-    /// than a SUBSCRIBE sent since, and an UNSUBSCRIBE's or what a RESET followed may still be
-    /// owed; one round trip (PING) settles them, as its reply comes after them all.
+    /// than a SUBSCRIBE sent since, and an UNSUBSCRIBE's answers may still be owed; one round
+    /// trip (PING) settles them, as its reply comes after them all. (After RESET,
+    /// `mark_settled` does the same without waiting.)
     pub(super) async fn subscriptions_settled(&mut self) -> Result<bool, SessionError> {
         if !(self.pin_state.subscribed || self.pin_state.unsettled) || self.up.is_none() {
             return Ok(true);
