@@ -628,10 +628,20 @@ async fn a_killed_primary_is_replaced_and_served_again() {
     for _ in 0..10 {
         assert!(c.cmd(&["INCR", "failover"]).await.starts_with(b":"));
     }
-    // Let the replica take the writes before its primary goes.
-    let mut p = cluster.at(&primary).redis.direct().await;
-    assert_eq!(integer(&p.cmd(&["WAIT", "1", "5000"]).await), 1);
-    drop(p);
+    // Let the replica take the writes before its primary goes: read them on the replica
+    // itself. (A WAIT on a new connection to the primary proves nothing: it waits only for
+    // that connection's own writes, and it has none.)
+    let mut r = cluster.replica_of(&primary).await.client().await;
+    assert_eq!(r.cmd(&["READONLY"]).await, b"+OK\r\n");
+    let caught_up = std::time::Instant::now();
+    while r.cmd(&["GET", "failover"]).await != bulk("10").as_bytes() {
+        assert!(
+            caught_up.elapsed() < std::time::Duration::from_secs(30),
+            "the replica never took the 10 writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(r);
     cluster
         .nodes
         .iter_mut()
