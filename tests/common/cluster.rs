@@ -312,6 +312,22 @@ impl RedisCluster {
         self.at(&address)
     }
 
+    /// Waits until the replica of the primary at `primary` answers `reply` to `GET key`.
+    /// (A WAIT on a new connection to the primary proves nothing: it waits only for that
+    /// connection's own writes.)
+    pub async fn replicated(&self, primary: &str, key: &str, reply: &[u8]) {
+        let mut r = self.replica_of(primary).await.client().await;
+        assert_eq!(r.cmd(&["READONLY"]).await, b"+OK\r\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while r.cmd(&["GET", key]).await != reply {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica of {primary} never had {key}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A node's cluster id.
     pub async fn id(&self, address: &str) -> String {
         let mut c = self.at(address).client().await;
