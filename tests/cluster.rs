@@ -936,7 +936,9 @@ async fn reads_go_to_replicas_only_when_asked() {
     assert_eq!(c.cmd(&["SET", "{r}k", "v"]).await, b"+OK\r\n");
     let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{r}k"]).await) as u16;
     let primary = cluster.owner(slot).await;
-    cluster.replicated(&primary, "{r}k", bulk("v").as_bytes()).await;
+    cluster
+        .replicated(&primary, "{r}k", bulk("v").as_bytes())
+        .await;
     let replica = cluster.replica_of(&primary).await;
     // (Those reads were the test's own.)
     let reset = replica.client().await.cmd(&["CONFIG", "RESETSTAT"]).await;

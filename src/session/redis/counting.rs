@@ -25,9 +25,30 @@ pub(super) struct Counted {
     /// set applies from the next command.
     pub exempt: bool,
     pub mode: ReplyMode,
-    /// RESP2 UNSUBSCRIBE (or PUNSUBSCRIBE) without channels: answered once per subscription,
-    /// a number not known here; those answers arrive as unsolicited frames.
-    pub answers_unknown: bool,
+    /// RESP2 UNSUBSCRIBE, PUNSUBSCRIBE or SUNSUBSCRIBE without channels: answered once per
+    /// subscription of that family (or once, saying there was none), a number the reply side
+    /// knows when it gets there (`replies` counts 1 until then).
+    pub answers_all: Option<Family>,
+}
+
+/// A family of subscriptions, each left as a whole by an unsubscribe without channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    Channels,
+    Patterns,
+    Shards,
+}
+
+impl Family {
+    /// The family a (un)subscribe confirmation's kind counts in.
+    pub(super) fn of(kind: &[u8]) -> Option<Family> {
+        match kind {
+            b"subscribe" | b"unsubscribe" => Some(Family::Channels),
+            b"psubscribe" | b"punsubscribe" => Some(Family::Patterns),
+            b"ssubscribe" | b"sunsubscribe" => Some(Family::Shards),
+            _ => None,
+        }
+    }
 }
 
 /// The replies `args` (of `kind`) gets under `mode` on a RESP2 or RESP3 connection, inside
@@ -43,7 +64,7 @@ pub(super) fn count(
         replies: 1,
         exempt: false,
         mode,
-        answers_unknown: false,
+        answers_all: None,
     };
     if in_multi {
         // Queued (`+QUEUED`) or refused: one reply, whatever the command, and nothing changes
@@ -56,10 +77,20 @@ pub(super) fn count(
         // once per channel named. SUBSCRIBE without a channel is an arity error: one reply.
         Kind::Subscribe | Kind::Unsubscribe => {
             let channels = args.len().saturating_sub(1);
-            counted.answers_unknown = !resp3 && channels == 0 && kind == Kind::Unsubscribe;
+            // Confirmations are pushes to Redis (a RESP2 array on a RESP2 connection): sent
+            // whatever the mode, which the command still ends if it was SKIP. (An arity error
+            // is a reply like any other.)
+            if channels > 0 || kind == Kind::Unsubscribe {
+                counted.exempt = true;
+                counted.mode = under(mode, 0).1;
+            }
+            if !resp3 && channels == 0 && kind == Kind::Unsubscribe {
+                counted.answers_all = Family::of(&args[0].to_ascii_lowercase());
+            }
             counted.replies = match (resp3, channels) {
                 (_, 0) if kind == Kind::Subscribe => 1,
-                (true, _) | (false, 0) => 0,
+                (false, 0) => 1,
+                (true, _) => 0,
                 (false, n) => n,
             };
         }
@@ -149,12 +180,31 @@ mod tests {
         assert_eq!(resp3("PSUBSCRIBE"), 1);
         assert_eq!(resp2("PUNSUBSCRIBE p* q*"), 2);
         assert_eq!(resp3("UNSUBSCRIBE a"), 0);
+        // Confirmations come whatever CLIENT REPLY says, and a SKIP ends with the command.
+        assert_eq!(
+            replies(false, &["CLIENT REPLY SKIP", "UNSUBSCRIBE a b", "GET k"]),
+            [0, 2, 1]
+        );
+        assert_eq!(
+            replies(false, &["CLIENT REPLY OFF", "PUNSUBSCRIBE p", "GET k"]),
+            [0, 1, 0]
+        );
+        assert_eq!(replies(false, &["CLIENT REPLY OFF", "SUBSCRIBE"]), [0, 0]);
         // All of them: one answer per subscription, however many that is.
-        let all = |resp3| count(Kind::Unsubscribe, &args("UNSUBSCRIBE"), resp3, On, false);
-        assert_eq!((all(false).replies, all(false).answers_unknown), (0, true));
-        assert_eq!((all(true).replies, all(true).answers_unknown), (0, false));
+        let all = |name, resp3| count(Kind::Unsubscribe, &args(name), resp3, On, false);
+        let (resp2, resp3) = (all("UNSUBSCRIBE", false), all("UNSUBSCRIBE", true));
+        assert_eq!(
+            (resp2.replies, resp2.answers_all),
+            (1, Some(Family::Channels))
+        );
+        assert_eq!((resp3.replies, resp3.answers_all), (0, None));
+        assert_eq!(
+            all("punsubscribe", false).answers_all,
+            Some(Family::Patterns)
+        );
+        assert_eq!(all("SUnsubscribe", false).answers_all, Some(Family::Shards));
         let one = count(Kind::Unsubscribe, &args("UNSUBSCRIBE a"), false, On, false);
-        assert!(!one.answers_unknown);
+        assert_eq!(one.answers_all, None);
     }
 
     #[test]

@@ -44,9 +44,12 @@ pub(super) fn confirmation(frame: &[u8]) -> Option<Confirmation<'_>> {
         .strip_prefix(b"*3\r\n")
         .or_else(|| frame.strip_prefix(b">3\r\n"))?;
     fn bulk(at: &[u8]) -> Option<(usize, &[u8])> {
+        // (UNSUBSCRIBE with no subscription left names no channel: RESP2's null or RESP3's.)
         if at.starts_with(b"$-1\r\n") {
-            // (UNSUBSCRIBE with no subscription left names no channel.)
             return Some((5, b""));
+        }
+        if at.starts_with(b"_\r\n") {
+            return Some((3, b""));
         }
         if !at.starts_with(b"$") {
             return None;
@@ -162,25 +165,21 @@ impl RequestSide {
         // subscriptions of this session, wait a moment for them to end too, so that all move
         // together.
         let deadline = Instant::now() + NEW_NODE_WAIT;
-        let others = |c: i64| c > 0 && c != SUBSCRIBING;
         while self.shared.is_none()
-            && others(
-                self.subscriptions
-                    .load(std::sync::atomic::Ordering::Acquire),
-            )
+            && self
+                .shard_subscriptions
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
             ended.extend(follow.take_ended());
         }
         let old = self.pin_node.as_ref().map(|n| n.address.clone());
-        // The count the client is told along with a node's sunsubscribe (a SUBSCRIBE still
-        // awaiting its confirmation counts as none).
-        let count = self.subscriptions.clone();
-        let count = move || match count.load(std::sync::atomic::Ordering::Acquire) {
-            SUBSCRIBING => 0,
-            n => n.max(0),
-        };
+        // The count the client is told along with a node's sunsubscribe: its shard channels
+        // (Redis counts them apart from channels and patterns).
+        let count = self.shard_subscriptions.clone();
+        let count = move || count.load(std::sync::atomic::Ordering::Acquire).max(0);
         // Other subscriptions still hold the old node's connection: the client learns what
         // the node did.
         if self.shared.is_some()

@@ -199,6 +199,15 @@ struct Expect {
     /// For cachegate's own command on a connection that may also carry frames for the client
     /// (RESP2 pub/sub): its reply is the frame that matches; any other goes to the client.
     until: Option<Box<Until>>,
+    /// A RESP2 unsubscribe from a whole family: `replies` is known only where it is answered.
+    answers_all: Option<counting::Family>,
+    /// Comes after a RESET: the connection has no subscriptions left by then.
+    after_reset: bool,
+    /// EXEC's, on a connection that (un)subscribed: the confirmations of subscriptions made
+    /// in the transaction are inside it.
+    exec: bool,
+    /// A (un)subscription's: its RESP2 replies are confirmations.
+    confirms: bool,
 }
 
 /// The one frame that answers cachegate's own command.
@@ -247,6 +256,10 @@ impl Expect {
             timed: None,
             login: None,
             until: None,
+            answers_all: None,
+            after_reset: false,
+            exec: false,
+            confirms: false,
         }
     }
 
@@ -313,6 +326,7 @@ pub async fn run<S>(
         multi_held: None,
         cluster_order: None,
         subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        shard_subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         follow: ctx
             .cluster
             .as_ref()
@@ -322,6 +336,7 @@ pub async fn run<S>(
     let own = Own {
         id: req.id,
         subscriptions: req.subscriptions.clone(),
+        shard_subscriptions: req.shard_subscriptions.clone(),
         follow: req.follow.clone(),
         in_flight: req.in_flight.clone(),
         live: req.live.clone(),
@@ -439,6 +454,8 @@ struct RequestSide {
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
     /// said (kept by the reply side; `SUBSCRIBING` until a SUBSCRIBE's first one).
     subscriptions: Arc<std::sync::atomic::AtomicI64>,
+    /// Of those, the shard channels (kept by the reply side).
+    shard_subscriptions: Arc<std::sync::atomic::AtomicI64>,
     /// A cluster session's shard channels, followed across a resharding.
     follow: Option<Arc<follow::Follow>>,
 }
@@ -471,10 +488,12 @@ struct PinState {
     sticky: bool,
     /// Subscribed: held while the connection counts any subscription.
     subscribed: bool,
-    /// Frames may still come that no reply slot counts (an UNSUBSCRIBE's confirmations): a
-    /// PING round trip settles them before the connection is handed back. Holds nothing by
-    /// itself.
+    /// Frames may still come that no reply slot counts (RESP3's UNSUBSCRIBE confirmations),
+    /// or a command whose reply was off or skipped may still run: a PING round trip settles
+    /// them before the connection is handed back. Holds nothing by itself.
     unsettled: bool,
+    /// Of those, a blocking command: the settling PING waits as long as it does.
+    unsettled_blocking: bool,
     /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
     /// the connection is closed when the session ends, never pooled or shared again.
     tainted: bool,
@@ -917,10 +936,16 @@ impl RequestSide {
             return Ok(Flow::Continue);
         }
         let mut expect = Expect::one();
+        // Sent whatever CLIENT REPLY says (`counting`): the mode is already applied.
+        let mut exempt = false;
+        // Redis's RESP2 subscribed context refuses MULTI (as all but pub/sub, PING, QUIT and
+        // RESET): the backend's own refusal, and no transaction.
+        let refused = kind == Kind::Multi && !self.resp3 && self.still_subscribed().await?;
         match kind {
             // With the wrong number of arguments, MULTI and DISCARD are arity errors that change
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
             Kind::Multi | Kind::Discard if args.len() != 1 => {}
+            Kind::Multi if refused => {}
             Kind::Multi => self.in_multi = true,
             // Without MULTI, EXEC and DISCARD are errors that leave a WATCH in place.
             Kind::Exec | Kind::Discard if !self.in_multi => {}
@@ -952,6 +977,7 @@ impl RequestSide {
             Kind::Exec => {
                 self.in_multi = false;
                 self.pin_state.watching = false;
+                expect.exec = self.pin_state.subscribed || self.pin_state.unsettled;
             }
             Kind::Command => {
                 let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
@@ -960,7 +986,35 @@ impl RequestSide {
             }
             Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
             _ if open.is_some() => expect.rewrite = open,
+            // Redis 7.0 answers each channel inside EXEC's array, whose length counts commands:
+            // inside MULTI, one channel per (un)subscription (an UNSUBSCRIBE of all answers
+            // once per subscription, a number not known at EXEC).
+            Kind::Subscribe | Kind::Unsubscribe
+                if self.in_multi
+                    && (args.len() > 2 || (args.len() == 1 && kind == Kind::Unsubscribe)) =>
+            {
+                self.multi_dirty = true;
+                let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+                self.local(reply::error(&format!(
+                    "cachegate: {name} inside MULTI takes exactly one channel"
+                )))
+                .await?;
+                return Ok(Flow::Continue);
+            }
             Kind::Subscribe | Kind::Unsubscribe => {
+                // Redis sends confirmations whatever CLIENT REPLY says, but not the replies
+                // around them: on a RESP2 connection, whose confirmations are replies, no
+                // count could follow what a subscribed context refuses silently (CLIENT REPLY
+                // ON among them). cachegate keeps the two apart.
+                if kind == Kind::Subscribe && self.reply_mode != ReplyMode::On {
+                    self.multi_dirty |= self.in_multi;
+                    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+                    self.local(reply::error(&format!(
+                        "cachegate: {name} cannot run while CLIENT REPLY is OFF or SKIP"
+                    )))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
                 if let Some(follow) = &self.follow {
                     // (RESP2 confirms named channels as replies, which the reply side counts
                     // as answers: only what arrives unasked is told apart.)
@@ -974,13 +1028,15 @@ impl RequestSide {
                 // one reply per channel (`counting`).
                 let counted =
                     counting::count(kind, &args, self.resp3, self.reply_mode, self.in_multi);
-                if counted.answers_unknown {
-                    // Answered once per subscription, unknown here: frames that read as the
-                    // answers to commands behind it. The session keeps its connection until
-                    // RESET, which settles what is still owed before it moves on.
-                    self.pin_state.sticky = true;
-                }
+                // (An unsubscribe of all is answered once per subscription: the reply side
+                // counts them when it gets there.)
+                expect.answers_all = counted.answers_all;
                 expect.replies = counted.replies;
+                expect.confirms = true;
+                if counted.exempt {
+                    self.reply_mode = counted.mode;
+                    exempt = true;
+                }
             }
             // CLIENT REPLY changes how many replies follow; the session must count the same way.
             Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
@@ -991,6 +1047,14 @@ impl RequestSide {
                     self.multi_dirty = true;
                     self.local(reply::error(
                         "cachegate: CLIENT REPLY cannot run inside MULTI",
+                    ))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+                let quiet = !args[2].eq_ignore_ascii_case(b"ON");
+                if quiet && self.still_subscribed().await? {
+                    self.local(reply::error(
+                        "cachegate: CLIENT REPLY OFF and SKIP cannot run while subscribed",
                     ))
                     .await?;
                     return Ok(Flow::Continue);
@@ -1014,7 +1078,10 @@ impl RequestSide {
         if self.ctx.shared.is_some() {
             self.track_state(kind, &args);
         }
-        let flow = self.forward(&args, expect).await?;
+        let flow = match exempt {
+            true => self.forward_raw(&args, expect).await?,
+            false => self.forward(&args, expect).await?,
+        };
         if as_admin {
             // Back at once: nothing else runs with the administrator's rights.
             let back = self.wanted_identity();
@@ -1258,7 +1325,13 @@ impl RequestSide {
     /// Queues a command upstream, applying CLIENT REPLY OFF/SKIP to the expected replies.
     async fn forward(&mut self, args: &[Bytes], mut expect: Expect) -> Result<Flow, SessionError> {
         if expect.forward {
+            let owed = expect.replies;
             (expect.replies, self.reply_mode) = counting::under(self.reply_mode, expect.replies);
+            // A command whose replies are off or skipped may still be running (a blocking
+            // one, say) when nothing is owed any more: a round trip settles it before the
+            // session moves to shared connections, where its next command could run first.
+            self.pin_state.unsettled |= expect.replies < owed;
+            self.pin_state.unsettled_blocking |= expect.replies < owed && expect.blocking;
         }
         self.forward_raw(args, expect).await
     }

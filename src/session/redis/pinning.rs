@@ -111,10 +111,19 @@ impl RequestSide {
         frame: &[u8],
         until: Option<Until>,
     ) -> Result<bool, SessionError> {
-        let (done, reply) = oneshot::channel();
         let mut expect = Expect::swallowed(1);
-        expect.login = Some(done);
         expect.until = until.map(Box::new);
+        self.own_roundtrip_expecting(frame, expect).await
+    }
+
+    /// `own_roundtrip` with the reply's expectation given.
+    async fn own_roundtrip_expecting(
+        &mut self,
+        frame: &[u8],
+        mut expect: Expect,
+    ) -> Result<bool, SessionError> {
+        let (done, reply) = oneshot::channel();
+        expect.login = Some(done);
         self.send_slot(Slot::Upstream(expect)).await?;
         self.wbuf.extend_from_slice(frame);
         self.flush_upstream().await?;
@@ -124,10 +133,12 @@ impl RequestSide {
     /// Marks, on the session's own connection, where the answers still owed end: a PING of
     /// cachegate's own whose reply is swallowed, every frame before it forwarded. Nothing
     /// waits for it; what is queued behind it (a login of cachegate's) gets its own reply.
+    /// (Sent after RESET only, which leaves no subscription: the reply side learns that here.)
     pub(super) async fn mark_settled(&mut self) -> Result<(), SessionError> {
         let (token, ping) = self.settling_ping();
         let mut expect = Expect::swallowed(1);
         expect.until = Some(Box::new(Until::Token(token)));
+        expect.after_reset = true;
         // The slot first: the reply side must know what the reply is for before it can come.
         self.send_slot(Slot::Upstream(expect)).await?;
         self.wbuf.extend_from_slice(&ping);
@@ -165,15 +176,42 @@ impl RequestSide {
             return Ok(true);
         }
         let (token, ping) = self.settling_ping();
-        let answered = self
-            .own_roundtrip_until(&ping, Some(Until::Token(token)))
-            .await?;
+        let mut expect = Expect::swallowed(1);
+        expect.until = Some(Box::new(Until::Token(token)));
+        // Behind a blocking command whose reply was off or skipped, the PING waits as long
+        // as it does.
+        expect.blocking = self.pin_state.unsettled_blocking;
+        let answered = self.own_roundtrip_expecting(&ping, expect).await?;
         Ok(answered && !self.holds_state())
+    }
+
+    /// Whether the session's own connection is subscribed to anything, as the backend's own
+    /// confirmations say: a PING's reply comes after every one still owed. With replies off
+    /// or skipped, none: they were on at every subscription, and were turned off only with
+    /// none left. Inside MULTI, none either: a subscription there is only queued (and the
+    /// PING would be too).
+    pub(super) async fn still_subscribed(&mut self) -> Result<bool, SessionError> {
+        let quiet = self.reply_mode != ReplyMode::On;
+        if !self.pin_state.subscribed || self.up.is_none() || quiet || self.in_multi {
+            return Ok(false);
+        }
+        let (token, ping) = self.settling_ping();
+        self.own_roundtrip_until(&ping, Some(Until::Token(token)))
+            .await?;
+        Ok(self
+            .subscriptions
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0)
     }
 
     /// Notes the connection state a command creates or ends while pinned.
     pub(super) fn track_state(&mut self, kind: Kind, args: &[Bytes]) {
         let st = &mut self.pin_state;
+        // Whether the command may not run now: queued in a transaction (it runs at EXEC, or
+        // never), or sent in RESP2's subscribed context (which refuses all but pub/sub, PING,
+        // QUIT and RESET). Only the backend knows; what it would change is assumed done, and
+        // what it would undo is assumed not.
+        let unsure = self.in_multi || (st.subscribed && !self.resp3);
         match kind {
             // Held until the connection's own count of subscriptions (in every confirmation
             // the reply side reads) is back to 0: after the last UNSUBSCRIBE, or when a
@@ -188,9 +226,9 @@ impl RequestSide {
             // connection is not handed back with them unread.
             Kind::Unsubscribe => st.unsettled = true,
             Kind::Stateful => st.sticky = true,
-            // Queued inside MULTI, a SETNAME runs at EXEC, or never (DISCARD, a failed WATCH):
-            // only the backend knows, so the session keeps its connection (and asks it).
-            Kind::Client if self.in_multi => st.sticky = true,
+            // A SETNAME that may not run (queued, it runs at EXEC or never): only the backend
+            // knows, so the session keeps its connection (and asks it).
+            Kind::Client if unsure => st.sticky = true,
             Kind::Client => match client_subcommand(args).as_deref() {
                 Some(b"SETNAME") if args.len() == 3 => {
                     self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
@@ -199,10 +237,9 @@ impl RequestSide {
                 _ => st.sticky = true,
             },
             Kind::Watch => st.watching = true,
-            Kind::Unwatch => st.watching = false,
-            // Inside MULTI it runs at EXEC or never: another database is assumed until a
-            // SELECT 0 outside one.
-            Kind::Select => st.db = self.in_multi || args.get(1).is_some_and(|d| &d[..] != b"0"),
+            Kind::Unwatch if !unsure => st.watching = false,
+            // Another database is assumed until a SELECT 0 that surely runs.
+            Kind::Select => st.db = unsure || args.get(1).is_some_and(|d| &d[..] != b"0"),
             _ => {}
         }
     }

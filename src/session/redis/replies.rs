@@ -2,6 +2,7 @@
 //! and shared connections' replies, and writes them (or local answers) to the client in
 //! request order.
 
+use super::counting::Family;
 use super::follow::Confirmation;
 use super::*;
 
@@ -30,22 +31,83 @@ enum Event {
     Timeout,
 }
 
-/// The connection's count of subscriptions from an (un)subscribe confirmation (RESP2 array or
-/// RESP3 push: the kind, the channel, the count), `None` for any other frame.
-fn subscription_count((kind, _, count): Confirmation<'_>) -> Option<i64> {
-    const KINDS: [&[u8]; 6] = [
-        b"subscribe",
-        b"psubscribe",
-        b"ssubscribe",
-        b"unsubscribe",
-        b"punsubscribe",
-        b"sunsubscribe",
-    ];
-    if !KINDS.contains(&kind) {
-        return None;
-    }
+/// The family and count of an (un)subscribe confirmation (RESP2 array or RESP3 push: the
+/// kind, the channel, the count), `None` for any other frame.
+fn subscription_count((kind, _, count): Confirmation<'_>) -> Option<(Family, i64)> {
+    let family = Family::of(kind)?;
     let count = count.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
-    std::str::from_utf8(count).ok()?.parse().ok()
+    Some((family, std::str::from_utf8(count).ok()?.parse().ok()?))
+}
+
+/// Tells the request side what the connection is subscribed to.
+fn publish(own: &Own, subs: &Subscriptions) {
+    use std::sync::atomic::Ordering::Release;
+    own.subscriptions.store(subs.total(), Release);
+    own.shard_subscriptions.store(subs.shards, Release);
+}
+
+/// Each element of an array reply, whole (none when the frame is no array, or incomplete).
+fn each_element(frame: &[u8], mut f: impl FnMut(&[u8])) {
+    let Some(rest) = frame.strip_prefix(b"*") else {
+        return;
+    };
+    let Some(eol) = memchr::memchr(b'\n', rest) else {
+        return;
+    };
+    let mut at = &rest[eol + 1..];
+    while let Ok(Some((len, _))) = crate::protocol::resp::frame_len(at) {
+        f(&at[..len]);
+        at = &at[len..];
+    }
+}
+
+/// What the session's own connection is subscribed to, as the confirmations read so far say:
+/// the backend's state at the place in its replies the reply side has reached. Redis counts
+/// channels and patterns together in their confirmations, shard channels apart.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Subscriptions {
+    channels: i64,
+    patterns: i64,
+    shards: i64,
+    /// The last confirmation was a RESP2 reply (not a RESP3 push).
+    resp2: bool,
+}
+
+impl Subscriptions {
+    fn confirmed(&mut self, family: Family, count: i64, resp2: bool) {
+        match family {
+            Family::Channels => self.channels = (count - self.patterns).max(0),
+            Family::Patterns => self.patterns = (count - self.channels).max(0),
+            Family::Shards => self.shards = count.max(0),
+        }
+        self.resp2 = resp2;
+    }
+
+    fn total(&self) -> i64 {
+        self.channels + self.patterns + self.shards
+    }
+
+    /// The answers to an unsubscribe from a whole family: one per subscription, or one
+    /// saying there was none.
+    fn answers_to_all(&self, family: Family) -> usize {
+        let n = match family {
+            Family::Channels => self.channels,
+            Family::Patterns => self.patterns,
+            Family::Shards => self.shards,
+        };
+        n.max(1) as usize
+    }
+
+    /// Whether a frame is a message a RESP2 subscriber gets without asking. It is never a
+    /// reply: while subscribed, a RESP2 connection runs only pub/sub commands, PING, QUIT and
+    /// RESET, whose replies look otherwise.
+    fn is_message(&self, frame: &[u8]) -> bool {
+        self.resp2
+            && self.total() > 0
+            && (frame.starts_with(b"*3\r\n$7\r\nmessage\r\n")
+                || frame.starts_with(b"*4\r\n$8\r\npmessage\r\n")
+                || frame.starts_with(b"*3\r\n$8\r\nsmessage\r\n"))
+    }
 }
 
 /// A shared command's reply: its bytes, or why none came.
@@ -88,6 +150,8 @@ pub(super) struct Own {
     pub(super) id: u64,
     /// Where the connection's count of subscriptions goes, from each confirmation.
     pub(super) subscriptions: Arc<std::sync::atomic::AtomicI64>,
+    /// And its count of shard channels alone (for the shard-channel follower).
+    pub(super) shard_subscriptions: Arc<std::sync::atomic::AtomicI64>,
     /// A cluster session's shard channels, followed across a resharding.
     pub(super) follow: Option<Arc<super::follow::Follow>>,
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
@@ -124,6 +188,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
     let mut shared: Option<SharedWait> = None;
     let mut closed = false;
     let mut scanner = ReplyScanner::default();
+    let mut subs = Subscriptions::default();
     let mut meter = ctx.metrics.command_meter(&ctx.listener);
     let mut charge = crate::budget::Charge::new(ctx.budget.clone());
 
@@ -146,11 +211,13 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
                         let half = up.take().filter(|_| ubuf.is_empty());
                         ubuf.clear();
                         scanner = ReplyScanner::default();
+                        subs = Subscriptions::default();
                         let _ = back.send(half);
                         continue;
                     }
                     Ok(slot) => {
-                        apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout);
+                        let state = (&mut up, &mut current, &mut shared, &mut subs);
+                        apply(slot, state, &mut out, timeout);
                         continue;
                     }
                     Err(slots::TryRecvError::Empty) => {}
@@ -165,6 +232,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
                             frame,
                             kind,
                             &mut current,
+                            &mut subs,
                             &mut out,
                             ctx,
                             &own,
@@ -216,10 +284,12 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
                 let half = up.take().filter(|_| ubuf.is_empty());
                 ubuf.clear();
                 scanner = ReplyScanner::default();
+                subs = Subscriptions::default();
                 let _ = back.send(half);
             }
             Event::Slot(Some(slot)) => {
-                apply(slot, &mut up, &mut current, &mut shared, &mut out, timeout)
+                let state = (&mut up, &mut current, &mut shared, &mut subs);
+                apply(slot, state, &mut out, timeout)
             }
             Event::Shared(reply) => {
                 // The shared connection times out and fails requests itself.
@@ -302,21 +372,34 @@ fn deliver_shared(
     }
 }
 
-fn apply(
-    slot: Slot,
-    up: &mut Option<ReadHalf<Stream>>,
-    current: &mut Option<Current>,
-    shared: &mut Option<SharedWait>,
-    out: &mut Outbox,
-    timeout: Duration,
-) {
+/// The reply side's state a slot changes: the upstream read half, the expected replies, the
+/// shared reply awaited, and the connection's subscriptions.
+type SlotState<'a> = (
+    &'a mut Option<ReadHalf<Stream>>,
+    &'a mut Option<Current>,
+    &'a mut Option<SharedWait>,
+    &'a mut Subscriptions,
+);
+
+/// Takes the next slot in. Called only once every reply before it has been routed, so what
+/// the connection is subscribed to is the backend's state where the slot's replies begin.
+fn apply(slot: Slot, (up, current, shared, subs): SlotState, out: &mut Outbox, timeout: Duration) {
     match slot {
         Slot::Shared(wait) => *shared = Some(wait),
         // Handled by the caller, which owns the read buffer.
         Slot::Detach(_) => {}
-        Slot::Attach(r) => *up = Some(r),
+        Slot::Attach(r) => {
+            *up = Some(r);
+            *subs = Subscriptions::default();
+        }
         Slot::Local(bytes) => out.push(bytes),
-        Slot::Upstream(expect) => {
+        Slot::Upstream(mut expect) => {
+            if expect.after_reset {
+                *subs = Subscriptions::default();
+            }
+            if let Some(family) = expect.answers_all {
+                expect.replies = subs.answers_to_all(family);
+            }
             let deadline = (!expect.blocking).then(|| Instant::now() + timeout);
             *current = Some(Current { expect, deadline });
         }
@@ -328,6 +411,7 @@ fn route(
     frame: Bytes,
     kind: ReplyKind,
     current: &mut Option<Current>,
+    subs: &mut Subscriptions,
     out: &mut Outbox,
     ctx: &Context,
     own: &Own,
@@ -335,11 +419,18 @@ fn route(
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
     let session = own.id;
-    // A pub/sub confirmation, read once for the count and the shard-channel follower.
+    // A pub/sub confirmation, read once for the count and the shard-channel follower. A RESP2
+    // one counts only where a confirmation is due: unasked, or answering a subscription
+    // command or cachegate's own (a script's reply may have a confirmation's shape).
     if let Some(confirmed) = super::follow::confirmation(&frame) {
-        if let Some(count) = subscription_count(confirmed) {
-            own.subscriptions
-                .store(count, std::sync::atomic::Ordering::Release);
+        let due = current
+            .as_ref()
+            .is_none_or(|c| c.expect.confirms || c.expect.until.is_some());
+        if kind == ReplyKind::Push || due {
+            if let Some((family, count)) = subscription_count(confirmed) {
+                subs.confirmed(family, count, kind != ReplyKind::Push);
+                publish(own, subs);
+            }
         }
         let unasked = kind == ReplyKind::Push || current.is_none();
         if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
@@ -350,17 +441,36 @@ fn route(
         out.push(frame);
         return Ok(());
     }
-    let Some(cur) = current.as_mut() else {
+    let Some(cur) = current.as_mut().filter(|_| !subs.is_message(&frame)) else {
         // Unsolicited: a RESP2 pub/sub message or a MONITOR line.
         out.push(frame);
         return Ok(());
     };
+    if cur.expect.exec {
+        // Subscriptions made inside the transaction: confirmed inside its reply.
+        let mut confirmed = false;
+        each_element(&frame, |element| {
+            if let Some(c) = super::follow::confirmation(element) {
+                if let Some((family, count)) = subscription_count(c) {
+                    subs.confirmed(family, count, element.starts_with(b"*"));
+                    confirmed = true;
+                }
+            }
+        });
+        if confirmed {
+            publish(own, subs);
+        }
+    }
     if let Some(until) = &cur.expect.until {
         if !until.matches(&frame, kind) {
             // The client's: a message, or a reply whose place an earlier frame took.
             out.push(frame);
             return Ok(());
         }
+        // Everything before cachegate's own command has been read: what the connection is
+        // subscribed to is known exactly here (a subscription in a transaction that failed
+        // was never confirmed, nor refused).
+        publish(own, subs);
     }
     let has_login = cur.expect.login.is_some();
     if let Some(login) = cur.expect.login.take() {
@@ -404,9 +514,50 @@ fn route(
 #[cfg(test)]
 mod tests {
     use super::super::follow::confirmation;
+    use super::{Family, Subscriptions};
 
     fn subscription_count(frame: &[u8]) -> Option<i64> {
-        super::subscription_count(confirmation(frame)?)
+        super::subscription_count(confirmation(frame)?).map(|(_, n)| n)
+    }
+
+    /// Follows RESP2 confirmations as a connection would send them.
+    fn follow(frames: &[&[u8]]) -> Subscriptions {
+        let mut subs = Subscriptions::default();
+        for frame in frames {
+            let (family, n) = super::subscription_count(confirmation(frame).unwrap()).unwrap();
+            subs.confirmed(family, n, true);
+        }
+        subs
+    }
+
+    #[test]
+    fn an_unsubscribe_of_all_is_answered_once_per_subscription_of_its_family() {
+        // Channels and patterns are counted together, shard channels apart (Redis 7).
+        let subs = follow(&[
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+            b"*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n",
+            b"*3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n",
+            // Again: the same count, nothing new.
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:3\r\n",
+        ]);
+        assert_eq!((subs.channels, subs.patterns, subs.shards), (2, 1, 1));
+        assert_eq!(subs.answers_to_all(Family::Channels), 2);
+        assert_eq!(subs.answers_to_all(Family::Patterns), 1);
+        assert_eq!(subs.answers_to_all(Family::Shards), 1);
+        // With none: one answer, naming no channel.
+        assert_eq!(Subscriptions::default().answers_to_all(Family::Channels), 1);
+        // Messages are never replies while subscribed in RESP2, and are replies otherwise.
+        let message = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n";
+        assert!(subs.is_message(message));
+        assert!(subs.is_message(b"*4\r\n$8\r\npmessage\r\n$2\r\np*\r\n$1\r\na\r\n$1\r\nx\r\n"));
+        assert!(!subs.is_message(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"));
+        assert!(!Subscriptions::default().is_message(message));
+        let left = follow(&[
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n",
+        ]);
+        assert!(!left.is_message(message));
     }
 
     proptest::proptest! {
@@ -434,6 +585,10 @@ mod tests {
         assert_eq!(
             subscription_count(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"),
             Some(0)
+        );
+        assert_eq!(
+            subscription_count(b">3\r\n$12\r\npunsubscribe\r\n_\r\n:2\r\n"),
+            Some(2)
         );
         for other in [
             &b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"[..],
