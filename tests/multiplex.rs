@@ -294,6 +294,18 @@ async fn pinning_engages_and_releases_for_each_family() {
     assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
     assert_eq!(gauge().await, 0.0);
 
+    // A subscription queued in a transaction that is discarded never happened.
+    for resp3 in [false, true] {
+        let hello = if resp3 { "3" } else { "2" };
+        assert!(!c.cmd(&["HELLO", hello]).await.starts_with(b"-"));
+        assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["SUBSCRIBE", "never"]).await, b"+QUEUED\r\n");
+        assert_eq!(c.cmd(&["DISCARD"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        assert_eq!(gauge().await, 0.0, "released after a discarded SUBSCRIBE");
+    }
+    assert!(c.cmd(&["HELLO", "2"]).await.starts_with(b"*"));
+
     // MULTI / EXEC
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(gauge().await, 1.0, "MULTI pins");

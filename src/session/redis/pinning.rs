@@ -155,15 +155,19 @@ impl RequestSide {
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
     /// need no flag: unpinning waits for every reply still due.
+    /// A subscription not yet confirmed holds nothing here: the settling PING before
+    /// unpinning (`subscriptions_settled`) learns whether it happened (it may never, queued
+    /// in a transaction that was discarded) and asks again.
     pub(super) fn holds_state(&self) -> bool {
+        let subscriptions = self
+            .subscriptions
+            .load(std::sync::atomic::Ordering::Acquire);
         self.in_multi
             || self.pin_state.any()
             || self.reply_mode != ReplyMode::On
             || (self.pin_state.subscribed
-                && self
-                    .subscriptions
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    != 0)
+                && subscriptions != 0
+                && subscriptions != follow::SUBSCRIBING)
     }
 
     /// For a subscribed (or unsettled) session about to unpin: whether its subscriptions are
