@@ -679,6 +679,19 @@ async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
     assert_eq!(c.cmd(&["SET", "{tx}a", "1"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&["INCR", "{tx}b"]).await, b"+QUEUED\r\n");
     assert_eq!(s(&c.cmd(&["EXEC"]).await), "*3\r\n+PONG\r\n+OK\r\n:1\r\n");
+    // A name set in a transaction held for its node is the node connection's, as EXEC set it.
+    let mut named = client(&pki, &proxy).await;
+    assert_eq!(named.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        named.cmd(&["CLIENT", "SETNAME", "in-tx"]).await,
+        b"+QUEUED\r\n"
+    );
+    assert_eq!(named.cmd(&["SET", "{tx}n", "1"]).await, b"+QUEUED\r\n");
+    assert_eq!(s(&named.cmd(&["EXEC"]).await), "*2\r\n+OK\r\n+OK\r\n");
+    assert_eq!(
+        s(&named.cmd(&["CLIENT", "GETNAME"]).await),
+        "$5\r\nin-tx\r\n"
+    );
     // A key of another node inside the transaction: CROSSSLOT, and EXEC aborts.
     let tx_slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{tx}"]).await) as u16;
     let tx_node = cluster.owner(tx_slot).await;

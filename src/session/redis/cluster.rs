@@ -1071,7 +1071,7 @@ impl RequestSide {
                     if let Some(held) = self.multi_held.as_mut() {
                         let mut bytes = BytesMut::new();
                         encode_command(&mut bytes, args.iter().map(|a| &a[..]));
-                        held.push(bytes.freeze());
+                        held.push((kind, bytes.freeze()));
                     }
                     self.local(Bytes::from_static(b"+QUEUED\r\n")).await?;
                     return Ok(Flow::Continue);
@@ -1114,7 +1114,10 @@ impl RequestSide {
         // MULTI and the queue were answered already: their replies are read, not forwarded.
         self.forward_raw(&[Bytes::from_static(b"MULTI")], Expect::swallowed(1))
             .await?;
-        for queued in held {
+        for (kind, queued) in held {
+            // What a queued command may do to the connection (a CLIENT SETNAME runs at EXEC
+            // or never), as for one queued on a pinned connection.
+            self.track_state(kind, &[]);
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&queued);
         }

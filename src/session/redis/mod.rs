@@ -448,7 +448,7 @@ struct RequestSide {
     pin_node: Option<Arc<crate::upstream::cluster::Node>>,
     /// A cluster listener's MULTI before its first key says which node runs it: the keyless
     /// commands queued so far (already answered QUEUED).
-    multi_held: Option<Vec<Bytes>>,
+    multi_held: Option<Vec<(Kind, Bytes)>>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
