@@ -623,13 +623,6 @@ impl RequestSide {
         self.cluster_order.get_or_insert_with(Default::default)
     }
 
-    /// A MULTI held for its first key is over (DISCARD, an aborted or run EXEC).
-    fn end_held_multi(&mut self) {
-        self.multi_held = None;
-        self.in_multi = false;
-        self.multi_dirty = false;
-    }
-
     /// Where one request of a cluster command goes, and whether it goes now: the slot's node (a
     /// replica of it for `reads`, where there is one; the first primary for a keyless one),
     /// sent at once unless an earlier write of the session to that slot is still being placed
@@ -717,7 +710,9 @@ impl RequestSide {
         };
         let settling: Settling = match route {
             Route::Answer(reply) => {
-                self.multi_dirty |= self.in_multi && is_error(&reply);
+                if is_error(&reply) {
+                    self.transaction.refuse();
+                }
                 self.local(reply).await?;
                 return Ok(Flow::Continue);
             }
@@ -929,8 +924,7 @@ impl RequestSide {
         }
         match kind {
             Kind::Multi => {
-                self.in_multi = true;
-                self.multi_held = Some(Vec::new());
+                self.transaction.begin_held();
                 Place::Answer(Bytes::from_static(reply::OK))
             }
             Kind::Exec => answer("EXEC without MULTI"),
@@ -983,7 +977,7 @@ impl RequestSide {
                     .is_some_and(|n| n.address == pinned.address)
                 {
                     None
-                } else if self.in_multi {
+                } else if self.transaction.is_open() {
                     Some(reply::error_line(CROSSSLOT))
                 } else {
                     Some(reply::error(&format!(
@@ -1034,7 +1028,7 @@ impl RequestSide {
             None
         };
         if let Some(refusal) = refusal {
-            self.multi_dirty = true;
+            self.transaction.refuse();
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
@@ -1050,12 +1044,12 @@ impl RequestSide {
                 return Ok(Flow::Continue);
             }
             Kind::Discard => {
-                self.end_held_multi();
+                self.transaction.end();
                 self.local(Bytes::from_static(reply::OK)).await?;
                 return Ok(Flow::Continue);
             }
-            Kind::Exec if self.multi_dirty => {
-                self.end_held_multi();
+            Kind::Exec if self.transaction.is_dirty() => {
+                self.transaction.end();
                 self.local(Bytes::from_static(reply::EXECABORT)).await?;
                 return Ok(Flow::Continue);
             }
@@ -1063,22 +1057,20 @@ impl RequestSide {
             _ => match route(command, args) {
                 // Refused anywhere: answered now, and the transaction fails at EXEC.
                 Route::Answer(reply) if is_error(&reply) => {
-                    self.multi_dirty = true;
+                    self.transaction.refuse();
                     self.local(reply).await?;
                     return Ok(Flow::Continue);
                 }
                 Route::One(None) | Route::Answer(_) => {
-                    if let Some(held) = self.multi_held.as_mut() {
-                        let mut bytes = BytesMut::new();
-                        encode_command(&mut bytes, args.iter().map(|a| &a[..]));
-                        held.push((kind, bytes.freeze()));
-                    }
+                    let mut bytes = BytesMut::new();
+                    encode_command(&mut bytes, args.iter().map(|a| &a[..]));
+                    self.transaction.hold(kind, bytes.freeze());
                     self.local(Bytes::from_static(b"+QUEUED\r\n")).await?;
                     return Ok(Flow::Continue);
                 }
                 Route::One(Some(slot)) => Some(slot),
                 _ => {
-                    self.multi_dirty = true;
+                    self.transaction.refuse();
                     self.local(spans_nodes(args, "inside MULTI")).await?;
                     return Ok(Flow::Continue);
                 }
@@ -1088,7 +1080,7 @@ impl RequestSide {
             return Ok(Flow::Continue);
         };
         let Some(node) = current(&cluster, slot) else {
-            self.multi_dirty = true;
+            self.transaction.refuse();
             self.local(Bytes::from_static(NOT_SERVED)).await?;
             return Ok(Flow::Continue);
         };
@@ -1096,9 +1088,9 @@ impl RequestSide {
             // Nothing was sent: the transaction stays held and fails at EXEC; at EXEC, it
             // ends with this error.
             if kind == Kind::Exec {
-                self.end_held_multi();
+                self.transaction.end();
             } else {
-                self.multi_dirty = true;
+                self.transaction.refuse();
             }
             self.local(unavailable).await?;
             return Ok(Flow::Continue);
@@ -1106,11 +1098,11 @@ impl RequestSide {
         // Logged in as the session's backend identity (its mirrored user, whose rules Redis
         // applies inside its scripts) before the transaction begins on the node.
         if let Some(refusal) = Box::pin(self.run_as(want)).await? {
-            self.multi_dirty = true;
+            self.transaction.refuse();
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
-        let held = self.multi_held.take().unwrap_or_default();
+        let held = self.transaction.place();
         // MULTI and the queue were answered already: their replies are read, not forwarded.
         self.forward_raw(&[Bytes::from_static(b"MULTI")], Expect::swallowed(1))
             .await?;
@@ -1122,7 +1114,7 @@ impl RequestSide {
             self.wbuf.extend_from_slice(&queued);
         }
         if kind == Kind::Exec {
-            self.in_multi = false;
+            self.transaction.end();
         }
         self.forward(args, Expect::one()).await
     }

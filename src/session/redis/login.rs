@@ -105,7 +105,11 @@ impl RequestSide {
             Some(session_user),
             Some(if self.resp3 { 3 } else { 2 }),
         );
-        let context = if self.in_multi { "multi" } else { "toplevel" };
+        let context = if self.transaction.is_open() {
+            "multi"
+        } else {
+            "toplevel"
+        };
         self.ctx.metrics.security_event(
             SecurityEvent::new(
                 reason,
@@ -158,11 +162,11 @@ impl RequestSide {
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the AUTH part is checked here and
     /// stripped; the rest goes upstream so the client gets the real server's HELLO reply.
     pub(super) async fn hello(&mut self, req: Request) -> Result<Flow, SessionError> {
-        if self.in_multi {
+        if self.transaction.is_open() {
             // Redis would queue it and switch the protocol at EXEC (or never, after DISCARD
             // or a failed WATCH): cachegate could not tell how to read what follows. Refused,
             // and the transaction fails, as for any command refused inside MULTI.
-            self.multi_dirty = true;
+            self.transaction.refuse();
             self.local(reply::error("cachegate: HELLO cannot run inside MULTI"))
                 .await?;
             return Ok(Flow::Continue);
@@ -268,9 +272,7 @@ impl RequestSide {
         // RESET's own reply is skipped after CLIENT REPLY SKIP, by Redis as by cachegate.
         let skipped = self.reply_mode == ReplyMode::SkipNext;
         self.label = "reset";
-        self.in_multi = false;
-        self.multi_dirty = false;
-        self.multi_held = None;
+        self.transaction.end();
         self.subscriptions
             .store(0, std::sync::atomic::Ordering::Release);
         self.resp3 = false;

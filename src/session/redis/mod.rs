@@ -27,10 +27,12 @@ mod follow;
 mod login;
 mod pinning;
 mod replies;
+mod transaction;
 
 use super::reader::{ClientReader, Filled, ReadError, ReadLimits};
 use super::{admission, commands, outbox, sharing, slots};
 use replies::{reply_side, Own};
+use transaction::Transaction;
 
 use crate::deadline::sleep_until;
 use std::net::SocketAddr;
@@ -317,13 +319,11 @@ pub async fn run<S>(
         wbuf: BytesMut::new(),
         authenticated: false,
         user: None,
-        in_multi: false,
-        multi_dirty: false,
+        transaction: Transaction::None,
         resp3: false,
         reply_mode: ReplyMode::On,
         abort: abort.clone(),
         pin_node: None,
-        multi_held: None,
         cluster_order: None,
         subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         shard_subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -437,8 +437,8 @@ struct RequestSide {
     authenticated: bool,
     /// With ACL users: who is logged in; their rules apply to every command.
     user: Option<Arc<User>>,
-    in_multi: bool,
-    multi_dirty: bool,
+    /// MULTI: open, held (cluster) or not, and whether EXEC aborts.
+    transaction: Transaction,
     resp3: bool,
     reply_mode: ReplyMode,
     abort: CancellationToken,
@@ -446,9 +446,6 @@ struct RequestSide {
     /// A cluster listener's session pinned to one node: that node (its pool gives the
     /// connection and takes it back).
     pin_node: Option<Arc<crate::upstream::cluster::Node>>,
-    /// A cluster listener's MULTI before its first key says which node runs it: the keyless
-    /// commands queued so far (already answered QUEUED).
-    multi_held: Option<Vec<(Kind, Bytes)>>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
@@ -716,7 +713,9 @@ impl RequestSide {
                 (Some(old), Some(new)) => !old.same_permissions(new),
                 _ => false,
             };
-        self.multi_dirty |= self.in_multi && rules_changed;
+        if rules_changed {
+            self.transaction.refuse();
+        }
         self.user = user;
         self.cert_user = cert_user;
         self.ctx = ctx;
@@ -763,8 +762,8 @@ impl RequestSide {
                     let name = user.name.clone();
                     self.security_event(event.reason, event.object, &name, true);
                 }
-                if fails_multi && self.in_multi {
-                    self.multi_dirty = true;
+                if fails_multi {
+                    self.transaction.refuse();
                 }
                 self.local(reply).await?;
                 return Ok(Flow::Continue);
@@ -802,7 +801,7 @@ impl RequestSide {
             {
                 crate::crypt::plan::Plan::Clear => {}
                 crate::crypt::plan::Plan::Refuse(why) => {
-                    self.multi_dirty |= self.in_multi;
+                    self.transaction.refuse();
                     self.local(reply::error(&why)).await?;
                     return Ok(Flow::Continue);
                 }
@@ -814,7 +813,7 @@ impl RequestSide {
                     if self.ctx.identities.is_some()
                         && self.ctx.policy.decide(b"HGETALL") != crate::policy::Decision::Allow =>
                 {
-                    self.multi_dirty |= self.in_multi;
+                    self.transaction.refuse();
                     self.local(reply::error("cachegate: 'HVALS' of an encrypted hash is read as HGETALL (a value opens only with its field), which this listener's policy keeps from its backend user; use HMGET"))
                         .await?;
                     return Ok(Flow::Continue);
@@ -826,9 +825,9 @@ impl RequestSide {
                         enc.count_sealed(sealed as u64);
                     }
                     if let Some(reads) = reads {
-                        if self.in_multi {
+                        if self.transaction.is_open() {
                             // EXEC's reply would carry the values sealed.
-                            self.multi_dirty = true;
+                            self.transaction.refuse();
                             self.local(reply::error("cachegate: reading an encrypted key inside MULTI is not supported yet"))
                                 .await?;
                             return Ok(Flow::Continue);
@@ -842,7 +841,7 @@ impl RequestSide {
         // (Who runs it as a `RunsAs` is built only where a connection of its own is used.)
         let as_admin = plan.identity == Identity::Admin;
         let disposition = plan.disposition;
-        if self.multi_held.is_some() {
+        if self.transaction.is_held() {
             let want = self.runs_as(plan.identity);
             return Box::pin(self.held_multi(kind, plan.command, sharing, want, &args)).await;
         }
@@ -889,7 +888,7 @@ impl RequestSide {
                     match self.cluster_place(kind, sharing, plan.command, &args) {
                         cluster::Place::Node(node) => {
                             if let Some(unavailable) = Box::pin(self.pin_to(node)).await? {
-                                self.multi_dirty |= self.in_multi;
+                                self.transaction.refuse();
                                 self.local(unavailable).await?;
                                 return Ok(Flow::Continue);
                             }
@@ -912,7 +911,7 @@ impl RequestSide {
                 }
                 Disposition::Pin => {
                     if let Some(unavailable) = Box::pin(self.pin()).await? {
-                        self.multi_dirty |= self.in_multi;
+                        self.transaction.refuse();
                         self.local(unavailable).await?;
                         return Ok(Flow::Continue);
                     }
@@ -925,13 +924,13 @@ impl RequestSide {
             false => self.cluster_fits(kind, sharing, plan.command, &args),
         };
         if let Some(refusal) = misfit {
-            self.multi_dirty |= self.in_multi;
+            self.transaction.refuse();
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
         // Logged in as who must run it, before anything below changes the session's state.
         if let Some(refusal) = Box::pin(self.run_as(self.runs_as(plan.identity))).await? {
-            self.multi_dirty |= self.in_multi;
+            self.transaction.refuse();
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
@@ -946,19 +945,17 @@ impl RequestSide {
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
             Kind::Multi | Kind::Discard if args.len() != 1 => {}
             Kind::Multi if refused => {}
-            Kind::Multi => self.in_multi = true,
+            Kind::Multi => self.transaction.begin(),
             // Without MULTI, EXEC and DISCARD are errors that leave a WATCH in place.
-            Kind::Exec | Kind::Discard if !self.in_multi => {}
+            Kind::Exec | Kind::Discard if !self.transaction.is_open() => {}
             Kind::Discard => {
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.transaction.end();
                 self.pin_state.watching = false;
             }
-            Kind::Exec if self.multi_dirty => {
+            Kind::Exec if self.transaction.is_dirty() => {
                 // A refused command was queued: as Redis does, the whole transaction is
                 // discarded. The upstream's MULTI is ended with a DISCARD whose reply is ours.
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.transaction.end();
                 // As Redis: an aborted EXEC unwatches too (DISCARD does so upstream).
                 self.pin_state.watching = false;
                 // Under CLIENT REPLY OFF (or SKIP) the backend answers the DISCARD with
@@ -975,7 +972,7 @@ impl RequestSide {
                 return Ok(Flow::Continue);
             }
             Kind::Exec => {
-                self.in_multi = false;
+                self.transaction.end();
                 self.pin_state.watching = false;
                 expect.exec = self.pin_state.subscribed || self.pin_state.unsettled;
             }
@@ -990,10 +987,10 @@ impl RequestSide {
             // inside MULTI, one channel per (un)subscription (an UNSUBSCRIBE of all answers
             // once per subscription, a number not known at EXEC).
             Kind::Subscribe | Kind::Unsubscribe
-                if self.in_multi
+                if self.transaction.is_open()
                     && (args.len() > 2 || (args.len() == 1 && kind == Kind::Unsubscribe)) =>
             {
-                self.multi_dirty = true;
+                self.transaction.refuse();
                 let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
                 self.local(reply::error(&format!(
                     "cachegate: {name} inside MULTI takes exactly one channel"
@@ -1007,7 +1004,7 @@ impl RequestSide {
                 // count could follow what a subscribed context refuses silently (CLIENT REPLY
                 // ON among them). cachegate keeps the two apart.
                 if kind == Kind::Subscribe && self.reply_mode != ReplyMode::On {
-                    self.multi_dirty |= self.in_multi;
+                    self.transaction.refuse();
                     let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
                     self.local(reply::error(&format!(
                         "cachegate: {name} cannot run while CLIENT REPLY is OFF or SKIP"
@@ -1026,8 +1023,13 @@ impl RequestSide {
                 }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
                 // one reply per channel (`counting`).
-                let counted =
-                    counting::count(kind, &args, self.resp3, self.reply_mode, self.in_multi);
+                let counted = counting::count(
+                    kind,
+                    &args,
+                    self.resp3,
+                    self.reply_mode,
+                    self.transaction.is_open(),
+                );
                 // (An unsubscribe of all is answered once per subscription: the reply side
                 // counts them when it gets there.)
                 expect.answers_all = counted.answers_all;
@@ -1040,11 +1042,11 @@ impl RequestSide {
             }
             // CLIENT REPLY changes how many replies follow; the session must count the same way.
             Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
-                if self.in_multi {
+                if self.transaction.is_open() {
                     // Redis 7.0 would answer the EXEC with an array whose count is wrong (the
                     // mode applies to the replies inside it): refused, and the transaction
                     // fails, as for any command refused inside MULTI.
-                    self.multi_dirty = true;
+                    self.transaction.refuse();
                     self.local(reply::error(
                         "cachegate: CLIENT REPLY cannot run inside MULTI",
                     ))
@@ -1249,9 +1251,9 @@ impl RequestSide {
         if !known {
             return None;
         }
-        if self.in_multi {
+        if self.transaction.is_open() {
             // Its answer cannot be queued with the transaction's; refused, as a queued error.
-            self.multi_dirty = true;
+            self.transaction.refuse();
             return Some(reply::error(
                 "cachegate: CLIENT ID/INFO/LIST and ACL WHOAMI are answered by cachegate and cannot run inside MULTI",
             ));
@@ -1295,7 +1297,7 @@ impl RequestSide {
             self.peer,
             self.ctx.listener,
             self.started.elapsed().as_secs(),
-            if self.in_multi { "x" } else { "N" },
+            if self.transaction.is_open() { "x" } else { "N" },
             self.user_name(),
             if self.resp3 { 3 } else { 2 },
         )

@@ -56,7 +56,7 @@ impl RequestSide {
         }
         // Inside MULTI on the connection itself; a cluster session's MULTI held for its first
         // key has not reached the node yet, and logs in before it does.
-        if self.in_multi && self.multi_held.is_none() {
+        if self.transaction.is_open() && !self.transaction.is_held() {
             return Ok(Some(reply::error(
                 "cachegate: this command runs as another backend user (a renamed command, or a script enforced by a mirrored user), which cannot change inside MULTI",
             )));
@@ -162,7 +162,7 @@ impl RequestSide {
         let subscriptions = self
             .subscriptions
             .load(std::sync::atomic::Ordering::Acquire);
-        self.in_multi
+        self.transaction.is_open()
             || self.pin_state.any()
             || self.reply_mode != ReplyMode::On
             || (self.pin_state.subscribed
@@ -196,7 +196,7 @@ impl RequestSide {
     /// PING would be too).
     pub(super) async fn still_subscribed(&mut self) -> Result<bool, SessionError> {
         let quiet = self.reply_mode != ReplyMode::On;
-        if !self.pin_state.subscribed || self.up.is_none() || quiet || self.in_multi {
+        if !self.pin_state.subscribed || self.up.is_none() || quiet || self.transaction.is_open() {
             return Ok(false);
         }
         let (token, ping) = self.settling_ping();
@@ -215,7 +215,7 @@ impl RequestSide {
         // never), or sent in RESP2's subscribed context (which refuses all but pub/sub, PING,
         // QUIT and RESET). Only the backend knows; what it would change is assumed done, and
         // what it would undo is assumed not.
-        let unsure = self.in_multi || (st.subscribed && !self.resp3);
+        let unsure = self.transaction.is_open() || (st.subscribed && !self.resp3);
         match kind {
             // Held until the connection's own count of subscriptions (in every confirmation
             // the reply side reads) is back to 0: after the last UNSUBSCRIBE, or when a

@@ -1,0 +1,125 @@
+//! Where a session is with MULTI: the one place its transaction state changes. What Redis does
+//! with each command inside a transaction (queue it, answer it, fail the transaction at EXEC)
+//! is the request side's to decide; it says so here.
+
+use bytes::Bytes;
+
+use crate::session::commands::Kind;
+
+#[derive(Debug, Default)]
+pub(super) enum Transaction {
+    #[default]
+    None,
+    /// Open on the session's own connection. `dirty`: a command was refused, and EXEC aborts.
+    Open { dirty: bool },
+    /// A cluster listener's MULTI before its first key names the node: the keyless commands
+    /// queued so far (already answered `QUEUED`), sent when it does.
+    Held {
+        dirty: bool,
+        queued: Vec<(Kind, Bytes)>,
+    },
+}
+
+impl Transaction {
+    /// Inside MULTI (held or open).
+    pub(super) fn is_open(&self) -> bool {
+        !matches!(self, Transaction::None)
+    }
+
+    /// Held for its first key: nothing of it has reached a node yet.
+    pub(super) fn is_held(&self) -> bool {
+        matches!(self, Transaction::Held { .. })
+    }
+
+    /// A command was refused: EXEC aborts. Outside MULTI, nothing to fail.
+    pub(super) fn refuse(&mut self) {
+        match self {
+            Transaction::None => {}
+            Transaction::Open { dirty } | Transaction::Held { dirty, .. } => *dirty = true,
+        }
+    }
+
+    pub(super) fn is_dirty(&self) -> bool {
+        match self {
+            Transaction::None => false,
+            Transaction::Open { dirty } | Transaction::Held { dirty, .. } => *dirty,
+        }
+    }
+
+    /// MULTI: a transaction begins, unless one is open (a nested MULTI is an error that
+    /// changes nothing, not even the transaction's fate).
+    pub(super) fn begin(&mut self) {
+        if !self.is_open() {
+            *self = Transaction::Open { dirty: false };
+        }
+    }
+
+    /// A cluster listener's MULTI: held until its first key.
+    pub(super) fn begin_held(&mut self) {
+        *self = Transaction::Held {
+            dirty: false,
+            queued: Vec::new(),
+        };
+    }
+
+    /// Queues a keyless command of a held transaction.
+    pub(super) fn hold(&mut self, kind: Kind, command: Bytes) {
+        if let Transaction::Held { queued, .. } = self {
+            queued.push((kind, command));
+        }
+    }
+
+    /// The held transaction goes to its node: what was queued, to send after MULTI.
+    pub(super) fn place(&mut self) -> Vec<(Kind, Bytes)> {
+        match std::mem::take(self) {
+            Transaction::Held { dirty, queued } => {
+                *self = Transaction::Open { dirty };
+                queued
+            }
+            other => {
+                *self = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// EXEC, DISCARD or RESET: over.
+    pub(super) fn end(&mut self) {
+        *self = Transaction::None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_fails_only_the_transaction_it_happens_in() {
+        let mut tx = Transaction::default();
+        tx.refuse();
+        assert!(!tx.is_dirty(), "outside MULTI nothing is failed");
+        tx.begin();
+        assert!(tx.is_open() && !tx.is_dirty());
+        tx.refuse();
+        tx.begin();
+        assert!(tx.is_dirty(), "a nested MULTI changes nothing");
+        tx.end();
+        tx.begin();
+        assert!(!tx.is_dirty(), "the next transaction starts clean");
+    }
+
+    #[test]
+    fn a_held_transaction_keeps_its_queue_and_fate_when_placed() {
+        let mut tx = Transaction::default();
+        tx.begin_held();
+        assert!(tx.is_open() && tx.is_held());
+        tx.hold(Kind::Client, Bytes::from_static(b"setname"));
+        tx.refuse();
+        let queued = tx.place();
+        assert_eq!(queued.len(), 1);
+        assert!(tx.is_open() && !tx.is_held() && tx.is_dirty());
+        assert!(tx.place().is_empty());
+        tx.end();
+        assert!(!tx.is_open());
+    }
+}
