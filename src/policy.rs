@@ -298,8 +298,25 @@ impl Policy {
         if self.containers.is_empty() || real.len() > MAX_NAME {
             return false;
         }
-        let low = real.to_ascii_lowercase();
-        self.containers.contains(&low) && self.refused_sub.contains(&sub_key(&low, sub))
+        if sub.len() > MAX_NAME {
+            // (No subcommand is that long; an odd configuration's is still checked.)
+            let low = real.to_ascii_lowercase();
+            return self.containers.contains(&low)
+                && self.refused_sub.contains(&sub_key(&low, sub));
+        }
+        // Folded on the stack: this runs for every command with a subcommand while some are
+        // disabled.
+        let mut key = [0u8; 2 * MAX_NAME + 1];
+        let (n, m) = (real.len(), sub.len());
+        key[..n].copy_from_slice(real);
+        key[..n].make_ascii_lowercase();
+        if !self.containers.contains(&key[..n]) {
+            return false;
+        }
+        key[n] = b'|';
+        key[n + 1..n + 1 + m].copy_from_slice(sub);
+        key[n + 1..n + 1 + m].make_ascii_lowercase();
+        self.refused_sub.contains(&key[..n + 1 + m])
     }
 
     /// How a real command name (as the backend lists it) may be shown to the client; for a
@@ -426,6 +443,8 @@ mod tests {
         assert!(p.refuses_subcommand(b"config", b"SET"));
         assert!(!p.refuses_subcommand(b"CONFIG", b"GET"));
         assert!(p.refuses_subcommand(b"CLIENT", b"Kill"));
+        assert!(!p.refuses_subcommand(b"CLIENT", &[b'k'; 200]));
+        assert!(!p.refuses_subcommand(&[b'c'; 200], b"kill"));
         assert_eq!(p.decide(b"CONFIG"), Decision::Refuse, "renamed away");
         assert_eq!(p.visible_name(b"config|set"), Visibility::Hidden);
         assert_eq!(
