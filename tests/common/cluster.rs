@@ -129,6 +129,37 @@ pub async fn redis_cli(args: Vec<String>) -> String {
     text
 }
 
+/// `redis-cli` as `redis_cli` does, but given up (and killed) after `limit`: `None` then.
+/// (`--cluster create` waits for ever for a cluster whose nodes never all meet.)
+async fn redis_cli_within(args: Vec<String>, limit: Duration) -> Option<String> {
+    let mut child = Command::new("redis-cli")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed with redis-server");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("redis-cli runs") {
+            let out = child.wait_with_output().expect("redis-cli's output");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(status.success(), "redis-cli failed: {text}");
+            return Some(text);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `name:value` from an INFO-style text.
 pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
@@ -154,12 +185,30 @@ impl RedisCluster {
         Self::start_with(primaries, replicas, true, None).await
     }
 
+    /// Starts the nodes and joins them, again from the start if they do not all meet: with
+    /// a short node timeout (for quick failovers), a node under load can drop another's
+    /// handshake before it completes, and `redis-cli --cluster create` then waits for ever.
     async fn start_with(
         primaries: usize,
         replicas: usize,
         tls: bool,
         password: Option<&str>,
     ) -> RedisCluster {
+        for _ in 0..3 {
+            if let Some(cluster) = Self::try_start(primaries, replicas, tls, password).await {
+                return cluster;
+            }
+            eprintln!("the cluster's nodes did not all meet: starting them again");
+        }
+        panic!("the cluster's nodes did not all meet, three times");
+    }
+
+    async fn try_start(
+        primaries: usize,
+        replicas: usize,
+        tls: bool,
+        password: Option<&str>,
+    ) -> Option<RedisCluster> {
         let dir = tempfile::tempdir().unwrap();
         let pki = tls.then(|| ClusterPki::new(dir.path()));
         let mut nodes = Vec::new();
@@ -236,7 +285,7 @@ impl RedisCluster {
             replicas.to_string(),
             "--cluster-yes".to_string(),
         ]);
-        redis_cli(args).await;
+        redis_cli_within(args, Duration::from_secs(30)).await?;
         let cluster = RedisCluster {
             nodes,
             pki,
@@ -244,7 +293,7 @@ impl RedisCluster {
             _dir: dir,
         };
         cluster.wait_ok().await;
-        cluster
+        Some(cluster)
     }
 
     /// Waits until every node says the cluster is ok with every slot served, and knows every
