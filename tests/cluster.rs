@@ -692,6 +692,35 @@ async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
         s(&named.cmd(&["CLIENT", "GETNAME"]).await),
         "$5\r\nin-tx\r\n"
     );
+    // A subscription in a transaction that EXEC places (no key named a node) holds the
+    // session's connection as any other: it still gets the channel's messages.
+    let mut sub = client(&pki, &proxy).await;
+    assert_eq!(sub.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        s(&sub.cmd(&["SUBSCRIBE", "a", "b"]).await),
+        "-ERR cachegate: SUBSCRIBE inside MULTI takes exactly one channel\r\n"
+    );
+    assert_eq!(sub.cmd(&["DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(sub.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(sub.cmd(&["SUBSCRIBE", "txnews"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        s(&sub.cmd(&["EXEC"]).await),
+        "*1\r\n*3\r\n$9\r\nsubscribe\r\n$6\r\ntxnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        s(&sub.cmd(&["PING"]).await),
+        "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+        "still subscribed"
+    );
+    let mut publisher = client(&pki, &proxy).await;
+    assert!(publisher
+        .cmd(&["PUBLISH", "txnews", "hi"])
+        .await
+        .starts_with(b":"));
+    assert_eq!(
+        s(&sub.read().await),
+        "*3\r\n$7\r\nmessage\r\n$6\r\ntxnews\r\n$2\r\nhi\r\n"
+    );
     // A key of another node inside the transaction: CROSSSLOT, and EXEC aborts.
     let tx_slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "{tx}"]).await) as u16;
     let tx_node = cluster.owner(tx_slot).await;

@@ -1025,7 +1025,7 @@ impl RequestSide {
                 "cachegate: this command runs as another backend user (a renamed command), which cannot change inside MULTI",
             ))
         } else {
-            None
+            super::transaction::refused_inside(kind, args).map(|r| reply::error(&r))
         };
         if let Some(refusal) = refusal {
             self.transaction.refuse();
@@ -1110,13 +1110,20 @@ impl RequestSide {
             // What a queued command may do to the connection (a CLIENT SETNAME runs at EXEC
             // or never), as for one queued on a pinned connection.
             self.track_state(kind, &[]);
+            self.listening |= kind == Kind::Subscribe;
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&queued);
         }
+        // And the command that placed it (a keyed one, or EXEC).
+        self.track_state(kind, args);
+        self.listening |= kind == Kind::Subscribe;
+        let mut expect = Expect::one();
         if kind == Kind::Exec {
             self.transaction.end();
+            // The confirmations of subscriptions made in it come inside its reply.
+            expect.exec = self.pin_state.subscribed || self.pin_state.unsettled;
         }
-        self.forward(args, Expect::one()).await
+        self.forward(args, expect).await
     }
 }
 

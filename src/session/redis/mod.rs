@@ -983,19 +983,15 @@ impl RequestSide {
             }
             Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
             _ if open.is_some() => expect.rewrite = open,
-            // Redis 7.0 answers each channel inside EXEC's array, whose length counts commands:
-            // inside MULTI, one channel per (un)subscription (an UNSUBSCRIBE of all answers
-            // once per subscription, a number not known at EXEC).
+            // Inside MULTI, one channel per (un)subscription (`transaction::refused_inside`).
             Kind::Subscribe | Kind::Unsubscribe
                 if self.transaction.is_open()
-                    && (args.len() > 2 || (args.len() == 1 && kind == Kind::Unsubscribe)) =>
+                    && transaction::refused_inside(kind, &args).is_some() =>
             {
                 self.transaction.refuse();
-                let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-                self.local(reply::error(&format!(
-                    "cachegate: {name} inside MULTI takes exactly one channel"
-                )))
-                .await?;
+                if let Some(refusal) = transaction::refused_inside(kind, &args) {
+                    self.local(reply::error(&refusal)).await?;
+                }
                 return Ok(Flow::Continue);
             }
             Kind::Subscribe | Kind::Unsubscribe => {

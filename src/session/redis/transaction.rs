@@ -89,6 +89,21 @@ impl Transaction {
     }
 }
 
+/// An (un)subscription cachegate refuses inside MULTI, where Redis would queue it: one naming
+/// other than exactly one channel. Redis 7.0 answers each channel inside an EXEC array whose
+/// length counts commands (and an UNSUBSCRIBE of all once per subscription, a number not
+/// known at EXEC). `None` for anything else.
+pub(super) fn refused_inside(kind: Kind, args: &[Bytes]) -> Option<String> {
+    let many = args.len() > 2 || (args.len() == 1 && kind == Kind::Unsubscribe);
+    if !matches!(kind, Kind::Subscribe | Kind::Unsubscribe) || !many {
+        return None;
+    }
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+    Some(format!(
+        "cachegate: {name} inside MULTI takes exactly one channel"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
