@@ -522,6 +522,26 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<(usize, ReplyKind)>, ReplyError> {
     next_reply_len(buf, usize::MAX)
 }
 
+/// An array (or set) reply's elements, each a whole frame; `None` if `reply` is not one, or
+/// is incomplete.
+pub fn elements(reply: &Bytes) -> Option<Vec<Bytes>> {
+    let header_end = memchr::memchr(b'\n', reply)?;
+    if !matches!(reply.first(), Some(b'*' | b'~')) {
+        return None;
+    }
+    let count: i64 = std::str::from_utf8(&reply[1..header_end - 1])
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut rest = reply.slice(header_end + 1..);
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count.max(0) {
+        let (len, _) = frame_len(&rest).ok()??;
+        out.push(rest.split_to(len));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

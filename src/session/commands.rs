@@ -352,6 +352,14 @@ fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
     out.put_slice(b"\r\n");
 }
 
+/// A command's words from one line split at spaces (for tests).
+#[cfg(test)]
+pub(crate) fn words(line: &str) -> Vec<Bytes> {
+    line.split(' ')
+        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

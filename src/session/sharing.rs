@@ -263,13 +263,7 @@ pub fn of_found(
 mod tests {
     use super::*;
     use crate::auth::commands::table;
-
-    fn call(words: &str) -> Vec<Bytes> {
-        words
-            .split(' ')
-            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-            .collect()
-    }
+    use crate::session::commands::words as call;
 
     /// Every command and subcommand of the table has a reviewed verdict, and every reviewed
     /// name is in the table: a command added to the table (a newer Redis) fails here until

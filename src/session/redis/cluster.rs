@@ -431,25 +431,6 @@ impl Order {
     }
 }
 
-/// An array reply's elements, each a whole frame; `None` if `reply` is not an array.
-fn elements(reply: &Bytes) -> Option<Vec<Bytes>> {
-    let header_end = memchr::memchr(b'\n', reply)?;
-    if !matches!(reply.first(), Some(b'*' | b'~')) {
-        return None;
-    }
-    let count: i64 = std::str::from_utf8(&reply[1..header_end - 1])
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut rest = reply.slice(header_end + 1..);
-    let mut out = Vec::with_capacity(count.max(0) as usize);
-    for _ in 0..count.max(0) {
-        let (len, _) = frame_len(&rest).ok()??;
-        out.push(rest.split_to(len));
-    }
-    Some(out)
-}
-
 fn is_error(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-' | b'!'))
 }
@@ -554,7 +535,7 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
         Merge::Concat => {
             let mut all = Vec::new();
             for p in &parts {
-                match elements(p) {
+                match crate::protocol::resp::elements(p) {
                     Some(items) => all.extend(items),
                     None => return unexpected(p),
                 }
@@ -565,7 +546,7 @@ fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
             let total: usize = positions.iter().map(Vec::len).sum();
             let mut slots: Vec<Option<Bytes>> = vec![None; total];
             for (p, places) in parts.iter().zip(positions) {
-                match elements(p) {
+                match crate::protocol::resp::elements(p) {
                     Some(items) if items.len() == places.len() => {
                         for (item, &at) in items.into_iter().zip(places) {
                             if let Some(slot) = slots.get_mut(at) {
@@ -596,7 +577,7 @@ fn scan_reply(reply: Bytes, node: u16, next: Option<u16>) -> Bytes {
     if is_error(&reply) {
         return reply;
     }
-    let Some(mut items) = elements(&reply).filter(|i| i.len() == 2) else {
+    let Some(mut items) = crate::protocol::resp::elements(&reply).filter(|i| i.len() == 2) else {
         return unexpected(&reply);
     };
     let cursor = items[0]
@@ -1121,7 +1102,7 @@ impl RequestSide {
         if kind == Kind::Exec {
             self.transaction.end();
             // The confirmations of subscriptions made in it come inside its reply.
-            expect.exec = self.pin_state.subscribed || self.pin_state.unsettled;
+            expect.exec = self.pin_state.pubsub();
         }
         self.forward(args, expect).await
     }

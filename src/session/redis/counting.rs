@@ -129,15 +129,8 @@ pub(super) fn under(mode: ReplyMode, replies: usize) -> (usize, ReplyMode) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::commands::classify;
+    use crate::session::commands::{classify, words as args};
     use ReplyMode::*;
-
-    fn args(words: &str) -> Vec<Bytes> {
-        words
-            .split(' ')
-            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-            .collect()
-    }
 
     /// The replies the backend sends for `commands`, one count per command, as the session
     /// counts them.

@@ -500,6 +500,12 @@ impl PinState {
     fn any(&self) -> bool {
         self.watching || self.db || self.sticky || self.tainted
     }
+
+    /// The connection has (un)subscribed since it was pinned: confirmations may still come,
+    /// in EXEC's reply among others, and a settling PING tells what is left.
+    fn pubsub(&self) -> bool {
+        self.subscribed || self.unsettled
+    }
 }
 
 /// Process-wide: every session's virtual `CLIENT ID` is unique.
@@ -934,6 +940,17 @@ impl RequestSide {
             self.local(refusal).await?;
             return Ok(Flow::Continue);
         }
+        // Inside MULTI, one channel per (un)subscription.
+        if let Some(refusal) = self
+            .transaction
+            .is_open()
+            .then(|| transaction::refused_inside(kind, &args))
+            .flatten()
+        {
+            self.transaction.refuse();
+            self.local(reply::error(&refusal)).await?;
+            return Ok(Flow::Continue);
+        }
         let mut expect = Expect::one();
         // Sent whatever CLIENT REPLY says (`counting`): the mode is already applied.
         let mut exempt = false;
@@ -974,7 +991,7 @@ impl RequestSide {
             Kind::Exec => {
                 self.transaction.end();
                 self.pin_state.watching = false;
-                expect.exec = self.pin_state.subscribed || self.pin_state.unsettled;
+                expect.exec = self.pin_state.pubsub();
             }
             Kind::Command => {
                 let (fwd, rewrite) = plan_command(&args, &self.ctx.policy);
@@ -983,17 +1000,6 @@ impl RequestSide {
             }
             Kind::Acl => expect.rewrite = acl_cat_rewrite(kind, &args, &self.ctx.policy),
             _ if open.is_some() => expect.rewrite = open,
-            // Inside MULTI, one channel per (un)subscription (`transaction::refused_inside`).
-            Kind::Subscribe | Kind::Unsubscribe
-                if self.transaction.is_open()
-                    && transaction::refused_inside(kind, &args).is_some() =>
-            {
-                self.transaction.refuse();
-                if let Some(refusal) = transaction::refused_inside(kind, &args) {
-                    self.local(reply::error(&refusal)).await?;
-                }
-                return Ok(Flow::Continue);
-            }
             Kind::Subscribe | Kind::Unsubscribe => {
                 // Redis sends confirmations whatever CLIENT REPLY says, but not the replies
                 // around them: on a RESP2 connection, whose confirmations are replies, no

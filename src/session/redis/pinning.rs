@@ -135,9 +135,7 @@ impl RequestSide {
     /// waits for it; what is queued behind it (a login of cachegate's) gets its own reply.
     /// (Sent after RESET only, which leaves no subscription: the reply side learns that here.)
     pub(super) async fn mark_settled(&mut self) -> Result<(), SessionError> {
-        let (token, ping) = self.settling_ping();
-        let mut expect = Expect::swallowed(1);
-        expect.until = Some(Box::new(Until::Token(token)));
+        let (mut expect, ping) = self.settling_ping();
         expect.after_reset = true;
         // The slot first: the reply side must know what the reply is for before it can come.
         self.send_slot(Slot::Upstream(expect)).await?;
@@ -145,12 +143,23 @@ impl RequestSide {
         Ok(())
     }
 
-    /// cachegate's own `PING <token>`, whose reply comes after everything sent before it.
-    fn settling_ping(&self) -> (Bytes, BytesMut) {
+    /// cachegate's own `PING <token>`, whose reply comes after everything sent before it,
+    /// and what its reply is: the frame that names the token (every frame before it is the
+    /// client's), however long a blocking command sent with its reply off or skipped holds it.
+    fn settling_ping(&self) -> (Expect, BytesMut) {
         let token = Bytes::from(format!("cachegate-settle-{}", self.id));
         let mut ping = BytesMut::new();
         encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
-        (token, ping)
+        let mut expect = Expect::swallowed(1);
+        expect.until = Some(Box::new(Until::Token(token)));
+        expect.blocking = self.pin_state.unsettled_blocking;
+        (expect, ping)
+    }
+
+    /// Sends the settling PING and waits for its reply: whether it was answered (not refused).
+    async fn settle(&mut self) -> Result<bool, SessionError> {
+        let (expect, ping) = self.settling_ping();
+        self.own_roundtrip_expecting(&ping, expect).await
     }
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
@@ -176,17 +185,10 @@ impl RequestSide {
     /// trip (PING) settles them, as its reply comes after them all. (After RESET,
     /// `mark_settled` does the same without waiting.)
     pub(super) async fn subscriptions_settled(&mut self) -> Result<bool, SessionError> {
-        if !(self.pin_state.subscribed || self.pin_state.unsettled) || self.up.is_none() {
+        if !self.pin_state.pubsub() || self.up.is_none() {
             return Ok(true);
         }
-        let (token, ping) = self.settling_ping();
-        let mut expect = Expect::swallowed(1);
-        expect.until = Some(Box::new(Until::Token(token)));
-        // Behind a blocking command whose reply was off or skipped, the PING waits as long
-        // as it does.
-        expect.blocking = self.pin_state.unsettled_blocking;
-        let answered = self.own_roundtrip_expecting(&ping, expect).await?;
-        Ok(answered && !self.holds_state())
+        Ok(self.settle().await? && !self.holds_state())
     }
 
     /// Whether the session's own connection is subscribed to anything, as the backend's own
@@ -199,9 +201,7 @@ impl RequestSide {
         if !self.pin_state.subscribed || self.up.is_none() || quiet || self.transaction.is_open() {
             return Ok(false);
         }
-        let (token, ping) = self.settling_ping();
-        self.own_roundtrip_until(&ping, Some(Until::Token(token)))
-            .await?;
+        self.settle().await?;
         Ok(self
             .subscriptions
             .load(std::sync::atomic::Ordering::Acquire)

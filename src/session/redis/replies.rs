@@ -46,21 +46,6 @@ fn publish(own: &Own, subs: &Subscriptions) {
     own.shard_subscriptions.store(subs.shards, Release);
 }
 
-/// Each element of an array reply, whole (none when the frame is no array, or incomplete).
-fn each_element(frame: &[u8], mut f: impl FnMut(&[u8])) {
-    let Some(rest) = frame.strip_prefix(b"*") else {
-        return;
-    };
-    let Some(eol) = memchr::memchr(b'\n', rest) else {
-        return;
-    };
-    let mut at = &rest[eol + 1..];
-    while let Ok(Some((len, _))) = crate::protocol::resp::frame_len(at) {
-        f(&at[..len]);
-        at = &at[len..];
-    }
-}
-
 /// What the session's own connection is subscribed to, as the confirmations read so far say:
 /// the backend's state at the place in its replies the reply side has reached. Redis counts
 /// channels and patterns together in their confirmations, shard channels apart.
@@ -74,6 +59,18 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Takes in a confirmation's count (a RESP2 reply, or a RESP3 push): whether it was an
+    /// (un)subscribe confirmation.
+    fn take(&mut self, confirmation: Confirmation<'_>, resp2: bool) -> bool {
+        match subscription_count(confirmation) {
+            Some((family, count)) => {
+                self.confirmed(family, count, resp2);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn confirmed(&mut self, family: Family, count: i64, resp2: bool) {
         match family {
             Family::Channels => self.channels = (count - self.patterns).max(0),
@@ -426,11 +423,8 @@ fn route(
         let due = current
             .as_ref()
             .is_none_or(|c| c.expect.confirms || c.expect.until.is_some());
-        if kind == ReplyKind::Push || due {
-            if let Some((family, count)) = subscription_count(confirmed) {
-                subs.confirmed(family, count, kind != ReplyKind::Push);
-                publish(own, subs);
-            }
+        if (kind == ReplyKind::Push || due) && subs.take(confirmed, kind != ReplyKind::Push) {
+            publish(own, subs);
         }
         let unasked = kind == ReplyKind::Push || current.is_none();
         if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
@@ -449,14 +443,11 @@ fn route(
     if cur.expect.exec {
         // Subscriptions made inside the transaction: confirmed inside its reply.
         let mut confirmed = false;
-        each_element(&frame, |element| {
-            if let Some(c) = super::follow::confirmation(element) {
-                if let Some((family, count)) = subscription_count(c) {
-                    subs.confirmed(family, count, element.starts_with(b"*"));
-                    confirmed = true;
-                }
+        for element in crate::protocol::resp::elements(&frame).unwrap_or_default() {
+            if let Some(c) = super::follow::confirmation(&element) {
+                confirmed |= subs.take(c, element.starts_with(b"*"));
             }
-        });
+        }
         if confirmed {
             publish(own, subs);
         }
