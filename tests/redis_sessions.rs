@@ -441,6 +441,13 @@ async fn reply_counts_match_redis_server() {
     // No AUTH to give (RESET would log a token session out, which the backend has no part in).
     // A short request timeout: a reply counted that never comes would close the session.
     let proxy = Proxy::tls_open(&pki, &redis, "upstream.request_timeout = \"300ms\"\n").await;
+    // And a listener whose sessions each keep a connection of their own from the start.
+    let unshared = Proxy::tls_open(
+        &pki,
+        &redis,
+        "upstream.request_timeout = \"300ms\"\nupstream.multiplex = false\n",
+    )
+    .await;
     let sequences: &[&[&str]] = &[
         &[
             "SET k v",
@@ -626,7 +633,8 @@ async fn reply_counts_match_redis_server() {
         ],
     ];
     let mut sessions = Vec::new();
-    for resp3 in [false, true] {
+    for (resp3, multiplexed) in [(false, true), (true, true), (false, false), (true, false)] {
+        let proxy = if multiplexed { &proxy } else { &unshared };
         for sequence in sequences {
             let mut wire = Vec::new();
             if resp3 {
@@ -637,6 +645,8 @@ async fn reply_counts_match_redis_server() {
                 wire.extend(encode(&words));
             }
             wire.extend(encode(&[b"ECHO", b"end"]));
+            // (Printed with a failure: the sequence whose session closed.)
+            eprintln!("resp3: {resp3}, multiplexed: {multiplexed}, {sequence:?}");
             let mut direct = redis.direct().await;
             let mut through = RawClient::tls(&pki, proxy.addr).await;
             let mut frames = Vec::new();
@@ -656,8 +666,9 @@ async fn reply_counts_match_redis_server() {
                 }
                 frames.push(seen);
             }
-            assert_eq!(frames[0], frames[1], "resp3: {resp3}, {sequence:?}");
-            sessions.push((through, format!("resp3: {resp3}, {sequence:?}")));
+            let what = format!("resp3: {resp3}, multiplexed: {multiplexed}, {sequence:?}");
+            assert_eq!(frames[0], frames[1], "{what}");
+            sessions.push((through, what));
         }
     }
     // Past the request timeout, every session is still in step: no reply it counted is still

@@ -1090,14 +1090,12 @@ impl RequestSide {
         for (kind, queued) in held {
             // What a queued command may do to the connection (a CLIENT SETNAME runs at EXEC
             // or never), as for one queued on a pinned connection.
-            self.track_state(kind, &[]);
-            self.listening |= kind == Kind::Subscribe;
+            self.note_sent(kind, &[]);
             self.send_slot(Slot::Upstream(Expect::swallowed(1))).await?;
             self.wbuf.extend_from_slice(&queued);
         }
         // And the command that placed it (a keyed one, or EXEC).
-        self.track_state(kind, args);
-        self.listening |= kind == Kind::Subscribe;
+        self.note_sent(kind, args);
         let mut expect = Expect::one();
         if kind == Kind::Exec {
             self.transaction.end();

@@ -214,7 +214,8 @@ struct Expect {
 
 /// The one frame that answers cachegate's own command.
 enum Until {
-    /// `PING <token>`: `$<token>`, or `*2 pong <token>` while subscribed.
+    /// `PING <token>`, held as the token's bulk string: that, or `*2 pong <token>` while
+    /// subscribed.
     Token(Bytes),
     /// `SSUBSCRIBE <channel>`: its confirmation, or a refusal.
     Confirms(Bytes),
@@ -226,11 +227,10 @@ impl Until {
             // (A refusal of the PING answers it too: the connection's user may be denied it,
             // or be logged out by a RESET. Any other error answers a client's command before
             // it, whose answers cachegate could not count.)
-            Until::Token(token) => {
-                let bulk = reply::bulk(token);
+            Until::Token(bulk) => {
                 (kind == ReplyKind::Error && refuses_ping(frame))
                     || frame == &bulk[..]
-                    || (frame.starts_with(b"*2\r\n$4\r\npong\r\n") && frame.ends_with(&bulk))
+                    || (frame.starts_with(b"*2\r\n$4\r\npong\r\n") && frame.ends_with(bulk))
             }
             Until::Confirms(channel) => {
                 kind == ReplyKind::Error
@@ -313,6 +313,7 @@ pub async fn run<S>(
         cert: cert.map(Box::new),
         by_cert: false,
         listening: false,
+        behind_blocking: false,
         label: "other",
         tx: Some(tx),
         up: None,
@@ -427,6 +428,10 @@ struct RequestSide {
     /// The session receives without asking: subscribed, MONITOR, CLIENT TRACKING (until
     /// RESET). Kept whether or not the listener shares connections.
     listening: bool,
+    /// A blocking command went on the session's own connection with its reply off or
+    /// skipped, and nothing awaited since: the next reply awaited there comes only once it
+    /// has ended, so it waits as long as that command does (not the request timeout).
+    behind_blocking: bool,
     /// The metric label of the command at hand: admission's, or the session's own command's
     /// (HELLO, RESET); cachegate's own commands are not timed.
     label: &'static str,
@@ -489,8 +494,6 @@ struct PinState {
     /// or a command whose reply was off or skipped may still run: a PING round trip settles
     /// them before the connection is handed back. Holds nothing by itself.
     unsettled: bool,
-    /// Of those, a blocking command: the settling PING waits as long as it does.
-    unsettled_blocking: bool,
     /// State that RESET does not clear (SCRIPT DEBUG, CLIENT NO-EVICT, unknown commands):
     /// the connection is closed when the session ends, never pooled or shared again.
     tainted: bool,
@@ -1073,18 +1076,11 @@ impl RequestSide {
             Kind::Blocking => expect.blocking = true,
             _ => {}
         }
-        self.listening |= kind == Kind::Subscribe
-            || args[0].eq_ignore_ascii_case(b"MONITOR")
-            || (kind == Kind::Client
-                && args.len() > 2
-                && args[1].eq_ignore_ascii_case(b"TRACKING")
-                && args[2].eq_ignore_ascii_case(b"ON"));
-        if self.ctx.shared.is_some() {
-            self.track_state(kind, &args);
-        }
-        let flow = match exempt {
-            true => self.forward_raw(&args, expect).await?,
-            false => self.forward(&args, expect).await?,
+        self.note_sent(kind, &args);
+        let flow = if exempt {
+            self.forward_raw(&args, expect).await?
+        } else {
+            self.forward(&args, expect).await?
         };
         if as_admin {
             // Back at once: nothing else runs with the administrator's rights.
@@ -1335,7 +1331,7 @@ impl RequestSide {
             // one, say) when nothing is owed any more: a round trip settles it before the
             // session moves to shared connections, where its next command could run first.
             self.pin_state.unsettled |= expect.replies < owed;
-            self.pin_state.unsettled_blocking |= expect.replies < owed && expect.blocking;
+            self.behind_blocking |= expect.replies < owed && expect.blocking;
         }
         self.forward_raw(args, expect).await
     }
@@ -1416,7 +1412,12 @@ impl RequestSide {
         self.send_slot(Slot::Local(reply)).await
     }
 
-    async fn send_slot(&mut self, slot: Slot) -> Result<(), SessionError> {
+    async fn send_slot(&mut self, mut slot: Slot) -> Result<(), SessionError> {
+        if let Slot::Upstream(expect) = &mut slot {
+            if std::mem::take(&mut self.behind_blocking) {
+                expect.blocking = true;
+            }
+        }
         self.flush_shared().await?;
         self.queue_slot(slot).await
     }

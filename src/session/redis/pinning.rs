@@ -145,14 +145,13 @@ impl RequestSide {
 
     /// cachegate's own `PING <token>`, whose reply comes after everything sent before it,
     /// and what its reply is: the frame that names the token (every frame before it is the
-    /// client's), however long a blocking command sent with its reply off or skipped holds it.
+    /// client's).
     fn settling_ping(&self) -> (Expect, BytesMut) {
         let token = Bytes::from(format!("cachegate-settle-{}", self.id));
         let mut ping = BytesMut::new();
         encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
         let mut expect = Expect::swallowed(1);
-        expect.until = Some(Box::new(Until::Token(token)));
-        expect.blocking = self.pin_state.unsettled_blocking;
+        expect.until = Some(Box::new(Until::Token(reply::bulk(&token))));
         (expect, ping)
     }
 
@@ -206,6 +205,22 @@ impl RequestSide {
             .subscriptions
             .load(std::sync::atomic::Ordering::Acquire)
             != 0)
+    }
+
+    /// What a command about to go on the session's own connection does to it: whether the
+    /// session now receives without asking, and the state it leaves (`track_state`).
+    pub(super) fn note_sent(&mut self, kind: Kind, args: &[Bytes]) {
+        self.listening |= kind == Kind::Subscribe
+            || args
+                .first()
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"MONITOR"))
+            || (kind == Kind::Client
+                && args.len() > 2
+                && args[1].eq_ignore_ascii_case(b"TRACKING")
+                && args[2].eq_ignore_ascii_case(b"ON"));
+        // On every listener, multiplexed or not: the reply side reads a transaction's
+        // confirmations, and a RESP2 subscribed context's refusals are told apart, by it.
+        self.track_state(kind, args);
     }
 
     /// Notes the connection state a command creates or ends while pinned.
