@@ -18,6 +18,11 @@ fn users() -> Vec<(&'static str, String)> {
         ("scripts", "on >scripts-password ~* +@all -@scripting".to_string()),
         ("disabled", "off >disabled-password ~* +@all".to_string()),
         ("keys", "on >keys-password ~app:* %R~shared:* +@all".to_string()),
+        // Subscribes to its channels, and nothing else.
+        (
+            "listener",
+            "on >listener-password &news:* +subscribe +unsubscribe +ping".to_string(),
+        ),
     ]
 }
 
@@ -38,7 +43,7 @@ async fn setup() -> (Pki, Redis, Proxy) {
         toml.push_str(&format!("[[users]]\nname = {name:?}\nacl = {rules:?}\n"));
     }
     toml.push_str(
-        "[user_groups]\napps = [\"default\", \"app\", \"reader\", \"scripts\", \"disabled\", \"keys\"]\n",
+        "[user_groups]\napps = [\"default\", \"app\", \"reader\", \"scripts\", \"disabled\", \"keys\", \"listener\"]\n",
     );
     toml.push_str(&format!(
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"acl\"\nauth.user_group = \"apps\"\n\

@@ -172,13 +172,6 @@ impl RequestSide {
             return Ok(Flow::Continue);
         }
         self.label = "hello";
-        // Redis's RESP2 subscribed context refuses HELLO, as every command but pub/sub, PING,
-        // QUIT and RESET: the backend's own refusal, and nothing changes. (Only the name and
-        // version go: never credentials.)
-        if !self.resp3 && self.still_subscribed().await? {
-            let n = req.args.len().min(2);
-            return self.forward(&req.args[..n], Expect::one()).await;
-        }
         let mut forward = vec![req.args[0].clone()];
         let mut credentials = None;
         let mut i = 1;
@@ -223,6 +216,13 @@ impl RequestSide {
                 self.local(reply::error_line(&denied.error())).await?;
                 return Ok(Flow::Continue);
             }
+        }
+        // Redis's RESP2 subscribed context refuses HELLO (once the ACL allows it), as every
+        // command but pub/sub, PING, QUIT and RESET: the backend's own refusal, and nothing
+        // changes. (Only the name and version go: never credentials.)
+        if !self.resp3 && self.still_subscribed().await? {
+            let n = req.args.len().min(2);
+            return self.forward(&req.args[..n], Expect::one()).await;
         }
         match req.args.get(1).map(|v| &v[..]) {
             Some(b"3") => self.resp3 = true,
