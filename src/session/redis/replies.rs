@@ -71,17 +71,21 @@ impl Subscriptions {
         }
     }
 
+    /// (Saturating: a count is the backend's word, or a script's shaped like one inside EXEC's
+    /// reply; none may overflow.)
     fn confirmed(&mut self, family: Family, count: i64, resp2: bool) {
         match family {
-            Family::Channels => self.channels = (count - self.patterns).max(0),
-            Family::Patterns => self.patterns = (count - self.channels).max(0),
+            Family::Channels => self.channels = count.saturating_sub(self.patterns).max(0),
+            Family::Patterns => self.patterns = count.saturating_sub(self.channels).max(0),
             Family::Shards => self.shards = count.max(0),
         }
         self.resp2 = resp2;
     }
 
     fn total(&self) -> i64 {
-        self.channels + self.patterns + self.shards
+        self.channels
+            .saturating_add(self.patterns)
+            .saturating_add(self.shards)
     }
 
     /// The answers to an unsubscribe from a whole family: one per subscription, or one
@@ -552,6 +556,19 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever counts confirmations carry (a script's reply inside EXEC's may look like
+        /// one), following them never panics, and no family goes below zero.
+        #[test]
+        fn any_counts_are_followed_without_panicking(counts in proptest::collection::vec((0..3u8, proptest::prelude::any::<i64>()), 0..16)) {
+            let mut subs = Subscriptions::default();
+            for (family, count) in counts {
+                let family = [Family::Channels, Family::Patterns, Family::Shards][family as usize];
+                subs.confirmed(family, count, true);
+                let _ = (subs.total(), subs.answers_to_all(family));
+                proptest::prop_assert!(subs.channels >= 0 && subs.patterns >= 0 && subs.shards >= 0);
+            }
+        }
+
         /// Whatever a backend sends, reading a count never panics.
         #[test]
         fn any_frame_is_read_without_panicking(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
