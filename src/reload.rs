@@ -481,6 +481,7 @@ pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
     };
     differ("data_dir".into(), dbg(&old.data_dir), dbg(&new.data_dir));
     differ("admin.bind".into(), dbg(&old.admin), dbg(&new.admin));
+    differ("threads".into(), dbg(&old.threads), dbg(&new.threads));
     differ(
         "limits.max_reply_bytes".into(),
         dbg(&old.limits.max_reply_bytes),

@@ -80,7 +80,7 @@ fn bad_config_exits_64_listing_every_problem() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "typo_key = 1\n[[listeners]]\nbind = \"127.0.0.1:6380\"\ntls.cert = \"nope.pem\"\ntls.key = \"nope-key.pem\"\n\
+        "typo_key = 1\nthreads = 0\n[[listeners]]\nbind = \"127.0.0.1:6380\"\ntls.cert = \"nope.pem\"\ntls.key = \"nope-key.pem\"\n\
          auth.tokens = [\"short\"]\nupstream.address = \"127.0.0.1:6379\"\n",
     )
     .unwrap();
@@ -88,8 +88,9 @@ fn bad_config_exits_64_listing_every_problem() {
     assert_eq!(out.status.code(), Some(64));
     let err = s(&out.stderr);
     for want in [
-        "bad.toml: 4 problems",
+        "bad.toml: 5 problems",
         "typo_key: unknown key",
+        "threads: must be greater than 0",
         "listeners[0].tls.cert: cannot read",
         "nope.pem",
         "listeners[0].tls.key: cannot read",
@@ -132,6 +133,21 @@ fn spawn(
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
+    let (child, addr, logs, _) = spawn_logged(config, dir, prefix);
+    (child, addr, logs)
+}
+
+/// `spawn`, also returning the log lines up to the first listener's "listening".
+fn spawn_logged(
+    config: &str,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (
+    Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+) {
     let path = dir.join("cachegate.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new("bash")
@@ -153,17 +169,22 @@ fn spawn(
             let _ = tx.send(line);
         }
     });
+    let mut before = Vec::new();
     let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("cachegate logs 'listening'");
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            panic!(
+                "cachegate logs 'listening'; it logged:\n{}",
+                before.join("\n")
+            )
+        });
         if line.contains("\"listening\"") {
             let start = line.find("\"addr\":\"").unwrap() + 8;
             let end = line[start..].find('"').unwrap() + start;
             break line[start..end].parse().unwrap();
         }
+        before.push(line);
     };
-    (child, addr, rx)
+    (child, addr, rx, before)
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
@@ -688,4 +709,142 @@ async fn sighup_and_cachegate_reload_apply_a_new_config_without_a_restart() {
     for canary in ["canary-token", "canary-short"] {
         assert!(!text.contains(canary), "{canary} appeared in the logs");
     }
+}
+
+/// The runtime's own account of itself in the start-up log line: its scheduler and how many
+/// threads it runs tasks on.
+fn runtime_of(before: &[String]) -> (String, String) {
+    let line = before
+        .iter()
+        .find(|l| l.contains("\"starting\""))
+        .expect("cachegate logs 'starting'");
+    let field = |name: &str| {
+        let start = line.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        let value = line[start..].split([',', '}']).next().unwrap();
+        value.trim_matches('"').to_string()
+    };
+    (field("scheduler"), field("threads"))
+}
+
+/// `threads = 1` serves on tokio's single-threaded scheduler, and
+/// everything works there: concurrent sessions on shared connections, a pinned subscriber
+/// woken by another client, memcached, a reload and a draining SIGTERM. Without the setting,
+/// the threads follow the CPUs the process may use (one under `taskset -c 0`); `threads = 3`
+/// gets three workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let node = Memcached::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listeners = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{tls}auth.tokens = [\"threads-token-0123456\"]\n\
+         upstream.address = {:?}\n\
+         [[listeners]]\nname = \"cache\"\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n\
+         tls.enabled = false\nupstream.nodes = [{:?}]\n",
+        redis.address(),
+        node.address(),
+        tls = pki.tls_toml(),
+    );
+    let config = dir.path().join("cachegate.toml");
+    let (mut child, addr, logs, before) =
+        spawn_logged(&format!("threads = 1\n{listeners}"), dir.path(), "");
+    assert_eq!(runtime_of(&before), ("single-threaded".into(), "1".into()));
+    let memcached_addr = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the memcached listener is announced");
+        if line.contains("\"listening\"") && line.contains("\"cache\"") {
+            let start = line.find("\"addr\":\"").unwrap() + 8;
+            let end = line[start..].find('"').unwrap() + start;
+            break line[start..end].parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    let login = |mut c: RawClient| async move {
+        assert_eq!(c.cmd(&["AUTH", "threads-token-0123456"]).await, b"+OK\r\n");
+        c
+    };
+    let mut subscriber = login(RawClient::tls(&pki, addr).await).await;
+    subscriber.send_cmd(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(
+        subscriber.read().await,
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = login(RawClient::tls(&pki, addr).await).await;
+        tasks.push(tokio::spawn(async move {
+            let mut c = c;
+            for j in 0..50 {
+                let (key, value) = (format!("k{i}"), format!("{i}-{j}"));
+                assert_eq!(c.cmd(&["SET", &key, &value]).await, b"+OK\r\n");
+                let want = format!("${}\r\n{value}\r\n", value.len());
+                assert_eq!(s(&c.cmd(&["GET", &key]).await), want);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut publisher = login(RawClient::tls(&pki, addr).await).await;
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hi"]).await, b":1\r\n");
+    assert_eq!(
+        subscriber.read().await,
+        b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    );
+    let mut cache = tokio::net::TcpStream::connect(memcached_addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    cache
+        .write_all(b"set m 0 0 2\r\nok\r\nget m\r\n")
+        .await
+        .unwrap();
+    let want = b"STORED\r\nVALUE m 0 2\r\nok\r\nEND\r\n";
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let mut chunk = [0u8; 256];
+        let n = cache.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "memcached listener closed: {}", s(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(s(&got), s(want));
+    // A reload runs on the blocking pool while the single thread goes on serving; a new
+    // number of threads needs a restart.
+    let hangup = |child: &Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        loop {
+            let line = logs
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the reload is logged");
+            if line.contains("configuration reload") {
+                break line;
+            }
+        }
+    };
+    let reloaded = hangup(&child);
+    assert!(reloaded.contains("configuration reloaded"), "{reloaded}");
+    assert_eq!(publisher.cmd(&["PING"]).await, b"+PONG\r\n");
+    std::fs::write(&config, format!("threads = 2\n{listeners}")).unwrap();
+    let refused = hangup(&child);
+    assert!(
+        refused.contains("reload refused") && refused.contains("threads"),
+        "{refused}"
+    );
+    assert_eq!(publisher.cmd(&["PING"]).await, b"+PONG\r\n");
+    drop((publisher, subscriber));
+    assert!(sigterm(&mut child).success());
+
+    // Pinned to one CPU (as `taskset -c 0`) and with no setting: one thread, from the
+    // affinity mask.
+    let (mut child, _, _, before) = spawn_logged(&listeners, dir.path(), "taskset -pc 0 $$ >/dev/null;");
+    assert_eq!(runtime_of(&before), ("single-threaded".into(), "1".into()));
+    assert!(sigterm(&mut child).success());
+
+    let (mut child, _, _, before) =
+        spawn_logged(&format!("threads = 3\n{listeners}"), dir.path(), "");
+    assert_eq!(runtime_of(&before), ("multi-threaded".into(), "3".into()));
+    assert!(sigterm(&mut child).success());
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub struct FileConfig {
     /// Where generated development material (dev CA, server certificate) is kept.
     pub data_dir: Option<PathBuf>,
+    /// How many threads serve clients; default: the CPUs the process may use.
+    pub threads: Option<u64>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]

@@ -39,6 +39,10 @@ pub(super) const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 #[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The threads that serve clients (`threads`, default: the CPUs this process may use). One
+    /// runs tokio's single-threaded scheduler, which costs less per request than a work-stealing
+    /// one with a single worker.
+    pub threads: usize,
     /// The admin HTTP listener (/live, /ready, /metrics), if configured.
     pub admin: Option<SocketAddr>,
     pub limits: Limits,

@@ -39,6 +39,7 @@ use upstream::*;
 /// Builds the typed config; `base` is the directory relative paths are resolved against.
 pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut p = Problems { list: problems };
+    let threads = size(&mut p, "threads", file.threads, default_threads());
     let defaults = RequestLimits::default();
     let limits = Limits {
         request: RequestLimits {
@@ -160,6 +161,7 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
             .data_dir
             .map(|d| resolve(base, &d))
             .unwrap_or_else(default_data_dir),
+        threads,
         limits,
         shutdown_grace: file.shutdown.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         listeners,
@@ -429,6 +431,12 @@ pub(super) fn resolve(base: &Path, path: &Path) -> PathBuf {
     };
     super::note_file(&full);
     full
+}
+
+/// The CPUs this process may run on: its affinity mask and its cgroup's CPU quota (a sidecar
+/// limited to one CPU gets one thread), as the standard library reads them.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `$CACHEGATE_DATA_DIR`, else `$XDG_DATA_HOME/cachegate`, else `~/.local/share/cachegate`,
