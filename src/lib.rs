@@ -17,7 +17,7 @@
 //! - [`metrics`] and [`admin`]: Prometheus counters, security events (ACL LOG), /live /ready
 //!   /metrics.
 //! - [`bench`](mod@bench): the `cachegate bench` load generator.
-//! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`],
+//! - Leaves: [`tls`] (rustls configs, PEM, dev certificates), [`error`], [`shutdown`], [`drain`],
 //!   [`budget`] (the process-wide bound on buffered bytes),
 //!   [`deadline`], [`read_room`] (client read buffer sizing), [`live`] (values a reload
 //!   replaces), [`reload`] (re-reading the configuration while serving).
@@ -29,6 +29,7 @@ pub mod budget;
 pub mod config;
 pub mod crypt;
 pub mod deadline;
+pub mod drain;
 pub mod error;
 pub mod listener;
 pub mod live;

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::drain::Drain;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::cert::CertNames;
@@ -110,13 +110,8 @@ pub enum Handler {
 }
 
 impl Handler {
-    async fn run<S>(
-        &self,
-        stream: S,
-        peer: SocketAddr,
-        cert: Option<CertNames>,
-        shutdown: CancellationToken,
-    ) where
+    async fn run<S>(&self, stream: S, peer: SocketAddr, cert: Option<CertNames>, shutdown: Drain)
+    where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match self {
@@ -141,12 +136,12 @@ pub async fn accept_loop(
     tcp: TcpListener,
     listener: Arc<Listener>,
     sessions: TaskTracker,
-    shutdown: CancellationToken,
+    shutdown: Drain,
 ) {
     let mut backoff = ACCEPT_BACKOFF_START;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.wait() => return,
             a = tcp.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -198,7 +193,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     listener: &Listener,
-    shutdown: CancellationToken,
+    shutdown: Drain,
 ) {
     let name = &listener.name;
     let front = listener.front.load();

@@ -292,7 +292,8 @@ impl Prepared {
     /// Accepts on every listener until `shutdown` completes, then drains in two beats: stop
     /// accepting and tell every session; wait for them up to the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
-        let stop_accepting = CancellationToken::new();
+        let drain = crate::drain::Drain::new();
+        let stop_accepting = drain.token().clone();
         let sessions = TaskTracker::new();
         let mut background: Vec<_> = self
             .pools
@@ -319,18 +320,13 @@ impl Prepared {
             .listeners
             .into_iter()
             .map(|(tcp, listener)| {
-                tokio::spawn(accept_loop(
-                    tcp,
-                    listener,
-                    sessions.clone(),
-                    stop_accepting.clone(),
-                ))
+                tokio::spawn(accept_loop(tcp, listener, sessions.clone(), drain.clone()))
             })
             .collect();
 
         shutdown.await;
         tracing::info!(grace = ?self.grace, "shutting down: no new connections; draining sessions");
-        stop_accepting.cancel();
+        drain.start();
         for t in accept_tasks {
             let _ = t.await;
         }

@@ -171,12 +171,14 @@ fn spawn_logged(
     });
     let mut before = Vec::new();
     let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!(
-                "cachegate logs 'listening'; it logged:\n{}",
-                before.join("\n")
-            )
-        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "cachegate logs 'listening'; it logged:\n{}",
+                    before.join("\n")
+                )
+            });
         if line.contains("\"listening\"") {
             let start = line.find("\"addr\":\"").unwrap() + 8;
             let end = line[start..].find('"').unwrap() + start;
@@ -792,7 +794,9 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
         subscriber.read().await,
         b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
     );
-    let mut cache = tokio::net::TcpStream::connect(memcached_addr).await.unwrap();
+    let mut cache = tokio::net::TcpStream::connect(memcached_addr)
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     cache
         .write_all(b"set m 0 0 2\r\nok\r\nget m\r\n")
@@ -839,7 +843,8 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
 
     // Pinned to one CPU (as `taskset -c 0`) and with no setting: one thread, from the
     // affinity mask.
-    let (mut child, _, _, before) = spawn_logged(&listeners, dir.path(), "taskset -pc 0 $$ >/dev/null;");
+    let (mut child, _, _, before) =
+        spawn_logged(&listeners, dir.path(), "taskset -pc 0 $$ >/dev/null;");
     assert_eq!(runtime_of(&before), ("single-threaded".into(), "1".into()));
     assert!(sigterm(&mut child).success());
 

@@ -337,7 +337,7 @@ pub async fn run<S>(
     mut stream: S,
     peer: SocketAddr,
     cert: Option<CertNames>,
-    shutdown: CancellationToken,
+    shutdown: crate::drain::Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -432,7 +432,7 @@ async fn serve<S>(
     conns: &mut [Option<NodeConn>],
     who: &mut Who,
     (mut generation, mut rules): (u64, Arc<Rules>),
-    shutdown: &CancellationToken,
+    shutdown: &crate::drain::Drain,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -444,7 +444,7 @@ where
     let mut reader = ClientReader::new(cr, ctx.security.budget.clone());
     let mut charge = crate::budget::Charge::new(ctx.security.budget.clone());
     // Registered once, not on every read: each registration takes the token's lock.
-    let mut shut = std::pin::pin!(shutdown.cancelled());
+    let mut shut = std::pin::pin!(shutdown.wait());
     // What ended the session, when it is closed on an error after answering it.
     let mut ended = None;
     // A batch's requests and the bytes of its answer, kept from one batch to the next.
@@ -526,7 +526,7 @@ where
             // More complete requests may be waiting: run them before reading.
             continue;
         }
-        if shutdown.is_cancelled() {
+        if shutdown.started() {
             break;
         }
         let limits = ReadLimits {
@@ -542,7 +542,7 @@ where
         });
         match reader.fill(limits, wake).await {
             Ok(Filled::Data) => {}
-            Ok(Filled::Woken) if shutdown.is_cancelled() => break,
+            Ok(Filled::Woken) if shutdown.started() => break,
             Ok(Filled::Woken) => {}
             Ok(Filled::Eof) => break,
             Err(ReadError::Io(e)) => return Err(SessionError::ClientIo(e)),

@@ -281,7 +281,7 @@ pub async fn run<S>(
     stream: S,
     peer: SocketAddr,
     cert: Option<CertNames>,
-    shutdown: CancellationToken,
+    shutdown: crate::drain::Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -571,7 +571,7 @@ impl RequestSide {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         cr: R,
-        shutdown: &CancellationToken,
+        shutdown: &crate::drain::Drain,
     ) -> Result<(), SessionError> {
         let result = self.read_loop(cr, shutdown).await;
         self.tx = None;
@@ -581,13 +581,13 @@ impl RequestSide {
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         cr: R,
-        shutdown: &CancellationToken,
+        shutdown: &crate::drain::Drain,
     ) -> Result<(), SessionError> {
         let mut reader = ClientReader::new(cr, self.ctx.budget.clone());
         // Registered once, not on every read: each registration takes the token's lock.
         let abort = self.abort.clone();
         let mut aborted = std::pin::pin!(abort.cancelled());
-        let mut shut = std::pin::pin!(shutdown.cancelled());
+        let mut shut = std::pin::pin!(shutdown.wait());
         let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
         let follow = self.follow.clone();
         loop {
@@ -626,7 +626,7 @@ impl RequestSide {
             }
             self.flush_shared().await?;
             self.flush_upstream().await?;
-            if stop || shutdown.is_cancelled() {
+            if stop || shutdown.started() {
                 return Ok(());
             }
             let limits = ReadLimits {
@@ -650,9 +650,7 @@ impl RequestSide {
             });
             match reader.fill(limits, wake).await {
                 Ok(Filled::Data) => {}
-                Ok(Filled::Woken) if shutdown.is_cancelled() || abort.is_cancelled() => {
-                    return Ok(())
-                }
+                Ok(Filled::Woken) if shutdown.started() || abort.is_cancelled() => return Ok(()),
                 Ok(Filled::Woken) => {}
                 Ok(Filled::Eof) => {
                     self.client_gone.cancel();
