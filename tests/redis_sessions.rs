@@ -545,6 +545,26 @@ async fn reply_counts_match_redis_server() {
         // RESP2's subscribed context refuses HELLO, MULTI, CLIENT and SELECT: none of them
         // changes a thing there (in RESP3 they run).
         &["SUBSCRIBE a", "HELLO 3", "PING", "UNSUBSCRIBE", "PING"],
+        // And AUTH, which cachegate answers itself everywhere else (in RESP3, or once the
+        // last subscription is gone, it is answered as Redis answers it).
+        &[
+            "SUBSCRIBE a b",
+            "AUTH x",
+            "AUTH u x",
+            "UNSUBSCRIBE a",
+            "AUTH x",
+            "UNSUBSCRIBE",
+            "AUTH x",
+        ],
+        &[
+            "PSUBSCRIBE p",
+            "PUNSUBSCRIBE",
+            "AUTH x",
+            "SSUBSCRIBE s",
+            "AUTH",
+            "AUTH a b c",
+            "SUNSUBSCRIBE",
+        ],
         &[
             "SUBSCRIBE a",
             "CLIENT SETNAME n",

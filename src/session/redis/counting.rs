@@ -29,6 +29,43 @@ pub(super) struct Counted {
     /// subscription of that family (or once, saying there was none), a number the reply side
     /// knows when it gets there (`replies` counts 1 until then).
     pub answers_all: Option<Family>,
+    /// RESP3 (un)subscriptions: the confirmations, pushes that are no replies but still come
+    /// before the next command's reply.
+    pub pushes: Option<Pushes>,
+}
+
+/// The confirmations a RESP3 (un)subscription gets as pushes. The reply side holds the
+/// command's place until they have come, so that an answer cachegate makes itself (AUTH,
+/// CLIENT ID) does not overtake them, as it could not on Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Pushes {
+    /// The confirmation's kind, as Redis writes it (`subscribe`, `punsubscribe`, ...).
+    pub verb: &'static [u8],
+    /// How many; `None`: one per subscription of the family, or one naming none (an
+    /// unsubscribe of all), known where it is answered.
+    pub left: Option<usize>,
+}
+
+impl Pushes {
+    fn of(name: &[u8], channels: usize) -> Option<Pushes> {
+        const VERBS: [&[u8]; 6] = [
+            b"subscribe",
+            b"unsubscribe",
+            b"psubscribe",
+            b"punsubscribe",
+            b"ssubscribe",
+            b"sunsubscribe",
+        ];
+        let verb = VERBS.into_iter().find(|v| v.eq_ignore_ascii_case(name))?;
+        Some(Pushes {
+            verb,
+            left: (channels > 0).then_some(channels),
+        })
+    }
+
+    pub(super) fn family(&self) -> Option<Family> {
+        Family::of(self.verb)
+    }
 }
 
 /// A family of subscriptions, each left as a whole by an unsubscribe without channels.
@@ -65,6 +102,7 @@ pub(super) fn count(
         exempt: false,
         mode,
         answers_all: None,
+        pushes: None,
     };
     if in_multi {
         // Queued (`+QUEUED`) or refused: one reply, whatever the command, and nothing changes
@@ -86,6 +124,9 @@ pub(super) fn count(
             }
             if !resp3 && channels == 0 && kind == Kind::Unsubscribe {
                 counted.answers_all = Family::of(&args[0].to_ascii_lowercase());
+            }
+            if resp3 && (channels > 0 || kind == Kind::Unsubscribe) {
+                counted.pushes = Pushes::of(&args[0], channels);
             }
             counted.replies = match (resp3, channels) {
                 (_, 0) if kind == Kind::Subscribe => 1,
@@ -198,6 +239,34 @@ mod tests {
         assert_eq!(all("SUnsubscribe", false).answers_all, Some(Family::Shards));
         let one = count(Kind::Unsubscribe, &args("UNSUBSCRIBE a"), false, On, false);
         assert_eq!(one.answers_all, None);
+        // RESP3's confirmations are pushes, awaited in the command's place: one per channel
+        // named, or one per subscription of the family (known later) for all of them.
+        let pushes = |words: &str, resp3, in_multi| {
+            let args = args(words);
+            let kind = classify(&args[0].to_ascii_lowercase(), &args);
+            count(kind, &args, resp3, On, in_multi).pushes
+        };
+        let awaited = |verb: &'static [u8], left| Some(Pushes { verb, left });
+        assert_eq!(
+            pushes("SUBSCRIBE a b", true, false),
+            awaited(b"subscribe", Some(2))
+        );
+        assert_eq!(
+            pushes("sUnsubscribe {a}", true, false),
+            awaited(b"sunsubscribe", Some(1))
+        );
+        assert_eq!(
+            pushes("PUNSUBSCRIBE", true, false),
+            awaited(b"punsubscribe", None)
+        );
+        assert_eq!(
+            awaited(b"punsubscribe", None).unwrap().family(),
+            Some(Family::Patterns)
+        );
+        // Not in RESP2 (replies there), nor for an arity error, nor queued in MULTI.
+        assert_eq!(pushes("SUBSCRIBE a b", false, false), None);
+        assert_eq!(pushes("SUBSCRIBE", true, false), None);
+        assert_eq!(pushes("SUBSCRIBE a", true, true), None);
     }
 
     #[test]

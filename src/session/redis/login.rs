@@ -5,8 +5,17 @@ use super::*;
 use crate::auth::login;
 
 impl RequestSide {
-    /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded.
+    /// `AUTH <token>` or `AUTH <user> <token>`, answered here and never forwarded. In RESP2's
+    /// subscribed context it is refused as Redis refuses it there (after the arity check, as
+    /// Redis's order goes): no login changes under a subscription made as someone else.
     pub(super) async fn auth(&mut self, req: &Request) -> Result<Flow, SessionError> {
+        if req.args.len() > 1 && !self.resp3 && self.still_subscribed().await? {
+            self.local(reply::error(
+                "Can't execute 'auth': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            ))
+            .await?;
+            return Ok(Flow::Continue);
+        }
         let (reply, flow) = match req.args.len() {
             2 => self.authenticate(None, &req.args[1]).await,
             3 => self.authenticate(Some(&req.args[1]), &req.args[2]).await,

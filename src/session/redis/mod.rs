@@ -210,6 +210,9 @@ struct Expect {
     exec: bool,
     /// A (un)subscription's: its RESP2 replies are confirmations.
     confirms: bool,
+    /// A RESP3 (un)subscription's confirmations, awaited as pushes (with no reply due, a
+    /// reply is a refusal, and ends the wait).
+    pushes: Option<counting::Pushes>,
 }
 
 /// The one frame that answers cachegate's own command.
@@ -262,6 +265,7 @@ impl Expect {
             after_reset: false,
             exec: false,
             confirms: false,
+            pushes: None,
         }
     }
 
@@ -1036,6 +1040,7 @@ impl RequestSide {
                 // (An unsubscribe of all is answered once per subscription: the reply side
                 // counts them when it gets there.)
                 expect.answers_all = counted.answers_all;
+                expect.pushes = counted.pushes;
                 expect.replies = counted.replies;
                 expect.confirms = true;
                 if counted.exempt {
@@ -1377,7 +1382,7 @@ impl RequestSide {
         if expect.forward && expect.replies > 0 {
             expect.timed = Some((self.label, Instant::now()));
         }
-        if expect.replies > 0 {
+        if expect.replies > 0 || expect.pushes.is_some() {
             self.send_slot(Slot::Upstream(expect)).await?;
         }
         encode_command(&mut self.wbuf, args.iter().map(|a| &a[..]));

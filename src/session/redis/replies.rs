@@ -401,6 +401,11 @@ fn apply(slot: Slot, (up, current, shared, subs): SlotState, out: &mut Outbox, t
             if let Some(family) = expect.answers_all {
                 expect.replies = subs.answers_to_all(family);
             }
+            if let Some(pushes) = expect.pushes.as_mut() {
+                if pushes.left.is_none() {
+                    pushes.left = pushes.family().map(|f| subs.answers_to_all(f));
+                }
+            }
             let deadline = (!expect.blocking).then(|| Instant::now() + timeout);
             *current = Some(Current { expect, deadline });
         }
@@ -434,6 +439,19 @@ fn route(
         if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
             return Ok(());
         }
+        // One of the confirmations the command in place awaits: once they are all in, the
+        // next command's reply (or cachegate's answer) may follow.
+        if let Some(cur) = current.as_mut().filter(|_| kind == ReplyKind::Push) {
+            if let Some(pushes) = cur.expect.pushes.as_mut() {
+                if pushes.verb == confirmed.0 {
+                    let left = pushes.left.unwrap_or(0).saturating_sub(1);
+                    pushes.left = Some(left);
+                    if left == 0 && cur.expect.replies == 0 {
+                        *current = None;
+                    }
+                }
+            }
+        }
     }
     if kind == ReplyKind::Push {
         out.push(frame);
@@ -444,6 +462,13 @@ fn route(
         out.push(frame);
         return Ok(());
     };
+    if cur.expect.replies == 0 {
+        // A RESP3 (un)subscription that awaited only pushes was refused instead (an ACL of
+        // the backend's): its one reply.
+        out.push(frame);
+        *current = None;
+        return Ok(());
+    }
     if cur.expect.exec {
         // Subscriptions made inside the transaction: confirmed inside its reply.
         let mut confirmed = false;
