@@ -13,10 +13,11 @@
 //! - `sharing` is the reviewed allow-list of what may share an upstream connection, `commands`
 //!   the command classification and reply rewrites (`redis/acl_commands.rs` has the `ACL ...`
 //!   answers from cachegate's users), `outbox` and `slots` the buffers between a session's two
-//!   halves.
+//!   halves, `halves` what runs them in the session's one task.
 
 mod admission;
 pub mod commands;
+mod halves;
 pub mod memcached;
 mod outbox;
 mod reader;

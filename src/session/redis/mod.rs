@@ -346,12 +346,20 @@ pub async fn run<S>(
         in_flight: req.in_flight.clone(),
         live: req.live.clone(),
     };
-    // Built inside join!, not bound first: a bound future would keep its own space in the
-    // session's state beside the moved copy, and every idle connection pays for that state.
-    let (req_result, (read_half, clean, reply_result)) = tokio::join!(
-        req.run(cr, &shutdown),
-        reply_side(&ctx, cw, rx, own, abort.clone(), client_gone.clone())
-    );
+    // Pinned where they are built: a future bound first, then moved, would keep its own space
+    // in the session's state beside the moved copy, and every idle connection pays for that.
+    let (req_result, (read_half, clean, reply_result)) = crate::session::halves::both(
+        std::pin::pin!(req.run(cr, &shutdown)),
+        std::pin::pin!(reply_side(
+            &ctx,
+            cw,
+            rx,
+            own,
+            abort.clone(),
+            client_gone.clone()
+        )),
+    )
+    .await;
 
     if ctx.shared.is_some() && req.shared.is_none() {
         ctx.metrics
