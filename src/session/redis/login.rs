@@ -9,6 +9,18 @@ impl RequestSide {
     /// subscribed context it is refused as Redis refuses it there (after the arity check, as
     /// Redis's order goes): no login changes under a subscription made as someone else.
     pub(super) async fn auth(&mut self, req: &Request) -> Result<Flow, SessionError> {
+        if self.transaction.is_open() {
+            // Redis would queue it and log in at EXEC (or never, after DISCARD or a failed
+            // WATCH), its reply inside EXEC's: refused, and the transaction fails, as HELLO.
+            // (An arity error is Redis's own, which fails the transaction too.)
+            self.transaction.refuse();
+            let reply = match req.args.len() {
+                1 => reply::wrong_arity(b"auth"),
+                _ => reply::error("cachegate: AUTH cannot run inside MULTI"),
+            };
+            self.local(reply).await?;
+            return Ok(Flow::Continue);
+        }
         if req.args.len() > 1 && !self.resp3 && self.still_subscribed().await? {
             self.local(reply::error(
                 "Can't execute 'auth': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
