@@ -495,7 +495,7 @@ fn reload(admin: std::net::SocketAddr) -> anyhow::Result<String> {
 fn run(config: cachegate::config::Config) -> anyhow::Result<()> {
     // One thread: tokio's single-threaded scheduler (no work stealing, no cross-thread wake-ups),
     // about a tenth less CPU per request than a multi-threaded runtime with one worker.
-    let runtime = match config.threads {
+    let runtime = match config.threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -90,7 +90,7 @@ fn bad_config_exits_64_listing_every_problem() {
     for want in [
         "bad.toml: 5 problems",
         "typo_key: unknown key",
-        "threads: must be greater than 0",
+        "threads: must be 1 to 1024",
         "listeners[0].tls.cert: cannot read",
         "nope.pem",
         "listeners[0].tls.key: cannot read",
@@ -843,9 +843,35 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
 
     // Pinned to one CPU (as `taskset -c 0`) and with no setting: one thread, from the
     // affinity mask.
-    let (mut child, _, _, before) =
+    let (mut child, _, logs, before) =
         spawn_logged(&listeners, dir.path(), "taskset -pc 0 $$ >/dev/null;");
     assert_eq!(runtime_of(&before), ("single-threaded".into(), "1".into()));
+    // Given every CPU while running, it still reloads: the setting did not change (the
+    // default is not read again and taken for one).
+    let cpus = format!(
+        "0-{}",
+        std::thread::available_parallelism().unwrap().get() - 1
+    );
+    let widened = Command::new("taskset")
+        .args(["-pc", &cpus, &child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(widened.status.success(), "{}", s(&widened.stderr));
+    std::fs::write(&config, &listeners).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let reloaded = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the reload is logged");
+        if line.contains("configuration reload") {
+            break line;
+        }
+    };
+    assert!(reloaded.contains("configuration reloaded"), "{reloaded}");
     assert!(sigterm(&mut child).success());
 
     let (mut child, _, _, before) =

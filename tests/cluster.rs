@@ -849,6 +849,34 @@ async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
             bulk("hello")
         )
     );
+    // In RESP3, two SUNSUBSCRIBEs of all in one pipeline: the second's confirmation names no
+    // channel. Both are the client's own (not a node ending a channel, to be followed and
+    // kept from it), and what follows them is answered at once, in order.
+    let mut r3 = RawClient::authed(&pki, proxy.addr).await;
+    assert!(r3.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    let mut wire = Vec::new();
+    for cmd in [
+        &["SSUBSCRIBE", "{shard}ch"][..],
+        &["SUNSUBSCRIBE"],
+        &["SUNSUBSCRIBE"],
+        &["ECHO", "after"],
+    ] {
+        let words: Vec<&[u8]> = cmd.iter().map(|w| w.as_bytes()).collect();
+        wire.extend(encode(&words));
+    }
+    r3.send(&wire).await;
+    let started = std::time::Instant::now();
+    for want in [
+        format!(">3\r\n{}{}:1\r\n", bulk("ssubscribe"), bulk("{shard}ch")),
+        format!(">3\r\n{}{}:0\r\n", bulk("sunsubscribe"), bulk("{shard}ch")),
+        format!(">3\r\n{}_\r\n:0\r\n", bulk("sunsubscribe")),
+        bulk("after"),
+    ] {
+        assert_eq!(s(&r3.read().await), want);
+    }
+    // (Well inside the request timeout, which a confirmation kept from the client would
+    // have waited out.)
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     // Commands whose state cannot follow a session across nodes are refused, saying so.
     for cmd in [

@@ -341,6 +341,46 @@ async fn hello_gets_the_verdict_redis_gives() {
     }
 }
 
+/// A subscriber in RESP2's subscribed context cannot log in as someone else under the
+/// subscriptions its user made: Redis refuses AUTH and HELLO there before they run (HELLO's
+/// AUTH included), and so does cachegate, with Redis's words; the session stays its user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_cannot_switch_users_while_subscribed() {
+    let (pki, redis, proxy) = setup().await;
+    let mut direct = redis.direct().await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    for conn in [&mut direct, &mut c] {
+        assert_eq!(
+            conn.cmd(&["AUTH", "listener", "listener-password"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            conn.cmd(&["SUBSCRIBE", "news:a"]).await,
+            b"*3\r\n$9\r\nsubscribe\r\n$6\r\nnews:a\r\n:1\r\n"
+        );
+    }
+    for attempt in [
+        &["AUTH", "default", "x"][..],
+        &["AUTH", "app", "app-password-1"],
+        &["HELLO", "2", "AUTH", "app", "app-password-1"],
+        &["HELLO", "3", "AUTH", "default", "x"],
+    ] {
+        let want = s(&direct.cmd(attempt).await);
+        assert!(want.starts_with("-ERR Can't execute"), "{want}");
+        assert_eq!(s(&c.cmd(attempt).await), want, "{attempt:?}");
+    }
+    // Still the listener, in RESP2: its channel's messages arrive, another's are refused.
+    assert_eq!(
+        s(&c.cmd(&["SUBSCRIBE", "other"]).await),
+        s(&direct.cmd(&["SUBSCRIBE", "other"]).await)
+    );
+    assert_eq!(
+        c.cmd(&["UNSUBSCRIBE"]).await,
+        b"*3\r\n$11\r\nunsubscribe\r\n$6\r\nnews:a\r\n:0\r\n"
+    );
+    assert!(s(&c.cmd(&["GET", "app:1"]).await).starts_with("-NOPERM"));
+}
+
 /// The ACL verdict of cachegate's checker against `ACL DRYRUN` on a real redis-server with the
 /// same users, for a generated corpus: every command and subcommand in the table with keys,
 /// called with arguments drawn from keys inside and outside the users' patterns, numbers

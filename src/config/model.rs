@@ -39,10 +39,10 @@ pub(super) const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 #[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// The threads that serve clients (`threads`, default: the CPUs this process may use). One
-    /// runs tokio's single-threaded scheduler, which costs less per request than a work-stealing
-    /// one with a single worker.
-    pub threads: usize,
+    /// `threads` as written: the threads that serve clients (see `threads()` for the default).
+    /// Kept as written so that a reload compares settings, not what the CPUs were when each
+    /// was read.
+    pub threads: Option<usize>,
     /// The admin HTTP listener (/live, /ready, /metrics), if configured.
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
@@ -58,6 +58,17 @@ pub struct Config {
     pub watched: super::Watched,
     /// `reload.watch_interval`; zero: files are not watched.
     pub watch_interval: Duration,
+}
+
+impl Config {
+    /// The threads that serve clients: `threads`, else the CPUs this process may run on (its
+    /// affinity mask and its cgroup's CPU quota, as the standard library reads them: a sidecar
+    /// limited to one CPU gets one). One runs tokio's single-threaded scheduler, which costs
+    /// less per request than a work-stealing one with a single worker.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 /// How often watched files are checked by default.

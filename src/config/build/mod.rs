@@ -39,7 +39,14 @@ use upstream::*;
 /// Builds the typed config; `base` is the directory relative paths are resolved against.
 pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut p = Problems { list: problems };
-    let threads = size(&mut p, "threads", file.threads, default_threads());
+    let threads = match file.threads {
+        None => None,
+        Some(n @ 1..=MAX_THREADS) => Some(n as usize),
+        Some(_) => {
+            p.add("threads", format!("must be 1 to {MAX_THREADS}"));
+            None
+        }
+    };
     let defaults = RequestLimits::default();
     let limits = Limits {
         request: RequestLimits {
@@ -433,11 +440,8 @@ pub(super) fn resolve(base: &Path, path: &Path) -> PathBuf {
     full
 }
 
-/// The CPUs this process may run on: its affinity mask and its cgroup's CPU quota (a sidecar
-/// limited to one CPU gets one thread), as the standard library reads them.
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+/// More threads than this is a typing error, not a host.
+const MAX_THREADS: u64 = 1024;
 
 /// `$CACHEGATE_DATA_DIR`, else `$XDG_DATA_HOME/cachegate`, else `~/.local/share/cachegate`,
 /// else `./.cachegate`.

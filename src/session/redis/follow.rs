@@ -18,9 +18,10 @@ pub(super) struct Follow {
 
 #[derive(Default)]
 struct State {
-    /// Shard channels the client itself asked to leave, and whether it asked to leave all.
+    /// Shard channels the client itself asked to leave, and how many of its requests to leave
+    /// them all are still being answered (each ends with a confirmation counting none left).
     leaving: Vec<Bytes>,
-    leaving_all: bool,
+    leaving_all: usize,
     /// Channels a node ended, to subscribe again where their slot now lives.
     ended: Vec<Bytes>,
     /// Confirmations of cachegate's own SSUBSCRIBEs (RESP3 pushes), not for the client.
@@ -68,16 +69,19 @@ impl Follow {
     pub(super) fn client_leaves(&self, channels: &[Bytes]) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if channels.is_empty() {
-            st.leaving_all = true;
+            st.leaving_all = st.leaving_all.saturating_add(1);
         } else {
             st.leaving.extend(channels.iter().cloned());
         }
         // Names whose confirmation never came (a refused SUNSUBSCRIBE, one inside a discarded
         // MULTI) are not kept for ever: past this many, the oldest are forgotten (a node's
-        // sunsubscribe for one of them then reads as the client's own and is passed on).
-        const KEPT: usize = 1024;
-        if st.leaving.len() > KEPT {
-            let excess = st.leaving.len() - KEPT;
+        // sunsubscribe for one of them then reads as the client's own and is passed on). The
+        // names of this request are always kept: forgotten, their confirmations would read as
+        // a node's, be kept from the client, and the channels subscribed again.
+        const KEPT: usize = 1 << 16;
+        let keep = KEPT.max(channels.len());
+        if st.leaving.len() > keep {
+            let excess = st.leaving.len() - keep;
             st.leaving.drain(..excess);
         }
     }
@@ -90,10 +94,15 @@ impl Follow {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match kind {
             b"sunsubscribe" => {
-                if st.leaving_all {
+                if st.leaving_all > 0 {
                     if count == b":0\r\n" {
-                        st.leaving_all = false;
+                        st.leaving_all -= 1;
                     }
+                    return false;
+                }
+                // A node ending a subscription names its channel; only an unsubscribe of all,
+                // with nothing left to leave, names none.
+                if channel.is_empty() {
                     return false;
                 }
                 if let Some(i) = st.leaving.iter().position(|c| c == channel) {
@@ -322,5 +331,34 @@ mod tests {
             b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"
         ));
         assert_eq!(ended_frame(b"{a}x", 0, true), Bytes::from_static(ended));
+    }
+
+    #[test]
+    fn every_unsubscribe_of_all_and_every_name_left_is_the_clients_own() {
+        // Two SUNSUBSCRIBEs of all in one pipeline: the first ends with a count of none, the
+        // second, with nothing left, names no channel. Neither is a node's.
+        let f = Follow::default();
+        f.client_leaves(&[]);
+        f.client_leaves(&[]);
+        assert!(!intercepts(
+            &f,
+            b">3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(!intercepts(&f, b">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n"));
+        // Nor is a confirmation naming none, whoever asked.
+        assert!(!intercepts(&f, b">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n"));
+        assert!(f.take_ended().is_empty());
+        // However many channels one SUNSUBSCRIBE names, each confirmation is the client's.
+        let many: Vec<Bytes> = (0..70_000)
+            .map(|i| Bytes::from(format!("{{t}}{i}")))
+            .collect();
+        f.client_leaves(&many);
+        for name in [&many[0], &many[69_999]] {
+            let mut frame = format!(">3\r\n$12\r\nsunsubscribe\r\n${}\r\n", name.len());
+            frame.push_str(&String::from_utf8_lossy(name));
+            frame.push_str("\r\n:0\r\n");
+            assert!(!intercepts(&f, frame.as_bytes()), "{name:?}");
+        }
+        assert!(f.take_ended().is_empty());
     }
 }

@@ -217,6 +217,17 @@ impl RequestSide {
                 return Ok(Flow::Continue);
             }
         }
+        // Redis's RESP2 subscribed context refuses HELLO (once the ACL allows it) before it
+        // runs, its AUTH included, as every command but pub/sub, PING, QUIT and RESET: the
+        // backend's own refusal, and nothing changes. (Only the name and version go: never
+        // credentials.)
+        if self.authenticated && !self.resp3 && self.still_subscribed().await? {
+            if self.hello_denied(&forward).await? {
+                return Ok(Flow::Continue);
+            }
+            let n = req.args.len().min(2);
+            return self.forward(&req.args[..n], Expect::one()).await;
+        }
         if let Some((user, pass)) = credentials {
             let (verdict, flow) = self.authenticate(Some(&user), &pass).await;
             if &verdict[..] != reply::OK || matches!(flow, Flow::Stop) {
@@ -229,21 +240,8 @@ impl RequestSide {
             self.local(Bytes::from_static(reply::HELLO_NOAUTH)).await?;
             return Ok(Flow::Continue);
         }
-        // HELLO is a command like any other for the ACL (its AUTH part aside).
-        if let Some(user) = self.user.clone() {
-            if let Err(denied) = user.check(&forward) {
-                let (reason, object) = denied.event();
-                self.security_event(reason, object, &user.name, true);
-                self.local(reply::error_line(&denied.error())).await?;
-                return Ok(Flow::Continue);
-            }
-        }
-        // Redis's RESP2 subscribed context refuses HELLO (once the ACL allows it), as every
-        // command but pub/sub, PING, QUIT and RESET: the backend's own refusal, and nothing
-        // changes. (Only the name and version go: never credentials.)
-        if !self.resp3 && self.still_subscribed().await? {
-            let n = req.args.len().min(2);
-            return self.forward(&req.args[..n], Expect::one()).await;
+        if self.hello_denied(&forward).await? {
+            return Ok(Flow::Continue);
         }
         match req.args.get(1).map(|v| &v[..]) {
             Some(b"3") => self.resp3 = true,
@@ -285,6 +283,21 @@ impl RequestSide {
         let mut expect = Expect::one();
         expect.rewrite = Some(Rewrite::Hello);
         self.forward(&forward, expect).await
+    }
+
+    /// HELLO is a command like any other for the ACL (its AUTH part aside): whether the
+    /// session's user may not run it (answered, and the security event noted).
+    async fn hello_denied(&mut self, forward: &[Bytes]) -> Result<bool, SessionError> {
+        let Some(user) = self.user.clone() else {
+            return Ok(false);
+        };
+        let Err(denied) = user.check(forward) else {
+            return Ok(false);
+        };
+        let (reason, object) = denied.event();
+        self.security_event(reason, object, &user.name, true);
+        self.local(reply::error_line(&denied.error())).await?;
+        Ok(true)
     }
 
     /// RESET: the client's connection state goes back to a fresh connection's, its

@@ -435,12 +435,9 @@ fn route(
         if (kind == ReplyKind::Push || due) && subs.take(confirmed, kind != ReplyKind::Push) {
             publish(own, subs);
         }
-        let unasked = kind == ReplyKind::Push || current.is_none();
-        if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
-            return Ok(());
-        }
         // One of the confirmations the command in place awaits: once they are all in, the
-        // next command's reply (or cachegate's answer) may follow.
+        // next command's reply (or cachegate's answer) may follow. Counted before the
+        // follower may keep it from the client: a wait that never ends would stall the session.
         if let Some(cur) = current.as_mut().filter(|_| kind == ReplyKind::Push) {
             if let Some(pushes) = cur.expect.pushes.as_mut() {
                 if pushes.verb == confirmed.0 {
@@ -448,9 +445,15 @@ fn route(
                     pushes.left = Some(left);
                     if left == 0 && cur.expect.replies == 0 {
                         *current = None;
+                    } else if cur.deadline.is_some() {
+                        cur.deadline = Some(Instant::now() + timeout);
                     }
                 }
             }
+        }
+        let unasked = kind == ReplyKind::Push || current.is_none();
+        if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
+            return Ok(());
         }
     }
     if kind == ReplyKind::Push {
@@ -462,13 +465,6 @@ fn route(
         out.push(frame);
         return Ok(());
     };
-    if cur.expect.replies == 0 {
-        // A RESP3 (un)subscription that awaited only pushes was refused instead (an ACL of
-        // the backend's): its one reply.
-        out.push(frame);
-        *current = None;
-        return Ok(());
-    }
     if cur.expect.exec {
         // Subscriptions made inside the transaction: confirmed inside its reply.
         let mut confirmed = false;
@@ -507,6 +503,13 @@ fn route(
     } else {
         frame
     };
+    if cur.expect.replies == 0 {
+        // A RESP3 (un)subscription that awaited only pushes was refused instead (an ACL of
+        // the backend's, or a shard channel's slot that moved): its one reply.
+        out.push(frame);
+        *current = None;
+        return Ok(());
+    }
     if cur.expect.forward {
         match &cur.expect.rewrite {
             Some(rw) => out.push(rewrite_reply(frame, rw, &own.live.load().policy, session)),
