@@ -29,8 +29,9 @@ impl Drain {
         self.token.cancelled()
     }
 
-    /// The token itself, for background tasks that stop with the drain.
-    pub fn token(&self) -> &tokio_util::sync::CancellationToken {
-        &self.token
+    /// A token for background tasks that stop with the drain: a child, so that cancelling it
+    /// stops only them (the drain itself starts with `start`, flag and token together).
+    pub fn token(&self) -> tokio_util::sync::CancellationToken {
+        self.token.child_token()
     }
 }

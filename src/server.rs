@@ -293,7 +293,7 @@ impl Prepared {
     /// accepting and tell every session; wait for them up to the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let drain = crate::drain::Drain::new();
-        let stop_accepting = drain.token().clone();
+        let stop_accepting = drain.token();
         let sessions = TaskTracker::new();
         let mut background: Vec<_> = self
             .pools
