@@ -1326,6 +1326,14 @@ async fn shard_subscriptions_follow_a_resharding() {
         if resp3 {
             assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
         }
+        // An unsubscribe of all first (its one answer names no channel): answered, it leaves
+        // nothing behind that would take a node's ending of the channel below for the
+        // client's own.
+        let none = s(&sub.cmd(&["SUNSUBSCRIBE"]).await);
+        assert!(
+            none.contains("sunsubscribe") && none.ends_with(":0\r\n"),
+            "{none}"
+        );
         let confirmed = s(&sub.cmd(&["SSUBSCRIBE", channel]).await);
         assert!(confirmed.contains("ssubscribe"), "{confirmed}");
         let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;

@@ -71,14 +71,16 @@ impl Follow {
         if channels.is_empty() {
             st.leaving_all = st.leaving_all.saturating_add(1);
         } else {
-            st.leaving.extend(channels.iter().cloned());
+            // Copied: a slice would hold the whole read buffer it came from.
+            st.leaving
+                .extend(channels.iter().map(|c| Bytes::copy_from_slice(c)));
         }
         // Names whose confirmation never came (a refused SUNSUBSCRIBE, one inside a discarded
         // MULTI) are not kept for ever: past this many, the oldest are forgotten (a node's
         // sunsubscribe for one of them then reads as the client's own and is passed on). The
         // names of this request are always kept: forgotten, their confirmations would read as
         // a node's, be kept from the client, and the channels subscribed again.
-        const KEPT: usize = 1 << 16;
+        const KEPT: usize = 1024;
         let keep = KEPT.max(channels.len());
         if st.leaving.len() > keep {
             let excess = st.leaving.len() - keep;

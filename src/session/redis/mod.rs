@@ -1028,10 +1028,12 @@ impl RequestSide {
                     return Ok(Flow::Continue);
                 }
                 if let Some(follow) = &self.follow {
-                    // (RESP2 confirms named channels as replies, which the reply side counts
-                    // as answers: only what arrives unasked is told apart.)
+                    // Only RESP3's confirmations arrive unasked (pushes), to be told apart
+                    // from a node's: RESP2's are replies the reply side counts (an unsubscribe
+                    // of all's too), and inside MULTI they come within EXEC's reply.
                     if args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE")
-                        && (self.resp3 || args.len() == 1)
+                        && self.resp3
+                        && !self.transaction.is_open()
                     {
                         follow.client_leaves(&args[1..]);
                     }
