@@ -180,13 +180,35 @@ fn spawn_logged(
                 )
             });
         if line.contains("\"listening\"") {
-            let start = line.find("\"addr\":\"").unwrap() + 8;
-            let end = line[start..].find('"').unwrap() + start;
-            break line[start..end].parse().unwrap();
+            break addr_of(&line);
         }
         before.push(line);
     };
     (child, addr, rx, before)
+}
+
+/// The address a "listening" log line names.
+fn addr_of(line: &str) -> std::net::SocketAddr {
+    let start = line.find("\"addr\":\"").unwrap() + 8;
+    let end = line[start..].find('"').unwrap() + start;
+    line[start..end].parse().unwrap()
+}
+
+/// Sends SIGHUP and returns the log line saying how the reload went.
+fn hangup(child: &Child, logs: &std::sync::mpsc::Receiver<String>) -> String {
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the reload is logged");
+        if line.contains("configuration reload") {
+            return line;
+        }
+    }
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
@@ -757,9 +779,7 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
             .recv_timeout(Duration::from_secs(20))
             .expect("the memcached listener is announced");
         if line.contains("\"listening\"") && line.contains("\"cache\"") {
-            let start = line.find("\"addr\":\"").unwrap() + 8;
-            let end = line[start..].find('"').unwrap() + start;
-            break line[start..end].parse::<std::net::SocketAddr>().unwrap();
+            break addr_of(&line);
         }
     };
     let login = |mut c: RawClient| async move {
@@ -794,45 +814,21 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
         subscriber.read().await,
         b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
     );
-    let mut cache = tokio::net::TcpStream::connect(memcached_addr)
+    let cache = tokio::net::TcpStream::connect(memcached_addr)
         .await
         .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    cache
-        .write_all(b"set m 0 0 2\r\nok\r\nget m\r\n")
-        .await
-        .unwrap();
-    let want = b"STORED\r\nVALUE m 0 2\r\nok\r\nEND\r\n";
-    let mut got = Vec::new();
-    while got.len() < want.len() {
-        let mut chunk = [0u8; 256];
-        let n = cache.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "memcached listener closed: {}", s(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(s(&got), s(want));
+    let mut cache = McClient::new(Box::new(cache));
+    let got = cache
+        .read_until_after(b"set m 0 0 2\r\nok\r\nget m\r\n", b"END\r\n")
+        .await;
+    assert_eq!(s(&got), "STORED\r\nVALUE m 0 2\r\nok\r\nEND\r\n");
     // A reload runs on the blocking pool while the single thread goes on serving; a new
     // number of threads needs a restart.
-    let hangup = |child: &Child| {
-        let sent = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        loop {
-            let line = logs
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the reload is logged");
-            if line.contains("configuration reload") {
-                break line;
-            }
-        }
-    };
-    let reloaded = hangup(&child);
+    let reloaded = hangup(&child, &logs);
     assert!(reloaded.contains("configuration reloaded"), "{reloaded}");
     assert_eq!(publisher.cmd(&["PING"]).await, b"+PONG\r\n");
     std::fs::write(&config, format!("threads = 2\n{listeners}")).unwrap();
-    let refused = hangup(&child);
+    let refused = hangup(&child, &logs);
     assert!(
         refused.contains("reload refused") && refused.contains("threads"),
         "{refused}"
@@ -858,19 +854,7 @@ async fn threads_pick_the_scheduler_and_one_thread_serves_everything() {
         .unwrap();
     assert!(widened.status.success(), "{}", s(&widened.stderr));
     std::fs::write(&config, &listeners).unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let reloaded = loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the reload is logged");
-        if line.contains("configuration reload") {
-            break line;
-        }
-    };
+    let reloaded = hangup(&child, &logs);
     assert!(reloaded.contains("configuration reloaded"), "{reloaded}");
     assert!(sigterm(&mut child).success());
 
