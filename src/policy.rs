@@ -42,14 +42,6 @@ pub enum Decision {
     Refuse,
 }
 
-/// Lower-case `container|sub`, as the command table spells a subcommand.
-fn sub_key(container: &[u8], sub: &[u8]) -> Vec<u8> {
-    let mut key = container.to_ascii_lowercase();
-    key.push(b'|');
-    key.extend(sub.iter().map(u8::to_ascii_lowercase));
-    key
-}
-
 /// How a real command name may be shown to clients (COMMAND replies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Visibility {
@@ -295,19 +287,14 @@ impl Policy {
     /// Whether a disabled subcommand is called: `real` is the command's real name (after any
     /// rename), `sub` the first argument.
     pub fn refuses_subcommand(&self, real: &[u8], sub: &[u8]) -> bool {
-        if self.containers.is_empty() || real.len() > MAX_NAME {
+        // Every disabled `container|sub` is a valid name, at most MAX_NAME long (`check_name`):
+        // a longer pair is none of them. Folded on the stack: this runs for every command with
+        // a subcommand while some are disabled.
+        let (n, m) = (real.len(), sub.len());
+        if self.containers.is_empty() || n + 1 + m > MAX_NAME {
             return false;
         }
-        if sub.len() > MAX_NAME {
-            // (No subcommand is that long; an odd configuration's is still checked.)
-            let low = real.to_ascii_lowercase();
-            return self.containers.contains(&low)
-                && self.refused_sub.contains(&sub_key(&low, sub));
-        }
-        // Folded on the stack: this runs for every command with a subcommand while some are
-        // disabled.
-        let mut key = [0u8; 2 * MAX_NAME + 1];
-        let (n, m) = (real.len(), sub.len());
+        let mut key = [0u8; MAX_NAME];
         key[..n].copy_from_slice(real);
         key[..n].make_ascii_lowercase();
         if !self.containers.contains(&key[..n]) {
