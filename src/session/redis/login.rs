@@ -21,7 +21,7 @@ impl RequestSide {
             self.local(reply).await?;
             return Ok(Flow::Continue);
         }
-        if req.args.len() > 1 && !self.resp3 && self.still_subscribed().await? {
+        if req.args.len() > 1 && self.in_subscribed_context().await? {
             self.local(reply::error(
                 "Can't execute 'auth': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             ))
@@ -221,7 +221,7 @@ impl RequestSide {
         // runs, its AUTH included, as every command but pub/sub, PING, QUIT and RESET: the
         // backend's own refusal, and nothing changes. (Only the name and version go: never
         // credentials.)
-        if self.authenticated && !self.resp3 && self.still_subscribed().await? {
+        if self.authenticated && self.in_subscribed_context().await? {
             if self.hello_denied(&forward).await? {
                 return Ok(Flow::Continue);
             }

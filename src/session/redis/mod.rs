@@ -969,7 +969,8 @@ impl RequestSide {
         let mut exempt = false;
         // Redis's RESP2 subscribed context refuses MULTI (as all but pub/sub, PING, QUIT and
         // RESET): the backend's own refusal, and no transaction.
-        let refused = kind == Kind::Multi && !self.resp3 && self.still_subscribed().await?;
+        let refused =
+            kind == Kind::Multi && args.len() == 1 && self.in_subscribed_context().await?;
         match kind {
             // With the wrong number of arguments, MULTI and DISCARD are arity errors that change
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.

@@ -113,15 +113,6 @@ impl RequestSide {
     ) -> Result<bool, SessionError> {
         let mut expect = Expect::swallowed(1);
         expect.until = until.map(Box::new);
-        self.own_roundtrip_expecting(frame, expect).await
-    }
-
-    /// `own_roundtrip` with the reply's expectation given.
-    async fn own_roundtrip_expecting(
-        &mut self,
-        frame: &[u8],
-        mut expect: Expect,
-    ) -> Result<bool, SessionError> {
         let (done, reply) = oneshot::channel();
         expect.login = Some(done);
         self.send_slot(Slot::Upstream(expect)).await?;
@@ -135,7 +126,9 @@ impl RequestSide {
     /// waits for it; what is queued behind it (a login of cachegate's) gets its own reply.
     /// (Sent after RESET only, which leaves no subscription: the reply side learns that here.)
     pub(super) async fn mark_settled(&mut self) -> Result<(), SessionError> {
-        let (mut expect, ping) = self.settling_ping();
+        let (until, ping) = self.settling_ping();
+        let mut expect = Expect::swallowed(1);
+        expect.until = Some(Box::new(until));
         expect.after_reset = true;
         // The slot first: the reply side must know what the reply is for before it can come.
         self.send_slot(Slot::Upstream(expect)).await?;
@@ -146,19 +139,17 @@ impl RequestSide {
     /// cachegate's own `PING <token>`, whose reply comes after everything sent before it,
     /// and what its reply is: the frame that names the token (every frame before it is the
     /// client's).
-    fn settling_ping(&self) -> (Expect, BytesMut) {
+    fn settling_ping(&self) -> (Until, BytesMut) {
         let token = Bytes::from(format!("cachegate-settle-{}", self.id));
         let mut ping = BytesMut::new();
         encode_command(&mut ping, [&b"PING"[..], &token[..]].into_iter());
-        let mut expect = Expect::swallowed(1);
-        expect.until = Some(Box::new(Until::Token(reply::bulk(&token))));
-        (expect, ping)
+        (Until::Token(reply::bulk(&token)), ping)
     }
 
     /// Sends the settling PING and waits for its reply: whether it was answered (not refused).
     async fn settle(&mut self) -> Result<bool, SessionError> {
-        let (expect, ping) = self.settling_ping();
-        self.own_roundtrip_expecting(&ping, expect).await
+        let (until, ping) = self.settling_ping();
+        self.own_roundtrip_until(&ping, Some(until)).await
     }
 
     /// Whether the pinned connection holds state that sharing would lose. Blocking commands
@@ -205,6 +196,12 @@ impl RequestSide {
             .subscriptions
             .load(std::sync::atomic::Ordering::Acquire)
             != 0)
+    }
+
+    /// RESP2's subscribed context, where Redis refuses every command but pub/sub, PING, QUIT
+    /// and RESET (`still_subscribed` settles what is in flight first).
+    pub(super) async fn in_subscribed_context(&mut self) -> Result<bool, SessionError> {
+        Ok(!self.resp3 && self.still_subscribed().await?)
     }
 
     /// What a command about to go on the session's own connection does to it: whether the

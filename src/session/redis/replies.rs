@@ -441,13 +441,8 @@ fn route(
         if let Some(cur) = current.as_mut().filter(|_| kind == ReplyKind::Push) {
             if let Some(pushes) = cur.expect.pushes.as_mut() {
                 if pushes.verb == confirmed.0 {
-                    let left = pushes.left.unwrap_or(0).saturating_sub(1);
-                    pushes.left = Some(left);
-                    if left == 0 && cur.expect.replies == 0 {
-                        *current = None;
-                    } else if cur.deadline.is_some() {
-                        cur.deadline = Some(Instant::now() + timeout);
-                    }
+                    pushes.left = Some(pushes.left.unwrap_or(0).saturating_sub(1));
+                    one_came(current, meter, timeout);
                 }
             }
         }
@@ -523,7 +518,18 @@ fn route(
         );
     }
     cur.expect.replies -= 1;
-    if cur.expect.replies == 0 {
+    one_came(current, meter, timeout);
+    Ok(())
+}
+
+/// After one of what the command in place awaits came: it ends once nothing more is owed (no
+/// reply, no confirmation), its latency metered; otherwise the rest gets a new deadline.
+fn one_came(current: &mut Option<Current>, meter: &mut CommandMeter, timeout: Duration) {
+    let Some(cur) = current.as_mut() else {
+        return;
+    };
+    let pushes_left = cur.expect.pushes.and_then(|p| p.left).unwrap_or(0);
+    if cur.expect.replies == 0 && pushes_left == 0 {
         if let Some((label, sent)) = cur.expect.timed {
             meter.observe(label, sent.elapsed());
         }
@@ -531,7 +537,6 @@ fn route(
     } else if cur.deadline.is_some() {
         cur.deadline = Some(Instant::now() + timeout);
     }
-    Ok(())
 }
 
 #[cfg(test)]
