@@ -123,16 +123,11 @@ fn embedded_default_config_is_printable_and_valid() {
     assert!(out.status.success(), "{}", s(&out.stderr));
 }
 
+/// A running cachegate's log lines, as they come.
+type Logs = std::sync::mpsc::Receiver<String>;
+
 /// Runs the binary with JSON logs and returns it with the address of its first listener.
-fn spawn(
-    config: &str,
-    dir: &std::path::Path,
-    prefix: &str,
-) -> (
-    Child,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-) {
+fn spawn(config: &str, dir: &std::path::Path, prefix: &str) -> (Child, std::net::SocketAddr, Logs) {
     let (child, addr, logs, _) = spawn_logged(config, dir, prefix);
     (child, addr, logs)
 }
@@ -142,12 +137,7 @@ fn spawn_logged(
     config: &str,
     dir: &std::path::Path,
     prefix: &str,
-) -> (
-    Child,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-    Vec<String>,
-) {
+) -> (Child, std::net::SocketAddr, Logs, Vec<String>) {
     let path = dir.join("cachegate.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new("bash")
@@ -195,7 +185,7 @@ fn addr_of(line: &str) -> std::net::SocketAddr {
 }
 
 /// Sends SIGHUP and returns the log line saying how the reload went.
-fn hangup(child: &Child, logs: &std::sync::mpsc::Receiver<String>) -> String {
+fn hangup(child: &Child, logs: &Logs) -> String {
     let sent = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
