@@ -129,11 +129,11 @@ for cmd in get set; do
     [ "$cmd" = set ] && [ "$p" = 16 ] && continue
     echo
     load --command $cmd --pipeline $p --target "127.0.0.1:$CT" --cacert "$CA" --pid $CG \
-      --compare --direct "127.0.0.1:$RP" --direct-pid "$REDIS"
+      --backend-pid "$REDIS" --compare --direct "127.0.0.1:$RP" --direct-pid "$REDIS"
     load --command $cmd --pipeline $p --target "127.0.0.1:$CP" --pid $CG | tail -n 1 | sed 's/target/cachegate plaintext/'
-    load --command $cmd --pipeline $p --target "127.0.0.1:$RTLS" --cacert "$CA" | tail -n 1 | sed 's/target/redis own TLS/'
+    load --command $cmd --pipeline $p --target "127.0.0.1:$RTLS" --cacert "$CA" --pid "$REDIS" | tail -n 1 | sed 's/target/redis own TLS/'
     if [ -n "$HAPROXY" ]; then
-      load --command $cmd --pipeline $p --target "127.0.0.1:$HP" --cacert "$CA" --pid "$HAPROXY" | tail -n 1 | sed 's/target/haproxy TLS/' || echo "  haproxy TLS: failed"
+      load --command $cmd --pipeline $p --target "127.0.0.1:$HP" --cacert "$CA" --pid "$HAPROXY" --backend-pid "$REDIS" | tail -n 1 | sed 's/target/haproxy TLS/' || echo "  haproxy TLS: failed"
     fi
   done
 done

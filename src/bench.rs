@@ -37,6 +37,8 @@ pub struct Load {
     pub command: String,
     /// A process whose CPU time per request is reported (Linux /proc).
     pub pid: Option<u32>,
+    /// The backend behind the target (a proxy's): its CPU time per request in the same run.
+    pub backend_pid: Option<u32>,
     /// The target is a Redis Cluster node: load the cluster as a cluster-aware client does,
     /// with a connection to every primary per connection and each key sent to its slot's node.
     pub cluster: bool,
@@ -50,7 +52,33 @@ pub struct Report {
     pub p50: Duration,
     pub p99: Duration,
     pub p999: Duration,
-    pub cpu_per_request: Option<Duration>,
+    /// The measured process's CPU time per request (`Load::pid`).
+    pub cpu_per_request: Option<Cpu>,
+    /// The backend's CPU time per request in the same run (`Load::backend_pid`).
+    pub backend_cpu_per_request: Option<Duration>,
+}
+
+/// CPU time, as the kernel accounts it to a process: in user space, and in the kernel on its
+/// behalf (system calls, and the loopback's receive work that its sends trigger).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cpu {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl Cpu {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// Spent between `self` (the earlier reading) and `later`, per one of `n`.
+    fn per(self, later: Cpu, n: u64) -> Option<Cpu> {
+        let n = u32::try_from(n).ok().filter(|&n| n > 0)?;
+        Some(Cpu {
+            user: later.user.saturating_sub(self.user) / n,
+            system: later.system.saturating_sub(self.system) / n,
+        })
+    }
 }
 
 impl Report {
@@ -70,9 +98,72 @@ impl std::fmt::Display for Report {
             micros(self.p999)
         )?;
         if let Some(cpu) = self.cpu_per_request {
-            write!(f, "  cpu/req {:.2}µs", micros(cpu))?;
+            write!(
+                f,
+                "  cpu/req {:.2}µs (system {:.2}µs)",
+                micros(cpu.total()),
+                micros(cpu.system)
+            )?;
+        }
+        if let Some(cpu) = self.backend_cpu_per_request {
+            write!(f, "  backend cpu/req {:.2}µs", micros(cpu))?;
         }
         Ok(())
+    }
+}
+
+/// Where one core's time goes when the target (a proxy) and its backend share that core, as
+/// `scripts/bench.sh` runs them: throughput is then about one over the CPU time per request
+/// on the core, so the ratio to a direct run follows from the CPU times alone, and so does
+/// the best ratio that the target could reach if it spent nothing in user space.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// The backend's CPU per request, served directly.
+    pub direct: Duration,
+    /// The target's, in user space and in the kernel.
+    pub target: Cpu,
+    /// The backend's, behind the target.
+    pub backend: Duration,
+}
+
+impl Split {
+    /// From a target run measured with its backend, and a direct run measured on the backend.
+    pub fn of(target: &Report, direct: &Report) -> Option<Split> {
+        Some(Split {
+            direct: direct.cpu_per_request?.total(),
+            target: target.cpu_per_request?,
+            backend: target.backend_cpu_per_request?,
+        })
+    }
+
+    /// The throughput ratio the CPU times predict.
+    pub fn ratio(&self) -> f64 {
+        self.direct.as_secs_f64()
+            / (self.target.total() + self.backend)
+                .as_secs_f64()
+                .max(1e-12)
+    }
+
+    /// The ratio with the target's user-space time at zero: its system calls and the
+    /// backend's work stay.
+    pub fn ceiling(&self) -> f64 {
+        self.direct.as_secs_f64() / (self.target.system + self.backend).as_secs_f64().max(1e-12)
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "one core's CPU per request: direct {:.2}µs; through the target {:.2}µs (user {:.2}, system {:.2}) + backend {:.2}µs; predicted ratio {:.2}, {:.2} with no user-space time in the target",
+            micros(self.direct),
+            micros(self.target.total()),
+            micros(self.target.user),
+            micros(self.target.system),
+            micros(self.backend),
+            self.ratio(),
+            self.ceiling()
+        )
     }
 }
 
@@ -130,7 +221,10 @@ pub async fn run(load: &Load) -> anyhow::Result<Report> {
             batch.exchange(&mut conns, load.memcached, "set").await?;
         }
     }
-    let cpu_before = load.pid.and_then(cpu_time);
+    let cpu_before = (
+        load.pid.and_then(cpu_time),
+        load.backend_pid.and_then(cpu_time),
+    );
     let deadline = Instant::now() + load.duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -255,9 +349,10 @@ fn report(
     load: &Load,
     mut all: Vec<Duration>,
     elapsed: Duration,
-    cpu_before: Option<Duration>,
+    (cpu_before, backend_before): (Option<Cpu>, Option<Cpu>),
 ) -> Report {
     let cpu_after = load.pid.and_then(cpu_time);
+    let backend_after = load.backend_pid.and_then(cpu_time);
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -271,10 +366,13 @@ fn report(
         p50: pct(0.50),
         p99: pct(0.99),
         p999: pct(0.999),
-        cpu_per_request: match (cpu_before, cpu_after) {
-            (Some(a), Some(b)) if requests > 0 => Some((b.saturating_sub(a)) / requests as u32),
-            _ => None,
-        },
+        cpu_per_request: cpu_before
+            .zip(cpu_after)
+            .and_then(|(a, b)| a.per(b, requests)),
+        backend_cpu_per_request: backend_before
+            .zip(backend_after)
+            .and_then(|(a, b)| a.per(b, requests))
+            .map(|cpu| cpu.total()),
     }
 }
 
@@ -425,7 +523,7 @@ pub async fn handshakes(
     }
     let after = load.pid.and_then(cpu_time);
     let per = match (before, after) {
-        (Some(a), Some(b)) => b.saturating_sub(a) / count.max(1) as u32,
+        (Some(a), Some(b)) => b.total().saturating_sub(a.total()) / count.max(1) as u32,
         _ => Duration::ZERO,
     };
     Ok((per, resumed))
@@ -490,8 +588,8 @@ pub fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// User plus system CPU time of a process, from /proc (Linux).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+/// A process's user and system CPU time, from /proc (Linux).
+pub fn cpu_time(pid: u32) -> Option<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -499,12 +597,51 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     // Linux reports clock ticks; USER_HZ is 100 on every architecture Linux supports here.
-    Some(Duration::from_millis((utime + stime) * 10))
+    Some(Cpu {
+        user: Duration::from_millis(utime * 10),
+        system: Duration::from_millis(stime * 10),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_predicts_the_ratio_from_cpu_times() {
+        let us = Duration::from_micros;
+        let split = Split {
+            direct: us(6),
+            target: Cpu {
+                user: us(3),
+                system: us(6),
+            },
+            backend: us(1),
+        };
+        assert!((split.ratio() - 0.6).abs() < 1e-9);
+        assert!((split.ceiling() - 6.0 / 7.0).abs() < 1e-9);
+        let report = |cpu: Option<Cpu>, backend: Option<Duration>| Report {
+            requests: 1,
+            elapsed: us(1),
+            p50: us(1),
+            p99: us(1),
+            p999: us(1),
+            cpu_per_request: cpu,
+            backend_cpu_per_request: backend,
+        };
+        let direct = report(
+            Some(Cpu {
+                user: us(2),
+                system: us(4),
+            }),
+            None,
+        );
+        let target = report(split.target.into(), Some(us(1)));
+        let of = Split::of(&target, &direct).expect("all three measured");
+        assert_eq!(of.direct, us(6));
+        // Without the backend's time in the target's run there is nothing to say.
+        assert!(Split::of(&report(split.target.into(), None), &direct).is_none());
+    }
 
     #[test]
     fn reads_our_own_cpu_time() {
@@ -514,6 +651,7 @@ mod tests {
             x = x.wrapping_add(1);
         }
         assert!(x > 0);
-        assert!(cpu_time(std::process::id()).is_some());
+        let cpu = cpu_time(std::process::id()).expect("our own /proc/<pid>/stat");
+        assert!(cpu.user > Duration::ZERO, "{cpu:?}");
     }
 }

@@ -165,6 +165,11 @@ struct BenchArgs {
     /// Another pid whose CPU per request is reported for the direct run (e.g. redis-server).
     #[arg(long)]
     direct_pid: Option<u32>,
+    /// The backend behind the target (e.g. redis-server behind cachegate): its CPU per request
+    /// in the target's run too. With --pid, --compare and --direct-pid (the same backend), the
+    /// comparison also says where one shared core's time goes.
+    #[arg(long)]
+    backend_pid: Option<u32>,
     /// Instead of load: this many full TLS handshakes, then as many resumed ones, with the
     /// target's CPU per handshake (needs --cacert and --pid).
     #[arg(long)]
@@ -553,6 +558,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         command: args.command.clone(),
         pid: args.pid,
+        backend_pid: args.backend_pid,
         cluster: false,
     };
     runtime.block_on(async {
@@ -596,6 +602,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 cluster: args.direct_cluster,
                 tls_ca: None,
                 pid: args.direct_pid,
+                backend_pid: None,
                 ..load.clone()
             };
             let direct = cachegate::bench::run(&direct_load).await?;
@@ -605,6 +612,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 target.throughput() / direct.throughput(),
                 target.p50.as_secs_f64() / direct.p50.as_secs_f64().max(1e-9)
             );
+            if let Some(split) = cachegate::bench::Split::of(&target, &direct) {
+                println!("  {split}");
+            }
         }
         anyhow::Ok(())
     })
