@@ -96,6 +96,7 @@ redis-cli --cluster create "127.0.0.1:$K1" "127.0.0.1:$K2" "127.0.0.1:$K3" --clu
 until redis-cli -p "$K1" cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
 MEMCACHED_USER=(); [ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
 taskset -c 0 memcached -l 127.0.0.1 -p "$MP" -U 0 -t 1 "${MEMCACHED_USER[@]}" &
+MEMCACHED=$!
 sleep 1.5
 REDIS=$(cat "$WORK/redis.pid")
 # haproxy as a reference row, when installed (TLS termination, tcp mode).
@@ -148,9 +149,11 @@ for cmd in get set; do
   done
 done
 echo
-load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+load --memcached --command get --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG \
+  --backend-pid "$MEMCACHED" --compare --direct "127.0.0.1:$MP" --direct-pid "$MEMCACHED"
 load --memcached --command get --target "127.0.0.1:$MC" --cacert "$CA" --pid $CG | tail -n 1 | sed 's/target/cachegate, gets sent as they came (meta_gets = false)/'
-load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG --compare --direct "127.0.0.1:$MP"
+load --memcached --command set --target "127.0.0.1:$MT" --cacert "$CA" --pid $CG \
+  --backend-pid "$MEMCACHED" --compare --direct "127.0.0.1:$MP" --direct-pid "$MEMCACHED"
 echo
 echo "== at-rest encryption: the encrypting listener (target) beside the same listener without it (direct)"
 for size in 64 16384; do

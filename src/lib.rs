@@ -41,6 +41,7 @@ pub mod proxy_header;
 pub mod read_room;
 pub mod reload;
 pub mod rewrap;
+pub mod sends;
 pub mod server;
 pub mod session;
 pub mod shutdown;

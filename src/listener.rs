@@ -290,7 +290,7 @@ async fn accept_tls(
     listener: &Listener,
     acceptor: &TlsAcceptor,
     deadline: Duration,
-) -> Option<Box<TlsStream<TcpStream>>> {
+) -> Option<Box<TlsStream<crate::sends::Sends>>> {
     let name = &listener.name;
     let handshake = async {
         // The wait for the ClientHello counts against the deadline. Anything that does not
@@ -302,7 +302,10 @@ async fn accept_tls(
             Ok(_) => return Err(HandshakeError::NotTls),
             Err(e) => return Err(HandshakeError::Io(e)),
         }
-        acceptor.accept(stream).await.map_err(HandshakeError::Tls)
+        acceptor
+            .accept(crate::sends::Sends(stream))
+            .await
+            .map_err(HandshakeError::Tls)
     };
     let failed = |reason: &str| {
         listener

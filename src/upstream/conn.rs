@@ -19,14 +19,14 @@ use crate::protocol::resp::ReplyScanner;
 /// The byte stream to an upstream.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<crate::sends::Sends>>),
 }
 
 impl Stream {
     pub(super) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tls(s) => &s.get_ref().0 .0,
         }
     }
 }
@@ -165,7 +165,7 @@ impl Connector {
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(
                     self.connect_timeout,
-                    connector.connect(name.clone(), tcp),
+                    connector.connect(name.clone(), crate::sends::Sends(tcp)),
                 )
                 .await
                 .map_err(|_| UpstreamError::ConnectTimeout {
