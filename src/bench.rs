@@ -59,7 +59,8 @@ pub struct Report {
 }
 
 /// CPU time, as the kernel accounts it to a process: in user space, and in the kernel on its
-/// behalf (system calls, and the loopback's receive work that its sends trigger).
+/// behalf (system calls and, unless the kernel accounts interrupt time apart or defers it to
+/// `ksoftirqd`, the loopback's receive work that its sends trigger).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cpu {
     pub user: Duration,
@@ -115,7 +116,10 @@ impl std::fmt::Display for Report {
 /// Where one core's time goes when the target (a proxy) and its backend share that core, as
 /// `scripts/bench.sh` runs them: throughput is then about one over the CPU time per request
 /// on the core, so the ratio to a direct run follows from the CPU times alone, and so does
-/// the best ratio that the target could reach if it spent nothing in user space.
+/// the best ratio that the target could reach if it spent nothing in user space. That holds
+/// only while the core is the bottleneck: `busy` says how much of it the measured processes
+/// used in each run (the load generator's core, or time no process is charged with, can be
+/// the limit instead).
 #[derive(Debug, Clone, Copy)]
 pub struct Split {
     /// The backend's CPU per request, served directly.
@@ -124,16 +128,29 @@ pub struct Split {
     pub target: Cpu,
     /// The backend's, behind the target.
     pub backend: Duration,
+    /// The share of one core that the measured processes used: (direct run, target run).
+    pub busy: (f64, f64),
 }
 
 impl Split {
     /// From a target run measured with its backend, and a direct run measured on the backend.
     pub fn of(target: &Report, direct: &Report) -> Option<Split> {
+        let (cpu, backend) = (target.cpu_per_request?, target.backend_cpu_per_request?);
+        let direct_cpu = direct.cpu_per_request?.total();
         Some(Split {
-            direct: direct.cpu_per_request?.total(),
-            target: target.cpu_per_request?,
-            backend: target.backend_cpu_per_request?,
+            direct: direct_cpu,
+            target: cpu,
+            backend,
+            busy: (
+                direct.throughput() * direct_cpu.as_secs_f64(),
+                target.throughput() * (cpu.total() + backend).as_secs_f64(),
+            ),
         })
+    }
+
+    /// Whether both runs kept the core (nearly) busy, so that the model applies.
+    pub fn saturated(&self) -> bool {
+        self.busy.0 >= 0.9 && self.busy.1 >= 0.9
     }
 
     /// The throughput ratio the CPU times predict.
@@ -163,6 +180,17 @@ impl std::fmt::Display for Split {
             micros(self.backend),
             self.ratio(),
             self.ceiling()
+        )?;
+        write!(
+            f,
+            " (core busy {:.2} direct, {:.2} through the target{})",
+            self.busy.0,
+            self.busy.1,
+            if self.saturated() {
+                ""
+            } else {
+                ": not saturated, the prediction does not apply"
+            }
         )
     }
 }
@@ -610,48 +638,61 @@ mod tests {
     #[test]
     fn a_split_predicts_the_ratio_from_cpu_times() {
         let us = Duration::from_micros;
-        let split = Split {
-            direct: us(6),
-            target: Cpu {
-                user: us(3),
-                system: us(6),
-            },
-            backend: us(1),
-        };
-        assert!((split.ratio() - 0.6).abs() < 1e-9);
-        assert!((split.ceiling() - 6.0 / 7.0).abs() < 1e-9);
-        let report = |cpu: Option<Cpu>, backend: Option<Duration>| Report {
-            requests: 1,
-            elapsed: us(1),
+        // Requests per second, and CPU per request.
+        let report = |rate: u64, cpu: Option<Cpu>, backend: Option<Duration>| Report {
+            requests: rate,
+            elapsed: Duration::from_secs(1),
             p50: us(1),
             p99: us(1),
             p999: us(1),
             cpu_per_request: cpu,
             backend_cpu_per_request: backend,
         };
+        let proxy = Cpu {
+            user: us(3),
+            system: us(6),
+        };
         let direct = report(
+            160_000,
             Some(Cpu {
                 user: us(2),
                 system: us(4),
             }),
             None,
         );
-        let target = report(split.target.into(), Some(us(1)));
-        let of = Split::of(&target, &direct).expect("all three measured");
-        assert_eq!(of.direct, us(6));
+        let target = report(100_000, Some(proxy), Some(us(1)));
+        let split = Split::of(&target, &direct).expect("all three measured");
+        assert_eq!(
+            (split.direct, split.target, split.backend),
+            (us(6), proxy, us(1))
+        );
+        // 6 µs direct against 9 + 1 through the proxy, and 6 + 1 without its user time.
+        assert!((split.ratio() - 0.6).abs() < 1e-9);
+        assert!((split.ceiling() - 6.0 / 7.0).abs() < 1e-9);
+        // 160k × 6 µs and 100k × 10 µs of one core's second.
+        assert!((split.busy.0 - 0.96).abs() < 1e-9 && (split.busy.1 - 1.0).abs() < 1e-9);
+        assert!(split.saturated());
+        assert!(!split.to_string().contains("not saturated"), "{split}");
+        // A direct run that left the core idle half the time: the model does not apply.
+        let idle = Split::of(&target, &report(80_000, direct.cpu_per_request, None)).unwrap();
+        assert!(!idle.saturated());
+        assert!(idle.to_string().contains("not saturated"), "{idle}");
         // Without the backend's time in the target's run there is nothing to say.
-        assert!(Split::of(&report(split.target.into(), None), &direct).is_none());
+        assert!(Split::of(&report(100_000, Some(proxy), None), &direct).is_none());
     }
 
     #[test]
     fn reads_our_own_cpu_time() {
+        // Spins until the kernel has charged some user time (it counts in ticks), or gives up.
         let spin = Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(30) {
-            x = x.wrapping_add(1);
-        }
-        assert!(x > 0);
-        let cpu = cpu_time(std::process::id()).expect("our own /proc/<pid>/stat");
-        assert!(cpu.user > Duration::ZERO, "{cpu:?}");
+        let cpu = loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+            let cpu = cpu_time(std::process::id()).expect("our own /proc/<pid>/stat");
+            if cpu.user > Duration::ZERO || spin.elapsed() > Duration::from_secs(5) {
+                break cpu;
+            }
+        };
+        assert!(cpu.user > Duration::ZERO, "{cpu:?} after {x} turns");
     }
 }

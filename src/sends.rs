@@ -2,10 +2,9 @@
 //! with `send(2)`.
 //!
 //! rustls hands every write over as a vector of TLS records, almost always one, and a TCP
-//! stream writes vectors with `writev(2)`: the file-system path (the file's position lock,
-//! the iovec copied in, the permission hook) on every reply. `send(2)` goes to the socket
-//! layer directly, as the plaintext listeners' writes do. Several records still leave in one
-//! `writev`.
+//! stream writes vectors with `writev(2)`: the file layer's path (the iovec copied in, the
+//! permission hook) on every reply. `send(2)` goes to the socket layer directly, as the
+//! plaintext listeners' writes do. Several records still leave in one `writev`.
 
 use std::io::IoSlice;
 use std::pin::Pin;
