@@ -54,6 +54,30 @@ pub enum Plan {
     Refuse(String),
 }
 
+/// Why a command is refused, if it is: `plan_found`'s own refusals, then two that depend on
+/// where the session stands. Inside MULTI nothing encrypted is read (EXEC's reply would carry
+/// the values sealed). HVALS of an encrypted hash is read as HGETALL (a value opens only with
+/// its field); where the policy keeps HGETALL from the backend user cachegate's connections
+/// log in as (`hgetall_denied`, asked only then), the backend would refuse it under a name the
+/// client never sent, so it is refused here, saying why.
+pub fn refusal(
+    plan: &Plan,
+    in_multi: bool,
+    hgetall_denied: impl FnOnce() -> bool,
+) -> Option<String> {
+    match plan {
+        Plan::Refuse(why) => Some(why.clone()),
+        Plan::Sealed(Some(Open::HashValues(_))) if hgetall_denied() => Some(
+            "cachegate: 'HVALS' of an encrypted hash is read as HGETALL (a value opens only with its field), which this listener's policy keeps from its backend user; use HMGET"
+                .into(),
+        ),
+        Plan::Sealed(Some(_)) if in_multi => {
+            Some("cachegate: reading an encrypted key inside MULTI is not supported yet".into())
+        }
+        Plan::Clear | Plan::Sealed(_) => None,
+    }
+}
+
 /// Where a command's value arguments are: `(first value index, step)` after the key.
 enum Shape {
     /// The value right after the key at index 1 (SET, SETNX, GETSET).
@@ -296,6 +320,46 @@ mod tests {
             .iter()
             .map(|w| Bytes::copy_from_slice(w.as_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn where_the_session_stands_refuses_reads_inside_multi_and_hvals_without_hgetall() {
+        let (keys, spaces) = (keys(), spaces());
+        let planned = |words: &[&str]| plan(&mut args(words), &spaces, &keys);
+        let never = || -> bool { panic!("HGETALL's verdict asked for a plan that is not HVALS") };
+        let multi = "cachegate: reading an encrypted key inside MULTI is not supported yet";
+        // A read of an encrypted key (SET ... GET too) only outside MULTI; writes and keys
+        // outside the keyspaces anywhere.
+        for read in [&["GET", "pii:1"][..], &["SET", "pii:1", "v", "GET"]] {
+            assert_eq!(refusal(&planned(read), false, never), None);
+            assert_eq!(refusal(&planned(read), true, never).as_deref(), Some(multi));
+        }
+        for fine in [
+            &["SET", "pii:1", "v"][..],
+            &["GET", "other"],
+            &["DEL", "pii:1"],
+        ] {
+            assert_eq!(refusal(&planned(fine), true, never), None, "{fine:?}");
+        }
+        // plan_found's own refusal, as it gave it.
+        let append = planned(&["APPEND", "pii:1", "x"]);
+        let Plan::Refuse(why) = &append else {
+            panic!("{append:?}")
+        };
+        assert_eq!(refusal(&append, false, never).as_ref(), Some(why));
+        // HVALS, read as HGETALL: refused where HGETALL is kept from the backend user, in
+        // MULTI or not; otherwise as any read.
+        let hvals = planned(&["HVALS", "user:1"]);
+        assert!(
+            matches!(hvals, Plan::Sealed(Some(Open::HashValues(_)))),
+            "{hvals:?}"
+        );
+        for in_multi in [false, true] {
+            let why = refusal(&hvals, in_multi, || true).expect("refused");
+            assert!(why.starts_with("cachegate: 'HVALS' of an encrypted hash is read as HGETALL"));
+        }
+        assert_eq!(refusal(&hvals, false, || false), None);
+        assert_eq!(refusal(&hvals, true, || false).as_deref(), Some(multi));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! out (answers, forwards, pins, logs in). Every refusal that depends on the request, the login
 //! and the policy alone is here, so that it is tested without sockets, for every command the
 //! table knows. What depends on the session's own state or its backend is the session's: a
-//! cluster listener's placement (CROSSSLOT), at-rest encryption's refusals (they need the key
-//! ring), the run-as connection's and a failed pin's errors, MULTI's queueing.
+//! cluster listener's placement (CROSSSLOT, from the live slot map), at-rest encryption
+//! (sealing needs the key ring; its refusals are a function with no I/O of their own,
+//! `crypt::plan::refusal`), the run-as connection's and a failed pin's errors, MULTI's
+//! queueing.
 //!
 //! In order, as Redis and the policy require:
 //! 1. an HTTP request (`POST`, `Host:`) closes the connection (a cross-protocol attack);
@@ -18,7 +20,10 @@
 //! 8. what is forwarded gets whom it runs as in the backend (a renamed command a script could
 //!    call as the administrator, a user's scripts as its mirrored user) and its connection
 //!    (`Disposition`): shared only for what the reviewed table calls stateless and runs as the
-//!    listener, the session's own for everything else.
+//!    listener, the session's own for everything else;
+//! 9. a session on its own connection that nothing holds there goes back to the shared ones
+//!    before a command that does not need its own (`Plan::unpin`); the session settles what
+//!    its subscriptions still owe first, the one part of it that takes a round trip.
 
 use bytes::Bytes;
 
@@ -41,6 +46,22 @@ pub struct Gate<'a> {
     pub acl: bool,
     /// Whom the session's commands may run as in the backend.
     pub backend: Backend,
+    /// The connection the session stands on.
+    pub connection: Connection,
+    /// A Redis Cluster listener: a pinned session may need another node's connection.
+    pub cluster: bool,
+}
+
+/// The connection a session stands on when a request comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// The shared connections (or none yet).
+    Shared,
+    /// Its own, on a listener without shared connections: there is nowhere to go back to.
+    OwnOnly,
+    /// Its own, on a listener with shared connections. `holds_state`: something keeps it there
+    /// (a transaction, a WATCH, subscriptions, CLIENT REPLY off, state a command left).
+    Own { holds_state: bool },
 }
 
 /// The backend users cachegate logs its connections in as, where it provisions them
@@ -164,6 +185,10 @@ pub struct Plan {
     pub identity: Identity,
     /// Which connection it takes.
     pub disposition: Disposition,
+    /// Back to the shared connections before it: the session is on its own connection,
+    /// nothing holds it there, and this command does not need one of its own (on a cluster
+    /// listener it may, since it may need another node's).
+    pub unpin: bool,
 }
 
 /// A command-table entry (`None`: a command the table does not know), by its full name.
@@ -282,17 +307,20 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
         Identity::User => commands::runs_script(lower),
         Identity::Listener => false,
     };
+    let disposition = if own_connection {
+        Disposition::Pin
+    } else {
+        disposition(kind, &req.args, sharing)
+    };
     Admission::Forward(Plan {
         kind,
         sharing,
         label: found.map_or("other", |(name, _)| name.split('|').next().unwrap_or(name)),
         command: Command(found),
         identity,
-        disposition: if own_connection {
-            Disposition::Pin
-        } else {
-            disposition(kind, &req.args, sharing)
-        },
+        disposition,
+        unpin: gate.connection == Connection::Own { holds_state: false }
+            && (disposition != Disposition::Pin || gate.cluster),
     })
 }
 
@@ -342,12 +370,12 @@ mod tests {
         user: None,
         acl: false,
         backend: NO_USERS,
+        connection: Connection::Shared,
+        cluster: false,
     };
     const OUT: Gate<'static> = Gate {
         authenticated: false,
-        user: None,
-        acl: false,
-        backend: NO_USERS,
+        ..IN
     };
 
     /// A plausible call of every command and subcommand the table knows.
@@ -625,10 +653,9 @@ mod tests {
     fn a_restricted_user_is_refused_with_an_event_and_fails_the_transaction() {
         let u = user("on nopass ~app:* &* -@all +get +set +acl");
         let gate = Gate {
-            authenticated: true,
             user: Some(&u),
             acl: true,
-            backend: NO_USERS,
+            ..IN
         };
         let open = Policy::default();
         let (a, _) = admit_call(&["GET".into(), "app:1".into()], gate, &open);
@@ -702,6 +729,70 @@ mod tests {
         assert_eq!(&req.args[3][..], commands::HIDDEN_PLACEHOLDER);
     }
 
+    #[test]
+    fn a_pinned_session_goes_back_to_shared_connections_only_when_nothing_holds_it() {
+        let free = Connection::Own { holds_state: false };
+        let held = Connection::Own { holds_state: true };
+        let unpin = |call: &[&str], connection: Connection, cluster: bool| {
+            let gate = Gate {
+                connection,
+                cluster,
+                ..IN
+            };
+            let call: Vec<String> = call.iter().map(|s| s.to_string()).collect();
+            match admit_call(&call, gate, &Policy::default()).0 {
+                Admission::Forward(plan) => plan.unpin,
+                other => panic!("{call:?}: {other:?}"),
+            }
+        };
+        // What needs no connection of its own leaves a free one; SELECT 0 and CLIENT SETNAME
+        // are kept by cachegate, and leave it too.
+        for call in [
+            &["GET", "k"][..],
+            &["SET", "k", "v"],
+            &["SELECT", "0"],
+            &["CLIENT", "SETNAME", "n"],
+        ] {
+            assert!(unpin(call, free, false), "{call:?}");
+            // Never from the shared connections, nor where there are none, nor while
+            // something holds the session (a transaction, subscriptions, replies off...).
+            for stays in [Connection::Shared, Connection::OwnOnly, held] {
+                assert!(!unpin(call, stays, false), "{call:?} {stays:?}");
+                assert!(!unpin(call, stays, true), "{call:?} {stays:?}");
+            }
+        }
+        // What needs its own connection stays on the one it has, except on a cluster listener,
+        // where it may need another node's.
+        for call in [
+            &["SUBSCRIBE", "c"][..],
+            &["MULTI"],
+            &["WATCH", "k"],
+            &["BLPOP", "k", "0"],
+            &["SELECT", "1"],
+            &["CLIENT", "TRACKING", "on"],
+        ] {
+            assert!(!unpin(call, free, false), "{call:?}");
+            assert!(unpin(call, free, true), "{call:?}");
+            assert!(!unpin(call, held, true), "{call:?}");
+        }
+        // A renamed command a script could call runs as the administrator, on its own
+        // connection: a free session keeps it.
+        let p = policy(&[], &[("flushall", "ADMIN_FLUSH_9f2c")]);
+        let admin = Gate {
+            backend: Backend {
+                admin: true,
+                own_user: false,
+            },
+            connection: free,
+            ..IN
+        };
+        let (a, _) = admit_call(&["ADMIN_FLUSH_9f2c".into()], admin, &p);
+        assert!(
+            matches!(a, Admission::Forward(Plan { unpin: false, .. })),
+            "{a:?}"
+        );
+    }
+
     use proptest::prelude::*;
 
     proptest! {
@@ -719,7 +810,7 @@ mod tests {
             authenticated: bool,
         ) {
             let p = policy(&["keys", "client|kill"], &[("flushall", "ADMIN_FLUSH_9f2c")]);
-            let gate = Gate { authenticated, user: None, acl: false, backend: NO_USERS };
+            let gate = Gate { authenticated, ..IN };
             let (a, _) = admit_call(&words, gate, &p);
             if !authenticated {
                 prop_assert!(!matches!(a, Admission::Forward(_) | Admission::AclLocal), "{:?}", a);

@@ -747,6 +747,14 @@ impl RequestSide {
             user: self.user.as_deref(),
             acl: matches!(self.ctx.auth, AuthMode::Acl(_)),
             backend: self.backend(),
+            connection: match (&self.shared, &self.ctx.shared) {
+                (Some(_), _) => admission::Connection::Shared,
+                (None, None) => admission::Connection::OwnOnly,
+                (None, Some(_)) => admission::Connection::Own {
+                    holds_state: self.holds_state(),
+                },
+            },
+            cluster: self.ctx.cluster.is_some(),
         };
         let plan = match admission::admit(&mut req, gate, &self.ctx.policy) {
             Admission::Forward(plan) => plan,
@@ -816,44 +824,25 @@ impl RequestSide {
         // back; a command that would work on ciphertext is refused.
         let mut open: Option<Rewrite> = None;
         if let Some(enc) = &self.ctx.encryption {
-            match crate::crypt::plan::plan_found(plan.command.0, &mut args, &enc.spaces, &enc.keys)
-            {
-                crate::crypt::plan::Plan::Clear => {}
-                crate::crypt::plan::Plan::Refuse(why) => {
-                    self.transaction.refuse();
-                    self.local(reply::error(&why)).await?;
-                    return Ok(Flow::Continue);
+            use crate::crypt::plan::{plan_found, refusal, Plan};
+            let sealing = plan_found(plan.command.0, &mut args, &enc.spaces, &enc.keys);
+            // The backend user cachegate's connections log in as is kept from HGETALL.
+            let hgetall_denied = || {
+                self.ctx.identities.is_some()
+                    && self.ctx.policy.decide(b"HGETALL") != crate::policy::Decision::Allow
+            };
+            if let Some(why) = refusal(&sealing, self.transaction.is_open(), hgetall_denied) {
+                self.transaction.refuse();
+                self.local(reply::error(&why)).await?;
+                return Ok(Flow::Continue);
+            }
+            if let Plan::Sealed(reads) = sealing {
+                req.raw = None;
+                let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
+                if sealed > 0 {
+                    enc.count_sealed(sealed as u64);
                 }
-                // HVALS of an encrypted hash is read as HGETALL (a value opens only with its
-                // field); where the policy keeps HGETALL from the backend user cachegate's
-                // connections log in as, the backend would refuse it under a name the client
-                // never sent: refused here, saying why.
-                crate::crypt::plan::Plan::Sealed(Some(crate::crypt::plan::Open::HashValues(_)))
-                    if self.ctx.identities.is_some()
-                        && self.ctx.policy.decide(b"HGETALL") != crate::policy::Decision::Allow =>
-                {
-                    self.transaction.refuse();
-                    self.local(reply::error("cachegate: 'HVALS' of an encrypted hash is read as HGETALL (a value opens only with its field), which this listener's policy keeps from its backend user; use HMGET"))
-                        .await?;
-                    return Ok(Flow::Continue);
-                }
-                crate::crypt::plan::Plan::Sealed(reads) => {
-                    req.raw = None;
-                    let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
-                    if sealed > 0 {
-                        enc.count_sealed(sealed as u64);
-                    }
-                    if let Some(reads) = reads {
-                        if self.transaction.is_open() {
-                            // EXEC's reply would carry the values sealed.
-                            self.transaction.refuse();
-                            self.local(reply::error("cachegate: reading an encrypted key inside MULTI is not supported yet"))
-                                .await?;
-                            return Ok(Flow::Continue);
-                        }
-                        open = Some(Rewrite::Open(Arc::new((enc.clone(), reads))));
-                    }
-                }
+                open = reads.map(|reads| Rewrite::Open(Arc::new((enc.clone(), reads))));
             }
         }
         // Who runs it, decided once by admission: the same answer before and after it is sent.
@@ -864,14 +853,9 @@ impl RequestSide {
             let want = self.runs_as(plan.identity);
             return Box::pin(self.held_multi(kind, plan.command, sharing, want, &args)).await;
         }
-        // Back to shared connections once nothing holds the session to its own; on a cluster
-        // listener also before a command that pins, which may need another node.
-        if self.shared.is_none()
-            && self.ctx.shared.is_some()
-            && (disposition != Disposition::Pin || self.ctx.cluster.is_some())
-            && !self.holds_state()
-            && Box::pin(self.subscriptions_settled()).await?
-        {
+        // Back to shared connections, as admission decided, once what the subscriptions owe
+        // is settled.
+        if plan.unpin && Box::pin(self.subscriptions_settled()).await? {
             Box::pin(self.unpin()).await?;
         }
         // A cluster session pinned for this very command is on the node its keys chose.
