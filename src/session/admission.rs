@@ -186,8 +186,8 @@ pub struct Plan {
     /// Which connection it takes.
     pub disposition: Disposition,
     /// Back to the shared connections before it: the session is on its own connection,
-    /// nothing holds it there, and this command does not need one of its own (on a cluster
-    /// listener it may, since it may need another node's).
+    /// nothing holds it there, and this command neither needs one of its own (on a cluster
+    /// listener it may, since it may need another node's) nor leaves state on it.
     pub unpin: bool,
 }
 
@@ -319,8 +319,11 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
         command: Command(found),
         identity,
         disposition,
+        // A command that taints the connection it runs on never takes the session back first,
+        // whatever its disposition.
         unpin: gate.connection == Connection::Own { holds_state: false }
-            && (disposition != Disposition::Pin || gate.cluster),
+            && (disposition != Disposition::Pin || gate.cluster)
+            && sharing != Sharing::PinTaint,
     })
 }
 
@@ -790,6 +793,28 @@ mod tests {
         assert!(
             matches!(a, Admission::Forward(Plan { unpin: false, .. })),
             "{a:?}"
+        );
+        // Nothing that leaves state on the connection it runs on takes a session back first,
+        // on any listener, for every call of the table.
+        let mut tainting = 0;
+        for cluster in [false, true] {
+            let gate = Gate {
+                connection: free,
+                cluster,
+                ..IN
+            };
+            for call in every_call() {
+                if let Admission::Forward(plan) = admit_call(&call, gate, &Policy::default()).0 {
+                    if plan.sharing == Sharing::PinTaint {
+                        tainting += 1;
+                        assert!(!plan.unpin, "{call:?}");
+                    }
+                }
+            }
+        }
+        assert!(
+            tainting > 0,
+            "the table has commands that taint a connection"
         );
     }
 
