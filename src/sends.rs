@@ -13,11 +13,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TCP stream whose one-buffer vectored writes are plain writes.
+/// A stream (a TCP stream) whose one-buffer vectored writes are plain writes.
 #[derive(Debug)]
-pub struct Sends(pub TcpStream);
+pub struct Sends<S = TcpStream>(pub S);
 
-impl AsyncRead for Sends {
+impl<S: AsyncRead + Unpin> AsyncRead for Sends<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -27,7 +27,7 @@ impl AsyncRead for Sends {
     }
 }
 
-impl AsyncWrite for Sends {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sends<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -50,7 +50,7 @@ impl AsyncWrite for Sends {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -66,6 +66,74 @@ impl AsyncWrite for Sends {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A writer that records which kind of write each call was.
+    #[derive(Default)]
+    struct Recorder {
+        plain: usize,
+        vectored: usize,
+        data: Vec<u8>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.plain += 1;
+            self.data.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.vectored += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.data.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn one_record_is_a_plain_write_and_several_stay_one_vectored_write() {
+        let mut sends = Sends(Recorder::default());
+        assert!(sends.is_write_vectored());
+        // One record, even behind empty slices: a plain write (send(2) on a socket).
+        let one = [IoSlice::new(b""), IoSlice::new(b"one;")];
+        assert_eq!(sends.write_vectored(&one).await.unwrap(), 4);
+        assert_eq!((sends.0.plain, sends.0.vectored), (1, 0));
+        // Two: still one vectored write (writev(2)).
+        let two = [
+            IoSlice::new(b"two;"),
+            IoSlice::new(b""),
+            IoSlice::new(b"three"),
+        ];
+        assert_eq!(sends.write_vectored(&two).await.unwrap(), 9);
+        assert_eq!((sends.0.plain, sends.0.vectored), (1, 1));
+        // Nothing: no write at all.
+        assert_eq!(sends.write_vectored(&[IoSlice::new(b"")]).await.unwrap(), 0);
+        assert_eq!((sends.0.plain, sends.0.vectored), (1, 1));
+        assert_eq!(sends.0.data, b"one;two;three");
+    }
 
     #[tokio::test]
     async fn one_buffer_several_and_none_all_arrive_in_order() {
