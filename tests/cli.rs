@@ -375,6 +375,30 @@ async fn bench_smoke_against_redis_and_memcached() {
             assert!(s(&out.stdout).contains("req/s"), "{}", s(&out.stdout));
         }
     }
+    // A comparison with every process measured (here Redis stands for the proxy as well as
+    // the backend) says where the core's time goes.
+    let pid = redis.pid().expect("running").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let target = redis.address();
+        Command::new(BIN)
+            .args(["bench", "--target", &target, "--duration", "200ms"])
+            .args(["--connections", "2", "--pid", &pid, "--backend-pid", &pid])
+            .args(["--compare", "--direct", &target, "--direct-pid", &pid])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = s(&out.stdout);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    for part in [
+        "backend cpu/req",
+        "(system",
+        "one core's CPU per request",
+        "core busy",
+    ] {
+        assert!(stdout.contains(part), "{part}: {stdout}");
+    }
 }
 
 /// Secrets from outside the file: `${VAR}` and `..._file` for tokens, the upstream password
