@@ -953,8 +953,9 @@ impl RequestSide {
         let mut exempt = false;
         // Redis's RESP2 subscribed context refuses MULTI (as all but pub/sub, PING, QUIT and
         // RESET): the backend's own refusal, and no transaction.
-        let refused =
-            kind == Kind::Multi && args.len() == 1 && self.in_subscribed_context().await?;
+        let refused = kind == Kind::Multi
+            && args.len() == 1
+            && Box::pin(self.in_subscribed_context()).await?;
         match kind {
             // With the wrong number of arguments, MULTI and DISCARD are arity errors that change
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
@@ -979,10 +980,9 @@ impl RequestSide {
                 let (replies, after) = counting::under(was, 1);
                 self.reply_mode = after;
                 let discard = [Bytes::from_static(b"DISCARD")];
-                self.forward(&discard, Expect::swallowed(replies)).await?;
+                Box::pin(self.forward(&discard, Expect::swallowed(replies))).await?;
                 if was == ReplyMode::On {
-                    self.local_always(Bytes::from_static(reply::EXECABORT))
-                        .await?;
+                    Box::pin(self.local_always(Bytes::from_static(reply::EXECABORT))).await?;
                 }
                 return Ok(Flow::Continue);
             }
@@ -1057,7 +1057,7 @@ impl RequestSide {
                     return Ok(Flow::Continue);
                 }
                 let quiet = !args[2].eq_ignore_ascii_case(b"ON");
-                if quiet && self.still_subscribed().await? {
+                if quiet && Box::pin(self.still_subscribed()).await? {
                     self.local(reply::error(
                         "cachegate: CLIENT REPLY OFF and SKIP cannot run while subscribed",
                     ))
@@ -1068,7 +1068,7 @@ impl RequestSide {
                 self.reply_mode = counted.mode;
                 expect.replies = counted.replies;
                 if counted.exempt {
-                    return self.forward_raw(&args, expect).await;
+                    return Box::pin(self.forward_raw(&args, expect)).await;
                 }
             }
             Kind::Blocking => expect.blocking = true,
@@ -1076,9 +1076,9 @@ impl RequestSide {
         }
         self.note_sent(kind, &args);
         let flow = if exempt {
-            self.forward_raw(&args, expect).await?
+            Box::pin(self.forward_raw(&args, expect)).await?
         } else {
-            self.forward(&args, expect).await?
+            Box::pin(self.forward(&args, expect)).await?
         };
         if as_admin {
             // Back at once: nothing else runs with the administrator's rights.
@@ -1099,7 +1099,7 @@ impl RequestSide {
         let resp3 = self.resp3;
         let same = self.batch.as_ref().is_some_and(|b| b.resp3 == resp3);
         if !same || rewrite.is_some() {
-            self.flush_shared().await?;
+            Box::pin(self.flush_shared()).await?;
         }
         let batch = match &mut self.batch {
             Some(batch) => batch,
@@ -1131,7 +1131,7 @@ impl RequestSide {
             || batch.labels.len() >= 128
             || batch.bytes.len() >= UPSTREAM_WRITE_BATCH
         {
-            self.send_batch(rewrite).await?;
+            Box::pin(self.send_batch(rewrite)).await?;
         }
         Ok(Flow::Continue)
     }
@@ -1390,7 +1390,9 @@ impl RequestSide {
     /// A proxy-made reply, unless the client turned replies off.
     async fn local(&mut self, reply: Bytes) -> Result<(), SessionError> {
         match self.reply_mode {
-            ReplyMode::On => self.local_always(reply).await,
+            // Boxed: every answer of cachegate's own awaits here, and the request side's
+            // state would otherwise keep room for this wait in every call of `handle`.
+            ReplyMode::On => Box::pin(self.local_always(reply)).await,
             ReplyMode::Off => Ok(()),
             ReplyMode::SkipNext => {
                 self.reply_mode = ReplyMode::On;
