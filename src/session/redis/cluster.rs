@@ -1009,9 +1009,7 @@ impl RequestSide {
             super::transaction::refused_inside(kind, args).map(|r| reply::error(&r))
         };
         if let Some(refusal) = refusal {
-            self.transaction.refuse();
-            self.local(refusal).await?;
-            return Ok(Flow::Continue);
+            return self.refused(refusal).await;
         }
         let slot = match kind {
             Kind::Multi => {
@@ -1038,9 +1036,7 @@ impl RequestSide {
             _ => match route(command, args) {
                 // Refused anywhere: answered now, and the transaction fails at EXEC.
                 Route::Answer(reply) if is_error(&reply) => {
-                    self.transaction.refuse();
-                    self.local(reply).await?;
-                    return Ok(Flow::Continue);
+                    return self.refused(reply).await;
                 }
                 Route::One(None) | Route::Answer(_) => {
                     let mut bytes = BytesMut::new();
@@ -1051,9 +1047,7 @@ impl RequestSide {
                 }
                 Route::One(Some(slot)) => Some(slot),
                 _ => {
-                    self.transaction.refuse();
-                    self.local(spans_nodes(args, "inside MULTI")).await?;
-                    return Ok(Flow::Continue);
+                    return self.refused(spans_nodes(args, "inside MULTI")).await;
                 }
             },
         };
@@ -1061,9 +1055,7 @@ impl RequestSide {
             return Ok(Flow::Continue);
         };
         let Some(node) = current(&cluster, slot) else {
-            self.transaction.refuse();
-            self.local(Bytes::from_static(NOT_SERVED)).await?;
-            return Ok(Flow::Continue);
+            return self.refused(Bytes::from_static(NOT_SERVED)).await;
         };
         if let Some(unavailable) = Box::pin(self.pin_to(node)).await? {
             // Nothing was sent: the transaction stays held and fails at EXEC; at EXEC, it
@@ -1079,9 +1071,7 @@ impl RequestSide {
         // Logged in as the session's backend identity (its mirrored user, whose rules Redis
         // applies inside its scripts) before the transaction begins on the node.
         if let Some(refusal) = Box::pin(self.run_as(want)).await? {
-            self.transaction.refuse();
-            self.local(refusal).await?;
-            return Ok(Flow::Continue);
+            return self.refused(refusal).await;
         }
         let held = self.transaction.place();
         // MULTI and the queue were answered already: their replies are read, not forwarded.

@@ -13,13 +13,11 @@ impl RequestSide {
             // Redis would queue it and log in at EXEC (or never, after DISCARD or a failed
             // WATCH), its reply inside EXEC's: refused, and the transaction fails, as HELLO.
             // (An arity error is Redis's own, which fails the transaction too.)
-            self.transaction.refuse();
             let reply = match req.args.len() {
                 1 => reply::wrong_arity(b"auth"),
                 _ => reply::error("cachegate: AUTH cannot run inside MULTI"),
             };
-            self.local(reply).await?;
-            return Ok(Flow::Continue);
+            return self.refused(reply).await;
         }
         if req.args.len() > 1 && self.in_subscribed_context().await? {
             self.local(reply::error(
@@ -187,10 +185,9 @@ impl RequestSide {
             // Redis would queue it and switch the protocol at EXEC (or never, after DISCARD
             // or a failed WATCH): cachegate could not tell how to read what follows. Refused,
             // and the transaction fails, as for any command refused inside MULTI.
-            self.transaction.refuse();
-            self.local(reply::error("cachegate: HELLO cannot run inside MULTI"))
-                .await?;
-            return Ok(Flow::Continue);
+            return self
+                .refused(reply::error("cachegate: HELLO cannot run inside MULTI"))
+                .await;
         }
         self.label = "hello";
         let mut forward = vec![req.args[0].clone()];

@@ -832,9 +832,7 @@ impl RequestSide {
                     && self.ctx.policy.decide(b"HGETALL") != crate::policy::Decision::Allow
             };
             if let Some(why) = refusal(&sealing, self.transaction.is_open(), hgetall_denied) {
-                self.transaction.refuse();
-                self.local(reply::error(&why)).await?;
-                return Ok(Flow::Continue);
+                return self.refused(reply::error(&why)).await;
             }
             if let Plan::Sealed(reads) = sealing {
                 req.raw = None;
@@ -891,9 +889,7 @@ impl RequestSide {
                     match self.cluster_place(kind, sharing, plan.command, &args) {
                         cluster::Place::Node(node) => {
                             if let Some(unavailable) = Box::pin(self.pin_to(node)).await? {
-                                self.transaction.refuse();
-                                self.local(unavailable).await?;
-                                return Ok(Flow::Continue);
+                                return self.refused(unavailable).await;
                             }
                             placed = true;
                         }
@@ -914,9 +910,7 @@ impl RequestSide {
                 }
                 Disposition::Pin => {
                     if let Some(unavailable) = Box::pin(self.pin()).await? {
-                        self.transaction.refuse();
-                        self.local(unavailable).await?;
-                        return Ok(Flow::Continue);
+                        return self.refused(unavailable).await;
                     }
                 }
             }
@@ -927,15 +921,11 @@ impl RequestSide {
             false => self.cluster_fits(kind, sharing, plan.command, &args),
         };
         if let Some(refusal) = misfit {
-            self.transaction.refuse();
-            self.local(refusal).await?;
-            return Ok(Flow::Continue);
+            return self.refused(refusal).await;
         }
         // Logged in as who must run it, before anything below changes the session's state.
         if let Some(refusal) = Box::pin(self.run_as(self.runs_as(plan.identity))).await? {
-            self.transaction.refuse();
-            self.local(refusal).await?;
-            return Ok(Flow::Continue);
+            return self.refused(refusal).await;
         }
         // Inside MULTI, one channel per (un)subscription.
         if let Some(refusal) = self
@@ -944,18 +934,15 @@ impl RequestSide {
             .then(|| transaction::refused_inside(kind, &args))
             .flatten()
         {
-            self.transaction.refuse();
-            self.local(reply::error(&refusal)).await?;
-            return Ok(Flow::Continue);
+            return self.refused(reply::error(&refusal)).await;
         }
         let mut expect = Expect::one();
         // Sent whatever CLIENT REPLY says (`counting`): the mode is already applied.
         let mut exempt = false;
         // Redis's RESP2 subscribed context refuses MULTI (as all but pub/sub, PING, QUIT and
         // RESET): the backend's own refusal, and no transaction.
-        let refused = kind == Kind::Multi
-            && args.len() == 1
-            && Box::pin(self.in_subscribed_context()).await?;
+        let refused =
+            kind == Kind::Multi && args.len() == 1 && self.in_subscribed_context().await?;
         match kind {
             // With the wrong number of arguments, MULTI and DISCARD are arity errors that change
             // nothing (the backend says so); EXEC's aborts the transaction, as EXEC.
@@ -982,7 +969,8 @@ impl RequestSide {
                 let discard = [Bytes::from_static(b"DISCARD")];
                 Box::pin(self.forward(&discard, Expect::swallowed(replies))).await?;
                 if was == ReplyMode::On {
-                    Box::pin(self.local_always(Bytes::from_static(reply::EXECABORT))).await?;
+                    self.local_always(Bytes::from_static(reply::EXECABORT))
+                        .await?;
                 }
                 return Ok(Flow::Continue);
             }
@@ -1004,13 +992,12 @@ impl RequestSide {
                 // count could follow what a subscribed context refuses silently (CLIENT REPLY
                 // ON among them). cachegate keeps the two apart.
                 if kind == Kind::Subscribe && self.reply_mode != ReplyMode::On {
-                    self.transaction.refuse();
                     let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-                    self.local(reply::error(&format!(
-                        "cachegate: {name} cannot run while CLIENT REPLY is OFF or SKIP"
-                    )))
-                    .await?;
-                    return Ok(Flow::Continue);
+                    return self
+                        .refused(reply::error(&format!(
+                            "cachegate: {name} cannot run while CLIENT REPLY is OFF or SKIP"
+                        )))
+                        .await;
                 }
                 if let Some(follow) = &self.follow {
                     // Only RESP3's confirmations arrive unasked (pushes), to be told apart
@@ -1049,15 +1036,14 @@ impl RequestSide {
                     // Redis 7.0 would answer the EXEC with an array whose count is wrong (the
                     // mode applies to the replies inside it): refused, and the transaction
                     // fails, as for any command refused inside MULTI.
-                    self.transaction.refuse();
-                    self.local(reply::error(
-                        "cachegate: CLIENT REPLY cannot run inside MULTI",
-                    ))
-                    .await?;
-                    return Ok(Flow::Continue);
+                    return self
+                        .refused(reply::error(
+                            "cachegate: CLIENT REPLY cannot run inside MULTI",
+                        ))
+                        .await;
                 }
                 let quiet = !args[2].eq_ignore_ascii_case(b"ON");
-                if quiet && Box::pin(self.still_subscribed()).await? {
+                if quiet && self.still_subscribed().await? {
                     self.local(reply::error(
                         "cachegate: CLIENT REPLY OFF and SKIP cannot run while subscribed",
                     ))
@@ -1387,12 +1373,18 @@ impl RequestSide {
         Ok(Flow::Continue)
     }
 
+    /// A refused command's answer: the transaction it is queued in, if any, fails at EXEC, as
+    /// Redis fails one whose queued command it refused.
+    async fn refused(&mut self, reply: Bytes) -> Result<Flow, SessionError> {
+        self.transaction.refuse();
+        self.local(reply).await?;
+        Ok(Flow::Continue)
+    }
+
     /// A proxy-made reply, unless the client turned replies off.
     async fn local(&mut self, reply: Bytes) -> Result<(), SessionError> {
         match self.reply_mode {
-            // Boxed: every answer of cachegate's own awaits here, and the request side's
-            // state would otherwise keep room for this wait in every call of `handle`.
-            ReplyMode::On => Box::pin(self.local_always(reply)).await,
+            ReplyMode::On => self.local_always(reply).await,
             ReplyMode::Off => Ok(()),
             ReplyMode::SkipNext => {
                 self.reply_mode = ReplyMode::On;
@@ -1409,7 +1401,9 @@ impl RequestSide {
     }
 
     async fn local_always(&mut self, reply: Bytes) -> Result<(), SessionError> {
-        self.send_slot(Slot::Local(reply)).await
+        // Boxed: every answer of cachegate's own waits here, and whatever awaits it (`handle`
+        // on every request) would otherwise keep room for the whole wait in its state.
+        Box::pin(self.send_slot(Slot::Local(reply))).await
     }
 
     async fn send_slot(&mut self, mut slot: Slot) -> Result<(), SessionError> {

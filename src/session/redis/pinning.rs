@@ -191,7 +191,9 @@ impl RequestSide {
         if !self.pin_state.subscribed || self.up.is_none() || quiet || self.transaction.is_open() {
             return Ok(false);
         }
-        self.settle().await?;
+        // Boxed: the round trip's wait is rare, and its callers (`handle` on every request
+        // among them) would otherwise keep room for it in their state.
+        Box::pin(self.settle()).await?;
         Ok(self
             .subscriptions
             .load(std::sync::atomic::Ordering::Acquire)
