@@ -432,6 +432,13 @@ mod tests {
         assert!(p.refuses_subcommand(b"CLIENT", b"Kill"));
         assert!(!p.refuses_subcommand(b"CLIENT", &[b'k'; 200]));
         assert!(!p.refuses_subcommand(&[b'c'; 200], b"kill"));
+        // A disabled pair as long as a name may be (64 bytes) is refused; one byte more is
+        // no pair that can be disabled.
+        let sub = "s".repeat(64 - "client|".len());
+        let long = Policy::new(&[format!("CLIENT|{sub}")], &[]).unwrap();
+        assert!(long.refuses_subcommand(b"client", sub.as_bytes()));
+        assert!(!long.refuses_subcommand(b"client", format!("{sub}s").as_bytes()));
+        assert!(Policy::new(&[format!("CLIENT|{sub}s")], &[]).is_err());
         assert_eq!(p.decide(b"CONFIG"), Decision::Refuse, "renamed away");
         assert_eq!(p.visible_name(b"config|set"), Visibility::Hidden);
         assert_eq!(

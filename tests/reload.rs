@@ -165,6 +165,10 @@ async fn a_bad_configuration_is_refused_whole_and_the_last_good_one_keeps_servin
     );
     // The secret never shows in what the refusal says.
     assert!(!refused.contains(TOKEN_NEW) && !refused.contains(TOKEN));
+    // The threads that serve clients are set at start too.
+    let threads = format!("threads = 3\n{good}");
+    let refused = proxy.reload_with(&threads).await.unwrap_err();
+    assert!(refused.contains("threads"), "{refused}");
     // And the good file reloads again.
     assert!(proxy.reload_with(&good).await.is_ok());
 }
