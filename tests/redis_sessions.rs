@@ -1176,3 +1176,29 @@ async fn reset_after_unsubscribing_all_answers_reset_with_a_backend_password() {
         assert!(c.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
     }
 }
+
+/// A RESP3 subscription waits in its place for its confirmations, which are pushes; when the
+/// backend refuses it instead (here its user may use no channel), the refusal is its one
+/// reply, and what follows is answered at once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resp3_subscription_ends_its_wait_with_the_refusal() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        direct
+            .cmd(&["ACL", "SETUSER", "default", "resetchannels"])
+            .await,
+        b"+OK\r\n"
+    );
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    c.cmd(&["HELLO", "3"]).await;
+    let mut wire = encode(&[b"SUBSCRIBE", b"other"]);
+    wire.extend(encode(&[b"ECHO", b"end"]));
+    wire.extend(encode(&[b"GET", b"k"]));
+    c.send(&wire).await;
+    let refusal = s(&c.read().await);
+    assert!(refusal.starts_with("-NOPERM"), "{refusal}");
+    assert_eq!(c.read().await, b"$3\r\nend\r\n");
+    assert_eq!(c.read().await, b"_\r\n");
+}
