@@ -1342,29 +1342,7 @@ async fn shard_subscriptions_follow_a_resharding() {
         let to_id = cluster.id(&to).await;
         // The slot (no keys in it) moves: the old node ends the subscription.
         cluster.assign(slot, &to_id).await;
-        // Published until it arrives (cachegate needs a moment to subscribe again).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let got = loop {
-            assert!(publisher
-                .cmd(&["SPUBLISH", channel, "after"])
-                .await
-                .starts_with(b":"));
-            match tokio::time::timeout(std::time::Duration::from_millis(200), sub.read()).await {
-                Ok(frame) => break s(&frame),
-                Err(_) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "no message after the move"
-                ),
-            }
-        };
-        assert!(got.contains("smessage") && got.contains("after"), "{got}");
-        assert!(!got.contains("sunsubscribe"), "{got}");
-        let mut owner = cluster.at(&to).client().await;
-        let numsub = s(&owner.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await);
-        assert!(
-            numsub.ends_with(":1\r\n"),
-            "subscribed on the new node: {numsub}"
-        );
+        followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
         // The client's own SUNSUBSCRIBE still ends it, and reaches the client.
         let left = s(&sub.cmd(&["SUNSUBSCRIBE", channel]).await);
         assert!(left.contains("sunsubscribe"), "{left}");
@@ -1414,6 +1392,172 @@ async fn shard_subscriptions_follow_a_resharding() {
         }
         assert!(std::time::Instant::now() < deadline, "got only {got:?}");
     }
+}
+
+/// Publishes on `channel` until `sub` gets the message (cachegate needs a moment to subscribe
+/// again on the channel's new node, `to`): the next frame `sub` reads is that message, not
+/// the old node's `sunsubscribe`, and the new node counts one subscriber.
+async fn followed(
+    publisher: &mut RawClient,
+    sub: &mut RawClient,
+    channel: &str,
+    cluster: &RedisCluster,
+    to: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let got = loop {
+        assert!(publisher
+            .cmd(&["SPUBLISH", channel, "after"])
+            .await
+            .starts_with(b":"));
+        match tokio::time::timeout(std::time::Duration::from_millis(200), sub.read()).await {
+            Ok(frame) => break s(&frame),
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "no message after the move"
+            ),
+        }
+    };
+    assert!(got.contains("smessage") && got.contains("after"), "{got}");
+    assert!(!got.contains("sunsubscribe"), "{got}");
+    let mut owner = cluster.at(to).client().await;
+    let numsub = s(&owner.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await);
+    assert!(
+        numsub.ends_with(":1\r\n"),
+        "subscribed on the new node: {numsub}"
+    );
+}
+
+/// A channel of another slot than `slot` on `node`.
+async fn elsewhere_on(
+    publisher: &mut RawClient,
+    cluster: &RedisCluster,
+    node: &str,
+    slot: u16,
+) -> String {
+    for i in 0.. {
+        let ch = format!("{{r{i}}}x");
+        let s = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", &ch]).await) as u16;
+        if s != slot && cluster.owner(s).await == node {
+            return ch;
+        }
+    }
+    unreachable!()
+}
+
+/// On RESP2, a node's ending of a shard channel that comes while the session's PING, RESET or
+/// SSUBSCRIBE is on its way (a subscribed RESP2 connection runs nothing else but QUIT and
+/// the other (un)subscriptions) is the node's, not that command's reply. Behind a PING, the
+/// channel is followed to its new node; behind a RESET, which ends every subscription, the
+/// client gets it as the node sent it, before +RESET, and nothing is subscribed again; behind
+/// an SSUBSCRIBE, which keeps the old node's connection, the client gets it after a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ending_a_shard_channel_during_another_command_is_not_its_reply() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    for (channel, command) in [
+        ("{s5}ch", "PING"),
+        ("{s7}ch", "RESET"),
+        ("{s9}ch", "SSUBSCRIBE"),
+    ] {
+        let mut sub = RawClient::authed(&pki, proxy.addr).await;
+        assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).contains("ssubscribe"));
+        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+        let from = cluster.owner(slot).await;
+        let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
+        let to = cluster.other_than(&from);
+        let to_id = cluster.id(&to).await;
+        // The old node sleeps, then gives the slot away before it reads anything else: the
+        // command sent meanwhile is answered after the node's sunsubscribe (by then the
+        // connection is subscribed to nothing, so a PING's reply is +PONG).
+        let mut old = cluster.at(&from).client().await;
+        let mut wire = encode(&[b"DEBUG", b"SLEEP", b"0.5"]);
+        let slot_s = slot.to_string();
+        wire.extend(encode(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot_s.as_bytes(),
+            b"NODE",
+            to_id.as_bytes(),
+        ]));
+        old.send(&wire).await;
+        // (Asleep: nothing to observe from outside.)
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let ended = |n: u8| format!("*3\r\n$12\r\nsunsubscribe\r\n$6\r\n{channel}\r\n:{n}\r\n");
+        match command {
+            "RESET" => {
+                sub.send_cmd(&["RESET"]).await;
+                assert_eq!(s(&sub.read().await), ended(0));
+                assert_eq!(s(&sub.read().await), "+RESET\r\n");
+            }
+            "SSUBSCRIBE" => {
+                sub.send_cmd(&["SSUBSCRIBE", &other]).await;
+                let confirmed = s(&sub.read().await);
+                assert!(
+                    confirmed.starts_with("*3\r\n$10\r\nssubscribe\r\n")
+                        && confirmed.ends_with(":1\r\n"),
+                    "{confirmed}"
+                );
+                assert_eq!(s(&sub.read().await), ended(1));
+            }
+            _ => {
+                sub.send_cmd(&["PING"]).await;
+                assert_eq!(s(&sub.read().await), "+PONG\r\n");
+            }
+        }
+        assert_eq!(old.read().await, b"+OK\r\n");
+        assert_eq!(old.read().await, b"+OK\r\n");
+        // The other nodes learn the move too.
+        cluster.assign(slot, &to_id).await;
+        if command == "RESET" {
+            // (A round trip, logging in again: the request side has had its turn to follow.)
+            assert_eq!(sub.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+        }
+        if command != "PING" {
+            let mut owner = cluster.at(&to).client().await;
+            let numsub = s(&owner.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await);
+            assert!(numsub.ends_with(":0\r\n"), "not followed: {numsub}");
+        } else {
+            followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
+        }
+    }
+}
+
+/// A RESP3 SUNSUBSCRIBE the node refuses (channels of two slots; a user that may not run it)
+/// confirms nothing: the follower no longer waits for its confirmations, so a node's later
+/// ending of the channel is still followed, not passed on as the client's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sunsubscribe_leaves_the_follower_as_it_was() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    let channel = "{s6}ch";
+    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).contains("ssubscribe"));
+    let crossslot = s(&sub.cmd(&["SUNSUBSCRIBE", channel, &other]).await);
+    assert!(crossslot.starts_with("-CROSSSLOT"), "{crossslot}");
+    let mut old = cluster.at(&from).client().await;
+    assert_eq!(
+        old.cmd(&["ACL", "SETUSER", "default", "-sunsubscribe"])
+            .await,
+        b"+OK\r\n"
+    );
+    let denied = s(&sub.cmd(&["SUNSUBSCRIBE"]).await);
+    assert!(denied.starts_with("-NOPERM"), "{denied}");
+    assert_eq!(
+        old.cmd(&["ACL", "SETUSER", "default", "+sunsubscribe"])
+            .await,
+        b"+OK\r\n"
+    );
+    // Still subscribed, and answered in order.
+    assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
+    let to = cluster.other_than(&from);
+    let to_id = cluster.id(&to).await;
+    cluster.assign(slot, &to_id).await;
+    followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
 }
 
 /// A cluster listener is ready once it has read its cluster's layout, and not before.

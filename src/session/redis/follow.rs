@@ -22,6 +22,8 @@ struct State {
     /// them all are still being answered (each ends with a confirmation counting none left).
     leaving: Leaving,
     leaving_all: usize,
+    /// The last request to leave that was numbered (see `Leave`).
+    requests: u64,
     /// Channels a node ended, to subscribe again where their slot now lives.
     ended: Vec<Bytes>,
     /// Confirmations of cachegate's own SSUBSCRIBEs (RESP3 pushes), not for the client.
@@ -57,14 +59,15 @@ impl Owed {
 #[derive(Default)]
 struct Leaving {
     owed: Owed,
-    /// Every name added, oldest first; one taken since stays here until it is the oldest.
-    order: std::collections::VecDeque<Bytes>,
+    /// Every name added, oldest first, with the number of the request that named it; one taken
+    /// since stays here until it is the oldest.
+    order: std::collections::VecDeque<(u64, Bytes)>,
 }
 
 impl Leaving {
-    fn add(&mut self, name: Bytes) {
+    fn add(&mut self, request: u64, name: Bytes) {
         self.owed.add(name.clone());
-        self.order.push_back(name);
+        self.order.push_back((request, name));
     }
 
     fn take(&mut self, name: &[u8]) -> bool {
@@ -74,11 +77,29 @@ impl Leaving {
     /// Forgets the oldest names beyond the last `keep` added (one of that name, if still owed).
     fn keep_last(&mut self, keep: usize) {
         while self.order.len() > keep {
-            if let Some(old) = self.order.pop_front() {
+            if let Some((_, old)) = self.order.pop_front() {
                 self.owed.take(&old);
             }
         }
     }
+
+    /// Takes back what one request named (those of its names not forgotten yet): requests
+    /// are numbered in the order they were added, so theirs lie together.
+    fn withdraw(&mut self, request: u64) {
+        let from = self.order.partition_point(|(r, _)| *r < request);
+        let to = self.order.partition_point(|(r, _)| *r <= request);
+        for (_, name) in self.order.drain(from..to) {
+            self.owed.take(&name);
+        }
+    }
+}
+
+/// A client's RESP3 `SUNSUBSCRIBE` the follower was told of: taken back if the backend refuses
+/// it (no confirmation will come for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Leave {
+    request: u64,
+    all: bool,
 }
 
 /// How long a moved channel waits for the map to name its slot's new node.
@@ -119,14 +140,16 @@ pub(super) fn confirmation(frame: &[u8]) -> Option<Confirmation<'_>> {
 
 impl Follow {
     /// The client asked to leave these shard channels (all of them when empty).
-    pub(super) fn client_leaves(&self, channels: &[Bytes]) {
+    pub(super) fn client_leaves(&self, channels: &[Bytes]) -> Leave {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.requests += 1;
+        let request = st.requests;
         if channels.is_empty() {
             st.leaving_all = st.leaving_all.saturating_add(1);
         } else {
             // Copied: a slice would hold the whole read buffer it came from.
             for c in channels {
-                st.leaving.add(Bytes::copy_from_slice(c));
+                st.leaving.add(request, Bytes::copy_from_slice(c));
             }
         }
         // Names whose confirmation never came (a refused SUNSUBSCRIBE, one inside a discarded
@@ -136,6 +159,22 @@ impl Follow {
         // a node's, be kept from the client, and the channels subscribed again.
         const KEPT: usize = 1024;
         st.leaving.keep_last(KEPT.max(channels.len()));
+        Leave {
+            request,
+            all: channels.is_empty(),
+        }
+    }
+
+    /// The backend refused that request (its user may not run it, or its channels' slots
+    /// differ): none of its confirmations will come, so a node's ending of those channels is
+    /// a node's again, and the follower no longer waits for an end of all.
+    pub(super) fn refused(&self, leave: Leave) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if leave.all {
+            st.leaving_all = st.leaving_all.saturating_sub(1);
+        } else {
+            st.leaving.withdraw(leave.request);
+        }
     }
 
     /// Reply side, for a frame nobody asked for: whether it is kept from the client (a node
@@ -419,5 +458,41 @@ mod tests {
         }
         assert!(intercepts(&f, leave("{t}old0").as_bytes()));
         assert!(!intercepts(&f, leave("{t}old1099").as_bytes()));
+    }
+
+    #[test]
+    fn a_refused_sunsubscribe_is_awaited_no_more() {
+        let ended = |name: &str| {
+            format!(
+                ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
+                name.len()
+            )
+        };
+        let f = Follow::default();
+        // An end of all, refused: a node's ending is a node's at once (it was the client's
+        // own until the refusal, for ever).
+        let all = f.client_leaves(&[]);
+        f.refused(all);
+        assert!(intercepts(&f, ended("{a}x").as_bytes()));
+        // Named channels, refused between two other requests naming some of the same: only
+        // the refused request's names are taken back.
+        f.client_leaves(&[Bytes::from_static(b"{a}x")]);
+        let refused = f.client_leaves(&[Bytes::from_static(b"{a}x"), Bytes::from_static(b"{b}y")]);
+        f.client_leaves(&[Bytes::from_static(b"{b}y")]);
+        f.refused(refused);
+        assert!(!intercepts(&f, ended("{a}x").as_bytes()), "the first's");
+        assert!(!intercepts(&f, ended("{b}y").as_bytes()), "the third's");
+        assert!(intercepts(&f, ended("{a}x").as_bytes()), "a node's");
+        assert!(intercepts(&f, ended("{b}y").as_bytes()), "a node's");
+        // Refused twice, or after its names were forgotten: nothing else moves.
+        f.refused(refused);
+        f.refused(all);
+        let kept = f.client_leaves(&[Bytes::from_static(b"{c}z")]);
+        for i in 0..1_100 {
+            f.client_leaves(&[Bytes::from(format!("{{t}}old{i}"))]);
+        }
+        f.refused(kept);
+        assert!(!intercepts(&f, ended("{t}old1099").as_bytes()));
+        assert!(intercepts(&f, ended("{c}z").as_bytes()));
     }
 }

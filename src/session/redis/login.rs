@@ -325,11 +325,12 @@ impl RequestSide {
             }
             return Ok(Flow::Continue);
         }
-        let expect = if skipped {
+        let mut expect = if skipped {
             Expect::swallowed(0)
         } else {
             Expect::one()
         };
+        expect.resets = true;
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
         // The answers still owed before RESET (a RESP2 UNSUBSCRIBE of all answers once per

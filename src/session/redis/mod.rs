@@ -210,9 +210,17 @@ struct Expect {
     exec: bool,
     /// A (un)subscription's: its RESP2 replies are confirmations.
     confirms: bool,
+    /// A SUNSUBSCRIBE's: its RESP2 replies are `sunsubscribe` confirmations, as a node's
+    /// ending of a shard channel is (any other command's are not).
+    sunsubscribes: bool,
     /// A RESP3 (un)subscription's confirmations, awaited as pushes (with no reply due, a
     /// reply is a refusal, and ends the wait).
     pushes: Option<counting::Pushes>,
+    /// A RESP3 SUNSUBSCRIBE the shard-channel follower was told of, taken back if refused.
+    leave: Option<follow::Leave>,
+    /// RESET's: it ends every subscription, so a node's ending of one meanwhile reaches the
+    /// client as the node sent it (before RESET's reply) and is not followed.
+    resets: bool,
 }
 
 /// The one frame that answers cachegate's own command.
@@ -265,7 +273,10 @@ impl Expect {
             after_reset: false,
             exec: false,
             confirms: false,
+            sunsubscribes: false,
             pushes: None,
+            leave: None,
+            resets: false,
         }
     }
 
@@ -1007,7 +1018,7 @@ impl RequestSide {
                         && self.resp3
                         && !self.transaction.is_open()
                     {
-                        follow.client_leaves(&args[1..]);
+                        expect.leave = Some(follow.client_leaves(&args[1..]));
                     }
                 }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
@@ -1025,6 +1036,7 @@ impl RequestSide {
                 expect.pushes = counted.pushes;
                 expect.replies = counted.replies;
                 expect.confirms = true;
+                expect.sunsubscribes = args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE");
                 if counted.exempt {
                     self.reply_mode = counted.mode;
                     exempt = true;

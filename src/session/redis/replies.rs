@@ -429,9 +429,21 @@ fn route(
     // one counts only where a confirmation is due: unasked, or answering a subscription
     // command or cachegate's own (a script's reply may have a confirmation's shape).
     if let Some(confirmed) = super::follow::confirmation(&frame) {
-        let due = current
-            .as_ref()
-            .is_none_or(|c| c.expect.confirms || c.expect.until.is_some());
+        // A RESP2 connection subscribed to shard channels runs only (un)subscriptions, PING,
+        // RESET and QUIT, and none of them but SUNSUBSCRIBE answers with a `sunsubscribe`:
+        // one that comes while another of them is in place is a node ending a channel (its
+        // slot moved), never that command's reply.
+        let ended = kind == ReplyKind::Other
+            && subs.resp2
+            && subs.shards > 0
+            && confirmed.0 == b"sunsubscribe"
+            && current.as_ref().is_some_and(|c| {
+                !c.expect.sunsubscribes && !c.expect.exec && c.expect.until.is_none()
+            });
+        let due = ended
+            || current
+                .as_ref()
+                .is_none_or(|c| c.expect.confirms || c.expect.until.is_some());
         if (kind == ReplyKind::Push || due) && subs.take(confirmed, kind != ReplyKind::Push) {
             publish(own, subs);
         }
@@ -446,8 +458,14 @@ fn route(
                 }
             }
         }
-        let unasked = kind == ReplyKind::Push || current.is_none();
-        if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
+        let unasked = kind == ReplyKind::Push || current.is_none() || ended;
+        let follows = !current.as_ref().is_some_and(|c| c.expect.resets);
+        if unasked && follows && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
+            return Ok(());
+        }
+        if ended {
+            // Before the reply of the command in place, as the node sent it.
+            out.push(frame);
             return Ok(());
         }
     }
@@ -500,7 +518,11 @@ fn route(
     };
     if cur.expect.replies == 0 {
         // A RESP3 (un)subscription that awaited only pushes was refused instead (an ACL of
-        // the backend's, or a shard channel's slot that moved): its one reply.
+        // the backend's, or a shard channel's slot that moved): its one reply. The follower
+        // stops awaiting what it would have confirmed.
+        if let (Some(leave), Some(follow)) = (cur.expect.leave, &own.follow) {
+            follow.refused(leave);
+        }
         out.push(frame);
         *current = None;
         return Ok(());
