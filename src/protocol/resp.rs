@@ -155,18 +155,46 @@ fn parse_int(text: &[u8]) -> Option<i64> {
     Some(value)
 }
 
+/// A header's number and where its `\r\n` starts, read in one pass when the number is plain
+/// (digits, no leading zero, at most 18 of them) and its `\r\n` is there: every request a
+/// client library writes. `None` leaves the line to `find_crlf` and `parse_int`, which then
+/// decide alike (the first `\r\n` is right after the digits, and the value is the same).
+#[inline]
+fn plain_header(buf: &[u8], from: usize) -> Option<(i64, usize)> {
+    let line = buf.get(from..)?;
+    let mut value: i64 = 0;
+    let mut n = 0;
+    for &b in line.iter().take(18) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value * 10 + i64::from(b - b'0');
+        n += 1;
+    }
+    if n == 0 || (n > 1 && line[0] == b'0') || line.get(n..n + 2) != Some(b"\r\n") {
+        return None;
+    }
+    Some((value, from + n))
+}
+
 fn scan_multibulk(
     buf: &[u8],
     limits: &RequestLimits,
     authenticated: bool,
 ) -> Result<Scan, ProtocolError> {
-    let Some(eol) = find_crlf(buf, 1) else {
-        if buf.len() > limits.max_inline {
-            return Err(ProtocolError::TooBigMultibulkCount);
+    let (count, eol) = match plain_header(buf, 1) {
+        Some(header) => header,
+        None => {
+            let Some(eol) = find_crlf(buf, 1) else {
+                if buf.len() > limits.max_inline {
+                    return Err(ProtocolError::TooBigMultibulkCount);
+                }
+                return Ok(Scan::Incomplete);
+            };
+            let count = parse_int(&buf[1..eol]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            (count, eol)
         }
-        return Ok(Scan::Incomplete);
     };
-    let count = parse_int(&buf[1..eol]).ok_or(ProtocolError::InvalidMultibulkLength)?;
     let mut pos = eol + 2;
     if count <= 0 {
         return Ok(Scan::Empty(pos));
@@ -188,13 +216,19 @@ fn scan_multibulk(
         if buf[pos] != b'$' {
             return Err(ProtocolError::ExpectedBulk(buf[pos]));
         }
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > limits.max_inline {
-                return Err(ProtocolError::TooBigBulkCount);
+        let (len, eol) = match plain_header(buf, pos + 1) {
+            Some(header) => header,
+            None => {
+                let Some(eol) = find_crlf(buf, pos + 1) else {
+                    if buf.len() - pos > limits.max_inline {
+                        return Err(ProtocolError::TooBigBulkCount);
+                    }
+                    return Ok(Scan::Incomplete);
+                };
+                let len = parse_int(&buf[pos + 1..eol]).ok_or(ProtocolError::InvalidBulkLength)?;
+                (len, eol)
             }
-            return Ok(Scan::Incomplete);
         };
-        let len = parse_int(&buf[pos + 1..eol]).ok_or(ProtocolError::InvalidBulkLength)?;
         if len < 0 || len as u64 > limits.max_bulk as u64 {
             return Err(ProtocolError::InvalidBulkLength);
         }
@@ -924,6 +958,24 @@ mod tests {
     }
 
     proptest! {
+        /// The one-pass header read agrees with the general one wherever it answers, and
+        /// answers for every plain length a client writes.
+        #[test]
+        fn a_plain_header_reads_as_the_general_path_reads_it(
+            line in prop::collection::vec(prop::sample::select(b"0123456789\r\n-+ x".to_vec()), 0..24),
+            plain in 0u64..1_000_000_000_000_000_000,
+        ) {
+            if let Some((value, eol)) = plain_header(&line, 0) {
+                prop_assert_eq!(find_crlf(&line, 0), Some(eol));
+                prop_assert_eq!(parse_int(&line[..eol]), Some(value));
+            }
+            let written = format!("{plain}\r\n");
+            prop_assert_eq!(
+                plain_header(written.as_bytes(), 0),
+                Some((plain as i64, written.len() - 2))
+            );
+        }
+
         #[test]
         fn strict_prefixes_are_incomplete(cmds in prop::collection::vec(arb_args(), 1..4)) {
             let wire: Vec<u8> = cmds.iter().flat_map(|c| encode(c)).collect();
