@@ -24,6 +24,9 @@ struct State {
     leaving_all: usize,
     /// The last request to leave that was numbered (see `Leave`).
     requests: u64,
+    /// RESETs sent whose place the reply side has not reached yet: they end every
+    /// subscription, so a node's ending before them is the client's to see, not to follow.
+    resets: usize,
     /// Channels a node ended, to subscribe again where their slot now lives.
     ended: Vec<Bytes>,
     /// Confirmations of cachegate's own SSUBSCRIBEs (RESP3 pushes), not for the client.
@@ -184,6 +187,9 @@ impl Follow {
     pub(super) fn intercepts(&self, (kind, channel, count): Confirmation<'_>) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match kind {
+            // (A RESET on its way ends the channel anyway: the client sees what the node sent,
+            // in its place, before RESET's reply, and nothing is subscribed again.)
+            b"sunsubscribe" if st.resets > 0 => false,
             b"sunsubscribe" => {
                 if st.leaving_all > 0 {
                     if count == b":0\r\n" {
@@ -207,6 +213,19 @@ impl Follow {
             b"ssubscribe" => st.confirming.take(channel),
             _ => false,
         }
+    }
+
+    /// Request side: a RESET is sent. The channels nodes ended before it are not followed.
+    pub(super) fn reset_sent(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.resets += 1;
+        st.ended.clear();
+    }
+
+    /// Reply side: that RESET is the command in place now.
+    pub(super) fn reset_reached(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.resets = st.resets.saturating_sub(1);
     }
 
     fn take_ended(&self) -> Vec<Bytes> {

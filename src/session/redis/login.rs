@@ -331,6 +331,9 @@ impl RequestSide {
             Expect::one()
         };
         expect.resets = true;
+        if let Some(follow) = &self.follow {
+            follow.reset_sent();
+        }
         self.forward(&[Bytes::from_static(b"RESET")], expect)
             .await?;
         // The answers still owed before RESET (a RESP2 UNSUBSCRIBE of all answers once per

@@ -54,7 +54,8 @@ struct Subscriptions {
     channels: i64,
     patterns: i64,
     shards: i64,
-    /// The last confirmation was a RESP2 reply (not a RESP3 push).
+    /// The connection speaks RESP2, as its last confirmation (a RESP2 reply, not a RESP3
+    /// push) or its last HELLO's reply said.
     resp2: bool,
 }
 
@@ -218,7 +219,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
                     }
                     Ok(slot) => {
                         let state = (&mut up, &mut current, &mut shared, &mut subs);
-                        apply(slot, state, &mut out, timeout);
+                        apply(slot, state, &mut out, &own, timeout);
                         continue;
                     }
                     Err(slots::TryRecvError::Empty) => {}
@@ -290,7 +291,7 @@ pub(super) async fn reply_side<W: AsyncWrite + Unpin>(
             }
             Event::Slot(Some(slot)) => {
                 let state = (&mut up, &mut current, &mut shared, &mut subs);
-                apply(slot, state, &mut out, timeout)
+                apply(slot, state, &mut out, &own, timeout)
             }
             Event::Shared(reply) => {
                 // The shared connection times out and fails requests itself.
@@ -384,7 +385,13 @@ type SlotState<'a> = (
 
 /// Takes the next slot in. Called only once every reply before it has been routed, so what
 /// the connection is subscribed to is the backend's state where the slot's replies begin.
-fn apply(slot: Slot, (up, current, shared, subs): SlotState, out: &mut Outbox, timeout: Duration) {
+fn apply(
+    slot: Slot,
+    (up, current, shared, subs): SlotState,
+    out: &mut Outbox,
+    own: &Own,
+    timeout: Duration,
+) {
     match slot {
         Slot::Shared(wait) => *shared = Some(wait),
         // Handled by the caller, which owns the read buffer.
@@ -397,6 +404,9 @@ fn apply(slot: Slot, (up, current, shared, subs): SlotState, out: &mut Outbox, t
         Slot::Upstream(mut expect) => {
             if expect.after_reset {
                 *subs = Subscriptions::default();
+            }
+            if let Some(follow) = own.follow.as_ref().filter(|_| expect.resets) {
+                follow.reset_reached();
             }
             if let Some(family) = expect.answers_all {
                 expect.replies = subs.answers_to_all(family);
@@ -526,6 +536,11 @@ fn route(
         out.push(frame);
         *current = None;
         return Ok(());
+    }
+    // HELLO switches the connection's protocol (Redis allows it while subscribed in RESP3):
+    // its pub/sub frames are RESP2 arrays, or RESP3 pushes, from here on.
+    if matches!(cur.expect.rewrite, Some(Rewrite::Hello)) && kind != ReplyKind::Error {
+        subs.resp2 = !frame.starts_with(b"%");
     }
     if cur.expect.forward {
         match &cur.expect.rewrite {
