@@ -1428,6 +1428,39 @@ async fn followed(
     );
 }
 
+/// Puts the node at `from` to sleep for a second, after which it gives `slot` to the node
+/// `to_id` before it reads anything else: what a session sends it meanwhile is answered
+/// after the node's `sunsubscribe` for the slot's channels. Returns once the node is seen
+/// asleep (another connection's PING goes unanswered), with the connection whose replies
+/// (+OK twice) say it is done.
+async fn asleep_then_moved(
+    cluster: &RedisCluster,
+    from: &str,
+    slot: u16,
+    to_id: &str,
+) -> RawClient {
+    let mut old = cluster.at(from).client().await;
+    let mut wire = encode(&[b"DEBUG", b"SLEEP", b"1"]);
+    let slot_s = slot.to_string();
+    wire.extend(encode(&[
+        b"CLUSTER",
+        b"SETSLOT",
+        slot_s.as_bytes(),
+        b"NODE",
+        to_id.as_bytes(),
+    ]));
+    old.send(&wire).await;
+    let mut probe = cluster.at(from).client().await;
+    let short = std::time::Duration::from_millis(50);
+    for _ in 0..200 {
+        probe.send_cmd(&["PING"]).await;
+        if tokio::time::timeout(short, probe.read()).await.is_err() {
+            return old;
+        }
+    }
+    panic!("the node at {from} never slept");
+}
+
 /// A channel of another slot than `slot` on `node`.
 async fn elsewhere_on(
     publisher: &mut RawClient,
@@ -1477,32 +1510,9 @@ async fn a_node_ending_a_shard_channel_during_another_command_is_not_its_reply()
         let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
         let to = cluster.other_than(&from);
         let to_id = cluster.id(&to).await;
-        // The old node sleeps, then gives the slot away before it reads anything else: the
-        // command sent meanwhile is answered after the node's sunsubscribe (by then the
+        // The command sent now is answered after the node's sunsubscribe (by then the
         // connection is subscribed to nothing, so a PING's reply is +PONG).
-        let mut old = cluster.at(&from).client().await;
-        let mut wire = encode(&[b"DEBUG", b"SLEEP", b"1"]);
-        let slot_s = slot.to_string();
-        wire.extend(encode(&[
-            b"CLUSTER",
-            b"SETSLOT",
-            slot_s.as_bytes(),
-            b"NODE",
-            to_id.as_bytes(),
-        ]));
-        old.send(&wire).await;
-        // Asleep once another connection's PING goes unanswered (its reply comes later).
-        let mut probe = cluster.at(&from).client().await;
-        let short = std::time::Duration::from_millis(50);
-        let mut asleep = false;
-        for _ in 0..200 {
-            probe.send_cmd(&["PING"]).await;
-            if tokio::time::timeout(short, probe.read()).await.is_err() {
-                asleep = true;
-                break;
-            }
-        }
-        assert!(asleep, "the node never slept");
+        let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
         let ended = |n: u8| format!("*3\r\n$12\r\nsunsubscribe\r\n$6\r\n{channel}\r\n:{n}\r\n");
         match command {
             "RESET" | "PING, RESET" => {
@@ -1548,6 +1558,73 @@ async fn a_node_ending_a_shard_channel_during_another_command_is_not_its_reply()
             let numsub = s(&owner.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await);
             assert!(numsub.ends_with(":0\r\n"), "not followed: {numsub}");
         }
+    }
+}
+
+/// A node ending one shard channel while the client's SUNSUBSCRIBE of another is on its way:
+/// the node's ending is not taken for the client's confirmation (in RESP2 the two look
+/// alike), so the client gets its own confirmation in its place, and the channel that moved
+/// is followed. In RESP2 and RESP3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ending_one_channel_while_the_client_leaves_another_is_told_apart() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
+        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+        let from = cluster.owner(slot).await;
+        let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
+        let mut sub = RawClient::authed(&pki, proxy.addr).await;
+        if resp3 {
+            assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+        assert!(s(&sub.cmd(&["SSUBSCRIBE", &other]).await).ends_with(":2\r\n"));
+        let to = cluster.other_than(&from);
+        let to_id = cluster.id(&to).await;
+        let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
+        sub.send_cmd(&["SUNSUBSCRIBE", &other]).await;
+        let head = if resp3 { ">3" } else { "*3" };
+        let own = format!(
+            "{head}\r\n$12\r\nsunsubscribe\r\n${}\r\n{other}\r\n:0\r\n",
+            other.len()
+        );
+        assert_eq!(s(&sub.read().await), own);
+        assert_eq!(old.read().await, b"+OK\r\n");
+        assert_eq!(old.read().await, b"+OK\r\n");
+        cluster.assign(slot, &to_id).await;
+        followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
+    }
+}
+
+/// The client leaves the very channel whose slot is moving: the node ends it, then refuses
+/// the client's SUNSUBSCRIBE with a redirection, which reaches the client as cachegate's
+/// TRYAGAIN (no node's address), though no command of the client's is in place by then (the
+/// node's ending answered it). In RESP2 and RESP3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirection_with_no_command_in_place_names_no_node() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
+        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+        let from = cluster.owner(slot).await;
+        let mut sub = RawClient::authed(&pki, proxy.addr).await;
+        if resp3 {
+            assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+        }
+        assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+        let to = cluster.other_than(&from);
+        let to_id = cluster.id(&to).await;
+        let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
+        sub.send_cmd(&["SUNSUBSCRIBE", channel]).await;
+        let head = if resp3 { ">3" } else { "*3" };
+        let ended = format!("{head}\r\n$12\r\nsunsubscribe\r\n$6\r\n{channel}\r\n:0\r\n");
+        assert_eq!(s(&sub.read().await), ended);
+        let refused = s(&sub.read().await);
+        assert!(refused.starts_with("-TRYAGAIN cachegate:"), "{refused}");
+        assert_eq!(old.read().await, b"+OK\r\n");
+        assert_eq!(old.read().await, b"+OK\r\n");
+        // Answered in order after it.
+        assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
     }
 }
 

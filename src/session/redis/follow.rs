@@ -37,15 +37,25 @@ struct State {
 /// request may name a million channels, and each of their confirmations is looked up. (The
 /// standard library's keyed hash: the names are the client's.)
 #[derive(Default)]
-struct Owed(std::collections::HashMap<Bytes, usize>);
+pub(super) struct Owed(std::collections::HashMap<Bytes, usize>);
 
 impl Owed {
+    /// These names, each as many times as it appears (copied: a slice would hold the whole
+    /// read buffer it came from).
+    pub(super) fn of(names: &[Bytes]) -> Self {
+        let mut owed = Owed::default();
+        for name in names {
+            owed.add(Bytes::copy_from_slice(name));
+        }
+        owed
+    }
+
     fn add(&mut self, name: Bytes) {
         *self.0.entry(name).or_default() += 1;
     }
 
     /// Takes one of `name`: whether it was awaited.
-    fn take(&mut self, name: &[u8]) -> bool {
+    pub(super) fn take(&mut self, name: &[u8]) -> bool {
         let Some(n) = self.0.get_mut(name) else {
             return false;
         };
@@ -226,6 +236,21 @@ impl Follow {
     pub(super) fn reset_reached(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.resets = st.resets.saturating_sub(1);
+    }
+
+    /// Request side: the client leaves these shard channels (all when empty), outside MULTI.
+    /// A node's ending of one of them that the follower has kept but not acted on yet is
+    /// forgotten: subscribing it again now would undo what the client asked for.
+    pub(super) fn client_unsubscribes(&self, channels: &[Bytes]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if channels.is_empty() {
+            st.ended.clear();
+        } else if !st.ended.is_empty() {
+            // (Hashed: one request may name a million channels.)
+            let leaving: std::collections::HashSet<&[u8]> =
+                channels.iter().map(|c| &c[..]).collect();
+            st.ended.retain(|e| !leaving.contains(&e[..]));
+        }
     }
 
     fn take_ended(&self) -> Vec<Bytes> {
@@ -477,6 +502,24 @@ mod tests {
         }
         assert!(intercepts(&f, leave("{t}old0").as_bytes()));
         assert!(!intercepts(&f, leave("{t}old1099").as_bytes()));
+    }
+
+    #[test]
+    fn a_channel_the_client_leaves_is_not_followed_after_all() {
+        let ended = |name: &str| {
+            format!(
+                ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
+                name.len()
+            )
+        };
+        let f = Follow::default();
+        assert!(intercepts(&f, ended("{a}x").as_bytes()));
+        assert!(intercepts(&f, ended("{b}y").as_bytes()));
+        f.client_unsubscribes(&[Bytes::from_static(b"{a}x")]);
+        assert_eq!(f.take_ended(), vec![Bytes::from_static(b"{b}y")]);
+        assert!(intercepts(&f, ended("{a}x").as_bytes()));
+        f.client_unsubscribes(&[]);
+        assert!(f.take_ended().is_empty());
     }
 
     #[test]

@@ -213,6 +213,9 @@ struct Expect {
     /// A SUNSUBSCRIBE's: its RESP2 replies are `sunsubscribe` confirmations, as a node's
     /// ending of a shard channel is (any other command's are not).
     sunsubscribes: bool,
+    /// A cluster session's RESP2 SUNSUBSCRIBE of named channels: the names still to be
+    /// confirmed. A `sunsubscribe` naming another channel is a node's ending, not a reply.
+    shard_names: Option<Box<follow::Owed>>,
     /// A RESP3 (un)subscription's confirmations, awaited as pushes (with no reply due, a
     /// reply is a refusal, and ends the wait).
     pushes: Option<counting::Pushes>,
@@ -274,6 +277,7 @@ impl Expect {
             exec: false,
             confirms: false,
             sunsubscribes: false,
+            shard_names: None,
             pushes: None,
             leave: None,
             resets: false,
@@ -1011,6 +1015,10 @@ impl RequestSide {
                         .await;
                 }
                 if let Some(follow) = &self.follow {
+                    if args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE") && !self.transaction.is_open()
+                    {
+                        follow.client_unsubscribes(&args[1..]);
+                    }
                     // Only RESP3's confirmations arrive unasked (pushes), to be told apart
                     // from a node's: RESP2's are replies the reply side counts (an unsubscribe
                     // of all's too), and inside MULTI they come within EXEC's reply.
@@ -1037,6 +1045,14 @@ impl RequestSide {
                 expect.replies = counted.replies;
                 expect.confirms = true;
                 expect.sunsubscribes = args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE");
+                if expect.sunsubscribes
+                    && self.follow.is_some()
+                    && !self.resp3
+                    && args.len() > 1
+                    && !self.transaction.is_open()
+                {
+                    expect.shard_names = Some(Box::new(follow::Owed::of(&args[1..])));
+                }
                 if counted.exempt {
                     self.reply_mode = counted.mode;
                     exempt = true;

@@ -441,14 +441,22 @@ fn route(
     if let Some(confirmed) = super::follow::confirmation(&frame) {
         // A RESP2 connection subscribed to shard channels runs only (un)subscriptions, PING,
         // RESET and QUIT, and none of them but SUNSUBSCRIBE answers with a `sunsubscribe`:
-        // one that comes while another of them is in place is a node ending a channel (its
-        // slot moved), never that command's reply.
+        // one that comes while another of them is in place, or while a SUNSUBSCRIBE naming
+        // other channels is, is a node ending a channel (its slot moved), never that
+        // command's reply. (Inside a SUNSUBSCRIBE of all, a node's ending counts as one of
+        // its answers: Redis then answers one fewer itself.)
         let ended = kind == ReplyKind::Other
             && subs.resp2
             && subs.shards > 0
             && confirmed.0 == b"sunsubscribe"
-            && current.as_ref().is_some_and(|c| {
-                !c.expect.sunsubscribes && !c.expect.exec && c.expect.until.is_none()
+            && current.as_mut().is_some_and(|c| {
+                if c.expect.exec || c.expect.until.is_some() {
+                    return false;
+                }
+                match c.expect.shard_names.as_mut() {
+                    Some(names) => !names.take(confirmed.1),
+                    None => !c.expect.sunsubscribes,
+                }
             });
         let due = ended
             || current
@@ -479,6 +487,19 @@ fn route(
             return Ok(());
         }
     }
+    // A cluster node's redirection on a session's own connection (a slot that moved while it
+    // was pinned) cannot be followed there, and names internal addresses: the client gets
+    // something it can act on instead, wherever the frame goes (one may also come with no
+    // command in place: a node's ending of a channel was taken as the confirmation of the
+    // client's SUNSUBSCRIBE of that channel, which the node then refused as MOVED).
+    let frame = if kind == ReplyKind::Error
+        && ctx.cluster.is_some()
+        && (frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK "))
+    {
+        Bytes::from_static(super::cluster::MOVING)
+    } else {
+        frame
+    };
     if kind == ReplyKind::Push {
         out.push(frame);
         return Ok(());
@@ -515,17 +536,6 @@ fn route(
     if let Some(login) = cur.expect.login.take() {
         let _ = login.send(kind != ReplyKind::Error);
     }
-    // A cluster node's redirection on a session's own connection (a slot that moved while it
-    // was pinned) cannot be followed there, and names internal addresses: the client gets
-    // something it can act on instead.
-    let frame = if kind == ReplyKind::Error
-        && ctx.cluster.is_some()
-        && (frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK "))
-    {
-        Bytes::from_static(super::cluster::MOVING)
-    } else {
-        frame
-    };
     if cur.expect.replies == 0 {
         // A RESP3 (un)subscription that awaited only pushes was refused instead (an ACL of
         // the backend's, or a shard channel's slot that moved): its one reply. The follower
