@@ -1628,6 +1628,64 @@ async fn a_redirection_with_no_command_in_place_names_no_node() {
     }
 }
 
+/// A RESP2 SSUBSCRIBE of two channels that the node refuses as a whole (their slot has just
+/// moved: one MOVED, however many channels) is answered once, and what follows is answered in
+/// its place; the node's ending of the session's earlier channel is still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_refused_as_a_whole_is_answered_once() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    let channel = "{s3}ch";
+    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    let to = cluster.other_than(&from);
+    let to_id = cluster.id(&to).await;
+    let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
+    sub.send_cmd(&["SSUBSCRIBE", "{s3}a", "{s3}b"]).await;
+    let refused = s(&sub.read().await);
+    assert!(refused.starts_with("-TRYAGAIN cachegate:"), "{refused}");
+    assert_eq!(old.read().await, b"+OK\r\n");
+    assert_eq!(old.read().await, b"+OK\r\n");
+    cluster.assign(slot, &to_id).await;
+    followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
+    let pong = s(&sub.cmd(&["PING"]).await);
+    assert!(pong.contains("pong"), "{pong}");
+}
+
+/// A RESET pipelined behind RESP3 SUNSUBSCRIBEs (of all, and of a name) leaves the follower as
+/// on a new connection: a channel subscribed after it is followed when its slot moves (what
+/// the SUNSUBSCRIBEs left awaited would otherwise make the node's ending read as the
+/// client's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_behind_sunsubscribes_leaves_nothing_awaited() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut publisher = client(&pki, &proxy).await;
+    let channel = "{s0}ch";
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    let mut wire = encode(&[b"SUNSUBSCRIBE"]);
+    wire.extend(encode(&[b"SUNSUBSCRIBE", channel.as_bytes()]));
+    wire.extend(encode(&[b"RESET"]));
+    sub.send(&wire).await;
+    for _ in 0..2 {
+        let left = s(&sub.read().await);
+        assert!(left.starts_with(">3\r\n$12\r\nsunsubscribe\r\n"), "{left}");
+    }
+    assert_eq!(sub.read().await, b"+RESET\r\n");
+    assert_eq!(sub.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
+    assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let to = cluster.other_than(&from);
+    let to_id = cluster.id(&to).await;
+    cluster.assign(slot, &to_id).await;
+    followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
+}
+
 /// A RESP3 SUNSUBSCRIBE the node refuses (here: a user that may not run it) confirms nothing:
 /// the follower no longer waits for its confirmations, so a node's later ending of the
 /// channel is still followed, not passed on as the client's own. (Channels of two slots never

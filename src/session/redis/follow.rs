@@ -24,8 +24,8 @@ struct State {
     leaving_all: usize,
     /// The last request to leave that was numbered (see `Leave`).
     requests: u64,
-    /// RESETs sent whose place the reply side has not reached yet: they end every
-    /// subscription, so a node's ending before them is the client's to see, not to follow.
+    /// RESETs sent that the reply side has not seen answered yet: they end every subscription,
+    /// so a node's ending before them is the client's to see, not to follow.
     resets: usize,
     /// Channels a node ended, to subscribe again where their slot now lives.
     ended: Vec<Bytes>,
@@ -230,27 +230,34 @@ impl Follow {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.resets += 1;
         st.ended.clear();
+        // Nothing before the RESET is followed, so no confirmation before it needs telling
+        // apart: those still awaited would make a node's later ending read as the client's.
+        st.leaving = Leaving::default();
+        st.leaving_all = 0;
     }
 
-    /// Reply side: that RESET is the command in place now.
+    /// Reply side: the RESET is answered (the PING of cachegate's own behind it is in place).
     pub(super) fn reset_reached(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.resets = st.resets.saturating_sub(1);
     }
 
     /// Request side: the client leaves these shard channels (all when empty), outside MULTI.
-    /// A node's ending of one of them that the follower has kept but not acted on yet is
-    /// forgotten: subscribing it again now would undo what the client asked for.
-    pub(super) fn client_unsubscribes(&self, channels: &[Bytes]) {
+    /// A node's ending of one of them that the follower has kept but not acted on yet is not
+    /// followed (subscribing it again now would undo what the client asked for): it is
+    /// returned, for the client to get before its SUNSUBSCRIBE's answers, as from Redis.
+    pub(super) fn client_unsubscribes(&self, channels: &[Bytes]) -> Vec<Bytes> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if channels.is_empty() {
-            st.ended.clear();
-        } else if !st.ended.is_empty() {
-            // (Hashed: one request may name a million channels.)
-            let leaving: std::collections::HashSet<&[u8]> =
-                channels.iter().map(|c| &c[..]).collect();
-            st.ended.retain(|e| !leaving.contains(&e[..]));
+        if channels.is_empty() || st.ended.is_empty() {
+            return std::mem::take(&mut st.ended);
         }
+        // (Hashed: one request may name a million channels.)
+        let leaving: std::collections::HashSet<&[u8]> = channels.iter().map(|c| &c[..]).collect();
+        let (left, kept) = std::mem::take(&mut st.ended)
+            .into_iter()
+            .partition(|e| leaving.contains(&e[..]));
+        st.ended = kept;
+        left
     }
 
     fn take_ended(&self) -> Vec<Bytes> {
@@ -283,6 +290,24 @@ fn ended_frame(channel: &[u8], count: i64, resp3: bool) -> Bytes {
 }
 
 impl RequestSide {
+    /// Before the client's SUNSUBSCRIBE (outside MULTI) is sent: a node's ending of one of
+    /// its channels that is kept but not followed yet reaches the client first, and is not
+    /// followed.
+    pub(super) async fn before_leaving(&mut self, channels: &[Bytes]) -> Result<(), SessionError> {
+        let Some(follow) = self.follow.clone() else {
+            return Ok(());
+        };
+        for channel in follow.client_unsubscribes(channels) {
+            let count = self
+                .shard_subscriptions
+                .load(std::sync::atomic::Ordering::Acquire)
+                .max(0);
+            self.local_always(ended_frame(&channel, count, self.resp3))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Subscribes again, on their slots' new node, the shard channels a node ended.
     pub(super) async fn follow_shards(&mut self) -> Result<(), SessionError> {
         let (Some(follow), Some(cluster)) = (self.follow.clone(), self.ctx.cluster.clone()) else {
@@ -515,11 +540,24 @@ mod tests {
         let f = Follow::default();
         assert!(intercepts(&f, ended("{a}x").as_bytes()));
         assert!(intercepts(&f, ended("{b}y").as_bytes()));
-        f.client_unsubscribes(&[Bytes::from_static(b"{a}x")]);
+        assert_eq!(
+            f.client_unsubscribes(&[Bytes::from_static(b"{a}x")]),
+            vec![Bytes::from_static(b"{a}x")]
+        );
         assert_eq!(f.take_ended(), vec![Bytes::from_static(b"{b}y")]);
         assert!(intercepts(&f, ended("{a}x").as_bytes()));
-        f.client_unsubscribes(&[]);
+        assert_eq!(
+            f.client_unsubscribes(&[]),
+            vec![Bytes::from_static(b"{a}x")]
+        );
         assert!(f.take_ended().is_empty());
+        // A RESET forgets what the client was leaving: a node's ending after it is a node's.
+        f.client_leaves(&[]);
+        f.client_leaves(&[Bytes::from_static(b"{c}z")]);
+        f.reset_sent();
+        f.reset_reached();
+        assert!(intercepts(&f, ended("{c}z").as_bytes()));
+        assert!(intercepts(&f, ended("{d}w").as_bytes()));
     }
 
     #[test]

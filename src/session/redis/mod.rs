@@ -1014,11 +1014,13 @@ impl RequestSide {
                         )))
                         .await;
                 }
+                if self.follow.is_some()
+                    && args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE")
+                    && !self.transaction.is_open()
+                {
+                    Box::pin(self.before_leaving(&args[1..])).await?;
+                }
                 if let Some(follow) = &self.follow {
-                    if args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE") && !self.transaction.is_open()
-                    {
-                        follow.client_unsubscribes(&args[1..]);
-                    }
                     // Only RESP3's confirmations arrive unasked (pushes), to be told apart
                     // from a node's: RESP2's are replies the reply side counts (an unsubscribe
                     // of all's too), and inside MULTI they come within EXEC's reply.

@@ -405,7 +405,9 @@ fn apply(
             if expect.after_reset {
                 *subs = Subscriptions::default();
             }
-            if let Some(follow) = own.follow.as_ref().filter(|_| expect.resets) {
+            // (The PING that always follows a RESET: RESET's own slot is not queued when its
+            // reply is skipped.)
+            if let Some(follow) = own.follow.as_ref().filter(|_| expect.after_reset) {
                 follow.reset_reached();
             }
             if let Some(family) = expect.answers_all {
@@ -546,6 +548,11 @@ fn route(
         out.push(frame);
         *current = None;
         return Ok(());
+    }
+    // A RESP2 (un)subscription is refused as a whole, with one error however many channels it
+    // named (an ACL's, a slot that moved): no confirmation follows it.
+    if kind == ReplyKind::Error && cur.expect.confirms && cur.expect.replies > 1 {
+        cur.expect.replies = 1;
     }
     // HELLO switches the connection's protocol (Redis allows it while subscribed in RESP3):
     // its pub/sub frames are RESP2 arrays, or RESP3 pushes, from here on.
