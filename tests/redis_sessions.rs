@@ -216,6 +216,56 @@ async fn resp2_pubsub_with_patterns() {
     assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
 }
 
+/// A RESP2 SUBSCRIBE of several channels that the backend refuses as a whole (its user may
+/// not use them: one NOPERM, however many channels) is answered once, as Redis answers it,
+/// and the next command gets its own reply; subscribed ones go on as before. (Counted as a
+/// reply per channel, the refusal left the session waiting for replies that never come:
+/// the frames still reached the client in order, but the request timeout then ended it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_backend_refuses_is_answered_once() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy =
+        Proxy::tls_with_tokens(&pki, &redis, "upstream.request_timeout = \"300ms\"\n").await;
+    let mut direct = redis.direct().await;
+    let mut sub = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "news"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    // The backend's user may use only the channel it has.
+    assert_eq!(
+        direct
+            .cmd(&["ACL", "SETUSER", "default", "resetchannels", "&news"])
+            .await,
+        b"+OK\r\n"
+    );
+    let mut refused = Vec::new();
+    for resp in [&mut sub, &mut direct] {
+        resp.send_cmd(&["SUBSCRIBE", "a", "b", "c"]).await;
+        refused.push(s(&resp.read().await));
+        let pong = s(&resp.cmd(&["PING"]).await);
+        assert!(pong.contains("pong") || pong.contains("PONG"), "{pong}");
+    }
+    assert!(refused[0].starts_with("-NOPERM"), "{}", refused[0]);
+    assert_eq!(refused[0], refused[1], "as redis-server answers it");
+    // Past the request timeout, with nothing owed: the session goes on.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pong = s(&sub.cmd(&["PING"]).await);
+    assert!(pong.contains("pong"), "{pong}");
+    assert_eq!(
+        direct
+            .cmd(&["ACL", "SETUSER", "default", "allchannels"])
+            .await,
+        b"+OK\r\n"
+    );
+    let mut publisher = RawClient::authed(&pki, proxy.addr).await;
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "1"]).await, b":1\r\n");
+    assert_eq!(
+        sub.read().await,
+        b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1\r\n1\r\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tracking_invalidation_push() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
