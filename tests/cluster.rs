@@ -1461,6 +1461,26 @@ async fn asleep_then_moved(
     panic!("the node at {from} never slept");
 }
 
+/// `channel`'s slot, the node serving it, another node, and that one's id.
+async fn slot_and_nodes(
+    publisher: &mut RawClient,
+    cluster: &RedisCluster,
+    channel: &str,
+) -> (u16, String, String, String) {
+    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let to = cluster.other_than(&from);
+    let to_id = cluster.id(&to).await;
+    (slot, from, to, to_id)
+}
+
+/// The two replies (+OK) of `asleep_then_moved`'s connection: the node is awake, and the
+/// slot has left it.
+async fn moved(old: &mut RawClient) {
+    assert_eq!(old.read().await, b"+OK\r\n");
+    assert_eq!(old.read().await, b"+OK\r\n");
+}
+
 /// A channel of another slot than `slot` on `node`.
 async fn elsewhere_on(
     publisher: &mut RawClient,
@@ -1505,11 +1525,8 @@ async fn a_node_ending_a_shard_channel_during_another_command_is_not_its_reply()
         if command.starts_with("HELLO") {
             assert!(sub.cmd(&["HELLO", "2"]).await.starts_with(b"*"));
         }
-        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-        let from = cluster.owner(slot).await;
+        let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
         let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
-        let to = cluster.other_than(&from);
-        let to_id = cluster.id(&to).await;
         // The command sent now is answered after the node's sunsubscribe (by then the
         // connection is subscribed to nothing, so a PING's reply is +PONG).
         let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
@@ -1543,8 +1560,7 @@ async fn a_node_ending_a_shard_channel_during_another_command_is_not_its_reply()
                 assert_eq!(s(&sub.read().await), "+PONG\r\n");
             }
         }
-        assert_eq!(old.read().await, b"+OK\r\n");
-        assert_eq!(old.read().await, b"+OK\r\n");
+        moved(&mut old).await;
         // The other nodes learn the move too.
         cluster.assign(slot, &to_id).await;
         if command.ends_with("RESET") {
@@ -1570,8 +1586,7 @@ async fn a_node_ending_one_channel_while_the_client_leaves_another_is_told_apart
     let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
-        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-        let from = cluster.owner(slot).await;
+        let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
         let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
         let mut sub = RawClient::authed(&pki, proxy.addr).await;
         if resp3 {
@@ -1579,8 +1594,6 @@ async fn a_node_ending_one_channel_while_the_client_leaves_another_is_told_apart
         }
         assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
         assert!(s(&sub.cmd(&["SSUBSCRIBE", &other]).await).ends_with(":2\r\n"));
-        let to = cluster.other_than(&from);
-        let to_id = cluster.id(&to).await;
         let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
         sub.send_cmd(&["SUNSUBSCRIBE", &other]).await;
         let head = if resp3 { ">3" } else { "*3" };
@@ -1589,8 +1602,7 @@ async fn a_node_ending_one_channel_while_the_client_leaves_another_is_told_apart
             other.len()
         );
         assert_eq!(s(&sub.read().await), own);
-        assert_eq!(old.read().await, b"+OK\r\n");
-        assert_eq!(old.read().await, b"+OK\r\n");
+        moved(&mut old).await;
         cluster.assign(slot, &to_id).await;
         followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
     }
@@ -1605,15 +1617,12 @@ async fn a_redirection_with_no_command_in_place_names_no_node() {
     let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
-        let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-        let from = cluster.owner(slot).await;
+        let (slot, from, _, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
         let mut sub = RawClient::authed(&pki, proxy.addr).await;
         if resp3 {
             assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
         }
         assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
-        let to = cluster.other_than(&from);
-        let to_id = cluster.id(&to).await;
         let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
         sub.send_cmd(&["SUNSUBSCRIBE", channel]).await;
         let head = if resp3 { ">3" } else { "*3" };
@@ -1621,8 +1630,7 @@ async fn a_redirection_with_no_command_in_place_names_no_node() {
         assert_eq!(s(&sub.read().await), ended);
         let refused = s(&sub.read().await);
         assert!(refused.starts_with("-TRYAGAIN cachegate:"), "{refused}");
-        assert_eq!(old.read().await, b"+OK\r\n");
-        assert_eq!(old.read().await, b"+OK\r\n");
+        moved(&mut old).await;
         // Answered in order after it.
         assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
     }
@@ -1636,18 +1644,14 @@ async fn a_subscription_refused_as_a_whole_is_answered_once() {
     let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     let channel = "{s3}ch";
-    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-    let from = cluster.owner(slot).await;
+    let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
     let mut sub = RawClient::authed(&pki, proxy.addr).await;
     assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
-    let to = cluster.other_than(&from);
-    let to_id = cluster.id(&to).await;
     let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
     sub.send_cmd(&["SSUBSCRIBE", "{s3}a", "{s3}b"]).await;
     let refused = s(&sub.read().await);
     assert!(refused.starts_with("-TRYAGAIN cachegate:"), "{refused}");
-    assert_eq!(old.read().await, b"+OK\r\n");
-    assert_eq!(old.read().await, b"+OK\r\n");
+    moved(&mut old).await;
     cluster.assign(slot, &to_id).await;
     followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
     let pong = s(&sub.cmd(&["PING"]).await);
@@ -1678,10 +1682,7 @@ async fn a_reset_behind_sunsubscribes_leaves_nothing_awaited() {
     assert_eq!(sub.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
     assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
     assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
-    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-    let from = cluster.owner(slot).await;
-    let to = cluster.other_than(&from);
-    let to_id = cluster.id(&to).await;
+    let (slot, _, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
     cluster.assign(slot, &to_id).await;
     followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
 }
@@ -1695,8 +1696,7 @@ async fn a_refused_sunsubscribe_leaves_the_follower_as_it_was() {
     let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     let channel = "{s6}ch";
-    let slot = integer(&publisher.cmd(&["CLUSTER", "KEYSLOT", channel]).await) as u16;
-    let from = cluster.owner(slot).await;
+    let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
     let mut sub = RawClient::authed(&pki, proxy.addr).await;
     assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
     assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).contains("ssubscribe"));
@@ -1717,8 +1717,6 @@ async fn a_refused_sunsubscribe_leaves_the_follower_as_it_was() {
     );
     // Still subscribed, and answered in order.
     assert_eq!(sub.cmd(&["PING"]).await, b"+PONG\r\n");
-    let to = cluster.other_than(&from);
-    let to_id = cluster.id(&to).await;
     cluster.assign(slot, &to_id).await;
     followed(&mut publisher, &mut sub, channel, &cluster, &to).await;
 }
