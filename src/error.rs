@@ -113,6 +113,8 @@ pub enum SessionError {
     Protocol(#[from] ProtocolError),
     #[error("client left a request unfinished for {0:?}")]
     PartialRequestTimeout(Duration),
+    #[error("client not logged in within {0:?}")]
+    LoginTimeout(Duration),
     #[error("client query buffer over {0} bytes")]
     QueryBufferFull(usize),
     #[error(transparent)]
@@ -141,6 +143,7 @@ impl SessionError {
             SessionError::ClientIo(_) => "client_io",
             SessionError::Protocol(_) | SessionError::Unreadable(_) => "protocol",
             SessionError::PartialRequestTimeout(_) => "partial_request_timeout",
+            SessionError::LoginTimeout(_) => "login_timeout",
             SessionError::QueryBufferFull(_) => "query_buffer_full",
             SessionError::OverBudget(_) => "over_budget",
             SessionError::Upstream(e) => e.cause(),

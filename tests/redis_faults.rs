@@ -82,6 +82,48 @@ async fn half_sent_request_is_dropped_at_the_deadline() {
     assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
 }
 
+/// A client that does not log in within `limits.login_timeout` (of its connection, or of the
+/// RESET that logged it out) is told so and closed, idle or not, so that clients that never
+/// log in cannot hold every connection slot; a logged-in client may idle for ever, and `"0s"`
+/// turns the limit off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_logs_in_is_closed_at_the_login_timeout() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_global(
+        &pki,
+        &redis,
+        "limits.login_timeout = \"300ms\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let mut idle = RawClient::tls(&pki, proxy.addr).await;
+    let mut busy = RawClient::tls(&pki, proxy.addr).await;
+    let mut logged_in = RawClient::authed(&pki, proxy.addr).await;
+    let mut reset = RawClient::authed(&pki, proxy.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Logged out 200 ms into its connection: its 300 ms start again.
+    assert_eq!(reset.cmd(&["RESET"]).await, b"+RESET\r\n");
+    for _ in 0..3 {
+        assert!(s(&busy.cmd(&["PING"]).await).starts_with("-NOAUTH"));
+    }
+    let told = "-ERR cachegate: not logged in within 300ms (limits.login_timeout); closing the connection\r\n";
+    for c in [&mut idle, &mut busy, &mut reset] {
+        assert_eq!(s(&c.read().await), told);
+        assert!(c.closed().await);
+    }
+    assert_eq!(logged_in.cmd(&["PING"]).await, b"+PONG\r\n");
+    let (status, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("cause=\"login_timeout\""),
+        "counted: {metrics}"
+    );
+
+    let off = Proxy::tls_with_global(&pki, &redis, "limits.login_timeout = \"0s\"\n").await;
+    let mut patient = RawClient::tls(&pki, off.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s(&patient.cmd(&["PING"]).await).starts_with("-NOAUTH"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_and_restarted_recovers_without_restarting_cachegate() {
     let (pki, mut redis) = (Pki::new(), Redis::start().await);

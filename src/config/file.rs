@@ -70,6 +70,8 @@ pub struct LimitsFile {
     pub max_buffered_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub partial_request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub login_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

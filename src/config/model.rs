@@ -23,6 +23,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
 /// All clients' buffered requests and queued replies together (beyond a small free share each).
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_PARTIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +85,9 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// How long a client may leave a request half-sent before the connection is closed.
     pub partial_request_timeout: Duration,
+    /// How long a Redis client may stay connected without being logged in (from its
+    /// connection, or from a RESET that logged it out); `None`: for ever.
+    pub login_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]

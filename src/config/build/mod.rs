@@ -91,6 +91,10 @@ pub fn build(file: FileConfig, base: &Path, problems: &mut Vec<Problem>) -> Opti
             .limits
             .partial_request_timeout
             .unwrap_or(DEFAULT_PARTIAL_REQUEST_TIMEOUT),
+        login_timeout: match file.limits.login_timeout {
+            Some(t) if t.is_zero() => None,
+            t => Some(t.unwrap_or(DEFAULT_LOGIN_TIMEOUT)),
+        },
     };
     if file.listeners.is_empty() {
         p.add("listeners", "at least one [[listeners]] entry is required");

@@ -611,6 +611,7 @@ mod tests {
                 max_request_bytes: 1 << 20,
                 max_buffered_bytes: 1 << 20,
                 partial_request_timeout: Duration::from_secs(1),
+                login_timeout: None,
             },
             superseded: CancellationToken::new(),
             encryption: None,

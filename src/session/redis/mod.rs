@@ -617,6 +617,9 @@ impl RequestSide {
         let mut shut = std::pin::pin!(shutdown.wait());
         let mut superseded = Box::pin(self.ctx.superseded.clone().cancelled_owned());
         let follow = self.follow.clone();
+        // Since when the client has been connected without being logged in (from its
+        // connection, or the RESET that logged it out): `limits.login_timeout` closes it.
+        let mut logged_out_since = Some(Instant::now());
         loop {
             if self.follow.is_some() {
                 self.follow_shards().await?;
@@ -656,6 +659,22 @@ impl RequestSide {
             if stop || shutdown.started() {
                 return Ok(());
             }
+            logged_out_since = match (self.authenticated, logged_out_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
+            let login_timeout = self.ctx.limits.login_timeout;
+            let login_deadline = logged_out_since.zip(login_timeout).map(|(s, t)| s + t);
+            if let (Some(deadline), Some(t)) = (login_deadline, login_timeout) {
+                if Instant::now() >= deadline {
+                    let text = format!(
+                        "cachegate: not logged in within {t:?} (limits.login_timeout); closing the connection"
+                    );
+                    self.local_always(reply::error(&text)).await?;
+                    return Err(SessionError::LoginTimeout(t));
+                }
+            }
             let limits = ReadLimits {
                 max_request_bytes: self.ctx.limits.max_request_bytes,
                 partial_request_timeout: self.ctx.limits.partial_request_timeout,
@@ -673,6 +692,13 @@ impl RequestSide {
                     _ = &mut aborted => {}
                     _ = &mut superseded => {}
                     _ = ended => {}
+                    // (Boxed, and only before a login: every idle session holds this future.)
+                    _ = async {
+                        match login_deadline {
+                            Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                 }
             });
             match reader.fill(limits, wake).await {
