@@ -175,3 +175,44 @@ async fn preferred_mode_serves_both_and_counts_plaintext() {
     .unwrap_err();
     assert!(err.to_string().contains("transit_encryption_mode"), "{err}");
 }
+
+/// The admin listener bounds its connections: past `MAX_CONNECTIONS` open at once, a new one
+/// is closed unanswered (a client that opens connections and sends nothing cannot use up the
+/// process's file descriptors), and one that sends no complete request is closed after the
+/// header timeout, freeing its place; a scraper is served again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_bounds_its_connections() {
+    use tokio::io::AsyncReadExt;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let admin = proxy.admin.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..cachegate::admin::MAX_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // The one past the limit: closed at once, without an answer (it waits for none).
+    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let _ = extra.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        extra.read_to_end(&mut out),
+    )
+    .await
+    .expect("closed, not left waiting");
+    assert!(out.is_empty(), "{}", s(&out));
+    // The idle ones are closed at the header timeout, all of them.
+    let started = std::time::Instant::now();
+    for c in &mut idle {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(
+            cachegate::admin::HEADER_TIMEOUT * 3,
+            c.read(&mut buf),
+        )
+        .await
+        .expect("closed at the header timeout");
+        assert!(matches!(n, Ok(0) | Err(_)) || s(&buf).contains("408"), "{}", s(&buf));
+    }
+    assert!(started.elapsed() >= cachegate::admin::HEADER_TIMEOUT / 2);
+    assert_eq!(proxy.admin_get("/live").await.0, 200);
+}
