@@ -960,3 +960,61 @@ async fn sessions_with_their_own_node_connections() {
     let counted = || async { metric(&proxy.admin_get("/metrics").await.1, ended) == 1.0 };
     assert!(eventually(counted).await);
 }
+
+/// A key given to `me` in base64 that decodes to bytes memcached cannot print in a line is
+/// refused: memcached prints `me`'s key as it is (an item made by `ma ... b N` is not marked
+/// binary), so a decoded `\r\n` ended the reply early and the rest was read as the next
+/// reply on the shared connection, another client's (found by a reviewer). What follows in
+/// the pipeline is answered as memcached answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_key_cannot_split_a_reply_on_the_shared_connection() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        c.line("set secretA 0 0 6\r\nalpha1\r\n").await,
+        "STORED\r\n"
+    );
+    assert_eq!(
+        c.line("set secretB 0 0 6\r\nbravo2\r\n").await,
+        "STORED\r\n"
+    );
+    // "q\r\nEN", in base64; then a key that decodes to a space.
+    let wire =
+        "ma cQ0KRU4= b N0 J5\r\nme cQ0KRU4= b\r\nme IA== b\r\nmg secretA v\r\nget secretB\r\n";
+    let got = s(&c.read_until_after(wire.as_bytes(), b"END\r\n").await);
+    assert_eq!(
+        got,
+        "HD\r\nCLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad command line format\r\n\
+         VA 6\r\nalpha1\r\nVALUE secretB 0 6\r\nbravo2\r\nEND\r\n"
+    );
+    // A printable binary key is still served.
+    assert_eq!(c.line("ma a2V5 b N0 J5\r\n").await, "HD\r\n");
+    let me = c.line("me a2V5 b\r\n").await;
+    assert!(me.starts_with("ME key "), "{me}");
+}
+
+/// A line the client kept within memcached's 2,048-byte line limit but that would be
+/// forwarded longer (a bare `\n` gets its `\r`) is never sent: memcached closes a connection
+/// whose line straddles two of its reads past the limit, failing every client's requests on
+/// it. The client's connection is closed instead, as memcached would close it; one byte
+/// shorter is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_forwarded_past_memcacheds_limit_is_never_sent() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    // `mg <key> v T0..030`, `len` bytes before a bare newline (a miss: `EN`).
+    let line = |len: usize| {
+        let head = format!("mg {} v T", "k".repeat(200));
+        let pad = len - head.len() - 2;
+        format!("{head}{}30\n", "0".repeat(pad))
+    };
+    assert_eq!(line(2047).len(), 2048);
+    let mut c = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.line(&line(2047)).await, "EN\r\n");
+    c.send(line(2048).as_bytes()).await;
+    assert_eq!(c.closed_after().await.map(|b| s(&b)), Some(String::new()));
+    // The node's connection was never broken: another client is served as before.
+    let mut other = McClient::tls(&pki, proxy.addr).await;
+    assert_eq!(other.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+}

@@ -192,7 +192,9 @@ async fn the_admin_listener_bounds_its_connections() {
     }
     // The one past the limit: closed at once, without an answer (it waits for none).
     let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let _ = extra.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = extra
+        .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(3),
@@ -205,13 +207,14 @@ async fn the_admin_listener_bounds_its_connections() {
     let started = std::time::Instant::now();
     for c in &mut idle {
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(
-            cachegate::admin::HEADER_TIMEOUT * 3,
-            c.read(&mut buf),
-        )
-        .await
-        .expect("closed at the header timeout");
-        assert!(matches!(n, Ok(0) | Err(_)) || s(&buf).contains("408"), "{}", s(&buf));
+        let n = tokio::time::timeout(cachegate::admin::HEADER_TIMEOUT * 3, c.read(&mut buf))
+            .await
+            .expect("closed at the header timeout");
+        assert!(
+            matches!(n, Ok(0) | Err(_)) || s(&buf).contains("408"),
+            "{}",
+            s(&buf)
+        );
     }
     assert!(started.elapsed() >= cachegate::admin::HEADER_TIMEOUT / 2);
     assert_eq!(proxy.admin_get("/live").await.0, 200);
