@@ -74,6 +74,37 @@ fn shipped_examples_check_as_shipped() {
     }
 }
 
+/// A trusted PROXY-protocol network of more than 16 addresses is warned about (any host in it
+/// can claim any client address); the balancers' own addresses are not.
+#[test]
+fn a_wide_trusted_proxy_network_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pp.toml");
+    let config = |trusted: &str| {
+        format!(
+            "data_dir = {:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.enabled = false\n\
+             auth.mode = \"none\"\nupstream.address = \"127.0.0.1:6379\"\n\
+             proxy_protocol = {{ trusted = [{trusted}] }}\n",
+            dir.path()
+        )
+    };
+    for (trusted, warned) in [
+        ("\"10.0.0.0/24\"", true),
+        ("\"2001:db8::/64\"", true),
+        ("\"10.0.3.17\", \"10.0.4.0/28\", \"2001:db8::5\"", false),
+    ] {
+        std::fs::write(&path, config(trusted)).unwrap();
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+        let logs = format!("{}{}", s(&out.stdout), s(&out.stderr));
+        assert_eq!(
+            logs.contains("every host in it can claim any client address"),
+            warned,
+            "{trusted}: {logs}"
+        );
+    }
+}
+
 #[test]
 fn bad_config_exits_64_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();

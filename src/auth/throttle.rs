@@ -119,9 +119,12 @@ impl Throttle {
                 e.level > 0
             });
             if map.len() >= MAX_TRACKED {
-                if let Some(quietest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| *k) {
-                    map.remove(&quietest);
-                }
+                // The quietest eighth is forgotten at once, so that the next 8,192 new sources
+                // need no scan: one per new source (many sources failing once each, as a
+                // botnet or a /48 of IPv6 can) held this lock over all 65,536 entries every time.
+                let mut ats: Vec<Instant> = map.values().map(|e| e.at).collect();
+                let (_, &mut newest_forgotten, _) = ats.select_nth_unstable(MAX_TRACKED / 8);
+                map.retain(|_, e| e.at > newest_forgotten);
             }
         }
         let entry = map.entry(ip).or_insert(Entry {
@@ -163,6 +166,29 @@ mod tests {
             Admission::Now,
             "another address is not slowed"
         );
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_quietest_eighth_at_once() {
+        let t = Throttle::new(20, Duration::from_secs(5));
+        let ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..MAX_TRACKED as u32 {
+            t.failure(ip(i));
+        }
+        assert_eq!(t.state.lock().unwrap().len(), MAX_TRACKED);
+        // One more source: room is made for the next eighth, not for this one alone.
+        t.failure(ip(MAX_TRACKED as u32));
+        let len = t.state.lock().unwrap().len();
+        assert!(len <= MAX_TRACKED - MAX_TRACKED / 8 + 1, "{len}");
+        assert!(t
+            .state
+            .lock()
+            .unwrap()
+            .contains_key(&ip(MAX_TRACKED as u32)));
+        for i in 1..MAX_TRACKED as u32 / 8 {
+            t.failure(ip(MAX_TRACKED as u32 + i));
+        }
+        assert!(t.state.lock().unwrap().len() <= MAX_TRACKED);
     }
 
     #[test]

@@ -266,7 +266,17 @@ pub(super) fn listener(
             );
             None
         }
-        Some(pp) => networks(p, &format!("{key}.proxy_protocol.trusted"), &pp.trusted).map(Some),
+        Some(pp) => {
+            let trusted = networks(p, &format!("{key}.proxy_protocol.trusted"), &pp.trusted);
+            // Any host in a trusted network can claim any client address (past the
+            // allow-list, with a fresh AUTH budget each time): a whole subnet is rarely meant.
+            for net in trusted.iter().flatten() {
+                if net.max_prefix_len() - net.prefix_len() > 4 {
+                    tracing::warn!(listener = %key, network = %net, "proxy_protocol.trusted includes a network of more than 16 addresses: every host in it can claim any client address; list the load balancers' own addresses");
+                }
+            }
+            trusted.map(Some)
+        }
     };
     let cert_users = cert_users(
         p,
