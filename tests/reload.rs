@@ -862,3 +862,36 @@ async fn a_reloaded_buffer_bound_holds_at_once() {
     let reply = s(&c.cmd(&["GET", "big"]).await);
     assert!(reply.contains("limits.max_buffered_bytes"), "{:.80}", reply);
 }
+
+/// A reload that removes a token applies to an AUTH already waiting in the throttle's queue:
+/// it is checked against the configuration in force when its turn comes, not the one in
+/// force when it arrived (found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_waiting_its_turn_is_checked_against_the_reloaded_tokens() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let throttled = "auth.backoff_after = 1\nauth.max_failures = 100\n";
+    let both = token_config(&pki, &redis, &[TOKEN, TOKEN_NEW], throttled);
+    let proxy = Proxy::start(&both).await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    // Four failures: the next attempt from this address waits its slot (800 ms).
+    for _ in 0..4 {
+        assert!(s(&c.cmd(&["AUTH", "wrong-token-0123456789"]).await).starts_with("-WRONGPASS"));
+    }
+    let throttlings = || async {
+        metrics(&proxy)
+            .await
+            .lines()
+            .filter(|l| l.starts_with("cachegate_authentication_throttled_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = throttlings().await;
+    c.send_cmd(&["AUTH", TOKEN]).await;
+    // Waiting its slot once the throttle has counted it.
+    assert!(eventually(|| async { throttlings().await > before }).await);
+    let only_new = token_config(&pki, &redis, &[TOKEN_NEW], throttled);
+    assert!(proxy.reload_with(&only_new).await.is_ok());
+    let reply = s(&c.read().await);
+    assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+}

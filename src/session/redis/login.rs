@@ -59,6 +59,11 @@ impl RequestSide {
                 );
             }
         }
+        // Checked against the configuration in force now: a reload may have come while this
+        // AUTH waited its turn, or since the session last looked (mid-pipeline).
+        if self.live.generation() != self.generation && !self.refresh() {
+            return (Bytes::new(), Flow::Stop);
+        }
         match self.check_credentials(user, secret) {
             Verdict::Reply(reply) => (reply, Flow::Continue),
             // A success clears nothing: interleaving a valid credential buys no fresh guesses.
