@@ -670,6 +670,10 @@ impl Parser {
                 if args.is_empty() || args.len() > 3 {
                     return Err(ERROR);
                 }
+                // memcached reads `noreply` only after the key: `delete noreply` deletes the
+                // key "noreply", and answers.
+                let noreply = noreply && args.len() > 1;
+                let silent = |reply: &'static [u8]| if noreply { &b""[..] } else { reply };
                 if args.len() > 1 {
                     let zero = args[1] == b"0";
                     let valid = (args.len() == 2 && (zero || noreply))
@@ -1044,12 +1048,16 @@ fn c_strtol(token: &[u8]) -> Option<i64> {
     }
 }
 
-/// `safe_strtoul` / `safe_strtoull`: an unsigned 64-bit value; a negative one is refused.
+/// `safe_strtoul` / `safe_strtoull`: an unsigned 64-bit value. `strtoull` negates a negative
+/// one modulo 2^64, and memcached refuses the result only when it reads negative as a signed
+/// number: `-1` is refused, `-18446744073709551615` is 1.
 fn c_strtoul(token: &[u8]) -> Option<u64> {
-    match c_number(token)? {
-        (true, v) if v != 0 => None,
-        (_, v) => Some(v),
+    let (negative, v) = c_number(token)?;
+    if !negative {
+        return Some(v);
     }
+    let wrapped = v.wrapping_neg();
+    (wrapped as i64 >= 0).then_some(wrapped)
 }
 
 /// A length in an upstream reply: digits only (the node writes them canonically).
