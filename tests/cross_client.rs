@@ -543,3 +543,52 @@ async fn a_forged_reset_cannot_hand_late_replies_to_the_next_session() {
     }
     assert_eq!(replies, ["+OK\r\n", "+OK\r\n", "$4\r\nmine\r\n", "+OK\r\n"]);
 }
+
+/// Redis reads keywords and names up to their first NUL (`strcasecmp`), and so does cachegate
+/// now: a keyword with a NUL and a tail is the keyword. `XREAD BLOCK\0` blocks, so it pins
+/// (on a shared connection it held every other client's replies until the request timeout);
+/// `SCRIPT DEBUG SYNC\0` is refused as SYNC is; `CONFIG SET requirepass\0x` is refused as
+/// `requirepass` is; and a command name with a NUL in it is unknown (Redis runs one in a few
+/// hundred of them as the command before the NUL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keywords_with_a_nul_are_read_as_redis_reads_them() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "upstream.request_timeout = \"2s\"\n").await;
+    let mut blocked = RawClient::tls(&pki, proxy.addr).await;
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    blocked
+        .send(&encode(&[
+            b"XREAD",
+            b"BLOCK\0x",
+            b"0",
+            b"STREAMS",
+            b"s",
+            b"$",
+        ]))
+        .await;
+    assert!(redis.until_blocked(1).await);
+    // The shared connection is not the one blocked: answered at once, not timed out.
+    assert_eq!(other.cmd(&["GET", "k"]).await, b"$-1\r\n");
+    assert!(s(&other.cmd(&["XADD", "s", "*", "f", "v"]).await).starts_with('$'));
+    let got = s(&blocked.read().await);
+    assert!(got.contains("\r\nf\r\n$1\r\nv\r\n"), "{got}");
+
+    let refused = s(&other.cmd_bytes(&[b"SCRIPT", b"DEBUG", b"SYNC\0x"]).await);
+    assert!(refused.starts_with("-ERR cachegate:"), "{refused}");
+    let refused = s(&other
+        .cmd_bytes(&[b"CONFIG", b"SET", b"requirepass\0x", b"secret-pw"])
+        .await);
+    assert!(refused.starts_with("-ERR cachegate:"), "{refused}");
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        s(&direct.cmd(&["CONFIG", "GET", "requirepass"]).await),
+        "*2\r\n$11\r\nrequirepass\r\n$0\r\n\r\n"
+    );
+    assert_eq!(other.cmd(&["SET", "keep", "1"]).await, b"+OK\r\n");
+    for i in 0..300 {
+        let name = format!("flushall\0{i}");
+        let reply = s(&other.cmd_bytes(&[name.as_bytes()]).await);
+        assert!(reply.starts_with("-ERR unknown command"), "{reply}");
+    }
+    assert_eq!(other.cmd(&["GET", "keep"]).await, b"$1\r\n1\r\n");
+}

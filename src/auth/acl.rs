@@ -557,18 +557,29 @@ fn channels<'a>(
     }
 }
 
-/// SORT's options that read keys named by a pattern: `BY` with a `*` in it, or any `GET`.
+/// SORT's options that read keys named by a pattern: `BY` with a `*` in it, or any `GET`,
+/// read as Redis's `sortCommandGeneric` reads its options (each option takes its arguments,
+/// so `BY GET` sorts by the pattern "GET"; anything else there is ASC, DESC, ALPHA or a syntax
+/// error that fails the command).
 fn sort_pattern_option(args: &[impl AsRef<[u8]>]) -> Option<&'static str> {
     let mut i = 2;
-    while i + 1 < args.len() {
-        let a = args[i].as_ref();
-        if a.eq_ignore_ascii_case(b"BY") && args[i + 1].as_ref().contains(&b'*') {
-            return Some("BY");
-        }
-        if a.eq_ignore_ascii_case(b"GET") {
+    while i < args.len() {
+        let is = |word: &[u8]| crate::auth::commands::is_word(args[i].as_ref(), word);
+        let left = args.len() - i - 1;
+        if is(b"LIMIT") && left >= 2 {
+            i += 3;
+        } else if is(b"STORE") && left >= 1 {
+            i += 2;
+        } else if is(b"BY") && left >= 1 {
+            if args[i + 1].as_ref().contains(&b'*') {
+                return Some("BY");
+            }
+            i += 2;
+        } else if is(b"GET") && left >= 1 {
             return Some("GET");
+        } else {
+            i += 1;
         }
-        i += 1;
     }
     None
 }

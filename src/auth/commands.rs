@@ -65,6 +65,15 @@ pub struct KeyUse {
     pub write: bool,
 }
 
+/// Whether a request's argument is the keyword `word` as Redis reads keywords and names:
+/// case-insensitively, up to the argument's first NUL (Redis compares them with `strcasecmp`,
+/// which stops there: `STREAMS\0x` is `STREAMS` to Redis). Every keyword cachegate judges a
+/// request by is compared this way, so that it reads the request as Redis will.
+pub fn is_word(arg: &[u8], word: &[u8]) -> bool {
+    let end = memchr::memchr(0, arg).unwrap_or(arg.len());
+    arg[..end].eq_ignore_ascii_case(word)
+}
+
 /// `word` lowercased into `buf`, if it fits and is UTF-8 (a name that does not is in no table).
 fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 128]) -> Option<&'b str> {
     let out = buf.get_mut(..word.len())?;
@@ -226,7 +235,7 @@ impl CommandInfo {
 /// `setGetKeys` and `bitfieldGetKeys` decide them: SET reads its key only with GET; BITFIELD
 /// writes unless it is GET/OVERFLOW only.
 fn variable_flags(name: &str, args: &[impl AsRef<[u8]>]) -> (bool, bool) {
-    let is = |i: usize, w: &[u8]| args[i].as_ref().eq_ignore_ascii_case(w);
+    let is = |i: usize, w: &[u8]| crate::auth::commands::is_word(args[i].as_ref(), w);
     match name {
         "set" => ((3..args.len()).any(|i| is(i, b"GET")), true),
         "bitfield" => {
@@ -250,7 +259,7 @@ fn variable_flags(name: &str, args: &[impl AsRef<[u8]>]) -> (bool, bool) {
 
 fn eq(args: &[impl AsRef<[u8]>], i: i64, word: &str) -> bool {
     args.get(i as usize)
-        .is_some_and(|a| a.as_ref().eq_ignore_ascii_case(word.as_bytes()))
+        .is_some_and(|a| crate::auth::commands::is_word(a.as_ref(), word.as_bytes()))
 }
 
 /// Keys that Redis finds with a `getkeys_proc` because no key spec describes them.
@@ -263,11 +272,13 @@ fn special_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
             let mut i = 2;
             while i < args.len() {
                 let a = args[i].as_ref();
-                if a.eq_ignore_ascii_case(b"LIMIT") {
+                if crate::auth::commands::is_word(a, b"LIMIT") {
                     i += 2;
-                } else if a.eq_ignore_ascii_case(b"GET") || a.eq_ignore_ascii_case(b"BY") {
+                } else if crate::auth::commands::is_word(a, b"GET")
+                    || crate::auth::commands::is_word(a, b"BY")
+                {
                     i += 1;
-                } else if a.eq_ignore_ascii_case(b"STORE") && i + 1 < args.len() {
+                } else if crate::auth::commands::is_word(a, b"STORE") && i + 1 < args.len() {
                     store = Some(i + 1);
                 }
                 i += 1;
@@ -305,7 +316,9 @@ fn georadius_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     let mut i = start;
     while i + 1 < args.len() {
         let a = args[i].as_ref();
-        if a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST") {
+        if crate::auth::commands::is_word(a, b"STORE")
+            || crate::auth::commands::is_word(a, b"STOREDIST")
+        {
             keys.push(KeyUse {
                 index: i + 1,
                 read: false,
@@ -328,7 +341,7 @@ fn migrate_keys(args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
         read: true,
         write: true,
     };
-    let is = |i: usize, w: &[u8]| args[i].as_ref().eq_ignore_ascii_case(w);
+    let is = |i: usize, w: &[u8]| crate::auth::commands::is_word(args[i].as_ref(), w);
     let (mut first, mut count) = (3, 1);
     let mut i = 6;
     while i < args.len() {

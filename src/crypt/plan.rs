@@ -54,6 +54,24 @@ pub enum Plan {
     Refuse(String),
 }
 
+/// The first of SET's options (after the value) that is not one Redis 7 knows: `NX`, `XX`,
+/// `GET`, `KEEPTTL`, and `EX`/`PX`/`EXAT`/`PXAT` with their number (whose validity Redis
+/// judges).
+fn unknown_set_option(options: &[Bytes]) -> Option<&Bytes> {
+    let mut i = 0;
+    while let Some(option) = options.get(i) {
+        let is = |word: &[u8]| crate::auth::commands::is_word(option, word);
+        if is(b"EX") || is(b"PX") || is(b"EXAT") || is(b"PXAT") {
+            i += 2;
+        } else if is(b"NX") || is(b"XX") || is(b"GET") || is(b"KEEPTTL") {
+            i += 1;
+        } else {
+            return Some(option);
+        }
+    }
+    None
+}
+
 /// Why a command is refused, if it is: `plan_found`'s own refusals, then two that depend on
 /// where the session stands. Inside MULTI nothing encrypted is read (EXEC's reply would carry
 /// the values sealed). HVALS of an encrypted hash is read as HGETALL (a value opens only with
@@ -243,7 +261,9 @@ pub fn plan_found(
             args[0] = Bytes::from_static(b"HGETALL");
             Plan::Sealed(Some(Open::HashValues(args[1].clone())))
         }
-        Shape::HashRandField if args.len() == 4 && args[3].eq_ignore_ascii_case(b"WITHVALUES") => {
+        Shape::HashRandField
+            if args.len() == 4 && crate::auth::commands::is_word(&args[3], b"WITHVALUES") =>
+        {
             Plan::Sealed(Some(Open::RandPairs(args[1].clone())))
         }
         // HSCAN ... NOVALUES (Redis 7.4) returns fields only; options come after the cursor.
@@ -252,11 +272,12 @@ pub fn plan_found(
             // "NOVALUES"); NOVALUES stands alone.
             let (mut i, mut novalues) = (3, false);
             while i < args.len() {
-                if args[i].eq_ignore_ascii_case(b"MATCH") || args[i].eq_ignore_ascii_case(b"COUNT")
+                if crate::auth::commands::is_word(&args[i], b"MATCH")
+                    || crate::auth::commands::is_word(&args[i], b"COUNT")
                 {
                     i += 2;
                 } else {
-                    novalues |= args[i].eq_ignore_ascii_case(b"NOVALUES");
+                    novalues |= crate::auth::commands::is_word(&args[i], b"NOVALUES");
                     i += 1;
                 }
             }
@@ -279,11 +300,25 @@ pub fn plan_found(
                 // Redis answers the arity error itself.
                 return Plan::Sealed(None);
             }
+            // SET's options, by allow-list: a newer server's (Valkey's and Redis 8's `IFEQ`
+            // and the like) may take a value of the key, which would reach the backend in
+            // clear and be compared with ciphertext.
+            if name == "set" {
+                if let Some(other) = unknown_set_option(&args[3..]) {
+                    return Plan::Refuse(format!(
+                        "cachegate: SET option '{}' is not supported on an encrypted key (NX, XX, GET, EX, PX, EXAT, PXAT and KEEPTTL are)",
+                        String::from_utf8_lossy(other)
+                    ));
+                }
+            }
             let key = args[1].clone();
             args[at] = keys.seal(&key, &args[at]);
             // SET ... GET returns the old value.
             let get = name == "getset"
-                || (name == "set" && args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")));
+                || (name == "set"
+                    && args[3..]
+                        .iter()
+                        .any(|a| crate::auth::commands::is_word(a, b"GET")));
             Plan::Sealed(get.then_some(Open::Bulk(Subject::Key(key))))
         }
         Shape::Pairs => {
@@ -392,6 +427,41 @@ mod tests {
         let mut a = args(&["SETEX", "pii:3", "10", "v"]);
         assert_eq!(plan(&mut a, &spaces, &keys), Plan::Sealed(None));
         assert!(crate::crypt::is_sealed(&a[3]));
+    }
+
+    #[test]
+    fn set_options_on_an_encrypted_key_are_redis_7s_only() {
+        let (keys, spaces) = (keys(), spaces());
+        for ok in [
+            &["SET", "pii:1", "v"][..],
+            &["SET", "pii:1", "v", "nx", "EX", "10", "GET"],
+            &["SET", "pii:1", "v", "XX", "KEEPTTL"],
+            &["SET", "pii:1", "v", "PXAT", "1", "get"],
+            // EX takes the next word as its number: Redis refuses it, never reads an option.
+            &["SET", "pii:1", "v", "EX", "IFEQ"],
+        ] {
+            let mut a = args(ok);
+            assert!(
+                matches!(plan(&mut a, &spaces, &keys), Plan::Sealed(_)),
+                "{ok:?}"
+            );
+        }
+        // A newer server's option that takes the key's current value would send it in clear.
+        for refused in [
+            &["SET", "pii:1", "v", "IFEQ", "old"][..],
+            &["SET", "pii:1", "v", "NX", "IFNE", "old"],
+            &["SET", "pii:1", "v", "EX", "10", "IFDEQ", "abc"],
+        ] {
+            let mut a = args(refused);
+            let Plan::Refuse(why) = plan(&mut a, &spaces, &keys) else {
+                panic!("{refused:?}");
+            };
+            assert!(why.contains("SET option 'IF"), "{why}");
+            assert!(!why.contains("old"), "the value is not echoed: {why}");
+        }
+        // Not encrypted: as without encryption.
+        let mut a = args(&["SET", "plain:1", "v", "IFEQ", "old"]);
+        assert_eq!(plan(&mut a, &spaces, &keys), Plan::Clear);
     }
 
     #[test]

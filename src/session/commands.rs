@@ -60,7 +60,11 @@ pub fn classify(lower: &[u8], args: &[Bytes]) -> Kind {
         | b"psync" | b"replconf" | b"debug" => Kind::Stateful,
         b"blpop" | b"brpop" | b"brpoplpush" | b"blmove" | b"blmpop" | b"bzpopmin" | b"bzpopmax"
         | b"bzmpop" | b"wait" | b"waitaof" => Kind::Blocking,
-        b"xread" | b"xreadgroup" if args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
+        b"xread" | b"xreadgroup"
+            if args
+                .iter()
+                .any(|a| crate::auth::commands::is_word(a, b"BLOCK")) =>
+        {
             Kind::Blocking
         }
         _ => Kind::Other,
@@ -78,7 +82,7 @@ pub fn runs_script(name: &[u8]) -> bool {
         b"FCALL_RO",
     ]
     .iter()
-    .any(|s| name.eq_ignore_ascii_case(s))
+    .any(|s| crate::auth::commands::is_word(name, s))
 }
 
 /// CLIENT's subcommand, upper-cased.

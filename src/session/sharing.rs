@@ -209,7 +209,7 @@ pub fn of_found(
     if full == "client"
         && args
             .get(1)
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"SETINFO"))
+            .is_some_and(|s| crate::auth::commands::is_word(s, b"SETINFO"))
     {
         return Sharing::Local;
     }
@@ -223,20 +223,28 @@ pub fn of_found(
             _ => Sharing::Refuse(Refusal::UnknownSubcommand),
         };
     }
-    let has = |word: &[u8]| args.iter().skip(2).any(|a| a.eq_ignore_ascii_case(word));
+    let has = |word: &[u8]| {
+        args.iter()
+            .skip(2)
+            .any(|a| crate::auth::commands::is_word(a, word))
+    };
     match full {
         "client|tracking" if has(b"REDIRECT") => {
             Sharing::Refuse(Refusal::OtherConnections("CLIENT TRACKING ... REDIRECT"))
         }
         // Blocking only with BLOCK (a key named "block" pins too: harmless).
-        "xread" | "xreadgroup" if args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
+        "xread" | "xreadgroup"
+            if args
+                .iter()
+                .any(|a| crate::auth::commands::is_word(a, b"BLOCK")) =>
+        {
             Sharing::Pin
         }
         // Parameters at 2, 4, ... (CONFIG SET takes several pairs since Redis 7.0).
         "config|set" => match args.iter().skip(2).step_by(2).find_map(|p| {
             LOCKOUT_SETTINGS
                 .iter()
-                .find(|name| p.eq_ignore_ascii_case(name.as_bytes()))
+                .find(|name| crate::auth::commands::is_word(p, name.as_bytes()))
         }) {
             Some(name) => Sharing::Refuse(Refusal::LocksOut(name)),
             None => Sharing::Shared,

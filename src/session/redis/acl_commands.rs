@@ -73,7 +73,7 @@ pub fn answer(
             }
         }
         ("LOG", 2) => log(ctx, 10, resp3),
-        ("LOG", 3) if args[2].eq_ignore_ascii_case(b"RESET") => {
+        ("LOG", 3) if crate::auth::commands::is_word(&args[2], b"RESET") => {
             ctx.metrics.reset_events(&ctx.listener);
             Bytes::from_static(reply::OK)
         }

@@ -141,7 +141,7 @@ pub(super) fn route(command: Command, args: &[Bytes]) -> Route {
         // Answered here, as every node would answer them.
         "ping" if args.len() == 1 => Route::Answer(Bytes::from_static(b"+PONG\r\n")),
         "ping" | "echo" if args.len() == 2 => Route::Answer(reply::bulk(&args[1])),
-        "info" if args.len() == 2 && args[1].eq_ignore_ascii_case(b"keyspace") => {
+        "info" if args.len() == 2 && crate::auth::commands::is_word(&args[1], b"keyspace") => {
             Route::All(Merge::Keyspace)
         }
         "readonly" | "readwrite" | "asking" | "migrate" => Route::Answer(reply::error(&format!(

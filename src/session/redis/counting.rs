@@ -135,19 +135,19 @@ pub(super) fn count(
                 (false, n) => n,
             };
         }
-        Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
+        Kind::Client if args.len() == 3 && crate::auth::commands::is_word(&args[1], b"REPLY") => {
             let word = &args[2];
-            if word.eq_ignore_ascii_case(b"OFF") {
+            if crate::auth::commands::is_word(word, b"OFF") {
                 counted.mode = ReplyMode::Off;
                 counted.replies = 0;
-            } else if word.eq_ignore_ascii_case(b"SKIP") {
+            } else if crate::auth::commands::is_word(word, b"SKIP") {
                 // SKIP while OFF changes nothing (replies stay off).
                 if mode != ReplyMode::Off {
                     counted.mode = ReplyMode::SkipNext;
                 }
                 counted.replies = 0;
                 counted.exempt = true;
-            } else if word.eq_ignore_ascii_case(b"ON") {
+            } else if crate::auth::commands::is_word(word, b"ON") {
                 counted.mode = ReplyMode::On;
                 counted.exempt = true;
             }

@@ -204,10 +204,10 @@ impl RequestSide {
         }
         while i < req.args.len() {
             let opt = &req.args[i];
-            if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.args.len() {
+            if crate::auth::commands::is_word(opt, b"AUTH") && i + 2 < req.args.len() {
                 credentials = Some((req.args[i + 1].clone(), req.args[i + 2].clone()));
                 i += 3;
-            } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.args.len() {
+            } else if crate::auth::commands::is_word(opt, b"SETNAME") && i + 1 < req.args.len() {
                 forward.extend_from_slice(&req.args[i..i + 2]);
                 i += 2;
             } else {

@@ -135,7 +135,8 @@ enum RunsAs {
 /// `ACL CAT <category>` answered by the backend lists command names: disabled ones are
 /// hidden and renamed ones shown under their new name, as in COMMAND's replies.
 fn acl_cat_rewrite(kind: Kind, args: &[Bytes], policy: &Policy) -> Option<Rewrite> {
-    let cat = kind == Kind::Acl && args.len() == 3 && args[1].eq_ignore_ascii_case(b"CAT");
+    let cat =
+        kind == Kind::Acl && args.len() == 3 && crate::auth::commands::is_word(&args[1], b"CAT");
     (cat && !policy.is_empty()).then_some(Rewrite::List)
 }
 
@@ -549,19 +550,19 @@ fn next_client_id() -> u64 {
 fn list_selects_me(filters: &[Bytes], id: u64) -> Option<bool> {
     match filters {
         [] => Some(true),
-        [ty, t] if ty.eq_ignore_ascii_case(b"TYPE") => {
-            if t.eq_ignore_ascii_case(b"NORMAL") {
+        [ty, t] if crate::auth::commands::is_word(ty, b"TYPE") => {
+            if crate::auth::commands::is_word(t, b"NORMAL") {
                 Some(true)
             } else if [&b"MASTER"[..], b"REPLICA", b"SLAVE", b"PUBSUB"]
                 .iter()
-                .any(|k| t.eq_ignore_ascii_case(k))
+                .any(|k| crate::auth::commands::is_word(t, k))
             {
                 Some(false)
             } else {
                 None
             }
         }
-        [word, ids @ ..] if word.eq_ignore_ascii_case(b"ID") && !ids.is_empty() => {
+        [word, ids @ ..] if crate::auth::commands::is_word(word, b"ID") && !ids.is_empty() => {
             let mut mine = false;
             for raw in ids {
                 let n: u64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
@@ -1041,7 +1042,7 @@ impl RequestSide {
                         .await;
                 }
                 if self.follow.is_some()
-                    && args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE")
+                    && crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE")
                     && !self.transaction.is_open()
                 {
                     Box::pin(self.before_leaving(&args[1..])).await?;
@@ -1050,7 +1051,7 @@ impl RequestSide {
                     // Only RESP3's confirmations arrive unasked (pushes), to be told apart
                     // from a node's: RESP2's are replies the reply side counts (an unsubscribe
                     // of all's too), and inside MULTI they come within EXEC's reply.
-                    if args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE")
+                    if crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE")
                         && self.resp3
                         && !self.transaction.is_open()
                     {
@@ -1072,7 +1073,7 @@ impl RequestSide {
                 expect.pushes = counted.pushes;
                 expect.replies = counted.replies;
                 expect.confirms = true;
-                expect.sunsubscribes = args[0].eq_ignore_ascii_case(b"SUNSUBSCRIBE");
+                expect.sunsubscribes = crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE");
                 if expect.sunsubscribes
                     && self.follow.is_some()
                     && !self.resp3
@@ -1087,7 +1088,9 @@ impl RequestSide {
                 }
             }
             // CLIENT REPLY changes how many replies follow; the session must count the same way.
-            Kind::Client if args.len() == 3 && args[1].eq_ignore_ascii_case(b"REPLY") => {
+            Kind::Client
+                if args.len() == 3 && crate::auth::commands::is_word(&args[1], b"REPLY") =>
+            {
                 if self.transaction.is_open() {
                     // Redis 7.0 would answer the EXEC with an array whose count is wrong (the
                     // mode applies to the replies inside it): refused, and the transaction
@@ -1098,7 +1101,7 @@ impl RequestSide {
                         ))
                         .await;
                 }
-                let quiet = !args[2].eq_ignore_ascii_case(b"ON");
+                let quiet = !crate::auth::commands::is_word(&args[2], b"ON");
                 if quiet && self.still_subscribed().await? {
                     self.local(reply::error(
                         "cachegate: CLIENT REPLY OFF and SKIP cannot run while subscribed",
@@ -1281,7 +1284,7 @@ impl RequestSide {
             .get(1)
             .map(|s| s.to_ascii_uppercase())
             .unwrap_or_default();
-        let is_acl = args[0].eq_ignore_ascii_case(b"ACL");
+        let is_acl = crate::auth::commands::is_word(&args[0], b"ACL");
         let known = matches!(
             (is_acl, &sub[..]),
             (true, b"WHOAMI") | (false, b"ID" | b"INFO" | b"LIST")

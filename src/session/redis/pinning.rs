@@ -212,11 +212,11 @@ impl RequestSide {
         self.listening |= kind == Kind::Subscribe
             || args
                 .first()
-                .is_some_and(|a| a.eq_ignore_ascii_case(b"MONITOR"))
+                .is_some_and(|a| crate::auth::commands::is_word(a, b"MONITOR"))
             || (kind == Kind::Client
                 && args.len() > 2
-                && args[1].eq_ignore_ascii_case(b"TRACKING")
-                && args[2].eq_ignore_ascii_case(b"ON"));
+                && crate::auth::commands::is_word(&args[1], b"TRACKING")
+                && crate::auth::commands::is_word(&args[2], b"ON"));
         // On every listener, multiplexed or not: the reply side reads a transaction's
         // confirmations, and a RESP2 subscribed context's refusals are told apart, by it.
         self.track_state(kind, args);
