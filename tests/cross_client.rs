@@ -407,6 +407,20 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
             vec!["CONFIG", "SET", "tls-auth-clients", "yes"],
             "tls-auth-clients",
         ),
+        // Limits past which the backend closes a connection, shared ones under every client
+        // on them.
+        (
+            vec!["CONFIG", "SET", "client-output-buffer-limit", "normal 1 1 0"],
+            "client-output-buffer-limit",
+        ),
+        (
+            vec!["CONFIG", "SET", "proto-max-bulk-len", "1048576"],
+            "proto-max-bulk-len",
+        ),
+        (
+            vec!["CONFIG", "SET", "client-query-buffer-limit", "1048576"],
+            "client-query-buffer-limit",
+        ),
     ] {
         let got = s(&c.cmd(&args).await);
         assert!(

@@ -96,7 +96,7 @@ impl Refusal {
                 sub.to_ascii_uppercase()
             ),
             Refusal::LocksOut(param) => format!(
-                "ERR cachegate: CONFIG SET {param} could lock cachegate's own connections out of the backend, and every client with them; change it on the backend (and in cachegate's upstream settings) together"
+                "ERR cachegate: CONFIG SET {param} could lock cachegate's own connections out of the backend, or have the backend close them, and every client with them; change it on the backend (and in cachegate's upstream settings) together"
             ),
         };
         crate::protocol::reply::error_line(&text)
@@ -159,9 +159,15 @@ pub(crate) fn arity_fits(arity: i64, given: usize) -> bool {
     }
 }
 
-/// Settings that decide whether cachegate's own connections reach the backend and log in to it
-/// (Redis 7.0's names; it has no aliases for them). `CONFIG SET` of any is refused.
+/// Settings that decide whether cachegate's own connections reach the backend and log in to it,
+/// or whether the backend closes them under every client on them (a request or a batch of
+/// replies past a limit) (Redis 7.0's names; it has no aliases for them). `CONFIG SET` of any
+/// is refused. (`timeout` is not: it closes connections only while idle, which cachegate
+/// replaces, and redis-py's own tests set it.)
 const LOCKOUT_SETTINGS: &[&str] = &[
+    "proto-max-bulk-len",
+    "client-query-buffer-limit",
+    "client-output-buffer-limit",
     "requirepass",
     "protected-mode",
     "port",
