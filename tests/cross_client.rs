@@ -410,7 +410,12 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
         // Limits past which the backend closes a connection, shared ones under every client
         // on them.
         (
-            vec!["CONFIG", "SET", "client-output-buffer-limit", "normal 1 1 0"],
+            vec![
+                "CONFIG",
+                "SET",
+                "client-output-buffer-limit",
+                "normal 1 1 0",
+            ],
             "client-output-buffer-limit",
         ),
         (

@@ -1092,3 +1092,37 @@ async fn hvals_says_why_when_hgetall_is_kept_from_the_backend_user() {
     want.extend(bulk(CANARY));
     assert_eq!(c.cmd(&["HMGET", "user:1", "card"]).await, want);
 }
+
+/// Only values cachegate seals count toward a data key's seals (and so its rotation): a
+/// client's argument that merely starts like a sealed value counts for nothing, where many
+/// such arguments once made cachegate count a million seals per request and rotate at will
+/// (found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_values_cachegate_seals_are_counted() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "").replacen(
+        "\n\n[[listeners]]",
+        "\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
+        1,
+    ))
+    .await;
+    let seals = || async {
+        metric(
+            &proxy.admin_get("/metrics").await.1,
+            "cachegate_encryption_operations_total{listener=\"redis-0\",op=\"seal\"}",
+        )
+    };
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["SET", "pii:1", "v"]).await, b"+OK\r\n");
+    let before = seals().await;
+    assert_eq!(before, 1.0);
+    let fake = b"\0cg\x01fake";
+    let reply = s(&c.cmd_bytes(&[b"DEL", b"pii:1", fake, fake, fake]).await);
+    assert_eq!(reply, ":1\r\n");
+    assert_eq!(
+        c.cmd_bytes(&[b"MSET", b"pii:2", b"v", b"plain", fake])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(seals().await, before + 1.0, "MSET sealed one value");
+}

@@ -867,6 +867,10 @@ impl RequestSide {
         let mut open: Option<Rewrite> = None;
         if let Some(enc) = &self.ctx.encryption {
             use crate::crypt::plan::{plan_found, refusal, Plan};
+            // What the client sent, to count only the values sealing replaced (an argument of
+            // the client's own that merely starts like a sealed value counts for nothing).
+            let sent: smallvec::SmallVec<[usize; 4]> =
+                args.iter().map(|a| a.as_ptr() as usize).collect();
             let sealing = plan_found(plan.command.0, &mut args, &enc.spaces, &enc.keys);
             // The backend user cachegate's connections log in as is kept from HGETALL.
             let hgetall_denied = || {
@@ -878,7 +882,11 @@ impl RequestSide {
             }
             if let Plan::Sealed(reads) = sealing {
                 req.raw = None;
-                let sealed = args.iter().filter(|a| crate::crypt::is_sealed(a)).count();
+                let sealed = args
+                    .iter()
+                    .zip(&sent)
+                    .filter(|(a, &was)| a.as_ptr() as usize != was && crate::crypt::is_sealed(a))
+                    .count();
                 if sealed > 0 {
                     enc.count_sealed(sealed as u64);
                 }
