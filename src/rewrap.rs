@@ -156,11 +156,15 @@ fn refused_unless_wrongtype(command: &[u8], reply: &[u8]) -> Result<(), RewrapEr
 }
 
 /// What one stored value needs: nothing (already under the primary key, or it does not open:
-/// both counted here), or sealing again from this plaintext.
+/// both counted here), or sealing again from this plaintext. A value in clear is sealed only
+/// while the listener lets plaintext pass (`on_plaintext = "pass"`, a migration): otherwise
+/// it is a value someone wrote around cachegate, which reads refuse, and sealing it would
+/// make it read as genuine.
 fn to_reseal(
     keys: &Keys,
     opened: Result<Bytes, OpenError>,
     value: &[u8],
+    seal_clear: bool,
     tally: &mut Tally,
 ) -> Option<Bytes> {
     match opened {
@@ -173,7 +177,7 @@ fn to_reseal(
             }
             Some(plain)
         }
-        Err(OpenError::Plaintext) => Some(Bytes::copy_from_slice(value)),
+        Err(OpenError::Plaintext) if seal_clear => Some(Bytes::copy_from_slice(value)),
         Err(_) => {
             tally.failed += 1;
             None
@@ -186,6 +190,7 @@ async fn one(
     conn: &mut Conn,
     keys: &Keys,
     key: &Bytes,
+    seal_clear: bool,
     tally: &mut Tally,
 ) -> Result<(), RewrapError> {
     call(conn, &[b"WATCH", key]).await?;
@@ -202,7 +207,7 @@ async fn one(
         }
     };
     let from_clear = !crate::crypt::is_sealed(&value);
-    let Some(plain) = to_reseal(keys, keys.open(key, &value), &value, tally) else {
+    let Some(plain) = to_reseal(keys, keys.open(key, &value), &value, seal_clear, tally) else {
         call(conn, &[b"UNWATCH"]).await?;
         return Ok(());
     };
@@ -239,6 +244,7 @@ async fn one_hash(
     conn: &mut Conn,
     keys: &Keys,
     key: &Bytes,
+    seal_clear: bool,
     tally: &mut Tally,
 ) -> Result<(), RewrapError> {
     call(conn, &[b"WATCH", key]).await?;
@@ -262,7 +268,7 @@ async fn one_hash(
     let mut from_clear = 0;
     for (field, value) in pairs {
         let opened = keys.open_field(key, &field, &value);
-        let Some(plain) = to_reseal(keys, opened, &value, tally) else {
+        let Some(plain) = to_reseal(keys, opened, &value, seal_clear, tally) else {
             continue;
         };
         from_clear += u64::from(!crate::crypt::is_sealed(&value));
@@ -304,6 +310,7 @@ pub async fn rewrap(
     )?;
     let mut conn = pool.connector().connect().await?;
     let spaces = &encryption.keyspaces;
+    let seal_clear = encryption.on_plaintext == crate::crypt::OnPlaintext::Pass;
     let patterns: Vec<(&str, bool)> = spaces
         .patterns
         .iter()
@@ -360,9 +367,9 @@ pub async fn rewrap(
             for attempt in 0..ATTEMPTS {
                 let before = at.tally.clone();
                 if hash {
-                    one_hash(&mut conn, keys, key, &mut at.tally).await?;
+                    one_hash(&mut conn, keys, key, seal_clear, &mut at.tally).await?;
                 } else {
-                    one(&mut conn, keys, key, &mut at.tally).await?;
+                    one(&mut conn, keys, key, seal_clear, &mut at.tally).await?;
                 }
                 if !changed_again(&before, &at.tally, attempt) {
                     break;
@@ -401,11 +408,12 @@ async fn rewrap_memcached(
     mut progress: impl FnMut(&str, &Tally),
 ) -> Result<Tally, RewrapError> {
     use base64::Engine as _;
-    let spaces = &listener
+    let encryption = listener
         .encryption
         .as_ref()
-        .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?
-        .keyspaces;
+        .ok_or_else(|| RewrapError::NoEncryption(listener.name.clone()))?;
+    let spaces = &encryption.keyspaces;
+    let seal_clear = encryption.on_plaintext == crate::crypt::OnPlaintext::Pass;
     let over: Vec<String> = mc
         .nodes
         .iter()
@@ -451,7 +459,7 @@ async fn rewrap_memcached(
             let b64 = base64::engine::general_purpose::STANDARD.encode(key);
             for attempt in 0..ATTEMPTS {
                 let before = at.tally.clone();
-                one_memcached(&mut conn, keys, key, &b64, &mut at.tally).await?;
+                one_memcached(&mut conn, keys, key, &b64, seal_clear, &mut at.tally).await?;
                 if !changed_again(&before, &at.tally, attempt) {
                     break;
                 }
@@ -494,6 +502,7 @@ async fn one_memcached(
     keys: &Keys,
     key: &[u8],
     b64: &str,
+    seal_clear: bool,
     tally: &mut Tally,
 ) -> Result<(), RewrapError> {
     use crate::protocol::memcached::Shape;
@@ -528,7 +537,7 @@ async fn one_memcached(
             _ => {}
         }
     }
-    let Some(plain) = to_reseal(keys, keys.open(key, value), value, tally) else {
+    let Some(plain) = to_reseal(keys, keys.open(key, value), value, seal_clear, tally) else {
         return Ok(());
     };
     let from_clear = !crate::crypt::is_sealed(value);

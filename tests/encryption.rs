@@ -522,6 +522,25 @@ async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
         c.cmd(&["GET", "pii:299"]).await,
         bulk(&format!("{CANARY}-299"))
     );
+    // Once plaintext no longer passes, a value written in clear around cachegate is refused on
+    // read, and a rewrap leaves it as it is (counted as not opening): sealing it would make it
+    // read as genuine (found by a reviewer).
+    assert_eq!(
+        direct.cmd(&["SET", "pii:injected", "forged"]).await,
+        b"+OK\r\n"
+    );
+    let out = tokio::task::spawn_blocking(rewrap(proxy.config_path.clone()))
+        .await
+        .unwrap();
+    assert!(
+        s(&out.stdout).contains("(0 of them from clear)")
+            && s(&out.stdout).contains("1 that do not open"),
+        "{}",
+        s(&out.stdout)
+    );
+    assert_eq!(direct.cmd(&["GET", "pii:injected"]).await, bulk("forged"));
+    let refused = s(&c.cmd(&["GET", "pii:injected"]).await);
+    assert!(refused.starts_with("-ERR cachegate:"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
