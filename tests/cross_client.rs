@@ -611,3 +611,66 @@ async fn keywords_with_a_nul_are_read_as_redis_reads_them() {
     }
     assert_eq!(other.cmd(&["GET", "keep"]).await, b"$1\r\n1\r\n");
 }
+
+/// A reply over `limits.max_reply_bytes` on a shared connection fails only the request it
+/// answers: it is read and dropped as it arrives, and the connection goes on for every other
+/// client's requests on it (it used to fail them all, and be replaced, so that one client
+/// reading a large value over and over broke everyone else's requests; found by a
+/// reviewer). The client that asked gets the error and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_fails_only_its_own_request() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_reply_bytes = 65536\n[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"edge\"\n\
+         bind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
+         upstream.shared_connections = 1\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut direct = redis.direct().await;
+    let big = vec![b'x'; 300_000];
+    assert_eq!(direct.cmd_bytes(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&["SET", "small", "s"]).await, b"+OK\r\n");
+    let mut greedy = RawClient::tls(&pki, proxy.addr).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(RawClient::tls(&pki, proxy.addr).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut c in others {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                let mut wire = Vec::new();
+                for _ in 0..20 {
+                    wire.extend(encode(&[b"GET", b"small"]));
+                }
+                c.send(&wire).await;
+                for _ in 0..20 {
+                    assert_eq!(c.read().await, b"$1\r\ns\r\n", "another client's reply");
+                }
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    for _ in 0..20 {
+        let reply = s(&greedy.cmd(&["GET", "big"]).await);
+        assert_eq!(
+            reply,
+            "-ERR cachegate: reply from upstream larger than 65536 bytes\r\n"
+        );
+    }
+    assert_eq!(greedy.cmd(&["GET", "small"]).await, b"$1\r\ns\r\n");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        assert!(t.await.unwrap() > 0);
+    }
+    // One shared connection all along: never replaced.
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(!text.contains("cause=\"malformed\""), "{text}");
+    assert!(!text.contains("cause=\"lost\""), "{text}");
+}

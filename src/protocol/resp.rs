@@ -433,6 +433,20 @@ struct Progress {
 }
 
 impl ReplyScanner {
+    /// Bytes of the unfinished frame delimited so far. They may run past what the buffer
+    /// holds: a blob string's body is passed over by its declared length.
+    pub fn scanned(&self) -> usize {
+        self.progress.map_or(0, |p| p.pos)
+    }
+
+    /// The caller dropped `n` bytes (at most `scanned()`) from the front of the buffer: the
+    /// unfinished frame goes on from there (a frame being read only to be discarded).
+    pub fn dropped(&mut self, n: usize) {
+        if let Some(p) = &mut self.progress {
+            p.pos -= n.min(p.pos);
+        }
+    }
+
     /// The next complete reply at the front of `buf` (which must hold the same bytes as on the
     /// previous call, plus more), or `None` when more bytes are needed.
     pub fn next(

@@ -65,6 +65,10 @@ pub enum SharedError {
     /// The process's bound on buffered bytes refused the reply: the upstream is fine.
     #[error(transparent)]
     OverBudget(#[from] crate::budget::OverBudget),
+    /// One of the request's replies is larger than `limits.max_reply_bytes`: read and dropped,
+    /// and the connection goes on for the requests after it.
+    #[error("reply from upstream larger than {0} bytes")]
+    ReplyTooLarge(usize),
     /// The shared connection's task ended before answering (its connection failed).
     #[error("upstream connection lost")]
     Gone,
@@ -94,6 +98,7 @@ impl SharedError {
             SharedError::Gone => "lost",
             SharedError::Timeout(_) => "timeout",
             SharedError::OverBudget(_) => "over_budget",
+            SharedError::ReplyTooLarge(_) => "too_large",
             SharedError::ShuttingDown => "shutting_down",
         }
     }
@@ -179,7 +184,9 @@ impl Frames {
 
 /// A request written and waiting for its replies.
 struct Waiting {
-    reply: oneshot::Sender<SharedReply>,
+    /// Taken when the request is answered; a request failed while its replies still come
+    /// (too large, over the budget) stays until they have been read and dropped.
+    reply: Option<oneshot::Sender<SharedReply>>,
     frames: Frames,
     /// Replies delimited so far, and their length at the front of the read buffer.
     got: usize,
@@ -199,7 +206,7 @@ impl Waiting {
                 Frames::Memcached(shapes) => Ends::with_capacity(shapes.len()),
                 Frames::Resp(_) => Ends::new(),
             },
-            reply: req.reply,
+            reply: Some(req.reply),
             frames: req.frames,
             sent,
         }
@@ -383,10 +390,18 @@ async fn serve(
     let fail = |pending: &mut VecDeque<Waiting>, broken: Broken| {
         let lost = SharedError::Lost(Arc::new(broken));
         for w in pending.drain(..) {
-            let _ = w.reply.send(Err(lost.clone()));
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(lost.clone()));
+            }
         }
         Some(lost)
     };
+    // What the read buffer holds beyond a free share, charged to the process's budget as it
+    // grows: replies of a batch wait there until the last of them has come.
+    let mut held = crate::budget::Charge::new(link.budget.clone());
+    // The head request failed (a reply too large, or over the budget) while its replies were
+    // still coming: they are read and dropped as they arrive, and the connection goes on.
+    let mut skipping = false;
     // Registered once, not on every turn: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
     // What waited for this connection goes out first, in one write.
@@ -408,7 +423,7 @@ async fn serve(
                 Some((Frames::Memcached(shapes), got)) => {
                     reply_len(&buf[from..], shapes[got], max).map_err(Broken::from)
                 }
-                _ => match scanner.next(&buf[from..], max) {
+                _ => match scanner.next(&buf[from..], if skipping { usize::MAX } else { max }) {
                     // A push is never a reply: no command that subscribes or tracks ever
                     // reaches a shared connection, so it belongs to no client here (another
                     // connection's `CLIENT TRACKING ... REDIRECT`, for one). Counting it as
@@ -421,6 +436,21 @@ async fn serve(
                             tracing::warn!(upstream = %conn.connector.address, "dropping an unsolicited push on a shared upstream connection (someone redirected tracking or pub/sub to it)");
                         }
                         link.unexpected_pushes.inc();
+                        continue;
+                    }
+                    // One of the head request's replies is too large: that request alone
+                    // fails, its replies are read and dropped, and the rest go on.
+                    Err(ReplyError::TooLarge(limit)) if !skipping && !pending.is_empty() => {
+                        if let Some(head) = pending.front_mut() {
+                            if let Some(reply) = head.reply.take() {
+                                let _ = reply.send(Err(SharedError::ReplyTooLarge(limit)));
+                            }
+                            // Its replies read so far go; the scanner starts the large one
+                            // again from its beginning, now at the buffer's front.
+                            bytes::Buf::advance(&mut buf, head.len);
+                            head.len = 0;
+                        }
+                        skipping = true;
                         continue;
                     }
                     other => other.map(|r| r.map(|(len, _)| len)).map_err(Broken::from),
@@ -436,9 +466,21 @@ async fn serve(
                     if let Frames::Memcached(_) = head.frames {
                         head.ends.push(head.len);
                     }
+                    if skipping {
+                        // Dropped as soon as it is read.
+                        bytes::Buf::advance(&mut buf, head.len);
+                        head.len = 0;
+                        if head.got == head.frames.count() {
+                            pending.pop_front();
+                            skipping = false;
+                        }
+                        continue;
+                    }
                     if head.got == head.frames.count() {
                         if let Some(done) = pending.pop_front() {
                             let bytes = buf.split_to(done.len).freeze();
+                            // Out of the read buffer's charge before the reply's own.
+                            let _ = held.hold(buf.len());
                             // Held until the session takes them: charged, or refused (and
                             // dropped here) past the process's limit.
                             let result =
@@ -450,7 +492,9 @@ async fn serve(
                                     }),
                                     Err(over) => Err(over.into()),
                                 };
-                            let _ = done.reply.send(result);
+                            if let Some(reply) = done.reply {
+                                let _ = reply.send(result);
+                            }
                             // A burst's buffer is not kept for ever.
                             if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
                                 buf = BytesMut::with_capacity(16 * 1024);
@@ -458,8 +502,31 @@ async fn serve(
                         }
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if skipping {
+                        // What is read of the reply being dropped goes at once.
+                        let n = scanner.scanned().min(buf.len());
+                        bytes::Buf::advance(&mut buf, n);
+                        scanner.dropped(n);
+                    }
+                    break;
+                }
                 Err(e) => return fail(&mut pending, e),
+            }
+        }
+        // The buffer as it stands is charged; past the process's bound, the request whose
+        // replies fill it fails, and they are dropped as they come.
+        if let Err(over) = held.hold(buf.len()) {
+            if !skipping {
+                if let Some(head) = pending.front_mut() {
+                    if let Some(reply) = head.reply.take() {
+                        let _ = reply.send(Err(over.into()));
+                    }
+                    bytes::Buf::advance(&mut buf, head.len);
+                    head.len = 0;
+                    skipping = true;
+                    continue;
+                }
             }
         }
         let deadline = pending.front().map(|w| w.sent + timeout);
@@ -469,7 +536,7 @@ async fn serve(
             frames: Frames::Resp(_),
             len,
             ..
-        }) = pending.front()
+        }) = pending.front().filter(|_| !skipping)
         {
             let room = rest_of_bulk(&buf[*len..], 0);
             if room > buf.capacity() - buf.len() {
@@ -513,7 +580,9 @@ async fn serve(
             _ = sleep_until(deadline) => {
                 let timed_out = SharedError::Timeout(timeout);
                 for w in pending.drain(..) {
-                    let _ = w.reply.send(Err(timed_out.clone()));
+                    if let Some(reply) = w.reply {
+                        let _ = reply.send(Err(timed_out.clone()));
+                    }
                 }
                 return Some(timed_out);
             }
