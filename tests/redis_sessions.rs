@@ -1252,3 +1252,41 @@ async fn a_refused_resp3_subscription_ends_its_wait_with_the_refusal() {
     assert_eq!(c.read().await, b"$3\r\nend\r\n");
     assert_eq!(c.read().await, b"_\r\n");
 }
+
+/// A client name Redis refuses (a space, a newline, a control byte) is refused alike, on
+/// shared connections (where cachegate keeps the name) and in HELLO, which then leaves the
+/// protocol as it was: the same replies as redis-server's, byte for byte (found by a
+/// reviewer: cachegate took such names, and switched a pinned session to RESP3 that Redis
+/// had left on RESP2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_names_redis_refuses_are_refused_alike() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let shared = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let pinned = Proxy::tls_with_tokens(&pki, &redis, "upstream.multiplex = false\n").await;
+    let script: &[&[&str]] = &[
+        &["CLIENT", "SETNAME", "a b"],
+        &["CLIENT", "SETNAME", "line\nbreak"],
+        &["CLIENT", "GETNAME"],
+        &["HELLO", "3", "SETNAME", "a b"],
+        &["PING"],
+        &["CLIENT", "SETNAME", "fine"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", ""],
+        &["CLIENT", "GETNAME"],
+    ];
+    let mut direct = redis.direct().await;
+    let mut want = Vec::new();
+    for args in script {
+        want.push(s(&direct.cmd(args).await));
+    }
+    assert!(
+        want[0].starts_with("-ERR Client names cannot contain"),
+        "{want:?}"
+    );
+    for proxy in [&shared, &pinned] {
+        let mut c = RawClient::authed(&pki, proxy.addr).await;
+        for (args, want) in script.iter().zip(&want) {
+            assert_eq!(&s(&c.cmd(args).await), want, "{args:?}");
+        }
+    }
+}

@@ -85,6 +85,16 @@ pub fn runs_script(name: &[u8]) -> bool {
     .any(|s| crate::auth::commands::is_word(name, s))
 }
 
+/// Redis's refusal of a client name (`CLIENT SETNAME`, `HELLO ... SETNAME`).
+pub const BAD_CLIENT_NAME: &str =
+    "Client names cannot contain spaces, newlines or special characters.";
+
+/// Whether Redis takes this as a client name: printable ASCII without spaces (or empty,
+/// which clears the name).
+pub fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
 /// CLIENT's subcommand, upper-cased.
 pub fn client_subcommand(args: &[Bytes]) -> Option<Vec<u8>> {
     args.get(1).map(|s| s.to_ascii_uppercase())

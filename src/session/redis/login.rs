@@ -245,6 +245,16 @@ impl RequestSide {
         if self.hello_denied(&forward).await? {
             return Ok(Flow::Continue);
         }
+        // As Redis: a name it refuses fails HELLO after the login, before the protocol changes.
+        let bad_name = forward
+            .get(2..)
+            .unwrap_or_default()
+            .chunks(2)
+            .any(|pair| pair.len() == 2 && !commands::valid_client_name(&pair[1]));
+        if bad_name {
+            self.local(reply::error(commands::BAD_CLIENT_NAME)).await?;
+            return Ok(Flow::Continue);
+        }
         match req.args.get(1).map(|v| &v[..]) {
             Some(b"3") => self.resp3 = true,
             Some(b"2") => self.resp3 = false,

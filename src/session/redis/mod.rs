@@ -1359,6 +1359,9 @@ impl RequestSide {
         };
         let sub = client_subcommand(args).unwrap_or_default();
         match (&sub[..], args.len()) {
+            (b"SETNAME", 3) if !commands::valid_client_name(&args[2]) => {
+                reply::error(commands::BAD_CLIENT_NAME)
+            }
             (b"SETNAME", 3) => {
                 state.name = Some(args[2].clone()).filter(|n| !n.is_empty());
                 Bytes::from_static(reply::OK)
