@@ -724,3 +724,42 @@ async fn a_backend_user_denied_ping_keeps_sessions_in_step() {
     assert_eq!(c.cmd(&["AUTH", TOKEN]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["GET", "k"]).await, b"$2\r\nv2\r\n");
 }
+
+/// SORT's STORE destination is checked however the options are read: Redis's key finder
+/// (`sortGetKeys`) does not take STORE's argument, SORT itself does, so `STORE "GET\0:tmp"
+/// STORE victim` had the ACL check `GET\0:tmp` (read as GET, which skips the next argument)
+/// while SORT wrote `victim`. Redis 7.0's own ACL has the hole (shown below on redis-server
+/// itself); cachegate checks every argument after a STORE (found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_store_is_checked_however_its_options_are_read() {
+    use cachegate::auth::acl::User;
+    let rules = "on >suffix-password ~*:tmp +@all";
+    let user = User::parse("suffix", rules).unwrap();
+    let bypass: Vec<&[u8]> = vec![
+        b"SORT",
+        b"a:tmp",
+        b"STORE",
+        b"GET\0:tmp",
+        b"STORE",
+        b"victim",
+    ];
+    let denied = user.check(&bypass).unwrap_err();
+    assert!(denied.dryrun().contains("'victim'"), "{}", denied.dryrun());
+    assert!(user
+        .check(&[&b"SORT"[..], b"a:tmp", b"STORE", b"b:tmp"])
+        .is_ok());
+    // Redis itself, as that user, writes the key its ACL never checked.
+    let redis = Redis::start().await;
+    let mut admin = redis.direct().await;
+    let mut setuser = vec!["ACL", "SETUSER", "suffix", "reset"];
+    setuser.extend(rules.split_whitespace());
+    assert_eq!(admin.cmd(&setuser).await, b"+OK\r\n");
+    assert_eq!(admin.cmd(&["RPUSH", "a:tmp", "1"]).await, b":1\r\n");
+    let mut as_user = redis.direct().await;
+    assert_eq!(
+        as_user.cmd(&["AUTH", "suffix", "suffix-password"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(as_user.cmd_bytes(&bypass).await, b":1\r\n");
+    assert_eq!(admin.cmd(&["TYPE", "victim"]).await, b"+list\r\n");
+}

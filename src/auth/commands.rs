@@ -265,33 +265,20 @@ fn eq(args: &[impl AsRef<[u8]>], i: i64, word: &str) -> bool {
 /// Keys that Redis finds with a `getkeys_proc` because no key spec describes them.
 fn special_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     match name {
-        // SORT ... STORE <destination>: written. As Redis's `sortGetKeys`: the arguments of
-        // LIMIT (2), GET and BY (1) are skipped, and the *last* STORE is the one SORT writes.
-        "sort" => {
-            let mut store = None;
-            let mut i = 2;
-            while i < args.len() {
-                let a = args[i].as_ref();
-                if crate::auth::commands::is_word(a, b"LIMIT") {
-                    i += 2;
-                } else if crate::auth::commands::is_word(a, b"GET")
-                    || crate::auth::commands::is_word(a, b"BY")
-                {
-                    i += 1;
-                } else if crate::auth::commands::is_word(a, b"STORE") && i + 1 < args.len() {
-                    store = Some(i + 1);
-                }
-                i += 1;
-            }
-            store
-                .map(|index| KeyUse {
-                    index,
-                    read: false,
-                    write: true,
-                })
-                .into_iter()
-                .collect()
-        }
+        // SORT ... STORE <destination>: written. Redis's `sortGetKeys` and SORT itself read
+        // the options differently (the first does not take STORE's argument, so that
+        // `STORE "GET\0x" STORE victim` has it check `GET\0x` while SORT writes `victim`; a
+        // reviewer found it, and Redis 7.0's own ACL has the same hole): every argument after
+        // a STORE is checked as a destination, whichever way the options are read. Stricter
+        // than Redis only where a pattern or a count reads `STORE`, a SORT that fails anyway.
+        "sort" => (2..args.len().saturating_sub(1))
+            .filter(|&i| is_word(args[i].as_ref(), b"STORE"))
+            .map(|i| KeyUse {
+                index: i + 1,
+                read: false,
+                write: true,
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -495,11 +482,16 @@ mod tests {
             geo,
             vec![(1, true, false), (6, false, true), (8, false, true)]
         );
-        assert!(keys(&["SORT", "l", "STORE", "a", "STORE", "b"]).contains(&(5, false, true)));
-        assert!(!keys(&["SORT", "l", "STORE", "a", "STORE", "b"]).contains(&(3, false, true)));
+        // Every argument after a STORE: SORT writes the last, Redis's key finder checks
+        // another when an option reads differently (`STORE "GET\0x" STORE b`).
+        let sort = keys(&["SORT", "l", "STORE", "a", "STORE", "b"]);
+        assert!(sort.contains(&(5, false, true)) && sort.contains(&(3, false, true)));
+        let sort = keys(&["SORT", "l", "STORE", "GET\0x", "STORE", "b"]);
+        assert!(sort.contains(&(5, false, true)) && sort.contains(&(3, false, true)));
+        // A pattern that reads STORE: its next argument is checked too (that SORT fails).
         assert_eq!(
             keys(&["SORT", "l", "BY", "STORE", "x"]),
-            vec![(1, true, false)]
+            vec![(1, true, false), (4, false, true)]
         );
     }
 }

@@ -420,6 +420,9 @@ pub fn rest_of_bulk(buf: &[u8], min: usize) -> usize {
 pub struct ReplyScanner {
     /// Inside an unfinished frame: where it was left.
     progress: Option<Progress>,
+    /// Reading a frame only to drop it: a blob's body is passed by its declared length before
+    /// it has arrived, so that the caller can drop it as it comes (`scanned`, `dropped`).
+    passing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -445,6 +448,11 @@ impl ReplyScanner {
         if let Some(p) = &mut self.progress {
             p.pos -= n.min(p.pos);
         }
+    }
+
+    /// Frames from now on are read only to be dropped (or no longer).
+    pub fn pass_blobs(&mut self, on: bool) {
+        self.passing = on;
     }
 
     /// The next complete reply at the front of `buf` (which must hold the same bytes as on the
@@ -505,6 +513,12 @@ impl ReplyScanner {
                         .and_then(|e| e.checked_add(2))
                         .filter(|&e| e <= max_reply)
                         .ok_or(ReplyError::TooLarge(max_reply))?;
+                    if buf.len() < end && self.passing {
+                        // Dropped as it comes: its body (and CRLF) passed by length.
+                        p.pos = end;
+                        p.due -= 1;
+                        continue;
+                    }
                     if buf.len() < end {
                         // Resume at this header: it is cheap to read again.
                         self.progress = Some(Progress {
@@ -548,6 +562,11 @@ impl ReplyScanner {
         }
         if p.pos > max_reply {
             return Err(ReplyError::TooLarge(max_reply));
+        }
+        if p.pos > buf.len() {
+            // A passed blob's body is still to come: the frame ends there.
+            self.progress = Some(p);
+            return Ok(None);
         }
         Ok(Some((p.pos, p.kind.unwrap_or(ReplyKind::Other))))
     }
@@ -952,6 +971,34 @@ mod tests {
         );
     }
 
+    /// A large blob read only to be dropped never waits whole in the buffer: what has come of
+    /// it is dropped after every read.
+    #[test]
+    fn a_passed_blob_is_dropped_as_it_comes() {
+        let mut wire = b"*2\r\n$1000000\r\n".to_vec();
+        wire.extend(vec![b'x'; 1_000_000]);
+        wire.extend(b"\r\n:1\r\n");
+        let mut scanner = ReplyScanner::default();
+        scanner.pass_blobs(true);
+        let (mut buf, mut dropped, mut most) = (Vec::new(), 0, 0);
+        let mut done = None;
+        for chunk in wire.chunks(65_536) {
+            buf.extend_from_slice(chunk);
+            most = most.max(buf.len());
+            match scanner.next(&buf, usize::MAX).unwrap() {
+                Some((len, _)) => done = Some(dropped + len),
+                None => {
+                    let n = scanner.scanned().min(buf.len());
+                    buf.drain(..n);
+                    scanner.dropped(n);
+                    dropped += n;
+                }
+            }
+        }
+        assert_eq!(done, Some(wire.len()));
+        assert!(most <= 65_536 + 16, "{most}");
+    }
+
     /// The frame lengths a resumable scanner finds in `wire` delivered in pieces cut at `cuts`.
     fn scan_in_chunks(wire: &[u8], cuts: &[prop::sample::Index]) -> Vec<usize> {
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
@@ -1108,6 +1155,44 @@ mod tests {
                 }
             }
             prop_assert_eq!(scan_in_chunks(&wire, &cuts), want);
+        }
+
+        /// Frames read only to be dropped, under any chunking, with what the scanner has passed
+        /// dropped after every read (blobs before they arrive): the bytes dropped and the
+        /// frames it reports complete add up to each frame's length.
+        #[test]
+        fn frames_passed_and_dropped_as_they_come_add_up(
+            frames in prop::collection::vec(arb_frame(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let wire: Vec<u8> = frames.concat();
+            let want: Vec<usize> = frames.iter().map(|f| f.len()).collect();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut scanner = ReplyScanner::default();
+            scanner.pass_blobs(true);
+            let (mut buf, mut got, mut dropped, mut last) = (Vec::new(), Vec::new(), 0, 0);
+            for cut in points.into_iter().chain([wire.len()]) {
+                buf.extend_from_slice(&wire[last..cut]);
+                last = cut;
+                loop {
+                    match scanner.next(&buf, usize::MAX).unwrap() {
+                        Some((len, _)) => {
+                            got.push(dropped + len);
+                            buf.drain(..len);
+                            dropped = 0;
+                        }
+                        None => {
+                            let n = scanner.scanned().min(buf.len());
+                            buf.drain(..n);
+                            scanner.dropped(n);
+                            dropped += n;
+                            break;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(got, want);
         }
 
         /// Where redis-protocol's decoder (a second, independent reading of RESP3) accepts a

@@ -287,7 +287,12 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
         && crate::auth::commands::is_word(&req.args[1], b"DRYRUN")
         && !policy.is_empty()
     {
+        // (A name with a NUL is no command here: Redis would find one in a few hundred such
+        // names as the command before the NUL, a disabled one included.)
         req.args[3] = match policy.decide(&req.args[3]) {
+            _ if memchr::memchr(0, &req.args[3]).is_some() => {
+                Bytes::from_static(commands::HIDDEN_PLACEHOLDER)
+            }
             Decision::Allow => req.args[3].clone(),
             Decision::Rename(real) => real,
             Decision::Refuse => Bytes::from_static(commands::HIDDEN_PLACEHOLDER),
@@ -734,6 +739,24 @@ mod tests {
             &p,
         );
         assert_eq!(&req.args[3][..], commands::HIDDEN_PLACEHOLDER);
+        // A name with a NUL cannot probe a disabled command (Redis would read one in a few
+        // hundred as the command before the NUL); nor is a command so named run.
+        let (_, req) = admit_call(
+            &[
+                "ACL".into(),
+                "DRYRUN".into(),
+                "u".into(),
+                "keys\x00111".into(),
+            ],
+            IN,
+            &p,
+        );
+        assert_eq!(&req.args[3][..], commands::HIDDEN_PLACEHOLDER);
+        let (a, _) = admit_call(&["keys\x00111".into(), "*".into()], IN, &p);
+        assert!(
+            matches!(&a, Admission::Answer { reply, .. } if reply.starts_with(b"-ERR unknown command")),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -451,6 +451,7 @@ async fn serve(
                             head.len = 0;
                         }
                         skipping = true;
+                        scanner.pass_blobs(true);
                         continue;
                     }
                     other => other.map(|r| r.map(|(len, _)| len)).map_err(Broken::from),
@@ -473,6 +474,10 @@ async fn serve(
                         if head.got == head.frames.count() {
                             pending.pop_front();
                             skipping = false;
+                            scanner.pass_blobs(false);
+                            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+                                buf = BytesMut::with_capacity(16 * 1024);
+                            }
                         }
                         continue;
                     }
@@ -525,6 +530,7 @@ async fn serve(
                     bytes::Buf::advance(&mut buf, head.len);
                     head.len = 0;
                     skipping = true;
+                    scanner.pass_blobs(true);
                     continue;
                 }
             }
