@@ -509,10 +509,17 @@ async fn serve(
                 }
                 Ok(None) => {
                     if skipping {
-                        // What is read of the reply being dropped goes at once.
+                        // What is read of the reply being dropped goes at once; while it keeps
+                        // coming, the request timeout counts from the last of it (a slow
+                        // drain must not fail the requests queued behind it).
                         let n = scanner.scanned().min(buf.len());
                         bytes::Buf::advance(&mut buf, n);
                         scanner.dropped(n);
+                        if n > 0 {
+                            if let Some(head) = pending.front_mut() {
+                                head.sent = Instant::now();
+                            }
+                        }
                     }
                     break;
                 }
