@@ -426,6 +426,22 @@ async fn no_client_can_lock_cachegate_out_of_its_backend() {
             vec!["CONFIG", "SET", "client-query-buffer-limit", "1048576"],
             "client-query-buffer-limit",
         ),
+        // Where a cluster's nodes say they are, which a cluster listener connects to.
+        (
+            vec![
+                "CONFIG",
+                "SET",
+                "cluster-preferred-endpoint-type",
+                "hostname",
+                "cluster-announce-hostname",
+                "evil.example",
+            ],
+            "cluster-preferred-endpoint-type",
+        ),
+        (
+            vec!["CONFIG", "SET", "cluster-announce-ip", "203.0.113.9"],
+            "cluster-announce-ip",
+        ),
     ] {
         let got = s(&c.cmd(&args).await);
         assert!(

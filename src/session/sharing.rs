@@ -165,6 +165,14 @@ pub(crate) fn arity_fits(arity: i64, given: usize) -> bool {
 /// is refused. (`timeout` is not: it closes connections only while idle, which cachegate
 /// replaces, and redis-py's own tests set it.)
 const LOCKOUT_SETTINGS: &[&str] = &[
+    // Where a cluster's nodes say they are: a cluster listener connects there (with its
+    // credentials and client certificate), verifying the name announced.
+    "cluster-announce-ip",
+    "cluster-announce-hostname",
+    "cluster-announce-port",
+    "cluster-announce-tls-port",
+    "cluster-announce-bus-port",
+    "cluster-preferred-endpoint-type",
     "proto-max-bulk-len",
     "client-query-buffer-limit",
     "client-output-buffer-limit",
