@@ -384,3 +384,81 @@ async fn connection_limit_refuses_extras_quickly() {
         .await
     );
 }
+
+/// With `tls.client_crl`, every certificate of a client's chain is checked, intermediates
+/// too: a client certificate under an intermediate CA its root revoked is refused (only the
+/// leaf was checked, so revoking a compromised sub-CA did nothing; found by a reviewer), one
+/// under an intermediate still in good standing gets in, and a chain whose intermediate's
+/// standing is unknown (no CRL of its root given) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_intermediate_ca_revokes_what_it_issued() {
+    use cachegate::tls::dev_certs::DevCa;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let root = DevCa::generate_with_depth("test root", 1).unwrap();
+    let (good, _) = root
+        .issue_intermediate("intermediate in good standing")
+        .unwrap();
+    let (bad, bad_serial) = root.issue_intermediate("revoked intermediate").unwrap();
+    let leaf = |ca: &DevCa, name: &str| {
+        let issued = ca.issue_client(name).unwrap();
+        (
+            w(
+                &format!("{name}.pem"),
+                &format!("{}{}", issued.cert_pem, ca.cert_pem()),
+            ),
+            w(&format!("{name}-key.pem"), &issued.key_pem),
+        )
+    };
+    let (good_leaf, good_key) = leaf(&good, "good-leaf");
+    let (bad_leaf, bad_key) = leaf(&bad, "bad-leaf");
+    let ca = w("root.pem", &root.cert_pem());
+    let issuers_crls = format!(
+        "{}{}{}",
+        root.crl_pem(&[&bad_serial]).unwrap(),
+        good.crl_pem(&[]).unwrap(),
+        bad.crl_pem(&[]).unwrap()
+    );
+    let all = w("all.crl", &issuers_crls);
+    let leaves_only = w(
+        "leaves.crl",
+        &format!(
+            "{}{}",
+            good.crl_pem(&[]).unwrap(),
+            bad.crl_pem(&[]).unwrap()
+        ),
+    );
+    let served =
+        |proxy: std::net::SocketAddr, cert: std::path::PathBuf, key: std::path::PathBuf| {
+            let config = pki.client_config(rustls::ALL_VERSIONS, Some((&cert, &key)));
+            async move {
+                match RawClient::try_tls(config, proxy).await {
+                    Ok(mut c) => {
+                        c.send_cmd(&["AUTH", TOKEN]).await;
+                        c.try_read().await.as_deref() == Some(&b"+OK\r\n"[..])
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+    for (crl, good_in) in [(&all, true), (&leaves_only, false)] {
+        let extra = format!(
+            "tls.client_auth = \"required\"\ntls.client_ca = {ca:?}\ntls.client_crl = {crl:?}\n"
+        );
+        let proxy = Proxy::tls_with_tokens(&pki, &redis, &extra).await;
+        assert_eq!(
+            served(proxy.addr, good_leaf.clone(), good_key.clone()).await,
+            good_in,
+            "{crl:?}"
+        );
+        assert!(
+            !served(proxy.addr, bad_leaf.clone(), bad_key.clone()).await,
+            "{crl:?}"
+        );
+    }
+}

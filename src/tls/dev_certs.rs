@@ -17,6 +17,16 @@ pub struct DevCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
+/// A random positive serial number.
+fn random_serial() -> Result<[u8; 8], rcgen::Error> {
+    let mut serial = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| rcgen::Error::RingUnspecified)?;
+    // Positive, as DER integers for serial numbers must be.
+    serial[0] &= 0x7f;
+    Ok(serial)
+}
+
 /// A PEM certificate and its PEM private key.
 pub struct Issued {
     pub cert_pem: String,
@@ -27,8 +37,13 @@ pub struct Issued {
 
 impl DevCa {
     pub fn generate(common_name: &str) -> Result<Self, rcgen::Error> {
+        Self::generate_with_depth(common_name, 0)
+    }
+
+    /// A root that may sign `depth` levels of intermediate CAs below it.
+    pub fn generate_with_depth(common_name: &str, depth: u8) -> Result<Self, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(depth));
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -43,6 +58,24 @@ impl DevCa {
 
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// An intermediate CA signed by this one (which must allow one), and its serial number.
+    pub fn issue_intermediate(&self, common_name: &str) -> Result<(DevCa, Vec<u8>), rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let serial = random_serial()?;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let issuer = CertifiedIssuer::signed_by(params, KeyPair::generate()?, &self.issuer)?;
+        Ok((DevCa { issuer }, serial.to_vec()))
     }
 
     /// A server certificate for these DNS names / IP addresses.
@@ -65,11 +98,7 @@ impl DevCa {
         } else {
             ExtendedKeyUsagePurpose::ServerAuth
         }];
-        let mut serial = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
-            .map_err(|_| rcgen::Error::RingUnspecified)?;
-        // Positive, as DER integers for serial numbers must be.
-        serial[0] &= 0x7f;
+        let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;

@@ -73,9 +73,10 @@ pub fn build(
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
             if !opts.client_crls.is_empty() {
-                verifier = verifier
-                    .with_crls(opts.client_crls.iter().cloned())
-                    .only_check_end_entity_revocation();
+                // Every certificate of the chain is checked, intermediates too (a revoked
+                // sub-CA revokes what it issued), and one whose issuer's CRL is not given is
+                // refused: `client_crl` holds the CRL of every issuer in the chain.
+                verifier = verifier.with_crls(opts.client_crls.iter().cloned());
             }
             let verifier = if matches!(opts.client_auth, ClientAuth::Optional(_)) {
                 verifier.allow_unauthenticated()
