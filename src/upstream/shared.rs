@@ -143,6 +143,12 @@ pub struct Replies {
 }
 
 impl Replies {
+    /// The bytes, and their share of the process's buffer budget, to keep as long as they
+    /// are held (a cluster command's parts until they are merged).
+    pub fn into_parts(self) -> (Bytes, crate::budget::Charge) {
+        (self.bytes, self._charge)
+    }
+
     /// How many replies (memcached).
     pub fn count(&self) -> usize {
         self.ends.len()

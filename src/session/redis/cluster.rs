@@ -270,8 +270,16 @@ struct Attempt {
     sent: Option<oneshot::Receiver<SharedReply>>,
 }
 
+/// A part's reply, with its share of the process's buffer budget while it is held.
+type Charged = (Bytes, Option<crate::budget::Charge>);
+
 impl Attempt {
-    async fn settle(mut self) -> Result<Bytes, SharedError> {
+    async fn settle(self) -> Result<Bytes, SharedError> {
+        self.settle_charged().await.map(|(bytes, _)| bytes)
+    }
+
+    /// The reply, charged to the process's buffer budget until the caller lets it go.
+    async fn settle_charged(mut self) -> Result<Charged, SharedError> {
         // A node but nothing sent: deferred until everything the session sent before it has
         // been answered; it goes out now, to the slot's node as the map now says.
         if self.node.is_some() && self.sent.is_none() {
@@ -287,14 +295,14 @@ impl Attempt {
             let last = attempt == MAX_TRIES;
             let outcome = match self.sent.take() {
                 Some(rx) => rx.await.unwrap_or(Err(SharedError::Gone)),
-                None if last => return Ok(Bytes::from_static(NOT_SERVED)),
+                None if last => return Ok((Bytes::from_static(NOT_SERVED), None)),
                 None => Err(SharedError::Unavailable(Arc::new(
                     crate::error::UpstreamError::NoNode,
                 ))),
             };
             match outcome {
                 Ok(replies) => {
-                    let mut bytes = replies.bytes;
+                    let (mut bytes, charge) = replies.into_parts();
                     if asking {
                         // ASKING's own +OK first.
                         if let Ok(Some((len, _))) = frame_len(&bytes) {
@@ -314,16 +322,19 @@ impl Attempt {
                         None => true,
                     };
                     match redirect {
-                        None => return Ok(bytes),
+                        None => return Ok((bytes, Some(charge))),
                         Some(Redirect::Moved(..) | Redirect::Ask(..)) if last || !own => {
                             self.cluster.stale();
-                            return Ok(Bytes::from_static(if self.follows {
-                                MOVING
-                            } else {
-                                SCRIPT_MOVED
-                            }));
+                            return Ok((
+                                Bytes::from_static(if self.follows {
+                                    MOVING
+                                } else {
+                                    SCRIPT_MOVED
+                                }),
+                                None,
+                            ));
                         }
-                        Some(_) if last || !own => return Ok(bytes),
+                        Some(_) if last || !own => return Ok((bytes, Some(charge))),
                         Some(Redirect::Moved(_, ref to) | Redirect::Ask(_, ref to))
                             if !self.cluster.knows(&target(to, self.node.as_deref())) =>
                         {
@@ -378,7 +389,7 @@ impl Attempt {
                 });
             }
         }
-        Ok(Bytes::from_static(NOT_SERVED))
+        Ok((Bytes::from_static(NOT_SERVED), None))
     }
 }
 
@@ -497,6 +508,14 @@ fn keyspace(texts: &[String]) -> String {
 }
 
 /// The client's one reply from the parts' replies, in part order.
+/// The parts merged, or the error a single node's reply past `max_reply` gets.
+fn merged_within(how: &Merge, parts: Vec<Bytes>, max_reply: usize) -> Result<Bytes, SharedError> {
+    if parts.iter().map(Bytes::len).sum::<usize>() > max_reply {
+        return Err(SharedError::ReplyTooLarge(max_reply));
+    }
+    Ok(merge(how, parts))
+}
+
 fn merge(merge: &Merge, parts: Vec<Bytes>) -> Bytes {
     if let Some(error) = parts.iter().find(|p| is_error(p)) {
         return error.clone();
@@ -707,14 +726,21 @@ impl RequestSide {
                 for (slot, part) in parts {
                     let bytes = encode(&part);
                     let placed = self.place_request(&map, Some(slot), reads, &bytes).await;
-                    attempts.push(attempt(Some(slot), bytes, placed).settle());
+                    attempts.push(attempt(Some(slot), bytes, placed).settle_charged());
                 }
+                let max_reply = self.ctx.limits.max_reply_bytes;
                 Box::pin(async move {
                     let mut replies = Vec::with_capacity(attempts.len());
+                    // Each part stays charged to the process's buffer budget until the merge
+                    // (a part the budget refuses fails the command), and the whole is held to
+                    // `max_reply_bytes` as a single node's reply is.
+                    let mut charges = Vec::with_capacity(attempts.len());
                     for r in futures_util::future::join_all(attempts).await {
-                        replies.push(r?);
+                        let (bytes, charge) = r?;
+                        replies.push(bytes);
+                        charges.push(charge);
                     }
-                    Ok(merge(&how, replies))
+                    merged_within(&how, replies, max_reply)
                 })
             }
             Route::All(how) => {
@@ -734,6 +760,7 @@ impl RequestSide {
                 }
                 let nodes = map.primaries.clone();
                 let guard = Outstanding::new(&outstanding);
+                let max_reply = self.ctx.limits.max_reply_bytes;
                 Box::pin(async move {
                     let _guard = guard;
                     if !now {
@@ -742,10 +769,14 @@ impl RequestSide {
                         }
                     }
                     let mut replies = Vec::with_capacity(waits.len());
+                    let mut charges = Vec::with_capacity(waits.len());
                     for rx in waits {
-                        replies.push(rx.await.unwrap_or(Err(SharedError::Gone))?.bytes);
+                        let (bytes, charge) =
+                            rx.await.unwrap_or(Err(SharedError::Gone))?.into_parts();
+                        replies.push(bytes);
+                        charges.push(charge);
                     }
-                    Ok(merge(&how, replies))
+                    merged_within(&how, replies, max_reply)
                 })
             }
             Route::Scan => {
