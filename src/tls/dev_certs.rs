@@ -17,6 +17,21 @@ pub struct DevCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
+/// A CA certificate's parameters: this name, `depth` levels of CAs allowed below it.
+fn ca_params(common_name: &str, depth: u8) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(depth));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 /// A random positive serial number.
 fn random_serial() -> Result<[u8; 8], rcgen::Error> {
     let mut serial = [0u8; 8];
@@ -42,16 +57,7 @@ impl DevCa {
 
     /// A root that may sign `depth` levels of intermediate CAs below it.
     pub fn generate_with_depth(common_name: &str, depth: u8) -> Result<Self, rcgen::Error> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(depth));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(common_name, depth)?;
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         Ok(Self { issuer })
     }
@@ -62,16 +68,7 @@ impl DevCa {
 
     /// An intermediate CA signed by this one (which must allow one), and its serial number.
     pub fn issue_intermediate(&self, common_name: &str) -> Result<(DevCa, Vec<u8>), rcgen::Error> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(common_name, 0)?;
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let issuer = CertifiedIssuer::signed_by(params, KeyPair::generate()?, &self.issuer)?;
