@@ -16,9 +16,13 @@ pub struct CertNames {
 pub fn names(der: &[u8]) -> Option<CertNames> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let mut out = CertNames::default();
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(s) = cn.as_str() {
-            out.cn.push(s.to_string());
+    // A subject with several CNs names nobody by CN: a CA that checked one of them could be
+    // used to get another's mapping (found by a reviewer). Its SANs still count.
+    if cert.subject().iter_common_name().count() == 1 {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                out.cn.push(s.to_string());
+            }
         }
     }
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -104,5 +108,33 @@ mod tests {
         ];
         assert_eq!(user_for(&maps, &names), Some("app"));
         assert_eq!(user_for(&maps[..1], &names), None);
+    }
+
+    /// A subject with two CNs (made with `openssl req -subj "/CN=alice/CN=ops-console"`)
+    /// matches no CN rule, whichever of its CNs the rule names.
+    #[test]
+    fn a_subject_with_several_cns_names_nobody_by_cn() {
+        const TWO_CNS: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBpDCCAUmgAwIBAgIUK+u+y7X4d6Ep2ZqeJFtaahIW/LQwCgYIKoZIzj0EAwIw\n\
+JjEOMAwGA1UEAwwFYWxpY2UxFDASBgNVBAMMC29wcy1jb25zb2xlMCAXDTI2MTEz\n\
+MDA4MjIzNFoYDzIxMjYxMTA2MDgyMjM0WjAmMQ4wDAYDVQQDDAVhbGljZTEUMBIG\n\
+A1UEAwwLb3BzLWNvbnNvbGUwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATk8t89\n\
+cdrqocNtKg3QrRRVNqddMB+Q+nA66RmB+cQoWlqZnUO3alxYRQTubhlGOowDbFbn\n\
+Dcz/+GuyRGNjkaOAo1MwUTAdBgNVHQ4EFgQUzaHniQrzvw6LXKTXKJWxKANpBe4w\n\
+HwYDVR0jBBgwFoAUzaHniQrzvw6LXKTXKJWxKANpBe4wDwYDVR0TAQH/BAUwAwEB\n\
+/zAKBggqhkjOPQQDAgNJADBGAiEAkF7SyfztLuAAKOLK58d9UkFDxoHIEHGyX164\n\
+yxldlU0CIQCT8f3ujFSj+XG5ua7Vu2ExNRo8eBQjaECxodvLcH9pFw==\n\
+-----END CERTIFICATE-----";
+        let der = CertificateDer::from_pem_slice(TWO_CNS.as_bytes()).unwrap();
+        let names = names(&der).unwrap();
+        assert!(names.cn.is_empty(), "{names:?}");
+        for cn in ["alice", "ops-console"] {
+            let maps = [CertMapping {
+                kind: NameKind::Cn,
+                value: cn.into(),
+                user: "ops".into(),
+            }];
+            assert_eq!(user_for(&maps, &names), None, "{cn}");
+        }
     }
 }
