@@ -74,6 +74,41 @@ fn shipped_examples_check_as_shipped() {
     }
 }
 
+/// A client CRL past its next update is still used but warned about (a CRL pipeline that
+/// stopped would fail quietly otherwise); a current one is not.
+#[test]
+fn a_client_crl_past_its_date_is_warned_about() {
+    use cachegate::tls::dev_certs::DevCa;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate("crl issuer").unwrap();
+    let path = dir.path().join("crl.toml");
+    for (next_year, warned) in [(2021, true), (2099, false)] {
+        let crl = dir.path().join(format!("{next_year}.crl"));
+        std::fs::write(&crl, ca.crl_pem_until(&[], next_year).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\n\
+                 tls.client_ca = {:?}\ntls.client_crl = {crl:?}\nauth.mode = \"none\"\n\
+                 upstream.address = \"127.0.0.1:6379\"\n",
+                dir.path(),
+                pki.tls_toml(),
+                pki.ca
+            ),
+        )
+        .unwrap();
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+        let logs = format!("{}{}", s(&out.stdout), s(&out.stderr));
+        assert_eq!(
+            logs.contains("past its next update"),
+            warned,
+            "{next_year}: {logs}"
+        );
+    }
+}
+
 /// A trusted PROXY-protocol network of more than 16 addresses is warned about (any host in it
 /// can claim any client address); the balancers' own addresses are not.
 #[test]

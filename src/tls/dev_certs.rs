@@ -108,9 +108,14 @@ impl DevCa {
 
     /// A CRL (PEM) of this CA revoking the certificates with these serial numbers.
     pub fn crl_pem(&self, revoked: &[&[u8]]) -> Result<String, rcgen::Error> {
+        self.crl_pem_until(revoked, 2099)
+    }
+
+    /// [`DevCa::crl_pem`], due to be replaced at the start of `next_year`.
+    pub fn crl_pem_until(&self, revoked: &[&[u8]], next_year: i32) -> Result<String, rcgen::Error> {
         let params = CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2025, 1, 1),
-            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(next_year, 1, 1),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: revoked

@@ -80,7 +80,23 @@ pub(super) fn server_tls(
             Vec::new()
         }
         Some(path) => match crate::tls::pem::load_crls(&resolve(base, path)) {
-            Ok(crls) => crls,
+            Ok(crls) => {
+                // Still used past its date (a fresh one may be on its way), but said: a CRL
+                // pipeline that stopped fails quietly otherwise (found by a reviewer).
+                let now = crate::deadline::unix_now();
+                for crl in &crls {
+                    use x509_parser::prelude::FromDer;
+                    let due =
+                        x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+                            .ok()
+                            .and_then(|(_, crl)| crl.next_update())
+                            .map(|t| t.timestamp());
+                    if due.is_some_and(|due| due < now) {
+                        tracing::warn!(setting = %format!("{key}.client_crl"), path = %path.display(), "a client CRL is past its next update: it is still used; replace it");
+                    }
+                }
+                crls
+            }
             Err(e) => {
                 p.pem(format!("{key}.client_crl"), e);
                 Vec::new()
