@@ -19,6 +19,14 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Writes `config` to `path`, checks it (it must be valid) and returns what the check logged.
+fn checked_logs(path: &std::path::Path, config: &str) -> String {
+    std::fs::write(path, config).unwrap();
+    let out = check(path);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+    format!("{}{}", s(&out.stdout), s(&out.stderr))
+}
+
 #[test]
 fn shipped_example_configs_are_valid() {
     let pki = Pki::new();
@@ -86,9 +94,9 @@ fn a_client_crl_past_its_date_is_warned_about() {
     for (next_year, warned) in [(2021, true), (2099, false)] {
         let crl = dir.path().join(format!("{next_year}.crl"));
         std::fs::write(&crl, ca.crl_pem_until(&[], next_year).unwrap()).unwrap();
-        std::fs::write(
+        let logs = checked_logs(
             &path,
-            format!(
+            &format!(
                 "data_dir = {:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\n\
                  tls.client_ca = {:?}\ntls.client_crl = {crl:?}\nauth.mode = \"none\"\n\
                  upstream.address = \"127.0.0.1:6379\"\n",
@@ -96,11 +104,7 @@ fn a_client_crl_past_its_date_is_warned_about() {
                 pki.tls_toml(),
                 pki.ca
             ),
-        )
-        .unwrap();
-        let out = check(&path);
-        assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
-        let logs = format!("{}{}", s(&out.stdout), s(&out.stderr));
+        );
         assert_eq!(
             logs.contains("past its next update"),
             warned,
@@ -128,10 +132,7 @@ fn a_wide_trusted_proxy_network_is_warned_about() {
         ("\"2001:db8::/64\"", true),
         ("\"10.0.3.17\", \"10.0.4.0/28\", \"2001:db8::5\"", false),
     ] {
-        std::fs::write(&path, config(trusted)).unwrap();
-        let out = check(&path);
-        assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
-        let logs = format!("{}{}", s(&out.stdout), s(&out.stderr));
+        let logs = checked_logs(&path, &config(trusted));
         assert_eq!(
             logs.contains("every host in it can claim any client address"),
             warned,
