@@ -999,10 +999,16 @@ mod tests {
         assert!(most <= 65_536 + 16, "{most}");
     }
 
-    /// The frame lengths a resumable scanner finds in `wire` delivered in pieces cut at `cuts`.
-    fn scan_in_chunks(wire: &[u8], cuts: &[prop::sample::Index]) -> Vec<usize> {
+    /// Where `cuts` cut `wire`, in order.
+    fn cut_points(wire: &[u8], cuts: &[prop::sample::Index]) -> Vec<usize> {
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
         points.sort_unstable();
+        points
+    }
+
+    /// The frame lengths a resumable scanner finds in `wire` delivered in pieces cut at `cuts`.
+    fn scan_in_chunks(wire: &[u8], cuts: &[prop::sample::Index]) -> Vec<usize> {
+        let points = cut_points(wire, cuts);
         let mut scanner = ReplyScanner::default();
         let mut buf = Vec::new();
         let mut got = Vec::new();
@@ -1167,8 +1173,7 @@ mod tests {
         ) {
             let wire: Vec<u8> = frames.concat();
             let want: Vec<usize> = frames.iter().map(|f| f.len()).collect();
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
-            points.sort_unstable();
+            let points = cut_points(&wire, &cuts);
             let mut scanner = ReplyScanner::default();
             scanner.pass_blobs(true);
             let (mut buf, mut got, mut dropped, mut last) = (Vec::new(), Vec::new(), 0, 0);

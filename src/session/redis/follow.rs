@@ -445,6 +445,14 @@ impl RequestSide {
 mod tests {
     use super::*;
 
+    /// A RESP3 `sunsubscribe` of `name` leaving no shard channel.
+    fn ended_push(name: &str) -> String {
+        format!(
+            ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
+            name.len()
+        )
+    }
+
     fn intercepts(f: &Follow, frame: &[u8]) -> bool {
         confirmation(frame).is_some_and(|c| f.intercepts(c))
     }
@@ -498,12 +506,7 @@ mod tests {
         // However many channels one SUNSUBSCRIBE names, each confirmation is the client's,
         // found without going through the others (a linear search per confirmation took
         // minutes of one thread for a million names).
-        let leave = |name: &str| {
-            format!(
-                ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
-                name.len()
-            )
-        };
+        let leave = ended_push;
         let many: Vec<Bytes> = (0..200_000)
             .map(|i| Bytes::from(format!("{{t}}{i}")))
             .collect();
@@ -531,12 +534,7 @@ mod tests {
 
     #[test]
     fn a_channel_the_client_leaves_is_not_followed_after_all() {
-        let ended = |name: &str| {
-            format!(
-                ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
-                name.len()
-            )
-        };
+        let ended = ended_push;
         let f = Follow::default();
         assert!(intercepts(&f, ended("{a}x").as_bytes()));
         assert!(intercepts(&f, ended("{b}y").as_bytes()));
@@ -562,12 +560,7 @@ mod tests {
 
     #[test]
     fn a_refused_sunsubscribe_is_awaited_no_more() {
-        let ended = |name: &str| {
-            format!(
-                ">3\r\n$12\r\nsunsubscribe\r\n${}\r\n{name}\r\n:0\r\n",
-                name.len()
-            )
-        };
+        let ended = ended_push;
         let f = Follow::default();
         // An end of all, refused: a node's ending is a node's at once (it was the client's
         // own until the refusal, for ever).
