@@ -55,6 +55,15 @@ fn config(st: &Setup, extra: &str) -> String {
     )
 }
 
+/// `config` with an admin listener (for /metrics).
+fn with_admin(config: &str) -> String {
+    config.replacen(
+        "\n\n[[listeners]]",
+        "\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
+        1,
+    )
+}
+
 /// RESP2 and RESP3, each on shared connections (`shared`) and on a session's own
 /// (`pinned`, a listener without multiplexing).
 fn every_path(shared: &Proxy, pinned: &Proxy) -> [(bool, std::net::SocketAddr); 4] {
@@ -157,12 +166,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_moved_tampered_or_written_in_clear_does_not_open() {
     let st = setup().await;
-    let proxy = Proxy::start(&config(&st, "").replacen(
-        "\n\n[[listeners]]",
-        "\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
-        1,
-    ))
-    .await;
+    let proxy = Proxy::start(&with_admin(&config(&st, ""))).await;
     let mut c = RawClient::tls(&st.pki, proxy.addr).await;
     assert_eq!(c.cmd(&["SET", "pii:1", CANARY]).await, b"+OK\r\n");
     let mut direct = st.redis.direct().await;
@@ -1119,12 +1123,7 @@ async fn hvals_says_why_when_hgetall_is_kept_from_the_backend_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_values_cachegate_seals_are_counted() {
     let st = setup().await;
-    let proxy = Proxy::start(&config(&st, "").replacen(
-        "\n\n[[listeners]]",
-        "\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]",
-        1,
-    ))
-    .await;
+    let proxy = Proxy::start(&with_admin(&config(&st, ""))).await;
     let seals = || async {
         metric(
             &proxy.admin_get("/metrics").await.1,
