@@ -216,10 +216,6 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     // The real name decides what a command does (a renamed MULTI is MULTI). The commands
     // cachegate answers itself cannot be renamed or refused, so they always pass as typed.
     let decision = match typed {
-        // A name with a NUL in it names no command cachegate knows, but Redis compares names
-        // only up to the NUL (its hash covers the rest): one such name in a few hundred runs a
-        // real command (`flushall\0102` ran FLUSHALL past `commands.disable`). Unknown here.
-        _ if memchr::memchr(0, req.name()).is_some() => Decision::Refuse,
         Some(typed) if !policy.is_empty() => policy.decide_folded(typed),
         _ => Decision::Allow,
     };
@@ -266,6 +262,13 @@ pub fn admit(req: &mut Request, gate: Gate<'_>, policy: &Policy) -> Admission {
     let found = std::str::from_utf8(lower)
         .ok()
         .and_then(|lower| crate::auth::commands::table().lookup_folded(lower, &req.args));
+    // A name with a NUL in it is in no table, but Redis compares names only up to the NUL
+    // (its hash covers the rest): one such name in a few hundred runs a real command
+    // (`flushall\0102` ran FLUSHALL past `commands.disable`). Unknown here. (Looked for only
+    // among names the table does not know: no cost to a known command.)
+    if found.is_none() && memchr::memchr(0, req.name()).is_some() {
+        return answer(reply::unknown_command(&req.args), true, None);
+    }
     if let Some(user) = gate.user {
         // Checked when queued inside MULTI too; a refusal there aborts the EXEC, as in Redis.
         if let Err(denied) = user.check_found(&req.args, found) {
