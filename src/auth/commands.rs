@@ -235,7 +235,7 @@ impl CommandInfo {
 /// `setGetKeys` and `bitfieldGetKeys` decide them: SET reads its key only with GET; BITFIELD
 /// writes unless it is GET/OVERFLOW only.
 fn variable_flags(name: &str, args: &[impl AsRef<[u8]>]) -> (bool, bool) {
-    let is = |i: usize, w: &[u8]| crate::auth::commands::is_word(args[i].as_ref(), w);
+    let is = |i: usize, w: &[u8]| is_word(args[i].as_ref(), w);
     match name {
         "set" => ((3..args.len()).any(|i| is(i, b"GET")), true),
         "bitfield" => {
@@ -259,7 +259,7 @@ fn variable_flags(name: &str, args: &[impl AsRef<[u8]>]) -> (bool, bool) {
 
 fn eq(args: &[impl AsRef<[u8]>], i: i64, word: &str) -> bool {
     args.get(i as usize)
-        .is_some_and(|a| crate::auth::commands::is_word(a.as_ref(), word.as_bytes()))
+        .is_some_and(|a| is_word(a.as_ref(), word.as_bytes()))
 }
 
 /// Keys that Redis finds with a `getkeys_proc` because no key spec describes them.
@@ -303,9 +303,7 @@ fn georadius_keys(name: &str, args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
     let mut i = start;
     while i + 1 < args.len() {
         let a = args[i].as_ref();
-        if crate::auth::commands::is_word(a, b"STORE")
-            || crate::auth::commands::is_word(a, b"STOREDIST")
-        {
+        if is_word(a, b"STORE") || is_word(a, b"STOREDIST") {
             keys.push(KeyUse {
                 index: i + 1,
                 read: false,
@@ -328,7 +326,7 @@ fn migrate_keys(args: &[impl AsRef<[u8]>]) -> Vec<KeyUse> {
         read: true,
         write: true,
     };
-    let is = |i: usize, w: &[u8]| crate::auth::commands::is_word(args[i].as_ref(), w);
+    let is = |i: usize, w: &[u8]| is_word(args[i].as_ref(), w);
     let (mut first, mut count) = (3, 1);
     let mut i = 6;
     while i < args.len() {

@@ -363,8 +363,20 @@ mod tests {
     #[test]
     fn a_refusal_stays_on_one_line_whatever_the_key() {
         let (keys, spaces) = (keys(), spaces());
-        // `ma <base64 of "pii:x\r\nHD">` b
-        let mut r = req(b"ma cGlpOngNCkhE b\r\n");
+        // `ma <base64 of "pii:x\r\nHD">` b: a key memcached could not print in a line is
+        // refused by the parser, in one line, before encryption sees it.
+        let mut buf = BytesMut::from(&b"ma cGlpOngNCkhE b\r\n"[..]);
+        match Parser::new(McLimits::default()).next(&mut buf, &crate::protocol::memcached::AsTyped)
+        {
+            Some(Parsed::Reply(reply)) => {
+                assert!(
+                    reply.ends_with(b"\r\n") && reply.iter().filter(|&&b| b == b'\n').count() == 1
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // `ma <base64 of "pii:x">` b: printable, refused by encryption in one line.
+        let mut r = req(b"ma cGlpOng= b\r\n");
         match plan(&mut r, &spaces, &keys) {
             McPlan::Refuse(why) => assert!(!why.contains('\r') && !why.contains('\n'), "{why}"),
             other => panic!("{other:?}"),

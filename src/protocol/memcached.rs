@@ -766,14 +766,7 @@ impl Parser {
                 };
                 let base64 = args.get(1) == Some(&&b"b"[..]);
                 let route_key = if base64 {
-                    // memcached prints the decoded key in `me`'s reply as it is (it marks as
-                    // binary only keys stored in binary form): a decoded `\r\n` would end that
-                    // line early, and the rest would be read as the next client's reply on a
-                    // shared connection. A key memcached could not print in a line is refused.
-                    decode_key(key)
-                        .ok()
-                        .filter(|k| k.iter().all(|&b| b > b' ' && b != 0x7f))
-                        .ok_or(BAD_FORMAT)?
+                    decode_key(key).map_err(|()| BAD_FORMAT)?
                 } else {
                     Bytes::copy_from_slice(key)
                 };
@@ -906,12 +899,15 @@ fn meta_flags(key: &[u8], flags: &[&[u8]], cmd: &[u8]) -> Result<MetaFlags, &'st
 
 /// A base64 key (meta `b` flag), decoded for routing. Only canonical, padded base64 is
 /// accepted (memcached's decoder is laxer; what it alone accepts is refused here, never
-/// routed by a different key than the node would use).
+/// routed by a different key than the node would use). Nor a key memcached could not print in
+/// a line: it echoes a key it did not store as binary as it is (`me`, and `mg`/`ma` with `k`
+/// after `ma ... b N` made the item), and a decoded `\r\n` would end that reply line early, the
+/// rest read as the next client's reply on a shared connection.
 fn decode_key(key: &[u8]) -> Result<Bytes, ()> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(key)
         .map_err(|_| ())?;
-    if decoded.is_empty() {
+    if decoded.is_empty() || !decoded.iter().all(|&b| b > b' ' && b != 0x7f) {
         return Err(());
     }
     Ok(Bytes::from(decoded))
