@@ -340,12 +340,13 @@ impl RequestSide {
             }
             return Ok(Flow::Continue);
         }
-        let mut expect = if skipped {
+        let expect = if skipped {
             Expect::swallowed(0)
         } else {
             Expect::one()
         };
-        expect.resets = true;
+        // (Until the PING after it is reached, the follower takes no node's ending: RESET
+        // ends every subscription anyway, and the client sees the node's in its place.)
         if let Some(follow) = &self.follow {
             follow.reset_sent();
         }

@@ -222,9 +222,6 @@ struct Expect {
     pushes: Option<counting::Pushes>,
     /// A RESP3 SUNSUBSCRIBE the shard-channel follower was told of, taken back if refused.
     leave: Option<follow::Leave>,
-    /// RESET's: it ends every subscription, so a node's ending of one meanwhile reaches the
-    /// client as the node sent it (before RESET's reply) and is not followed.
-    resets: bool,
 }
 
 /// The one frame that answers cachegate's own command.
@@ -281,7 +278,6 @@ impl Expect {
             shard_names: None,
             pushes: None,
             leave: None,
-            resets: false,
         }
     }
 

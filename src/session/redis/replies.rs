@@ -479,8 +479,7 @@ fn route(
             }
         }
         let unasked = kind == ReplyKind::Push || current.is_none() || ended;
-        let follows = !current.as_ref().is_some_and(|c| c.expect.resets);
-        if unasked && follows && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
+        if unasked && own.follow.as_ref().is_some_and(|f| f.intercepts(confirmed)) {
             return Ok(());
         }
         if ended {
