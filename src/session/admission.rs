@@ -760,6 +760,21 @@ mod tests {
             matches!(&a, Admission::Answer { reply, .. } if reply.starts_with(b"-ERR unknown command")),
             "{a:?}"
         );
+        // Nor a subcommand with a NUL (Redis looks subcommands up the same way): it is in no
+        // table, so it is refused as unknown, disabled or not, and never forwarded.
+        let p = policy(&["config|set"], &[]);
+        for call in [
+            &["CONFIG", "SET\x00111", "requirepass", "x"][..],
+            &["CLIENT", "KILL\x00111", "TYPE", "normal"],
+            &["CONFIG", "GET\x00111", "requirepass"],
+        ] {
+            let call: Vec<String> = call.iter().map(|s| s.to_string()).collect();
+            let (a, _) = admit_call(&call, IN, &p);
+            assert!(
+                matches!(&a, Admission::Answer { reply, .. } if reply.starts_with(b"-ERR unknown subcommand")),
+                "{call:?}: {a:?}"
+            );
+        }
     }
 
     #[test]
