@@ -1045,21 +1045,23 @@ impl RequestSide {
                         )))
                         .await;
                 }
-                if self.follow.is_some()
-                    && crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE")
-                    && !self.transaction.is_open()
+                let sunsubscribes = crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE");
+                // The shard-channel follower hears of the client's own leaving (outside MULTI,
+                // where it happens at EXEC or never).
+                if let Some(follow) = self
+                    .follow
+                    .clone()
+                    .filter(|_| sunsubscribes && !self.transaction.is_open())
                 {
                     Box::pin(self.before_leaving(&args[1..])).await?;
-                }
-                if let Some(follow) = &self.follow {
-                    // Only RESP3's confirmations arrive unasked (pushes), to be told apart
-                    // from a node's: RESP2's are replies the reply side counts (an unsubscribe
-                    // of all's too), and inside MULTI they come within EXEC's reply.
-                    if crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE")
-                        && self.resp3
-                        && !self.transaction.is_open()
-                    {
+                    if self.resp3 {
+                        // RESP3's confirmations arrive unasked (pushes), to be told apart
+                        // from a node's.
                         expect.leave = Some(follow.client_leaves(&args[1..]));
+                    } else if args.len() > 1 {
+                        // RESP2's are replies the reply side counts, a node's ending of
+                        // another channel told apart by name.
+                        expect.shard_names = Some(Box::new(follow::Owed::of(&args[1..])));
                     }
                 }
                 // RESP3 confirms (un)subscriptions with pushes, which need no slot; RESP2 sends
@@ -1077,15 +1079,7 @@ impl RequestSide {
                 expect.pushes = counted.pushes;
                 expect.replies = counted.replies;
                 expect.confirms = true;
-                expect.sunsubscribes = crate::auth::commands::is_word(&args[0], b"SUNSUBSCRIBE");
-                if expect.sunsubscribes
-                    && self.follow.is_some()
-                    && !self.resp3
-                    && args.len() > 1
-                    && !self.transaction.is_open()
-                {
-                    expect.shard_names = Some(Box::new(follow::Owed::of(&args[1..])));
-                }
+                expect.sunsubscribes = sunsubscribes;
                 if counted.exempt {
                     self.reply_mode = counted.mode;
                     exempt = true;
