@@ -353,6 +353,34 @@ async fn run(link: Link, mut rx: mpsc::Receiver<SharedRequest>, shutdown: Cancel
     }
 }
 
+/// Fails the request at the head of the connection with `error` while its replies are still
+/// coming, drops those read so far, and has the scanner pass the rest by: whether there was
+/// one (its replies are then skipped as they arrive).
+fn fail_head(
+    pending: &mut VecDeque<Waiting>,
+    buf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    error: SharedError,
+) -> bool {
+    let Some(head) = pending.front_mut() else {
+        return false;
+    };
+    if let Some(reply) = head.reply.take() {
+        let _ = reply.send(Err(error));
+    }
+    bytes::Buf::advance(buf, head.len);
+    head.len = 0;
+    scanner.pass_blobs(true);
+    true
+}
+
+/// A burst's read buffer is not kept for ever: given back once empty.
+fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        *buf = BytesMut::with_capacity(16 * 1024);
+    }
+}
+
 /// Removes `len` bytes at `from` from the read buffer (a push found between replies).
 fn drop_push(buf: &mut BytesMut, from: usize, len: usize) {
     if from == 0 {
@@ -447,17 +475,14 @@ async fn serve(
                     // One of the head request's replies is too large: that request alone
                     // fails, its replies are read and dropped, and the rest go on.
                     Err(ReplyError::TooLarge(limit)) if !skipping && !pending.is_empty() => {
-                        if let Some(head) = pending.front_mut() {
-                            if let Some(reply) = head.reply.take() {
-                                let _ = reply.send(Err(SharedError::ReplyTooLarge(limit)));
-                            }
-                            // Its replies read so far go; the scanner starts the large one
-                            // again from its beginning, now at the buffer's front.
-                            bytes::Buf::advance(&mut buf, head.len);
-                            head.len = 0;
-                        }
-                        skipping = true;
-                        scanner.pass_blobs(true);
+                        // (The scanner starts the large one again from its beginning, now at
+                        // the buffer's front.)
+                        skipping = fail_head(
+                            &mut pending,
+                            &mut buf,
+                            &mut scanner,
+                            SharedError::ReplyTooLarge(limit),
+                        );
                         continue;
                     }
                     other => other.map(|r| r.map(|(len, _)| len)).map_err(Broken::from),
@@ -481,9 +506,7 @@ async fn serve(
                             pending.pop_front();
                             skipping = false;
                             scanner.pass_blobs(false);
-                            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-                                buf = BytesMut::with_capacity(16 * 1024);
-                            }
+                            shrink(&mut buf);
                         }
                         continue;
                     }
@@ -506,10 +529,7 @@ async fn serve(
                             if let Some(reply) = done.reply {
                                 let _ = reply.send(result);
                             }
-                            // A burst's buffer is not kept for ever.
-                            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-                                buf = BytesMut::with_capacity(16 * 1024);
-                            }
+                            shrink(&mut buf);
                         }
                     }
                 }
@@ -535,17 +555,9 @@ async fn serve(
         // The buffer as it stands is charged; past the process's bound, the request whose
         // replies fill it fails, and they are dropped as they come.
         if let Err(over) = held.hold(buf.len()) {
-            if !skipping {
-                if let Some(head) = pending.front_mut() {
-                    if let Some(reply) = head.reply.take() {
-                        let _ = reply.send(Err(over.into()));
-                    }
-                    bytes::Buf::advance(&mut buf, head.len);
-                    head.len = 0;
-                    skipping = true;
-                    scanner.pass_blobs(true);
-                    continue;
-                }
+            if !skipping && fail_head(&mut pending, &mut buf, &mut scanner, over.into()) {
+                skipping = true;
+                continue;
             }
         }
         let deadline = pending.front().map(|w| w.sent + timeout);
