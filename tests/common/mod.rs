@@ -214,6 +214,10 @@ impl Drop for Process {
 /// A redis-server child process.
 pub struct Redis {
     process: Process,
+    /// The server's own directory: a redis-server loads the dump file it finds at start, so
+    /// one shared directory (redis-py's suite SAVEs) would hand one test's data, or a file
+    /// half written, to another test's server.
+    _dir: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Redis {
@@ -249,13 +253,12 @@ impl Redis {
             "no",
             "--enable-debug-command",
             "yes",
-            // A test's SAVE (redis-py's suite has some) writes here, never into the checkout.
-            "--dir",
-            &std::env::temp_dir().display().to_string(),
         ]);
+        let dir = Self::own_dir(port, &mut args);
         args.extend(strings(extra));
         let redis = Redis {
             process: Process::start("redis-server", port, args).await,
+            _dir: dir,
         };
         // Listening is not the same as ready (loading): wait for a reply that is not LOADING.
         let mut c = redis.direct().await;
@@ -306,10 +309,22 @@ impl Redis {
             "--tls-auth-clients",
             if client_certs { "yes" } else { "no" },
         ]);
+        let dir = Self::own_dir(port, &mut args);
         args.extend(extra);
         Redis {
             process: Process::start("redis-server", port, args).await,
+            _dir: dir,
         }
+    }
+
+    /// A new directory and a dump file name of this server's own (a test's SAVE writes there,
+    /// never into the checkout), as arguments that a caller's `--dir` still overrides; the
+    /// file is named after the port so that nodes sharing a caller's directory keep apart.
+    fn own_dir(port: u16, args: &mut Vec<String>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        args.extend(strings(&["--dir", &dir.path().display().to_string()]));
+        args.extend(strings(&["--dbfilename", &format!("dump-{port}.rdb")]));
+        dir
     }
 
     /// A plaintext connection straight to the backend, bypassing cachegate.
