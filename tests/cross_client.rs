@@ -687,6 +687,9 @@ async fn a_reply_too_large_fails_only_its_own_request() {
     }
     // One shared connection all along: never replaced.
     let text = proxy.admin_get("/metrics").await.1;
-    assert!(!text.contains("cause=\"malformed\""), "{text}");
-    assert!(!text.contains("cause=\"lost\""), "{text}");
+    for reason in ["malformed", "lost", "timeout", "unavailable"] {
+        assert!(!text.contains(&format!("reason=\"{reason}\"")), "{text}");
+    }
+    let too_large = "cachegate_request_failures_total{listener=\"edge\",reason=\"too_large\"}";
+    assert_eq!(metric(&text, too_large), 20.0, "{text}");
 }

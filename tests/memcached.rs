@@ -1031,3 +1031,79 @@ async fn a_line_forwarded_past_memcacheds_limit_is_never_sent() {
     let mut other = McClient::tls(&pki, proxy.addr).await;
     assert_eq!(other.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
 }
+
+/// A reply over `limits.max_reply_bytes` on a shared node connection fails only the request
+/// it answers, as a Redis reply does: it is read and dropped as it arrives (value blocks are
+/// never held whole), and the connection goes on for every other client's requests on it. It
+/// used to fail the node's connection and every request on it, counting against the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_fails_only_its_own_request() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_reply_bytes = 65536\n[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\n\
+         protocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\n\
+         upstream.shared_connections = 1\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        node.address()
+    ))
+    .await;
+    let mut direct = node.direct().await;
+    let big = "x".repeat(300_000);
+    let set = format!("set big 0 0 {}\r\n{big}\r\n", big.len());
+    assert_eq!(direct.line(&set).await, "STORED\r\n");
+    assert_eq!(direct.line("set small 0 0 1\r\ns\r\n").await, "STORED\r\n");
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(McClient::tls(&pki, proxy.addr).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut c in others {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                let wire = "get small\r\nmg small v\r\n".repeat(10);
+                c.send(wire.as_bytes()).await;
+                let mut got = String::new();
+                for _ in 0..10 {
+                    got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
+                }
+                let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
+                assert_eq!(got, want, "another client's reply");
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    let mut greedy = McClient::tls(&pki, proxy.addr).await;
+    // (Gets name the node whose reply it was.)
+    let too_large = |reply: String| {
+        assert!(
+            reply.starts_with("SERVER_ERROR cachegate: ")
+                && reply.ends_with("reply from upstream larger than 65536 bytes\r\n"),
+            "{reply:.200}"
+        );
+    };
+    for _ in 0..10 {
+        too_large(greedy.line("get big\r\n").await);
+        too_large(greedy.line("mg big v\r\n").await);
+        too_large(greedy.line("gets small big\r\n").await);
+    }
+    assert_eq!(
+        greedy.values("get small\r\n").await,
+        "VALUE small 0 1\r\ns\r\nEND\r\n"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        assert!(t.await.unwrap() > 0);
+    }
+    // One node connection all along, never failed.
+    let text = proxy.admin_get("/metrics").await.1;
+    for reason in ["malformed", "lost", "timeout", "unavailable"] {
+        assert!(!text.contains(&format!("reason=\"{reason}\"")), "{text}");
+    }
+    let too_large =
+        "cachegate_request_failures_total{listener=\"memcached-0\",reason=\"too_large\"}";
+    assert_eq!(metric(&text, too_large), 30.0, "{text}");
+}

@@ -1151,6 +1151,76 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
     }
 }
 
+/// Passes over one upstream reply of a shape as it arrives, without holding it: a reply too
+/// large to hand on (`limits.max_reply_bytes`) is read and dropped piece by piece, and the
+/// connection goes on with the reply after it. Lines are still read whole (they are short:
+/// `DEFAULT_MAX_LINE`), value blocks by their announced length.
+#[derive(Debug, Clone, Copy)]
+pub struct McSkip {
+    shape: Shape,
+    /// Bytes of a value block (with its `\r\n`) still to come.
+    block: usize,
+    /// The reply ends with the block being passed (a meta `VA`).
+    last_block: bool,
+}
+
+impl McSkip {
+    pub fn new(shape: Shape) -> Self {
+        Self {
+            shape,
+            block: 0,
+            last_block: false,
+        }
+    }
+
+    /// Consumes what it can from the front of `buf`: how many bytes, and whether the reply
+    /// has ended with them.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<(usize, bool), McReplyError> {
+        let mut pos = 0;
+        loop {
+            if self.block > 0 {
+                let n = self.block.min(buf.len() - pos);
+                pos += n;
+                self.block -= n;
+                if self.block > 0 {
+                    return Ok((pos, false));
+                }
+                if self.last_block {
+                    return Ok((pos, true));
+                }
+            }
+            let Some(line) = line_at(buf, pos, DEFAULT_MAX_LINE)? else {
+                return Ok((pos, false));
+            };
+            let text = &buf[pos..pos + line - 2];
+            pos += line;
+            let mut words = text.split(|&b| b == b' ');
+            let word = words.next().unwrap_or(b"");
+            let is_error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
+            // The announced length of a value block, with its `\r\n`.
+            let block = |size: Option<&[u8]>| {
+                size.and_then(parse_num::<usize>)
+                    .and_then(|n| n.checked_add(2))
+                    .ok_or_else(|| malformed(text))
+            };
+            match self.shape {
+                Shape::Line => return Ok((pos, true)),
+                Shape::Values if is_error || text == b"END" => return Ok((pos, true)),
+                Shape::Values if word == b"VALUE" => self.block = block(words.nth(2))?,
+                Shape::Values => return Err(malformed(text)),
+                Shape::MetaThenNoop if text == b"MN" => return Ok((pos, true)),
+                Shape::Meta | Shape::MetaThenNoop if word == b"VA" => {
+                    self.block = block(words.next())?;
+                    self.last_block = self.shape == Shape::Meta;
+                }
+                Shape::Meta if is_error || META_STATUS.contains(&word) => return Ok((pos, true)),
+                Shape::MetaThenNoop if is_error || META_STATUS.contains(&word) => {}
+                Shape::Meta | Shape::MetaThenNoop => return Err(malformed(text)),
+            }
+        }
+    }
+}
+
 /// The length of the `\r\n`-terminated line at `pos` (including it), if complete.
 fn line_at(buf: &[u8], pos: usize, max: usize) -> Result<Option<usize>, McReplyError> {
     match buf[pos..].windows(2).position(|w| w == b"\r\n") {
@@ -1725,7 +1795,72 @@ mod tests {
         ]
     }
 
+    /// A reply of each shape as memcached writes it, from a few parts (values may hold `\r\n`).
+    fn arb_reply() -> impl Strategy<Value = (Shape, Vec<u8>)> {
+        let value =
+            prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), any::<u8>()], 0..40);
+        let meta = prop_oneof![
+            value.clone().prop_map(|v| [
+                format!("VA {} f0 k\r\n", v.len()).into_bytes(),
+                v,
+                b"\r\n".to_vec()
+            ]
+            .concat()),
+            Just(b"HD\r\n".to_vec()),
+            Just(b"EN\r\n".to_vec()),
+            Just(b"SERVER_ERROR out of memory\r\n".to_vec()),
+        ];
+        prop_oneof![
+            Just((Shape::Line, b"STORED\r\n".to_vec())),
+            Just((Shape::Line, b"CLIENT_ERROR bad data chunk\r\n".to_vec())),
+            prop::collection::vec(value, 0..4).prop_map(|vs| {
+                let mut r = Vec::new();
+                for (i, v) in vs.iter().enumerate() {
+                    r.extend_from_slice(format!("VALUE k{i} 0 {}\r\n", v.len()).as_bytes());
+                    r.extend_from_slice(v);
+                    r.extend_from_slice(b"\r\n");
+                }
+                (Shape::Values, [r, b"END\r\n".to_vec()].concat())
+            }),
+            meta.clone().prop_map(|m| (Shape::Meta, m)),
+            prop::collection::vec(meta, 0..3).prop_map(|ms| (
+                Shape::MetaThenNoop,
+                [ms.concat(), b"MN\r\n".to_vec()].concat()
+            )),
+        ]
+    }
+
     proptest! {
+        #[test]
+        /// A reply passed over piece by piece (`McSkip`, for one too large to hand on) ends
+        /// exactly where `reply_len` delimits it, whatever the pieces: the next reply on the
+        /// connection is read from its own first byte.
+        fn a_skipped_reply_ends_where_it_is_delimited(
+            case in arb_reply(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let (shape, reply) = case;
+            prop_assert_eq!(reply_len(&reply, shape, usize::MAX).unwrap(), Some(reply.len()));
+            let wire = [&reply[..], b"STORED\r\n"].concat();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut skip = McSkip::new(shape);
+            let (mut buf, mut dropped, mut last, mut ended) = (Vec::new(), 0, 0, false);
+            for cut in points.into_iter().chain([wire.len()]) {
+                buf.extend_from_slice(&wire[last..cut]);
+                last = cut;
+                let (n, done) = skip.advance(&buf).unwrap();
+                buf.drain(..n);
+                dropped += n;
+                if done {
+                    ended = true;
+                    break;
+                }
+            }
+            prop_assert!(ended);
+            prop_assert_eq!(dropped, reply.len());
+        }
+
         #[test]
         fn any_chunking_gives_the_same_requests(
             reqs in prop::collection::vec(arb_request(), 1..5),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::Connector;
 use crate::error::{ReplyError, UpstreamError};
-use crate::protocol::memcached::{reply_len, McReplyError, Shape};
+use crate::protocol::memcached::{reply_len, McReplyError, McSkip, Shape};
 use crate::protocol::resp::{rest_of_bulk, ReplyKind, ReplyScanner};
 
 /// Reconnect backoff of a shared connection while its upstream is down.
@@ -436,6 +436,8 @@ async fn serve(
     // The head request failed (a reply too large, or over the budget) while its replies were
     // still coming: they are read and dropped as they arrive, and the connection goes on.
     let mut skipping = false;
+    // Where a memcached reply being dropped has got to.
+    let mut mc_skip: Option<McSkip> = None;
     // Registered once, not on every turn: each registration takes the token's lock.
     let mut shut = std::pin::pin!(shutdown.cancelled());
     // What waited for this connection goes out first, in one write.
@@ -453,10 +455,45 @@ async fn serve(
         // Hand out every complete reply.
         loop {
             let from = pending.front().map_or(0, |w| w.len);
-            let delimited = match pending.front().map(|w| (&w.frames, w.got)) {
-                Some((Frames::Memcached(shapes), got)) => {
-                    reply_len(&buf[from..], shapes[got], max).map_err(Broken::from)
+            let memcached = pending.front().and_then(|w| match &w.frames {
+                Frames::Memcached(shapes) => Some(shapes[w.got]),
+                Frames::Resp(_) => None,
+            });
+            let delimited = match memcached {
+                // A memcached reply of a failed request: passed over as it arrives (its value
+                // blocks are never held whole), counted as one of zero bytes when it ends.
+                Some(shape) if skipping => {
+                    let skip = mc_skip.get_or_insert_with(|| McSkip::new(shape));
+                    match skip.advance(&buf) {
+                        Ok((n, done)) => {
+                            bytes::Buf::advance(&mut buf, n);
+                            if n > 0 {
+                                if let Some(head) = pending.front_mut() {
+                                    head.sent = Instant::now();
+                                }
+                            }
+                            if !done {
+                                break;
+                            }
+                            mc_skip = None;
+                            Ok(Some(0))
+                        }
+                        Err(e) => Err(Broken::from(e)),
+                    }
                 }
+                Some(shape) => match reply_len(&buf[from..], shape, max) {
+                    // As for RESP below: that request alone fails, and the rest go on.
+                    Err(McReplyError::TooLarge(limit)) => {
+                        skipping = fail_head(
+                            &mut pending,
+                            &mut buf,
+                            &mut scanner,
+                            SharedError::ReplyTooLarge(limit),
+                        );
+                        continue;
+                    }
+                    other => other.map_err(Broken::from),
+                },
                 _ => match scanner.next(&buf[from..], if skipping { usize::MAX } else { max }) {
                     // A push is never a reply: no command that subscribes or tracks ever
                     // reaches a shared connection, so it belongs to no client here (another
