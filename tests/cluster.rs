@@ -1829,4 +1829,15 @@ async fn a_split_command_is_held_to_the_reply_limit_as_a_whole() {
     );
     let two = s(&c.cmd(&["MGET", &keys[0], &keys[1]]).await);
     assert!(two.starts_with("*2\r\n$30000\r\n"), "{:.40}", two);
+    // KEYS, asked of every primary: 90 names of 1,000 bytes, about 30 KB on each node.
+    for i in 0..90 {
+        let name = format!("long{i:02}-{}", "n".repeat(993));
+        assert_eq!(c.cmd(&["SET", &name, "1"]).await, b"+OK\r\n");
+    }
+    assert_eq!(
+        s(&c.cmd(&["KEYS", "long*"]).await),
+        "-ERR cachegate: reply from upstream larger than 65536 bytes\r\n"
+    );
+    let few = s(&c.cmd(&["KEYS", "long0*"]).await);
+    assert!(few.starts_with("*10\r\n$1000\r\n"), "{:.40}", few);
 }

@@ -124,6 +124,46 @@ async fn a_client_that_never_logs_in_is_closed_at_the_login_timeout() {
     assert!(s(&patient.cmd(&["PING"]).await).starts_with("-NOAUTH"));
 }
 
+/// The login timeout gives a connection slot back: with `max_connections = 1`, a client that
+/// connects and never logs in refuses everyone else until `limits.login_timeout`, and no
+/// longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_logs_in_gives_its_slot_back_at_the_login_timeout() {
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&format!(
+        "limits.login_timeout = \"2s\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\nmax_connections = 1\n\
+         tls.enabled = false\nauth.tokens = [{TOKEN:?}]\nupstream.address = {:?}\n\
+         upstream.health_interval = \"1h\"\n",
+        redis.address()
+    ))
+    .await;
+    let plain = || async {
+        RawClient::new(Box::new(
+            tokio::net::TcpStream::connect(proxy.addr).await.unwrap(),
+        ))
+    };
+    let mut idle = plain().await;
+    // (Its session holds the slot once it answers.)
+    assert!(s(&idle.cmd(&["PING"]).await).starts_with("-NOAUTH"));
+    let mut refused = plain().await;
+    refused.send_cmd(&["AUTH", TOKEN]).await;
+    let told = s(&refused.try_read().await.unwrap_or_default());
+    assert!(
+        told.starts_with("-ERR max number of clients reached"),
+        "{told}"
+    );
+    assert!(
+        eventually(|| async {
+            let mut c = plain().await;
+            c.send_cmd(&["AUTH", TOKEN]).await;
+            c.try_read().await.as_deref() == Some(b"+OK\r\n")
+        })
+        .await,
+        "the slot never came back"
+    );
+    assert!(s(&idle.read().await).contains("limits.login_timeout"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_and_restarted_recovers_without_restarting_cachegate() {
     let (pki, mut redis) = (Pki::new(), Redis::start().await);
