@@ -113,6 +113,71 @@ fn a_client_crl_past_its_date_is_warned_about() {
     }
 }
 
+/// A CRL that rustls refuses (version 1: webpki reads only v2) is refused by `cachegate check`
+/// with the setting named, as the listener refuses it at startup; `check` used to accept it.
+/// openssl writes one when asked for no CRL extensions.
+#[test]
+fn a_v1_client_crl_is_refused_by_check_as_at_startup() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl is installed (the README's test command installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", s(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=v1 issuer",
+        "-days",
+        "30",
+    ]);
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ndefault_md = sha256\ndefault_crl_days = 30\n",
+    )
+    .unwrap();
+    openssl(&[
+        "ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "ca.key", "-cert", "ca.pem", "-out",
+        "v1.crl",
+    ]);
+    let config = d.join("v1.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {d:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\n\
+             tls.client_ca = {:?}\ntls.client_crl = {:?}\nauth.mode = \"none\"\n\
+             upstream.address = \"127.0.0.1:6379\"\n",
+            pki.tls_toml(),
+            d.join("ca.pem"),
+            d.join("v1.crl"),
+        ),
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(64), "{}", s(&out.stdout));
+    let problems = s(&out.stderr);
+    assert!(
+        problems.contains("listeners[0].tls.client_crl") && problems.contains("verifier"),
+        "{problems}"
+    );
+}
+
 /// A trusted PROXY-protocol network of more than 16 addresses is warned about (any host in it
 /// can claim any client address); the balancers' own addresses are not.
 #[test]

@@ -41,6 +41,39 @@ pub struct ServerTlsOptions {
     pub session_resumption: bool,
 }
 
+/// How client certificates are verified (`None` when they are not asked for). The
+/// configuration check builds it too, so that a CA bundle or CRL rustls refuses (a v1 CRL,
+/// for one) is refused by `cachegate check` and a reload as it is at startup.
+pub fn client_verifier(
+    auth: &ClientAuth,
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let (ClientAuth::Optional(roots) | ClientAuth::Required(roots)) = auth else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let mut store = RootCertStore::empty();
+    for cert in roots {
+        store.add(cert.clone()).map_err(|source| TlsError::Rustls {
+            what: "client CA bundle",
+            source,
+        })?;
+    }
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
+    if !crls.is_empty() {
+        // Every certificate of the chain is checked, intermediates too (a revoked sub-CA
+        // revokes what it issued), and one whose issuer's CRL is not given is refused:
+        // `client_crl` holds the CRL of every issuer in the chain.
+        verifier = verifier.with_crls(crls.iter().cloned());
+    }
+    if matches!(auth, ClientAuth::Optional(_)) {
+        verifier = verifier.allow_unauthenticated();
+    }
+    verifier
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("client certificate verifier: {e}")))
+}
+
 /// Entries in the stateful session cache (each a few hundred bytes).
 const SESSION_CACHE_ENTRIES: usize = 4096;
 
@@ -62,30 +95,8 @@ pub fn build(
         })?;
     let builder = match &opts.client_auth {
         ClientAuth::Off => builder.with_no_client_auth(),
-        ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
-            let mut store = RootCertStore::empty();
-            for cert in roots {
-                store.add(cert.clone()).map_err(|source| TlsError::Rustls {
-                    what: "client CA bundle",
-                    source,
-                })?;
-            }
-            let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider);
-            if !opts.client_crls.is_empty() {
-                // Every certificate of the chain is checked, intermediates too (a revoked
-                // sub-CA revokes what it issued), and one whose issuer's CRL is not given is
-                // refused: `client_crl` holds the CRL of every issuer in the chain.
-                verifier = verifier.with_crls(opts.client_crls.iter().cloned());
-            }
-            let verifier = if matches!(opts.client_auth, ClientAuth::Optional(_)) {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| TlsError::Invalid(format!("client certificate verifier: {e}")))?;
+        ClientAuth::Optional(_) | ClientAuth::Required(_) => {
+            let verifier = client_verifier(&opts.client_auth, &opts.client_crls, provider)?;
             builder.with_client_cert_verifier(verifier)
         }
     };

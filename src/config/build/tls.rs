@@ -127,6 +127,20 @@ pub(super) fn server_tls(
             }
         }
     };
+    if p.list.len() == before {
+        // As the listener will build it: what rustls refuses (a v1 CRL) is refused here, in
+        // `cachegate check` and a reload too, not only at startup.
+        let built =
+            crate::tls::server::client_verifier(&client_auth, &client_crls, crate::tls::provider());
+        if let Err(e) = built {
+            let setting = if client_crls.is_empty() {
+                "client_ca"
+            } else {
+                "client_crl"
+            };
+            p.add(format!("{key}.{setting}"), e.to_string());
+        }
+    }
     if p.list.len() > before {
         return None;
     }
