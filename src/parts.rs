@@ -23,7 +23,7 @@ use crate::upstream::Pool;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertExpiry {
     pub listener: String,
-    /// server, client_ca, upstream_ca, upstream_client.
+    /// server, client_ca, client_crl (its `nextUpdate`), upstream_ca, upstream_client.
     pub role: &'static str,
     /// Seconds since the Unix epoch.
     pub not_after: i64,
@@ -239,6 +239,15 @@ pub fn front(
             | crate::tls::server::ClientAuth::Required(cas) = &t.options.client_auth
             {
                 expiry.extend(role("client_ca", cas));
+            }
+            // A CRL "expires" when it is due to be replaced: the same gauge lets one alert
+            // catch a CRL pipeline that stopped while cachegate runs.
+            if let Some(not_after) = crate::tls::pem::earliest_next_update(&t.options.client_crls) {
+                expiry.push(CertExpiry {
+                    listener: cfg.name.clone(),
+                    role: "client_crl",
+                    not_after,
+                });
             }
             Some((acceptor, t.handshake_timeout))
         }

@@ -256,7 +256,7 @@ impl Reloader {
                 .certificate_expiry
                 .get_or_create(&labels(c))
                 .set(c.not_after);
-            if c.not_after <= now() {
+            if c.not_after <= now() && c.role != "client_crl" {
                 tracing::error!(listener = %c.listener, role = c.role, "a certificate in use has EXPIRED");
             }
         }

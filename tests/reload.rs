@@ -304,7 +304,7 @@ async fn a_certificate_revoked_by_a_reloaded_crl_is_refused_in_new_handshakes() 
     let redis = Redis::start().await;
     let config = |crl: &str| {
         format!(
-            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\n{crl}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}tls.client_auth = \"required\"\ntls.client_ca = {:?}\n{crl}auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
             pki.tls_toml(),
             pki.ca,
             redis.address()
@@ -343,6 +343,12 @@ async fn a_certificate_revoked_by_a_reloaded_crl_is_refused_in_new_handshakes() 
     );
     let mut ok = RawClient::try_tls(good, proxy.addr).await.unwrap();
     assert_eq!(ok.cmd(&["PING"]).await, b"+PONG\r\n");
+    // The CRL's next update (2099-01-01) is published beside the certificates' expiry, so
+    // that one alert also catches a CRL pipeline that stopped while cachegate runs.
+    let crl_due =
+        "cachegate_certificate_expiry_timestamp_seconds{listener=\"redis-0\",role=\"client_crl\"}";
+    let text = proxy.admin_get("/metrics").await.1;
+    assert_eq!(metric(&text, crl_due), 4_070_908_800.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,17 @@ pub fn earliest_expiry(certs: &[CertificateDer<'_>]) -> Option<i64> {
         .min()
 }
 
+/// The earliest `nextUpdate` of these CRLs, in seconds since the Unix epoch: when the first
+/// of them is due to be replaced (`None` when none says).
+pub fn earliest_next_update(crls: &[CertificateRevocationListDer<'_>]) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    crls.iter()
+        .filter_map(|der| CertificateRevocationList::from_der(der.as_ref()).ok())
+        .filter_map(|(_, crl)| crl.next_update().map(|t| t.timestamp()))
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

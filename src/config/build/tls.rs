@@ -83,17 +83,9 @@ pub(super) fn server_tls(
             Ok(crls) => {
                 // Still used past its date (a fresh one may be on its way), but said: a CRL
                 // pipeline that stopped fails quietly otherwise (found by a reviewer).
-                let now = crate::deadline::unix_now();
-                for crl in &crls {
-                    use x509_parser::prelude::FromDer;
-                    let due =
-                        x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
-                            .ok()
-                            .and_then(|(_, crl)| crl.next_update())
-                            .map(|t| t.timestamp());
-                    if due.is_some_and(|due| due < now) {
-                        tracing::warn!(setting = %format!("{key}.client_crl"), path = %path.display(), "a client CRL is past its next update: it is still used; replace it");
-                    }
+                let due = crate::tls::pem::earliest_next_update(&crls);
+                if due.is_some_and(|due| due < crate::deadline::unix_now()) {
+                    tracing::warn!(setting = %format!("{key}.client_crl"), path = %path.display(), "a client CRL is past its next update: it is still used; replace it");
                 }
                 crls
             }
