@@ -763,3 +763,96 @@ async fn sort_store_is_checked_however_its_options_are_read() {
     assert_eq!(as_user.cmd_bytes(&bypass).await, b":1\r\n");
     assert_eq!(admin.cmd(&["TYPE", "victim"]).await, b"+list\r\n");
 }
+
+/// cachegate's glob (key and channel patterns) against redis-server's own: generated patterns
+/// and names from the bytes that matter to `stringmatchlen` (class brackets and ranges,
+/// escapes, stars, bytes from 0x80 that Redis compares as signed), every pattern asked of
+/// `KEYS` (the same matcher, case-sensitive) over a database of the names, the empty name
+/// among them. Found by a reviewer: `*` matched the empty key (Redis: no), `[a-]` was read as
+/// `a` or `-` (Redis: a range up to `]`), ranges compared bytes unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_matches_as_redis_server_does() {
+    use cachegate::auth::acl::glob;
+    let redis = Redis::start().await;
+    let client = redis::Client::open(format!("redis://{}/", redis.address())).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut seed: u64 = 0x0915_b0b5;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    const BYTES: &[u8] = b"ab:-]^[\\*?!\x80\xc3";
+    let mut word = |max: usize, from: &[u8]| -> Vec<u8> {
+        let len = next(max + 1);
+        (0..len).map(|_| from[next(from.len())]).collect()
+    };
+    let mut names: Vec<Vec<u8>> = vec![Vec::new()];
+    for _ in 0..120 {
+        let w = word(5, b"ab:-]^[\\!\x80\xc3");
+        if !names.contains(&w) {
+            names.push(w);
+        }
+    }
+    for n in &names {
+        let _: () = redis::cmd("SET")
+            .arg(n)
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..1500 {
+        patterns.push(word(7, BYTES));
+    }
+    for p in [
+        &b"**"[..],
+        b"[a-]*",
+        b"[!-\xc3]*",
+        b"[]",
+        b"[",
+        b"\\",
+        b"a\\",
+        b"[^]a",
+        b"[a-\\]",
+    ] {
+        patterns.push(p.to_vec());
+    }
+    let mut differ = Vec::new();
+    for p in &patterns {
+        // (KEYS answers everything for exactly `*`, without matching.)
+        if p == b"*" {
+            continue;
+        }
+        let mut redis_says: Vec<Vec<u8>> = redis::cmd("KEYS")
+            .arg(p)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        redis_says.sort();
+        let mut ours: Vec<Vec<u8>> = names.iter().filter(|n| glob(p, n)).cloned().collect();
+        ours.sort();
+        if ours != redis_says {
+            differ.push(format!(
+                "{:?}: redis {:?}, cachegate {:?}",
+                String::from_utf8_lossy(p),
+                redis_says
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect::<Vec<_>>(),
+                ours.iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {}:\n{}",
+        differ.len(),
+        patterns.len(),
+        differ[..differ.len().min(10)].join("\n")
+    );
+}

@@ -584,91 +584,109 @@ fn sort_pattern_option(args: &[impl AsRef<[u8]>]) -> Option<&'static str> {
     None
 }
 
-/// Redis's `stringmatchlen`: `*`, `?`, `[...]` (ranges, `^` negation) and `\` escapes.
+/// Redis's `stringmatchlen` (7.0, case-sensitive), step for step, since an ACL verdict must
+/// be the server's: `*`, `?`, `[...]` (ranges, `^` negation, `\` escapes inside; a class left
+/// open runs to the pattern's end; `[a-]` is a range up to `]`) and `\` escapes. Its quirks
+/// are kept: an empty string matches only the empty pattern (not even `*`); range bounds
+/// compare as signed `char`s (x86: bytes from 0x80 sort below 0); past 1,000 nested stars
+/// nothing matches. Where Redis reads the byte after the pattern's end (its terminating NUL),
+/// so does this: 0.
 pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        let (mut pi, mut si) = (0, 0);
-        let (mut star_p, mut star_s) = (None, 0);
-        while si < s.len() {
-            if pi < p.len() {
-                match p[pi] {
-                    b'*' => {
-                        star_p = Some(pi);
-                        star_s = si;
-                        pi += 1;
-                        continue;
-                    }
-                    b'?' => {
-                        pi += 1;
-                        si += 1;
-                        continue;
-                    }
-                    b'[' => {
-                        if let Some((matched, next)) = class(p, pi, s[si]) {
-                            if matched {
-                                pi = next;
-                                si += 1;
-                                continue;
-                            }
-                        }
-                    }
-                    b'\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
-                        pi += 2;
-                        si += 1;
-                        continue;
-                    }
-                    // An escaped character that does not match.
-                    b'\\' if pi + 1 < p.len() => {}
-                    c if c == s[si] => {
-                        pi += 1;
-                        si += 1;
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            match star_p {
-                Some(sp) => {
-                    pi = sp + 1;
-                    star_s += 1;
-                    si = star_s;
-                }
-                None => return false,
-            }
-        }
-        p[pi..].iter().all(|&c| c == b'*')
-    }
-    go(pattern, s)
+    let mut skip_longer = false;
+    stringmatch(pattern, s, &mut skip_longer, 0)
 }
 
-/// A `[...]` class at `p[start]`: whether `c` matches, and the index after the class.
-fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = p.get(i) == Some(&b'^');
-    if negate {
-        i += 1;
+fn stringmatch(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: u32) -> bool {
+    // The pattern's byte at `i`, or the NUL after its end.
+    let at = |p: &[u8], i: usize| p.get(i).copied().unwrap_or(0);
+    // `char` is signed on x86: what Redis's range comparisons see.
+    let signed = |b: u8| b as i8 as i32;
+    if nesting > 1000 {
+        return false;
     }
-    let mut matched = false;
-    loop {
-        match p.get(i)? {
-            b']' => break,
-            b'\\' => {
-                matched |= p.get(i + 1)? == &c;
-                i += 2;
+    while !p.is_empty() && !s.is_empty() {
+        match p[0] {
+            b'*' => {
+                while !p.is_empty() && at(p, 1) == b'*' {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                while !s.is_empty() {
+                    if stringmatch(&p[1..], s, skip_longer, nesting + 1) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        return false;
+                    }
+                    s = &s[1..];
+                }
+                // No match for the rest of the pattern anywhere in the rest of the string:
+                // earlier stars need not try longer matches either.
+                *skip_longer = true;
+                return false;
             }
-            &lo if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&h| h != b']') => {
-                let hi = p[i + 2];
-                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-                matched |= (lo..=hi).contains(&c);
-                i += 3;
+            b'?' => s = &s[1..],
+            b'[' => {
+                // `i` walks the class from after `[` (and `^`); `p[i]` may be one past the
+                // end (Redis's NUL). An unterminated class steps back onto its last byte
+                // (the `[` or `^` itself when nothing follows), as Redis's pointer does.
+                let negate = at(p, 1) == b'^';
+                let mut i = if negate { 2 } else { 1 };
+                let c = s[0];
+                let mut matched = false;
+                loop {
+                    let left = p.len() - i;
+                    if at(p, i) == b'\\' && left >= 2 {
+                        i += 1;
+                        matched |= at(p, i) == c;
+                    } else if at(p, i) == b']' {
+                        break;
+                    } else if left == 0 {
+                        // Unterminated: the class ends with the pattern.
+                        i -= 1;
+                        break;
+                    } else if left >= 3 && at(p, i + 1) == b'-' {
+                        let (mut lo, mut hi) = (signed(at(p, i)), signed(at(p, i + 2)));
+                        if lo > hi {
+                            std::mem::swap(&mut lo, &mut hi);
+                        }
+                        i += 2;
+                        matched |= (lo..=hi).contains(&signed(c));
+                    } else {
+                        matched |= at(p, i) == c;
+                    }
+                    i += 1;
+                }
+                if matched == negate {
+                    return false;
+                }
+                p = &p[i..];
+                s = &s[1..];
             }
-            &x => {
-                matched |= x == c;
-                i += 1;
+            first => {
+                let expected = if first == b'\\' && p.len() >= 2 {
+                    p = &p[1..];
+                    p[0]
+                } else {
+                    first
+                };
+                if expected != s[0] {
+                    return false;
+                }
+                s = &s[1..];
             }
         }
+        p = &p[1..];
+        if s.is_empty() {
+            while at(p, 0) == b'*' {
+                p = &p[1..];
+            }
+            break;
+        }
     }
-    Some((matched != negate, i + 1))
+    p.is_empty() && s.is_empty()
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -741,10 +759,37 @@ mod tests {
             ("[^a-c]x", "bx", false),
             ("h\\*", "h*", true),
             ("h\\*", "hx", false),
-            ("*", "", true),
+            // As redis-server (tests/redis_acl.rs compares many more with its KEYS): the
+            // empty string matches only the empty pattern; `[a-]*` is a range from `]` to `a`
+            // and a class left open, that takes the `*` in: one character.
+            ("*", "", false),
+            ("", "", true),
+            ("[a-]*", "]", true),
+            ("[a-]*", "_", true),
+            ("[a-]*", "]x", false),
+            ("[a-]*", "b", false),
+            ("[^", "x", true),
+            ("[", "x", false),
             ("*:*:end", "a:b:c:end", true),
         ] {
             assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} ~ {s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any pattern (a configuration's) against any name (a client's) gives an answer:
+        /// the matcher never panics nor runs away.
+        #[test]
+        fn glob_answers_for_any_input(
+            p in proptest::collection::vec(proptest::prop_oneof![
+                proptest::prelude::Just(b'*'), proptest::prelude::Just(b'['),
+                proptest::prelude::Just(b']'), proptest::prelude::Just(b'\\'),
+                proptest::prelude::Just(b'^'), proptest::prelude::Just(b'-'),
+                proptest::prelude::any::<u8>()
+            ], 0..24),
+            s in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+        ) {
+            let _ = glob(&p, &s);
         }
     }
 
