@@ -254,6 +254,54 @@ fn integer(reply: &[u8]) -> i64 {
         .unwrap_or_else(|| panic!("not an integer: {text}"))
 }
 
+/// A scale-out's first step: a slot migrating to a node that serves none yet. The migrating
+/// node's `ASK` names a node that `CLUSTER SLOTS` does not list (it serves no slot); `CLUSTER
+/// SHARDS` lists it, and cachegate follows the `ASK` there once a refresh has read it. Before
+/// 2026-11-30 the slot's moved keys got `TRYAGAIN` until the new node served a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_to_a_node_that_serves_no_slot_yet_is_followed() {
+    let (pki, mut cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n{}",
+        cluster_toml(&pki, &cluster, "upstream.cluster_refresh = \"1h\"\n")
+    ))
+    .await;
+    let mut c = client(&pki, &proxy).await;
+    // The layout is read before the new node joins.
+    assert_eq!(c.cmd(&["SET", "{m}1", "a"]).await, b"+OK\r\n");
+    let new = cluster.add_empty_node().await;
+    let mut any = cluster.nodes[0].redis.direct().await;
+    let slot = integer(&any.cmd(&["CLUSTER", "KEYSLOT", "{m}"]).await) as u16;
+    let from = cluster.owner(slot).await;
+    let (from_id, to_id) = (cluster.id(&from).await, cluster.id(&new).await);
+    let (to_host, to_port) = new.split_once(':').unwrap();
+    let mut src = cluster.at(&from).redis.direct().await;
+    let mut dst = cluster.at(&new).redis.direct().await;
+    let slot_s = slot.to_string();
+    assert_eq!(
+        dst.cmd(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        src.cmd(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        src.cmd(&["MIGRATE", to_host, to_port, "", "0", "5000", "KEYS", "{m}1"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert!(s(&src.cmd(&["GET", "{m}1"]).await).starts_with(&format!("-ASK {slot} {new}")));
+    assert_eq!(s(&c.cmd(&["GET", "{m}1"]).await), bulk("a"));
+    assert_eq!(c.cmd(&["SET", "{m}2", "b"]).await, b"+OK\r\n");
+    assert_eq!(dst.cmd(&["ASKING"]).await, b"+OK\r\n");
+    assert_eq!(s(&dst.cmd(&["GET", "{m}2"]).await), bulk("b"));
+    let metrics = proxy.admin_get("/metrics").await.1;
+    assert!(metrics.contains("reason=\"ask\""), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moved_and_ask_are_followed_and_nothing_runs_twice() {
     let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);

@@ -106,7 +106,7 @@ pub struct RedisCluster {
     pub pki: Option<ClusterPki>,
     /// How many of the nodes are replicas.
     replicas: usize,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Runs `redis-cli` with these arguments to its end; panics with its output if it fails.
@@ -290,7 +290,7 @@ impl RedisCluster {
             nodes,
             pki,
             replicas: primaries * replicas,
-            _dir: dir,
+            dir,
         };
         cluster.wait_ok().await;
         Some(cluster)
@@ -407,6 +407,47 @@ impl RedisCluster {
                 b"+OK\r\n"
             );
         }
+    }
+
+    /// Adds a primary that serves no slot (a scale-out's first step), met by every node:
+    /// its address. Plaintext clusters without a password only.
+    pub async fn add_empty_node(&mut self) -> String {
+        assert!(self.pki.is_none() && self.nodes[0].password.is_none());
+        let bus = free_port();
+        let dir = self.dir.path();
+        let conf = dir.join(format!("nodes-{bus}.conf"));
+        let redis = Redis::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &conf.display().to_string(),
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-node-timeout",
+            "1000",
+            "--dir",
+            &dir.display().to_string(),
+        ])
+        .await;
+        let address = redis.address();
+        let mut first = self.nodes[0].client().await;
+        let meet = [
+            "CLUSTER",
+            "MEET",
+            "127.0.0.1",
+            &redis.port.to_string(),
+            &bus.to_string(),
+        ];
+        assert_eq!(first.cmd(&meet).await, b"+OK\r\n");
+        self.nodes.push(ClusterNode {
+            redis,
+            bus,
+            tls: None,
+            password: None,
+        });
+        // Every node knows every other (wait_ok), the new one included.
+        self.wait_ok().await;
+        address
     }
 
     /// The node at this address.

@@ -53,9 +53,9 @@ pub struct Map {
     pub primaries: Vec<Arc<Node>>,
     /// With `read_from_replicas`: each primary's replicas (connections that said READONLY).
     replicas: Vec<Vec<Arc<Node>>>,
-    /// Every node the layout lists (replicas too): the only places a redirection is followed
-    /// to. A node announced elsewhere is reached once a refresh lists it.
-    /// Each with the hostname it announces.
+    /// Every node the layout lists (replicas too, and with `CLUSTER SHARDS` members that serve
+    /// no slot yet): the only places a redirection is followed to. A node announced elsewhere
+    /// is reached once a refresh lists it. Each with the hostname it announces.
     known: HashMap<String, Option<String>>,
 }
 
@@ -454,7 +454,16 @@ impl Cluster {
         let reply = conn
             .roundtrip(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
             .await;
-        let clean = reply.is_ok() && admin.is_none();
+        // Every member, those serving no slot yet too: where an `ASK` may also go (a slot
+        // migrating to a node just added). An error reply (Redis 6) leaves it to SLOTS.
+        let shards = match &reply {
+            Ok(_) => conn
+                .roundtrip(b"*2\r\n$7\r\nCLUSTER\r\n$6\r\nSHARDS\r\n")
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        let clean = shards.is_some() && admin.is_none();
         node.pool.release(conn, clean);
         let reply: Bytes = reply?;
         let host = host_of(address);
@@ -499,6 +508,10 @@ impl Cluster {
             for s in range.start..=range.end {
                 map.slots[s as usize] = index;
             }
+        }
+        let tls = self.tls.load().is_some();
+        for member in topology::parse_shards(shards.as_deref().unwrap_or_default(), &host, tls) {
+            map.known.entry(member.address()).or_insert(member.hostname);
         }
         Ok(map)
     }

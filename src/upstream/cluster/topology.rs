@@ -150,9 +150,111 @@ pub fn parse_slots(reply: &[u8], seed_host: &str) -> Result<Vec<Range>, SlotsErr
     Ok(ranges)
 }
 
+/// Every member `CLUSTER SHARDS` (Redis 7) lists, those that serve no slot yet too (a node
+/// just added, which a slot being migrated to it sends `ASK` to): with `tls`, each at its
+/// `tls-port` when it gives one (as `CLUSTER SLOTS` names the TLS port on a TLS connection).
+/// Nothing when the reply is an error (an older Redis, a user denied it) or not understood:
+/// `CLUSTER SLOTS` still gives the layout.
+pub fn parse_shards(reply: &[u8], seed_host: &str, tls: bool) -> Vec<NodeAddr> {
+    let Ok(Some((OwnedFrame::Array(shards), _))) = redis_protocol::resp2::decode::decode(reply)
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for shard in &shards {
+        let OwnedFrame::Array(fields) = shard else {
+            continue;
+        };
+        let nodes = fields
+            .chunks(2)
+            .find(|kv| text(&kv[0]).as_deref() == Some("nodes"))
+            .and_then(|kv| kv.get(1));
+        let Some(OwnedFrame::Array(nodes)) = nodes else {
+            continue;
+        };
+        for node in nodes {
+            let OwnedFrame::Array(kv) = node else {
+                continue;
+            };
+            let field = |name: &str| {
+                kv.chunks(2)
+                    .find(|pair| text(&pair[0]).as_deref() == Some(name))
+                    .and_then(|pair| pair.get(1))
+            };
+            let port = |name: &str| {
+                field(name)
+                    .and_then(int)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|&p| p != 0)
+            };
+            let port = if tls {
+                port("tls-port").or_else(|| port("port"))
+            } else {
+                port("port")
+            };
+            let (Some(port), Some(mut host)) = (port, field("endpoint").and_then(text)) else {
+                continue;
+            };
+            if host == "?" {
+                continue;
+            }
+            if host.is_empty() {
+                host = seed_host.to_string();
+            }
+            found.push(NodeAddr {
+                host,
+                port,
+                id: field("id").and_then(text).unwrap_or_default(),
+                hostname: field("hostname").and_then(text).filter(|h| !h.is_empty()),
+            });
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_list_every_member_at_the_port_of_the_connection() {
+        // Two shards: one serving slots (a primary and a replica, over TLS), one empty.
+        let node = |id: &str, port: u16, tls: u16, endpoint: &str, extra: &str| {
+            let mut fields = vec![
+                format!("$2\r\nid\r\n${}\r\n{id}\r\n", id.len()),
+                format!("$4\r\nport\r\n:{port}\r\n"),
+                format!("$8\r\ntls-port\r\n:{tls}\r\n"),
+                format!("$8\r\nendpoint\r\n${}\r\n{endpoint}\r\n", endpoint.len()),
+            ];
+            if !extra.is_empty() {
+                fields.push(format!("$8\r\nhostname\r\n${}\r\n{extra}\r\n", extra.len()));
+            }
+            format!("*{}\r\n{}", fields.len() * 2, fields.concat())
+        };
+        let reply = format!(
+            "*2\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n{}{}\
+             *4\r\n$5\r\nslots\r\n*0\r\n$5\r\nnodes\r\n*2\r\n{}{}",
+            node("a", 7000, 8000, "10.0.0.1", "node-a"),
+            node("b", 7001, 8001, "10.0.0.2", ""),
+            node("c", 7002, 8002, "", ""),
+            node("d", 7003, 8003, "?", ""),
+        );
+        let tls: Vec<String> = parse_shards(reply.as_bytes(), "10.0.0.9", true)
+            .iter()
+            .map(NodeAddr::address)
+            .collect();
+        assert_eq!(tls, ["10.0.0.1:8000", "10.0.0.2:8001", "10.0.0.9:8002"]);
+        let plain = parse_shards(reply.as_bytes(), "10.0.0.9", false);
+        assert_eq!(plain[0].address(), "10.0.0.1:7000");
+        assert_eq!(plain[0].hostname.as_deref(), Some("node-a"));
+        for refused in [
+            &b"-ERR unknown subcommand 'SHARDS'\r\n"[..],
+            b"*1\r\n:1\r\n",
+            b"*1",
+        ] {
+            assert!(parse_shards(refused, "h", false).is_empty());
+        }
+    }
 
     #[test]
     fn a_redis_7_reply_parses_with_hostnames_and_replicas() {
