@@ -5,9 +5,19 @@
 //!
 //! Small buffers are free: a session is charged only for what it holds beyond
 //! [`FREE_PER_SESSION`], so the common case costs no atomic operation.
+//!
+//! Every session is a [`Holder`]: its charges, the replies held for it on shared upstream
+//! connections included, add up there. When a charge would take the process past its bound
+//! and another session holds more than the one asking (a client that stopped reading its
+//! replies while asking for large ones), that session is evicted (its connection closed, as
+//! Redis 7's `maxmemory-clients` closes the clients using the most) and the charge is let
+//! through against the memory about to come back: one client that does not read cannot make
+//! everyone else's requests fail.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio_util::sync::CancellationToken;
 
 /// What a session may hold without being charged (its read room and a batch of replies).
 pub const FREE_PER_SESSION: usize = 128 * 1024;
@@ -18,6 +28,43 @@ pub struct MemoryBudget {
     /// A reload may change it.
     limit: AtomicUsize,
     used: AtomicUsize,
+    /// Every session's holder, for the eviction (dead ones are swept as it goes).
+    holders: Mutex<Vec<Weak<Holder>>>,
+    evictions: AtomicU64,
+}
+
+/// A session's standing: what its charges hold beyond their free shares, and its eviction.
+#[derive(Debug, Default)]
+pub struct Holder {
+    held: AtomicUsize,
+    evicted: CancellationToken,
+}
+
+impl Holder {
+    /// Cancelled when the budget evicts this session.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evicted
+    }
+
+    /// Bytes its charges hold now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The holder of the running session (its task runs inside [`owned`]), if any: what a
+    /// request for a shared connection carries, so that its replies are charged to it.
+    pub fn current() -> Option<Arc<Holder>> {
+        OWNER.try_with(Arc::clone).ok()
+    }
+}
+
+tokio::task_local! {
+    static OWNER: Arc<Holder>;
+}
+
+/// Runs a session as `holder`: every charge made in it counts there.
+pub async fn owned<F: std::future::Future>(holder: Arc<Holder>, session: F) -> F::Output {
+    OWNER.scope(holder, session).await
 }
 
 /// The budget would be exceeded.
@@ -37,12 +84,60 @@ impl MemoryBudget {
         Arc::new(Self {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
+            holders: Mutex::new(Vec::new()),
+            evictions: AtomicU64::new(0),
         })
     }
 
     /// Bytes charged to sessions right now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Sessions evicted so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// A new session's holder, registered for the eviction.
+    pub fn holder(&self) -> Arc<Holder> {
+        let holder = Arc::new(Holder::default());
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        // Swept when the list doubles: amortised, a push stays cheap.
+        if holders.len() >= 64 && holders.len().is_power_of_two() {
+            holders.retain(|h| h.strong_count() > 0);
+        }
+        holders.push(Arc::downgrade(&holder));
+        holder
+    }
+
+    /// The process's buffers are full and `asking` wants `extra` more (`used` with it): if
+    /// another session holds more than `asking` and at least `extra`, it is evicted (unless it
+    /// is already on its way out) and the charge goes through against the memory coming back,
+    /// never past it (`used` stays within the limit plus what that session holds). Whether
+    /// the charge may go through.
+    fn evict_for(&self, asking: Option<&Holder>, extra: usize, used: usize) -> bool {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        holders.retain(|h| h.strong_count() > 0);
+        let mine = asking.map_or(0, Holder::held);
+        let largest = holders
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|h| !asking.is_some_and(|a| std::ptr::eq(a, &**h)))
+            .max_by_key(|h| h.held());
+        let Some(victim) = largest else {
+            return false;
+        };
+        let held = victim.held();
+        let limit = self.limit.load(Ordering::Relaxed);
+        if held < extra || held <= mine || used > limit.saturating_add(held) {
+            return false;
+        }
+        if !victim.evicted.is_cancelled() {
+            victim.evicted.cancel();
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 }
 
@@ -52,17 +147,33 @@ impl MemoryBudget {
 pub struct Charge {
     budget: Arc<MemoryBudget>,
     held: usize,
+    /// The session it counts for (the running one when made), if any.
+    owner: Option<Arc<Holder>>,
 }
 
 impl Charge {
+    /// A charge for the running session.
     pub fn new(budget: Arc<MemoryBudget>) -> Self {
-        Self { budget, held: 0 }
+        Self::owned_by(budget, Holder::current())
     }
 
-    /// A charge for exactly `bytes` (no free share): replies held for a session until it
-    /// takes them. Refused past the process's limit.
-    pub fn exact(budget: &Arc<MemoryBudget>, bytes: usize) -> Result<Self, OverBudget> {
-        let mut charge = Self::new(budget.clone());
+    /// A charge for `owner` (a shared connection's task charges the sessions it reads for).
+    pub fn owned_by(budget: Arc<MemoryBudget>, owner: Option<Arc<Holder>>) -> Self {
+        Self {
+            budget,
+            held: 0,
+            owner,
+        }
+    }
+
+    /// A charge for exactly `bytes` (no free share): replies held for `owner` until it takes
+    /// them. Refused past the process's limit (unless another session, evicted, holds more).
+    pub fn exact(
+        budget: &Arc<MemoryBudget>,
+        bytes: usize,
+        owner: Option<Arc<Holder>>,
+    ) -> Result<Self, OverBudget> {
+        let mut charge = Self::owned_by(budget.clone(), owner);
         charge.hold(bytes + FREE_PER_SESSION)?;
         Ok(charge)
     }
@@ -75,27 +186,54 @@ impl Charge {
             return Ok(());
         }
         if want < self.held {
-            self.budget
-                .used
-                .fetch_sub(self.held - want, Ordering::Relaxed);
+            self.give_back(self.held - want);
             self.held = want;
             return Ok(());
         }
         let extra = want - self.held;
         let before = self.budget.used.fetch_add(extra, Ordering::Relaxed);
         let limit = self.budget.limit.load(Ordering::Relaxed);
-        if before + extra > limit {
+        if before + extra > limit
+            && !self
+                .budget
+                .evict_for(self.owner.as_deref(), extra, before + extra)
+        {
             self.budget.used.fetch_sub(extra, Ordering::Relaxed);
             return Err(OverBudget { limit });
         }
+        if let Some(owner) = &self.owner {
+            owner.held.fetch_add(extra, Ordering::Relaxed);
+        }
         self.held = want;
         Ok(())
+    }
+
+    /// Counts what it holds for `owner` from now on (a shared connection's read buffer holds
+    /// the replies of the request at its head, whoever's it is).
+    pub fn set_owner(&mut self, owner: Option<&Arc<Holder>>) {
+        if self.owner.as_ref().map(Arc::as_ptr) == owner.map(Arc::as_ptr) {
+            return;
+        }
+        if let Some(old) = &self.owner {
+            old.held.fetch_sub(self.held, Ordering::Relaxed);
+        }
+        if let Some(new) = owner {
+            new.held.fetch_add(self.held, Ordering::Relaxed);
+        }
+        self.owner = owner.cloned();
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(owner) = &self.owner {
+            owner.held.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+        self.give_back(self.held);
     }
 }
 
@@ -122,5 +260,42 @@ mod tests {
         assert_eq!(budget.used(), 500_000);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_session_holding_the_most_is_evicted_for_another() {
+        let budget = MemoryBudget::new(1_000_000);
+        let (hog, other, small) = (budget.holder(), budget.holder(), budget.holder());
+        let charge =
+            |owner: &Arc<Holder>, bytes| Charge::exact(&budget, bytes, Some(owner.clone()));
+        let _held: Vec<Charge> = (0..9).map(|_| charge(&hog, 100_000).unwrap()).collect();
+        let _some = charge(&other, 50_000).unwrap();
+        assert_eq!(
+            (hog.held(), other.held(), budget.used()),
+            (900_000, 50_000, 950_000)
+        );
+        // The one holding the most asks for more: refused, nobody evicted.
+        assert!(charge(&hog, 100_000).is_err());
+        assert!(!hog.evicted().is_cancelled() && !other.evicted().is_cancelled());
+        // Another asks: the one holding the most is evicted, and the charge goes through
+        // against what it gives back.
+        let let_through = charge(&small, 100_000).unwrap();
+        assert!(hog.evicted().is_cancelled() && !other.evicted().is_cancelled());
+        assert_eq!(budget.evictions(), 1);
+        assert_eq!(budget.used(), 1_050_000);
+        // Until it has given back, more goes through against it, never past it.
+        let _more = charge(&small, 100_000).unwrap();
+        assert!(charge(&other, 900_000).is_err(), "past what comes back");
+        assert_eq!(budget.evictions(), 1, "evicted once");
+        drop(_held);
+        assert_eq!(budget.used(), 250_000);
+        drop(let_through);
+        // A read buffer's charge moves to whoever's replies fill it.
+        let mut buffer = Charge::owned_by(budget.clone(), None);
+        buffer.hold(FREE_PER_SESSION + 10_000).unwrap();
+        buffer.set_owner(Some(&other));
+        assert_eq!(other.held(), 60_000);
+        buffer.set_owner(None);
+        assert_eq!(other.held(), 50_000);
     }
 }

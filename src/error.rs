@@ -119,6 +119,9 @@ pub enum SessionError {
     QueryBufferFull(usize),
     #[error(transparent)]
     OverBudget(#[from] crate::budget::OverBudget),
+    /// The process's buffers were full and this session held the most of them.
+    #[error("client evicted: it held the most of cachegate's buffers when they reached limits.max_buffered_bytes (replies it did not read)")]
+    Evicted,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// memcached input after which the stream cannot be trusted (a line over memcached's
@@ -146,6 +149,7 @@ impl SessionError {
             SessionError::LoginTimeout(_) => "login_timeout",
             SessionError::QueryBufferFull(_) => "query_buffer_full",
             SessionError::OverBudget(_) => "over_budget",
+            SessionError::Evicted => "evicted",
             SessionError::Upstream(e) => e.cause(),
         }
     }

@@ -122,11 +122,46 @@ impl Handler {
         }
     }
 
+    /// The process's bound on buffered bytes, that its sessions are charged to.
+    fn budget(&self) -> Arc<crate::budget::MemoryBudget> {
+        match self {
+            Handler::Redis(ctx) => ctx.load().budget.clone(),
+            Handler::Memcached(ctx) => ctx.security.budget.clone(),
+        }
+    }
+
     /// What a plaintext client over the connection limit is told, in the server's own words.
     fn refusal(&self) -> &'static [u8] {
         match self {
             Handler::Redis(_) => b"-ERR max number of clients reached\r\n",
             Handler::Memcached(_) => b"ERROR Too many open connections\r\n",
+        }
+    }
+}
+
+impl Listener {
+    /// A session, charged to a holder of its own: evicted (its connection closed) when the
+    /// process's buffers are full and it holds the most of them (a client that asks for large
+    /// replies and does not read them), so that the others go on.
+    async fn session<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        cert: Option<CertNames>,
+        shutdown: Drain,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let holder = self.handler.budget().holder();
+        let evicted = holder.evicted().clone();
+        let run = crate::budget::owned(holder, self.handler.run(stream, peer, cert, shutdown));
+        tokio::select! {
+            _ = run => {}
+            _ = evicted.cancelled() => {
+                let e = crate::error::SessionError::Evicted;
+                tracing::warn!(listener = %self.name, %peer, "{e}; closing the connection");
+                self.metrics.session_error(&self.name, &e);
+            }
         }
     }
 }
@@ -239,7 +274,7 @@ async fn serve_connection(
     };
     let Some((acceptor, deadline)) = &front.tls else {
         connected("plaintext", false);
-        listener.handler.run(stream, peer, None, shutdown).await;
+        listener.session(stream, peer, None, shutdown).await;
         return;
     };
     if front.preferred {
@@ -257,7 +292,7 @@ async fn serve_connection(
         };
         if first != TLS_HANDSHAKE_RECORD {
             connected("plaintext", false);
-            listener.handler.run(stream, peer, None, shutdown).await;
+            listener.session(stream, peer, None, shutdown).await;
             return;
         }
     }
@@ -277,7 +312,7 @@ async fn serve_connection(
         .and_then(|leaf| crate::auth::cert::names(leaf));
     connected(version, cert.is_some());
     tracing::debug!(listener = %name, %peer, version, client_cert = ?cert, "TLS session established");
-    listener.handler.run(tls, peer, cert, shutdown).await;
+    listener.session(tls, peer, cert, shutdown).await;
 }
 
 /// The TLS handshake, under its deadline (the wait for the ClientHello included); `None` when

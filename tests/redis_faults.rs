@@ -352,6 +352,75 @@ async fn the_process_wide_buffer_bound_holds() {
     assert_eq!(c.cmd(&["GET", "big"]).await.len(), 1_000_000 + 12);
 }
 
+/// A client that asks for large replies and does not read them cannot make the others'
+/// requests fail: when the process's buffers fill, the session holding the most of them is
+/// evicted (its connection closed, as Redis 7's `maxmemory-clients` does) and the request that
+/// found them full goes through. A reviewer had every other client's `PING` refused with
+/// "buffers at their limit" for as long as such a client kept its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_evicted_and_the_others_go_on() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_global(
+        &pki,
+        &redis,
+        "limits.max_buffered_bytes = 4000000\n[admin]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        direct.cmd(&["SET", "big", &"v".repeat(500_000)]).await,
+        b"+OK\r\n"
+    );
+    let mut bystander = RawClient::authed(&pki, proxy.addr).await;
+    let mut hog = RawClient::authed(&pki, proxy.addr).await;
+    let hog = tokio::spawn(async move {
+        // One at a time, each a request of its own on the shared connection: their replies
+        // wait for a client that reads none of them, once the sockets' buffers are full.
+        for _ in 0..400 {
+            if !hog.try_send(&encode(&[b"GET", b"big"])).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Closed (after what the sockets held).
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while hog.try_read().await.is_some() {}
+        });
+        drained.await.is_ok()
+    });
+    let evicted =
+        "cachegate_session_errors_total{listener=\"redis-0\",blame=\"client\",cause=\"evicted\"}";
+    let mut rounds = 0;
+    loop {
+        // Every request of the other client is served meanwhile, large ones too.
+        assert_eq!(
+            bystander.cmd(&["PING"]).await,
+            b"+PONG\r\n",
+            "round {rounds}"
+        );
+        let got = bystander.cmd(&["GET", "big"]).await;
+        assert_eq!(got.len(), 500_000 + 11, "round {rounds}: {:.100}", s(&got));
+        rounds += 1;
+        if metric(&proxy.admin_get("/metrics").await.1, evicted) == 1.0 {
+            break;
+        }
+        assert!(
+            rounds < 2000,
+            "the client that does not read was never evicted"
+        );
+    }
+    assert!(hog.await.unwrap(), "the evicted connection stays open");
+    // One batch of 200 (pipelined in one write): its replies wait in the shared connection's
+    // read buffer until the last has come, charged to that client: past the bound its batch
+    // fails, as one refusal per command, and the others go on.
+    let mut batch = RawClient::authed(&pki, proxy.addr).await;
+    batch.send(&encode(&[b"GET", b"big"]).repeat(200)).await;
+    let first = s(&batch.read().await);
+    assert!(first.contains("limits.max_buffered_bytes"), "{first:.100}");
+    assert_eq!(bystander.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(bystander.cmd(&["PING"]).await, b"+PONG\r\n");
+}
+
 /// While the backend is down, every request is answered at once (not after a backoff timer,
 /// which once made redis-cli look hung for seconds), on shared and pinned paths alike; and the
 /// first request after the backend returns is served, not failed until a timer fires.

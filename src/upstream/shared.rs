@@ -45,6 +45,9 @@ pub struct SharedRequest {
     pub bytes: Bytes,
     pub frames: Frames,
     pub reply: oneshot::Sender<SharedReply>,
+    /// The session its replies are charged to while they wait for it
+    /// ([`crate::budget::Holder::current`] where the request is made).
+    pub owner: Option<Arc<crate::budget::Holder>>,
 }
 
 /// A request's replies, or why they will not come.
@@ -200,6 +203,7 @@ struct Waiting {
     /// memcached: where each delimited reply ends (the session splits them apart).
     ends: Ends,
     sent: Instant,
+    owner: Option<Arc<crate::budget::Holder>>,
 }
 
 impl Waiting {
@@ -215,6 +219,7 @@ impl Waiting {
             reply: Some(req.reply),
             frames: req.frames,
             sent,
+            owner: req.owner,
         }
     }
 }
@@ -554,15 +559,18 @@ async fn serve(
                             let _ = held.hold(buf.len());
                             // Held until the session takes them: charged, or refused (and
                             // dropped here) past the process's limit.
-                            let result =
-                                match crate::budget::Charge::exact(&link.budget, bytes.len()) {
-                                    Ok(charge) => Ok(Replies {
-                                        bytes,
-                                        ends: done.ends,
-                                        _charge: charge,
-                                    }),
-                                    Err(over) => Err(over.into()),
-                                };
+                            let result = match crate::budget::Charge::exact(
+                                &link.budget,
+                                bytes.len(),
+                                done.owner.clone(),
+                            ) {
+                                Ok(charge) => Ok(Replies {
+                                    bytes,
+                                    ends: done.ends,
+                                    _charge: charge,
+                                }),
+                                Err(over) => Err(over.into()),
+                            };
                             if let Some(reply) = done.reply {
                                 let _ = reply.send(result);
                             }
@@ -589,8 +597,10 @@ async fn serve(
                 Err(e) => return fail(&mut pending, e),
             }
         }
-        // The buffer as it stands is charged; past the process's bound, the request whose
-        // replies fill it fails, and they are dropped as they come.
+        // The buffer as it stands is charged, to the session whose replies fill it (the one
+        // the process's buffers evict first); past the process's bound, that request fails,
+        // and its replies are dropped as they come.
+        held.set_owner(pending.front().and_then(|w| w.owner.as_ref()));
         if let Err(over) = held.hold(buf.len()) {
             if !skipping && fail_head(&mut pending, &mut buf, &mut scanner, over.into()) {
                 skipping = true;

@@ -651,6 +651,11 @@ impl RawClient {
         self.io.flush().await.unwrap();
     }
 
+    /// Sends, and says whether the connection took it (false once the peer has closed).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.io.write_all(bytes).await.is_ok() && self.io.flush().await.is_ok()
+    }
+
     pub async fn send_cmd(&mut self, args: &[&str]) {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.send(&encode(&args)).await;

@@ -339,6 +339,7 @@ pub(super) async fn shared_exchange(
         bytes: bytes.freeze(),
         frames: Frames::Memcached(shapes),
         reply: tx,
+        owner: crate::budget::Holder::current(),
     };
     let outcome = match shared.pick().send(request).await {
         Ok(()) => rx.await.unwrap_or_else(|_| Err(SharedError::Gone)),

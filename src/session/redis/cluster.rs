@@ -190,6 +190,7 @@ async fn send_to(
             bytes,
             frames: Frames::Resp(frames),
             reply: tx,
+            owner: crate::budget::Holder::current(),
         })
         .await;
     rx

@@ -1262,6 +1262,7 @@ impl RequestSide {
             bytes,
             frames: Frames::Resp(n),
             reply: tx,
+            owner: crate::budget::Holder::current(),
         };
         match batch.sender.try_send(request) {
             Ok(()) => Ok(()),
