@@ -194,22 +194,35 @@ pub fn node_upstream(
     cfg: &ListenerConfig,
     node: &crate::config::RingNode,
 ) -> Result<UpstreamConfig, ServerError> {
-    let label = format!("{}:{}", node.host, node.port);
+    node_at(cfg, &format!("{}:{}", node.host, node.port), None)
+}
+
+/// The listener's upstream settings at another node's `address` (a cluster's, a ring's),
+/// verified over TLS by `name` (the hostname it announces), else by its host, unless
+/// `upstream.tls.server_name` is set.
+pub fn node_at(
+    cfg: &ListenerConfig,
+    address: &str,
+    name: Option<String>,
+) -> Result<UpstreamConfig, ServerError> {
     let mut upstream = UpstreamConfig {
-        address: label.clone(),
+        address: address.to_string(),
         ..cfg.upstream.clone()
     };
     if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
-        tls.server_name =
-            rustls_pki_types::ServerName::try_from(node.host.clone()).map_err(|_| {
-                ServerError::Tls {
-                    listener: cfg.name.clone(),
-                    source: crate::tls::TlsError::Invalid(format!(
-                        "node {label}: `{}` is not a valid TLS server name; set upstream.tls.server_name",
-                        node.host
-                    )),
-                }
-            })?;
+        let name = name.unwrap_or_else(|| {
+            crate::config::model::split_host_port(address)
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default()
+        });
+        tls.server_name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+            ServerError::Tls {
+                listener: cfg.name.clone(),
+                source: crate::tls::TlsError::Invalid(format!(
+                    "node {address}: `{name}` is not a valid TLS server name; set upstream.tls.server_name"
+                )),
+            }
+        })?;
     }
     Ok(upstream)
 }

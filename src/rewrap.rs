@@ -303,12 +303,44 @@ pub async fn rewrap(
     if let crate::config::Protocol::Memcached(mc) = &listener.protocol {
         return rewrap_memcached(config, listener, mc, keys, state, seals_now, progress).await;
     }
-    let pool = Pool::new(
-        &listener.upstream,
-        config.limits.max_reply_bytes,
-        Protocol::Redis,
-    )?;
-    let mut conn = pool.connector().connect().await?;
+    let connect = |upstream: &crate::config::UpstreamConfig| {
+        let pool = Pool::new(upstream, config.limits.max_reply_bytes, Protocol::Redis);
+        async move { Ok::<Conn, RewrapError>(pool?.connector().connect().await?) }
+    };
+    let mut seed = connect(&listener.upstream).await?;
+    // Where values live: every primary of a cluster (from CLUSTER SLOTS; the seed alone
+    // walked only its own slots), and on each node every database that holds keys (clients
+    // may SELECT on a standalone listener).
+    let mut conns = Vec::new();
+    if listener.upstream.cluster {
+        let host = crate::config::model::split_host_port(&listener.upstream.address)
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_default();
+        let reply = call(&mut seed, &[b"CLUSTER", b"SLOTS"]).await?;
+        let ranges =
+            crate::upstream::cluster::topology::parse_slots(&reply, &host).map_err(|e| {
+                RewrapError::Refused {
+                    command: "CLUSTER SLOTS".into(),
+                    reply: e.to_string(),
+                }
+            })?;
+        let mut primaries: Vec<_> = ranges.iter().map(|r| r.primary.clone()).collect();
+        primaries.sort_by_key(|n| n.address());
+        primaries.dedup_by_key(|n| n.address());
+        for node in primaries {
+            let address = node.address();
+            let upstream = crate::parts::node_at(listener, &address, node.hostname)?;
+            conns.push((address, connect(&upstream).await?));
+        }
+    } else {
+        conns.push((listener.upstream.address.clone(), seed));
+    }
+    let mut places = Vec::new();
+    for (i, (_, conn)) in conns.iter_mut().enumerate() {
+        for db in databases(&call(conn, &[b"INFO", b"keyspace"]).await?) {
+            places.push((i, db));
+        }
+    }
     let spaces = &encryption.keyspaces;
     let seal_clear = encryption.on_plaintext == crate::crypt::OnPlaintext::Pass;
     let patterns: Vec<(&str, bool)> = spaces
@@ -317,10 +349,19 @@ pub async fn rewrap(
         .map(|p| (p.as_str(), false))
         .chain(spaces.hashes.iter().map(|p| (p.as_str(), true)))
         .collect();
-    let over: Vec<String> = patterns
+    // Each place, each pattern: what the saved cursor walks (a different layout starts over).
+    let steps: Vec<(usize, u32, &str, bool)> = places
         .iter()
-        .map(|(p, hash)| format!("{}:{p}", if *hash { "hash" } else { "string" }))
+        .flat_map(|&(node, db)| patterns.iter().map(move |&(p, hash)| (node, db, p, hash)))
         .collect();
+    let over: Vec<String> = steps
+        .iter()
+        .map(|&(node, db, p, hash)| {
+            let kind = if hash { "hash" } else { "string" };
+            format!("{} db{db} {kind}:{p}", conns[node].0)
+        })
+        .collect();
+    let mut selected: Vec<Option<u32>> = vec![None; conns.len()];
     let mut at = state
         .and_then(|p| saved(p, keys.primary.id, &over))
         .unwrap_or(Cursor {
@@ -333,11 +374,16 @@ pub async fn rewrap(
                 ..Tally::default()
             },
         });
-    while at.pattern < patterns.len() {
-        let (pattern, hash) = patterns[at.pattern];
+    while at.pattern < steps.len() {
+        let (node, db, pattern, hash) = steps[at.pattern];
+        let conn = &mut conns[node].1;
+        if selected[node] != Some(db) {
+            call(conn, &[b"SELECT", db.to_string().as_bytes()]).await?;
+            selected[node] = Some(db);
+        }
         let kind: &[u8] = if hash { b"hash" } else { b"string" };
         let reply = call(
-            &mut conn,
+            conn,
             &[
                 b"SCAN",
                 at.cursor.as_bytes(),
@@ -367,9 +413,9 @@ pub async fn rewrap(
             for attempt in 0..ATTEMPTS {
                 let before = at.tally.clone();
                 if hash {
-                    one_hash(&mut conn, keys, key, seal_clear, &mut at.tally).await?;
+                    one_hash(conn, keys, key, seal_clear, &mut at.tally).await?;
                 } else {
-                    one(&mut conn, keys, key, seal_clear, &mut at.tally).await?;
+                    one(conn, keys, key, seal_clear, &mut at.tally).await?;
                 }
                 if !changed_again(&before, &at.tally, attempt) {
                     break;
@@ -391,6 +437,17 @@ pub async fn rewrap(
         }
     }
     Ok(finish(at.tally, state, &mut progress))
+}
+
+/// The databases an `INFO keyspace` reply says hold keys (`db3:keys=1,...`), in order.
+fn databases(info: &[u8]) -> Vec<u32> {
+    let mut dbs: Vec<u32> = String::from_utf8_lossy(info)
+        .lines()
+        .filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok())
+        .collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    dbs
 }
 
 /// memcached has no SCAN: each node lists its keys (`lru_crawler metadump all`), then each

@@ -1889,3 +1889,51 @@ async fn a_split_command_is_held_to_the_reply_limit_as_a_whole() {
     let few = s(&c.cmd(&["KEYS", "long0*"]).await);
     assert!(few.starts_with("*10\r\n$1000\r\n"), "{:.40}", few);
 }
+
+/// `cachegate keys rewrap` on a cluster listener walks every primary's keys: before
+/// 2026-11-30 it walked only the seed node's, said the run was complete, and `keys retire`
+/// then left the other shards' values sealed under a retired key (a reviewer lost two thirds
+/// of a cluster's encrypted values that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_walks_every_primary_of_a_cluster() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.key");
+    std::fs::write(&root, "7".repeat(64)).unwrap();
+    let config = format!(
+        "data_dir = {:?}\n{}encryption.root_key_file = {root:?}\n\
+         encryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n",
+        dir.path().join("data"),
+        cluster_toml(&pki, &cluster, "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut c = client(&pki, &proxy).await;
+    for i in 0..30 {
+        assert_eq!(
+            c.cmd(&["SET", &format!("pii:{i}"), "secret"]).await,
+            b"+OK\r\n"
+        );
+    }
+    let cli = |args: &'static [&'static str]| {
+        let path = proxy.config_path.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cachegate"))
+                .arg("keys")
+                .arg("--config")
+                .arg(&path)
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let rotated = cli(&["rotate"]).await.unwrap();
+    assert!(rotated.status.success(), "{}", s(&rotated.stderr));
+    let out = cli(&["rewrap"]).await.unwrap();
+    let said = s(&out.stdout);
+    assert!(out.status.success(), "{said}{}", s(&out.stderr));
+    assert!(
+        said.contains(" values scanned: 30 re-sealed under data key ")
+            && said.contains("0 that do not open"),
+        "{said}"
+    );
+}

@@ -441,6 +441,11 @@ async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
     }
     assert_eq!(direct.cmd(&["SET", "plain:1", "visible"]).await, b"+OK\r\n");
     assert_eq!(direct.cmd(&["EXPIRE", "pii:7", "1000"]).await, b":1\r\n");
+    // And one in another database (clients may SELECT): every database that holds keys is
+    // walked (before 2026-11-30 only database 0 was, and the run said it was complete).
+    let mut db3 = st.redis.direct().await;
+    assert_eq!(db3.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(db3.cmd(&["SET", "pii:db3", CANARY]).await, b"+OK\r\n");
     let proxy = Proxy::start(&config(&st, "encryption.on_plaintext = \"pass\"\n")).await;
     let mut c = RawClient::tls(&st.pki, proxy.addr).await;
     assert_eq!(c.cmd(&["GET", "pii:1"]).await, bulk(&format!("{CANARY}-1")));
@@ -483,8 +488,8 @@ async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
     );
     assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
     assert!(
-        s(&out.stdout).contains(" values scanned: 300 re-sealed under data key ")
-            && s(&out.stdout).contains("(300 of them from clear)")
+        s(&out.stdout).contains(" values scanned: 301 re-sealed under data key ")
+            && s(&out.stdout).contains("(301 of them from clear)")
             && s(&out.stdout).contains("0 that do not open"),
         "{}",
         s(&out.stdout)
@@ -504,6 +509,10 @@ async fn rewrap_seals_a_plaintext_cache_and_moves_values_to_the_primary_key() {
         .unwrap();
     assert!((900..=1000).contains(&ttl), "TTL kept: {ttl}");
     assert_eq!(direct.cmd(&["GET", "plain:1"]).await, bulk("visible"));
+    assert!(!contains(&db3.cmd(&["GET", "pii:db3"]).await, CANARY));
+    let mut in_db3 = RawClient::tls(&st.pki, proxy.addr).await;
+    assert_eq!(in_db3.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(in_db3.cmd(&["GET", "pii:db3"]).await, bulk(CANARY));
 
     // After a rotation, a second run moves every value to the new key; then "error" holds.
     let out = tokio::task::spawn_blocking({
@@ -708,11 +717,13 @@ async fn rewrap_covers_hashes_resumes_and_lets_the_old_key_retire() {
     let first = sealed_key_id_of_keyring(&keyring);
 
     // A run that stopped after the string patterns: the saved cursor says so, and the
-    // resumed run does only the hashes (its report counts what the first part did).
+    // resumed run does only the hashes (its report counts what the first part did). It walks
+    // each database holding keys (here database 0 alone) of each node.
     let state = st.keys.path().join("data/encryption/redis-0.json.rewrap");
+    let node = st.redis.address();
     std::fs::write(
         &state,
-        format!(r#"{{"primary":{first},"over":["string:pii:*","hash:user:*"],"pattern":1,"cursor":"0","tally":{{"scanned":1,"resealed":1,"from_clear":1,"current":0,"changed":0,"failed":0,"by_key":{{}}}}}}"#),
+        format!(r#"{{"primary":{first},"over":["{node} db0 string:pii:*","{node} db0 hash:user:*"],"pattern":1,"cursor":"0","tally":{{"scanned":1,"resealed":1,"from_clear":1,"current":0,"changed":0,"failed":0,"by_key":{{}}}}}}"#),
     )
     .unwrap();
     let out = cli(&["rewrap"]).await.unwrap();
