@@ -187,16 +187,14 @@ pub fn plan_found(
     keys: &Keys,
 ) -> Plan {
     let Some((name, info)) = found else {
-        // A module's or a newer server's command: which keys it touches is unknown here.
-        let any = args[1..].iter().any(|a| spaces.covers(a));
-        return if any {
-            Plan::Refuse(format!(
-                "cachegate: '{}' is not known to cachegate, which cannot tell whether it works on an encrypted key",
-                String::from_utf8_lossy(&args[0])
-            ))
-        } else {
-            Plan::Clear
-        };
+        // A module's or a newer server's command: which keys it touches is unknown here, and
+        // a module's scripting command (`TFCALL`, `RG.PYEXECUTE`) writes keys it does not
+        // name, as EVAL does. Refused whatever its arguments (a reviewer noted that checking
+        // them for an encrypted key's name let those through).
+        return Plan::Refuse(format!(
+            "cachegate: '{}' is not known to cachegate, which cannot tell whether it works on an encrypted key",
+            String::from_utf8_lossy(&args[0])
+        ));
     };
     // A script can write any key, named or built inside it: stored in clear under an encrypted
     // key. Refused where values are encrypted.
@@ -355,6 +353,29 @@ mod tests {
             .iter()
             .map(|w| Bytes::copy_from_slice(w.as_bytes()))
             .collect()
+    }
+
+    /// A command the table does not know (a module's: `TFCALL` runs a script that writes keys
+    /// it does not name) is refused on a listener with encrypted keyspaces, whatever keys its
+    /// arguments name; a known command on other keys is not.
+    #[test]
+    fn unknown_commands_are_refused_whatever_they_name() {
+        let (keys, spaces) = (keys(), spaces());
+        for unknown in [
+            &["TFCALL", "lib.fn", "0"][..],
+            &["RG.PYEXECUTE", "x"],
+            &["NOSUCH", "pii:1"],
+        ] {
+            let planned = plan(&mut args(unknown), &spaces, &keys);
+            assert!(
+                matches!(&planned, Plan::Refuse(why) if why.contains("is not known to cachegate")),
+                "{unknown:?}: {planned:?}"
+            );
+        }
+        assert!(matches!(
+            plan(&mut args(&["GET", "other"]), &spaces, &keys),
+            Plan::Clear
+        ));
     }
 
     #[test]
