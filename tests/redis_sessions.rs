@@ -1290,3 +1290,40 @@ async fn client_names_redis_refuses_are_refused_alike() {
         }
     }
 }
+
+/// A name given with `HELLO ... SETNAME` while the session has its own connection (here for
+/// `SELECT 1`) is the session's name after it goes back to shared connections, as a `CLIENT
+/// SETNAME`'s is (it was forgotten: `CLIENT GETNAME` gave the name from before; a reviewer
+/// found it). The same script straight to Redis gives the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_set_by_hello_while_pinned_is_kept_after() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_with_tokens(&pki, &redis, "").await;
+    let script: &[&[&str]] = &[
+        &["CLIENT", "SETNAME", "old"],
+        &["SELECT", "1"],
+        &["HELLO", "2", "SETNAME", "new"],
+        &["CLIENT", "GETNAME"],
+        &["SELECT", "0"],
+        &["GET", "k"],
+        &["CLIENT", "GETNAME"],
+        &["HELLO", "4", "SETNAME", "never"],
+        &["CLIENT", "GETNAME"],
+    ];
+    let mut direct = redis.direct().await;
+    let mut c = RawClient::authed(&pki, proxy.addr).await;
+    for args in script {
+        let want = s(&direct.cmd(args).await);
+        let got = s(&c.cmd(args).await);
+        if args[0] == "HELLO" {
+            // (The server's own HELLO map names its connection's id.)
+            assert_eq!(
+                got.starts_with('-'),
+                want.starts_with('-'),
+                "{args:?}: {got} / {want}"
+            );
+        } else {
+            assert_eq!(got, want, "{args:?}");
+        }
+    }
+}

@@ -269,8 +269,10 @@ impl RequestSide {
                 plain.push(forward[1].clone());
                 i = 2;
             }
+            // (Redis sets the name only for a version it speaks: `HELLO 4 SETNAME x` fails.)
+            let speaks = matches!(req.args.get(1).map(|v| &v[..]), Some(b"2" | b"3"));
             while i + 1 < forward.len() {
-                if let Some(shared) = self.shared.as_mut() {
+                if let Some(shared) = self.shared.as_mut().filter(|_| speaks) {
                     shared.name = Some(forward[i + 1].clone()).filter(|n| !n.is_empty());
                 }
                 i += 2;
@@ -291,6 +293,16 @@ impl RequestSide {
             return self
                 .forward_shared(&plain, None, Some(Rewrite::Hello))
                 .await;
+        }
+        // Pinned: the name goes with HELLO to the session's own connection, and is kept for
+        // when the session goes back to shared ones, as CLIENT SETNAME's is (it used to be
+        // forgotten there; a reviewer found it). Redis sets it only for a version it speaks.
+        if matches!(req.args.get(1).map(|v| &v[..]), Some(b"2" | b"3")) {
+            for pair in forward[2..].chunks(2) {
+                if let [_, name] = pair {
+                    self.name = Some(name.clone()).filter(|n| !n.is_empty());
+                }
+            }
         }
         let mut expect = Expect::one();
         expect.rewrite = Some(Rewrite::Hello);
