@@ -53,6 +53,59 @@ fn shipped_example_configs_are_valid() {
     }
 }
 
+/// The shipped Redis examples refuse, besides flushing and enumerating, what empties or
+/// replaces the data another way, stops the server, copies keys elsewhere or shows other
+/// clients' commands (a reviewer noted the sidecar left SWAPDB, REPLICAOF, SHUTDOWN, MIGRATE
+/// and SLOWLOG to every client), and scripts; reads and writes pass.
+#[test]
+fn shipped_examples_refuse_what_empties_stops_or_exposes_the_server() {
+    use cachegate::policy::Decision;
+    let pki = Pki::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for example in ["cachegate.toml", "sidecar.toml"] {
+        let text = std::fs::read_to_string(format!("{root}/config/{example}"))
+            .unwrap()
+            .replace(
+                "/etc/cachegate/tls/",
+                &format!("{}/", pki.dir.path().display()),
+            );
+        std::fs::copy(&pki.ca, pki.dir.path().join("upstream-ca.pem")).unwrap();
+        let config = cachegate::config::parse(&text, example, pki.dir.path()).unwrap();
+        let redis = &config.listeners[0];
+        for refused in [
+            "FLUSHDB",
+            "FLUSHALL",
+            "KEYS",
+            "DEBUG",
+            "MONITOR",
+            "EVAL",
+            "FUNCTION",
+            "SCRIPT",
+            "SWAPDB",
+            "REPLICAOF",
+            "SLAVEOF",
+            "SHUTDOWN",
+            "MIGRATE",
+            "SLOWLOG",
+            "MODULE",
+            "CONFIG",
+        ] {
+            assert_eq!(
+                redis.policy.decide(refused.as_bytes()),
+                Decision::Refuse,
+                "{example}: {refused}"
+            );
+        }
+        for allowed in ["GET", "SET", "SCAN", "INFO", "SORT"] {
+            assert_eq!(
+                redis.policy.decide(allowed.as_bytes()),
+                Decision::Allow,
+                "{example}: {allowed}"
+            );
+        }
+    }
+}
+
 /// As shipped (their files live under /etc/cachegate/tls on the machine they are for), the
 /// examples check with `--allow-missing-files`, which lists the files; without it, a missing
 /// file is the only problem reported for it (no second, misleading one).
