@@ -920,12 +920,12 @@ async fn a_classic_get_never_takes_a_stale_items_win_token() {
     assert!(stats.contains("STAT meta_gets off\r\n"), "{stats}");
 }
 
-/// With `shared_connections = 0` each session has connections of its own to the nodes: the
+/// With `upstream.multiplex = false` each session has connections of its own to the nodes: the
 /// same answers, and a node that fails fails only its requests, counted by cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_their_own_node_connections() {
     let (pki, mut node) = (Pki::new(), Memcached::start().await);
-    let extra = "upstream.shared_connections = 0\n\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let extra = "upstream.multiplex = false\n\n[admin]\nbind = \"127.0.0.1:0\"\n";
     let proxy = Proxy::memcached(&pki, &[&node], extra).await;
     let mut c = McClient::tls(&pki, proxy.addr).await;
     assert_eq!(c.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
@@ -1103,7 +1103,27 @@ async fn a_reply_too_large_fails_only_its_own_request() {
     for reason in ["malformed", "lost", "timeout", "unavailable"] {
         assert!(!text.contains(&format!("reason=\"{reason}\"")), "{text}");
     }
-    let too_large =
-        "cachegate_request_failures_total{listener=\"memcached-0\",reason=\"too_large\"}";
-    assert_eq!(metric(&text, too_large), 30.0, "{text}");
+    let counted = "cachegate_request_failures_total{listener=\"memcached-0\",reason=\"too_large\"}";
+    assert_eq!(metric(&text, counted), 30.0, "{text}");
+
+    // On a session's own node connections too: cachegate's limit, not the node's failure,
+    // so never a miss and never an ejection (it was both: `END` for a key that exists, and
+    // with `eject_after` the node left the ring).
+    let own = Proxy::start(&format!(
+        "limits.max_reply_bytes = 65536\n[[listeners]]\nprotocol = \"memcached\"\n\
+         bind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.multiplex = false\n\
+         memcached.eject_after = 2\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        node.address()
+    ))
+    .await;
+    let mut c = McClient::tls(&pki, own.addr).await;
+    for _ in 0..4 {
+        too_large(c.line("get big\r\n").await);
+        too_large(c.line("get small big\r\n").await);
+    }
+    assert_eq!(
+        c.values("get small\r\n").await,
+        "VALUE small 0 1\r\ns\r\nEND\r\n"
+    );
 }

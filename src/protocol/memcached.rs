@@ -130,6 +130,11 @@ pub enum Cmd {
     Quit,
 }
 
+/// The first byte of a binary-protocol request.
+const BINARY_REQUEST: u8 = 0x80;
+const BINARY_REFUSED: &[u8] =
+    b"CLIENT_ERROR cachegate: the binary protocol is not supported (text and meta commands are)\r\n";
+
 /// The shape of an upstream reply, so it can be delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -387,6 +392,12 @@ impl Parser {
     }
 
     fn step(&self, buf: &[u8], policy: &impl Names) -> Step {
+        // A binary-protocol request (its magic byte): not served, and no line may follow to
+        // resynchronise on; said and closed at once (it used to wait for a newline that a
+        // binary client never sends, up to the partial-request timeout).
+        if buf.first() == Some(&BINARY_REQUEST) {
+            return Step::Done(Parsed::Fatal(BINARY_REFUSED), buf.len());
+        }
         let Some(nl) = buf
             .iter()
             .take(self.limits.max_line + 2)
@@ -1581,6 +1592,15 @@ mod tests {
             parse_all(long_line.as_bytes()),
             vec![Parsed::Fatal(LINE_TOO_LONG)]
         );
+    }
+
+    /// A binary-protocol request (a binary GET of "foo") is answered in text and closed at
+    /// once: no newline would ever come to end it.
+    #[test]
+    fn a_binary_request_is_refused_at_once() {
+        let get = b"\x80\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x03\xde\xad\xbe\xef\x00\x00\x00\x00\x00\x00\x00\x00foo";
+        assert_eq!(parse_all(get), vec![Parsed::Fatal(BINARY_REFUSED)]);
+        assert_eq!(parse_all(b"\x80"), vec![Parsed::Fatal(BINARY_REFUSED)]);
     }
 
     #[test]

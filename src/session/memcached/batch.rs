@@ -398,13 +398,20 @@ pub(super) async fn exchange(
     };
     let max = ctx.max_reply;
     let mut results = Vec::with_capacity(shapes.len());
+    // A reply over `limits.max_reply_bytes`: cachegate's limit, not the node's fault (no
+    // miss, no ejection); the connection, mid-reply, is dropped.
+    let mut too_large = None;
     let work = async {
         nc.conn.stream.write_all(&bytes).await?;
         nc.conn.stream.flush().await?;
         for shape in &shapes {
             loop {
-                let done = reply_len(&nc.buf, *shape, max)
-                    .map_err(|e| UpstreamError::Unexpected(e.to_string()))?;
+                let done = reply_len(&nc.buf, *shape, max).map_err(|e| {
+                    if let crate::protocol::memcached::McReplyError::TooLarge(limit) = e {
+                        too_large = Some(limit);
+                    }
+                    UpstreamError::Unexpected(e.to_string())
+                })?;
                 if let Some(len) = done {
                     results.push(Ok(nc.buf.split_to(len).freeze()));
                     break;
@@ -420,9 +427,18 @@ pub(super) async fn exchange(
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Timeout(ctx.request_timeout)),
     };
-    match outcome {
-        Ok(()) => ctx.record(node, true),
-        Err(e) => {
+    match (outcome, too_large) {
+        (Ok(()), _) => ctx.record(node, true),
+        (Err(_), Some(limit)) => {
+            let unanswered = (shapes.len() - results.len()) as u64;
+            let e = SharedError::ReplyTooLarge(limit);
+            ctx.security
+                .metrics
+                .request_failed(&ctx.listener, e.cause(), unanswered);
+            *slot = None;
+            results.resize(shapes.len(), Err(NodeError::Shared(e)));
+        }
+        (Err(e), None) => {
             tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
             ctx.record(node, false);
             let unanswered = (shapes.len() - results.len()) as u64;
