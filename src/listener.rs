@@ -153,11 +153,13 @@ impl Listener {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let holder = self.handler.budget().holder();
-        let evicted = holder.evicted().clone();
-        let run = crate::budget::owned(holder, self.handler.run(stream, peer, cert, shutdown));
+        let run = crate::budget::owned(
+            holder.clone(),
+            self.handler.run(stream, peer, cert, shutdown),
+        );
         tokio::select! {
             _ = run => {}
-            _ = evicted.cancelled() => {
+            _ = holder.evicted() => {
                 let e = crate::error::SessionError::Evicted;
                 tracing::warn!(listener = %self.name, %peer, "{e}; closing the connection");
                 self.metrics.session_error(&self.name, &e);
