@@ -29,7 +29,15 @@ pub struct MemoryBudget {
     /// Every session's holder, for the eviction (dead ones are swept as it goes).
     holders: Mutex<Vec<Weak<Holder>>>,
     evictions: AtomicU64,
+    /// When (ms after `started`, plus one; 0: never) a scan last found no one to evict for a
+    /// session that did not hold the most itself.
+    fruitless: AtomicU64,
+    started: std::time::Instant,
 }
+
+/// After a scan found no one to evict, how long charges past the limit are refused without
+/// another (each scan looks at every session, under one lock).
+const FRUITLESS_PAUSE_MS: u64 = 10;
 
 /// A session's standing: what its charges hold beyond their free shares, and its eviction.
 /// (A flag and a `Notify`, not a cancellation token: every connection has one, and a token is
@@ -108,6 +116,8 @@ impl MemoryBudget {
             used: AtomicUsize::new(0),
             holders: Mutex::new(Vec::new()),
             evictions: AtomicU64::new(0),
+            fruitless: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -133,13 +143,25 @@ impl MemoryBudget {
         holder
     }
 
-    /// The process's buffers are full and `asking` wants `extra` more (`used` with it): if
-    /// another session holds more than `asking` and at least `extra`, it is evicted (unless it
-    /// is already on its way out) and the charge goes through against the memory coming back,
-    /// never past it (`used` stays within the limit plus what that session holds). Whether
-    /// the charge may go through.
-    fn evict_for(&self, asking: Option<&Holder>, extra: usize, used: usize) -> bool {
+    /// The process's buffers are full and `asking` wants `extra` more: if another session
+    /// holds more than `asking` and at least `extra`, it is evicted (unless it is already on
+    /// its way out) and the charge goes through against the memory coming back, never past it
+    /// (`used` stays within the limit plus what that session holds). Whether the charge may go
+    /// through (it is then the caller's to add). Nothing is evicted when the buffers turn out
+    /// not to be full (looked at again under the lock), nor within a moment of a scan that
+    /// found no one to evict: under lasting pressure each charge does not scan every session.
+    fn evict_for(&self, asking: Option<&Holder>, extra: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.fruitless.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < FRUITLESS_PAUSE_MS {
+            return false;
+        }
         let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(extra) <= limit {
+            return true;
+        }
         holders.retain(|h| h.strong_count() > 0);
         let mine = asking.map_or(0, Holder::held);
         let largest = holders
@@ -147,14 +169,16 @@ impl MemoryBudget {
             .filter_map(Weak::upgrade)
             .filter(|h| !asking.is_some_and(|a| std::ptr::eq(a, &**h)))
             .max_by_key(|h| h.held());
-        let Some(victim) = largest else {
+        let held = largest.as_ref().map_or(0, |v| v.held());
+        let Some(victim) = largest.filter(|_| {
+            held >= extra && held > mine && used.saturating_add(extra) <= limit.saturating_add(held)
+        }) else {
+            // (Not when the one asking holds the most: the next to ask may evict it.)
+            if held > mine {
+                self.fruitless.store(now, Ordering::Relaxed);
+            }
             return false;
         };
-        let held = victim.held();
-        let limit = self.limit.load(Ordering::Relaxed);
-        if held < extra || held <= mine || used > limit.saturating_add(held) {
-            return false;
-        }
         if !victim.is_evicted() {
             victim.evict();
             self.evictions.fetch_add(1, Ordering::Relaxed);
@@ -213,15 +237,27 @@ impl Charge {
             return Ok(());
         }
         let extra = want - self.held;
-        let before = self.budget.used.fetch_add(extra, Ordering::Relaxed);
         let limit = self.budget.limit.load(Ordering::Relaxed);
-        if before + extra > limit
-            && !self
-                .budget
-                .evict_for(self.owner.as_deref(), extra, before + extra)
-        {
-            self.budget.used.fetch_sub(extra, Ordering::Relaxed);
-            return Err(OverBudget { limit });
+        // Reserved only when it fits: a charge being refused never makes the buffers look
+        // full to another one meanwhile.
+        let mut used = self.budget.used.load(Ordering::Relaxed);
+        loop {
+            if used.saturating_add(extra) > limit {
+                if !self.budget.evict_for(self.owner.as_deref(), extra) {
+                    return Err(OverBudget { limit });
+                }
+                self.budget.used.fetch_add(extra, Ordering::Relaxed);
+                break;
+            }
+            match self.budget.used.compare_exchange_weak(
+                used,
+                used + extra,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
         }
         if let Some(owner) = &self.owner {
             owner.held.fetch_add(extra, Ordering::Relaxed);
@@ -230,8 +266,25 @@ impl Charge {
         Ok(())
     }
 
-    /// Counts what it holds for `owner` from now on (a shared connection's read buffer holds
-    /// the replies of the request at its head, whoever's it is).
+    /// [`Charge::hold`] for `owner` from now on (a shared connection's read buffer holds the
+    /// replies of the request at its head, whoever's it is): what it gives back comes off the
+    /// one it was held for, what it adds goes to the new one.
+    pub fn hold_for(
+        &mut self,
+        bytes: usize,
+        owner: Option<&Arc<Holder>>,
+    ) -> Result<(), OverBudget> {
+        if bytes.saturating_sub(FREE_PER_SESSION) < self.held {
+            self.hold(bytes)?;
+            self.set_owner(owner);
+            Ok(())
+        } else {
+            self.set_owner(owner);
+            self.hold(bytes)
+        }
+    }
+
+    /// Counts what it holds for `owner` from now on.
     pub fn set_owner(&mut self, owner: Option<&Arc<Holder>>) {
         if self.owner.as_ref().map(Arc::as_ptr) == owner.map(Arc::as_ptr) {
             return;
@@ -312,12 +365,19 @@ mod tests {
         drop(_held);
         assert_eq!(budget.used(), 250_000);
         drop(let_through);
-        // A read buffer's charge moves to whoever's replies fill it.
+        // A read buffer's charge moves to whoever's replies fill it: what it gives back
+        // comes off the one it held them for, before the rest moves (a hog's buffer never
+        // shows, even for a moment, as the next session's).
         let mut buffer = Charge::owned_by(budget.clone(), None);
-        buffer.hold(FREE_PER_SESSION + 10_000).unwrap();
-        buffer.set_owner(Some(&other));
+        buffer
+            .hold_for(FREE_PER_SESSION + 10_000, Some(&other))
+            .unwrap();
         assert_eq!(other.held(), 60_000);
-        buffer.set_owner(None);
-        assert_eq!(other.held(), 50_000);
+        buffer
+            .hold_for(FREE_PER_SESSION + 2_000, Some(&small))
+            .unwrap();
+        assert_eq!((other.held(), small.held()), (50_000, 100_000 + 2_000));
+        buffer.hold_for(FREE_PER_SESSION + 5_000, None).unwrap();
+        assert_eq!(small.held(), 100_000);
     }
 }

@@ -459,6 +459,15 @@ async fn serve(
     loop {
         // Hand out every complete reply.
         loop {
+            // A request whose session has gone (closed, evicted) is failed as its replies come:
+            // they are dropped as they arrive, never held and charged for no one.
+            let gone = pending
+                .front()
+                .is_some_and(|w| w.reply.as_ref().is_some_and(|r| r.is_closed()));
+            if gone && !skipping {
+                skipping = fail_head(&mut pending, &mut buf, &mut scanner, SharedError::Gone);
+                continue;
+            }
             let from = pending.front().map_or(0, |w| w.len);
             let memcached = pending.front().and_then(|w| match &w.frames {
                 Frames::Memcached(shapes) => Some(shapes[w.got]),
@@ -600,8 +609,8 @@ async fn serve(
         // The buffer as it stands is charged, to the session whose replies fill it (the one
         // the process's buffers evict first); past the process's bound, that request fails,
         // and its replies are dropped as they come.
-        held.set_owner(pending.front().and_then(|w| w.owner.as_ref()));
-        if let Err(over) = held.hold(buf.len()) {
+        if let Err(over) = held.hold_for(buf.len(), pending.front().and_then(|w| w.owner.as_ref()))
+        {
             if !skipping && fail_head(&mut pending, &mut buf, &mut scanner, over.into()) {
                 skipping = true;
                 continue;

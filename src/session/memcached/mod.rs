@@ -325,6 +325,22 @@ impl NodeError {
     }
 }
 
+/// One open connection in `stats curr_connections`, for as long as it is held.
+struct Open<'a>(&'a AtomicU64);
+
+impl<'a> Open<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A node's connection within a session, with its read buffer.
 struct NodeConn {
     conn: Conn,
@@ -351,7 +367,9 @@ pub async fn run<S>(
         let _ = stream.shutdown().await;
         return;
     };
-    ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
+    // Counted open until this goes, however the session ends (an evicted one's future is
+    // dropped mid-way).
+    let _open = Open::new(&ctx.curr_connections);
     ctx.total_connections.fetch_add(1, Ordering::Relaxed);
     let mut conns: Vec<Option<NodeConn>> = (0..ctx.nodes.len()).map(|_| None).collect();
     let mut who = Who {
@@ -374,7 +392,6 @@ pub async fn run<S>(
             ctx.nodes[i].pool.release(c.conn, c.buf.is_empty());
         }
     }
-    ctx.curr_connections.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(()) => tracing::debug!(listener = %ctx.listener, %peer, "session closed"),
         Err(e) => {

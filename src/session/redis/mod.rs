@@ -341,6 +341,7 @@ pub async fn run<S>(
         reply_mode: ReplyMode::On,
         abort: abort.clone(),
         pin_node: None,
+        pinned: None,
         cluster_order: None,
         subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         shard_subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -373,14 +374,6 @@ pub async fn run<S>(
     )
     .await;
 
-    if ctx.shared.is_some() && req.shared.is_none() {
-        ctx.metrics
-            .pinned_sessions
-            .get_or_create(&crate::metrics::ListenerLabels {
-                listener: ctx.listener.clone(),
-            })
-            .dec();
-    }
     // The client's own errors say nothing about the upstream stream; only an upstream failure
     // or bytes that never left make it unusable.
     // A tainted connection (state RESET does not clear) is closed, never pooled.
@@ -475,6 +468,9 @@ struct RequestSide {
     /// A cluster listener's session pinned to one node: that node (its pool gives the
     /// connection and takes it back).
     pin_node: Option<Arc<crate::upstream::cluster::Node>>,
+    /// Counted in `cachegate_pinned_sessions` while held: from pinning to unpinning, or to
+    /// the session's end, however it ends (an evicted session's future is dropped mid-way).
+    pinned: Option<pinning::PinnedMark>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation

@@ -287,11 +287,7 @@ impl RequestSide {
             name: self.name.take(),
             ..SharedSession::default()
         });
-        self.ctx
-            .metrics
-            .pinned_sessions
-            .get_or_create(&self.listener_labels())
-            .dec();
+        self.pinned = None;
         tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session back on shared connections");
         Ok(())
     }
@@ -319,11 +315,13 @@ impl RequestSide {
         let Some(state) = self.shared.take() else {
             return Ok(None);
         };
-        self.ctx
+        let gauge = self
+            .ctx
             .metrics
             .pinned_sessions
             .get_or_create(&self.listener_labels())
-            .inc();
+            .clone();
+        self.pinned = Some(PinnedMark::new(gauge));
         self.name = state.name.clone();
         tracing::trace!(listener = %self.ctx.listener, peer = %self.peer, "session pinned to its own upstream connection");
         if self.resp3 {
@@ -353,5 +351,21 @@ impl RequestSide {
             self.pin_node = None;
         }
         outcome
+    }
+}
+
+/// One session counted in the pinned-sessions gauge, for as long as it is held.
+pub(super) struct PinnedMark(prometheus_client::metrics::gauge::Gauge);
+
+impl PinnedMark {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for PinnedMark {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
