@@ -159,12 +159,24 @@ impl Keyspaces {
     }
 
     pub fn strings(&self, key: &[u8]) -> bool {
-        self.patterns.iter().any(|p| glob(p.as_bytes(), key))
+        self.patterns.iter().any(|p| in_keyspace(p, key))
     }
 
     pub fn hash(&self, key: &[u8]) -> bool {
-        self.hashes.iter().any(|p| glob(p.as_bytes(), key))
+        self.hashes.iter().any(|p| in_keyspace(p, key))
     }
+}
+
+/// Whether `key` is in the keyspace `pattern`: Redis's glob, and the empty key in a pattern
+/// of stars alone. (Redis's matcher never matches the empty string, which its ACL follows and
+/// cachegate's ACL with it; for encryption `*` must mean every key, as `SCAN MATCH *` and
+/// `KEYS *` find the empty one too: it was stored in clear under `*` for a moment on
+/// 2026-11-30, found by a reviewer.)
+fn in_keyspace(pattern: &str, key: &[u8]) -> bool {
+    if key.is_empty() {
+        return pattern.bytes().all(|b| b == b'*');
+    }
+    glob(pattern.as_bytes(), key)
 }
 
 /// Plans `args` (name first, already the real name); seals values in place. The session
@@ -358,6 +370,20 @@ mod tests {
     /// A command the table does not know (a module's: `TFCALL` runs a script that writes keys
     /// it does not name) is refused on a listener with encrypted keyspaces, whatever keys its
     /// arguments name; a known command on other keys is not.
+    #[test]
+    fn the_empty_key_is_in_a_keyspace_of_stars() {
+        let all = Keyspaces {
+            patterns: vec!["*".into()],
+            hashes: vec![],
+        };
+        assert!(all.strings(b"") && all.strings(b"k"));
+        let some = spaces();
+        assert!(!some.covers(b""));
+        let (keys, mut set) = (keys(), args(&["SET", "", "secret"]));
+        assert!(matches!(plan(&mut set, &all, &keys), Plan::Sealed(_)));
+        assert_ne!(&set[2][..], b"secret");
+    }
+
     #[test]
     fn unknown_commands_are_refused_whatever_they_name() {
         let (keys, spaces) = (keys(), spaces());
