@@ -330,6 +330,8 @@ pub struct Parser {
     limits: McLimits,
     swallow: u64,
     after_swallow: Option<&'static [u8]>,
+    /// The connection's first byte has been seen (memcached picks the protocol by it).
+    started: bool,
 }
 
 enum Step {
@@ -364,6 +366,22 @@ impl Parser {
         if let Some(reply) = self.after_swallow.take() {
             return Some(Parsed::Reply(reply));
         }
+        // A binary-protocol client (its magic byte first on the connection, where memcached
+        // picks the protocol): not served, and no line would ever end its request; said and
+        // closed at once (it used to wait for a newline up to the partial-request timeout).
+        // Later, the byte is a text command's like any other (a value block read as a line
+        // after a refused storage command, a pickled value).
+        if !self.started {
+            match buf.first() {
+                None => return None,
+                Some(&BINARY_REQUEST) => {
+                    let n = buf.len();
+                    buf.advance(n);
+                    return Some(Parsed::Fatal(BINARY_REFUSED));
+                }
+                Some(_) => self.started = true,
+            }
+        }
         match self.step(buf, policy) {
             Step::NeedMore => None,
             Step::Done(parsed, consumed) => {
@@ -392,12 +410,6 @@ impl Parser {
     }
 
     fn step(&self, buf: &[u8], policy: &impl Names) -> Step {
-        // A binary-protocol request (its magic byte): not served, and no line may follow to
-        // resynchronise on; said and closed at once (it used to wait for a newline that a
-        // binary client never sends, up to the partial-request timeout).
-        if buf.first() == Some(&BINARY_REQUEST) {
-            return Step::Done(Parsed::Fatal(BINARY_REFUSED), buf.len());
-        }
         let Some(nl) = buf
             .iter()
             .take(self.limits.max_line + 2)
@@ -1108,9 +1120,10 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
                     .nth(3)
                     .and_then(parse_num::<usize>);
                 let size = size.ok_or_else(|| malformed(text))?;
-                // A size near usize::MAX from a hostile node must not wrap around.
+                // A size near usize::MAX from a hostile node must not wrap around: no reply of
+                // memcached's, malformed (not cachegate's limit, which spares the node).
                 size.checked_add(pos + line + 2)
-                    .ok_or(McReplyError::TooLarge(max))?
+                    .ok_or_else(|| malformed(text))?
             }
             Shape::Values => return Err(malformed(text)),
             Shape::Meta | Shape::MetaThenNoop => {
@@ -1124,7 +1137,7 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
                         .and_then(parse_num::<usize>);
                     size.ok_or_else(|| malformed(text))?
                         .checked_add(pos + line + 2)
-                        .ok_or(McReplyError::TooLarge(max))?
+                        .ok_or_else(|| malformed(text))?
                 } else if is_error || META_STATUS.contains(&word) {
                     pos + line
                 } else {
@@ -1236,7 +1249,12 @@ impl McSkip {
 fn line_at(buf: &[u8], pos: usize, max: usize) -> Result<Option<usize>, McReplyError> {
     match buf[pos..].windows(2).position(|w| w == b"\r\n") {
         Some(i) => Ok(Some(i + 2)),
-        None if buf.len() - pos > DEFAULT_MAX_LINE.min(max) => Err(McReplyError::TooLarge(max)),
+        // Past a reply limit below the longest line: cachegate's limit. Past the longest line
+        // itself: no memcached reply (its lines are short), malformed.
+        None if buf.len() - pos > max && max < DEFAULT_MAX_LINE => Err(McReplyError::TooLarge(max)),
+        None if buf.len() - pos > DEFAULT_MAX_LINE => Err(McReplyError::Malformed(
+            "a line without CRLF in 64 KiB".into(),
+        )),
         None => Ok(None),
     }
 }
@@ -1594,6 +1612,31 @@ mod tests {
         );
     }
 
+    /// What is over cachegate's reply limit (a node's reply it may skip, the node being fine)
+    /// and what no memcached writes (malformed: it counts against the node) are told apart.
+    #[test]
+    fn replies_too_large_and_malformed_are_told_apart() {
+        let too_large =
+            |r: Result<Option<usize>, McReplyError>| matches!(r, Err(McReplyError::TooLarge(_)));
+        let malformed =
+            |r: Result<Option<usize>, McReplyError>| matches!(r, Err(McReplyError::Malformed(_)));
+        assert!(too_large(reply_len(
+            b"VALUE k 0 5000\r\n",
+            Shape::Values,
+            1000
+        )));
+        assert!(too_large(reply_len(b"VA 5000\r\n", Shape::Meta, 1000)));
+        let huge = format!("VALUE k 0 {}\r\n", usize::MAX - 3);
+        assert!(malformed(reply_len(
+            huge.as_bytes(),
+            Shape::Values,
+            usize::MAX
+        )));
+        let endless = vec![b'x'; DEFAULT_MAX_LINE + 10];
+        assert!(malformed(reply_len(&endless, Shape::Line, 1 << 30)));
+        assert!(too_large(reply_len(&endless[..200], Shape::Line, 100)));
+    }
+
     /// A binary-protocol request (a binary GET of "foo") is answered in text and closed at
     /// once: no newline would ever come to end it.
     #[test]
@@ -1601,6 +1644,29 @@ mod tests {
         let get = b"\x80\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x03\xde\xad\xbe\xef\x00\x00\x00\x00\x00\x00\x00\x00foo";
         assert_eq!(parse_all(get), vec![Parsed::Fatal(BINARY_REFUSED)]);
         assert_eq!(parse_all(b"\x80"), vec![Parsed::Fatal(BINARY_REFUSED)]);
+        // Later on a text connection the byte is no binary request (memcached picks the
+        // protocol by the first byte): a refused set's value block that starts with it (a
+        // pickled value) is read as a line, as memcached reads it, and the connection goes on.
+        let long_key = "k".repeat(251);
+        let wire = [
+            format!("set {long_key} 0 0 3\r\n").as_bytes(),
+            b"\x80ab\r\nget x\r\n",
+        ]
+        .concat();
+        let parsed = parse_all(&wire);
+        assert!(
+            !parsed.contains(&Parsed::Fatal(BINARY_REFUSED)),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            parsed.len(),
+            3,
+            "the block read as a line of its own: {parsed:?}"
+        );
+        assert!(
+            matches!(parsed.last(), Some(Parsed::Request(r)) if r.cmd == Cmd::Get),
+            "{parsed:?}"
+        );
     }
 
     #[test]
