@@ -39,6 +39,10 @@ pub enum RewrapError {
     Node(#[from] crate::parts::ServerError),
     #[error("a memcached node answered `{0}`")]
     Memcached(String),
+    /// A cluster whose keys are moving, or whose slots are not all served: a walk of its
+    /// primaries could miss values.
+    #[error("{0}; run rewrap again once the cluster is settled")]
+    Layout(String),
 }
 
 /// What a rewrap did.
@@ -312,18 +316,9 @@ pub async fn rewrap(
     // walked only its own slots), and on each node every database that holds keys (clients
     // may SELECT on a standalone listener).
     let mut conns = Vec::new();
+    let mut layout = None;
     if listener.upstream.cluster {
-        let host = crate::config::model::split_host_port(&listener.upstream.address)
-            .map(|(h, _)| h.to_string())
-            .unwrap_or_default();
-        let reply = call(&mut seed, &[b"CLUSTER", b"SLOTS"]).await?;
-        let ranges =
-            crate::upstream::cluster::topology::parse_slots(&reply, &host).map_err(|e| {
-                RewrapError::Refused {
-                    command: "CLUSTER SLOTS".into(),
-                    reply: e.to_string(),
-                }
-            })?;
+        let ranges = settled_layout(&mut seed, &listener.upstream.address).await?;
         let mut primaries: Vec<_> = ranges.iter().map(|r| r.primary.clone()).collect();
         primaries.sort_by_key(|n| n.address());
         primaries.dedup_by_key(|n| n.address());
@@ -332,12 +327,22 @@ pub async fn rewrap(
             let upstream = crate::parts::node_at(listener, &address, node.hostname)?;
             conns.push((address, connect(&upstream).await?));
         }
+        layout = Some((seed, ranges));
     } else {
         conns.push((listener.upstream.address.clone(), seed));
     }
+    // Every database that holds keys, where clients may SELECT; database 0 alone where the
+    // listener refuses SELECT (another application's data elsewhere is none of its values)
+    // and on a cluster (which has no other).
+    let select_refused = listener.policy.decide(b"SELECT") == crate::policy::Decision::Refuse;
     let mut places = Vec::new();
     for (i, (_, conn)) in conns.iter_mut().enumerate() {
-        for db in databases(&call(conn, &[b"INFO", b"keyspace"]).await?) {
+        let dbs = if select_refused || listener.upstream.cluster {
+            vec![0]
+        } else {
+            databases(&call(conn, &[b"INFO", b"keyspace"]).await?)
+        };
+        for db in dbs {
             places.push((i, db));
         }
     }
@@ -436,7 +441,60 @@ pub async fn rewrap(
             save(path, &at)?;
         }
     }
+    // Keys that moved during the walk (a resharding) could have gone from a node not yet
+    // walked to one already walked: then the run is not complete, and starts over.
+    if let Some((mut seed, before)) = layout {
+        let after = settled_layout(&mut seed, &listener.upstream.address).await;
+        if !matches!(&after, Ok(after) if *after == before) {
+            if let Some(path) = state {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(after.err().unwrap_or_else(|| {
+                RewrapError::Layout("the cluster's slots moved during the run".into())
+            }));
+        }
+    }
     Ok(finish(at.tally, state, &mut progress))
+}
+
+/// A cluster's layout, from `CLUSTER SLOTS` of the node `seed` is connected to, when it is
+/// settled: every slot served by a primary cachegate can reach, and none migrating or
+/// importing (`CLUSTER NODES`): a slot on its way holds keys on a node SLOTS may not list.
+async fn settled_layout(
+    seed: &mut Conn,
+    address: &str,
+) -> Result<Vec<crate::upstream::cluster::topology::Range>, RewrapError> {
+    let host = crate::config::model::split_host_port(address)
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
+    let reply = call(seed, &[b"CLUSTER", b"SLOTS"]).await?;
+    let ranges = crate::upstream::cluster::topology::parse_slots(&reply, &host).map_err(|e| {
+        RewrapError::Refused {
+            command: "CLUSTER SLOTS".into(),
+            reply: e.to_string(),
+        }
+    })?;
+    let served: usize = ranges.iter().map(|r| (r.end - r.start) as usize + 1).sum();
+    if served != crate::upstream::cluster::slot::SLOTS {
+        return Err(RewrapError::Layout(format!(
+            "{served} of the cluster's 16384 slots are served by a primary with a known address"
+        )));
+    }
+    let nodes = call(seed, &[b"CLUSTER", b"NODES"]).await?;
+    if let Some(moving) = migrating(&nodes) {
+        return Err(RewrapError::Layout(format!("slot {moving} is migrating")));
+    }
+    Ok(ranges)
+}
+
+/// A slot `CLUSTER NODES` shows on its way (`[slot->-id]` migrating, `[slot-<-id]`
+/// importing), if any.
+fn migrating(nodes: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(nodes).lines().find_map(|line| {
+        line.split(' ')
+            .skip(8)
+            .find_map(|f| f.strip_prefix('[')?.split('-').next().map(str::to_string))
+    })
 }
 
 /// The databases an `INFO keyspace` reply says hold keys (`db3:keys=1,...`), in order.

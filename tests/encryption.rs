@@ -1155,3 +1155,32 @@ async fn only_values_cachegate_seals_are_counted() {
     );
     assert_eq!(seals().await, before + 1.0, "MSET sealed one value");
 }
+
+/// Where the listener refuses `SELECT`, its clients reach database 0 alone: a rewrap walks
+/// that one, and leaves another database (another application's data) as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_walks_database_0_alone_where_select_is_refused() {
+    let st = setup().await;
+    let mut direct = st.redis.direct().await;
+    assert_eq!(direct.cmd(&["SET", "pii:0", CANARY]).await, b"+OK\r\n");
+    let mut db3 = st.redis.direct().await;
+    assert_eq!(db3.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
+    assert_eq!(db3.cmd(&["SET", "pii:other-app", CANARY]).await, b"+OK\r\n");
+    let proxy = Proxy::start(&config(
+        &st,
+        "encryption.on_plaintext = \"pass\"\ncommands.disable = [\"SELECT\", \"@scripting\"]\n",
+    ))
+    .await;
+    let path = proxy.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &path))
+        .await
+        .unwrap();
+    let said = s(&out.stdout);
+    assert!(out.status.success(), "{said}{}", s(&out.stderr));
+    assert!(
+        said.contains(" values scanned: 1 re-sealed under data key "),
+        "{said}"
+    );
+    assert!(!contains(&direct.cmd(&["GET", "pii:0"]).await, CANARY));
+    assert_eq!(db3.cmd(&["GET", "pii:other-app"]).await, bulk(CANARY));
+}
