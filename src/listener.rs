@@ -33,6 +33,8 @@ pub struct Listener {
     /// How a new connection is let in; a reload replaces it (open connections keep theirs).
     pub front: Live<Front>,
     pub limit: Arc<Semaphore>,
+    /// `max_connections_per_source`, when set.
+    pub per_source: Option<PerSource>,
     /// When a rejection was last logged as a security event (rate-limited), in ms since
     /// `started`, and how many went unlogged since.
     pub last_reject_log: std::sync::atomic::AtomicU64,
@@ -91,6 +93,53 @@ impl Listener {
             ),
             false,
         );
+    }
+}
+
+/// How many connections each source holds, against `max_connections_per_source`.
+pub struct PerSource {
+    cap: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerSource {
+    /// `None` for 0 (no cap).
+    pub fn new(cap: usize) -> Option<Self> {
+        (cap > 0).then(|| Self {
+            cap,
+            open: Default::default(),
+        })
+    }
+
+    /// A place for one more connection from `ip`'s source, held until dropped; `None` when
+    /// the source holds its cap already.
+    fn enter(&self, ip: std::net::IpAddr) -> Option<SourcePlace<'_>> {
+        let source = crate::auth::throttle::source(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(source).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(SourcePlace { of: self, source })
+    }
+}
+
+/// One connection's place in its source's share.
+struct SourcePlace<'a> {
+    of: &'a PerSource,
+    source: std::net::IpAddr,
+}
+
+impl Drop for SourcePlace<'_> {
+    fn drop(&mut self) {
+        let mut open = self.of.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -262,6 +311,22 @@ async fn serve_connection(
             return;
         }
     }
+    // One source's share of the connections (after PROXY protocol: the real client's), held
+    // for the connection's life. Told as the connection limit is (plaintext only).
+    let _place = match &listener.per_source {
+        None => None,
+        Some(per_source) => match per_source.enter(peer.ip()) {
+            Some(place) => Some(place),
+            None => {
+                listener.reject(peer, "per_source");
+                refuse(
+                    stream,
+                    front.tls.is_none().then(|| listener.handler.refusal()),
+                );
+                return;
+            }
+        },
+    };
     let connected = |tls_version: &str, client_cert: bool| {
         listener
             .metrics

@@ -519,6 +519,11 @@ pub fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
             dbg(&b.max_connections),
         );
         differ(
+            "max_connections_per_source",
+            dbg(&a.max_connections_per_source),
+            dbg(&b.max_connections_per_source),
+        );
+        differ(
             "protocol (or its memcached settings)",
             dbg(&a.protocol),
             dbg(&b.protocol),

@@ -237,6 +237,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
             handler,
             front: Live::new(front),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_source: crate::listener::PerSource::new(cfg.max_connections_per_source),
             last_reject_log: std::sync::atomic::AtomicU64::new(0),
             unlogged_rejects: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),

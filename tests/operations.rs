@@ -219,3 +219,34 @@ async fn the_admin_listener_bounds_its_connections() {
     assert!(started.elapsed() >= cachegate::admin::HEADER_TIMEOUT / 2);
     assert_eq!(proxy.admin_get("/live").await.0, 200);
 }
+
+/// `max_connections_per_source`: one source (here 127.0.0.2) holds at most that many
+/// connections, refused past it (counted as `per_source`), and gets a place again when one of
+/// its connections closes; another source (127.0.0.3) is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_at_most_its_share_of_the_connections() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "max_connections_per_source = 2\n").await;
+    let mut first = tls_after(&pki, proxy.addr, "127.0.0.2", b"").await.unwrap();
+    assert_eq!(first.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut second = tls_after(&pki, proxy.addr, "127.0.0.2", b"").await.unwrap();
+    assert_eq!(second.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert!(!served(tls_after(&pki, proxy.addr, "127.0.0.2", b"").await).await);
+    assert!(served(tls_after(&pki, proxy.addr, "127.0.0.3", b"").await).await);
+    let text = proxy.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &text,
+            "cachegate_connections_rejected_total{listener=\"edge\",reason=\"per_source\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    drop(first);
+    assert!(
+        eventually(|| async { served(tls_after(&pki, proxy.addr, "127.0.0.2", b"").await).await })
+            .await,
+        "the closed connection's place never came back"
+    );
+    assert_eq!(second.cmd(&["PING"]).await, b"+PONG\r\n");
+}

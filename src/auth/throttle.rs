@@ -52,8 +52,8 @@ impl Entry {
 
 /// Whose budget an attempt from `ip` spends: the IPv4 address, or the IPv6 /64 (one host
 /// usually holds a whole /64 and could otherwise take a fresh address, and a fresh budget,
-/// for every few guesses).
-fn source(ip: IpAddr) -> IpAddr {
+/// for every few guesses). Also whose share of a listener's connections one is.
+pub fn source(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -91,6 +91,8 @@ pub struct ListenerFile {
     pub protocol: Option<String>,
     pub bind: Option<String>,
     pub max_connections: Option<u64>,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold; no cap when absent.
+    pub max_connections_per_source: Option<u64>,
     /// Source addresses (CIDR) that may connect; everyone when absent.
     pub allow: Option<Vec<String>>,
     /// PROXY protocol v1/v2 headers, accepted only from these load balancers.

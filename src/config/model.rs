@@ -99,6 +99,9 @@ pub struct ListenerConfig {
     pub cert_users: Vec<CertMapping>,
     pub bind: SocketAddr,
     pub max_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64, after PROXY protocol) may hold;
+    /// 0: no cap but `max_connections`.
+    pub max_connections_per_source: usize,
     /// Source networks that may connect (after PROXY protocol); `None`: everyone.
     pub allow: Option<Vec<ipnet::IpNet>>,
     /// Load balancers whose PROXY protocol headers are believed; `None`: no PROXY protocol.

@@ -248,6 +248,7 @@ pub(super) fn listener(
         l.max_connections,
         DEFAULT_MAX_CONNECTIONS,
     );
+    let max_connections_per_source = l.max_connections_per_source.map_or(0, |n| n as usize);
     // Whether certificates are to be verified, as configured (even if a file failed to load:
     // that problem is reported once, on its own key).
     let verifies_certs = l.tls.enabled != Some(false)
@@ -432,6 +433,7 @@ pub(super) fn listener(
         cert_users,
         bind: bind?,
         max_connections,
+        max_connections_per_source,
         allow: allow?,
         proxy_trusted: proxy_trusted?,
         tls: tls?,
