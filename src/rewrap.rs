@@ -318,7 +318,8 @@ pub async fn rewrap(
     let mut conns = Vec::new();
     let mut layout = None;
     if listener.upstream.cluster {
-        let ranges = settled_layout(&mut seed, &listener.upstream.address).await?;
+        let ranges = served_slots(&mut seed, &listener.upstream.address).await?;
+        drop(seed);
         let mut primaries: Vec<_> = ranges.iter().map(|r| r.primary.clone()).collect();
         primaries.sort_by_key(|n| n.address());
         primaries.dedup_by_key(|n| n.address());
@@ -327,17 +328,21 @@ pub async fn rewrap(
             let upstream = crate::parts::node_at(listener, &address, node.hostname)?;
             conns.push((address, connect(&upstream).await?));
         }
-        layout = Some((seed, ranges));
+        no_slot_moving(&mut conns).await?;
+        layout = Some(slot_owners(&ranges));
     } else {
         conns.push((listener.upstream.address.clone(), seed));
     }
-    // Every database that holds keys, where clients may SELECT; database 0 alone where the
-    // listener refuses SELECT (another application's data elsewhere is none of its values)
-    // and on a cluster (which has no other).
-    let select_refused = listener.policy.decide(b"SELECT") == crate::policy::Decision::Refuse;
+    // Every database that holds keys, where clients may SELECT; database 0 alone where no
+    // client can reach another (SELECT and SWAPDB refused, under any name: another
+    // application's data elsewhere is none of its values) and on a cluster (which has no
+    // other).
+    let hidden =
+        |name: &[u8]| listener.policy.visible_name(name) == crate::policy::Visibility::Hidden;
+    let db0_only = hidden(b"select") && hidden(b"swapdb");
     let mut places = Vec::new();
     for (i, (_, conn)) in conns.iter_mut().enumerate() {
-        let dbs = if select_refused || listener.upstream.cluster {
+        let dbs = if db0_only || listener.upstream.cluster {
             vec![0]
         } else {
             databases(&call(conn, &[b"INFO", b"keyspace"]).await?)
@@ -354,7 +359,9 @@ pub async fn rewrap(
         .map(|p| (p.as_str(), false))
         .chain(spaces.hashes.iter().map(|p| (p.as_str(), true)))
         .collect();
-    // Each place, each pattern: what the saved cursor walks (a different layout starts over).
+    // Each place, each pattern: what the saved cursor walks; with a cluster's slot owners
+    // (a run that resumes after slots moved starts over: keys may have gone from a node not
+    // yet walked to one already walked).
     let steps: Vec<(usize, u32, &str, bool)> = places
         .iter()
         .flat_map(|&(node, db)| patterns.iter().map(move |&(p, hash)| (node, db, p, hash)))
@@ -365,6 +372,7 @@ pub async fn rewrap(
             let kind = if hash { "hash" } else { "string" };
             format!("{} db{db} {kind}:{p}", conns[node].0)
         })
+        .chain(layout.iter().flatten().cloned())
         .collect();
     let mut selected: Vec<Option<u32>> = vec![None; conns.len()];
     let mut at = state
@@ -442,25 +450,50 @@ pub async fn rewrap(
         }
     }
     // Keys that moved during the walk (a resharding) could have gone from a node not yet
-    // walked to one already walked: then the run is not complete, and starts over.
-    if let Some((mut seed, before)) = layout {
-        let after = settled_layout(&mut seed, &listener.upstream.address).await;
-        if !matches!(&after, Ok(after) if *after == before) {
+    // walked to one already walked: then the run is not complete, and starts over. (A fresh
+    // connection to the seed: the first one would have sat idle through the walk.)
+    if let Some(before) = layout {
+        let mut seed = connect(&listener.upstream).await?;
+        let after = served_slots(&mut seed, &listener.upstream.address).await?;
+        if slot_owners(&after) != before {
             if let Some(path) = state {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(after.err().unwrap_or_else(|| {
-                RewrapError::Layout("the cluster's slots moved during the run".into())
-            }));
+            return Err(RewrapError::Layout(
+                "the cluster's slots moved during the run".into(),
+            ));
         }
+        no_slot_moving(&mut conns).await?;
     }
     Ok(finish(at.tally, state, &mut progress))
 }
 
-/// A cluster's layout, from `CLUSTER SLOTS` of the node `seed` is connected to, when it is
-/// settled: every slot served by a primary cachegate can reach, and none migrating or
-/// importing (`CLUSTER NODES`): a slot on its way holds keys on a node SLOTS may not list.
-async fn settled_layout(
+/// Which primary serves each range of slots (replicas left out: one that fails and comes back
+/// moves no key).
+fn slot_owners(ranges: &[crate::upstream::cluster::topology::Range]) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|r| format!("slots {}-{} {}", r.start, r.end, r.primary.address()))
+        .collect()
+}
+
+/// Every primary's own view (`CLUSTER NODES`): a node marks only its own slots migrating or
+/// importing (`[slot->-id]`, `[slot-<-id]`), and a slot on its way holds keys on two nodes.
+async fn no_slot_moving(conns: &mut [(String, Conn)]) -> Result<(), RewrapError> {
+    for (address, conn) in conns.iter_mut() {
+        let nodes = call(conn, &[b"CLUSTER", b"NODES"]).await?;
+        if let Some(moving) = migrating(&nodes) {
+            return Err(RewrapError::Layout(format!(
+                "slot {moving} is migrating (seen on {address})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's slots from `CLUSTER SLOTS` of the node `seed` is connected to: every one
+/// must be served by a primary cachegate can reach.
+async fn served_slots(
     seed: &mut Conn,
     address: &str,
 ) -> Result<Vec<crate::upstream::cluster::topology::Range>, RewrapError> {
@@ -479,10 +512,6 @@ async fn settled_layout(
         return Err(RewrapError::Layout(format!(
             "{served} of the cluster's 16384 slots are served by a primary with a known address"
         )));
-    }
-    let nodes = call(seed, &[b"CLUSTER", b"NODES"]).await?;
-    if let Some(moving) = migrating(&nodes) {
-        return Err(RewrapError::Layout(format!("slot {moving} is migrating")));
     }
     Ok(ranges)
 }

@@ -1938,9 +1938,24 @@ async fn rewrap_walks_every_primary_of_a_cluster() {
     );
     // A slot on its way to another node holds keys a walk of the primaries can miss: the run
     // stops, saying so, and is not recorded complete; once the slot is settled it goes through.
-    let slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", "pii:0"]).await) as u16;
-    let from = cluster.owner(slot).await;
-    let to = cluster.other_than(&from);
+    // Between two nodes neither of which is the seed: each node shows only its own slots on
+    // the move (a check of the seed's view alone passed this).
+    let seed = cluster.nodes[0].redis.address();
+    let mut slot = 0;
+    let mut from = String::new();
+    for i in 0..30 {
+        slot = integer(&c.cmd(&["CLUSTER", "KEYSLOT", &format!("pii:{i}")]).await) as u16;
+        from = cluster.owner(slot).await;
+        if from != seed {
+            break;
+        }
+    }
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.redis.address())
+        .find(|a| *a != seed && *a != from)
+        .unwrap();
     let (from_id, to_id) = (cluster.id(&from).await, cluster.id(&to).await);
     let slot = slot.to_string();
     let mut src = cluster.at(&from).redis.direct().await;

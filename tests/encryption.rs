@@ -1156,8 +1156,9 @@ async fn only_values_cachegate_seals_are_counted() {
     assert_eq!(seals().await, before + 1.0, "MSET sealed one value");
 }
 
-/// Where the listener refuses `SELECT`, its clients reach database 0 alone: a rewrap walks
-/// that one, and leaves another database (another application's data) as it is.
+/// Where the listener refuses `SELECT` and `SWAPDB`, its clients reach database 0 alone: a
+/// rewrap walks that one, and leaves another database (another application's data) as it
+/// is. `SELECT` renamed, or `SWAPDB` allowed, and clients reach the others: all are walked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_walks_database_0_alone_where_select_is_refused() {
     let st = setup().await;
@@ -1168,7 +1169,7 @@ async fn rewrap_walks_database_0_alone_where_select_is_refused() {
     assert_eq!(db3.cmd(&["SET", "pii:other-app", CANARY]).await, b"+OK\r\n");
     let proxy = Proxy::start(&config(
         &st,
-        "encryption.on_plaintext = \"pass\"\ncommands.disable = [\"SELECT\", \"@scripting\"]\n",
+        "encryption.on_plaintext = \"pass\"\ncommands.disable = [\"SELECT\", \"SWAPDB\", \"@scripting\"]\n",
     ))
     .await;
     let path = proxy.config_path.clone();
@@ -1183,4 +1184,23 @@ async fn rewrap_walks_database_0_alone_where_select_is_refused() {
     );
     assert!(!contains(&direct.cmd(&["GET", "pii:0"]).await, CANARY));
     assert_eq!(db3.cmd(&["GET", "pii:other-app"]).await, bulk(CANARY));
+    for reachable in [
+        "commands.disable = [\"SELECT\", \"@scripting\"]\n",
+        "commands.disable = [\"SWAPDB\", \"@scripting\"]\ncommands.rename = { SELECT = \"PICKDB\" }\n",
+    ] {
+        let proxy = Proxy::start(&config(
+            &st,
+            &format!("encryption.on_plaintext = \"pass\"\n{reachable}"),
+        ))
+        .await;
+        let path = proxy.config_path.clone();
+        let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &path))
+            .await
+            .unwrap();
+        let said = s(&out.stdout);
+        assert!(out.status.success(), "{said}{}", s(&out.stderr));
+        // Both databases' values: pii:0 already under the primary key, pii:other-app sealed.
+        assert!(said.contains(": 2 values scanned: "), "{reachable}: {said}");
+    }
+    assert!(!contains(&db3.cmd(&["GET", "pii:other-app"]).await, CANARY));
 }
