@@ -30,8 +30,9 @@ pub struct MemoryBudget {
     holders: Mutex<Vec<Weak<Holder>>>,
     evictions: AtomicU64,
     /// When (ms after `started`, plus one; 0: never) a scan last found no one to evict for a
-    /// session that did not hold the most itself.
+    /// session that did not hold the most itself, and for how much.
     fruitless: AtomicU64,
+    fruitless_extra: AtomicUsize,
     started: std::time::Instant,
 }
 
@@ -117,6 +118,7 @@ impl MemoryBudget {
             holders: Mutex::new(Vec::new()),
             evictions: AtomicU64::new(0),
             fruitless: AtomicU64::new(0),
+            fruitless_extra: AtomicUsize::new(0),
             started: std::time::Instant::now(),
         })
     }
@@ -146,20 +148,26 @@ impl MemoryBudget {
     /// The process's buffers are full and `asking` wants `extra` more: if another session
     /// holds more than `asking` and at least `extra`, it is evicted (unless it is already on
     /// its way out) and the charge goes through against the memory coming back, never past it
-    /// (`used` stays within the limit plus what that session holds). Whether the charge may go
-    /// through (it is then the caller's to add). Nothing is evicted when the buffers turn out
-    /// not to be full (looked at again under the lock), nor within a moment of a scan that
-    /// found no one to evict: under lasting pressure each charge does not scan every session.
+    /// (`used` stays within the limit plus what that session holds). Whether the charge went
+    /// through: then it is added here, under the lock, so that two let through at once are
+    /// held to the same bound. Nothing is evicted when the buffers turn out not to be full
+    /// (looked at again under the lock), nor for a charge at least as large as one a scan
+    /// found no one to evict for a moment ago: under lasting pressure each charge does not
+    /// scan every session.
     fn evict_for(&self, asking: Option<&Holder>, extra: usize) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64 + 1;
         let last = self.fruitless.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < FRUITLESS_PAUSE_MS {
+        if last != 0
+            && now.saturating_sub(last) < FRUITLESS_PAUSE_MS
+            && extra >= self.fruitless_extra.load(Ordering::Relaxed)
+        {
             return false;
         }
         let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
         let used = self.used.load(Ordering::Relaxed);
         if used.saturating_add(extra) <= limit {
+            self.used.fetch_add(extra, Ordering::Relaxed);
             return true;
         }
         holders.retain(|h| h.strong_count() > 0);
@@ -175,6 +183,7 @@ impl MemoryBudget {
         }) else {
             // (Not when the one asking holds the most: the next to ask may evict it.)
             if held > mine {
+                self.fruitless_extra.store(extra, Ordering::Relaxed);
                 self.fruitless.store(now, Ordering::Relaxed);
             }
             return false;
@@ -183,6 +192,7 @@ impl MemoryBudget {
             victim.evict();
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
+        self.used.fetch_add(extra, Ordering::Relaxed);
         true
     }
 }
@@ -246,7 +256,6 @@ impl Charge {
                 if !self.budget.evict_for(self.owner.as_deref(), extra) {
                     return Err(OverBudget { limit });
                 }
-                self.budget.used.fetch_add(extra, Ordering::Relaxed);
                 break;
             }
             match self.budget.used.compare_exchange_weak(
@@ -335,6 +344,30 @@ mod tests {
         assert_eq!(budget.used(), 500_000);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_scan_that_found_no_one_holds_back_only_charges_as_large() {
+        let budget = MemoryBudget::new(1_000_000);
+        let (a, b, c) = (budget.holder(), budget.holder(), budget.holder());
+        let charge =
+            |owner: &Arc<Holder>, bytes| Charge::exact(&budget, bytes, Some(owner.clone()));
+        let _a = charge(&a, 600_000).unwrap();
+        let _b = charge(&b, 350_000).unwrap();
+        // Larger than anyone holds: no one to evict, and the scan says so for a moment...
+        assert!(charge(&c, 700_000).is_err());
+        assert_eq!(budget.evictions(), 0);
+        // ...to charges as large, not to a smaller one, which evicts the one holding the most.
+        let _let_through = charge(&c, 100_000).unwrap();
+        assert!(a.is_evicted() && !b.is_evicted());
+        // Two let through against the same eviction are held to one bound together: what
+        // comes back (600,000) above the limit, and no more.
+        let _second = charge(&c, 400_000).unwrap();
+        assert_eq!(budget.used(), 1_450_000);
+        assert!(
+            charge(&c, 200_000).is_err(),
+            "past the limit plus what comes back"
+        );
     }
 
     #[test]

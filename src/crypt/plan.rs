@@ -167,14 +167,14 @@ impl Keyspaces {
     }
 }
 
-/// Whether `key` is in the keyspace `pattern`: Redis's glob, and the empty key in a pattern
-/// of stars alone. (Redis's matcher never matches the empty string, which its ACL follows and
-/// cachegate's ACL with it; for encryption `*` must mean every key, as `SCAN MATCH *` and
-/// `KEYS *` find the empty one too: it was stored in clear under `*` for a moment on
-/// 2026-11-30, found by a reviewer.)
+/// Whether `key` is in the keyspace `pattern`: Redis's glob, and the empty key in `*`.
+/// (Redis's matcher never matches the empty string, which its ACL follows and cachegate's ACL
+/// with it; but `SCAN MATCH *` and `KEYS *` take a lone `*` as every key, the empty one too,
+/// and encryption must cover what rewrap's SCAN finds: it was stored in clear under `*` for a
+/// moment on 2026-11-30, found by a reviewer. `**` finds no empty key, in SCAN or here.)
 fn in_keyspace(pattern: &str, key: &[u8]) -> bool {
     if key.is_empty() {
-        return pattern.bytes().all(|b| b == b'*');
+        return pattern == "*";
     }
     glob(pattern.as_bytes(), key)
 }
@@ -377,6 +377,14 @@ mod tests {
             hashes: vec![],
         };
         assert!(all.strings(b"") && all.strings(b"k"));
+        let stars = Keyspaces {
+            patterns: vec!["**".into()],
+            hashes: vec![],
+        };
+        assert!(
+            !stars.strings(b"") && stars.strings(b"k"),
+            "as SCAN MATCH ** finds"
+        );
         let some = spaces();
         assert!(!some.covers(b""));
         let (keys, mut set) = (keys(), args(&["SET", "", "secret"]));

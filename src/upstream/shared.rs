@@ -564,8 +564,12 @@ async fn serve(
                     if head.got == head.frames.count() {
                         if let Some(done) = pending.pop_front() {
                             let bytes = buf.split_to(done.len).freeze();
-                            // Out of the read buffer's charge before the reply's own.
-                            let _ = held.hold(buf.len());
+                            // Out of the read buffer's charge before the reply's own; what is
+                            // left (the next replies, read with these) is the next head's.
+                            let _ = held.hold_for(
+                                buf.len(),
+                                pending.front().and_then(|w| w.owner.as_ref()),
+                            );
                             // Held until the session takes them: charged, or refused (and
                             // dropped here) past the process's limit.
                             let result = match crate::budget::Charge::exact(
