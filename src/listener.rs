@@ -475,3 +475,41 @@ fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
         None => "io",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source is an IPv4 address (an IPv4-mapped IPv6 one the same) or an IPv6 /64; a place
+    /// comes back when its connection's guard goes.
+    #[test]
+    fn a_source_holds_its_cap_and_no_more() {
+        let per_source = PerSource::new(1).expect("a cap");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let v4 = per_source.enter(ip("127.0.0.2")).expect("a first place");
+        assert!(
+            per_source.enter(ip("::ffff:127.0.0.2")).is_none(),
+            "the same source"
+        );
+        assert!(
+            per_source.enter(ip("127.0.0.3")).is_some(),
+            "another source"
+        );
+        let v6 = per_source.enter(ip("2001:db8::1")).expect("a first place");
+        assert!(
+            per_source.enter(ip("2001:db8::2")).is_none(),
+            "the same /64"
+        );
+        assert!(
+            per_source.enter(ip("2001:db8:0:1::1")).is_some(),
+            "another /64"
+        );
+        drop((v4, v6));
+        assert!(per_source.enter(ip("127.0.0.2")).is_some(), "given back");
+        assert!(
+            per_source.open.lock().unwrap().is_empty(),
+            "nothing left counted"
+        );
+        assert!(PerSource::new(0).is_none(), "0: no cap");
+    }
+}
