@@ -901,3 +901,62 @@ async fn an_auth_waiting_its_turn_is_checked_against_the_reloaded_tokens() {
     let reply = s(&c.read().await);
     assert!(reply.starts_with("-WRONGPASS"), "{reply}");
 }
+
+/// What a client sent before a reload, still in cachegate's buffer while the session waited
+/// for the client to read its replies, is judged by the new rules: a command the reload
+/// disables does not run when the session goes on (a reviewer had 265 such INCRs run after
+/// the reload, the session checking for a reload only before reading more). One batch already
+/// judged when the reload came (up to 128 commands: here 64 INCRs) is still sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_buffered_before_a_reload_meet_its_rules() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let config = |disable: &str| {
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\ncommands.disable = [{disable}]\n\
+             commands.scripts = \"unguarded\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config("")).await;
+    let mut direct = redis.direct().await;
+    assert_eq!(
+        direct.cmd(&["SET", "big", &"v".repeat(100_000)]).await,
+        b"+OK\r\n"
+    );
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let pair = [encode(&[b"GET", b"big"]), encode(&[b"INCR", b"counter"])].concat();
+    c.send(&pair.repeat(1500)).await;
+    // The session stops once its replies are not read: the counter stands still.
+    let mut ran = s(&direct.cmd(&["GET", "counter"]).await);
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = s(&direct.cmd(&["GET", "counter"]).await);
+        if now == ran && now.starts_with('$') {
+            break;
+        }
+        ran = now;
+    }
+    assert!(proxy.reload_with(&config("\"INCR\"")).await.is_ok());
+    // The client reads everything now: no INCR runs after the reload.
+    let mut refused = 0;
+    for _ in 0..3000 {
+        let reply = s(&c.read().await);
+        if reply.starts_with("-ERR unknown command") {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "every INCR had run before the reload");
+    let count = |reply: &str| {
+        reply
+            .lines()
+            .nth(1)
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap()
+    };
+    let after = count(&s(&direct.cmd(&["GET", "counter"]).await)) - count(&ran);
+    assert!(
+        after <= 64,
+        "{after} INCRs ran after the reload, past the one batch judged before it"
+    );
+}

@@ -617,16 +617,20 @@ impl RequestSide {
             if self.follow.is_some() {
                 self.follow_shards().await?;
             }
-            if self.live.generation() != self.generation {
-                if !self.refresh() {
-                    return Ok(());
-                }
-                superseded.set(self.ctx.superseded.clone().cancelled_owned());
-            }
             // Everything complete in the buffer is handled before the next read, so a pipeline
             // is forwarded as one write.
             let mut stop = false;
             loop {
+                // A reload is taken before each request, not only before each read: what the
+                // client sent before it, still in the buffer while the session waited on its
+                // replies, is judged by the new rules (a removed user's ends here). A reviewer
+                // had a disabled user's buffered INCRs run after the reload.
+                if self.live.generation() != self.generation {
+                    if !self.refresh() {
+                        return Ok(());
+                    }
+                    superseded.set(self.ctx.superseded.clone().cancelled_owned());
+                }
                 match next_request(
                     &mut reader.buf,
                     &self.ctx.limits.request,
