@@ -29,6 +29,9 @@ pub struct Admin {
     pub reloader: Arc<crate::reload::Reloader>,
     /// `POST /reload` is served only on a loopback admin listener.
     pub reload_allowed: bool,
+    /// One `POST /reload` at a time: held by the reload itself (its blocking thread goes on
+    /// when the client hangs up), so that a burst queues no more of them.
+    pub reloading: Arc<tokio::sync::Semaphore>,
 }
 
 /// Admin connections open at once; more are closed as they arrive (a scraper needs one).
@@ -108,8 +111,19 @@ async fn reload(admin: Arc<Admin>) -> Response<Full<Bytes>> {
                 .into(),
         );
     }
+    let Ok(running) = admin.reloading.clone().try_acquire_owned() else {
+        return reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            "a reload is running; send this one again once it has answered\n".into(),
+        );
+    };
     let reloader = admin.reloader.clone();
-    match tokio::task::spawn_blocking(move || reloader.reload("POST /reload")).await {
+    let run = move || {
+        let _running = running;
+        reloader.reload("POST /reload")
+    };
+    match tokio::task::spawn_blocking(run).await {
         Ok(Ok(summary)) => reply(
             StatusCode::OK,
             "text/plain",

@@ -263,6 +263,7 @@ pub fn prepare(config: Config, bound: Bound) -> Result<Prepared, ServerError> {
             clusters: clusters.clone(),
             reloader: reloader.clone(),
             reload_allowed: admin_loopback,
+            reloading: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         if let Ok(addr) = tcp.local_addr() {
             tracing::info!(%addr, "admin listening: /live /ready /metrics, POST /reload");

@@ -960,3 +960,45 @@ async fn requests_buffered_before_a_reload_meet_its_rules() {
         "{after} INCRs ran after the reload, past the one batch judged before it"
     );
 }
+
+/// One `POST /reload` at a time: another while one runs is answered 429 at once, instead of
+/// queueing a blocking thread each (a reviewer's burst of POSTs filled the runtime's blocking
+/// pool, which also resolves upstream hostnames). Here each reload takes a second (a root
+/// key command standing in for a KMS call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_asked_while_one_runs_is_refused_not_queued() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.key");
+    std::fs::write(&root, "5".repeat(64)).unwrap();
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}\
+         auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n\
+         encryption.root_key_command = [\"sh\", \"-c\", \"sleep 1; cat {}\"]\n\
+         encryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n",
+        dir.path().join("data"),
+        pki.tls_toml(),
+        redis.address(),
+        root.display()
+    ))
+    .await;
+    let admin = proxy.admin.unwrap();
+    let post = || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(
+            b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let (a, b) = tokio::join!(post(), post());
+    let mut status = [&a[..12], &b[..12]];
+    status.sort_unstable();
+    assert_eq!(status, ["HTTP/1.1 200", "HTTP/1.1 429"], "{a}\n{b}");
+    // Once it has answered, the next one runs.
+    assert!(post().await.starts_with("HTTP/1.1 200"));
+}
