@@ -231,6 +231,33 @@ fn a_v1_client_crl_is_refused_by_check_as_at_startup() {
     );
 }
 
+/// A certificate and a key that do not belong together are refused by `cachegate check`, as
+/// startup refuses them (check called them valid; a reviewer found it).
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_by_check() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mismatch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\ntls.cert = {:?}\ntls.key = {:?}\n\
+             auth.mode = \"none\"\nupstream.address = \"127.0.0.1:6379\"\n",
+            dir.path(),
+            pki.server_cert,
+            pki.client_key
+        ),
+    )
+    .unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(64), "{}", s(&out.stdout));
+    assert!(
+        s(&out.stderr).contains("listeners[0].tls.key"),
+        "{}",
+        s(&out.stderr)
+    );
+}
+
 /// A trusted PROXY-protocol network of more than 16 addresses is warned about (any host in it
 /// can claim any client address); the balancers' own addresses are not.
 #[test]

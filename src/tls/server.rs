@@ -41,6 +41,28 @@ pub struct ServerTlsOptions {
     pub session_resumption: bool,
 }
 
+/// Whether `key` is the private key of `chain`'s leaf, as the listener's configuration will
+/// check it: the configuration check calls it too, so that a mismatched pair is refused by
+/// `cachegate check` and a reload alike, not first at startup.
+pub fn check_identity(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<(), TlsError> {
+    ServerConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "listener TLS versions",
+            source,
+        })?
+        .with_no_client_auth()
+        .with_single_cert(chain.to_vec(), key.clone_key())
+        .map(|_| ())
+        .map_err(|source| TlsError::Rustls {
+            what: "listener certificate and key",
+            source,
+        })
+}
+
 /// How client certificates are verified (`None` when they are not asked for). The
 /// configuration check builds it too, so that a CA bundle or CRL rustls refuses (a v1 CRL,
 /// for one) is refused by `cachegate check` and a reload as it is at startup.

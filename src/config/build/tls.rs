@@ -114,7 +114,18 @@ pub(super) fn server_tls(
                 }
             };
             match (chain, private) {
-                (Some(chain), Some(key)) => Some(Identity::Files { chain, key }),
+                (Some(chain), Some(private)) => {
+                    match crate::tls::server::check_identity(&chain, &private) {
+                        Ok(()) => Some(Identity::Files {
+                            chain,
+                            key: private,
+                        }),
+                        Err(e) => {
+                            p.add(format!("{key}.key"), e.to_string());
+                            None
+                        }
+                    }
+                }
                 _ => None,
             }
         }
