@@ -198,6 +198,10 @@ impl Reloader {
         }
         // Swap.
         for (listener, (front, staged)) in self.listeners.iter().zip(staged) {
+            // As loud as at startup: plaintext served on a TLS port from now on.
+            if front.preferred && !listener.front.load().preferred {
+                tracing::warn!(listener = %listener.name, "reload: transit_encryption_mode = \"preferred\": PLAINTEXT CLIENTS ARE SERVED on this TLS port from now on");
+            }
             listener.front.store(Arc::new(front));
             match (&listener.handler, staged) {
                 (Handler::Redis(live), Staged::Redis(ctx, tls, options)) => {
