@@ -1167,17 +1167,22 @@ async fn rewrap_walks_database_0_alone_where_select_is_refused() {
     let mut db3 = st.redis.direct().await;
     assert_eq!(db3.cmd(&["SELECT", "3"]).await, b"+OK\r\n");
     assert_eq!(db3.cmd(&["SET", "pii:other-app", CANARY]).await, b"+OK\r\n");
-    let proxy = Proxy::start(&config(
-        &st,
-        "encryption.on_plaintext = \"pass\"\ncommands.disable = [\"SELECT\", \"SWAPDB\", \"@scripting\"]\n",
-    ))
-    .await;
-    let path = proxy.config_path.clone();
-    let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &path))
-        .await
-        .unwrap();
-    let said = s(&out.stdout);
-    assert!(out.status.success(), "{said}{}", s(&out.stderr));
+    // A rewrap through a listener with these command settings: what it said.
+    let rewrap = |commands: &str| {
+        let extra = format!("encryption.on_plaintext = \"pass\"\n{commands}");
+        let st = &st;
+        async move {
+            let proxy = Proxy::start(&config(st, &extra)).await;
+            let path = proxy.config_path.clone();
+            let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &path))
+                .await
+                .unwrap();
+            let said = s(&out.stdout);
+            assert!(out.status.success(), "{said}{}", s(&out.stderr));
+            said
+        }
+    };
+    let said = rewrap("commands.disable = [\"SELECT\", \"SWAPDB\", \"@scripting\"]\n").await;
     assert!(
         said.contains(" values scanned: 1 re-sealed under data key "),
         "{said}"
@@ -1188,18 +1193,8 @@ async fn rewrap_walks_database_0_alone_where_select_is_refused() {
         "commands.disable = [\"SELECT\", \"@scripting\"]\n",
         "commands.disable = [\"SWAPDB\", \"@scripting\"]\ncommands.rename = { SELECT = \"PICKDB\" }\n",
     ] {
-        let proxy = Proxy::start(&config(
-            &st,
-            &format!("encryption.on_plaintext = \"pass\"\n{reachable}"),
-        ))
-        .await;
-        let path = proxy.config_path.clone();
-        let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &path))
-            .await
-            .unwrap();
-        let said = s(&out.stdout);
-        assert!(out.status.success(), "{said}{}", s(&out.stderr));
         // Both databases' values: pii:0 already under the primary key, pii:other-app sealed.
+        let said = rewrap(reachable).await;
         assert!(said.contains(": 2 values scanned: "), "{reachable}: {said}");
     }
     assert!(!contains(&db3.cmd(&["GET", "pii:other-app"]).await, CANARY));
