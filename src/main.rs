@@ -233,6 +233,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    // SIGHUP (a reload) is caught from before the configuration is read, which may take
+    // seconds (a `root_key_command`): its default action would end the process, and a reloader
+    // sidecar may send one while the pod starts. Tokio's handler, once set, stays; one
+    // arriving now is dropped (there is nothing to reload yet). Found by a reviewer.
+    if matches!(command, Command::Run { .. }) {
+        hold_sighup_from_now();
+    }
     let loaded = match &common.config {
         Some(path) => cachegate::config::load(path),
         None => cachegate::config::default_config(),
@@ -480,6 +487,19 @@ fn keys(
 }
 
 /// `POST /reload` on the admin listener: its answer, or an error with the reason.
+/// Sets tokio's SIGHUP handler now, on a runtime of its own: the handler outlives it.
+fn hold_sighup_from_now() {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    });
+}
+
 fn reload(admin: std::net::SocketAddr) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2))

@@ -880,6 +880,32 @@ fn is_root() -> bool {
 /// The binary reloads on SIGHUP and on `cachegate reload` (POST /reload on its admin
 /// listener): a new token is accepted without a restart, a bad file is refused with its
 /// problems while the last good configuration serves, and no token reaches the logs.
+/// A SIGHUP that arrives while cachegate still reads its configuration (here a root key
+/// command that takes two seconds, as a KMS call may) does not end the process: it starts and
+/// serves (it used to exit 129; a reviewer found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_startup_does_not_end_the_process() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.key");
+    std::fs::write(&root, "6".repeat(64)).unwrap();
+    let config = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\nupstream.address = {:?}\n\
+         encryption.root_key_command = [\"sh\", \"-c\", \"sleep 2; cat {}\"]\n\
+         encryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n",
+        pki.tls_toml(),
+        redis.address(),
+        root.display()
+    );
+    // The shell that becomes cachegate (exec keeps its pid) has it signalled half a second in.
+    let (mut child, addr, _logs) = spawn(&config, dir.path(), "(sleep 0.5; kill -HUP $$) &");
+    let mut c = RawClient::tls(&pki, addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_cachegate_reload_apply_a_new_config_without_a_restart() {
     let pki = Pki::new();
