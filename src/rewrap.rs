@@ -453,17 +453,26 @@ pub async fn rewrap(
     // walked to one already walked: then the run is not complete, and starts over. (A fresh
     // connection to the seed: the first one would have sat idle through the walk.)
     if let Some(before) = layout {
-        let mut seed = connect(&listener.upstream).await?;
-        let after = served_slots(&mut seed, &listener.upstream.address).await?;
-        if slot_owners(&after) != before {
-            if let Some(path) = state {
-                let _ = std::fs::remove_file(path);
+        let settled = async {
+            let mut seed = connect(&listener.upstream).await?;
+            let after = served_slots(&mut seed, &listener.upstream.address).await?;
+            if slot_owners(&after) != before {
+                return Err(RewrapError::Layout(
+                    "the cluster's slots moved during the run".into(),
+                ));
             }
-            return Err(RewrapError::Layout(
-                "the cluster's slots moved during the run".into(),
-            ));
+            no_slot_moving(&mut conns).await
+        };
+        if let Err(e) = settled.await {
+            // Unsettled (moved, moving, unserved): this walk proves nothing, and the next
+            // starts over. A connection's failure keeps the cursor, as anywhere in the walk.
+            if matches!(e, RewrapError::Layout(_)) {
+                if let Some(path) = state {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            return Err(e);
         }
-        no_slot_moving(&mut conns).await?;
     }
     Ok(finish(at.tally, state, &mut progress))
 }

@@ -1002,3 +1002,66 @@ async fn a_reload_asked_while_one_runs_is_refused_not_queued() {
     // Once it has answered, the next one runs.
     assert!(post().await.starts_with("HTTP/1.1 200"));
 }
+
+/// A session a reload closes in the middle of a pipeline (its user removed) first sends what
+/// it had already judged, so that the replies its client is owed come and it closes at once:
+/// it used to leave them unsent and linger until the request timeout, then end as an upstream
+/// failure (a reviewer found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_a_reload_closes_mid_pipeline_answers_what_it_owes_and_goes() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let config = |group: &str| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[reload]\nwatch_interval = \"0s\"\n\
+             [[users]]\nname = \"default\"\nacl = \"off\"\n\
+             [[users]]\nname = \"alice\"\nacl = \"on >alice-password-123 ~* &* +@all\"\n\
+             [user_groups]\napp = [{group}]\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}\
+             auth.mode = \"acl\"\nauth.user_group = \"app\"\ncommands.scripts = \"unguarded\"\n\
+             upstream.address = {:?}\nupstream.health_interval = \"1h\"\nupstream.request_timeout = \"60s\"\n",
+            pki.tls_toml(),
+            redis.address()
+        )
+    };
+    let proxy = Proxy::start(&config("\"default\", \"alice\"")).await;
+    let mut direct = redis.direct().await;
+    assert_eq!(direct.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(
+        direct.cmd(&["SET", "big", &"v".repeat(100_000)]).await,
+        b"+OK\r\n"
+    );
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        c.cmd(&["AUTH", "alice", "alice-password-123"]).await,
+        b"+OK\r\n"
+    );
+    // Its own connection (another database), and a pipeline it stops in, its replies unread.
+    assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    let pair = [encode(&[b"GET", b"big"]), encode(&[b"PING"])].concat();
+    c.send(&pair.repeat(1500)).await;
+    let calls = || async {
+        let stats = s(&redis.direct().await.cmd(&["INFO", "commandstats"]).await);
+        stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .map(str::to_string)
+    };
+    let mut seen = calls().await;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = calls().await;
+        if now.is_some() && now == seen {
+            break;
+        }
+        seen = now;
+    }
+    assert!(proxy.reload_with(&config("\"default\"")).await.is_ok());
+    // Everything owed arrives, then the connection closes, long before the 60 s timeout.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while c.try_read().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the closed session lingered");
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(!text.contains("cause=\"timeout\""), "{text}");
+}

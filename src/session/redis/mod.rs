@@ -627,6 +627,11 @@ impl RequestSide {
                 // had a disabled user's buffered INCRs run after the reload.
                 if self.live.generation() != self.generation {
                     if !self.refresh() {
+                        // What was judged before it still goes, so that the replies the reply
+                        // side waits for come (the session would otherwise linger until the
+                        // request timeout, and end as an upstream failure).
+                        self.flush_shared().await?;
+                        self.flush_upstream().await?;
                         return Ok(());
                     }
                     superseded.set(self.ctx.superseded.clone().cancelled_owned());
