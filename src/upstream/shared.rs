@@ -495,19 +495,7 @@ async fn serve(
                         Err(e) => Err(Broken::from(e)),
                     }
                 }
-                Some(shape) => match reply_len(&buf[from..], shape, max) {
-                    // As for RESP below: that request alone fails, and the rest go on.
-                    Err(McReplyError::TooLarge(limit)) => {
-                        skipping = fail_head(
-                            &mut pending,
-                            &mut buf,
-                            &mut scanner,
-                            SharedError::ReplyTooLarge(limit),
-                        );
-                        continue;
-                    }
-                    other => other.map_err(Broken::from),
-                },
+                Some(shape) => reply_len(&buf[from..], shape, max).map_err(Broken::from),
                 _ => match scanner.next(&buf[from..], if skipping { usize::MAX } else { max }) {
                     // A push is never a reply: no command that subscribes or tracks ever
                     // reaches a shared connection, so it belongs to no client here (another
@@ -523,22 +511,24 @@ async fn serve(
                         link.unexpected_pushes.inc();
                         continue;
                     }
-                    // One of the head request's replies is too large: that request alone
-                    // fails, its replies are read and dropped, and the rest go on.
-                    Err(ReplyError::TooLarge(limit)) if !skipping && !pending.is_empty() => {
-                        // (The scanner starts the large one again from its beginning, now at
-                        // the buffer's front.)
-                        skipping = fail_head(
-                            &mut pending,
-                            &mut buf,
-                            &mut scanner,
-                            SharedError::ReplyTooLarge(limit),
-                        );
-                        continue;
-                    }
                     other => other.map(|r| r.map(|(len, _)| len)).map_err(Broken::from),
                 },
             };
+            // One of the head request's replies is too large (RESP or memcached): that request
+            // alone fails, its replies are read and dropped as they arrive (the scanner starts
+            // the large one again from its beginning, now at the buffer's front), and the rest
+            // go on.
+            if let Err(
+                Broken::Reply(ReplyError::TooLarge(limit))
+                | Broken::MemcachedReply(McReplyError::TooLarge(limit)),
+            ) = delimited
+            {
+                if !skipping && !pending.is_empty() {
+                    let too_large = SharedError::ReplyTooLarge(limit);
+                    skipping = fail_head(&mut pending, &mut buf, &mut scanner, too_large);
+                    continue;
+                }
+            }
             match delimited {
                 Ok(Some(len)) => {
                     let Some(head) = pending.front_mut() else {
