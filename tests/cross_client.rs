@@ -653,26 +653,13 @@ async fn a_reply_too_large_fails_only_its_own_request() {
     for _ in 0..3 {
         others.push(RawClient::tls(&pki, proxy.addr).await);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for mut c in others {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rounds = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
-                let mut wire = Vec::new();
-                for _ in 0..20 {
-                    wire.extend(encode(&[b"GET", b"small"]));
-                }
-                c.send(&wire).await;
-                for _ in 0..20 {
-                    assert_eq!(c.read().await, b"$1\r\ns\r\n", "another client's reply");
-                }
-                rounds += 1;
-            }
-            rounds
-        }));
-    }
+    let bystanders = Bystanders::start(others, |mut c: RawClient| async move {
+        c.send(&encode(&[b"GET", b"small"]).repeat(20)).await;
+        for _ in 0..20 {
+            assert_eq!(c.read().await, b"$1\r\ns\r\n", "another client's reply");
+        }
+        c
+    });
     for _ in 0..20 {
         let reply = s(&greedy.cmd(&["GET", "big"]).await);
         assert_eq!(
@@ -681,10 +668,7 @@ async fn a_reply_too_large_fails_only_its_own_request() {
         );
     }
     assert_eq!(greedy.cmd(&["GET", "small"]).await, b"$1\r\ns\r\n");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        assert!(t.await.unwrap() > 0);
-    }
+    bystanders.stop().await;
     // One shared connection all along: never replaced.
     let text = proxy.admin_get("/metrics").await.1;
     for reason in ["malformed", "lost", "timeout", "unavailable"] {

@@ -1056,26 +1056,17 @@ async fn a_reply_too_large_fails_only_its_own_request() {
     for _ in 0..3 {
         others.push(McClient::tls(&pki, proxy.addr).await);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for mut c in others {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rounds = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
-                let wire = "get small\r\nmg small v\r\n".repeat(10);
-                c.send(wire.as_bytes()).await;
-                let mut got = String::new();
-                for _ in 0..10 {
-                    got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
-                }
-                let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
-                assert_eq!(got, want, "another client's reply");
-                rounds += 1;
-            }
-            rounds
-        }));
-    }
+    let bystanders = Bystanders::start(others, |mut c: McClient| async move {
+        c.send("get small\r\nmg small v\r\n".repeat(10).as_bytes())
+            .await;
+        let mut got = String::new();
+        for _ in 0..10 {
+            got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
+        }
+        let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
+        assert_eq!(got, want, "another client's reply");
+        c
+    });
     let mut greedy = McClient::tls(&pki, proxy.addr).await;
     // (Gets name the node whose reply it was.)
     let too_large = |reply: String| {
@@ -1094,10 +1085,7 @@ async fn a_reply_too_large_fails_only_its_own_request() {
         greedy.values("get small\r\n").await,
         "VALUE small 0 1\r\ns\r\nEND\r\n"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        assert!(t.await.unwrap() > 0);
-    }
+    bystanders.stop().await;
     // One node connection all along, never failed.
     let text = proxy.admin_get("/metrics").await.1;
     for reason in ["malformed", "lost", "timeout", "unavailable"] {

@@ -789,6 +789,48 @@ pub async fn redis_rs(
         .await
 }
 
+/// Clients that go on with `round` (which checks its own replies, and gives its client back)
+/// until stopped: the other clients on the shared connections while a test misbehaves beside
+/// them.
+pub struct Bystanders {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u32>>,
+}
+
+impl Bystanders {
+    pub fn start<C, R, Fut>(clients: Vec<C>, round: R) -> Bystanders
+    where
+        C: Send + 'static,
+        R: Fn(C) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = C> + Send,
+    {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = clients
+            .into_iter()
+            .map(|mut c| {
+                let (stop, round) = (stop.clone(), round.clone());
+                tokio::spawn(async move {
+                    let mut rounds = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                        c = round(c).await;
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            })
+            .collect();
+        Bystanders { stop, tasks }
+    }
+
+    /// Stops them; each went at least one round, every reply as it should be.
+    pub async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            assert!(t.await.unwrap() > 0);
+        }
+    }
+}
+
 /// Polls `f` until it returns true, up to 10 s.
 pub async fn eventually<F, Fut>(mut f: F) -> bool
 where
