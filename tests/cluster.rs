@@ -1509,6 +1509,16 @@ async fn asleep_then_moved(
     panic!("the node at {from} never slept");
 }
 
+/// A client logged in (RESP3 with `resp3`) and subscribed to the shard channel `channel`.
+async fn shard_subscriber(pki: &Pki, proxy: &Proxy, channel: &str, resp3: bool) -> RawClient {
+    let mut sub = RawClient::authed(pki, proxy.addr).await;
+    if resp3 {
+        assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
+    }
+    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    sub
+}
+
 /// `channel`'s slot, the node serving it, another node, and that one's id.
 async fn slot_and_nodes(
     publisher: &mut RawClient,
@@ -1636,11 +1646,7 @@ async fn a_node_ending_one_channel_while_the_client_leaves_another_is_told_apart
     for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
         let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
         let other = elsewhere_on(&mut publisher, &cluster, &from, slot).await;
-        let mut sub = RawClient::authed(&pki, proxy.addr).await;
-        if resp3 {
-            assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
-        }
-        assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+        let mut sub = shard_subscriber(&pki, &proxy, channel, resp3).await;
         assert!(s(&sub.cmd(&["SSUBSCRIBE", &other]).await).ends_with(":2\r\n"));
         let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
         sub.send_cmd(&["SUNSUBSCRIBE", &other]).await;
@@ -1666,11 +1672,7 @@ async fn a_redirection_with_no_command_in_place_names_no_node() {
     let mut publisher = client(&pki, &proxy).await;
     for (channel, resp3) in [("{s1}ch", false), ("{s2}ch", true)] {
         let (slot, from, _, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
-        let mut sub = RawClient::authed(&pki, proxy.addr).await;
-        if resp3 {
-            assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
-        }
-        assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+        let mut sub = shard_subscriber(&pki, &proxy, channel, resp3).await;
         let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
         sub.send_cmd(&["SUNSUBSCRIBE", channel]).await;
         let head = if resp3 { ">3" } else { "*3" };
@@ -1693,8 +1695,7 @@ async fn a_subscription_refused_as_a_whole_is_answered_once() {
     let mut publisher = client(&pki, &proxy).await;
     let channel = "{s3}ch";
     let (slot, from, to, to_id) = slot_and_nodes(&mut publisher, &cluster, channel).await;
-    let mut sub = RawClient::authed(&pki, proxy.addr).await;
-    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    let mut sub = shard_subscriber(&pki, &proxy, channel, false).await;
     let mut old = asleep_then_moved(&cluster, &from, slot, &to_id).await;
     sub.send_cmd(&["SSUBSCRIBE", "{s3}a", "{s3}b"]).await;
     let refused = s(&sub.read().await);
@@ -1715,9 +1716,7 @@ async fn a_reset_behind_sunsubscribes_leaves_nothing_awaited() {
     let (pki, cluster, proxy) = three_primaries("").await;
     let mut publisher = client(&pki, &proxy).await;
     let channel = "{s0}ch";
-    let mut sub = RawClient::authed(&pki, proxy.addr).await;
-    assert!(sub.cmd(&["HELLO", "3"]).await.starts_with(b"%"));
-    assert!(s(&sub.cmd(&["SSUBSCRIBE", channel]).await).ends_with(":1\r\n"));
+    let mut sub = shard_subscriber(&pki, &proxy, channel, true).await;
     let mut wire = encode(&[b"SUNSUBSCRIBE"]);
     wire.extend(encode(&[b"SUNSUBSCRIBE", channel.as_bytes()]));
     wire.extend(encode(&[b"RESET"]));
