@@ -231,11 +231,18 @@ impl CommandInfo {
                 i += step;
             }
         }
-        for extra in special_keys(name, args) {
-            // (XREAD's own reading of its streams mostly finds the spec's.)
-            if !keys.iter().any(|k| k.index == extra.index) {
-                keys.push(extra);
-            }
+        let extras = special_keys(name, args);
+        if !extras.is_empty() {
+            // (XREAD's own reading of its streams mostly finds the spec's: each index once,
+            // looked up in a sorted list, so that a request naming many streams costs no
+            // more than their number times its logarithm.)
+            let mut found: Vec<usize> = keys.iter().map(|k| k.index).collect();
+            found.sort_unstable();
+            keys.extend(
+                extras
+                    .into_iter()
+                    .filter(|e| found.binary_search(&e.index).is_err()),
+            );
         }
         keys
     }
