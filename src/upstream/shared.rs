@@ -437,7 +437,8 @@ async fn serve(
     };
     // What the read buffer holds beyond a free share, charged to the process's budget as it
     // grows: replies of a batch wait there until the last of them has come.
-    let mut held = crate::budget::Charge::new(link.budget.clone());
+    // (No session's until a batch is at the head: see `hold_for`.)
+    let mut held = crate::budget::Charge::owned_by(link.budget.clone(), None);
     // The head request failed (a reply too large, or over the budget) while its replies were
     // still coming: they are read and dropped as they arrive, and the connection goes on.
     let mut skipping = false;

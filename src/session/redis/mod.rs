@@ -342,6 +342,7 @@ pub async fn run<S>(
         abort: abort.clone(),
         pin_node: None,
         pinned: None,
+        holder: crate::budget::Holder::current(),
         cluster_order: None,
         subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         shard_subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -471,6 +472,9 @@ struct RequestSide {
     /// Counted in `cachegate_pinned_sessions` while held: from pinning to unpinning, or to
     /// the session's end, however it ends (an evicted session's future is dropped mid-way).
     pinned: Option<pinning::PinnedMark>,
+    /// This session's share of the buffer bound: what its requests on shared connections
+    /// carry, taken once (a task-local lookup) rather than for every batch.
+    holder: Option<Arc<crate::budget::Holder>>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
@@ -627,12 +631,12 @@ impl RequestSide {
                 // had a disabled user's buffered INCRs run after the reload.
                 if self.live.generation() != self.generation {
                     if !self.refresh() {
-                        // What was judged before it still goes, so that the replies the reply
-                        // side waits for come (the session would otherwise linger until the
-                        // request timeout, and end as an upstream failure).
-                        self.flush_shared().await?;
-                        self.flush_upstream().await?;
-                        return Ok(());
+                        // Ends as a QUIT does: what was judged before it still goes (below),
+                        // so that the replies the reply side waits for come (the session
+                        // would otherwise linger until the request timeout, and end as an
+                        // upstream failure).
+                        stop = true;
+                        break;
                     }
                     superseded.set(self.ctx.superseded.clone().cancelled_owned());
                 }
@@ -1267,7 +1271,7 @@ impl RequestSide {
             bytes,
             frames: Frames::Resp(n),
             reply: tx,
-            owner: crate::budget::Holder::current(),
+            owner: self.holder.clone(),
         };
         match batch.sender.try_send(request) {
             Ok(()) => Ok(()),
