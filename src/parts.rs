@@ -210,11 +210,7 @@ pub fn node_at(
         ..cfg.upstream.clone()
     };
     if let Some(tls) = upstream.tls.as_mut().filter(|t| !t.server_name_explicit) {
-        let name = name.unwrap_or_else(|| {
-            crate::config::model::split_host_port(address)
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default()
-        });
+        let name = name.unwrap_or_else(|| crate::config::model::host_of(address));
         tls.server_name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
             ServerError::Tls {
                 listener: cfg.name.clone(),

@@ -506,9 +506,7 @@ async fn served_slots(
     seed: &mut Conn,
     address: &str,
 ) -> Result<Vec<crate::upstream::cluster::topology::Range>, RewrapError> {
-    let host = crate::config::model::split_host_port(address)
-        .map(|(h, _)| h.to_string())
-        .unwrap_or_default();
+    let host = crate::config::model::host_of(address);
     let reply = call(seed, &[b"CLUSTER", b"SLOTS"]).await?;
     let ranges = crate::upstream::cluster::topology::parse_slots(&reply, &host).map_err(|e| {
         RewrapError::Refused {

@@ -272,6 +272,13 @@ pub struct BackendUser {
     pub rules: Vec<String>,
 }
 
+/// A `host:port` address's host (brackets of an IPv6 address removed), empty if none.
+pub fn host_of(address: &str) -> String {
+    split_host_port(address)
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default()
+}
+
 /// `host:port` or `[v6]:port`: how the configuration writes an address, read alike by the
 /// builder and by what dials addresses it learns later (a cluster's nodes).
 pub fn split_host_port(address: &str) -> Option<(&str, u16)> {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{Connector, Protocol};
 use super::pool::Pool;
 use super::shared::{Shared, SharedPool};
+use crate::config::model::host_of;
 use crate::config::UpstreamConfig;
 use crate::live::Live;
 
@@ -553,11 +554,4 @@ impl ClusterError {
             error,
         }
     }
-}
-
-/// A `host:port` address's host (brackets of an IPv6 address removed), empty if none.
-fn host_of(address: &str) -> String {
-    crate::config::model::split_host_port(address)
-        .map(|(h, _)| h.to_string())
-        .unwrap_or_default()
 }
