@@ -1977,3 +1977,42 @@ async fn rewrap_walks_every_primary_of_a_cluster() {
     let out = cli(&["rewrap"]).await.unwrap();
     assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
 }
+
+/// Redirections go to the members `CLUSTER SHARDS` lists, so no client may change who they
+/// are: `CLUSTER MEET` (and every other subcommand that changes the layout) is refused on a
+/// cluster listener, and the node it names is never told of the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_can_add_a_member_the_redirections_would_trust() {
+    let (pki, cluster, proxy) = three_primaries("").await;
+    let mut c = client(&pki, &proxy).await;
+    // A node told to meet it would connect to its cluster bus port: here, the trap.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bus = trap.local_addr().unwrap().port().to_string();
+    let port = free_port().to_string();
+    for call in [
+        &["CLUSTER", "MEET", "127.0.0.1", &port, &bus][..],
+        &["CLUSTER", "MEET", "127.0.0.1", &bus],
+        &["CLUSTER", "FORGET", "x"],
+        &["CLUSTER", "SETSLOT", "1", "NODE", "x"],
+        &["CLUSTER", "ADDSLOTS", "1"],
+        &["CLUSTER", "REPLICATE", "x"],
+        &["CLUSTER", "RESET"],
+    ] {
+        let reply = s(&c.cmd(call).await);
+        assert!(reply.starts_with('-'), "{call:?}: {reply}");
+    }
+    // No node was told to meet it, and no node knows more members than the cluster has
+    // (a node told to meet an address counts it at once, in handshake).
+    trap.set_nonblocking(true).unwrap();
+    assert!(
+        trap.accept().is_err(),
+        "a node connected to the named address"
+    );
+    let mut direct = cluster.nodes[0].client().await;
+    let info = s(&direct.cmd(&["CLUSTER", "INFO"]).await);
+    assert_eq!(
+        info_field(&info, "cluster_known_nodes"),
+        Some("3"),
+        "{info}"
+    );
+}

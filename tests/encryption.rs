@@ -1199,3 +1199,31 @@ async fn rewrap_walks_database_0_alone_where_select_is_refused() {
     }
     assert!(!contains(&db3.cmd(&["GET", "pii:other-app"]).await, CANARY));
 }
+
+/// A command cachegate does not know (a module's scripting command, which writes keys it does
+/// not name) is refused on a listener with encrypted keyspaces whatever its arguments, and
+/// nothing of it reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_commands_never_reach_the_backend_of_an_encrypted_listener() {
+    let st = setup().await;
+    let proxy = Proxy::start(&config(&st, "commands.scripts = \"unguarded\"\n")).await;
+    let mut c = RawClient::tls(&st.pki, proxy.addr).await;
+    for call in [
+        &["TFCALL", "lib.fn", "0"][..],
+        &["TFCALL", "lib.fn", "1", "pii:1", CANARY],
+        &["NOSUCHCOMMAND", "pii:1", CANARY],
+    ] {
+        let reply = s(&c.cmd(call).await);
+        assert!(
+            reply.starts_with(&format!("-ERR cachegate: '{}' is not known", call[0])),
+            "{call:?}: {reply}"
+        );
+    }
+    let mut direct = st.redis.direct().await;
+    let stats = s(&direct.cmd(&["INFO", "errorstats"]).await);
+    assert!(
+        !stats.contains("errorstat_ERR"),
+        "a refused command reached Redis: {stats}"
+    );
+    assert_eq!(direct.cmd(&["EXISTS", "pii:1"]).await, b":0\r\n");
+}

@@ -1115,3 +1115,82 @@ async fn a_reply_too_large_fails_only_its_own_request() {
         "VALUE small 0 1\r\ns\r\nEND\r\n"
     );
 }
+
+/// A value over `limits.max_reply_bytes` whose bytes look like replies (`END`, another key's
+/// `VALUE`, a meta `VA`) is passed over by its announced length, never read as replies: the
+/// other clients on the node's shared connection get exactly their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_value_that_looks_like_replies_is_never_read_as_them() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_reply_bytes = 65536\n[[listeners]]\nprotocol = \"memcached\"\n\
+         bind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.shared_connections = 1\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        node.address()
+    ))
+    .await;
+    let mut direct = node.direct().await;
+    let forged =
+        "\r\nEND\r\nVALUE small 0 6\r\nforged\r\nEND\r\nVA 6\r\nforged\r\nHD\r\n".repeat(2000);
+    let set = format!("set forged 0 0 {}\r\n{forged}\r\n", forged.len());
+    assert_eq!(direct.line(&set).await, "STORED\r\n");
+    assert_eq!(direct.line("set small 0 0 1\r\ns\r\n").await, "STORED\r\n");
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(McClient::tls(&pki, proxy.addr).await);
+    }
+    let bystanders = Bystanders::start(others, |mut c: McClient| async move {
+        c.send("get small\r\nmg small v\r\n".repeat(10).as_bytes())
+            .await;
+        let mut got = String::new();
+        for _ in 0..10 {
+            got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
+        }
+        let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
+        assert_eq!(got, want, "another client's reply");
+        c
+    });
+    let mut greedy = McClient::tls(&pki, proxy.addr).await;
+    for _ in 0..10 {
+        for ask in ["get forged\r\n", "mg forged v\r\n", "gets small forged\r\n"] {
+            let reply = greedy.line(ask).await;
+            assert!(
+                reply.starts_with("SERVER_ERROR cachegate: ")
+                    && reply.ends_with("reply from upstream larger than 65536 bytes\r\n"),
+                "{ask:?}: {reply:.200}"
+            );
+        }
+        assert_eq!(
+            greedy.values("get small\r\n").await,
+            "VALUE small 0 1\r\ns\r\nEND\r\n"
+        );
+    }
+    bystanders.stop().await;
+}
+
+/// A binary-protocol client is told so in text and closed at once (it used to wait up to the
+/// partial-request timeout); the same byte later on a text connection is text (a refused
+/// set's value block starting with it), and that connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_client_is_refused_at_once_and_text_clients_go_on() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let proxy = Proxy::memcached(&pki, &[&node], "").await;
+    let mut binary = McClient::tls(&pki, proxy.addr).await;
+    binary
+        .send(b"\x80\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x03\xde\xad\xbe\xef\x00\x00\x00\x00\x00\x00\x00\x00foo")
+        .await;
+    let said = binary.closed_after().await.map(|b| s(&b));
+    assert_eq!(
+        said.as_deref(),
+        Some("CLIENT_ERROR cachegate: the binary protocol is not supported (text and meta commands are)\r\n")
+    );
+    let mut text = McClient::tls(&pki, proxy.addr).await;
+    let long_key = "k".repeat(251);
+    text.send(format!("set {long_key} 0 0 3\r\n").as_bytes())
+        .await;
+    text.send(b"\x80ab\r\n").await;
+    assert!(text.line("").await.starts_with("CLIENT_ERROR"));
+    assert_eq!(text.line("").await, "ERROR\r\n");
+    assert_eq!(text.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
+}

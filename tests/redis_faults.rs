@@ -371,6 +371,10 @@ async fn a_client_that_does_not_read_is_evicted_and_the_others_go_on() {
         direct.cmd(&["SET", "big", &"v".repeat(500_000)]).await,
         b"+OK\r\n"
     );
+    assert_eq!(
+        direct.cmd(&["SET", "mine", "bystander-own"]).await,
+        b"+OK\r\n"
+    );
     let mut bystander = RawClient::authed(&pki, proxy.addr).await;
     let mut hog = RawClient::authed(&pki, proxy.addr).await;
     let hog = tokio::spawn(async move {
@@ -392,7 +396,13 @@ async fn a_client_that_does_not_read_is_evicted_and_the_others_go_on() {
         "cachegate_session_errors_total{listener=\"redis-0\",blame=\"client\",cause=\"evicted\"}";
     let mut rounds = 0;
     loop {
-        // Every request of the other client is served meanwhile, large ones too.
+        // Every request of the other client is served meanwhile, large ones too, and with
+        // its own replies (a key of its own: the evicted client's are never handed on).
+        assert_eq!(
+            bystander.cmd(&["GET", "mine"]).await,
+            b"$13\r\nbystander-own\r\n",
+            "round {rounds}"
+        );
         assert_eq!(
             bystander.cmd(&["PING"]).await,
             b"+PONG\r\n",
