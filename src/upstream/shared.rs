@@ -379,6 +379,18 @@ fn fail_head(
     true
 }
 
+/// Drops `n` bytes of a failed request's reply as they are read; while they keep coming, its
+/// request timeout counts from the last of them (a slow drain must not fail the requests
+/// queued behind it).
+fn drop_passed(buf: &mut BytesMut, pending: &mut VecDeque<Waiting>, n: usize) {
+    bytes::Buf::advance(buf, n);
+    if n > 0 {
+        if let Some(head) = pending.front_mut() {
+            head.sent = Instant::now();
+        }
+    }
+}
+
 /// A burst's read buffer is not kept for ever: given back once empty.
 fn shrink(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
@@ -481,12 +493,7 @@ async fn serve(
                     let skip = mc_skip.get_or_insert_with(|| McSkip::new(shape));
                     match skip.advance(&buf) {
                         Ok((n, done)) => {
-                            bytes::Buf::advance(&mut buf, n);
-                            if n > 0 {
-                                if let Some(head) = pending.front_mut() {
-                                    head.sent = Instant::now();
-                                }
-                            }
+                            drop_passed(&mut buf, &mut pending, n);
                             if !done {
                                 break;
                             }
@@ -588,13 +595,8 @@ async fn serve(
                         // coming, the request timeout counts from the last of it (a slow
                         // drain must not fail the requests queued behind it).
                         let n = scanner.scanned().min(buf.len());
-                        bytes::Buf::advance(&mut buf, n);
+                        drop_passed(&mut buf, &mut pending, n);
                         scanner.dropped(n);
-                        if n > 0 {
-                            if let Some(head) = pending.front_mut() {
-                                head.sent = Instant::now();
-                            }
-                        }
                     }
                     break;
                 }
