@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::crypt::memcached::{McOpen, McPlan};
-use crate::protocol::memcached::{Classic, MetaGet};
+use crate::protocol::memcached::{Classic, McReplyError, MetaGet};
 
 pub(super) enum Item {
     Local(Bytes),
@@ -398,55 +398,59 @@ pub(super) async fn exchange(
     };
     let max = ctx.max_reply;
     let mut results = Vec::with_capacity(shapes.len());
-    // A reply over `limits.max_reply_bytes`: cachegate's limit, not the node's fault (no
-    // miss, no ejection); the connection, mid-reply, is dropped.
-    let mut too_large = None;
+    let own = |e: UpstreamError| NodeError::Own(Arc::new(e));
     let work = async {
-        nc.conn.stream.write_all(&bytes).await?;
-        nc.conn.stream.flush().await?;
+        nc.conn
+            .stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| own(e.into()))?;
+        nc.conn.stream.flush().await.map_err(|e| own(e.into()))?;
         for shape in &shapes {
             loop {
-                let done = reply_len(&nc.buf, *shape, max).map_err(|e| {
-                    if let crate::protocol::memcached::McReplyError::TooLarge(limit) = e {
-                        too_large = Some(limit);
+                let done = reply_len(&nc.buf, *shape, max).map_err(|e| match e {
+                    // Over `limits.max_reply_bytes`: cachegate's limit, not the node's fault
+                    // (no miss, no ejection).
+                    McReplyError::TooLarge(limit) => {
+                        NodeError::Shared(SharedError::ReplyTooLarge(limit))
                     }
-                    UpstreamError::Unexpected(e.to_string())
+                    e => own(UpstreamError::Unexpected(e.to_string())),
                 })?;
                 if let Some(len) = done {
                     results.push(Ok(nc.buf.split_to(len).freeze()));
                     break;
                 }
-                if nc.conn.stream.read_buf(&mut nc.buf).await? == 0 {
-                    return Err(UpstreamError::Closed);
+                match nc.conn.stream.read_buf(&mut nc.buf).await {
+                    Ok(0) => return Err(own(UpstreamError::Closed)),
+                    Ok(_) => {}
+                    Err(e) => return Err(own(e.into())),
                 }
             }
         }
-        Ok::<(), UpstreamError>(())
+        Ok(())
     };
     let outcome = match tokio::time::timeout(ctx.request_timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(UpstreamError::Timeout(ctx.request_timeout)),
+        Err(_) => Err(own(UpstreamError::Timeout(ctx.request_timeout))),
     };
-    match (outcome, too_large) {
-        (Ok(()), _) => ctx.record(node, true),
-        (Err(_), Some(limit)) => {
+    match outcome {
+        Ok(()) => ctx.record(node, true),
+        // The connection, failed or mid-reply, is dropped.
+        Err(e) => {
+            let cause = match &e {
+                NodeError::Own(e) => e.cause(),
+                NodeError::Shared(e) => e.cause(),
+                NodeError::NoNode | NodeError::Miscounted => "malformed",
+            };
+            if e.node_fault() {
+                tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
+                ctx.record(node, false);
+            }
             let unanswered = (shapes.len() - results.len()) as u64;
-            let e = SharedError::ReplyTooLarge(limit);
             ctx.security
                 .metrics
-                .request_failed(&ctx.listener, e.cause(), unanswered);
+                .request_failed(&ctx.listener, cause, unanswered);
             *slot = None;
-            results.resize(shapes.len(), Err(NodeError::Shared(e)));
-        }
-        (Err(e), None) => {
-            tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
-            ctx.record(node, false);
-            let unanswered = (shapes.len() - results.len()) as u64;
-            ctx.security
-                .metrics
-                .request_failed(&ctx.listener, e.cause(), unanswered);
-            *slot = None;
-            let e = NodeError::Own(Arc::new(e));
             results.resize(shapes.len(), Err(e));
         }
     }
