@@ -1101,6 +1101,44 @@ pub enum McReplyError {
 /// step.
 const META_STATUS: [&[u8]; 8] = [b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME", b"OK"];
 
+/// What a line of an upstream reply of `shape` says: the reply ends with it, a value block
+/// of `len` bytes (with its `\r\n`) follows (the reply's last part for a meta `VA`), or more
+/// lines follow. The reply grammar, in one place for `reply_len` and `McSkip`.
+enum LineStep {
+    End,
+    Block { len: usize, last: bool },
+    More,
+}
+
+fn line_step(shape: Shape, text: &[u8]) -> Result<LineStep, McReplyError> {
+    let mut words = text.split(|&b| b == b' ');
+    let word = words.next().unwrap_or(b"");
+    let is_error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
+    // The announced length of a value block, with its `\r\n` (a size near usize::MAX from a
+    // hostile node must not wrap around: no reply of memcached's, malformed).
+    let block = |size: Option<&[u8]>| {
+        size.and_then(parse_num::<usize>)
+            .and_then(|n| n.checked_add(2))
+            .ok_or_else(|| malformed(text))
+    };
+    Ok(match shape {
+        Shape::Line => LineStep::End,
+        Shape::Values if is_error || text == b"END" => LineStep::End,
+        Shape::Values if word == b"VALUE" => LineStep::Block {
+            len: block(words.nth(2))?,
+            last: false,
+        },
+        Shape::MetaThenNoop if text == b"MN" => LineStep::End,
+        Shape::Meta | Shape::MetaThenNoop if word == b"VA" => LineStep::Block {
+            len: block(words.next())?,
+            last: shape == Shape::Meta,
+        },
+        Shape::Meta if is_error || META_STATUS.contains(&word) => LineStep::End,
+        Shape::MetaThenNoop if is_error || META_STATUS.contains(&word) => LineStep::More,
+        _ => return Err(malformed(text)),
+    })
+}
+
 /// Delimits one upstream reply of `shape` at the front of `buf`: its length when complete.
 pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, McReplyError> {
     let mut pos = 0;
@@ -1109,56 +1147,23 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
             return Ok(None);
         };
         let text = &buf[pos..pos + line - 2];
-        let word = text.split(|&b| b == b' ').next().unwrap_or(b"");
-        let is_error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
-        let end = match shape {
-            Shape::Line => return Ok(Some(line)),
-            Shape::Values if is_error || text == b"END" => return Ok(Some(pos + line)),
-            Shape::Values if word == b"VALUE" => {
-                let size = text
-                    .split(|&b| b == b' ')
-                    .nth(3)
-                    .and_then(parse_num::<usize>);
-                let size = size.ok_or_else(|| malformed(text))?;
-                // A size near usize::MAX from a hostile node must not wrap around: no reply of
-                // memcached's, malformed (not cachegate's limit, which spares the node).
-                size.checked_add(pos + line + 2)
-                    .ok_or_else(|| malformed(text))?
+        let (end, last) = match line_step(shape, text)? {
+            // (A meta reply's status line counts against the limit too.)
+            LineStep::End if shape == Shape::Meta && pos + line > max => {
+                return Err(McReplyError::TooLarge(max))
             }
-            Shape::Values => return Err(malformed(text)),
-            Shape::Meta | Shape::MetaThenNoop => {
-                if shape == Shape::MetaThenNoop && text == b"MN" {
-                    return Ok(Some(pos + line));
-                }
-                let end = if word == b"VA" {
-                    let size = text
-                        .split(|&b| b == b' ')
-                        .nth(1)
-                        .and_then(parse_num::<usize>);
-                    size.ok_or_else(|| malformed(text))?
-                        .checked_add(pos + line + 2)
-                        .ok_or_else(|| malformed(text))?
-                } else if is_error || META_STATUS.contains(&word) {
-                    pos + line
-                } else {
-                    return Err(malformed(text));
-                };
-                if shape == Shape::Meta {
-                    if end > max {
-                        return Err(McReplyError::TooLarge(max));
-                    }
-                    if buf.len() < end {
-                        return Ok(None);
-                    }
-                    if &buf[end - 2..end] != b"\r\n" {
-                        return Err(McReplyError::Malformed(
-                            "value block not ended by CRLF".into(),
-                        ));
-                    }
-                    return Ok(Some(end));
-                }
-                end
+            LineStep::End => return Ok(Some(pos + line)),
+            LineStep::More if pos + line > max => return Err(McReplyError::TooLarge(max)),
+            LineStep::More => {
+                pos += line;
+                continue;
             }
+            LineStep::Block { len, last } => (
+                (pos + line)
+                    .checked_add(len)
+                    .ok_or_else(|| malformed(text))?,
+                last,
+            ),
         };
         if end > max {
             return Err(McReplyError::TooLarge(max));
@@ -1170,6 +1175,9 @@ pub fn reply_len(buf: &[u8], shape: Shape, max: usize) -> Result<Option<usize>, 
             return Err(McReplyError::Malformed(
                 "value block not ended by CRLF".into(),
             ));
+        }
+        if last {
+            return Ok(Some(end));
         }
         pos = end;
     }
@@ -1218,28 +1226,13 @@ impl McSkip {
             };
             let text = &buf[pos..pos + line - 2];
             pos += line;
-            let mut words = text.split(|&b| b == b' ');
-            let word = words.next().unwrap_or(b"");
-            let is_error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
-            // The announced length of a value block, with its `\r\n`.
-            let block = |size: Option<&[u8]>| {
-                size.and_then(parse_num::<usize>)
-                    .and_then(|n| n.checked_add(2))
-                    .ok_or_else(|| malformed(text))
-            };
-            match self.shape {
-                Shape::Line => return Ok((pos, true)),
-                Shape::Values if is_error || text == b"END" => return Ok((pos, true)),
-                Shape::Values if word == b"VALUE" => self.block = block(words.nth(2))?,
-                Shape::Values => return Err(malformed(text)),
-                Shape::MetaThenNoop if text == b"MN" => return Ok((pos, true)),
-                Shape::Meta | Shape::MetaThenNoop if word == b"VA" => {
-                    self.block = block(words.next())?;
-                    self.last_block = self.shape == Shape::Meta;
+            match line_step(self.shape, text)? {
+                LineStep::End => return Ok((pos, true)),
+                LineStep::More => {}
+                LineStep::Block { len, last } => {
+                    self.block = len;
+                    self.last_block = last;
                 }
-                Shape::Meta if is_error || META_STATUS.contains(&word) => return Ok((pos, true)),
-                Shape::MetaThenNoop if is_error || META_STATUS.contains(&word) => {}
-                Shape::Meta | Shape::MetaThenNoop => return Err(malformed(text)),
             }
         }
     }
