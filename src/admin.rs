@@ -36,18 +36,26 @@ pub struct Admin {
 
 /// Admin connections open at once; more are closed as they arrive (a scraper needs one).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Admin connections one source (an IPv4 address, an IPv6 /64) holds at once: one client that
+/// opens connections cannot take every place and leave the orchestrator's `/live` probe, from
+/// another address, refused until it restarts the process.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = MAX_CONNECTIONS / 4;
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long one admin connection may stay open at all (keep-alive included).
 const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Serves until `shutdown`. Connections are bounded in number, in how long their headers may
-/// take and in how long they last: the admin port may face a scraper's network, and a client
-/// that opens connections and sends nothing must not use up the process's file descriptors.
+/// Serves until `shutdown`. Connections are bounded in number (all told and per source), in
+/// how long their headers may take and in how long they last: the admin port may face a
+/// scraper's network, and a client that opens connections and sends nothing must neither use
+/// up the process's file descriptors nor every place.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(
+        crate::listener::PerSource::new(MAX_CONNECTIONS_PER_SOURCE).expect("a non-zero cap"),
+    );
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -62,9 +70,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
             tracing::debug!("admin connection refused: {MAX_CONNECTIONS} already open");
             continue;
         };
+        let Some(place) = per_source.enter_owned(peer.ip()) else {
+            tracing::debug!(
+                "admin connection refused: its source holds {MAX_CONNECTIONS_PER_SOURCE} already"
+            );
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _place) = (permit, place);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let admin = admin.clone();
                 async move {

@@ -96,7 +96,8 @@ impl Listener {
     }
 }
 
-/// How many connections each source holds, against `max_connections_per_source`.
+/// How many connections each source holds, against `max_connections_per_source` (and the
+/// admin listener's own share per source).
 pub struct PerSource {
     cap: usize,
     open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
@@ -113,25 +114,40 @@ impl PerSource {
 
     /// A place for one more connection from `ip`'s source, held until dropped; `None` when
     /// the source holds its cap already.
-    fn enter(&self, ip: std::net::IpAddr) -> Option<SourcePlace<'_>> {
-        let source = crate::auth::throttle::source(ip);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(source).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(SourcePlace { of: self, source })
+    pub fn enter(&self, ip: std::net::IpAddr) -> Option<SourcePlace<&Self>> {
+        SourcePlace::take(self, ip)
+    }
+
+    /// As `enter`, for a place that outlives the borrow (a spawned connection's task).
+    pub fn enter_owned(
+        self: &std::sync::Arc<Self>,
+        ip: std::net::IpAddr,
+    ) -> Option<SourcePlace<std::sync::Arc<Self>>> {
+        SourcePlace::take(self.clone(), ip)
     }
 }
 
 /// One connection's place in its source's share.
-struct SourcePlace<'a> {
-    of: &'a PerSource,
+pub struct SourcePlace<P: std::ops::Deref<Target = PerSource>> {
+    of: P,
     source: std::net::IpAddr,
 }
 
-impl Drop for SourcePlace<'_> {
+impl<P: std::ops::Deref<Target = PerSource>> SourcePlace<P> {
+    fn take(of: P, ip: std::net::IpAddr) -> Option<Self> {
+        let source = crate::auth::throttle::source(ip);
+        let mut open = of.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(source).or_insert(0);
+        if *n >= of.cap {
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        Some(Self { of, source })
+    }
+}
+
+impl<P: std::ops::Deref<Target = PerSource>> Drop for SourcePlace<P> {
     fn drop(&mut self) {
         let mut open = self.of.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = open.get_mut(&self.source) {

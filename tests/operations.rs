@@ -176,6 +176,26 @@ async fn preferred_mode_serves_both_and_counts_plaintext() {
     assert!(err.to_string().contains("transit_encryption_mode"), "{err}");
 }
 
+/// A plain TCP connection from `source` (any 127.0.0.0/8 address).
+async fn tcp_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Asks `/live` on a connection the admin listener should close unanswered, and says so.
+async fn closed_unanswered(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp
+        .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tcp.read_to_end(&mut out))
+        .await
+        .expect("closed, not left waiting");
+    assert!(out.is_empty(), "{}", s(&out));
+}
+
 /// The admin listener bounds its connections: past `MAX_CONNECTIONS` open at once, a new one
 /// is closed unanswered (a client that opens connections and sends nothing cannot use up the
 /// process's file descriptors), and one that sends no complete request is closed after the
@@ -186,23 +206,16 @@ async fn the_admin_listener_bounds_its_connections() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
     let proxy = proxy(&pki, &redis, "").await;
     let admin = proxy.admin.unwrap();
+    let sources = cachegate::admin::MAX_CONNECTIONS / cachegate::admin::MAX_CONNECTIONS_PER_SOURCE;
     let mut idle = Vec::new();
-    for _ in 0..cachegate::admin::MAX_CONNECTIONS {
-        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    for i in 0..sources {
+        for _ in 0..cachegate::admin::MAX_CONNECTIONS_PER_SOURCE {
+            idle.push(tcp_from(&format!("127.0.1.{}", i + 1), admin).await);
+        }
     }
-    // The one past the limit: closed at once, without an answer (it waits for none).
-    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let _ = extra
-        .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        extra.read_to_end(&mut out),
-    )
-    .await
-    .expect("closed, not left waiting");
-    assert!(out.is_empty(), "{}", s(&out));
+    // The one past the limit, from a source that holds none: closed at once, without an
+    // answer (it waits for none).
+    closed_unanswered(tcp_from("127.0.2.1", admin).await).await;
     // The idle ones are closed at the header timeout, all of them.
     let started = std::time::Instant::now();
     for c in &mut idle {
@@ -218,6 +231,42 @@ async fn the_admin_listener_bounds_its_connections() {
     }
     assert!(started.elapsed() >= cachegate::admin::HEADER_TIMEOUT / 2);
     assert_eq!(proxy.admin_get("/live").await.0, 200);
+}
+
+/// One source that opens admin connections and sends nothing takes at most its share of the
+/// places: its connection past `MAX_CONNECTIONS_PER_SOURCE` is closed unanswered, while the
+/// orchestrator's `/live` probe from another address is answered (with one cap for all, one
+/// client could keep the probe refused until the process is restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_admin_place() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let admin = proxy.admin.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..cachegate::admin::MAX_CONNECTIONS_PER_SOURCE {
+        held.push(tcp_from("127.0.0.2", admin).await);
+    }
+    closed_unanswered(tcp_from("127.0.0.2", admin).await).await;
+    assert_eq!(proxy.admin_get("/live").await.0, 200);
+    // Its places come back as its connections close.
+    drop(held);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let mut tcp = tcp_from("127.0.0.2", admin).await;
+            let _ = tcp
+                .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut out).await;
+            if !out.is_empty() {
+                return s(&out).split(' ').nth(1).unwrap_or("").to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("served again once its connections closed");
+    assert_eq!(status, "200");
 }
 
 /// `max_connections_per_source`: one source (here 127.0.0.2) holds at most that many
