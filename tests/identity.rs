@@ -213,6 +213,39 @@ async fn memcached_categories_and_key_patterns() {
     assert_eq!(anon.line("mg cHViOjE= b v\r\n").await, "EN\r\n");
 }
 
+/// `me` (an item's size, expiry, CAS and last access) is a read of its key: a user with every
+/// command but keys limited to `app:*` gets its own items' metadata and `permission denied`
+/// for any other key, however it is spelt (base64), as `get` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_meta_debug_keeps_to_the_key_patterns() {
+    let (pki, node) = (Pki::new(), Memcached::start().await);
+    let users = USERS.replace(
+        "on nopass ~app:* +@read +@write -@dangerous +acl|whoami",
+        "on nopass ~app:* +@all",
+    );
+    let proxy = memcached_proxy_with(&pki, &node, &users).await;
+    let mut app = mc_with_cert(&pki, &proxy).await;
+    assert_eq!(app.line("set app:1 0 0 1\r\nv\r\n").await, "STORED\r\n");
+    assert!(app.line("me app:1\r\n").await.starts_with("ME app:1 "));
+    let mut other = McClient::new(Box::new(
+        tokio::net::TcpStream::connect(node.address())
+            .await
+            .unwrap(),
+    ));
+    assert_eq!(
+        other.line("set bob:secret 0 0 1\r\nv\r\n").await,
+        "STORED\r\n"
+    );
+    // bob:secret, and the same in base64.
+    for line in ["me bob:secret\r\n", "me Ym9iOnNlY3JldA== b\r\n"] {
+        assert_eq!(
+            app.line(line).await,
+            "CLIENT_ERROR permission denied\r\n",
+            "{line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_without_a_user_is_refused() {
     let (pki, node) = (Pki::new(), Memcached::start().await);

@@ -113,7 +113,9 @@ pub(super) fn acl_calls(req: &McRequest) -> Vec<Vec<Bytes>> {
         (Cmd::KeyLine, b"delete") | (Cmd::Meta, b"md") => vec![call(&["del"], key)],
         (Cmd::KeyLine, b"touch") => vec![call(&["expire", "1"], key)],
         (Cmd::KeyLine, _) | (Cmd::Meta, b"ma") => vec![call(&["incrby", "1"], key)],
-        (Cmd::Meta, b"me") => vec![call(&["debug", "object"], None)],
+        // The item's metadata (size, expiry, CAS, last access): `DEBUG` for the command, and a
+        // read of its key, so that key patterns hold (Redis's DEBUG names no key).
+        (Cmd::Meta, b"me") => vec![call(&["debug", "object"], None), call(&["get"], key)],
         // mg reads, but `T` changes the TTL and `N` creates the item: writes, checked as such.
         (Cmd::Meta, _) => {
             let flag = |f: u8| req.tokens.iter().skip(2).any(|t| t.first() == Some(&f));
