@@ -462,16 +462,6 @@ async fn a_down_backend_answers_at_once_and_the_first_request_after_it_returns_w
     assert_eq!(pinned.cmd(&["WATCH", "k"]).await, b"+OK\r\n");
 }
 
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 /// A client that pipelines thousands of GETs of a 1 MiB value and does not read its replies
 /// cannot pile them up in cachegate (they once reached 3.9 GB against a 64 MiB limit): replies
 /// held for it count against `limits.max_buffered_bytes` (past it they are refused), and it

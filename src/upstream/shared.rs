@@ -157,17 +157,20 @@ impl Replies {
         self.ends.len()
     }
 
-    /// One buffer per reply (memcached), without copying, each as `f` makes it.
-    pub fn split<T>(mut self, mut f: impl FnMut(Bytes) -> T) -> Vec<T> {
+    /// One buffer per reply (memcached), without copying, each as `f` makes it; and their
+    /// share of the budget, to keep while they are held.
+    pub fn split<T>(mut self, mut f: impl FnMut(Bytes) -> T) -> (Vec<T>, crate::budget::Charge) {
         let mut start = 0;
-        self.ends
+        let replies = self
+            .ends
             .iter()
             .map(|&end| {
                 let reply = self.bytes.split_to(end - start);
                 start = end;
                 f(reply)
             })
-            .collect()
+            .collect();
+        (replies, self._charge)
     }
 }
 

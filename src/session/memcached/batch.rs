@@ -3,6 +3,7 @@
 //! gets split across nodes and merged.
 
 use super::*;
+use crate::budget::Charge;
 use crate::crypt::memcached::{McOpen, McPlan};
 use crate::protocol::memcached::{Classic, McReplyError, MetaGet};
 
@@ -230,7 +231,9 @@ pub(super) async fn execute(
         },
     );
     let started = Instant::now();
-    let results: Vec<Vec<Result<Bytes, NodeError>>> = join_all(exchanges).await;
+    // The replies stay charged to the buffer budget until the answer is built from them.
+    let (results, _charges): (Vec<Vec<Result<Bytes, NodeError>>>, Vec<_>) =
+        join_all(exchanges).await.into_iter().unzip();
     let took = started.elapsed();
     // Every forwarded request of the batch waited for the whole batch.
     for (item, (plan, _)) in batch.iter().zip(&plans) {
@@ -320,6 +323,10 @@ pub(super) async fn execute(
     }
 }
 
+/// A node's replies, one per request of its queue, and their share of the process's buffer
+/// budget (`limits.max_buffered_bytes`), held until the batch's answer is built from them.
+type Exchanged = (Vec<Result<Bytes, NodeError>>, Option<Charge>);
+
 /// Sends a node its queue on one of the node's shared connections, where it is written together
 /// with other sessions' requests; the replies come back as one list. A failure fails the batch's
 /// requests on that node, nothing else.
@@ -329,10 +336,10 @@ pub(super) async fn shared_exchange(
     shared: &SharedPool,
     bytes: BytesMut,
     shapes: Vec<Shape>,
-) -> Vec<Result<Bytes, NodeError>> {
+) -> Exchanged {
     let n = shapes.len();
     if n == 0 {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let (tx, rx) = oneshot::channel();
     let request = SharedRequest {
@@ -353,31 +360,33 @@ pub(super) async fn shared_exchange(
     match outcome {
         Ok(replies) if replies.count() == n => {
             ctx.record(node, true);
-            replies.split(Ok)
+            let (replies, charge) = replies.split(Ok);
+            (replies, Some(charge))
         }
-        Ok(_) => vec![Err(NodeError::Miscounted); n],
+        Ok(_) => (vec![Err(NodeError::Miscounted); n], None),
         Err(e) => {
             // (The process's buffer bound refusing the replies is no fault of the node's.)
             if e.upstream_fault() {
                 tracing::warn!(listener = %ctx.listener, node = %ctx.nodes[node].label, error = %e, "memcached node failed");
                 ctx.record(node, false);
             }
-            vec![Err(NodeError::Shared(e)); n]
+            (vec![Err(NodeError::Shared(e)); n], None)
         }
     }
 }
 
-/// Sends a node its queue and reads one reply per request. After a failure every remaining
-/// request on that node fails too, and the connection is dropped.
+/// Sends a node its queue and reads one reply per request, charging what it holds to the
+/// buffer budget as it reads. After a failure every remaining request on that node fails too,
+/// and the connection is dropped.
 pub(super) async fn exchange(
     ctx: &Context,
     node: usize,
     slot: &mut Option<NodeConn>,
     bytes: BytesMut,
     shapes: Vec<Shape>,
-) -> Vec<Result<Bytes, NodeError>> {
+) -> Exchanged {
     if shapes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let nc = match slot {
         Some(nc) => nc,
@@ -392,12 +401,16 @@ pub(super) async fn exchange(
                 ctx.security
                     .metrics
                     .request_failed(&ctx.listener, e.cause(), n);
-                return vec![Err(NodeError::Own(Arc::new(e))); shapes.len()];
+                return (vec![Err(NodeError::Own(Arc::new(e))); shapes.len()], None);
             }
         },
     };
     let max = ctx.max_reply;
     let mut results = Vec::with_capacity(shapes.len());
+    // The replies read so far and the one coming: a batch of up to `MAX_BATCH` requests, each
+    // up to `limits.max_reply_bytes`, must not grow past the process's bound unseen.
+    let mut charge = Charge::new(ctx.security.budget.clone());
+    let mut kept = 0;
     let own = |e: UpstreamError| NodeError::Own(Arc::new(e));
     let work = async {
         nc.conn
@@ -418,6 +431,7 @@ pub(super) async fn exchange(
                 })?;
                 if let Some(len) = done {
                     results.push(Ok(nc.buf.split_to(len).freeze()));
+                    kept += len;
                     break;
                 }
                 match nc.conn.stream.read_buf(&mut nc.buf).await {
@@ -425,6 +439,9 @@ pub(super) async fn exchange(
                     Ok(_) => {}
                     Err(e) => return Err(own(e.into())),
                 }
+                charge
+                    .hold(kept + nc.buf.len())
+                    .map_err(|over| NodeError::Shared(SharedError::OverBudget(over)))?;
             }
         }
         Ok(())
@@ -454,7 +471,7 @@ pub(super) async fn exchange(
             results.resize(shapes.len(), Err(e));
         }
     }
-    results
+    (results, Some(charge))
 }
 
 /// A single-node reply as the client should see it.
