@@ -107,8 +107,12 @@ pub fn redis_context(
     if let (crate::config::AuthMode::Acl(group), true) =
         (&cfg.auth, cfg.upstream.mirror_users.is_empty())
     {
-        for user in group.users.iter().filter(|u| u.scripts_reach_past_keys()) {
-            tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts but only some keys: a script can reach any key; set auth.backend_users = true to have Redis enforce the user's keys inside scripts");
+        for user in group.users.iter() {
+            let past = user.scripts_reach_past();
+            if !past.is_empty() {
+                let past = past.join(", ");
+                tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts, and a script runs as cachegate's backend login, past the user's rules on {past} (a user limited to +@read can write from a script); set auth.backend_users = true to have Redis hold scripts to the user's rules, or take @scripting from the user");
+            }
         }
     }
     session::Context {

@@ -471,10 +471,36 @@ impl User {
         self.all_keys || self.key_patterns.iter().any(|p| p.read && p.pattern == "*")
     }
 
-    /// Whether this user may run scripts while limited to some keys: a script can touch keys
-    /// it does not declare, so only a mirrored backend user keeps it to them.
-    pub fn scripts_reach_past_keys(&self) -> bool {
-        !self.all_keys && self.check(&["EVAL", "return 1", "0"]).is_ok()
+    /// What this user is held to that a script it may run is not: a script runs as
+    /// cachegate's backend login, so it can touch keys it does not declare, call any command a
+    /// script can call and publish to any channel. Only a mirrored backend user
+    /// (`auth.backend_users`) keeps a script to the user's rules. Empty when the user may run
+    /// no script (by any of the six commands), or is held to nothing a script could pass.
+    pub fn scripts_reach_past(&self) -> Vec<&'static str> {
+        const SHA: &str = "0000000000000000000000000000000000000000";
+        let runs = [
+            ["EVAL", "return 1", "0"],
+            ["EVAL_RO", "return 1", "0"],
+            ["EVALSHA", SHA, "0"],
+            ["EVALSHA_RO", SHA, "0"],
+            ["FCALL", "f", "0"],
+            ["FCALL_RO", "f", "0"],
+        ];
+        if !runs.iter().any(|call| self.check(call).is_ok()) {
+            return Vec::new();
+        }
+        let commands = table()
+            .all()
+            .filter(|(_, info)| info.script_callable())
+            .any(|(name, _)| !self.allowed.contains(name));
+        [
+            (!self.all_keys, "keys"),
+            (commands, "commands"),
+            (!self.all_channels, "channels"),
+        ]
+        .into_iter()
+        .filter_map(|(held, what)| held.then_some(what))
+        .collect()
     }
 
     /// This user's rules as `ACL SETUSER` takes them, without passwords or the on/off flag:
@@ -732,6 +758,38 @@ mod tests {
 
     fn u(rules: &str) -> User {
         User::parse("u", rules).unwrap()
+    }
+
+    /// A script runs as the backend login: every rule of the user's that a script could pass
+    /// is named (and the startup warning shows them), whichever script command is allowed.
+    #[test]
+    fn what_scripts_reach_past() {
+        assert!(u("on ~* &* +@all").scripts_reach_past().is_empty());
+        // No script command at all: nothing to warn of, however narrow the rest.
+        assert!(u("on ~app:* +@read").scripts_reach_past().is_empty());
+        assert_eq!(u("on ~app:* &* +@all").scripts_reach_past(), ["keys"]);
+        // Redis 7's default: no channel unless granted.
+        assert_eq!(u("on ~* +@all").scripts_reach_past(), ["channels"]);
+        // The reviewer's user: read-only, but EVAL writes from a script.
+        assert_eq!(
+            u("on ~* &* +@read +@connection +eval").scripts_reach_past(),
+            ["commands"]
+        );
+        assert_eq!(u("on ~* &* +@all -flushall").scripts_reach_past(), ["commands"]);
+        assert_eq!(u("on ~* &* +@all -object|encoding").scripts_reach_past(), ["commands"]);
+        // CONFIG SET is noscript (no script calls it): no gap.
+        assert!(u("on ~* &* +@all -config|set").scripts_reach_past().is_empty());
+        // A command no script can call (MULTI is noscript) is no gap.
+        assert!(u("on ~* &* +@all -multi").scripts_reach_past().is_empty());
+        // EVALSHA alone runs scripts others loaded; FCALL_RO runs functions.
+        assert_eq!(
+            u("on ~app:* &* +@read +evalsha").scripts_reach_past(),
+            ["keys", "commands"]
+        );
+        assert_eq!(
+            u("on ~app:* &app:* +@read +fcall_ro").scripts_reach_past(),
+            ["keys", "commands", "channels"]
+        );
     }
 
     /// A command or subcommand the table does not know has keys cachegate cannot locate: a
