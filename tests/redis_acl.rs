@@ -152,6 +152,45 @@ async fn denied_command_inside_multi_aborts_and_nothing_runs() {
     assert!(!stats.contains("cmdstat_set:calls"), "{stats}");
 }
 
+/// The `ACL` commands cachegate answers from its users are refused inside `MULTI` (and the
+/// transaction fails), as `AUTH` is: answered at once, `ACL WHOAMI` put its reply among the
+/// `QUEUED`s, and `ACL LOG RESET` in a transaction then discarded still wiped the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_answered_by_cachegate_is_refused_inside_multi() {
+    let (pki, _redis, proxy) = setup().await;
+    // One security event in the log (app's), read by default (every command).
+    let mut app = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(
+        app.cmd(&["AUTH", "app", "app-password-1"]).await,
+        b"+OK\r\n"
+    );
+    assert!(s(&app.cmd(&["GET", "other"]).await).starts_with("-NOPERM"));
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let logged = c.cmd(&["ACL", "LOG"]).await;
+    assert!(logged.starts_with(b"*1\r\n"), "{}", s(&logged));
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "app:1", "a"]).await, b"+QUEUED\r\n");
+    for acl in [&["ACL", "WHOAMI"][..], &["ACL", "LOG", "RESET"]] {
+        assert_eq!(
+            c.cmd(acl).await,
+            b"-ERR cachegate: ACL cannot run inside MULTI\r\n",
+            "{acl:?}"
+        );
+    }
+    assert_eq!(
+        c.cmd(&["EXEC"]).await,
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    // Still the one entry (its age aside).
+    let after = c.cmd(&["ACL", "LOG"]).await;
+    assert!(
+        after.starts_with(b"*1\r\n") && s(&after).contains("$5\r\nother\r\n"),
+        "{}",
+        s(&after)
+    );
+    assert_eq!(c.cmd(&["GET", "app:1"]).await, b"$-1\r\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_log_in_with_either_password_and_disabled_users_cannot() {
     let (pki, _redis, proxy) = setup().await;

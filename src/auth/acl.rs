@@ -775,10 +775,18 @@ mod tests {
             u("on ~* &* +@read +@connection +eval").scripts_reach_past(),
             ["commands"]
         );
-        assert_eq!(u("on ~* &* +@all -flushall").scripts_reach_past(), ["commands"]);
-        assert_eq!(u("on ~* &* +@all -object|encoding").scripts_reach_past(), ["commands"]);
+        assert_eq!(
+            u("on ~* &* +@all -flushall").scripts_reach_past(),
+            ["commands"]
+        );
+        assert_eq!(
+            u("on ~* &* +@all -object|encoding").scripts_reach_past(),
+            ["commands"]
+        );
         // CONFIG SET is noscript (no script calls it): no gap.
-        assert!(u("on ~* &* +@all -config|set").scripts_reach_past().is_empty());
+        assert!(u("on ~* &* +@all -config|set")
+            .scripts_reach_past()
+            .is_empty());
         // A command no script can call (MULTI is noscript) is no gap.
         assert!(u("on ~* &* +@all -multi").scripts_reach_past().is_empty());
         // EVALSHA alone runs scripts others loaded; FCALL_RO runs functions.

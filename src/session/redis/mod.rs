@@ -842,6 +842,14 @@ impl RequestSide {
                 self.local(reply).await?;
                 return Ok(Flow::Continue);
             }
+            // Redis would queue it and answer inside EXEC's reply (or never, after DISCARD):
+            // refused, and the transaction fails, as AUTH. Answered at once, `ACL LOG RESET`
+            // in a transaction later discarded would still have wiped the security log.
+            Admission::AclLocal if self.transaction.is_open() => {
+                return self
+                    .refused(reply::error("cachegate: ACL cannot run inside MULTI"))
+                    .await;
+            }
             Admission::AclLocal => {
                 if let (Some(user), AuthMode::Acl(group)) = (&self.user, &self.ctx.auth) {
                     let answer =
