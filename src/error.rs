@@ -77,6 +77,10 @@ pub enum ProtocolError {
     TooBigInline,
     #[error("unbalanced quotes in request")]
     UnbalancedQuotes,
+    /// Redis never runs such a line: it looks for the line's end as far as the NUL only, and
+    /// waits (then refuses it as too big). cachegate says so at once.
+    #[error("NUL byte in inline request")]
+    InlineNul,
     #[error("too big mbulk count string")]
     TooBigMultibulkCount,
     #[error("invalid multibulk length")]

@@ -515,6 +515,60 @@ async fn a_client_that_does_not_read_cannot_pile_up_replies() {
     drop(sending);
 }
 
+/// Inline commands are split into words as Redis splits them (`sdssplitargs`: C's `isspace`,
+/// quotes and their escapes): each line, on a fresh connection, gets the reply redis-server
+/// gives it directly. Before 2026-11-30 a form feed ended a word here and not in Redis, a quote
+/// in the middle of a word was taken as a letter, and a NUL did not end the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_commands_split_as_redis_splits_them() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
+    let lines: &[&[u8]] = &[
+        b"ECHO a\r\n",
+        b"ECHO\tb\r\n",
+        b"ECHO\x0bc\r\n",
+        b"ECHO\x0cd\r\n",
+        b"ECHO \x0b e \x0c\r\n",
+        b"ECHO\re\r\n",
+        b"ECHO \"a b\"\r\n",
+        b"ECHO \"\\x41\\n\\t\"\r\n",
+        b"ECHO 'it\\'s'\r\n",
+        b"ECHO \"a\"\x0b\r\n",
+        b"ECHO 'a'\x0c\r\n",
+        b"ECHO \"a\"b\r\n",
+        b"ECHO 'a\r\n",
+        b"\x0b\x0c\t PING\r\n",
+        // Quotes opening mid-word.
+        b"ECHO a\"b c\"\r\n",
+        b"ECHO a'b c'\r\n",
+        b"ECHO a\"b\"c\r\n",
+        b"ECHO \"a\"'b'\r\n",
+        b"ECHO 'a\\'\r\n",
+        b"ECHO \"\\xZZ\\x4\"\r\n",
+    ];
+    for line in lines {
+        let mut ours = RawClient::tls(&pki, proxy.addr).await;
+        let mut theirs = redis.direct().await;
+        ours.send(line).await;
+        theirs.send(line).await;
+        assert_eq!(
+            s(&ours.read().await),
+            s(&theirs.read().await),
+            "{:?}",
+            s(line)
+        );
+    }
+    // A NUL: Redis looks for the line's end only as far as it, so it never runs the line (it
+    // waits, then refuses it as too big); cachegate refuses it at once, and closes.
+    let mut ours = RawClient::tls(&pki, proxy.addr).await;
+    ours.send(b"ECHO a\0 FLUSHALL\r\n").await;
+    assert_eq!(
+        ours.read().await,
+        b"-ERR Protocol error: NUL byte in inline request\r\n"
+    );
+    assert!(ours.closed().await);
+}
+
 /// Requests that get no reply are counted by cause, the upstream's or cachegate's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_reply_are_counted_by_cause() {

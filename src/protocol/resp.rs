@@ -266,6 +266,9 @@ fn scan_inline(buf: &[u8], limits: &RequestLimits) -> Result<Scan, ProtocolError
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
+    if memchr::memchr(0, line).is_some() {
+        return Err(ProtocolError::InlineNul);
+    }
     let args = split_args(line).ok_or(ProtocolError::UnbalancedQuotes)?;
     if args.is_empty() {
         return Ok(Scan::Empty(nl + 1));
@@ -276,95 +279,87 @@ fn scan_inline(buf: &[u8], limits: &RequestLimits) -> Result<Scan, ProtocolError
     })
 }
 
-/// Splits an inline command line as Redis's `sdssplitargs` does: whitespace-separated words,
-/// "double quotes" with C-like escapes (`\n`, `\xHH`, ...), 'single quotes' with `\'`.
-/// A closing quote must be followed by whitespace or the end of the line.
+/// C's `isspace` in the "C" locale, as `sdssplitargs` uses it between words and after a
+/// closing quote (Rust's `is_ascii_whitespace` leaves out the vertical tab).
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+}
+
+/// Splits an inline command line as Redis's `sdssplitargs` does, step for step: words
+/// separated by C's `isspace`, an unquoted word ending only at a space, `\t`, `\r`, `\n` or
+/// NUL; "double quotes" with C-like escapes (`\n`, `\xHH`, ...) and 'single quotes' with
+/// `\'`, each of which may open in the middle of a word (`a"b c"` is `ab c`) and must close
+/// before whitespace or the end of the line. The line is read as the C string Redis reads: a
+/// NUL ends it (inside quotes, unbalanced). `None`: unbalanced quotes.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    // The byte at `i`, NUL past the end, as a C string reads.
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
     let mut args = Vec::new();
     let mut i = 0;
-    let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while at(i) != 0 && is_space(at(i)) {
             i += 1;
         }
-        if i >= n {
+        if at(i) == 0 {
             return Some(args);
         }
         let mut cur = Vec::new();
-        match line[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    if i >= n {
-                        return None;
+        let (mut in_double, mut in_single) = (false, false);
+        loop {
+            let c = at(i);
+            if in_double {
+                match c {
+                    b'\\'
+                        if at(i + 1) == b'x'
+                            && at(i + 2).is_ascii_hexdigit()
+                            && at(i + 3).is_ascii_hexdigit() =>
+                    {
+                        let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                        cur.push(hex(at(i + 2)) * 16 + hex(at(i + 3)));
+                        i += 3;
                     }
-                    match line[i] {
-                        b'\\'
-                            if i + 3 < n
-                                && line[i + 1] == b'x'
-                                && line[i + 2].is_ascii_hexdigit()
-                                && line[i + 3].is_ascii_hexdigit() =>
-                        {
-                            let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
-                            cur.push(u8::from_str_radix(hex, 16).ok()?);
-                            i += 4;
-                        }
-                        b'\\' if i + 1 < n => {
-                            cur.push(match line[i + 1] {
-                                b'n' => b'\n',
-                                b'r' => b'\r',
-                                b't' => b'\t',
-                                b'b' => 0x08,
-                                b'a' => 0x07,
-                                c => c,
-                            });
-                            i += 2;
-                        }
-                        b'"' => {
-                            i += 1;
-                            if i < n && !line[i].is_ascii_whitespace() {
-                                return None;
-                            }
-                            break;
-                        }
-                        c => {
-                            cur.push(c);
-                            i += 1;
-                        }
+                    b'\\' if at(i + 1) != 0 => {
+                        i += 1;
+                        cur.push(match at(i) {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
                     }
+                    b'"' if at(i + 1) != 0 && !is_space(at(i + 1)) => return None,
+                    b'"' => {
+                        i += 1;
+                        break;
+                    }
+                    0 => return None,
+                    other => cur.push(other),
+                }
+            } else if in_single {
+                match c {
+                    b'\\' if at(i + 1) == b'\'' => {
+                        i += 1;
+                        cur.push(b'\'');
+                    }
+                    b'\'' if at(i + 1) != 0 && !is_space(at(i + 1)) => return None,
+                    b'\'' => {
+                        i += 1;
+                        break;
+                    }
+                    0 => return None,
+                    other => cur.push(other),
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => in_double = true,
+                    b'\'' => in_single = true,
+                    other => cur.push(other),
                 }
             }
-            b'\'' => {
-                i += 1;
-                loop {
-                    if i >= n {
-                        return None;
-                    }
-                    match line[i] {
-                        b'\\' if i + 1 < n && line[i + 1] == b'\'' => {
-                            cur.push(b'\'');
-                            i += 2;
-                        }
-                        b'\'' => {
-                            i += 1;
-                            if i < n && !line[i].is_ascii_whitespace() {
-                                return None;
-                            }
-                            break;
-                        }
-                        c => {
-                            cur.push(c);
-                            i += 1;
-                        }
-                    }
-                }
-            }
-            _ => {
-                while i < n && !line[i].is_ascii_whitespace() {
-                    cur.push(line[i]);
-                    i += 1;
-                }
-            }
+            i += 1;
         }
         args.push(cur);
     }
