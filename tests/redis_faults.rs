@@ -523,7 +523,7 @@ async fn a_client_that_does_not_read_cannot_pile_up_replies() {
 async fn inline_commands_split_as_redis_splits_them() {
     let (pki, redis) = (Pki::new(), Redis::start().await);
     let proxy = Proxy::tls_open(&pki, &redis, "").await;
-    let lines: &[&[u8]] = &[
+    let fixed: &[&[u8]] = &[
         b"ECHO a\r\n",
         b"ECHO\tb\r\n",
         b"ECHO\x0bc\r\n",
@@ -546,7 +546,23 @@ async fn inline_commands_split_as_redis_splits_them() {
         b"ECHO 'a\\'\r\n",
         b"ECHO \"\\xZZ\\x4\"\r\n",
     ];
-    for line in lines {
+    let mut lines: Vec<Vec<u8>> = fixed.iter().map(|l| l.to_vec()).collect();
+    // And lines generated from the characters that matter to the splitter, `ECHO` first (any
+    // number of words: arity errors are compared too).
+    let alphabet = b" \t\x0b\x0c\r\"'\\x4fa";
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..300 {
+        let mut line = b"ECHO ".to_vec();
+        for _ in 0..1 + seed % 12 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            line.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+        }
+        line.extend_from_slice(b"\r\n");
+        lines.push(line);
+    }
+    for line in &lines {
         let mut ours = RawClient::tls(&pki, proxy.addr).await;
         let mut theirs = redis.direct().await;
         ours.send(line).await;
