@@ -48,28 +48,45 @@ pub fn answer(
             Some(u) => getuser(u, resp3),
         },
         ("DRYRUN", n) if n >= 4 => {
-            // The command as the client names it: a disabled or renamed-away name is no
-            // command here, as everywhere else; an alias is checked as its real command.
+            // In Redis's order: the user, the command, its arity, then the verdict.
+            let Some(u) = group.get(&args[2]) else {
+                return reply::error(&format!(
+                    "User '{}' not found",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            };
+            let not_found = || {
+                reply::error(&format!(
+                    "Command '{}' not found",
+                    String::from_utf8_lossy(&args[3])
+                ))
+            };
+            // The command as the client names it: a disabled or renamed-away name (or a
+            // disabled subcommand) is no command here, as everywhere else; an alias is checked
+            // as its real command.
             let mut call = args[3..].to_vec();
             match ctx.policy.decide(&args[3]) {
-                crate::policy::Decision::Refuse => {
-                    return reply::error(&format!(
-                        "Command '{}' not found",
-                        String::from_utf8_lossy(&args[3]).to_ascii_lowercase()
-                    ))
-                }
+                crate::policy::Decision::Refuse => return not_found(),
                 crate::policy::Decision::Rename(real) => call[0] = real,
                 crate::policy::Decision::Allow => {}
             }
-            match group.get(&args[2]) {
-                None => reply::error(&format!(
-                    "User '{}' not found",
-                    String::from_utf8_lossy(&args[2])
-                )),
-                Some(u) => match u.check(&call) {
-                    Ok(()) => Bytes::from_static(reply::OK),
-                    Err(denied) => bulk(denied.dryrun().as_bytes()),
-                },
+            if call.len() > 1 && ctx.policy.refuses_subcommand(&call[0], &call[1]) {
+                return not_found();
+            }
+            let Some((name, info)) = table().lookup(&call) else {
+                return not_found();
+            };
+            // A container named with a subcommand it does not have: no command, for Redis.
+            if call.len() > 1 && !info.subcommands.is_empty() {
+                return not_found();
+            }
+            let argc = call.len() as i64;
+            if (info.arity > 0 && info.arity != argc) || argc < -info.arity {
+                return reply::error(&format!("wrong number of arguments for '{name}' command"));
+            }
+            match u.check(&call) {
+                Ok(()) => Bytes::from_static(reply::OK),
+                Err(denied) => bulk(denied.dryrun().as_bytes()),
             }
         }
         ("LOG", 2) => log(ctx, 10, resp3),
