@@ -474,6 +474,65 @@ async fn scripts_cannot_run_disabled_commands_with_a_backend_user() {
     assert_eq!(admin.cmd(&["EXISTS", "keep"]).await, b":1\r\n");
 }
 
+/// With `backend_acl`, a renamed container runs its subcommands under its alias: those no
+/// script can call (`CONFIG GET`, `noscript`) as the backend user, which denies the container
+/// but allows them again (it denied them all, so the alias of the shipped example's renamed
+/// `CONFIG` got `NOPERM`, found by a reviewer); a disabled one stays denied there too, and a
+/// script still reaches none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_container_runs_under_its_alias_with_a_backend_user() {
+    let pki = Pki::new();
+    let redis = Redis::start_with(&["--requirepass", "admin-password"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.password = \"admin-password\"\nupstream.health_interval = \"1h\"\n\
+         commands.rename = {{ CONFIG = \"admin-config\", OBJECT = \"admin-object\" }}\n\
+         commands.disable = [\"CONFIG|SET\"]\ncommands.scripts = \"backend_acl\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert!(c
+        .cmd(&["admin-config", "GET", "maxmemory"])
+        .await
+        .starts_with(b"*2\r\n"));
+    assert!(s(&c.cmd(&["admin-config", "SET", "maxmemory", "1"]).await)
+        .starts_with("-ERR unknown subcommand"));
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    assert!(s(&c.cmd(&["admin-object", "ENCODING", "k"]).await).starts_with("$"));
+    // A script calls OBJECT ENCODING (script-callable): denied with the container.
+    let script = ["EVAL", "return redis.call('OBJECT', 'ENCODING', 'k')", "0"];
+    assert!(s(&c.cmd(&script).await).starts_with("-ERR The user executing the script"));
+    let mut admin = redis.direct().await;
+    assert_eq!(admin.cmd(&["AUTH", "admin-password"]).await, b"+OK\r\n");
+    let backend = s(&admin
+        .cmd(&[
+            "ACL",
+            "DRYRUN",
+            "cachegate-edge",
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            "1",
+        ])
+        .await);
+    assert!(backend.contains("no permissions"), "{backend}");
+    assert_eq!(
+        admin
+            .cmd(&[
+                "ACL",
+                "DRYRUN",
+                "cachegate-edge",
+                "CONFIG",
+                "GET",
+                "maxmemory"
+            ])
+            .await,
+        b"+OK\r\n"
+    );
+}
+
 /// With `backend_acl`, a renamed command's real name is denied to the backend user too, so no
 /// script can call it; the alias runs it as the configured upstream user, and the connection
 /// goes straight back. Inside MULTI (where the login cannot change) it is refused.

@@ -184,15 +184,41 @@ fn own_commands() -> [String; 2] {
 /// What the policy refuses, as backend ACL rules, for the commands a script could call (MULTI,
 /// SUBSCRIBE and the other `noscript` commands never run inside one, and cachegate itself may
 /// need them on its connections).
+///
+/// A refused container (`CONFIG`, renamed or disabled) is denied whole, so that a subcommand
+/// the table does not know (a newer Redis's) stays denied too, and its `noscript` subcommands
+/// are allowed again: Redis judges a subcommand by its own flags, and a renamed `CONFIG GET`,
+/// which cachegate sends as the backend user, was refused by Redis along with the container.
 pub(super) fn script_callable_denials(policy: &Policy) -> Vec<String> {
-    policy
-        .backend_denials()
-        .into_iter()
-        .filter(|rule| {
-            let args: Vec<&str> = rule.trim_start_matches('-').split('|').collect();
-            crate::auth::commands::script_callable(&args)
-        })
-        .collect()
+    let table = crate::auth::commands::table();
+    let mut rules = Vec::new();
+    for rule in policy.backend_denials() {
+        let args: Vec<&str> = rule.trim_start_matches('-').split('|').collect();
+        if !crate::auth::commands::script_callable(&args) {
+            continue;
+        }
+        let subcommands = match table.lookup(&args) {
+            Some((_, info)) if args.len() == 1 => &info.subcommands,
+            _ => {
+                rules.push(rule);
+                continue;
+            }
+        };
+        // (Not those the policy refuses by themselves: `CONFIG|SET` disabled stays denied.)
+        let mut again: Vec<String> = subcommands
+            .iter()
+            .filter(|(name, info)| {
+                let sub = name.split('|').nth(1).unwrap_or_default();
+                !info.script_callable()
+                    && !policy.refuses_subcommand(args[0].as_bytes(), sub.as_bytes())
+            })
+            .map(|(name, _)| format!("+{name}"))
+            .collect();
+        again.sort();
+        rules.push(rule);
+        rules.extend(again);
+    }
+    rules
 }
 
 /// A backend user named `name` with these rules, on, and a password derived from the upstream
