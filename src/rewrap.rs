@@ -658,7 +658,7 @@ async fn one_memcached(
 ) -> Result<(), RewrapError> {
     use crate::protocol::memcached::Shape;
     let reply = conn
-        .memcached_roundtrip(format!("mg {b64} b v f c t\r\n").as_bytes(), Shape::Meta)
+        .memcached_roundtrip(format!("mg {b64} b v f c t k\r\n").as_bytes(), Shape::Meta)
         .await?;
     if &reply[..] == b"EN\r\n" {
         // Gone since the dump.
@@ -680,11 +680,16 @@ async fn one_memcached(
     let mut flags = "0".to_string();
     let mut cas = String::new();
     let mut ttl: i64 = -1;
+    // Whether the item's key was stored in base64 (`b`): memcached shows it so with `k`, and
+    // it is written back the same way (a text key rewritten with `b` came back to meta
+    // clients' `k` in base64).
+    let mut binary = false;
     for token in head.split(' ').skip(2) {
         match token.as_bytes().first() {
             Some(b'f') => flags = token[1..].to_string(),
             Some(b'c') => cas = token[1..].to_string(),
             Some(b't') => ttl = token[1..].parse().unwrap_or(-1),
+            Some(b'b') if token.len() == 1 => binary = true,
             _ => {}
         }
     }
@@ -702,8 +707,17 @@ async fn one_memcached(
         t if t > RELATIVE_MAX => crate::deadline::unix_now() + t,
         t => t,
     };
-    let mut request =
-        format!("ms {b64} {} b C{cas} F{flags} T{ttl}\r\n", sealed.len()).into_bytes();
+    // (A key no text line could carry goes in base64 whatever the node said.)
+    let binary = binary || key.iter().any(|&b| b <= b' ' || b == 0x7f);
+    let mut request = if binary {
+        format!("ms {b64} {} b C{cas} F{flags} T{ttl}\r\n", sealed.len()).into_bytes()
+    } else {
+        // A text key: as it was stored (memcached's own listing gave it, so it is one).
+        let mut r = b"ms ".to_vec();
+        r.extend_from_slice(key);
+        r.extend_from_slice(format!(" {} C{cas} F{flags} T{ttl}\r\n", sealed.len()).as_bytes());
+        r
+    };
     request.extend_from_slice(&sealed);
     request.extend_from_slice(b"\r\n");
     let stored = conn.memcached_roundtrip(&request, Shape::Meta).await?;

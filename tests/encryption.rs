@@ -1039,6 +1039,11 @@ async fn rewrap_migrates_a_memcached_ring() {
     assert_eq!(c.line(&long).await, "STORED\r\n");
     let long_node = if a.holds("pii:long").await { &a } else { &b };
     assert_eq!(long_node.direct().await.line(&long).await, "STORED\r\n");
+    // One whose key was stored in base64 (`b`): it stays so, and the others stay text keys.
+    let bin = format!("ms cGlpOmJpbg== {} b\r\n{CANARY}\r\n", CANARY.len());
+    assert_eq!(c.line(&bin).await, "HD\r\n");
+    let bin_node = if a.holds("pii:bin").await { &a } else { &b };
+    assert_eq!(bin_node.direct().await.line(&bin).await, "HD\r\n");
     let cli = |args: &'static [&'static str]| {
         let p = proxy.config_path.clone();
         tokio::task::spawn_blocking(move || keys_cli(args, &p))
@@ -1046,11 +1051,22 @@ async fn rewrap_migrates_a_memcached_ring() {
     let out = cli(&["rewrap"]).await.unwrap();
     assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
     assert!(
-        s(&out.stdout).contains("41 values scanned: 41 re-sealed")
-            && s(&out.stdout).contains("(41 of them from clear)"),
+        s(&out.stdout).contains("42 values scanned: 42 re-sealed")
+            && s(&out.stdout).contains("(42 of them from clear)"),
         "{}",
         s(&out.stdout)
     );
+    // Keys as they were stored: meta clients' `k` shows the text key, base64 only for the one
+    // stored so (a rewrap once rewrote every key in base64).
+    let mut d = bin_node.direct().await;
+    let shown = s(&d
+        .read_until_after(b"mg cGlpOmJpbg== b k\r\n", b"\r\n")
+        .await);
+    assert_eq!(shown, "HD kcGlpOmJpbg== b\r\n");
+    let text_node = if a.holds("pii:6").await { &a } else { &b };
+    let mut d = text_node.direct().await;
+    let shown = s(&d.read_until_after(b"mg pii:6 k\r\n", b"\r\n").await);
+    assert_eq!(shown, "HD kpii:6\r\n");
     for node in [&a, &b] {
         let mut d = node.direct().await;
         for i in 0..40 {
@@ -1084,7 +1100,7 @@ async fn rewrap_migrates_a_memcached_ring() {
     assert!(cli(&["rotate"]).await.unwrap().status.success());
     let out = cli(&["rewrap"]).await.unwrap();
     assert!(
-        s(&out.stdout).contains("41 values scanned: 41 re-sealed")
+        s(&out.stdout).contains("42 values scanned: 42 re-sealed")
             && s(&out.stdout).contains("(0 of them from clear)"),
         "{}",
         s(&out.stdout)
