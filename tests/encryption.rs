@@ -5,6 +5,7 @@
 
 mod common;
 
+use cachegate::protocol::memcached::Shape;
 use common::*;
 
 const CANARY: &str = "canary-card-4111111111111111";
@@ -968,7 +969,7 @@ async fn memcached_values_are_sealed_too() {
     let node = if a.holds("pii:1").await { &a } else { &b };
     let mut d = node.direct().await;
     d.send(b"get pii:1\r\n").await;
-    let raw = d.read(cachegate::protocol::memcached::Shape::Values).await;
+    let raw = d.read(Shape::Values).await;
     let start = raw.iter().position(|&b| b == b'\n').unwrap() + 1;
     let body = &raw[start..raw.len() - b"\r\nEND\r\n".len()];
     // Written where the ring puts pii:copy (cachegate's own write shows which node that is).
@@ -986,6 +987,51 @@ async fn memcached_values_are_sealed_too() {
     assert!(
         moved.starts_with("SERVER_ERROR cachegate: the value of 'pii:copy' does not verify"),
         "{moved}"
+    );
+}
+
+/// The anti-dogpile pattern on an encrypted key: `mg <key> N<ttl>` on a miss makes memcached
+/// create an empty item and hand the first client the win (`W`); that empty value is read as
+/// empty (every read was a decryption failure until someone set the key, found by a
+/// reviewer), and what the winner then stores is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vivified_memcached_items_read_as_empty_and_fill_sealed() {
+    let st = setup().await;
+    let node = Memcached::start().await;
+    let proxy = Proxy::start(&format!(
+        "data_dir = {:?}\n\n[[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}upstream.nodes = [{:?}]\nupstream.health_interval = \"1h\"\nencryption.root_key_file = {:?}\nencryption.keyspaces = [{{ patterns = [\"pii:*\"] }}]\n",
+        st.keys.path().join("data"),
+        st.pki.tls_toml(),
+        node.address(),
+        st.root
+    ))
+    .await;
+    let mut winner = McClient::tls(&st.pki, proxy.addr).await;
+    let won = winner.request(b"mg pii:hot N30 v c\r\n", Shape::Meta).await;
+    let won = s(&won);
+    assert!(
+        won.starts_with("VA 0 ") && won.contains(" W") && won.ends_with("\r\n\r\n"),
+        "{won}"
+    );
+    let cas = won
+        .split(' ')
+        .find_map(|w| w.strip_prefix('c'))
+        .unwrap()
+        .trim_end()
+        .to_string();
+    let mut other = McClient::tls(&st.pki, proxy.addr).await;
+    let late = s(&other.request(b"mg pii:hot N30 v\r\n", Shape::Meta).await);
+    assert!(late.starts_with("VA 0 ") && late.contains(" Z"), "{late}");
+    let fill = format!("ms pii:hot {} C{cas}\r\n{CANARY}\r\n", CANARY.len());
+    assert_eq!(winner.line(&fill).await, "HD\r\n");
+    assert_eq!(
+        s(&other.request(b"mg pii:hot v\r\n", Shape::Meta).await),
+        format!("VA {}\r\n{CANARY}\r\n", CANARY.len())
+    );
+    let stored = node.direct().await.values("get pii:hot\r\n").await;
+    assert!(
+        !stored.contains(CANARY) && stored.starts_with("VALUE pii:hot"),
+        "{stored}"
     );
 }
 

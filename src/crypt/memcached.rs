@@ -128,14 +128,17 @@ fn block(reply: &[u8], end: usize, len: Option<&[u8]>) -> Option<(usize, usize)>
     (reply.get(data_end..data_end.checked_add(2)?)? == b"\r\n").then_some((data_at, data_end))
 }
 
-/// Opens one value onto `out`; the opened length. A value in clear passes when allowed.
+/// Opens one value onto `out`; the opened length. A value in clear passes when allowed; an
+/// empty one always does: it is what `mg <key> N<ttl>` (vivify on a miss, for the anti-dogpile
+/// pattern) makes memcached create, it holds nothing to keep secret, and no sealed value is
+/// empty (once, every read of such an item was a decryption failure until someone set it).
 fn open_value(
     keys: &Keys,
     key: &[u8],
     value: &[u8],
     on_plaintext: OnPlaintext,
 ) -> Result<Bytes, (Bytes, OpenError)> {
-    if !is_sealed(value) && on_plaintext == OnPlaintext::Pass {
+    if value.is_empty() || (!is_sealed(value) && on_plaintext == OnPlaintext::Pass) {
         return Ok(Bytes::copy_from_slice(value));
     }
     keys.open(key, value)
