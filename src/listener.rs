@@ -298,7 +298,9 @@ async fn serve_connection(
     shutdown: Drain,
 ) {
     let name = &listener.name;
-    let front = listener.front.load();
+    // The listener's settings as they are now; taken again after each wait on the client (a
+    // PROXY header, a preferred listener's first byte), so that a reload meanwhile applies.
+    let mut front = listener.front.load();
     // Behind a load balancer: the real client's address, from a header only trusted
     // balancers may send; the allow-list, the AUTH throttle, ACL LOG and the logs then see it.
     if let Some(trusted) = &front.proxy_trusted {
@@ -320,12 +322,18 @@ async fn serve_connection(
                 return;
             }
         }
+        front = listener.front.load();
     }
-    if let Some(allow) = &front.allow {
-        if !contains(allow, peer.ip()) {
+    // The allow-list, for the client's address (after PROXY protocol: the real client's).
+    let allowed = |front: &Front| match &front.allow {
+        Some(allow) if !contains(allow, peer.ip()) => {
             listener.reject(peer, "not_allowed");
-            return;
+            false
         }
+        _ => true,
+    };
+    if !allowed(&front) {
+        return;
     }
     // One source's share of the connections (after PROXY protocol: the real client's), held
     // for the connection's life. Told as the connection limit is (plaintext only).
@@ -355,16 +363,17 @@ async fn serve_connection(
             })
             .inc();
     };
-    let Some((acceptor, deadline)) = &front.tls else {
+    let Some((_, deadline)) = &front.tls else {
         connected("plaintext", false);
         listener.session(stream, peer, None, shutdown).await;
         return;
     };
     if front.preferred {
+        let deadline = *deadline;
         // TLS or plaintext, by the first byte (a TLS connection opens with a handshake record).
         let first = Box::pin(async {
             let mut first = [0u8; 1];
-            match tokio::time::timeout(*deadline, stream.peek(&mut first)).await {
+            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
                 Ok(Ok(1)) => Some(first[0]),
                 _ => None,
             }
@@ -373,12 +382,24 @@ async fn serve_connection(
         let Some(first) = first else {
             return;
         };
-        if first != TLS_HANDSHAKE_RECORD {
+        // A reload while it waited: its allow-list, CA and transit mode apply. (The
+        // per-source place stays taken: the source is the same.)
+        front = listener.front.load();
+        if !allowed(&front) {
+            return;
+        }
+        let plaintext_allowed = front.tls.is_none() || front.preferred;
+        if first != TLS_HANDSHAKE_RECORD && plaintext_allowed {
             connected("plaintext", false);
             listener.session(stream, peer, None, shutdown).await;
             return;
         }
     }
+    let Some((acceptor, deadline)) = &front.tls else {
+        // TLS turned off by a reload while a preferred listener waited for a TLS client's
+        // first byte: it is refused as a plaintext listener refuses TLS.
+        return;
+    };
     let Some(tls) = accept_tls(stream, peer, listener, acceptor, *deadline).await else {
         return;
     };

@@ -8,14 +8,17 @@ use std::net::SocketAddr;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
-    Proxy::start(&format!(
+fn config(pki: &Pki, redis: &Redis, extra: &str) -> String {
+    format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\n{}\
          auth.mode = \"none\"\nupstream.address = {:?}\nupstream.health_interval = \"1h\"\n{extra}",
         pki.tls_toml(),
         redis.address()
-    ))
-    .await
+    )
+}
+
+async fn proxy(pki: &Pki, redis: &Redis, extra: &str) -> Proxy {
+    Proxy::start(&config(pki, redis, extra)).await
 }
 
 /// A TCP connection from `source`, with `prefix` written first (a PROXY header), then TLS.
@@ -27,13 +30,63 @@ async fn tls_after(
 ) -> std::io::Result<RawClient> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(format!("{source}:0").parse().unwrap())?;
-    let mut tcp = socket.connect(addr).await?;
+    tls_over(pki, socket.connect(addr).await?, prefix).await
+}
+
+/// TLS on a connection already open, after `prefix`.
+async fn tls_over(
+    pki: &Pki,
+    mut tcp: tokio::net::TcpStream,
+    prefix: &[u8],
+) -> std::io::Result<RawClient> {
     tcp.write_all(prefix).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio_rustls::TlsConnector::from(pki.client_config(rustls::ALL_VERSIONS, None))
         .connect(name, tcp)
         .await?;
     Ok(RawClient::new(Box::new(tls)))
+}
+
+/// A reload applies to a connection still waiting on its client when it came: one accepted
+/// before the reload and whose PROXY header (or, on a `preferred` listener, first byte) comes
+/// after it is judged by the new allow-list (it was judged by the one in force when it was
+/// accepted, found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_to_connections_still_waiting_on_their_client() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let balanced =
+        "proxy_protocol = { trusted = [\"127.0.0.2/32\"] }\nallow = [\"192.0.2.0/24\"]\n";
+    let proxy = proxy(&pki, &redis, balanced).await;
+    let header = b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 6380\r\n";
+    assert!(served(tls_after(&pki, proxy.addr, "127.0.0.2", header).await).await);
+    let waiting = tcp_from("127.0.0.2", proxy.addr).await;
+    let moved = balanced.replace("192.0.2.0/24", "198.51.100.0/24");
+    proxy
+        .reload_with(&config(&pki, &redis, &moved))
+        .await
+        .unwrap();
+    assert!(!served(tls_over(&pki, waiting, header).await).await);
+    let now_allowed = b"PROXY TCP4 198.51.100.1 10.0.0.1 51000 6380\r\n";
+    assert!(served(tls_after(&pki, proxy.addr, "127.0.0.2", now_allowed).await).await);
+
+    // A preferred listener waiting for a client's first byte.
+    let preferred = "tls.transit_encryption_mode = \"preferred\"\nallow = [\"127.0.0.4/32\"]\n";
+    proxy
+        .reload_with(&config(&pki, &redis, preferred))
+        .await
+        .unwrap();
+    let mut plain = RawClient::new(Box::new(tcp_from("127.0.0.4", proxy.addr).await));
+    assert_eq!(plain.cmd(&["PING"]).await, b"+PONG\r\n");
+    let mut waiting = RawClient::new(Box::new(tcp_from("127.0.0.4", proxy.addr).await));
+    let tls_waiting = tcp_from("127.0.0.4", proxy.addr).await;
+    let moved = preferred.replace("127.0.0.4", "127.0.0.5");
+    proxy
+        .reload_with(&config(&pki, &redis, &moved))
+        .await
+        .unwrap();
+    waiting.send_cmd(&["PING"]).await;
+    assert!(waiting.closed().await);
+    assert!(!served(tls_over(&pki, tls_waiting, b"").await).await);
 }
 
 /// Whether a client is served: a PING answered.
