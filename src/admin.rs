@@ -27,7 +27,8 @@ pub struct Admin {
     /// Cluster listeners' clusters: ready while their layout was last read.
     pub clusters: Vec<Arc<crate::upstream::cluster::Cluster>>,
     pub reloader: Arc<crate::reload::Reloader>,
-    /// `POST /reload` is served only on a loopback admin listener.
+    /// The admin listener is bound to loopback: `POST /reload` is served there only, and
+    /// requests must name localhost or an address (see [`host_allowed`]).
     pub reload_allowed: bool,
     /// One `POST /reload` at a time: held by the reload itself (its blocking thread goes on
     /// when the client hangs up), so that a burst queues no more of them.
@@ -82,6 +83,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let admin = admin.clone();
                 async move {
+                    if admin.reload_allowed && !host_allowed(&req) {
+                        return Ok::<_, Infallible>(reply(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            "text/plain",
+                            "this admin listener answers requests for localhost or an IP address only\n".into(),
+                        ));
+                    }
                     if req.method() == Method::POST && req.uri().path() == "/reload" {
                         // A browser on this host can POST to loopback: a page's request carries
                         // an Origin, and is refused; curl and `cachegate reload` send none.
@@ -104,6 +112,29 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
     }
+}
+
+/// Whether a request to the loopback admin listener names it as loopback is named: `localhost`
+/// or an IP address (any port), or no `Host` at all (HTTP/1.0). A web page that rebinds its own
+/// DNS name to 127.0.0.1 sends that name, and so cannot read `/metrics` from the browser.
+fn host_allowed(req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get(hyper::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // `[::1]:9180`, `127.0.0.1:9180`, `localhost`, `LOCALHOST:9180`.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6.split_once(']').is_some_and(|(addr, port)| {
+                addr.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty() || port.starts_with(':'))
+            })
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

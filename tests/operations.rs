@@ -240,7 +240,7 @@ async fn tcp_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
 async fn closed_unanswered(mut tcp: tokio::net::TcpStream) {
     use tokio::io::AsyncReadExt;
     let _ = tcp
-        .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tcp.read_to_end(&mut out))
@@ -286,6 +286,52 @@ async fn the_admin_listener_bounds_its_connections() {
     assert_eq!(proxy.admin_get("/live").await.0, 200);
 }
 
+/// The loopback admin listener answers requests that name it as loopback is named (localhost
+/// or an IP address, or no `Host`): a web page that rebinds its own DNS name to 127.0.0.1
+/// sends that name, and gets `421` instead of `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loopback_admin_listener_refuses_other_host_names() {
+    use tokio::io::AsyncReadExt;
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = proxy(&pki, &redis, "").await;
+    let admin = proxy.admin.unwrap();
+    let port = admin.port();
+    let get = |head: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(format!("GET /metrics {head}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        s(&out).get(9..12).unwrap_or("").to_string()
+    };
+    for host in [
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(
+            get(format!("HTTP/1.1\r\nHost: {host}\r\n")).await,
+            "200",
+            "{host}"
+        );
+    }
+    assert_eq!(get("HTTP/1.0\r\n".into()).await, "200");
+    for host in [
+        format!("rebound.example:{port}"),
+        "localhost.example".to_string(),
+        "127.0.0.1.example".to_string(),
+        "[::1".to_string(),
+    ] {
+        assert_eq!(
+            get(format!("HTTP/1.1\r\nHost: {host}\r\n")).await,
+            "421",
+            "{host}"
+        );
+    }
+}
+
 /// One source that opens admin connections and sends nothing takes at most its share of the
 /// places: its connection past `MAX_CONNECTIONS_PER_SOURCE` is closed unanswered, while the
 /// orchestrator's `/live` probe from another address is answered (with one cap for all, one
@@ -307,7 +353,7 @@ async fn one_source_cannot_take_every_admin_place() {
         loop {
             let mut tcp = tcp_from("127.0.0.2", admin).await;
             let _ = tcp
-                .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .await;
             let mut out = Vec::new();
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut out).await;

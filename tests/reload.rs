@@ -737,7 +737,7 @@ async fn post_reload_refuses_web_pages_and_non_loopback_admin_listeners() {
         };
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tcp.write_all(
-            format!("POST /reload HTTP/1.1\r\nHost: x\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n")
+            format!("POST /reload HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await
@@ -987,7 +987,7 @@ async fn a_reload_asked_while_one_runs_is_refused_not_queued() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
         tcp.write_all(
-            b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )
         .await
         .unwrap();

@@ -554,7 +554,8 @@ impl Proxy {
         let addr = self.admin.expect("config has [admin]");
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
