@@ -1087,6 +1087,9 @@ fn parse_num<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
     std::str::from_utf8(token).ok()?.parse().ok()
 }
 
+/// The largest item memcached stores (`ITEM_SIZE_MAX_UPPER_LIMIT`: `-I` goes up to 1 GiB).
+pub const MAX_ITEM_BYTES: usize = 1 << 30;
+
 /// Malformed upstream output.
 #[derive(Debug, thiserror::Error)]
 pub enum McReplyError {
@@ -1114,11 +1117,14 @@ fn line_step(shape: Shape, text: &[u8]) -> Result<LineStep, McReplyError> {
     let mut words = text.split(|&b| b == b' ');
     let word = words.next().unwrap_or(b"");
     let is_error = matches!(word, b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR");
-    // The announced length of a value block, with its `\r\n` (a size near usize::MAX from a
-    // hostile node must not wrap around: no reply of memcached's, malformed).
+    // The announced length of a value block, with its `\r\n`. memcached stores no item over
+    // 1 GiB (`-I` stops there): a larger size is no reply of memcached's, malformed, rather
+    // than a too-large value passed over for as long as a hostile node keeps sending (a size
+    // near usize::MAX must not wrap around either).
     let block = |size: Option<&[u8]>| {
         size.and_then(parse_num::<usize>)
-            .and_then(|n| n.checked_add(2))
+            .filter(|&n| n <= MAX_ITEM_BYTES)
+            .map(|n| n + 2)
             .ok_or_else(|| malformed(text))
     };
     Ok(match shape {
@@ -1625,6 +1631,41 @@ mod tests {
             Shape::Values,
             usize::MAX
         )));
+        // Past the largest item memcached stores (1 GiB): malformed, and never passed over
+        // as a value too large for cachegate (a hostile node could keep sending it forever).
+        for reply in [
+            format!("VALUE k 0 {}\r\n", MAX_ITEM_BYTES + 1),
+            format!("VA {}\r\n", MAX_ITEM_BYTES + 1),
+        ] {
+            let shape = if reply.starts_with("VA") {
+                Shape::Meta
+            } else {
+                Shape::Values
+            };
+            assert!(
+                malformed(reply_len(reply.as_bytes(), shape, 1000)),
+                "{reply}"
+            );
+            assert!(
+                matches!(
+                    McSkip::new(shape).advance(reply.as_bytes()),
+                    Err(McReplyError::Malformed(_))
+                ),
+                "{reply}"
+            );
+        }
+        let largest = format!("VALUE k 0 {MAX_ITEM_BYTES}\r\n");
+        assert!(too_large(reply_len(
+            largest.as_bytes(),
+            Shape::Values,
+            1000
+        )));
+        assert_eq!(
+            McSkip::new(Shape::Values)
+                .advance(largest.as_bytes())
+                .unwrap(),
+            (largest.len(), false)
+        );
         let endless = vec![b'x'; DEFAULT_MAX_LINE + 10];
         assert!(malformed(reply_len(&endless, Shape::Line, 1 << 30)));
         assert!(too_large(reply_len(&endless[..200], Shape::Line, 100)));
