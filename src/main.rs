@@ -437,6 +437,12 @@ fn keys(
                     tally.changed,
                     tally.failed
                 );
+                if tally.empty > 0 {
+                    println!(
+                        "listener {}: {} empty values left as they are (items created by `mg ... N` awaiting their value: nothing to seal)",
+                        l.name, tally.empty
+                    );
+                }
                 anyhow::ensure!(
                     tally.failed == 0,
                     "{} values do not open (tampered, or under a data key no longer in the keyring)",

@@ -88,6 +88,37 @@ fn identities(up: &UpstreamConfig) -> Option<session::Identities> {
     })
 }
 
+/// The users of a listener whose scripts would run past their rules, with which rules (keys,
+/// commands, channels): where the listener runs a script command at all (not with
+/// `@scripting` disabled) and no mirrored backend user holds scripts to the user's rules.
+pub fn scripts_past_rules(cfg: &ListenerConfig) -> Vec<(String, String)> {
+    let scripts_run = [
+        "eval",
+        "evalsha",
+        "eval_ro",
+        "evalsha_ro",
+        "fcall",
+        "fcall_ro",
+    ]
+    .iter()
+    .any(|c| cfg.policy.runs(c.as_bytes()));
+    match &cfg.auth {
+        crate::config::AuthMode::Acl(group)
+            if scripts_run && cfg.upstream.mirror_users.is_empty() =>
+        {
+            group
+                .users
+                .iter()
+                .filter_map(|user| {
+                    let past = user.scripts_reach_past();
+                    (!past.is_empty()).then(|| (user.name.clone(), past.join(", ")))
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// A Redis listener's session context for `config`, around the upstream parts that live as
 /// long as the process (pool, shared connections) and the AUTH throttle.
 pub fn redis_context(
@@ -104,16 +135,8 @@ pub fn redis_context(
         throttle,
         encryption,
     } = lasting;
-    if let (crate::config::AuthMode::Acl(group), true) =
-        (&cfg.auth, cfg.upstream.mirror_users.is_empty())
-    {
-        for user in group.users.iter() {
-            let past = user.scripts_reach_past();
-            if !past.is_empty() {
-                let past = past.join(", ");
-                tracing::warn!(listener = %cfg.name, user = %user.name, "this user may run scripts, and a script runs as cachegate's backend login, past the user's rules on {past} (a user limited to +@read can write from a script); set auth.backend_users = true to have Redis hold scripts to the user's rules, or take @scripting from the user");
-            }
-        }
+    for (user, past) in scripts_past_rules(cfg) {
+        tracing::warn!(listener = %cfg.name, user = %user, "this user may run scripts, and a script runs as cachegate's backend login, past the user's rules on {past} (a user limited to +@read can write from a script); set auth.backend_users = true to have Redis hold scripts to the user's rules, or take @scripting from the user");
     }
     session::Context {
         shared,
@@ -347,4 +370,44 @@ fn build_acceptor(
             source,
         })?;
     Ok(TlsAcceptor::from(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The startup warning names each user whose scripts would pass its rules, and which
+    /// rules; none where the listener runs no script command (`@scripting` disabled: it once
+    /// warned there too, found by a reviewer) or mirrored backend users hold scripts to them.
+    #[test]
+    fn script_warnings_name_who_and_what_where_scripts_run() {
+        let warned = |listener: &str| {
+            let text = format!(
+                "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+                 [[users]]\nname = \"ro\"\nacl = \"on >pw-ro ~* &* +@read +eval\"\n\
+                 [[users]]\nname = \"narrow\"\nacl = \"on >pw-n ~app:* +@all\"\n\
+                 [[users]]\nname = \"all\"\nacl = \"on >pw-a ~* &* +@all\"\n\
+                 [user_groups]\ng = [\"default\", \"ro\", \"narrow\", \"all\"]\n\
+                 [[listeners]]\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\nauth.user_group = \"g\"\n\
+                 upstream.address = \"127.0.0.1:6379\"\nupstream.password = \"pw\"\n{listener}"
+            );
+            let config = crate::config::parse(&text, "t", std::path::Path::new(".")).unwrap();
+            scripts_past_rules(&config.listeners[0])
+        };
+        let pair = |u: &str, p: &str| (u.to_string(), p.to_string());
+        assert_eq!(
+            warned(""),
+            [pair("ro", "commands"), pair("narrow", "keys, channels")]
+        );
+        // EVAL renamed: scripts still run, under the alias.
+        assert_eq!(
+            warned(
+                "commands.rename = { EVAL = \"run-script\" }\ncommands.scripts = \"unguarded\"\n"
+            )
+            .len(),
+            2
+        );
+        assert_eq!(warned("commands.disable = [\"@scripting\"]\n"), []);
+        assert!(warned("auth.backend_users = true\n").is_empty());
+    }
 }

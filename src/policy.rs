@@ -253,6 +253,18 @@ impl Policy {
         rules
     }
 
+    /// Whether the command whose real (lower-case) name is `real` is renamed, not disabled:
+    /// it runs under its alias.
+    pub fn is_renamed(&self, real: &[u8]) -> bool {
+        self.alias_of.contains_key(real)
+    }
+
+    /// Whether clients can run the command whose real (lower-case) name is `real` at all,
+    /// under its own name or an alias.
+    pub fn runs(&self, real: &[u8]) -> bool {
+        !self.refused.contains(real) || self.is_renamed(real)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.longest == 0 && self.containers.is_empty()
     }

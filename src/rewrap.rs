@@ -58,6 +58,11 @@ pub struct Tally {
     pub changed: u64,
     /// Values that do not open (tampered, or under a key no longer in the keyring).
     pub failed: u64,
+    /// Empty memcached values: items `mg <key> N<ttl>` created on a miss, awaiting the
+    /// value their winner will store (sealed); nothing to seal, and left as they are (a
+    /// rewrite would end their win state).
+    #[serde(default)]
+    pub empty: u64,
     /// Values found under each data key before this run (hash fields counted one by one).
     pub by_key: BTreeMap<u32, u64>,
     /// Each data key's seal count in the keyring when the run began (kept across a resume):
@@ -677,6 +682,10 @@ async fn one_memcached(
         .ok_or_else(|| RewrapError::Memcached(String::from_utf8_lossy(&reply).into_owned()))?;
     let head = String::from_utf8_lossy(&reply[..nl]).into_owned();
     let value = &reply[nl + 2..reply.len() - 2];
+    if value.is_empty() {
+        tally.empty += 1;
+        return Ok(());
+    }
     let mut flags = "0".to_string();
     let mut cas = String::new();
     let mut ttl: i64 = -1;

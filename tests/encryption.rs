@@ -1033,6 +1033,19 @@ async fn vivified_memcached_items_read_as_empty_and_fill_sealed() {
         !stored.contains(CANARY) && stored.starts_with("VALUE pii:hot"),
         "{stored}"
     );
+    // One still awaiting its value when `keys rewrap` runs: left as it is, and no failure (it
+    // once failed the run as a value that does not open).
+    let cold = s(&other.request(b"mg pii:cold N30 v\r\n", Shape::Meta).await);
+    assert!(cold.contains(" W"), "{cold}");
+    let config = proxy.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || keys_cli(&["rewrap"], &config))
+        .await
+        .unwrap();
+    let said = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 empty values left as they are"), "{said}");
+    let late = s(&winner.request(b"mg pii:cold N30 v\r\n", Shape::Meta).await);
+    assert!(late.starts_with("VA 0 ") && late.contains(" Z"), "{late}");
 }
 
 /// A populated memcached ring migrated: values written in clear (before encryption) are

@@ -487,6 +487,60 @@ upstream.address = "127.0.0.1:6379"
         assert_eq!(found[0].key, "listeners[0].upstream.password");
     }
 
+    /// The backend user's rules for refused containers: a renamed one is denied whole, and its
+    /// `noscript` subcommands the listener does not refuse are allowed again (its alias runs
+    /// them as the backend user); a disabled one is only denied; a mirrored user gets back only
+    /// what its own rules allow (found by a reviewer: a read-only user's mirror was given
+    /// `CONFIG RESETSTAT`, and a disabled `CLIENT`'s `KILL` was allowed again).
+    #[test]
+    fn backend_users_deny_refused_containers_and_allow_back_only_what_an_alias_needs() {
+        let rules = |commands: &str| {
+            let text = format!(
+                "[[users]]\nname = \"default\"\nacl = \"off\"\n\
+                 [[users]]\nname = \"ro\"\nacl = \"on >pw-ro ~* &* +@read +@connection +eval\"\n\
+                 [[users]]\nname = \"all\"\nacl = \"on >pw-all ~* &* +@all\"\n\
+                 [user_groups]\ng = [\"default\", \"ro\", \"all\"]\n\
+                 [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nauth.mode = \"acl\"\n\
+                 auth.user_group = \"g\"\nauth.backend_users = true\n\
+                 upstream.address = \"127.0.0.1:6379\"\nupstream.password = \"pw\"\n\
+                 [listeners.commands]\n{commands}scripts = \"backend_acl\"\n"
+            );
+            let config = parse(&text, "t", Path::new(".")).unwrap();
+            let up = &config.listeners[0].upstream;
+            let of = |u: &model::BackendUser| u.rules.join(" ");
+            let mirror = |name: &str| {
+                up.mirror_users
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, u)| of(u))
+                    .unwrap()
+            };
+            (
+                of(up.backend_user.as_ref().unwrap()),
+                mirror("ro"),
+                mirror("all"),
+            )
+        };
+        let (listener, ro, all) =
+            rules("rename = { CONFIG = \"admin-config\" }\ndisable = [\"CONFIG|SET\"]\n");
+        for (who, rules) in [("listener", &listener), ("all", &all)] {
+            assert!(rules.contains("-config +config|get"), "{who}: {rules}");
+            assert!(!rules.contains("+config|set"), "{who}: {rules}");
+        }
+        assert!(ro.contains("-config") && !ro.contains("+config|"), "{ro}");
+        let (listener, ro, all) = rules("disable = [\"CONFIG\", \"CLIENT\"]\n");
+        for rules in [&listener, &ro, &all] {
+            assert!(
+                rules.contains("-config") && rules.contains("-client"),
+                "{rules}"
+            );
+            assert!(
+                !rules.contains("+config|") && !rules.contains("+client|"),
+                "{rules}"
+            );
+        }
+    }
+
     /// Backend user names are built from listener and user names: two listeners whose names
     /// would provision the same backend user (one password, rules decided by the last to
     /// provision) are refused.

@@ -150,7 +150,7 @@ pub(super) fn scripts_guard(
 /// the configured upstream one, allowed everything but what the policy refuses.
 pub(super) fn backend_user(listener: &str, up: &UpstreamConfig, policy: &Policy) -> BackendUser {
     let mut rules = vec!["~*".to_string(), "&*".into(), "+@all".into()];
-    rules.extend(script_callable_denials(policy));
+    rules.extend(script_callable_denials(policy, None));
     rules.extend(own_commands());
     if up.cluster {
         // cachegate follows ASK redirections on this user's connections (clients cannot send
@@ -169,7 +169,7 @@ pub(super) fn mirror_user(
     policy: &Policy,
 ) -> BackendUser {
     let mut rules = user.backend_rules();
-    rules.extend(script_callable_denials(policy));
+    rules.extend(script_callable_denials(policy, Some(user)));
     rules.extend(own_commands());
     provisioned_user(format!("cachegate-{listener}-{}", user.name), up, rules)
 }
@@ -185,11 +185,13 @@ fn own_commands() -> [String; 2] {
 /// SUBSCRIBE and the other `noscript` commands never run inside one, and cachegate itself may
 /// need them on its connections).
 ///
-/// A refused container (`CONFIG`, renamed or disabled) is denied whole, so that a subcommand
-/// the table does not know (a newer Redis's) stays denied too, and its `noscript` subcommands
-/// are allowed again: Redis judges a subcommand by its own flags, and a renamed `CONFIG GET`,
-/// which cachegate sends as the backend user, was refused by Redis along with the container.
-pub(super) fn script_callable_denials(policy: &Policy) -> Vec<String> {
+/// A refused container is denied whole, so that a subcommand the table does not know (a newer
+/// Redis's) stays denied too. A renamed one's `noscript` subcommands are then allowed again,
+/// those the listener does not refuse by themselves and (for a mirrored user) the user may run:
+/// Redis judges a subcommand by its own flags, and a renamed `CONFIG GET`, which cachegate
+/// sends as the backend user, was refused by Redis along with the container. A disabled
+/// container has no alias that needs them: nothing is allowed again.
+pub(super) fn script_callable_denials(policy: &Policy, user: Option<&User>) -> Vec<String> {
     let table = crate::auth::commands::table();
     let mut rules = Vec::new();
     for rule in policy.backend_denials() {
@@ -198,7 +200,9 @@ pub(super) fn script_callable_denials(policy: &Policy) -> Vec<String> {
             continue;
         }
         let subcommands = match table.lookup(&args) {
-            Some((_, info)) if args.len() == 1 => &info.subcommands,
+            Some((_, info)) if args.len() == 1 && policy.is_renamed(args[0].as_bytes()) => {
+                &info.subcommands
+            }
             _ => {
                 rules.push(rule);
                 continue;
@@ -211,6 +215,7 @@ pub(super) fn script_callable_denials(policy: &Policy) -> Vec<String> {
                 let sub = name.split('|').nth(1).unwrap_or_default();
                 !info.script_callable()
                     && !policy.refuses_subcommand(args[0].as_bytes(), sub.as_bytes())
+                    && user.is_none_or(|u| u.check(&[args[0], sub]).is_ok())
             })
             .map(|(name, _)| format!("+{name}"))
             .collect();
