@@ -716,6 +716,44 @@ async fn a_killed_primary_is_replaced_and_served_again() {
     );
 }
 
+/// The keyless commands a MULTI queues in cachegate while it waits for its first key count
+/// against `limits.max_buffered_bytes`: past it the command is refused and `EXEC` aborts (they
+/// were held unbounded: one client's `ECHO`s grew the process ten times past the bound, found
+/// by a reviewer); the session goes on, and so do the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_transaction_queues_within_the_buffer_bound() {
+    let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_buffered_bytes = 4194304\n{}",
+        cluster_toml(&pki, &cluster, "")
+    ))
+    .await;
+    let mut c = client(&pki, &proxy).await;
+    let mut other = client(&pki, &proxy).await;
+    let big = "x".repeat(1 << 20);
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    let mut queued = 0;
+    let refused = loop {
+        let reply = s(&c.cmd(&["ECHO", &big]).await);
+        if reply != "+QUEUED\r\n" {
+            break reply;
+        }
+        queued += 1;
+        assert!(queued < 8, "8 MiB queued against a 4 MiB bound");
+    };
+    assert!(
+        refused.starts_with("-ERR cachegate's buffers for all clients are at their limit"),
+        "{refused}"
+    );
+    assert_eq!(other.cmd(&["GET", "ready"]).await, b"$1\r\n1\r\n");
+    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    // The queue's share was given back: a new transaction queues again.
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["ECHO", &big]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["DISCARD"]).await, b"+OK\r\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_blocking_commands_and_pubsub_run_on_the_right_node() {
     let (pki, cluster, proxy) = three_primaries("").await;

@@ -1073,7 +1073,12 @@ impl RequestSide {
                 Route::One(None) | Route::Answer(_) => {
                     let mut bytes = BytesMut::new();
                     encode_command(&mut bytes, args.iter().map(|a| &a[..]));
-                    self.transaction.hold(kind, bytes.freeze());
+                    if let Err(over) = self
+                        .transaction
+                        .hold(kind, bytes.freeze(), &self.ctx.budget)
+                    {
+                        return self.refused(reply::error(&over.to_string())).await;
+                    }
                     self.local(Bytes::from_static(b"+QUEUED\r\n")).await?;
                     return Ok(Flow::Continue);
                 }

@@ -2,8 +2,11 @@
 //! with each command inside a transaction (queue it, answer it, fail the transaction at EXEC)
 //! is the request side's to decide; it says so here.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::budget::{Charge, MemoryBudget, OverBudget};
 use crate::session::commands::Kind;
 
 #[derive(Debug, Default)]
@@ -13,10 +16,14 @@ pub(super) enum Transaction {
     /// Open on the session's own connection. `dirty`: a command was refused, and EXEC aborts.
     Open { dirty: bool },
     /// A cluster listener's MULTI before its first key names the node: the keyless commands
-    /// queued so far (already answered `QUEUED`), sent when it does.
+    /// queued so far (already answered `QUEUED`), sent when it does, and their share of the
+    /// process's buffer budget (held in cachegate, not in Redis's client memory: unbounded,
+    /// one client's `ECHO`s grew the process past the bound, found by a reviewer).
     Held {
         dirty: bool,
         queued: Vec<(Kind, Bytes)>,
+        bytes: usize,
+        charge: Option<Charge>,
     },
 }
 
@@ -59,20 +66,38 @@ impl Transaction {
         *self = Transaction::Held {
             dirty: false,
             queued: Vec::new(),
+            bytes: 0,
+            charge: None,
         };
     }
 
-    /// Queues a keyless command of a held transaction.
-    pub(super) fn hold(&mut self, kind: Kind, command: Bytes) {
-        if let Transaction::Held { queued, .. } = self {
+    /// Queues a keyless command of a held transaction, charged to `budget`; refused (nothing
+    /// queued) past the process's bound.
+    pub(super) fn hold(
+        &mut self,
+        kind: Kind,
+        command: Bytes,
+        budget: &Arc<MemoryBudget>,
+    ) -> Result<(), OverBudget> {
+        if let Transaction::Held {
+            queued,
+            bytes,
+            charge,
+            ..
+        } = self
+        {
+            let charge = charge.get_or_insert_with(|| Charge::new(budget.clone()));
+            charge.hold(*bytes + command.len())?;
+            *bytes += command.len();
             queued.push((kind, command));
         }
+        Ok(())
     }
 
     /// The held transaction goes to its node: what was queued, to send after MULTI.
     pub(super) fn place(&mut self) -> Vec<(Kind, Bytes)> {
         match std::mem::take(self) {
-            Transaction::Held { dirty, queued } => {
+            Transaction::Held { dirty, queued, .. } => {
                 *self = Transaction::Open { dirty };
                 queued
             }
@@ -123,12 +148,32 @@ mod tests {
         assert!(!tx.is_dirty(), "the next transaction starts clean");
     }
 
+    /// What a held transaction queues counts against the process's buffer bound: past it the
+    /// command is refused and not queued, and the charge is given back when it ends.
+    #[test]
+    fn a_held_transaction_queues_within_the_buffer_bound() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut tx = Transaction::default();
+        tx.begin_held();
+        let big = Bytes::from(vec![b'x'; 300 << 10]);
+        let mut queued = 0;
+        while tx.hold(Kind::Other, big.clone(), &budget).is_ok() {
+            queued += 1;
+            assert!(queued < 10, "never refused");
+        }
+        assert!(budget.used() <= 1 << 20);
+        assert_eq!(tx.place().len(), queued);
+        assert_eq!(budget.used(), 0);
+    }
+
     #[test]
     fn a_held_transaction_keeps_its_queue_and_fate_when_placed() {
         let mut tx = Transaction::default();
         tx.begin_held();
         assert!(tx.is_open() && tx.is_held());
-        tx.hold(Kind::Client, Bytes::from_static(b"setname"));
+        let budget = MemoryBudget::new(1 << 20);
+        tx.hold(Kind::Client, Bytes::from_static(b"setname"), &budget)
+            .unwrap();
         tx.refuse();
         let queued = tx.place();
         assert_eq!(queued.len(), 1);
