@@ -585,6 +585,58 @@ async fn inline_commands_split_as_redis_splits_them() {
     assert!(ours.closed().await);
 }
 
+/// Behind a stalled upstream, a client's large requests waiting in a shared connection's
+/// queue count against `limits.max_buffered_bytes`: one that keeps sending 4 MB `SET`s is
+/// held back (cachegate stops reading it) once it holds the bound, while the process grows by
+/// about that much (they were
+/// uncharged: 1.9 GB queued against a 16 MiB bound, found by a reviewer). Once the upstream
+/// answers again, clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_stalled_upstream_count_against_the_bound() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_buffered_bytes = 16777216\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.shared_connections = 1\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    redis.pause(true);
+    let before = resident_bytes();
+    let value = vec![b'v'; 4 << 20];
+    let set = encode(&[b"SET", b"k", &value]);
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = count.clone();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < 100 && c.try_send(&set).await {
+            sent += 1;
+            counting.store(sent, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // Until the sender is held back (no progress for a second) or has sent everything.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut last, mut still) = (0, 0);
+    let sent = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = count.load(std::sync::atomic::Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if now == 100 || still >= 10 || std::time::Instant::now() > deadline {
+            break now;
+        }
+    };
+    let grown = resident_bytes().saturating_sub(before);
+    redis.pause(false);
+    assert!(sent < 100, "all 400 MB taken");
+    assert!(grown < 200 << 20, "grew by {} MiB", grown >> 20);
+    let mut after = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(after.cmd(&["PING"]).await, b"+PONG\r\n");
+    sender.abort();
+}
+
 /// Requests that get no reply are counted by cause, the upstream's or cachegate's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_reply_are_counted_by_cause() {

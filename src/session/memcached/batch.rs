@@ -342,15 +342,23 @@ pub(super) async fn shared_exchange(
         return (Vec::new(), None);
     }
     let (tx, rx) = oneshot::channel();
-    let request = SharedRequest {
-        bytes: bytes.freeze(),
-        frames: Frames::Memcached(shapes),
-        reply: tx,
-        owner: crate::budget::Holder::current(),
-    };
-    let outcome = match shared.pick().send(request).await {
-        Ok(()) => rx.await.unwrap_or_else(|_| Err(SharedError::Gone)),
-        Err(_) => Err(SharedError::ShuttingDown),
+    let owner = crate::budget::Holder::current();
+    let queued = crate::upstream::shared::queued_charge(&shared.budget, bytes.len(), owner.clone());
+    let outcome = match queued {
+        Err(over) => Err(SharedError::OverBudget(over)),
+        Ok(queued) => {
+            let request = SharedRequest {
+                bytes: bytes.freeze(),
+                frames: Frames::Memcached(shapes),
+                reply: tx,
+                owner,
+                queued,
+            };
+            match shared.pick().send(request).await {
+                Ok(()) => rx.await.unwrap_or_else(|_| Err(SharedError::Gone)),
+                Err(_) => Err(SharedError::ShuttingDown),
+            }
+        }
     };
     if let Err(e) = &outcome {
         ctx.security

@@ -183,6 +183,15 @@ async fn send_to(
     } else {
         &node.shared.resp2
     };
+    let owner = crate::budget::Holder::current();
+    let queued =
+        match crate::upstream::shared::queued_charge(&pool.budget, bytes.len(), owner.clone()) {
+            Ok(queued) => queued,
+            Err(over) => {
+                let _ = tx.send(Err(SharedError::OverBudget(over)));
+                return rx;
+            }
+        };
     // A closed connection task drops the request: its receiver then reads as `Gone`.
     let _ = pool
         .sender(session)
@@ -190,7 +199,8 @@ async fn send_to(
             bytes,
             frames: Frames::Resp(frames),
             reply: tx,
-            owner: crate::budget::Holder::current(),
+            owner,
+            queued,
         })
         .await;
     rx

@@ -1261,6 +1261,11 @@ impl RequestSide {
         let (tx, rx) = oneshot::channel();
         let n = batch.labels.len();
         let want = self.take_in_flight(n, batch.resp3).await?;
+        let queued = crate::upstream::shared::queued_charge(
+            &self.ctx.budget,
+            batch.bytes.len(),
+            self.holder.clone(),
+        )?;
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,
@@ -1280,6 +1285,7 @@ impl RequestSide {
             frames: Frames::Resp(n),
             reply: tx,
             owner: self.holder.clone(),
+            queued,
         };
         match batch.sender.try_send(request) {
             Ok(()) => Ok(()),
