@@ -197,6 +197,27 @@ impl MemoryBudget {
     }
 }
 
+/// What waits in a queue for its turn (a request for a shared connection, one of cachegate's
+/// own answers for a client) is charged from this size on: behind a stalled upstream, or for a
+/// client that reads nothing, one client could otherwise queue hundreds of large ones that no
+/// bound counted (1.9 GB of requests, 1.5 GB of answers, against a 16 MiB bound, found by a
+/// reviewer). Smaller ones pass free: their queues are bounded in number.
+pub const CHARGE_QUEUED_FROM: usize = 16 << 10;
+
+/// The charge for `len` bytes about to be queued for `owner`: `None` under
+/// [`CHARGE_QUEUED_FROM`]; refused past the process's bound (unless another session, evicted,
+/// holds more).
+pub fn queued(
+    budget: &Arc<MemoryBudget>,
+    len: usize,
+    owner: Option<Arc<Holder>>,
+) -> Result<Option<Charge>, OverBudget> {
+    if len < CHARGE_QUEUED_FROM {
+        return Ok(None);
+    }
+    Charge::exact(budget, len, owner).map(Some)
+}
+
 /// One holder's share of the budget (a session's request side, or its reply side); given
 /// back when dropped.
 #[derive(Debug)]

@@ -283,6 +283,14 @@ async fn acl_introspection_without_secrets() {
         c.cmd(&["ACL", "CAT"]).await,
         direct.cmd(&["ACL", "CAT"]).await
     );
+    // An unknown category is named as typed, and at most 128 bytes of it, as Redis names it.
+    let long = "X".repeat(300);
+    for cat in ["FooBar", &long] {
+        assert_eq!(
+            s(&c.cmd(&["ACL", "CAT", cat]).await),
+            s(&direct.cmd(&["ACL", "CAT", cat]).await)
+        );
+    }
     let ours = s(&c.cmd(&["ACL", "USERS"]).await);
     for name in ["default", "app", "reader", "scripts", "disabled"] {
         assert!(ours.contains(&format!("\r\n{name}\r\n")), "{ours}");

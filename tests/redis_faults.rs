@@ -637,6 +637,50 @@ async fn requests_queued_behind_a_stalled_upstream_count_against_the_bound() {
     sender.abort();
 }
 
+/// cachegate's own large answers count against `limits.max_buffered_bytes` while they wait
+/// for a client that reads none of them: 1,100 `CLIENT GETNAME`s of a 4 MB name, unread, make
+/// the process hold about the bound, not 4.4 GB (1.5 GB before, found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_local_answers_waiting_for_a_client_count_against_the_bound() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "limits.max_buffered_bytes = 16777216\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    let name = "n".repeat(4 << 20);
+    assert_eq!(c.cmd(&["CLIENT", "SETNAME", &name]).await, b"+OK\r\n");
+    let before = resident_bytes();
+    let getname = encode(&[b"CLIENT", b"GETNAME"]);
+    let wire: Vec<u8> = getname
+        .iter()
+        .copied()
+        .cycle()
+        .take(getname.len() * 1100)
+        .collect();
+    let sender = tokio::spawn(async move {
+        c.try_send(&wire).await;
+        c
+    });
+    // Until cachegate has taken what it will (its RSS still for a second), or 30 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut last, mut still) = (0u64, 0);
+    while still < 10 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = resident_bytes() >> 20;
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(grown < 200 << 20, "grew by {} MiB", grown >> 20);
+    let mut other = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+    sender.abort();
+}
+
 /// Requests that get no reply are counted by cause, the upstream's or cachegate's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_reply_are_counted_by_cause() {

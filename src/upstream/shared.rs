@@ -49,29 +49,8 @@ pub struct SharedRequest {
     /// ([`crate::budget::Holder::current`] where the request is made).
     pub owner: Option<Arc<crate::budget::Holder>>,
     /// Its bytes' share of the buffer budget while it waits in the connection's queue (see
-    /// [`queued_charge`]); given back once they are in the connection's write buffer.
+    /// [`crate::budget::queued`]); given back once they are in the connection's write buffer.
     pub queued: Option<crate::budget::Charge>,
-}
-
-/// Requests from this size on are charged to the buffer budget while they wait in a shared
-/// connection's queue: behind a stalled upstream, one client could otherwise queue hundreds of
-/// large writes (512 commands in flight, each up to a request's size) that no bound counted
-/// (1.9 GB against a 16 MiB bound, found by a reviewer). Smaller ones pass free: at most
-/// `MAX_SHARED_IN_FLIGHT` of them per session.
-pub const CHARGE_QUEUED_FROM: usize = 16 << 10;
-
-/// The charge for a request of `len` bytes about to be queued for `owner`: `None` under
-/// [`CHARGE_QUEUED_FROM`]; refused past the process's bound (unless another session, evicted,
-/// holds more).
-pub fn queued_charge(
-    budget: &Arc<crate::budget::MemoryBudget>,
-    len: usize,
-    owner: Option<Arc<crate::budget::Holder>>,
-) -> Result<Option<crate::budget::Charge>, crate::budget::OverBudget> {
-    if len < CHARGE_QUEUED_FROM {
-        return Ok(None);
-    }
-    crate::budget::Charge::exact(budget, len, owner).map(Some)
 }
 
 /// A request's replies, or why they will not come.

@@ -343,7 +343,7 @@ pub(super) async fn shared_exchange(
     }
     let (tx, rx) = oneshot::channel();
     let owner = crate::budget::Holder::current();
-    let queued = crate::upstream::shared::queued_charge(&shared.budget, bytes.len(), owner.clone());
+    let queued = crate::budget::queued(&shared.budget, bytes.len(), owner.clone());
     let outcome = match queued {
         Err(over) => Err(SharedError::OverBudget(over)),
         Ok(queued) => {

@@ -28,7 +28,9 @@ pub fn answer(
         ("CAT", 3) => {
             let cat = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
             if !table().categories.contains(&cat) {
-                return reply::error(&format!("Unknown category '{cat}'"));
+                // As typed, and at most 128 bytes of it, as Redis says it (`%.128s`).
+                let typed = String::from_utf8_lossy(&args[2][..args[2].len().min(128)]);
+                return reply::error(&format!("Unknown category '{typed}'"));
             }
             // Disabled commands are not shown, renamed ones under their new name.
             let mut names: Vec<Vec<u8>> = table()

@@ -184,14 +184,13 @@ async fn send_to(
         &node.shared.resp2
     };
     let owner = crate::budget::Holder::current();
-    let queued =
-        match crate::upstream::shared::queued_charge(&pool.budget, bytes.len(), owner.clone()) {
-            Ok(queued) => queued,
-            Err(over) => {
-                let _ = tx.send(Err(SharedError::OverBudget(over)));
-                return rx;
-            }
-        };
+    let queued = match crate::budget::queued(&pool.budget, bytes.len(), owner.clone()) {
+        Ok(queued) => queued,
+        Err(over) => {
+            let _ = tx.send(Err(SharedError::OverBudget(over)));
+            return rx;
+        }
+    };
     // A closed connection task drops the request: its receiver then reads as `Gone`.
     let _ = pool
         .sender(session)

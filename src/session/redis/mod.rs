@@ -146,7 +146,9 @@ pub use crate::auth::commands::script_callable;
 enum Slot {
     /// The upstream connection's read half, sent before the first `Upstream` slot.
     Attach(ReadHalf<Stream>),
-    Local(Bytes),
+    /// One of cachegate's own answers; one of 16 KiB or more with its share of the buffer
+    /// budget while it waits for a client that may not be reading (see `local_always`).
+    Local(Bytes, Option<crate::budget::Charge>),
     Upstream(Expect),
     /// A command sent on a shared connection; its one reply arrives here.
     Shared(SharedWait),
@@ -1261,11 +1263,8 @@ impl RequestSide {
         let (tx, rx) = oneshot::channel();
         let n = batch.labels.len();
         let want = self.take_in_flight(n, batch.resp3).await?;
-        let queued = crate::upstream::shared::queued_charge(
-            &self.ctx.budget,
-            batch.bytes.len(),
-            self.holder.clone(),
-        )?;
+        let queued =
+            crate::budget::queued(&self.ctx.budget, batch.bytes.len(), self.holder.clone())?;
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,
@@ -1485,9 +1484,14 @@ impl RequestSide {
     }
 
     async fn local_always(&mut self, reply: Bytes) -> Result<(), SessionError> {
+        // A large answer counts against the buffer bound while it waits for the reply side: a
+        // client that asks for its 4 MB name a thousand times and reads none of them held
+        // 1.5 GB uncharged (found by a reviewer). Small ones pass free: at most the queue's
+        // `MAX_QUEUED` of them.
+        let charge = crate::budget::queued(&self.ctx.budget, reply.len(), self.holder.clone())?;
         // Boxed: every answer of cachegate's own waits here, and whatever awaits it (`handle`
         // on every request) would otherwise keep room for the whole wait in its state.
-        Box::pin(self.send_slot(Slot::Local(reply))).await
+        Box::pin(self.send_slot(Slot::Local(reply, charge))).await
     }
 
     async fn send_slot(&mut self, mut slot: Slot) -> Result<(), SessionError> {

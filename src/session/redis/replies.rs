@@ -400,7 +400,8 @@ fn apply(
             *up = Some(r);
             *subs = Subscriptions::default();
         }
-        Slot::Local(bytes) => out.push(bytes),
+        // (Its charge is given back here: `out` is the reply side's, and charged as such.)
+        Slot::Local(bytes, _charge) => out.push(bytes),
         Slot::Upstream(mut expect) => {
             if expect.after_reset {
                 *subs = Subscriptions::default();
