@@ -203,7 +203,10 @@ impl SecurityEvent {
     }
 
     /// A new event, once. The user name is trimmed to 64 printable characters: it may be what
-    /// a client typed.
+    /// a client typed. The object (a key, a channel, a command: what a client sent) is kept to
+    /// its first `MAX_EVENT_OBJECT` bytes, marked `...`: the log keeps 128 events process-wide,
+    /// after their clients have gone, and 6 MB keys once made it hold 829 MB (found by a
+    /// reviewer; Redis keeps the whole key, counted in its own memory).
     pub fn new(
         reason: &'static str,
         context: &'static str,
@@ -218,7 +221,7 @@ impl SecurityEvent {
             count: 1,
             reason,
             context,
-            object,
+            object: clipped(object),
             username: username
                 .chars()
                 .take(64)
@@ -230,6 +233,21 @@ impl SecurityEvent {
             updated: now,
         }
     }
+}
+
+/// The most of a security event's object that is kept.
+pub const MAX_EVENT_OBJECT: usize = 1024;
+
+fn clipped(mut object: String) -> String {
+    if object.len() > MAX_EVENT_OBJECT {
+        let mut end = MAX_EVENT_OBJECT;
+        while !object.is_char_boundary(end) {
+            end -= 1;
+        }
+        object.truncate(end);
+        object.push_str("...");
+    }
+    object
 }
 
 impl Default for Metrics {
@@ -524,6 +542,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A security event keeps at most `MAX_EVENT_OBJECT` bytes of what the client sent (cut
+    /// on a character boundary, marked), so that 128 events of 6 MB keys do not stay in memory.
+    #[test]
+    fn an_events_object_is_kept_short() {
+        let event =
+            |object: String| SecurityEvent::new("key", "toplevel", object, "u", "l", String::new());
+        assert_eq!(event("app:1".into()).object, "app:1");
+        let long = event("k".repeat(6 << 20)).object;
+        assert_eq!(long.len(), MAX_EVENT_OBJECT + 3);
+        assert!(long.ends_with("k..."));
+        let wide = event("é".repeat(MAX_EVENT_OBJECT)).object;
+        assert!(
+            wide.len() <= MAX_EVENT_OBJECT + 3 && wide.ends_with("é..."),
+            "{}",
+            wide.len()
+        );
+    }
 
     #[test]
     fn client_info_reads_alike_for_every_listener() {
