@@ -681,6 +681,33 @@ async fn large_local_answers_waiting_for_a_client_count_against_the_bound() {
     sender.abort();
 }
 
+/// A client name is kept as a copy of its own: a 1-byte name sent in the same read as a 6 MB
+/// request no longer keeps those 6 MB alive for the session's life (30 such sessions held
+/// about 180 MB, found by a reviewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_name_does_not_keep_its_read_buffer_alive() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::tls_open(&pki, &redis, "").await;
+    let value = vec![b'v'; 6 << 20];
+    let wire = [
+        encode(&[b"SET", b"k", &value]),
+        encode(&[b"CLIENT", b"SETNAME", b"a"]),
+    ]
+    .concat();
+    let before = resident_bytes();
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        let mut c = RawClient::tls(&pki, proxy.addr).await;
+        c.send(&wire).await;
+        assert_eq!(c.read().await, b"+OK\r\n");
+        assert_eq!(c.read().await, b"+OK\r\n");
+        assert_eq!(c.cmd(&["CLIENT", "GETNAME"]).await, b"$1\r\na\r\n");
+        sessions.push(c);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(grown < 100 << 20, "grew by {} MiB", grown >> 20);
+}
+
 /// Requests that get no reply are counted by cause, the upstream's or cachegate's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_reply_are_counted_by_cause() {

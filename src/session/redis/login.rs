@@ -273,7 +273,7 @@ impl RequestSide {
             let speaks = matches!(req.args.get(1).map(|v| &v[..]), Some(b"2" | b"3"));
             while i + 1 < forward.len() {
                 if let Some(shared) = self.shared.as_mut().filter(|_| speaks) {
-                    shared.name = Some(forward[i + 1].clone()).filter(|n| !n.is_empty());
+                    shared.name = commands::kept_name(&forward[i + 1]);
                 }
                 i += 2;
             }
@@ -300,7 +300,7 @@ impl RequestSide {
         if matches!(req.args.get(1).map(|v| &v[..]), Some(b"2" | b"3")) {
             for pair in forward[2..].chunks(2) {
                 if let [_, name] = pair {
-                    self.name = Some(name.clone()).filter(|n| !n.is_empty());
+                    self.name = commands::kept_name(name);
                 }
             }
         }

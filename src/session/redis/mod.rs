@@ -1376,7 +1376,7 @@ impl RequestSide {
                 reply::error(commands::BAD_CLIENT_NAME)
             }
             (b"SETNAME", 3) => {
-                state.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                state.name = commands::kept_name(&args[2]);
                 Bytes::from_static(reply::OK)
             }
             (b"GETNAME", 2) => match &state.name {

@@ -248,9 +248,7 @@ impl RequestSide {
             // knows, so the session keeps its connection (and asks it).
             Kind::Client if unsure => st.sticky = true,
             Kind::Client => match client_subcommand(args).as_deref() {
-                Some(b"SETNAME") if args.len() == 3 => {
-                    self.name = Some(args[2].clone()).filter(|n| !n.is_empty())
-                }
+                Some(b"SETNAME") if args.len() == 3 => self.name = commands::kept_name(&args[2]),
                 Some(b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"LIST") => {}
                 _ => st.sticky = true,
             },
