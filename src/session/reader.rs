@@ -84,6 +84,10 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         if self.buf.len() > limits.max_request_bytes {
             return Err(ReadError::TooLarge(limits.max_request_bytes));
         }
+        // Shrunk (a burst's big buffer, now empty, let go) before it is charged: charged
+        // first, an idle session kept the burst's capacity on the budget until its next read,
+        // and other clients were refused meanwhile (found by a reviewer).
+        self.room.prepare(&mut self.buf);
         self.charge.hold(self.buf.capacity())?;
         self.partial_since = match (self.buf.is_empty(), self.partial_since) {
             (true, _) => None,
@@ -93,7 +97,6 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         let deadline = self
             .partial_since
             .map(|since| since + limits.partial_request_timeout);
-        self.room.prepare(&mut self.buf);
         tokio::select! {
             biased;
             read = self.io.read_buf(&mut self.buf) => match read {
@@ -180,6 +183,28 @@ mod tests {
         ));
     }
 
+    /// A burst's big buffer, once parsed, is let go before the next charge: an idle session
+    /// holds nothing of it on the budget while it waits.
+    #[tokio::test]
+    async fn an_emptied_burst_buffer_is_let_go_before_it_is_charged() {
+        let budget = MemoryBudget::new(1 << 30);
+        let (client, mut peer) = tokio::io::duplex(8 << 20);
+        let mut r = ClientReader::new(client, budget.clone());
+        peer.write_all(&vec![b'x'; 4 << 20]).await.unwrap();
+        let mut never = std::pin::pin!(std::future::pending::<()>());
+        while r.buf.len() < 4 << 20 {
+            r.fill(limits(1 << 30, 1000), never.as_mut()).await.unwrap();
+        }
+        assert!(budget.used() > 0);
+        r.buf.clear();
+        let mut woken = std::pin::pin!(std::future::ready(()));
+        assert!(matches!(
+            r.fill(limits(1 << 30, 1000), woken.as_mut()).await,
+            Ok(Filled::Woken)
+        ));
+        assert_eq!(budget.used(), 0);
+    }
+
     #[tokio::test]
     async fn the_memory_budget_applies_to_the_read_buffer() {
         let (client, mut peer) = tokio::io::duplex(1 << 20);
@@ -200,6 +225,7 @@ mod tests {
             matches!(outcome, Err(ReadError::OverBudget(_))),
             "{outcome:?}"
         );
-        assert!(r.buf.len() > crate::budget::FREE_PER_SESSION);
+        // Refused once what it holds (read, or made room for) passes its free share.
+        assert!(r.buf.capacity() > crate::budget::FREE_PER_SESSION);
     }
 }
