@@ -9,6 +9,10 @@ use bytes::Bytes;
 use crate::budget::{Charge, MemoryBudget, OverBudget};
 use crate::session::commands::Kind;
 
+/// What a queued command of a held transaction costs beyond its bytes: its place in the
+/// queue and its buffer's allocation.
+const ENTRY_COST: usize = 64;
+
 #[derive(Debug, Default)]
 pub(super) enum Transaction {
     #[default]
@@ -86,9 +90,12 @@ impl Transaction {
             ..
         } = self
         {
+            // Each entry costs its bytes and its place (the queue's slot, the buffer's
+            // header): a flood of tiny commands is counted too.
+            let cost = command.len() + ENTRY_COST;
             let charge = charge.get_or_insert_with(|| Charge::new(budget.clone()));
-            charge.hold(*bytes + command.len())?;
-            *bytes += command.len();
+            charge.hold(*bytes + cost)?;
+            *bytes += cost;
             queued.push((kind, command));
         }
         Ok(())
