@@ -75,11 +75,14 @@ struct Leaving {
     /// Every name added, oldest first, with the number of the request that named it; one taken
     /// since stays here until it is the oldest.
     order: std::collections::VecDeque<(u64, Bytes)>,
+    /// The bytes of the names in `order`.
+    bytes: usize,
 }
 
 impl Leaving {
     fn add(&mut self, request: u64, name: Bytes) {
         self.owed.add(name.clone());
+        self.bytes += name.len();
         self.order.push_back((request, name));
     }
 
@@ -87,10 +90,14 @@ impl Leaving {
         self.owed.take(name)
     }
 
-    /// Forgets the oldest names beyond the last `keep` added (one of that name, if still owed).
-    fn keep_last(&mut self, keep: usize) {
-        while self.order.len() > keep {
+    /// Forgets the oldest names beyond the last `keep` added, and beyond `keep_bytes` of them
+    /// (one of that name, if still owed); never those of request `current`.
+    fn keep_last(&mut self, keep: usize, keep_bytes: usize, current: u64) {
+        while self.order.len() > keep
+            || (self.bytes > keep_bytes && self.order.front().is_some_and(|(r, _)| *r != current))
+        {
             if let Some((_, old)) = self.order.pop_front() {
+                self.bytes -= old.len();
                 self.owed.take(&old);
             }
         }
@@ -102,6 +109,7 @@ impl Leaving {
         let from = self.order.partition_point(|(r, _)| *r < request);
         let to = self.order.partition_point(|(r, _)| *r <= request);
         for (_, name) in self.order.drain(from..to) {
+            self.bytes -= name.len();
             self.owed.take(&name);
         }
     }
@@ -170,8 +178,12 @@ impl Follow {
         // sunsubscribe for one of them then reads as the client's own and is passed on). The
         // names of this request are always kept: forgotten, their confirmations would read as
         // a node's, be kept from the client, and the channels subscribed again.
+        // So too past 1 MiB of names: 1,024 names of a request's size each were a gigabyte
+        // and more held for one client (found by a reviewer).
         const KEPT: usize = 1024;
-        st.leaving.keep_last(KEPT.max(channels.len()));
+        const KEPT_BYTES: usize = 1 << 20;
+        st.leaving
+            .keep_last(KEPT.max(channels.len()), KEPT_BYTES, request);
         Leave {
             request,
             all: channels.is_empty(),
@@ -455,6 +467,33 @@ mod tests {
 
     fn intercepts(f: &Follow, frame: &[u8]) -> bool {
         confirmation(frame).is_some_and(|c| f.intercepts(c))
+    }
+
+    /// The names of unconfirmed leaves are kept to 1 MiB beyond the newest request's: a client
+    /// that leaves channels with huge names over and over holds no more.
+    #[test]
+    fn the_names_kept_for_leaves_are_bounded_in_bytes() {
+        let f = Follow::default();
+        let huge = Bytes::from(vec![b'c'; 700 << 10]);
+        for _ in 0..50 {
+            f.client_leaves(std::slice::from_ref(&huge));
+        }
+        let st = f.state.lock().unwrap();
+        assert!(st.leaving.bytes <= 2 * huge.len(), "{}", st.leaving.bytes);
+        assert_eq!(
+            st.leaving.bytes,
+            st.leaving.order.iter().map(|(_, n)| n.len()).sum::<usize>()
+        );
+        drop(st);
+        // The newest request's names are kept whatever their size.
+        let bigger = Bytes::from(vec![b'd'; 3 << 20]);
+        f.client_leaves(std::slice::from_ref(&bigger));
+        let st = f.state.lock().unwrap();
+        assert_eq!(
+            st.leaving.order.back().map(|(_, n)| n.len()),
+            Some(bigger.len())
+        );
+        assert_eq!(st.leaving.order.len(), 1);
     }
 
     #[test]
