@@ -669,56 +669,6 @@ async fn the_process_wide_buffer_bound_holds() {
     assert!(d.values("get a\r\n").await.len() > 900_000);
 }
 
-/// With node connections of its own (`upstream.multiplex = false`), a session's replies count
-/// against `limits.max_buffered_bytes` as they are read: 60 gets of seven 1 MB values each
-/// (420 MB of replies, each under `limits.max_reply_bytes`) get the values that fit and
-/// `SERVER_ERROR` for the rest, while the process grows by about the bound (it once read the
-/// whole batch first, to nearly 1 GB, and only then found it too large). The session goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn own_node_connections_count_replies_as_they_are_read() {
-    let (pki, node) = (Pki::new(), Memcached::start().await);
-    let proxy = Proxy::start(&format!(
-        "limits.max_buffered_bytes = 16777216\nlimits.max_reply_bytes = 8388608\n\
-         [[listeners]]\nprotocol = \"memcached\"\nbind = \"127.0.0.1:0\"\n{}\
-         upstream.nodes = [{:?}]\nupstream.multiplex = false\nupstream.health_interval = \"1h\"\n",
-        pki.tls_toml(),
-        node.address()
-    ))
-    .await;
-    let mut direct = node.direct().await;
-    let value = "v".repeat(1_000_000);
-    let set = format!("set big 0 0 {}\r\n{value}\r\n", value.len());
-    assert_eq!(direct.line(&set).await, "STORED\r\n");
-    let before = resident_bytes();
-    let mut c = McClient::tls(&pki, proxy.addr).await;
-    c.send("get big big big big big big big\r\n".repeat(60).as_bytes())
-        .await;
-    let mut values = 0;
-    let mut refused = 0;
-    for _ in 0..60 {
-        let reply = c.read(cachegate::protocol::memcached::Shape::Values).await;
-        if reply.starts_with(b"VALUE big ") {
-            assert!(reply.len() > 7_000_000);
-            values += 1;
-        } else {
-            assert!(
-                s(&reply).starts_with("SERVER_ERROR cachegate:")
-                    && s(&reply).contains("limits.max_buffered_bytes"),
-                "{:.100}",
-                s(&reply)
-            );
-            refused += 1;
-        }
-    }
-    assert!(
-        values >= 1 && refused >= 1,
-        "{values} values, {refused} refused"
-    );
-    let grown = resident_bytes().saturating_sub(before);
-    assert!(grown < 200 << 20, "grew by {} MiB", grown >> 20);
-    assert_eq!(c.line("set small 0 0 1\r\nx\r\n").await, "STORED\r\n");
-}
-
 /// `limits.max_request_bytes` caps a memcached client's unparsed input as it caps a Redis
 /// client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
