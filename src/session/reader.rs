@@ -70,6 +70,14 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         }
     }
 
+    /// A request was split off the buffer: the charge follows what the buffer still holds, so
+    /// that a large request is not counted twice once the session copies it on (charged
+    /// there) while the reader still counted it (a 32 MB `SET` through a 64 MiB bound was
+    /// refused, found by a reviewer). Giving back never fails.
+    pub fn parsed(&mut self) {
+        let _ = self.charge.hold(self.buf.capacity());
+    }
+
     /// Once every complete request in `buf` has run: checks what is left against the limits,
     /// then waits for the client's next bytes or for `wake` (biased to the read, so a session
     /// woken by its client's bytes does not poll its wake-ups first).

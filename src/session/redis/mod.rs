@@ -146,9 +146,10 @@ pub use crate::auth::commands::script_callable;
 enum Slot {
     /// The upstream connection's read half, sent before the first `Upstream` slot.
     Attach(ReadHalf<Stream>),
-    /// One of cachegate's own answers; one of 16 KiB or more with its share of the buffer
-    /// budget while it waits for a client that may not be reading (see `local_always`).
-    Local(Bytes, Option<crate::budget::Charge>),
+    /// One of cachegate's own answers, with its place among the session's queued answers
+    /// (charged together while they wait for a client that may not be reading; see
+    /// `local_always`).
+    Local(Bytes, Option<crate::budget::Ticket>),
     Upstream(Expect),
     /// A command sent on a shared connection; its one reply arrives here.
     Shared(SharedWait),
@@ -345,6 +346,7 @@ pub async fn run<S>(
         pin_node: None,
         pinned: None,
         holder: crate::budget::Holder::current(),
+        answers: crate::budget::QueuedBytes::new(ctx.budget.clone()),
         cluster_order: None,
         subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         shard_subscriptions: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -477,6 +479,8 @@ struct RequestSide {
     /// This session's share of the buffer bound: what its requests on shared connections
     /// carry, taken once (a task-local lookup) rather than for every batch.
     holder: Option<Arc<crate::budget::Holder>>,
+    /// cachegate's own answers queued for the reply side, charged together.
+    answers: Arc<crate::budget::QueuedBytes>,
     /// A cluster session's order of writes to each slot across a change of the map.
     cluster_order: Option<Box<cluster::Order>>,
     /// The pinned connection's count of subscriptions, as its last (un)subscribe confirmation
@@ -647,13 +651,13 @@ impl RequestSide {
                     &self.ctx.limits.request,
                     self.authenticated,
                 ) {
-                    Ok(Some(request)) => match self.handle(request).await? {
-                        Flow::Continue => {}
-                        Flow::Stop => {
+                    Ok(Some(request)) => {
+                        reader.parsed();
+                        if matches!(self.handle(request).await?, Flow::Stop) {
                             stop = true;
                             break;
                         }
-                    },
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         self.local_always(reply::protocol_error(&e)).await?;
@@ -1262,9 +1266,22 @@ impl RequestSide {
         };
         let (tx, rx) = oneshot::channel();
         let n = batch.labels.len();
-        let want = self.take_in_flight(n, batch.resp3).await?;
         let queued =
-            crate::budget::queued(&self.ctx.budget, batch.bytes.len(), self.holder.clone())?;
+            match crate::budget::queued(&self.ctx.budget, batch.bytes.len(), self.holder.clone()) {
+                Ok(queued) => queued,
+                // Past the bound, each of the batch's commands fails, as a shared connection fails
+                // a request whose replies are over it; the session goes on.
+                Err(over) => {
+                    self.ctx
+                        .metrics
+                        .request_failed(&self.ctx.listener, "over_budget", n as u64);
+                    let line = reply::error(&over.to_string());
+                    let answers: Vec<u8> =
+                        line.iter().copied().cycle().take(line.len() * n).collect();
+                    return self.queue_slot(Slot::Local(answers.into(), None)).await;
+                }
+            };
+        let want = self.take_in_flight(n, batch.resp3).await?;
         self.queue_slot(Slot::Shared(SharedWait {
             reply: Awaited::Direct(rx),
             rewrite,
@@ -1484,11 +1501,20 @@ impl RequestSide {
     }
 
     async fn local_always(&mut self, reply: Bytes) -> Result<(), SessionError> {
-        // A large answer counts against the buffer bound while it waits for the reply side: a
-        // client that asks for its 4 MB name a thousand times and reads none of them held
-        // 1.5 GB uncharged (found by a reviewer). Small ones pass free: at most the queue's
-        // `MAX_QUEUED` of them.
-        let charge = crate::budget::queued(&self.ctx.budget, reply.len(), self.holder.clone())?;
+        // Answers count against the buffer bound while they wait for the reply side, all of a
+        // session's together (one free share): a client that asks for its 4 MB name a
+        // thousand times and reads none of them held 1.5 GB uncharged, and a thousand of just
+        // under 16 KiB each 16 MiB (found by reviewers).
+        let (reply, charge) = match self.answers.ticket(reply.len()) {
+            Ok(ticket) => (reply, Some(ticket)),
+            // Past the bound: the answer is the bound's error instead.
+            Err(over) => {
+                self.ctx
+                    .metrics
+                    .request_failed(&self.ctx.listener, "over_budget", 1);
+                (reply::error(&over.to_string()), None)
+            }
+        };
         // Boxed: every answer of cachegate's own waits here, and whatever awaits it (`handle`
         // on every request) would otherwise keep room for the whole wait in its state.
         Box::pin(self.send_slot(Slot::Local(reply, charge))).await
