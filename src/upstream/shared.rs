@@ -643,6 +643,10 @@ async fn serve(
                 // Let every other ready session queue its request first, so that they all
                 // leave in this one write instead of one write each.
                 tokio::task::yield_now().await;
+                // Not kept at the size of the largest request it ever wrote.
+                if out.capacity() > 1 << 20 {
+                    out = BytesMut::new();
+                }
                 out.clear();
                 let now = Instant::now();
                 let waiting = |req: SharedRequest| Waiting::new(req, now);
