@@ -717,9 +717,9 @@ async fn a_killed_primary_is_replaced_and_served_again() {
 }
 
 /// The keyless commands a MULTI queues in cachegate while it waits for its first key count
-/// against `limits.max_buffered_bytes`: past it the command is refused and `EXEC` aborts (they
-/// were held unbounded: one client's `ECHO`s grew the process ten times past the bound, found
-/// by a reviewer); the session goes on, and so do the others.
+/// against `limits.max_buffered_bytes`: past it the client gets the bound's error (they were
+/// held unbounded: one client's `ECHO`s grew the process ten times past the bound, found by a
+/// reviewer); the others go on, and the queue's share comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_transaction_queues_within_the_buffer_bound() {
     let (pki, cluster) = (Pki::new(), RedisCluster::start(3, 0).await);
@@ -741,14 +741,17 @@ async fn a_held_transaction_queues_within_the_buffer_bound() {
         queued += 1;
         assert!(queued < 8, "8 MiB queued against a 4 MiB bound");
     };
+    // (Refused as queued, or as read: the bound's error either way.)
     assert!(
-        refused.starts_with("-ERR cachegate's buffers for all clients are at their limit"),
+        refused.starts_with("-ERR ")
+            && refused.contains("cachegate's buffers for all clients are at their limit"),
         "{refused}"
     );
     assert_eq!(other.cmd(&["GET", "ready"]).await, b"$1\r\n1\r\n");
-    assert!(s(&c.cmd(&["EXEC"]).await).starts_with("-EXECABORT"));
-    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
-    // The queue's share was given back: a new transaction queues again.
+    // Refused as queued, the transaction aborts; refused as read, the connection closes.
+    // Either way the queue's share is given back: a new transaction queues again.
+    drop(c);
+    let mut c = client(&pki, &proxy).await;
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["ECHO", &big]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&["DISCARD"]).await, b"+OK\r\n");
