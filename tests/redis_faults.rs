@@ -532,6 +532,53 @@ async fn inline_commands_split_as_redis_splits_them() {
     assert!(ours.closed().await);
 }
 
+/// An upstream that stops reading (its socket full) fails the requests on its shared
+/// connection at the request timeout, as one that stops answering does: a pipeline of 30 MB
+/// of `SET`s to a paused backend gets its errors, instead of waiting for as long as the
+/// backend stays paused (found by a reviewer). Once it reads again, clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_an_upstream_that_stopped_reading_times_out() {
+    let (pki, redis) = (Pki::new(), Redis::start().await);
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}auth.mode = \"none\"\n\
+         upstream.address = {:?}\nupstream.shared_connections = 1\nupstream.request_timeout = \"1s\"\n\
+         upstream.health_interval = \"1h\"\n",
+        pki.tls_toml(),
+        redis.address()
+    ))
+    .await;
+    let mut c = RawClient::tls(&pki, proxy.addr).await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    redis.pause(true);
+    let value = vec![b'v'; 1 << 20];
+    let set = encode(&[b"SET", b"k", &value]);
+    let wire: Vec<u8> = set.iter().copied().cycle().take(set.len() * 30).collect();
+    let mut reader = c;
+    let sending = tokio::spawn(async move {
+        reader.send(&wire).await;
+        reader
+    });
+    let mut c = tokio::time::timeout(std::time::Duration::from_secs(20), sending)
+        .await
+        .expect("the pipeline is taken in")
+        .unwrap();
+    for _ in 0..30 {
+        let reply = s(&c.read().await);
+        assert!(
+            reply.starts_with("-ERR cachegate: upstream") && reply.contains("timed out"),
+            "{reply}"
+        );
+    }
+    redis.pause(false);
+    assert!(
+        eventually(|| async {
+            let mut after = RawClient::tls(&pki, proxy.addr).await;
+            after.cmd(&["PING"]).await == b"+PONG\r\n"
+        })
+        .await
+    );
+}
+
 /// Requests that get no reply are counted by cause, the upstream's or cachegate's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_reply_are_counted_by_cause() {

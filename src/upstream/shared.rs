@@ -446,6 +446,17 @@ async fn serve(
     let mut scanner = ReplyScanner::default();
     let mut unexpected_pushes = 0u64;
     let max = conn.connector.max_reply;
+    // Fails everything on the connection as timed out (no reply, or no room to write, within
+    // the request timeout).
+    let time_out = |pending: &mut VecDeque<Waiting>| {
+        let timed_out = SharedError::Timeout(timeout);
+        for w in pending.drain(..) {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(timed_out.clone()));
+            }
+        }
+        Some(timed_out)
+    };
     // Fails everything on the connection with what broke it, and says so.
     let fail = |pending: &mut VecDeque<Waiting>, broken: Broken| {
         let lost = SharedError::Lost(Arc::new(broken));
@@ -474,8 +485,10 @@ async fn serve(
             out.extend_from_slice(&req.bytes);
             pending.push_back(Waiting::new(req, now));
         }
-        if let Err(e) = conn.stream.write_all(&out).await {
-            return fail(&mut pending, e.into());
+        match tokio::time::timeout(timeout, conn.stream.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return fail(&mut pending, e.into()),
+            Err(_) => return time_out(&mut pending),
         }
     }
     loop {
@@ -665,8 +678,13 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = conn.stream.write_all(&out).await {
-                    return fail(&mut pending, e.into());
+                // Under the request timeout too: an upstream that stopped reading (a full
+                // socket) would otherwise hold this connection's sessions for as long as it
+                // stays so, with no deadline able to run (found by a reviewer).
+                match tokio::time::timeout(timeout, conn.stream.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return fail(&mut pending, e.into()),
+                    Err(_) => return time_out(&mut pending),
                 }
             }
             read = conn.stream.read_buf(&mut buf) => match read {
@@ -674,15 +692,7 @@ async fn serve(
                 Ok(_) => {}
                 Err(e) => return fail(&mut pending, e.into()),
             },
-            _ = sleep_until(deadline) => {
-                let timed_out = SharedError::Timeout(timeout);
-                for w in pending.drain(..) {
-                    if let Some(reply) = w.reply {
-                        let _ = reply.send(Err(timed_out.clone()));
-                    }
-                }
-                return Some(timed_out);
-            }
+            _ = sleep_until(deadline) => return time_out(&mut pending),
         }
     }
 }
