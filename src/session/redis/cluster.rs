@@ -1086,7 +1086,7 @@ impl RequestSide {
                         .transaction
                         .hold(kind, bytes.freeze(), &self.ctx.budget)
                     {
-                        return self.refused(reply::error(&over.to_string())).await;
+                        return self.refused(reply::failure(&over)).await;
                     }
                     self.local(Bytes::from_static(b"+QUEUED\r\n")).await?;
                     return Ok(Flow::Continue);

@@ -1275,9 +1275,7 @@ impl RequestSide {
                     self.ctx
                         .metrics
                         .request_failed(&self.ctx.listener, "over_budget", n as u64);
-                    let line = reply::error(&over.to_string());
-                    let answers: Vec<u8> =
-                        line.iter().copied().cycle().take(line.len() * n).collect();
+                    let answers = reply::failure(&over).repeat(n);
                     return self.queue_slot(Slot::Local(answers.into(), None)).await;
                 }
             };
@@ -1512,7 +1510,7 @@ impl RequestSide {
                 self.ctx
                     .metrics
                     .request_failed(&self.ctx.listener, "over_budget", 1);
-                (reply::error(&over.to_string()), None)
+                (reply::failure(&over), None)
             }
         };
         // Boxed: every answer of cachegate's own waits here, and whatever awaits it (`handle`
