@@ -92,16 +92,9 @@ fn identities(up: &UpstreamConfig) -> Option<session::Identities> {
 /// commands, channels): where the listener runs a script command at all (not with
 /// `@scripting` disabled) and no mirrored backend user holds scripts to the user's rules.
 pub fn scripts_past_rules(cfg: &ListenerConfig) -> Vec<(String, String)> {
-    let scripts_run = [
-        "eval",
-        "evalsha",
-        "eval_ro",
-        "evalsha_ro",
-        "fcall",
-        "fcall_ro",
-    ]
-    .iter()
-    .any(|c| cfg.policy.runs(c.as_bytes()));
+    let scripts_run = crate::auth::commands::RUNS_SCRIPT
+        .iter()
+        .any(|c| cfg.policy.runs(c.as_bytes()));
     match &cfg.auth {
         crate::config::AuthMode::Acl(group)
             if scripts_run && cfg.upstream.mirror_users.is_empty() =>

@@ -1032,6 +1032,27 @@ async fn a_line_forwarded_past_memcacheds_limit_is_never_sent() {
     assert_eq!(other.line("set k 0 0 1\r\nv\r\n").await, "STORED\r\n");
 }
 
+/// Three clients beside the one under test on the same shared node connection, each reading
+/// `small` (its value `s`) ten times with `get` and `mg`: any reply of another client's that
+/// reached them would show.
+async fn small_readers(pki: &Pki, addr: std::net::SocketAddr) -> Bystanders {
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(McClient::tls(pki, addr).await);
+    }
+    Bystanders::start(others, |mut c: McClient| async move {
+        c.send("get small\r\nmg small v\r\n".repeat(10).as_bytes())
+            .await;
+        let mut got = String::new();
+        for _ in 0..10 {
+            got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
+        }
+        let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
+        assert_eq!(got, want, "another client's reply");
+        c
+    })
+}
+
 /// A reply over `limits.max_reply_bytes` on a shared node connection fails only the request
 /// it answers, as a Redis reply does: it is read and dropped as it arrives (value blocks are
 /// never held whole), and the connection goes on for every other client's requests on it. It
@@ -1052,21 +1073,7 @@ async fn a_reply_too_large_fails_only_its_own_request() {
     let set = format!("set big 0 0 {}\r\n{big}\r\n", big.len());
     assert_eq!(direct.line(&set).await, "STORED\r\n");
     assert_eq!(direct.line("set small 0 0 1\r\ns\r\n").await, "STORED\r\n");
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        others.push(McClient::tls(&pki, proxy.addr).await);
-    }
-    let bystanders = Bystanders::start(others, |mut c: McClient| async move {
-        c.send("get small\r\nmg small v\r\n".repeat(10).as_bytes())
-            .await;
-        let mut got = String::new();
-        for _ in 0..10 {
-            got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
-        }
-        let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
-        assert_eq!(got, want, "another client's reply");
-        c
-    });
+    let bystanders = small_readers(&pki, proxy.addr).await;
     let mut greedy = McClient::tls(&pki, proxy.addr).await;
     // (Gets name the node whose reply it was.)
     let too_large = |reply: String| {
@@ -1136,21 +1143,7 @@ async fn a_skipped_value_that_looks_like_replies_is_never_read_as_them() {
     let set = format!("set forged 0 0 {}\r\n{forged}\r\n", forged.len());
     assert_eq!(direct.line(&set).await, "STORED\r\n");
     assert_eq!(direct.line("set small 0 0 1\r\ns\r\n").await, "STORED\r\n");
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        others.push(McClient::tls(&pki, proxy.addr).await);
-    }
-    let bystanders = Bystanders::start(others, |mut c: McClient| async move {
-        c.send("get small\r\nmg small v\r\n".repeat(10).as_bytes())
-            .await;
-        let mut got = String::new();
-        for _ in 0..10 {
-            got += &s(&c.read_until(b"VA 1\r\ns\r\n").await);
-        }
-        let want = "VALUE small 0 1\r\ns\r\nEND\r\nVA 1\r\ns\r\n".repeat(10);
-        assert_eq!(got, want, "another client's reply");
-        c
-    });
+    let bystanders = small_readers(&pki, proxy.addr).await;
     let mut greedy = McClient::tls(&pki, proxy.addr).await;
     for _ in 0..10 {
         for ask in ["get forged\r\n", "mg forged v\r\n", "gets small forged\r\n"] {

@@ -54,7 +54,7 @@ async fn a_client_that_does_not_read_cannot_pile_up_replies() {
     let before = resident_bytes();
     let mut hog = RawClient::tls(&pki, proxy.addr).await;
     let get = encode(&[b"GET", b"big"]);
-    let wire: Vec<u8> = get.iter().copied().cycle().take(get.len() * 3000).collect();
+    let wire = get.repeat(3000);
     // Sent without reading; cachegate stops reading it once enough is in flight.
     let sending = tokio::spawn(async move {
         hog.send(&wire).await;
@@ -154,12 +154,7 @@ async fn large_local_answers_waiting_for_a_client_count_against_the_bound() {
     ))
     .await;
     let getname = encode(&[b"CLIENT", b"GETNAME"]);
-    let wire: Vec<u8> = getname
-        .iter()
-        .copied()
-        .cycle()
-        .take(getname.len() * 1100)
-        .collect();
+    let wire = getname.repeat(1100);
     let before = resident_bytes();
     let mut senders = Vec::new();
     // (Answers just under 16 KiB, charged together per session, are covered by

@@ -552,7 +552,7 @@ async fn a_write_to_an_upstream_that_stopped_reading_times_out() {
     redis.pause(true);
     let value = vec![b'v'; 1 << 20];
     let set = encode(&[b"SET", b"k", &value]);
-    let wire: Vec<u8> = set.iter().copied().cycle().take(set.len() * 30).collect();
+    let wire = set.repeat(30);
     let mut reader = c;
     let sending = tokio::spawn(async move {
         reader.send(&wire).await;

@@ -68,6 +68,17 @@ pub struct KeyUse {
     pub not_key: bool,
 }
 
+/// The commands that run a script inside Redis (as the backend login, past cachegate's view
+/// of what the script does), as the command table spells them.
+pub const RUNS_SCRIPT: [&str; 6] = [
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+];
+
 /// Whether a request's argument is the keyword `word` as Redis reads keywords and names:
 /// case-insensitively, up to the argument's first NUL (Redis compares them with `strcasecmp`,
 /// which stops there: `STREAMS\0x` is `STREAMS` to Redis). Every keyword cachegate judges a

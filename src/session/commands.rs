@@ -73,16 +73,9 @@ pub fn classify(lower: &[u8], args: &[Bytes]) -> Kind {
 
 /// The commands that run a script server-side (any case).
 pub fn runs_script(name: &[u8]) -> bool {
-    [
-        &b"EVAL"[..],
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ]
-    .iter()
-    .any(|s| crate::auth::commands::is_word(name, s))
+    crate::auth::commands::RUNS_SCRIPT
+        .iter()
+        .any(|s| crate::auth::commands::is_word(name, s.as_bytes()))
 }
 
 /// Redis's refusal of a client name (`CLIENT SETNAME`, `HELLO ... SETNAME`).
