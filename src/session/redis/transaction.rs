@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::budget::{Charge, MemoryBudget, OverBudget};
+use crate::budget::{MemoryBudget, OverBudget, QueuedBytes, Ticket};
 use crate::session::commands::Kind;
 
 /// What a queued command of a held transaction costs beyond its bytes: its place in the
@@ -25,9 +25,9 @@ pub(super) enum Transaction {
     /// one client's `ECHO`s grew the process past the bound, found by a reviewer).
     Held {
         dirty: bool,
-        queued: Vec<(Kind, Bytes)>,
-        bytes: usize,
-        charge: Option<Charge>,
+        queued: Vec<(Kind, Bytes, Ticket)>,
+        /// What the queue is charged to (made with its first command).
+        charged: Option<Arc<QueuedBytes>>,
     },
 }
 
@@ -70,8 +70,7 @@ impl Transaction {
         *self = Transaction::Held {
             dirty: false,
             queued: Vec::new(),
-            bytes: 0,
-            charge: None,
+            charged: None,
         };
     }
 
@@ -84,19 +83,14 @@ impl Transaction {
         budget: &Arc<MemoryBudget>,
     ) -> Result<(), OverBudget> {
         if let Transaction::Held {
-            queued,
-            bytes,
-            charge,
-            ..
+            queued, charged, ..
         } = self
         {
             // Each entry costs its bytes and its place (the queue's slot, the buffer's
             // header): a flood of tiny commands is counted too.
-            let cost = command.len() + ENTRY_COST;
-            let charge = charge.get_or_insert_with(|| Charge::new(budget.clone()));
-            charge.hold(*bytes + cost)?;
-            *bytes += cost;
-            queued.push((kind, command));
+            let charged = charged.get_or_insert_with(|| QueuedBytes::new(budget.clone()));
+            let ticket = charged.ticket(command.len() + ENTRY_COST)?;
+            queued.push((kind, command, ticket));
         }
         Ok(())
     }
@@ -106,7 +100,11 @@ impl Transaction {
         match std::mem::take(self) {
             Transaction::Held { dirty, queued, .. } => {
                 *self = Transaction::Open { dirty };
+                // (Their charge given back: they are on their way to the node.)
                 queued
+                    .into_iter()
+                    .map(|(kind, command, _)| (kind, command))
+                    .collect()
             }
             other => {
                 *self = other;
