@@ -138,6 +138,23 @@ async fn disabled_commands_look_unknown_in_every_form() {
         let reply = s(&c.cmd(&[name, "x"]).await);
         assert!(reply.starts_with("-ERR unknown command"), "{name}: {reply}");
     }
+    // Inline, spelt with quotes that open mid-word or an escape, between the whitespace Redis
+    // skips (vertical tab, form feed): Redis would read each as FLUSHALL, and so does
+    // cachegate, which refuses it (the splitter's rules are compared with redis-server in
+    // `redis_faults::inline_commands_split_as_redis_splits_them`).
+    for line in [
+        &b"FLUSH\"ALL\"\r\n"[..],
+        b"F'LUSHALL'\r\n",
+        b"\x0bFL\"USHALL\"\x0c\r\n",
+        b"\"\\x46LUSHALL\"\r\n",
+    ] {
+        c.send(line).await;
+        let reply = s(&c.read().await);
+        assert!(
+            reply.starts_with("-ERR unknown command"),
+            "{line:?}: {reply}"
+        );
+    }
     assert_eq!(direct.cmd(&["GET", "keep"]).await, b"$1\r\n1\r\n");
     // The backend never saw any of them.
     let stats = s(&direct.cmd(&["INFO", "commandstats"]).await);
